@@ -1,0 +1,183 @@
+"""The one protocol every long job in ``core`` speaks.
+
+A job is a plain function ``job(..., events=None, cancel=None) -> result``. While it
+runs it reports through ``events`` (progress, metric, log) and polls ``cancel``.
+It ends by returning its result or raising a :class:`TuneloomError` subclass;
+:func:`run_job` turns that ending into ``events.done(result)`` or
+``events.failed(error)`` for front ends that prefer callbacks (the Qt workers).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+class TuneloomError(Exception):
+    """An error a user can act on: ``str(err)`` says what happened, ``hint`` what to do."""
+
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message)
+        self.hint = hint
+
+    def user_message(self) -> str:
+        msg = str(self)
+        return f"{msg}\n{self.hint}" if self.hint else msg
+
+
+class Cancelled(TuneloomError):
+    """The user cancelled the job; whatever was safe to keep has been kept."""
+
+    def __init__(self, message: str = "cancelled", hint: str = "", result: Any = None):
+        super().__init__(message, hint)
+        self.result = result
+
+
+class Events:
+    """Sink for job reports. Subclass and override what you need; defaults ignore."""
+
+    def progress(self, done: float, total: float | None, what: str) -> None:
+        pass
+
+    def metric(self, name: str, step: int, value: float) -> None:
+        pass
+
+    def log(self, level: str, text: str) -> None:
+        pass
+
+    def done(self, result: Any) -> None:
+        pass
+
+    def failed(self, error: BaseException) -> None:
+        pass
+
+
+NULL_EVENTS = Events()
+
+
+class CallbackEvents(Events):
+    """Events built from plain callables (any may be None)."""
+
+    def __init__(self, progress=None, metric=None, log=None, done=None, failed=None):
+        self._cb = {"progress": progress, "metric": metric, "log": log, "done": done, "failed": failed}
+
+    def progress(self, done, total, what):
+        if self._cb["progress"]:
+            self._cb["progress"](done, total, what)
+
+    def metric(self, name, step, value):
+        if self._cb["metric"]:
+            self._cb["metric"](name, step, value)
+
+    def log(self, level, text):
+        if self._cb["log"]:
+            self._cb["log"](level, text)
+
+    def done(self, result):
+        if self._cb["done"]:
+            self._cb["done"](result)
+
+    def failed(self, error):
+        if self._cb["failed"]:
+            self._cb["failed"](error)
+
+
+@dataclass
+class RecordingEvents(Events):
+    """Keeps every report: used by tests and by the demo's summary."""
+
+    progresses: list = field(default_factory=list)
+    metrics: list = field(default_factory=list)
+    logs: list = field(default_factory=list)
+    result: Any = None
+    error: BaseException | None = None
+
+    def progress(self, done, total, what):
+        self.progresses.append((done, total, what))
+
+    def metric(self, name, step, value):
+        self.metrics.append((name, step, value))
+
+    def log(self, level, text):
+        self.logs.append((level, text))
+
+    def done(self, result):
+        self.result = result
+
+    def failed(self, error):
+        self.error = error
+
+    def series(self, name: str) -> list[tuple[int, float]]:
+        return [(s, v) for n, s, v in self.metrics if n == name]
+
+
+class CancelToken:
+    """Shared between a front end and a job. Thread-safe.
+
+    ``cancel()`` asks the job to stop at its next check; ``pause()`` parks it at its
+    next :meth:`checkpoint` until ``resume()`` (or cancel).
+    """
+
+    def __init__(self) -> None:
+        self._cancel = threading.Event()
+        self._running = threading.Event()
+        self._running.set()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+        self._running.set()  # wake a paused job so it can see the cancel
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    def raise_if_cancelled(self, what: str = "cancelled") -> None:
+        if self._cancel.is_set():
+            raise Cancelled(what)
+
+    def checkpoint(self, on_pause: Callable[[], None] | None = None) -> None:
+        """Block while paused; raise :class:`Cancelled` if cancelled."""
+        if not self._running.is_set():
+            if on_pause:
+                on_pause()
+            while not self._running.wait(0.1):
+                pass
+        self.raise_if_cancelled()
+
+
+class Throttle:
+    """Lets a report through at most every ``interval`` seconds (and always the last)."""
+
+    def __init__(self, interval: float = 0.1):
+        self.interval = interval
+        self._last = 0.0
+
+    def ready(self, final: bool = False) -> bool:
+        now = time.monotonic()
+        if final or now - self._last >= self.interval:
+            self._last = now
+            return True
+        return False
+
+
+def run_job(fn: Callable[..., Any], *args, events: Events | None = None, cancel: CancelToken | None = None, **kwargs) -> Any:
+    """Run ``fn`` and report its ending through ``events.done`` / ``events.failed``."""
+    events = events or NULL_EVENTS
+    try:
+        result = fn(*args, events=events, cancel=cancel, **kwargs)
+    except BaseException as exc:  # noqa: BLE001 - reported, then re-raised for the caller
+        events.failed(exc)
+        raise
+    events.done(result)
+    return result
