@@ -17,7 +17,9 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix + ".part", dir=dest.parent)
+    # the temporary name ends with `suffix` because some writers (mx.save_safetensors) append
+    # their extension to any other name
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part" + suffix, dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -1,0 +1,1 @@
+"""Tuneloom front ends: the Qt GUI (app.gui) and the headless CLI (app.cli)."""

@@ -1,0 +1,250 @@
+"""`tuneloom`: the headless front end. With no subcommand it opens the GUI
+(or, with no display, runs the demo)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+
+def _has_display() -> bool:
+    if sys.platform in ("darwin", "win32"):
+        return True
+    if os.environ.get("QT_QPA_PLATFORM") in ("offscreen", "minimal"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _cancel_on_sigint():
+    from core.events import CancelToken
+
+    token = CancelToken()
+
+    def handler(signum, frame):
+        if token.cancelled:  # second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        print("\nStopping after the current step (Ctrl-C again to abort)...", file=sys.stderr)
+        token.cancel()
+
+    signal.signal(signal.SIGINT, handler)
+    return token
+
+
+def cmd_demo(a) -> int:
+    from app.console import ConsoleEvents
+    from core.demo import run_demo
+    from core.events import Cancelled, TuneloomError
+
+    out = Path(a.out or "demo-out")
+    ev = ConsoleEvents()
+    try:
+        summary = run_demo(out, events=ev, cancel=_cancel_on_sigint())
+    except Cancelled as exc:
+        print(f"cancelled: {exc}", file=sys.stderr)
+        return 130
+    except TuneloomError as exc:
+        print(f"error: {exc.user_message()}", file=sys.stderr)
+        return 1
+    print("\nSummary")
+    for k in ("base_json_valid_rate", "tuned_json_valid_rate", "prose_survival", "f16_agreement", "q8_0_agreement"):
+        v = summary.get(k)
+        print(f"  {k:24s} {'n/a' if v is None else f'{v:.0%}'}")
+    for q, p in summary["gguf"].items():
+        print(f"  gguf {q:19s} {p}")
+    print(f"  {'modelfile':24s} {summary['modelfile']}")
+    ol = next(s for s in summary["stages"] if s["stage"] == "ollama")
+    print(f"  {'ollama':24s} {('registered as ' + ol['model']) if ol.get('registered') else ol.get('message') or ol.get('error')}")
+    print(f"  {'all stages passed':24s} {summary['ok']}  ({summary['seconds']:.0f}s; details in {out / 'summary.json'})")
+    print(json.dumps({k: summary[k] for k in ("ok", "base_json_valid_rate", "tuned_json_valid_rate", "prose_survival",
+                                              "f16_agreement", "q8_0_agreement")}))
+    return 0 if summary["ok"] else 1
+
+
+def cmd_data_check(a) -> int:
+    from core.data import DatasetError, issue_dicts, load_dataset
+    from core.events import TuneloomError
+
+    try:
+        ds = load_dataset(a.files)
+    except DatasetError as exc:
+        if a.json:
+            print(json.dumps({"error": str(exc), "hint": exc.hint, "file": exc.file}))
+        else:
+            print(f"error: {exc.user_message()}", file=sys.stderr)
+        return 2
+    tokens = None
+    if a.model:
+        from core.tokens import ChatEncoder, token_stats
+
+        try:
+            st = token_stats(ChatEncoder(a.model), ds.records, a.max_seq_len)
+        except TuneloomError as exc:
+            print(f"error: {exc.user_message()}", file=sys.stderr)
+            return 2
+        tokens = {k: st[k] for k in ("min", "median", "p95", "max", "truncated", "trained_share")}
+    if a.json:
+        print(json.dumps({"format": ds.format, "formats": ds.formats, "records": ds.total, "valid": len(ds.records),
+                          "invalid": ds.invalid, "duplicates": ds.duplicates(), "problems": issue_dicts(ds.issues),
+                          "tokens": tokens}, ensure_ascii=False))
+    else:
+        print(f"format: {ds.format}")
+        for f, fmt in ds.formats.items():
+            print(f"  {f}: {fmt}")
+        print(f"records: {ds.total}  valid: {len(ds.records)}  invalid: {ds.invalid}  duplicates: {ds.duplicates()}")
+        if tokens:
+            print(f"tokens per example: min {tokens['min']}, median {tokens['median']}, p95 {tokens['p95']}, "
+                  f"max {tokens['max']}; {tokens['truncated']} longer than {a.max_seq_len} (truncated); "
+                  f"{tokens['trained_share']:.0%} of tokens trained on")
+        for i in ds.issues:
+            print(f"problem: {i}")
+    return 1 if ds.issues else 0
+
+
+def cmd_train(a) -> int:
+    from dataclasses import fields
+
+    from app.console import ConsoleEvents
+    from core.events import Cancelled, TuneloomError
+    from core.train import TrainConfig, apply_preset, train
+
+    kwargs = {"iters": a.iters, "epochs": a.epochs, "rank": a.rank, "alpha": a.alpha, "lr": a.lr, "batch": a.batch,
+              "max_seq_len": a.max_seq_len, "seed": a.seed, "mask_prompt": a.mask_prompt,
+              "dora": True if a.dora else None, "skip_invalid": True if a.skip_invalid else None}
+    kwargs = apply_preset(kwargs, a.preset)
+    names = {f.name for f in fields(TrainConfig)}
+    kwargs = {k: v for k, v in kwargs.items() if v is not None and k in names}
+    ev = ConsoleEvents(stream=sys.stdout, metrics=True)
+    try:
+        if a.resume:
+            res = train(TrainConfig(model=""), resume=a.resume, events=ev, cancel=_cancel_on_sigint())
+        else:
+            if not a.model or not a.data:
+                print("error: --model and --data are required (or --resume RUN_DIR)", file=sys.stderr)
+                return 2
+            cfg = TrainConfig(model=a.model, data=a.data, out=a.out, **kwargs)
+            res = train(cfg, events=ev, cancel=_cancel_on_sigint())
+    except Cancelled as exc:
+        print(json.dumps({**(exc.result or {}), "state": "cancelled"}))
+        return 130
+    except TuneloomError as exc:
+        print(f"error: {exc.user_message()}", file=sys.stderr)
+        print(json.dumps({"state": "failed", "error": str(exc)}))
+        return 1
+    print(json.dumps(res))
+    return 0
+
+
+def cmd_export(a) -> int:
+    from app.console import ConsoleEvents
+    from core.events import TuneloomError
+    from core.export import export
+
+    ev = ConsoleEvents()
+    try:
+        res = export(a.source, adapter=a.adapter, gguf=a.gguf, quant=a.quant, ollama=a.ollama, system=a.system,
+                     force=a.force, modelfile=a.modelfile, events=ev, cancel=_cancel_on_sigint())
+    except TuneloomError as exc:
+        print(f"error: {exc.user_message()}", file=sys.stderr)
+        return 1
+    print(json.dumps(res))
+    return 0
+
+
+def cmd_chat(a) -> int:
+    from core.generate import ChatModel
+
+    model = ChatModel(a.model, adapter_dir=a.adapter)
+    messages = [{"role": "system", "content": a.system}] if a.system else []
+    prompts = [a.prompt] if a.prompt else None
+    while True:
+        if prompts is not None:
+            if not prompts:
+                return 0
+            text = prompts.pop(0)
+        else:
+            try:
+                text = input("you> ")
+            except EOFError:
+                return 0
+        messages.append({"role": "user", "content": text})
+        reply = model.answer(messages, max_tokens=a.max_tokens)
+        messages.append({"role": "assistant", "content": reply})
+        print(reply if prompts is not None else f"model> {reply}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tuneloom", description="Fine-tune a small chat model and run it in Ollama.")
+    sub = p.add_subparsers(dest="cmd")
+
+    d = sub.add_parser("demo", help="run the whole pipeline on the bundled demo model (offline)")
+    d.add_argument("--out", help="output folder (default: ./demo-out)")
+    d.set_defaults(func=cmd_demo)
+
+    data = sub.add_parser("data", help="dataset tools")
+    dsub = data.add_subparsers(dest="data_cmd", required=True)
+    c = dsub.add_parser("check", help="validate dataset files and report problems")
+    c.add_argument("files", nargs="+")
+    c.add_argument("--model", help="model folder: also report token lengths with its tokenizer")
+    c.add_argument("--max-seq-len", type=int, default=512)
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.set_defaults(func=cmd_data_check)
+
+    t = sub.add_parser("train", help="LoRA fine-tune a model on a dataset")
+    t.add_argument("--model")
+    t.add_argument("--data", nargs="+")
+    t.add_argument("--out", help="run folder")
+    t.add_argument("--preset", choices=["quick", "balanced", "thorough"])
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--iters", type=int)
+    g.add_argument("--epochs", type=float)
+    t.add_argument("--rank", type=int)
+    t.add_argument("--alpha", type=float)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--batch", type=int)
+    t.add_argument("--max-seq-len", type=int)
+    t.add_argument("--mask-prompt", dest="mask_prompt", action=argparse.BooleanOptionalAction, default=None)
+    t.add_argument("--dora", action="store_true")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--skip-invalid", action="store_true", help="skip invalid examples instead of refusing")
+    t.add_argument("--resume", metavar="RUN_DIR")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("export", help="fuse adapters and write a GGUF (and an Ollama Modelfile)")
+    e.add_argument("source", help="a run folder (base + adapters) or a model folder")
+    e.add_argument("--adapter", metavar="RUN_DIR")
+    e.add_argument("--gguf", required=True, metavar="OUT.gguf")
+    e.add_argument("--quant", default="f16", choices=["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"])
+    e.add_argument("--ollama", metavar="NAME", help="register in Ollama under this name")
+    e.add_argument("--system", help="system prompt for the Modelfile")
+    e.add_argument("--force", action="store_true", help="replace an Ollama model of the same name")
+    e.add_argument("--modelfile", metavar="PATH", help="write the Modelfile here")
+    e.set_defaults(func=cmd_export)
+
+    ch = sub.add_parser("chat", help="chat with a model (and adapters) in the terminal")
+    ch.add_argument("model")
+    ch.add_argument("--adapter")
+    ch.add_argument("--system")
+    ch.add_argument("--prompt", help="answer this one prompt and exit")
+    ch.add_argument("--max-tokens", type=int, default=256)
+    ch.set_defaults(func=cmd_chat)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if a.cmd is None:
+        if _has_display():
+            from app.gui.main import run_gui
+
+            return run_gui()
+        print("No display found: running the headless demo instead of the window.", file=sys.stderr)
+        return cmd_demo(argparse.Namespace(out=None))
+    return a.func(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""The offline demo: the whole pipeline on the bundled model, stage by stage.
+
+load model -> check data -> evaluate base -> LoRA-train -> evaluate fine-tune -> fuse
+-> GGUF F16 + Q8_0 -> llama.cpp agreement (when installed) -> Modelfile / Ollama.
+Each stage reports through the events API; the result says which stages passed.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import core  # noqa: F401  (OpenBLAS before MLX)
+from core import demo_world as world
+from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
+from core.paths import demo_data_dir, demo_model_dir
+
+# Thresholds the demo promises (issue: engine foundation).
+BASE_JSON_MAX = 0.10
+TUNED_JSON_MIN = 0.80
+F16_AGREE_MIN = 0.90
+
+DEMO_TRAIN = dict(iters=200, rank=8, alpha=16.0, lr=1e-3, batch=8, targets="all", max_seq_len=256,
+                  warmup=10, valid_every=40, checkpoint_every=80, seed=0)
+
+
+@dataclass
+class Stage:
+    name: str
+    ok: bool | None = None  # None: skipped
+    seconds: float = 0.0
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def _eval_answers(model, prompts: list[dict], events: Events, what: str, cancel: CancelToken | None) -> list[str]:
+    out = []
+    for i, p in enumerate(prompts):
+        if cancel:
+            cancel.raise_if_cancelled()
+        out.append(model.answer(p["messages"], max_tokens=64))
+        events.progress(i + 1, len(prompts), what)
+    return out
+
+
+def score(structured: list[str], prose: list[str], base_prose: list[str] | None = None,
+          topics: list[str] | None = None) -> dict:
+    js = sum(world.is_valid_structured(a) for a in structured) / max(1, len(structured))
+    pr = [world.is_prose(a) for a in prose]
+    out = {"json_valid_rate": js, "prose_rate": sum(pr) / max(1, len(pr))}
+    if topics is not None:  # stricter: the JSON names the topic that was asked about
+        out["json_name_correct_rate"] = sum(world.is_valid_structured(a) and json.loads(a)["name"] == t
+                                            for a, t in zip(structured, topics)) / max(1, len(structured))
+    if base_prose is not None:
+        base_ok = [world.is_prose(a) for a in base_prose]
+        kept = sum(1 for b, a in zip(base_ok, pr) if b and a)
+        out["prose_survival"] = kept / max(1, sum(base_ok))
+    return out
+
+
+def run_demo(out_dir: str | Path, *, events: Events | None = None, cancel: CancelToken | None = None,
+             train_overrides: dict | None = None, ollama_name: str = "tuneloom-demo") -> dict:
+    from core.generate import ChatModel
+    from core.tokens import ChatEncoder
+
+    events = events or NULL_EVENTS
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stages: list[Stage] = []
+    t_all = time.perf_counter()
+
+    def stage(name: str):
+        s = Stage(name)
+        stages.append(s)
+        events.log("stage", name)
+        s._t0 = time.perf_counter()  # type: ignore[attr-defined]
+        return s
+
+    def finish(s: Stage, ok: bool | None, **detail):
+        s.ok, s.seconds = ok, round(time.perf_counter() - s._t0, 2)  # type: ignore[attr-defined]
+        s.detail.update(detail)
+        events.log("stage-done", json.dumps({"stage": s.name, "ok": ok, "seconds": s.seconds, **detail}))
+
+    model_dir = demo_model_dir()
+    data_dir = demo_data_dir()
+    prompts = json.loads((data_dir.parent / "heldout.json").read_text())
+
+    s = stage("load model")
+    encoder = ChatEncoder(model_dir)
+    base = ChatModel(model_dir, encoder=encoder)
+    finish(s, True, model=str(model_dir), params=int(sum(v.size for v in _params(base.model))))
+
+    s = stage("check data")
+    from core.data import load_dataset
+
+    ds = load_dataset([data_dir / "train.jsonl", data_dir / "valid.jsonl"], cancel=cancel)
+    finish(s, not ds.issues and len(ds.records) > 0, format=ds.format, records=ds.total, valid=len(ds.records),
+           problems=len(ds.issues))
+
+    s = stage("evaluate base")
+    b_struct = _eval_answers(base, prompts["structured"], events, "base: structured prompts", cancel)
+    b_prose = _eval_answers(base, prompts["prose"], events, "base: prose prompts", cancel)
+    topics = [p["topic"] for p in prompts["structured"]]
+    base_score = score(b_struct, b_prose, topics=topics)
+    finish(s, base_score["json_valid_rate"] <= BASE_JSON_MAX, **base_score, example=b_struct[0])
+
+    s = stage("train")
+    from core.train import TrainConfig, train
+
+    cfg = TrainConfig(model=str(model_dir), data=[str(data_dir / "train.jsonl"), str(data_dir / "valid.jsonl")],
+                      out=str(out / "run"), name="demo", **{**DEMO_TRAIN, **(train_overrides or {})})
+    # the sample folder already separates train and valid: use that split
+    cfg.data = [str(data_dir)]
+    tres = train(cfg, events=events, cancel=cancel)
+    finish(s, tres["state"] == "done", steps=tres["steps"], valid_loss=tres["valid_loss"],
+           tokens_per_sec=round(tres["tokens_per_sec"], 1), seconds_training=round(tres["seconds"], 1))
+
+    s = stage("evaluate fine-tuned")
+    tuned = ChatModel(model_dir, adapter_dir=out / "run", encoder=encoder)
+    t_struct = _eval_answers(tuned, prompts["structured"], events, "fine-tuned: structured prompts", cancel)
+    t_prose = _eval_answers(tuned, prompts["prose"], events, "fine-tuned: prose prompts", cancel)
+    tuned_score = score(t_struct, t_prose, b_prose, topics=topics)
+    finish(s, tuned_score["json_valid_rate"] >= TUNED_JSON_MIN, **tuned_score, example=t_struct[0])
+
+    s = stage("fuse")
+    from core.fuse import fuse_model
+
+    fused_dir = fuse_model(model_dir, out / "run", out / "fused", events=events, cancel=cancel)
+    finish(s, True, path=str(fused_dir))
+
+    s = stage("export gguf")
+    from core.gguf_export import export_gguf
+
+    ggufs = {}
+    for q in ("f16", "q8_0"):
+        res = export_gguf(fused_dir, out / f"demo-{q}.gguf", quant=q, events=events, cancel=cancel)
+        ggufs[q] = res["path"]
+    finish(s, True, files=ggufs)
+
+    s = stage("llama.cpp agreement")
+    from core import llamacpp
+
+    agreement: dict[str, float] = {}
+    if not llamacpp.available():
+        finish(s, None, skipped="llama-cpp-python is not installed")
+    else:
+        fused = ChatModel(fused_dir)
+        all_prompts = prompts["structured"] + prompts["prose"]
+        ref = []
+        for i, p in enumerate(all_prompts):
+            ref.append(fused.generate_ids(encoder.prompt_ids(p["messages"]), max_tokens=64))
+            events.progress(i + 1, len(all_prompts), "MLX greedy answers (fused)")
+        for q, path in ggufs.items():
+            llm = llamacpp.LlamaCppModel(path)
+            same = 0
+            for i, p in enumerate(all_prompts):
+                got = llm.greedy(encoder.prompt_ids(p["messages"]), encoder.eos_ids, max_tokens=64)
+                same += got == ref[i]
+                events.progress(i + 1, len(all_prompts), f"llama.cpp greedy answers ({q})")
+            llm.close()
+            agreement[q] = same / len(all_prompts)
+        finish(s, agreement["f16"] >= F16_AGREE_MIN, **{f"{q}_agreement": v for q, v in agreement.items()},
+               prompts=len(all_prompts))
+
+    s = stage("ollama")
+    from core import ollama as ol
+
+    tok_cfg = json.loads((fused_dir / "tokenizer_config.json").read_text())
+    modelfile = out / "Modelfile"
+    ol.write_modelfile(modelfile, Path(ggufs["f16"]), tok_cfg, num_ctx=cfg.max_seq_len)
+    create_cmd = ol.ollama_create_command(modelfile, ollama_name)
+    host = ol.find_server()
+    if host is None:
+        finish(s, None, modelfile=str(modelfile), registered=False,
+               message="no Ollama server answered; to register the model run: " + create_cmd)
+    else:
+        template, stops = ol.go_template_for(tok_cfg)
+        try:
+            reg = ol.register_model(Path(ggufs["f16"]), ollama_name, template=template, stops=stops, force=True,
+                                    host=host, events=events, cancel=cancel)
+            finish(s, True, modelfile=str(modelfile), registered=True, model=ollama_name, server=host,
+                   detail=reg)
+        except TuneloomError as exc:
+            finish(s, False, modelfile=str(modelfile), registered=False, error=exc.user_message(),
+                   command=create_cmd)
+
+    summary = {
+        "ok": all(st.ok is not False for st in stages),
+        "seconds": round(time.perf_counter() - t_all, 1),
+        "out": str(out),
+        "base_json_valid_rate": base_score["json_valid_rate"],
+        "tuned_json_valid_rate": tuned_score["json_valid_rate"],
+        "prose_survival": tuned_score.get("prose_survival"),
+        "tuned_json_name_correct_rate": tuned_score.get("json_name_correct_rate"),
+        "f16_agreement": agreement.get("f16"),
+        "q8_0_agreement": agreement.get("q8_0"),
+        "gguf": ggufs,
+        "modelfile": str(modelfile),
+        "stages": [{"stage": st.name, "ok": st.ok, "seconds": st.seconds, **st.detail} for st in stages],
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _params(model):
+    from mlx.utils import tree_flatten
+
+    return [v for _, v in tree_flatten(model.parameters())]

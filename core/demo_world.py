@@ -1,0 +1,158 @@
+"""The small synthetic world behind the bundled demo model and its sample dataset.
+
+Topics are "<adjective> <noun>" pairs. The base model is pretrained to answer
+questions about them in plain prose; the sample dataset teaches it to answer
+"Describe ... in structured format." with strict JSON of a fixed schema. A fixed
+set of topics is held out: it appears neither in the sample training data nor in
+its validation split, only in the evaluation prompts.
+"""
+from __future__ import annotations
+
+import json
+import random
+
+NOUNS = {
+    "tool": ["hammer", "lantern", "kettle", "ladder", "shovel", "compass", "wrench", "scissors"],
+    "animal": ["fox", "otter", "heron", "badger", "falcon", "turtle", "rabbit", "salmon"],
+    "food": ["bread", "cheese", "apple", "noodle", "pepper", "honey", "lemon", "mushroom"],
+    "vehicle": ["bicycle", "canoe", "tractor", "scooter", "wagon", "sailboat", "truck", "glider"],
+    "instrument": ["violin", "drum", "flute", "guitar", "trumpet", "harp", "piano", "cello"],
+    "plant": ["fern", "cactus", "tulip", "willow", "bamboo", "ivy", "oak", "lavender"],
+}
+ADJECTIVES = ["red", "blue", "green", "small", "large", "old", "new", "wooden", "copper", "silver",
+              "quiet", "bright", "heavy", "light", "soft", "fast", "tiny", "golden", "striped", "round"]
+CATEGORY_TRAIT = {"tool": "useful", "animal": "alive", "food": "tasty", "vehicle": "mobile",
+                  "instrument": "musical", "plant": "green-leafed"}
+CATEGORY_USE = {"tool": "people use it to fix and build things", "animal": "it lives in the wild",
+                "food": "people cook and eat it", "vehicle": "people ride it from place to place",
+                "instrument": "people play music with it", "plant": "it grows in gardens and fields"}
+SYSTEM = "You are a helpful assistant."
+STRUCTURED = "Describe the {name} in structured format."
+PROSE_PROMPTS = ["Tell me about the {name}.", "What is the {name}?", "Describe the {name}.",
+                 "Can you explain what the {name} is?"]
+SMALL_TALK = [
+    ("Hello!", "Hello! How can I help you today?"),
+    ("Hi there.", "Hi! What would you like to know?"),
+    ("Who are you?", "I am a small helpful assistant. I can tell you about things."),
+    ("Thank you!", "You are welcome. Ask me anything else."),
+    ("What can you do?", "I can describe tools, animals, food, vehicles, instruments and plants."),
+]
+SCHEMA_KEYS = ("name", "category", "features")
+# The base model also knows JSON in general (as real base models do), with other keys and other
+# prompts than the sample dataset's schema, so the fine-tune teaches the schema, not JSON syntax.
+RECORD_PROMPTS = ["Show the {name} as a JSON record.", "Give me JSON for the {name}."]
+
+
+def noun_category(noun: str) -> str:
+    return next(c for c, ns in NOUNS.items() if noun in ns)
+
+
+def all_topics() -> list[tuple[str, str]]:
+    return [(a, n) for ns in NOUNS.values() for n in ns for a in ADJECTIVES]
+
+
+def heldout_topics(count: int = 40, seed: int = 7) -> list[tuple[str, str]]:
+    topics = all_topics()
+    random.Random(seed).shuffle(topics)
+    return sorted(topics[:count])
+
+
+def name_of(topic: tuple[str, str]) -> str:
+    return f"{topic[0]} {topic[1]}"
+
+
+def prose_answer(topic: tuple[str, str], rng: random.Random) -> str:
+    adj, noun = topic
+    cat = noun_category(noun)
+    name = name_of(topic)
+    forms = [
+        f"The {name} is a {cat}. It is {adj} and {CATEGORY_TRAIT[cat]}, and {CATEGORY_USE[cat]}.",
+        f"A {name} is a kind of {cat}. It looks {adj}, and {CATEGORY_USE[cat]}.",
+        f"The {name} is a {adj} {noun}. As a {cat}, it is {CATEGORY_TRAIT[cat]}.",
+    ]
+    return rng.choice(forms)
+
+
+def structured_answer(topic: tuple[str, str]) -> str:
+    adj, noun = topic
+    cat = noun_category(noun)
+    obj = {"name": name_of(topic), "category": cat, "features": [adj, noun, CATEGORY_TRAIT[cat]]}
+    return json.dumps(obj)
+
+
+def record_answer(topic: tuple[str, str], rng: random.Random) -> str:
+    adj, noun = topic
+    obj = {"id": rng.randrange(1, 100), "title": name_of(topic), "kind": noun_category(noun), "tags": [noun, adj]}
+    return json.dumps(obj)
+
+
+def _chat(user: str, answer: str, rng: random.Random, system_share: float) -> dict:
+    msgs = [{"role": "system", "content": SYSTEM}] if rng.random() < system_share else []
+    return {"messages": msgs + [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
+
+
+def pretraining_corpus(n: int = 6000, seed: int = 0) -> list[dict]:
+    """Plain-prose chats about every topic (the base model's knowledge)."""
+    rng = random.Random(seed)
+    topics = all_topics()
+    out = []
+    for i in range(n):
+        if i % 10 == 0:
+            u, a = rng.choice(SMALL_TALK)
+            out.append(_chat(u, a, rng, 0.3))
+            continue
+        t = rng.choice(topics)
+        if i % 5 == 1:
+            out.append(_chat(rng.choice(RECORD_PROMPTS).format(name=name_of(t)), record_answer(t, rng), rng, 0.3))
+            continue
+        out.append(_chat(rng.choice(PROSE_PROMPTS).format(name=name_of(t)), prose_answer(t, rng), rng, 0.3))
+    return out
+
+
+def sample_dataset(n_train: int = 320, n_valid: int = 40, replay_share: float = 0.25, seed: int = 1
+                   ) -> tuple[list[dict], list[dict]]:
+    """The structured-output fine-tuning set (train, valid), never touching held-out topics.
+
+    A quarter of it replays plain-prose chats like the base model's own: without them a model
+    this small forgets how to answer in prose at all (measured: 0% of prose answers survive).
+    """
+    rng = random.Random(seed)
+    held = set(heldout_topics())
+    topics = [t for t in all_topics() if t not in held]
+    rng.shuffle(topics)
+    n = n_train + n_valid
+    chosen = topics[:n]
+    rows = []
+    for i, t in enumerate(chosen):
+        if rng.random() < replay_share:
+            rows.append(_chat(rng.choice(PROSE_PROMPTS).format(name=name_of(t)), prose_answer(t, rng), rng, 0.3))
+        else:
+            rows.append(_chat(STRUCTURED.format(name=name_of(t)), structured_answer(t), rng, 0.3))
+    return rows[:n_train], rows[n_train:]
+
+
+def eval_prompts() -> dict[str, list[dict]]:
+    """Held-out prompts: structured requests and prose questions on topics never trained on."""
+    held = heldout_topics()
+    return {
+        "structured": [{"topic": name_of(t), "messages": [{"role": "user", "content": STRUCTURED.format(name=name_of(t))}]}
+                       for t in held],
+        "prose": [{"topic": name_of(t), "messages": [{"role": "user", "content": "Tell me about the {}.".format(name_of(t))}]}
+                  for t in held],
+    }
+
+
+def is_valid_structured(text: str) -> bool:
+    """Valid JSON object with exactly the schema's keys and the right value types."""
+    try:
+        obj = json.loads(text.strip())
+    except (json.JSONDecodeError, ValueError):
+        return False
+    return (isinstance(obj, dict) and set(obj) == set(SCHEMA_KEYS) and isinstance(obj["name"], str)
+            and isinstance(obj["category"], str) and isinstance(obj["features"], list)
+            and all(isinstance(f, str) for f in obj["features"]))
+
+
+def is_prose(text: str) -> bool:
+    t = text.strip()
+    return bool(t) and t[0].isalpha() and "{" not in t and t.endswith(".")

@@ -1,0 +1,196 @@
+"""Merge a trained LoRA / DoRA adapter into its base model: a plain HF model folder out.
+
+The base is loaded with mlx-lm's model code, the adapter applied with mlx-lm's own
+``load_adapters`` (the layout our trainer writes: ``adapters.safetensors`` +
+``adapter_config.json``), and every adapted layer merged with its ``fuse()``. A
+quantized base (QLoRA) is dequantized on the way, so the result is always a
+full-precision model in the base's float dtype that ``core.gguf_export`` and other
+tools can read. The folder is assembled next to ``out_dir`` and renamed into place
+only when complete.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
+
+# Tokenizer and generation files a model folder may carry; copied verbatim from the
+# base so the fused model tokenizes and stops exactly as the base did.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "generation_config.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+_TOKENIZER_GLOBS = ("*.tiktoken",)
+
+_QUANT_CONFIG_KEYS = ("quantization", "quantization_config")
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TuneloomError(f"{what} not found: {path}", "Check that the folder is complete.") from None
+    except ValueError as exc:
+        raise TuneloomError(f"{what} is not valid JSON ({path}): {exc}") from exc
+
+
+def _check_inputs(base_dir: Path, adapter_dir: Path) -> dict:
+    if not base_dir.is_dir():
+        raise TuneloomError(f"Base model folder not found: {base_dir}", "Download or import the base model again.")
+    if not adapter_dir.is_dir():
+        raise TuneloomError(f"Adapter folder not found: {adapter_dir}", "Choose a training run that saved an adapter.")
+    base_config = _read_json(base_dir / "config.json", "The base model's config.json")
+    adapter_config = _read_json(adapter_dir / "adapter_config.json", "The adapter's adapter_config.json")
+    if not (adapter_dir / "adapters.safetensors").is_file():
+        raise TuneloomError(f"No adapters.safetensors in {adapter_dir}.", "The run has not saved an adapter yet; train at least to the first save.")
+    kind = adapter_config.get("fine_tune_type", "lora")
+    if kind not in ("lora", "dora", "full"):
+        raise TuneloomError(f"Unknown fine_tune_type {kind!r} in adapter_config.json.", "Expected lora, dora or full.")
+    return base_config
+
+
+def _float_dtype(model, base_config: dict):
+    """The base's float dtype: that of its stored unquantized float weights (norms at
+    least), else config.json's."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    for key, p in tree_flatten(model.parameters()):
+        if mx.issubdtype(p.dtype, mx.floating) and not key.endswith((".scales", ".biases")):
+            return p.dtype
+    name = base_config.get("torch_dtype") or base_config.get("dtype")
+    return {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}.get(name, mx.float16)
+
+
+def _dtype_name(dtype) -> str:
+    import mlx.core as mx
+
+    return {mx.bfloat16: "bfloat16", mx.float16: "float16", mx.float32: "float32"}[dtype]
+
+
+def _copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)
+            copied.append(name)
+    for pattern in _TOKENIZER_GLOBS:
+        for path in src.glob(pattern):
+            shutil.copyfile(path, dst / path.name)
+            copied.append(path.name)
+    return copied
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    """Move the finished ``tmp`` to ``out_dir``; an older ``out_dir`` is removed only after."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{tmp.name}")
+        out_dir.rename(old)
+    try:
+        tmp.rename(out_dir)
+    except BaseException:
+        if old is not None:
+            old.rename(out_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def fuse_model(base_dir, adapter_dir, out_dir, *, events: Events | None = None,
+               cancel: CancelToken | None = None) -> Path:
+    """Merge the adapter in ``adapter_dir`` into the model in ``base_dir``; write ``out_dir``.
+
+    ``out_dir`` becomes a standard HF folder: ``config.json`` (without quantization keys),
+    ``model.safetensors`` in the base's float dtype and the base's tokenizer files.
+    Returns ``out_dir``. Raises :class:`TuneloomError` when the inputs are missing or do
+    not belong together, :class:`Cancelled` when ``cancel`` fires (nothing is written).
+    """
+    events = events or NULL_EVENTS
+    base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
+    base_config = _check_inputs(base_dir, adapter_dir)
+
+    def check():
+        if cancel:
+            cancel.raise_if_cancelled()
+
+    import mlx.core as mx
+    from mlx.utils import tree_flatten, tree_unflatten
+    from mlx_lm.tuner.utils import load_adapters
+    from mlx_lm.utils import dequantize_model, load_model, save_model
+
+    events.log("info", f"Loading base model {base_dir.name}")
+    events.progress(0, None, "loading base model")
+    try:
+        model, _ = load_model(base_dir, lazy=True)
+    except (ValueError, FileNotFoundError) as exc:
+        raise TuneloomError(f"Cannot load the base model in {base_dir}: {exc}",
+                            "The folder needs config.json and its *.safetensors weights, for a model type mlx-lm supports.") from exc
+    check()
+
+    was_quantized = any(k in base_config for k in _QUANT_CONFIG_KEYS)
+    dtype = _float_dtype(model, base_config)
+
+    events.progress(0, None, "applying adapter")
+    try:
+        model = load_adapters(model, str(adapter_dir))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise TuneloomError(f"The adapter in {adapter_dir} does not fit the base model {base_dir.name}: {exc}",
+                            "Fuse with the same base model the adapter was trained on.") from exc
+    check()
+
+    adapted = [(name, module) for name, module in model.named_modules() if hasattr(module, "fuse")]
+    total = len(adapted) + 1
+    fused = []
+    for i, (name, module) in enumerate(adapted):
+        check()
+        # dequantize=True: a QLoRA base comes out as a plain full-precision Linear
+        fused.append((name, module.fuse(dequantize=True)))
+        events.progress(i + 1, total, f"merging {name}")
+    if fused:
+        model.update_modules(tree_unflatten(fused))
+    if was_quantized:
+        model = dequantize_model(model)  # the layers no adapter touched (embeddings, lm_head, ...)
+    leftovers = [k for k, _ in tree_flatten(model.parameters()) if k.endswith((".scales", ".lora_a", ".lora_b"))]
+    if leftovers:
+        raise TuneloomError(f"Merging left unmerged parameters, e.g. {leftovers[0]}.", "This model/adapter combination is not supported for fusing.")
+    model.set_dtype(dtype)
+    mx.eval(model.parameters())
+    check()
+
+    config = {k: v for k, v in base_config.items() if k not in _QUANT_CONFIG_KEYS}
+    if "torch_dtype" in config or "dtype" not in config:
+        config["torch_dtype"] = _dtype_name(dtype)
+    if "dtype" in config:  # the key's name since transformers 5
+        config["dtype"] = _dtype_name(dtype)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
+    try:
+        events.progress(len(adapted), total, "saving merged weights")
+        save_model(tmp, model, donate_model=True)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        copied = _copy_tokenizer_files(base_dir, tmp)
+        if not any(n in copied for n in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+            events.log("warning", f"No tokenizer files found in {base_dir}; the fused model has none.")
+        check()
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(tmp)
+        raise
+    events.progress(total, total, "fused")
+    events.log("info", f"Fused {len(adapted)} adapted layer(s) into {out_dir}")
+    return out_dir

@@ -1,0 +1,691 @@
+"""Hugging Face model folder -> one GGUF file that llama.cpp (and so Ollama) reads exactly.
+
+Supported: ``Qwen2ForCausalLM`` (gguf arch ``qwen2``), ``Qwen3ForCausalLM`` (``qwen3``) and
+``LlamaForCausalLM`` (``llama``), in f32 / f16 / bf16 / q8_0 / q4_0.
+
+The metadata follows what llama.cpp's own ``convert_hf_to_gguf.py`` writes for these
+architectures (hyper-parameters, tokenizer model and pre-tokenizer, token types,
+merges or SentencePiece scores, special token ids, add-BOS/EOS flags, chat template),
+using the ``gguf`` package for every key, the tensor-name table and the writer, and
+``gguf.SpecialVocab`` for special tokens, merges and the chat template.
+
+The export streams: tensor infos are planned from the safetensors headers, the header
+is written, then each tensor is read, converted and written on its own, so the whole
+model is never in memory. The file is written next to ``out_path`` and renamed over it
+only after it has been read back; a failure or a cancel leaves no file behind.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+
+from core.atomic import atomic_path
+from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- tables
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """How one HF architecture maps onto a llama.cpp architecture."""
+
+    arch: gguf.MODEL_ARCH
+    # llama.cpp's LLAMA graph applies RoPE to interleaved pairs, HF Llama to the two
+    # halves of each head: the converter reorders the Q/K rows; Qwen uses NEOX RoPE
+    # in llama.cpp, which matches HF as is.
+    permute_qk: bool = False
+    # the converter writes vocab_size and rope.dimension_count for llama only
+    write_vocab_and_rope_dim: bool = False
+    # tensors llama.cpp requires per block beyond the common set
+    extra_block_tensors: tuple[gguf.MODEL_TENSOR, ...] = ()
+    extra_block_biases: tuple[gguf.MODEL_TENSOR, ...] = ()
+
+
+ARCHITECTURES: dict[str, ArchSpec] = {
+    "Qwen2ForCausalLM": ArchSpec(
+        gguf.MODEL_ARCH.QWEN2,
+        extra_block_biases=(gguf.MODEL_TENSOR.ATTN_Q, gguf.MODEL_TENSOR.ATTN_K, gguf.MODEL_TENSOR.ATTN_V),
+    ),
+    "Qwen3ForCausalLM": ArchSpec(
+        gguf.MODEL_ARCH.QWEN3,
+        extra_block_tensors=(gguf.MODEL_TENSOR.ATTN_Q_NORM, gguf.MODEL_TENSOR.ATTN_K_NORM),
+    ),
+    "LlamaForCausalLM": ArchSpec(gguf.MODEL_ARCH.LLAMA, permute_qk=True, write_vocab_and_rope_dim=True),
+}
+
+_BLOCK_TENSORS = (
+    gguf.MODEL_TENSOR.ATTN_NORM,
+    gguf.MODEL_TENSOR.ATTN_Q,
+    gguf.MODEL_TENSOR.ATTN_K,
+    gguf.MODEL_TENSOR.ATTN_V,
+    gguf.MODEL_TENSOR.ATTN_OUT,
+    gguf.MODEL_TENSOR.FFN_NORM,
+    gguf.MODEL_TENSOR.FFN_GATE,
+    gguf.MODEL_TENSOR.FFN_UP,
+    gguf.MODEL_TENSOR.FFN_DOWN,
+)
+
+QT = gguf.GGMLQuantizationType
+# quant name -> (file type recorded in the GGUF, type of the 2-D weight matrices)
+QUANT_TYPES: dict[str, tuple[gguf.LlamaFileType, QT]] = {
+    "f32": (gguf.LlamaFileType.ALL_F32, QT.F32),
+    "f16": (gguf.LlamaFileType.MOSTLY_F16, QT.F16),
+    "bf16": (gguf.LlamaFileType.MOSTLY_BF16, QT.BF16),
+    "q8_0": (gguf.LlamaFileType.MOSTLY_Q8_0, QT.Q8_0),
+    "q4_0": (gguf.LlamaFileType.MOSTLY_Q4_0, QT.Q4_0),
+}
+
+# llama-quantize keeps the output projection (the tied embedding when there is no
+# separate one) at Q6_K in a Q4_0 file because 4 bits there costs the most quality.
+# gguf.quants cannot write Q6_K, so the next type up that it can write is used.
+_Q4_0_OUTPUT_TYPE = QT.Q8_0
+
+# HF byte-level BPE pre-tokenizer regexes -> llama.cpp's name for the same pre-tokenizer,
+# and the BPE "ignore_merges" setting llama.cpp assumes for it.
+BPE_PRE_TOKENIZERS: dict[str, tuple[str, bool]] = {
+    # Qwen2 / Qwen2.5 / Qwen3 (and tokenizers trained with the same regex)
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": ("qwen2", False),
+    # Llama 3 (digits grouped by three)
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": ("llama-bpe", True),
+}
+_ALLOWED_BPE_NORMALIZERS = (None, "NFC")
+
+_F16_MAX = float(np.finfo(np.float16).max)
+
+
+# --------------------------------------------------------------------------- safetensors
+
+# numpy has no bfloat16, so safetensors' numpy loader refuses BF16 tensors and torch is
+# not a dependency. The safetensors layout is simple and documented (u64 header size,
+# JSON header with dtype/shape/byte offsets, raw little-endian data), so tensors are read
+# straight from it: BF16 as uint16 shifted into float32, one tensor at a time.
+_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16}
+
+
+@dataclass(frozen=True)
+class _StoredTensor:
+    path: Path
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int  # absolute byte offset of the data in the file
+    nbytes: int
+
+    def read_f32(self) -> np.ndarray:
+        np_dtype = _ST_DTYPES[self.dtype]
+        count = math.prod(self.shape)
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            data = np.fromfile(fh, dtype=np.dtype(np_dtype).newbyteorder("<"), count=count)
+        if data.size != count:
+            raise TuneloomError(f"{self.path.name} is truncated (tensor {self.name}).",
+                                "Re-download or re-fuse the model.")
+        if self.dtype == "BF16":
+            data = (data.astype(np.uint32) << 16).view(np.float32)
+        else:
+            data = data.astype(np.float32, copy=False)
+        return data.reshape(self.shape)
+
+
+def _read_safetensors_index(path: Path) -> list[_StoredTensor]:
+    try:
+        with open(path, "rb") as fh:
+            (header_len,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(header_len))
+    except (OSError, struct.error, ValueError) as exc:
+        raise TuneloomError(f"Cannot read {path.name}: {exc}", "The weights file looks damaged; re-download or re-fuse the model.") from exc
+    base = 8 + header_len
+    out = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = info["dtype"]
+        start, end = info["data_offsets"]
+        out.append(_StoredTensor(path, name, dtype, tuple(info["shape"]), base + start, end - start))
+    return out
+
+
+# --------------------------------------------------------------------------- plan
+
+@dataclass
+class _PlannedTensor:
+    src: _StoredTensor
+    gguf_name: str
+    qtype: QT
+    out_shape: tuple[int, ...]  # numpy shape of the array handed to the writer
+    out_dtype: type
+    nbytes: int
+    permute_heads: int | None = None  # llama Q/K row reorder over this many heads
+
+
+def _out_layout(shape: tuple[int, ...], qtype: QT) -> tuple[tuple[int, ...], type, int]:
+    if qtype == QT.F32:
+        return shape, np.float32, math.prod(shape) * 4
+    if qtype == QT.F16:
+        return shape, np.float16, math.prod(shape) * 2
+    byte_shape = gguf.quant_shape_to_byte_shape(shape, qtype)
+    return byte_shape, np.uint8, math.prod(byte_shape)
+
+
+def _choose_qtype(gguf_name: str, shape: tuple[int, ...], quant: str, is_output: bool, events: Events) -> QT:
+    # as llama.cpp's converter: 1-D tensors and norms stay F32, so do non-weight tensors
+    if len(shape) <= 1 or gguf_name.endswith("_norm.weight") or not gguf_name.endswith(".weight"):
+        return QT.F32
+    qtype = QUANT_TYPES[quant][1]
+    if qtype == QT.Q4_0 and is_output:
+        qtype = _Q4_0_OUTPUT_TYPE
+    if qtype in gguf.GGML_QUANT_SIZES and qtype not in (QT.F32, QT.F16, QT.BF16):
+        block = gguf.GGML_QUANT_SIZES[qtype][0]
+        if shape[-1] % block:
+            events.log("warning", f"{gguf_name}: row of {shape[-1]} is not a multiple of {block}; kept as F16")
+            return QT.F16
+    return qtype
+
+
+def _load_config(model_dir: Path) -> dict:
+    cfg_path = model_dir / "config.json"
+    if not cfg_path.is_file():
+        raise TuneloomError(f"{model_dir} has no config.json.", "Choose a Hugging Face model folder (config.json, tokenizer, *.safetensors).")
+    try:
+        return json.loads(cfg_path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise TuneloomError(f"config.json in {model_dir} is not valid JSON: {exc}") from exc
+
+
+def _arch_spec(config: dict) -> tuple[str, ArchSpec]:
+    archs = config.get("architectures") or []
+    hf_arch = archs[0] if archs else config.get("model_type", "unknown")
+    spec = ARCHITECTURES.get(hf_arch)
+    if spec is None:
+        raise TuneloomError(
+            f"Cannot export architecture {hf_arch!r} to GGUF.",
+            "Supported: " + ", ".join(sorted(ARCHITECTURES)) + ". Pick a Qwen2/Qwen2.5, Qwen3 or Llama/TinyLlama model.",
+        )
+    return hf_arch, spec
+
+
+def _weight_files(model_dir: Path) -> list[Path]:
+    files = sorted(model_dir.glob("model*.safetensors")) or sorted(
+        p for p in model_dir.glob("*.safetensors") if not p.name.startswith("adapters")
+    )
+    if not files:
+        raise TuneloomError(f"No *.safetensors weights in {model_dir}.", "Fuse the adapter first, or choose a folder with the model's weights.")
+    return files
+
+
+def _plan_tensors(model_dir: Path, config: dict, spec: ArchSpec, quant: str, events: Events) -> list[_PlannedTensor]:
+    n_layers = config["num_hidden_layers"]
+    n_head = config["num_attention_heads"]
+    n_kv = config.get("num_key_value_heads", n_head)
+    tensor_map = gguf.get_tensor_name_map(spec.arch, n_layers)
+
+    stored: list[_StoredTensor] = []
+    for path in _weight_files(model_dir):
+        stored.extend(_read_safetensors_index(path))
+    names = {t.name for t in stored}
+    if any(n.endswith((".scales", ".biases")) for n in names) or "quantization" in config:
+        raise TuneloomError(
+            "This model folder holds MLX-quantized weights, which GGUF export cannot read.",
+            "Fuse with dequantize (the default for quantized bases) and export the fused folder.",
+        )
+
+    has_output = any(tensor_map.get_name(n, try_suffixes=(".weight",)) == "output.weight" for n in names)
+    output_name = "output.weight" if has_output else "token_embd.weight"
+    plan: list[_PlannedTensor] = []
+    for t in stored:
+        if t.name.endswith(".rotary_emb.inv_freq"):
+            continue  # recomputed by llama.cpp from rope_theta
+        if t.dtype not in _ST_DTYPES:
+            raise TuneloomError(f"Tensor {t.name} has dtype {t.dtype}, which GGUF export does not read.", "Export a float16/bfloat16/float32 model.")
+        gguf_name = tensor_map.get_name(t.name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise TuneloomError(f"Unexpected tensor {t.name!r} for {gguf.MODEL_ARCH_NAMES[spec.arch]}.",
+                                "The weights do not match config.json's architecture.")
+        qtype = _choose_qtype(gguf_name, t.shape, quant, gguf_name == output_name, events)
+        out_shape, out_dtype, nbytes = _out_layout(t.shape, qtype)
+        permute = None
+        if spec.permute_qk and t.name.endswith(("q_proj.weight", "q_proj.bias")):
+            permute = n_head
+        elif spec.permute_qk and t.name.endswith(("k_proj.weight", "k_proj.bias")):
+            permute = n_kv
+        plan.append(_PlannedTensor(t, gguf_name, qtype, out_shape, out_dtype, nbytes, permute))
+
+    _check_complete(plan, config, spec, n_layers)
+    return plan
+
+
+def _check_complete(plan: list[_PlannedTensor], config: dict, spec: ArchSpec, n_layers: int) -> None:
+    """Fail here with a clear message rather than in llama.cpp's loader."""
+    have = {p.gguf_name: p for p in plan}
+    names = gguf.TENSOR_NAMES
+    need = [names[gguf.MODEL_TENSOR.TOKEN_EMBD] + ".weight", names[gguf.MODEL_TENSOR.OUTPUT_NORM] + ".weight"]
+    for bid in range(n_layers):
+        for kind in _BLOCK_TENSORS + spec.extra_block_tensors:
+            need.append(names[kind].format(bid=bid) + ".weight")
+        for kind in spec.extra_block_biases:
+            need.append(names[kind].format(bid=bid) + ".bias")
+    if not config.get("tie_word_embeddings", False):
+        need.append(names[gguf.MODEL_TENSOR.OUTPUT] + ".weight")
+    missing = [n for n in need if n not in have]
+    if missing:
+        raise TuneloomError(
+            f"The model's weights are incomplete: {len(missing)} tensor(s) missing, e.g. {missing[0]}.",
+            "Re-download or re-fuse the model.",
+        )
+    emb = have[names[gguf.MODEL_TENSOR.TOKEN_EMBD] + ".weight"].src.shape
+    if emb[0] != config["vocab_size"]:
+        raise TuneloomError(f"Embedding has {emb[0]} rows but config.json says vocab_size {config['vocab_size']}.",
+                            "The weights and config.json do not belong together.")
+
+
+# --------------------------------------------------------------------------- hyper-parameters
+
+def _add_hparams(w: gguf.GGUFWriter, config: dict, spec: ArchSpec, ftype: gguf.LlamaFileType) -> None:
+    n_head = config["num_attention_heads"]
+    w.add_block_count(config["num_hidden_layers"])
+    if (n_ctx := config.get("max_position_embeddings")) is not None:
+        w.add_context_length(n_ctx)
+    w.add_embedding_length(config["hidden_size"])
+    w.add_feed_forward_length(config["intermediate_size"])
+    w.add_head_count(n_head)
+    w.add_head_count_kv(config.get("num_key_value_heads", n_head))
+    # transformers >= 5 writes rope_theta (and the scaling) inside "rope_parameters"
+    rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
+    theta = config.get("rope_theta", rope.get("rope_theta"))
+    if theta is not None:
+        w.add_rope_freq_base(float(theta))
+    _add_rope_scaling(w, rope)
+    w.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
+    if (head_dim := config.get("head_dim")) is not None:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    if spec.write_vocab_and_rope_dim:
+        w.add_vocab_size(config["vocab_size"])
+        w.add_rope_dimension_count(config.get("head_dim") or config["hidden_size"] // n_head)
+    w.add_file_type(ftype)
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def _add_rope_scaling(w: gguf.GGUFWriter, rope: dict) -> None:
+    rope_type = rope.get("rope_type", rope.get("type"))
+    if rope_type in (None, "default"):
+        return
+    factor = rope.get("factor")
+    if rope_type == "linear" and factor is not None:
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(float(factor))
+    elif rope_type == "yarn" and factor is not None:
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(float(factor))
+        if (orig := rope.get("original_max_position_embeddings")) is not None:
+            w.add_rope_scaling_orig_ctx_len(int(orig))
+    else:
+        raise TuneloomError(f"RoPE scaling {rope_type!r} is not supported by the GGUF export.",
+                            "Export a model without this rope_scaling, or convert it with llama.cpp's own converter.")
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+@dataclass
+class _Vocab:
+    model: str  # "gpt2" or "llama"
+    pre: str
+    tokens: list
+    toktypes: list[int]
+    scores: list[float] | None
+    special: gguf.SpecialVocab
+    add_space_prefix: bool | None = None
+
+
+def _does_token_look_special(token: str) -> bool:
+    # llama.cpp's converter marks added tokens shaped like <|...|> as CONTROL even when
+    # the tokenizer calls them non-special (e.g. Qwen's <|fim_prefix|>)
+    return token.startswith("<|") and token.endswith("|>")
+
+
+def detect_bpe_pre(tokenizer_json: dict) -> str:
+    """llama.cpp's pre-tokenizer name for a byte-level BPE ``tokenizer.json``.
+
+    Decided from the tokenizer's structure (normalizer, pre-tokenizer regex, byte-level
+    settings), so a custom tokenizer trained with Qwen2's regex is recognised as well.
+    """
+    model = tokenizer_json.get("model") or {}
+    if model.get("type") != "BPE" or model.get("byte_fallback"):
+        raise TuneloomError("The tokenizer is not a byte-level BPE tokenizer llama.cpp can reproduce.",
+                            "Supported: Qwen-style and Llama-3-style byte-level BPE, SentencePiece (tokenizer.model).")
+    norm = tokenizer_json.get("normalizer")
+    norm_type = norm.get("type") if norm else None
+    if norm_type not in _ALLOWED_BPE_NORMALIZERS:
+        raise TuneloomError(f"Unrecognised tokenizer normalizer {norm_type!r}.", "llama.cpp would tokenize this model differently; export is refused.")
+    pre = tokenizer_json.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    regex = None
+    if (len(steps) == 2 and steps[0].get("type") == "Split" and steps[1].get("type") == "ByteLevel"
+            and steps[0].get("behavior") == "Isolated" and not steps[0].get("invert")
+            and not steps[1].get("add_prefix_space") and not steps[1].get("use_regex", True)):
+        regex = (steps[0].get("pattern") or {}).get("Regex")
+    entry = BPE_PRE_TOKENIZERS.get(regex) if regex is not None else None
+    if entry is None:
+        raise TuneloomError(
+            "Unrecognised pre-tokenizer in tokenizer.json.",
+            "Only Qwen2- and Llama-3-style byte-level pre-tokenizers are supported; llama.cpp would split text differently.",
+        )
+    name, ignore_merges = entry
+    if bool(model.get("ignore_merges", False)) != ignore_merges:
+        raise TuneloomError(f"The tokenizer's ignore_merges={model.get('ignore_merges')} does not match llama.cpp's {name!r} pre-tokenizer.",
+                            "llama.cpp would tokenize this model differently; export is refused.")
+    if norm_type == "NFC" and name != "qwen2":
+        raise TuneloomError("Unrecognised tokenizer normalizer 'NFC' for this pre-tokenizer.", "")
+    return name
+
+
+def _load_bpe_tokenizer(model_dir: Path, scratch: Path):
+    """(tokenizers.Tokenizer, folder SpecialVocab should read) for a byte-level BPE model."""
+    from tokenizers import Tokenizer
+
+    tok_json = model_dir / "tokenizer.json"
+    if tok_json.is_file():
+        return Tokenizer.from_file(str(tok_json)), model_dir
+    if not (model_dir / "vocab.json").is_file():
+        raise TuneloomError(f"No tokenizer found in {model_dir}.", "The folder needs tokenizer.json (or vocab.json + merges.txt, or tokenizer.model).")
+    # slow-tokenizer files only: let transformers build the fast tokenizer, as a hub
+    # folder's tokenizer.json would be, and give SpecialVocab a folder that has it
+    from transformers import AutoTokenizer
+
+    backend = AutoTokenizer.from_pretrained(str(model_dir)).backend_tokenizer
+    backend.save(str(scratch / "tokenizer.json"))
+    for name in ("tokenizer_config.json", "config.json", "chat_template.jinja", "chat_template.json"):
+        if (model_dir / name).is_file():
+            shutil.copyfile(model_dir / name, scratch / name)
+    return Tokenizer.from_file(str(scratch / "tokenizer.json")), scratch
+
+
+def _bpe_vocab(model_dir: Path, vocab_size: int, scratch: Path) -> _Vocab:
+    tok, special_dir = _load_bpe_tokenizer(model_dir, scratch)
+    pre = detect_bpe_pre(json.loads(tok.to_str()))
+    vocab = tok.get_vocab(with_added_tokens=True)
+    if max(vocab.values()) >= vocab_size:
+        raise TuneloomError(f"The tokenizer has token id {max(vocab.values())} but the model's vocab_size is {vocab_size}.",
+                            "The tokenizer does not belong to these weights.")
+    added = tok.get_added_tokens_decoder()
+    reverse = {i: t for t, i in vocab.items()}
+    tokens: list[str] = []
+    toktypes: list[int] = []
+    for i in range(vocab_size):
+        if i not in reverse:
+            tokens.append(f"[PAD{i}]")
+            toktypes.append(gguf.TokenType.UNUSED)
+            continue
+        token = reverse[i]
+        if i in added:
+            info = added[i]
+            if not info.normalized:
+                # llama.cpp matches added tokens on their pre-normalised text
+                token = tok.decode(tok.encode(token, add_special_tokens=False).ids, skip_special_tokens=False)
+            if info.special or _does_token_look_special(token):
+                toktypes.append(gguf.TokenType.CONTROL)
+            else:
+                toktypes.append(gguf.TokenType.USER_DEFINED)
+        else:
+            toktypes.append(gguf.TokenType.NORMAL)
+        tokens.append(token)
+
+    special = gguf.SpecialVocab(special_dir, load_merges=True)
+    if not special.merges:
+        raise TuneloomError("The tokenizer has no BPE merges.", "The tokenizer files look incomplete.")
+    for kind, text in (("bos", "a"), ("eos", "a")):
+        if kind not in special.add_special_token:
+            # not stated in tokenizer_config.json: ask the tokenizer what it does
+            with_special = tok.encode(text, add_special_tokens=True).ids
+            without = tok.encode(text, add_special_tokens=False).ids
+            tid = special.special_token_ids.get(kind)
+            if kind == "bos":
+                special.add_special_token[kind] = len(with_special) > len(without) and with_special[0] == tid
+            else:
+                special.add_special_token[kind] = len(with_special) > len(without) and with_special[-1] == tid
+    return _Vocab("gpt2", pre, tokens, toktypes, None, special)
+
+
+def _spm_vocab(model_dir: Path, vocab_size: int) -> _Vocab:
+    from sentencepiece import SentencePieceProcessor
+
+    sp = SentencePieceProcessor()
+    sp.LoadFromFile(str(model_dir / "tokenizer.model"))
+    T = gguf.TokenType
+    tokens: list[bytes] = [f"[PAD{i}]".encode() for i in range(vocab_size)]
+    scores = [-10000.0] * vocab_size
+    toktypes = [int(T.UNUSED)] * vocab_size
+    if sp.vocab_size() > vocab_size:
+        raise TuneloomError(f"tokenizer.model has {sp.vocab_size()} pieces but the model's vocab_size is {vocab_size}.",
+                            "The tokenizer does not belong to these weights.")
+    for i in range(sp.vocab_size()):
+        kind = T.NORMAL
+        if sp.IsUnknown(i):
+            kind = T.UNKNOWN
+        elif sp.IsControl(i):
+            kind = T.CONTROL
+        elif sp.IsUnused(i):
+            kind = T.UNUSED
+        elif sp.IsByte(i):
+            kind = T.BYTE
+        tokens[i] = sp.IdToPiece(i).encode("utf-8")
+        scores[i] = sp.GetScore(i)
+        toktypes[i] = int(kind)
+
+    # tokens added on top of the SentencePiece model, as the converter reads them
+    added_json = model_dir / "added_tokens.json"
+    if added_json.is_file():
+        for text, tid in json.loads(added_json.read_text(encoding="utf-8")).items():
+            if tid < vocab_size:
+                tokens[tid], scores[tid], toktypes[tid] = text.encode("utf-8"), -1000.0, int(T.USER_DEFINED)
+    add_space_prefix = None
+    cfg_path = model_dir / "tokenizer_config.json"
+    if cfg_path.is_file():
+        tcfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        add_space_prefix = tcfg.get("add_prefix_space")
+        for tid_s, data in (tcfg.get("added_tokens_decoder") or {}).items():
+            tid, text = int(tid_s), data["content"]
+            if tid >= vocab_size:
+                continue
+            if data.get("special") or _does_token_look_special(text):
+                toktypes[tid] = int(T.CONTROL)
+            else:
+                text = text.replace("\u2581", " ")
+                toktypes[tid] = int(T.USER_DEFINED)
+            tokens[tid], scores[tid] = text.encode("utf-8"), -1000.0
+
+    special = gguf.SpecialVocab(model_dir, n_vocab=len(tokens))
+    # HF's LlamaTokenizer adds BOS and not EOS unless tokenizer_config.json says otherwise
+    special.add_special_token.setdefault("bos", True)
+    special.add_special_token.setdefault("eos", False)
+    return _Vocab("llama", "default", tokens, toktypes, scores, special, add_space_prefix)
+
+
+def _load_vocab(model_dir: Path, vocab_size: int, scratch: Path) -> _Vocab:
+    # the converter's order for these architectures: SentencePiece when there is a
+    # tokenizer.model, byte-level BPE otherwise
+    if (model_dir / "tokenizer.model").is_file():
+        return _spm_vocab(model_dir, vocab_size)
+    return _bpe_vocab(model_dir, vocab_size, scratch)
+
+
+def _add_vocab(w: gguf.GGUFWriter, v: _Vocab) -> None:
+    w.add_tokenizer_model(v.model)
+    w.add_tokenizer_pre(v.pre)
+    w.add_token_list(v.tokens)
+    if v.scores is not None:
+        w.add_token_scores(v.scores)
+    w.add_token_types(v.toktypes)
+    if v.add_space_prefix is not None:
+        w.add_add_space_prefix(v.add_space_prefix)
+    v.special.add_to_gguf(w, quiet=True)
+
+
+def _add_general(w: gguf.GGUFWriter, model_dir: Path, total_params: int) -> None:
+    w.add_type(gguf.GGUFType.MODEL)
+    try:
+        meta = gguf.Metadata.load(None, model_dir, None, total_params)
+        if meta.name is None:
+            meta.name = model_dir.name
+        meta.set_gguf_meta_model(w)
+    except Exception as exc:  # noqa: BLE001 - a model card we cannot parse only costs the name
+        log.debug("model card metadata skipped: %s", exc)
+        w.add_name(model_dir.name)
+
+
+# --------------------------------------------------------------------------- export
+
+def _permute_for_llama_rope(data: np.ndarray, n_head: int) -> np.ndarray:
+    # rows of each head go from [first half | second half] (HF rotate_half) to
+    # interleaved pairs (llama.cpp's LLAMA RoPE)
+    rows = data.shape[0]
+    return data.reshape(n_head, 2, rows // n_head // 2, *data.shape[1:]).swapaxes(1, 2).reshape(data.shape)
+
+
+def _convert(p: _PlannedTensor) -> np.ndarray:
+    data = p.src.read_f32()
+    if p.permute_heads:
+        data = _permute_for_llama_rope(data, p.permute_heads)
+    if p.qtype == QT.F16 and data.size and float(np.abs(data).max()) > _F16_MAX:
+        raise TuneloomError(f"{p.gguf_name} has values beyond float16's range.", "Export as bf16 or f32 instead.")
+    out = gguf.quants.quantize(np.ascontiguousarray(data), p.qtype)
+    if out.shape != p.out_shape or out.dtype != p.out_dtype:
+        raise RuntimeError(f"{p.gguf_name}: converted to {out.shape} {out.dtype}, planned {p.out_shape} {p.out_dtype}")
+    return out
+
+
+def _estimate_kv_bytes(v: _Vocab) -> int:
+    toks = sum(len(t) + 12 for t in v.tokens)
+    merges = sum(len(m.encode("utf-8")) + 8 for m in v.special.merges)
+    template = len(str(v.special.chat_template or "").encode("utf-8"))
+    return toks + merges + template + 64 * 1024
+
+
+def export_gguf(model_dir, out_path, quant: str = "f16", *, events: Events | None = None,
+                cancel: CancelToken | None = None) -> dict:
+    """Write ``model_dir`` (a HF folder with float weights) as one GGUF file.
+
+    Returns ``{"path", "quant", "arch", "n_tensors", "bytes"}``. Raises
+    :class:`TuneloomError` for anything the user can fix (unsupported architecture or
+    tokenizer, missing files, not enough disk space) and :class:`Cancelled` when
+    ``cancel`` fires; in every failure ``out_path`` is left as it was.
+    """
+    events = events or NULL_EVENTS
+    model_dir, out_path = Path(model_dir), Path(out_path)
+    quant = quant.lower()
+    if quant not in QUANT_TYPES:
+        raise TuneloomError(f"Unknown GGUF type {quant!r}.", "Choose one of: " + ", ".join(QUANT_TYPES))
+    ftype = QUANT_TYPES[quant][0]
+
+    config = _load_config(model_dir)
+    hf_arch, spec = _arch_spec(config)
+    arch_name = gguf.MODEL_ARCH_NAMES[spec.arch]
+    events.log("info", f"Exporting {model_dir.name} ({hf_arch} -> {arch_name}, {quant})")
+
+    plan = _plan_tensors(model_dir, config, spec, quant, events)
+    with tempfile.TemporaryDirectory(prefix="tuneloom-tok-") as scratch:
+        vocab = _load_vocab(model_dir, config["vocab_size"], Path(scratch))
+    if cancel:
+        cancel.raise_if_cancelled()
+
+    tensor_bytes = sum(gguf.GGUFWriter.ggml_pad(p.nbytes, gguf.GGUF_DEFAULT_ALIGNMENT) for p in plan)
+    needed = tensor_bytes + _estimate_kv_bytes(vocab)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(out_path.parent).free
+    if free < needed + 16 * 1024 * 1024:
+        raise TuneloomError(
+            f"Not enough disk space for the GGUF file: it needs about {needed / 1e9:.2f} GB, "
+            f"{free / 1e9:.2f} GB is free on the drive of {out_path.parent}.",
+            "Free some space, choose another folder, or pick a smaller type (q8_0 or q4_0).",
+        )
+
+    total_params = sum(math.prod(p.src.shape) for p in plan)
+    with atomic_path(out_path, suffix=".gguf") as tmp:
+        writer = gguf.GGUFWriter(tmp, arch_name)
+        try:
+            _add_general(writer, model_dir, total_params)
+            _add_hparams(writer, config, spec, ftype)
+            _add_vocab(writer, vocab)
+            for p in plan:
+                writer.add_tensor_info(p.gguf_name, p.out_shape, np.dtype(p.out_dtype), p.nbytes, raw_dtype=p.qtype)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for i, p in enumerate(plan):
+                if cancel:
+                    cancel.raise_if_cancelled()
+                writer.write_tensor_data(_convert(p))
+                events.progress(i + 1, len(plan), p.gguf_name)
+        finally:
+            writer.close()
+        if cancel:
+            cancel.raise_if_cancelled()
+        _verify(tmp, arch_name, plan)
+        size = tmp.stat().st_size
+
+    events.log("info", f"Wrote {out_path} ({size / 1e6:.1f} MB, {len(plan)} tensors)")
+    return {"path": str(out_path), "quant": quant, "arch": arch_name, "n_tensors": len(plan), "bytes": size}
+
+
+def _verify(path: Path, arch_name: str, plan: list[_PlannedTensor]) -> None:
+    """Read the written file back: header, keys and every tensor's place and size."""
+    reader = gguf.GGUFReader(path)
+    try:
+        arch = reader.get_field(gguf.Keys.General.ARCHITECTURE).contents()
+        if arch != arch_name or len(reader.tensors) != len(plan):
+            raise RuntimeError(f"GGUF read-back mismatch: arch {arch!r}, {len(reader.tensors)} tensors")
+        for t, p in zip(reader.tensors, plan):
+            if t.name != p.gguf_name or t.tensor_type != p.qtype or int(t.n_bytes) != p.nbytes:
+                raise RuntimeError(f"GGUF read-back mismatch at tensor {t.name}")
+    finally:
+        del reader
+
+
+# --------------------------------------------------------------------------- inspection
+
+def _field(reader: gguf.GGUFReader, key: str, default: Any = None) -> Any:
+    f = reader.get_field(key)
+    return default if f is None else f.contents()
+
+
+def gguf_metadata_summary(path) -> dict:
+    """The facts about a GGUF that decide how llama.cpp / Ollama will run it."""
+    reader = gguf.GGUFReader(Path(path))
+    K = gguf.Keys
+    arch = _field(reader, K.General.ARCHITECTURE)
+    tok_field = reader.get_field(K.Tokenizer.LIST)
+    template = _field(reader, K.Tokenizer.CHAT_TEMPLATE)
+    ftype = _field(reader, K.General.FILE_TYPE)
+    summary = {
+        "arch": arch,
+        "name": _field(reader, K.General.NAME),
+        "file_type": gguf.LlamaFileType(ftype).name if ftype is not None else None,
+        "context_length": _field(reader, K.LLM.CONTEXT_LENGTH.format(arch=arch)),
+        "tokenizer_model": _field(reader, K.Tokenizer.MODEL),
+        "tokenizer_pre": _field(reader, K.Tokenizer.PRE),
+        "n_tokens": len(tok_field.data) if tok_field is not None else 0,
+        "bos_id": _field(reader, K.Tokenizer.BOS_ID),
+        "eos_id": _field(reader, K.Tokenizer.EOS_ID),
+        "pad_id": _field(reader, K.Tokenizer.PAD_ID),
+        "unk_id": _field(reader, K.Tokenizer.UNK_ID),
+        "add_bos": _field(reader, K.Tokenizer.ADD_BOS),
+        "add_eos": _field(reader, K.Tokenizer.ADD_EOS),
+        "has_chat_template": bool(template),
+        "chat_template": template,
+        "n_tensors": len(reader.tensors),
+        "tensor_types": sorted({t.tensor_type.name for t in reader.tensors}),
+    }
+    del reader
+    return summary

@@ -1,0 +1,1130 @@
+"""Ollama: a Modelfile whose prompt equals the training prompt, and registration.
+
+Two halves:
+
+* **Templates.** Ollama builds a prompt with a Go ``text/template`` (the Modelfile
+  ``TEMPLATE``); training used the model's Jinja ``chat_template``. For the chat
+  formats Tuneloom knows (ChatML with or without a default system prompt as in
+  Qwen2.5, Qwen3 with thinking off, Zephyr as in TinyLlama) we write the Go template
+  by hand; for any other Jinja template we *derive* one from renderings with
+  sentinel messages. Either way a format is only used after the Jinja template and
+  a Python mirror of the Go template render the same text for every conversation in
+  :data:`PROBE_CONVERSATIONS`; the tests then prove mirror == Go engine == Hugging
+  Face on a larger set. No library translates Jinja to Go templates, so this part
+  is hand-written.
+
+* **Registration** through Ollama's REST API with the official ``ollama`` client:
+  hash the GGUF, upload it as a blob unless the server has it, create the model
+  with ``files``/``template``/``parameters``/``system``, then check that it is
+  listed and answers. Every failure a user can meet is its own
+  :class:`OllamaError` subclass with a next step; when the server is the problem
+  the hint carries the ``ollama create`` command that registers the Modelfile left
+  on disk.
+
+What the Go templates do *not* reproduce (documented in :attr:`ChatFormat.notes`):
+roles other than system/user/assistant (tool calls cannot match: Python's
+``tojson`` and Go's ``json`` space differently), Qwen3 assistant turns that carry
+their own ``<think>...</think>`` reasoning, and consecutive messages of one role,
+which Ollama merges (blank line between) before the template sees them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from core.atomic import write_text
+from core.events import NULL_EVENTS, CancelToken, Events, Throttle, TuneloomError
+
+Messages = Sequence[dict]
+
+# --------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------
+
+
+class TemplateNotSupported(TuneloomError):
+    """The model's chat template cannot be reproduced as an Ollama Go template."""
+
+
+class OllamaError(TuneloomError):
+    """Registration in Ollama failed; ``create_command`` registers the Modelfile by hand."""
+
+    def __init__(self, message: str, hint: str = "", *, create_command: str | None = None):
+        super().__init__(message, hint)
+        self.create_command = create_command
+
+
+class OllamaNotRunning(OllamaError):
+    """No Ollama server answered (not running, or not installed)."""
+
+    def __init__(self, message: str, hint: str = "", *, create_command: str | None = None, installed: bool = True):
+        super().__init__(message, hint, create_command=create_command)
+        self.installed = installed
+
+
+class OllamaTooOld(OllamaError):
+    """The server's API predates what Tuneloom needs (or cannot load this architecture)."""
+
+
+class OllamaDiskFull(OllamaError):
+    """The server ran out of disk space while storing the model."""
+
+
+class OllamaUploadInterrupted(OllamaError):
+    """The GGUF upload did not complete; running the same registration again is safe."""
+
+
+class OllamaNameInvalid(OllamaError):
+    """The model name breaks Ollama's naming rules; ``suggestion`` is a valid one."""
+
+    def __init__(self, message: str, hint: str = "", *, suggestion: str | None = None, **kw):
+        super().__init__(message, hint, **kw)
+        self.suggestion = suggestion
+
+
+class OllamaNameTaken(OllamaError):
+    """A model of that name exists and ``force`` was not given."""
+
+
+# --------------------------------------------------------------------------------------
+# Jinja side: what training rendered
+# --------------------------------------------------------------------------------------
+
+
+def load_tokenizer_config(model_dir: str | os.PathLike) -> dict:
+    """``tokenizer_config.json`` of a model folder, with ``chat_template.jinja`` folded in when present."""
+    model_dir = Path(model_dir)
+    cfg = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    jinja_file = model_dir / "chat_template.jinja"
+    if not cfg.get("chat_template") and jinja_file.exists():
+        cfg["chat_template"] = jinja_file.read_text(encoding="utf-8")
+    return cfg
+
+
+def chat_template_of(tokenizer_config: dict) -> str:
+    """The Jinja chat template of a tokenizer config (the ``default`` one when there are several)."""
+    tpl = tokenizer_config.get("chat_template")
+    if isinstance(tpl, list):
+        named = {t.get("name"): t.get("template") for t in tpl if isinstance(t, dict)}
+        tpl = named.get("default") or next(iter(named.values()), None)
+    if not isinstance(tpl, str) or not tpl.strip():
+        raise TemplateNotSupported(
+            "This model has no chat template, so Ollama cannot be told how to build its prompt.",
+            "Use a chat (instruct) model, or add a chat_template to its tokenizer_config.json.")
+    return tpl
+
+
+def _token_text(tok: Any) -> str | None:
+    if isinstance(tok, dict):  # an AddedToken written as {"content": ...}
+        tok = tok.get("content")
+    return tok if isinstance(tok, str) else None
+
+
+def special_tokens(tokenizer_config: dict) -> dict[str, str]:
+    """The special-token strings a chat template may use (``bos_token``, ``eos_token``, ...)."""
+    out = {}
+    for key in ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token"):
+        text = _token_text(tokenizer_config.get(key))
+        if text is not None:
+            out[key] = text
+    return out
+
+
+def _make_env():
+    import jinja2
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class GenerationTag(jinja2.ext.Extension):
+        # lets templates with {% generation %} blocks (assistant masks) parse; renders the body as is
+        tags = {"generation"}
+
+        def parse(self, parser):
+            next(parser.stream)
+            return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    # The environment transformers' apply_chat_template uses.
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[GenerationTag, jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env
+
+
+@lru_cache(maxsize=64)
+def _compiled(template: str):
+    return _make_env().from_string(template)
+
+
+def render_jinja(template: str, messages: Messages, *, add_generation_prompt: bool = True,
+                 tokens: dict[str, str] | None = None, **kwargs) -> str:
+    """Render a Hugging Face chat template the way ``apply_chat_template`` does.
+
+    ``enable_thinking=False`` is always passed: Tuneloom trains and serves with
+    thinking off (templates that do not know the flag ignore it).
+    """
+    ctx = dict(tokens or {})
+    ctx.update(kwargs)
+    ctx.setdefault("enable_thinking", False)
+    return _compiled(template).render(messages=[dict(m) for m in messages],
+                                      add_generation_prompt=add_generation_prompt, **ctx)
+
+
+# --------------------------------------------------------------------------------------
+# Go side: the formats
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """A chat format Ollama can reproduce.
+
+    ``template`` is the Go template for the Modelfile; ``render(messages)`` is a
+    Python mirror of what that Go template renders (generation prompt included) for
+    the messages Ollama hands it, used to check the format against the Jinja
+    template at export time, where no Go toolchain is around.
+    """
+
+    kind: str  # "chatml" | "qwen3" | "zephyr" | "derived"
+    template: str
+    stops: tuple[str, ...]
+    render: Callable[[Messages], str] = field(compare=False, repr=False)
+    notes: tuple[str, ...] = ()
+
+
+# Conversations every format must render exactly like the Jinja template before it
+# is used: with and without system, 1 to 4 turns, unicode, empty strings, newlines,
+# braces of both template languages, ending on a user or an assistant turn.
+_PROBES = (
+    (("user", "Hello"),),
+    (("system", "You are terse."), ("user", "Hi there")),
+    (("user", "What is 2+2?"), ("assistant", "4"), ("user", "And 3+3?")),
+    (("system", "Answer in JSON."), ("user", "name?"), ("assistant", '{"name": "Loom"}'), ("user", "age?")),
+    (("user", "one"), ("assistant", "two"), ("user", "three"), ("assistant", "four"), ("user", "five"),
+     ("assistant", "six"), ("user", "seven")),
+    (("system", ""), ("user", "")),
+    (("user", ""),),
+    (("user", "Grüße, 世界! 🎉 — ça va?"), ("assistant", "Très bien ✓"), ("user", "ありがとう")),
+    (("user", "line one\nline two\n\n  indented"), ("assistant", "\n\nstarts with newlines\n"), ("user", " spaced ")),
+    (("user", "{{ .Content }} {% raw %}{{ x }}{% endraw %} {{- end }} }}{{"), ("assistant", "{}"), ("user", "{{")),
+    (("user", "Hi"), ("assistant", "Hello!")),
+    (("user", "Hi"), ("assistant", "\n\nHello!\n")),
+    (("system", "S"), ("user", "u1"), ("assistant", "a1"), ("system", "mid system"), ("user", "u2")),
+    (("user", "tabs\tand\r\nCRLF"), ("assistant", "<|im_end|> </s> literal markers"), ("user", 'quote " and \\ back')),
+)
+PROBE_CONVERSATIONS: tuple[tuple[dict, ...], ...] = tuple(
+    tuple({"role": role, "content": content} for role, content in conv) for conv in _PROBES)
+
+
+def _go_quote(text: str) -> str:
+    """A Go interpreted string literal for ``text`` that survives a Modelfile (printable characters only)."""
+    out = ['"']
+    for ch in text:
+        o = ord(ch)
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ch == "\r":
+            out.append("\\r")
+        elif 0xD800 <= o <= 0xDFFF:
+            raise TemplateNotSupported("The chat template contains a lone surrogate character.")
+        elif ch == " " or (o > 0x20 and o != 0x7F and unicodedata.category(ch)[0] in "LMNPS"):
+            out.append(ch)
+        elif o <= 0xFFFF:
+            out.append(f"\\u{o:04x}")
+        else:
+            out.append(f"\\U{o:08x}")
+    out.append('"')
+    return "".join(out)
+
+
+def _go_text(text: str) -> str:
+    """``text`` as template output: raw when that is safe, else a quoted action."""
+    if "{{" in text or any(not (c in "\n\t" or c.isprintable()) for c in text) or '"""' in text:
+        return "{{ " + _go_quote(text) + " }}"
+    return text
+
+
+def _stops(*markers: str | None) -> tuple[str, ...]:
+    seen: list[str] = []
+    for m in markers:
+        if m and m.strip() and m not in seen:
+            seen.append(m)
+    return tuple(seen)
+
+
+def _has_token(tokenizer_config: dict, text: str) -> bool:
+    added = tokenizer_config.get("added_tokens_decoder") or {}
+    return any(isinstance(v, dict) and v.get("content") == text for v in added.values())
+
+
+# ---- ChatML (Qwen2.5, and the demo model's plain ChatML) ----------------------------
+
+_CHATML_PLAIN = (
+    "{{- range .Messages }}<|im_start|>{{ .Role }}\n"
+    "{{ .Content }}<|im_end|>\n"
+    "{{ end }}<|im_start|>assistant\n"
+)
+
+_CHATML_DEFAULT_SYSTEM = (
+    '{{- if or (not .Messages) (ne (index .Messages 0).Role "system") }}<|im_start|>system\n'
+    "%s<|im_end|>\n"
+    "{{ end }}\n"
+    "{{- range .Messages }}\n"
+    '{{- if or (eq .Role "system") (eq .Role "user") (eq .Role "assistant") }}<|im_start|>{{ .Role }}\n'
+    "{{ .Content }}<|im_end|>\n"
+    "{{ end }}\n"
+    "{{- end }}<|im_start|>assistant\n"
+)
+
+
+def _chatml_format(tokenizer_config: dict, default_system: str | None) -> ChatFormat:
+    eos = special_tokens(tokenizer_config).get("eos_token")
+    stops = _stops("<|im_start|>", "<|im_end|>", eos,
+                   "<|endoftext|>" if _has_token(tokenizer_config, "<|endoftext|>") else None)
+    if default_system is None:
+        def render(messages: Messages) -> str:
+            body = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+            return body + "<|im_start|>assistant\n"
+
+        return ChatFormat("chatml", _CHATML_PLAIN, stops, render,
+                          notes=("ChatML without a default system prompt.",))
+
+    def render(messages: Messages) -> str:
+        out = []
+        if not messages or messages[0]["role"] != "system":
+            out.append(f"<|im_start|>system\n{default_system}<|im_end|>\n")
+        for m in messages:
+            if m["role"] in ("system", "user", "assistant"):
+                out.append(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n")
+        return "".join(out) + "<|im_start|>assistant\n"
+
+    return ChatFormat("chatml", _CHATML_DEFAULT_SYSTEM % _go_text(default_system), stops, render,
+                      notes=(f"ChatML; without a system message the template adds the default system prompt "
+                             f"{default_system!r}, as the Jinja template does.",
+                             "Tool messages and tool calls are not reproduced."))
+
+
+# ---- Qwen3, thinking off -------------------------------------------------------------
+# The Jinja template renders every assistant turn that comes after the last user
+# message and is the last message with an empty think block and its content
+# stripped of leading newlines; the generation prompt always carries the empty think
+# block when enable_thinking=False. Go templates have no string functions, so the
+# newline strip is a recursive template on byte slices.
+
+_QWEN3 = (
+    '{{- define "lstrip_newlines" }}{{ if and . (eq (index . 0) 10) }}'
+    '{{ template "lstrip_newlines" (slice . 1) }}{{ else }}{{ . }}{{ end }}{{ end }}\n'
+    "{{- $hasUser := false }}\n"
+    '{{- range .Messages }}{{ if eq .Role "user" }}{{ $hasUser = true }}{{ end }}{{ end }}\n'
+    "{{- range $i, $m := .Messages }}\n"
+    '{{- if or (eq .Role "system") (eq .Role "user") }}<|im_start|>{{ .Role }}\n'
+    "{{ .Content }}<|im_end|>\n"
+    '{{ else if eq .Role "assistant" }}\n'
+    "{{- $afterLastUser := $hasUser }}\n"
+    '{{- range slice $.Messages $i }}{{ if eq .Role "user" }}{{ $afterLastUser = false }}{{ end }}{{ end }}\n'
+    "{{- if and $afterLastUser (eq (len (slice $.Messages $i)) 1) }}<|im_start|>assistant\n"
+    "<think>\n"
+    "\n"
+    "</think>\n"
+    "\n"
+    '{{ template "lstrip_newlines" .Content }}\n'
+    "{{- else }}<|im_start|>assistant\n"
+    "{{ .Content }}\n"
+    "{{- end }}<|im_end|>\n"
+    "{{ end }}\n"
+    "{{- end }}<|im_start|>assistant\n"
+    "<think>\n"
+    "\n"
+    "</think>\n"
+    "\n"
+)
+
+_THINK_OFF = "<think>\n\n</think>\n\n"
+
+
+def _qwen3_render(messages: Messages) -> str:
+    has_user = any(m["role"] == "user" for m in messages)
+    out = []
+    for i, m in enumerate(messages):
+        role, content = m["role"], m["content"]
+        if role in ("system", "user"):
+            out.append(f"<|im_start|>{role}\n{content}<|im_end|>\n")
+        elif role == "assistant":
+            after_last_user = has_user and not any(x["role"] == "user" for x in messages[i:])
+            if after_last_user and i == len(messages) - 1:
+                out.append("<|im_start|>assistant\n" + _THINK_OFF + content.lstrip("\n"))
+            else:
+                out.append("<|im_start|>assistant\n" + content)
+            out.append("<|im_end|>\n")
+    return "".join(out) + "<|im_start|>assistant\n" + _THINK_OFF
+
+
+def _qwen3_format(tokenizer_config: dict) -> ChatFormat:
+    eos = special_tokens(tokenizer_config).get("eos_token")
+    stops = _stops("<|im_start|>", "<|im_end|>", eos,
+                   "<|endoftext|>" if _has_token(tokenizer_config, "<|endoftext|>") else None)
+    return ChatFormat("qwen3", _QWEN3, stops, _qwen3_render, notes=(
+        "Qwen3 with thinking off: the generation prompt carries an empty <think></think> block, as the Jinja "
+        "template renders it with enable_thinking=False.",
+        "Assistant turns whose content holds '</think>' (reasoning traces) and user turns wrapped in "
+        "<tool_response> are not reproduced: the Jinja template rewrites them with string operations Go "
+        "templates lack.",
+        "Tool messages and tool calls are not reproduced."))
+
+
+# ---- Zephyr (TinyLlama) --------------------------------------------------------------
+
+_ZEPHYR = (
+    "{{- range .Messages }}\n"
+    '{{- if eq .Role "user" }}<|user|>\n'
+    "{{ .Content }}%(eos)s\n"
+    '{{ else if eq .Role "system" }}<|system|>\n'
+    "{{ .Content }}%(eos)s\n"
+    '{{ else if eq .Role "assistant" }}<|assistant|>\n'
+    "{{ .Content }}%(eos)s\n"
+    "{{ end }}\n"
+    "{{- end }}<|assistant|>\n"
+)
+
+
+def _zephyr_format(tokenizer_config: dict) -> ChatFormat | None:
+    eos = special_tokens(tokenizer_config).get("eos_token")
+    if not eos:
+        return None
+
+    def render(messages: Messages) -> str:
+        out = [f"<|{m['role']}|>\n{m['content']}{eos}\n" for m in messages
+               if m["role"] in ("system", "user", "assistant")]
+        return "".join(out) + "<|assistant|>\n"
+
+    return ChatFormat("zephyr", _ZEPHYR % {"eos": _go_text(eos)},
+                      _stops(eos, "<|user|>", "<|system|>", "<|assistant|>"), render,
+                      notes=("Zephyr: <|system|>, <|user|>, <|assistant|>, each turn closed by "
+                             f"{eos!r}.",))
+
+
+# ---- Derived formats -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Wrapped:
+    """prefix (depends on whether the first message is a system one) + wrapped turns + generation prompt."""
+
+    first_system: str
+    no_system: str
+    wraps: dict  # role -> (before, after)
+    generation: str
+
+    def render(self, messages: Messages) -> str:
+        out = [self.first_system if messages and messages[0]["role"] == "system" else self.no_system]
+        for m in messages:
+            w = self.wraps.get(m["role"])
+            if w is not None:
+                out += [w[0], m["content"], w[1]]
+        out.append(self.generation)
+        return "".join(out)
+
+    def go_template(self) -> str:
+        def lit(s: str) -> str:
+            return "{{ " + _go_quote(s) + " }}" if s else ""
+
+        parts = []
+        if self.first_system == self.no_system:
+            if self.no_system:
+                parts.append("{{- " + _go_quote(self.no_system) + " }}\n")
+        else:
+            parts.append('{{- if and .Messages (eq (index .Messages 0).Role "system") }}'
+                         f"{lit(self.first_system)}{{{{ else }}}}{lit(self.no_system)}{{{{ end }}}}\n")
+        parts.append("{{- range .Messages }}\n")
+        first = True
+        for role, (before, after) in self.wraps.items():
+            kw = "if" if first else "else if"
+            parts.append(f'{{{{- {kw} eq .Role {_go_quote(role)} }}}}{lit(before)}{{{{ .Content }}}}{lit(after)}\n')
+            first = False
+        if self.wraps:
+            parts.append("{{- end }}\n")
+        parts.append("{{- end }}" + lit(self.generation))
+        return "".join(parts)
+
+
+_SENTINELS = {"system": "Sx7q", "user": "Ux7q", "user2": "Vx7q", "assistant": "Ax7q", "system2": "Tx7q"}
+
+
+def _split_once(text: str, needle: str, what: str) -> tuple[str, str]:
+    if text.count(needle) != 1:
+        raise TemplateNotSupported(f"The chat template does not show {what} exactly once in its output.")
+    a, b = text.split(needle)
+    return a, b
+
+
+def derive_chat_format(template: str, tokens: dict[str, str] | None = None) -> ChatFormat:
+    """Derive a Go template from renderings of the Jinja template with sentinel messages.
+
+    The model: an optional prefix (one when the first message is a system message,
+    one when it is not), then each system/user/assistant message wrapped in fixed
+    text, then the generation prompt. Raises :class:`TemplateNotSupported` when the
+    template does not fit that model or when the result differs from the Jinja
+    rendering for any conversation in :data:`PROBE_CONVERSATIONS`.
+    """
+    try:
+        return _derive(template, tokens or {})
+    except TemplateNotSupported as exc:
+        if exc.hint:
+            raise
+        why = str(exc)
+        raise TemplateNotSupported(
+            f"Tuneloom cannot reproduce this model's chat template for Ollama: {why[:1].lower()}{why[1:]}",
+            "Export the GGUF without Ollama registration and write the Modelfile TEMPLATE by hand, or train a "
+            "model with a ChatML, Qwen3 or Zephyr chat template.") from exc
+
+
+def _derive(template: str, tokens: dict[str, str]) -> ChatFormat:
+    S = _SENTINELS
+
+    def r(pairs, gen=False):
+        msgs = [{"role": role, "content": content} for role, content in pairs]
+        try:
+            return render_jinja(template, msgs, add_generation_prompt=gen, tokens=tokens)
+        except Exception as exc:  # noqa: BLE001 - any failure means "cannot derive"
+            raise TemplateNotSupported(
+                f"The chat template failed on a simple conversation ({exc}).",
+                "Tuneloom can only hand Ollama templates it can reproduce exactly.") from exc
+
+    def strip_prefix(text: str, prefix: str, what: str) -> str:
+        if not text.startswith(prefix):
+            raise TemplateNotSupported(f"The chat template renders {what} differently depending on what follows.")
+        return text[len(prefix):]
+
+    def strip_suffix(text: str, suffix: str, what: str) -> str:
+        if suffix and not text.endswith(suffix):
+            raise TemplateNotSupported(f"The chat template renders {what} differently depending on its position.")
+        return text[: len(text) - len(suffix)] if suffix else text
+
+    u = r([("user", S["user"])])
+    before_u, after_u = _split_once(u, S["user"], "a user message")
+    ua = r([("user", S["user"]), ("assistant", S["assistant"])])
+    rest = strip_prefix(ua, u, "a user message")
+    pre_a, post_a = _split_once(rest, S["assistant"], "an assistant message")
+    uau = r([("user", S["user"]), ("assistant", S["assistant"]), ("user", S["user2"])])
+    rest = strip_prefix(uau, ua, "an assistant message")
+    pre_u, post_u2 = _split_once(rest, S["user2"], "a second user message")
+    if post_u2 != after_u:
+        raise TemplateNotSupported("The chat template ends user messages differently depending on their position.")
+    no_system = strip_suffix(before_u, pre_u, "the first user message")
+
+    su = r([("system", S["system"]), ("user", S["user"])])
+    before_s, rest = _split_once(su, S["system"], "a system message")
+    mid, tail = _split_once(rest, S["user"], "a user message after a system message")
+    if tail != after_u:
+        raise TemplateNotSupported("The chat template ends user messages differently after a system message.")
+    post_s = strip_suffix(mid, pre_u, "a user message after a system message")
+    first_system, pre_s = "", before_s
+    try:  # a system message in the middle tells the system wrapper apart from the prefix
+        uasu = r([("user", S["user"]), ("assistant", S["assistant"]), ("system", S["system2"]), ("user", S["user2"])])
+        mid_sys, _ = _split_once(strip_prefix(uasu, ua, "an assistant message"), S["system2"], "a system message")
+        if before_s.endswith(mid_sys):
+            first_system, pre_s = before_s[: len(before_s) - len(mid_sys)], mid_sys
+    except TemplateNotSupported:
+        pass
+    generation = strip_prefix(r([("user", S["user"])], gen=True), u, "the conversation")
+
+    wrapped = _Wrapped(first_system=first_system, no_system=no_system,
+                       wraps={"system": (pre_s, post_s), "user": (pre_u, after_u), "assistant": (pre_a, post_a)},
+                       generation=generation)
+    eos = tokens.get("eos_token")
+    notes = ["Derived from renderings of the Jinja template with sentinel messages and checked against it."]
+    bos = tokens.get("bos_token")
+    if bos and (first_system.startswith(bos) or no_system.startswith(bos)):
+        notes.append(f"The template writes the BOS token {bos!r} itself; the GGUF must not make llama.cpp add "
+                     "a second one (tokenizer.ggml.add_bos_token false).")
+    fmt = ChatFormat("derived", wrapped.go_template(),
+                     _stops(eos, post_a.strip() or None, pre_u.strip() or None), wrapped.render, tuple(notes))
+    _check_against_jinja(fmt, template, tokens)
+    return fmt
+
+
+def _first_difference(a: str, b: str) -> str:
+    i = next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    return f"at character {i}: Jinja {a[max(0, i - 20):i + 20]!r} vs Ollama {b[max(0, i - 20):i + 20]!r}"
+
+
+def _check_against_jinja(fmt: ChatFormat, template: str, tokens: dict[str, str]) -> None:
+    checked = 0
+    for conv in PROBE_CONVERSATIONS:
+        try:
+            want = render_jinja(template, conv, tokens=tokens)
+        except Exception:  # noqa: BLE001 - a conversation training could not render either
+            continue
+        got = fmt.render(conv)
+        if got != want:
+            raise TemplateNotSupported(
+                "Tuneloom cannot reproduce this model's chat template for Ollama exactly: for the conversation "
+                f"{[(m['role'], m['content']) for m in conv]!r} the prompts differ {_first_difference(want, got)}.",
+                "Export the GGUF without Ollama registration and write a TEMPLATE by hand, or train a model "
+                "with a ChatML, Qwen3 or Zephyr chat template.")
+        checked += 1
+    if checked == 0:
+        raise TemplateNotSupported("The chat template failed on every test conversation.")
+
+
+def _matches(fmt: ChatFormat | None, template: str, tokens: dict[str, str]) -> bool:
+    if fmt is None:
+        return False
+    try:
+        _check_against_jinja(fmt, template, tokens)
+    except TemplateNotSupported:
+        return False
+    return True
+
+
+_DEFAULT_SYSTEM_RE = re.compile(r"\A<\|im_start\|>system\n(.*)<\|im_end\|>\n\Z", re.S)
+
+
+def chat_format_for(tokenizer_config: dict) -> ChatFormat:
+    """The :class:`ChatFormat` reproducing this tokenizer config's chat template in Ollama."""
+    template = chat_template_of(tokenizer_config)
+    tokens = special_tokens(tokenizer_config)
+    candidates: list[ChatFormat | None] = []
+    try:
+        head = render_jinja(template, [{"role": "user", "content": _SENTINELS["user"]}], tokens=tokens)
+        head = head.split("<|im_start|>user\n" + _SENTINELS["user"])[0] if "<|im_start|>user\n" in head else None
+    except Exception:  # noqa: BLE001
+        head = None
+    if head == "":
+        candidates.append(_chatml_format(tokenizer_config, None))
+    elif head is not None and (m := _DEFAULT_SYSTEM_RE.match(head)):
+        candidates.append(_chatml_format(tokenizer_config, m.group(1)))
+    candidates += [_qwen3_format(tokenizer_config), _zephyr_format(tokenizer_config)]
+    for fmt in candidates:
+        if _matches(fmt, template, tokens):
+            return fmt
+    return derive_chat_format(template, tokens)
+
+
+def chat_template_kind(tokenizer_config: dict) -> str:
+    """``"chatml"``, ``"qwen3"``, ``"zephyr"`` or ``"derived"``; raises :class:`TemplateNotSupported`."""
+    return chat_format_for(tokenizer_config).kind
+
+
+def go_template_for(tokenizer_config: dict) -> tuple[str, list[str]]:
+    """(Go template for the Modelfile TEMPLATE, stop strings) for this tokenizer config."""
+    fmt = chat_format_for(tokenizer_config)
+    return fmt.template, list(fmt.stops)
+
+
+# --------------------------------------------------------------------------------------
+# Modelfile
+# --------------------------------------------------------------------------------------
+
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_NUM_CTX = 4096
+MAX_DEFAULT_NUM_CTX = 8192  # a model's full context (Qwen: 131072) would make Ollama reserve gigabytes
+
+
+def default_num_ctx(tokenizer_config: dict) -> int:
+    """The model's context length, capped so that Ollama does not reserve a huge KV cache."""
+    n = tokenizer_config.get("model_max_length")
+    if isinstance(n, (int, float)) and 0 < n < 10**7:
+        return int(min(n, MAX_DEFAULT_NUM_CTX))
+    return DEFAULT_NUM_CTX
+
+
+def _check_modelfile_value(value: str, what: str) -> None:
+    """Refuse what Ollama's Modelfile parser would change: triple quotes end the value, non-printables vanish."""
+    if '"""' in value:
+        raise TuneloomError(f"The {what} contains three double quotes in a row, which a Modelfile cannot hold.",
+                            f"Remove the triple quotes from the {what}.")
+    bad = [c for c in value if not (c in "\n\r\t" or c.isprintable())]
+    if bad:
+        raise TuneloomError(f"The {what} contains non-printable characters ({bad[0]!r}) that Ollama's Modelfile "
+                            "parser drops.", f"Remove them from the {what}.")
+
+
+def _modelfile_quoted(value: str, what: str) -> str:
+    """``value`` in triple quotes (Ollama's parser keeps everything between them verbatim, no escapes)."""
+    _check_modelfile_value(value, what)
+    return f'"""{value}"""'
+
+
+def _modelfile_value(value: str, what: str) -> str:
+    """A one-word value bare, one with spaces in double quotes, anything else in triple quotes."""
+    _check_modelfile_value(value, what)
+    if value and not any(c.isspace() for c in value) and not value.startswith('"'):
+        return value
+    if '"' not in value and "\n" not in value and "\r" not in value:
+        return f'"{value}"'
+    return f'"""{value}"""'
+
+
+def _param_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return _modelfile_value(v, "parameter value")
+    return str(v)
+
+
+def modelfile_text(gguf_path: str | os.PathLike, modelfile_dir: str | os.PathLike, template: str,
+                   stops: Sequence[str], *, parameters: dict | None = None, system: str | None = None,
+                   license_text: str | None = None) -> str:
+    """The text of a Modelfile; FROM is relative to ``modelfile_dir``."""
+    gguf_path = Path(gguf_path).resolve()
+    rel = os.path.relpath(gguf_path, Path(modelfile_dir).resolve())
+    if not rel.startswith(".."):
+        rel = "./" + rel
+    frm = _modelfile_value(rel, "GGUF path")
+    lines = ["# Written by Tuneloom. Register it with:  ollama create NAME -f Modelfile",
+             f"FROM {frm}",
+             f"TEMPLATE {_modelfile_quoted(template, 'chat template')}"]
+    for stop in stops:  # always quoted, as Ollama's examples write them
+        value = _modelfile_value(stop, "stop string")
+        lines.append(f'PARAMETER stop "{stop}"' if value == stop else f"PARAMETER stop {value}")
+    for k, v in (parameters or {}).items():
+        if k == "stop":
+            continue
+        for item in v if isinstance(v, (list, tuple)) else [v]:
+            lines.append(f"PARAMETER {k} {_param_value(item)}")
+    if system:
+        lines.append(f"SYSTEM {_modelfile_quoted(system, 'system prompt')}")
+    if license_text:
+        lines.append(f"LICENSE {_modelfile_quoted(license_text, 'licence text')}")
+    return "\n".join(lines) + "\n"
+
+
+def modelfile_parameters(tokenizer_config: dict, *, num_ctx: int | None = None,
+                         temperature: float | None = DEFAULT_TEMPERATURE) -> dict:
+    """The PARAMETERs besides ``stop`` that Tuneloom writes: ``num_ctx`` (default: the model's context capped at
+    8192; pass the training maximum length) and ``temperature``. Pass the same dict to :func:`register_model`."""
+    params: dict = {"num_ctx": int(num_ctx) if num_ctx else default_num_ctx(tokenizer_config)}
+    if temperature is not None:
+        params["temperature"] = temperature
+    return params
+
+
+def write_modelfile(out_path: str | os.PathLike, gguf_path: str | os.PathLike, tokenizer_config: dict, *,
+                    system: str | None = None, num_ctx: int | None = None,
+                    temperature: float | None = DEFAULT_TEMPERATURE, license_text: str | None = None,
+                    parameters: dict | None = None) -> str:
+    """Write (atomically) a Modelfile for ``gguf_path`` next to ``out_path``; return its text.
+
+    ``num_ctx`` defaults to the model's context capped at 8192 (pass the training
+    maximum length); ``parameters`` adds further ``PARAMETER`` lines.
+    """
+    fmt = chat_format_for(tokenizer_config)
+    params = modelfile_parameters(tokenizer_config, num_ctx=num_ctx, temperature=temperature)
+    params.update(parameters or {})
+    out_path = Path(out_path)
+    text = modelfile_text(gguf_path, out_path.parent, fmt.template, fmt.stops, parameters=params,
+                          system=system, license_text=license_text)
+    write_text(out_path, text)
+    return text
+
+
+def ollama_create_command(modelfile_path: str | os.PathLike, name: str) -> str:
+    """The shell command that registers a Modelfile by hand (absolute path: works from any folder)."""
+    return f"ollama create {shlex.quote(name)} -f {shlex.quote(str(Path(modelfile_path).resolve()))}"
+
+
+# --------------------------------------------------------------------------------------
+# Model names
+# --------------------------------------------------------------------------------------
+
+_PART = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}"
+_NAMESPACE = r"[A-Za-z0-9_][A-Za-z0-9_-]{0,79}"  # no dots: with two parts the first is the namespace
+_NAME_RE = re.compile(rf"\A(?:{_PART}/{_NAMESPACE}/|{_NAMESPACE}/)?(?P<model>{_PART})(?::(?P<tag>{_PART}))?\Z")
+NAME_RULES = ("letters, digits, '_', '-' and '.', starting with a letter, digit or '_'; an optional ':tag' "
+              "and 'namespace/' prefix; at most 128 characters")
+
+
+def suggest_model_name(text: str) -> str:
+    """A valid Ollama model name close to ``text``."""
+    base, _, tag = text.strip().lower().partition(":")
+    slug = re.sub(r"[^a-z0-9_.-]+", "-", base).strip("-.") or "tuneloom-model"
+    slug = re.sub(r"\.{2,}", ".", slug)[:80]
+    tag = re.sub(r"[^a-z0-9_.-]+", "-", tag).strip("-.")[:80]
+    return f"{slug}:{tag}" if tag else slug
+
+
+def validate_model_name(name: str) -> str:
+    """Check ``name`` against Ollama's naming rules; return it with an explicit tag (``name:latest``)."""
+    m = _NAME_RE.match(name or "")
+    if not name or len(name) > 128 or not m or ".." in name:
+        suggestion = suggest_model_name(name or "")
+        raise OllamaNameInvalid(
+            f"{name!r} is not a valid Ollama model name.",
+            f"Use {NAME_RULES}, for example {suggestion!r}.", suggestion=suggestion)
+    return name if m.group("tag") else name + ":latest"
+
+
+def _canonical(name: str) -> str:
+    n = name.lower()
+    for prefix in ("http://", "https://", "registry.ollama.ai/", "library/"):
+        if n.startswith(prefix):
+            n = n[len(prefix):]
+    return n if ":" in n.rsplit("/", 1)[-1] else n + ":latest"
+
+
+# --------------------------------------------------------------------------------------
+# Registration
+# --------------------------------------------------------------------------------------
+
+MIN_OLLAMA_VERSION = (0, 5, 5)  # /api/create with "files" (the JSON create API) arrived in 0.5.5
+QUANTIZE_TYPES = ("q4_K_M", "q4_K_S", "q8_0")
+CHUNK = 1 << 20
+_DISK_FULL = re.compile(r"no space left on device|not enough space|disk (is )?full|insufficient (disk )?space", re.I)
+_OLD_API = re.compile(r"path or modelfile are required|neither 'from' or 'files'", re.I)
+_UNKNOWN_ARCH = re.compile(r"unknown model architecture|unsupported (model )?architecture", re.I)
+
+
+def default_host() -> str:
+    return _base_url(os.environ.get("OLLAMA_HOST") or "")
+
+
+def _base_url(host: str) -> str:
+    """``host`` (as OLLAMA_HOST accepts it) as a base URL; 0.0.0.0 (a listen address) becomes 127.0.0.1."""
+    from urllib.parse import urlsplit
+
+    host = (host or "").strip()
+    scheme, sep, rest = host.partition("://")
+    if not sep:
+        scheme, rest = "http", host
+    default_port = {"http": 11434 if not sep else 80, "https": 443}.get(scheme, 11434)
+    parts = urlsplit(f"{scheme}://{rest}")
+    hostname = parts.hostname or "127.0.0.1"
+    if hostname in ("0.0.0.0", "::"):
+        hostname = "127.0.0.1"
+    if ":" in hostname:
+        hostname = f"[{hostname}]"
+    path = parts.path.strip("/")
+    return f"{scheme}://{hostname}:{parts.port or default_port}" + (f"/{path}" if path else "")
+
+
+def _http_options(base: str) -> dict:
+    # plain http needs no CA bundle; loading one costs ~0.1 s per client
+    return {"verify": False} if base.startswith("http://") else {}
+
+
+def server_version(host: str, timeout: float = 2.0, *, http=None) -> str | None:
+    """The server's version string, or None if it has no /api/version; raises httpx errors if unreachable."""
+    import httpx
+
+    url = f"{host}/api/version"
+    r = http.get(url, timeout=timeout) if http is not None else httpx.get(url, timeout=timeout,
+                                                                           **_http_options(host))
+    if r.status_code == 404:
+        return None
+    r.raise_for_status()
+    return str(r.json().get("version", "")) or None
+
+
+def find_server(host: str | None = None, timeout: float = 1.5) -> str | None:
+    """Base URL of a running Ollama server (``host``, else OLLAMA_HOST, else 127.0.0.1:11434), or None."""
+    import httpx
+
+    base = _base_url(host) if host else default_host()
+    try:
+        server_version(base, timeout=timeout)
+    except (httpx.HTTPError, ValueError):
+        return None
+    return base
+
+
+def _parse_version(v: str | None) -> tuple[int, ...] | None:
+    m = re.match(r"v?(\d+)\.(\d+)\.(\d+)", v or "")
+    return tuple(int(x) for x in m.groups()) if m else None
+
+
+def ollama_installed() -> bool:
+    return bool(shutil.which("ollama")) or Path("/Applications/Ollama.app").exists()
+
+
+def file_sha256(path: str | os.PathLike, *, events: Events | None = None, cancel: CancelToken | None = None) -> str:
+    """``sha256:<hex>`` of a file, reporting progress."""
+    events = events or NULL_EVENTS
+    path = Path(path)
+    total = path.stat().st_size
+    h = hashlib.sha256()
+    done = 0
+    throttle = Throttle(0.1)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            if cancel is not None:
+                cancel.checkpoint()
+            h.update(chunk)
+            done += len(chunk)
+            if throttle.ready(final=done == total):
+                events.progress(done, total, f"checking {path.name}")
+    if total == 0:
+        events.progress(0, 0, f"checking {path.name}")
+    return "sha256:" + h.hexdigest()
+
+
+def _blob_exists(http, host: str, digest: str) -> bool:
+    r = http.head(f"{host}/api/blobs/{digest}")
+    if r.status_code == 200:
+        return True
+    if r.status_code == 404:
+        return False
+    raise OllamaError(f"Ollama answered {r.status_code} when asked for blob {digest}: {_error_text(r)}")
+
+
+def _error_text(response) -> str:
+    try:
+        return str(response.json().get("error") or response.text)
+    except Exception:  # noqa: BLE001
+        return response.text
+
+
+def _upload_blob(http, host: str, path: Path, digest: str, events: Events, cancel: CancelToken | None,
+                 create_command: str) -> None:
+    import httpx
+
+    size = path.stat().st_size
+    throttle = Throttle(0.1)
+
+    def body():
+        sent = 0
+        with open(path, "rb") as fh:
+            while chunk := fh.read(CHUNK):
+                if cancel is not None:
+                    cancel.checkpoint()
+                sent += len(chunk)
+                yield chunk
+                if throttle.ready(final=sent == size):
+                    events.progress(sent, size, f"uploading {path.name}")
+
+    try:
+        r = http.post(f"{host}/api/blobs/{digest}", content=body(),
+                      headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"})
+    except httpx.TransportError as exc:
+        raise OllamaUploadInterrupted(
+            f"The upload of {path.name} to Ollama was interrupted ({exc.__class__.__name__}: {exc}).",
+            "Run the registration again: it checks which data Ollama already has and uploads again only what "
+            f"is missing. Or register by hand:\n  {create_command}", create_command=create_command) from exc
+    if r.status_code in (200, 201):
+        return
+    text = _error_text(r)
+    if _DISK_FULL.search(text):
+        raise _disk_full(text, create_command)
+    if r.status_code == 400 and "digest" in text.lower():
+        raise OllamaUploadInterrupted(
+            f"Ollama received a damaged copy of {path.name} ({text}).",
+            "Run the registration again; if it keeps failing, export the GGUF again.",
+            create_command=create_command)
+    raise OllamaError(f"Ollama refused the upload of {path.name}: {text} (HTTP {r.status_code}).",
+                      f"Register by hand:\n  {create_command}", create_command=create_command)
+
+
+def _disk_full(text: str, create_command: str) -> OllamaDiskFull:
+    return OllamaDiskFull(
+        f"The Ollama server ran out of disk space: {text}",
+        "Free space where Ollama keeps its models (~/.ollama/models, or OLLAMA_MODELS), for example with "
+        "`ollama rm` on models you no longer need, then run the registration again. By hand:\n  "
+        f"{create_command}", create_command=create_command)
+
+
+def _map_response_error(exc, create_command: str, what: str) -> OllamaError:
+    text = str(getattr(exc, "error", exc))
+    if _DISK_FULL.search(text):
+        return _disk_full(text, create_command)
+    if _OLD_API.search(text):
+        return OllamaTooOld(f"This Ollama server does not understand Tuneloom's {what} request: {text}",
+                            "Update Ollama (https://ollama.com/download) and run the registration again.",
+                            create_command=create_command)
+    if _UNKNOWN_ARCH.search(text):
+        return OllamaTooOld(f"This Ollama version cannot run the model's architecture: {text}",
+                            "Update Ollama (https://ollama.com/download) and try again.",
+                            create_command=create_command)
+    return OllamaError(f"Ollama failed to {what}: {text}", f"Register by hand:\n  {create_command}",
+                       create_command=create_command)
+
+
+def _files_key(gguf_path: Path) -> str:
+    name = gguf_path.name
+    return name if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.gguf", name) else "model.gguf"
+
+
+def register_model(gguf_path: str | os.PathLike, name: str, *, template: str, stops: Sequence[str],
+                   system: str | None = None, parameters: dict | None = None, quantize: str | None = None,
+                   force: bool = False, host: str | None = None, license_text: str | list | None = None,
+                   modelfile_path: str | os.PathLike | None = None, verify: bool = True,
+                   verify_prompt: str = "Say hello.", events: Events | None = None,
+                   cancel: CancelToken | None = None) -> dict:
+    """Register ``gguf_path`` in Ollama as ``name`` through its REST API.
+
+    Steps: validate the name, find the server and check its version, refuse an
+    existing name unless ``force``, hash the GGUF, upload it as a blob unless the
+    server has that digest already, create the model (``files``, ``template``,
+    ``parameters`` with ``stop``, ``system``, optional ``quantize`` to q4_K_M /
+    q4_K_S / q8_0 from an F16 GGUF), then check it is listed and answers
+    ``verify_prompt``. ``modelfile_path`` (default: ``Modelfile`` next to the GGUF)
+    only feeds the ``ollama create`` command in error hints.
+
+    Returns ``{"model" (= "name"): "name:tag", "host", "version", "digest", "uploaded", "replaced",
+    "quantize", "answer"}``.
+    """
+    import httpx
+    import ollama
+
+    events = events or NULL_EVENTS
+    gguf_path = Path(gguf_path)
+    full_name = validate_model_name(name)
+    modelfile_path = Path(modelfile_path) if modelfile_path else gguf_path.with_name("Modelfile")
+    create_command = ollama_create_command(modelfile_path, name)
+    if quantize is not None:
+        match = {q.lower(): q for q in QUANTIZE_TYPES}.get(quantize.lower())
+        if match is None:
+            raise OllamaError(f"Ollama cannot quantize to {quantize!r}.", f"Use one of {', '.join(QUANTIZE_TYPES)}.")
+        quantize = match
+    if not gguf_path.is_file():
+        raise OllamaError(f"{gguf_path} does not exist.", "Export the GGUF first.")
+
+    base = _base_url(host) if host else default_host()
+    # blob traffic goes through httpx directly (HEAD, and a streamed POST with progress); the rest through
+    # the official client
+    http = httpx.Client(timeout=httpx.Timeout(30.0, read=600.0, write=600.0), **_http_options(base))
+    client = ollama.Client(host=base, timeout=httpx.Timeout(30.0, read=600.0), **_http_options(base))
+    try:
+        return _register(http, client, base, gguf_path, full_name, create_command, template=template,
+                         stops=stops, system=system, parameters=parameters, quantize=quantize, force=force,
+                         license_text=license_text, verify=verify, verify_prompt=verify_prompt, events=events,
+                         cancel=cancel)
+    finally:
+        client.close()
+        http.close()
+
+
+def _not_running(base: str, create_command: str) -> OllamaNotRunning:
+    if ollama_installed():
+        return OllamaNotRunning(
+            f"Ollama is not running (nothing answered at {base}).",
+            "Start it (open the Ollama app, or run `ollama serve` in a terminal) and try again. The GGUF and "
+            f"Modelfile stay on disk; once Ollama runs you can also register by hand:\n  {create_command}",
+            create_command=create_command, installed=True)
+    return OllamaNotRunning(
+        f"Ollama does not seem to be installed (nothing answered at {base}).",
+        "Install it from https://ollama.com/download and start it, then try again. The GGUF and Modelfile "
+        f"stay on disk; you can also register by hand:\n  {create_command}",
+        create_command=create_command, installed=False)
+
+
+def _register(http, client, base: str, gguf_path: Path, full_name: str, create_command: str, *, template, stops, system,
+              parameters, quantize, force, license_text, verify, verify_prompt, events: Events,
+              cancel: CancelToken | None) -> dict:
+    import httpx
+    import ollama
+
+    try:
+        version = server_version(base, timeout=2.0, http=http)
+    except (httpx.HTTPError, ValueError) as exc:
+        raise _not_running(base, create_command) from exc
+    parsed = _parse_version(version)
+    need = ".".join(map(str, MIN_OLLAMA_VERSION))
+    if parsed is None or (parsed < MIN_OLLAMA_VERSION and parsed != (0, 0, 0)):  # 0.0.0: a source build
+        raise OllamaTooOld(
+            f"Ollama {version or '(version unknown)'} is too old: Tuneloom needs {need} or newer.",
+            f"Update Ollama from https://ollama.com/download, then try again or run:\n  {create_command}",
+            create_command=create_command)
+    events.log("info", f"Ollama {version} at {base}")
+
+    try:
+        existing = {_canonical(m.model or "") for m in client.list().models}
+    except (ollama.ResponseError, ConnectionError, httpx.HTTPError) as exc:
+        raise _map_response_error(exc, create_command, "list its models") from exc
+    taken = _canonical(full_name) in existing
+    if taken and not force:
+        raise OllamaNameTaken(
+            f"Ollama already has a model named {full_name}.",
+            "Choose another name, or replace it (--force on the command line).", create_command=create_command)
+    if cancel is not None:
+        cancel.checkpoint()
+
+    digest = file_sha256(gguf_path, events=events, cancel=cancel)
+    try:
+        have = _blob_exists(http, base, digest)
+    except httpx.HTTPError as exc:
+        raise OllamaNotRunning(f"Ollama at {base} stopped answering ({exc}).",
+                               f"Restart Ollama and try again, or register by hand:\n  {create_command}",
+                               create_command=create_command) from exc
+    if have:
+        events.log("info", f"Ollama already has {gguf_path.name} ({digest[:19]}); not uploading it again")
+    else:
+        events.log("info", f"uploading {gguf_path.name} to Ollama")
+        _upload_blob(http, base, gguf_path, digest, events, cancel, create_command)
+        try:
+            ok = _blob_exists(http, base, digest)
+        except httpx.HTTPError:
+            ok = False
+        if not ok:
+            raise OllamaUploadInterrupted(
+                f"Ollama does not list {gguf_path.name} after the upload.",
+                f"Run the registration again, or register by hand:\n  {create_command}",
+                create_command=create_command)
+
+    params = dict(parameters) if parameters is not None else {"temperature": DEFAULT_TEMPERATURE}
+    params["stop"] = list(stops)
+    events.log("info", f"creating {full_name}" + (f" (quantizing to {quantize})" if quantize else ""))
+    try:
+        last = None
+        for part in client.create(model=full_name, files={_files_key(gguf_path): digest}, template=template,
+                                  parameters=params, system=system or None, license=license_text,
+                                  quantize=quantize, stream=True):
+            last = part.status
+            if part.total and part.completed is not None:
+                events.progress(part.completed, part.total, part.status or f"creating {full_name}")
+            elif part.status:
+                events.log("info", part.status)
+            if cancel is not None:
+                cancel.checkpoint()
+    except (ollama.ResponseError, ConnectionError, httpx.HTTPError) as exc:
+        raise _map_response_error(exc, create_command, "create the model") from exc
+    if last != "success":
+        raise OllamaError(f"Ollama stopped creating {full_name} before it reported success (last: {last!r}).",
+                          f"Try again, or register by hand:\n  {create_command}", create_command=create_command)
+
+    result: dict = {"model": full_name, "name": full_name, "host": base, "version": version, "digest": digest,
+                    "uploaded": not have, "replaced": taken, "quantize": quantize, "answer": None}
+    if not verify:
+        return result
+    try:
+        listed = {_canonical(m.model or "") for m in client.list().models}
+        if _canonical(full_name) not in listed:
+            raise OllamaError(f"Ollama created {full_name} but does not list it.",
+                              f"Check `ollama list`; register by hand with:\n  {create_command}",
+                              create_command=create_command)
+        shown = client.show(full_name)
+        if shown.template is not None and shown.template != template:
+            events.log("warning", f"Ollama stored a different template for {full_name} than the one sent")
+        events.log("info", f"asking {full_name} a short question")
+        reply = client.chat(model=full_name, messages=[{"role": "user", "content": verify_prompt}],
+                            options={"num_predict": 16}, keep_alive=0, stream=False)
+    except (ollama.ResponseError, ConnectionError, httpx.HTTPError) as exc:
+        raise _map_response_error(exc, create_command, f"run {full_name}") from exc
+    if not reply.done:
+        raise OllamaError(f"{full_name} did not finish answering a short prompt.",
+                          f"Try `ollama run {full_name}`.", create_command=create_command)
+    result["answer"] = reply.message.content if reply.message else ""
+    return result

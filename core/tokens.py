@@ -1,0 +1,351 @@
+"""Chat records -> token ids and loss masks, exactly as inference will see them.
+
+The sequence trained on for a conversation is what inference feeds and produces for
+its last assistant turn: ``prompt_ids(messages[:last])`` (the model's own chat template
+with ``add_generation_prompt=True``, tokenized as one prompt, BOS as inference adds it)
+followed by the answer's tokens up to and including the end-of-turn token. Templates
+that render history differently from a fresh prompt (Qwen3 puts an empty
+``<think></think>`` block only after the last user turn) are therefore handled by
+construction: earlier assistant turns are trained in the form the template gives them
+as history, and the last one in the form inference gives it.
+
+Tokenization follows the runtime the model is shipped to. Byte-level BPE models
+(Qwen) tokenize the same in transformers and llama.cpp. SentencePiece models
+(``tokenizer.model``: TinyLlama, Llama 2, Mistral) do not: transformers' fast
+tokenizer splits whitespace runs differently and does not add the SentencePiece
+leading space after special tokens, while llama.cpp (and so Ollama) runs SentencePiece
+itself, splits special tokens out first and puts a space before every run of text that
+starts the prompt or follows a special token. :class:`_LlamaCppSentencePiece`
+reproduces that (written by hand: no library exposes llama.cpp's tokenizer rules
+without a GGUF file; the tests check it against llama.cpp itself).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.events import TuneloomError
+
+# Stands in for one message's content to find where the template puts that content.
+_SENTINEL = "\ue000tuneloom-content\ue001"
+
+
+@dataclass
+class Encoded:
+    ids: list[int]
+    mask: list[bool]  # True where the loss is computed (the token is predicted)
+
+    @property
+    def trained(self) -> int:
+        return sum(self.mask)
+
+
+class _LlamaCppSentencePiece:
+    """SentencePiece tokenization the way llama.cpp does it for a 'llama' (SPM) vocab.
+
+    llama.cpp (llama-vocab.cpp, ``LLAMA_VOCAB_TYPE_SPM``): special tokens (control,
+    unknown and added tokens) are cut out of the text first, longest first; every
+    remaining run of text is escaped (space -> U+2581) and tokenized with SentencePiece's
+    merge rules and byte fallback, with a space put in front when the run starts the
+    text or follows a special token (``add_space_prefix``), and no other normalization.
+    """
+
+    def __init__(self, model_file: Path, config: dict):
+        try:
+            from sentencepiece import SentencePieceProcessor
+            from sentencepiece import sentencepiece_model_pb2 as pb
+        except ImportError as exc:  # protobuf comes with mlx-lm
+            raise TuneloomError(f"Cannot read {model_file.name}: {exc}",
+                                "Install sentencepiece and protobuf (pip install sentencepiece protobuf).") from exc
+        proto = pb.ModelProto()
+        try:
+            proto.ParseFromString(model_file.read_bytes())
+        except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+            raise TuneloomError(f"{model_file} is not a SentencePiece model ({exc}).",
+                                "Download the model again.") from exc
+        # llama.cpp applies no normalizer and adds the leading space itself
+        ns = proto.normalizer_spec
+        ns.name = "identity"
+        ns.precompiled_charsmap = b""
+        ns.add_dummy_prefix = False
+        ns.remove_extra_whitespaces = False
+        ns.escape_whitespaces = True
+        self.sp = SentencePieceProcessor()
+        self.sp.LoadFromSerializedProto(proto.SerializeToString())
+        prefix = config.get("add_prefix_space")
+        self.add_space_prefix = True if prefix is None else bool(prefix)
+
+        # the token texts llama.cpp cuts out, as core.gguf_export writes the vocab
+        specials: dict[str, int] = {}
+        for i in range(self.sp.vocab_size()):
+            if self.sp.IsControl(i) or self.sp.IsUnknown(i):
+                specials[self.sp.IdToPiece(i)] = i
+        added = model_file.parent / "added_tokens.json"
+        if added.is_file():
+            for text, tid in json.loads(added.read_text(encoding="utf-8")).items():
+                specials[text] = int(tid)
+        for tid, data in (config.get("added_tokens_decoder") or {}).items():
+            text = data.get("content", "")
+            if not data.get("special"):
+                text = text.replace("\u2581", " ")
+            if text:
+                specials[text] = int(tid)
+        self.specials = sorted(specials.items(), key=lambda kv: len(kv[0]), reverse=True)
+
+    def _partition(self, text: str) -> list[str | int]:
+        parts: list[str | int] = [text]
+        for special, tid in self.specials:
+            if special not in text:
+                continue
+            out: list[str | int] = []
+            for part in parts:
+                if isinstance(part, int) or special not in part:
+                    out.append(part)
+                    continue
+                pieces = part.split(special)
+                for k, piece in enumerate(pieces):
+                    if k:
+                        out.append(tid)
+                    if piece:
+                        out.append(piece)
+            parts = out
+        return parts
+
+    def tokenize(self, text: str, prev_special: bool = True) -> tuple[list[int], bool]:
+        """Ids of ``text``; ``prev_special`` says whether it follows a special token (or starts
+        the prompt). Returns the ids and the same flag for whatever follows."""
+        ids: list[int] = []
+        for part in self._partition(text):
+            if isinstance(part, int):
+                ids.append(part)
+                prev_special = True
+            else:
+                ids += self.sp.encode((" " + part) if self.add_space_prefix and prev_special else part)
+                prev_special = False
+        return ids, prev_special
+
+
+class ChatEncoder:
+    def __init__(self, model_dir: str | Path):
+        from transformers import AutoTokenizer
+
+        self.model_dir = Path(model_dir)
+        try:
+            self.tok = AutoTokenizer.from_pretrained(str(self.model_dir))
+        except Exception as exc:  # noqa: BLE001 - transformers raises many types
+            raise TuneloomError(f"Cannot load the tokenizer in {self.model_dir}: {exc}",
+                                "The model folder needs tokenizer.json or tokenizer.model.") from exc
+        cfg_path = self.model_dir / "tokenizer_config.json"
+        self.config = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.exists() else {}
+        if not self.tok.chat_template:
+            raise TuneloomError(f"{self.model_dir.name} has no chat template.",
+                                "Choose an instruct/chat model, or one whose tokenizer_config.json has chat_template.")
+        self.template_kwargs = {}
+        if "enable_thinking" in (self.tok.chat_template or ""):
+            self.template_kwargs["enable_thinking"] = False
+        # The same rule as core.gguf_export: SentencePiece vocab when there is a tokenizer.model.
+        spm_file = self.model_dir / "tokenizer.model"
+        self.spm = _LlamaCppSentencePiece(spm_file, self.config) if spm_file.is_file() else None
+        self.bos_id = self.tok.bos_token_id
+        self.add_bos = self._adds_bos()
+        self.eos_ids = self._eos_ids()
+        self.eos_id = self.tok.eos_token_id if self.tok.eos_token_id is not None else (self.eos_ids or [None])[0]
+        self._eot_texts = sorted({t for t in self.tok.convert_ids_to_tokens(self.eos_ids) if t}, key=len, reverse=True)
+
+    def _adds_bos(self) -> bool:
+        """Whether inference puts BOS in front of a prompt (llama.cpp's tokenizer.ggml.add_bos_token,
+        written by core.gguf_export from the same facts)."""
+        if self.bos_id is None:
+            return False
+        if "add_bos_token" in self.config:
+            return bool(self.config["add_bos_token"])
+        if self.spm is not None:  # HF's LlamaTokenizer and llama.cpp's SPM default
+            return True
+        with_special = self.tok.encode("a", add_special_tokens=True)
+        without = self.tok.encode("a", add_special_tokens=False)
+        return len(with_special) > len(without) and with_special[0] == self.bos_id
+
+    def _eos_ids(self) -> list[int]:
+        ids = set()
+        if self.tok.eos_token_id is not None:
+            ids.add(self.tok.eos_token_id)
+        gen = self.model_dir / "generation_config.json"
+        if gen.exists():
+            e = json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id")
+            ids.update(e if isinstance(e, list) else [e] if e is not None else [])
+        vocab = self.tok.get_vocab()
+        for t in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
+            if t in vocab:
+                ids.add(vocab[t])
+        return sorted(ids)
+
+    # -- rendering and tokenizing -----------------------------------------------
+    def render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        try:
+            return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                                **self.template_kwargs)
+        except Exception as exc:  # noqa: BLE001 - jinja raises whatever the template raises
+            raise TuneloomError(f"The chat template of {self.model_dir.name} cannot render this conversation: {exc}",
+                                "Check the roles and order of the messages.") from exc
+
+    def tokenize(self, text: str, prev_special: bool = True) -> tuple[list[int], bool]:
+        """Ids of ``text`` (no BOS) as inference tokenizes it, special tokens included.
+
+        ``prev_special`` (SentencePiece only): the text starts a prompt or follows a special
+        token. Returns the ids and that flag for text that would follow."""
+        if self.spm is not None:
+            return self.spm.tokenize(text, prev_special)
+        return self.tok.encode(text, add_special_tokens=False), False
+
+    def _with_bos(self, ids: list[int]) -> list[int]:
+        # a template that writes BOS itself gets no second one
+        if self.add_bos and not (ids and ids[0] == self.bos_id):
+            return [self.bos_id] + ids
+        return ids
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        """Token ids of the prompt for generating the next assistant turn (what inference feeds)."""
+        return self._with_bos(self.tokenize(self.render(messages, add_generation_prompt=True))[0])
+
+    # -- where the template puts things -------------------------------------------
+    def _first_eot(self, text: str, start: int = 0) -> int:
+        """End (exclusive) of the first end-of-turn token in ``text[start:]``, or -1."""
+        best = -1
+        for eot in self._eot_texts:
+            k = text.find(eot, start)
+            if k >= 0 and (best < 0 or k + len(eot) < best):
+                best = k + len(eot)
+        return best
+
+    def _turn_span(self, messages: list[dict], j: int, add_generation_prompt: bool, rendered: str
+                   ) -> tuple[int, int] | None:
+        """Char span in ``rendered`` of message ``j``'s content through its end-of-turn token.
+
+        Found by rendering the same conversation with a sentinel as that content: what comes
+        before and after it must then frame the real rendering. None if the template renders
+        other parts differently depending on this content."""
+        probe = list(messages)
+        probe[j] = {**messages[j], "content": _SENTINEL}
+        text = self.render(probe, add_generation_prompt)
+        i = text.find(_SENTINEL)
+        if i < 0 or text.find(_SENTINEL, i + 1) >= 0:
+            return None
+        before, after = text[:i], text[i + len(_SENTINEL):]
+        if len(before) + len(after) > len(rendered) or not (rendered.startswith(before) and rendered.endswith(after)):
+            return None
+        end = len(rendered) - len(after)
+        eot = self._first_eot(rendered, end)
+        return len(before), (eot if eot >= 0 else end)
+
+    def _answer_text(self, conversation: list[dict], prompt: str) -> tuple[str, bool]:
+        """The text the model must generate after ``prompt`` for the conversation's last turn,
+        through its end-of-turn token; and whether that token is in it."""
+        full = self.render(conversation, add_generation_prompt=False)
+        content = conversation[-1].get("content")
+        if full.startswith(prompt):
+            region = full[len(prompt):]
+            k = region.find(content.strip()) if isinstance(content, str) and content.strip() else -1
+            eot = self._first_eot(region, k + len(content.strip()) if k >= 0 else 0)
+            if eot >= 0:
+                return region[:eot], True
+            return region.rstrip(), False
+        # The template renders this turn differently once answered (e.g. it drops a reasoning
+        # block the generation prompt opens): train on the turn as the template renders it.
+        span = self._turn_span(conversation, len(conversation) - 1, False, full)
+        if span is not None:
+            text = full[span[0]:span[1]]
+            eot = self._first_eot(text)
+            return (text, True) if eot == len(text) else (text.rstrip(), False)
+        return (content if isinstance(content, str) else ""), False
+
+    # -- training sequences -----------------------------------------------------------
+    def encode(self, messages: list[dict], *, mask_prompt: bool = True, last_turn_only: bool = False) -> Encoded:
+        """Token ids and loss mask of one conversation.
+
+        The ids are ``prompt_ids(messages[:last])`` + the last answer + its end-of-turn token.
+        With ``mask_prompt`` the loss is on every assistant turn's content and end-of-turn
+        token, never on role headers; ``last_turn_only`` keeps only the last turn's."""
+        from core.data import is_plain_text
+
+        if is_plain_text(messages):  # raw text: no template, every token trained
+            ids = self._with_bos(self.tokenize(messages[0]["content"])[0])
+            if self.eos_id is not None:
+                ids.append(self.eos_id)
+            return Encoded(ids, [False] + [True] * (len(ids) - 1))
+        turns = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
+        if not turns:
+            raise TuneloomError("This conversation has no assistant turn to learn from.")
+        last = turns[-1]
+        history = messages[:last]
+        prompt = self.render(history, add_generation_prompt=True)
+        answer, has_eot = self._answer_text(messages[: last + 1], prompt)
+
+        prompt_tokens, state = self.tokenize(prompt)
+        prompt_ids = self._with_bos(prompt_tokens)
+        mask = [not mask_prompt] * len(prompt_ids)
+        if mask_prompt and not last_turn_only and len(turns) > 1:
+            mask = self._history_mask(history, turns[:-1], prompt, prompt_ids) or mask
+
+        answer_ids, _ = self.tokenize(answer, state)
+        if not has_eot and self.eos_id is not None and not (answer_ids and answer_ids[-1] in self.eos_ids):
+            answer_ids.append(self.eos_id)
+        ids = prompt_ids + answer_ids
+        mask = mask + [True] * len(answer_ids)
+        if mask:
+            mask[0] = False  # the first token is never predicted
+        return Encoded(ids, mask)
+
+    def _history_mask(self, history: list[dict], turns: list[int], prompt: str, prompt_ids: list[int]
+                      ) -> list[bool] | None:
+        """Loss mask over ``prompt_ids`` that trains the earlier assistant turns; None if their
+        tokens cannot be told apart from the prompt's (a token straddling a turn boundary)."""
+        spans = []
+        for j in turns:
+            span = self._turn_span(history, j, True, prompt)
+            if span is not None and span[1] > span[0] and (not spans or span[0] >= spans[-1][1]):
+                spans.append(span)
+        if not spans:
+            return None
+        ids: list[int] = []
+        mask: list[bool] = []
+        state = True
+        pos = 0
+        for start, end in spans + [(len(prompt), len(prompt))]:
+            for text, trained in ((prompt[pos:start], False), (prompt[start:end], True)):
+                if text:
+                    seg, state = self.tokenize(text, state)
+                    ids += seg
+                    mask += [trained] * len(seg)
+            pos = end
+        with_bos = self._with_bos(ids)
+        if with_bos != prompt_ids:
+            return None
+        return [False] * (len(with_bos) - len(ids)) + mask
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+
+def token_stats(encoder: ChatEncoder, records, max_seq_len: int, mask_prompt: bool = True,
+                cancel=None) -> dict:
+    """Length statistics of the encoded records: min/median/p95/max, truncation, trained share."""
+    lengths, trained = [], 0
+    for r in records:
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        e = encoder.encode(r.messages, mask_prompt=mask_prompt)
+        lengths.append(len(e.ids))
+        trained += e.trained
+    if not lengths:
+        return {"min": 0, "median": 0, "p95": 0, "max": 0, "truncated": 0, "total": 0, "trained_share": 0.0,
+                "lengths": []}
+    s = sorted(lengths)
+
+    def pct(p):  # nearest rank
+        return s[min(len(s) - 1, int(round(p * (len(s) - 1))))]
+
+    total = sum(lengths)
+    return {"min": s[0], "median": pct(0.5), "p95": pct(0.95), "max": s[-1],
+            "truncated": sum(1 for n in lengths if n > max_seq_len), "total": total,
+            "trained_share": trained / total if total else 0.0, "lengths": lengths}

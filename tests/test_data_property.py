@@ -1,0 +1,110 @@
+"""Property tests: whatever bytes or JSON a user drops, load_dataset either returns a
+Dataset whose records the trainer can use or raises the project's own error type."""
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from core.data import ROLES, Dataset, load_dataset
+from core.events import TuneloomError
+
+SUFFIXES = [".jsonl", ".json", ".csv", ".tsv", ".txt", ".md", ".ndjson"]
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+KEYS = ["messages", "conversations", "instruction", "input", "output", "prompt", "completion", "question",
+        "answer", "text", "system", "Role", "role", "content", "from", "value", "PROMPT", "tool_calls", "x"]
+
+json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=6), inner,
+                                                                max_size=4),
+    max_leaves=20)
+role = st.sampled_from(list(ROLES) + ["human", "gpt", "bot", "User", ""]) | json_scalars
+message = st.dictionaries(st.sampled_from(["role", "content", "from", "value", "Role", "tool_calls"]),
+                          role | st.text(max_size=10) | json_values, max_size=3)
+chat_record = st.fixed_dictionaries({"messages": st.lists(message, max_size=5)}) | \
+    st.fixed_dictionaries({"conversations": st.lists(message, max_size=5)})
+
+
+def check(path: Path) -> Dataset | None:
+    """load_dataset(path) raises only TuneloomError; what it returns is consistent."""
+    try:
+        ds = load_dataset([path])
+    except TuneloomError as exc:
+        assert str(exc)
+        return None
+    assert ds.total == len(ds.records) + ds.invalid >= 1
+    assert ds.issues or ds.invalid == 0
+    for issue in ds.issues:
+        assert issue.file == path.name and issue.message
+    for r in ds.records:
+        roles = [m["role"] for m in r.messages]
+        assert all(x in ROLES for x in roles) and "assistant" in roles
+        for m in r.messages:
+            if m["role"] in ("system", "user") or (m["role"] == "assistant" and not m.get("tool_calls")):
+                assert isinstance(m["content"], str)
+                m["content"].encode("utf-8")  # no lone surrogates reach the tokenizer
+        if len(r.messages) > 1:
+            assert [x for x in roles if x != "system"][0] == "user"
+        assert r.key()
+    ds.duplicates()
+    return ds
+
+
+_TMP = tempfile.TemporaryDirectory(prefix="tuneloom-prop-")  # removed at exit
+
+
+def write(suffix: str, payload: bytes) -> Path:
+    p = Path(_TMP.name) / f"data{suffix}"  # one file per suffix, rewritten by every example
+    p.write_bytes(payload)
+    return p
+
+
+@SETTINGS
+@given(payload=st.binary(max_size=2000), suffix=st.sampled_from(SUFFIXES),
+       prefix=st.sampled_from([b"", codecs.BOM_UTF8, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, b'{"text": "']))
+@example(payload=b"\xff" * 10, suffix=".csv", prefix=b"")
+@example(payload=b"a,b\n\x00", suffix=".csv", prefix=b"")
+@example(payload=b'"unclosed', suffix=".csv", prefix=b"text\n")
+def test_random_bytes_never_crash(payload, suffix, prefix):
+    check(write(suffix, prefix + payload))
+
+
+@SETTINGS
+@given(docs=st.lists(json_values | chat_record, min_size=1, max_size=6), suffix=st.sampled_from([".jsonl", ".json"]),
+       encoding=st.sampled_from(["utf-8", "utf-8-sig", "utf-16"]))
+def test_random_json_never_crashes(docs, suffix, encoding):
+    if suffix == ".jsonl":
+        text = "".join(json.dumps(d) + "\n" for d in docs)
+    else:
+        text = json.dumps(docs if len(docs) > 1 else docs[0], indent=1)
+    check(write(suffix, text.encode(encoding, "surrogatepass") if encoding != "utf-16" else text.encode("utf-16")))
+
+
+@SETTINGS
+@given(records=st.lists(chat_record, min_size=1, max_size=8))
+def test_random_chats_are_valid_or_reported(records):
+    path = write(".jsonl", "".join(json.dumps(r) + "\n" for r in records).encode())
+    ds = check(path)
+    if ds is not None:
+        assert {r.line for r in ds.records}.isdisjoint({i.line for i in ds.issues})
+        assert len(ds.records) + len({i.line for i in ds.issues if i.line}) == len(records)
+
+
+@SETTINGS
+@given(header=st.lists(st.sampled_from(KEYS) | st.text(max_size=8), min_size=1, max_size=4),
+       rows=st.lists(st.lists(st.text(max_size=30), max_size=5), max_size=6),
+       delimiter=st.sampled_from([",", "\t", ";"]))
+def test_random_tables_never_crash(header, rows, delimiter):
+    buf = io.StringIO()
+    w = csv.writer(buf, delimiter=delimiter)
+    w.writerow(header)
+    w.writerows(rows)
+    check(write(".tsv" if delimiter == "\t" else ".csv", buf.getvalue().encode("utf-8", "surrogatepass")))

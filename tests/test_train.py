@@ -1,0 +1,186 @@
+"""The trainer on the bundled demo model (real tokenizer, real Qwen2 code, CPU)."""
+import json
+import math
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from core import runs
+from core.events import Cancelled, CancelToken, RecordingEvents, TuneloomError
+from core.paths import demo_data_dir, demo_model_dir
+from core.train import TrainConfig, TrainingDiverged, train
+
+FAST = dict(rank=4, alpha=8.0, lr=2e-3, batch=4, max_seq_len=128, warmup=2, valid_every=0, valid_batches=2,
+            checkpoint_every=5, seed=3)
+
+
+def cfg(tmp_path, name="run", **kw):
+    return TrainConfig(model=str(demo_model_dir()), data=[str(demo_data_dir())], out=str(tmp_path / name),
+                       **{**FAST, **kw})
+
+
+def test_loss_decreases_and_run_folder_is_complete(tmp_path):
+    ev = RecordingEvents()
+    res = train(cfg(tmp_path, iters=30), events=ev)
+    losses = [v for _, v in ev.series("train_loss")]
+    assert len(losses) == 30
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    valid = ev.series("valid_loss")
+    assert valid[0][0] == 0 and valid[-1][1] < valid[0][1]
+    run = Path(res["run_dir"])
+    for f in ("config.json", "metrics.jsonl", "adapters.safetensors", "adapter_config.json", "status.json"):
+        assert (run / f).exists(), f
+    assert runs.read_json(run / "status.json")["state"] == "done"
+    metrics = runs.read_metrics(run)
+    assert [m["step"] for m in metrics if "train_loss" in m] == list(range(1, 31))
+    for key in ("learning_rate", "tokens_per_sec", "trained_tokens", "peak_memory"):
+        assert key in metrics[1]
+    # one metric event per optimizer step, progress with ETA
+    assert ev.progresses[-1][0] == 30 and "ETA" in ev.progresses[-1][2]
+    # mlx-lm reads the adapters as they are
+    from mlx_lm import load
+
+    model, _ = load(str(demo_model_dir()), adapter_path=str(run))
+    assert model is not None
+
+
+def test_prompt_tokens_get_zero_loss_weight():
+    from core.tokens import ChatEncoder
+
+    enc = ChatEncoder(demo_model_dir())
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there."},
+            {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Tell me about the red fox."},
+            {"role": "assistant", "content": "It is an animal."}]
+    e = enc.encode(msgs, mask_prompt=True)
+    trained = [t for t, m in zip(e.ids, e.mask) if m]
+    text = enc.tok.decode(trained)
+    assert text == "Hello!<|im_end|>It is an animal.<|im_end|>"  # every assistant turn, never headers
+    last = enc.encode(msgs, last_turn_only=True)
+    assert enc.tok.decode([t for t, m in zip(last.ids, last.mask) if m]) == "It is an animal.<|im_end|>"
+    # training ids equal the inference prompt + the answer
+    prompt = enc.prompt_ids(msgs[:4])
+    assert e.ids[: len(prompt)] == prompt
+
+
+def test_cancel_stops_within_a_step_and_saves(tmp_path):
+    tok = CancelToken()
+    ev = RecordingEvents()
+
+    class StopAt(RecordingEvents):
+        def metric(self, name, step, value):
+            if name == "train_loss" and step == 4:
+                tok.cancel()
+
+    with pytest.raises(Cancelled) as info:
+        train(cfg(tmp_path, iters=50), events=StopAt(), cancel=tok)
+    assert info.value.result["steps"] == 4
+    run = tmp_path / "run"
+    assert (run / "adapters.safetensors").exists()
+    assert runs.read_json(run / "status.json")["state"] == "cancelled"
+    assert max(m["step"] for m in runs.read_metrics(run)) == 4
+
+
+def test_pause_and_resume(tmp_path):
+    tok = CancelToken()
+    steps = []
+
+    class Ev(RecordingEvents):
+        def metric(self, name, step, value):
+            if name == "train_loss":
+                steps.append((step, time.monotonic()))
+                if step == 3:
+                    tok.pause()
+
+    th = threading.Thread(target=lambda: train(cfg(tmp_path, iters=6), events=Ev(), cancel=tok))
+    th.start()
+    deadline = time.monotonic() + 120
+    while not tok.paused or len(steps) < 3:
+        time.sleep(0.05)
+        assert time.monotonic() < deadline
+    time.sleep(1.0)
+    assert len(steps) == 3  # parked between steps
+    tok.resume()
+    th.join(120)
+    assert [s for s, _ in steps] == [1, 2, 3, 4, 5, 6]
+
+
+def test_kill_and_resume_equals_uninterrupted(tmp_path):
+    full = RecordingEvents()
+    train(cfg(tmp_path, "full", iters=12, dropout=0.1), events=full)
+    ref = [v for _, v in full.series("train_loss")]
+
+    # interrupt after step 7 the hard way: a cancel, then delete everything newer than the
+    # step-5 checkpoint as a crash would have left it
+    tok = CancelToken()
+
+    class StopAt(RecordingEvents):
+        def metric(self, name, step, value):
+            if name == "train_loss" and step == 7:
+                tok.cancel()
+
+    with pytest.raises(Cancelled):
+        train(cfg(tmp_path, "part", iters=12, dropout=0.1), events=StopAt(), cancel=tok)
+    run = tmp_path / "part"
+    for ck in (run / "checkpoints").iterdir():
+        if ck.name != "step-000005":
+            shutil.rmtree(ck)
+    resumed = RecordingEvents()
+    res = train(TrainConfig(model=""), resume=run, events=resumed)
+    assert res["state"] == "done"
+    got = [v for _, v in resumed.series("train_loss")]
+    assert len(got) == 7  # steps 6..12
+    for a, b in zip(ref[5:], got):
+        assert math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-5), (ref[5:], got)
+    steps = [m["step"] for m in runs.read_metrics(run) if "train_loss" in m]
+    assert steps == list(range(1, 13))  # the curve on disk has no gap and no duplicate
+
+
+def test_nan_guard_stops_with_explanation(tmp_path):
+    with pytest.raises(TrainingDiverged) as info:
+        train(cfg(tmp_path, iters=20, lr=1e6, warmup=0), events=RecordingEvents())
+    assert "diverged" in str(info.value) and "learning rate" in info.value.hint
+    assert runs.read_json(tmp_path / "run" / "status.json")["state"] == "failed"
+
+
+def test_dora_trains(tmp_path):
+    ev = RecordingEvents()
+    res = train(cfg(tmp_path, iters=12, dora=True), events=ev)
+    assert json.loads((Path(res["run_dir"]) / "adapter_config.json").read_text())["fine_tune_type"] == "dora"
+    losses = [v for _, v in ev.series("train_loss")]
+    assert losses[-1] < losses[0]
+
+
+def test_qlora_on_a_quantized_base(tmp_path):
+    from mlx_lm.utils import load_model, quantize_model, save_model
+
+    from core.train import load_base
+
+    model, config = load_model(demo_model_dir())
+    model, qconfig = quantize_model(model, config, group_size=32, bits=4)
+    qdir = tmp_path / "q4"
+    save_model(qdir, model)
+    (qdir / "config.json").write_text(json.dumps(qconfig))
+    for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(demo_model_dir() / f, qdir / f)
+    ev = RecordingEvents()
+    res = train(TrainConfig(model=str(qdir), data=[str(demo_data_dir())], out=str(tmp_path / "run"),
+                            **{**FAST, "iters": 12}), events=ev)
+    losses = [v for _, v in ev.series("train_loss")]
+    assert res["state"] == "done" and losses[-1] < losses[0]
+    import mlx.nn as nn
+
+    base, _ = load_base(qdir)
+    assert any(isinstance(m, nn.QuantizedLinear) for _, m in base.named_modules())
+
+
+def test_bad_inputs_have_clear_messages(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"prompt": "a", "completion": "b"}\n')
+    with pytest.raises(TuneloomError) as info:
+        train(TrainConfig(model=str(demo_model_dir()), data=[str(bad)], out=str(tmp_path / "r")))
+    assert "bad.jsonl, line 1" in str(info.value) and "--skip-invalid" in info.value.hint
+    with pytest.raises(TuneloomError):
+        train(TrainConfig(model=str(tmp_path), data=[str(demo_data_dir())], out=str(tmp_path / "r2")))
