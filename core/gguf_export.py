@@ -238,11 +238,13 @@ def _plan_tensors(model_dir: Path, config: dict, spec: ArchSpec, quant: str, eve
     if any(n.endswith((".scales", ".biases")) for n in names) or "quantization" in config:
         raise TuneloomError(
             "This model folder holds MLX-quantized weights, which GGUF export cannot read.",
-            "Fuse with dequantize (the default for quantized bases) and export the fused folder.",
+            "Fuse an adapter into it first (fusing dequantizes) and export the fused folder.",
         )
 
-    has_output = any(tensor_map.get_name(n, try_suffixes=(".weight",)) == "output.weight" for n in names)
-    output_name = "output.weight" if has_output else "token_embd.weight"
+    # the matrix that produces the logits: llama.cpp uses the token embedding when tied
+    output_name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.OUTPUT] + ".weight"
+    if not any(tensor_map.get_name(n, try_suffixes=(".weight",)) == output_name for n in names):
+        output_name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.TOKEN_EMBD] + ".weight"
     plan: list[_PlannedTensor] = []
     for t in stored:
         if t.name.endswith(".rotary_emb.inv_freq"):
@@ -602,7 +604,10 @@ def export_gguf(model_dir, out_path, quant: str = "f16", *, events: Events | Non
 
     tensor_bytes = sum(gguf.GGUFWriter.ggml_pad(p.nbytes, gguf.GGUF_DEFAULT_ALIGNMENT) for p in plan)
     needed = tensor_bytes + _estimate_kv_bytes(vocab)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TuneloomError(f"Cannot create {out_path.parent}: {exc}", "Choose a folder you can write to.") from exc
     free = shutil.disk_usage(out_path.parent).free
     if free < needed + 16 * 1024 * 1024:
         raise TuneloomError(
@@ -612,6 +617,19 @@ def export_gguf(model_dir, out_path, quant: str = "f16", *, events: Events | Non
         )
 
     total_params = sum(math.prod(p.src.shape) for p in plan)
+    try:
+        size = _write(out_path, arch_name, model_dir, config, spec, ftype, vocab, plan, total_params, events, cancel)
+    except OSError as exc:
+        raise TuneloomError(f"Writing {out_path} failed: {exc}", "Check that the folder is writable and has free space.") from exc
+
+    events.log("info", f"Wrote {out_path} ({size / 1e6:.1f} MB, {len(plan)} tensors)")
+    return {"path": str(out_path), "quant": quant, "arch": arch_name, "n_tensors": len(plan), "bytes": size}
+
+
+def _write(out_path: Path, arch_name: str, model_dir: Path, config: dict, spec: ArchSpec, ftype,
+           vocab: _Vocab, plan: list[_PlannedTensor], total_params: int, events: Events,
+           cancel: CancelToken | None) -> int:
+    """Header and metadata first, then the tensors one by one; the size of the new file."""
     with atomic_path(out_path, suffix=".gguf") as tmp:
         writer = gguf.GGUFWriter(tmp, arch_name)
         try:
@@ -633,10 +651,7 @@ def export_gguf(model_dir, out_path, quant: str = "f16", *, events: Events | Non
         if cancel:
             cancel.raise_if_cancelled()
         _verify(tmp, arch_name, plan)
-        size = tmp.stat().st_size
-
-    events.log("info", f"Wrote {out_path} ({size / 1e6:.1f} MB, {len(plan)} tensors)")
-    return {"path": str(out_path), "quant": quant, "arch": arch_name, "n_tensors": len(plan), "bytes": size}
+        return tmp.stat().st_size
 
 
 def _verify(path: Path, arch_name: str, plan: list[_PlannedTensor]) -> None:

@@ -93,36 +93,64 @@ class _LlamaCppSentencePiece:
                 specials[text] = int(tid)
         self.specials = sorted(specials.items(), key=lambda kv: len(kv[0]), reverse=True)
 
-    def _partition(self, text: str) -> list[str | int]:
-        parts: list[str | int] = [text]
+    def _partition(self, text: str) -> list[tuple[int, int, int | None]]:
+        """(start, end, special token id or None for plain text) covering ``text`` in order."""
+        parts: list[tuple[int, int, int | None]] = [(0, len(text), None)]
         for special, tid in self.specials:
             if special not in text:
                 continue
-            out: list[str | int] = []
-            for part in parts:
-                if isinstance(part, int) or special not in part:
-                    out.append(part)
+            out: list[tuple[int, int, int | None]] = []
+            for start, end, kind in parts:
+                if kind is not None:
+                    out.append((start, end, kind))
                     continue
-                pieces = part.split(special)
-                for k, piece in enumerate(pieces):
-                    if k:
-                        out.append(tid)
-                    if piece:
-                        out.append(piece)
+                pos = start
+                while True:
+                    k = text.find(special, pos, end)
+                    if k < 0:
+                        break
+                    if k > pos:
+                        out.append((pos, k, None))
+                    out.append((k, k + len(special), tid))
+                    pos = k + len(special)
+                if pos < end:
+                    out.append((pos, end, None))
             parts = out
         return parts
 
-    def tokenize(self, text: str, prev_special: bool = True) -> tuple[list[int], bool]:
+    def tokenize(self, text: str, prev_special: bool = True, offsets: list | None = None) -> tuple[list[int], bool]:
         """Ids of ``text``; ``prev_special`` says whether it follows a special token (or starts
-        the prompt). Returns the ids and the same flag for whatever follows."""
+        the prompt). Returns the ids and the same flag for whatever follows. With ``offsets``
+        (a list), appends each token's (start, end) character span in ``text``."""
         ids: list[int] = []
-        for part in self._partition(text):
-            if isinstance(part, int):
-                ids.append(part)
+        for start, end, tid in self._partition(text):
+            if tid is not None:
+                ids.append(tid)
                 prev_special = True
-            else:
-                ids += self.sp.encode((" " + part) if self.add_space_prefix and prev_special else part)
-                prev_special = False
+                if offsets is not None:
+                    offsets.append((start, end))
+                continue
+            if start == end:
+                continue
+            part = text[start:end]
+            space = self.add_space_prefix and prev_special
+            piece_text = " " + part if space else part
+            prev_special = False
+            if offsets is None:
+                ids += self.sp.encode(piece_text)
+                continue
+            # SentencePiece reports byte offsets into piece_text: map them to characters of text
+            char_at = [0] * (len(piece_text.encode("utf-8")) + 1)
+            b = 0
+            for i, ch in enumerate(piece_text):
+                n = len(ch.encode("utf-8", "surrogatepass"))
+                char_at[b:b + n] = [i] * n
+                b += n
+            char_at[b] = len(piece_text)
+            for p in self.sp.encode(piece_text, out_type="proto").pieces:
+                ids.append(p.id)
+                lo, hi = char_at[p.begin] - space, char_at[p.end] - space
+                offsets.append((start + max(lo, 0), start + max(hi, 0)))
         return ids, prev_special
 
 
@@ -189,14 +217,19 @@ class ChatEncoder:
             raise TuneloomError(f"The chat template of {self.model_dir.name} cannot render this conversation: {exc}",
                                 "Check the roles and order of the messages.") from exc
 
-    def tokenize(self, text: str, prev_special: bool = True) -> tuple[list[int], bool]:
+    def tokenize(self, text: str, prev_special: bool = True, offsets: list | None = None) -> tuple[list[int], bool]:
         """Ids of ``text`` (no BOS) as inference tokenizes it, special tokens included.
 
         ``prev_special`` (SentencePiece only): the text starts a prompt or follows a special
-        token. Returns the ids and that flag for text that would follow."""
+        token. Returns the ids and that flag for text that would follow. With ``offsets`` (a
+        list), appends each token's (start, end) character span in ``text``."""
         if self.spm is not None:
-            return self.spm.tokenize(text, prev_special)
-        return self.tok.encode(text, add_special_tokens=False), False
+            return self.spm.tokenize(text, prev_special, offsets)
+        if offsets is None:
+            return self.tok.encode(text, add_special_tokens=False), False
+        enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets.extend(tuple(o) for o in enc["offset_mapping"])
+        return list(enc["input_ids"]), False
 
     def _with_bos(self, ids: list[int]) -> list[int]:
         # a template that writes BOS itself gets no second one
@@ -298,29 +331,23 @@ class ChatEncoder:
 
     def _history_mask(self, history: list[dict], turns: list[int], prompt: str, prompt_ids: list[int]
                       ) -> list[bool] | None:
-        """Loss mask over ``prompt_ids`` that trains the earlier assistant turns; None if their
-        tokens cannot be told apart from the prompt's (a token straddling a turn boundary)."""
-        spans = []
-        for j in turns:
-            span = self._turn_span(history, j, True, prompt)
-            if span is not None and span[1] > span[0] and (not spans or span[0] >= spans[-1][1]):
-                spans.append(span)
+        """Loss mask over ``prompt_ids`` that trains the earlier assistant turns: every token that
+        lies inside one of their spans (a token straddling a span's edge, such as a newline
+        merged with the header's, stays untrained). None if no turn can be located."""
+        spans = [sp for sp in (self._turn_span(history, j, True, prompt) for j in turns) if sp and sp[1] > sp[0]]
         if not spans:
             return None
-        ids: list[int] = []
-        mask: list[bool] = []
-        state = True
-        pos = 0
-        for start, end in spans + [(len(prompt), len(prompt))]:
-            for text, trained in ((prompt[pos:start], False), (prompt[start:end], True)):
-                if text:
-                    seg, state = self.tokenize(text, state)
-                    ids += seg
-                    mask += [trained] * len(seg)
-            pos = end
+        offsets: list[tuple[int, int]] = []
+        try:
+            ids, _ = self.tokenize(prompt, True, offsets)
+        except (NotImplementedError, ValueError, KeyError):  # a tokenizer without offsets
+            return None
         with_bos = self._with_bos(ids)
         if with_bos != prompt_ids:
             return None
+        mask = []
+        for lo, hi in offsets:
+            mask.append(any(s <= lo and hi <= e and (lo < e or lo == hi == s) for s, e in spans))
         return [False] * (len(with_bos) - len(ids)) + mask
 
     def decode(self, ids: list[int]) -> str:

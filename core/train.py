@@ -3,8 +3,8 @@
 Why our own loop: mlx-lm's ``train()`` cannot be paused or cancelled cleanly and its
 resume drops optimizer state. This loop keeps mlx-lm's pieces (loader, LoRA/DoRA
 layers, schedules) and adds pause/resume/cancel, checkpoints that hold everything a
-resume needs (adapters, optimizer state, step, RNG state; the data order is a pure
-function of seed and step), a NaN guard, and one metric event per optimizer step.
+resume needs (adapters, optimizer state, step; the data order and the dropout RNG are
+pure functions of seed and step), a NaN guard, and one metric event per optimizer step.
 """
 from __future__ import annotations
 
@@ -295,7 +295,6 @@ def _save_checkpoint(run_dir: Path, step: int, model, opt, adapter_config: dict)
     tmp.mkdir(parents=True)
     mx.save_safetensors(str(tmp / "adapters.safetensors"), adapter_weights(model))
     opt_state = dict(tree_flatten(opt.state))
-    opt_state["__rng__"] = mx.random.state[0]
     mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt_state)
     (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
     (tmp / "state.json").write_text(json.dumps({"step": step}))
@@ -318,10 +317,7 @@ def _restore_checkpoint(ck: Path, model, opt) -> int:
 
     model.load_weights(list(mx.load(str(ck / "adapters.safetensors")).items()), strict=False)
     state = mx.load(str(ck / "optimizer.safetensors"))
-    rng = state.pop("__rng__", None)
     opt.state = tree_unflatten(list(state.items()))
-    if rng is not None:
-        mx.random.state[0] = rng
     return json.loads((ck / "state.json").read_text())["step"]
 
 
@@ -435,6 +431,8 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
             emit(0, valid_loss=vl)
         for step in range(start + 1, total_steps + 1):
             cancel.checkpoint(on_pause=lambda: events.log("info", "paused"))
+            # RNG (dropout) is a pure function of (seed, step): a resume replays it exactly
+            mx.random.seed((cfg.seed * 1_000_003 + step) % 2**32)
             t0 = time.perf_counter()
             step_loss, step_tokens, step_trained = 0.0, 0, 0
             if cfg.grad_accum == 1:

@@ -13,7 +13,7 @@ from core.events import Cancelled, CancelToken, RecordingEvents, TuneloomError
 from core.paths import demo_data_dir, demo_model_dir
 from core.train import TrainConfig, TrainingDiverged, train
 
-FAST = dict(rank=4, alpha=8.0, lr=2e-3, batch=4, max_seq_len=128, warmup=2, valid_every=0, valid_batches=2,
+FAST = dict(rank=4, alpha=8.0, lr=1e-3, batch=8, max_seq_len=128, warmup=2, valid_every=0, valid_batches=2,
             checkpoint_every=5, seed=3)
 
 
@@ -27,9 +27,9 @@ def test_loss_decreases_and_run_folder_is_complete(tmp_path):
     res = train(cfg(tmp_path, iters=30), events=ev)
     losses = [v for _, v in ev.series("train_loss")]
     assert len(losses) == 30
-    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    assert sum(losses[-10:]) < 0.7 * sum(losses[:10])  # batches mix easy prose and new JSON
     valid = ev.series("valid_loss")
-    assert valid[0][0] == 0 and valid[-1][1] < valid[0][1]
+    assert valid[0][0] == 0 and valid[-1][1] < 0.5 * valid[0][1]
     run = Path(res["run_dir"])
     for f in ("config.json", "metrics.jsonl", "adapters.safetensors", "adapter_config.json", "status.json"):
         assert (run / f).exists(), f
@@ -138,11 +138,30 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     assert steps == list(range(1, 13))  # the curve on disk has no gap and no duplicate
 
 
-def test_nan_guard_stops_with_explanation(tmp_path):
+def test_nan_guard_stops_with_explanation(tmp_path, monkeypatch):
+    import mlx.core as mx
+
+    import core.train as ct
+
+    real_loss = ct._loss
+    calls = {"n": 0}
+
+    def poisoned(model, x, y, w):  # a loss that turns NaN at the 8th step
+        calls["n"] += 1
+        loss, n = real_loss(model, x, y, w)
+        return (loss * mx.array(float("nan")) if calls["n"] >= 8 else loss), n
+
+    monkeypatch.setattr(ct, "_loss", poisoned)
     with pytest.raises(TrainingDiverged) as info:
-        train(cfg(tmp_path, iters=20, lr=1e6, warmup=0), events=RecordingEvents())
-    assert "diverged" in str(info.value) and "learning rate" in info.value.hint
-    assert runs.read_json(tmp_path / "run" / "status.json")["state"] == "failed"
+        train(cfg(tmp_path, iters=20, compile=False, valid_every=0), events=RecordingEvents())
+    assert "diverged" in str(info.value) and "step 6" in str(info.value)  # 2 validation calls come first
+    assert "learning rate" in info.value.hint and "step 5" in info.value.hint
+    run = tmp_path / "run"
+    assert runs.read_json(run / "status.json")["state"] == "failed"
+    # the last good checkpoint (step 5) and its adapters are kept, free of NaN
+    assert runs.latest_checkpoint(run).name == "step-000005"
+    weights = mx.load(str(run / "adapters.safetensors"))
+    assert all(not mx.isnan(v).any().item() for v in weights.values())
 
 
 def test_dora_trains(tmp_path):
@@ -178,7 +197,8 @@ def test_qlora_on_a_quantized_base(tmp_path):
 
 def test_bad_inputs_have_clear_messages(tmp_path):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"prompt": "a", "completion": "b"}\n')
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n'
+                   '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n')
     with pytest.raises(TuneloomError) as info:
         train(TrainConfig(model=str(demo_model_dir()), data=[str(bad)], out=str(tmp_path / "r")))
     assert "bad.jsonl, line 1" in str(info.value) and "--skip-invalid" in info.value.hint

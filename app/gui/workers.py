@@ -45,7 +45,8 @@ class Job(QObject):
         def call():
             return self._fn(*self._args, events=self.events, cancel=self.cancel, **self._kwargs)
 
-        self._worker = create_worker(call, _start_thread=False)
+        # errors are ours to show (the failed signal); superqt would otherwise re-raise them
+        self._worker = create_worker(call, _start_thread=False, _ignore_errors=True)
         self._worker.returned.connect(self._on_returned)
         self._worker.errored.connect(self._on_errored)
         self._worker.finished.connect(self._on_finished)
