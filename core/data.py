@@ -47,7 +47,6 @@ MAX_ISSUES = 1000  # problems kept per file; the rest are counted
 JUNK_ROWS = 1000  # this many rows without one recognisable example: the file is not a dataset
 CHUNK_BYTES = 1 << 20
 SNIFF_BYTES = 64 * 1024
-MAX_LINE_BYTES = MAX_RECORD_CHARS  # old name
 
 
 class DatasetError(TuneloomError):
@@ -669,12 +668,14 @@ def _check_order(msgs: list[dict], fld: str, role_keys: list[str] | None = None)
 
 def normalise(obj: Any, fmt: str, mapping: dict[str, str] | None = None) -> list[dict]:
     """Turn one raw record of format ``fmt`` into chat messages, or raise _Invalid."""
-    if fmt == "chat":
-        name, msgs = _find(obj, "messages", mapping)
-        return _check_messages(msgs, name)
-    if fmt == "sharegpt":
-        name, conv = _find(obj, "conversations", mapping)
-        return _check_messages(conv, name, sharegpt=True)
+    if fmt in ("chat", "sharegpt"):
+        name, msgs = _find(obj, "messages" if fmt == "chat" else "conversations", mapping)
+        if isinstance(msgs, str) and msgs.lstrip().startswith("["):  # a CSV cell holding the JSON list
+            parsed, err = _json_loads(msgs)
+            if err:
+                raise _Invalid(name, f"holds text that is {err}", "write the list of messages as valid JSON")
+            msgs = parsed
+        return _check_messages(msgs, name, sharegpt=fmt == "sharegpt")
     if fmt == "alpaca":
         instr = _text_field(obj, "instruction", mapping)
         extra = _text_field(obj, "input", mapping, required=False)

@@ -1,7 +1,12 @@
 """Hugging Face model folder -> one GGUF file that llama.cpp (and so Ollama) reads exactly.
 
 Supported: ``Qwen2ForCausalLM`` (gguf arch ``qwen2``), ``Qwen3ForCausalLM`` (``qwen3``) and
-``LlamaForCausalLM`` (``llama``), in f32 / f16 / bf16 / q8_0 / q4_0.
+``LlamaForCausalLM`` (``llama``), in f32 / f16 / bf16 / q8_0 / q4_0 and the K-quant mixes
+q4_k_m / q5_k_m / q6_k. Quantized files take llama.cpp's per-tensor type choices
+(``llama_tensor_get_type`` in llama-quant.cpp) and its quantizers' exact output: Q8_0,
+Q4_0, Q5_0, Q5_1 through ``gguf.quants``, the K-quants through :mod:`core.kquants`.
+So a quantized export equals ``llama-quantize`` run on our F16 export of the same
+float16 weights, byte for byte (tests/test_kquants.py checks it).
 
 The metadata follows what llama.cpp's own ``convert_hf_to_gguf.py`` writes for these
 architectures (hyper-parameters, tokenizer model and pre-tokenizer, token types,
@@ -29,6 +34,7 @@ from typing import Any
 import gguf
 import numpy as np
 
+from core import kquants
 from core.atomic import atomic_path
 from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
 
@@ -78,19 +84,26 @@ _BLOCK_TENSORS = (
 )
 
 QT = gguf.GGMLQuantizationType
-# quant name -> (file type recorded in the GGUF, type of the 2-D weight matrices)
+# quant name -> (file type recorded in the GGUF, llama.cpp's default type for the 2-D
+# weight matrices of that file type; llama_ftype_get_default_type)
 QUANT_TYPES: dict[str, tuple[gguf.LlamaFileType, QT]] = {
     "f32": (gguf.LlamaFileType.ALL_F32, QT.F32),
     "f16": (gguf.LlamaFileType.MOSTLY_F16, QT.F16),
     "bf16": (gguf.LlamaFileType.MOSTLY_BF16, QT.BF16),
     "q8_0": (gguf.LlamaFileType.MOSTLY_Q8_0, QT.Q8_0),
     "q4_0": (gguf.LlamaFileType.MOSTLY_Q4_0, QT.Q4_0),
+    "q4_k_m": (gguf.LlamaFileType.MOSTLY_Q4_K_M, QT.Q4_K),
+    "q5_k_m": (gguf.LlamaFileType.MOSTLY_Q5_K_M, QT.Q5_K),
+    "q6_k": (gguf.LlamaFileType.MOSTLY_Q6_K, QT.Q6_K),
 }
 
-# llama-quantize keeps the output projection (the tied embedding when there is no
-# separate one) at Q6_K in a Q4_0 file because 4 bits there costs the most quality.
-# gguf.quants cannot write Q6_K, so the next type up that it can write is used.
-_Q4_0_OUTPUT_TYPE = QT.Q8_0
+# llama.cpp's tensor_type_fallback: a row that is not a whole number of 256-value
+# super-blocks takes the nearest 32-block type (and F16 when even that does not fit).
+# Every type on the right is one gguf.quants writes bit-exactly, so no substitute is needed.
+_FALLBACK_TYPES: dict[QT, QT] = {QT.Q4_K: QT.Q5_0, QT.Q5_K: QT.Q5_1, QT.Q6_K: QT.Q8_0}
+
+# hand-written K-quant packing (gguf.quants only dequantizes these)
+_KQUANTIZERS = {QT.Q4_K: kquants.quantize_q4_k, QT.Q5_K: kquants.quantize_q5_k, QT.Q6_K: kquants.quantize_q6_k}
 
 # HF byte-level BPE pre-tokenizer regexes -> llama.cpp's name for the same pre-tokenizer,
 # and the BPE "ignore_merges" setting llama.cpp assumes for it.
@@ -179,18 +192,61 @@ def _out_layout(shape: tuple[int, ...], qtype: QT) -> tuple[tuple[int, ...], typ
     return byte_shape, np.uint8, math.prod(byte_shape)
 
 
-def _choose_qtype(gguf_name: str, shape: tuple[int, ...], quant: str, is_output: bool, events: Events) -> QT:
+@dataclass(frozen=True)
+class _TypeRules:
+    """What llama.cpp's per-tensor type choice needs to know about the model."""
+
+    quant: str
+    n_layers: int
+    output_name: str  # output.weight, or token_embd.weight when the embedding is tied
+    is_70b: bool = False  # llama.cpp's LLM_TYPE_70B (a bigger attn_v type in the 4-bit mixes)
+
+
+def _use_more_bits(i_layer: int, n_layers: int) -> bool:
+    # llama-quant.cpp: the first and last eighth of the layers and every third one between
+    return i_layer < n_layers // 8 or i_layer >= 7 * n_layers // 8 or (i_layer - n_layers // 8) % 3 == 2
+
+
+def _block_size(qtype: QT) -> int:
+    return gguf.GGML_QUANT_SIZES[qtype][0]
+
+
+def _choose_qtype(gguf_name: str, shape: tuple[int, ...], rules: _TypeRules, events: Events) -> QT:
+    """The type llama.cpp's converter + ``llama-quantize`` give this tensor.
+
+    Mirrors ``tensor_allows_quantization``, ``llama_tensor_get_type_impl`` (for the file
+    types offered here, no importance matrix, dense models) and ``tensor_type_fallback``.
+    """
     # as llama.cpp's converter: 1-D tensors and norms stay F32, so do non-weight tensors
     if len(shape) <= 1 or gguf_name.endswith("_norm.weight") or not gguf_name.endswith(".weight"):
         return QT.F32
-    qtype = QUANT_TYPES[quant][1]
-    if qtype == QT.Q4_0 and is_output:
-        qtype = _Q4_0_OUTPUT_TYPE
-    if qtype in gguf.GGML_QUANT_SIZES and qtype not in (QT.F32, QT.F16, QT.BF16):
-        block = gguf.GGML_QUANT_SIZES[qtype][0]
-        if shape[-1] % block:
-            events.log("warning", f"{gguf_name}: row of {shape[-1]} is not a multiple of {block}; kept as F16")
-            return QT.F16
+    default = QUANT_TYPES[rules.quant][1]
+    if default in (QT.F32, QT.F16, QT.BF16):
+        return default
+    qtype = default
+    ncols = shape[-1]
+    layer = int(gguf_name.split(".")[1]) if gguf_name.startswith("blk.") else -1
+    if gguf_name == rules.output_name:
+        # the logits matrix (the token embedding when tied) costs the most quality
+        if ncols % _block_size(default):
+            qtype = QT.Q8_0
+        elif default != QT.Q8_0:
+            qtype = QT.Q6_K
+    elif gguf_name.endswith("attn_v.weight"):
+        if rules.quant in ("q4_k_m", "q5_k_m") and _use_more_bits(layer, rules.n_layers):
+            qtype = QT.Q6_K
+        if rules.is_70b and qtype == QT.Q4_K:
+            qtype = QT.Q5_K
+    elif gguf_name.endswith("ffn_down.weight"):
+        if rules.quant in ("q4_k_m", "q5_k_m") and _use_more_bits(layer, rules.n_layers):
+            qtype = QT.Q6_K
+    if ncols % _block_size(qtype):
+        wanted = qtype
+        qtype = _FALLBACK_TYPES.get(qtype, qtype)
+        if ncols % _block_size(qtype):
+            qtype = QT.F16
+        events.log("warning", f"{gguf_name}: row of {ncols} is not a multiple of {_block_size(wanted)} "
+                              f"({wanted.name}); written as {qtype.name}, as llama.cpp does")
     return qtype
 
 
@@ -245,6 +301,11 @@ def _plan_tensors(model_dir: Path, config: dict, spec: ArchSpec, quant: str, eve
     output_name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.OUTPUT] + ".weight"
     if not any(tensor_map.get_name(n, try_suffixes=(".weight",)) == output_name for n in names):
         output_name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.TOKEN_EMBD] + ".weight"
+    rules = _TypeRules(
+        quant, n_layers, output_name,
+        # the model types llama.cpp's loader calls 70B (src/models/llama.cpp, qwen2.cpp)
+        is_70b=n_layers == 80 and (spec.arch == gguf.MODEL_ARCH.QWEN2 or (spec.arch == gguf.MODEL_ARCH.LLAMA and n_head != n_kv)),
+    )
     plan: list[_PlannedTensor] = []
     for t in stored:
         if t.name.endswith(".rotary_emb.inv_freq"):
@@ -255,7 +316,7 @@ def _plan_tensors(model_dir: Path, config: dict, spec: ArchSpec, quant: str, eve
         if gguf_name is None:
             raise TuneloomError(f"Unexpected tensor {t.name!r} for {gguf.MODEL_ARCH_NAMES[spec.arch]}.",
                                 "The weights do not match config.json's architecture.")
-        qtype = _choose_qtype(gguf_name, t.shape, quant, gguf_name == output_name, events)
+        qtype = _choose_qtype(gguf_name, t.shape, rules, events)
         out_shape, out_dtype, nbytes = _out_layout(t.shape, qtype)
         permute = None
         if spec.permute_qk and t.name.endswith(("q_proj.weight", "q_proj.bias")):
@@ -562,7 +623,9 @@ def _convert(p: _PlannedTensor) -> np.ndarray:
         data = _permute_for_llama_rope(data, p.permute_heads)
     if p.qtype == QT.F16 and data.size and float(np.abs(data).max()) > _F16_MAX:
         raise TuneloomError(f"{p.gguf_name} has values beyond float16's range.", "Export as bf16 or f32 instead.")
-    out = gguf.quants.quantize(np.ascontiguousarray(data), p.qtype)
+    quantizer = _KQUANTIZERS.get(p.qtype)
+    data = np.ascontiguousarray(data)
+    out = quantizer(data) if quantizer else gguf.quants.quantize(data, p.qtype)
     if out.shape != p.out_shape or out.dtype != p.out_dtype:
         raise RuntimeError(f"{p.gguf_name}: converted to {out.shape} {out.dtype}, planned {p.out_shape} {p.out_dtype}")
     return out
@@ -613,7 +676,7 @@ def export_gguf(model_dir, out_path, quant: str = "f16", *, events: Events | Non
         raise TuneloomError(
             f"Not enough disk space for the GGUF file: it needs about {needed / 1e9:.2f} GB, "
             f"{free / 1e9:.2f} GB is free on the drive of {out_path.parent}.",
-            "Free some space, choose another folder, or pick a smaller type (q8_0 or q4_0).",
+            "Free some space, choose another folder, or pick a smaller type (q8_0 or q4_k_m).",
         )
 
     total_params = sum(math.prod(p.src.shape) for p in plan)

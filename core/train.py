@@ -205,7 +205,30 @@ class BatchPlan:
         return self.epoch(e)[i]
 
 
-def pad_batch(seqs: list[Encoded], pad_id: int, max_len: int):
+SELECTIVE_HEAD_TYPES = {"qwen2", "qwen3", "llama"}
+
+
+def selective_head(model) -> bool:
+    """Whether we may compute logits only where the loss needs them.
+
+    The output projection is the largest matmul of a small model with a large vocabulary
+    (Qwen: 152k x hidden), and prompt and padding positions never need logits. For the
+    architectures whose ``__call__`` is exactly ``head(model(x))`` we run the body and the
+    head ourselves, the head on trained positions only.
+    """
+    return getattr(getattr(model, "args", None), "model_type", None) in SELECTIVE_HEAD_TYPES
+
+
+def _head(model, h):
+    if model.args.tie_word_embeddings:
+        return model.model.embed_tokens.as_linear(h)
+    return model.lm_head(h)
+
+
+def pad_batch(seqs: list[Encoded], pad_id: int, max_len: int, select: bool = False):
+    """(inputs, targets, weights) as arrays; with ``select`` the targets and weights are those
+    of the trained positions only, plus ``idx``, their flat positions (padded to a bucket size so
+    that mx.compile sees few shapes; padded entries have weight 0)."""
     import mlx.core as mx
     import numpy as np
 
@@ -217,7 +240,18 @@ def pad_batch(seqs: list[Encoded], pad_id: int, max_len: int):
         n = min(len(s.ids), L)
         ids[r, :n] = s.ids[:n]
         w[r, :n] = s.mask[:n]
-    return mx.array(ids[:, :-1]), mx.array(ids[:, 1:]), mx.array(w[:, 1:])
+    x, y, wt = ids[:, :-1], ids[:, 1:], w[:, 1:]
+    if not select:
+        return mx.array(x), mx.array(y), mx.array(wt)
+    flat = np.flatnonzero(wt.reshape(-1) > 0).astype(np.int32)
+    bucket = max(64, (wt.size // 4 + 63) // 64 * 64)  # at most 4 sizes per batch shape
+    k = max(bucket, int(math.ceil(len(flat) / bucket) * bucket))
+    idx = np.zeros(k, dtype=np.int32)
+    idx[: len(flat)] = flat
+    wsel = np.zeros(k, dtype=np.float32)
+    wsel[: len(flat)] = wt.reshape(-1)[flat]
+    ysel = y.reshape(-1)[idx]
+    return mx.array(x), mx.array(ysel), mx.array(wsel), mx.array(idx)
 
 
 def encode_records(encoder: ChatEncoder, records, cfg: TrainConfig) -> list[Encoded]:
@@ -235,11 +269,16 @@ def encode_records(encoder: ChatEncoder, records, cfg: TrainConfig) -> list[Enco
 # The loop
 # ---------------------------------------------------------------------------
 
-def _loss(model, x, y, w):
+def _loss(model, x, y, w, idx=None):
     import mlx.core as mx
     import mlx.nn as nn
 
-    logits = model(x).astype(mx.float32)
+    if idx is None:
+        logits = model(x).astype(mx.float32)
+    else:  # logits only at the trained positions (see selective_head)
+        h = model.model(x)
+        h = h.reshape(-1, h.shape[-1])[idx]
+        logits = _head(model, h).astype(mx.float32)
     ce = nn.losses.cross_entropy(logits, y) * w
     ntoks = w.sum()
     return ce.sum() / mx.maximum(ntoks, 1.0), ntoks
@@ -250,11 +289,11 @@ def evaluate_loss(model, seqs: list[Encoded], batch: int, pad_id: int, max_len: 
 
     total, count = 0.0, 0.0
     nb = 0
+    select = selective_head(model)
     for i in range(0, len(seqs), batch):
         if 0 <= max_batches <= nb:
             break
-        x, y, w = pad_batch(seqs[i:i + batch], pad_id, max_len)
-        loss, n = _loss(model, x, y, w)
+        loss, n = _loss(model, *pad_batch(seqs[i:i + batch], pad_id, max_len, select))
         mx.eval(loss, n)
         total += loss.item() * n.item()
         count += n.item()
@@ -395,12 +434,14 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
     loss_and_grad = nn.value_and_grad(model, _loss)
     state = [model.state, opt.state, mx.random.state]
 
-    def micro_step(x, y, w):
-        (loss, ntoks), grads = loss_and_grad(model, x, y, w)
+    select = selective_head(model)
+
+    def micro_step(*batch):
+        (loss, ntoks), grads = loss_and_grad(model, *batch)
         return loss, ntoks, grads
 
-    def full_step(x, y, w):
-        loss, ntoks, grads = micro_step(x, y, w)
+    def full_step(*batch):
+        loss, ntoks, grads = micro_step(*batch)
         opt.update(model, grads)
         return loss, ntoks
 
@@ -437,8 +478,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
             step_loss, step_tokens, step_trained = 0.0, 0, 0
             if cfg.grad_accum == 1:
                 batch = [train_seqs[i] for i in plan.micro(step - 1)]
-                x, y, w = pad_batch(batch, pad_id, cfg.max_seq_len)
-                loss, ntoks = full_step(x, y, w)
+                loss, ntoks = full_step(*pad_batch(batch, pad_id, cfg.max_seq_len, select))
                 mx.eval(state, loss, ntoks)
                 step_loss = loss.item()
                 step_trained = int(ntoks.item())
@@ -449,8 +489,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
                 acc = None
                 for a in range(cfg.grad_accum):
                     batch = [train_seqs[i] for i in plan.micro((step - 1) * cfg.grad_accum + a)]
-                    x, y, w = pad_batch(batch, pad_id, cfg.max_seq_len)
-                    loss, ntoks, grads = micro_step(x, y, w)
+                    loss, ntoks, grads = micro_step(*pad_batch(batch, pad_id, cfg.max_seq_len, select))
                     acc = grads if acc is None else tree_map(mx.add, acc, grads)
                     mx.eval(acc, loss)
                     step_loss += loss.item() / cfg.grad_accum

@@ -103,6 +103,13 @@ def test_csv_quoted_newlines_and_row_lines(tmp_path):
     assert ds.records[1].messages[1]["content"] == "a, b"
 
 
+def test_csv_cell_holding_a_json_message_list(tmp_path):
+    cell = json.dumps(QA).replace('"', '""')
+    ds = load_dataset([write(tmp_path, "m.csv", f'id,messages\n1,"{cell}"\n2,"[{{""role"": ""user""}}"\n')])
+    assert ds.format == "chat" and [r.messages for r in ds.records] == [QA]
+    assert (ds.issues[0].line, ds.issues[0].field) == (3, "messages") and "not valid JSON" in ds.issues[0].message
+
+
 def test_tsv_and_semicolon_csv(tmp_path):
     tsv = load_dataset([write(tmp_path, "d.tsv", "Question\tAnswer\nWhat is 2+2?\t4\n")])
     assert _same_two(tsv, "question-answer") == [QA]

@@ -29,8 +29,12 @@ json_values = st.recursive(
 role = st.sampled_from(list(ROLES) + ["human", "gpt", "bot", "User", ""]) | json_scalars
 message = st.dictionaries(st.sampled_from(["role", "content", "from", "value", "Role", "tool_calls"]),
                           role | st.text(max_size=10) | json_values, max_size=3)
+# mostly well-formed messages, so that valid records (and near misses) come up often
+plausible = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "user", "assistant", "tool"]),
+                                   "content": st.text(max_size=8) | st.none() | st.integers()})
 chat_record = st.fixed_dictionaries({"messages": st.lists(message, max_size=5)}) | \
-    st.fixed_dictionaries({"conversations": st.lists(message, max_size=5)})
+    st.fixed_dictionaries({"conversations": st.lists(message, max_size=5)}) | \
+    st.fixed_dictionaries({"messages": st.lists(plausible, min_size=1, max_size=5)})
 
 
 def check(path: Path) -> Dataset | None:

@@ -289,7 +289,7 @@ def test_token_stats(encoders):
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 # whitespace runs, newlines, tabs, SentencePiece's own space mark, multi-byte text, bits of markup
 TEXT = st.lists(st.sampled_from(list("ab xy\n\t\u2581é中🚀<|>/") + ["  ", "    ", "\n\n", "<s>", "</s>", "<unk>"]),
                 max_size=25).map("".join)

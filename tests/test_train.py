@@ -65,6 +65,22 @@ def test_prompt_tokens_get_zero_loss_weight():
     assert e.ids[: len(prompt)] == prompt
 
 
+def test_selective_head_loss_equals_full_loss():
+    from core.tokens import ChatEncoder
+    from core.train import _loss, load_base, pad_batch, selective_head
+
+    enc = ChatEncoder(demo_model_dir())
+    model, _ = load_base(demo_model_dir())
+    assert selective_head(model)
+    msgs = [[{"role": "user", "content": f"Tell me about the red fox {i}."},
+             {"role": "assistant", "content": "It is an animal. " * (i + 1)}] for i in range(5)]
+    seqs = [enc.encode(m) for m in msgs]
+    full, n_full = _loss(model, *pad_batch(seqs, 0, 256, select=False))
+    sel, n_sel = _loss(model, *pad_batch(seqs, 0, 256, select=True))
+    assert n_full.item() == n_sel.item() == sum(sum(s.mask[1:]) for s in seqs)
+    assert abs(full.item() - sel.item()) < 1e-5 * abs(full.item())
+
+
 def test_cancel_stops_within_a_step_and_saves(tmp_path):
     tok = CancelToken()
     ev = RecordingEvents()
@@ -146,9 +162,9 @@ def test_nan_guard_stops_with_explanation(tmp_path, monkeypatch):
     real_loss = ct._loss
     calls = {"n": 0}
 
-    def poisoned(model, x, y, w):  # a loss that turns NaN at the 8th step
+    def poisoned(model, *batch):  # a loss that turns NaN at the 8th step
         calls["n"] += 1
-        loss, n = real_loss(model, x, y, w)
+        loss, n = real_loss(model, *batch)
         return (loss * mx.array(float("nan")) if calls["n"] >= 8 else loss), n
 
     monkeypatch.setattr(ct, "_loss", poisoned)
