@@ -63,12 +63,24 @@ def cmd_demo(a) -> int:
     return 0 if summary["ok"] else 1
 
 
+def _parse_map(items: list[str] | None) -> dict | None:
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        ours, sep, theirs = item.partition("=")
+        if not sep or not ours.strip() or not theirs.strip():
+            raise SystemExit(f"error: --map expects OURS=THEIRS (e.g. prompt=Frage), got {item!r}")
+        out[ours.strip().lower()] = theirs.strip()
+    return out
+
+
 def cmd_data_check(a) -> int:
     from core.data import DatasetError, issue_dicts, load_dataset
     from core.events import TuneloomError
 
     try:
-        ds = load_dataset(a.files)
+        ds = load_dataset(a.files, mapping=_parse_map(a.map))
     except DatasetError as exc:
         if a.json:
             print(json.dumps({"error": str(exc), "hint": exc.hint, "file": exc.file}))
@@ -112,7 +124,9 @@ def cmd_train(a) -> int:
 
     kwargs = {"iters": a.iters, "epochs": a.epochs, "rank": a.rank, "alpha": a.alpha, "lr": a.lr, "batch": a.batch,
               "max_seq_len": a.max_seq_len, "seed": a.seed, "mask_prompt": a.mask_prompt,
-              "dora": True if a.dora else None, "skip_invalid": True if a.skip_invalid else None}
+              "dora": True if a.dora else None, "skip_invalid": True if a.skip_invalid else None,
+              "checkpoint_every": a.checkpoint_every, "valid_every": a.valid_every, "dropout": a.dropout,
+              "pack": True if a.pack else None, "mapping": _parse_map(a.map)}
     kwargs = apply_preset(kwargs, a.preset)
     names = {f.name for f in fields(TrainConfig)}
     kwargs = {k: v for k, v in kwargs.items() if v is not None and k in names}
@@ -175,6 +189,18 @@ def cmd_chat(a) -> int:
         print(reply if prompts is not None else f"model> {reply}")
 
 
+def cmd_fetch(a) -> int:
+    from app.hub_cli import fetch_main
+
+    return fetch_main(a.model_id, a.revision)
+
+
+def cmd_models(a) -> int:
+    from app.hub_cli import models_main
+
+    return models_main()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tuneloom", description="Fine-tune a small chat model and run it in Ollama.")
     sub = p.add_subparsers(dest="cmd")
@@ -190,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model", help="model folder: also report token lengths with its tokenizer")
     c.add_argument("--max-seq-len", type=int, default=512)
     c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.add_argument("--map", action="append", metavar="OURS=THEIRS",
+                   help="use column THEIRS for field OURS, e.g. --map prompt=Frage (repeatable)")
     c.set_defaults(func=cmd_data_check)
 
     t = sub.add_parser("train", help="LoRA fine-tune a model on a dataset")
@@ -209,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dora", action="store_true")
     t.add_argument("--seed", type=int)
     t.add_argument("--skip-invalid", action="store_true", help="skip invalid examples instead of refusing")
+    t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 50)")
+    t.add_argument("--valid-every", type=int, help="steps between validation losses (default 50)")
+    t.add_argument("--dropout", type=float)
+    t.add_argument("--pack", action="store_true", help="pack short examples into full rows (faster)")
+    t.add_argument("--map", action="append", metavar="OURS=THEIRS",
+                   help="use column THEIRS for field OURS, e.g. --map prompt=Frage (repeatable)")
     t.add_argument("--resume", metavar="RUN_DIR")
     t.set_defaults(func=cmd_train)
 
@@ -222,6 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--force", action="store_true", help="replace an Ollama model of the same name")
     e.add_argument("--modelfile", metavar="PATH", help="write the Modelfile here")
     e.set_defaults(func=cmd_export)
+
+    f = sub.add_parser("fetch", help="download a model into the Hugging Face cache (or check a model folder)")
+    f.add_argument("model_id", metavar="MODEL_ID",
+                   help="hub id (org/name), a name from `tuneloom models`, or a local folder")
+    f.add_argument("--revision", help="branch, tag or commit (default: the catalog's pinned revision, else main)")
+    f.set_defaults(func=cmd_fetch)
+
+    m = sub.add_parser("models", help="list the curated models: size, training memory, fit, downloaded")
+    m.set_defaults(func=cmd_models)
 
     ch = sub.add_parser("chat", help="chat with a model (and adapters) in the terminal")
     ch.add_argument("model")

@@ -230,6 +230,23 @@ def train_memory_estimate(entry_or_config: CatalogEntry | dict, preset: str = DE
     return estimate_memory(c, weight_bytes, lora, p["batch"], p["max_seq_len"], p["grad_checkpoint"])
 
 
+def refresh_estimates(path: str | os.PathLike | None = None) -> int:
+    """Recompute every ``train_memory_bytes`` in the catalog file (after ``estimate_memory`` or the
+    presets change): ``python -m core.catalog --refresh-estimates``. Returns how many changed."""
+    from core.atomic import write_json
+
+    p = Path(path) if path else catalog_path()
+    data = json.loads(p.read_text(encoding="utf-8"))
+    changed = 0
+    data["memory_preset"] = DEFAULT_PRESET
+    for d in data["models"]:
+        new = train_memory_estimate(d["config"], DEFAULT_PRESET, weight_bytes=d["weight_bytes"])
+        changed += new != d.get("train_memory_bytes")
+        d["train_memory_bytes"], d["train_memory_preset"] = new, DEFAULT_PRESET
+    write_json(p, data)
+    return changed
+
+
 # --------------------------------------------------------------------------- presentation
 
 def catalog_rows(memory_bytes: int | None = None, cache_dir: str | os.PathLike | None = None) -> list[dict]:
@@ -244,3 +261,11 @@ def catalog_rows(memory_bytes: int | None = None, cache_dir: str | os.PathLike |
                      "downloaded": is_downloaded(e, cache_dir), "licence": e.licence,
                      "chat_format": e.chat_format, "quantized": e.quantized})
     return rows
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--refresh-estimates"]:
+        print(f"{refresh_estimates()} estimate(s) changed in {catalog_path()}")
+    else:
+        print("usage: python -m core.catalog --refresh-estimates", file=sys.stderr)
+        sys.exit(2)

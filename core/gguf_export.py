@@ -136,12 +136,17 @@ class _StoredTensor:
     offset: int  # absolute byte offset of the data in the file
     nbytes: int
 
-    def read_f32(self) -> np.ndarray:
-        np_dtype = _ST_DTYPES[self.dtype]
-        count = math.prod(self.shape)
+    def read_f32(self, first_row: int = 0, n_rows: int | None = None) -> np.ndarray:
+        """Rows ``first_row .. first_row + n_rows`` (all by default) as float32."""
+        np_dtype = np.dtype(_ST_DTYPES[self.dtype]).newbyteorder("<")
+        row_shape = self.shape[1:]
+        total_rows = self.shape[0] if self.shape else 1
+        if n_rows is None:
+            n_rows = total_rows - first_row
+        count = n_rows * math.prod(row_shape)
         with open(self.path, "rb") as fh:
-            fh.seek(self.offset)
-            data = np.fromfile(fh, dtype=np.dtype(np_dtype).newbyteorder("<"), count=count)
+            fh.seek(self.offset + first_row * math.prod(row_shape) * np_dtype.itemsize)
+            data = np.fromfile(fh, dtype=np_dtype, count=count)
         if data.size != count:
             raise TuneloomError(f"{self.path.name} is truncated (tensor {self.name}).",
                                 "Re-download or re-fuse the model.")
@@ -149,7 +154,7 @@ class _StoredTensor:
             data = (data.astype(np.uint32) << 16).view(np.float32)
         else:
             data = data.astype(np.float32, copy=False)
-        return data.reshape(self.shape)
+        return data.reshape((n_rows, *row_shape) if self.shape else ())
 
 
 def _read_safetensors_index(path: Path) -> list[_StoredTensor]:
@@ -617,18 +622,63 @@ def _permute_for_llama_rope(data: np.ndarray, n_head: int) -> np.ndarray:
     return data.reshape(n_head, 2, rows // n_head // 2, *data.shape[1:]).swapaxes(1, 2).reshape(data.shape)
 
 
-def _convert(p: _PlannedTensor) -> np.ndarray:
-    data = p.src.read_f32()
-    if p.permute_heads:
-        data = _permute_for_llama_rope(data, p.permute_heads)
+# values converted at a time: a big matrix (a 151k-token embedding is 136M values) is
+# read, converted and written in row blocks of about this size, so peak memory stays
+# near 16M * (4 + 4 + 2) bytes whatever the model
+_CHUNK_VALUES = 1 << 24
+
+
+def _convert_rows(p: _PlannedTensor, data: np.ndarray) -> np.ndarray:
     if p.qtype == QT.F16 and data.size and float(np.abs(data).max()) > _F16_MAX:
         raise TuneloomError(f"{p.gguf_name} has values beyond float16's range.", "Export as bf16 or f32 instead.")
     quantizer = _KQUANTIZERS.get(p.qtype)
     data = np.ascontiguousarray(data)
-    out = quantizer(data) if quantizer else gguf.quants.quantize(data, p.qtype)
-    if out.shape != p.out_shape or out.dtype != p.out_dtype:
-        raise RuntimeError(f"{p.gguf_name}: converted to {out.shape} {out.dtype}, planned {p.out_shape} {p.out_dtype}")
-    return out
+    return quantizer(data) if quantizer else gguf.quants.quantize(data, p.qtype)
+
+
+def _convert_chunks(p: _PlannedTensor, cancel: CancelToken | None = None):
+    """The converted tensor as consecutive row blocks (each quant type works row by row)."""
+    shape = p.src.shape
+    if len(shape) < 2 or p.permute_heads:
+        # 1-D tensors are small; the Llama Q/K reorder mixes rows within a head
+        data = p.src.read_f32()
+        if p.permute_heads:
+            data = _permute_for_llama_rope(data, p.permute_heads)
+        out = _convert_rows(p, data)
+        if out.shape != p.out_shape or out.dtype != p.out_dtype:
+            raise RuntimeError(f"{p.gguf_name}: converted to {out.shape} {out.dtype}, planned {p.out_shape} {p.out_dtype}")
+        yield out
+        return
+    step = max(1, _CHUNK_VALUES // math.prod(shape[1:]))
+    for first in range(0, shape[0], step):
+        if cancel and first:
+            cancel.raise_if_cancelled()
+        n = min(step, shape[0] - first)
+        out = _convert_rows(p, p.src.read_f32(first, n))
+        if out.shape != (n, *p.out_shape[1:]) or out.dtype != p.out_dtype:
+            raise RuntimeError(f"{p.gguf_name}: converted to {out.shape} {out.dtype}, planned {p.out_shape} {p.out_dtype}")
+        yield out
+
+
+class _TensorStream:
+    """A planned tensor that converts itself chunk by chunk while it is written.
+
+    ``GGUFWriter.write_tensor_data`` needs only ``nbytes`` and ``tofile(fout)`` from
+    the array it is given (on little-endian machines), so handing it this object keeps
+    the writer's own bookkeeping (tensor order, alignment padding) without ever holding
+    the whole converted tensor.
+    """
+
+    def __init__(self, p: _PlannedTensor, cancel: CancelToken | None):
+        self.p, self.cancel, self.nbytes = p, cancel, p.nbytes
+
+    def tofile(self, fout) -> None:
+        written = 0
+        for chunk in _convert_chunks(self.p, self.cancel):
+            chunk.tofile(fout)
+            written += chunk.nbytes
+        if written != self.nbytes:
+            raise RuntimeError(f"{self.p.gguf_name}: wrote {written} bytes, planned {self.nbytes}")
 
 
 def _estimate_kv_bytes(v: _Vocab) -> int:
@@ -707,7 +757,7 @@ def _write(out_path: Path, arch_name: str, model_dir: Path, config: dict, spec: 
             for i, p in enumerate(plan):
                 if cancel:
                     cancel.raise_if_cancelled()
-                writer.write_tensor_data(_convert(p))
+                writer.write_tensor_data(_TensorStream(p, cancel))
                 events.progress(i + 1, len(plan), p.gguf_name)
         finally:
             writer.close()
@@ -718,17 +768,105 @@ def _write(out_path: Path, arch_name: str, model_dir: Path, config: dict, spec: 
 
 
 def _verify(path: Path, arch_name: str, plan: list[_PlannedTensor]) -> None:
-    """Read the written file back: header, keys and every tensor's place and size."""
-    reader = gguf.GGUFReader(path)
-    try:
-        arch = reader.get_field(gguf.Keys.General.ARCHITECTURE).contents()
-        if arch != arch_name or len(reader.tensors) != len(plan):
-            raise RuntimeError(f"GGUF read-back mismatch: arch {arch!r}, {len(reader.tensors)} tensors")
-        for t, p in zip(reader.tensors, plan):
-            if t.name != p.gguf_name or t.tensor_type != p.qtype or int(t.n_bytes) != p.nbytes:
-                raise RuntimeError(f"GGUF read-back mismatch at tensor {t.name}")
-    finally:
-        del reader
+    """Read the written file's header back: keys, and every tensor's name, type, place and size.
+
+    A header walk rather than ``gguf.GGUFReader``: the reader builds a numpy view per
+    vocabulary entry, which for a 151k-token BPE vocabulary (tokens, types, merges) takes
+    several seconds, longer than writing the tensors. The tests read every export back
+    with ``gguf.GGUFReader`` and llama.cpp.
+    """
+    keys, tensors, data_start = read_tensor_table(path)
+    arch = keys.get(gguf.Keys.General.ARCHITECTURE)
+    if arch != arch_name or len(tensors) != len(plan):
+        raise RuntimeError(f"GGUF read-back mismatch: arch {arch!r}, {len(tensors)} tensors")
+    alignment = int(keys.get(gguf.Keys.General.ALIGNMENT, gguf.GGUF_DEFAULT_ALIGNMENT))
+    expected_offset = data_start
+    for t, p in zip(tensors, plan):
+        if (t.name != p.gguf_name or t.qtype != p.qtype or t.nbytes != p.nbytes
+                or tuple(reversed(t.shape)) != p.src.shape or t.offset != expected_offset):
+            raise RuntimeError(f"GGUF read-back mismatch at tensor {t.name}")
+        expected_offset += gguf.GGUFWriter.ggml_pad(t.nbytes, alignment)
+    if path.stat().st_size < (tensors[-1].offset + tensors[-1].nbytes if tensors else data_start):
+        raise RuntimeError("GGUF read-back mismatch: the file is shorter than its tensors")
+
+
+@dataclass(frozen=True)
+class GGUFTensorEntry:
+    """One row of a GGUF file's tensor table."""
+
+    name: str
+    shape: tuple[int, ...]  # ggml order: the row length first
+    qtype: QT
+    offset: int  # absolute position of the data in the file
+    nbytes: int
+
+
+_GGUF_SCALAR = {  # GGUFValueType -> struct format
+    gguf.GGUFValueType.UINT8: "<B", gguf.GGUFValueType.INT8: "<b", gguf.GGUFValueType.UINT16: "<H",
+    gguf.GGUFValueType.INT16: "<h", gguf.GGUFValueType.UINT32: "<I", gguf.GGUFValueType.INT32: "<i",
+    gguf.GGUFValueType.FLOAT32: "<f", gguf.GGUFValueType.BOOL: "<?", gguf.GGUFValueType.UINT64: "<Q",
+    gguf.GGUFValueType.INT64: "<q", gguf.GGUFValueType.FLOAT64: "<d",
+}
+
+
+def read_tensor_table(path) -> tuple[dict[str, Any], list[GGUFTensorEntry], int]:
+    """(scalar and string keys, tensor table, start of the data section) of a GGUF file.
+
+    Array values (vocabulary, merges, scores) are stepped over, not decoded, so this
+    takes a fraction of a second on any model; the tensor data is not read.
+    """
+    import mmap
+
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        unpack = struct.unpack_from
+        if buf[:4] != b"GGUF":
+            raise RuntimeError(f"{path} is not a GGUF file")
+        version, n_tensors, n_kv = unpack("<IQQ", buf, 4)
+        if version != 3:
+            raise RuntimeError(f"{path}: GGUF version {version} is not supported")
+        off = 24
+
+        def string(off: int) -> tuple[str, int]:
+            (n,) = unpack("<Q", buf, off)
+            return bytes(buf[off + 8:off + 8 + n]).decode("utf-8", errors="replace"), off + 8 + n
+
+        keys: dict[str, Any] = {}
+        for _ in range(n_kv):
+            key, off = string(off)
+            (vtype,) = unpack("<I", buf, off)
+            off += 4
+            if vtype == gguf.GGUFValueType.STRING:
+                keys[key], off = string(off)
+            elif vtype == gguf.GGUFValueType.ARRAY:
+                itype, count = unpack("<IQ", buf, off)
+                off += 12
+                if itype == gguf.GGUFValueType.STRING:
+                    for _ in range(count):
+                        off += 8 + unpack("<Q", buf, off)[0]
+                elif itype in _GGUF_SCALAR:
+                    off += count * struct.calcsize(_GGUF_SCALAR[itype])
+                else:
+                    raise RuntimeError(f"{path}: nested GGUF arrays are not supported (key {key})")
+            else:
+                fmt = _GGUF_SCALAR[vtype]
+                (keys[key],) = unpack(fmt, buf, off)
+                off += struct.calcsize(fmt)
+
+        raw = []
+        for _ in range(n_tensors):
+            name, off = string(off)
+            (n_dims,) = unpack("<I", buf, off)
+            shape = unpack(f"<{n_dims}Q", buf, off + 4)
+            qtype, rel = unpack("<IQ", buf, off + 4 + 8 * n_dims)
+            off += 4 + 8 * n_dims + 12
+            raw.append((name, tuple(shape), QT(qtype), rel))
+    alignment = int(keys.get(gguf.Keys.General.ALIGNMENT, gguf.GGUF_DEFAULT_ALIGNMENT))
+    data_start = gguf.GGUFWriter.ggml_pad(off, alignment)
+    tensors = []
+    for name, shape, qtype, rel in raw:
+        block, size = gguf.GGML_QUANT_SIZES[qtype]
+        tensors.append(GGUFTensorEntry(name, shape, qtype, data_start + rel, math.prod(shape) // block * size))
+    return keys, tensors, data_start
 
 
 # --------------------------------------------------------------------------- inspection

@@ -838,12 +838,19 @@ def expected_tensors(config: dict) -> list[str]:
     return names
 
 
+def _display_name(p: Path) -> str:
+    """A folder's name for messages: the repo id for a hub cache snapshot (named by its commit)."""
+    if p.parent.name == "snapshots" and p.parent.parent.name.startswith("models--"):
+        return p.parent.parent.name[len("models--"):].replace("--", "/")
+    return p.name
+
+
 def validate_model_dir(path: str | os.PathLike, *, load_tokenizer: bool = True) -> ModelCheck:
     """Check a model folder before training on it; every problem is reported, not only the first."""
     p = Path(path)
     check = ModelCheck(p)
     add = lambda code, msg, hint="": check.problems.append(ModelProblem(code, msg, hint))  # noqa: E731
-    name = p.name
+    name = _display_name(p)
     if not p.is_dir():
         add("not_a_folder", f"{p} is not a folder.", "Choose the folder that holds config.json.")
         return check

@@ -62,6 +62,8 @@ class TrainConfig:
     checkpoint_every: int = field(default=50, metadata={"help": "steps between checkpoints"})
     valid_fraction: float = field(default=0.1, metadata={"help": "share held out when one file is given"})
     skip_invalid: bool = field(default=False, metadata={"help": "skip invalid examples instead of refusing"})
+    mapping: dict | None = field(default=None, metadata={"help": "field -> column name overrides for the data"})
+    pack: bool = field(default=False, metadata={"help": "pack short examples into rows of max_seq_len"})
     compile: bool = field(default=True, metadata={"help": "mx.compile the training step"})
 
     @property
@@ -219,13 +221,57 @@ def selective_head(model) -> bool:
     return getattr(getattr(model, "args", None), "model_type", None) in SELECTIVE_HEAD_TYPES
 
 
+def _body(model, x, mask):
+    """The transformer body with an explicit attention mask (qwen2/qwen3/llama: the same loop
+    their ``Model.model.__call__`` runs with a causal mask, without pipeline parallelism)."""
+    inner = model.model
+    h = inner.embed_tokens(x)
+    for layer in inner.layers:
+        h = layer(h, mask, None)
+    return inner.norm(h)
+
+
+def pack_sequences(seqs: list[Encoded], capacity: int) -> list[tuple[Encoded, list[int]]]:
+    """First-fit-decreasing packing of examples into rows of at most ``capacity`` tokens.
+
+    Returns (row, segment lengths). Attention stays within each example (a block-diagonal
+    causal mask is built per batch) and RoPE only sees distances within an example, so a
+    packed example trains exactly as it would alone, with no padding in between.
+    """
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i].ids))
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in order:
+        n = min(len(seqs[i].ids), capacity)
+        for r, f in enumerate(free):
+            if f >= n:
+                rows[r].append(i)
+                free[r] -= n
+                break
+        else:
+            rows.append([i])
+            free.append(capacity - n)
+    out = []
+    for members in rows:
+        ids, mask, segs = [], [], []
+        for i in members:
+            s = seqs[i]
+            n = min(len(s.ids), capacity)
+            ids += s.ids[:n]
+            mask += [False] + list(s.mask[1:n])  # the first token is never predicted from another example
+            segs.append(n)
+        out.append((Encoded(ids, mask), segs))
+    return out
+
+
 def _head(model, h):
     if model.args.tie_word_embeddings:
         return model.model.embed_tokens.as_linear(h)
     return model.lm_head(h)
 
 
-def pad_batch(seqs: list[Encoded], pad_id: int, max_len: int, select: bool = False):
+def pad_batch(seqs: list[Encoded], pad_id: int, max_len: int, select: bool = False,
+              segments: list[list[int]] | None = None):
     """(inputs, targets, weights) as arrays; with ``select`` the targets and weights are those
     of the trained positions only, plus ``idx``, their flat positions (padded to a bucket size so
     that mx.compile sees few shapes; padded entries have weight 0)."""
@@ -241,7 +287,20 @@ def pad_batch(seqs: list[Encoded], pad_id: int, max_len: int, select: bool = Fal
         ids[r, :n] = s.ids[:n]
         w[r, :n] = s.mask[:n]
     x, y, wt = ids[:, :-1], ids[:, 1:], w[:, 1:]
+    attn = None
+    if segments is not None:  # block-diagonal causal mask for packed rows
+        seg = np.zeros((len(seqs), L), dtype=np.int32)
+        for r, lens in enumerate(segments):
+            pos = 0
+            for k, n in enumerate(lens):
+                seg[r, pos:pos + n] = k + 1
+                pos += n
+        seg = seg[:, :-1]
+        causal = np.tril(np.ones((L - 1, L - 1), dtype=bool))
+        attn = mx.array((seg[:, :, None] == seg[:, None, :]) & causal[None])[:, None]
     if not select:
+        if attn is not None:
+            raise ValueError("packing needs the selective-head path")
         return mx.array(x), mx.array(y), mx.array(wt)
     flat = np.flatnonzero(wt.reshape(-1) > 0).astype(np.int32)
     bucket = max(64, (wt.size // 4 + 63) // 64 * 64)  # at most 4 sizes per batch shape
@@ -251,7 +310,8 @@ def pad_batch(seqs: list[Encoded], pad_id: int, max_len: int, select: bool = Fal
     wsel = np.zeros(k, dtype=np.float32)
     wsel[: len(flat)] = wt.reshape(-1)[flat]
     ysel = y.reshape(-1)[idx]
-    return mx.array(x), mx.array(ysel), mx.array(wsel), mx.array(idx)
+    out = (mx.array(x), mx.array(ysel), mx.array(wsel), mx.array(idx))
+    return out + (attn,) if attn is not None else out
 
 
 def encode_records(encoder: ChatEncoder, records, cfg: TrainConfig) -> list[Encoded]:
@@ -269,14 +329,14 @@ def encode_records(encoder: ChatEncoder, records, cfg: TrainConfig) -> list[Enco
 # The loop
 # ---------------------------------------------------------------------------
 
-def _loss(model, x, y, w, idx=None):
+def _loss(model, x, y, w, idx=None, attn=None):
     import mlx.core as mx
     import mlx.nn as nn
 
     if idx is None:
         logits = model(x).astype(mx.float32)
     else:  # logits only at the trained positions (see selective_head)
-        h = model.model(x)
+        h = model.model(x) if attn is None else _body(model, x, attn)
         h = h.reshape(-1, h.shape[-1])[idx]
         logits = _head(model, h).astype(mx.float32)
     ce = nn.losses.cross_entropy(logits, y) * w
@@ -381,7 +441,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", asdict(cfg))
     events.progress(0, None, "loading data")
-    ds = load_dataset(cfg.data, cancel=cancel)
+    ds = load_dataset(cfg.data, mapping=cfg.mapping, cancel=cancel)
     require_clean(ds, cfg.skip_invalid)
     train_recs, valid_recs = train_valid(ds, cfg.valid_fraction, cfg.seed)
     encoder = ChatEncoder(cfg.model)
@@ -414,6 +474,15 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
 
         grad_checkpoint(model.layers[0])
 
+    select = selective_head(model)
+    segments: list[list[int]] | None = None
+    if cfg.pack and not select:
+        events.log("warning", f"packing is not available for {model_config.get('model_type')}; training unpacked")
+    elif cfg.pack:
+        packed = pack_sequences(train_seqs, cfg.max_seq_len)
+        events.log("info", f"packed {len(train_seqs)} examples into {len(packed)} rows of up to {cfg.max_seq_len} tokens")
+        train_seqs = [p for p, _ in packed]
+        segments = [segs for _, segs in packed]
     plan = BatchPlan([len(s.ids) for s in train_seqs], cfg.batch, cfg.seed)
     per_epoch_steps = max(1, plan.per_epoch // cfg.grad_accum)
     total_steps = cfg.iters if cfg.iters else max(1, int(round(cfg.epochs * per_epoch_steps)))
@@ -433,8 +502,6 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
 
     loss_and_grad = nn.value_and_grad(model, _loss)
     state = [model.state, opt.state, mx.random.state]
-
-    select = selective_head(model)
 
     def micro_step(*batch):
         (loss, ntoks), grads = loss_and_grad(model, *batch)
@@ -477,8 +544,10 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
             t0 = time.perf_counter()
             step_loss, step_tokens, step_trained = 0.0, 0, 0
             if cfg.grad_accum == 1:
-                batch = [train_seqs[i] for i in plan.micro(step - 1)]
-                loss, ntoks = full_step(*pad_batch(batch, pad_id, cfg.max_seq_len, select))
+                members = plan.micro(step - 1)
+                batch = [train_seqs[i] for i in members]
+                segs = [segments[i] for i in members] if segments else None
+                loss, ntoks = full_step(*pad_batch(batch, pad_id, cfg.max_seq_len, select, segs))
                 mx.eval(state, loss, ntoks)
                 step_loss = loss.item()
                 step_trained = int(ntoks.item())
@@ -488,8 +557,10 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
 
                 acc = None
                 for a in range(cfg.grad_accum):
-                    batch = [train_seqs[i] for i in plan.micro((step - 1) * cfg.grad_accum + a)]
-                    loss, ntoks, grads = micro_step(*pad_batch(batch, pad_id, cfg.max_seq_len, select))
+                    members = plan.micro((step - 1) * cfg.grad_accum + a)
+                    batch = [train_seqs[i] for i in members]
+                    segs = [segments[i] for i in members] if segments else None
+                    loss, ntoks, grads = micro_step(*pad_batch(batch, pad_id, cfg.max_seq_len, select, segs))
                     acc = grads if acc is None else tree_map(mx.add, acc, grads)
                     mx.eval(acc, loss)
                     step_loss += loss.item() / cfg.grad_accum

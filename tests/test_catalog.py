@@ -69,9 +69,10 @@ def test_revisions_are_pinned_where_known_and_marked_where_not(entries):
 def test_memory_estimates_are_core_train_estimates_from_the_real_configs(entries):
     raw = json.loads(catalog.catalog_path().read_text())
     assert raw["memory_preset"] == DEFAULT_PRESET
+    stale = "stale estimate: run `python -m core.catalog --refresh-estimates`"
     for e in entries:
         weight_bytes = e.raw["weight_bytes"]
-        assert e.train_memory_bytes == train_memory_estimate(e.config, DEFAULT_PRESET, weight_bytes=weight_bytes)
+        assert e.train_memory_bytes == train_memory_estimate(e.config, DEFAULT_PRESET, weight_bytes=weight_bytes), stale
         assert e.train_memory_bytes == train_memory_estimate(e)
         base = e.base and catalog.get_entry(e.base, entries)
         ref = REFERENCE.get(e.hub_id) or (REFERENCE.get(base.hub_id) if base else None)
@@ -81,6 +82,16 @@ def test_memory_estimates_are_core_train_estimates_from_the_real_configs(entries
         for k, v in e.config.items():
             assert real.get(k) == v, (e.key, k)
         assert e.params == catalog.param_count(real)
+
+
+def test_refresh_estimates_rewrites_only_the_estimates(tmp_path):
+    copy = tmp_path / "catalog.json"
+    original = json.loads(catalog.catalog_path().read_text())
+    broken = json.loads(json.dumps(original))
+    broken["models"][0]["train_memory_bytes"] = 1
+    copy.write_text(json.dumps(broken))
+    assert catalog.refresh_estimates(copy) == 1
+    assert json.loads(copy.read_text()) == original
 
 
 def test_published_parameter_counts():

@@ -45,7 +45,7 @@ def test_demo_writes_every_artifact(demo_run):
     for p in s["gguf"].values():
         assert Path(p).stat().st_size > 100_000
     mf = Path(s["modelfile"]).read_text()
-    assert mf.startswith("FROM ") and "TEMPLATE" in mf and 'PARAMETER stop "<|im_end|>"' in mf
+    assert "\nFROM ./demo-f16.gguf\n" in mf and "TEMPLATE" in mf and 'PARAMETER stop "<|im_end|>"' in mf
     ollama = next(st for st in s["stages"] if st["stage"] == "ollama")
     # no server in tests: the command that would register it is printed instead
     assert ollama["registered"] is False and "ollama create" in ollama["message"]

@@ -104,6 +104,11 @@ def test_full_download_fetches_only_needed_files_with_monotone_byte_progress(hub
     assert steps[-1] == (total, total)
     assert any("model.safetensors" in w for _, t, w in ev.progresses if t)
     assert res.check is not None and res.check.ok, res.check.problems
+    (snap / "tokenizer.json").unlink()  # messages about a cached snapshot name the repo, not the commit
+    assert hub.validate_model_dir(snap, load_tokenizer=False).problems == []  # vocab.json + merges.txt remain
+    (snap / "model.safetensors").unlink()
+    assert hub.validate_model_dir(snap, load_tokenizer=False).problems[0].message.startswith(f"{REPO} has no weights")
+    hub.fetch_model(REPO, validate=False)  # puts the missing links back from the blobs
 
     # again, by branch: one listing and HEADs, no file bodies
     hub_env.reset()

@@ -220,3 +220,76 @@ def test_bad_inputs_have_clear_messages(tmp_path):
     assert "bad.jsonl, line 1" in str(info.value) and "--skip-invalid" in info.value.hint
     with pytest.raises(TuneloomError):
         train(TrainConfig(model=str(tmp_path), data=[str(demo_data_dir())], out=str(tmp_path / "r2")))
+
+
+def test_packed_rows_train_exactly_like_separate_examples():
+    from core.tokens import ChatEncoder
+    from core.train import _loss, load_base, pack_sequences, pad_batch
+
+    enc = ChatEncoder(demo_model_dir())
+    model, _ = load_base(demo_model_dir())
+    msgs = [[{"role": "user", "content": f"Tell me about the red fox {i}."},
+             {"role": "assistant", "content": "It is an animal. " * (i % 3 + 1)}] for i in range(7)]
+    seqs = [enc.encode(m) for m in msgs]
+    packed = pack_sequences(seqs, 96)
+    assert len(packed) < len(seqs)  # several examples share a row
+    assert sorted(n for _, segs in packed for n in segs) == sorted(len(s.ids) for s in seqs)
+    rows = [p for p, _ in packed]
+    segs = [s for _, s in packed]
+    loss, n = _loss(model, *pad_batch(rows, 0, 96, select=True, segments=segs))
+    total, count = 0.0, 0.0
+    for s in seqs:
+        li, ni = _loss(model, *pad_batch([s], 0, 96, select=True))
+        total += li.item() * ni.item()
+        count += ni.item()
+    assert n.item() == count
+    assert abs(loss.item() - total / count) < 1e-4 * abs(loss.item())
+
+
+def test_pack_option_trains(tmp_path):
+    ev = RecordingEvents()
+    res = train(cfg(tmp_path, iters=10, pack=True, max_seq_len=256), events=ev)
+    assert res["state"] == "done"
+    assert any("packed" in text for _, text in ev.logs)
+    valid = ev.series("valid_loss")
+    assert valid[-1][1] < valid[0][1]
+
+
+def test_killed_process_resumes_to_the_same_curve(tmp_path):
+    """SIGKILL a real `tuneloom train` mid-run, resume it, compare with an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    args = ["--model", str(demo_model_dir()), "--data", str(demo_data_dir()), "--iters", "40", "--rank", "4",
+            "--batch", "8", "--max-seq-len", "128", "--lr", "1e-3", "--seed", "5", "--dropout", "0.1",
+            "--checkpoint-every", "4", "--valid-every", "0"]
+    cmd = [sys.executable, "-m", "app.cli", "train"]
+    ref = subprocess.run(cmd + args + ["--out", str(tmp_path / "ref")], cwd=root, capture_output=True, text=True,
+                         timeout=600)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + args + ["--out", str(run)], cwd=root, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            steps = [m.get("step", 0) for m in runs.read_metrics(run) if "train_loss" in m]
+            if steps and max(steps) >= 14:
+                break
+            assert proc.poll() is None, "finished before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    assert runs.read_json(run / "status.json")["state"] == "running"  # as a crash leaves it
+    res = subprocess.run(cmd + ["--resume", str(run)], cwd=root, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    want = {m["step"]: m["train_loss"] for m in runs.read_metrics(tmp_path / "ref") if "train_loss" in m}
+    got = {m["step"]: m["train_loss"] for m in runs.read_metrics(run) if "train_loss" in m}
+    assert sorted(got) == list(range(1, 41))
+    for s in range(1, 41):
+        assert math.isclose(want[s], got[s], rel_tol=1e-4, abs_tol=1e-5), (s, want[s], got[s])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QThreadPool, Signal
 from superqt.utils import create_worker
 
 from core.events import CancelToken, Events
@@ -12,18 +12,23 @@ from core.events import CancelToken, Events
 class QtEvents(QObject, Events):
     """Events whose reports become signals; emitted from the worker, delivered on the GUI thread."""
 
-    progress_changed = Signal(float, object, str)
+    progress_changed = Signal(object, object, str)  # done (None: not known), total (None: unknown), what
     metric_reported = Signal(str, int, float)
     logged = Signal(str, str)
 
     def progress(self, done, total, what):
-        self.progress_changed.emit(float(done), total, what)
+        self.progress_changed.emit(None if done is None else float(done), total, str(what))
 
     def metric(self, name, step, value):
         self.metric_reported.emit(name, int(step), float(value))
 
     def log(self, level, text):
         self.logged.emit(level, text)
+
+
+# superqt runs workers on the global pool, whose size is the number of cores: on a 2-core
+# machine a download and a training run would leave a model check waiting in the queue.
+MIN_POOL_THREADS = 8
 
 
 class Job(QObject):
@@ -50,12 +55,19 @@ class Job(QObject):
         self._worker.returned.connect(self._on_returned)
         self._worker.errored.connect(self._on_errored)
         self._worker.finished.connect(self._on_finished)
+        pool = QThreadPool.globalInstance()
+        if pool.maxThreadCount() < MIN_POOL_THREADS:
+            pool.setMaxThreadCount(MIN_POOL_THREADS)
         self.running = True
         self._worker.start()
         return self
 
     def stop(self) -> None:
         self.cancel.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel.cancelled
 
     def _on_returned(self, result):
         self.finished_ok.emit(result)

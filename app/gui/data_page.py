@@ -1,0 +1,359 @@
+"""Step 2, Data: drop files, see what was understood, what is wrong, and how long the examples are."""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from PySide6.QtCore import QEvent, Qt
+from PySide6.QtGui import QFontDatabase, QPalette
+from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QFileDialog, QHBoxLayout, QHeaderView, QLabel,
+                               QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QSplitter, QTreeWidget,
+                               QTreeWidgetItem, QVBoxLayout, QWidget)
+
+from app.gui import theme
+from app.gui.chat_view import ChatView
+from app.gui.widgets import DropZone, TokenHistogram
+
+FORMAT_LABELS = {
+    "chat": "chat messages (messages with role and content)",
+    "sharegpt": "ShareGPT conversations (from / value)",
+    "alpaca": "Alpaca (instruction, input, output)",
+    "prompt-completion": "prompt and completion",
+    "question-answer": "question and answer",
+    "text": "plain text (the model learns the whole text)",
+}
+DATASET_FILTER = "Datasets (*.jsonl *.ndjson *.json *.csv *.tsv *.txt *.md *.parquet);;All files (*)"
+ISSUE_ROLE = Qt.ItemDataRole.UserRole
+
+
+def format_label(fmt: str) -> str:
+    if fmt.startswith("mixed: "):
+        return "mixed: " + ", ".join(FORMAT_LABELS.get(f, f).split(" (")[0] for f in fmt[7:].split(", "))
+    return FORMAT_LABELS.get(fmt, fmt)
+
+
+def _section(text: str) -> QLabel:
+    lab = QLabel(f"<b>{text}</b>")
+    return lab
+
+
+class DataPage(QWidget):
+    def __init__(self, win):
+        super().__init__()
+        self.win = win
+        self.report = None
+        self.tokens = None
+        lay = QVBoxLayout(self)
+        head = QLabel("<h2>2. Add your examples</h2><p>Drop files with example conversations. Tuneloom checks "
+                      "every example and tells you exactly what to fix.</p>")
+        head.setWordWrap(True)
+        lay.addWidget(head)
+
+        self.drop = DropZone()
+        lay.addWidget(self.drop, 1)
+        row = QHBoxLayout()
+        self.sample_btn = QPushButton("Use a sample dataset")
+        self.sample_btn.setToolTip("The bundled demo data: 360 short conversations that teach the demo model a "
+                                   "structured answer format.")
+        self.open_btn = QPushButton("Open files...")
+        self.open_dir_btn = QPushButton("Open folder...")
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
+        self.progress.setMaximumWidth(320)
+        self.cancel_btn = QPushButton("Cancel")
+        for w in (self.sample_btn, self.open_btn, self.open_dir_btn):
+            row.addWidget(w)
+        row.addStretch(1)
+        row.addWidget(self.progress)
+        row.addWidget(self.cancel_btn)
+        lay.addLayout(row)
+        self.set_busy(None)
+
+        self.summary = QLabel("No dataset yet.")
+        self.summary.setWordWrap(True)
+        self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.summary.setObjectName("DataSummary")
+        lay.addWidget(self.summary)
+
+        # -- results: examples | token lengths over problems
+        self.results = QSplitter(Qt.Orientation.Horizontal)
+        left = QWidget()
+        ll = QVBoxLayout(left)
+        ll.setContentsMargins(0, 0, 0, 0)
+        top = QHBoxLayout()
+        top.addWidget(_section("First examples"))
+        top.addStretch(1)
+        self.training_toggle = QCheckBox("Show the exact training text")
+        self.training_toggle.setToolTip("The examples as the model sees them: its chat template applied, the parts "
+                                        "it only reads greyed out, the parts it learns to write highlighted.")
+        top.addWidget(self.training_toggle)
+        ll.addLayout(top)
+        self.preview = ChatView()
+        ll.addWidget(self.preview, 1)
+        self.results.addWidget(left)
+
+        right = QSplitter(Qt.Orientation.Vertical)
+        hist_box = QWidget()
+        hl = QVBoxLayout(hist_box)
+        hl.setContentsMargins(0, 0, 0, 0)
+        hrow = QHBoxLayout()
+        hrow.addWidget(_section("Token lengths"))
+        hrow.addStretch(1)
+        hrow.addWidget(QLabel("Max length"))
+        self.max_len = QSpinBox()
+        self.max_len.setRange(16, 32768)
+        self.max_len.setSingleStep(64)
+        self.max_len.setValue(512)
+        self.max_len.setSuffix(" tokens")
+        self.max_len.setToolTip("Examples longer than this are cut off in training. Longer needs more memory.")
+        hrow.addWidget(self.max_len)
+        hl.addLayout(hrow)
+        self.histogram = TokenHistogram()
+        self.histogram.setMinimumHeight(150)
+        hl.addWidget(self.histogram, 1)
+        self.trunc_label = QLabel("")
+        self.trunc_label.setWordWrap(True)
+        hl.addWidget(self.trunc_label)
+        right.addWidget(hist_box)
+
+        prob_box = QWidget()
+        pl = QVBoxLayout(prob_box)
+        pl.setContentsMargins(0, 0, 0, 0)
+        self.problems_title = _section("Problems")
+        pl.addWidget(self.problems_title)
+        self.problems = QTreeWidget()
+        self.problems.setHeaderLabels(["File", "Line", "Field", "What is wrong"])
+        self.problems.setRootIsDecorated(False)
+        self.problems.setAlternatingRowColors(True)
+        self.problems.setUniformRowHeights(True)
+        self.problems.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        hdr = self.problems.header()
+        hdr.setStretchLastSection(True)
+        for c in (0, 1, 2):
+            hdr.setSectionResizeMode(c, QHeaderView.ResizeMode.ResizeToContents)
+        self.problems.setToolTip("Click a problem to see that example as it is in the file.")
+        pl.addWidget(self.problems, 2)
+        self.record_view = QPlainTextEdit()
+        self.record_view.setReadOnly(True)
+        self.record_view.setAcceptDrops(False)
+        self.record_view.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.record_view.setPlaceholderText("Click a problem to see the example as it is in the file.")
+        pl.addWidget(self.record_view, 2)
+        right.addWidget(prob_box)
+        right.setStretchFactor(0, 1)
+        right.setStretchFactor(1, 1)
+        self.results.addWidget(right)
+        self.results.setStretchFactor(0, 3)
+        self.results.setStretchFactor(1, 2)
+        lay.addWidget(self.results, 4)
+        self.results.hide()
+
+        self.drop.files_dropped.connect(win.load_data)
+        self.drop.clicked.connect(self._open)
+        self.sample_btn.clicked.connect(win.load_sample_data)
+        self.open_btn.clicked.connect(self._open)
+        self.open_dir_btn.clicked.connect(self._open_dir)
+        self.cancel_btn.clicked.connect(win.cancel_data)
+        self.training_toggle.toggled.connect(self._toggle_training)
+        self.max_len.valueChanged.connect(self._max_len_changed)
+        self.problems.currentItemChanged.connect(self._problem_picked)
+        self._restyle()
+
+    # -- palette
+    def _restyle(self):
+        pal = self.palette()
+        bg = pal.color(QPalette.ColorRole.AlternateBase)
+        self.summary.setStyleSheet("#DataSummary { background: %s; border-radius: 8px; padding: 8px; }" % bg.name())
+
+    def changeEvent(self, event):
+        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange) \
+                and not getattr(self, "_restyling", False):
+            self._restyling = True
+            try:
+                self._restyle()
+                if self.report is not None:
+                    self._show_summary()
+                if self.tokens is not None:
+                    self._show_truncation()
+            finally:
+                self._restyling = False
+        super().changeEvent(event)
+
+    # -- dialogs
+    def _open(self):
+        start = self.win.settings.value("data/dir", "")
+        files, _ = QFileDialog.getOpenFileNames(self, "Open dataset files", start, DATASET_FILTER)
+        if files:
+            self.win.settings.setValue("data/dir", str(Path(files[0]).parent))
+            self.win.load_data([Path(f) for f in files])
+
+    def _open_dir(self):
+        d = QFileDialog.getExistingDirectory(self, "Open a dataset folder", self.win.settings.value("data/dir", ""))
+        if d:
+            self.win.settings.setValue("data/dir", d)
+            self.win.load_data([Path(d)])
+
+    # -- busy state
+    def set_busy(self, what: str | None, done=None, total=None):
+        """Show progress of the current job (None: nothing running)."""
+        busy = what is not None
+        self.progress.setVisible(busy)
+        self.cancel_btn.setVisible(busy)
+        if not busy:
+            return
+        if done is None or not total:
+            self.progress.setRange(0, 0)
+        else:
+            self.progress.setRange(0, 1000)
+            self.progress.setValue(int(1000 * min(1.0, done / total)))
+        self.progress.setFormat(what[:70])
+        self.progress.setToolTip(what)
+
+    # -- loading
+    def show_loading(self, files: list[Path]):
+        names = ", ".join(f.name for f in files[:4]) + (f" and {len(files) - 4} more" if len(files) > 4 else "")
+        self.summary.setText(f"Checking {html.escape(names)}...")
+        self.set_busy("reading")
+
+    def show_error(self, text: str):
+        self.report = self.tokens = None
+        pal = self.palette()
+        self.summary.setText(theme.span("<b>Cannot use this dataset.</b>", "error", pal) + " "
+                             + html.escape(text).replace("\n", "<br>"))
+        self.problems.clear()
+        self.record_view.clear()
+        self.preview.clear_all()
+        self.results.hide()
+        self.drop.set_compact(False)
+
+    def show_cancelled(self, text: str):
+        self.summary.setText(html.escape(text))
+
+    def show_dataset(self, report):
+        self.report = report
+        self.tokens = None
+        ds = report.dataset
+        self._show_summary()
+        self.problems.clear()
+        self.record_view.clear()
+        items = []
+        for issue in ds.issues:
+            it = QTreeWidgetItem([issue.file, str(issue.line or ""), issue.field or "", issue.message])
+            tip = issue.message + (f"\nWhat to do: {issue.hint}" if issue.hint else "")
+            for c in range(4):
+                it.setToolTip(c, tip)
+            it.setData(0, ISSUE_ROLE, issue)
+            items.append(it)
+        self.problems.addTopLevelItems(items)
+        n = len(ds.issues)
+        self.problems_title.setText(f"<b>Problems ({n})</b>" if n else "<b>Problems</b>: none, every example is usable")
+        self.record_view.setVisible(bool(n))
+        self.problems.setVisible(bool(n))
+        from app.gui.jobs import PREVIEW_EXAMPLES
+
+        self.preview.set_records(ds.records[:PREVIEW_EXAMPLES], len(ds.records))
+        if not ds.records:
+            self.preview.clear_all("None of the examples can be used: see the problems.")
+        self.histogram.set_lengths([], self.max_len.value())
+        self.trunc_label.setText("")
+        self.results.show()
+        self.drop.set_compact(True, "Drop other files here to replace these examples, or click to choose")
+
+    def _show_summary(self):
+        r = self.report
+        ds = r.dataset
+        pal = self.palette()
+        names = ", ".join(html.escape(n) for n in list(ds.formats)[:4]) + (
+            f" and {len(ds.formats) - 4} more" if len(ds.formats) > 4 else "")
+        bad = ds.invalid
+        usable = len(ds.records)
+        parts = [f"<b>{names}</b> &nbsp;·&nbsp; format: <b>{html.escape(format_label(ds.format))}</b>",
+                 f"{ds.total:,} examples: <b>{usable:,} usable</b>, "
+                 + (theme.span(f"{bad:,} with problems", "error", pal, bold=True) if bad else "none with problems")
+                 + (f", {r.duplicates:,} duplicates" if r.duplicates else ", no duplicates")]
+        if r.split_error:
+            parts.append(theme.span(html.escape(r.split_error), "warning", pal))
+        elif usable:
+            parts.append(f"Split: <b>{r.n_train:,}</b> to train on, <b>{r.n_valid:,}</b> to check progress "
+                         f"({html.escape(r.split_source)})")
+        self.summary.setText("<br>".join(parts))
+
+    # -- tokens
+    def show_tokens_pending(self, text: str = "Measuring token lengths..."):
+        self.tokens = None
+        self.trunc_label.setText(html.escape(text))
+        self.preview.set_training_runs(None, "")
+
+    def show_tokens(self, report):
+        self.tokens = report
+        self.histogram.set_lengths(report.lengths, self.max_len.value())
+        self.preview.set_training_runs(report.previews, report.preview_error or "")
+        self._show_truncation()
+
+    def show_tokens_error(self, text: str):
+        self.tokens = None
+        self.histogram.set_lengths([], self.max_len.value())
+        self.trunc_label.setText(theme.span("Token lengths unavailable: ", "warning", self.palette(), bold=True)
+                                 + html.escape(text))
+        self.preview.set_training_runs(None, "The training text needs the model's tokenizer: " + text)
+
+    def _show_truncation(self):
+        t = self.tokens
+        if t is None:
+            return
+        pal = self.palette()
+        n = len(t.lengths)
+        cut = self.histogram.truncated
+        m = self.max_len.value()
+        s = t.stats
+        line = (f"Longest {s['max']:,} tokens, median {s['median']:,}, 95% at most {s['p95']:,}. "
+                f"{s['trained_share']:.0%} of the tokens are answers the model learns from.<br>")
+        if cut:
+            line += theme.span(f"{cut:,} of {n:,} examples are longer than {m:,} tokens and would be cut off",
+                               "error", pal, bold=True) + ": raise the max length, or shorten them."
+        else:
+            line += theme.span(f"No example is longer than {m:,} tokens: nothing is cut off.", "ok", pal)
+        self.trunc_label.setText(line)
+
+    @property
+    def truncated(self) -> int:
+        return self.histogram.truncated
+
+    def _max_len_changed(self, v: int):
+        self.histogram.set_max_len(v)
+        self.win.settings.setValue("data/max_seq_len", v)
+        self._show_truncation()
+
+    def _toggle_training(self, on: bool):
+        self.win.settings.setValue("data/show_training_text", on)
+        self.preview.set_mode("training" if on else "chat")
+
+    # -- problems
+    def _problem_picked(self, item, _prev=None):
+        if item is None:
+            return
+        issue = item.data(0, ISSUE_ROLE)
+        self.win.show_problem_record(issue)
+
+    def show_record_text(self, issue, raw=None, error: str | None = None):
+        head = f"{issue.file}" + (f", line {issue.line}" if issue.line else "") + (
+            f" [{issue.field}]" if issue.field else "")
+        lines = [f"{head}: {issue.message}"]
+        if issue.hint:
+            lines.append(f"What to do: {issue.hint}")
+        lines.append("")
+        if error:
+            lines.append(error)
+        elif raw is not None:
+            if not raw.lines:
+                lines.append("(the file has no such line any more)")
+            for k, text in enumerate(raw.lines):
+                lines.append(f"{raw.first_line + k:>6} | {text}")
+            if raw.pretty:
+                lines += ["", "The same record, indented:", raw.pretty]
+        self.record_view.setPlainText("\n".join(lines))
+
+    def selected_issue(self):
+        it = self.problems.currentItem()
+        return it.data(0, ISSUE_ROLE) if it else None
+
