@@ -11,14 +11,15 @@ The algorithm is ggml's reference one (``quantize_row_q{4,5,6}_K_ref`` with
 * every float operation is done in float32, in the C code's order (``w*l*x`` is
   ``(w*l)*x``, ``a*b - c*d`` rounds both products first);
 * sums over a 16/32-value group run strictly left to right (:func:`_seqsum`), never
-  numpy's pairwise summation, so values are laid out group-position-major
-  (``(32, n_groups)``) and accumulated row by row;
+  numpy's pairwise summation: values are laid out group-position-major
+  (``(32, n_groups)``) and accumulated row by row (checked at import);
 * ``nearest_int`` (add 1.5*2^23, keep the mantissa) is round-half-to-even for the
   magnitudes that occur, which is ``np.rint``;
 * f16 conversions round to nearest even, as ggml's software ``GGML_FP32_TO_FP16``.
 
 Vectorised over all groups of a chunk of super-blocks: the Python loops run over the
-positions in a group (16 or 32) and over the fixed search steps, never per block.
+chunks and the fixed search steps (21 for Q4_K, 16 for Q5_K, 18 for Q6_K), never per
+block. Single-threaded, about half the speed of ggml's C on one core (bench/README.md).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ _F = np.float32
 _CHUNK_BLOCKS = 512
 
 
-def _seqsum(a: np.ndarray) -> np.ndarray:
+def _seqsum_loop(a: np.ndarray) -> np.ndarray:
     """Sum over axis 0 strictly in order, as the C loops accumulate."""
     acc = a[0].copy()
     for row in a[1:]:
@@ -45,8 +46,22 @@ def _seqsum(a: np.ndarray) -> np.ndarray:
     return acc
 
 
-def _rint(a: np.ndarray) -> np.ndarray:
-    return np.rint(a, out=a) if a.flags.writeable else np.rint(a)
+def _seqsum_reduce(a: np.ndarray) -> np.ndarray:
+    # numpy reduces a C-contiguous array over its outer axis row by row into the
+    # accumulator (pairwise summation applies only along the contiguous axis), the same
+    # order as the loop above in one call: 2-3x faster on (32, 2048) groups
+    return np.add.reduce(a, axis=0)
+
+
+def _reduce_is_sequential() -> bool:
+    """Check, rather than assume, that this numpy's outer-axis reduce is in order."""
+    a = np.random.default_rng(0).standard_normal((32, 4096)).astype(np.float32)
+    a *= np.float32(10) ** np.random.default_rng(1).integers(-4, 5, a.shape).astype(np.float32)
+    return np.array_equal(_seqsum_reduce(a), _seqsum_loop(a)) and np.array_equal(
+        _seqsum_reduce(a[:16]), _seqsum_loop(a[:16]))
+
+
+_seqsum = _seqsum_reduce if _reduce_is_sequential() else _seqsum_loop
 
 
 def _f16(a: np.ndarray) -> np.ndarray:
@@ -71,10 +86,11 @@ def _make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdel
     tmp = np.empty_like(x)
     wl = np.empty_like(x)
 
+    xm = x - mn  # x - min for the current min of each group, updated with it
+
     def levels(iscale: np.ndarray, out: np.ndarray) -> np.ndarray:
         # clamp(nearest_int(iscale*(x - min)), 0, nmax)
-        np.subtract(x, mn, out=out)
-        np.multiply(out, iscale, out=out)
+        np.multiply(xm, iscale, out=out)
         np.rint(out, out=out)
         return np.clip(out, _F(0), fnmax, out=out)
 
@@ -121,6 +137,8 @@ def _make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdel
                 best_error = np.where(better, cur_error, best_error)
                 scale = np.where(better, this_scale, scale)
                 mn = np.where(better, this_min, mn)
+                cols = np.flatnonzero(better)
+                xm[:, cols] = x[:, cols] - mn[cols]
     scale[flat] = 0
     return L, scale, -mn
 
@@ -139,24 +157,34 @@ def _make_qx_quants_rmse1(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndar
     zero = amax < _GROUP_MAX_EPS
     xmax = np.where(zero, _F(1), xmax)
     w = x * x
+    wx = w * x  # the C code's w*x[i]*l is (w*x[i])*l
+    lev = np.empty_like(x)
+    tmp = np.empty_like(x)
+
+    def levels(iscale: np.ndarray) -> np.ndarray:
+        np.multiply(x, iscale, out=lev)
+        np.rint(lev, out=lev)
+        return np.clip(lev, -fnmax, fnmax - 1, out=lev)
+
+    def sums() -> tuple[np.ndarray, np.ndarray]:
+        sumlx = _seqsum(np.multiply(wx, lev, out=tmp))
+        np.multiply(w, lev, out=tmp)
+        return sumlx, _seqsum(np.multiply(tmp, lev, out=tmp))
+
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        iscale = -fnmax / xmax
-        lev = np.clip(_rint(iscale * x), -fnmax, fnmax - 1)
-        sumlx = _seqsum(w * x * lev)
-        suml2 = _seqsum(w * lev * lev)
+        levels(-fnmax / xmax)
+        sumlx, suml2 = sums()
         scale = np.where(suml2 != 0, sumlx / suml2, _F(0))
         best = scale * sumlx
         L = lev + fnmax
         for step in range(-9, 10):
             if step == 0:
                 continue
-            iscale = -(fnmax + _F(0.1) * _F(step)) / xmax
-            lev = np.clip(_rint(iscale * x), -fnmax, fnmax - 1)
-            sumlx = _seqsum(w * x * lev)
-            suml2 = _seqsum(w * lev * lev)
+            levels(-(fnmax + _F(0.1) * _F(step)) / xmax)
+            sumlx, suml2 = sums()
             better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
             if better.any():
-                L = np.where(better, lev + fnmax, L)
+                np.copyto(L, lev + fnmax, where=better)
                 scale = np.where(better, sumlx / suml2, scale)
                 best = np.where(better, scale * sumlx, best)
     L[:, zero] = 0

@@ -1,67 +1,139 @@
-"""Screenshots of every page of the window (offscreen), for the README.
+"""Screenshots of every page of the window (offscreen), in light and dark appearance, for the README.
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python docs/screenshots.py
 
-Loads the sample dataset and trains the demo model briefly so every page shows real state.
+Loads the sample dataset, trains the demo model briefly and exports it, so every page shows
+real state. A download is shown against the hub look-alike the tests use (tests/fixtures/
+hub_server.py, on 127.0.0.1), serving the demo model under a made-up id: nothing leaves the
+machine. The offscreen platform has no system appearance, so the dark shots set the palette
+a dark system theme would give (app.gui.theme.dark_palette).
 """
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-os.environ.setdefault("TUNELOOM_HOME", tempfile.mkdtemp(prefix="tuneloom-shots-"))
+HOME = Path(tempfile.mkdtemp(prefix="tuneloom-shots-"))
+os.environ.setdefault("TUNELOOM_HOME", str(HOME))
+os.environ["HF_HOME"] = str(HOME / "hf")
+os.environ["HF_HUB_OFFLINE"] = "0"
+os.environ["OLLAMA_HOST"] = "http://127.0.0.1:9"  # no Ollama here: the page shows the command to run
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import core  # noqa: E402,F401
-from PySide6.QtCore import QEventLoop, QSettings, QTimer  # noqa: E402
-from PySide6.QtWidgets import QApplication  # noqa: E402
+from PySide6.QtCore import QEventLoop, QSettings  # noqa: E402
 
+from app.gui import theme  # noqa: E402
+from app.gui.main import TuneloomApp  # noqa: E402
 from app.gui.main_window import MainWindow  # noqa: E402
-from core.paths import demo_data_dir  # noqa: E402
+from core.paths import demo_data_dir, demo_model_dir  # noqa: E402
 
-
-def wait(app, cond, timeout=300):
-    import time
-
-    end = time.time() + timeout
-    while not cond():
-        app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
-        if time.time() > end:
-            raise TimeoutError
+OUT = ROOT / "docs"
+SIZE = (1180, 800)
 
 
 def main():
-    app = QApplication.instance() or QApplication(sys.argv)
-    out = ROOT / "docs"
-    settings = QSettings(str(Path(os.environ["TUNELOOM_HOME"]) / "s.ini"), QSettings.Format.IniFormat)
+    from tests.fixtures.hub_server import HubServer
+
+    server = HubServer(lifetime=900).start()
+    server.add_repo("tuneloom/demo-model", demo_model_dir())
+    os.environ["HF_ENDPOINT"] = server.url
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = False
+
+    app = TuneloomApp(sys.argv)
+    light = app.palette()
+
+    def pump(seconds=0.0, cond=None, timeout=600):
+        end = time.time() + (seconds if cond is None else timeout)
+        while True:
+            app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 30)
+            if cond is not None and cond():
+                break
+            if time.time() > end:
+                if cond is not None:
+                    raise TimeoutError
+                break
+
+    settings = QSettings(str(HOME / "settings.ini"), QSettings.Format.IniFormat)
     w = MainWindow(settings=settings)
-    w.resize(1100, 760)
+    w.resize(*SIZE)
     w.show()
+    pump(cond=lambda: w.model_dir is not None and len(w.model_page.cards) > 5)
 
     def shot(row, name):
         w.steps.setCurrentRow(row)
-        for _ in range(5):
-            app.processEvents()
-        w.grab().save(str(out / f"{name}.png"))
-        print("wrote", out / f"{name}.png")
+        pump(0.3)
+        w.grab().save(str(OUT / f"{name}.png"))
+        print("wrote", OUT / f"{name}.png")
 
+    def dark(on: bool):
+        app.setPalette(theme.dark_palette() if on else light)
+        pump(0.3)
+
+    # Model: the catalog, then a download in progress (throttled so it is caught half-way)
     shot(0, "page-model")
-    w.load_data([demo_data_dir() / "train.jsonl"])
-    wait(app, lambda: w.dataset is not None)
+    dark(True)
+    shot(0, "page-model-dark")
+    dark(False)
+    server.throttle(250_000)
+    card = w.model_page.add_hub_id("tuneloom/demo-model")
+    pump(cond=lambda: "left" in card.detail.text() and card.progress.value() > 150, timeout=60)
+    w.model_page.scroll.ensureWidgetVisible(card)
+    shot(0, "page-model-download")
+    w.model_page.cancel_download(card)
+    pump(cond=lambda: card.state == "paused", timeout=30)
+    server.throttle(None)
+
+    # Data: the sample dataset as a chat, as training text, and a file with problems
+    w.load_data([demo_data_dir()])
+    pump(cond=lambda: w.token_report is not None)
     shot(1, "page-data")
-    w.train_page.iters.setValue(120)
+    dark(True)
+    shot(1, "page-data-dark")
+    dark(False)
+    w.data_page.training_toggle.setChecked(True)
+    shot(1, "page-data-training-text")
+    w.data_page.training_toggle.setChecked(False)
+    bad = HOME / "support-chats.jsonl"
+    lines = (demo_data_dir() / "train.jsonl").read_text().splitlines()[:40]
+    lines[6] = lines[6][:-2]  # a line cut short
+    lines[12] = '{"messages": [{"role": "user", "content": "Where is my order?"}]}'  # no answer
+    lines[20] = '{"messages": [{"role": "assistant", "content": "Hello"}, {"role": "robot", "content": "?"}]}'
+    bad.write_text("\n".join(lines) + "\n")
+    w.load_data([bad])
+    pump(cond=lambda: w.data_paths == [bad] and w.token_report is not None)
+    w.data_page.max_len.setValue(64)
+    w.data_page.problems.setCurrentItem(w.data_page.problems.topLevelItem(1))
+    pump(cond=lambda: "Where is my order" in w.data_page.record_view.toPlainText(), timeout=30)
+    shot(1, "page-data-problems")
+    w.data_page.max_len.setValue(512)
+
+    # Train, Try, Export on the sample dataset
+    w.load_data([demo_data_dir()])
+    pump(cond=lambda: w.data_paths == [demo_data_dir()] and w.token_report is not None)
+    w.train_page.iters.setValue(240)
+    w.train_page.lr.setCurrentText("2e-3")
     w.start_training()
-    wait(app, lambda: not w.jobs["train"].running and len(w.train_page.plot.train[0]) > 0)
+    pump(cond=lambda: not w.jobs["train"].running)
     shot(2, "page-train")
     w.try_page.prompt.setText("Describe the blue kettle in structured format.")
     w.ask()
-    wait(app, lambda: not w.jobs["try"].running and w.try_page.tuned_out.toPlainText() not in ("...", ""))
+    pump(cond=lambda: not w.jobs["try"].running and w.try_page.tuned_out.toPlainText() not in ("...", ""))
     shot(3, "page-try")
     w.export()
-    wait(app, lambda: not w.jobs["export"].running)
+    pump(cond=lambda: not w.jobs["export"].running)
     shot(4, "page-export")
+    dark(True)
+    for row, name in ((2, "train"), (3, "try"), (4, "export")):
+        shot(row, f"page-{name}-dark")
+    dark(False)
+    w.close()
+    server.stop()
 
 
 if __name__ == "__main__":

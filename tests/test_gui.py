@@ -1,4 +1,4 @@
-"""The window walks the whole flow on the demo model (offscreen, pytest-qt)."""
+"""The window: the whole flow on the demo model, menus, step states, settings, Dock drops (offscreen, pytest-qt)."""
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -6,52 +6,72 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
-from PySide6.QtCore import QMimeData, QPointF, QSettings, Qt, QUrl  # noqa: E402
-from PySide6.QtGui import QDragEnterEvent, QDropEvent  # noqa: E402
+from PySide6.QtCore import QEvent, QSettings, Qt  # noqa: E402
+from PySide6.QtGui import QAction, QFileOpenEvent, QKeySequence  # noqa: E402
+from PySide6.QtWidgets import QApplication  # noqa: E402
 
+from app.gui.main import TuneloomApp, connect_window  # noqa: E402
 from app.gui.main_window import MainWindow  # noqa: E402
-from core.paths import demo_data_dir  # noqa: E402
+from app.gui.testing import simulate_drop  # noqa: E402
+from core.paths import demo_data_dir, demo_model_dir  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def qapp_cls():
+    """The app's own QApplication: it receives the QFileOpenEvents of Dock drops."""
+    return TuneloomApp
+
+
+def make_window(qtbot, settings_file: Path) -> MainWindow:
+    settings = QSettings(str(settings_file), QSettings.Format.IniFormat)
+    w = MainWindow(settings=settings)
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitUntil(lambda: w.model_dir is not None, timeout=30000)  # the demo model, checked off-thread
+    return w
 
 
 @pytest.fixture
 def window(qtbot, tmp_path):
-    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
-    w = MainWindow(settings=settings)
-    qtbot.addWidget(w)
-    w.show()
-    return w
+    return make_window(qtbot, tmp_path / "settings.ini")
 
 
-def _drop(widget, paths):
-    mime = QMimeData()
-    mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
-    pos = QPointF(widget.width() / 2, widget.height() / 2)
-    enter = QDragEnterEvent(pos.toPoint(), Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton,
-                            Qt.KeyboardModifier.NoModifier)
-    widget.dragEnterEvent(enter)
-    assert enter.isAccepted()
-    drop = QDropEvent(pos, Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier)
-    widget.dropEvent(drop)
+def states(w):
+    return {s: (w.steps.state(i), w.steps.item(i).toolTip()) for i, s in enumerate(["Model", "Data", "Train", "Try",
+                                                                                        "Export"])}
 
 
 def test_whole_flow_train_try_export(window, qtbot):
     w = window
-    assert w.model_dir is not None  # the demo model is the default
-    _drop(w.data_page.drop, [demo_data_dir() / "train.jsonl"])
+    assert w.model_dir == demo_model_dir()  # the demo model is the default
+    st = states(w)
+    assert st["Model"][0] == "done"
+    assert st["Train"] == ("blocked", "Blocked: add a dataset with usable examples first")
+    assert st["Try"] == ("blocked", "Blocked: train a model first")
+
+    entered, dropped = simulate_drop(w.data_page.drop, [demo_data_dir() / "train.jsonl"])
+    assert entered and dropped
     qtbot.waitUntil(lambda: w.dataset is not None, timeout=30000)
-    assert "320" in w.data_page.summary.text() and w.data_page.problems.count() == 0
-    assert "Describe the" in w.data_page.preview.toPlainText()
+    assert "320" in w.data_page.summary.text() and w.data_page.problems.topLevelItemCount() == 0
+    qtbot.waitUntil(lambda: "Describe the" in w.data_page.preview.toPlainText(), timeout=5000)
+    st = states(w)
+    assert st["Data"][0] == "done" and st["Train"][0] == "ready"
+    assert "320" in w.steps.item(1).data(Qt.ItemDataRole.UserRole + 2)  # the line under "Data"
 
     w.train_page.iters.setValue(40)
     w.train_page.lr.setCurrentText("2e-3")
     qtbot.mouseClick(w.train_page.start_btn, Qt.MouseButton.LeftButton)
     job = w.jobs["train"]
+    assert w.steps.state(2) == "busy"
     with qtbot.waitSignal(job.ended, timeout=240000):
         pass
     xs, ys = w.train_page.plot.train
     assert xs == list(range(1, 41)) and ys[-1] < ys[0]  # the live curve got every step
     assert "Done" in w.train_page.status.text()
     assert (w.run_dir / "adapters.safetensors").exists()
+    st = states(w)
+    assert st["Train"][0] == "done" and st["Try"][0] == "ready" and st["Export"][0] == "ready"
+    assert w.runs_list.count() >= 1
 
     w.try_page.prompt.setText("Describe the blue kettle in structured format.")
     qtbot.mouseClick(w.try_page.ask_btn, Qt.MouseButton.LeftButton)
@@ -65,6 +85,7 @@ def test_whole_flow_train_try_export(window, qtbot):
     gguf = w.run_dir / "exports" / "model-f16.gguf"
     assert gguf.exists() and (gguf.parent / "Modelfile").exists()
     assert "ollama create" in w.export_page.result.text()
+    assert states(w)["Export"][0] == "done"
 
 
 def test_stop_cancels_training(window, qtbot):
@@ -87,18 +108,91 @@ def test_bad_file_shows_problems_not_a_crash(window, qtbot, tmp_path):
     bad.write_text('{"prompt": "hello", "completion": "world"}\n{"prompt": ""}\n')
     window.load_data([bad])
     qtbot.waitUntil(lambda: window.dataset is not None, timeout=30000)
-    assert window.data_page.problems.count() == 1
-    assert "line 2" in window.data_page.problems.item(0).text()
+    assert window.data_page.problems.topLevelItemCount() == 1
+    item = window.data_page.problems.topLevelItem(0)
+    assert (item.text(0), item.text(1)) == ("bad.jsonl", "2")
     junk = tmp_path / "junk.jsonl"
     junk.write_bytes(b"\x00\xff" * 100)
     window.load_data([junk])
     qtbot.waitUntil(lambda: "Cannot use" in window.data_page.summary.text(), timeout=30000)
+    assert window.dataset is None and states(window)["Train"][0] == "blocked"
+
+
+def test_menus_follow_platform_roles(window):
+    w = window
+    titles = [a.text().replace("&", "") for a in w.menuBar().actions()]
+    assert titles == ["File", "Window", "Help"]
+    a = w.actions_
+    R = QAction.MenuRole
+    assert a["settings"].menuRole() == R.PreferencesRole  # macOS: app menu > Settings...
+    assert a["about"].menuRole() == R.AboutRole  # macOS: app menu > About Tuneloom
+    assert a["quit"].menuRole() == R.QuitRole
+    assert a["open_dataset"].text() == "Open Dataset..."
+    assert a["open_dataset"].shortcut() == QKeySequence(QKeySequence.StandardKey.Open)
+    a["step_train"].trigger()
+    assert w.pages.currentWidget() is w.train_page
+
+
+def test_settings_dialog_and_persistence(qtbot, tmp_path):
+    ini = tmp_path / "s.ini"
+    w = make_window(qtbot, ini)
+    w.resize(780, 620)  # the offscreen screen is 800 x 800: restoreGeometry keeps windows on it
+    size = (w.width(), w.height())
+    assert size[1] == 620
+    w.load_data([demo_data_dir() / "train.jsonl"])
+    qtbot.waitUntil(lambda: w.data_report is not None, timeout=30000)
+    assert "288" in w.data_page.summary.text()  # 10% of 320 held out
+    dlg = w.open_settings()
+    dlg.valid_pct.setValue(25)
+    dlg.max_len.setValue(320)
+    dlg.accept()
+    assert w.data_page.max_len.value() == 320
+    qtbot.waitUntil(lambda: w.data_report is not None and w.data_report.n_valid == 80, timeout=30000)
+    assert "240" in w.data_page.summary.text()  # reloaded with the new split
+    w.train_page.iters.setValue(77)
+    w.data_page.training_toggle.setChecked(True)
+    w.steps.setCurrentRow(2)
+    w.close()
+
+    w2 = make_window(qtbot, ini)
+    assert (w2.width(), w2.height()) == size
+    assert w2.steps.currentRow() == 2 and w2.pages.currentWidget() is w2.train_page
+    assert w2.train_page.iters.value() == 77
+    assert w2.data_page.max_len.value() == 320
+    assert w2.data_page.training_toggle.isChecked()
+    assert w2.model_dir == demo_model_dir()
+    # the last dataset comes back, and so does the validation share
+    qtbot.waitUntil(lambda: w2.data_report is not None, timeout=30000)
+    assert w2.data_paths == [demo_data_dir() / "train.jsonl"] and w2.data_report.n_valid == 80
+
+
+def test_dock_drop_arrives_as_file_open_event(window, qtbot, qapp):
+    """On macOS a file dropped on the Dock icon reaches the QApplication as a QFileOpenEvent."""
+    assert isinstance(qapp, TuneloomApp)
+    connect_window(qapp, window)
+    QApplication.postEvent(qapp, QFileOpenEvent(str(demo_data_dir() / "valid.jsonl")))
+    qtbot.waitUntil(lambda: window.data_report is not None, timeout=30000)
+    assert window.data_paths == [demo_data_dir() / "valid.jsonl"]
+    assert window.pages.currentWidget() is window.data_page
+    assert "40 examples" in window.data_page.summary.text()
+    qapp.detach(window.open_paths)
+
+
+def test_file_open_events_before_a_window_are_kept(qapp, qtbot):
+    got = []
+    qapp.pending_files.clear()
+    QApplication.sendEvent(qapp, QFileOpenEvent(str(demo_data_dir() / "train.jsonl")))
+    QApplication.sendEvent(qapp, QFileOpenEvent(str(demo_data_dir() / "valid.jsonl")))
+    qtbot.wait(250)
+    assert qapp.pending_files == [demo_data_dir() / "train.jsonl", demo_data_dir() / "valid.jsonl"]
+    qapp.attach(got.append)  # a window connecting later gets them
+    assert got == [[demo_data_dir() / "train.jsonl", demo_data_dir() / "valid.jsonl"]]
+    qapp.detach(got.append)
+    assert QEvent.Type.FileOpen  # the event type the app handles
 
 
 def test_loss_plot_survives_many_repaints(qtbot):
     """PySide6 6.12.0 + pyqtgraph crashed after a few thousand repaints (refcount bug on None)."""
-    from PySide6.QtWidgets import QApplication
-
     from app.gui.widgets import LossPlot
 
     plot = LossPlot()

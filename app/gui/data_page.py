@@ -4,15 +4,15 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from PySide6.QtCore import QEvent, Qt
-from PySide6.QtGui import QFontDatabase, QPalette
+from PySide6.QtCore import QEvent, Qt, QTimer
+from PySide6.QtGui import QFontDatabase
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QFileDialog, QHBoxLayout, QHeaderView, QLabel,
-                               QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QSplitter, QTreeWidget,
+                               QPlainTextEdit, QProgressBar, QPushButton, QSizePolicy, QSpinBox, QSplitter, QStackedWidget, QTreeWidget,
                                QTreeWidgetItem, QVBoxLayout, QWidget)
 
 from app.gui import theme
 from app.gui.chat_view import ChatView
-from app.gui.widgets import DropZone, TokenHistogram
+from app.gui.widgets import DropZone, TokenHistogram, panel_label
 
 FORMAT_LABELS = {
     "chat": "chat messages (messages with role and content)",
@@ -60,6 +60,8 @@ class DataPage(QWidget):
         self.progress = QProgressBar()
         self.progress.setTextVisible(True)
         self.progress.setMaximumWidth(320)
+        self.progress.setMinimumWidth(120)  # its size hint grows with the text it shows
+        self.progress.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         self.cancel_btn = QPushButton("Cancel")
         for w in (self.sample_btn, self.open_btn, self.open_dir_btn):
             row.addWidget(w)
@@ -69,11 +71,8 @@ class DataPage(QWidget):
         lay.addLayout(row)
         self.set_busy(None)
 
-        self.summary = QLabel("No dataset yet.")
-        self.summary.setWordWrap(True)
-        self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.summary.setObjectName("DataSummary")
-        lay.addWidget(self.summary)
+        box, self.summary = panel_label("No dataset yet.", "DataSummary")
+        lay.addWidget(box)
 
         # -- results: examples | token lengths over problems
         self.results = QSplitter(Qt.Orientation.Horizontal)
@@ -83,7 +82,7 @@ class DataPage(QWidget):
         top = QHBoxLayout()
         top.addWidget(_section("First examples"))
         top.addStretch(1)
-        self.training_toggle = QCheckBox("Show the exact training text")
+        self.training_toggle = QCheckBox("Show training text")
         self.training_toggle.setToolTip("The examples as the model sees them: its chat template applied, the parts "
                                         "it only reads greyed out, the parts it learns to write highlighted.")
         top.addWidget(self.training_toggle)
@@ -96,9 +95,8 @@ class DataPage(QWidget):
         hist_box = QWidget()
         hl = QVBoxLayout(hist_box)
         hl.setContentsMargins(0, 0, 0, 0)
+        hl.addWidget(_section("Token lengths"))
         hrow = QHBoxLayout()
-        hrow.addWidget(_section("Token lengths"))
-        hrow.addStretch(1)
         hrow.addWidget(QLabel("Max length"))
         self.max_len = QSpinBox()
         self.max_len.setRange(16, 32768)
@@ -107,10 +105,19 @@ class DataPage(QWidget):
         self.max_len.setSuffix(" tokens")
         self.max_len.setToolTip("Examples longer than this are cut off in training. Longer needs more memory.")
         hrow.addWidget(self.max_len)
-        hl.addLayout(hrow)
+        hrow.addStretch(1)
         self.histogram = TokenHistogram()
-        self.histogram.setMinimumHeight(150)
-        hl.addWidget(self.histogram, 1)
+        # until the lengths are measured a placeholder stands in: the plot is laid out and painted
+        # only when it has something to show, not in the same moment as the rest of the page
+        self.hist_placeholder = QLabel("")
+        self.hist_placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.hist_placeholder.setWordWrap(True)
+        self.hist_stack = QStackedWidget()
+        self.hist_stack.addWidget(self.hist_placeholder)
+        self.hist_stack.addWidget(self.histogram)
+        self.hist_stack.setMinimumHeight(150)
+        hl.addWidget(self.hist_stack, 1)
+        hl.addLayout(hrow)
         self.trunc_label = QLabel("")
         self.trunc_label.setWordWrap(True)
         hl.addWidget(self.trunc_label)
@@ -120,6 +127,7 @@ class DataPage(QWidget):
         pl = QVBoxLayout(prob_box)
         pl.setContentsMargins(0, 0, 0, 0)
         self.problems_title = _section("Problems")
+        self.problems_title.setWordWrap(True)
         pl.addWidget(self.problems_title)
         self.problems = QTreeWidget()
         self.problems.setHeaderLabels(["File", "Line", "Field", "What is wrong"])
@@ -142,13 +150,15 @@ class DataPage(QWidget):
         right.addWidget(prob_box)
         right.setStretchFactor(0, 1)
         right.setStretchFactor(1, 1)
+        self.right_split = right
         self.results.addWidget(right)
-        self.results.setStretchFactor(0, 3)
-        self.results.setStretchFactor(1, 2)
+        self.results.setStretchFactor(0, 1)
+        self.results.setStretchFactor(1, 1)
+        self.results.setSizes([560, 440])
         lay.addWidget(self.results, 4)
         self.results.hide()
 
-        self.drop.files_dropped.connect(win.load_data)
+        self.drop.files_dropped.connect(win.open_paths)
         self.drop.clicked.connect(self._open)
         self.sample_btn.clicked.connect(win.load_sample_data)
         self.open_btn.clicked.connect(self._open)
@@ -157,26 +167,14 @@ class DataPage(QWidget):
         self.training_toggle.toggled.connect(self._toggle_training)
         self.max_len.valueChanged.connect(self._max_len_changed)
         self.problems.currentItemChanged.connect(self._problem_picked)
-        self._restyle()
-
-    # -- palette
-    def _restyle(self):
-        pal = self.palette()
-        bg = pal.color(QPalette.ColorRole.AlternateBase)
-        self.summary.setStyleSheet("#DataSummary { background: %s; border-radius: 8px; padding: 8px; }" % bg.name())
 
     def changeEvent(self, event):
-        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange) \
-                and not getattr(self, "_restyling", False):
-            self._restyling = True
-            try:
-                self._restyle()
-                if self.report is not None:
-                    self._show_summary()
-                if self.tokens is not None:
-                    self._show_truncation()
-            finally:
-                self._restyling = False
+        # the texts carry colours picked for the appearance: pick again
+        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange):
+            if self.report is not None:
+                self._show_summary()
+            if self.tokens is not None:
+                self._show_truncation()
         super().changeEvent(event)
 
     # -- dialogs
@@ -249,15 +247,31 @@ class DataPage(QWidget):
         self.problems_title.setText(f"<b>Problems ({n})</b>" if n else "<b>Problems</b>: none, every example is usable")
         self.record_view.setVisible(bool(n))
         self.problems.setVisible(bool(n))
-        from app.gui.jobs import PREVIEW_EXAMPLES
-
-        self.preview.set_records(ds.records[:PREVIEW_EXAMPLES], len(ds.records))
-        if not ds.records:
-            self.preview.clear_all("None of the examples can be used: see the problems.")
+        h = max(2, self.right_split.height())
+        # no problems: the histogram takes the room the problem list would use
+        self.right_split.setSizes([h // 2, h - h // 2] if n else [h, 1])
+        self.preview.clear_all("")
         self.histogram.set_lengths([], self.max_len.value())
+        self.hist_stack.setCurrentWidget(self.hist_placeholder)
         self.trunc_label.setText("")
         self.results.show()
-        self.drop.set_compact(True, "Drop other files here to replace these examples, or click to choose")
+        self.drop.set_compact(True, "Drop other files here to replace these examples")
+        # laying out the chat preview is the largest piece of work here: in its own turn of the event
+        # loop, after this layout has been painted, so the window never stops for both at once
+        QTimer.singleShot(0, lambda r=report: self._fill_preview(r))
+
+    def _fill_preview(self, report):
+        if self.report is not report:
+            return
+        from app.gui.jobs import PREVIEW_EXAMPLES
+
+        ds = report.dataset
+        if ds.records:
+            self.preview.set_records(ds.records[:PREVIEW_EXAMPLES], len(ds.records))
+            if self.tokens is not None:
+                self.preview.set_training_runs(self.tokens.previews, self.tokens.preview_error or "")
+        else:
+            self.preview.clear_all("None of the examples can be used: see the problems.")
 
     def _show_summary(self):
         r = self.report
@@ -282,17 +296,23 @@ class DataPage(QWidget):
     def show_tokens_pending(self, text: str = "Measuring token lengths..."):
         self.tokens = None
         self.trunc_label.setText(html.escape(text))
+        self.hist_placeholder.setText(f"<span style='color:{theme.muted(self.palette()).name()}'>"
+                                      f"{html.escape(text)}</span>")
+        self.hist_stack.setCurrentWidget(self.hist_placeholder)
         self.preview.set_training_runs(None, "")
 
     def show_tokens(self, report):
         self.tokens = report
         self.histogram.set_lengths(report.lengths, self.max_len.value())
+        self.hist_stack.setCurrentWidget(self.histogram)
         self.preview.set_training_runs(report.previews, report.preview_error or "")
         self._show_truncation()
 
     def show_tokens_error(self, text: str):
         self.tokens = None
         self.histogram.set_lengths([], self.max_len.value())
+        self.hist_placeholder.setText("")
+        self.hist_stack.setCurrentWidget(self.hist_placeholder)
         self.trunc_label.setText(theme.span("Token lengths unavailable: ", "warning", self.palette(), bold=True)
                                  + html.escape(text))
         self.preview.set_training_runs(None, "The training text needs the model's tokenizer: " + text)

@@ -16,7 +16,7 @@ from pathlib import Path
 from core.data import KNOWN_SUFFIXES, ChatRecord, Dataset, DatasetError
 from core.events import NULL_EVENTS, Throttle, TuneloomError
 
-PREVIEW_EXAMPLES = 20  # examples rendered on the Data page (as chat and as training text)
+PREVIEW_EXAMPLES = 10  # examples rendered on the Data page (as chat and as training text)
 
 
 # --------------------------------------------------------------------------- datasets

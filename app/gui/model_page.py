@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (QFileDialog, QFrame, QGridLayout, QHBoxLayout, QI
 
 from app.gui import theme
 from app.gui.jobs import CardInfo, card_for_hub_id, catalog_cards, fetch_card
+from app.gui.widgets import Panel, panel_label
 from app.gui.workers import Job
 from core.events import Cancelled, TuneloomError
 
@@ -42,14 +43,14 @@ def error_text(exc) -> str:
     return exc.user_message() if isinstance(exc, TuneloomError) else f"{type(exc).__name__}: {exc}"
 
 
-class ModelCard(QFrame):
+class ModelCard(Panel):
     """One model: what it is, whether it fits, whether it is here; download / resume / cancel / use."""
 
     primary_clicked = Signal(object)  # self
     cancel_clicked = Signal(object)
 
     def __init__(self, info: CardInfo, parent=None):
-        super().__init__(parent)
+        super().__init__(QPalette.ColorRole.Base, 10, parent)
         self.info = info
         self.setObjectName("ModelCard")
         self.selected = False
@@ -90,8 +91,10 @@ class ModelCard(QFrame):
         lay.addLayout(buttons)
         self.primary.clicked.connect(lambda: self.primary_clicked.emit(self))
         self.cancel.clicked.connect(lambda: self.cancel_clicked.emit(self))
-        if info.notes:
-            self.setToolTip(info.notes)
+        tip = "\n".join(x for x in (info.notes, f"Chat format: {info.chat_format}" if info.chat_format else "",
+                                    f"Revision: {info.revision}" if info.revision else "") if x)
+        if tip:
+            self.setToolTip(tip)
         self.refresh()
 
     @property
@@ -134,13 +137,8 @@ class ModelCard(QFrame):
 
     # -- drawing
     def changeEvent(self, event):
-        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange) \
-                and not getattr(self, "_restyling", False):
-            self._restyling = True
-            try:
-                self.refresh()
-            finally:
-                self._restyling = False
+        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange):
+            self.refresh()
         super().changeEvent(event)
 
     def refresh(self):
@@ -154,15 +152,21 @@ class ModelCard(QFrame):
         facts = [x for x in (fmt_params(i.params),
                              f"{fmt_bytes(i.download_bytes)} download" if i.download_bytes else "",
                              f"licence {i.licence}" if i.licence else "",
-                             f"{i.chat_format} chat format" if i.chat_format else "") if x]
+                             f"{i.chat_format.split(' (')[0]} template" if i.chat_format else "") if x]
         self.facts.setText(" · ".join(facts) if facts else f"<span style='color:{muted}'>size and licence: "
                            "known once downloaded</span>")
         if i.fits is None:
             self.fit.setText(f"<span style='color:{muted}'>Memory needed: known once downloaded</span>")
         else:
-            reason = i.fit_reason[:1].upper() + i.fit_reason[1:]
-            kind = "ok" if i.fits and "tightly" not in i.fit_reason else ("warning" if i.fits else "error")
-            head = f"Fits {MACHINE}" if i.fits else f"Too large for {MACHINE}"
+            reason = i.fit_reason
+            tight = i.fits and "tightly" in reason
+            kind = "ok" if i.fits and not tight else ("warning" if i.fits else "error")
+            head = f"Fits {MACHINE}, but tightly" if tight else (f"Fits {MACHINE}" if i.fits else
+                                                                 f"Too large for {MACHINE}")
+            for prefix in ("fits, but tightly: ", "fits: "):
+                if reason.startswith(prefix):
+                    reason = reason[len(prefix):]
+            reason = reason[:1].upper() + reason[1:]
             self.fit.setText(theme.span(f"{head}.", kind, pal, bold=True) + " " + html.escape(reason))
         downloading = self.state == "downloading"
         self.progress.setVisible(downloading or self.state == "paused")
@@ -192,10 +196,9 @@ class ModelCard(QFrame):
             if not self.downloaded:
                 self.primary.setText("Try again")
         self.status.setText(status)
-        border = pal.color(QPalette.ColorRole.Highlight) if self.selected else theme.mix(
-            pal.color(QPalette.ColorRole.Base), theme.muted(pal), 0.5)
-        self.setStyleSheet("#ModelCard { border: %dpx solid %s; border-radius: 10px; background: %s; }"
-                           % (2 if self.selected else 1, border.name(), pal.color(QPalette.ColorRole.Base).name()))
+        self.border_role = "highlight" if self.selected else "soft"
+        self.border_width = 2.0 if self.selected else 1.0
+        self.update()
 
 
 class ModelPage(QWidget):
@@ -209,11 +212,8 @@ class ModelPage(QWidget):
         head.setWordWrap(True)
         lay.addWidget(head)
 
-        self.current = QLabel("No model chosen yet.")
-        self.current.setObjectName("CurrentModel")
-        self.current.setWordWrap(True)
-        self.current.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        lay.addWidget(self.current)
+        box, self.current = panel_label("No model chosen yet.", "CurrentModel")
+        lay.addWidget(box)
         row = QHBoxLayout()
         self.demo_btn = QPushButton("Use the bundled demo model")
         self.add_btn = QPushButton("Add by Hugging Face id...")
@@ -241,21 +241,12 @@ class ModelPage(QWidget):
         self.demo_btn.clicked.connect(win.use_demo_model)
         self.add_btn.clicked.connect(self.ask_hub_id)
         self.open_btn.clicked.connect(self._open)
-        self._restyle()
-
-    # -- palette
-    def _restyle(self):
-        bg = self.palette().color(QPalette.ColorRole.AlternateBase)
-        self.current.setStyleSheet("#CurrentModel { background: %s; border-radius: 8px; padding: 8px; }" % bg.name())
+        self._last_check = None
 
     def changeEvent(self, event):
-        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange) \
-                and not getattr(self, "_restyling", False):
-            self._restyling = True
-            try:
-                self._restyle()
-            finally:
-                self._restyling = False
+        # the texts carry colours picked for the appearance: pick again
+        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange) and self._last_check:
+            self.show_check(*self._last_check)
         super().changeEvent(event)
 
     # -- catalog
@@ -391,6 +382,7 @@ class ModelPage(QWidget):
 
     def show_check(self, check, name: str | None, in_use: Path | None):
         """The result of validating a model folder: what it is, or every problem in plain words."""
+        self._last_check = (check, name, in_use)
         pal = self.palette()
         title = html.escape(name or check.path.name)
         if check.ok:

@@ -62,8 +62,13 @@ def text(pal: QPalette | None = None) -> QColor:
 def muted(pal: QPalette | None = None) -> QColor:
     """Secondary text: the placeholder colour (grey in both appearances)."""
     pal = pal or palette()
+    base = pal.color(QPalette.ColorRole.Base)
     c = pal.color(QPalette.ColorRole.PlaceholderText)
-    return c if c.isValid() else mix(text(pal), pal.color(QPalette.ColorRole.Base), 0.45)
+    if not c.isValid():
+        return mix(text(pal), base, 0.45)
+    if c.alpha() < 255:  # Qt's default is the text colour at half opacity: flatten it (CSS needs #rrggbb)
+        c = mix(base, QColor(c.red(), c.green(), c.blue()), c.alphaF())
+    return c
 
 
 def css(c: QColor) -> str:

@@ -33,7 +33,40 @@ def _pen(color: QColor, width: float = 1.0) -> QPen:
     return pg.mkPen(color, width=width)
 
 
-class DropZone(QFrame):
+class Panel(QFrame):
+    """A rounded box painted from the palette (no style sheet: a style sheet would pin the colours it
+    was given, and the box would stay light when the system turns dark)."""
+
+    def __init__(self, fill: QPalette.ColorRole = QPalette.ColorRole.AlternateBase, radius: float = 8,
+                 parent=None):
+        super().__init__(parent)
+        self.fill_role = fill
+        self.radius = radius
+        self.tint = 0.0  # how far the fill moves towards the highlight colour
+        self.border_width = 0.0
+        self.border_role: str | None = None  # "highlight" / "muted" / None (no border)
+        self.dashed = False
+
+    def paintEvent(self, event):
+        p = QPainter(self)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        pal = self.palette()
+        fill = pal.color(self.fill_role)
+        if self.tint:
+            fill = theme.mix(fill, pal.color(QPalette.ColorRole.Highlight), self.tint)
+        if self.border_role and self.border_width:
+            col = pal.color(QPalette.ColorRole.Highlight) if self.border_role == "highlight" else theme.mix(
+                pal.color(QPalette.ColorRole.Base), theme.muted(pal), 0.6 if self.border_role == "soft" else 1.0)
+            pen = QPen(col, self.border_width, Qt.PenStyle.DashLine if self.dashed else Qt.PenStyle.SolidLine)
+            p.setPen(pen)
+        else:
+            p.setPen(Qt.PenStyle.NoPen)
+        p.setBrush(fill)
+        m = max(1.0, self.border_width)
+        p.drawRoundedRect(QRectF(self.rect()).adjusted(m / 2, m / 2, -m / 2, -m / 2), self.radius, self.radius)
+
+
+class DropZone(Panel):
     """A large target for dataset files and folders; a click opens the file dialog."""
 
     files_dropped = Signal(list)
@@ -43,18 +76,20 @@ class DropZone(QFrame):
     DETAIL = "JSONL, JSON, CSV, TSV or TXT files, or a folder (train / valid files are used as the split)"
 
     def __init__(self, parent=None):
-        super().__init__(parent)
+        super().__init__(QPalette.ColorRole.Base, 12, parent)
         self.setAcceptDrops(True)
         self.setObjectName("DropZone")
         self.setCursor(Qt.CursorShape.PointingHandCursor)
         self.setToolTip("Drop files or a folder here, or click to choose files")
+        self.border_role, self.border_width, self.dashed = "muted", 2.0, True
         self.title = QLabel(self.TITLE)
         self.title.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.title.setWordWrap(True)
         f = self.title.font()
         f.setPointSizeF(f.pointSizeF() * 1.35)
         f.setBold(True)
         self.title.setFont(f)
-        self.detail = QLabel(self.DETAIL)
+        self.detail = QLabel()
         self.detail.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.detail.setWordWrap(True)
         self.choose_btn = QPushButton("Choose files...")
@@ -83,22 +118,14 @@ class DropZone(QFrame):
         self._restyle()
 
     def _restyle(self):
-        pal = self.palette()
-        border = pal.color(QPalette.ColorRole.Highlight) if self._hover else theme.muted(pal)
-        bg = theme.mix(pal.color(QPalette.ColorRole.Base), pal.color(QPalette.ColorRole.Highlight),
-                       0.12 if self._hover else 0.0)
-        self.setStyleSheet("#DropZone { border: 2px dashed %s; border-radius: 12px; background: %s; }"
-                           % (border.name(), bg.name()))
-        self.detail.setStyleSheet(f"color: {theme.muted(pal).name()}")
+        self.border_role = "highlight" if self._hover else "muted"
+        self.tint = 0.12 if self._hover else 0.0
+        self.detail.setText(f"<span style='color:{theme.muted(self.palette()).name()}'>{self.DETAIL}</span>")
+        self.update()
 
     def changeEvent(self, event):
-        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange) \
-                and not getattr(self, "_restyling", False):
-            self._restyling = True
-            try:
-                self._restyle()
-            finally:
-                self._restyling = False
+        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange):
+            self._restyle()
         super().changeEvent(event)
 
     def _set_hover(self, on: bool):
@@ -128,6 +155,20 @@ class DropZone(QFrame):
             self.files_dropped.emit(paths)
         else:
             event.ignore()
+
+
+def panel_label(text: str = "", name: str = "") -> tuple[Panel, QLabel]:
+    """A word-wrapped label on a rounded AlternateBase box: (box, label)."""
+    box = Panel()
+    lab = QLabel(text)
+    lab.setWordWrap(True)
+    lab.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    if name:
+        lab.setObjectName(name)
+    lay = QVBoxLayout(box)
+    lay.setContentsMargins(10, 8, 10, 8)
+    lay.addWidget(lab)
+    return box, lab
 
 
 # --------------------------------------------------------------------------- the steps
@@ -234,21 +275,32 @@ class _ThemedPlot(pg.PlotWidget):
     """A pyqtgraph plot drawn on the window's background, with axes in the text colour."""
 
     def __init__(self, parent=None):
+        self._ready = False  # pyqtgraph's constructor changes the palette before the plot exists
         super().__init__(parent)
         self.setBackground(None)
         self.showGrid(x=True, y=True, alpha=0.25)
+        self._ready = True
         self._apply_palette()
 
     def _apply_palette(self):
         pal = self.palette()
         fg = theme.muted(pal)
+        txt = pal.color(QPalette.ColorRole.Text)
         for name in ("left", "bottom"):
             ax = self.getAxis(name)
             ax.setPen(_pen(fg))
-            ax.setTextPen(_pen(pal.color(QPalette.ColorRole.Text)))
+            ax.setTextPen(_pen(txt))
+            if ax.labelText:
+                ax.setLabel(ax.labelText, units=ax.labelUnits, color=txt.name())
+        legend = self.getPlotItem().legend
+        if legend is not None:
+            legend.setLabelTextColor(txt)
+        # pyqtgraph caches the painted background: drop it, or the old appearance stays behind the plot
+        self.resetCachedContent()
+        self.viewport().update()
 
     def changeEvent(self, event):
-        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange):
+        if self._ready and event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange):
             self._apply_palette()
             self.palette_changed()
         super().changeEvent(event)
@@ -268,6 +320,7 @@ class LossPlot(_ThemedPlot):
         self.train_curve = self.plot([], [], pen=pg.mkPen("#3b82f6", width=2), name="training")
         self.valid_curve = self.plot([], [], pen=pg.mkPen("#f97316", width=2), symbol="o", symbolSize=6,
                                      name="validation")
+        self._apply_palette()
         self.clear_data()
 
     def clear_data(self):
@@ -304,8 +357,10 @@ class TokenHistogram(_ThemedPlot):
         self.bars_ok: pg.BarGraphItem | None = None
         self.bars_over: pg.BarGraphItem | None = None
         self.max_line = pg.InfiniteLine(angle=90, movable=False, label="max {value:.0f}",
-                                        labelOpts={"position": 0.92, "anchors": [(0, 0), (0, 0)]})
+                                        labelOpts={"position": 0.95, "anchors": [(1, 0), (1, 0)]})
+        self.max_line.setZValue(10)  # the line and its label in front of the bars
         self.addItem(self.max_line)
+        self._apply_palette()
         self.palette_changed()
 
     def palette_changed(self):
@@ -340,10 +395,12 @@ class TokenHistogram(_ThemedPlot):
             return
         hi = max(int(self.lengths.max()), self.max_len)
         width = max(1, int(np.ceil(hi * 1.04 / self.BINS)))
-        edges = np.arange(0, hi + 2 * width, width)
+        # bins aligned so one starts at max_len + 1: a bar is either all kept or all cut off
+        first = (self.max_len + 1) % width
+        edges = np.arange(first - width if first else 0, hi + 2 * width, width)
         counts, edges = np.histogram(self.lengths, bins=edges)
         centres = (edges[:-1] + edges[1:]) / 2
-        over = edges[:-1] >= self.max_len
+        over = edges[:-1] > self.max_len
         pal = self.palette()
         ok_col = pal.color(QPalette.ColorRole.Highlight)
         bad_col = theme.accent("error", pal)
@@ -355,7 +412,7 @@ class TokenHistogram(_ThemedPlot):
             self.bars_over = pg.BarGraphItem(x=centres[over], height=counts[over], width=width * 0.9,
                                              brush=bad_col, pen=pg.mkPen(None))
             self.addItem(self.bars_over)
-        self.setXRange(0, edges[-1], padding=0.02)
+        self.setXRange(0, max(edges[-1], self.max_len * 1.04), padding=0.02)
         self.setYRange(0, max(1, int(counts.max())) * 1.1, padding=0)
 
 

@@ -1,0 +1,208 @@
+"""The Data step with real files: drops, preview, training text, histogram, problems, responsiveness."""
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import json  # noqa: E402
+import time  # noqa: E402
+
+import pytest  # noqa: E402
+from PySide6.QtCore import QSettings, Qt  # noqa: E402
+
+from app.gui.main import TuneloomApp  # noqa: E402
+from app.gui.main_window import MainWindow  # noqa: E402
+from app.gui.testing import TickMonitor, simulate_drop  # noqa: E402
+
+MAX_GAP_MS = 100
+
+
+@pytest.fixture(scope="session")
+def qapp_cls():
+    return TuneloomApp
+
+
+@pytest.fixture
+def window(qtbot, tmp_path):
+    w = MainWindow(settings=QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitUntil(lambda: w.model_dir is not None, timeout=30000)
+    return w
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def qa_rows(n):
+    # lengths vary so the histogram has a spread; every 10th answer is long
+    return [{"prompt": f"What is item {i}?",
+             "completion": f"Item {i} is a thing." + (" It is described at length." * 12 if i % 10 == 0 else "")}
+            for i in range(n)]
+
+
+def wait_loaded(qtbot, w, tokens=True):
+    qtbot.waitUntil(lambda: w.data_report is not None and (not tokens or w.token_report is not None), timeout=60000)
+
+
+def test_drop_on_the_drop_zone_shows_format_counts_split_and_chat_preview(window, qtbot, tmp_path):
+    w = window
+    f = write_jsonl(tmp_path / "qa.jsonl", qa_rows(30))
+    entered, dropped = simulate_drop(w.data_page.drop, [f])
+    assert entered and dropped
+    wait_loaded(qtbot, w)
+    page = w.data_page
+    qtbot.waitUntil(lambda: "Example 1" in page.preview.toPlainText(), timeout=5000)  # laid out a moment later
+    summary = page.summary.text()
+    assert "qa.jsonl" in summary and "prompt and completion" in summary
+    assert "30 examples" in summary and "30 usable" in summary and "none with problems" in summary
+    assert "<b>27</b> to train on, <b>3</b> to check progress" in summary  # 10% held out
+    assert page.results.isVisible() and page.drop.compact
+    assert not page.problems.isVisible()  # no problems: no empty list
+    # the first examples as a chat: role names and the texts, in file order
+    text = page.preview.toPlainText()
+    assert "User\nWhat is item 0?" in text and "Assistant\nItem 0 is a thing." in text
+    assert text.index("What is item 0?") < text.index("What is item 1?")
+    assert "Example 1" in text and "qa.jsonl, line 1" in text
+
+
+def test_training_text_marks_what_is_learned(window, qtbot, tmp_path):
+    w = window
+    f = write_jsonl(tmp_path / "qa.jsonl", qa_rows(12))
+    w.load_data([f])
+    wait_loaded(qtbot, w)
+    runs = w.token_report.previews[0]
+    prompt = "".join(t for t, trained in runs if not trained)
+    answer = "".join(t for t, trained in runs if trained)
+    # the chat template is applied; the prompt is read but not learned, the answer and its end token are
+    assert "<|im_start|>user\nWhat is item 0?<|im_end|>" in prompt and prompt.endswith("<|im_start|>assistant\n")
+    assert answer.startswith("Item 0 is a thing.") and answer.endswith("<|im_end|>")
+    page = w.data_page
+    qtbot.mouseClick(page.training_toggle, Qt.MouseButton.LeftButton, pos=page.training_toggle.rect().center())
+    assert page.training_toggle.isChecked() and page.preview.mode == "training"
+    shown = page.preview.toPlainText()
+    assert "<|im_start|>user" in shown and "Item 1 is a thing.<|im_end|>" in shown
+    html = page.preview.toHtml()
+    from app.gui import theme
+
+    grey = theme.muted(page.preview.palette()).name()
+    learned = theme.tint("ok", page.preview.palette(), 0.22).name()
+    assert f"color:{grey}" in html and f"background-color:{learned}" in html
+    page.training_toggle.setChecked(False)
+    assert "User\nWhat is item 0?" in page.preview.toPlainText()
+
+
+def test_histogram_marks_max_length_and_counts_truncation(window, qtbot, tmp_path):
+    w = window
+    f = write_jsonl(tmp_path / "qa.jsonl", qa_rows(40))
+    w.load_data([f])
+    wait_loaded(qtbot, w)
+    page, rep = w.data_page, w.token_report
+    lengths = rep.lengths
+    assert len(lengths) == 40 and max(lengths) > 2 * min(lengths)
+    assert page.truncated == 0 and "No example is longer than 512 tokens" in page.trunc_label.text()
+    assert page.histogram.max_line.value() == 512
+    cut = sorted(lengths)[-5]  # the longest short example: the four long answers are longer
+    page.max_len.setValue(cut)
+    expected = sum(n > cut for n in lengths)
+    assert expected == 4
+    assert page.truncated == expected and page.histogram.max_line.value() == cut
+    assert f"{expected} of 40 examples are longer than {cut} tokens" in page.trunc_label.text()
+    assert page.histogram.bars_over is not None  # the bars past the line are drawn in the warning colour
+    heights = list(page.histogram.bars_ok.opts["height"]) + list(page.histogram.bars_over.opts["height"])
+    assert sum(heights) == 40
+    assert w.settings.value("data/max_seq_len") in (cut, str(cut))
+
+
+def test_problem_list_names_file_line_field_and_shows_the_record(window, qtbot, tmp_path):
+    w = window
+    rows = ['{"prompt": "good one", "completion": "fine"}',
+            '{"prompt": "broken", "completion": "no closing brace"',
+            '{"prompt": "no answer here"}',
+            '{"prompt": "good two", "completion": "also fine"}']
+    f = tmp_path / "mixed.jsonl"
+    f.write_text("\n".join(rows) + "\n")
+    csv = tmp_path / "table.csv"
+    csv.write_text('prompt,completion\n"hi","there"\n"hello",""\n')
+    entered, dropped = simulate_drop(w, [f, csv])  # dropped on the window, not the drop zone
+    assert entered and dropped
+    wait_loaded(qtbot, w)
+    page = w.data_page
+    got = [tuple(page.problems.topLevelItem(i).text(c) for c in range(4))
+           for i in range(page.problems.topLevelItemCount())]
+    assert [g[:2] for g in got] == [("mixed.jsonl", "2"), ("mixed.jsonl", "3"), ("table.csv", "3")]
+    assert "not valid JSON" in got[0][3]
+    assert got[1][2] == "completion"
+    assert "3 with problems" in page.summary.text() and "3 usable" in page.summary.text()
+    assert page.problems.topLevelItem(0).toolTip(0).count("What to do:") == 1
+    # clicking a problem shows that record as it is in the file
+    item = page.problems.topLevelItem(1)
+    rect = page.problems.visualItemRect(item)
+    qtbot.mouseClick(page.problems.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    qtbot.waitUntil(lambda: "no answer here" in page.record_view.toPlainText(), timeout=10000)
+    shown = page.record_view.toPlainText()
+    assert shown.startswith("mixed.jsonl, line 3 [completion]:")
+    assert '     3 | {"prompt": "no answer here"}' in shown and "good two" not in shown
+    page.problems.setCurrentItem(page.problems.topLevelItem(0))
+    qtbot.waitUntil(lambda: '"broken"' in page.record_view.toPlainText(), timeout=10000)
+    assert "line 2" in page.record_view.toPlainText()
+
+
+def test_unsupported_drop_is_refused(window, tmp_path):
+    pdf = tmp_path / "notes.pdf"
+    pdf.write_bytes(b"%PDF-1.4")
+    entered, _ = simulate_drop(window, [pdf], leave_instead=True)
+    assert not entered
+    entered, _ = simulate_drop(window.data_page.drop, [pdf], leave_instead=True)
+    assert not entered
+
+
+def test_2gb_junk_file_is_rejected_while_the_window_stays_responsive(window, qtbot, tmp_path):
+    junk = tmp_path / "junk.jsonl"
+    with open(junk, "wb") as fh:
+        fh.truncate(2 * 1024 ** 3)  # sparse: 2 GB of NUL bytes that take no disk space
+    mon = TickMonitor(parent=window).start()
+    t0 = time.perf_counter()
+    simulate_drop(window, [junk])
+    qtbot.waitUntil(lambda: "Cannot use" in window.data_page.summary.text(), timeout=30000)
+    qtbot.wait(200)
+    mon.stop()
+    assert time.perf_counter() - t0 < 10
+    assert "binary" in window.data_page.summary.text() or "NUL" in window.data_page.summary.text()
+    assert window.dataset is None and not window.data_page.results.isVisible()
+    assert mon.ticks >= 10 and mon.max_gap_ms < MAX_GAP_MS, mon.max_gap_ms
+    # and the window carries on: the sample dataset loads after it
+    qtbot.mouseClick(window.data_page.sample_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: window.dataset is not None, timeout=30000)
+
+
+def test_window_stays_responsive_during_a_long_load_and_cancel_stops_it(window, qtbot, tmp_path):
+    """A 10 ms timer keeps ticking (largest gap under 100 ms) while a big dataset is read, split and
+    measured with the tokenizer off the GUI thread; Cancel stops the measuring."""
+    n = 30000
+    big = tmp_path / "big.jsonl"
+    with open(big, "w", encoding="utf-8") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"messages": [
+                {"role": "user", "content": f"Tell me about thing number {i}, please."},
+                {"role": "assistant", "content": f"Thing {i} is one of many things; it is number {i}."}]}) + "\n")
+    w = window
+    mon = TickMonitor(parent=w).start()
+    simulate_drop(w.data_page.drop, [big])
+    assert w.data_page.cancel_btn.isVisible()
+    qtbot.waitUntil(lambda: w.data_report is not None, timeout=60000)
+    assert f"{n:,} examples" in w.data_page.summary.text()
+    tokens = w.jobs["tokens"]
+    qtbot.waitUntil(lambda: "measuring token lengths" in w.data_page.progress.format(), timeout=30000)
+    qtbot.wait(1500)  # measuring goes on, the window keeps ticking
+    assert tokens.running
+    with qtbot.waitSignal(tokens.ended, timeout=10000):
+        qtbot.mouseClick(w.data_page.cancel_btn, Qt.MouseButton.LeftButton)
+    qtbot.wait(100)
+    mon.stop()
+    assert w.token_report is None and "stopped" in w.data_page.trunc_label.text()
+    assert not w.data_page.cancel_btn.isVisible()
+    assert w.dataset is not None and len(w.dataset.records) == n  # the dataset itself stays
+    assert mon.ticks > 100
+    assert mon.max_gap_ms < MAX_GAP_MS, f"the GUI thread stalled for {mon.max_gap_ms:.0f} ms"
