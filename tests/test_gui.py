@@ -51,7 +51,7 @@ def test_whole_flow_train_try_export(window, qtbot):
 
     entered, dropped = simulate_drop(w.data_page.drop, [demo_data_dir() / "train.jsonl"])
     assert entered and dropped
-    qtbot.waitUntil(lambda: w.dataset is not None, timeout=30000)
+    qtbot.waitUntil(lambda: w.dataset is not None and not w.jobs["data"].running, timeout=30000)
     assert "320" in w.data_page.summary.text() and w.data_page.problems.topLevelItemCount() == 0
     qtbot.waitUntil(lambda: "Describe the" in w.data_page.preview.toPlainText(), timeout=5000)
     st = states(w)

@@ -149,6 +149,25 @@ def test_problem_list_names_file_line_field_and_shows_the_record(window, qtbot, 
     assert "line 2" in page.record_view.toPlainText()
 
 
+def test_dragging_over_the_window_says_what_a_drop_will_do(window, tmp_path):
+    from PySide6.QtCore import QPointF
+    from PySide6.QtGui import QDragLeaveEvent
+    from PySide6.QtWidgets import QApplication
+
+    from app.gui.testing import drag_enter_event, file_mime
+    from core.paths import demo_data_dir, demo_model_dir
+
+    for paths, text in (([demo_data_dir() / "train.jsonl"], "Drop to add these examples"),
+                        ([demo_model_dir()], "Drop to use this model folder")):
+        mime = file_mime(paths)
+        enter = drag_enter_event(QPointF(50, 50), mime)
+        QApplication.sendEvent(window, enter)
+        assert enter.isAccepted()
+        assert window.overlay.isVisible() and window.overlay.text == text
+        QApplication.sendEvent(window, QDragLeaveEvent())
+        assert not window.overlay.isVisible()
+
+
 def test_unsupported_drop_is_refused(window, tmp_path):
     pdf = tmp_path / "notes.pdf"
     pdf.write_bytes(b"%PDF-1.4")

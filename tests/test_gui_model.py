@@ -88,7 +88,7 @@ def test_catalog_cards_say_size_licence_fit_and_whether_here(window):
     assert window.steps.state(0) == "done" and "demo" in window.steps.item(0).toolTip()
 
 
-def test_download_shows_progress_speed_eta_then_cancel_resume_and_use(window, qtbot, hub_env):
+def test_download_shows_progress_speed_eta_then_cancel_resume_and_use(window, qtbot, hub_env, tmp_path):
     w, srv = window, hub_env
     card = w.model_page.cards[QWEN]
     size = (demo_model_dir() / "model.safetensors").stat().st_size
@@ -110,6 +110,14 @@ def test_download_shows_progress_speed_eta_then_cancel_resume_and_use(window, qt
     assert 0 < card.info.partial_bytes < size
     assert "Paused" in card.status.text() and card.progress.isVisible()
     assert not card.downloaded and w.model_dir == demo_model_dir()
+    # a window opened later (the app restarted) finds the partial download and offers to resume it
+    w2 = MainWindow(settings=QSettings(str(tmp_path / "other.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(w2)
+    qtbot.waitUntil(lambda: QWEN in w2.model_page.cards, timeout=30000)
+    again = w2.model_page.cards[QWEN]
+    assert again.info.partial_bytes == card.info.partial_bytes and again.primary.text() == "Resume download"
+    assert "Paused" in again.status.text()
+    w2.close()
 
     srv.throttle(None)
     click(qtbot, card.primary)
@@ -154,7 +162,7 @@ def test_model_folders_dropped_on_the_window_are_checked(window, qtbot, tmp_path
     (broken / "tokenizer.json").unlink()
     (broken / "model.safetensors").write_bytes((demo_model_dir() / "model.safetensors").read_bytes()[:5000])
     entered, dropped = simulate_drop(w, [broken])
-    assert entered and dropped
+    assert entered and dropped and not w.overlay.isVisible()
     assert w.pages.currentWidget() is w.model_page
     qtbot.waitUntil(lambda: "cannot be used" in w.model_page.current.text(), timeout=30000)
     text = w.model_page.current.text()

@@ -33,10 +33,12 @@ def _make(cls, pos: QPointF, mime: QMimeData):
         _POINT_TYPE[cls] = QPointF if float_first else QPoint
     first = _POINT_TYPE[cls]
     try:
-        return cls(pos if first is QPointF else ipos, *args)
+        event = cls(pos if first is QPointF else ipos, *args)
     except TypeError:
         _POINT_TYPE[cls] = QPoint if first is QPointF else QPointF
-        return cls(ipos if first is QPointF else pos, *args)
+        event = cls(ipos if first is QPointF else pos, *args)
+    event._mime = mime  # the event only points at the mime data: keep it alive as long as the event
+    return event
 
 
 def drag_enter_event(pos: QPointF, mime: QMimeData) -> QDragEnterEvent:

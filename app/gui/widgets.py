@@ -369,6 +369,10 @@ class TokenHistogram(_ThemedPlot):
         if hasattr(self, "max_line"):
             self.max_line.setPen(pg.mkPen(warn, width=2, style=Qt.PenStyle.DashLine))
             self.max_line.label.setColor(warn)
+            bg = QColor(pal.color(QPalette.ColorRole.Base))
+            bg.setAlpha(230)
+            self.max_line.label.fill = pg.mkBrush(bg)  # readable over the bars
+            self.max_line.label.update()
             if len(self.lengths):
                 self._draw()
 
