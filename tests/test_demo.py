@@ -53,3 +53,60 @@ def test_demo_writes_every_artifact(demo_run):
     # a progress line per stage on stderr
     for n in names:
         assert f"==> {n}" in proc.stderr
+
+
+def test_quantized_exports_of_the_trained_demo_model_track_mlx(demo_run, tmp_path):
+    """Next-token top-1 agreement, llama.cpp vs MLX, at every position of held-out chats."""
+    import numpy as np
+
+    pytest.importorskip("llama_cpp")
+    from core.generate import ChatModel
+    from core.gguf_export import export_gguf
+    from core.llamacpp import LlamaCppModel
+    from core.paths import demo_dir
+
+    proc, out = demo_run
+    fused = out / "fused"
+    mlx = ChatModel(fused)
+    prompts = json.loads((demo_dir() / "heldout.json").read_text())
+    seqs = []
+    for p in prompts["structured"][:6] + prompts["prose"][:6]:
+        ids = mlx.encoder.prompt_ids(p["messages"])
+        seqs.append(ids + mlx.generate_ids(ids, max_tokens=40))
+    ref = []
+    import mlx.core as mx
+
+    for ids in seqs:
+        ref.append(np.array(mlx.model(mx.array(ids)[None])[0].astype(mx.float32)))
+    files = {"q8_0": out / "demo-q8_0.gguf"}
+    for q in ("q4_k_m", "q6_k"):
+        files[q] = tmp_path / f"demo-{q}.gguf"
+        export_gguf(fused, files[q], quant=q)
+    agree = {}
+    for q, path in files.items():
+        llm = LlamaCppModel(path)
+        same = total = 0
+        for ids, r in zip(seqs, ref):
+            got = llm.logits(ids)
+            same += int((got.argmax(-1) == r.argmax(-1)).sum())
+            total += len(ids)
+        llm.close()
+        agree[q] = same / total
+    print("top-1 agreement with MLX:", agree)
+    assert agree["q8_0"] >= 0.98
+    assert agree["q6_k"] >= 0.95 and agree["q4_k_m"] >= 0.85, agree
+
+
+def test_export_cli_on_the_demo_run(demo_run, tmp_path):
+    proc, out = demo_run
+    gguf = tmp_path / "m.gguf"
+    p = subprocess.run([sys.executable, "-m", "app.cli", "export", str(out / "run"), "--gguf", str(gguf),
+                        "--quant", "q8_0"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert Path(res["gguf"]) == gguf and gguf.stat().st_size > 100_000
+    assert (tmp_path / "Modelfile").exists() and "ollama create" in res["ollama_command"]
+    from core.gguf_export import gguf_metadata_summary
+
+    meta = gguf_metadata_summary(gguf)
+    assert meta["arch"] == "qwen2" and meta["tokenizer_pre"] == "qwen2"

@@ -110,6 +110,8 @@ def test_download_shows_progress_speed_eta_then_cancel_resume_and_use(window, qt
     assert 0 < card.info.partial_bytes < size
     assert "Paused" in card.status.text() and card.progress.isVisible()
     assert not card.downloaded and w.model_dir == demo_model_dir()
+    mon.stop()
+    assert mon.max_gap_ms < 100, mon.max_gap_ms  # the window kept responding while bytes arrived
     # a window opened later (the app restarted) finds the partial download and offers to resume it
     w2 = MainWindow(settings=QSettings(str(tmp_path / "other.ini"), QSettings.Format.IniFormat))
     qtbot.addWidget(w2)
@@ -120,6 +122,7 @@ def test_download_shows_progress_speed_eta_then_cancel_resume_and_use(window, qt
     w2.close()
 
     srv.throttle(None)
+    mon = TickMonitor(parent=w).start()
     click(qtbot, card.primary)
     job = w.jobs[f"download:{QWEN}"]
     with qtbot.waitSignal(job.ended, timeout=30000):

@@ -293,3 +293,46 @@ def test_killed_process_resumes_to_the_same_curve(tmp_path):
     assert sorted(got) == list(range(1, 41))
     for s in range(1, 41):
         assert math.isclose(want[s], got[s], rel_tol=1e-4, abs_tol=1e-5), (s, want[s], got[s])
+
+
+def test_memory_estimate_refuses_with_suggestions(tmp_path, monkeypatch):
+    import core.train as ct
+
+    monkeypatch.setattr(ct, "total_memory_bytes", lambda: 8 * 2**20)  # an 8 MB machine
+    with pytest.raises(TuneloomError) as info:
+        train(cfg(tmp_path, iters=5))
+    assert "needs about" in str(info.value)
+    for hint in ("smaller batch", "shorter", "gradient checkpointing", "quantized"):
+        assert hint in info.value.hint
+    # the estimate grows with batch and length, and checkpointing lowers it
+    kw = dict(model_config={"hidden_size": 896, "num_hidden_layers": 24, "intermediate_size": 4864,
+                            "vocab_size": 151936}, weight_bytes=2 * 10**9, lora_params=10**6)
+    small = ct.estimate_memory(batch=1, seq_len=256, grad_checkpoint=False, **kw)
+    big = ct.estimate_memory(batch=8, seq_len=1024, grad_checkpoint=False, **kw)
+    ckpt = ct.estimate_memory(batch=8, seq_len=1024, grad_checkpoint=True, **kw)
+    assert small < ckpt < big
+
+
+def test_ctrl_c_cancels_the_cli_cleanly(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "train", "--model", str(demo_model_dir()), "--data",
+                             str(demo_data_dir()), "--out", str(run), "--iters", "5000", "--rank", "4", "--batch",
+                             "4", "--max-seq-len", "128"], cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not [m for m in runs.read_metrics(run) if "train_loss" in m]:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert json.loads(out.strip().splitlines()[-1])["state"] == "cancelled"
+    assert runs.read_json(run / "status.json")["state"] == "cancelled"
+    assert (run / "adapters.safetensors").exists()
+    assert "Stopping after the current step" in err

@@ -223,6 +223,12 @@ class MainWindow(QMainWindow):
         gc.freeze()  # Qt, pyqtgraph and core are here for good: keep them out of every collection
 
     # -- settings ---------------------------------------------------------------
+    def _int_setting(self, key: str, default: int) -> int:
+        try:
+            return int(self.settings.value(key, default))
+        except (TypeError, ValueError):  # a settings file edited by hand, or from another version
+            return default
+
     def _restore_settings(self):
         s = self.settings
         geo = s.value("geometry")
@@ -235,15 +241,15 @@ class MainWindow(QMainWindow):
             self.splitter.restoreState(split)
         else:
             self.splitter.setSizes([210, 970])
-        self.steps.setCurrentRow(min(max(int(s.value("window/step", 0)), 0), len(STEPS) - 1))
-        self.data_page.max_len.setValue(int(s.value("data/max_seq_len", 512)))
+        self.steps.setCurrentRow(min(max(self._int_setting("window/step", 0), 0), len(STEPS) - 1))
+        self.data_page.max_len.setValue(self._int_setting("data/max_seq_len", 512))
         self.data_page.training_toggle.setChecked(read_bool(s, "data/show_training_text", False))
         tp = self.train_page
-        tp.iters.setValue(int(s.value("train/iters", tp.iters.value())))
+        tp.iters.setValue(self._int_setting("train/iters", tp.iters.value()))
         lr = str(s.value("train/lr", tp.lr.currentText()))
         if tp.lr.findText(lr) >= 0:
             tp.lr.setCurrentText(lr)
-        tp.rank.setValue(int(s.value("train/rank", tp.rank.value())))
+        tp.rank.setValue(self._int_setting("train/rank", tp.rank.value()))
         tp.skip_invalid.setChecked(read_bool(s, "train/skip_invalid", False))
         ep = self.export_page
         quant = str(s.value("export/quant", ep.quant.currentText()))
@@ -280,7 +286,7 @@ class MainWindow(QMainWindow):
 
         def done(result):
             if result:
-                self.data_page.max_len.setValue(int(self.settings.value("data/max_seq_len", 512)))
+                self.data_page.max_len.setValue(self._int_setting("data/max_seq_len", 512))
                 if self.valid_fraction() != before and self.data_paths:
                     self.load_data(self.data_paths, switch=False)
             dlg.deleteLater()

@@ -17,6 +17,13 @@ def _save_token(token: str, events=None, cancel=None):
     return save_token(token)
 
 
+def _number(settings: QSettings, key: str, default: float) -> float:
+    try:
+        return float(settings.value(key, default))
+    except (TypeError, ValueError):
+        return default
+
+
 def read_bool(settings: QSettings, key: str, default: bool) -> bool:
     v = settings.value(key, default)
     return v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes")
@@ -32,14 +39,14 @@ class SettingsDialog(QDialog):
         self.valid_pct = QSpinBox()
         self.valid_pct.setRange(1, 50)
         self.valid_pct.setSuffix(" %")
-        self.valid_pct.setValue(round(100 * float(settings.value("data/valid_fraction", 0.1))))
+        self.valid_pct.setValue(round(100 * _number(settings, "data/valid_fraction", 0.1)))
         self.valid_pct.setToolTip("The share of examples held out to check progress during training, when the "
                                   "data has no separate validation file.")
         self.max_len = QSpinBox()
         self.max_len.setRange(16, 32768)
         self.max_len.setSingleStep(64)
         self.max_len.setSuffix(" tokens")
-        self.max_len.setValue(int(settings.value("data/max_seq_len", 512)))
+        self.max_len.setValue(int(_number(settings, "data/max_seq_len", 512)))
         self.reopen = QCheckBox("Open the last dataset again when Tuneloom starts")
         self.reopen.setChecked(read_bool(settings, "data/reopen", True))
         form.addRow("Validation share", self.valid_pct)
