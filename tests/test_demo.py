@@ -56,10 +56,20 @@ def test_demo_writes_every_artifact(demo_run):
 
 
 def test_quantized_exports_of_the_trained_demo_model_track_mlx(demo_run, tmp_path):
-    """Next-token top-1 agreement, llama.cpp vs MLX, at every position of held-out chats."""
+    """Next-token top-1 agreement, llama.cpp vs MLX, on all 80 held-out chats (prompt + MLX's answer).
+
+    Two figures: at the answer positions (the predictions a chat actually uses: the last prompt
+    token and every answer token) and at all positions. Inside the user's prompt this tiny model
+    (hidden 128) often has near-ties between topic words (top-2 margins of 0.004-0.06 measured),
+    which any rounding flips; those predictions are never used at inference. Measured here:
+    F16 99.96% / 99.9%, Q8_0 99.55% / 96.9%, Q4_K_M 98.0% / 97.6%. (At hidden 128 no row is a whole
+    256-value super-block, so Q6_K falls back to Q8_0 for every tensor, as llama.cpp does.)
+    """
     import numpy as np
 
     pytest.importorskip("llama_cpp")
+    import mlx.core as mx
+
     from core.generate import ChatModel
     from core.gguf_export import export_gguf
     from core.llamacpp import LlamaCppModel
@@ -70,31 +80,28 @@ def test_quantized_exports_of_the_trained_demo_model_track_mlx(demo_run, tmp_pat
     mlx = ChatModel(fused)
     prompts = json.loads((demo_dir() / "heldout.json").read_text())
     seqs = []
-    for p in prompts["structured"][:6] + prompts["prose"][:6]:
+    for p in prompts["structured"] + prompts["prose"]:
         ids = mlx.encoder.prompt_ids(p["messages"])
-        seqs.append(ids + mlx.generate_ids(ids, max_tokens=40))
-    ref = []
-    import mlx.core as mx
-
-    for ids in seqs:
-        ref.append(np.array(mlx.model(mx.array(ids)[None])[0].astype(mx.float32)))
-    files = {"q8_0": out / "demo-q8_0.gguf"}
+        seqs.append((len(ids), ids + mlx.generate_ids(ids, max_tokens=40)))
+    ref = [np.array(mlx.model(mx.array(ids)[None])[0].astype(mx.float32)) for _, ids in seqs]
+    files = {"f16": out / "demo-f16.gguf", "q8_0": out / "demo-q8_0.gguf"}
     for q in ("q4_k_m", "q6_k"):
         files[q] = tmp_path / f"demo-{q}.gguf"
         export_gguf(fused, files[q], quant=q)
-    agree = {}
+    answer, every = {}, {}
     for q, path in files.items():
         llm = LlamaCppModel(path)
-        same = total = 0
-        for ids, r in zip(seqs, ref):
-            got = llm.logits(ids)
-            same += int((got.argmax(-1) == r.argmax(-1)).sum())
-            total += len(ids)
+        a_same = a_tot = same = tot = 0
+        for (n, ids), r in zip(seqs, ref):
+            hit = llm.logits(ids).argmax(-1) == r.argmax(-1)
+            same, tot = same + int(hit.sum()), tot + len(ids)
+            a_same, a_tot = a_same + int(hit[n - 1:].sum()), a_tot + len(ids) - n + 1
         llm.close()
-        agree[q] = same / total
-    print("top-1 agreement with MLX:", agree)
-    assert agree["q8_0"] >= 0.98
-    assert agree["q6_k"] >= 0.95 and agree["q4_k_m"] >= 0.85, agree
+        answer[q], every[q] = a_same / a_tot, same / tot
+    print("top-1 agreement with MLX at answer positions:", answer, "at all positions:", every)
+    assert answer["f16"] >= 0.995 and every["f16"] >= 0.99
+    assert answer["q8_0"] >= 0.98 and every["q8_0"] >= 0.95
+    assert answer["q6_k"] >= 0.98 and answer["q4_k_m"] >= 0.95, answer
 
 
 def test_export_cli_on_the_demo_run(demo_run, tmp_path):
