@@ -72,6 +72,10 @@ def test_whole_flow_train_try_export(window, qtbot):
     st = states(w)
     assert st["Train"][0] == "done" and st["Try"][0] == "ready" and st["Export"][0] == "ready"
     assert w.runs_list.count() >= 1
+    run = w.run_dir
+    w.run_dir = None
+    w.runs_list.itemClicked.emit(w.runs_list.item(0))  # a past run: Try and Export use it (and its model)
+    assert w.run_dir == run and w.model_dir == demo_model_dir() and states(w)["Try"][0] == "ready"
 
     w.try_page.prompt.setText("Describe the blue kettle in structured format.")
     qtbot.mouseClick(w.try_page.ask_btn, Qt.MouseButton.LeftButton)
@@ -107,14 +111,16 @@ def test_bad_file_shows_problems_not_a_crash(window, qtbot, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "hello", "completion": "world"}\n{"prompt": ""}\n')
     window.load_data([bad])
-    qtbot.waitUntil(lambda: window.dataset is not None, timeout=30000)
+    qtbot.waitUntil(lambda: window.dataset is not None and not window.jobs["data"].running, timeout=30000)
     assert window.data_page.problems.topLevelItemCount() == 1
+    assert states(window)["Data"] == ("done", "Done: 1 usable example, 1 with problems")
     item = window.data_page.problems.topLevelItem(0)
     assert (item.text(0), item.text(1)) == ("bad.jsonl", "2")
     junk = tmp_path / "junk.jsonl"
     junk.write_bytes(b"\x00\xff" * 100)
     window.load_data([junk])
-    qtbot.waitUntil(lambda: "Cannot use" in window.data_page.summary.text(), timeout=30000)
+    qtbot.waitUntil(lambda: "Cannot use" in window.data_page.summary.text() and not window.jobs["data"].running,
+                    timeout=30000)
     assert window.dataset is None and states(window)["Train"][0] == "blocked"
 
 

@@ -115,7 +115,7 @@ def test_download_shows_progress_speed_eta_then_cancel_resume_and_use(window, qt
     # a window opened later (the app restarted) finds the partial download and offers to resume it
     w2 = MainWindow(settings=QSettings(str(tmp_path / "other.ini"), QSettings.Format.IniFormat))
     qtbot.addWidget(w2)
-    qtbot.waitUntil(lambda: QWEN in w2.model_page.cards, timeout=30000)
+    qtbot.waitUntil(lambda: QWEN in w2.model_page.cards and w2.model_dir is not None, timeout=30000)
     again = w2.model_page.cards[QWEN]
     assert again.info.partial_bytes == card.info.partial_bytes and again.primary.text() == "Resume download"
     assert "Paused" in again.status.text()

@@ -7,11 +7,12 @@ from pathlib import Path
 from PySide6.QtCore import QEvent, Qt, QTimer
 from PySide6.QtGui import QFontDatabase
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QFileDialog, QHBoxLayout, QHeaderView, QLabel,
-                               QPlainTextEdit, QProgressBar, QPushButton, QSizePolicy, QSpinBox, QSplitter, QStackedWidget, QTreeWidget,
-                               QTreeWidgetItem, QVBoxLayout, QWidget)
+                               QPlainTextEdit, QProgressBar, QPushButton, QSizePolicy, QSpinBox, QSplitter,
+                               QStackedWidget, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget)
 
 from app.gui import theme
 from app.gui.chat_view import ChatView
+from app.gui.jobs import PREVIEW_EXAMPLES
 from app.gui.widgets import DropZone, TokenHistogram, panel_label
 
 FORMAT_LABELS = {
@@ -33,8 +34,7 @@ def format_label(fmt: str) -> str:
 
 
 def _section(text: str) -> QLabel:
-    lab = QLabel(f"<b>{text}</b>")
-    return lab
+    return QLabel(f"<b>{text}</b>")
 
 
 class DataPage(QWidget):
@@ -224,9 +224,6 @@ class DataPage(QWidget):
         self.results.hide()
         self.drop.set_compact(False)
 
-    def show_cancelled(self, text: str):
-        self.summary.setText(html.escape(text))
-
     def show_dataset(self, report):
         self.report = report
         self.tokens = None
@@ -263,8 +260,6 @@ class DataPage(QWidget):
     def _fill_preview(self, report):
         if self.report is not report:
             return
-        from app.gui.jobs import PREVIEW_EXAMPLES
-
         ds = report.dataset
         if ds.records:
             self.preview.set_records(ds.records[:PREVIEW_EXAMPLES], len(ds.records))

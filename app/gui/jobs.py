@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,6 +146,9 @@ def measure_tokens(records: list[ChatRecord], model_dir: Path, max_seq_len: int 
         for i, r in enumerate(records):
             if throttle.ready():
                 events.progress(i, total, f"measuring token lengths: {i:,} of {total:,} examples")
+            # hand the GIL over between examples: a GUI thread waiting for it gets it now rather
+            # than after the interpreter's switch interval (each repaint asks for it many times)
+            time.sleep(0)
             yield r
 
     stats = token_stats(encoder, counted(), max_seq_len, cancel=cancel)

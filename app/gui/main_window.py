@@ -389,8 +389,9 @@ class MainWindow(QMainWindow):
             out["Data"] = ("busy", "checking the files...", "Reading and checking the dataset")
         elif ds is not None and ds.records:
             probs = f", {ds.invalid:,} with problems" if ds.invalid else ""
-            out["Data"] = ("done", f"{len(ds.records):,} examples{probs}", f"Done: {len(ds.records):,} usable "
-                           f"examples{probs}")
+            n = len(ds.records)
+            noun = "example" if n == 1 else "examples"
+            out["Data"] = ("done", f"{n:,} {noun}{probs}", f"Done: {n:,} usable {noun}{probs}")
         elif ds is not None:
             out["Data"] = ("ready", "no usable examples", "Ready: none of the examples can be used; fix the "
                            "problems or drop other files")
@@ -399,7 +400,7 @@ class MainWindow(QMainWindow):
 
         trained = self.run_dir is not None and (self.run_dir / "adapters.safetensors").exists()
         if self._running("train"):
-            out["Train"] = ("busy", self.train_page.status.text()[:60] or "training...", "Training")
+            out["Train"] = ("busy", "training...", "Training")
         elif self.model_dir is None:
             out["Train"] = ("blocked", "needs a model", "Blocked: choose a model first")
         elif ds is None or not ds.records:
@@ -439,6 +440,12 @@ class MainWindow(QMainWindow):
     def _pick_run(self, item):
         self.run_dir = Path(item.data(Qt.ItemDataRole.UserRole))
         self.statusBar().showMessage(f"Selected run {self.run_dir.name}")
+        # an adapter only fits the model it was trained on: Try and Export use that one
+        cfg = runs.read_json(self.run_dir / "config.json", {}) or {}
+        base = Path(cfg["model"]) if cfg.get("model") else None
+        current = self.model_dir.resolve() if self.model_dir is not None else None
+        if base is not None and base.is_dir() and base.resolve() != current:
+            self.set_model(base)
         self.update_steps()
 
     # -- drops anywhere on the window, and files opened through the system --------------
@@ -674,6 +681,8 @@ class MainWindow(QMainWindow):
         if done is not None and total:
             tp.progress.setMaximum(int(total))
             tp.progress.setValue(int(done))
+            self.steps.set_state(TRAIN, "busy", f"step {int(done)} of {int(total)}", "Training: " + what)
+            self.steps.viewport().update()
         tp.status.setText(what)
 
     def _train_done(self, result):

@@ -233,16 +233,16 @@ class StepDelegate(QStyledItemDelegate):
         title_font.setBold(True)
         painter.setFont(title_font)
         painter.setPen(fg)
-        painter.drawText(QRect(text_left, r.top() + 6, r.right() - text_left - 4, 20),
-                         Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, index.data(Qt.ItemDataRole.DisplayRole))
+        left_middle = Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter
+        painter.drawText(QRect(text_left, r.top() + 6, r.right() - text_left - 4, 20), left_middle,
+                         index.data(Qt.ItemDataRole.DisplayRole))
         small = QFont(option.font)
         small.setPointSizeF(max(7.0, option.font.pointSizeF() * 0.85))
         painter.setFont(small)
         painter.setPen(sub)
         detail = painter.fontMetrics().elidedText(index.data(DETAIL_ROLE) or "", Qt.TextElideMode.ElideRight,
                                                   r.right() - text_left - 6)
-        painter.drawText(QRect(text_left, r.top() + 25, r.right() - text_left - 4, 18),
-                         Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, detail)
+        painter.drawText(QRect(text_left, r.top() + 25, r.right() - text_left - 4, 18), left_middle, detail)
         painter.restore()
 
 

@@ -37,10 +37,11 @@ _live: set = set()
 # Python's cyclic garbage collector stops every thread while it scans, and a full scan of this
 # process (Qt, pyqtgraph, transformers, MLX, a dataset) takes ~100 ms: a job that builds many
 # objects (reading a dataset) triggers several, and each freezes the window. So: such jobs run
-# with the collector paused (they make no reference cycles: tests/test_gui_data.py checks the
-# window keeps ticking), and whatever is alive when a job ends (modules imported by the job, the
-# dataset it built) is moved out of the collector's sight with gc.freeze(). Frozen objects are
-# still freed by reference counting when they are dropped.
+# with the collector paused (reading and tokenizing a dataset make no reference cycles; loading
+# a tokenizer the first time leaves a few hundred objects), and whatever is alive when a job ends
+# (modules imported by the job, the dataset it built) is moved out of the collector's sight with
+# gc.freeze(). Frozen objects are still freed by reference counting when they are dropped.
+# tests/test_gui_data.py asserts the window keeps ticking while a large dataset is read.
 _quiet_jobs = 0
 
 
@@ -55,7 +56,7 @@ def _resume_gc() -> None:
     global _quiet_jobs
     _quiet_jobs -= 1
     if _quiet_jobs == 0:
-        gc.freeze()
+        gc.freeze()  # the dataset such a job built: long-lived, and (by design) free of cycles
         gc.enable()
 
 
@@ -101,7 +102,11 @@ class Job(QObject):
             if quiet:
                 _resume_gc()
             elif _quiet_jobs == 0:
-                gc.freeze()  # what the job imported or built and is still alive: long-lived
+                # what the job imported or built and is still alive is long-lived (modules it imported);
+                # garbage cycles it left are collected first, so none is frozen for good. Cheap: only
+                # objects made since the last freeze are scanned.
+                gc.collect()
+                gc.freeze()
 
         worker.finished.connect(done)
         pool = QThreadPool.globalInstance()
@@ -128,4 +133,7 @@ class Job(QObject):
 
     def _on_finished(self):
         self.running = False
+        # the Job stays (a child of its window) but not what it worked on: a replaced dataset is freed
+        self._fn, self._args, self._kwargs = None, (), {}
+        self._worker = None
         self.ended.emit()
