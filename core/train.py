@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -388,8 +389,6 @@ def _save_checkpoint(run_dir: Path, step: int, model, opt, adapter_config: dict)
     ck = run_dir / "checkpoints" / f"step-{step:06d}"
     tmp = run_dir / "checkpoints" / f".step-{step:06d}.part"
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     mx.save_safetensors(str(tmp / "adapters.safetensors"), adapter_weights(model))
@@ -398,15 +397,11 @@ def _save_checkpoint(run_dir: Path, step: int, model, opt, adapter_config: dict)
     (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
     (tmp / "state.json").write_text(json.dumps({"step": step}))
     if ck.exists():
-        import shutil
-
         shutil.rmtree(ck)
     os.replace(tmp, ck)
     # keep the two newest checkpoints
     olds = sorted(d for d in ck.parent.iterdir() if d.is_dir() and d.name.startswith("step-"))[:-2]
     for d in olds:
-        import shutil
-
         shutil.rmtree(d, ignore_errors=True)
 
 

@@ -7,7 +7,6 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 import shutil  # noqa: E402
 
 import pytest  # noqa: E402
-from huggingface_hub import constants  # noqa: E402
 from PySide6.QtCore import QSettings, Qt  # noqa: E402
 
 from app.gui.main import TuneloomApp  # noqa: E402
@@ -15,7 +14,7 @@ from app.gui.main_window import MainWindow  # noqa: E402
 from app.gui.testing import TickMonitor, simulate_drop  # noqa: E402
 from core.catalog import get_entry, load_catalog  # noqa: E402
 from core.paths import demo_model_dir  # noqa: E402
-from tests.fixtures.hub_server import HubServer  # noqa: E402
+from tests.fixtures.hub_server import HubServer, use_hub_server  # noqa: E402
 
 QWEN = "qwen2.5-0.5b-instruct"
 
@@ -36,17 +35,7 @@ def server():
 
 @pytest.fixture
 def hub_env(server, tmp_path, monkeypatch):
-    server.reset()
-    home = tmp_path / "hf-home"
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # conftest sets 1 for the suite; huggingface_hub read it at import
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
-    return server
+    return use_hub_server(server, tmp_path / "hf-home", monkeypatch)
 
 
 @pytest.fixture

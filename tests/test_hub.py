@@ -19,7 +19,7 @@ from huggingface_hub import constants
 
 from core import hub
 from core.events import CancelToken, Cancelled, Events, RecordingEvents
-from tests.fixtures.hub_server import HubServer
+from tests.fixtures.hub_server import HubServer, use_hub_server
 from tests.fixtures.tiny_models import cached_tiny_model
 
 REPO = "tiny/qwen"
@@ -47,20 +47,7 @@ def server(tiny_dir):
 @pytest.fixture
 def hub_env(server, tmp_path, monkeypatch) -> HubServer:
     """A fresh HF_HOME, HF_ENDPOINT on the local server, online, no token."""
-    server.reset()
-    home = tmp_path / "hf-home"
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    # conftest sets HF_HUB_OFFLINE=1 for the whole suite and huggingface_hub read it at import
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-    monkeypatch.delenv("HF_TOKEN_PATH", raising=False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))  # never a developer's real token
-    return server
+    return use_hub_server(server, tmp_path / "hf-home", monkeypatch)
 
 
 def _repo_dir(repo=REPO) -> Path:
