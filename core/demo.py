@@ -32,6 +32,7 @@ class Stage:
     ok: bool | None = None  # None: skipped
     seconds: float = 0.0
     detail: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
 
 
 def _eval_answers(model, prompts: list[dict], events: Events, what: str, cancel: CancelToken | None) -> list[str]:
@@ -74,11 +75,10 @@ def run_demo(out_dir: str | Path, *, events: Events | None = None, cancel: Cance
         s = Stage(name)
         stages.append(s)
         events.log("stage", name)
-        s._t0 = time.perf_counter()  # type: ignore[attr-defined]
         return s
 
     def finish(s: Stage, ok: bool | None, **detail):
-        s.ok, s.seconds = ok, round(time.perf_counter() - s._t0, 2)  # type: ignore[attr-defined]
+        s.ok, s.seconds = ok, round(time.perf_counter() - s.started, 2)
         s.detail.update(detail)
         events.log("stage-done", json.dumps({"stage": s.name, "ok": ok, "seconds": s.seconds, **detail}))
 

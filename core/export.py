@@ -36,6 +36,8 @@ def export(source, *, adapter=None, gguf, quant: str = "f16", ollama: str | None
     from core.gguf_export import export_gguf
 
     events = events or NULL_EVENTS
+    if ollama:
+        ol.validate_model_name(ollama)  # before minutes of fusing and writing, not after
     base, adapter_dir = resolve_source(source, adapter)
     gguf = Path(gguf)
     result: dict = {"base": str(base), "adapter": str(adapter_dir) if adapter_dir else None}
@@ -56,7 +58,6 @@ def export(source, *, adapter=None, gguf, quant: str = "f16", ollama: str | None
         ol.write_modelfile(mf, gguf, tok_cfg, system=system, num_ctx=num_ctx)
         result["modelfile"] = str(mf)
         if ollama:
-            ol.validate_model_name(ollama)
             template, stops = ol.go_template_for(tok_cfg)
             result["ollama"] = ol.register_model(
                 gguf, ollama, template=template, stops=stops, system=system, force=force,

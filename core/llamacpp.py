@@ -1,6 +1,7 @@
 """An independent reader for our GGUF files: llama.cpp through llama-cpp-python (optional)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from core.events import TuneloomError
@@ -23,7 +24,7 @@ class LlamaCppModel:
             raise TuneloomError("llama-cpp-python is not installed.",
                                 "pip install llama-cpp-python (CMAKE_ARGS=-DGGML_NATIVE=OFF on Linux)") from exc
         self.llm = Llama(model_path=str(gguf_path), n_ctx=n_ctx, logits_all=logits_all, verbose=False,
-                         n_threads=max(1, min(4, __import__("os").cpu_count() or 1)), seed=0)
+                         n_threads=max(1, min(4, os.cpu_count() or 1)), seed=0)
 
     def tokenize(self, text: str, add_bos: bool = False) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
