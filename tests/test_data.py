@@ -266,7 +266,7 @@ def test_each_class_of_problem_is_located(tmp_path):
         '{"messages": [',                                                            # 2 malformed JSON
         {"messages": [u, {"role": "assistant", "content": "  "}]},                   # 3 empty field
         {"messages": [u, {"role": "assistant"}]},                                    # 4 missing field
-        {"messages": [u, {"role": "bot", "content": "x"}]},                          # 5 unknown role
+        {"messages": [u, {"role": "robot", "content": "x"}]},                        # 5 unknown role
         {"messages": [u, a, {"role": "system", "content": "late"}]},                # 6 system not first
         {"messages": [a, u, a]},                                                     # 7 starts with assistant
         {"messages": [u, u, a]},                                                     # 8 two users in a row
@@ -290,7 +290,7 @@ def test_each_class_of_problem_is_located(tmp_path):
         2: (None, "not valid JSON"),
         3: ("messages[1].content", "the assistant message is empty"),
         4: ("messages[1].content", "is missing"),
-        5: ("messages[1].role", "unknown role 'bot'"),
+        5: ("messages[1].role", "unknown role 'robot'"),
         6: ("messages[2].role", "a system message may only come first"),
         7: ("messages[0].role", "starts with an assistant message"),
         8: ("messages[1].role", "two user messages in a row"),

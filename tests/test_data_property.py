@@ -18,7 +18,8 @@ from core.events import TuneloomError
 SUFFIXES = [".jsonl", ".json", ".csv", ".tsv", ".txt", ".md", ".ndjson"]
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KEYS = ["messages", "conversations", "instruction", "input", "output", "prompt", "completion", "question",
-        "answer", "text", "system", "Role", "role", "content", "from", "value", "PROMPT", "tool_calls", "x"]
+        "answer", "text", "system", "Role", "role", "content", "from", "value", "PROMPT", "tool_calls", "x",
+        "weight", "reasoning_content", "name", "types", "type"]
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20)
 json_values = st.recursive(
@@ -26,21 +27,35 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=6), inner,
                                                                 max_size=4),
     max_leaves=20)
-role = st.sampled_from(list(ROLES) + ["human", "gpt", "bot", "User", ""]) | json_scalars
-message = st.dictionaries(st.sampled_from(["role", "content", "from", "value", "Role", "tool_calls"]),
-                          role | st.text(max_size=10) | json_values, max_size=3)
+role = st.sampled_from(list(ROLES) + ["human", "gpt", "bot", "model", "User", ""]) | json_scalars
+message = st.dictionaries(st.sampled_from(["role", "content", "from", "value", "Role", "tool_calls", "weight",
+                                           "reasoning_content"]),
+                          role | st.text(max_size=10) | json_values, max_size=4)
 # mostly well-formed messages, so that valid records (and near misses) come up often
 plausible = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "user", "assistant", "tool"]),
                                    "content": st.text(max_size=8) | st.none() | st.integers()})
+think = st.sampled_from(["<think>", "<think>r</think>", "<think>\nr\n</think>\n\na", "</think>", "a"])
+plausible_v2 = st.fixed_dictionaries(
+    {"role": st.sampled_from(["system", "user", "assistant", "user", "assistant", "tool"]),
+     "content": st.text(max_size=8) | think | st.none() | json_values},
+    optional={"weight": st.sampled_from([0, 1, 2, 0.5, "1", None, True]),
+              "reasoning_content": st.text(max_size=5) | json_scalars})
 chat_record = st.fixed_dictionaries({"messages": st.lists(message, max_size=5)}) | \
     st.fixed_dictionaries({"conversations": st.lists(message, max_size=5)}) | \
-    st.fixed_dictionaries({"messages": st.lists(plausible, min_size=1, max_size=5)})
+    st.fixed_dictionaries({"messages": st.lists(plausible, min_size=1, max_size=5)}) | \
+    st.fixed_dictionaries({"messages": st.lists(plausible_v2, min_size=1, max_size=5)},
+                          optional={"system": json_values}) | \
+    st.fixed_dictionaries({"conversations": st.lists(plausible_v2, min_size=1, max_size=4), "system": json_values}) | \
+    st.fixed_dictionaries({"prompt": st.lists(plausible_v2, max_size=3) | json_values,
+                           "completion": st.lists(plausible_v2, max_size=2) | json_values}) | \
+    st.fixed_dictionaries({"input": json_values, "output": json_values}, optional={"instruction": json_values})
 
 
-def check(path: Path) -> Dataset | None:
-    """load_dataset(path) raises only TuneloomError; what it returns is consistent."""
+def check(path: Path, **options) -> Dataset | None:
+    """load_dataset(path) raises only TuneloomError; what it returns is consistent: records the
+    trainer can use, and problems that each name the file and the line."""
     try:
-        ds = load_dataset([path])
+        ds = load_dataset([path], **options)
     except TuneloomError as exc:
         assert str(exc)
         return None
@@ -48,6 +63,9 @@ def check(path: Path) -> Dataset | None:
     assert ds.issues or ds.invalid == 0
     for issue in ds.issues:
         assert issue.file == path.name and issue.message
+        assert isinstance(issue.line, int) and issue.line >= 1 or issue.message.startswith("... and ")
+    for n in ds.notes:
+        assert n.message and n.count >= 1
     for r in ds.records:
         roles = [m["role"] for m in r.messages]
         assert all(x in ROLES for x in roles) and "assistant" in roles
@@ -55,6 +73,9 @@ def check(path: Path) -> Dataset | None:
             if m["role"] in ("system", "user") or (m["role"] == "assistant" and not m.get("tool_calls")):
                 assert isinstance(m["content"], str)
                 m["content"].encode("utf-8")  # no lone surrogates reach the tokenizer
+            assert m.get("weight", 1) in (0, 1) and (m["role"] == "assistant" or "weight" not in m)
+            assert isinstance(m.get("reasoning_content", ""), str)
+        assert any(m["role"] == "assistant" and m.get("weight", 1) == 1 for m in r.messages)
         if len(r.messages) > 1:
             assert [x for x in roles if x != "system"][0] == "user"
         assert r.key()
@@ -112,3 +133,33 @@ def test_random_tables_never_crash(header, rows, delimiter):
     w.writerow(header)
     w.writerows(rows)
     check(write(".tsv" if delimiter == "\t" else ".csv", buf.getvalue().encode("utf-8", "surrogatepass")))
+
+
+@SETTINGS
+@given(rows=st.lists(st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=6), json_values, max_size=4)
+                     | json_values, min_size=1, max_size=6),
+       user=st.sampled_from(["{name}", "Pokemon name: {name}", "{NAME} {x}", "{{lit}} {name}", "{", "{name!r}",
+                             "{text}"]) | st.text(max_size=12),
+       assistant=st.sampled_from(["{types}", "{x}", "{output}", "}"]) | st.text(max_size=8),
+       system=st.none() | st.text(max_size=6), suffix=st.sampled_from([".jsonl", ".json"]))
+def test_random_rows_through_templates(rows, user, assistant, system, suffix):
+    text = "".join(json.dumps(r) + "\n" for r in rows) if suffix == ".jsonl" else json.dumps(rows, indent=1)
+    ds = check(write(suffix, text.encode("utf-8", "surrogatepass")), user_template=user, assistant_template=assistant,
+               system=system)
+    if ds is not None:
+        assert ds.format == "template"
+        for r in ds.records:
+            assert [m["role"] for m in r.messages][-2:] == ["user", "assistant"]
+
+
+@SETTINGS
+@given(header=st.lists(st.sampled_from(["name", "types", "id", "Name"]) | st.text(max_size=6), min_size=1,
+                       max_size=4),
+       rows=st.lists(st.lists(st.text(max_size=12), max_size=5), max_size=6))
+def test_random_tables_through_templates(header, rows):
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    check(write(".csv", buf.getvalue().encode("utf-8", "surrogatepass")), user_template="Pokemon name: {name}",
+          assistant_template="{types}", system="You are a Pokedex.")
