@@ -277,16 +277,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`tuneloom [SUBCOMMAND ...]`; also the app bundle's launcher (Tuneloom.app/Contents/MacOS/Tuneloom).
+
+    No subcommand (or only files, as "Open with" passes them) opens the window. The window's
+    start, and everything in a bundle, runs under a guard: an import failure, a missing display
+    or Qt plugin, or any uncaught error leaves a readable crash report in the log folder
+    (app.logs) instead of an app that vanishes. ``--quit-after-paint`` (or
+    TUNELOOM_QUIT_AFTER_PAINT=1) closes the window after its first paint: the bundle smoke test."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    args = [x for x in args if not x.startswith("-psn_")]  # the process serial number older Finders add
+    quit_after_paint = "--quit-after-paint" in args
+    args = [x for x in args if x != "--quit-after-paint"]
     parser = build_parser()
-    a = parser.parse_args(argv)
-    if a.cmd is None:
+    subcommands = next(x.choices for x in parser._actions if isinstance(x, argparse._SubParsersAction))
+    files = [x for x in args if not x.startswith("-")]
+    opens_files = bool(files) and files[0] not in subcommands and all(Path(x).exists() for x in files)
+    gui = not args or opens_files
+    frozen = bool(getattr(sys, "frozen", False))
+    if not (gui or frozen):
+        a = parser.parse_args(args)
+        return a.func(a)
+    from app import logs
+
+    try:
+        logs.setup_logging()
+        if not gui:
+            a = parser.parse_args(args)
+            return a.func(a)
         if _has_display():
             from app.gui.main import run_gui
 
-            return run_gui()
+            return run_gui([sys.argv[0] if sys.argv else "tuneloom", *files], quit_after_paint=quit_after_paint or None)
         print("No display found: running the headless demo instead of the window.", file=sys.stderr)
         return cmd_demo(argparse.Namespace(out=None))
-    return a.func(a)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the last line of defence: say what happened, in a file
+        report = logs.write_crash_report(sys.exc_info())
+        import traceback
+
+        traceback.print_exc()
+        print(f"\nTuneloom stopped: {exc}\nA crash report was written to {report}", file=sys.stderr)
+        logs.notify_crash(report)
+        return 1
 
 
 if __name__ == "__main__":

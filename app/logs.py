@@ -29,6 +29,7 @@ from pathlib import Path
 LOG_NAME = "tuneloom.log"
 FAULT_NAME = "faults.log"
 _handler: logging.Handler | None = None
+_console: logging.Handler | None = None
 _fault_file = None
 _qt_messages: deque[str] = deque(maxlen=40)  # recent Qt warnings, quoted in a crash report
 
@@ -84,10 +85,11 @@ def version() -> str:
 
 def setup_logging(level: int = logging.INFO) -> Path:
     """Send Python logging (and uncaught exceptions, and hard crashes through faulthandler)
-    to the log folder. Safe to call again: a second call with the same folder changes nothing,
-    a call after the folder changed (another TUNELOOM_HOME) moves the handler there.
+    to the log folder; warnings and errors still reach stderr when there is one, as they did
+    before a handler existed. Safe to call again: a second call with the same folder changes
+    nothing, a call after the folder changed (another TUNELOOM_HOME) moves the handler there.
     Returns the log file's path."""
-    global _handler, _fault_file
+    global _handler, _console, _fault_file
     d = _writable_log_dir()
     path = d / LOG_NAME
     root = logging.getLogger()
@@ -96,6 +98,10 @@ def setup_logging(level: int = logging.INFO) -> Path:
     if _handler is not None:
         root.removeHandler(_handler)
         _handler.close()
+    if _console is None and sys.stderr is not None:
+        _console = logging.StreamHandler()  # what logging's last-resort handler did
+        _console.setLevel(logging.WARNING)
+        root.addHandler(_console)
     h = logging.handlers.RotatingFileHandler(path, maxBytes=2_000_000, backupCount=3, encoding="utf-8",
                                              delay=True)
     h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -151,7 +157,10 @@ def install_qt_handler() -> None:
         if mode == QtMsgType.QtFatalMsg:
             qt_log.critical(message)
             try:
-                p = write_crash_report(None, what=f"Qt stopped the app: {message}")
+                p = write_crash_report(None, what=(
+                    f"Qt stopped the app: {message}\n\nTuneloom could not open its window: no display or window "
+                    "server answered, or a Qt plugin could not be loaded. Start it from a desktop session; "
+                    "without a screen, `Tuneloom demo` runs the headless demo."))
                 print(f"Tuneloom could not start; crash report: {p}", file=sys.stderr)
             except Exception:
                 pass
@@ -236,6 +245,29 @@ def write_crash_report(exc_info=None, what: str | None = None) -> Path:
     os.replace(tmp, path)
     logging.getLogger("tuneloom").error("crash report written to %s", path)
     return path
+
+
+def notify_crash(report: Path) -> None:
+    """Tell a user who double-clicked the app (no terminal to read) that it could not start.
+
+    Only in a macOS bundle: a system alert through ``osascript`` (no Qt: Qt may be what failed),
+    with a button that reveals the report in Finder. Gives up after two minutes so an unattended
+    run (CI) never hangs. Elsewhere the message on stderr and the report are enough."""
+    if sys.platform != "darwin" or not getattr(sys, "frozen", False) or os.environ.get("TUNELOOM_NO_ALERT"):
+        return
+    msg = f"A crash report was saved in {report.parent}. Please attach {report.name} when you report this."
+    script = ('display alert "Tuneloom could not start" message ' + _applescript_str(msg)
+              + ' as critical buttons {"Show Report", "OK"} default button "OK" giving up after 120')
+    try:
+        out = subprocess.run(["osascript", "-e", script], capture_output=True, text=True, timeout=130).stdout
+        if "Show Report" in out:
+            subprocess.run(["open", "-R", str(report)], timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        pass
+
+
+def _applescript_str(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def latest_crash_report() -> Path | None:

@@ -1,11 +1,18 @@
-"""Start the Qt application."""
+"""Start the Qt application (the window side of the launcher; app.cli.main decides)."""
 from __future__ import annotations
 
+import logging
+import os
 import sys
+import time
 from pathlib import Path
 
-from PySide6.QtCore import QEvent, QTimer, Signal
+from PySide6.QtCore import QEvent, QObject, QTimer, Signal
+from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
+
+log = logging.getLogger("tuneloom.gui")
+NO_PAINT_TIMEOUT_S = 120  # --quit-after-paint gives up (exit 3) when nothing was painted by then
 
 
 class TuneloomApp(QApplication):
@@ -23,6 +30,11 @@ class TuneloomApp(QApplication):
         self.setApplicationName("Tuneloom")
         self.setOrganizationName("Tuneloom")
         self.setApplicationDisplayName("Tuneloom")
+        from core.paths import resources_dir
+
+        icon = resources_dir() / "icons" / "Tuneloom.png"
+        if icon.exists():  # the Dock/taskbar icon when not started from the bundle's .icns
+            self.setWindowIcon(QIcon(str(icon)))
         self.pending_files: list[Path] = []
         self._handlers: list = []
         self._flush = QTimer(self)
@@ -66,7 +78,54 @@ def connect_window(app: QApplication, win) -> None:
         win.destroyed.connect(lambda *_: app.detach(handler))
 
 
-def run_gui(argv: list[str] | None = None) -> int:
+class QuitAfterFirstPaint(QObject):
+    """Test hook for bundles (``--quit-after-paint``): when the first widget has painted, log
+    how long that took, close the window as a user would, and quit. Watches the application's
+    events only until that first paint."""
+
+    def __init__(self, app: QApplication, win, started: float):
+        super().__init__(app)
+        self.app, self.win, self.started, self.painted = app, win, started, False
+        app.installEventFilter(self)
+        self._give_up = QTimer(self)
+        self._give_up.setSingleShot(True)
+        self._give_up.timeout.connect(self._no_paint)
+        self._give_up.start(NO_PAINT_TIMEOUT_S * 1000)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt's name)
+        if not self.painted and event.type() == QEvent.Type.Paint:
+            self.painted = True
+            self.app.removeEventFilter(self)
+            self._give_up.stop()
+            ms = (time.perf_counter() - self.started) * 1000
+            log.info("quit-after-paint: first paint after %.0f ms (%s)", ms, type(obj).__name__)
+            print(f"quit-after-paint: first paint after {ms:.0f} ms", file=sys.stderr, flush=True)
+            QTimer.singleShot(300, self._close)  # let this paint and the next events finish
+        return False
+
+    def _close(self):
+        self.win.close()
+        self.app.quit()
+
+    def _no_paint(self):
+        log.error("quit-after-paint: nothing was painted within %d s", NO_PAINT_TIMEOUT_S)
+        print(f"quit-after-paint: nothing was painted within {NO_PAINT_TIMEOUT_S} s", file=sys.stderr, flush=True)
+        self.app.exit(3)
+
+
+def run_gui(argv: list[str] | None = None, quit_after_paint: bool | None = None) -> int:
+    """Open the window; returns the exit code. ``quit_after_paint`` (default: the
+    TUNELOOM_QUIT_AFTER_PAINT environment variable) closes it after its first paint."""
+    started = time.perf_counter()
+    if quit_after_paint is None:
+        quit_after_paint = os.environ.get("TUNELOOM_QUIT_AFTER_PAINT", "") not in ("", "0")
+    try:  # Qt's own warnings into the log; a fatal one (no display, no platform plugin) leaves a report
+        from app.logs import install_qt_handler
+
+        install_qt_handler()
+    except Exception:  # noqa: BLE001 - logging must never stop the window
+        log.exception("could not route Qt messages to the log")
+
     import core  # noqa: F401  (OpenBLAS before MLX, before any worker imports it)
 
     from app.gui.main_window import MainWindow
@@ -74,6 +133,7 @@ def run_gui(argv: list[str] | None = None) -> int:
     app = QApplication.instance() or TuneloomApp(argv or sys.argv)
     win = MainWindow()
     connect_window(app, win)
+    watcher = QuitAfterFirstPaint(app, win, started) if quit_after_paint else None
     win.show()
     # files named on the command line (`tuneloom data.jsonl`, or "Open with" on Linux/Windows)
     files = [Path(a) for a in (argv or sys.argv)[1:] if not a.startswith("-") and Path(a).exists()]
@@ -84,4 +144,6 @@ def run_gui(argv: list[str] | None = None) -> int:
     from PySide6.QtCore import QThreadPool
 
     QThreadPool.globalInstance().waitForDone(5000)
+    if watcher is not None:
+        log.info("quit-after-paint: window closed, exit code %d", code)
     return code
