@@ -155,7 +155,16 @@ class _LlamaCppSentencePiece:
 
 
 class ChatEncoder:
-    def __init__(self, model_dir: str | Path):
+    """Training sequences of chat records for one model's template and tokenizer.
+
+    ``thinking``: render with the template's thinking mode on (Qwen3's ``enable_thinking``),
+    for data whose answers carry reasoning; otherwise thinking is off, as inference runs it.
+    Reasoning (``reasoning_content``) goes where the template puts it; a template with no
+    place for it gets it back inline as ``<think>...</think>`` before the answer, as the user
+    wrote it. ``"weight": 0`` on an assistant message (OpenAI's format) keeps that turn out
+    of the loss."""
+
+    def __init__(self, model_dir: str | Path, thinking: bool = False):
         from transformers import AutoTokenizer
 
         self.model_dir = Path(model_dir)
@@ -169,9 +178,15 @@ class ChatEncoder:
         if not self.tok.chat_template:
             raise TuneloomError(f"{self.model_dir.name} has no chat template.",
                                 "Choose an instruct/chat model, or one whose tokenizer_config.json has chat_template.")
+        template = self.tok.chat_template if isinstance(self.tok.chat_template, str) else str(self.tok.chat_template)
+        self.supports_thinking = "enable_thinking" in template
+        self.supports_reasoning = "reasoning_content" in template
+        self.supports_tool_calls = "tool_calls" in template
+        self.thinking = bool(thinking) and self.supports_thinking
         self.template_kwargs = {}
-        if "enable_thinking" in (self.tok.chat_template or ""):
-            self.template_kwargs["enable_thinking"] = False
+        if self.supports_thinking:
+            self.template_kwargs["enable_thinking"] = self.thinking
+        self._role_ok: dict[str, bool] = {}
         # The same rule as core.gguf_export: SentencePiece vocab when there is a tokenizer.model.
         spm_file = self.model_dir / "tokenizer.model"
         self.spm = _LlamaCppSentencePiece(spm_file, self.config) if spm_file.is_file() else None
@@ -239,7 +254,49 @@ class ChatEncoder:
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         """Token ids of the prompt for generating the next assistant turn (what inference feeds)."""
-        return self._with_bos(self.tokenize(self.render(messages, add_generation_prompt=True))[0])
+        return self._with_bos(self.tokenize(self.render(self.prepare(messages), add_generation_prompt=True))[0])
+
+    # -- what the template can show -------------------------------------------------
+    def prepare(self, messages: list[dict]) -> list[dict]:
+        """The messages as the template is given them: no ``weight`` (the loss mask's business),
+        reasoning where this template and mode can show it. Raises TuneloomError, naming the
+        role, for a message the template would leave out."""
+        out = []
+        for m in messages:
+            role = m.get("role")
+            if role not in ("user", "assistant") and not self._renders_role(role):
+                raise TuneloomError(f"The chat template of {self.model_dir.name} has no place for {role!r} messages: "
+                                    "they would be left out of the training text.",
+                                    f"Remove the {role} messages, or choose a model whose chat template supports "
+                                    f"them (e.g. Qwen).")
+            if role == "assistant" and m.get("tool_calls") and not self.supports_tool_calls:
+                raise TuneloomError(f"The chat template of {self.model_dir.name} cannot show tool calls: the "
+                                    "assistant's tool_calls would be left out of the training text.",
+                                    "Remove the tool calls, or choose a model whose chat template supports them "
+                                    "(e.g. Qwen).")
+            m = {k: v for k, v in m.items() if k != "weight"}
+            reasoning = m.get("reasoning_content") if role == "assistant" else None
+            if reasoning and not (self.supports_reasoning and self.thinking):
+                m.pop("reasoning_content")
+                if not self.supports_thinking:  # nowhere to put it: keep it as the user wrote it
+                    m["content"] = f"<think>\n{reasoning}\n</think>\n\n{m.get('content') or ''}"
+            out.append(m)
+        return out
+
+    def _renders_role(self, role) -> bool:
+        if role not in self._role_ok:
+            if role == "system":
+                probe = [{"role": "system", "content": _SENTINEL}, {"role": "user", "content": "u"},
+                         {"role": "assistant", "content": "a"}]
+            else:
+                probe = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"},
+                         {"role": role, "content": _SENTINEL}, {"role": "assistant", "content": "b"}]
+            try:
+                ok = _SENTINEL in self.render(probe, add_generation_prompt=False)
+            except TuneloomError:
+                ok = False
+            self._role_ok[role] = ok
+        return self._role_ok[role]
 
     # -- where the template puts things -------------------------------------------
     def _first_eot(self, text: str, start: int = 0) -> int:
@@ -306,9 +363,13 @@ class ChatEncoder:
             if self.eos_id is not None:
                 ids.append(self.eos_id)
             return Encoded(ids, [False] + [True] * (len(ids) - 1))
-        turns = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
+        # turns with "weight": 0 are shown, never trained; the sequence ends with the last trained one
+        turns = [i for i, m in enumerate(messages) if m.get("role") == "assistant" and m.get("weight", 1) != 0]
         if not turns:
-            raise TuneloomError("This conversation has no assistant turn to learn from.")
+            raise TuneloomError("This conversation has no assistant turn to learn from"
+                                + (" (every assistant turn has weight 0)." if any(
+                                    m.get("role") == "assistant" for m in messages) else "."))
+        messages = self.prepare(messages)
         last = turns[-1]
         history = messages[:last]
         prompt = self.render(history, add_generation_prompt=True)
@@ -354,19 +415,53 @@ class ChatEncoder:
         return self.tok.decode(ids, skip_special_tokens=True)
 
 
+def training_runs(encoder: ChatEncoder, messages: list[dict], mask_prompt: bool = True
+                  ) -> list[tuple[str, bool]]:
+    """The text the model is trained on for ``messages`` (chat template applied, as tokenized),
+    split into runs the loss is (True) or is not (False) computed on: role headers, prompts
+    and assistant turns with ``"weight": 0`` are untrained runs.
+
+    Each run is cut out of the decoded prefix, so a character made of several tokens, or
+    a tokenizer that drops a leading space when decoding a lone piece, never garbles it."""
+    enc = encoder.encode(messages, mask_prompt=mask_prompt)
+    bounds: list[tuple[int, bool]] = []  # (end index, trained) of each run
+    for i, m in enumerate(enc.mask):
+        if bounds and bounds[-1][1] == m:
+            bounds[-1] = (i + 1, m)
+        else:
+            bounds.append((i + 1, m))
+    out, prev = [], ""
+    for end, trained in bounds:
+        text = encoder.tok.decode(enc.ids[:end], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        piece = text[len(prev):] if text.startswith(prev) else text
+        prev = text
+        if piece:
+            out.append((piece, trained))
+    return out
+
+
 def token_stats(encoder: ChatEncoder, records, max_seq_len: int, mask_prompt: bool = True,
                 cancel=None) -> dict:
-    """Length statistics of the encoded records: min/median/p95/max, truncation, trained share."""
-    lengths, trained = [], 0
+    """Length statistics of the encoded records: min/median/p95/max, truncation, trained share.
+
+    A record the model's template cannot show (a role it has no place for) is not counted:
+    it is listed in ``problems`` (DatasetIssues with its file and line)."""
+    from core.data import DatasetIssue
+
+    lengths, trained, problems = [], 0, []
     for r in records:
         if cancel is not None:
             cancel.raise_if_cancelled()
-        e = encoder.encode(r.messages, mask_prompt=mask_prompt)
+        try:
+            e = encoder.encode(r.messages, mask_prompt=mask_prompt)
+        except TuneloomError as exc:
+            problems.append(DatasetIssue(getattr(r, "file", ""), getattr(r, "line", None), None, str(exc), exc.hint))
+            continue
         lengths.append(len(e.ids))
         trained += e.trained
     if not lengths:
         return {"min": 0, "median": 0, "p95": 0, "max": 0, "truncated": 0, "total": 0, "trained_share": 0.0,
-                "lengths": []}
+                "trained": 0, "lengths": [], "problems": problems}
     s = sorted(lengths)
 
     def pct(p):  # nearest rank
@@ -375,4 +470,5 @@ def token_stats(encoder: ChatEncoder, records, max_seq_len: int, mask_prompt: bo
     total = sum(lengths)
     return {"min": s[0], "median": pct(0.5), "p95": pct(0.95), "max": s[-1],
             "truncated": sum(1 for n in lengths if n > max_seq_len), "total": total,
-            "trained_share": trained / total if total else 0.0, "lengths": lengths}
+            "trained_share": trained / total if total else 0.0, "trained": trained, "lengths": lengths,
+            "problems": problems}
