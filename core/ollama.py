@@ -102,13 +102,11 @@ class OllamaNameTaken(OllamaError):
 
 
 def load_tokenizer_config(model_dir: str | os.PathLike) -> dict:
-    """``tokenizer_config.json`` of a model folder, with ``chat_template.jinja`` folded in when present."""
-    model_dir = Path(model_dir)
-    cfg = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
-    jinja_file = model_dir / "chat_template.jinja"
-    if not cfg.get("chat_template") and jinja_file.exists():
-        cfg["chat_template"] = jinja_file.read_text(encoding="utf-8")
-    return cfg
+    """``tokenizer_config.json`` of a model folder with its chat template folded in, wherever the folder
+    keeps it (the one reader, :func:`core.model_folder.read_tokenizer_info`)."""
+    from core.model_folder import load_tokenizer_config as load
+
+    return load(model_dir)
 
 
 def chat_template_of(tokenizer_config: dict) -> str:
@@ -202,11 +200,13 @@ class ChatFormat:
     template at export time, where no Go toolchain is around.
     """
 
-    kind: str  # "chatml" | "qwen3" | "zephyr" | "derived"
+    kind: str  # "chatml" | "qwen3" | "qwen3-thinking" | "zephyr" | "derived"
     template: str
     stops: tuple[str, ...]
     render: Callable[[Messages], str] = field(compare=False, repr=False)
     notes: tuple[str, ...] = ()
+    # the same format as a Jinja chat template (what the GGUF embeds, see embedded_chat_template)
+    jinja: str = field(default="", compare=False, repr=False)
 
 
 # Conversations every format must render exactly like the Jinja template before it
@@ -280,6 +280,94 @@ def _has_token(tokenizer_config: dict, text: str) -> bool:
     return any(isinstance(v, dict) and v.get("content") == text for v in added.values())
 
 
+# ---- The same formats as Jinja chat templates (embedded in the GGUF) ------------------
+# Written for every Jinja engine that reads GGUF templates (llama.cpp's own, LM Studio's,
+# Python jinja2): only string literals, `+`, `for`/`if`/`set` with whitespace control on
+# every tag, no raw text between tags, and content that is not a string (llama.cpp hands an
+# empty message's content over as null) rendered as ''. They must not mention the words
+# Ollama reads as abilities (server/images.go chatTemplateHasToolSupport /
+# chatTemplateHasThinkingSupport): the think markers are assembled from pieces.
+
+_CHATML_WRAPS = {"system": ("<|im_start|>system\n", "<|im_end|>\n"), "user": ("<|im_start|>user\n", "<|im_end|>\n"),
+                 "assistant": ("<|im_start|>assistant\n", "<|im_end|>\n")}
+_JINJA_HEADER = "{#- Written by Tuneloom: the prompt format this model was fine-tuned on. -#}\n"
+_JINJA_CONTENT = "{%- set content = message['content'] if message['content'] is string else '' -%}\n"
+
+
+def _jinja_str(text: str) -> str:
+    """A single-quoted Jinja string literal for ``text``."""
+    esc = text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    return "'" + esc + "'"
+
+
+class _X(str):
+    """A Jinja expression among the literal pieces of :func:`_jinja_out`."""
+
+
+def _jinja_out(*parts: str) -> str:
+    """An output tag joining literal text pieces and :class:`_X` expressions."""
+    items = [p if isinstance(p, _X) else _jinja_str(p) for p in parts if p]
+    return "{{- " + " + ".join(items or ["''"]) + " -}}"
+
+
+def _jinja_wrapped(first_system: str, no_system: str, wraps: dict, generation: str, *, any_role: bool = False) -> str:
+    """Prefix (by whether the first message is a system one) + each message wrapped + generation prompt;
+    ``any_role``: every role is wrapped as ChatML does (``<|im_start|>ROLE``)."""
+    out = [_JINJA_HEADER]
+    if first_system == no_system:
+        if no_system:
+            out.append(_jinja_out(no_system) + "\n")
+    else:
+        out.append("{%- if messages and messages[0]['role'] == 'system' -%}" + _jinja_out(first_system)
+                   + "{%- else -%}" + _jinja_out(no_system) + "{%- endif -%}\n")
+    out.append("{%- for message in messages -%}\n" + _JINJA_CONTENT)
+    if any_role:
+        out.append(_jinja_out("<|im_start|>", _X("message['role']"), "\n", _X("content"), "<|im_end|>\n") + "\n")
+    else:
+        first = True
+        for role, (before, after) in wraps.items():
+            out.append(("{%- if " if first else "{%- elif ") + f"message['role'] == {_jinja_str(role)} -%}}"
+                       + _jinja_out(before, _X("content"), after) + "\n")
+            first = False
+        if wraps:
+            out.append("{%- endif -%}\n")
+    out.append("{%- endfor -%}\n")
+    if generation:
+        out.append("{%- if add_generation_prompt -%}" + _jinja_out(generation) + "{%- endif -%}\n")
+    return "".join(out)
+
+
+def _jinja_qwen3(thinking: bool) -> str:
+    """Qwen3's format as its template renders plain chats: thinking off (the empty think block, always),
+    or thinking on (a bare generation prompt unless enable_thinking is false)."""
+    open_tag, close_tag = ("'<think>'", "'</think>'") if thinking else ("'<' + 'think>'", "'</' + 'think>'")
+    lines = [
+        _JINJA_HEADER,
+        "{%- set empty_block = " + open_tag + " + '\\n\\n' + " + close_tag + " + '\\n\\n' -%}\n",
+        "{%- set ns = namespace(last_user=-1) -%}\n",
+        "{%- for message in messages -%}{%- if message['role'] == 'user' -%}{%- set ns.last_user = loop.index0 -%}"
+        "{%- endif -%}{%- endfor -%}\n",
+        "{%- for message in messages -%}\n",
+        _JINJA_CONTENT,
+        "{%- if message['role'] == 'system' or message['role'] == 'user' -%}"
+        + _jinja_out("<|im_start|>", _X("message['role']"), "\n", _X("content"), "<|im_end|>\n") + "\n",
+        "{%- elif message['role'] == 'assistant' -%}\n",
+        "{%- if ns.last_user >= 0 and loop.index0 > ns.last_user and loop.last -%}"
+        + _jinja_out("<|im_start|>assistant\n", _X("empty_block"), _X("content.lstrip('\\n')"), "<|im_end|>\n"),
+        "{%- else -%}" + _jinja_out("<|im_start|>assistant\n", _X("content"), "<|im_end|>\n") + "{%- endif -%}\n",
+        "{%- endif -%}\n",
+        "{%- endfor -%}\n",
+    ]
+    if thinking:
+        lines.append("{%- if add_generation_prompt -%}" + _jinja_out("<|im_start|>assistant\n")
+                     + "{%- if enable_thinking is defined and enable_thinking is false -%}"
+                     + _jinja_out(_X("empty_block")) + "{%- endif -%}{%- endif -%}\n")
+    else:
+        lines.append("{%- if add_generation_prompt -%}" + _jinja_out("<|im_start|>assistant\n", _X("empty_block"))
+                     + "{%- endif -%}\n")
+    return "".join(lines)
+
+
 # ---- ChatML (Qwen2.5, and the demo model's plain ChatML) ----------------------------
 
 _CHATML_PLAIN = (
@@ -310,7 +398,8 @@ def _chatml_format(tokenizer_config: dict, default_system: str | None) -> ChatFo
             return body + "<|im_start|>assistant\n"
 
         return ChatFormat("chatml", _CHATML_PLAIN, stops, render,
-                          notes=("ChatML without a default system prompt.",))
+                          notes=("ChatML without a default system prompt.",),
+                          jinja=_jinja_wrapped("", "", _CHATML_WRAPS, "<|im_start|>assistant\n", any_role=True))
 
     def render(messages: Messages) -> str:
         out = []
@@ -324,7 +413,9 @@ def _chatml_format(tokenizer_config: dict, default_system: str | None) -> ChatFo
     return ChatFormat("chatml", _CHATML_DEFAULT_SYSTEM % _go_text(default_system), stops, render,
                       notes=(f"ChatML; without a system message the template adds the default system prompt "
                              f"{default_system!r}, as the Jinja template does.",
-                             "Tool messages and tool calls are not reproduced."))
+                             "Tool messages and tool calls are not reproduced."),
+                      jinja=_jinja_wrapped("", f"<|im_start|>system\n{default_system}<|im_end|>\n", _CHATML_WRAPS,
+                                           "<|im_start|>assistant\n"))
 
 
 # ---- Qwen3, thinking off -------------------------------------------------------------
@@ -392,7 +483,57 @@ def _qwen3_format(tokenizer_config: dict) -> ChatFormat:
         "Assistant turns whose content holds '</think>' (reasoning traces) and user turns wrapped in "
         "<tool_response> are not reproduced: the Jinja template rewrites them with string operations Go "
         "templates lack.",
-        "Tool messages and tool calls are not reproduced."))
+        "Tool messages and tool calls are not reproduced."), jinja=_jinja_qwen3(thinking=False))
+
+
+# ---- Qwen3, thinking on ---------------------------------------------------------------
+# A fine-tune trained on reasoning (run config "thinking": true) renders as the Jinja
+# template does with enable_thinking left on: the generation prompt is a bare
+# "<|im_start|>assistant\n" and the model opens its own think block. The template reads
+# .Thinking inside the range over .Messages, in a list that starts with the opening tag and
+# ends with the closing one, which is how Ollama finds the tags and the thinking ability of a
+# Go template (thinking/template.go InferTags, server/images.go goTemplateCapabilities):
+# Ollama then defaults `think` to true and separates the reasoning from the answer.
+# `ollama run --think=false` (.IsThinkSet and not .Think) gives the empty block, as
+# enable_thinking=False does. .Think / .IsThinkSet exist since Ollama 0.9.
+
+_QWEN3_THINKING = _QWEN3.replace(
+    "<think>\n"
+    "\n"
+    "</think>\n"
+    "\n"
+    '{{ template "lstrip_newlines" .Content }}\n',
+    "{{ if .Thinking }}<think>\n"
+    "{{ .Thinking }}\n"
+    "</think>\n"
+    "\n"
+    "{{ else }}<think>\n"
+    "\n"
+    "</think>\n"
+    "\n"
+    "{{ end }}"
+    '{{ template "lstrip_newlines" .Content }}\n', 1)
+_QWEN3_THINKING = _QWEN3_THINKING[: _QWEN3_THINKING.rindex("{{- end }}<|im_start|>assistant\n")] + (
+    "{{- end }}<|im_start|>assistant\n"
+    "{{ if and $.IsThinkSet (not $.Think) }}<think>\n"
+    "\n"
+    "</think>\n"
+    "\n"
+    "{{ end }}")
+assert _QWEN3_THINKING.count(".Thinking") == 2
+
+
+def _qwen3_thinking_render(messages: Messages) -> str:
+    """The Go template with Ollama's default for a thinking model (think on), for messages without reasoning."""
+    return _qwen3_render(messages)[: -len(_THINK_OFF)]
+
+
+def _qwen3_thinking_format(tokenizer_config: dict) -> ChatFormat:
+    base = _qwen3_format(tokenizer_config)
+    return ChatFormat("qwen3-thinking", _QWEN3_THINKING, base.stops, _qwen3_thinking_render, notes=(
+        "Qwen3 with thinking on (the fine-tune was trained on reasoning): the generation prompt is a bare "
+        "'<|im_start|>assistant\\n' and the model writes its own <think> block; Ollama shows it as thinking. "
+        "Needs Ollama 0.9 or newer.",) + base.notes[1:], jinja=_jinja_qwen3(thinking=True))
 
 
 # ---- Zephyr (TinyLlama) --------------------------------------------------------------
@@ -423,7 +564,9 @@ def _zephyr_format(tokenizer_config: dict) -> ChatFormat | None:
     return ChatFormat("zephyr", _ZEPHYR % {"eos": _go_text(eos)},
                       _stops(eos, "<|user|>", "<|system|>", "<|assistant|>"), render,
                       notes=("Zephyr: <|system|>, <|user|>, <|assistant|>, each turn closed by "
-                             f"{eos!r}.",))
+                             f"{eos!r}.",),
+                      jinja=_jinja_wrapped("", "", {r: (f"<|{r}|>\n", f"{eos}\n") for r in ("user", "system", "assistant")},
+                                           "<|assistant|>\n"))
 
 
 # ---- Derived formats -----------------------------------------------------------------
@@ -561,7 +704,8 @@ def _derive(template: str, tokens: dict[str, str]) -> ChatFormat:
         notes.append(f"The template writes the BOS token {bos!r} itself; the GGUF must not make llama.cpp add "
                      "a second one (tokenizer.ggml.add_bos_token false).")
     fmt = ChatFormat("derived", wrapped.go_template(),
-                     _stops(eos, post_a.strip() or None, pre_u.strip() or None), wrapped.render, tuple(notes))
+                     _stops(eos, post_a.strip() or None, pre_u.strip() or None), wrapped.render, tuple(notes),
+                     jinja=_jinja_wrapped(first_system, no_system, wrapped.wraps, generation))
     _check_against_jinja(fmt, template, tokens)
     return fmt
 
@@ -603,10 +747,16 @@ def _matches(fmt: ChatFormat | None, template: str, tokens: dict[str, str]) -> b
 _DEFAULT_SYSTEM_RE = re.compile(r"\A<\|im_start\|>system\n(.*)<\|im_end\|>\n\Z", re.S)
 
 
-def chat_format_for(tokenizer_config: dict) -> ChatFormat:
-    """The :class:`ChatFormat` reproducing this tokenizer config's chat template in Ollama."""
+def chat_format_for(tokenizer_config: dict, *, thinking: bool = False) -> ChatFormat:
+    """The :class:`ChatFormat` reproducing this tokenizer config's chat template in Ollama.
+
+    ``thinking``: the fine-tune was trained with thinking on (its data carried reasoning), so
+    the template is rendered with ``enable_thinking=True`` as training rendered it; otherwise
+    with ``enable_thinking=False``. Templates without a thinking mode ignore the flag.
+    """
     template = chat_template_of(tokenizer_config)
-    tokens = special_tokens(tokenizer_config)
+    # the render context travels with the special tokens through derive/check (render_jinja reads it)
+    tokens = {**special_tokens(tokenizer_config), "enable_thinking": bool(thinking)}
     candidates: list[ChatFormat | None] = []
     try:
         head = render_jinja(template, [{"role": "user", "content": _SENTINELS["user"]}], tokens=tokens)
@@ -617,22 +767,343 @@ def chat_format_for(tokenizer_config: dict) -> ChatFormat:
         candidates.append(_chatml_format(tokenizer_config, None))
     elif head is not None and (m := _DEFAULT_SYSTEM_RE.match(head)):
         candidates.append(_chatml_format(tokenizer_config, m.group(1)))
-    candidates += [_qwen3_format(tokenizer_config), _zephyr_format(tokenizer_config)]
+    candidates += [_qwen3_thinking_format(tokenizer_config) if thinking else _qwen3_format(tokenizer_config),
+                   _zephyr_format(tokenizer_config)]
     for fmt in candidates:
         if _matches(fmt, template, tokens):
             return fmt
     return derive_chat_format(template, tokens)
 
 
-def chat_template_kind(tokenizer_config: dict) -> str:
-    """``"chatml"``, ``"qwen3"``, ``"zephyr"`` or ``"derived"``; raises :class:`TemplateNotSupported`."""
-    return chat_format_for(tokenizer_config).kind
+def chat_template_kind(tokenizer_config: dict, *, thinking: bool = False) -> str:
+    """``"chatml"``, ``"qwen3"``, ``"qwen3-thinking"``, ``"zephyr"`` or ``"derived"``; raises
+    :class:`TemplateNotSupported`."""
+    return chat_format_for(tokenizer_config, thinking=thinking).kind
 
 
-def go_template_for(tokenizer_config: dict) -> tuple[str, list[str]]:
+def go_template_for(tokenizer_config: dict, *, thinking: bool = False) -> tuple[str, list[str]]:
     """(Go template for the Modelfile TEMPLATE, stop strings) for this tokenizer config."""
-    fmt = chat_format_for(tokenizer_config)
+    fmt = chat_format_for(tokenizer_config, thinking=thinking)
     return fmt.template, list(fmt.stops)
+
+
+# --------------------------------------------------------------------------------------
+# What Ollama does with the two templates: a model written from Ollama's source
+# --------------------------------------------------------------------------------------
+# Ollama (snapshot of 2026-08; the native path since commit 9db4bdbad, v0.32.7) holds two
+# templates for a model: the Modelfile TEMPLATE (Go text/template) and the GGUF's
+# tokenizer.chat_template (Jinja). For a chat request it either renders the Go template
+# itself ("go" path) or hands the messages to llama-server, which renders the Jinja
+# template ("native" path). What follows mirrors the parts of that decision and of the
+# request handling that change the prompt; each function names the Go function it models.
+
+NATIVE_SINCE = (0, 32, 7)
+_THINK_SPLITS = ("content.split('</think>')", 'content.split("</think>")')
+
+
+def chat_template_capabilities(chat_template: str | None) -> set[str]:
+    """server/images.go chatTemplateCapabilities (with chatTemplateHasToolSupport and
+    chatTemplateHasThinkingSupport): plain substring tests on the Jinja source."""
+    caps: set[str] = set()
+    if not chat_template:
+        return caps
+    if "tools" in chat_template or "tool_call" in chat_template:
+        caps.add("tools")
+    if ("<think>" in chat_template and "</think>" in chat_template) or (
+            any(x in chat_template for x in _THINK_SPLITS) and "reasoning_content" not in chat_template
+            and "<SPECIAL_12>" not in chat_template):
+        caps.add("thinking")
+    return caps
+
+
+def chat_template_has_tool_round_trip(chat_template: str) -> bool:
+    """server/images.go chatTemplateHasToolRoundTrip."""
+    if not {"tools"} <= chat_template_capabilities(chat_template):
+        return False
+    calls = "tool_calls" in chat_template or "assistant_tool_call" in chat_template
+    return calls and any(x in chat_template for x in (
+        "tool_response", "tool_results", "role'] == 'tool'", 'role\'] == "tool"', 'role"] == \'tool\'',
+        'role"] == "tool"', "message.role == 'tool'", 'message.role == "tool"', "ipython"))
+
+
+_GO_FIELD = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def go_template_capabilities(go_template: str | None) -> set[str]:
+    """server/images.go goTemplateCapabilities: ``tools`` when the template reads .Tools,
+    ``insert`` for .Suffix (template/template.go Vars lower-cases every identifier), ``thinking``
+    when thinking/template.go InferTags finds tags around .Thinking inside ``range .Messages``.
+
+    Approximation (exact for the templates Tuneloom writes; the tests check it against Go's
+    own parser in tests/go/render.go): fields are found by a regular expression, and InferTags
+    by the text right around ``{{ .Thinking }}`` inside an ``{{ if .Thinking }}`` block.
+    """
+    caps: set[str] = set()
+    if not go_template:
+        return caps
+    fields = {m.group(1).lower() for m in _GO_FIELD.finditer(go_template)}
+    if "tools" in fields:
+        caps.add("tools")
+    if "suffix" in fields:
+        caps.add("insert")
+    if go_template_think_tags(go_template) != ("", ""):
+        caps.add("thinking")
+    return caps
+
+
+_THINK_BLOCK = re.compile(r"\{\{-?\s*if\s+\.Thinking\s*-?\}\}(.*?)\{\{-?\s*\.Thinking\s*-?\}\}(.*?)\{\{", re.S)
+
+
+def go_template_think_tags(go_template: str) -> tuple[str, str]:
+    """(opening, closing) think tags thinking/template.go InferTags finds (see go_template_capabilities)."""
+    if "range" not in go_template or ".Messages" not in go_template:
+        return "", ""
+    m = _THINK_BLOCK.search(go_template)
+    if not m or not m.group(1).strip() or not m.group(2).strip():
+        return "", ""
+    return m.group(1).strip(), m.group(2).strip()
+
+
+def should_prefer_chat_template(chat_template: str, chat_caps: set[str], go_template: str,
+                                go_caps: set[str]) -> bool:
+    """server/images.go shouldPreferChatTemplate (Tuneloom's Go templates have no tool round trip,
+    goTemplateHasToolRoundTrip is false for them)."""
+    go_round_trip = "tools" in go_caps and "toolcalls" in {m.group(1).lower() for m in _GO_FIELD.finditer(go_template)}
+    if len(chat_caps) > len(go_caps):  # hasMoreCapabilities
+        return not go_round_trip or chat_template_has_tool_round_trip(chat_template)
+    if chat_caps != go_caps or "tools" not in chat_caps:
+        return False
+    return chat_template_has_tool_round_trip(chat_template) and not go_round_trip
+
+
+@dataclass(frozen=True)
+class OllamaSetup:
+    """What decides Ollama's prompt for a registered model: its two templates and the server."""
+
+    go_template: str | None  # the Modelfile TEMPLATE (None: not given)
+    chat_template: str | None  # the GGUF's tokenizer.chat_template
+    architecture: str = ""  # general.architecture; Ollama's ModelFamily (server/create.go)
+    name: str = "model:latest"
+    system: str | None = None  # the Modelfile SYSTEM
+    version: tuple[int, ...] = NATIVE_SINCE
+    go_template_env: bool | None = None  # OLLAMA_GO_TEMPLATE: unset, true, false
+
+
+def template_path(setup: OllamaSetup) -> str:
+    """``"go"`` or ``"native"``: server/images.go GetModel (PreferChatTemplate) and server/routes.go
+    shouldUseGoTemplate / chatModeForModel. Before v0.32.7 a Go TEMPLATE was always used."""
+    has_go = setup.go_template is not None
+    if setup.version < NATIVE_SINCE:
+        return "go" if has_go else "native"
+    if not has_go:
+        return "native"
+    if setup.go_template_env is not None:  # goTemplateEnvSet: the variable decides
+        return "go" if setup.go_template_env else "native"
+    prefer = bool(setup.chat_template) and should_prefer_chat_template(
+        setup.chat_template, chat_template_capabilities(setup.chat_template), setup.go_template,
+        go_template_capabilities(setup.go_template))
+    return "native" if prefer else "go"
+
+
+def model_capabilities(setup: OllamaSetup) -> set[str]:
+    """server/images.go Capabilities for the selected template: the GGUF template's abilities on the
+    native path, the Go template's on the go path (plus completion)."""
+    path = template_path(setup)
+    caps = {"completion"}
+    caps |= go_template_capabilities(setup.go_template) if path == "go" else \
+        chat_template_capabilities(setup.chat_template)
+    return caps
+
+
+def default_think(setup: OllamaSetup) -> bool | None:
+    """server/routes.go ChatHandler: a model with the thinking ability thinks unless the request says
+    otherwise (``req.Think`` defaults to true); otherwise ``think`` stays unset (None)."""
+    return True if "thinking" in model_capabilities(setup) else None
+
+
+def filter_think_tags(messages: Messages, setup: OllamaSetup) -> list[dict]:
+    """server/routes.go filterThinkTags: for the qwen3 family (and models named deepseek-r1), every
+    assistant message before the last user message goes through thinking.Parser
+    (thinking/parser.go) and keeps only what it calls content. For one complete message that is:
+    whitespace-only or a prefix of ``<think>`` (after leading whitespace) -> ""; starting with
+    ``<think>`` -> what follows ``</think>`` with leading whitespace trimmed ("" if never closed);
+    anything else unchanged."""
+    model = setup.name.split("/")[-1].split(":")[0]
+    msgs = [dict(m) for m in messages]
+    if setup.architecture != "qwen3" and model != "deepseek-r1":
+        return msgs
+    last_user = max((i for i, m in enumerate(msgs) if m.get("role") == "user"), default=-1)
+    for i, m in enumerate(msgs):
+        if m.get("role") == "assistant" and i < last_user:
+            m["content"] = _think_parser_content(m.get("content") or "")
+    return msgs
+
+
+def _think_parser_content(content: str, opening: str = "<think>", closing: str = "</think>") -> str:
+    trimmed = content.lstrip()  # strings.TrimLeftFunc(unicode.IsSpace)
+    if not trimmed or opening.startswith(trimmed):
+        return ""  # still waiting to see whether a think block opens
+    if not trimmed.startswith(opening):
+        return content  # no think block: untrimmed
+    after = opening.join(trimmed.split(opening)[1:])
+    if closing not in after:
+        return ""  # all thinking
+    return closing.join(after.split(closing)[1:]).lstrip()
+
+
+def _collate(messages: Messages) -> list[dict]:
+    """template/template.go collate: consecutive messages of one role (tool excepted) are joined with a blank line."""
+    out: list[dict] = []
+    for m in messages:
+        if out and out[-1]["role"] == m["role"] and m["role"] != "tool":
+            out[-1] = {**out[-1], "content": out[-1]["content"] + "\n\n" + m["content"]}
+        else:
+            out.append(dict(m))
+    return out
+
+
+def llama_server_messages(messages: Messages) -> list[dict]:
+    """What llama-server's Jinja template sees (llm/llama_server.go llamaServerChatMessage, then llama.cpp
+    common/chat.cpp common_chat_msgs_to_json_oaicompat): an empty content arrives as null."""
+    return [{**m, "content": m.get("content") or None} for m in messages]
+
+
+def ollama_prompt(setup: OllamaSetup, messages: Messages, *, think: bool | None = "default",
+                  go_render: Callable[[str, list[dict]], str] | None = None, tokens: dict | None = None) -> str:
+    """The prompt Ollama builds for a chat request with ``messages`` (server/routes.go ChatHandler).
+
+    The Modelfile SYSTEM goes first when the conversation has no system message, then
+    filterThinkTags; the go path renders the Go template (``go_render(template, messages)``: the real
+    engine in the tests; by default the :class:`ChatFormat` mirror of a Tuneloom template, after
+    collate), the native path the GGUF's Jinja template as llama-server does with
+    ``chat_template_kwargs`` {enable_thinking: think} when ``think`` is set (llm/llama_server.go
+    llamaServerChatTemplateKwargs) and llama.cpp's default enable_thinking=true when it is not.
+    ``think="default"``: what Ollama does when the request does not say (:func:`default_think`).
+    """
+    msgs = [dict(m) for m in messages]
+    if setup.system and (not msgs or msgs[0].get("role") != "system"):
+        msgs.insert(0, {"role": "system", "content": setup.system})
+    msgs = filter_think_tags(msgs, setup)
+    if think == "default":
+        think = default_think(setup)
+    if template_path(setup) == "go":
+        if go_render is None:
+            fmt = _mirror_for(setup.go_template)
+            return fmt.render(_collate(msgs))
+        return go_render(setup.go_template, msgs)
+    ctx = dict(tokens or {})
+    ctx["enable_thinking"] = True if think is None else bool(think)
+    return _compiled(setup.chat_template).render(messages=llama_server_messages(msgs), add_generation_prompt=True,
+                                                 **ctx)
+
+
+_MIRRORS: dict[str, ChatFormat] = {}
+
+
+def _mirror_for(go_template: str) -> ChatFormat:
+    fmt = _MIRRORS.get(go_template)
+    if fmt is None:
+        raise ValueError("no Python mirror of this Go template; pass go_render")
+    return fmt
+
+
+def _remember(fmt: ChatFormat) -> ChatFormat:
+    _MIRRORS.setdefault(fmt.template, fmt)
+    return fmt
+
+
+# --------------------------------------------------------------------------------------
+# The template embedded in the GGUF
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmbeddedTemplate:
+    """The ``tokenizer.chat_template`` an export writes: ``kind`` is ``"original"`` (the model's own
+    template, kept when Ollama renders it like training) or ``"training"`` (the fine-tune's format as a
+    plain Jinja template that advertises no ability the fine-tune lacks)."""
+
+    kind: str
+    template: str
+    notes: tuple[str, ...] = ()
+
+
+# Scenarios every embedded template is checked under: Ollama before the native path, current
+# Ollama with its defaults, and current Ollama told to skip the Go template.
+OLLAMA_SCENARIOS = (("ollama<0.32.7", {"version": (0, 32, 6)}), ("ollama", {}),
+                    ("ollama OLLAMA_GO_TEMPLATE=0", {"go_template_env": False}))
+
+
+def _prompt_probes() -> list[tuple[dict, ...]]:
+    # the conversations training prompts come from: they end on a user turn
+    return [c for c in PROBE_CONVERSATIONS if c[-1]["role"] == "user"]
+
+
+def check_ollama_prompts(fmt: ChatFormat, chat_template: str, tokenizer_config: dict, *, thinking: bool = False,
+                         architecture: str = "", conversations=None) -> list[str]:
+    """Differences between the training prompt and what Ollama builds, on every scenario of
+    :data:`OLLAMA_SCENARIOS`, for ``conversations`` (default: the probes ending on a user turn).
+    Empty when they all agree."""
+    original = chat_template_of(tokenizer_config)
+    tokens = special_tokens(tokenizer_config)
+    _remember(fmt)
+    problems = []
+    for conv in conversations or _prompt_probes():
+        try:
+            want = render_jinja(original, conv, tokens=tokens, enable_thinking=thinking)
+        except Exception:  # noqa: BLE001 - a conversation training cannot render either
+            continue
+        for label, kw in OLLAMA_SCENARIOS:
+            setup = OllamaSetup(fmt.template, chat_template, architecture=architecture, **kw)
+            if filter_think_tags(conv, setup) != [dict(m) for m in conv]:
+                continue  # Ollama rewrites this history itself (documented in the README)
+            try:
+                got = ollama_prompt(setup, conv, tokens=tokens)
+            except Exception as exc:  # noqa: BLE001 - a template that fails on a conversation
+                problems.append(f"{label} ({template_path(setup)} path) fails on {[m['role'] for m in conv]}: {exc}")
+                continue
+            if got != want:
+                problems.append(f"{label} ({template_path(setup)} path): {_first_difference(want, got)}")
+    return problems
+
+
+def embedded_chat_template(tokenizer_config: dict, *, thinking: bool = False, architecture: str | None = None
+                           ) -> EmbeddedTemplate:
+    """The chat template to embed in the GGUF so that Ollama's native path (and llama.cpp, LM Studio)
+    builds the training prompt: the model's own template when Ollama already renders it like training
+    (a thinking-on Qwen3), else the fine-tune's format as a plain Jinja template (a thinking-off Qwen3
+    must not advertise thinking, or Ollama turns it on by default). Raises :class:`TemplateNotSupported`
+    when neither agrees with training on every scenario."""
+    from core.gguf_export import ARCHITECTURES
+
+    fmt = chat_format_for(tokenizer_config, thinking=thinking)
+    arch = ""
+    if architecture:
+        spec = ARCHITECTURES.get(architecture)
+        arch = _gguf_arch_name(spec) if spec is not None else ""
+    original = chat_template_of(tokenizer_config)
+    tried = []
+    for kind, template in (("original", original), ("training", fmt.jinja)):
+        if not template:
+            continue
+        problems = check_ollama_prompts(fmt, template, tokenizer_config, thinking=thinking, architecture=arch)
+        if not problems:
+            caps = sorted(chat_template_capabilities(template)) or ["none"]
+            note = (f"GGUF chat template: the model's own (Ollama abilities: {', '.join(caps)})" if kind == "original"
+                    else "GGUF chat template: the fine-tune's prompt format, without tool or thinking markers, so "
+                         "Ollama keeps the Modelfile TEMPLATE and llama.cpp renders the same prompt")
+            return EmbeddedTemplate(kind, template, (note,))
+        tried.append(f"{kind}: {problems[0]}")
+    raise TemplateNotSupported(
+        "Tuneloom cannot embed a chat template that gives Ollama's native path the training prompt (" +
+        "; ".join(tried) + ").", "Export without Ollama registration, or train a model with a ChatML, Qwen3 or "
+        "Zephyr chat template.")
+
+
+def _gguf_arch_name(spec) -> str:
+    import gguf
+
+    return gguf.MODEL_ARCH_NAMES[spec.arch]
 
 
 # --------------------------------------------------------------------------------------
@@ -727,13 +1198,14 @@ def modelfile_parameters(tokenizer_config: dict, *, num_ctx: int | None = None,
 def write_modelfile(out_path: str | os.PathLike, gguf_path: str | os.PathLike, tokenizer_config: dict, *,
                     system: str | None = None, num_ctx: int | None = None,
                     temperature: float | None = DEFAULT_TEMPERATURE, license_text: str | None = None,
-                    parameters: dict | None = None) -> str:
+                    parameters: dict | None = None, thinking: bool = False) -> str:
     """Write (atomically) a Modelfile for ``gguf_path`` next to ``out_path``; return its text.
 
     ``num_ctx`` defaults to the model's context capped at 8192 (pass the training
-    maximum length); ``parameters`` adds further ``PARAMETER`` lines.
+    maximum length); ``parameters`` adds further ``PARAMETER`` lines; ``thinking``: the
+    fine-tune was trained with thinking on.
     """
-    fmt = chat_format_for(tokenizer_config)
+    fmt = chat_format_for(tokenizer_config, thinking=thinking)
     params = modelfile_parameters(tokenizer_config, num_ctx=num_ctx, temperature=temperature)
     params.update(parameters or {})
     out_path = Path(out_path)

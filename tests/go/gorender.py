@@ -80,10 +80,22 @@ class GoRenderer:
         self._lock = threading.Lock()
 
     def render(self, template: str, messages: list[dict] | None = None, *, system: str = "",
-               mode: str = "chat", prompt: str = "") -> str:
-        """The prompt Ollama builds; raises RuntimeError with Go's message when the template fails."""
+               mode: str = "chat", prompt: str = "", think: bool | None = None) -> str:
+        """The prompt Ollama builds; raises RuntimeError with Go's message when the template fails.
+        ``think``: the request's think value (None: not set, as .IsThinkSet false)."""
         req = {"template": template, "messages": messages or [], "system": system or "", "mode": mode,
                "prompt": prompt}
+        if think is not None:
+            req["think"] = bool(think)
+        return self._ask(req)["prompt"]
+
+    def capabilities(self, template: str) -> dict:
+        """``{"vars": [...], "think_open": str, "think_close": str}`` as Ollama reads them from a template."""
+        res = self._ask({"template": template, "mode": "caps"})
+        return {"vars": res.get("vars") or [], "think_open": res.get("think_open", ""),
+                "think_close": res.get("think_close", "")}
+
+    def _ask(self, req: dict) -> dict:
         with self._lock:
             self._proc.stdin.write(json.dumps(req, ensure_ascii=False) + "\n")
             self._proc.stdin.flush()
@@ -93,7 +105,7 @@ class GoRenderer:
         res = json.loads(line)
         if "error" in res and res["error"]:
             raise RuntimeError(res["error"])
-        return res["prompt"]
+        return res
 
     def close(self) -> None:
         if self._proc.poll() is None:

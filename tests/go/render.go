@@ -35,6 +35,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"strings"
 	"text/template"
 	"text/template/parse"
@@ -54,13 +55,125 @@ type request struct {
 	Template string    `json:"template"`
 	Messages []Message `json:"messages"`
 	System   string    `json:"system"`
-	Mode     string    `json:"mode"`
+	Mode     string    `json:"mode"` // "chat" (default), "generate", or "caps"
 	Prompt   string    `json:"prompt"`
+	Think    *bool     `json:"think,omitempty"` // the request's think; unset: .Think false, .IsThinkSet false
 }
 
 type result struct {
 	Prompt *string `json:"prompt,omitempty"`
 	Error  string  `json:"error,omitempty"`
+	// mode "caps": the template's identifiers, lower-cased (Ollama's template.Vars), and the think
+	// tags Ollama infers from it (thinking.InferTags); together they give goTemplateCapabilities.
+	Vars       []string `json:"vars,omitempty"`
+	ThinkOpen  string   `json:"think_open,omitempty"`
+	ThinkClose string   `json:"think_close,omitempty"`
+}
+
+// walk visits every node of a parse tree with its ancestors (the node itself last).
+func walk(n parse.Node, ancestors []parse.Node, visit func(parse.Node, []parse.Node)) {
+	if n == nil {
+		return
+	}
+	switch x := n.(type) {
+	case *parse.ListNode:
+		if x == nil {
+			return
+		}
+	case *parse.PipeNode:
+		if x == nil {
+			return
+		}
+	}
+	ancestors = append(ancestors, n)
+	visit(n, ancestors)
+	switch x := n.(type) {
+	case *parse.ListNode:
+		for _, c := range x.Nodes {
+			walk(c, ancestors, visit)
+		}
+	case *parse.ActionNode:
+		walk(x.Pipe, ancestors, visit)
+	case *parse.TemplateNode:
+		if x.Pipe != nil {
+			walk(x.Pipe, ancestors, visit)
+		}
+	case *parse.IfNode:
+		walk(&x.BranchNode, ancestors, visit)
+	case *parse.RangeNode:
+		walk(&x.BranchNode, ancestors, visit)
+	case *parse.WithNode:
+		walk(&x.BranchNode, ancestors, visit)
+	case *parse.BranchNode:
+		walk(x.Pipe, ancestors, visit)
+		walk(x.List, ancestors, visit)
+		if x.ElseList != nil {
+			walk(x.ElseList, ancestors, visit)
+		}
+	case *parse.PipeNode:
+		for _, c := range x.Cmds {
+			walk(c, ancestors, visit)
+		}
+	case *parse.CommandNode:
+		for _, a := range x.Args {
+			walk(a, ancestors, visit)
+		}
+	}
+}
+
+// capabilities follows Ollama's rules: identifiers of field/variable nodes, lower-cased; the think
+// tags are the trimmed first and last text nodes of the list nearest to a .Thinking field that sits
+// inside a range over .Messages.
+func capabilities(tmpl *template.Template) result {
+	set := map[string]bool{}
+	var open, close string
+	for _, t := range tmpl.Templates() {
+		if t.Tree == nil {
+			continue
+		}
+		walk(t.Tree.Root, nil, func(n parse.Node, anc []parse.Node) {
+			switch x := n.(type) {
+			case *parse.FieldNode:
+				for _, id := range x.Ident {
+					set[strings.ToLower(id)] = true
+				}
+				if len(x.Ident) == 0 || x.Ident[0] != "Thinking" {
+					return
+				}
+				var rng *parse.RangeNode
+				for i := len(anc) - 1; i >= 0; i-- {
+					if r, ok := anc[i].(*parse.RangeNode); ok {
+						rng = r
+						break
+					}
+				}
+				if rng == nil || !mentions(rng.Pipe, "Messages") {
+					return
+				}
+				for i := len(anc) - 1; i >= 0; i-- {
+					if l, ok := anc[i].(*parse.ListNode); ok {
+						if tn, ok := l.Nodes[0].(*parse.TextNode); ok {
+							open = strings.TrimSpace(tn.String())
+						}
+						if tn, ok := l.Nodes[len(l.Nodes)-1].(*parse.TextNode); ok {
+							close = strings.TrimSpace(tn.String())
+						}
+						break
+					}
+				}
+			case *parse.VariableNode:
+				for _, id := range x.Ident {
+					set[strings.ToLower(strings.TrimPrefix(id, "$"))] = true
+				}
+			}
+		})
+	}
+	vars := make([]string, 0, len(set))
+	for k := range set {
+		vars = append(vars, k)
+	}
+	sort.Strings(vars)
+	return result{Vars: vars, ThinkOpen: open, ThinkClose: close}
 }
 
 var ollamaFuncs = template.FuncMap{
@@ -175,18 +288,29 @@ func render(req request) (string, error) {
 
 	system, collated := collate(msgs)
 	var b bytes.Buffer
+	think, isThinkSet := false, req.Think != nil
+	if isThinkSet {
+		think = *req.Think
+	}
 	err = tmpl.Execute(&b, map[string]any{
 		"System":     system,
 		"Messages":   collated,
 		"Tools":      nil,
 		"Response":   "",
-		"Think":      false,
-		"IsThinkSet": false,
+		"Think":      think,
+		"IsThinkSet": isThinkSet,
 	})
 	return b.String(), err
 }
 
 func renderResult(r request) result {
+	if r.Mode == "caps" {
+		tmpl, err := template.New("").Option("missingkey=zero").Funcs(ollamaFuncs).Parse(r.Template)
+		if err != nil {
+			return result{Error: err.Error()}
+		}
+		return capabilities(tmpl)
+	}
 	out, err := render(r)
 	if err != nil {
 		return result{Error: err.Error()}
