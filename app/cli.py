@@ -75,32 +75,72 @@ def _parse_map(items: list[str] | None) -> dict | None:
     return out
 
 
-def cmd_data_check(a) -> int:
-    from core.data import DatasetError, issue_dicts, load_dataset
-    from core.events import TuneloomError
+def _data_options(a) -> dict:
+    """load_dataset's keyword arguments from the shared data flags (--map, templates, --system)."""
+    return {"mapping": _parse_map(a.map), "user_template": a.user_template,
+            "assistant_template": a.assistant_template, "system": a.system}
+
+
+def _add_template_options(p) -> None:
+    """--user-template, --assistant-template, --system: help from the TrainConfig fields they set."""
+    from dataclasses import fields
+
+    from core.train import TrainConfig
+
+    help_ = {f.name: f.metadata.get("help", "") for f in fields(TrainConfig)}
+    p.add_argument("--user-template", metavar="TEXT", help=help_["user_template"])
+    p.add_argument("--assistant-template", metavar="TEXT", help=help_["assistant_template"])
+    p.add_argument("--system", metavar="TEXT", help=help_["system_prompt"])
+
+
+def _add_data_options(p) -> None:
+    p.add_argument("--map", action="append", metavar="OURS=THEIRS",
+                   help="use column THEIRS for field OURS, e.g. --map prompt=Frage (repeatable)")
+    _add_template_options(p)
+
+
+def _load_for_cli(a):
+    """(dataset, None) or (None, exit code) after printing the reason."""
+    from core.data import DatasetError, load_dataset
 
     try:
-        ds = load_dataset(a.files, mapping=_parse_map(a.map))
+        return load_dataset(a.files, **_data_options(a)), None
     except DatasetError as exc:
-        if a.json:
-            print(json.dumps({"error": str(exc), "hint": exc.hint, "file": exc.file}))
+        if getattr(a, "json", False):
+            print(json.dumps({"error": str(exc), "hint": exc.hint, "file": exc.file}, ensure_ascii=False))
         else:
             print(f"error: {exc.user_message()}", file=sys.stderr)
-        return 2
-    tokens = None
+        return None, 2
+
+
+def cmd_data_check(a) -> int:
+    from core.data import issue_dicts, reasoning_summary
+    from core.events import TuneloomError
+
+    ds, rc = _load_for_cli(a)
+    if ds is None:
+        return rc
+    tokens, problems, thinks = None, list(ds.issues), None
     if a.model:
         from core.tokens import ChatEncoder, token_stats
 
         try:
-            st = token_stats(ChatEncoder(a.model), ds.records, a.max_seq_len)
+            probe = ChatEncoder(a.model)
+            thinks = probe.supports_thinking
+            enc = ChatEncoder(a.model, thinking=bool(ds.reasoning) and thinks) if ds.reasoning and thinks else probe
+            st = token_stats(enc, ds.records, a.max_seq_len)
         except TuneloomError as exc:
             print(f"error: {exc.user_message()}", file=sys.stderr)
             return 2
-        tokens = {k: st[k] for k in ("min", "median", "p95", "max", "truncated", "trained_share")}
+        tokens = {k: st[k] for k in ("min", "median", "p95", "max", "truncated", "trained_share", "trained", "total")}
+        tokens["thinking"] = enc.thinking
+        problems += st["problems"]
+    reasoning = reasoning_summary(ds, thinks)
     if a.json:
         print(json.dumps({"format": ds.format, "formats": ds.formats, "records": ds.total, "valid": len(ds.records),
-                          "invalid": ds.invalid, "duplicates": ds.duplicates(), "problems": issue_dicts(ds.issues),
-                          "tokens": tokens}, ensure_ascii=False))
+                          "invalid": ds.invalid, "duplicates": ds.duplicates(), "problems": issue_dicts(problems),
+                          "notes": [n.to_json() for n in ds.notes], "reasoning": ds.reasoning,
+                          "reasoning_summary": reasoning, "tokens": tokens}, ensure_ascii=False))
     else:
         print(f"format: {ds.format}")
         for f, fmt in ds.formats.items():
@@ -109,9 +149,35 @@ def cmd_data_check(a) -> int:
         if tokens:
             print(f"tokens per example: min {tokens['min']}, median {tokens['median']}, p95 {tokens['p95']}, "
                   f"max {tokens['max']}; {tokens['truncated']} longer than {a.max_seq_len} (truncated); "
-                  f"{tokens['trained_share']:.0%} of tokens trained on")
-        for i in ds.issues:
+                  f"{tokens['trained_share']:.0%} of tokens trained on ({tokens['trained']} tokens)")
+        print(f"reasoning: {reasoning}")
+        for n in ds.notes:
+            print(f"note: {n}")
+        for i in problems:
             print(f"problem: {i}")
+    return 1 if problems else 0
+
+
+def cmd_data_export(a) -> int:
+    from core.data import export_jsonl
+    from core.events import TuneloomError
+
+    ds, rc = _load_for_cli(a)
+    if ds is None:
+        return rc
+    try:
+        n = export_jsonl(ds.records, a.out)
+    except (OSError, TuneloomError) as exc:
+        print(f"error: cannot write {a.out}: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {n} of {ds.total} examples to {a.out} (OpenAI chat format; format read: {ds.format})")
+    for note in ds.notes:
+        print(f"note: {note}")
+    for i in ds.issues:
+        print(f"problem: {i}")
+    if ds.issues:
+        print(f"{ds.invalid} invalid example(s) not written; fix the problems above and export again.",
+              file=sys.stderr)
     return 1 if ds.issues else 0
 
 
@@ -126,7 +192,9 @@ def cmd_train(a) -> int:
               "max_seq_len": a.max_seq_len, "seed": a.seed, "mask_prompt": a.mask_prompt,
               "dora": True if a.dora else None, "skip_invalid": True if a.skip_invalid else None,
               "checkpoint_every": a.checkpoint_every, "valid_every": a.valid_every, "dropout": a.dropout,
-              "pack": True if a.pack else None, "mapping": _parse_map(a.map)}
+              "pack": True if a.pack else None, "mapping": _parse_map(a.map),
+              "user_template": a.user_template, "assistant_template": a.assistant_template,
+              "system_prompt": a.system}
     kwargs = apply_preset(kwargs, a.preset)
     names = {f.name for f in fields(TrainConfig)}
     kwargs = {k: v for k, v in kwargs.items() if v is not None and k in names}
@@ -216,9 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model", help="model folder: also report token lengths with its tokenizer")
     c.add_argument("--max-seq-len", type=int, default=512)
     c.add_argument("--json", action="store_true", help="print one JSON object")
-    c.add_argument("--map", action="append", metavar="OURS=THEIRS",
-                   help="use column THEIRS for field OURS, e.g. --map prompt=Frage (repeatable)")
+    _add_data_options(c)
     c.set_defaults(func=cmd_data_check)
+    x = dsub.add_parser("export", help="write the normalised examples as JSONL in OpenAI's chat format")
+    x.add_argument("files", nargs="+")
+    x.add_argument("--out", required=True, metavar="OUT.jsonl", help="the JSONL file to write")
+    _add_data_options(x)
+    x.set_defaults(func=cmd_data_export)
 
     t = sub.add_parser("train", help="LoRA fine-tune a model on a dataset")
     t.add_argument("--model")
@@ -243,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--pack", action="store_true", help="pack short examples into full rows (faster)")
     t.add_argument("--map", action="append", metavar="OURS=THEIRS",
                    help="use column THEIRS for field OURS, e.g. --map prompt=Frage (repeatable)")
+    _add_template_options(t)
     t.add_argument("--resume", metavar="RUN_DIR")
     t.set_defaults(func=cmd_train)
 

@@ -64,6 +64,17 @@ class TrainConfig:
     valid_fraction: float = field(default=0.1, metadata={"help": "share held out when one file is given"})
     skip_invalid: bool = field(default=False, metadata={"help": "skip invalid examples instead of refusing"})
     mapping: dict | None = field(default=None, metadata={"help": "field -> column name overrides for the data"})
+    user_template: str | None = field(default=None, metadata={
+        "label": "User message template",
+        "help": "Write each user message from your columns, e.g. 'Pokemon name: {name}' ({{ and }} for braces)."})
+    assistant_template: str | None = field(default=None, metadata={
+        "label": "Answer template", "help": "Write each answer from your columns, e.g. '{types}'."})
+    system_prompt: str | None = field(default=None, metadata={
+        "label": "System prompt", "help": "A system prompt for every example that has none."})
+    thinking: bool = field(default=False, metadata={
+        "label": "Thinking",
+        "help": "Set from the data: on when its answers carry reasoning (<think> blocks or reasoning_content) "
+                "and the model's template can think (Qwen3); otherwise thinking is off."})
     pack: bool = field(default=False, metadata={"help": "pack short examples into rows of max_seq_len"})
     compile: bool = field(default=True, metadata={"help": "mx.compile the training step"})
 
@@ -436,10 +447,15 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", asdict(cfg))
     events.progress(0, None, "loading data")
-    ds = load_dataset(cfg.data, mapping=cfg.mapping, cancel=cancel)
+    ds = load_dataset(cfg.data, mapping=cfg.mapping, user_template=cfg.user_template,
+                      assistant_template=cfg.assistant_template, system=cfg.system_prompt, cancel=cancel)
     require_clean(ds, cfg.skip_invalid)
     train_recs, valid_recs = train_valid(ds, cfg.valid_fraction, cfg.seed)
-    encoder = ChatEncoder(cfg.model)
+    # thinking follows the data (a resumed run keeps its own); config.json records it for the export
+    encoder = ChatEncoder(cfg.model, thinking=cfg.thinking if resume else bool(ds.reasoning))
+    if not resume and cfg.thinking != encoder.thinking:
+        cfg.thinking = encoder.thinking
+        write_json(run_dir / "config.json", asdict(cfg))
     train_seqs = encode_records(encoder, train_recs, cfg)
     valid_seqs = encode_records(encoder, valid_recs, cfg)
     if not train_seqs:
