@@ -236,25 +236,120 @@ def cmd_export(a) -> int:
 
 
 def cmd_chat(a) -> int:
-    from core.generate import ChatModel
+    from core.events import CancelToken, TuneloomError
+    from core.generate import ChatModel, ChatSession, Sampling, run_base_model, trained_system_prompt
 
-    model = ChatModel(a.model, adapter_dir=a.adapter)
-    messages = [{"role": "system", "content": a.system}] if a.system else []
-    prompts = [a.prompt] if a.prompt else None
+    model_dir, run = Path(a.model), a.adapter
+    if run is None and (model_dir / "adapters.safetensors").is_file():  # MODEL is a run folder
+        run = model_dir
+    try:
+        sampling = Sampling(**{k: v for k, v in (("temperature", a.temperature), ("top_p", a.top_p),
+                                                 ("max_tokens", a.max_tokens), ("seed", a.seed)) if v is not None})
+        sampling.check()
+        if run is not None:
+            from core.evaluate import run_encoder
+
+            base = run_base_model(run) if run == model_dir else model_dir
+            model = ChatModel(base, adapter_dir=run, encoder=run_encoder(run, base))
+        else:
+            model = ChatModel(model_dir)
+        system = a.system if a.system is not None else (trained_system_prompt(run) if run is not None else None)
+        session = ChatSession(model, ("tuned",) if run is not None else ("base",), system=system, sampling=sampling)
+    except TuneloomError as exc:
+        print(f"error: {exc.user_message()}", file=sys.stderr)
+        return 1
+    one_shot = a.prompt is not None
+    if not one_shot and sys.stdin.isatty():
+        print(f"Chatting with {model_dir.name}" + (f" + {Path(run).name}" if run is not None else "")
+              + (f" (system prompt: {system!r})" if system else "")
+              + ". /new starts over, Ctrl-C stops an answer, Ctrl-D quits.", file=sys.stderr)
     while True:
-        if prompts is not None:
-            if not prompts:
-                return 0
-            text = prompts.pop(0)
+        if one_shot:
+            text = a.prompt
         else:
             try:
                 text = input("you> ")
-            except EOFError:
+            except (EOFError, KeyboardInterrupt):
+                print(file=sys.stderr)
                 return 0
-        messages.append({"role": "user", "content": text})
-        reply = model.answer(messages, max_tokens=a.max_tokens)
-        messages.append({"role": "assistant", "content": reply})
-        print(reply if prompts is not None else f"model> {reply}")
+            if text.strip() in ("/new", "/reset"):
+                session.reset()
+                continue
+            if not text.strip():
+                continue
+            print("model> ", end="", flush=True)
+        cancel = CancelToken()
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: cancel.cancel())
+        try:
+            for chunk in session.stream(text, cancel):
+                if chunk.text:
+                    sys.stdout.write(chunk.text)
+                    sys.stdout.flush()
+        except TuneloomError as exc:
+            print(f"\nerror: {exc.user_message()}", file=sys.stderr)
+            return 1
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        print()
+        if cancel.cancelled:
+            print("(stopped)", file=sys.stderr)
+            if one_shot:
+                return 130
+        if one_shot:
+            return 0
+
+
+def _fmt_metric(v, kind: str) -> str:
+    if v is None:
+        return "n/a"
+    if kind == "share":
+        return f"{v:.1%}"
+    return f"{v:.4g}"
+
+
+def cmd_eval(a) -> int:
+    from app.console import ConsoleEvents
+    from core.evaluate import evaluate
+    from core.events import Cancelled, TuneloomError
+
+    ev = ConsoleEvents(quiet=a.json and not sys.stderr.isatty())
+    result, code = None, 0
+    try:
+        result = evaluate(a.run_dir, a.data, limit=a.limit, max_tokens=a.max_tokens, events=ev,
+                          cancel=_cancel_on_sigint())
+    except Cancelled as exc:
+        result, code = exc.result, 130
+        print(f"stopped: {exc}", file=sys.stderr)
+    except TuneloomError as exc:
+        print(f"error: {exc.user_message()}", file=sys.stderr)
+        return 1
+    finally:
+        getattr(ev, "close", lambda: None)()  # a live progress bar must not stay on the screen
+    if result is None:
+        return code or 1
+    try:
+        if a.csv:
+            print(f"table written to {result.write_csv(a.csv)}", file=sys.stderr)
+        if a.jsonl:
+            print(f"table written to {result.write_jsonl(a.jsonl)}", file=sys.stderr)
+    except OSError as exc:
+        print(f"error: cannot write the table: {exc}", file=sys.stderr)
+        return 1
+    if code:
+        return code
+    out = result.to_json()
+    if a.json:
+        print(json.dumps(out))
+        return 0
+    rows = [("exact match", "exact_match", "share"), ("valid JSON", "json_valid", "share"),
+            ("JSON field accuracy", "json_field_accuracy", "share"), ("validation loss", "loss", "num"),
+            ("perplexity", "perplexity", "num"), ("examples", "examples", "num")]
+    where = "the run's validation examples" if result.source == "validation" else ", ".join(result.data)
+    print(f"Evaluation of {a.run_dir} on {where} (greedy answers)")
+    print(f"  {'':22s}{'base':>12s}{'fine-tuned':>12s}")
+    for label, key, kind in rows:
+        print(f"  {label:22s}{_fmt_metric(out['base'][key], kind):>12s}{_fmt_metric(out['tuned'][key], kind):>12s}")
+    return 0
 
 
 def cmd_fetch(a) -> int:
@@ -340,12 +435,32 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_models)
 
     ch = sub.add_parser("chat", help="chat with a model (and adapters) in the terminal")
-    ch.add_argument("model")
-    ch.add_argument("--adapter")
-    ch.add_argument("--system")
+    ch.add_argument("model", help="a model folder, or a run folder (its base model with its adapter)")
+    ch.add_argument("--adapter", metavar="RUN", help="a run folder whose adapter to apply")
+    ch.add_argument("--system", help="system prompt (default: the one the run was trained with)")
     ch.add_argument("--prompt", help="answer this one prompt and exit")
-    ch.add_argument("--max-tokens", type=int, default=256)
+    from dataclasses import fields as _fields
+
+    from core.generate import Sampling
+
+    _sampling_help = {f.name: f.metadata["help"] for f in _fields(Sampling)}
+    ch.add_argument("--temperature", type=float, help=_sampling_help["temperature"] + " (default 0.7)")
+    ch.add_argument("--top-p", type=float, help=_sampling_help["top_p"] + " (default 0.9)")
+    ch.add_argument("--max-tokens", type=int, help=_sampling_help["max_tokens"] + " (default 512)")
+    ch.add_argument("--seed", type=int, help=_sampling_help["seed"] + " (default 0)")
     ch.set_defaults(func=cmd_chat)
+
+    ev = sub.add_parser("eval", help="compare the base and the fine-tuned model on held-out examples")
+    ev.add_argument("run_dir", metavar="RUN_DIR", help="a run folder")
+    ev.add_argument("--data", nargs="+", metavar="FILE",
+                    help="evaluate on these files instead of the run's validation examples")
+    ev.add_argument("--limit", type=int, metavar="N", help="only the first N examples")
+    ev.add_argument("--max-tokens", type=int, metavar="N",
+                    help="longest answer (default: the expected answer's length and half again)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object {base: {...}, tuned: {...}}")
+    ev.add_argument("--csv", metavar="OUT.csv", help="also write the table of answers as CSV")
+    ev.add_argument("--jsonl", metavar="OUT.jsonl", help="also write the table of answers as JSONL")
+    ev.set_defaults(func=cmd_eval)
     return p
 
 

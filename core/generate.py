@@ -1,42 +1,489 @@
-"""Answer prompts with a model (optionally with adapters): greedy by default, for Try and evaluation."""
+"""Answer prompts with a model and its adapter: streaming chat for Try and the CLI, greedy for evaluation.
+
+:class:`ChatModel` is one model folder loaded once. With a run's adapter it holds both
+models of a side-by-side comparison in one set of weights: the adapter layers are put in
+for the fine-tuned model and taken out for the base model (LoRA, DoRA and quantized bases
+alike), so the base model's answers are exactly those of the plain folder and the memory
+is that of one model, not two.
+
+:class:`ChatSession` is a conversation with one or both of them ("base", "tuned"): the same
+system prompt and user turns for both, each side continuing from its own earlier answers
+(what talking to that model alone would be). The two answers to a question are generated
+token by token in turn, so both columns fill as they go, and one :class:`CancelToken`
+stops both within a token. Prompts are rendered by :class:`core.tokens.ChatEncoder`,
+exactly as training renders them. Each side keeps its KV cache between questions, so a
+follow-up only computes the tokens the conversation added.
+
+The generation loop is ours (not ``mlx_lm.generate_step``) because the adapter has to be
+switched in and out between single forward passes and a stop must land between them.
+"""
 from __future__ import annotations
 
+import json
+import os
+import threading
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 import core  # noqa: F401  (OpenBLAS before MLX)
-from core.events import CancelToken
+from core import runs
+from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
 from core.tokens import ChatEncoder
+
+SIDES = ("base", "tuned")
+PREFILL_CHUNK = 128  # prompt tokens per forward pass while reading a prompt: a stop lands between chunks
+
+
+@dataclass
+class Sampling:
+    """How the next token is chosen. ``temperature`` 0 is greedy (always the likeliest token)."""
+
+    temperature: float = field(default=0.7, metadata={"help": "randomness: 0 always picks the likeliest word"})
+    top_p: float = field(default=0.9, metadata={"help": "pick only among the likeliest words making up this share"})
+    max_tokens: int = field(default=512, metadata={"help": "longest answer, in tokens"})
+    seed: int | None = field(default=0, metadata={"help": "same seed, same answers (empty: different each time)"})
+
+    def check(self) -> "Sampling":
+        if not (self.temperature >= 0):
+            raise TuneloomError(f"The temperature must be 0 or more, not {self.temperature}.",
+                                "Use 0 for fixed answers, 0.7 for varied ones.")
+        if not (0 < self.top_p <= 1):
+            raise TuneloomError(f"Top-p must be above 0 and at most 1, not {self.top_p}.", "Use e.g. 0.9.")
+        if int(self.max_tokens) < 1:
+            raise TuneloomError(f"The answer length must be at least 1 token, not {self.max_tokens}.")
+        return self
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "Sampling":
+        d = d or {}
+        return cls(**{k: d[k] for k in ("temperature", "top_p", "max_tokens", "seed") if k in d}).check()
+
+
+GREEDY = Sampling(temperature=0.0, top_p=1.0, max_tokens=512, seed=0)
+
+
+class PromptCache:
+    """The KV cache of one conversation side, and exactly which tokens it holds.
+
+    A new prompt that starts with those tokens only computes the rest (the cache is cut back
+    to the common prefix where the model's cache type allows it, else started over)."""
+
+    def __init__(self) -> None:
+        self.cache = None
+        self.tokens: list[int] = []
+        self.adapter: bool | None = None
+
+    def reset(self) -> None:
+        self.cache, self.tokens, self.adapter = None, [], None
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class TextStream:
+    """Token ids in, new text out: holds back an incomplete UTF-8 character (a byte-level token
+    may carry half of one), so every chunk is printable and the chunks add up to the answer."""
+
+    def __init__(self, encoder: ChatEncoder):
+        self.encoder = encoder
+        self.ids: list[int] = []
+        self.text = ""
+
+    def add(self, tid: int) -> str:
+        self.ids.append(tid)
+        full = self.encoder.decode(self.ids)
+        if full.endswith("\ufffd") or not full.startswith(self.text):
+            return ""
+        new, self.text = full[len(self.text):], full
+        return new
+
+    def flush(self) -> str:
+        full = self.encoder.decode(self.ids)
+        new = full[len(self.text):] if full.startswith(self.text) else ""
+        self.text += new
+        return new
+
+
+def _adapter_modules(model) -> list[tuple[object, object, object, object]]:
+    """(parent, attribute name or list index, adapter layer, the layer it wraps) for every adapter layer."""
+    from mlx_lm.tuner.dora import DoRAEmbedding, DoRALinear
+    from mlx_lm.tuner.lora import LoRAEmbedding, LoRALinear, LoRASwitchLinear
+
+    kinds = (LoRALinear, LoRASwitchLinear, LoRAEmbedding, DoRALinear, DoRAEmbedding)
+    out = []
+
+    def walk(obj):
+        items = enumerate(obj) if isinstance(obj, (list, tuple)) else obj.items() if isinstance(obj, dict) else ()
+        for key, child in list(items):
+            if isinstance(child, kinds):
+                inner = child.get("linear") if "linear" in child else child.get("embedding")
+                if inner is None:
+                    raise TuneloomError(f"Unexpected adapter layer {type(child).__name__} at {key}.")
+                if isinstance(obj, tuple):
+                    raise TuneloomError("Adapter layers inside a tuple cannot be switched off.")
+                out.append((obj, key, child, inner))
+            elif isinstance(child, (dict, list, tuple)):
+                walk(child)
+
+    walk(model)
+    return out
 
 
 class ChatModel:
-    def __init__(self, model_dir: str | Path, adapter_dir: str | Path | None = None, encoder: ChatEncoder | None = None):
-        from mlx_lm.tuner.utils import load_adapters
+    """A model folder loaded once, optionally with a run's adapter that can be switched on and off.
 
-        from core.train import load_base
+    Use it from one thread at a time per call; calls from several threads are serialized
+    (one forward pass at a time), never mixed."""
+
+    def __init__(self, model_dir: str | Path, adapter_dir: str | Path | None = None,
+                 encoder: ChatEncoder | None = None):
+        from core import train as _train
 
         self.model_dir = Path(model_dir)
-        self.model, self.config = load_base(model_dir)
-        if adapter_dir is not None:
-            load_adapters(self.model, str(adapter_dir))
+        self.adapter_dir = Path(adapter_dir) if adapter_dir is not None else None
+        self.model, self.config = _train.load_base(model_dir)
+        self._swaps: list = []
+        if self.adapter_dir is not None:
+            self._load_adapter(self.adapter_dir)
         self.model.eval()
         self.encoder = encoder or ChatEncoder(model_dir)
+        self._lock = threading.RLock()
+        self._adapter_on = self.has_adapter
 
-    def generate_ids(self, prompt_ids: list[int], max_tokens: int = 96, cancel: CancelToken | None = None) -> list[int]:
+    def _load_adapter(self, adapter_dir: Path) -> None:
+        from mlx_lm.tuner.utils import load_adapters
+
+        if not (adapter_dir / "adapters.safetensors").is_file() or not (adapter_dir / "adapter_config.json").is_file():
+            raise TuneloomError(f"{adapter_dir} has no adapters yet (adapters.safetensors, adapter_config.json).",
+                                "Train the run until its first checkpoint, or pick a finished run.")
+        try:
+            load_adapters(self.model, str(adapter_dir))
+        except (ValueError, KeyError, FileNotFoundError) as exc:
+            raise TuneloomError(f"The adapters in {adapter_dir} do not fit the model {self.model_dir.name}: {exc}",
+                                "Pick the run's own base model.") from exc
+        self._swaps = _adapter_modules(self.model)
+
+    @property
+    def has_adapter(self) -> bool:
+        return bool(self._swaps)
+
+    def _use_adapter(self, on: bool) -> None:
+        """Put the adapter layers in (fine-tuned model) or the layers they wrap (base model)."""
+        if on and not self._swaps:
+            raise TuneloomError("This model was loaded without adapters: there is no fine-tuned model to ask.")
+        if on == self._adapter_on:
+            return
+        for parent, key, adapted, base in self._swaps:
+            parent[key] = adapted if on else base
+        self._adapter_on = on
+
+    # -- token level ----------------------------------------------------------------------------
+    def stream_ids(self, prompt_ids: list[int], sampling: Sampling | None = None, cancel: CancelToken | None = None,
+                   *, adapter: bool | None = None, cache: PromptCache | None = None,
+                   stop_ids: set[int] | None = None) -> Iterator[int]:
+        """Yield the answer's token ids one at a time (the end-of-turn token is not yielded).
+
+        The generator's return value (``StopIteration.value``) says why it ended: "stop" (end of
+        turn), "length" (``max_tokens``) or "cancelled"."""
         import mlx.core as mx
-        from mlx_lm.generate import generate_step
+        from mlx_lm.models import cache as kv
 
-        eos = set(self.encoder.eos_ids)
-        out: list[int] = []
-        for tok, _ in generate_step(mx.array(prompt_ids), self.model, max_tokens=max_tokens,
-                                    sampler=lambda logits: mx.argmax(logits, axis=-1)):
-            t = int(tok)
-            if t in eos:
-                break
-            out.append(t)
+        sampling = (sampling or GREEDY).check()
+        adapter = self.has_adapter if adapter is None else adapter
+        if not prompt_ids:
+            raise TuneloomError("The prompt is empty.")
+        stop = set(self.encoder.eos_ids) if stop_ids is None else stop_ids
+        pc = cache if cache is not None else PromptCache()
+
+        with self._lock:
+            start = 0
+            if pc.cache is not None and pc.adapter == adapter:
+                start = min(_common_prefix(pc.tokens, prompt_ids), len(prompt_ids) - 1)
+                extra = len(pc.tokens) - start
+                if extra > 0:
+                    if kv.can_trim_prompt_cache(pc.cache) and kv.trim_prompt_cache(pc.cache, extra) == extra:
+                        pc.tokens = pc.tokens[:start]
+                    else:
+                        pc.reset()
+                        start = 0
+            else:
+                pc.reset()
+            if pc.cache is None:
+                pc.cache, pc.tokens, pc.adapter = kv.make_prompt_cache(self.model), [], adapter
+
+        key = None
+        if not sampling.greedy:
+            seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(4), "little")
+            key = mx.random.key(int(seed) % 2**32)
+
+        def forward(ids: list[int]):
+            with self._lock:
+                self._use_adapter(adapter)
+                try:
+                    logits = self.model(mx.array(ids)[None], cache=pc.cache)[:, -1, :]
+                    mx.eval(logits)
+                except BaseException:
+                    pc.reset()
+                    raise
+                pc.tokens.extend(ids)
+                return logits
+
+        def sample(logits):
+            nonlocal key
+            if key is None:
+                return int(mx.argmax(logits, axis=-1).item())
+            key, sub = mx.random.split(key)
+            logits = logits.astype(mx.float32) / sampling.temperature
+            if sampling.top_p < 1.0:
+                order = mx.argsort(-logits, axis=-1)
+                ordered = mx.take_along_axis(logits, order, axis=-1)
+                probs = mx.softmax(ordered, axis=-1)
+                before = mx.cumsum(probs, axis=-1) - probs  # share of the likelier tokens
+                ordered = mx.where(before < sampling.top_p, ordered, -float("inf"))
+                pick = mx.random.categorical(ordered, key=sub)
+                return int(mx.take_along_axis(order, pick[:, None], axis=-1).item())
+            return int(mx.random.categorical(logits, key=sub).item())
+
+        rest = list(prompt_ids[start:])
+        logits = None
+        while rest:
             if cancel is not None and cancel.cancelled:
+                return "cancelled"
+            chunk, rest = rest[:PREFILL_CHUNK], rest[PREFILL_CHUNK:]
+            logits = forward(chunk)
+        for n in range(int(sampling.max_tokens)):
+            if cancel is not None and cancel.cancelled:
+                return "cancelled"
+            tok = sample(logits)
+            if tok in stop:
+                return "stop"
+            yield tok
+            if n + 1 == int(sampling.max_tokens):
                 break
-        return out
+            if cancel is not None and cancel.cancelled:
+                return "cancelled"
+            logits = forward([tok])
+        return "length"
 
-    def answer(self, messages: list[dict], max_tokens: int = 96, cancel: CancelToken | None = None) -> str:
-        ids = self.generate_ids(self.encoder.prompt_ids(messages), max_tokens, cancel)
+    def generate_ids(self, prompt_ids: list[int], max_tokens: int = 96, cancel: CancelToken | None = None, *,
+                     adapter: bool | None = None, sampling: Sampling | None = None) -> list[int]:
+        """The whole answer's ids (greedy unless ``sampling`` says otherwise)."""
+        s = sampling or Sampling(temperature=0.0, top_p=1.0, max_tokens=max_tokens, seed=0)
+        return list(self.stream_ids(prompt_ids, s, cancel, adapter=adapter))
+
+    # -- text level -----------------------------------------------------------------------------
+    def stream(self, messages: list[dict], sampling: Sampling | None = None, cancel: CancelToken | None = None, *,
+               adapter: bool | None = None, cache: PromptCache | None = None) -> Iterator[str]:
+        """Yield the answer to ``messages`` as text chunks, as it is generated."""
+        text = TextStream(self.encoder)
+        for tid in self.stream_ids(self.encoder.prompt_ids(messages), sampling, cancel, adapter=adapter,
+                                   cache=cache):
+            piece = text.add(tid)
+            if piece:
+                yield piece
+        tail = text.flush()
+        if tail:
+            yield tail
+
+    def answer(self, messages: list[dict], max_tokens: int = 96, cancel: CancelToken | None = None, *,
+               adapter: bool | None = None, sampling: Sampling | None = None) -> str:
+        ids = self.generate_ids(self.encoder.prompt_ids(messages), max_tokens, cancel, adapter=adapter,
+                                sampling=sampling)
         return self.encoder.decode(ids)
+
+    def run_with(self, adapter: bool, fn: Callable):
+        """Call ``fn(model)`` with the adapter in or out (for losses over the same weights)."""
+        with self._lock:
+            self._use_adapter(adapter)
+            return fn(self.model)
+
+
+# ---------------------------------------------------------------------------
+# Runs: base model, adapter, trained system prompt
+# ---------------------------------------------------------------------------
+
+def run_base_model(run_dir: str | Path) -> Path:
+    """The base model folder a run was trained on."""
+    run = Path(run_dir)
+    if not (run / "config.json").is_file():
+        raise TuneloomError(f"{run} is not a run folder (no config.json).", "Pick a folder under runs/.")
+    adapter_cfg = runs.read_json(run / "adapter_config.json") or {}
+    cfg = runs.read_json(run / "config.json") or {}
+    base = adapter_cfg.get("base_model") or cfg.get("model")
+    if not base:
+        raise TuneloomError(f"{run} does not say which base model it was trained on.")
+    if not (Path(base) / "config.json").is_file():
+        raise TuneloomError(f"The run's base model {base} is not there any more.",
+                            "Download it again (Model step), then come back to this run.")
+    return Path(base)
+
+
+def trained_system_prompt(run_dir: str | Path, records=None) -> str | None:
+    """The system prompt the run was trained with: the run's own setting where it has one, else
+    the system message most of its training examples start with (None if there is none)."""
+    from collections import Counter
+
+    cfg = runs.read_json(Path(run_dir) / "config.json") or {}
+    for k in ("system", "system_prompt"):
+        if isinstance(cfg.get(k), str) and cfg[k].strip():
+            return cfg[k]
+    if records is None:
+        try:
+            from core.evaluate import run_split
+
+            records = run_split(run_dir)[0]
+        except TuneloomError:
+            return None
+    firsts = Counter()
+    for r in records:
+        msgs = r.messages if hasattr(r, "messages") else r
+        if msgs and msgs[0].get("role") == "system" and isinstance(msgs[0].get("content"), str):
+            firsts[msgs[0]["content"]] += 1
+    if not firsts:
+        return None
+    text, n = firsts.most_common(1)[0]
+    return text if n * 2 >= len(records) else None
+
+
+# ---------------------------------------------------------------------------
+# The conversation
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Chunk:
+    """A piece of one side's answer; the last one of a side has ``done`` and says why it ended
+    ("stop", "length", "cancelled", or "error" with the message in ``text``)."""
+
+    side: str
+    text: str
+    done: bool = False
+    reason: str | None = None
+
+
+@dataclass
+class Turn:
+    user: str
+    replies: dict[str, str] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)  # side -> why its answer ended
+
+
+class ChatSession:
+    """A multi-turn chat with the base model, the fine-tuned model, or both side by side.
+
+    ``ask()`` / ``stream()`` take the user's message, answer it on every side and add the
+    exchange to the history; ``reset()`` starts a new chat. Changing ``system`` or
+    ``sampling`` applies from the next question on."""
+
+    def __init__(self, model: ChatModel, sides: tuple[str, ...] = SIDES, *, system: str | None = None,
+                 sampling: Sampling | None = None):
+        for s in sides:
+            if s not in SIDES:
+                raise TuneloomError(f"Unknown side {s!r}.", f"Use {' and/or '.join(SIDES)}.")
+        if "tuned" in sides and not model.has_adapter:
+            raise TuneloomError("A fine-tuned side needs the run's adapter.", "Load the model with a run.")
+        self.model = model
+        self.sides = tuple(sides)
+        self.system = system
+        self.sampling = sampling or Sampling()
+        self.turns: list[Turn] = []
+        self._caches = {s: PromptCache() for s in self.sides}
+
+    @classmethod
+    def for_run(cls, run_dir: str | Path, sides: tuple[str, ...] = SIDES, *, sampling: Sampling | None = None,
+                events: Events | None = None, cancel: CancelToken | None = None) -> "ChatSession":
+        """Load a run's base model with its adapter (once) and prefill its trained system prompt."""
+        events = events or NULL_EVENTS
+        base = run_base_model(run_dir)
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        events.progress(0, None, f"loading {base.name} with the adapter of {Path(run_dir).name}")
+        from core.evaluate import run_encoder
+
+        model = ChatModel(base, adapter_dir=run_dir, encoder=run_encoder(run_dir, base))
+        events.progress(1, 1, "model loaded")
+        return cls(model, sides, system=trained_system_prompt(run_dir), sampling=sampling)
+
+    # -- history --------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """New chat: history and caches cleared; the model stays loaded."""
+        self.turns = []
+        for c in self._caches.values():
+            c.reset()
+
+    def messages(self, side: str, user: str | None = None) -> list[dict]:
+        """The conversation as ``side`` sees it (system, its own earlier answers), plus ``user``."""
+        msgs = [{"role": "system", "content": self.system}] if self.system else []
+        for t in self.turns:
+            msgs.append({"role": "user", "content": t.user})
+            msgs.append({"role": "assistant", "content": t.replies.get(side, "")})
+        if user is not None:
+            msgs.append({"role": "user", "content": user})
+        return msgs
+
+    def prompt_ids(self, side: str, user: str) -> list[int]:
+        return self.model.encoder.prompt_ids(self.messages(side, user))
+
+    # -- asking ---------------------------------------------------------------------------------
+    def stream(self, user: str, cancel: CancelToken | None = None, sampling: Sampling | None = None
+               ) -> Iterator[Chunk]:
+        """Answer ``user`` on every side, yielding chunks as tokens come (sides take turns token by
+        token). The exchange joins the history when the answers end, stopped answers as far as
+        they got."""
+        if not isinstance(user, str) or not user.strip():
+            raise TuneloomError("The message is empty.", "Type a question first.")
+        s = (sampling or self.sampling).check()
+        turn = Turn(user)
+        texts = {side: TextStream(self.model.encoder) for side in self.sides}
+        gens = {}
+        for side in self.sides:
+            gens[side] = self.model.stream_ids(self.prompt_ids(side, user), s, cancel, adapter=(side == "tuned"),
+                                               cache=self._caches[side])
+        try:
+            while gens:
+                for side in list(gens):
+                    try:
+                        tid = next(gens[side])
+                    except StopIteration as end:
+                        del gens[side]
+                        tail = texts[side].flush()
+                        turn.replies[side] = texts[side].text
+                        turn.reasons[side] = end.value or "stop"
+                        yield Chunk(side, tail, done=True, reason=turn.reasons[side])
+                        continue
+                    piece = texts[side].add(tid)
+                    if piece:
+                        yield Chunk(side, piece)
+        finally:
+            for side, g in gens.items():  # abandoned (the consumer stopped early) or failed
+                g.close()
+                texts[side].flush()
+                turn.replies.setdefault(side, texts[side].text)
+                turn.reasons.setdefault(side, "cancelled")
+            self.turns.append(turn)
+
+    def ask(self, user: str, on_chunk: Callable[[Chunk], None] | None = None, cancel: CancelToken | None = None,
+            sampling: Sampling | None = None) -> Turn:
+        """``stream()`` to the end, calling ``on_chunk`` for each chunk; returns the new turn."""
+        for chunk in self.stream(user, cancel, sampling):
+            if on_chunk is not None:
+                on_chunk(chunk)
+        return self.turns[-1]
+
+    def to_json(self) -> dict:
+        return {"system": self.system, "sampling": asdict(self.sampling),
+                "turns": [asdict(t) for t in self.turns]}
+
+    def save(self, path: str | Path) -> None:
+        from core.atomic import write_text
+
+        write_text(path, json.dumps(self.to_json(), ensure_ascii=False, indent=2) + "\n")

@@ -1,0 +1,416 @@
+"""Evaluate a run: the base model and the fine-tuned model on the same held-out examples.
+
+For every example (by default the run's own validation split, exactly as training drew it;
+or the files given) the prompt is everything before the last assistant turn and the
+expected answer is that turn. Both models answer greedily (deterministic, so the GUI's
+table and ``tuneloom eval`` give the same numbers), one set of weights serving both
+(:class:`core.generate.ChatModel` switches the adapter in and out).
+
+Metrics per model:
+- ``exact_match``: share of answers equal to the expected answer (surrounding whitespace ignored).
+- ``json_valid``: over the examples whose expected answer is a JSON object or array, the share
+  of answers that parse as one; None when no expected answer is JSON.
+- ``json_field_accuracy``: over the examples whose expected answer is a JSON object, the share
+  of all expected top-level keys the answer has with an equal value (booleans, numbers and
+  strings are not equal to one another; 1 == 1.0); None when no expected answer is an object.
+- ``loss`` / ``perplexity``: the mean cross-entropy per trained token over the examples,
+  computed as training computes its validation loss (same encoding, masking, truncation);
+  perplexity is ``exp(loss)``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import core  # noqa: F401  (OpenBLAS before MLX)
+from core import runs
+from core.events import NULL_EVENTS, CancelToken, Cancelled, Events, TuneloomError
+
+SIDES = ("base", "tuned")
+LOSS_BATCH_EXAMPLES = 32  # examples per loss call: progress and a stop between calls
+
+
+# ---------------------------------------------------------------------------
+# Scoring one answer (pure functions: the numbers are checkable by hand)
+# ---------------------------------------------------------------------------
+
+def parse_json(text: str) -> Any | None:
+    """The JSON object or array ``text`` is (surrounding whitespace allowed), else None."""
+    try:
+        value = json.loads(text.strip())
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return value if isinstance(value, (dict, list)) else None
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    """Equality of JSON values in JSON's own terms: true is not 1, "1" is not 1, 1 is 1.0."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+@dataclass
+class AnswerScore:
+    exact: bool
+    json_valid: bool | None  # None: the expected answer is not JSON
+    fields: int | None  # expected top-level keys (None: the expected answer is not a JSON object)
+    fields_equal: int | None
+
+    @property
+    def field_accuracy(self) -> float | None:
+        if not self.fields:
+            return None
+        return self.fields_equal / self.fields
+
+
+def score_answer(expected: str, answer: str) -> AnswerScore:
+    exact = answer.strip() == expected.strip()
+    want = parse_json(expected)
+    if want is None:
+        return AnswerScore(exact, None, None, None)
+    got = parse_json(answer)
+    if not isinstance(want, dict):
+        return AnswerScore(exact, got is not None, None, None)
+    same = 0
+    if isinstance(got, dict):
+        same = sum(1 for k, v in want.items() if k in got and json_equal(got[k], v))
+    return AnswerScore(exact, got is not None, len(want), same)
+
+
+# ---------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------
+
+@dataclass
+class EvalRow:
+    index: int
+    messages: list[dict]  # the prompt: every message before the expected answer
+    expected: str
+    file: str = ""
+    line: int | None = None
+    answers: dict[str, str] = field(default_factory=dict)
+    scores: dict[str, AnswerScore] = field(default_factory=dict)
+    conversation: list[dict] | None = field(default=None, repr=False)  # the whole example, as trained on
+
+    @property
+    def prompt(self) -> str:
+        """The last user message (what the table shows)."""
+        for m in reversed(self.messages):
+            if m.get("role") == "user":
+                return str(m.get("content", ""))
+        return ""
+
+    def to_json(self) -> dict:
+        out: dict[str, Any] = {"index": self.index, "file": self.file, "line": self.line, "prompt": self.prompt,
+                               "expected": self.expected}
+        for side in SIDES:
+            if side in self.answers:
+                s = self.scores[side]
+                out.update({f"{side}_answer": self.answers[side], f"{side}_exact": s.exact,
+                            f"{side}_json_valid": s.json_valid, f"{side}_field_accuracy": s.field_accuracy})
+        out["messages"] = self.messages
+        return out
+
+
+@dataclass
+class Scores:
+    exact_match: float | None
+    json_valid: float | None
+    json_field_accuracy: float | None
+    loss: float | None
+    perplexity: float | None
+    examples: int
+
+    def to_json(self) -> dict:
+        return {"exact_match": self.exact_match, "json_valid": self.json_valid,
+                "json_field_accuracy": self.json_field_accuracy, "loss": self.loss,
+                "perplexity": self.perplexity, "examples": self.examples}
+
+
+def aggregate(rows: list[EvalRow], side: str, loss: float | None) -> Scores:
+    """The metrics of one side over the rows it answered (see the module docstring)."""
+    scored = [r.scores[side] for r in rows if side in r.scores]
+    n = len(scored)
+    js = [s.json_valid for s in scored if s.json_valid is not None]
+    fields = sum(s.fields for s in scored if s.fields)
+    equal = sum(s.fields_equal for s in scored if s.fields)
+    return Scores(
+        exact_match=sum(s.exact for s in scored) / n if n else None,
+        json_valid=sum(js) / len(js) if js else None,
+        json_field_accuracy=equal / fields if fields else None,
+        loss=loss,
+        perplexity=perplexity(loss),
+        examples=n,
+    )
+
+
+def perplexity(loss: float | None) -> float | None:
+    if loss is None or not math.isfinite(loss):
+        return None
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return float("inf")
+
+
+CSV_COLUMNS = ["index", "file", "line", "prompt", "expected", "base_answer", "tuned_answer", "base_exact",
+               "tuned_exact", "base_json_valid", "tuned_json_valid", "base_field_accuracy", "tuned_field_accuracy"]
+
+
+@dataclass
+class EvalResult:
+    rows: list[EvalRow]
+    losses: dict[str, float | None]
+    run_dir: str | None = None
+    source: str = "validation"  # "validation" (the run's split) or "files"
+    data: list[str] = field(default_factory=list)
+    complete: bool = True
+    seconds: float = 0.0
+
+    def scores(self, side: str) -> Scores:
+        return aggregate(self.rows, side, self.losses.get(side))
+
+    def to_json(self) -> dict:
+        """The contract of ``tuneloom eval --json``: {"base": {...}, "tuned": {...}}."""
+        return {side: self.scores(side).to_json() for side in SIDES}
+
+    def summary(self) -> dict:
+        """to_json() plus where the examples came from (for a report or a saved evaluation)."""
+        return {**self.to_json(), "run": self.run_dir, "source": self.source, "data": self.data,
+                "examples": len(self.rows), "json_examples": sum(1 for r in self.rows if parse_json(r.expected)),
+                "complete": self.complete, "seconds": round(self.seconds, 2)}
+
+    def csv_text(self) -> str:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for r in self.rows:
+            w.writerow({k: ("" if v is None else v) for k, v in r.to_json().items()})
+        return buf.getvalue()
+
+    def write_csv(self, path: str | Path) -> Path:
+        """One line per example (UTF-8 with a BOM so that spreadsheet apps read it as UTF-8)."""
+        from core.atomic import write_text
+
+        write_text(path, "\ufeff" + self.csv_text())
+        return Path(path)
+
+    def write_jsonl(self, path: str | Path) -> Path:
+        """One JSON object per example, with the prompt messages."""
+        from core.atomic import write_text
+
+        write_text(path, "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in self.rows))
+        return Path(path)
+
+
+# ---------------------------------------------------------------------------
+# Which examples
+# ---------------------------------------------------------------------------
+
+def _train_config(run_dir: str | Path):
+    from core.train import TrainConfig
+
+    run = Path(run_dir)
+    saved = runs.read_json(run / "config.json")
+    if not saved:
+        raise TuneloomError(f"{run} is not a run folder (no config.json).", "Pick a folder under runs/.")
+    return TrainConfig.from_dict(saved)
+
+
+def _load(paths, cfg, mapping, cancel, events):
+    """load_dataset as training calls it (the run's field mapping, templates and system prompt)."""
+    from core.data import load_dataset
+
+    extra = {"user_template": getattr(cfg, "user_template", None),
+             "assistant_template": getattr(cfg, "assistant_template", None),
+             "system": getattr(cfg, "system_prompt", None)}
+    return load_dataset(paths, mapping=mapping, events=events, cancel=cancel,
+                        **{k: v for k, v in extra.items() if v is not None})
+
+
+def run_encoder(run_dir: str | Path, model_dir: str | Path | None = None):
+    """The run's ChatEncoder: its base model's template, in the thinking mode it was trained in."""
+    from core.tokens import ChatEncoder
+
+    cfg = _train_config(run_dir)
+    model_dir = model_dir or cfg.model
+    if getattr(cfg, "thinking", False):
+        return ChatEncoder(model_dir, thinking=True)
+    return ChatEncoder(model_dir)
+
+
+def run_split(run_dir: str | Path, *, events: Events | None = None, cancel: CancelToken | None = None):
+    """(training records, validation records) of a run, drawn as its training drew them."""
+    from core.data import DatasetError, train_valid
+
+    cfg = _train_config(run_dir)
+    missing = [p for p in cfg.data if not Path(p).exists()]
+    if missing:
+        raise TuneloomError(f"The run's dataset {missing[0]} is not there any more.",
+                            "Give the examples to evaluate on instead (tuneloom eval RUN --data FILE).")
+    try:
+        ds = _load(cfg.data, cfg, cfg.mapping, cancel, events or NULL_EVENTS)
+        return train_valid(ds, cfg.valid_fraction, cfg.seed)
+    except DatasetError as exc:
+        raise TuneloomError(f"The run's dataset cannot be read any more: {exc}", exc.hint) from exc
+
+
+def file_examples(paths: list[str | Path], cfg=None, *, events: Events | None = None,
+                  cancel: CancelToken | None = None):
+    """The records of the given files (read with the run's mapping and templates where they fit):
+    a dataset folder's test (else validation) split, else all of them."""
+    events = events or NULL_EVENTS
+    mapping = getattr(cfg, "mapping", None)
+    ds = _load(paths, cfg, mapping, cancel, events)
+    if not ds.records and not ds.splits.get("test") and cfg is not None:  # the run's layout may not fit
+        ds = _load(paths, None, None, cancel, events)
+    if ds.issues:
+        events.log("warning", f"{len(ds.issues)} example(s) cannot be read and are left out; first: {ds.issues[0]}")
+    recs = ds.splits.get("test") or ds.splits.get("valid") or ds.records
+    if not recs:
+        raise TuneloomError(f"No usable example in {', '.join(map(str, paths))}.",
+                            "Run `tuneloom data check` on the file to see its problems.")
+    return recs
+
+
+def to_rows(records, limit: int | None = None, events: Events | None = None) -> list[EvalRow]:
+    """One row per record that has an answer to compare with (a prompt and a last assistant turn)."""
+    events = events or NULL_EVENTS
+    rows, skipped = [], 0
+    for r in records:
+        msgs = r.messages
+        last = max((i for i, m in enumerate(msgs) if m.get("role") == "assistant"), default=None)
+        if last is None or not any(m.get("role") == "user" for m in msgs[:last]):
+            skipped += 1
+            continue
+        content = msgs[last].get("content")
+        if not isinstance(content, str):
+            content = json.dumps(content, ensure_ascii=False)
+        rows.append(EvalRow(len(rows), list(msgs[:last]), content, getattr(r, "file", ""), getattr(r, "line", None),
+                            conversation=list(msgs[: last + 1])))
+        if limit is not None and len(rows) >= limit:
+            break
+    if skipped:
+        events.log("info", f"{skipped} example(s) without a question to answer (plain text) are left out")
+    return rows
+
+
+# ---------------------------------------------------------------------------
+# Running it
+# ---------------------------------------------------------------------------
+
+def answer_budget(encoder, expected: str, max_tokens: int | None = None) -> int:
+    """Tokens an answer may take: fixed, or by default room for the expected answer and half again
+    (a rambling answer is cut there; it cannot be an exact match any more)."""
+    if max_tokens is not None:
+        return max(1, int(max_tokens))
+    n = len(encoder.tokenize(expected)[0])
+    return max(16, min(2048, n + n // 2 + 8))
+
+
+def _losses(model, rows: list[EvalRow], cfg, events: Events, cancel: CancelToken, progress) -> dict:
+    from core.data import ChatRecord
+    from core.train import encode_records, evaluate_loss
+
+    enc = model.encoder
+    recs = [ChatRecord(r.conversation or r.messages + [{"role": "assistant", "content": r.expected}]) for r in rows]
+    seqs = encode_records(enc, recs, cfg)
+    pad_id = enc.tok.pad_token_id if enc.tok.pad_token_id is not None else (enc.eos_ids or [0])[0]
+    out: dict[str, float | None] = {}
+    for side in SIDES:
+        total = count = 0.0
+        for i in range(0, len(seqs), LOSS_BATCH_EXAMPLES):
+            cancel.raise_if_cancelled()
+            part = seqs[i:i + LOSS_BATCH_EXAMPLES]
+            n = float(sum(sum(s.mask[1:]) for s in part))
+            if n:
+                loss = model.run_with(side == "tuned", lambda m, part=part: evaluate_loss(
+                    m, part, cfg.batch, pad_id, cfg.max_seq_len, -1))
+                total += loss * n
+                count += n
+            progress(f"{side}: validation loss")
+        out[side] = total / count if count else None
+    return out
+
+
+def evaluate(run_dir: str | Path, data: list[str | Path] | None = None, *, limit: int | None = None,
+             max_tokens: int | None = None, model=None, events: Events | None = None,
+             cancel: CancelToken | None = None, on_row: Callable[[EvalRow], None] | None = None) -> EvalResult:
+    """Evaluate a run's base and fine-tuned model. ``model``: an already loaded
+    :class:`core.generate.ChatModel` of this run (the Try page's), else one is loaded.
+
+    Reports progress (examples answered), calls ``on_row`` as each example's two answers are
+    in; on cancel raises :class:`Cancelled` whose ``result`` holds the rows done so far."""
+    from core.generate import ChatModel, run_base_model
+
+    events = events or NULL_EVENTS
+    cancel = cancel or CancelToken()
+    t0 = time.perf_counter()
+    if limit is not None and limit < 1:
+        raise TuneloomError(f"--limit must be at least 1, not {limit}.")
+    cfg = _train_config(run_dir)
+    events.progress(0, None, "reading the examples")
+    if data:
+        records, source = file_examples([str(p) for p in data], cfg, events=events, cancel=cancel), "files"
+    else:
+        records, source = run_split(run_dir, events=events, cancel=cancel)[1], "validation"
+    rows = to_rows(records, limit, events)
+    if not rows:
+        raise TuneloomError("None of the examples has a question and an answer to compare with.",
+                            "Evaluate on chat, instruction or prompt/completion examples.")
+    if model is None:
+        events.progress(0, None, "loading the model")
+        base = run_base_model(run_dir)
+        model = ChatModel(base, adapter_dir=run_dir, encoder=run_encoder(run_dir, base))
+    if not model.has_adapter:
+        raise TuneloomError("The model was loaded without the run's adapter.")
+    result = EvalResult(rows=[], losses={}, run_dir=str(run_dir), source=source,
+                        data=[str(p) for p in (data or cfg.data)], complete=False)
+    n_loss_steps = 2 * math.ceil(len(rows) / LOSS_BATCH_EXAMPLES)
+    total = n_loss_steps + 2 * len(rows)
+    done = 0
+
+    def progress(what: str) -> None:
+        nonlocal done
+        done += 1
+        events.progress(done, total, what)
+
+    try:
+        result.losses = _losses(model, rows, cfg, events, cancel, progress)
+        for row in rows:
+            for side in SIDES:
+                cancel.raise_if_cancelled()
+                ids = model.generate_ids(model.encoder.prompt_ids(row.messages),
+                                         answer_budget(model.encoder, row.expected, max_tokens), cancel,
+                                         adapter=(side == "tuned"))
+                cancel.raise_if_cancelled()
+                row.answers[side] = model.encoder.decode(ids)
+                row.scores[side] = score_answer(row.expected, row.answers[side])
+                progress(f"{side}: example {row.index + 1} of {len(rows)}")
+            result.rows.append(row)
+            if on_row is not None:
+                on_row(row)
+    except Cancelled as exc:
+        result.seconds = time.perf_counter() - t0
+        raise Cancelled(f"evaluation stopped after {len(result.rows)} of {len(rows)} examples",
+                        "The rows done so far are kept.", result=result) from exc
+    result.complete = True
+    result.seconds = time.perf_counter() - t0
+    for side in SIDES:
+        s = result.scores(side)
+        loss = "n/a" if s.loss is None else f"{s.loss:.4f}"
+        events.log("info", f"{side}: exact match {s.exact_match:.1%}, validation loss {loss}")
+    return result
