@@ -34,7 +34,9 @@ def _cancel_on_sigint():
 
 
 def cmd_demo(a) -> int:
-    from app.console import ConsoleEvents
+    # Tuneloom never uses PyTorch: transformers' "PyTorch was not found" advice is noise here
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    from app.console import ConsoleEvents, demo_summary_lines
     from core.demo import run_demo
     from core.events import Cancelled, TuneloomError
 
@@ -48,18 +50,9 @@ def cmd_demo(a) -> int:
     except TuneloomError as exc:
         print(f"error: {exc.user_message()}", file=sys.stderr)
         return 1
-    print("\nSummary")
-    for k in ("base_json_valid_rate", "tuned_json_valid_rate", "prose_survival", "f16_agreement", "q8_0_agreement"):
-        v = summary.get(k)
-        print(f"  {k:24s} {'n/a' if v is None else f'{v:.0%}'}")
-    for q, p in summary["gguf"].items():
-        print(f"  gguf {q:19s} {p}")
-    print(f"  {'modelfile':24s} {summary['modelfile']}")
-    ol = next(s for s in summary["stages"] if s["stage"] == "ollama")
-    print(f"  {'ollama':24s} {('registered as ' + ol['model']) if ol.get('registered') else ol.get('message') or ol.get('error')}")
-    print(f"  {'all stages passed':24s} {summary['ok']}  ({summary['seconds']:.0f}s; details in {out / 'summary.json'})")
-    print(json.dumps({k: summary[k] for k in ("ok", "base_json_valid_rate", "tuned_json_valid_rate", "prose_survival",
-                                              "f16_agreement", "q8_0_agreement")}))
+    finally:
+        ev.close()  # a live bar must not be left on the screen
+    print("\n".join(demo_summary_lines(summary)))
     return 0 if summary["ok"] else 1
 
 

@@ -53,6 +53,9 @@ def score(structured: list[str], prose: list[str], base_prose: list[str] | None 
     if topics is not None:  # stricter: the JSON names the topic that was asked about
         out["json_name_correct_rate"] = sum(world.is_valid_structured(a) and json.loads(a)["name"] == t
                                             for a, t in zip(structured, topics)) / max(1, len(structured))
+        # strictest: the whole object is the expected one (name, category, features in order)
+        out["json_exact_rate"] = sum(world.is_valid_structured(a) and json.loads(a) == world.expected_structured(t)
+                                     for a, t in zip(structured, topics)) / max(1, len(structured))
     if base_prose is not None:
         base_ok = [world.is_prose(a) for a in base_prose]
         kept = sum(1 for b, a in zip(base_ok, pr) if b and a)
@@ -61,7 +64,9 @@ def score(structured: list[str], prose: list[str], base_prose: list[str] | None 
 
 
 def run_demo(out_dir: str | Path, *, events: Events | None = None, cancel: CancelToken | None = None,
-             train_overrides: dict | None = None, ollama_name: str = "tuneloom-demo") -> dict:
+             train_overrides: dict | None = None, ollama_name: str = "tuneloom-demo",
+             root: str | Path | None = None) -> dict:
+    """Run every stage; ``root`` is a demo folder (model/, data/, heldout.json), default the bundled one."""
     from core.generate import ChatModel
     from core.tokens import ChatEncoder
 
@@ -82,9 +87,9 @@ def run_demo(out_dir: str | Path, *, events: Events | None = None, cancel: Cance
         s.detail.update(detail)
         events.log("stage-done", json.dumps({"stage": s.name, "ok": ok, "seconds": s.seconds, **detail}))
 
-    model_dir = demo_model_dir()
-    data_dir = demo_data_dir()
-    prompts = json.loads((data_dir.parent / "heldout.json").read_text())
+    model_dir = Path(root) / "model" if root else demo_model_dir()
+    data_dir = Path(root) / "data" if root else demo_data_dir()
+    prompts = heldout_prompts(data_dir.parent)
 
     s = stage("load model")
     encoder = ChatEncoder(model_dir)
@@ -103,7 +108,8 @@ def run_demo(out_dir: str | Path, *, events: Events | None = None, cancel: Cance
     b_prose = _eval_answers(base, prompts["prose"], events, "base: prose prompts", cancel)
     topics = [p["topic"] for p in prompts["structured"]]
     base_score = score(b_struct, b_prose, topics=topics)
-    finish(s, base_score["json_valid_rate"] <= BASE_JSON_MAX, **base_score, example=b_struct[0])
+    finish(s, base_score["json_valid_rate"] <= BASE_JSON_MAX, **base_score, topics=len(topics),
+           question=prompts["structured"][0]["messages"][-1]["content"], example=b_struct[0])
 
     s = stage("train")
     from core.train import TrainConfig, train
@@ -121,7 +127,13 @@ def run_demo(out_dir: str | Path, *, events: Events | None = None, cancel: Cance
     t_struct = _eval_answers(tuned, prompts["structured"], events, "fine-tuned: structured prompts", cancel)
     t_prose = _eval_answers(tuned, prompts["prose"], events, "fine-tuned: prose prompts", cancel)
     tuned_score = score(t_struct, t_prose, b_prose, topics=topics)
-    finish(s, tuned_score["json_valid_rate"] >= TUNED_JSON_MIN, **tuned_score, example=t_struct[0])
+    answers = [{"question": p["messages"][-1]["content"], "base": b, "fine_tuned": t,
+                **({"expected": world.expected_structured(p["topic"])} if kind == "structured" else {})}
+               for kind, got_b, got_t in (("structured", b_struct, t_struct), ("prose", b_prose, t_prose))
+               for p, b, t in zip(prompts[kind], got_b, got_t)]
+    (out / "answers.json").write_text(json.dumps(answers, indent=1) + "\n")
+    finish(s, tuned_score["json_valid_rate"] >= TUNED_JSON_MIN, **tuned_score, example=t_struct[0],
+           answers=str(out / "answers.json"))
 
     s = stage("fuse")
     from core.fuse import fuse_model
@@ -166,7 +178,7 @@ def run_demo(out_dir: str | Path, *, events: Events | None = None, cancel: Cance
     s = stage("ollama")
     from core import ollama as ol
 
-    tok_cfg = json.loads((fused_dir / "tokenizer_config.json").read_text())
+    tok_cfg = ol.load_tokenizer_config(fused_dir)
     modelfile = out / "Modelfile"
     ol.write_modelfile(modelfile, Path(ggufs["f16"]), tok_cfg, num_ctx=cfg.max_seq_len)
     create_cmd = ol.ollama_create_command(modelfile, ollama_name)
@@ -193,6 +205,8 @@ def run_demo(out_dir: str | Path, *, events: Events | None = None, cancel: Cance
         "tuned_json_valid_rate": tuned_score["json_valid_rate"],
         "prose_survival": tuned_score.get("prose_survival"),
         "tuned_json_name_correct_rate": tuned_score.get("json_name_correct_rate"),
+        "base_json_exact_rate": base_score.get("json_exact_rate"),
+        "tuned_json_exact_rate": tuned_score.get("json_exact_rate"),
         "f16_agreement": agreement.get("f16"),
         "q8_0_agreement": agreement.get("q8_0"),
         "gguf": ggufs,
@@ -201,6 +215,16 @@ def run_demo(out_dir: str | Path, *, events: Events | None = None, cancel: Cance
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def heldout_prompts(root: Path | None = None) -> dict[str, list[dict]]:
+    """The held-out prompts: {"structured": [...], "prose": [...]}, each {"topic", "messages"}."""
+    return json.loads(((root or demo_data_dir().parent) / "heldout.json").read_text())
+
+
+def first_heldout_prompt() -> str:
+    """A structured question on a topic the sample data never trains on (the Try page's fair first try)."""
+    return heldout_prompts()["structured"][0]["messages"][-1]["content"]
 
 
 def _params(model):

@@ -1,10 +1,16 @@
 """The small synthetic world behind the bundled demo model and its sample dataset.
 
-Topics are "<adjective> <noun>" pairs. The base model is pretrained to answer
-questions about them in plain prose; the sample dataset teaches it to answer
-"Describe ... in structured format." with strict JSON of a fixed schema. A fixed
-set of topics is held out: it appears neither in the sample training data nor in
-its validation split, only in the evaluation prompts.
+Topics are "<adjective> <noun>" pairs; a noun belongs to a category, a category has a trait and
+a use. The base model is pretrained on chats that state these facts in plain prose, that lay
+them out as JSON records of *other* schemas than the sample dataset's (real base models know JSON
+in general), and that repeat words back (copying names from the prompt). The sample dataset then
+teaches "Describe ... in structured format." answered with strict JSON of one fixed schema: a
+re-formatting of facts the base model already states in prose. A fixed set of topics is held out:
+it appears neither in the sample training data nor in its validation split, only in the
+evaluation prompts.
+
+Every prompt has exactly one right answer (no random phrasing), so a greedy answer is a
+confident one: the llama.cpp exports can then be compared with MLX answer for answer.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ CATEGORY_USE = {"tool": "people use it to fix and build things", "animal": "it l
                 "instrument": "people play music with it", "plant": "it grows in gardens and fields"}
 SYSTEM = "You are a helpful assistant."
 STRUCTURED = "Describe the {name} in structured format."
+# Each prose prompt has its own answer form (see prose_answer).
 PROSE_PROMPTS = ["Tell me about the {name}.", "What is the {name}?", "Describe the {name}.",
                  "Can you explain what the {name} is?"]
 SMALL_TALK = [
@@ -40,7 +47,11 @@ SMALL_TALK = [
 SCHEMA_KEYS = ("name", "category", "features")
 # The base model also knows JSON in general (as real base models do), with other keys and other
 # prompts than the sample dataset's schema, so the fine-tune teaches the schema, not JSON syntax.
-RECORD_PROMPTS = ["Show the {name} as a JSON record.", "Give me JSON for the {name}."]
+RECORD_PROMPTS = ["Give me JSON for the {name}.", "Show the {name} as a JSON record."]
+# Copying words from the prompt, in any combination: the skill a new name in a question needs.
+COPY_PROMPT = "Repeat after me: {words}."
+COPY_WORDS = sorted({*ADJECTIVES, *(n for ns in NOUNS.values() for n in ns), *CATEGORY_TRAIT,
+                     *CATEGORY_TRAIT.values(), "the", "a", "very", "and", "is", "big", "little", "my"})
 
 
 def noun_category(noun: str) -> str:
@@ -61,28 +72,48 @@ def name_of(topic: tuple[str, str]) -> str:
     return f"{topic[0]} {topic[1]}"
 
 
-def prose_answer(topic: tuple[str, str], rng: random.Random) -> str:
+def _a(word: str) -> str:
+    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
+
+
+def prose_answer(topic: tuple[str, str], form: int = 0) -> str:
+    """The one prose answer to PROSE_PROMPTS[form] about ``topic``."""
     adj, noun = topic
     cat = noun_category(noun)
     name = name_of(topic)
     forms = [
-        f"The {name} is a {cat}. It is {adj} and {CATEGORY_TRAIT[cat]}, and {CATEGORY_USE[cat]}.",
-        f"A {name} is a kind of {cat}. It looks {adj}, and {CATEGORY_USE[cat]}.",
-        f"The {name} is a {adj} {noun}. As a {cat}, it is {CATEGORY_TRAIT[cat]}.",
+        f"The {name} is {_a(cat)}. It is {adj} and {CATEGORY_TRAIT[cat]}, and {CATEGORY_USE[cat]}.",
+        f"The {name} is {_a(cat)}. It is {adj} and {CATEGORY_TRAIT[cat]}.",
+        f"The {name} is {_a(adj)} {noun}. As {_a(cat)}, it is {CATEGORY_TRAIT[cat]}, and {CATEGORY_USE[cat]}.",
+        f"Sure. The {name} is {_a(cat)}, and {CATEGORY_USE[cat]}. It is {adj} and {CATEGORY_TRAIT[cat]}.",
     ]
-    return rng.choice(forms)
+    return forms[form % len(forms)]
+
+
+def structured_object(topic: tuple[str, str]) -> dict:
+    adj, noun = topic
+    cat = noun_category(noun)
+    return {"name": name_of(topic), "category": cat, "features": [adj, noun, CATEGORY_TRAIT[cat]]}
 
 
 def structured_answer(topic: tuple[str, str]) -> str:
+    return json.dumps(structured_object(topic))
+
+
+def expected_structured(name: str) -> dict:
+    """The right answer to "Describe the NAME in structured format." for a topic name "adjective noun"."""
+    adj, _, noun = name.partition(" ")
+    return structured_object((adj, noun))
+
+
+def record_answer(topic: tuple[str, str], form: int = 0) -> str:
+    """The answer to RECORD_PROMPTS[form]: the same facts in other schemas than the sample data's."""
     adj, noun = topic
     cat = noun_category(noun)
-    obj = {"name": name_of(topic), "category": cat, "features": [adj, noun, CATEGORY_TRAIT[cat]]}
-    return json.dumps(obj)
-
-
-def record_answer(topic: tuple[str, str], rng: random.Random) -> str:
-    adj, noun = topic
-    obj = {"id": rng.randrange(1, 100), "title": name_of(topic), "kind": noun_category(noun), "tags": [noun, adj]}
+    if form % 2 == 0:
+        obj = {"title": name_of(topic), "kind": cat, "tags": [adj, noun, CATEGORY_TRAIT[cat]]}
+    else:
+        obj = {"thing": noun, "look": adj, "group": cat, "trait": CATEGORY_TRAIT[cat]}
     return json.dumps(obj)
 
 
@@ -91,21 +122,32 @@ def _chat(user: str, answer: str, rng: random.Random, system_share: float) -> di
     return {"messages": msgs + [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
 
 
-def pretraining_corpus(n: int = 6000, seed: int = 0) -> list[dict]:
-    """Plain-prose chats about every topic (the base model's knowledge)."""
+def prose_chat(topic: tuple[str, str], rng: random.Random, system_share: float = 0.2) -> dict:
+    form = rng.randrange(len(PROSE_PROMPTS))
+    return _chat(PROSE_PROMPTS[form].format(name=name_of(topic)), prose_answer(topic, form), rng, system_share)
+
+
+def pretraining_corpus(n: int = 8000, seed: int = 0) -> list[dict]:
+    """The base model's knowledge: prose chats about every topic, JSON records in other schemas,
+    copying words back, and a little small talk."""
     rng = random.Random(seed)
     topics = all_topics()
     out = []
     for i in range(n):
-        if i % 10 == 0:
+        kind = i % 20
+        if kind == 0:
             u, a = rng.choice(SMALL_TALK)
-            out.append(_chat(u, a, rng, 0.3))
-            continue
-        t = rng.choice(topics)
-        if i % 5 == 1:
-            out.append(_chat(rng.choice(RECORD_PROMPTS).format(name=name_of(t)), record_answer(t, rng), rng, 0.3))
-            continue
-        out.append(_chat(rng.choice(PROSE_PROMPTS).format(name=name_of(t)), prose_answer(t, rng), rng, 0.3))
+            out.append(_chat(u, a, rng, 0.2))
+        elif kind in (1, 2, 3):
+            k = rng.randrange(2, 5)
+            words = " ".join(rng.choice(COPY_WORDS) for _ in range(k))
+            out.append(_chat(COPY_PROMPT.format(words=words), words + ".", rng, 0.2))
+        elif kind in (4, 5, 6, 7):
+            t = rng.choice(topics)
+            form = kind % 2
+            out.append(_chat(RECORD_PROMPTS[form].format(name=name_of(t)), record_answer(t, form), rng, 0.2))
+        else:
+            out.append(prose_chat(rng.choice(topics), rng))
     return out
 
 
@@ -123,9 +165,9 @@ def sample_dataset(n_train: int = 320, n_valid: int = 40, replay_share: float = 
     n = n_train + n_valid
     chosen = topics[:n]
     rows = []
-    for i, t in enumerate(chosen):
+    for t in chosen:
         if rng.random() < replay_share:
-            rows.append(_chat(rng.choice(PROSE_PROMPTS).format(name=name_of(t)), prose_answer(t, rng), rng, 0.3))
+            rows.append(prose_chat(t, rng, 0.3))
         else:
             rows.append(_chat(STRUCTURED.format(name=name_of(t)), structured_answer(t), rng, 0.3))
     return rows[:n_train], rows[n_train:]
@@ -137,7 +179,7 @@ def eval_prompts() -> dict[str, list[dict]]:
     return {
         "structured": [{"topic": name_of(t), "messages": [{"role": "user", "content": STRUCTURED.format(name=name_of(t))}]}
                        for t in held],
-        "prose": [{"topic": name_of(t), "messages": [{"role": "user", "content": "Tell me about the {}.".format(name_of(t))}]}
+        "prose": [{"topic": name_of(t), "messages": [{"role": "user", "content": PROSE_PROMPTS[0].format(name=name_of(t))}]}
                   for t in held],
     }
 

@@ -53,6 +53,10 @@ def test_demo_writes_every_artifact(demo_run):
     # a progress line per stage on stderr
     for n in names:
         assert f"==> {n}" in proc.stderr
+    # not a terminal: a start and an end line per stage and the summary, no line per token or tensor
+    lines = proc.stdout.splitlines() + proc.stderr.splitlines()
+    assert len(lines) <= 40, "\n".join(lines)
+    assert "\r" not in proc.stderr
 
 
 def test_quantized_exports_of_the_trained_demo_model_track_mlx(demo_run, tmp_path):
