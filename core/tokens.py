@@ -187,6 +187,7 @@ class ChatEncoder:
         if self.supports_thinking:
             self.template_kwargs["enable_thinking"] = self.thinking
         self._role_ok: dict[str, bool] = {}
+        self.reasoning_dropped = 0  # answers whose reasoning a thinking-off render left out (counted, not silent)
         # The same rule as core.gguf_export: SentencePiece vocab when there is a tokenizer.model.
         spm_file = self.model_dir / "tokenizer.model"
         self.spm = _LlamaCppSentencePiece(spm_file, self.config) if spm_file.is_file() else None
@@ -280,6 +281,8 @@ class ChatEncoder:
                 m.pop("reasoning_content")
                 if not self.supports_thinking:  # nowhere to put it: keep it as the user wrote it
                     m["content"] = f"<think>\n{reasoning}\n</think>\n\n{m.get('content') or ''}"
+                else:  # a thinking template with thinking off: its prompt already closed the think block
+                    self.reasoning_dropped += 1
             out.append(m)
         return out
 
@@ -449,6 +452,7 @@ def token_stats(encoder: ChatEncoder, records, max_seq_len: int, mask_prompt: bo
     from core.data import DatasetIssue
 
     lengths, trained, problems = [], 0, []
+    dropped_before = encoder.reasoning_dropped
     for r in records:
         if cancel is not None:
             cancel.raise_if_cancelled()
@@ -461,7 +465,8 @@ def token_stats(encoder: ChatEncoder, records, max_seq_len: int, mask_prompt: bo
         trained += e.trained
     if not lengths:
         return {"min": 0, "median": 0, "p95": 0, "max": 0, "truncated": 0, "total": 0, "trained_share": 0.0,
-                "trained": 0, "lengths": [], "problems": problems}
+                "trained": 0, "lengths": [], "problems": problems,
+                "reasoning_dropped": encoder.reasoning_dropped - dropped_before}
     s = sorted(lengths)
 
     def pct(p):  # nearest rank
@@ -471,4 +476,4 @@ def token_stats(encoder: ChatEncoder, records, max_seq_len: int, mask_prompt: bo
     return {"min": s[0], "median": pct(0.5), "p95": pct(0.95), "max": s[-1],
             "truncated": sum(1 for n in lengths if n > max_seq_len), "total": total,
             "trained_share": trained / total if total else 0.0, "trained": trained, "lengths": lengths,
-            "problems": problems}
+            "problems": problems, "reasoning_dropped": encoder.reasoning_dropped - dropped_before}

@@ -163,3 +163,17 @@ def test_random_tables_through_templates(header, rows):
     w.writerows(rows)
     check(write(".csv", buf.getvalue().encode("utf-8", "surrogatepass")), user_template="Pokemon name: {name}",
           assistant_template="{types}", system="You are a Pokedex.")
+
+
+@SETTINGS
+@given(records=st.lists(chat_record, min_size=1, max_size=8))
+def test_export_reads_back_the_same_records(records):
+    from core.data import export_jsonl
+
+    ds = check(write(".jsonl", "".join(json.dumps(r) + "\n" for r in records).encode()))
+    if ds is None or not ds.records:
+        return
+    out = Path(_TMP.name) / "export.jsonl"
+    assert export_jsonl(ds.records, out) == len(ds.records)
+    back = load_dataset([out])
+    assert not back.issues and [r.messages for r in back.records] == [r.messages for r in ds.records]

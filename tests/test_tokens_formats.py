@@ -66,6 +66,9 @@ def test_qwen3_reasoning_trained_with_thinking_on(model_dirs, encoders):
     assert plain.ids == prompt + ids_of(on, "<think>\n\n</think>\n\nHello there.<|im_end|>")
     # thinking off (data without reasoning): today's prompt, with the empty think block in the prompt
     assert off.render([U1], True).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    # reasoning given to a thinking-off encoder is left out, and counted so the caller can say so
+    st = token_stats(off, [ChatRecord(msgs, "r.jsonl", 1)], 512)
+    assert st["reasoning_dropped"] == 1 and not st["problems"]
 
 
 def test_qwen3_multi_turn_with_reasoning_keeps_the_template_format(model_dirs):
