@@ -448,6 +448,7 @@ class ChatSession:
         for side in self.sides:
             gens[side] = self.model.stream_ids(self.prompt_ids(side, user), s, cancel, adapter=(side == "tuned"),
                                                cache=self._caches[side])
+        unfinished = "cancelled"  # why the sides still running at the end stopped
         try:
             while gens:
                 for side in list(gens):
@@ -463,12 +464,17 @@ class ChatSession:
                     piece = texts[side].add(tid)
                     if piece:
                         yield Chunk(side, piece)
+        except GeneratorExit:  # the consumer stopped reading: as good as a stop
+            raise
+        except BaseException:
+            unfinished = "error"
+            raise
         finally:
-            for side, g in gens.items():  # abandoned (the consumer stopped early) or failed
+            for side, g in gens.items():
                 g.close()
                 texts[side].flush()
                 turn.replies.setdefault(side, texts[side].text)
-                turn.reasons.setdefault(side, "cancelled")
+                turn.reasons.setdefault(side, unfinished)
             self.turns.append(turn)
 
     def ask(self, user: str, on_chunk: Callable[[Chunk], None] | None = None, cancel: CancelToken | None = None,

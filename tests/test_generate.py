@@ -264,3 +264,26 @@ def test_session_errors(model, plain):
         s.ask("   ")
     with pytest.raises(TuneloomError):
         plain.answer([{"role": "user", "content": "hi"}], adapter=True)
+
+
+def test_dora_adapter_switches_off_to_the_plain_model(tmp_path, plain):
+    from core.generate import ChatModel
+    from core.paths import demo_data_dir
+    from core.train import TrainConfig, train
+
+    out = tmp_path / "dora"
+    train(TrainConfig(model=str(demo_model_dir()), data=[str(demo_data_dir())], out=str(out), dora=True, iters=4,
+                      rank=4, alpha=8.0, lr=5e-3, batch=8, max_seq_len=128, warmup=1, valid_every=0,
+                      checkpoint_every=0, valid_batches=1))
+    m = ChatModel(demo_model_dir(), adapter_dir=out)
+    msgs = [{"role": "user", "content": Q2}]
+    assert m.has_adapter and m.answer(msgs, max_tokens=24, adapter=False) == plain.answer(msgs, max_tokens=24)
+    ids = m.encoder.prompt_ids(msgs)
+    import mlx.core as mx
+    import numpy as np
+
+    base_logits = m.run_with(False, lambda model: model(mx.array(ids)[None]))
+    tuned_logits = m.run_with(True, lambda model: model(mx.array(ids)[None]))
+    plain_logits = plain.model(mx.array(ids)[None])
+    assert np.array_equal(np.array(base_logits), np.array(plain_logits))  # exactly the plain model
+    assert not np.allclose(np.array(tuned_logits), np.array(plain_logits), atol=1e-4)
