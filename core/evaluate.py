@@ -252,6 +252,18 @@ def run_encoder(run_dir: str | Path, model_dir: str | Path | None = None):
     return ChatEncoder(model_dir)
 
 
+def _warn_if_changed(run_dir: Path, paths, events: Events) -> None:
+    """The split is redrawn from the files: say so when they changed after the run started."""
+    started = (run_dir / "config.json").stat().st_mtime
+    files = []
+    for p in map(Path, paths):
+        files += [x for x in p.iterdir() if x.is_file()] if p.is_dir() else [p]
+    changed = [f.name for f in files if f.stat().st_mtime > started + 1]
+    if changed:
+        events.log("warning", f"{', '.join(changed)} changed after this run was trained: the validation "
+                              "examples may not be the ones training held out.")
+
+
 def run_split(run_dir: str | Path, *, events: Events | None = None, cancel: CancelToken | None = None):
     """(training records, validation records) of a run, drawn as its training drew them."""
     from core.data import DatasetError, train_valid
@@ -261,6 +273,7 @@ def run_split(run_dir: str | Path, *, events: Events | None = None, cancel: Canc
     if missing:
         raise TuneloomError(f"The run's dataset {missing[0]} is not there any more.",
                             "Give the examples to evaluate on instead (tuneloom eval RUN --data FILE).")
+    _warn_if_changed(Path(run_dir), cfg.data, events or NULL_EVENTS)
     try:
         ds = _load(cfg.data, cfg, cfg.mapping, cancel, events or NULL_EVENTS)
         return train_valid(ds, cfg.valid_fraction, cfg.seed)

@@ -202,3 +202,27 @@ def test_bad_inputs(tmp_path, run_dir, model):
     empty.write_text('{"text": "just text"}\n')
     with pytest.raises(TuneloomError, match="question"):
         evaluate(run_dir, [empty], model=model)
+
+
+def test_changed_dataset_is_reported(tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    from core.evaluate import run_split
+    from core.paths import demo_data_dir
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_data_dir(), data)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": str(demo_model_dir()), "data": [str(data)]}))
+    ev = RecordingEvents()
+    train_recs, valid = run_split(run, events=ev)
+    assert len(valid) == 40 and not [t for lv, t in ev.logs if lv == "warning"]
+    later = (run / "config.json").stat().st_mtime + 60
+    os.utime(data / "valid.jsonl", (later, later))
+    run_split(run, events=ev)
+    assert any("valid.jsonl changed after this run was trained" in t for lv, t in ev.logs if lv == "warning")
+    shutil.rmtree(data)
+    with pytest.raises(TuneloomError, match="not there any more"):
+        run_split(run)
