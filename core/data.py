@@ -676,6 +676,24 @@ def _type_name(val: Any) -> str:
             type(None): "null"}.get(type(val), type(val).__name__)
 
 
+def _lowered(m: dict) -> dict[str, Any]:
+    """{normalised key: the first key in ``m`` with it}: one pass, for several look-ups."""
+    out: dict[str, Any] = {}
+    for k in m:
+        out.setdefault(k if type(k) is str and k.islower() and not k[:1].isspace() and not k[-1:].isspace()
+                       else _norm_key(k), k)
+    return out
+
+
+def _pick(m: dict, low: dict[str, Any], *names: str) -> tuple[str | None, Any]:
+    """Like :func:`_ci` over a :func:`_lowered` index."""
+    for want in names:
+        k = low.get(want)
+        if k is not None or want in low:
+            return str(k), m[k]
+    return None, None
+
+
 def _ci(m: dict, *names: str) -> tuple[str | None, Any]:
     """First of ``names`` present in ``m`` (case-insensitive): (key, value)."""
     for want in names:
@@ -730,8 +748,9 @@ def _convert_messages(msgs: Any, fld: str, *, sharegpt: bool = False, notes: dic
         if not isinstance(m, dict):
             raise _Invalid(f"{fld}[{i}]", f"must be an object with role and content, found {_type_name(m)}",
                            'write each message as {"role": "user", "content": "..."}')
-        rkey, who = _ci(m, *_ROLE_KEYS)
-        ckey, content = _ci(m, *_CONTENT_KEYS)
+        low = _lowered(m)
+        rkey, who = _pick(m, low, *_ROLE_KEYS)
+        ckey, content = _pick(m, low, *_CONTENT_KEYS)
         rkey, ckey = rkey or "role", ckey or "content"
         wheres.append(f"{fld}[{i}].{rkey}")
         if who is None:
@@ -740,7 +759,7 @@ def _convert_messages(msgs: Any, fld: str, *, sharegpt: bool = False, notes: dic
         if role not in ROLES:
             raise _Invalid(f"{fld}[{i}].{rkey}", f"unknown role {who!r}",
                            "use human, gpt or system" if sharegpt else "use one of: system, user, assistant, tool")
-        wkey, weight = _ci(m, "weight")
+        wkey, weight = _pick(m, low, "weight")
         if wkey is not None:
             if role != "assistant":
                 raise _Invalid(f"{fld}[{i}].{wkey}", f"only assistant messages have a weight, not {role} messages",
@@ -756,7 +775,7 @@ def _convert_messages(msgs: Any, fld: str, *, sharegpt: bool = False, notes: dic
                 _note(notes, "untrained_turns")
             out.append(msg)
             continue
-        extra = {str(k) for k in m if _norm_key(k) not in _MESSAGE_KEYS}
+        extra = {str(k) for nk, k in low.items() if nk not in _MESSAGE_KEYS} if len(low) > 2 else None
         if extra:
             _note(notes, "message_fields", extra)
         if content is None:
@@ -765,7 +784,7 @@ def _convert_messages(msgs: Any, fld: str, *, sharegpt: bool = False, notes: dic
         _check_text(content, f"{fld}[{i}].{ckey}")
         msg = {"role": role, "content": content}
         if role == "assistant":
-            qkey, reasoning = _ci(m, "reasoning_content")
+            qkey, reasoning = _pick(m, low, "reasoning_content")
             if qkey is not None and reasoning is not None and not isinstance(reasoning, str):
                 raise _Invalid(f"{fld}[{i}].{qkey}", f"must be text, found {_type_name(reasoning)}",
                                "write the reasoning as one string")
