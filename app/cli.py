@@ -127,6 +127,7 @@ def cmd_data_check(a) -> int:
             return 2
         tokens = {k: st[k] for k in ("min", "median", "p95", "max", "truncated", "trained_share", "trained", "total")}
         tokens["thinking"] = enc.thinking
+        tokens["reasoning_dropped"] = st["reasoning_dropped"]
         problems += st["problems"]
     reasoning = reasoning_summary(ds, thinks)
     if a.json:
@@ -168,6 +169,8 @@ def cmd_data_export(a) -> int:
         print(f"note: {note}")
     for i in ds.issues:
         print(f"problem: {i}")
+    if ds.reasoning:
+        print(f"{ds.reasoning} example(s) carry reasoning: written as reasoning_content on their answers")
     if ds.issues:
         print(f"{ds.invalid} invalid example(s) not written; fix the problems above and export again.",
               file=sys.stderr)
