@@ -374,6 +374,10 @@ class ChatEncoder:
                                     m.get("role") == "assistant" for m in messages) else "."))
         messages = self.prepare(messages)
         last = turns[-1]
+        if self.thinking:  # Qwen3's template keeps the reasoning of the turns after the last question only
+            asked = max((i for i, m in enumerate(messages[:last]) if m.get("role") == "user"), default=-1)
+            self.reasoning_dropped += sum(1 for m in messages[:asked] if m.get("role") == "assistant"
+                                          and m.get("reasoning_content"))
         history = messages[:last]
         prompt = self.render(history, add_generation_prompt=True)
         answer, has_eot = self._answer_text(messages[: last + 1], prompt)

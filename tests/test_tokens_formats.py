@@ -80,6 +80,8 @@ def test_qwen3_multi_turn_with_reasoning_keeps_the_template_format(model_dirs):
     assert "first" not in text and "<think>\nsecond\n</think>\n\nNow this.<|im_end|>" in text
     trained = "".join(t for t, m in training_runs(on, msgs) if m)
     assert "Hello there." in trained and "second" in trained
+    st = token_stats(on, [ChatRecord(msgs, "r.jsonl", 1)], 512)
+    assert st["reasoning_dropped"] == 1  # the first turn's, which the template leaves out: counted
 
 
 def test_reasoning_on_a_template_without_thinking_is_trained_inline(encoders, model_dirs):
