@@ -1,16 +1,24 @@
 """Our GGUF export vs llama.cpp's own tools, on a Qwen2.5-0.5B-shaped model.
 
-    .venv/bin/python bench/export.py [--layers 24] [--kquant-models qwen2.5,qwen3] [--repeat 1] [--work DIR]
+    .venv/bin/python bench/export.py [--layers 24] [--kquant-models qwen2.5,qwen3] [--repeat 3]
+                                     [--workers 2,1] [--work DIR]
 
 * F16 and Q8_0: ``core.gguf_export.export_gguf`` vs llama.cpp's ``convert_hf_to_gguf.py``
   (``--outtype f16`` / ``q8_0``), each from the same safetensors folder;
-* Q4_K_M / Q5_K_M / Q6_K: our export (straight from the safetensors) vs
-  ``llama_model_quantize`` (llama-cpp-python) run on our F16 GGUF, 1 and 2 threads.
+* Q4_K_M / Q5_K_M / Q6_K: our export straight from the safetensors, with each worker
+  count of ``--workers``, vs llama.cpp's route from the same folder: ``convert_hf_to_gguf.py
+  --outtype f16``, then ``llama_model_quantize`` (llama-cpp-python) on that F16 file with
+  1 and with 2 threads.
 
 Every run is its own child process: wall time, and peak RSS from ``os.wait4``'s rusage
-of that child alone. The models are Qwen2.5-0.5B-Instruct's (and, for the K-quants,
-Qwen3-0.6B's) exact config and real tokenizer (tests/fixtures/models) with random
-bfloat16 weights, as published.
+of that child alone. ``--repeat`` rounds each run every case once, ours and llama.cpp's
+alternately, so a busy machine slows both alike; the figures are the medians over the
+rounds, with the load average seen before each run. Our K-quant kernels are compiled
+(numba) once per install and cached; a warm-up run fills that cache before timing and
+its time is reported as ``first_run_compile_s``. The models are Qwen2.5-0.5B-Instruct's
+(and, for the K-quants, Qwen3-0.6B's) exact config and real tokenizer
+(tests/fixtures/models) with random bfloat16 weights, as published (``--dtype float16``
+for float16 weights, where the K-quant files must be byte-identical to llama.cpp's).
 
 The converter needs torch, which Tuneloom does not; it runs in its own venv:
 
@@ -29,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -45,7 +54,7 @@ DEFAULT_WORK = Path(os.environ.get("TUNELOOM_BENCH_DIR", Path.home() / ".cache" 
 SHAPES = {"qwen2.5": ("Qwen2.5-0.5B-Instruct", 24), "qwen3": ("Qwen3-0.6B", 28)}
 
 
-def build_model(work: Path, name: str, layers: int) -> Path:
+def build_model(work: Path, name: str, layers: int, dtype: str = "bfloat16") -> Path:
     """The hub model's exact config (``layers`` blocks) and tokenizer, random weights."""
     import pytest
 
@@ -55,9 +64,10 @@ def build_model(work: Path, name: str, layers: int) -> Path:
     config["num_hidden_layers"] = layers
     if "max_window_layers" in config:
         config["max_window_layers"] = layers
+    suffix = "" if dtype == "bfloat16" else f"-{dtype}"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(tiny_models, "tiny_config", lambda _name: dict(config))
-        return tiny_models.cached_tiny_model(name, work / f"{SHAPES[name][0]}-{layers}layers")
+        return tiny_models.cached_tiny_model(name, work / f"{SHAPES[name][0]}-{layers}layers{suffix}", dtype=dtype)
 
 
 def llama_src(work: Path) -> Path:
@@ -69,7 +79,7 @@ def llama_src(work: Path) -> Path:
     if not (base / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py").is_file():
         sdist = work / f"llama_cpp_python-{version}.tar.gz"
         if not sdist.is_file():
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-binary", "llama-cpp-python", "--no-deps",
                             f"llama-cpp-python=={version}", "-d", str(work)], check=True)
         with tarfile.open(sdist) as tar:
             members = [m for m in tar.getmembers() if "/vendor/llama.cpp/" in m.name and
@@ -97,6 +107,7 @@ print(json.dumps({"code": code, "seconds": wall, "maxrss_kib": usage.ru_maxrss})
 
 def measure(cmd: list[str], env: dict | None = None) -> dict:
     """Run ``cmd`` in a fresh process: wall seconds and its own peak RSS (MiB)."""
+    load = round(os.getloadavg()[0], 2)
     done = subprocess.run([sys.executable, "-c", LAUNCHER, *cmd], env=env, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"launcher failed: {done.stderr[-2000:]}")
@@ -104,13 +115,23 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
     if res["code"]:
         sys.stderr.write(done.stderr)
         raise RuntimeError(f"{cmd[:3]} failed ({res['code']})")
-    return {"seconds": round(res["seconds"], 2), "peak_rss_mib": round(res["maxrss_kib"] / 1024, 1)}
+    return {"seconds": round(res["seconds"], 2), "peak_rss_mib": round(res["maxrss_kib"] / 1024, 1),
+            "load_before": load}
 
 
 OURS = """
 import sys; sys.path.insert(0, {root!r})
 from core.gguf_export import export_gguf
-export_gguf({model!r}, {out!r}, {quant!r})
+export_gguf({model!r}, {out!r}, {quant!r}, workers={workers})
+"""
+
+WARM_UP = """
+import sys; sys.path.insert(0, {root!r})
+import numpy as np
+from core import kquants
+assert kquants.backend() == "numba", kquants.backend()
+x = np.zeros((1, 256), np.float32)
+kquants.quantize_q4_k(x); kquants.quantize_q5_k(x); kquants.quantize_q6_k(x)
 """
 
 QUANTIZE = """
@@ -121,9 +142,48 @@ assert llama_cpp.llama_model_quantize({src!r}.encode(), {dst!r}.encode(), ctypes
 """
 
 
-def best_of(repeat: int, cmd: list[str], env: dict | None = None) -> dict:
-    runs = [measure(cmd, env) for _ in range(repeat)]
-    return {"seconds": min(r["seconds"] for r in runs), "peak_rss_mib": max(r["peak_rss_mib"] for r in runs)}
+KERNELS = """
+import ctypes, json, sys, time
+from pathlib import Path
+sys.path.insert(0, {root!r})
+import gguf, llama_cpp, numpy as np
+from core import kquants
+lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                    ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+x = (np.random.default_rng(0).standard_normal((1024, 1792)) * 0.02).astype(np.float32)
+QT = gguf.GGMLQuantizationType
+res = {{}}
+for name, fn, qt in [("Q4_K", kquants.quantize_q4_k, QT.Q4_K), ("Q5_K", kquants.quantize_q5_k, QT.Q5_K),
+                     ("Q6_K", kquants.quantize_q6_k, QT.Q6_K)]:
+    fn(x[:1])  # compiled (or loaded from the cache) before timing
+    row = {{}}
+    for label, call in [("numba", lambda: fn(x, backend="numba")), ("numpy", lambda: fn(x, backend="numpy")),
+                        ("ggml", lambda: lib.ggml_quantize_chunk(int(qt), x.ctypes.data, out.ctypes.data, 0,
+                                                                 x.shape[0], x.shape[1], None))]:
+        out = np.empty(gguf.quant_shape_to_byte_shape(x.shape, qt), np.uint8)
+        best = min((lambda c: (call(), time.process_time() - c)[1])(time.process_time()) for _ in range(3))
+        row[label] = round(x.size / best / 1e6, 1)
+    res[name] = row
+print(json.dumps(res))
+"""
+
+
+def kernel_speeds() -> dict:
+    """Single-core K-quant speed (Mweights per CPU second, best of 3) of our two
+    implementations and ggml's own quantizer, on one 1024 x 1792 matrix; CPU time, so
+    other jobs on the machine matter less than for wall time."""
+    done = subprocess.run([sys.executable, "-c", KERNELS.format(root=str(ROOT))], capture_output=True, text=True,
+                          check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def summary(runs: list[dict]) -> dict:
+    """Median wall time over the rounds, every round's time and load, the largest peak RSS."""
+    return {"seconds": round(statistics.median(r["seconds"] for r in runs), 2),
+            "runs_s": [r["seconds"] for r in runs], "load_before": [r["load_before"] for r in runs],
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in runs)}
 
 
 def same_tensors(a: Path, b: Path) -> str:
@@ -172,14 +232,20 @@ def main() -> None:
     ap.add_argument("--kquant-models", default="qwen2.5,qwen3",
                     help="models for the K-quant runs: Qwen2.5-0.5B's rows of 896 are not whole 256-blocks, so "
                          "only its ffn_down is K-quantized; every Qwen3-0.6B matrix is ('' to skip)")
-    ap.add_argument("--repeat", type=int, default=1, help="runs per case; the fastest time is kept")
+    ap.add_argument("--kquants", default="q4_k_m,q5_k_m,q6_k", help="K-quant mixes to run")
+    ap.add_argument("--workers", default="2,1", help="our export's worker counts for the K-quant runs")
+    ap.add_argument("--no-q8", action="store_true", help="skip the Qwen2.5 Q8_0 comparison")
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"], help="the models' weights")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds; each case's median over them is reported")
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK, help="model, sources and outputs go here")
     ap.add_argument("--converter-python", default=str(DEFAULT_WORK / "convert-venv" / "bin" / "python"),
                     help="a Python with torch, numpy, sentencepiece and transformers for convert_hf_to_gguf.py")
     ap.add_argument("--llama-src", type=Path, help="a vendor/llama.cpp folder (default: fetched sdist)")
+    ap.add_argument("--out-json", type=Path, help="results file (default: WORK/results[-float16].json)")
     args = ap.parse_args()
 
     import math
+    import time
 
     import llama_cpp
 
@@ -193,67 +259,113 @@ def main() -> None:
     converter = src / "convert_hf_to_gguf.py"
     conv_env = dict(os.environ, PYTHONPATH=str(src / "gguf-py"))
     layers = {"qwen2.5": args.layers, "qwen3": args.qwen3_layers}
+    kq_models = [m for m in args.kquant_models.split(",") if m]
+    kquants = [q for q in args.kquants.split(",") if q]
+    workers = [int(w) for w in args.workers.split(",")]
+    tag = "" if args.dtype == "bfloat16" else f"-{args.dtype}"
     models = {}
-    for name in ["qwen2.5"] + [m for m in args.kquant_models.split(",") if m and m != "qwen2.5"]:
-        models[name] = build_model(work, name, layers[name])
+    for name in ["qwen2.5"] + [m for m in kq_models if m != "qwen2.5"]:
+        models[name] = build_model(work, name, layers[name], args.dtype)
         for f in models[name].glob("*.safetensors"):  # page cache warm for everyone alike
             subprocess.run(["cat", str(f)], stdout=subprocess.DEVNULL, check=True)
 
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", WARM_UP.format(root=str(ROOT))], check=True)
     results: dict = {
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
         "llama_cpp_python": llama_cpp.__version__,
+        "dtype": args.dtype,
+        "rounds": args.repeat,
+        "first_run_compile_s": round(time.perf_counter() - t0, 1),
+        "kernels_mweights_per_cpu_s": kernel_speeds(),
         "models": {},
         "convert": {},
         "kquants": {},
     }
 
-    def ours_cmd(model: Path, dst: Path, quant: str) -> list[str]:
-        return [sys.executable, "-c", OURS.format(root=str(ROOT), model=str(model), out=str(dst), quant=quant)]
+    def ours_cmd(model: Path, dst: Path, quant: str, n_workers: int | None = None) -> list[str]:
+        return [sys.executable, "-c", OURS.format(root=str(ROOT), model=str(model), out=str(dst), quant=quant,
+                                                  workers=n_workers)]
 
-    # F16 and Q8_0 from the safetensors: ours vs convert_hf_to_gguf.py
-    for name, model in models.items():
-        for quant in ("f16", "q8_0") if name == "qwen2.5" else ("f16",):
-            ours_out, conv_out = out / f"{name}-ours-{quant}.gguf", out / f"{name}-conv-{quant}.gguf"
-            ours = best_of(args.repeat, ours_cmd(model, ours_out, quant))
-            conv = best_of(args.repeat, [args.converter_python, str(converter), str(model), "--outfile", str(conv_out),
-                                         "--outtype", quant], conv_env)
-            case = {
-                "ours": ours, "convert_hf_to_gguf": conv,
-                "time_ratio": round(ours["seconds"] / conv["seconds"], 2),
-                "rss_ratio": round(ours["peak_rss_mib"] / conv["peak_rss_mib"], 2),
-                "tensor_data": same_tensors(ours_out, conv_out),
-            }
-            results["convert"][f"{name} {quant}"] = case
-            print(name, quant, json.dumps(case), flush=True)
-        f16 = out / f"{name}-ours-f16.gguf"
-        results["models"][name] = {
-            "shape": f"{SHAPES[name][0]} config + tokenizer, {layers[name]} layers (real: {SHAPES[name][1]}), random bf16 weights",
-            "params": sum(math.prod(t.shape) for t in read_tensor_table(f16)[1]),
-            "safetensors_bytes": sum(f.stat().st_size for f in model.glob("*.safetensors")),
-        }
+    def convert_cmd(model: Path, dst: Path, quant: str) -> list[str]:
+        return [args.converter_python, str(converter), str(model), "--outfile", str(dst), "--outtype", quant]
 
-    # K-quants: ours from the safetensors vs llama_model_quantize on our F16 file
     ftypes = {"q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M, "q5_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q5_K_M,
               "q6_k": llama_cpp.LLAMA_FTYPE_MOSTLY_Q6_K}
-    for name in [m for m in args.kquant_models.split(",") if m]:
-        model, f16 = models[name], out / f"{name}-ours-f16.gguf"
-        for quant, ftype in ftypes.items():
-            ours_out = out / f"{name}-ours-{quant}.gguf"
-            case = {"ours": best_of(args.repeat, ours_cmd(model, ours_out, quant))}
-            for nthread in (1, 2):
-                case[f"llama_model_quantize_t{nthread}"] = best_of(args.repeat, [sys.executable, "-c", QUANTIZE.format(
-                    ftype=ftype, nthread=nthread, src=str(f16), dst=str(out / f"{name}-llama-{quant}-t{nthread}.gguf"))])
-            case["time_ratio_vs_t1"] = round(case["ours"]["seconds"] / case["llama_model_quantize_t1"]["seconds"], 2)
-            conv_f16 = results["convert"].get(f"{name} f16", {}).get("convert_hf_to_gguf")
-            if conv_f16:  # llama.cpp's whole route: convert to F16, then quantize
-                case["end_to_end_ratio_vs_convert_plus_quantize_t1"] = round(
-                    case["ours"]["seconds"] / (conv_f16["seconds"] + case["llama_model_quantize_t1"]["seconds"]), 2)
-            case["types"] = type_shares(ours_out)
-            case["tensor_data"] = same_tensors(ours_out, out / f"{name}-llama-{quant}-t1.gguf")
-            results["kquants"][f"{name} {quant}"] = case
-            print(name, quant, json.dumps(case), flush=True)
 
-    (work / "results.json").write_text(json.dumps(results, indent=2))
+    def quantize_cmd(f16: Path, dst: Path, quant: str, nthread: int) -> list[str]:
+        return [sys.executable, "-c", QUANTIZE.format(ftype=ftypes[quant], nthread=nthread, src=str(f16), dst=str(dst))]
+
+    # Every round runs every case once, ours and llama.cpp's interleaved.
+    runs: dict[str, list[dict]] = {}
+
+    def run(key: str, cmd: list[str], env: dict | None = None) -> None:
+        r = measure(cmd, env)
+        runs.setdefault(key, []).append(r)
+        print(f"round {len(runs[key])}: {key}: {r}", flush=True)
+
+    convert_cases = [("qwen2.5", "f16")] + ([] if args.no_q8 else [("qwen2.5", "q8_0")])
+    convert_cases += [(m, "f16") for m in kq_models if m != "qwen2.5"]
+    for _ in range(args.repeat):
+        for name, quant in convert_cases:
+            model = models[name]
+            run(f"{name} {quant} ours", ours_cmd(model, out / f"{name}{tag}-ours-{quant}.gguf", quant))
+            run(f"{name} {quant} convert", convert_cmd(model, out / f"{name}{tag}-conv-{quant}.gguf", quant), conv_env)
+        for name in kq_models:
+            conv_f16 = out / f"{name}{tag}-conv-f16.gguf"
+            for quant in kquants:
+                for w in workers:
+                    run(f"{name} {quant} ours w{w}", ours_cmd(models[name], out / f"{name}{tag}-ours-{quant}-w{w}.gguf",
+                                                               quant, w))
+                for t in (1, 2):
+                    run(f"{name} {quant} quantize t{t}",
+                        quantize_cmd(conv_f16, out / f"{name}{tag}-llama-{quant}-t{t}.gguf", quant, t))
+
+    for name, quant in convert_cases:
+        ours, conv = summary(runs[f"{name} {quant} ours"]), summary(runs[f"{name} {quant} convert"])
+        results["convert"][f"{name} {quant}"] = {
+            "ours": ours, "convert_hf_to_gguf": conv,
+            "time_ratio": round(ours["seconds"] / conv["seconds"], 2),
+            "rss_ratio": round(ours["peak_rss_mib"] / conv["peak_rss_mib"], 2),
+            "tensor_data": same_tensors(out / f"{name}{tag}-ours-{quant}.gguf", out / f"{name}{tag}-conv-{quant}.gguf"),
+        }
+    for name in models:
+        f16 = out / f"{name}{tag}-ours-f16.gguf"
+        if f16.exists():
+            results["models"][name] = {
+                "shape": f"{SHAPES[name][0]} config + tokenizer, {layers[name]} layers (real: {SHAPES[name][1]}), "
+                         f"random {args.dtype} weights",
+                "params": sum(math.prod(t.shape) for t in read_tensor_table(f16)[1]),
+                "safetensors_bytes": sum(f.stat().st_size for f in models[name].glob("*.safetensors")),
+            }
+
+    for name in kq_models:
+        conv = summary(runs[f"{name} f16 convert"])
+        for quant in kquants:
+            case: dict = {f"ours_w{w}": summary(runs[f"{name} {quant} ours w{w}"]) for w in workers}
+            for t in (1, 2):
+                q = summary(runs[f"{name} {quant} quantize t{t}"])
+                case[f"llama_route_t{t}"] = {
+                    "convert_f16": conv["seconds"], "quantize": q["seconds"], "quantize_runs_s": q["runs_s"],
+                    "seconds": round(conv["seconds"] + q["seconds"], 2),
+                    "peak_rss_mib": max(conv["peak_rss_mib"], q["peak_rss_mib"]),
+                }
+            best = min((case["llama_route_t1"], case["llama_route_t2"]), key=lambda r: r["seconds"])
+            for w in workers:
+                ours = case[f"ours_w{w}"]
+                case[f"w{w}_time_ratio_vs_route_t1"] = round(ours["seconds"] / case["llama_route_t1"]["seconds"], 2)
+                case[f"w{w}_time_ratio_vs_faster_route"] = round(ours["seconds"] / best["seconds"], 2)
+                case[f"w{w}_rss_ratio"] = round(ours["peak_rss_mib"] / best["peak_rss_mib"], 2)
+            ref = out / f"{name}{tag}-llama-{quant}-t1.gguf"
+            first = out / f"{name}{tag}-ours-{quant}-w{workers[0]}.gguf"
+            case["types"] = type_shares(first)
+            case["tensor_data"] = same_tensors(first, ref)
+            case["same_file_for_every_worker_count"] = all(
+                (out / f"{name}{tag}-ours-{quant}-w{w}.gguf").read_bytes() == first.read_bytes() for w in workers[1:])
+            results["kquants"][f"{name} {quant}"] = case
+
+    dest = args.out_json or work / f"results{tag}.json"
+    dest.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import struct
 import tempfile
@@ -622,10 +623,13 @@ def _permute_for_llama_rope(data: np.ndarray, n_head: int) -> np.ndarray:
     return data.reshape(n_head, 2, rows // n_head // 2, *data.shape[1:]).swapaxes(1, 2).reshape(data.shape)
 
 
-# values converted at a time: a big matrix (a 151k-token embedding is 136M values) is
-# read, converted and written in row blocks of about this size, so peak memory stays
-# near 16M * (4 + 4 + 2) bytes whatever the model
-_CHUNK_VALUES = 1 << 24
+# Rows are read, converted and written in blocks of about this many values: a big matrix
+# (a 151k-token embedding is 136-155M values) is never whole in memory, and the blocks of
+# one tensor are what the worker threads share out. Peak memory stays near
+# (2 * workers) * 1M * (4 + 4) bytes beyond the writer's own, whatever the model; a
+# block takes well under 0.2 s at the slowest type (numpy Q4_K), so a cancel waits for
+# little more than that.
+_CHUNK_VALUES = 1 << 20
 
 
 def _convert_rows(p: _PlannedTensor, data: np.ndarray) -> np.ndarray:
@@ -636,49 +640,139 @@ def _convert_rows(p: _PlannedTensor, data: np.ndarray) -> np.ndarray:
     return quantizer(data) if quantizer else gguf.quants.quantize(data, p.qtype)
 
 
-def _convert_chunks(p: _PlannedTensor, cancel: CancelToken | None = None):
-    """The converted tensor as consecutive row blocks (each quant type works row by row)."""
+def _convert_block(p: _PlannedTensor, rows, first: int, n: int) -> np.ndarray:
+    """Rows ``first .. first + n`` of ``p`` converted; ``rows`` is the tensor in memory or None."""
+    data = p.src.read_f32(first, n) if rows is None else rows[first:first + n]
+    out = _convert_rows(p, data)
+    if out.shape != (n, *p.out_shape[1:]) or out.dtype != p.out_dtype:
+        raise RuntimeError(f"{p.gguf_name}: converted to {out.shape} {out.dtype}, planned {p.out_shape} {p.out_dtype}")
+    return out
+
+
+class _BlockPool:
+    """The worker threads of one export, converting the row blocks of a tensor in parallel.
+
+    Why threads: the K-quant kernels (core.kquants_jit, numba ``nogil``) hold no GIL,
+    and neither do numpy's loops over a block or the file reads, so threads use every
+    core with none of what worker processes cost: no copy of the rows per worker (a
+    block is handed over as an array, not pickled or staged in shared memory), no
+    interpreter start per worker (macOS's ``spawn`` re-imports numpy and gguf, about a
+    second each), and nothing that can be orphaned: the threads belong to this process
+    and are joined before the export returns or raises. Measured scaling: bench/README.md.
+
+    Results come back in order, with at most ``2 * workers`` blocks in flight, so memory
+    stays bounded and the writer streams. One worker converts in the calling thread.
+    """
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._executor = None
+        if workers > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._executor = ThreadPoolExecutor(workers, thread_name_prefix="tuneloom-gguf")
+
+    def __enter__(self) -> "_BlockPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._executor is not None:
+            # queued blocks are dropped, running ones finish (each well under a second)
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def map(self, fn, jobs, cancel: CancelToken | None):
+        """``fn(*job)`` for each job, yielded in order; polls ``cancel`` while waiting."""
+        if self._executor is None:
+            for job in jobs:
+                if cancel:
+                    cancel.raise_if_cancelled()
+                yield fn(*job)
+            return
+        from collections import deque
+        from concurrent.futures import TimeoutError as FutureTimeout
+        from concurrent.futures import wait
+
+        pending: deque = deque()
+        jobs = iter(jobs)
+        try:
+            while True:
+                while len(pending) < 2 * self.workers:
+                    job = next(jobs, None)
+                    if job is None:
+                        break
+                    pending.append(self._executor.submit(fn, *job))
+                if not pending:
+                    return
+                while True:
+                    if cancel:
+                        cancel.raise_if_cancelled()
+                    try:
+                        result = pending[0].result(timeout=0.05)
+                        break
+                    except FutureTimeout:
+                        continue
+                pending.popleft()
+                yield result
+        finally:
+            # a cancel, an error here or in a block, or the writer giving up: drop the
+            # queued blocks and wait for the running ones, so none outlives this tensor
+            for fut in pending:
+                fut.cancel()
+            wait(pending)
+
+
+def _convert_chunks(p: _PlannedTensor, cancel: CancelToken | None = None, pool: _BlockPool | None = None):
+    """The converted tensor as consecutive ``(rows done, rows in all, block)`` (each type works row by row)."""
     shape = p.src.shape
-    if len(shape) < 2 or p.permute_heads:
-        # 1-D tensors are small; the Llama Q/K reorder mixes rows within a head
+    if len(shape) < 2:  # 1-D tensors are small
         data = p.src.read_f32()
         if p.permute_heads:
             data = _permute_for_llama_rope(data, p.permute_heads)
         out = _convert_rows(p, data)
         if out.shape != p.out_shape or out.dtype != p.out_dtype:
             raise RuntimeError(f"{p.gguf_name}: converted to {out.shape} {out.dtype}, planned {p.out_shape} {p.out_dtype}")
-        yield out
+        yield 1, 1, out
         return
+    rows = None
+    if p.permute_heads:
+        # the Llama Q/K reorder mixes rows within a head: reorder the (small) tensor
+        # first, then convert its rows in blocks like any other
+        rows = _permute_for_llama_rope(p.src.read_f32(), p.permute_heads)
     step = max(1, _CHUNK_VALUES // math.prod(shape[1:]))
-    for first in range(0, shape[0], step):
-        if cancel and first:
-            cancel.raise_if_cancelled()
-        n = min(step, shape[0] - first)
-        out = _convert_rows(p, p.src.read_f32(first, n))
-        if out.shape != (n, *p.out_shape[1:]) or out.dtype != p.out_dtype:
-            raise RuntimeError(f"{p.gguf_name}: converted to {out.shape} {out.dtype}, planned {p.out_shape} {p.out_dtype}")
-        yield out
+    jobs = ((p, rows, first, min(step, shape[0] - first)) for first in range(0, shape[0], step))
+    done = 0
+    for out in (pool or _BlockPool(1)).map(_convert_block, jobs, cancel):
+        done += out.shape[0]
+        yield done, shape[0], out
 
 
 class _TensorStream:
-    """A planned tensor that converts itself chunk by chunk while it is written.
+    """A planned tensor that converts itself block by block while it is written.
 
     ``GGUFWriter.write_tensor_data`` needs only ``nbytes`` and ``tofile(fout)`` from
     the array it is given (on little-endian machines), so handing it this object keeps
     the writer's own bookkeeping (tensor order, alignment padding) without ever holding
-    the whole converted tensor.
+    the whole converted tensor. ``on_rows(done, total)`` follows the blocks written.
     """
 
-    def __init__(self, p: _PlannedTensor, cancel: CancelToken | None):
+    def __init__(self, p: _PlannedTensor, cancel: CancelToken | None, pool: _BlockPool | None = None,
+                 on_rows=None):
         self.p, self.cancel, self.nbytes = p, cancel, p.nbytes
+        self.pool, self.on_rows = pool, on_rows
 
     def tofile(self, fout) -> None:
         written = 0
-        for chunk in _convert_chunks(self.p, self.cancel):
+        for done, total, chunk in _convert_chunks(self.p, self.cancel, self.pool):
             chunk.tofile(fout)
             written += chunk.nbytes
+            if self.on_rows and done < total:
+                self.on_rows(done, total)
         if written != self.nbytes:
             raise RuntimeError(f"{self.p.gguf_name}: wrote {written} bytes, planned {self.nbytes}")
+
+
+# per-block progress for the types whose conversion is the slow part of an export
+_FLOAT_TYPES = (QT.F32, QT.F16, QT.BF16)
 
 
 def _estimate_kv_bytes(v: _Vocab) -> int:
@@ -689,15 +783,24 @@ def _estimate_kv_bytes(v: _Vocab) -> int:
 
 
 def export_gguf(model_dir, out_path, quant: str = "f16", *, events: Events | None = None,
-                cancel: CancelToken | None = None) -> dict:
+                cancel: CancelToken | None = None, workers: int | None = None) -> dict:
     """Write ``model_dir`` (a HF folder with float weights) as one GGUF file.
 
     Returns ``{"path", "quant", "arch", "n_tensors", "bytes"}``. Raises
     :class:`TuneloomError` for anything the user can fix (unsupported architecture or
     tokenizer, missing files, not enough disk space) and :class:`Cancelled` when
     ``cancel`` fires; in every failure ``out_path`` is left as it was.
+
+    ``workers``: threads converting row blocks in parallel (default ``os.cpu_count()``;
+    1 converts in the calling thread). The file is the same for any count. Progress:
+    ``events.progress(done, n_tensors, tensor name)`` after each tensor, and for
+    quantized tensors also after each block of rows, with a fractional ``done``.
     """
     events = events or NULL_EVENTS
+    if workers is None:
+        workers = os.cpu_count() or 1
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise TuneloomError(f"workers must be a whole number of at least 1, got {workers!r}.")
     model_dir, out_path = Path(model_dir), Path(out_path)
     quant = quant.lower()
     if quant not in QUANT_TYPES:
@@ -731,7 +834,8 @@ def export_gguf(model_dir, out_path, quant: str = "f16", *, events: Events | Non
 
     total_params = sum(math.prod(p.src.shape) for p in plan)
     try:
-        size = _write(out_path, arch_name, model_dir, config, spec, ftype, vocab, plan, total_params, events, cancel)
+        size = _write(out_path, arch_name, model_dir, config, spec, ftype, vocab, plan, total_params, events, cancel,
+                      workers)
     except OSError as exc:
         raise TuneloomError(f"Writing {out_path} failed: {exc}", "Check that the folder is writable and has free space.") from exc
 
@@ -741,7 +845,7 @@ def export_gguf(model_dir, out_path, quant: str = "f16", *, events: Events | Non
 
 def _write(out_path: Path, arch_name: str, model_dir: Path, config: dict, spec: ArchSpec, ftype,
            vocab: _Vocab, plan: list[_PlannedTensor], total_params: int, events: Events,
-           cancel: CancelToken | None) -> int:
+           cancel: CancelToken | None, workers: int = 1) -> int:
     """Header and metadata first, then the tensors one by one; the size of the new file."""
     with atomic_path(out_path, suffix=".gguf") as tmp:
         writer = gguf.GGUFWriter(tmp, arch_name)
@@ -754,11 +858,16 @@ def _write(out_path: Path, arch_name: str, model_dir: Path, config: dict, spec: 
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
-            for i, p in enumerate(plan):
-                if cancel:
-                    cancel.raise_if_cancelled()
-                writer.write_tensor_data(_TensorStream(p, cancel))
-                events.progress(i + 1, len(plan), p.gguf_name)
+            with _BlockPool(workers) as pool:
+                for i, p in enumerate(plan):
+                    if cancel:
+                        cancel.raise_if_cancelled()
+                    on_rows = None
+                    if p.qtype not in _FLOAT_TYPES:
+                        def on_rows(done, total, i=i, name=p.gguf_name):
+                            events.progress(i + done / total, len(plan), name)
+                    writer.write_tensor_data(_TensorStream(p, cancel, pool, on_rows))
+                    events.progress(i + 1, len(plan), p.gguf_name)
         finally:
             writer.close()
         if cancel:

@@ -17,13 +17,26 @@ The algorithm is ggml's reference one (``quantize_row_q{4,5,6}_K_ref`` with
   magnitudes that occur, which is ``np.rint``;
 * f16 conversions round to nearest even, as ggml's software ``GGML_FP32_TO_FP16``.
 
-Vectorised over all groups of a chunk of super-blocks: the Python loops run over the
-chunks and the fixed search steps (21 for Q4_K, 16 for Q5_K, 18 for Q6_K), never per
-block. Single-threaded, about half the speed of ggml's C on one core (bench/README.md).
+Two implementations of that one algorithm, bit-identical to each other and to ggml:
+
+* :mod:`core.kquants_jit`, the same loops compiled by numba, used when numba is
+  installed (it is a dependency): about ggml's C speed per core, and it releases the
+  GIL, so :mod:`core.gguf_export` runs one per core on threads;
+* the numpy code below, vectorised over all groups of a chunk of super-blocks (the
+  Python loops run over the chunks and the fixed search steps, 21 for Q4_K, 16 for
+  Q5_K, 18 for Q6_K, never per block): the fallback where numba cannot be imported,
+  about half of ggml's speed per core, and the tests' second opinion.
+
+``TUNELOOM_KQUANT_BACKEND=numpy`` (or ``backend="numpy"``) forces the numpy code.
 """
 from __future__ import annotations
 
+import logging
+import os
+
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 QK_K = 256
 # bytes per super-block of 256 values
@@ -295,31 +308,83 @@ def _q6_k_blocks(blocks: np.ndarray) -> np.ndarray:
 _BLOCK_FUNCS = {"Q4_K": (_q4_k_blocks, Q4_K_BYTES), "Q5_K": (_q5_k_blocks, Q5_K_BYTES), "Q6_K": (_q6_k_blocks, Q6_K_BYTES)}
 
 
-def _quantize(data: np.ndarray, kind: str) -> np.ndarray:
+_BACKEND_ENV = "TUNELOOM_KQUANT_BACKEND"
+_jit_module = None  # core.kquants_jit once imported, False when unavailable or not wanted
+
+
+def _jit():
+    """The compiled kernels, imported on first use (numba's import costs ~0.5 s), or None."""
+    global _jit_module
+    if _jit_module is None:
+        wanted = os.environ.get(_BACKEND_ENV, "").lower()
+        if wanted == "numpy":
+            _jit_module = False
+        else:
+            try:
+                from core import kquants_jit
+                _jit_module = kquants_jit
+            except Exception as exc:  # noqa: BLE001 - missing, or broken (a frozen app without sources)
+                if wanted == "numba":
+                    raise
+                log.warning("numba is not available (%s): K-quants use the slower numpy code", exc)
+                _jit_module = False
+    return _jit_module or None
+
+
+def backend() -> str:
+    """``"numba"`` or ``"numpy"``: which implementation the K-quants run by default."""
+    return "numba" if _jit() else "numpy"
+
+
+_JIT_FUNCS = {"Q4_K": "quantize_q4_k_into", "Q5_K": "quantize_q5_k_into", "Q6_K": "quantize_q6_k_into"}
+
+
+def _quantize(data: np.ndarray, kind: str, backend: str | None = None) -> np.ndarray:
     func, nbytes = _BLOCK_FUNCS[kind]
     data = np.asarray(data, dtype=np.float32)
     if data.ndim == 0 or data.shape[-1] % QK_K:
         raise ValueError(f"{kind} needs rows that are a multiple of {QK_K} values, got shape {data.shape}")
+    if backend not in (None, "numba", "numpy"):
+        raise ValueError(f"unknown K-quant backend {backend!r}")
+    jit = None if backend == "numpy" else _jit()
+    if backend == "numba" and jit is None:
+        raise RuntimeError("the numba K-quant kernels are not available")
     blocks = data.reshape(-1, QK_K)
     out = np.empty((blocks.shape[0], nbytes), dtype=np.uint8)
+    if jit is not None:
+        try:
+            # one call for all blocks, GIL released throughout; the kernels want C order
+            getattr(jit, _JIT_FUNCS[kind])(np.ascontiguousarray(blocks), out)
+            return out.reshape(*data.shape[:-1], data.shape[-1] // QK_K * nbytes)
+        except Exception as exc:  # noqa: BLE001 - numba could not compile here: same result, slower
+            if backend == "numba":
+                raise
+            _disable_jit(exc)
     for start in range(0, blocks.shape[0], _CHUNK_BLOCKS):
         out[start:start + _CHUNK_BLOCKS] = func(blocks[start:start + _CHUNK_BLOCKS])
     return out.reshape(*data.shape[:-1], data.shape[-1] // QK_K * nbytes)
 
 
-def quantize_q4_k(data: np.ndarray) -> np.ndarray:
+def _disable_jit(exc: BaseException) -> None:
+    global _jit_module
+    if _jit_module:
+        log.warning("the numba K-quant kernels failed (%s): using the slower numpy code", exc)
+    _jit_module = False
+
+
+def quantize_q4_k(data: np.ndarray, *, backend: str | None = None) -> np.ndarray:
     """float32 (..., n*256) -> uint8 (..., n*144) in ggml's block_q4_K layout."""
-    return _quantize(data, "Q4_K")
+    return _quantize(data, "Q4_K", backend)
 
 
-def quantize_q5_k(data: np.ndarray) -> np.ndarray:
+def quantize_q5_k(data: np.ndarray, *, backend: str | None = None) -> np.ndarray:
     """float32 (..., n*256) -> uint8 (..., n*176) in ggml's block_q5_K layout."""
-    return _quantize(data, "Q5_K")
+    return _quantize(data, "Q5_K", backend)
 
 
-def quantize_q6_k(data: np.ndarray) -> np.ndarray:
+def quantize_q6_k(data: np.ndarray, *, backend: str | None = None) -> np.ndarray:
     """float32 (..., n*256) -> uint8 (..., n*210) in ggml's block_q6_K layout."""
-    return _quantize(data, "Q6_K")
+    return _quantize(data, "Q6_K", backend)
 
 
 # --------------------------------------------------------------------------- dequantization (for checks)

@@ -98,11 +98,16 @@ def adversarial(rng: np.random.Generator) -> np.ndarray:
 
 # --------------------------------------------------------------------------- the quantizers
 
+BACKENDS = ["numba", "numpy"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("qtype", list(KTYPES), ids=lambda q: q.name)
-def test_quantizer_bit_identical_to_ggml(qtype):
+def test_quantizer_bit_identical_to_ggml(qtype, backend):
+    """Both implementations (the numba kernels and the numpy code) equal ggml's."""
     quantize, _ = KTYPES[qtype]
     x = adversarial(np.random.default_rng(7))
-    ours = quantize(x)
+    ours = quantize(x, backend=backend)
     ref = ggml_quantize(x, qtype)
     assert ours.shape == ref.shape and ours.dtype == np.uint8
     size = gguf.GGML_QUANT_SIZES[qtype][1]
@@ -128,6 +133,48 @@ def test_round_trip_against_gguf_dequantize(qtype):
     bound = {QT.Q4_K: 0.12, QT.Q5_K: 0.06, QT.Q6_K: 0.03}[qtype]
     assert rel < bound, rel
     assert rel > bound / 8  # not trivially exact: the data really went through 4-6 bits
+
+
+@pytest.mark.parametrize("qtype", list(KTYPES), ids=lambda q: q.name)
+def test_backends_agree_on_many_weights(qtype):
+    """The numba kernels and the numpy code on 1.5M weights of several scales, and
+    ggml on the same: every block equal (a float64 slip in a kernel shows up here)."""
+    quantize, _ = KTYPES[qtype]
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((1536, 1024)) * rng.uniform(1e-4, 3, (1536, 1))).astype(np.float32)
+    x[::97] = x[::97].astype(np.float16).astype(np.float32)  # rows exactly representable in f16
+    fast = quantize(x, backend="numba")
+    assert np.array_equal(fast, quantize(x, backend="numpy"))
+    assert np.array_equal(fast, ggml_quantize(x, qtype))
+
+
+def test_kernel_float16_conversion_rounds_like_numpy():
+    """The kernels' own float32 -> float16 rounding (numba has no float16) on random bit
+    patterns and the edges: subnormals, ties, the largest half, overflow to infinity."""
+    from core import kquants_jit
+
+    rng = np.random.default_rng(5)
+    bits = rng.integers(0, 2**32, 3_000_000, dtype=np.uint64).astype(np.uint32)
+    v = bits.view(np.float32)
+    v = v[np.isfinite(v)]
+    half = np.arange(0, 0x7C00, dtype=np.uint16).view(np.float16).astype(np.float32)
+    ties = (half[:-1] + half[1:]) / 2  # midpoints between neighbouring halves (exact in f32)
+    edges = np.array([0.0, 65504, 65519.996, 65520, 1e30, 6.1035156e-05, 5.9604645e-08, 2.9802322e-08,
+                      2.9802326e-08, 1e-45], dtype=np.float32)
+    v = np.concatenate([v, half, ties, np.nextafter(ties, np.float32(np.inf)), edges, -edges, -half])
+    with np.errstate(over="ignore"):
+        want = v.astype(np.float16).view(np.uint16)
+    assert np.array_equal(kquants_jit.f16_bits_array(v), want)
+    h = np.arange(0x7C00, dtype=np.uint16)
+    assert np.array_equal(kquants_jit.f16_values_array(h), h.view(np.float16).astype(np.float32))
+
+
+def test_kernels_release_the_gil():
+    """What lets the export run one kernel per core on threads."""
+    from core import kquants_jit
+
+    for fn in (kquants_jit._affine_blocks, kquants_jit._q6_blocks):
+        assert fn.targetoptions.get("nogil") is True, fn
 
 
 def test_rows_must_be_whole_super_blocks():
@@ -314,3 +361,121 @@ def test_row_chunked_conversion_writes_the_same_file(f16_export, tmp_path, monke
     monkeypatch.setattr(ge, "_CHUNK_VALUES", 1000)  # 3 rows of 256 at a time, a partial last block
     chunked = Path(export_gguf(model_dir, tmp_path / "chunked.gguf", quant)["path"]).read_bytes()
     assert chunked == whole
+
+
+# --------------------------------------------------------------------------- the parallel export
+
+def _pool_threads() -> list:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name.startswith("tuneloom-gguf")]
+
+
+@pytest.mark.parametrize("quant", ["q4_k_m", "q6_k"])
+def test_parallel_export_is_bit_identical_to_serial_and_llama(f16_export, tmp_path, monkeypatch, quant):
+    """Blocks of 32 rows shared out over 3 threads (more than the cores) give the same
+    file as one thread, and tensor data equal to llama_model_quantize's."""
+    import core.gguf_export as ge
+
+    model_dir, f16 = f16_export("tinyllama", DIMS_256, "float16")
+    monkeypatch.setattr(ge, "_CHUNK_VALUES", 32 * 256)
+    serial = Path(export_gguf(model_dir, tmp_path / "serial.gguf", quant, workers=1)["path"])
+    parallel = Path(export_gguf(model_dir, tmp_path / "parallel.gguf", quant, workers=3)["path"])
+    assert parallel.read_bytes() == serial.read_bytes()
+    ref = llama_quantize(f16, tmp_path / "ref.gguf", quant)
+    differing = {n: r for n, r in compare(parallel, ref).items() if r[0] != r[1] or r[2]}
+    assert not differing, differing
+    assert not _pool_threads()
+
+
+def test_progress_per_tensor_and_per_block(tmp_path_factory, tmp_path, monkeypatch):
+    """Quantized tensors report after each block of rows (a fractional ``done``), every
+    tensor after it is written; ``total`` is the tensor count throughout."""
+    import core.gguf_export as ge
+    from core.events import RecordingEvents
+
+    model_dir = _model(tmp_path_factory, "tinyllama", DIMS_256, "float16")
+    monkeypatch.setattr(ge, "_CHUNK_VALUES", 64 * 256)  # the 32000-row embedding: 500 blocks
+    ev = RecordingEvents()
+    res = export_gguf(model_dir, tmp_path / "m.gguf", "q4_k_m", events=ev, workers=2)
+    n = res["n_tensors"]
+    done = [d for d, _, _ in ev.progresses]
+    assert all(total == n for _, total, _ in ev.progresses)
+    assert done == sorted(done) and done[-1] == n
+    whole = [d for d in done if float(d).is_integer()]
+    assert whole == list(range(1, n + 1))  # one report per tensor
+    embd = [d for d, _, what in ev.progresses if what == "token_embd.weight"]
+    # 499 partial reports, then the tensor's own
+    assert len(embd) == 500 and all(0 < d - int(embd[0]) < 1 for d in embd[:-1])
+    assert np.allclose(np.diff(embd[:-1]), 64 / 32000)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_cancel_stops_within_a_second_and_leaves_nothing(tmp_path_factory, tmp_path, monkeypatch, workers):
+    """Cancel from another thread (as the GUI does) while blocks are being quantized:
+    the export raises Cancelled within a second, no worker thread is left, no file."""
+    import threading
+    import time
+
+    import core.gguf_export as ge
+    from core.events import CallbackEvents, Cancelled, CancelToken
+
+    model_dir = _model(tmp_path_factory, "tinyllama", DIMS_256, "float16")
+    monkeypatch.setattr(ge, "_CHUNK_VALUES", 16 * 256)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    token = CancelToken()
+    blocks_seen = threading.Event()
+    cancelled_at = []
+
+    def on_progress(done, total, what):
+        if not float(done).is_integer():
+            blocks_seen.set()
+
+    def canceller():
+        blocks_seen.wait(60)
+        cancelled_at.append(time.monotonic())
+        token.cancel()
+
+    thread = threading.Thread(target=canceller)
+    thread.start()
+    with pytest.raises(Cancelled):
+        export_gguf(model_dir, out_dir / "m.gguf", "q4_k_m", events=CallbackEvents(progress=on_progress),
+                    cancel=token, workers=workers)
+    stopped = time.monotonic()
+    thread.join()
+    assert cancelled_at, "no block progress before the end"
+    assert stopped - cancelled_at[0] < 1.0
+    assert not _pool_threads()
+    assert list(out_dir.iterdir()) == []
+
+
+def test_error_in_a_worker_stops_the_export_and_its_threads(tmp_path_factory, tmp_path, monkeypatch):
+    import core.gguf_export as ge
+
+    model_dir = _model(tmp_path_factory, "tinyllama", DIMS_256, "float16")
+    monkeypatch.setattr(ge, "_CHUNK_VALUES", 16 * 256)
+    calls = []
+
+    def failing(data):
+        calls.append(1)
+        if len(calls) == 5:
+            raise MemoryError("no memory for this block")
+        return kquants.quantize_q4_k(data)
+
+    monkeypatch.setitem(ge._KQUANTIZERS, QT.Q4_K, failing)
+    (tmp_path / "m.gguf").write_bytes(b"previous export")
+    with pytest.raises(MemoryError):
+        export_gguf(model_dir, tmp_path / "m.gguf", "q4_k_m", workers=2)
+    assert not _pool_threads()
+    assert [p.name for p in tmp_path.iterdir()] == ["m.gguf"]
+    assert (tmp_path / "m.gguf").read_bytes() == b"previous export"
+
+
+@pytest.mark.parametrize("workers", [0, -2, 1.5, "2"])
+def test_bad_worker_count_is_refused(tmp_path_factory, tmp_path, workers):
+    from core.events import TuneloomError
+
+    with pytest.raises(TuneloomError):
+        export_gguf(_model(tmp_path_factory, "tinyllama", None, "float16"), tmp_path / "m.gguf", "q4_k_m",
+                    workers=workers)

@@ -1,0 +1,400 @@
+"""Compiled K-quant kernels (numba): the same algorithm as :mod:`core.kquants`, a loop per group.
+
+Why a compiled kernel: the numpy quantizers run every search step over whole arrays of
+groups, about 15 passes over memory per step, and reach a third to a half of ggml's C
+speed per core. The same loops compiled by numba (LLVM; a well-kept package with wheels
+for macOS arm64 and Linux) keep a group in registers and run at ggml's own speed:
+measured per CPU second on this machine (bench/export.py, bench/README.md) Q4_K 14.5
+Mweights/s vs numpy 5.1 and ggml 11.5, Q5_K 14.8 vs 5.6 and 14.2, Q6_K 26.1 vs 8.4 and
+26.5. ``nogil=True`` lets :mod:`core.gguf_export` run them on threads, one per core,
+with no copies of the rows and no worker processes.
+
+Bit-identical to ``quantize_row_q{4,5,6}_K_ref`` (ggml-quants.c), the routines
+``llama-quantize`` runs without an importance matrix: every value is float32 (constants
+are written ``F(...)``, since a bare Python number would make numba widen the whole
+expression to float64), operations keep the C code's order, sums run left to right,
+nothing is fused (numba does not contract ``a*b + c`` without fastmath), ``nearest_int``
+is ``np.rint`` (round half to even, as ggml's add-1.5*2^23 trick for these magnitudes),
+and float16 conversion rounds to nearest even like ggml's software ``GGML_FP32_TO_FP16``.
+tests/test_kquants.py checks every kernel against ggml itself and against the numpy code.
+
+Written for Tuneloom from the published algorithm (the C routines above), not copied.
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+F = np.float32
+_GROUP_MAX_EPS = np.float32(1e-15)
+
+
+def _jit(fn):
+    """``njit(nogil)``, cached on disk when the source folder (or numba's user cache) allows.
+
+    The first export after an install compiles the kernels (a few seconds); later ones
+    load them from the cache. A frozen app without the .py sources has no cache
+    location, and numba says so at decoration: then compile in memory each run.
+    """
+    try:
+        return numba.njit(nogil=True, cache=True, boundscheck=False)(fn)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return numba.njit(nogil=True, cache=False, boundscheck=False)(fn)
+
+
+@_jit
+def _f16_bits(v):
+    """float32 -> IEEE half bits, rounded to nearest even (numba has no float16 type).
+
+    Exact in float64: scaling by a power of two and ``rint`` of a value below 2^53 lose
+    nothing, so this is the correctly rounded conversion (checked against numpy's
+    ``astype(float16)`` on millions of bit patterns in the tests).
+    """
+    f = float(v)
+    sign = 0x8000 if (f < 0.0 or (f == 0.0 and math.copysign(1.0, f) < 0.0)) else 0
+    a = abs(f)
+    if a != a:
+        return sign | 0x7E00
+    if a >= 65520.0:
+        return sign | 0x7C00
+    if a < 6.103515625e-05:  # below half's smallest normal: a multiple of 2^-24
+        return sign | int(np.rint(a * 16777216.0))
+    m, e = math.frexp(a)  # a = m * 2^e, 0.5 <= m < 1
+    q = int(np.rint(m * 2048.0))  # 1024..2048: 11 significant bits
+    return sign | (((e + 14) << 10) + q - 1024)
+
+
+@_jit
+def _f16_value(h):
+    """IEEE half bits -> float32 (exact)."""
+    e = (h >> 10) & 0x1F
+    m = h & 0x3FF
+    if e == 0:
+        v = F(m) * F(5.960464477539063e-08)
+    elif e == 31:
+        v = F(np.inf) if m == 0 else F(np.nan)
+    else:
+        v = F(1024 + m) * F(2.0 ** (e - 25))
+    return -v if h & 0x8000 else v
+
+
+@_jit
+def _qkx2(x, w, L, Laux, fnmax, rmin, rdelta, nstep):
+    """ggml's make_qkx2_quants (use_mad false) for one group: (scale, -min); levels into ``L``.
+
+    ``L``, ``Laux`` hold levels as float32 (exact small integers) so no int/float
+    conversion sits in the inner loops. The search keeps updating ``mn`` with the best
+    fit so far, so later steps scale from the current minimum, as the C code does.
+    """
+    n = x.shape[0]
+    mn = x[0]
+    mx = x[0]
+    sum_w = w[0]
+    sum_x = sum_w * x[0]
+    for i in range(1, n):
+        xi = x[i]
+        if xi < mn:
+            mn = xi
+        if xi > mx:
+            mx = xi
+        sum_w += w[i]
+        sum_x += w[i] * xi
+    if mn > 0:
+        mn = F(0)
+    if mx == mn:
+        for i in range(n):
+            L[i] = 0
+        return F(0), -mn
+    iscale = fnmax / (mx - mn)
+    scale = F(1) / iscale
+    best = F(0)
+    for i in range(n):
+        l = np.rint(iscale * (x[i] - mn))
+        if l < 0:
+            l = F(0)
+        elif l > fnmax:
+            l = fnmax
+        L[i] = l
+        diff = scale * l + mn - x[i]
+        best += w[i] * (diff * diff)
+    for st in range(nstep + 1):
+        iscale = (rmin + rdelta * F(st) + fnmax) / (mx - mn)
+        sl = F(0)
+        sl2 = F(0)
+        sxl = F(0)
+        for i in range(n):
+            l = np.rint(iscale * (x[i] - mn))
+            if l < 0:
+                l = F(0)
+            elif l > fnmax:
+                l = fnmax
+            Laux[i] = l
+            wl = w[i] * l
+            sl += wl
+            sl2 += wl * l
+            sxl += wl * x[i]
+        D = sum_w * sl2 - sl * sl
+        if D > 0:
+            ts = (sum_w * sxl - sum_x * sl) / D
+            tm = (sl2 * sum_x - sl * sxl) / D
+            if tm > 0:
+                tm = F(0)
+                ts = sxl / sl2
+            cur = F(0)
+            for i in range(n):
+                diff = ts * Laux[i] + tm - x[i]
+                cur += w[i] * (diff * diff)
+            if cur < best:
+                for i in range(n):
+                    L[i] = Laux[i]
+                best = cur
+                scale = ts
+                mn = tm
+    return scale, -mn
+
+
+@_jit
+def _u8(v):
+    # (uint8_t) nearest_int(v)
+    return np.uint8(np.int64(np.rint(v)) & 0xFF)
+
+
+@_jit
+def _affine_blocks(x, out, nmax, rmin, rdelta, nstep, five):
+    """Q4_K (``five`` false) or Q5_K super-blocks: float32 (nb, 256) -> ``out`` uint8 (nb, 144 | 176)."""
+    fnmax = F(nmax)
+    nb = x.shape[0]
+    L = np.empty(256, F)
+    Laux = np.empty(32, F)
+    wts = np.empty(32, F)
+    scales = np.empty(8, F)
+    mins = np.empty(8, F)
+    ls = np.empty(8, np.uint8)
+    lm = np.empty(8, np.uint8)
+    for b in range(nb):
+        xb = x[b]
+        max_scale = F(0)
+        max_min = F(0)
+        for j in range(8):
+            xg = xb[32 * j:32 * j + 32]
+            s2 = F(0)
+            for l in range(32):
+                s2 += xg[l] * xg[l]
+            av = np.sqrt(s2 / F(32))
+            for l in range(32):
+                wts[l] = av + abs(xg[l])
+            s, m = _qkx2(xg, wts, L[32 * j:32 * j + 32], Laux, fnmax, rmin, rdelta, nstep)
+            scales[j] = s
+            mins[j] = m
+            if s > max_scale:
+                max_scale = s
+            if m > max_min:
+                max_min = m
+        inv_s = F(63) / max_scale if max_scale > 0 else F(0)
+        inv_m = F(63) / max_min if max_min > 0 else F(0)
+        for j in range(8):
+            a = _u8(inv_s * scales[j])
+            c = _u8(inv_m * mins[j])
+            ls[j] = a if a < 63 else np.uint8(63)
+            lm[j] = c if c < 63 else np.uint8(63)
+        hd = _f16_bits(max_scale / F(63))
+        hm = _f16_bits(max_min / F(63))
+        o = out[b]
+        o[0] = hd & 0xFF
+        o[1] = hd >> 8
+        o[2] = hm & 0xFF
+        o[3] = hm >> 8
+        for j in range(4):
+            o[4 + j] = ls[j] | ((ls[j + 4] >> 4) << 6)
+            o[8 + j] = lm[j] | ((lm[j + 4] >> 4) << 6)
+            o[12 + j] = (ls[j + 4] & 0xF) | ((lm[j + 4] & 0xF) << 4)
+        fd = _f16_value(hd)
+        fm = _f16_value(hm)
+        for j in range(8):
+            d = fd * F(ls[j])
+            if d == 0:
+                continue
+            dm = fm * F(lm[j])
+            for i in range(32):
+                l = np.rint((xb[32 * j + i] + dm) / d)
+                if l < 0:
+                    l = F(0)
+                elif l > fnmax:
+                    l = fnmax
+                L[32 * j + i] = l
+        if five:
+            for i in range(32):
+                o[16 + i] = 0
+            for k in range(4):
+                for i in range(32):
+                    l1 = np.uint8(L[64 * k + i])
+                    l2 = np.uint8(L[64 * k + 32 + i])
+                    o[16 + i] |= ((l1 >> 4) << (2 * k)) | ((l2 >> 4) << (2 * k + 1))
+                    o[48 + 32 * k + i] = (l1 & 0xF) | ((l2 & 0xF) << 4)
+        else:
+            for k in range(4):
+                for i in range(32):
+                    o[16 + 32 * k + i] = np.uint8(L[64 * k + i]) | (np.uint8(L[64 * k + 32 + i]) << 4)
+
+
+@_jit
+def _qx_rmse1(x, L, fnmax):
+    """ggml's make_qx_quants with rmse_type 1 and no weights, one group: the scale;
+    levels + nmax into ``L``."""
+    n = x.shape[0]
+    mx = F(0)
+    amax = F(0)
+    for i in range(n):
+        ax = abs(x[i])
+        if ax > amax:
+            amax = ax
+            mx = x[i]
+    if amax < _GROUP_MAX_EPS:
+        for i in range(n):
+            L[i] = 0
+        return F(0)
+    iscale = -fnmax / mx
+    sumlx = F(0)
+    suml2 = F(0)
+    for i in range(n):
+        l = np.rint(iscale * x[i])
+        if l < -fnmax:
+            l = -fnmax
+        elif l > fnmax - F(1):
+            l = fnmax - F(1)
+        L[i] = l + fnmax
+        w = x[i] * x[i]
+        sumlx += w * x[i] * l
+        suml2 += w * l * l
+    scale = sumlx / suml2 if suml2 != 0 else F(0)
+    best = scale * sumlx
+    for st in range(-9, 10):
+        if st == 0:
+            continue
+        iscale = -(fnmax + F(0.1) * F(st)) / mx
+        sumlx = F(0)
+        suml2 = F(0)
+        for i in range(n):
+            l = np.rint(iscale * x[i])
+            if l < -fnmax:
+                l = -fnmax
+            elif l > fnmax - F(1):
+                l = fnmax - F(1)
+            w = x[i] * x[i]
+            sumlx += w * x[i] * l
+            suml2 += w * l * l
+        if suml2 > 0 and sumlx * sumlx > best * suml2:
+            for i in range(n):
+                l = np.rint(iscale * x[i])
+                if l < -fnmax:
+                    l = -fnmax
+                elif l > fnmax - F(1):
+                    l = fnmax - F(1)
+                L[i] = l + fnmax
+            scale = sumlx / suml2
+            best = scale * sumlx
+    return scale
+
+
+@_jit
+def _q6_blocks(x, out):
+    """Q6_K super-blocks: float32 (nb, 256) -> ``out`` uint8 (nb, 210)."""
+    nb = x.shape[0]
+    L = np.empty(256, F)
+    scales = np.empty(16, F)
+    sc = np.empty(16, np.int8)
+    f32 = F(32)
+    for b in range(nb):
+        xb = x[b]
+        o = out[b]
+        max_scale = F(0)
+        max_abs = F(0)
+        for g in range(16):
+            s = _qx_rmse1(xb[16 * g:16 * g + 16], L[16 * g:16 * g + 16], f32)
+            scales[g] = s
+            if abs(s) > max_abs:
+                max_abs = abs(s)
+                max_scale = s
+        if max_abs < _GROUP_MAX_EPS:
+            for i in range(210):
+                o[i] = 0
+            continue
+        iscale = F(-128) / max_scale
+        hd = _f16_bits(F(1) / iscale)
+        for g in range(16):
+            v = np.int64(np.rint(iscale * scales[g]))
+            sc[g] = np.int8(min(127, v))
+        fd = _f16_value(hd)
+        for g in range(16):
+            d = fd * F(sc[g])
+            if d == 0:
+                continue
+            for i in range(16):
+                l = np.rint(xb[16 * g + i] / d)
+                if l < -32:
+                    l = F(-32)
+                elif l > 31:
+                    l = F(31)
+                L[16 * g + i] = l + f32
+        for h in range(2):
+            for i in range(32):
+                q1 = np.uint8(L[128 * h + i])
+                q2 = np.uint8(L[128 * h + 32 + i])
+                q3 = np.uint8(L[128 * h + 64 + i])
+                q4 = np.uint8(L[128 * h + 96 + i])
+                o[64 * h + i] = (q1 & 0xF) | ((q3 & 0xF) << 4)
+                o[64 * h + 32 + i] = (q2 & 0xF) | ((q4 & 0xF) << 4)
+                o[128 + 32 * h + i] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6)
+        for g in range(16):
+            o[192 + g] = np.uint8(sc[g])
+        o[208] = hd & 0xFF
+        o[209] = hd >> 8
+
+
+# --------------------------------------------------------------------------- entry points
+
+def quantize_q4_k_into(blocks: np.ndarray, out: np.ndarray) -> None:
+    """float32 C-contiguous (nb, 256) -> ``out`` uint8 (nb, 144). Releases the GIL."""
+    _affine_blocks(blocks, out, 15, F(-1.0), F(0.1), 20, False)
+
+
+def quantize_q5_k_into(blocks: np.ndarray, out: np.ndarray) -> None:
+    """float32 C-contiguous (nb, 256) -> ``out`` uint8 (nb, 176). Releases the GIL."""
+    _affine_blocks(blocks, out, 31, F(-0.5), F(0.1), 15, True)
+
+
+def quantize_q6_k_into(blocks: np.ndarray, out: np.ndarray) -> None:
+    """float32 C-contiguous (nb, 256) -> ``out`` uint8 (nb, 210). Releases the GIL."""
+    _q6_blocks(blocks, out)
+
+
+# --------------------------------------------------------------------------- for the tests
+
+@_jit
+def _f16_bits_into(a, out):
+    for i in range(a.shape[0]):
+        out[i] = _f16_bits(a[i])
+
+
+@_jit
+def _f16_values_into(h, out):
+    for i in range(h.shape[0]):
+        out[i] = _f16_value(h[i])
+
+
+def f16_bits_array(a: np.ndarray) -> np.ndarray:
+    """The kernels' float32 -> float16 bits, elementwise (checked against numpy)."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    out = np.empty(a.shape[0], dtype=np.uint16)
+    _f16_bits_into(a, out)
+    return out
+
+
+def f16_values_array(h: np.ndarray) -> np.ndarray:
+    """The kernels' float16 bits -> float32, elementwise."""
+    h = np.ascontiguousarray(h, dtype=np.int64)
+    out = np.empty(h.shape[0], dtype=np.float32)
+    _f16_values_into(h, out)
+    return out
