@@ -177,3 +177,22 @@ def test_export_reads_back_the_same_records(records):
     assert export_jsonl(ds.records, out) == len(ds.records)
     back = load_dataset([out])
     assert not back.issues and [r.messages for r in back.records] == [r.messages for r in ds.records]
+
+
+@SETTINGS
+@given(rows=st.lists(st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=6), json_values, max_size=4),
+                     max_size=5),
+       user=st.sampled_from(["{name}", "{x} {types}", "{", "{a!r}", "{}", ""]) | st.text(max_size=10),
+       assistant=st.sampled_from(["{types}", "{output}", "}"]) | st.text(max_size=6) | st.none())
+def test_mapping_preview_raises_only_dataset_errors(rows, user, assistant):
+    """What the GUI's mapping panel calls on every key press."""
+    from core.data import DatasetError, preview_records
+
+    try:
+        recs, issues, notes = preview_records(list(enumerate(rows, 2)), file="t.csv", user_template=user,
+                                              assistant_template=assistant)
+    except DatasetError as exc:
+        assert str(exc)
+        return
+    assert len(recs) + len(issues) == len(rows)
+    assert all(i.file == "t.csv" and i.line >= 2 for i in issues)
