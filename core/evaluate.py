@@ -34,6 +34,7 @@ from core.events import NULL_EVENTS, CancelToken, Cancelled, Events, TuneloomErr
 
 SIDES = ("base", "tuned")
 LOSS_BATCH_EXAMPLES = 32  # examples per loss call: progress and a stop between calls
+ANSWER_BATCH = 8  # examples answered together (one batched generation per side); a stop lands between batches
 
 
 # ---------------------------------------------------------------------------
@@ -403,19 +404,21 @@ def evaluate(run_dir: str | Path, data: list[str | Path] | None = None, *, limit
 
     try:
         result.losses = _losses(model, rows, cfg, events, cancel, progress)
-        for row in rows:
+        for i in range(0, len(rows), ANSWER_BATCH):
+            part = rows[i:i + ANSWER_BATCH]
+            prompts = [model.encoder.prompt_ids(r.messages) for r in part]
+            budgets = [answer_budget(model.encoder, r.expected, max_tokens) for r in part]
             for side in SIDES:
                 cancel.raise_if_cancelled()
-                ids = model.generate_ids(model.encoder.prompt_ids(row.messages),
-                                         answer_budget(model.encoder, row.expected, max_tokens), cancel,
-                                         adapter=(side == "tuned"))
-                cancel.raise_if_cancelled()
-                row.answers[side] = model.encoder.decode(ids)
-                row.scores[side] = score_answer(row.expected, row.answers[side])
-                progress(f"{side}: example {row.index + 1} of {len(rows)}")
-            result.rows.append(row)
-            if on_row is not None:
-                on_row(row)
+                answers = model.greedy_batch(prompts, budgets, adapter=(side == "tuned"))
+                for row, answer in zip(part, answers):
+                    row.answers[side] = answer
+                    row.scores[side] = score_answer(row.expected, answer)
+                    progress(f"{side}: example {row.index + 1} of {len(rows)}")
+            for row in part:
+                result.rows.append(row)
+                if on_row is not None:
+                    on_row(row)
     except Cancelled as exc:
         result.seconds = time.perf_counter() - t0
         raise Cancelled(f"evaluation stopped after {len(result.rows)} of {len(rows)} examples",

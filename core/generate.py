@@ -159,6 +159,7 @@ class ChatModel:
         self.encoder = encoder or ChatEncoder(model_dir)
         self._lock = threading.RLock()
         self._adapter_on = self.has_adapter
+        self._no_batch = False
 
     def _load_adapter(self, adapter_dir: Path) -> None:
         from mlx_lm.tuner.utils import load_adapters
@@ -300,6 +301,30 @@ class ChatModel:
         ids = self.generate_ids(self.encoder.prompt_ids(messages), max_tokens, cancel, adapter=adapter,
                                 sampling=sampling)
         return self.encoder.decode(ids)
+
+    def greedy_batch(self, prompts: list[list[int]], max_tokens: list[int], *, adapter: bool | None = None
+                     ) -> list[str]:
+        """Greedy answers to several prompts at once (mlx-lm's batched generation: one forward pass
+        per token for the whole batch, the same answers as one at a time, a few times faster).
+        Falls back to one at a time where this mlx-lm or model cannot batch."""
+        adapter = self.has_adapter if adapter is None else adapter
+        if len(prompts) > 1 and not self._no_batch:
+            try:
+                from mlx_lm.generate import batch_generate
+
+                encoder = self.encoder
+
+                class _Tokenizer:  # what batch_generate reads of a tokenizer
+                    eos_token_ids = set(encoder.eos_ids)
+                    decode = staticmethod(encoder.decode)
+
+                with self._lock:
+                    self._use_adapter(adapter)
+                    return list(batch_generate(self.model, _Tokenizer(), [list(p) for p in prompts],
+                                               max_tokens=[int(n) for n in max_tokens]).texts)
+            except (ImportError, AttributeError, NotImplementedError, TypeError, ValueError):
+                self._no_batch = True  # e.g. a cache type mlx-lm cannot batch yet
+        return [self.encoder.decode(self.generate_ids(p, n, adapter=adapter)) for p, n in zip(prompts, max_tokens)]
 
     def run_with(self, adapter: bool, fn: Callable):
         """Call ``fn(model)`` with the adapter in or out (for losses over the same weights)."""

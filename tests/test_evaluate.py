@@ -62,7 +62,11 @@ def fake_answers(monkeypatch, answers: dict):
                 return self.encoder.tokenize(by_side[side])[0]
         raise AssertionError(f"unexpected prompt {text!r}")
 
+    def greedy_batch(self, prompts, max_tokens, *, adapter=None):
+        return [self.encoder.decode(generate_ids(self, p, n, adapter=adapter)) for p, n in zip(prompts, max_tokens)]
+
     monkeypatch.setattr(ChatModel, "generate_ids", generate_ids)
+    monkeypatch.setattr(ChatModel, "greedy_batch", greedy_batch)
 
 
 HAND = [
@@ -152,19 +156,34 @@ def test_run_validation_losses_equal_the_training_ones(run_dir, full):
     assert [d for d, _ in counted] == list(range(1, len(counted) + 1))
 
 
-def test_answers_are_greedy_and_the_same_each_time(run_dir, model, full):
-    from core.evaluate import evaluate
+def test_answers_are_greedy_and_the_same_each_time(run_dir, model, full, monkeypatch):
+    from core.evaluate import ANSWER_BATCH, answer_budget, evaluate
 
     res, _ = full
     again = evaluate(run_dir, model=model, limit=3)
     assert [r.answers for r in again.rows] == [r.answers for r in res.rows[:3]]
     assert again.to_json()["base"]["examples"] == 3
-    r = res.rows[0]
-    ids = model.encoder.prompt_ids(r.messages)
-    from core.evaluate import answer_budget
+    # answered in batches: exactly the answers one at a time gives
+    for r in res.rows[:ANSWER_BATCH]:
+        ids = model.encoder.prompt_ids(r.messages)
+        for side in ("base", "tuned"):
+            one = model.generate_ids(ids, answer_budget(model.encoder, r.expected), adapter=(side == "tuned"))
+            assert model.encoder.decode(one) == r.answers[side], (r.index, side)
+    # where mlx-lm cannot batch, one at a time
+    import importlib
 
-    assert model.encoder.decode(model.generate_ids(ids, answer_budget(model.encoder, r.expected),
-                                                   adapter=True)) == r.answers["tuned"]
+    tried = []
+
+    def cannot(*a, **k):
+        tried.append(1)
+        raise NotImplementedError("no batching for this cache")
+
+    monkeypatch.setattr(importlib.import_module("mlx_lm.generate"), "batch_generate", cannot)
+    monkeypatch.setattr(model, "_no_batch", False)
+    prompts = [model.encoder.prompt_ids(r.messages) for r in res.rows[:2]]
+    budgets = [answer_budget(model.encoder, r.expected) for r in res.rows[:2]]
+    assert model.greedy_batch(prompts, budgets, adapter=True) == [r.answers["tuned"] for r in res.rows[:2]]
+    assert tried == [1] and model._no_batch  # tried once, then one at a time from then on
 
 
 def test_stop_keeps_the_rows_done(run_dir, model):
@@ -174,7 +193,11 @@ def test_stop_keeps_the_rows_done(run_dir, model):
     with pytest.raises(Cancelled) as info:
         evaluate(run_dir, model=model, cancel=cancel, on_row=lambda row: cancel.cancel())
     res = info.value.result
-    assert len(res.rows) == 1 and not res.complete and res.rows[0].answers.keys() == {"base", "tuned"}
+    from core.evaluate import ANSWER_BATCH
+
+    # the stop lands after the batch under way: its rows are complete and kept, no others
+    assert len(res.rows) == ANSWER_BATCH < 40 and not res.complete
+    assert all(r.answers.keys() == {"base", "tuned"} for r in res.rows)
 
 
 def test_csv_and_jsonl_export(full, tmp_path):
