@@ -448,8 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="compare the base and the fine-tuned model on held-out examples")
     ev.add_argument("run_dir", metavar="RUN_DIR", help="a run folder")
-    ev.add_argument("--data", nargs="+", metavar="FILE",
-                    help="evaluate on these files instead of the run's validation examples")
+    ev.add_argument("--data", nargs="+", action="extend", metavar="FILE",
+                    help="evaluate on these files instead of the run's validation examples (repeatable)")
     ev.add_argument("--limit", type=int, metavar="N", help="only the first N examples")
     ev.add_argument("--max-tokens", type=int, metavar="N",
                     help="longest answer (default: the expected answer's length and half again)")
