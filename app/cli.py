@@ -190,7 +190,11 @@ def cmd_train(a) -> int:
               "checkpoint_every": a.checkpoint_every, "valid_every": a.valid_every, "dropout": a.dropout,
               "pack": True if a.pack else None, "mapping": _parse_map(a.map),
               "user_template": a.user_template, "assistant_template": a.assistant_template,
-              "system_prompt": a.system}
+              "system_prompt": a.system, "name": a.name, "grad_accum": a.grad_accum, "targets": a.targets,
+              "num_layers": a.num_layers, "warmup": a.warmup, "min_lr_ratio": a.min_lr_ratio,
+              "weight_decay": a.weight_decay, "grad_checkpoint": a.grad_checkpoint,
+              "last_turn_only": True if a.last_turn_only else None, "valid_batches": a.valid_batches,
+              "valid_fraction": a.valid_fraction, "compile": a.compile}
     kwargs = apply_preset(kwargs, a.preset)
     names = {f.name for f in fields(TrainConfig)}
     kwargs = {k: v for k, v in kwargs.items() if v is not None and k in names}
@@ -383,27 +387,52 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(x)
     x.set_defaults(func=cmd_data_export)
 
+    from core.train import PRESET_TEXT, option_help
+
+    def opt(name: str) -> str:  # the option's help, as the GUI's tooltip says it, with the default
+        from core.train import TrainConfig
+
+        default = getattr(TrainConfig(model=""), name)
+        return option_help(name) + ("" if default is None else f" (default: {default})")
+
+    presets = "; ".join(f"{k} = {PRESET_TEXT[k][0]}: {PRESET_TEXT[k][1]}" for k in PRESET_TEXT)
     t = sub.add_parser("train", help="LoRA fine-tune a model on a dataset")
-    t.add_argument("--model")
-    t.add_argument("--data", nargs="+")
-    t.add_argument("--out", help="run folder")
-    t.add_argument("--preset", choices=["quick", "balanced", "thorough"])
+    t.add_argument("--model", help=option_help("model"))
+    t.add_argument("--data", nargs="+", help=option_help("data"))
+    t.add_argument("--out", help=option_help("out"))
+    t.add_argument("--name", help=opt("name"))
+    t.add_argument("--preset", choices=list(PRESET_TEXT), help="start from a preset (flags given override it): "
+                   + presets)
     g = t.add_mutually_exclusive_group()
-    g.add_argument("--iters", type=int)
-    g.add_argument("--epochs", type=float)
-    t.add_argument("--rank", type=int)
-    t.add_argument("--alpha", type=float)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--batch", type=int)
-    t.add_argument("--max-seq-len", type=int)
-    t.add_argument("--mask-prompt", dest="mask_prompt", action=argparse.BooleanOptionalAction, default=None)
-    t.add_argument("--dora", action="store_true")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--skip-invalid", action="store_true", help="skip invalid examples instead of refusing")
-    t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 50)")
-    t.add_argument("--valid-every", type=int, help="steps between validation losses (default 50)")
-    t.add_argument("--dropout", type=float)
-    t.add_argument("--pack", action="store_true", help="pack short examples into full rows (faster)")
+    g.add_argument("--iters", type=int, help=opt("iters"))
+    g.add_argument("--epochs", type=float, help=opt("epochs"))
+    t.add_argument("--rank", type=int, help=opt("rank"))
+    t.add_argument("--alpha", type=float, help=opt("alpha"))
+    t.add_argument("--lr", type=float, help=opt("lr"))
+    t.add_argument("--batch", type=int, help=opt("batch"))
+    t.add_argument("--grad-accum", type=int, help=opt("grad_accum"))
+    t.add_argument("--max-seq-len", type=int, help=opt("max_seq_len"))
+    t.add_argument("--targets", choices=["all", "attention"], help=opt("targets"))
+    t.add_argument("--num-layers", type=int, help=opt("num_layers"))
+    t.add_argument("--warmup", type=int, help=opt("warmup"))
+    t.add_argument("--min-lr-ratio", type=float, help=opt("min_lr_ratio"))
+    t.add_argument("--weight-decay", type=float, help=opt("weight_decay"))
+    t.add_argument("--grad-checkpoint", dest="grad_checkpoint", action=argparse.BooleanOptionalAction, default=None,
+                   help=opt("grad_checkpoint"))
+    t.add_argument("--mask-prompt", dest="mask_prompt", action=argparse.BooleanOptionalAction, default=None,
+                   help=opt("mask_prompt"))
+    t.add_argument("--last-turn-only", action="store_true", help=opt("last_turn_only"))
+    t.add_argument("--dora", action="store_true", help=opt("dora"))
+    t.add_argument("--seed", type=int, help=opt("seed"))
+    t.add_argument("--skip-invalid", action="store_true", help=opt("skip_invalid"))
+    t.add_argument("--checkpoint-every", type=int, help=opt("checkpoint_every"))
+    t.add_argument("--valid-every", type=int, help=opt("valid_every"))
+    t.add_argument("--valid-batches", type=int, help=opt("valid_batches"))
+    t.add_argument("--valid-fraction", type=float, help=opt("valid_fraction"))
+    t.add_argument("--dropout", type=float, help=opt("dropout"))
+    t.add_argument("--pack", action="store_true", help=opt("pack"))
+    t.add_argument("--compile", dest="compile", action=argparse.BooleanOptionalAction, default=None,
+                   help=opt("compile"))
     t.add_argument("--map", action="append", metavar="OURS=THEIRS",
                    help="use column THEIRS for field OURS, e.g. --map prompt=Frage (repeatable)")
     _add_template_options(t)

@@ -34,11 +34,58 @@ class Cancelled(TuneloomError):
         self.result = result
 
 
+@dataclass(frozen=True)
+class Progress:
+    """How far a job is, with explicit fields (no front end parses ``what``)."""
+
+    done: float | None  # None: not known yet
+    total: float | None  # None: unknown
+    unit: str = ""  # "step", "byte", "example", ...
+    what: str = ""  # one line for people
+    rate: float | None = None  # units per second
+    eta: float | None = None  # seconds left
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """One optimizer step of a training run."""
+
+    step: int
+    total: int
+    epoch: float  # fractional passes over the training data so far
+    train_loss: float
+    learning_rate: float
+    tokens_per_sec: float
+    trained_tokens: int  # tokens the loss was computed on, since the run began (over resumes)
+    peak_memory: float  # bytes (0 where the backend does not say)
+    elapsed: float  # seconds spent training, over resumes, pauses excluded
+    eta_seconds: float  # at the current pace
+    trained_tokens_per_sec: float = 0.0
+    trained_tokens_step: int = 0
+
+    # the metrics one step has always reported through Events.metric (the CLI prints these)
+    LEGACY_METRICS = ("train_loss", "learning_rate", "tokens_per_sec", "trained_tokens_per_sec", "trained_tokens",
+                      "trained_tokens_step", "peak_memory")
+
+
 class Events:
-    """Sink for job reports. Subclass and override what you need; defaults ignore."""
+    """Sink for job reports. Subclass and override what you need; defaults ignore.
+
+    The typed reports (:meth:`step`, :meth:`report_progress`) fall back to the plain calls
+    (:meth:`metric`, :meth:`progress`), so a sink written for those sees them too."""
 
     def progress(self, done: float, total: float | None, what: str) -> None:
         pass
+
+    def report_progress(self, p: Progress) -> None:
+        self.progress(p.done, p.total, p.what)
+
+    def step(self, r: StepReport) -> None:
+        for name in StepReport.LEGACY_METRICS:
+            self.metric(name, r.step, float(getattr(r, name)))
+
+    def state(self, state: str, step: int | None = None) -> None:
+        """The job changed state on its own thread: "paused" (parked, computing nothing), "running"."""
 
     def metric(self, name: str, step: int, value: float) -> None:
         pass
@@ -146,14 +193,22 @@ class CancelToken:
         if self._cancel.is_set():
             raise Cancelled(what)
 
-    def checkpoint(self, on_pause: Callable[[], None] | None = None) -> None:
-        """Block while paused; raise :class:`Cancelled` if cancelled."""
+    def checkpoint(self, on_pause: Callable[[], None] | None = None,
+                   on_resume: Callable[[], None] | None = None) -> float:
+        """Block while paused (waiting on an event: no CPU); raise :class:`Cancelled` if cancelled.
+        Returns the seconds spent paused."""
+        waited = 0.0
         if not self._running.is_set():
+            t0 = time.monotonic()
             if on_pause:
                 on_pause()
-            while not self._running.wait(0.1):
+            while not self._running.wait(0.5):
                 pass
+            waited = time.monotonic() - t0
+            if on_resume and not self._cancel.is_set():
+                on_resume()
         self.raise_if_cancelled()
+        return waited
 
 
 class Throttle:

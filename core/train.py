@@ -22,7 +22,7 @@ import core  # noqa: F401  (OpenBLAS before MLX)
 from core import runs
 from core.atomic import atomic_path, write_json
 from core.data import load_dataset, require_clean, train_valid
-from core.events import NULL_EVENTS, CancelToken, Cancelled, Events, TuneloomError
+from core.events import NULL_EVENTS, CancelToken, Cancelled, Events, Progress, StepReport, TuneloomError
 from core.tokens import ChatEncoder, Encoded
 
 ATTENTION_KEYS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"]
@@ -33,37 +33,114 @@ class TrainingDiverged(TuneloomError):
     pass
 
 
+# What every option means, in plain words: the GUI's labels and tooltips and `tuneloom train --help` read
+# these (through the fields' metadata), so both always say the same.
+OPTION_TEXT: dict[str, tuple[str, str]] = {
+    "model": ("Model folder",
+        "The model folder to fine-tune (Hugging Face layout: config.json, tokenizer, *.safetensors)."),
+    "data": ("Dataset", "The dataset files or folders with your example conversations."),
+    "out": ("Run folder", "Where this run is kept (default: a new folder under runs/)."),
+    "name": ("Run name", "A short name for the run; it becomes part of the run folder's name."),
+    "iters": ("Steps", "How many training steps to take. Empty: as many as the passes over the data need."),
+    "epochs": ("Passes over the data",
+        "How many times the model sees every training example. More passes learn more, and can start "
+        "to memorise."),
+    "rank": ("Rank",
+        "How much the model may change (the size of the learned LoRA update). 8 is plenty for a "
+        "format or a style; 16 to 32 for new knowledge. Higher needs more memory."),
+    "alpha": ("Strength (alpha)",
+        "How strongly the learned update is applied: it is scaled by alpha / rank. Twice the rank is "
+        "the usual choice."),
+    "dropout": ("Dropout",
+        "Randomly ignores part of the update's input while training, which helps against memorising a "
+        "small dataset. 0 to 0.1."),
+    "targets": ("Layers to adapt",
+        "Which parts of each block learn: 'all' linear layers (learns more) or 'attention' only "
+        "(faster, less memory)."),
+    "num_layers": ("Blocks to adapt",
+        "Adapt only the last N transformer blocks (-1: all of them). Fewer is faster and uses less "
+        "memory."),
+    "lr": ("Learning rate",
+        "How big each step is. Too high and the loss jumps or explodes; too low and it barely moves. "
+        "Small models take larger steps."),
+    "warmup": ("Warm-up steps", "Steps at the start during which the learning rate rises gently to its full value."),
+    "min_lr_ratio": ("Final learning rate",
+        "The learning rate falls along a cosine curve to this share of its peak by the last step."),
+    "weight_decay": ("Weight decay",
+        "Pulls the learned update gently towards zero (AdamW). 0 is fine for short runs."),
+    "batch": ("Batch size",
+        "Examples the model learns from in one go. Larger is smoother and faster per example but "
+        "needs more memory."),
+    "grad_accum": ("Accumulate batches",
+        "Batches added together before each step: a larger effective batch without more memory."),
+    "max_seq_len": ("Max length", "Examples longer than this many tokens are cut off. Longer needs more memory."),
+    "grad_checkpoint": ("Save memory (recompute)",
+        "Recompute intermediate results instead of keeping them: much less memory, about a third "
+        "slower."),
+    "seed": ("Seed",
+        "The number that fixes the example order, the split and the starting update: the same seed "
+        "gives the same run."),
+    "mask_prompt": ("Learn only the answers",
+        "Compute the loss only on the assistant's answers, not on the questions and the system "
+        "prompt."),
+    "last_turn_only": ("Only the last answer",
+        "In conversations with several turns, learn only the last assistant answer."),
+    "dora": ("DoRA",
+        "DoRA instead of LoRA: learns the size and the direction of each weight separately; a little "
+        "slower, sometimes better."),
+    "valid_every": ("Check every", "Steps between validation losses on the held-out examples (0: only at the end)."),
+    "valid_batches": ("Check batches", "Batches of held-out examples per validation (-1: all of them)."),
+    "checkpoint_every": ("Checkpoint every",
+        "Steps between checkpoints: after a crash or a Stop, training resumes from the latest one."),
+    "valid_fraction": ("Held out",
+        "The share of examples kept aside to check progress, when the data has no separate validation "
+        "file."),
+    "skip_invalid": ("Skip examples with problems",
+        "Train on the usable examples and skip those with problems, instead of refusing to start."),
+    "mapping": ("Column names", "Which column of your file holds which field (field -> column name)."),
+    "pack": ("Pack short examples",
+        "Put several short examples into one row (they never see each other): faster when examples "
+        "are short."),
+    "compile": ("Compile", "Compile the training step once for speed (mx.compile)."),
+}
+
+
+def _option(name: str) -> dict:
+    label, help_ = OPTION_TEXT[name]
+    return {"label": label, "help": help_}
+
+
 @dataclass
 class TrainConfig:
-    model: str = field(metadata={"help": "model folder (Hugging Face layout)"})
-    data: list[str] = field(default_factory=list, metadata={"help": "dataset files or folders"})
-    out: str | None = field(default=None, metadata={"help": "run folder (default: a new one under runs/)"})
-    name: str = field(default="run", metadata={"help": "run name, part of the folder name"})
-    iters: int | None = field(default=None, metadata={"help": "optimizer steps (overrides epochs)"})
-    epochs: float = field(default=1.0, metadata={"help": "passes over the training data"})
-    rank: int = field(default=8, metadata={"help": "LoRA rank: size of the learned update"})
-    alpha: float = field(default=16.0, metadata={"help": "LoRA alpha; the update is scaled by alpha/rank"})
-    dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
-    targets: str = field(default="all", metadata={"help": "'all' linear layers or 'attention' only"})
-    num_layers: int = field(default=-1, metadata={"help": "adapt the last N transformer blocks (-1: all)"})
-    lr: float = field(default=1e-4, metadata={"help": "peak learning rate"})
-    warmup: int = field(default=10, metadata={"help": "linear warm-up steps"})
-    min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decays to lr * this"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    batch: int = field(default=4, metadata={"help": "examples per micro-batch"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    max_seq_len: int = field(default=512, metadata={"help": "longer examples are truncated"})
-    grad_checkpoint: bool = field(default=False, metadata={"help": "recompute activations to save memory"})
-    seed: int = field(default=0, metadata={"help": "seed for data order, split and LoRA init"})
-    mask_prompt: bool = field(default=True, metadata={"help": "train only on assistant answers"})
-    last_turn_only: bool = field(default=False, metadata={"help": "train only on the last assistant turn"})
-    dora: bool = field(default=False, metadata={"help": "DoRA instead of LoRA"})
-    valid_every: int = field(default=50, metadata={"help": "steps between validation losses (0: only at end)"})
-    valid_batches: int = field(default=32, metadata={"help": "batches per validation (-1: all)"})
-    checkpoint_every: int = field(default=50, metadata={"help": "steps between checkpoints"})
-    valid_fraction: float = field(default=0.1, metadata={"help": "share held out when one file is given"})
-    skip_invalid: bool = field(default=False, metadata={"help": "skip invalid examples instead of refusing"})
-    mapping: dict | None = field(default=None, metadata={"help": "field -> column name overrides for the data"})
+    model: str = field(metadata=_option("model"))
+    data: list[str] = field(default_factory=list, metadata=_option("data"))
+    out: str | None = field(default=None, metadata=_option("out"))
+    name: str = field(default="run", metadata=_option("name"))
+    iters: int | None = field(default=None, metadata=_option("iters"))
+    epochs: float = field(default=1.0, metadata=_option("epochs"))
+    rank: int = field(default=8, metadata=_option("rank"))
+    alpha: float = field(default=16.0, metadata=_option("alpha"))
+    dropout: float = field(default=0.0, metadata=_option("dropout"))
+    targets: str = field(default="all", metadata=_option("targets"))
+    num_layers: int = field(default=-1, metadata=_option("num_layers"))
+    lr: float = field(default=1e-4, metadata=_option("lr"))
+    warmup: int = field(default=10, metadata=_option("warmup"))
+    min_lr_ratio: float = field(default=0.1, metadata=_option("min_lr_ratio"))
+    weight_decay: float = field(default=0.0, metadata=_option("weight_decay"))
+    batch: int = field(default=4, metadata=_option("batch"))
+    grad_accum: int = field(default=1, metadata=_option("grad_accum"))
+    max_seq_len: int = field(default=512, metadata=_option("max_seq_len"))
+    grad_checkpoint: bool = field(default=False, metadata=_option("grad_checkpoint"))
+    seed: int = field(default=0, metadata=_option("seed"))
+    mask_prompt: bool = field(default=True, metadata=_option("mask_prompt"))
+    last_turn_only: bool = field(default=False, metadata=_option("last_turn_only"))
+    dora: bool = field(default=False, metadata=_option("dora"))
+    valid_every: int = field(default=50, metadata=_option("valid_every"))
+    valid_batches: int = field(default=32, metadata=_option("valid_batches"))
+    checkpoint_every: int = field(default=50, metadata=_option("checkpoint_every"))
+    valid_fraction: float = field(default=0.1, metadata=_option("valid_fraction"))
+    skip_invalid: bool = field(default=False, metadata=_option("skip_invalid"))
+    mapping: dict | None = field(default=None, metadata=_option("mapping"))
     user_template: str | None = field(default=None, metadata={
         "label": "User message template",
         "help": "Write each user message from your columns, e.g. 'Pokemon name: {name}' ({{ and }} for braces)."})
@@ -75,8 +152,8 @@ class TrainConfig:
         "label": "Thinking",
         "help": "Set from the data: on when its answers carry reasoning (<think> blocks or reasoning_content) "
                 "and the model's template can think (Qwen3); otherwise thinking is off."})
-    pack: bool = field(default=False, metadata={"help": "pack short examples into rows of max_seq_len"})
-    compile: bool = field(default=True, metadata={"help": "mx.compile the training step"})
+    pack: bool = field(default=False, metadata=_option("pack"))
+    compile: bool = field(default=True, metadata=_option("compile"))
 
     @property
     def scale(self) -> float:
@@ -96,6 +173,35 @@ PRESETS: dict[str, dict[str, Any]] = {
     "thorough": {"epochs": 3.0, "rank": 32, "alpha": 64.0, "lr": 5e-5, "batch": 8, "targets": "all",
                  "max_seq_len": 2048, "grad_checkpoint": True},
 }
+# Each preset's name on screen and the one line saying what it trades (GUI and `train --help`).
+PRESET_TEXT: dict[str, tuple[str, str]] = {
+    "quick": ("Quick test", "One pass, a small update on the attention layers only: done soonest and shows "
+                            "whether your data teaches anything, but learns the least."),
+    "balanced": ("Balanced", "Two passes, a medium update on every layer: the usual choice, learns a format or "
+                             "style well in about twice the time of a quick test per pass."),
+    "thorough": ("Thorough", "Three passes, a large update, long examples kept whole, memory saved by "
+                             "recomputing: learns the most and takes by far the longest."),
+}
+DEFAULT_PRESET = "balanced"
+
+
+def option_help(name: str) -> str:
+    """The plain-words help of a TrainConfig option (the GUI's tooltip, the CLI's --help)."""
+    f = {f.name: f for f in fields(TrainConfig)}[name]
+    return f.metadata.get("help", "")
+
+
+def option_label(name: str) -> str:
+    f = {f.name: f for f in fields(TrainConfig)}[name]
+    return f.metadata.get("label") or name.replace("_", " ").capitalize()
+
+
+def preset_config(preset: str, **overrides) -> dict:
+    """Every TrainConfig value a preset gives (defaults filled in), with ``overrides`` on top."""
+    if preset not in PRESETS:
+        raise TuneloomError(f"Unknown preset {preset!r}.", f"Choose one of: {', '.join(PRESETS)}.")
+    base = {f.name: getattr(TrainConfig(model=""), f.name) for f in fields(TrainConfig)}
+    return {**base, **PRESETS[preset], **overrides}
 
 
 def apply_preset(cfg_kwargs: dict, preset: str | None) -> dict:
@@ -446,6 +552,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
         run_dir = Path(cfg.out) if cfg.out else runs.new_run_dir(cfg.name)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", asdict(cfg))
+        runs.remember(run_dir)  # a folder outside runs/ (--out) still shows in the history
     events.progress(0, None, "loading data")
     ds = load_dataset(cfg.data, mapping=cfg.mapping, user_template=cfg.user_template,
                       assistant_template=cfg.assistant_template, system=cfg.system_prompt, cancel=cancel)
@@ -529,15 +636,21 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
     runs.set_status(run_dir, "running", step=start, total=total_steps)
     metrics_fh = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
 
-    def emit(step: int, **vals):
-        rec = {"step": step, **vals}
-        metrics_fh.write(json.dumps(rec) + "\n")
+    def record(step: int, **vals):
+        metrics_fh.write(json.dumps({"step": step, **vals}) + "\n")
         metrics_fh.flush()
+
+    def emit(step: int, **vals):
+        record(step, **vals)
         for k, v in vals.items():
             if isinstance(v, (int, float)):
                 events.metric(k, step, float(v))
 
-    trained_tokens = sum(int(m.get("trained_tokens_step", 0)) for m in runs.read_metrics(run_dir))
+    kept_metrics = runs.read_metrics(run_dir)
+    trained_tokens = sum(int(m.get("trained_tokens_step", 0)) for m in kept_metrics)
+    # the time already spent on this run before a resume, so elapsed runs on across restarts
+    prior_elapsed = max((float(m["elapsed"]) for m in kept_metrics if "elapsed" in m), default=0.0)
+    paused_seconds = 0.0
     t_start = time.perf_counter()
     tokens_since = 0
     last_good_step = start
@@ -549,7 +662,15 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
             model.train()
             emit(0, valid_loss=vl)
         for step in range(start + 1, total_steps + 1):
-            cancel.checkpoint(on_pause=lambda: events.log("info", "paused"))
+            def parked(s=step - 1):
+                events.log("info", f"paused after step {s}")
+                events.state("paused", s)
+
+            def unparked(s=step - 1):
+                events.log("info", f"resumed at step {s + 1}")
+                events.state("running", s)
+
+            paused_seconds += cancel.checkpoint(on_pause=parked, on_resume=unparked)
             # RNG (dropout) is a pure function of (seed, step): a resume replays it exactly
             mx.random.seed((cfg.seed * 1_000_003 + step) % 2**32)
             t0 = time.perf_counter()
@@ -588,13 +709,18 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
             trained_tokens += step_trained
             tokens_since += step_tokens
             lr = float(opt.learning_rate.item()) if hasattr(opt.learning_rate, "item") else float(cfg.lr)
-            emit(step, train_loss=step_loss, learning_rate=lr, tokens_per_sec=step_tokens / dt,
-                 trained_tokens_per_sec=step_trained / dt, trained_tokens=trained_tokens,
-                 trained_tokens_step=step_trained, peak_memory=_peak_memory())
-            elapsed = time.perf_counter() - t_start
-            done_here = step - start
-            eta = elapsed / done_here * (total_steps - step)
-            events.progress(step, total_steps, f"step {step}/{total_steps}, loss {step_loss:.3f}, ETA {eta:.0f}s")
+            here = time.perf_counter() - t_start - paused_seconds  # this session's training time
+            eta = here / (step - start) * (total_steps - step)
+            report = StepReport(step=step, total=total_steps, epoch=step * cfg.grad_accum / plan.per_epoch,
+                                train_loss=step_loss, learning_rate=lr, tokens_per_sec=step_tokens / dt,
+                                trained_tokens=trained_tokens, peak_memory=_peak_memory(),
+                                elapsed=prior_elapsed + here, eta_seconds=eta,
+                                trained_tokens_per_sec=step_trained / dt, trained_tokens_step=step_trained)
+            record(step, **{k: v for k, v in asdict(report).items() if k not in ("step", "total")})
+            events.step(report)
+            events.report_progress(Progress(step, total_steps, "step", f"step {step}/{total_steps}, loss "
+                                            f"{step_loss:.3f}, ETA {eta:.0f}s", rate=(step - start) / here
+                                            if here > 0 else None, eta=eta))
             if cfg.valid_every and step % cfg.valid_every == 0 and step != total_steps and valid_seqs:
                 model.eval()
                 emit(step, valid_loss=evaluate_loss(model, valid_seqs, cfg.batch, pad_id, cfg.max_seq_len,
@@ -610,7 +736,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
         if final_valid is not None:
             emit(total_steps, valid_loss=final_valid)
         save_adapters(model, run_dir, adapter_config)
-        elapsed = time.perf_counter() - t_start
+        elapsed = time.perf_counter() - t_start - paused_seconds
         result.update(state="done", steps=total_steps, valid_loss=final_valid,
                       train_examples=len(train_seqs), valid_examples=len(valid_seqs), trained_tokens=trained_tokens,
                       tokens_per_sec=tokens_since / elapsed if elapsed else 0.0, seconds=elapsed)

@@ -294,3 +294,215 @@ def check_model(path: Path, events=None, cancel=None):
 def is_model_folder(path: Path) -> bool:
     """A dropped folder is a model (not a dataset folder) when it holds a config.json."""
     return Path(path).is_dir() and (Path(path) / "config.json").is_file()
+
+
+# --------------------------------------------------------------------------- training plans
+
+@dataclass
+class TrainEstimate:
+    """What a run with these options will take, before it starts."""
+
+    memory_bytes: int
+    available_bytes: int
+    steps: int
+    seconds: float | None  # None: no basis for a guess
+    basis: str  # how the duration was estimated, in words
+    fits: bool = True
+    fix: str = ""  # what to change when it does not fit
+    tokens_per_step: float = 0.0
+
+
+def _weights_of(model_dir: Path) -> tuple[int, int]:
+    """(parameters, bytes as stored) from the safetensors headers (no tensor is read)."""
+    import struct
+
+    sizes = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "U32": 4, "I16": 2, "I8": 1, "U8": 1,
+             "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+    params = stored = 0
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            n = struct.unpack("<Q", fh.read(8))[0]
+            header = json.loads(fh.read(n))
+        for name, t in header.items():
+            if name == "__metadata__":
+                continue
+            count = 1
+            for d in t.get("shape", []):
+                count *= d
+            params += count
+            stored += count * sizes.get(t.get("dtype", "F32"), 4)
+    return params, stored
+
+
+_MATMUL_RATE: list[float] = []
+
+
+def machine_flops() -> float:
+    """Float32 matmul rate of this machine's processor (numpy, about a tenth of a second; measured once).
+    numpy rather than MLX: importing MLX holds the interpreter for a moment, and the window is waiting.
+    On a Mac, MLX trains on the GPU: the figure is scaled by a rough factor there until a real run's
+    speed replaces it (estimate_training prefers that)."""
+    if _MATMUL_RATE:
+        return _MATMUL_RATE[0]
+    import sys
+
+    import numpy as np
+
+    a = np.random.default_rng(0).standard_normal((384, 384), dtype=np.float32)
+    a @ a
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < 0.1:
+        a @ a
+        reps += 1
+    rate = reps * 2 * 384 ** 3 / (time.perf_counter() - t0)
+    if sys.platform == "darwin":
+        rate *= 4.0
+    _MATMUL_RATE.append(rate)
+    return rate
+
+
+def measured_rate(model_dir: Path, runs_root: Path | None = None) -> float | None:
+    """Training tokens per second of the latest run on this model that got going (median of its steps)."""
+    from core import runs
+
+    want = str(Path(model_dir).resolve())
+    for d in runs.run_dirs(runs_root)[:30]:
+        cfg = runs.read_json(d / "config.json", {}) or {}
+        try:
+            same = str(Path(cfg.get("model", "")).resolve()) == want
+        except OSError:
+            same = False
+        if not same:
+            continue
+        _, rates = runs.series(runs.read_metrics(d), "tokens_per_sec")
+        rates = rates[3:]  # the first steps compile
+        if len(rates) >= 5:
+            return float(sorted(rates)[len(rates) // 2])
+    return None
+
+
+def _memory_fix(text_cfg: dict, weight_bytes: int, lora: int, options: dict, avail: int) -> str:
+    """The smallest change, in words, that makes the run fit in 90% of ``avail``."""
+    from core.train import estimate_memory
+
+    batch, seq = int(options["batch"]), int(options["max_seq_len"])
+    ck = bool(options.get("grad_checkpoint"))
+
+    def fits(b, s_, c):
+        return estimate_memory(text_cfg, weight_bytes, lora, b, s_, c) <= 0.9 * avail
+
+    if not ck and fits(batch, seq, True):
+        return "Turn on \u201cSave memory (recompute)\u201d."
+    b = batch
+    while b > 1 and not fits(b, seq, ck):
+        b //= 2
+    if fits(b, seq, ck):
+        return f"Lower the batch size to {b} (or turn on \u201cSave memory (recompute)\u201d)." if not ck else \
+            f"Lower the batch size to {b}."
+    s_ = seq
+    while s_ > 64 and not fits(1, s_, True):
+        s_ //= 2
+    if fits(1, s_, True):
+        return (f"Lower the batch size to 1 and the max length to {s_} tokens, with \u201cSave memory "
+                "(recompute)\u201d on.")
+    return "Choose a smaller or a 4-bit (quantized) model."
+
+
+def estimate_training(model_dir: Path, options: dict, n_train: int, lengths: list[int] | None = None,
+                      events=None, cancel=None) -> TrainEstimate:
+    """Peak memory (core.train.estimate_memory) and duration of a run with ``options`` (TrainConfig
+    values). The duration uses the speed of the last run on the same model when there is one, else
+    a calibrated cost model: about 4 x parameters floating-point operations per token (forward and
+    backward through the frozen weights) at half this machine's measured matmul rate."""
+    import sys
+
+    from core import catalog
+    from core.train import estimate_memory, total_memory_bytes
+
+    cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    text_cfg = cfg.get("text_config") or cfg
+    params, stored = _weights_of(model_dir)
+    quantized = "quantization" in cfg or "quantization_config" in cfg
+    weight_bytes = stored if (quantized or sys.platform == "darwin") else params * 4  # float32 on the CPU
+    try:
+        lora = catalog.lora_param_count(text_cfg, options.get("targets", "all"), int(options["rank"]),
+                                        int(options.get("num_layers", -1)))
+    except (KeyError, TypeError, ValueError):
+        lora = 0
+    batch, seq = int(options["batch"]), int(options["max_seq_len"])
+    mem = estimate_memory(text_cfg, weight_bytes, lora, batch, seq, bool(options.get("grad_checkpoint")))
+    avail = total_memory_bytes()
+    fits = not avail or mem <= 0.9 * avail
+    fix = ""
+    if not fits:
+        fix = _memory_fix(text_cfg, weight_bytes, lora, options, avail)
+    accum = max(1, int(options.get("grad_accum", 1)))
+    per_epoch = max(1, (n_train // max(1, batch)) // accum)
+    steps = int(options["iters"]) if options.get("iters") else max(1, int(round(float(options["epochs"]) * per_epoch)))
+    mean_len = (sum(min(n, seq) for n in lengths) / len(lengths)) if lengths else seq / 2
+    tokens_per_step = batch * accum * mean_len * 1.15  # padding to the longest in a batch
+    rate = measured_rate(model_dir)
+    if rate:
+        basis = "from the speed of your last run on this model"
+    else:
+        rate = machine_flops() * 0.5 / max(1.0, 4.0 * params)
+        basis = "from a quick speed test of this computer"
+    if options.get("grad_checkpoint"):
+        rate /= 1.33
+    seconds = steps * tokens_per_step / rate if rate else None
+    return TrainEstimate(int(mem), int(avail), steps, seconds, basis, fits, fix, tokens_per_step)
+
+
+# --------------------------------------------------------------------------- run history
+
+@dataclass
+class RunSummary:
+    """A run as the history lists it: its record, and its curves thinned for drawing."""
+
+    info: object  # core.runs.RunInfo (metrics dropped after summarising)
+    train: tuple[list, list]  # (steps, losses), at most CURVE_POINTS
+    valid: tuple[list, list]
+    steps: int = 0
+    final_train: float | None = None
+    final_valid: float | None = None
+
+
+CURVE_POINTS = 600
+
+
+def thin(xs: list, ys: list, n: int = CURVE_POINTS) -> tuple[list, list]:
+    if len(xs) <= n:
+        return list(xs), list(ys)
+    k = (len(xs) + n - 1) // n
+    return list(xs[::k]) + [xs[-1]], list(ys[::k]) + [ys[-1]]
+
+
+def summarize_run(info) -> RunSummary:
+    tx, ty = info.series("train_loss")
+    vx, vy = info.series("valid_loss")
+    s = RunSummary(info, thin(tx, ty), (vx, vy), max(info.steps, tx[-1] if tx else 0),
+                   ty[-1] if ty else None, info.final_valid_loss)
+    info.metrics = None  # the full list stays on disk; History reads it again for the run it opens
+    return s
+
+
+def load_history(root: Path | None = None, events=None, cancel=None) -> list[RunSummary]:
+    """Every run folder, newest first, read from disk (CLI runs included)."""
+    from core import runs
+
+    out = []
+    for d in runs.run_dirs(root):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        info = runs.RunInfo.load(d, metrics=True)
+        if info is not None:
+            out.append(summarize_run(info))
+        time.sleep(0)  # hand the GIL to the window between runs
+    return out
+
+
+def load_run(path: Path, events=None, cancel=None):
+    """One run with all its metrics (History opens it; Train resumes it)."""
+    from core import runs
+
+    return runs.RunInfo.load(Path(path), metrics=True)

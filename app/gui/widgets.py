@@ -46,12 +46,13 @@ class Panel(QFrame):
         self.border_width = 0.0
         self.border_role: str | None = None  # "highlight" / "muted" / None (no border)
         self.dashed = False
+        self.fill_color: QColor | None = None  # a colour of its own (a result box), else the palette's
 
     def paintEvent(self, event):
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
         pal = self.palette()
-        fill = pal.color(self.fill_role)
+        fill = self.fill_color if self.fill_color is not None else pal.color(self.fill_role)
         if self.tint:
             fill = theme.mix(fill, pal.color(QPalette.ColorRole.Highlight), self.tint)
         if self.border_role and self.border_width:
@@ -64,6 +65,7 @@ class Panel(QFrame):
         p.setBrush(fill)
         m = max(1.0, self.border_width)
         p.drawRoundedRect(QRectF(self.rect()).adjusted(m / 2, m / 2, -m / 2, -m / 2), self.radius, self.radius)
+        p.end()
 
 
 class DropZone(Panel):
@@ -452,3 +454,4 @@ class DropOverlay(QWidget):
         p.setFont(f)
         p.setPen(pal.color(QPalette.ColorRole.Text))
         p.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, self.text)
+        p.end()

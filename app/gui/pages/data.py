@@ -10,10 +10,14 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QFileDialog, QHBoxL
                                QPlainTextEdit, QProgressBar, QPushButton, QSizePolicy, QSpinBox, QSplitter,
                                QStackedWidget, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget)
 
+from app.gui import jobs as gj
 from app.gui import theme
 from app.gui.chat_view import ChatView
 from app.gui.jobs import PREVIEW_EXAMPLES
+from app.gui.pages.base import PAINT_FIRST_MS, AppContext, Page, error_text
 from app.gui.widgets import DropZone, TokenHistogram, panel_label
+from core import paths
+from core.events import Cancelled
 
 FORMAT_LABELS = {
     "chat": "chat messages (messages with role and content)",
@@ -37,22 +41,24 @@ def _section(text: str) -> QLabel:
     return QLabel(f"<b>{text}</b>")
 
 
-class DataPage(QWidget):
-    def __init__(self, win):
-        super().__init__()
-        self.win = win
+class DataPage(Page):
+    """Step 2: read and check the dataset, show it as chat and as training text, its lengths and problems."""
+
+    key = "data"
+    title = "2. Add your examples"
+    blurb = "Drop files with example conversations. Tuneloom checks every example and tells you exactly what to fix."
+
+    def __init__(self, ctx: AppContext):
+        super().__init__(ctx)
         self.report = None
         self.tokens = None
-        lay = QVBoxLayout(self)
-        head = QLabel("<h2>2. Add your examples</h2><p>Drop files with example conversations. Tuneloom checks "
-                      "every example and tells you exactly what to fix.</p>")
-        head.setWordWrap(True)
-        lay.addWidget(head)
+        lay = self.layout_
 
         self.drop = DropZone()
         lay.addWidget(self.drop, 1)
         row = QHBoxLayout()
         self.sample_btn = QPushButton("Use a sample dataset")
+        self.sample_btn.setObjectName("data.sample")
         self.sample_btn.setToolTip("The bundled demo data: 360 short conversations that teach the demo model a "
                                    "structured answer format.")
         self.open_btn = QPushButton("Open files...")
@@ -73,6 +79,13 @@ class DataPage(QWidget):
 
         box, self.summary = panel_label("No dataset yet.", "DataSummary")
         lay.addWidget(box)
+        # the column-mapping panel (app/gui/mapping_panel.py) goes here: see set_mapping_panel
+        self.mapping_host = QWidget()
+        self.mapping_host.setObjectName("data.mapping_host")
+        self.mapping_layout = QVBoxLayout(self.mapping_host)
+        self.mapping_layout.setContentsMargins(0, 0, 0, 0)
+        self.mapping_host.hide()
+        lay.addWidget(self.mapping_host)
 
         # -- results: examples | token lengths over problems
         self.results = QSplitter(Qt.Orientation.Horizontal)
@@ -158,12 +171,12 @@ class DataPage(QWidget):
         lay.addWidget(self.results, 4)
         self.results.hide()
 
-        self.drop.files_dropped.connect(win.open_paths)
+        self.drop.files_dropped.connect(lambda ps: self.ctx.open_paths(ps))
         self.drop.clicked.connect(self._open)
-        self.sample_btn.clicked.connect(win.load_sample_data)
+        self.sample_btn.clicked.connect(self.load_sample_data)
         self.open_btn.clicked.connect(self._open)
         self.open_dir_btn.clicked.connect(self._open_dir)
-        self.cancel_btn.clicked.connect(win.cancel_data)
+        self.cancel_btn.clicked.connect(self.cancel_data)
         self.training_toggle.toggled.connect(self._toggle_training)
         self.max_len.valueChanged.connect(self._max_len_changed)
         self.problems.currentItemChanged.connect(self._problem_picked)
@@ -179,17 +192,17 @@ class DataPage(QWidget):
 
     # -- dialogs
     def _open(self):
-        start = self.win.settings.value("data/dir", "")
+        start = self.settings.value("data/dir", "")
         files, _ = QFileDialog.getOpenFileNames(self, "Open dataset files", start, DATASET_FILTER)
         if files:
-            self.win.settings.setValue("data/dir", str(Path(files[0]).parent))
-            self.win.load_data([Path(f) for f in files])
+            self.settings.setValue("data/dir", str(Path(files[0]).parent))
+            self.load_data([Path(f) for f in files])
 
     def _open_dir(self):
-        d = QFileDialog.getExistingDirectory(self, "Open a dataset folder", self.win.settings.value("data/dir", ""))
+        d = QFileDialog.getExistingDirectory(self, "Open a dataset folder", self.settings.value("data/dir", ""))
         if d:
-            self.win.settings.setValue("data/dir", d)
-            self.win.load_data([Path(d)])
+            self.settings.setValue("data/dir", d)
+            self.load_data([Path(d)])
 
     # -- busy state
     def set_busy(self, what: str | None, done=None, total=None):
@@ -336,11 +349,11 @@ class DataPage(QWidget):
 
     def _max_len_changed(self, v: int):
         self.histogram.set_max_len(v)
-        self.win.settings.setValue("data/max_seq_len", v)
+        self.settings.setValue("data/max_seq_len", v)
         self._show_truncation()
 
     def _toggle_training(self, on: bool):
-        self.win.settings.setValue("data/show_training_text", on)
+        self.settings.setValue("data/show_training_text", on)
         self.preview.set_mode("training" if on else "chat")
 
     # -- problems
@@ -348,7 +361,7 @@ class DataPage(QWidget):
         if item is None:
             return
         issue = item.data(0, ISSUE_ROLE)
-        self.win.show_problem_record(issue)
+        self.show_problem_record(issue)
 
     def show_record_text(self, issue, raw=None, error: str | None = None):
         head = f"{issue.file}" + (f", line {issue.line}" if issue.line else "") + (
@@ -372,3 +385,128 @@ class DataPage(QWidget):
         it = self.problems.currentItem()
         return it.data(0, ISSUE_ROLE) if it else None
 
+
+    # -- where the column-mapping panel goes
+    def set_mapping_panel(self, widget: QWidget | None) -> None:
+        """Put the column-mapping panel (or None: none) under the summary."""
+        while self.mapping_layout.count():
+            old = self.mapping_layout.takeAt(0).widget()
+            if old is not None:
+                old.setParent(None)
+        if widget is not None:
+            self.mapping_layout.addWidget(widget)
+        self.mapping_host.setVisible(widget is not None)
+
+    # -- the controller: reading the dataset, measuring its tokens, showing a problem's record
+    def valid_fraction(self) -> float:
+        try:
+            return min(0.5, max(0.01, float(self.settings.value("data/valid_fraction", 0.1))))
+        except (TypeError, ValueError):
+            return 0.1
+
+    def restore_settings(self):
+        self.max_len.setValue(self.int_setting("data/max_seq_len", 512))
+        from app.gui.settings_dialog import read_bool
+
+        self.training_toggle.setChecked(read_bool(self.settings, "data/show_training_text", False))
+
+    def save_settings(self):
+        self.settings.setValue("data/max_seq_len", self.max_len.value())
+        self.settings.setValue("data/show_training_text", self.training_toggle.isChecked())
+
+    def reopen_last(self):
+        """The dataset of the last session, when the setting says so and its files are still there."""
+        from app.gui.settings_dialog import read_bool
+
+        last = self.settings.value("data/paths", [])
+        last = [last] if isinstance(last, str) else list(last or [])
+        if last and read_bool(self.settings, "data/reopen", True) and all(Path(p).exists() for p in last):
+            self.load_data([Path(p) for p in last], switch=False)
+
+    def session_changed(self, names: set):
+        if "model_dir" in names and self.session.usable_dataset:
+            self.measure_tokens()
+
+    def load_sample_data(self):
+        self.load_data([paths.demo_data_dir()])
+
+    def cancel_data(self):
+        for kind in ("data", "tokens", "raw"):
+            self.slots[kind].stop()
+
+    def load_data(self, files: list, switch: bool = True):
+        files = [Path(f) for f in files]
+        if switch:
+            self.ctx.go_to(1)
+        self.cancel_data()
+        self.session.update(token_report=None, data_loading=True)
+        self.show_loading(files)
+        self.slots["data"].start(gj.load_data_report, files, self.valid_fraction(), quiet_gc=True,
+                                 delay_ms=PAINT_FIRST_MS, on_progress=lambda d, t, w: self.set_busy(w, d, t),
+                                 on_ok=self._data_loaded, on_failed=self._data_failed, on_ended=self._data_ended)
+
+    def _data_loaded(self, report):
+        self.settings.setValue("data/paths", [str(p) for p in report.paths])
+        self.session.update(data_report=report, dataset=report.dataset, data_paths=report.paths, token_report=None)
+        self.show_dataset(report)
+        ds = report.dataset
+        self.ctx.status(f"{len(ds.records):,} usable examples, {len(ds.issues):,} problems", 8000)
+        self.measure_tokens()
+
+    def _data_failed(self, exc):
+        self.session.update(dataset=None, data_report=None, token_report=None)
+        if isinstance(exc, Cancelled):
+            self.show_error("Stopped before the files were read to the end; nothing was loaded.")
+        else:
+            self.show_error(error_text(exc))
+
+    def _data_ended(self):
+        if not self.slots.running("tokens"):
+            self.set_busy(None)
+        self.session.update(data_loading=False)
+
+    def measure_tokens(self):
+        """Token lengths and the training text of the dataset with the chosen model's tokenizer."""
+        ds = self.session.dataset
+        self.slots["tokens"].stop()
+        if ds is None or not ds.records:
+            return
+        if self.session.model_dir is None:
+            self.show_tokens_pending("Token lengths appear once a model is chosen (they depend on its tokenizer).")
+            return
+        self.show_tokens_pending()
+        self.slots["tokens"].start(gj.measure_tokens, ds.records, self.session.model_dir, self.max_len.value(),
+                                   quiet_gc=True, delay_ms=3 * PAINT_FIRST_MS,  # after the page and its preview
+                                   on_progress=self._tokens_progress, on_ok=self._tokens_done,
+                                   on_failed=self._tokens_failed, on_ended=self._tokens_ended)
+
+    def _tokens_progress(self, done, total, what):
+        if not self.slots.running("data"):
+            self.set_busy(what, done, total)
+
+    def _tokens_done(self, report):
+        self.session.update(token_report=report)
+        self.show_tokens(report)
+
+    def _tokens_failed(self, exc):
+        if isinstance(exc, Cancelled):
+            self.show_tokens_pending("Token measurement stopped.")
+        else:
+            self.show_tokens_error(error_text(exc))
+
+    def _tokens_ended(self):
+        if not self.slots.running("data"):
+            self.set_busy(None)
+
+    def show_problem_record(self, issue):
+        """Show the record a problem is about, read from its file off the GUI thread."""
+        rep = self.session.data_report
+        path = rep.files.get(issue.file) if rep else None
+        if path is None or not issue.line:
+            self.show_record_text(issue, None, "" if issue.line else "(this problem is about the whole file)")
+            return
+        self.show_record_text(issue, None, "Reading...")
+        self.slots["raw"].start(gj.read_raw_record, path, issue.line,
+                                on_ok=lambda raw, i=issue: self.selected_issue() is i and self.show_record_text(i, raw),
+                                on_failed=lambda exc, i=issue: self.selected_issue() is i and self.show_record_text(
+                                    i, None, f"Cannot read the file: {error_text(exc)}"))

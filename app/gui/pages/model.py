@@ -11,11 +11,15 @@ from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import (QFileDialog, QFrame, QGridLayout, QHBoxLayout, QInputDialog, QLabel, QMessageBox,
                                QProgressBar, QPushButton, QScrollArea, QSizePolicy, QVBoxLayout, QWidget)
 
+from app.gui import jobs as gj
 from app.gui import theme
 from app.gui.jobs import CardInfo, card_for_hub_id, catalog_cards, fetch_card
+from app.gui.pages.base import AppContext, Page
+from app.gui.pages.base import error_text as error_text
 from app.gui.widgets import Panel, panel_label
-from app.gui.workers import Job
-from core.events import Cancelled, TuneloomError
+from app.session import DEMO_NAME
+from core import paths
+from core.events import Cancelled
 
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MACHINE = "this Mac" if sys.platform == "darwin" else "this computer"
@@ -37,10 +41,6 @@ def fmt_params(n: int | None) -> str:
     if n >= 1e6:
         return f"{n / 1e6:.0f}M parameters" if n >= 1e7 else f"{n / 1e6:.1f}M parameters"
     return f"{n / 1e3:.0f}K parameters"
-
-
-def error_text(exc) -> str:
-    return exc.user_message() if isinstance(exc, TuneloomError) else f"{type(exc).__name__}: {exc}"
 
 
 class ModelCard(Panel):
@@ -201,16 +201,18 @@ class ModelCard(Panel):
         self.update()
 
 
-class ModelPage(QWidget):
-    def __init__(self, win):
-        super().__init__()
-        self.win = win
+class ModelPage(Page):
+    """Step 1: the catalog, downloads, and the model in use (checked off the GUI thread)."""
+
+    key = "model"
+    title = "1. Choose a model"
+    blurb = ("The model you will teach. The bundled demo model works offline and trains in about a minute; "
+             "the others download once from Hugging Face.")
+
+    def __init__(self, ctx: AppContext):
+        super().__init__(ctx)
         self.cards: dict[str, ModelCard] = {}
-        lay = QVBoxLayout(self)
-        head = QLabel("<h2>1. Choose a model</h2><p>The model you will teach. The bundled demo model works offline "
-                      "and trains in about a minute; the others download once from Hugging Face.</p>")
-        head.setWordWrap(True)
-        lay.addWidget(head)
+        lay = self.layout_
 
         box, self.current = panel_label("No model chosen yet.", "CurrentModel")
         lay.addWidget(box)
@@ -238,7 +240,7 @@ class ModelPage(QWidget):
         self.scroll = scroll
         lay.addWidget(scroll, 1)
 
-        self.demo_btn.clicked.connect(win.use_demo_model)
+        self.demo_btn.clicked.connect(self.use_demo_model)
         self.add_btn.clicked.connect(self.ask_hub_id)
         self.open_btn.clicked.connect(self._open)
         self._last_check = None
@@ -252,20 +254,18 @@ class ModelPage(QWidget):
     # -- catalog
     def load_catalog(self):
         custom = self.custom_ids()
-        job = Job(catalog_cards, custom, parent=self)
-        job.finished_ok.connect(self._catalog_loaded)
-        job.failed.connect(lambda exc: self.loading.setText("The model catalog cannot be read: " + error_text(exc)))
-        self.win.jobs["catalog"] = job.start()
+        self.slots["catalog"].start(catalog_cards, custom, on_ok=self._catalog_loaded, on_failed=lambda exc: (
+            self.loading.setText("The model catalog cannot be read: " + error_text(exc))))
 
     def custom_ids(self) -> list[str]:
-        v = self.win.settings.value("models/custom", [])
+        v = self.settings.value("models/custom", [])
         return [v] if isinstance(v, str) else list(v or [])
 
     def _catalog_loaded(self, cards: list[CardInfo]):
         self.loading.hide()
         for info in cards:
             self._add_card(info)
-        self.mark_selected(self.win.model_dir)
+        self.mark_selected(self.session.model_dir)
 
     def _add_card(self, info: CardInfo) -> ModelCard:
         card = ModelCard(info)
@@ -294,30 +294,29 @@ class ModelPage(QWidget):
 
     def _primary(self, card: ModelCard):
         if card.downloaded:
-            self.win.set_model(card.info.path, card.info.name)
+            self.set_model(card.info.path, card.info.name)
         else:
             self.download(card)
 
     # -- downloads
     def download(self, card: ModelCard):
-        key = f"download:{card.info.key}"
-        job = self.win.jobs.get(key)
-        if job is not None and job.running:
+        slot = self.slots[f"download:{card.info.key}"]
+        if slot.running:
             return
         card.start_download()
-        job = Job(fetch_card, card.info, parent=self)
-        job.events.progress_changed.connect(card.download_progress)
-        job.finished_ok.connect(lambda res, c=card: self._downloaded(c, res))
-        job.failed.connect(lambda exc, c=card: self._download_failed(c, exc))
-        job.ended.connect(self.win.update_steps)
-        self.win.jobs[key] = job.start()
-        self.win.update_steps()
+        slot.start(fetch_card, card.info, on_progress=card.download_progress,
+                   on_ok=lambda res, c=card: self._downloaded(c, res),
+                   on_failed=lambda exc, c=card: self._download_failed(c, exc), on_ended=self._downloads_changed)
+        self._downloads_changed()
+
+    def _downloads_changed(self):
+        self.session.update(downloading=tuple(self.downloading()))
 
     def cancel_download(self, card: ModelCard):
-        job = self.win.jobs.get(f"download:{card.info.key}")
-        if job is not None and job.running:
+        slot = self.slots[f"download:{card.info.key}"]
+        if slot.running:
             card.detail.setText("Stopping...")
-            job.stop()
+            slot.stop()
 
     def _downloaded(self, card: ModelCard, res):
         problems = []
@@ -325,9 +324,9 @@ class ModelPage(QWidget):
             problems = ["This model cannot be used: " + p.message + (f" {p.hint}" if p.hint else "")
                         for p in res.check.problems]
         card.download_done(res.path, problems)
-        self.win.statusBar().showMessage(res.message or f"{card.info.name} is ready", 8000)
+        self.ctx.status(res.message or f"{card.info.name} is ready", 8000)
         if card.info.entry is None and not problems:  # added by id: the user wants this one
-            self.win.set_model(res.path, card.info.name)
+            self.set_model(res.path, card.info.name)
 
     def _download_failed(self, card: ModelCard, exc):
         if isinstance(exc, Cancelled):
@@ -340,7 +339,7 @@ class ModelPage(QWidget):
             card.download_failed(error_text(exc))
 
     def downloading(self) -> list[str]:
-        return [k.split(":", 1)[1] for k, j in self.win.jobs.items() if k.startswith("download:") and j.running]
+        return [k.split(":", 1)[1] for k, slot in self.slots.items() if k.startswith("download:") and slot.running]
 
     # -- other sources
     def ask_hub_id(self):
@@ -362,19 +361,19 @@ class ModelPage(QWidget):
             card = self._add_card(card_for_hub_id(hub_id))
             custom = self.custom_ids()
             if hub_id not in custom:
-                self.win.settings.setValue("models/custom", custom + [hub_id])
+                self.settings.setValue("models/custom", custom + [hub_id])
         QTimer.singleShot(0, lambda: self.scroll.ensureWidgetVisible(card))
         if card.downloaded:
-            self.win.set_model(card.info.path, card.info.name)
+            self.set_model(card.info.path, card.info.name)
         else:
             self.download(card)
         return card
 
     def _open(self):
-        d = QFileDialog.getExistingDirectory(self, "Open a model folder", self.win.settings.value("models/dir", ""))
+        d = QFileDialog.getExistingDirectory(self, "Open a model folder", self.settings.value("models/dir", ""))
         if d:
-            self.win.settings.setValue("models/dir", str(Path(d).parent))
-            self.win.set_model(Path(d))
+            self.settings.setValue("models/dir", str(Path(d).parent))
+            self.set_model(Path(d))
 
     # -- the chosen model
     def show_checking(self, path: Path, name: str | None):
@@ -412,3 +411,36 @@ class ModelPage(QWidget):
     def show_check_error(self, path: Path, message: str):
         self.current.setText(theme.span(f"{html.escape(Path(path).name)} cannot be checked:", "error",
                                         self.palette(), bold=True) + " " + html.escape(message))
+
+    # -- the controller: which model is in use
+    def use_demo_model(self):
+        self.set_model(paths.demo_model_dir(), DEMO_NAME)
+
+    def restore_model(self):
+        """The model of the last session, else the bundled demo model."""
+        saved = self.settings.value("model")
+        if saved and Path(saved).is_dir():
+            self.set_model(Path(saved), self.settings.value("model_name") or None)
+        else:
+            self.use_demo_model()
+
+    def set_model(self, model_dir: Path, name: str | None = None):
+        """Check ``model_dir`` (off the GUI thread) and use it if it passes."""
+        model_dir = Path(model_dir)
+        if name is None:
+            card = self.card_for_path(model_dir)
+            name = card.info.name if card else (DEMO_NAME if model_dir == paths.demo_model_dir() else model_dir.name)
+        self.session.update(model_checking=model_dir)
+        self.show_checking(model_dir, name)
+        self.slots["check"].start(gj.check_model, model_dir,
+                                  on_ok=lambda check: self._model_checked(model_dir, name, check),
+                                  on_failed=lambda exc: self.show_check_error(model_dir, error_text(exc)),
+                                  on_ended=lambda: self.session.update(model_checking=None))
+
+    def _model_checked(self, model_dir: Path, name: str, check):
+        if check.ok:
+            self.settings.setValue("model", str(model_dir))
+            self.settings.setValue("model_name", name)
+            self.ctx.status(f"Using {name}", 5000)
+            self.session.update(model_dir=model_dir, model_name=name, model_check=check)
+        self.show_check(check, name, self.session.model_dir)

@@ -1,0 +1,777 @@
+"""Step 3, Train: presets, every option with its help, an estimate before starting, then
+Start / Pause / Resume / Stop with the live curve, the figures beside it and the run's log.
+
+Presets, defaults and the options' help come from ``core.train`` (PRESETS, PRESET_TEXT, the
+TrainConfig field metadata): the CLI's ``tuneloom train --help`` says the same.
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QGridLayout, QHBoxLayout, QLabel, QLineEdit,
+                               QMessageBox, QPlainTextEdit, QProgressBar, QPushButton, QSizePolicy, QSpinBox,
+                               QSplitter, QVBoxLayout, QWidget)
+from superqt import QCollapsible
+
+from app.gui import jobs as gj
+from app.gui import theme
+from app.gui.notify import notify
+from app.gui.pages.base import AppContext, Page, error_text
+from app.gui.plots import TrainPlot
+from app.gui.widgets import Panel
+from app.session import TRAIN, TRY
+from core import runs
+from core.events import Cancelled
+from core.train import DEFAULT_PRESET, PRESET_TEXT, PRESETS, TrainConfig, option_help, option_label, preset_config
+
+GUI_PRESET = "quick"  # the preset a fresh window starts with (the catalog's memory figures use it too)
+# options the Train page does not show: the model and the data are steps 1 and 2, the run folder is made
+# here, the validation share is a setting (it changes the Data page's split), skip_invalid sits beside Start;
+# how records are read from the files (column mapping, templates, a system prompt) belongs to the Data step,
+# which puts it in session.data_options
+HIDDEN = {"model", "data", "out", "mapping", "valid_fraction", "skip_invalid", "user_template",
+          "assistant_template", "system_prompt"}
+CHOICES = {"targets": ["all", "attention"]}
+RANGES = {"rank": (1, 1024), "alpha": (0.01, 65536.0), "dropout": (0.0, 0.9), "num_layers": (-1, 1000),
+          "warmup": (0, 100000), "min_lr_ratio": (0.0, 1.0), "weight_decay": (0.0, 1.0), "batch": (1, 4096),
+          "grad_accum": (1, 1024), "max_seq_len": (16, 131072), "epochs": (0.01, 1000.0), "iters": (0, 10_000_000),
+          "valid_every": (0, 10_000_000), "valid_batches": (-1, 100000), "checkpoint_every": (1, 10_000_000),
+          "seed": (0, 2**31 - 1), "lr": (1e-8, 10.0)}
+STEP_SIZES = {"max_seq_len": 64, "epochs": 0.5, "alpha": 1.0, "dropout": 0.05, "min_lr_ratio": 0.05}
+ADVANCED_ORDER = ["iters", "epochs", "lr", "rank", "alpha", "targets", "batch", "max_seq_len", "grad_accum",
+                  "grad_checkpoint", "dropout", "num_layers", "warmup", "min_lr_ratio", "weight_decay", "dora",
+                  "mask_prompt", "last_turn_only", "pack", "valid_every", "valid_batches", "checkpoint_every",
+                  "seed", "compile", "name"]
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    s = int(round(seconds))
+    if s < 3600:
+        return f"{s // 60}:{s % 60:02d}"
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def about(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    if seconds < 90:
+        return f"about {max(5, int(round(seconds / 5)) * 5)} seconds"
+    if seconds < 90 * 60:
+        return f"about {int(round(seconds / 60))} minutes"
+    h, m = divmod(int(round(seconds / 60)), 60)
+    return f"about {h} h {m:02d} min"
+
+
+def fmt_bytes(n: float) -> str:
+    """1.2 GB (not core.hub's: importing that on the GUI thread would load huggingface_hub mid-run)."""
+    if not n:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+class SciSpin(QDoubleSpinBox):
+    """A positive number shown as 2e-4 / 0.0001, stepping by halves and doubles (for learning rates)."""
+
+    def __init__(self, lo: float, hi: float):
+        super().__init__()
+        self.setDecimals(12)
+        self.setRange(lo, hi)
+
+    def textFromValue(self, v: float) -> str:
+        return f"{v:g}"
+
+    def valueFromText(self, text: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            return self.value()
+
+    def validate(self, text, pos):
+        from PySide6.QtGui import QValidator
+
+        try:
+            v = float(text)
+            return (QValidator.State.Acceptable if self.minimum() <= v <= self.maximum()
+                    else QValidator.State.Intermediate, text, pos)
+        except ValueError:
+            return QValidator.State.Intermediate, text, pos
+
+    def stepBy(self, steps: int):
+        self.setValue(self.value() * (2.0 ** steps))
+
+
+def _kind(f) -> str:
+    t = str(f.type).replace(" ", "")
+    if t.startswith("bool"):
+        return "bool"
+    if t.startswith("int"):
+        return "int"
+    if t.startswith("float"):
+        return "float"
+    if t.startswith("str"):
+        return "str"
+    return ""
+
+
+class OptionsForm(QWidget):
+    """One widget per TrainConfig option, labelled and explained from the field's metadata."""
+
+    def __init__(self, on_change):
+        super().__init__()
+        self.widgets: dict[str, QWidget] = {}
+        self.kinds: dict[str, str] = {}
+        grid = QGridLayout(self)
+        grid.setContentsMargins(0, 0, 0, 0)
+        grid.setHorizontalSpacing(10)
+        by_name = {f.name: f for f in fields(TrainConfig)}
+        # the training options, in this order; fields others add for the data (thinking, templates) or for other
+        # panels (a group of hosts) are not training options and stay out
+        names = [n for n in ADVANCED_ORDER if n in by_name]
+        row = col = 0
+        for name in names:
+            f = by_name[name]
+            kind = _kind(f)
+            if name in HIDDEN or not kind:
+                continue
+            w = self._make(name, kind)
+            tip = option_help(name)
+            w.setToolTip(tip)
+            w.setObjectName(f"train.option.{name}")
+            self.widgets[name], self.kinds[name] = w, kind
+            if kind == "bool":
+                w.setText(option_label(name))
+                grid.addWidget(w, row, col * 2, 1, 2)
+            else:
+                lab = QLabel(option_label(name))
+                lab.setToolTip(tip)
+                lab.setBuddy(w)
+                grid.addWidget(lab, row, col * 2)
+                grid.addWidget(w, row, col * 2 + 1)
+            self._connect(w, kind, on_change)
+            col += 1
+            if col == 3:
+                row, col = row + 1, 0
+        for c in (1, 3, 5):
+            grid.setColumnStretch(c, 1)
+
+    def _make(self, name: str, kind: str) -> QWidget:
+        lo, hi = RANGES.get(name, (0, 10_000_000) if kind == "int" else (0.0, 1e6))
+        if kind == "bool":
+            return QCheckBox()
+        if kind == "int":
+            w = QSpinBox()
+            w.setRange(int(lo), int(hi))
+            w.setSingleStep(STEP_SIZES.get(name, 1))
+            if name == "iters":
+                w.setSpecialValueText("auto (from passes)")
+            return w
+        if kind == "float":
+            if name == "lr":
+                return SciSpin(lo, hi)
+            w = QDoubleSpinBox()
+            w.setDecimals(3)
+            w.setRange(lo, hi)
+            w.setSingleStep(STEP_SIZES.get(name, 0.1))
+            return w
+        if name in CHOICES:
+            w = QComboBox()
+            w.addItems(CHOICES[name])
+            return w
+        return QLineEdit()
+
+    @staticmethod
+    def _connect(w, kind, fn):
+        if isinstance(w, QCheckBox):
+            w.toggled.connect(lambda *_: fn())
+        elif isinstance(w, QComboBox):
+            w.currentTextChanged.connect(lambda *_: fn())
+        elif isinstance(w, QLineEdit):
+            w.textChanged.connect(lambda *_: fn())
+        else:
+            w.valueChanged.connect(lambda *_: fn())
+
+    def values(self) -> dict:
+        out = {}
+        for name, w in self.widgets.items():
+            if isinstance(w, QCheckBox):
+                out[name] = w.isChecked()
+            elif isinstance(w, QComboBox):
+                out[name] = w.currentText()
+            elif isinstance(w, QLineEdit):
+                out[name] = w.text().strip() or _default(name)
+            elif isinstance(w, QSpinBox):
+                out[name] = w.value() or None if name == "iters" else w.value()
+            else:
+                out[name] = float(w.value())
+        return out
+
+    def set_values(self, values: dict) -> None:
+        for name, v in values.items():
+            w = self.widgets.get(name)
+            if w is None:
+                continue
+            if isinstance(w, QCheckBox):
+                w.setChecked(bool(v))
+            elif isinstance(w, QComboBox):
+                if w.findText(str(v)) >= 0:
+                    w.setCurrentText(str(v))
+            elif isinstance(w, QLineEdit):
+                w.setText("" if v is None else str(v))
+            elif isinstance(w, QSpinBox):
+                w.setValue(int(v or 0))
+            else:
+                w.setValue(float(v))
+
+
+def _default(name: str):
+    f = {f.name: f for f in fields(TrainConfig)}[name]
+    if f.default is not MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not MISSING else None
+
+
+class TrainPage(Page):
+    key = "train"
+    title = "3. Train"
+    blurb = ("Teach the model your examples. Watch the loss fall: lower means the model predicts your answers "
+             "better. Pause or stop at any time; nothing is lost.")
+
+    def __init__(self, ctx: AppContext):
+        super().__init__(ctx)
+        lay = self.layout_
+        self.slot = self.slots["train"]
+        self._applying = False
+        self._close_when_done = False
+        self.last_report = None
+        self._stats_dirty = False
+        self.result_state = "idle"  # idle / running / paused / done / stopped / failed
+
+        # -- preset and options
+        top = QHBoxLayout()
+        top.addWidget(QLabel("<b>Preset</b>"))
+        self.preset = QComboBox()
+        self.preset.setObjectName("train.preset")
+        for key in PRESETS:
+            self.preset.addItem(PRESET_TEXT[key][0], key)
+        self.preset.setToolTip("A set of options for a kind of run; open Advanced to see or change each one.")
+        top.addWidget(self.preset)
+        self.preset_line = QLabel()
+        self.preset_line.setWordWrap(True)
+        self.preset_line.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        top.addWidget(self.preset_line, 1)
+        lay.addLayout(top)
+        self.advanced = QCollapsible("Advanced: every option")
+        self.advanced.setObjectName("train.advanced")
+        self.options = OptionsForm(self._options_changed)
+        self.advanced.addWidget(self.options)
+        self.advanced.collapse(animate=False)
+        lay.addWidget(self.advanced)
+        self.iters = self.options.widgets["iters"]  # the step count, for scripts and tests
+
+        # -- estimate, warning
+        self.estimate = QLabel("")
+        self.estimate.setObjectName("train.estimate")
+        self.estimate.setWordWrap(True)
+        lay.addWidget(self.estimate)
+
+        # -- controls
+        row = QHBoxLayout()
+        self.start_btn = QPushButton("Start training")
+        self.start_btn.setObjectName("train.start")
+        self.pause_btn = QPushButton("Pause")
+        self.pause_btn.setObjectName("train.pause")
+        self.pause_btn.setToolTip("Pause after the current step: nothing is computed until you resume.")
+        self.stop_btn = QPushButton("Stop")
+        self.stop_btn.setObjectName("train.stop")
+        self.stop_btn.setToolTip("Stop after the current step and keep a checkpoint: the run can be resumed later.")
+        self.skip_invalid = QCheckBox("Skip examples with problems")
+        self.skip_invalid.setToolTip(option_help("skip_invalid"))
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
+        for w in (self.start_btn, self.pause_btn, self.stop_btn):
+            row.addWidget(w)
+        row.addWidget(self.skip_invalid)
+        row.addWidget(self.progress, 1)
+        lay.addLayout(row)
+        self.status = QLabel("")
+        self.status.setObjectName("train.status")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.result_box = Panel()
+        rl = QHBoxLayout(self.result_box)
+        rl.setContentsMargins(10, 6, 10, 6)
+        rl.addWidget(self.status, 1)
+        self.next_btn = QPushButton("Try it")
+        self.next_btn.setToolTip("Ask the original and the fine-tuned model the same question (step 4).")
+        self.resume_btn = QPushButton("Resume")
+        self.resume_btn.setObjectName("train.resume")
+        self.resume_btn.setToolTip("Continue this run from its last checkpoint; the curve goes on where it stopped.")
+        rl.addWidget(self.resume_btn, 0, Qt.AlignmentFlag.AlignTop)
+        rl.addWidget(self.next_btn, 0, Qt.AlignmentFlag.AlignTop)
+        lay.addWidget(self.result_box)
+        self.result_box.hide()  # until there is something to say
+
+        # -- plot | figures, log under
+        split = QSplitter(Qt.Orientation.Vertical)
+        upper = QSplitter(Qt.Orientation.Horizontal)
+        plot_box = QWidget()
+        pl = QVBoxLayout(plot_box)
+        pl.setContentsMargins(0, 0, 0, 0)
+        self.plot = TrainPlot()
+        pl.addWidget(self.plot, 1)
+        prow = QHBoxLayout()
+        prow.addWidget(QLabel("Smoothing"))
+        self.smoothing = QDoubleSpinBox()
+        self.smoothing.setObjectName("train.smoothing")
+        self.smoothing.setRange(0.0, 0.999)
+        self.smoothing.setDecimals(2)
+        self.smoothing.setSingleStep(0.05)
+        self.smoothing.setValue(self.plot.smoothing)
+        self.smoothing.setToolTip("How much the bold line averages out the step-to-step noise (0: none).")
+        self.show_lr = QCheckBox("Learning rate")
+        self.show_lr.setObjectName("train.show_lr")
+        self.show_lr.setChecked(True)
+        self.show_lr.setToolTip("Show the learning rate (dashed) on the right-hand axis.")
+        self.fit_btn = QPushButton("Fit")
+        self.fit_btn.setToolTip("Show the whole curve (after zooming or panning with the mouse).")
+        for w in (self.smoothing, self.show_lr, self.fit_btn):
+            prow.addWidget(w)
+        prow.addStretch(1)
+        pl.addLayout(prow)
+        upper.addWidget(plot_box)
+        stats = QWidget()
+        sg = QGridLayout(stats)
+        sg.setContentsMargins(8, 0, 0, 0)
+        self.stat: dict[str, QLabel] = {}
+        for i, (key, label) in enumerate((("step", "Step"), ("epoch", "Pass"), ("loss", "Training loss"),
+                                          ("valid", "Validation loss"), ("speed", "Tokens/s"),
+                                          ("elapsed", "Elapsed"), ("eta", "Time left"), ("memory", "Peak memory"))):
+            name = QLabel(label)
+            value = QLabel("-")
+            value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            # a fixed size: a figure that changes every step must not lay the page out again each time
+            value.setMinimumWidth(120)
+            value.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+            f = value.font()
+            f.setBold(True)
+            value.setFont(f)
+            sg.addWidget(name, i, 0)
+            sg.addWidget(value, i, 1)
+            self.stat[key] = value
+        self.eta = self.stat["eta"]
+        self.eta.setObjectName("train.eta")
+        sg.setRowStretch(len(self.stat), 1)
+        stats.setMinimumWidth(190)
+        upper.addWidget(stats)
+        upper.setStretchFactor(0, 1)
+        split.addWidget(upper)
+        self.log = QPlainTextEdit()
+        self.log.setObjectName("train.log")
+        self.log.setReadOnly(True)
+        self.log.setAcceptDrops(False)
+        self.log.setMaximumBlockCount(5000)
+        self.log.setPlaceholderText("The run's messages appear here.")
+        split.addWidget(self.log)
+        split.setStretchFactor(0, 4)
+        split.setStretchFactor(1, 1)
+        lay.addWidget(split, 1)
+
+        self._estimate_timer = QTimer(self)
+        self._estimate_timer.setSingleShot(True)
+        self._estimate_timer.setInterval(300)
+        self._estimate_timer.timeout.connect(self.update_estimate)
+        self._stats_timer = QTimer(self)
+        self._stats_timer.setInterval(100)
+        self._stats_timer.timeout.connect(self._show_stats)
+        self._stats_timer.start()
+        self.estimate_value: gj.TrainEstimate | None = None
+        self._estimate_pending = False
+
+        self.preset.currentIndexChanged.connect(self._preset_chosen)
+        self.start_btn.clicked.connect(self.start)
+        self.pause_btn.clicked.connect(self.toggle_pause)
+        self.stop_btn.clicked.connect(self.stop)
+        self.resume_btn.clicked.connect(lambda: self.session.run_dir and self.resume_run(self.session.run_dir))
+        self.next_btn.clicked.connect(lambda: self.ctx.go_to(TRY))
+        self.smoothing.valueChanged.connect(self.plot.set_smoothing)
+        self.show_lr.toggled.connect(self.plot.show_learning_rate)
+        self.fit_btn.clicked.connect(self.plot.fit)
+        self.slot.state_changed.connect(lambda _s: self.refresh_controls())
+        self.set_preset(GUI_PRESET)
+        self._show_result(None)
+        self.refresh_controls()
+
+    # -- presets and options ------------------------------------------------------------------
+    def option(self, name: str) -> QWidget:
+        return self.options.widgets[name]
+
+    def preset_key(self) -> str:
+        return self.preset.currentData() or DEFAULT_PRESET
+
+    def set_preset(self, key: str) -> None:
+        i = self.preset.findData(key)
+        if i < 0:
+            return
+        if i == self.preset.currentIndex():
+            self._preset_chosen(i)
+        else:
+            self.preset.setCurrentIndex(i)
+
+    def _preset_chosen(self, _i=None):
+        self._applying = True
+        try:
+            self.options.set_values(preset_config(self.preset_key()))
+        finally:
+            self._applying = False
+        self._options_changed()
+
+    def values(self) -> dict:
+        return self.options.values()
+
+    def changed_options(self) -> dict:
+        """The options that differ from the preset's values."""
+        base = preset_config(self.preset_key())
+        return {k: v for k, v in self.values().items() if base.get(k) != v}
+
+    def _options_changed(self):
+        if self._applying:
+            return
+        label, trade = PRESET_TEXT[self.preset_key()]
+        changed = self.changed_options()
+        muted = theme.muted(self.palette()).name()
+        text = html.escape(trade)
+        if changed:
+            text += (f"<br><span style='color:{muted}'>Changed from {html.escape(label)}: "
+                     + html.escape(", ".join(f"{k} {v}" for k, v in changed.items())) + "</span>")
+        self.preset_line.setText(text)
+        data = self.ctx.pages.get("data")
+        if data is not None:  # one max length: the Data page's histogram shows what will be cut off
+            v = self.values().get("max_seq_len")
+            if v and data.max_len.value() != v:
+                data.max_len.setValue(int(v))
+        self._estimate_timer.start()
+
+    def max_len_changed(self, v: int):
+        """The Data page's max length moved: it is this option too."""
+        w = self.options.widgets.get("max_seq_len")
+        if w is not None and w.value() != v:
+            w.setValue(v)
+
+    # -- settings
+    def restore_settings(self):
+        key = str(self.settings.value("train/preset", GUI_PRESET))
+        self.set_preset(key if key in PRESETS else GUI_PRESET)
+        try:
+            changed = json.loads(str(self.settings.value("train/options", "{}")))
+        except ValueError:
+            changed = {}
+        if isinstance(changed, dict):
+            self.options.set_values(changed)
+        from app.gui.settings_dialog import read_bool
+
+        self.skip_invalid.setChecked(read_bool(self.settings, "train/skip_invalid", False))
+
+    def save_settings(self):
+        self.settings.setValue("train/preset", self.preset_key())
+        self.settings.setValue("train/options", json.dumps(self.changed_options()))
+        self.settings.setValue("train/skip_invalid", self.skip_invalid.isChecked())
+
+    # -- what can be done now
+    def session_changed(self, names: set):
+        if names & {"model_dir", "dataset", "data_loading", "model_checking", "jobs", "run_dir", "token_report",
+                    "data_report"}:
+            self.refresh_controls()
+        if names & {"model_dir", "data_report", "token_report"}:
+            self._estimate_timer.start()
+
+    def blocker(self) -> str | None:
+        why = self.session.train_blocker()
+        if why:
+            return why
+        est = self.estimate_value
+        if est is not None and not est.fits:
+            return f"This run would not fit in memory. {est.fix}"
+        return None
+
+    def refresh_controls(self):
+        state = self.slot.state
+        busy = state != "idle"
+        why = self.blocker() if not busy else "A run is in progress: pause or stop it first."
+        self.start_btn.setEnabled(why is None)
+        self.start_btn.setToolTip(why or "Start a new run with these options.")
+        self.pause_btn.setEnabled(state in ("running", "pausing", "paused"))
+        self.pause_btn.setText("Resume" if state in ("pausing", "paused") else "Pause")
+        self.stop_btn.setEnabled(state in ("running", "pausing", "paused"))
+        for w in (self.preset, self.advanced, self.skip_invalid):
+            w.setEnabled(not busy)
+        info = runs.RunInfo.load(self.session.run_dir) if self.session.run_dir is not None and not busy else None
+        self.resume_btn.setVisible(bool(info is not None and info.resumable))
+        self.next_btn.setVisible(not busy and self.session.trained)
+        if state == "pausing":
+            self.status.setText("Pausing after this step...")
+        elif state == "paused":
+            r = self.last_report
+            self.status.setText(f"Paused{f' at step {r.step} of {r.total}' if r else ''}: nothing is being computed. "
+                                "Resume continues the same curve.")
+            self.eta.setText("paused")
+        elif state == "running" and self.result_state == "paused":
+            self.status.setText("Training...")
+        if state in ("running", "pausing", "paused"):
+            self.result_state = "paused" if state == "paused" else "running"
+
+    # -- estimate
+    def showEvent(self, event):
+        super().showEvent(event)
+        if self._estimate_pending:
+            self._estimate_timer.start()
+
+    def update_estimate(self):
+        """Memory and duration of the run the options describe, worked out off the GUI thread while the page
+        is shown (not while the user is busy on another step)."""
+        self._estimate_pending = not self.isVisible()
+        if self._estimate_pending:
+            return
+        s = self.session
+        if s.model_dir is None or not s.usable_dataset:
+            self.estimate.setText("")
+            self.estimate_value = None
+            return
+        rep = s.data_report
+        n_train = rep.n_train if rep is not None and rep.n_train else len(s.dataset.records)
+        lengths = s.token_report.lengths if s.token_report is not None else None
+        self.slots["estimate"].start(gj.estimate_training, s.model_dir, self.values(), n_train, lengths,
+                                     on_ok=self._show_estimate,
+                                     on_failed=lambda exc: self.estimate.setText(
+                                         "No estimate: " + html.escape(error_text(exc))))
+
+    def _show_estimate(self, est: gj.TrainEstimate):
+        self.estimate_value = est
+        pal = self.palette()
+        mem = f"Needs about <b>{fmt_bytes(est.memory_bytes)}</b> of memory"
+        if est.available_bytes:
+            mem += f" (this computer has {fmt_bytes(est.available_bytes)})"
+        dur = (f"<b>{est.steps:,} steps</b>, {about(est.seconds)} "
+               f"<span style='color:{theme.muted(pal).name()}'>({html.escape(est.basis)})</span>")
+        text = f"{mem} · {dur}"
+        if not est.fits:
+            text = theme.span("This run will not fit in memory.", "error", pal, bold=True) + " " + html.escape(
+                est.fix) + "<br>" + text
+        elif est.available_bytes and est.memory_bytes > 0.6 * est.available_bytes:
+            text = theme.span("This run will use most of the memory;", "warning", pal, bold=True) + \
+                " close other apps or lower the batch size.<br>" + text
+        self.estimate.setText(text)
+        self.refresh_controls()
+
+    # -- running ------------------------------------------------------------------------------
+    def start(self):
+        why = self.blocker()
+        if why or self.slot.state != "idle":
+            self.status.setText(html.escape(why or "A run is in progress."))
+            return
+        s = self.session
+        vals = self.values()
+        data_page = self.ctx.pages.get("data")
+        valid_fraction = data_page.valid_fraction() if data_page is not None else 0.1
+        known = {f.name for f in fields(TrainConfig)}
+        data_options = {k: v for k, v in (s.data_options or {}).items() if k in known}
+        cfg = TrainConfig(model=str(s.model_dir), data=[str(p) for p in s.data_paths],
+                          out=str(runs.new_run_dir(vals.get("name") or "run")), valid_fraction=valid_fraction,
+                          skip_invalid=self.skip_invalid.isChecked(), **{**vals, **data_options})
+        self.plot.clear_data()
+        self._run(cfg, None, Path(cfg.out))
+
+    def resume_run(self, run_dir: Path):
+        """Continue a stopped or interrupted run from its latest checkpoint; its curve so far comes from disk."""
+        if self.slot.state != "idle":
+            self.status.setText("A run is in progress: stop it before resuming another.")
+            return
+        run_dir = Path(run_dir)
+        self.ctx.go_to(TRAIN)
+        self.status.setText(f"Reading {html.escape(run_dir.name)}...")
+        self.slots["train.load"].start(gj.load_run, run_dir, on_ok=lambda info: self._resume_loaded(run_dir, info),
+                                       on_failed=lambda exc: self.status.setText(
+                                           "Cannot resume: " + html.escape(error_text(exc))))
+
+    def _resume_loaded(self, run_dir: Path, info):
+        if info is None:
+            self.status.setText(f"{html.escape(str(run_dir))} is not a run folder any more.")
+            return
+        self.plot.load_metrics(info.metrics or [])
+        self._run(TrainConfig(model=""), run_dir, run_dir, total=info.total_steps)
+
+    def _run(self, cfg: TrainConfig, resume: Path | None, run_dir: Path, total: int | None = None):
+        from core.train import train
+
+        self.session.update(run_dir=run_dir)
+        self.last_report = None
+        self.log.clear()
+        self._log_line("info", f"{'resuming' if resume else 'starting'} run {run_dir.name} ({run_dir})")
+        self.progress.setRange(0, 0)
+        self.progress.setFormat("starting...")
+        self.status.setText("Resuming..." if resume else "Starting: reading the data and loading the model...")
+        self.result_state = "running"
+        self._paint_result("running")
+        self.result_box.show()
+        for k in self.stat:
+            self.stat[k].setText("-")
+        # the collector stays off while the data, tokenizer and model load (tens of thousands of objects, scanned
+        # again and again otherwise, each time stopping the window); from the first step on, they are frozen
+        self.slot.start(train, cfg, resume=resume, on_step=self._step, on_metric=self._metric, on_log=self._log_line,
+                        on_ok=self._done, on_failed=self._failed, on_ended=self._ended, quiet_gc=True)
+        self.refresh_controls()
+
+    def toggle_pause(self):
+        self.slot.toggle_pause()
+
+    def pause(self):
+        self.slot.pause()
+
+    def resume(self):
+        self.slot.resume()
+
+    def stop(self):
+        if self.slot.running:
+            self.status.setText("Stopping after this step and saving a checkpoint...")
+            self.slot.stop()
+
+    # -- reports
+    def _step(self, r):
+        if self.last_report is None and self.slot.job is not None:
+            self.slot.job.end_quiet_gc()
+        self.plot.set_total(r.total)
+        self.plot.add_step(r.step, r.train_loss, r.learning_rate)
+        self.last_report = r
+        self._stats_dirty = True
+
+    def _metric(self, name, step, value):
+        if name == "valid_loss":
+            self.plot.add_valid(step, value)
+            self.stat["valid"].setText(f"{value:.4f} (step {step})")
+
+    def _show_stats(self):
+        if not self._stats_dirty or self.last_report is None:
+            return
+        self._stats_dirty = False
+        r = self.last_report
+        self.stat["step"].setText(f"{r.step:,} / {r.total:,}")
+        self.stat["epoch"].setText(f"{r.epoch:.2f}")
+        self.stat["loss"].setText(f"{r.train_loss:.4f}")
+        self.stat["speed"].setText(f"{r.tokens_per_sec:,.0f}")
+        self.stat["elapsed"].setText(fmt_duration(r.elapsed))
+        self.stat["memory"].setText(fmt_bytes(r.peak_memory))
+        if self.slot.state == "running":
+            self.eta.setText(f"{fmt_duration(r.eta_seconds)} left" if r.step < r.total else "finishing...")
+            if self.status.text() != "Training...":
+                self.status.setText("Training...")
+        if self.progress.maximum() != r.total:
+            self.progress.setRange(0, max(1, r.total))
+        if 1000 * r.step // max(1, r.total) != 1000 * self.progress.value() // max(1, r.total) or r.step == r.total:
+            self.progress.setValue(r.step)  # repainting the bar costs: only when it moves a pixel or so
+            self.progress.setFormat(f"step {r.step:,} of {r.total:,}")
+
+    def _log_line(self, level: str, text: str):
+        pal = self.palette()
+        esc = html.escape(text)
+        if level in ("warning", "error"):
+            line = theme.span(f"{level}: {esc}", "error" if level == "error" else "warning", pal, bold=True)
+        else:
+            line = f"<span style='color:{pal.color(pal.ColorRole.Text).name()}'>{esc}</span>"
+        self.log.appendHtml(line)
+
+    # -- endings
+    def _done(self, res: dict):
+        self._show_stats()
+        r = self.last_report
+        first = self.plot.train_s.ys[0] if self.plot.train_s.n else None
+        last = self.plot._ema[self.plot.train_s.n - 1] if self.plot.train_s.n else None
+        parts = [f"<b>Done:</b> {res['steps']:,} steps"]
+        if first is not None and last is not None:
+            parts.append(f"training loss {first:.3f} → {last:.3f} (smoothed)")
+        if res.get("valid_loss") is not None:
+            parts.append(f"validation loss {res['valid_loss']:.3f}")
+        text = ", ".join(parts) + f".<br>The adapter is in <code>{html.escape(res['run_dir'])}</code>. " \
+            "Next: <b>Try it</b> to compare with the original, then Export."
+        self.eta.setText("done")
+        self.result_state = "done"
+        self.status.setText(text)
+        self._paint_result("done")
+        self._log_line("info", f"done in {fmt_duration(r.elapsed if r else res.get('seconds'))}")
+        notify(self.ctx.window, "Training finished",
+               f"{res['steps']} steps" + (f", validation loss {res['valid_loss']:.3f}" if res.get("valid_loss")
+                                          is not None else ""))
+
+    def _failed(self, exc):
+        if isinstance(exc, Cancelled):
+            res = exc.result or {}
+            steps, total = res.get("steps"), res.get("total_steps")
+            self.result_state = "stopped"
+            self.eta.setText("stopped")
+            self.status.setText(f"<b>Stopped</b> at step {steps} of {total}. A checkpoint is kept: Resume continues "
+                                "from there (also after quitting), or Try the adapter as it is now.")
+            self._paint_result("stopped")
+            self._log_line("info", str(exc))
+            if not self._close_when_done:
+                notify(self.ctx.window, "Training stopped", f"step {steps} of {total}; resumable")
+            return
+        self.result_state = "failed"
+        self.eta.setText("failed")
+        run_dir = self.session.run_dir
+        info = runs.RunInfo.load(run_dir) if run_dir is not None else None
+        if info is not None and info.state in ("new", "unknown"):
+            runs.set_status(run_dir, "failed", error=error_text(exc), step=0)  # it failed before it began
+        msg = html.escape(error_text(exc)).replace("\n", "<br>")
+        self.status.setText(theme.span("Training failed:", "error", self.palette(), bold=True) + " " + msg)
+        self._paint_result("failed")
+        self._log_line("error", error_text(exc))
+        notify(self.ctx.window, "Training failed", str(exc), error=True)
+
+    def _ended(self):
+        self.session.touch_run()
+        self.refresh_controls()
+        if self.result_state in ("running", "paused"):
+            self.result_state = "idle"
+        if self.progress.maximum() == 0:
+            self.progress.setRange(0, 1)
+            self.progress.setValue(0)
+            self.progress.setFormat("")
+        if self._close_when_done:
+            QTimer.singleShot(0, self.ctx.window.close)
+
+    def _show_result(self, kind):
+        self._paint_result(kind)
+
+    def _paint_result(self, kind):
+        """The result box takes the colour of how the run ended."""
+        roles = {"done": "ok", "failed": "error", "stopped": "warning"}
+        box = self.result_box
+        box.fill_color = theme.tint(roles[kind], self.palette(), 0.16) if kind in roles else None
+        box.update()
+
+    # -- closing the window
+    def close_request(self) -> bool:
+        if not self.slot.running:
+            return True
+        if self._close_when_done:
+            return False  # already stopping; the window closes when the checkpoint is written
+        answer = QMessageBox.question(
+            self.ctx.window, "Training is running",
+            "Stop training and quit?\n\nA checkpoint is saved first; after you open Tuneloom again the run is in "
+            "the history and Resume continues the same curve.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel, QMessageBox.StandardButton.Yes)
+        if answer in (QMessageBox.StandardButton.Cancel, QMessageBox.StandardButton.No,
+                      QMessageBox.StandardButton.Abort, QMessageBox.StandardButton.Escape):
+            return False
+        self._close_when_done = True
+        self.stop()
+        return False
