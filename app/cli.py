@@ -106,6 +106,16 @@ def _load_for_cli(a):
         return None, 2
 
 
+def _template_source(model_dir: str) -> str:
+    """Where a model folder keeps its chat template, for people (core.model_folder), or why it cannot be read."""
+    from core.model_folder import ModelFolderError, read_tokenizer_info
+
+    try:
+        return read_tokenizer_info(model_dir).describe_source()
+    except ModelFolderError as exc:
+        return f"unreadable ({exc})"
+
+
 def cmd_data_check(a) -> int:
     from core.data import issue_dicts, reasoning_summary
     from core.events import TuneloomError
@@ -130,11 +140,13 @@ def cmd_data_check(a) -> int:
         tokens["reasoning_dropped"] = st["reasoning_dropped"]
         problems += st["problems"]
     reasoning = reasoning_summary(ds, thinks)
+    template_source = _template_source(a.model) if a.model else None
     if a.json:
         print(json.dumps({"format": ds.format, "formats": ds.formats, "records": ds.total, "valid": len(ds.records),
                           "invalid": ds.invalid, "duplicates": ds.duplicates(), "problems": issue_dicts(problems),
                           "notes": [n.to_json() for n in ds.notes], "reasoning": ds.reasoning,
-                          "reasoning_summary": reasoning, "tokens": tokens}, ensure_ascii=False))
+                          "reasoning_summary": reasoning, "tokens": tokens,
+                          "chat_template_source": template_source}, ensure_ascii=False))
     else:
         print(f"format: {ds.format}")
         for f, fmt in ds.formats.items():
@@ -145,6 +157,8 @@ def cmd_data_check(a) -> int:
                   f"max {tokens['max']}; {tokens['truncated']} longer than {a.max_seq_len} (truncated); "
                   f"{tokens['trained_share']:.0%} of tokens trained on ({tokens['trained']} tokens)")
         print(f"reasoning: {reasoning}")
+        if a.model:
+            print(f"chat template: {template_source}")
         for n in ds.notes:
             print(f"note: {n}")
         for i in problems:
@@ -224,6 +238,10 @@ def cmd_export(a) -> int:
     from core.events import TuneloomError
     from core.export import export
 
+    if not a.gguf and not a.modelfile:
+        print("error: give --gguf OUT.gguf (the GGUF and its Modelfile), --modelfile PATH (only the Modelfile), "
+              "or both", file=sys.stderr)
+        return 2
     ev = ConsoleEvents()
     try:
         res = export(a.source, adapter=a.adapter, gguf=a.gguf, quant=a.quant, ollama=a.ollama, system=a.system,
@@ -231,7 +249,7 @@ def cmd_export(a) -> int:
     except TuneloomError as exc:
         print(f"error: {exc.user_message()}", file=sys.stderr)
         return 1
-    print(json.dumps(res))
+    print(json.dumps(res, ensure_ascii=False))
     return 0
 
 
@@ -442,12 +460,14 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="fuse adapters and write a GGUF (and an Ollama Modelfile)")
     e.add_argument("source", help="a run folder (base + adapters) or a model folder")
     e.add_argument("--adapter", metavar="RUN_DIR")
-    e.add_argument("--gguf", required=True, metavar="OUT.gguf")
+    e.add_argument("--gguf", metavar="OUT.gguf", help="write the GGUF here (and the Modelfile next to it unless "
+                   "--modelfile says where); without --gguf only the Modelfile is written")
     e.add_argument("--quant", default="f16", choices=["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"])
     e.add_argument("--ollama", metavar="NAME", help="register in Ollama under this name")
     e.add_argument("--system", help="system prompt for the Modelfile")
     e.add_argument("--force", action="store_true", help="replace an Ollama model of the same name")
-    e.add_argument("--modelfile", metavar="PATH", help="write the Modelfile here")
+    e.add_argument("--modelfile", metavar="PATH", help="write the Modelfile here; alone, writes only the Modelfile, "
+                   "whose FROM names the GGUF an export would write next to it (SOURCE-QUANT.gguf)")
     e.set_defaults(func=cmd_export)
 
     f = sub.add_parser("fetch", help="download a model into the Hugging Face cache (or check a model folder)")

@@ -1,13 +1,35 @@
-"""Export a run or a model folder: fuse -> GGUF -> Modelfile -> (optionally) Ollama."""
+"""Export a run or a model folder: fuse -> GGUF -> Modelfile -> (optionally) Ollama.
+
+Everything an export needs is checked before anything is written (:func:`plan_export`):
+the source, the chat template (present, reproducible as an Ollama TEMPLATE, and an
+embedded GGUF template that gives the training prompt on Ollama's native path), the
+Modelfile's values, the Ollama name, the GGUF type and the disk space for the fused
+copy and the GGUF. The GGUF and the Modelfile are then written under temporary names
+and renamed into place together, so a failure (cancel, disk full, anything) leaves no
+GGUF without its Modelfile and no partial file. Registration comes last: when it
+fails the GGUF and Modelfile stay, with the ``ollama create`` command in the error.
+"""
 from __future__ import annotations
 
-import json
+import contextlib
+import errno
+import math
+import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import runs
 from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
+
+# Bytes per weight of each GGUF type (block size / values per block), for the disk estimate.
+_BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32,
+                     "q4_k_m": 144 / 256, "q5_k_m": 176 / 256, "q6_k": 210 / 256}
+# K-quant mixes keep some tensors (output, attn_v, ffn_down) at more bits: allow for it
+_QUANT_SLACK = 1.25
+_FLOAT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+DISK_MARGIN_BYTES = 32 * 2**20
 
 
 def resolve_source(source: str | Path, adapter: str | Path | None = None) -> tuple[Path, Path | None]:
@@ -28,44 +50,255 @@ def resolve_source(source: str | Path, adapter: str | Path | None = None) -> tup
     return src, Path(adapter) if adapter else None
 
 
-def export(source, *, adapter=None, gguf, quant: str = "f16", ollama: str | None = None, system: str | None = None,
+def default_gguf_name(source: str | Path, quant: str = "f16") -> str:
+    """The GGUF file name an export of ``source`` writes when no path is given: ``<folder>-<quant>.gguf``."""
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(source).resolve().name).strip("-.") or "model"
+    return f"{stem}-{quant.lower()}.gguf"
+
+
+# --------------------------------------------------------------------------- disk estimate
+
+def _tensor_values(model_dir: Path) -> tuple[int, int]:
+    """(values once dequantized, bytes per float value) of a model folder's weights, from the
+    safetensors headers (an MLX-quantized matrix stores 32 // bits values per U32)."""
+    from core.hub import read_safetensors_header
+
+    config = runs.read_json(model_dir / "config.json") or {}
+    quant = config.get("quantization") or config.get("quantization_config") or {}
+    values = 0
+    float_bytes = 0
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        header, _ = read_safetensors_header(shard)
+        for name, info in header.items():
+            if name == "__metadata__" or name.endswith((".scales", ".biases")):
+                continue
+            n = math.prod(info["shape"]) if info["shape"] else 1
+            if info["dtype"] == "U32":
+                # per-layer entries (mixed precision) are keyed by the module path
+                layer = quant.get(name.rsplit(".", 1)[0]) if isinstance(quant, dict) else None
+                bits = (layer or {}).get("bits") if isinstance(layer, dict) else None
+                n *= 32 // int(bits or quant.get("bits") or 4)
+            else:
+                float_bytes = max(float_bytes, {"F32": 4, "F16": 2, "BF16": 2}.get(info["dtype"], 0))
+            values += n
+    dtype = config.get("torch_dtype") or config.get("dtype")
+    return values, _FLOAT_BYTES.get(dtype, float_bytes or 2)
+
+
+def estimate_export_bytes(base: Path, quant: str, *, fuse: bool) -> dict:
+    """Bytes the export will write: ``{"fused", "gguf"}`` (the fused copy is temporary)."""
+    values, float_bytes = _tensor_values(base)
+    per = _BYTES_PER_WEIGHT.get(quant.lower(), 2.0) * (_QUANT_SLACK if quant.lower().startswith("q") else 1.0)
+    return {"fused": values * float_bytes if fuse else 0, "gguf": int(values * per) + 8 * 2**20}
+
+
+def _free_bytes(path: Path) -> int:
+    p = path
+    while not p.exists():
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def check_disk_space(gguf_dir: Path, need: dict) -> None:
+    """Refuse before writing when the fused copy and the GGUF will not fit (both go on the GGUF's drive)."""
+    total = need["fused"] + need["gguf"]
+    free = _free_bytes(gguf_dir)
+    if free < total + DISK_MARGIN_BYTES:
+        what = "the merged model and the GGUF file need" if need["fused"] else "the GGUF file needs"
+        raise TuneloomError(
+            f"Not enough disk space to export: {what} about {total / 1e9:.2f} GB, {free / 1e9:.2f} GB is free "
+            f"on the drive of {gguf_dir}.",
+            "Free some space, choose a folder on another drive, or pick a smaller type (q8_0 or q4_k_m).")
+
+
+def _disk_full(exc: OSError, where: Path) -> TuneloomError:
+    return TuneloomError(f"The drive of {where} filled up while exporting ({exc.strerror or exc}); nothing was kept.",
+                         "Free some space or choose another folder, then export again.")
+
+
+# --------------------------------------------------------------------------- the plan
+
+@dataclass
+class ExportPlan:
+    """What an export will do, worked out (and checked) before anything is written."""
+
+    base: Path
+    adapter: Path | None
+    gguf: Path | None  # None: Modelfile only
+    modelfile: Path
+    gguf_ref: Path  # the GGUF the Modelfile's FROM names
+    quant: str
+    thinking: bool
+    template_source: str
+    chat_format: object  # core.ollama.ChatFormat
+    embedded_template: object  # core.ollama.EmbeddedTemplate
+    modelfile_text: str
+    parameters: dict
+    tokenizer_config: dict
+    need: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"base": str(self.base), "adapter": str(self.adapter) if self.adapter else None,
+                "gguf": str(self.gguf) if self.gguf else None, "modelfile": str(self.modelfile),
+                "quant": self.quant, "thinking": self.thinking, "chat_template_source": self.template_source,
+                "ollama_template": self.chat_format.kind, "embedded_template": self.embedded_template.kind,
+                "bytes_needed": self.need}
+
+
+def plan_export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str | None = None,
+                system: str | None = None, modelfile: str | Path | None = None) -> ExportPlan:
+    """Check everything an export needs and return the plan; raises :class:`TuneloomError` (nothing written)."""
+    from core import ollama as ol
+    from core.gguf_export import QUANT_TYPES
+    from core.hub import validate_model_dir
+    from core.model_folder import read_tokenizer_info, run_thinking
+
+    if ollama:
+        ol.validate_model_name(ollama)  # before minutes of fusing and writing, not after
+    if gguf is None and modelfile is None:
+        raise TuneloomError("Nothing to export: give a GGUF path, a Modelfile path, or both.",
+                            "For example: tuneloom export RUN --gguf model.gguf")
+    if gguf is None and ollama:
+        raise TuneloomError("Registering in Ollama needs the GGUF file.", "Add --gguf OUT.gguf.")
+    quant = quant.lower()
+    if quant not in QUANT_TYPES:
+        raise TuneloomError(f"Unknown GGUF type {quant!r}.", "Choose one of: " + ", ".join(QUANT_TYPES))
+    base, adapter_dir = resolve_source(source, adapter)
+
+    check = validate_model_dir(base, load_tokenizer=False)
+    if not check.ok:
+        first = check.problems[0]
+        raise TuneloomError(f"The base model cannot be exported: {first.message}", first.hint)
+    info = read_tokenizer_info(base)
+    if not info.has_chat_template:
+        raise ol.TemplateNotSupported(
+            f"{base.name} has no chat template (not in tokenizer_config.json, chat_template.jinja or "
+            "chat_template.json), so neither Ollama nor llama.cpp can be told how to build its prompt.",
+            "Use a chat (instruct) model, or add its chat_template.jinja to the folder.")
+    thinking = run_thinking(adapter_dir)
+    fmt = ol.chat_format_for(info.config, thinking=thinking)
+    embedded = ol.embedded_chat_template(info.config, thinking=thinking, architecture=check.architecture)
+
+    gguf_path = Path(gguf) if gguf is not None else None
+    mf = Path(modelfile) if modelfile else gguf_path.with_name("Modelfile")
+    gguf_ref = gguf_path if gguf_path is not None else mf.with_name(default_gguf_name(source, quant))
+    num_ctx = (runs.read_json(adapter_dir / "config.json") or {}).get("max_seq_len") if adapter_dir else None
+    params = ol.modelfile_parameters(info.config, num_ctx=num_ctx)
+    text = ol.modelfile_text(gguf_ref, mf.parent, fmt.template, fmt.stops, parameters=params, system=system)
+
+    need = estimate_export_bytes(base, quant, fuse=adapter_dir is not None) if gguf_path is not None else \
+        {"fused": 0, "gguf": 0}
+    if gguf_path is not None:
+        check_disk_space(gguf_path.parent, need)
+    return ExportPlan(base, adapter_dir, gguf_path, mf, gguf_ref, quant, thinking, info.describe_source(), fmt,
+                      embedded, text, params, info.config, need)
+
+
+def _temp_name(dest: Path, suffix: str) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part" + suffix, dir=dest.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str | None = None, system: str | None = None,
            force: bool = False, modelfile: str | Path | None = None, events: Events | None = None,
            cancel: CancelToken | None = None) -> dict:
+    """Fuse, write the GGUF and its Modelfile, optionally register in Ollama.
+
+    With ``gguf=None`` only the Modelfile is written (its FROM names
+    ``<modelfile folder>/<source>-<quant>.gguf``, the file ``export(..., gguf=that)``
+    would write). Returns ``{"base", "adapter", "gguf", "quant", "modelfile",
+    "chat_template_source", "embedded_template", "ollama_template", "thinking",
+    "ollama" | "ollama_command"}``.
+    """
     from core import ollama as ol
+    from core.atomic import write_text
+
+    events = events or NULL_EVENTS
+    plan = plan_export(source, adapter=adapter, gguf=gguf, quant=quant, ollama=ollama, system=system,
+                       modelfile=modelfile)
+    result: dict = {"base": str(plan.base), "adapter": str(plan.adapter) if plan.adapter else None,
+                    "quant": plan.quant, "chat_template_source": plan.template_source,
+                    "ollama_template": plan.chat_format.kind, "embedded_template": plan.embedded_template.kind,
+                    "thinking": plan.thinking}
+    for note in plan.embedded_template.notes:
+        events.log("info", note)
+    if plan.gguf is None:
+        try:
+            write_text(plan.modelfile, plan.modelfile_text)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise _disk_full(exc, plan.modelfile.parent) from exc
+            raise TuneloomError(f"Writing {plan.modelfile} failed: {exc}", "Choose a folder you can write to.") from exc
+        result.update(gguf=None, modelfile=str(plan.modelfile), gguf_expected=str(plan.gguf_ref),
+                      ollama_command=ol.ollama_create_command(plan.modelfile, "NAME"))
+        events.log("info", f"Wrote {plan.modelfile} (FROM {plan.gguf_ref.name}; the GGUF is not written)")
+        return result
+
+    _write_gguf_and_modelfile(plan, events, cancel)
+    result.update(gguf=str(plan.gguf), modelfile=str(plan.modelfile))
+    if ollama:
+        result["ollama"] = ol.register_model(
+            plan.gguf, ollama, template=plan.chat_format.template, stops=plan.chat_format.stops, system=system,
+            force=force, parameters=plan.parameters, modelfile_path=plan.modelfile, events=events, cancel=cancel)
+    else:
+        result["ollama_command"] = ol.ollama_create_command(plan.modelfile, "NAME")
+    return result
+
+
+def _write_file(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _write_gguf_and_modelfile(plan: ExportPlan, events: Events, cancel: CancelToken | None) -> None:
+    """Fuse (when there is an adapter), write the GGUF and the Modelfile under temporary names next
+    to their destinations, then rename both; on any failure remove whatever this export wrote."""
     from core.fuse import fuse_model
     from core.gguf_export import export_gguf
 
-    events = events or NULL_EVENTS
-    if ollama:
-        ol.validate_model_name(ollama)  # before minutes of fusing and writing, not after
-    base, adapter_dir = resolve_source(source, adapter)
-    gguf = Path(gguf)
-    result: dict = {"base": str(base), "adapter": str(adapter_dir) if adapter_dir else None}
-    tmp = None
+    gguf, mf = plan.gguf, plan.modelfile
     try:
-        model_dir = base
-        if adapter_dir is not None:
-            tmp = Path(tempfile.mkdtemp(prefix="tuneloom-fuse-", dir=gguf.parent if gguf.parent.exists() else None))
-            events.log("info", f"fusing {adapter_dir} into {base}")
-            model_dir = fuse_model(base, adapter_dir, tmp / "fused", events=events, cancel=cancel)
-        res = export_gguf(model_dir, gguf, quant=quant, events=events, cancel=cancel)
-        result.update(gguf=res["path"], quant=quant)
-        tok_cfg = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
-        mf = Path(modelfile) if modelfile else gguf.with_name("Modelfile")
-        num_ctx = None
-        if adapter_dir is not None:
-            num_ctx = (runs.read_json(adapter_dir / "config.json") or {}).get("max_seq_len")
-        ol.write_modelfile(mf, gguf, tok_cfg, system=system, num_ctx=num_ctx)
-        result["modelfile"] = str(mf)
-        if ollama:
-            template, stops = ol.go_template_for(tok_cfg)
-            result["ollama"] = ol.register_model(
-                gguf, ollama, template=template, stops=stops, system=system, force=force,
-                parameters=ol.modelfile_parameters(tok_cfg, num_ctx=num_ctx), modelfile_path=mf,
-                events=events, cancel=cancel)
-        else:
-            result["ollama_command"] = ol.ollama_create_command(mf, "NAME")
-        return result
+        gguf.parent.mkdir(parents=True, exist_ok=True)
+        mf.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TuneloomError(f"Cannot create the export folder: {exc}", "Choose a folder you can write to.") from exc
+    fuse_dir = tmp_gguf = tmp_mf = None
+    try:
+        model_dir = plan.base
+        if plan.adapter is not None:
+            fuse_dir = Path(tempfile.mkdtemp(prefix=".tuneloom-fuse-", dir=gguf.parent))
+            events.log("info", f"fusing {plan.adapter} into {plan.base}")
+            model_dir = fuse_model(plan.base, plan.adapter, fuse_dir / "fused", events=events, cancel=cancel)
+        tmp_gguf = _temp_name(gguf, ".gguf")
+        export_gguf(model_dir, tmp_gguf, quant=plan.quant, events=events, cancel=cancel,
+                    chat_template=plan.embedded_template.template)
+        if cancel is not None:
+            cancel.checkpoint()
+        tmp_mf = _temp_name(mf, "")
+        _write_file(tmp_mf, plan.modelfile_text)
+        os.replace(tmp_gguf, gguf)
+        tmp_gguf = gguf  # until the Modelfile is in place too, a failure removes the GGUF
+        os.replace(tmp_mf, mf)
+        tmp_gguf = tmp_mf = None
+        events.log("info", f"Wrote {gguf} and {mf}")
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise _disk_full(exc, gguf.parent) from exc
+        raise TuneloomError(f"Writing the export failed: {exc}", "Check that the folder is writable.") from exc
+    except TuneloomError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+            raise _disk_full(cause, gguf.parent) from exc
+        raise
     finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in (tmp_gguf, tmp_mf):
+            if leftover is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
+        if fuse_dir is not None:
+            shutil.rmtree(fuse_dir, ignore_errors=True)

@@ -783,8 +783,13 @@ def _estimate_kv_bytes(v: _Vocab) -> int:
 
 
 def export_gguf(model_dir, out_path, quant: str = "f16", *, events: Events | None = None,
-                cancel: CancelToken | None = None, workers: int | None = None) -> dict:
+                cancel: CancelToken | None = None, workers: int | None = None,
+                chat_template: str | None = None) -> dict:
     """Write ``model_dir`` (a HF folder with float weights) as one GGUF file.
+
+    ``tokenizer.chat_template`` is ``chat_template`` when given (core.export passes the one that
+    gives Ollama's native path the training prompt), else the folder's own, read by
+    core.model_folder wherever the folder keeps it.
 
     Returns ``{"path", "quant", "arch", "n_tensors", "bytes"}``. Raises
     :class:`TuneloomError` for anything the user can fix (unsupported architecture or
@@ -815,6 +820,12 @@ def export_gguf(model_dir, out_path, quant: str = "f16", *, events: Events | Non
     plan = _plan_tensors(model_dir, config, spec, quant, events)
     with tempfile.TemporaryDirectory(prefix="tuneloom-tok-") as scratch:
         vocab = _load_vocab(model_dir, config["vocab_size"], Path(scratch))
+    if chat_template is None:
+        from core.model_folder import read_tokenizer_info
+
+        chat_template = read_tokenizer_info(model_dir).chat_template
+    if chat_template:
+        vocab.special.chat_template = chat_template
     if cancel:
         cancel.raise_if_cancelled()
 

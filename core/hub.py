@@ -730,6 +730,7 @@ class ModelCheck:
     quantization: dict | None = None
     tensor_dtypes: list[str] = field(default_factory=list)
     has_chat_template: bool = False
+    chat_template_source: str | None = None  # where the template is (core.model_folder), None without one
     base_model: bool = False
     fallback_template: str | None = None  # the template used for chat data when the model has none
     weight_bytes: int = 0
@@ -751,7 +752,8 @@ class ModelCheck:
     def as_dict(self) -> dict:
         return {"path": str(self.path), "ok": self.ok, "architecture": self.architecture,
                 "model_type": self.model_type, "dtype": self.dtype, "quantization": self.quantization,
-                "chat_template": self.has_chat_template, "base_model": self.base_model,
+                "chat_template": self.has_chat_template, "chat_template_source": self.chat_template_source,
+                "base_model": self.base_model,
                 "fallback_template": self.fallback_template, "weight_bytes": self.weight_bytes,
                 "tensors": self.tensors, "notes": self.notes,
                 "problems": [{"code": p.code, "message": p.message, "hint": p.hint} for p in self.problems]}
@@ -914,13 +916,14 @@ def validate_model_dir(path: str | os.PathLike, *, load_tokenizer: bool = True) 
     tok_files = [f for f in TOKENIZER_FILES if (p / f).is_file()]
     if (p / "vocab.json").is_file() and not (p / "tokenizer.json").is_file() and not (p / "merges.txt").is_file():
         tok_files.remove("vocab.json")
-    tok_cfg: dict = {}
+    from core.model_folder import ModelFolderError, read_tokenizer_info
+
+    tok_info = None
     try:
-        tok_cfg = json.loads((p / "tokenizer_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        pass
-    template = bool(tok_cfg.get("chat_template")) or (p / "chat_template.jinja").is_file() \
-        or (p / "chat_template.json").is_file()
+        tok_info = read_tokenizer_info(p)
+    except ModelFolderError as exc:
+        add("bad_tokenizer_config", f"{name}: {exc}", exc.hint)
+    template = bool(tok_info and tok_info.has_chat_template)
     if not tok_files:
         add("missing_tokenizer", f"{name} has no tokenizer (tokenizer.json, tokenizer.model or vocab.json + "
             "merges.txt).", "Copy the tokenizer files from the model's hub page into the folder, or download "
@@ -930,12 +933,18 @@ def validate_model_dir(path: str | os.PathLike, *, load_tokenizer: bool = True) 
             from transformers import AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(str(p))
-            template = bool(getattr(tok, "chat_template", None))
+            if template and not getattr(tok, "chat_template", None):
+                check.notes.append(f"{name}: the chat template in {tok_info.describe_source()} is not one "
+                                   "transformers loads for this tokenizer; training will not see it.")
+                template = False
         except Exception as exc:  # noqa: BLE001 - tokenizers raise many kinds
             add("tokenizer_unloadable", f"{name}: the tokenizer cannot be loaded: "
                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}.",
                 "The tokenizer files are damaged or need a newer transformers; download the model again.")
     check.has_chat_template = template
+    check.chat_template_source = tok_info.describe_source() if template else None
+    if template and config:
+        _check_ollama_template(check, tok_info, name)
     if not template and config:
         check.base_model = True
         check.fallback_template, _ = fallback_chat_template(check.model_type)
@@ -1014,6 +1023,19 @@ def validate_model_dir(path: str | os.PathLike, *, load_tokenizer: bool = True) 
                 f"{', '.join(t + '.weight' for t in lacking[:3])}).",
                 "The weights are incomplete or belong to another model: fetch the model again.")
     return check
+
+
+def _check_ollama_template(check: ModelCheck, tok_info, name: str) -> None:
+    """A note (not a problem: training and llama.cpp do not need it) when the chat template cannot be
+    reproduced for Ollama, said before hours of training rather than at export."""
+    from core.ollama import TemplateNotSupported, chat_format_for
+
+    try:
+        chat_format_for(tok_info.config)
+    except TemplateNotSupported as exc:
+        check.notes.append(f"{name}: {exc} The GGUF export will work; registering in Ollama will not.")
+    except Exception as exc:  # noqa: BLE001 - a template that does not even render
+        check.notes.append(f"{name}: the chat template fails on a simple conversation ({exc}).")
 
 
 def _arch_names() -> set[str]:
