@@ -207,6 +207,16 @@ class ChatFormat:
     notes: tuple[str, ...] = ()
     # the same format as a Jinja chat template (what the GGUF embeds, see embedded_chat_template)
     jinja: str = field(default="", compare=False, repr=False)
+    # False: the model's template trims every message, which a Go template cannot do, so the Go
+    # TEMPLATE is exact only for contents without leading or trailing whitespace (Qwen3.5)
+    exact_untrimmed: bool = True
+
+    def probes(self, conversations=None) -> list:
+        """The conversations this format promises to render exactly."""
+        convs = PROBE_CONVERSATIONS if conversations is None else conversations
+        if self.exact_untrimmed:
+            return list(convs)
+        return [c for c in convs if all(m["content"] == m["content"].strip() for m in c)]
 
 
 # Conversations every format must render exactly like the Jinja template before it
@@ -536,6 +546,46 @@ def _qwen3_thinking_format(tokenizer_config: dict) -> ChatFormat:
         "Needs Ollama 0.9 or newer.",) + base.notes[1:], jinja=_jinja_qwen3(thinking=True))
 
 
+# ---- Qwen3.5, thinking off -------------------------------------------------------------
+# Qwen3.5's template (chat_template.jinja) differs from Qwen3's in two ways that matter here:
+# every assistant turn after the last user message (not only the last message) carries the
+# empty think block, and every message's content is trimmed. Go templates cannot trim, so the
+# TEMPLATE is exact for contents without leading or trailing whitespace (exact_untrimmed=False);
+# the embedded Jinja twin trims as the original does, so llama.cpp is exact for all.
+
+_QWEN35 = _QWEN3.replace('{{- if and $afterLastUser (eq (len (slice $.Messages $i)) 1) }}', '{{- if $afterLastUser }}', 1
+                         ).replace('{{ template "lstrip_newlines" .Content }}', "{{ .Content }}", 1)
+assert _QWEN35 != _QWEN3
+
+
+def _qwen35_render(messages: Messages) -> str:
+    has_user = any(m["role"] == "user" for m in messages)
+    out = []
+    for i, m in enumerate(messages):
+        role, content = m["role"], m["content"]
+        if role in ("system", "user"):
+            out.append(f"<|im_start|>{role}\n{content}<|im_end|>\n")
+        elif role == "assistant":
+            after_last_user = has_user and not any(x["role"] == "user" for x in messages[i:])
+            out.append("<|im_start|>assistant\n" + (_THINK_OFF if after_last_user else "") + content + "<|im_end|>\n")
+    return "".join(out) + "<|im_start|>assistant\n" + _THINK_OFF
+
+
+def _qwen35_format(tokenizer_config: dict) -> ChatFormat:
+    base = _qwen3_format(tokenizer_config)
+    jinja = _jinja_qwen3(thinking=False).replace(
+        "{%- set content = message['content'] if message['content'] is string else '' -%}",
+        "{%- set content = (message['content'] if message['content'] is string else '') | trim -%}").replace(
+        "loop.index0 > ns.last_user and loop.last -%}", "loop.index0 > ns.last_user -%}").replace(
+        "content.lstrip('\\n')", "content")
+    return ChatFormat("qwen3.5", _QWEN35, base.stops, _qwen35_render, notes=(
+        "Qwen3.5 with thinking off: the generation prompt and every answer after the last user message carry "
+        "the empty think block.",
+        "Qwen3.5's template trims each message; Ollama's Go TEMPLATE cannot, so a message that starts or ends "
+        "with whitespace reaches the model untrimmed on Ollama's Go path (the embedded template trims).",
+        "Tool messages and tool calls are not reproduced."), jinja=jinja, exact_untrimmed=False)
+
+
 # ---- Zephyr (TinyLlama) --------------------------------------------------------------
 
 _ZEPHYR = (
@@ -717,7 +767,7 @@ def _first_difference(a: str, b: str) -> str:
 
 def _check_against_jinja(fmt: ChatFormat, template: str, tokens: dict[str, str]) -> None:
     checked = 0
-    for conv in PROBE_CONVERSATIONS:
+    for conv in fmt.probes():
         try:
             want = render_jinja(template, conv, tokens=tokens)
         except Exception:  # noqa: BLE001 - a conversation training could not render either
@@ -769,6 +819,8 @@ def chat_format_for(tokenizer_config: dict, *, thinking: bool = False) -> ChatFo
         candidates.append(_chatml_format(tokenizer_config, m.group(1)))
     candidates += [_qwen3_thinking_format(tokenizer_config) if thinking else _qwen3_format(tokenizer_config),
                    _zephyr_format(tokenizer_config)]
+    if not thinking:
+        candidates.append(_qwen35_format(tokenizer_config))
     for fmt in candidates:
         if _matches(fmt, template, tokens):
             return fmt
@@ -1048,7 +1100,7 @@ def check_ollama_prompts(fmt: ChatFormat, chat_template: str, tokenizer_config: 
     tokens = special_tokens(tokenizer_config)
     _remember(fmt)
     problems = []
-    for conv in conversations or _prompt_probes():
+    for conv in fmt.probes(conversations or _prompt_probes()):
         try:
             want = render_jinja(original, conv, tokens=tokens, enable_thinking=thinking)
         except Exception:  # noqa: BLE001 - a conversation training cannot render either

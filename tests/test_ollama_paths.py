@@ -29,7 +29,10 @@ FAMILIES = {
     "tinyllama": (FIXTURES / "TinyLlama-1.1B-Chat-v1.0", "LlamaForCausalLM"),
     "demo": (demo_model_dir(), "Qwen2ForCausalLM"),
 }
-GGUF_ARCH = {"Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "LlamaForCausalLM": "llama"}
+if (FIXTURES / "Qwen3.5-0.8B" / "chat_template.jinja").is_file():  # the real Qwen3.5 tokenizer files
+    FAMILIES["qwen3.5"] = (FIXTURES / "Qwen3.5-0.8B", "Qwen3_5ForConditionalGeneration")
+GGUF_ARCH = {"Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "LlamaForCausalLM": "llama",
+             "Qwen3_5ForConditionalGeneration": "qwen35"}
 
 S = {"role": "system", "content": "You are a terse assistant. Réponds en une phrase."}
 CONVERSATIONS = {
@@ -317,3 +320,20 @@ def test_unknown_templates_get_a_derived_embedded_template(encoders):
     for messages in CONVERSATIONS.values():
         want = ol.render_jinja(alpaca, messages, tokens=tokens)
         assert ol._compiled(emb.template).render(messages=messages, add_generation_prompt=True, **tokens) == want
+
+
+def test_qwen35_trims_only_on_the_native_path(encoders, go_renderer):
+    """Qwen3.5's template trims every message; a Go template cannot: the embedded template (llama.cpp,
+    Ollama's native path) is exact for untrimmed text too, the Go TEMPLATE only for trimmed text."""
+    if "qwen3.5" not in FAMILIES:
+        pytest.skip("no Qwen3.5 reference files")
+    cfg, fmt, emb, arch = export_of("qwen3.5")
+    assert fmt.kind == "qwen3.5" and not fmt.exact_untrimmed
+    messages = [{"role": "user", "content": "  padded  "}, {"role": "assistant", "content": "\nA\n"},
+                {"role": "user", "content": "next"}]
+    want = encoders("qwen3.5").render(messages, add_generation_prompt=True)
+    native = ol.OllamaSetup(fmt.template, emb.template, architecture=arch, go_template_env=False)
+    assert ol.ollama_prompt(native, messages, tokens=ol.special_tokens(cfg)) == want
+    go = ol.OllamaSetup(fmt.template, emb.template, architecture=arch)
+    got = ol.ollama_prompt(go, messages, go_render=go_render(go_renderer, go))
+    assert got != want and got.replace("  padded  ", "padded").replace("\nA\n", "A") == want
