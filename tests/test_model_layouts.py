@@ -324,3 +324,34 @@ def test_modelfile_only_writes_only_the_modelfile(tmp_path, tmp_path_factory, sm
     assert rc == 0 and (out / expected).is_file()
     assert (out / "Modelfile").read_text(encoding="utf-8") == text
     assert main(["export", str(small_run)]) == 2
+
+
+# --------------------------------------------------------------------------- a run trained on reasoning
+
+@pytest.mark.parametrize("thinking", [True, False, None])
+def test_run_thinking_flag_decides_both_templates(tmp_path, tmp_path_factory, thinking):
+    """`"thinking": true` in the run's config.json (data with reasoning) gives a Modelfile TEMPLATE and an
+    embedded template that both think; false or absent gives thinking off in both."""
+    from core.export import plan_export
+
+    base = layout_dir(tmp_path_factory, "jinja", "qwen3")
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = {"model": str(base), "max_seq_len": 256}
+    if thinking is not None:
+        cfg["thinking"] = thinking
+    (run / "config.json").write_text(json.dumps(cfg))
+    (run / "adapter_config.json").write_text(json.dumps({"base_model": str(base), "fine_tune_type": "lora"}))
+    (run / "adapters.safetensors").write_bytes(b"")
+    plan = plan_export(run, modelfile=tmp_path / "Modelfile")
+    assert plan.thinking is bool(thinking)
+    caps = ol.chat_template_capabilities(plan.embedded_template.template)
+    go_caps = ol.go_template_capabilities(plan.chat_format.template)
+    if thinking:
+        assert plan.chat_format.kind == "qwen3-thinking" and caps == go_caps == {"thinking"}
+    else:
+        assert plan.chat_format.kind == "qwen3" and caps == go_caps == set()
+    setup = ol.OllamaSetup(plan.chat_format.template, plan.embedded_template.template, architecture="qwen3")
+    assert ol.default_think(setup) is (True if thinking else None)
+    assert "PARAMETER num_ctx 256" in plan.modelfile_text
+    assert list(tmp_path.iterdir()) == [run], "planning writes nothing"
