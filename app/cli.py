@@ -203,16 +203,25 @@ def cmd_train(a) -> int:
               "dora": True if a.dora else None, "skip_invalid": True if a.skip_invalid else None,
               "checkpoint_every": a.checkpoint_every, "valid_every": a.valid_every, "dropout": a.dropout,
               "pack": True if a.pack else None, "mapping": _parse_map(a.map),
+              "name": a.name, "grad_accum": a.grad_accum, "targets": a.targets, "num_layers": a.num_layers,
+              "warmup": a.warmup, "min_lr_ratio": a.min_lr_ratio, "weight_decay": a.weight_decay,
+              "grad_checkpoint": a.grad_checkpoint, "last_turn_only": True if a.last_turn_only else None,
+              "valid_batches": a.valid_batches, "valid_fraction": a.valid_fraction, "compile": a.compile,
               "user_template": a.user_template, "assistant_template": a.assistant_template,
               "system_prompt": a.system, "name": a.name, "grad_accum": a.grad_accum, "targets": a.targets,
               "num_layers": a.num_layers, "warmup": a.warmup, "min_lr_ratio": a.min_lr_ratio,
               "weight_decay": a.weight_decay, "grad_checkpoint": a.grad_checkpoint,
               "last_turn_only": True if a.last_turn_only else None, "valid_batches": a.valid_batches,
               "valid_fraction": a.valid_fraction, "compile": a.compile}
+    if getattr(a, "hosts", None):
+        return _train_group(a)
     kwargs = apply_preset(kwargs, a.preset)
     names = {f.name for f in fields(TrainConfig)}
     kwargs = {k: v for k, v in kwargs.items() if v is not None and k in names}
-    ev = ConsoleEvents(stream=sys.stdout, metrics=True)
+    from core.distributed import current_group
+
+    main_rank = current_group().is_main  # in a group run (--hosts) only rank 0 reports
+    ev = ConsoleEvents(stream=sys.stdout, metrics=True) if main_rank else None
     try:
         if a.resume:
             res = train(TrainConfig(model=""), resume=a.resume, events=ev, cancel=_cancel_on_sigint())
@@ -223,14 +232,80 @@ def cmd_train(a) -> int:
             cfg = TrainConfig(model=a.model, data=a.data, out=a.out, **kwargs)
             res = train(cfg, events=ev, cancel=_cancel_on_sigint())
     except Cancelled as exc:
-        print(json.dumps({**(exc.result or {}), "state": "cancelled"}))
+        if main_rank:
+            print(json.dumps({**(exc.result or {}), "state": "cancelled"}))
         return 130
     except TuneloomError as exc:
         print(f"error: {exc.user_message()}", file=sys.stderr)
-        print(json.dumps({"state": "failed", "error": str(exc)}))
+        if main_rank:
+            print(json.dumps({"state": "failed", "error": str(exc)}))
         return 1
-    print(json.dumps(res))
+    if main_rank:
+        print(json.dumps(res))
     return 0
+
+
+def _train_group(a) -> int:
+    """`tuneloom train --hosts HOSTFILE ...`: check every host, then run one rank per host through
+    mlx.launch, each running this same `train` command on the same run folder."""
+    from core import distributed as dist
+    from core import runs
+    from core.events import TuneloomError
+
+    argv = list(getattr(a, "argv", None) or sys.argv[1:])
+    try:
+        hosts = dist.read_hostfile(a.hosts)
+        if a.resume:
+            run_dir = Path(a.resume)
+            saved = runs.read_json(run_dir / "config.json")
+            if not saved:
+                raise TuneloomError(f"{run_dir} is not a run folder (no config.json).", "Pick a folder under runs/.")
+            paths = [saved["model"], *saved.get("data", [])]
+        else:
+            if not a.model or not a.data:
+                print("error: --model and --data are required (or --resume RUN_DIR)", file=sys.stderr)
+                return 2
+            run_dir = Path(a.out) if a.out else runs.new_run_dir(a.name or "run")
+            paths = [a.model, *a.data]
+        checks = dist.check_hosts(hosts, paths)
+        for c in checks:
+            print(c.line(), file=sys.stderr)
+        bad = [c for c in checks if not c.ok]
+        if bad and a.copy_missing and all(c.missing and c.versions for c in bad):
+            dist.copy_missing(bad)
+            bad = [c for c in dist.check_hosts(hosts, paths) if not c.ok]
+        if bad:
+            raise dist.GroupError(f"{len(bad)} of {len(hosts)} hosts are not ready: " + bad[0].line(), bad[0].hint)
+    except TuneloomError as exc:
+        print(f"error: {exc.user_message()}", file=sys.stderr)
+        return 1
+    rank_args, skip = [], False
+    for x in argv[1:] if argv and argv[0] == "train" else argv:
+        if skip:
+            skip = False
+            continue
+        if x in ("--hosts", "--backend"):
+            skip = True
+            continue
+        if x.startswith(("--hosts=", "--backend=")) or x == "--copy-missing":
+            continue
+        rank_args.append(x)
+    if not a.resume and not a.out:
+        rank_args += ["--out", str(run_dir)]
+    print(f"training on {len(hosts)} Macs: " + ", ".join(h.ssh for h in hosts), file=sys.stderr)
+    res = dist.launch(hosts, rank_args, run_dir=run_dir, backend=a.backend, cancel=_cancel_on_sigint(),
+                      on_line=print)
+    if res.returncode == 0:
+        return 0
+    status = runs.read_json(run_dir / "status.json") or {}
+    if status.get("state") == "cancelled":
+        return 130
+    ck = runs.latest_checkpoint(run_dir)
+    where = (f"The run keeps its checkpoint from step {ck.name.split('-')[-1].lstrip('0') or 0}"
+             if ck else "The run has no checkpoint yet")
+    print(f"error: {res.message or 'The group stopped.'} {where}: resume it with "
+          f"tuneloom train --resume {run_dir} --hosts {a.hosts}", file=sys.stderr)
+    return 1
 
 
 def cmd_export(a) -> int:
@@ -455,6 +530,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use column THEIRS for field OURS, e.g. --map prompt=Frage (repeatable)")
     _add_template_options(t)
     t.add_argument("--resume", metavar="RUN_DIR")
+    t.add_argument("--hosts", metavar="HOSTFILE",
+                   help="train on several Macs at once (MLX's distributed runtime, ring backend): a file with one "
+                        "host per line (this Mac first; `HOST` or `HOST IP`) or mlx.launch's JSON host file. Every "
+                        "Mac needs the same Tuneloom, and the model and data at the same paths")
+    t.add_argument("--copy-missing", action="store_true",
+                   help="with --hosts: copy the model or data to the Macs that lack them (rsync over ssh)")
+    t.add_argument("--backend", choices=["ring", "mpi"], default="ring", help=argparse.SUPPRESS)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("export", help="fuse adapters and write a GGUF (and an Ollama Modelfile)")
@@ -529,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     frozen = bool(getattr(sys, "frozen", False))
     if not (gui or frozen):
         a = parser.parse_args(args)
+        a.argv = args
         return a.func(a)
     from app import logs
 
@@ -536,6 +619,7 @@ def main(argv: list[str] | None = None) -> int:
         logs.setup_logging()
         if not gui:
             a = parser.parse_args(args)
+            a.argv = args
             return a.func(a)
         if _has_display():
             from app.gui.main import run_gui

@@ -27,6 +27,13 @@ from core.tokens import ChatEncoder, Encoded
 
 ATTENTION_KEYS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"]
 MLP_KEYS = ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+# Qwen3.5's Gated DeltaNet layers (3 of every 4) mix tokens through their input
+# projections (q, k and v in one matrix; z, the output gate) and their output projection:
+# these are its "attention" targets. in_proj_a / in_proj_b stay frozen: they produce one
+# number per value head (decay and write strength of the recurrent state), so they are
+# only n_value_heads rows (16 x 1024): a rank-8 update would be half their full rank, and
+# they set how fast the state forgets, which a small fine-tune easily destabilises.
+DELTANET_KEYS = ["linear_attn.in_proj_qkv", "linear_attn.in_proj_z", "linear_attn.out_proj"]
 
 
 class TrainingDiverged(TuneloomError):
@@ -236,7 +243,8 @@ def load_base(model_dir: str | Path):
 def add_adapters(model, cfg: TrainConfig) -> dict:
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
-    keys = ATTENTION_KEYS if cfg.targets == "attention" else ATTENTION_KEYS + MLP_KEYS
+    mixers = ATTENTION_KEYS + DELTANET_KEYS  # each model has the ones its layers have
+    keys = mixers if cfg.targets == "attention" else mixers + MLP_KEYS
     present = set()
     for layer in model.layers:
         for name, _ in layer.named_modules():
@@ -278,6 +286,7 @@ def total_memory_bytes() -> int:
 def estimate_memory(model_config: dict, weight_bytes: int, lora_params: int, batch: int, seq_len: int,
                     grad_checkpoint: bool, act_bytes: int = 4) -> int:
     """Rough peak bytes: weights + LoRA (param, grad, Adam m, v) + activations + logits."""
+    model_config = {**model_config, **(model_config.get("text_config") or {})}  # Qwen3.5 nests its dimensions
     hidden = model_config.get("hidden_size", 1024)
     layers = model_config.get("num_hidden_layers", 24)
     inter = model_config.get("intermediate_size", 4 * hidden)
@@ -285,6 +294,19 @@ def estimate_memory(model_config: dict, weight_bytes: int, lora_params: int, bat
     tokens = batch * seq_len
     per_layer = tokens * (10 * hidden + 3 * inter) * act_bytes
     acts = per_layer * (2 if grad_checkpoint else layers)
+    if model_config.get("linear_num_value_heads"):
+        # Qwen3.5's Gated DeltaNet layers train through mlx-lm's step-by-step recurrence,
+        # whose backward pass keeps about three state-sized arrays (value heads x value dim
+        # x key dim floats) per token and layer: measured 2.1 (eager) to 2.9 (mx.compile)
+        # on Qwen3.5-0.8B's dimensions (3 MiB per token and layer), one layer at a time
+        # with checkpointing. For this family it is most of the memory.
+        state = (model_config["linear_num_value_heads"] * model_config["linear_value_head_dim"]
+                 * model_config["linear_key_head_dim"] * 4)
+        kinds = model_config.get("layer_types") or [
+            "full_attention" if (i + 1) % model_config.get("full_attention_interval", 4) == 0 else "linear_attention"
+            for i in range(layers)]
+        n_linear = sum(1 for k in kinds if k == "linear_attention")
+        acts += tokens * state * 3 * (1 if grad_checkpoint else n_linear)
     logits = tokens * vocab * 4 * 3  # logits, softmax, grad
     return int(weight_bytes + lora_params * 4 * 4 + acts + logits)
 
@@ -325,7 +347,23 @@ class BatchPlan:
         return self.epoch(e)[i]
 
 
-SELECTIVE_HEAD_TYPES = {"qwen2", "qwen3", "llama"}
+SELECTIVE_HEAD_TYPES = {"qwen2", "qwen3", "llama", "qwen3_5"}
+
+# Architectures whose layers carry a recurrent state along the sequence: Qwen3.5's Gated
+# DeltaNet layers keep a state matrix per head and a 4-token causal convolution. A
+# block-diagonal attention mask cannot stop that state from flowing out of one packed
+# example into the next, and mlx-lm's layer cannot reset it in the middle of a row, so
+# packing is refused for them (the run trains unpacked and says why).
+RECURRENT_TYPES = {"qwen3_5", "qwen3_5_moe", "qwen3_next"}
+
+
+def packing_unavailable(model_type: str | None) -> str | None:
+    """Why sequence packing cannot be used for ``model_type`` (None when it can)."""
+    if model_type in RECURRENT_TYPES:
+        return ("Packing is off for this model: its linear-attention (Gated DeltaNet) layers carry a memory from "
+                "one token to the next, so examples packed into one row would leak into each other. "
+                "Training unpacked (padding each batch instead).")
+    return None
 
 
 def selective_head(model) -> bool:
@@ -383,9 +421,10 @@ def pack_sequences(seqs: list[Encoded], capacity: int) -> list[tuple[Encoded, li
 
 
 def _head(model, h):
-    if model.args.tie_word_embeddings:
-        return model.model.embed_tokens.as_linear(h)
-    return model.lm_head(h)
+    lm = getattr(model, "language_model", model)  # Qwen3.5 wraps its text model
+    if lm.args.tie_word_embeddings:
+        return lm.model.embed_tokens.as_linear(h)
+    return lm.lm_head(h)
 
 
 def pad_batch(seqs: list[Encoded], pad_id: int, max_len: int, select: bool = False,
@@ -462,20 +501,28 @@ def _loss(model, x, y, w, idx=None, attn=None):
     return ce.sum() / mx.maximum(ntoks, 1.0), ntoks
 
 
-def evaluate_loss(model, seqs: list[Encoded], batch: int, pad_id: int, max_len: int, max_batches: int = -1) -> float:
+def evaluate_loss(model, seqs: list[Encoded], batch: int, pad_id: int, max_len: int, max_batches: int = -1,
+                  group=None) -> float:
+    """Token-weighted mean loss over ``seqs``. In a group each rank takes every size-th batch and
+    the sums are added over the ranks, so the result is the single-process one."""
     import mlx.core as mx
 
     total, count = 0.0, 0.0
     nb = 0
     select = selective_head(model)
+    rank, size = (group.rank, group.size) if group is not None else (0, 1)
     for i in range(0, len(seqs), batch):
         if 0 <= max_batches <= nb:
             break
+        nb += 1
+        if (nb - 1) % size != rank:
+            continue
         loss, n = _loss(model, *pad_batch(seqs[i:i + batch], pad_id, max_len, select))
         mx.eval(loss, n)
         total += loss.item() * n.item()
         count += n.item()
-        nb += 1
+    if size > 1:
+        total, count = group.sum_floats(total, count)
     return total / max(count, 1.0)
 
 
@@ -540,19 +587,29 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
     import mlx.optimizers as optim
     from mlx.utils import tree_flatten
 
-    events = events or NULL_EVENTS
+    from core.distributed import GroupError, current_group, shard
+
+    # A group run (core.distributed, started by mlx.launch): every rank trains on its share of each
+    # batch; rank 0 alone reports and writes the run folder, and hands its state to the others.
+    group = current_group()
+    main = group.is_main
+    events = (events or NULL_EVENTS) if main else NULL_EVENTS
     cancel = cancel or CancelToken()
     if resume:
         run_dir = Path(resume)
-        saved = runs.read_json(run_dir / "config.json")
+        saved = group.broadcast_json(runs.read_json(run_dir / "config.json") if main else None)
         if not saved:
             raise TuneloomError(f"{run_dir} is not a run folder (no config.json).", "Pick a folder under runs/.")
         cfg = TrainConfig.from_dict(saved)
     else:
+        if group.distributed and not cfg.out:
+            raise GroupError("A group run needs its run folder given (--out), the same for every rank.",
+                             "Start group runs with `tuneloom train --hosts HOSTFILE`.")
         run_dir = Path(cfg.out) if cfg.out else runs.new_run_dir(cfg.name)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", asdict(cfg))
-        runs.remember(run_dir)  # a folder outside runs/ (--out) still shows in the history
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(run_dir / "config.json", asdict(cfg))
+            runs.remember(run_dir)  # a folder outside runs/ (--out) still shows in the history
     events.progress(0, None, "loading data")
     ds = load_dataset(cfg.data, mapping=cfg.mapping, user_template=cfg.user_template,
                       assistant_template=cfg.assistant_template, system=cfg.system_prompt, cancel=cancel)
@@ -562,7 +619,8 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
     encoder = ChatEncoder(cfg.model, thinking=cfg.thinking if resume else bool(ds.reasoning))
     if not resume and cfg.thinking != encoder.thinking:
         cfg.thinking = encoder.thinking
-        write_json(run_dir / "config.json", asdict(cfg))
+        if main:
+            write_json(run_dir / "config.json", asdict(cfg))
     train_seqs = encode_records(encoder, train_recs, cfg)
     valid_seqs = encode_records(encoder, valid_recs, cfg)
     if not train_seqs:
@@ -594,7 +652,10 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
 
     select = selective_head(model)
     segments: list[list[int]] | None = None
-    if cfg.pack and not select:
+    no_packing = packing_unavailable(model_config.get("model_type"))
+    if cfg.pack and no_packing:
+        events.log("warning", no_packing)
+    elif cfg.pack and not select:
         events.log("warning", f"packing is not available for {model_config.get('model_type')}; training unpacked")
     elif cfg.pack:
         packed = pack_sequences(train_seqs, cfg.max_seq_len)
@@ -602,12 +663,15 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
         train_seqs = [p for p, _ in packed]
         segments = [segs for _, segs in packed]
     plan = BatchPlan([len(s.ids) for s in train_seqs], cfg.batch, cfg.seed)
+    if group.distributed and plan.batch < group.size:
+        raise GroupError(f"A batch of {plan.batch} examples cannot be shared by {group.size} Macs.",
+                         f"Use a batch size of at least {group.size} (one example per Mac and step).")
     per_epoch_steps = max(1, plan.per_epoch // cfg.grad_accum)
     total_steps = cfg.iters if cfg.iters else max(1, int(round(cfg.epochs * per_epoch_steps)))
     opt = optim.AdamW(learning_rate=_schedule(cfg, total_steps), weight_decay=cfg.weight_decay)
     opt.init(model.trainable_parameters())
     start = 0
-    if resume:
+    if resume and main:
         ck = runs.latest_checkpoint(run_dir)
         if ck is not None:
             start = _restore_checkpoint(ck, model, opt)
@@ -616,6 +680,13 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
         from core.atomic import write_text
 
         write_text(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in kept))
+    if group.distributed:  # every rank starts from rank 0's adapters, optimizer state and step
+        from mlx.utils import tree_unflatten
+
+        start = int(group.sum_floats(start if main else 0)[0])
+        model.load_weights(list(group.broadcast_arrays(adapter_weights(model)).items()), strict=False)
+        opt.state = tree_unflatten(list(group.broadcast_arrays(dict(tree_flatten(opt.state))).items()))
+        events.log("info", f"training on {group.size} Macs: {cfg.batch} examples per step shared between them")
     model.train()
 
     loss_and_grad = nn.value_and_grad(model, _loss)
@@ -630,11 +701,27 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
         opt.update(model, grads)
         return loss, ntoks
 
+    if group.distributed:
+        from mlx.utils import tree_map
+
+        def full_step(factor, *batch):  # noqa: F811 - the group's step
+            # Each rank's loss is its own token mean; weighting its gradient by its share of the
+            # step's tokens (factor = n_rank * size / n_all) makes the average over the ranks the
+            # gradient of the single-process loss over the whole batch.
+            loss, ntoks, grads = micro_step(*batch)
+            grads = nn.average_gradients(tree_map(lambda g: g * factor, grads), group=group.handle)
+            opt.update(model, grads)
+            return loss, ntoks
+
     if cfg.compile:
         full_step = mx.compile(full_step, inputs=state, outputs=state)
 
-    runs.set_status(run_dir, "running", step=start, total=total_steps)
-    metrics_fh = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+    def set_status(state_: str, **extra):
+        if main:
+            runs.set_status(run_dir, state_, **extra)
+
+    set_status("running", step=start, total=total_steps)
+    metrics_fh = open(run_dir / "metrics.jsonl", "a", encoding="utf-8") if main else open(os.devnull, "w")
 
     def record(step: int, **vals):
         metrics_fh.write(json.dumps({"step": step, **vals}) + "\n")
@@ -646,7 +733,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
             if isinstance(v, (int, float)):
                 events.metric(k, step, float(v))
 
-    kept_metrics = runs.read_metrics(run_dir)
+    kept_metrics = runs.read_metrics(run_dir) if main else []
     trained_tokens = sum(int(m.get("trained_tokens_step", 0)) for m in kept_metrics)
     # the time already spent on this run before a resume, so elapsed runs on across restarts
     prior_elapsed = max((float(m["elapsed"]) for m in kept_metrics if "elapsed" in m), default=0.0)
@@ -658,7 +745,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
     try:
         if start == 0 and valid_seqs:
             model.eval()
-            vl = evaluate_loss(model, valid_seqs, cfg.batch, pad_id, cfg.max_seq_len, cfg.valid_batches)
+            vl = evaluate_loss(model, valid_seqs, cfg.batch, pad_id, cfg.max_seq_len, cfg.valid_batches, group)
             model.train()
             emit(0, valid_loss=vl)
         for step in range(start + 1, total_steps + 1):
@@ -670,34 +757,66 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
                 events.log("info", f"resumed at step {s + 1}")
                 events.state("running", s)
 
-            paused_seconds += cancel.checkpoint(on_pause=parked, on_resume=unparked)
+            if group.distributed:  # the ranks stop together: a cancel on any rank ends the step for all
+                if group.sum_floats(1.0 if cancel.cancelled else 0.0)[0] > 0:
+                    raise Cancelled()
+                try:
+                    paused_seconds += cancel.checkpoint(on_pause=parked, on_resume=unparked)
+                except Cancelled:
+                    pass  # seen by every rank at the next step's check
+            else:
+                paused_seconds += cancel.checkpoint(on_pause=parked, on_resume=unparked)
             # RNG (dropout) is a pure function of (seed, step): a resume replays it exactly
             mx.random.seed((cfg.seed * 1_000_003 + step) % 2**32)
             t0 = time.perf_counter()
             step_loss, step_tokens, step_trained = 0.0, 0, 0
             if cfg.grad_accum == 1:
                 members = plan.micro(step - 1)
+                if group.distributed:
+                    members = shard(members, group)
                 batch = [train_seqs[i] for i in members]
                 segs = [segments[i] for i in members] if segments else None
-                loss, ntoks = full_step(*pad_batch(batch, pad_id, cfg.max_seq_len, select, segs))
-                mx.eval(state, loss, ntoks)
-                step_loss = loss.item()
-                step_trained = int(ntoks.item())
+                arrays = pad_batch(batch, pad_id, cfg.max_seq_len, select, segs)
                 step_tokens = sum(min(len(s.ids), cfg.max_seq_len) for s in batch)
+                if group.distributed:
+                    n_here = float(arrays[2].sum().item())
+                    n_all, step_tokens = group.sum_floats(n_here, step_tokens)
+                    loss, ntoks = full_step(mx.array(n_here * group.size / max(n_all, 1.0)), *arrays)
+                    mx.eval(state, loss, ntoks)
+                    step_loss = group.sum_floats(loss.item() * n_here)[0] / max(n_all, 1.0)
+                    step_trained, step_tokens = int(n_all), int(step_tokens)
+                else:
+                    loss, ntoks = full_step(*arrays)
+                    mx.eval(state, loss, ntoks)
+                    step_loss = loss.item()
+                    step_trained = int(ntoks.item())
             else:
                 from mlx.utils import tree_map
 
                 acc = None
                 for a in range(cfg.grad_accum):
                     members = plan.micro((step - 1) * cfg.grad_accum + a)
+                    if group.distributed:
+                        members = shard(members, group)
                     batch = [train_seqs[i] for i in members]
                     segs = [segments[i] for i in members] if segments else None
                     loss, ntoks, grads = micro_step(*pad_batch(batch, pad_id, cfg.max_seq_len, select, segs))
+                    n_tokens = sum(min(len(s.ids), cfg.max_seq_len) for s in batch)
+                    mx.eval(grads, loss, ntoks)
+                    loss_value, n_here = loss.item(), float(ntoks.item())
+                    if group.distributed:  # as in the group's full_step: weight by the share of tokens
+                        n_all, n_tokens = group.sum_floats(n_here, n_tokens)
+                        factor = n_here * group.size / max(n_all, 1.0)
+                        grads = tree_map(lambda g: g * factor, grads)
+                        loss_value = group.sum_floats(loss_value * n_here)[0] / max(n_all, 1.0)
+                        n_here = n_all
                     acc = grads if acc is None else tree_map(mx.add, acc, grads)
-                    mx.eval(acc, loss)
-                    step_loss += loss.item() / cfg.grad_accum
-                    step_trained += int(ntoks.item())
-                    step_tokens += sum(min(len(s.ids), cfg.max_seq_len) for s in batch)
+                    mx.eval(acc)
+                    step_loss += loss_value / cfg.grad_accum
+                    step_trained += int(n_here)
+                    step_tokens += int(n_tokens)
+                if group.distributed:
+                    acc = nn.average_gradients(acc, group=group.handle)
                 opt.update(model, tree_map(lambda g: g / cfg.grad_accum, acc))
                 mx.eval(state)
             dt = time.perf_counter() - t0
@@ -724,36 +843,40 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
             if cfg.valid_every and step % cfg.valid_every == 0 and step != total_steps and valid_seqs:
                 model.eval()
                 emit(step, valid_loss=evaluate_loss(model, valid_seqs, cfg.batch, pad_id, cfg.max_seq_len,
-                                                    cfg.valid_batches))
+                                                    cfg.valid_batches, group))
                 model.train()
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != total_steps:
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != total_steps and main:
                 _save_checkpoint(run_dir, step, model, opt, adapter_config)
                 save_adapters(model, run_dir, adapter_config)
             last_good_step = step
         model.eval()
-        final_valid = (evaluate_loss(model, valid_seqs, cfg.batch, pad_id, cfg.max_seq_len, cfg.valid_batches)
+        final_valid = (evaluate_loss(model, valid_seqs, cfg.batch, pad_id, cfg.max_seq_len, cfg.valid_batches, group)
                        if valid_seqs else None)
         if final_valid is not None:
             emit(total_steps, valid_loss=final_valid)
-        save_adapters(model, run_dir, adapter_config)
+        if main:
+            save_adapters(model, run_dir, adapter_config)
         elapsed = time.perf_counter() - t_start - paused_seconds
         result.update(state="done", steps=total_steps, valid_loss=final_valid,
                       train_examples=len(train_seqs), valid_examples=len(valid_seqs), trained_tokens=trained_tokens,
                       tokens_per_sec=tokens_since / elapsed if elapsed else 0.0, seconds=elapsed)
-        runs.set_status(run_dir, "done", **{k: v for k, v in result.items() if k not in ("run_dir", "state")})
+        if group.distributed:
+            result["hosts"] = group.size
+        set_status("done", **{k: v for k, v in result.items() if k not in ("run_dir", "state")})
         return result
     except Cancelled:
-        save_adapters(model, run_dir, adapter_config)
-        _save_checkpoint(run_dir, last_good_step, model, opt, adapter_config)
+        if main:
+            save_adapters(model, run_dir, adapter_config)
+            _save_checkpoint(run_dir, last_good_step, model, opt, adapter_config)
         result.update(state="cancelled", steps=last_good_step)
-        runs.set_status(run_dir, "cancelled", step=last_good_step, total=total_steps)
+        set_status("cancelled", step=last_good_step, total=total_steps)
         raise Cancelled(f"cancelled at step {last_good_step} of {total_steps}; adapters saved",
                         "Resume it later from the run list.", result=result)
     except TrainingDiverged as exc:
-        runs.set_status(run_dir, "failed", error=str(exc), step=last_good_step)
+        set_status("failed", error=str(exc), step=last_good_step)
         raise
     except BaseException as exc:
-        runs.set_status(run_dir, "failed", error=str(exc), step=last_good_step)
+        set_status("failed", error=str(exc), step=last_good_step)
         raise
     finally:
         metrics_fh.close()
