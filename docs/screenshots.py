@@ -66,7 +66,7 @@ def main():
     pump(cond=lambda: w.model_dir is not None and len(w.model_page.cards) > 5)
 
     def shot(row, name):
-        w.steps.setCurrentRow(row)
+        w.go_to(row)
         pump(0.3)
         w.grab().save(str(OUT / f"{name}.png"))
         print("wrote", OUT / f"{name}.png")
@@ -113,14 +113,62 @@ def main():
     shot(1, "page-data-problems")
     w.data_page.max_len.setValue(512)
 
-    # Train, Try, Export on the sample dataset
+    # Train on the sample dataset: running, paused, done; a run that fails; two runs compared in the history
     w.load_data([demo_data_dir()])
     pump(cond=lambda: w.data_paths == [demo_data_dir()] and w.token_report is not None)
-    w.train_page.iters.setValue(240)
-    w.train_page.lr.setCurrentText("2e-3")
-    w.start_training()
-    pump(cond=lambda: not w.jobs["train"].running)
+    tp = w.train_page
+    slot = tp.slot
+    w.go_to(2)
+    tp.set_preset("quick")
+
+    def train(iters, lr, until=None):
+        tp.iters.setValue(iters)
+        tp.option("lr").setValue(lr)
+        tp.option("valid_every").setValue(20)
+        pump(cond=lambda: tp.start_btn.isEnabled(), timeout=120)
+        tp.start()
+        if until is not None:
+            pump(cond=until)
+            return None
+        pump(cond=lambda: slot.state == "idle")
+        return w.run_dir
+
+    train(240, 1e-3, until=lambda: tp.plot.train_s.n >= 90)
+    pump(0.4)
+    shot(2, "page-train-running")
+    tp.pause()
+    pump(cond=lambda: slot.state == "paused", timeout=120)
+    pump(0.3)
+    shot(2, "page-train-paused")
+    tp.resume()
+    pump(cond=lambda: slot.state == "idle")
+    good = w.run_dir
+    tp.plot.flush()
+    shot(2, "page-train-done")
     shot(2, "page-train")
+    # a run that fails: its dataset's files were moved away after they were checked
+    import shutil
+
+    moved = HOME / "support-chats"
+    shutil.copytree(demo_data_dir(), moved)
+    w.load_data([moved], switch=False)
+    pump(cond=lambda: w.data_paths == [moved] and w.token_report is not None)
+    for f in moved.iterdir():
+        f.unlink()
+    w.go_to(2)
+    train(60, 1e-3)
+    shot(2, "page-train-failed")
+    w.load_data([demo_data_dir()], switch=False)
+    pump(cond=lambda: w.data_paths == [demo_data_dir()] and w.token_report is not None)
+    w.go_to(2)
+    other = train(240, 2e-4)
+    hp = w.history_page
+    pump(cond=lambda: hp.item_for(other) is not None and hp.item_for(good) is not None, timeout=30)
+    hp.set_ticked([good, other])
+    pump(0.3)
+    shot(5, "page-history")
+    hp.select_run(good)
+    pump(cond=lambda: w.model_checking is None, timeout=30)
     w.try_page.prompt.setText("Describe the blue kettle in structured format.")
     w.ask()
     pump(cond=lambda: not w.jobs["try"].running and w.try_page.tuned_out.toPlainText() not in ("...", ""))
@@ -129,7 +177,7 @@ def main():
     pump(cond=lambda: not w.jobs["export"].running)
     shot(4, "page-export")
     dark(True)
-    for row, name in ((2, "train"), (3, "try"), (4, "export")):
+    for row, name in ((2, "train"), (3, "try"), (4, "export"), (5, "history")):
         shot(row, f"page-{name}-dark")
     dark(False)
     w.close()

@@ -306,7 +306,7 @@ def test_presets_fill_the_options_from_core(qtbot, tmp_path, home):
         assert w.data_page.max_len.value() == want["max_seq_len"]  # one max length for Data and Train
     tp.set_preset("balanced")
     tp.option("rank").setValue(12)
-    assert tp.changed_options() == {"rank": 12} and "rank 12" in tp.preset_line.text()
+    assert tp.changed_options() == {"rank": 12} and "Changed from Balanced: rank 12" in tp.preset_line.text()
     w.close()
     w2 = make_window(qtbot, tmp_path / "s.ini")
     assert w2.train_page.preset_key() == "balanced" and w2.train_page.values()["rank"] == 12
@@ -387,3 +387,16 @@ def test_metrics_records_hold_the_step_report(home, tmp_path):
     prog = [p for p in ev.progresses if p[1] == 5]
     assert prog[-1][0] == 5 and "step 5/5" in prog[-1][2]
     assert json.loads((out / "status.json").read_text())["state"] == "done"
+
+
+def test_help_menu_shows_the_logs(home, qtbot, tmp_path, monkeypatch):
+    import app.logs
+
+    calls = []
+    monkeypatch.setattr(app.logs, "show_logs", lambda: calls.append(1) or True)
+    w = make_window(qtbot, tmp_path / "s.ini")
+    action = w.actions_["show_logs"]
+    help_menu = next(a.menu() for a in w.menuBar().actions() if a.text().replace("&", "") == "Help")
+    assert action in help_menu.actions() and action.text() == "Show Logs"
+    action.trigger()
+    assert calls == [1]

@@ -361,8 +361,9 @@ def machine_flops() -> float:
     return rate
 
 
-def measured_rate(model_dir: Path, runs_root: Path | None = None) -> float | None:
-    """Training tokens per second of the latest run on this model that got going (median of its steps)."""
+def measured_pace(model_dir: Path, runs_root: Path | None = None) -> float | None:
+    """Wall-clock seconds per training example of the latest run on this model that got going: its elapsed
+    time over the examples its steps took (validation, checkpoints and all included)."""
     from core import runs
 
     want = str(Path(model_dir).resolve())
@@ -374,10 +375,12 @@ def measured_rate(model_dir: Path, runs_root: Path | None = None) -> float | Non
             same = False
         if not same:
             continue
-        _, rates = runs.series(runs.read_metrics(d), "tokens_per_sec")
-        rates = rates[3:]  # the first steps compile
-        if len(rates) >= 5:
-            return float(sorted(rates)[len(rates) // 2])
+        steps = [m for m in runs.read_metrics(d) if "train_loss" in m and "elapsed" in m]
+        if len(steps) >= 10:
+            first, last = steps[2], steps[-1]  # from the third step: the first ones compile
+            examples = (last["step"] - first["step"]) * int(cfg.get("batch", 4)) * int(cfg.get("grad_accum", 1))
+            if examples > 0 and last["elapsed"] > first["elapsed"]:
+                return (last["elapsed"] - first["elapsed"]) / examples
     return None
 
 
@@ -441,15 +444,16 @@ def estimate_training(model_dir: Path, options: dict, n_train: int, lengths: lis
     steps = int(options["iters"]) if options.get("iters") else max(1, int(round(float(options["epochs"]) * per_epoch)))
     mean_len = (sum(min(n, seq) for n in lengths) / len(lengths)) if lengths else seq / 2
     tokens_per_step = batch * accum * mean_len * 1.15  # padding to the longest in a batch
-    rate = measured_rate(model_dir)
-    if rate:
-        basis = "from the speed of your last run on this model"
+    pace = measured_pace(model_dir)
+    if pace:
+        seconds = steps * batch * accum * pace
+        basis = "at the pace of your last run on this model"
     else:
-        rate = machine_flops() * 0.5 / max(1.0, 4.0 * params)
+        rate = machine_flops() * 0.5 / max(1.0, 4.0 * params)  # tokens per second
+        seconds = steps * tokens_per_step / rate if rate else None
         basis = "from a quick speed test of this computer"
-    if options.get("grad_checkpoint"):
-        rate /= 1.33
-    seconds = steps * tokens_per_step / rate if rate else None
+    if seconds and options.get("grad_checkpoint"):
+        seconds *= 1.33
     return TrainEstimate(int(mem), int(avail), steps, seconds, basis, fits, fix, tokens_per_step)
 
 

@@ -281,7 +281,8 @@ class MainWindow(QMainWindow):
         except ImportError:
             self.statusBar().showMessage("Logs are not available in this version.", 6000)
             return
-        logs.show_logs()
+        if not logs.show_logs():
+            self.statusBar().showMessage(f"Tuneloom's logs are in {logs.log_dir()}", 10000)
 
     def show_about(self):
         QMessageBox.about(self, "About Tuneloom",

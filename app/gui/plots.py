@@ -263,7 +263,7 @@ class ComparePlot(_ThemedPlot):
         self.getPlotItem().setDownsampling(auto=True, mode="peak")
         self.runs: list[str] = []
 
-    def show_runs(self, runs: list[tuple[str, list, list, list, list]], smoothing: float = 0.6) -> None:
+    def show_runs(self, runs: list[tuple[str, list, list, list, list]], smoothing: float = 0.9) -> None:
         """``runs``: (label, train steps, train losses, valid steps, valid losses) per run."""
         self.clear()
         self.legend.clear()

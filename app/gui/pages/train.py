@@ -234,6 +234,13 @@ class OptionsForm(QWidget):
                 w.setValue(float(v))
 
 
+def _shown(v) -> str:
+    """An option's value in the "changed from the preset" line."""
+    if v is None:
+        return "auto"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def _default(name: str):
     f = {f.name: f for f in fields(TrainConfig)}[name]
     if f.default is not MISSING:
@@ -453,7 +460,8 @@ class TrainPage(Page):
         text = html.escape(trade)
         if changed:
             text += (f"<br><span style='color:{muted}'>Changed from {html.escape(label)}: "
-                     + html.escape(", ".join(f"{k} {v}" for k, v in changed.items())) + "</span>")
+                     + html.escape(", ".join(f"{option_label(k).lower()} {_shown(v)}" for k, v in changed.items()))
+                     + "</span>")
         self.preset_line.setText(text)
         data = self.ctx.pages.get("data")
         if data is not None:  # one max length: the Data page's histogram shows what will be cut off
@@ -647,8 +655,10 @@ class TrainPage(Page):
 
     # -- reports
     def _step(self, r):
-        if self.last_report is None and self.slot.job is not None:
-            self.slot.job.end_quiet_gc()
+        if self.last_report is None:
+            if self.slot.job is not None:
+                self.slot.job.end_quiet_gc()
+            self.session.touch_run()  # the run is under way: the history shows it as training
         self.plot.set_total(r.total)
         self.plot.add_step(r.step, r.train_loss, r.learning_rate)
         self.last_report = r
@@ -657,7 +667,8 @@ class TrainPage(Page):
     def _metric(self, name, step, value):
         if name == "valid_loss":
             self.plot.add_valid(step, value)
-            self.stat["valid"].setText(f"{value:.4f} (step {step})")
+            self.stat["valid"].setText(f"{value:.4f} @{step}")
+            self.stat["valid"].setToolTip(f"validation loss at step {step}")
 
     def _show_stats(self):
         if not self._stats_dirty or self.last_report is None:
@@ -750,6 +761,15 @@ class TrainPage(Page):
 
     def _show_result(self, kind):
         self._paint_result(kind)
+
+    def changeEvent(self, event):
+        from PySide6.QtCore import QEvent
+
+        # the result box's colour was mixed from the palette: mix it again for the new appearance
+        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange) and \
+                hasattr(self, "result_box"):
+            self._paint_result(self.result_state)
+        super().changeEvent(event)
 
     def _paint_result(self, kind):
         """The result box takes the colour of how the run ended."""
