@@ -31,6 +31,8 @@ WARN_SHARE = 0.6
 
 _ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MLP = ("gate_proj", "up_proj", "down_proj")
+# Qwen3.5's Gated DeltaNet layers: the projections core.train adapts (DELTANET_KEYS)
+_DELTANET = ("in_proj_qkv", "in_proj_z", "out_proj")
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,9 @@ def fits(entry: CatalogEntry, memory_bytes: int | None = None, preset: str | Non
         return True, f"needs about {_gb(need)}; the memory of {where} is unknown"
     if need > REFUSE_SHARE * mem:
         alt = " Try its 4-bit version, or a smaller model." if not entry.quantized else " Try a smaller model."
+        checkpointed = entry.raw.get("train_memory_checkpointed_bytes") if preset in (None, DEFAULT_PRESET) else None
+        if checkpointed and checkpointed <= REFUSE_SHARE * mem:  # Qwen3.5: the recurrent state dominates
+            alt = f" With \u201cSave memory\u201d (gradient checkpointing) on it needs about {_gb(checkpointed)}."
         return False, f"needs about {_gb(need)} to train, {where} has {_gb(mem)}.{alt}"
     if need > WARN_SHARE * mem:
         return True, f"fits, but tightly: needs about {_gb(need)} of {_gb(mem)}; close other apps while training"
@@ -167,16 +172,81 @@ def _head_dims(c: dict) -> tuple[int, int, int]:
     return n_head, n_kv, hd
 
 
-def _linear_shapes(c: dict) -> dict[str, tuple[int, int]]:
-    """(in, out) of each adapted linear layer of one block."""
+def text_dims(c: dict) -> dict:
+    """A config's text-model dimensions at the top level (Qwen3.5 nests them in "text_config")."""
+    return {**c, **(c.get("text_config") or {})}
+
+
+def is_hybrid(c: dict) -> bool:
+    """Qwen3.5: Gated DeltaNet (linear attention) layers between full-attention ones."""
+    c = text_dims(c)
+    return "linear_num_value_heads" in c or str(c.get("model_type", "")).startswith("qwen3_5")
+
+
+def layer_kinds(c: dict) -> list[str]:
+    """"linear_attention" or "full_attention" for each layer (all full for the dense families)."""
+    c = text_dims(c)
+    n = c["num_hidden_layers"]
+    if not is_hybrid(c):
+        return ["full_attention"] * n
+    if c.get("layer_types"):
+        return list(c["layer_types"])
+    interval = c.get("full_attention_interval", 4)
+    return ["full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in range(n)]
+
+
+def _linear_shapes(c: dict, kind: str = "full_attention") -> dict[str, tuple[int, int]]:
+    """(in, out) of each adapted linear layer of one block (of the given kind, for Qwen3.5)."""
+    c = text_dims(c)
     h, inter = c["hidden_size"], c["intermediate_size"]
+    mlp = {"gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h)}
+    if kind == "linear_attention":
+        nk, nv = c["linear_num_key_heads"], c["linear_num_value_heads"]
+        dk, dv = c["linear_key_head_dim"], c["linear_value_head_dim"]
+        return {"in_proj_qkv": (h, 2 * nk * dk + nv * dv), "in_proj_z": (h, nv * dv), "out_proj": (nv * dv, h), **mlp}
     n_head, n_kv, hd = _head_dims(c)
-    return {"q_proj": (h, n_head * hd), "k_proj": (h, n_kv * hd), "v_proj": (h, n_kv * hd),
-            "o_proj": (n_head * hd, h), "gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h)}
+    q_out = n_head * hd * (2 if is_hybrid(c) else 1)  # Qwen3.5's q_proj also yields the output gate
+    return {"q_proj": (h, q_out), "k_proj": (h, n_kv * hd), "v_proj": (h, n_kv * hd),
+            "o_proj": (n_head * hd, h), **mlp}
+
+
+def qwen35_param_counts(c: dict) -> dict[str, int]:
+    """Parameters of a Qwen3.5 checkpoint by part, from its config.json: the text model (what is
+    trained and exported), the multi-token-prediction head and the vision tower (both in the
+    hub's weight files, neither trained nor exported). Every tensor of a checkpoint
+    (tests/fixtures/models/Qwen3.5-0.8B/tiny-layout.json) counted from its shape; checked
+    against the published weight files: 2 bytes x the total is the size of
+    Qwen3.5-0.8B's / 2B's model.safetensors less its JSON header (65 / 82 kB)."""
+    t = text_dims(c)
+    h, ff, vocab = t["hidden_size"], t["intermediate_size"], t["vocab_size"]
+    n_head, n_kv, hd = _head_dims(t)
+    nk, nv = t["linear_num_key_heads"], t["linear_num_value_heads"]
+    dk, dv, kernel = t["linear_key_head_dim"], t["linear_value_head_dim"], t["linear_conv_kernel_dim"]
+    mlp, norms = 3 * h * ff, 2 * h
+    full = h * 2 * n_head * hd + 2 * h * n_kv * hd + n_head * hd * h + 2 * hd  # q (+gate), k, v, o, q/k norms
+    conv = 2 * nk * dk + nv * dv
+    linear = h * conv + h * nv * dv + 2 * h * nv + conv * kernel + 2 * nv + dv + nv * dv * h  # qkv, z, a, b, conv, A, dt, norm, out
+    text = vocab * h + h + sum((linear if k == "linear_attention" else full) + mlp + norms for k in layer_kinds(t))
+    if not t.get("tie_word_embeddings", c.get("tie_word_embeddings", False)):
+        text += vocab * h
+    n_mtp = t.get("mtp_num_hidden_layers", 0)
+    mtp = 2 * h * h + 2 * h + n_mtp * (full + mlp + norms) + h if n_mtp else 0  # fc, 2 norms, blocks, norm
+    v = c.get("vision_config") or {}
+    vision = 0
+    if v:
+        vh, vi, merged = v["hidden_size"], v["intermediate_size"], v["hidden_size"] * v["spatial_merge_size"] ** 2
+        block = 4 * vh * vh + 4 * vh + 2 * vi * vh + vi + vh + 4 * vh  # qkv, proj, fc1, fc2 (+biases), 2 layer norms
+        vision = (vh * v["in_channels"] * v["temporal_patch_size"] * v["patch_size"] ** 2 + vh  # patch embedding
+                  + v["num_position_embeddings"] * vh + v["depth"] * block
+                  + 2 * vh + merged * merged + merged + v["out_hidden_size"] * merged + v["out_hidden_size"])  # merger
+    return {"text": text, "mtp": mtp, "vision": vision, "total": text + mtp + vision}
 
 
 def param_count(c: dict, include_lm_head: bool | None = None) -> int:
-    """Parameters of a Qwen2/Qwen3/Llama model from its config (lm_head counted unless tied)."""
+    """Parameters of a Qwen2/Qwen3/Llama model from its config (lm_head counted unless tied);
+    of a Qwen3.5, its text model (see ``qwen35_param_counts`` for the whole checkpoint)."""
+    if is_hybrid(c):
+        return qwen35_param_counts(c)["text"]
     h, v, layers = c["hidden_size"], c["vocab_size"], c["num_hidden_layers"]
     n_head, n_kv, hd = _head_dims(c)
     shapes = _linear_shapes(c)
@@ -192,8 +262,19 @@ def param_count(c: dict, include_lm_head: bool | None = None) -> int:
 def quantized_weight_bytes(c: dict, bits: int = 4, group_size: int = 64, scale_bytes: int = 2) -> int:
     """Bytes of an MLX-quantized checkpoint: linear layers and embeddings packed at ``bits`` with a
     scale and a bias per group, norms and biases in 16 bits (mlx-lm drops a tied lm_head)."""
-    h, v, layers = c["hidden_size"], c["vocab_size"], c["num_hidden_layers"]
     per_weight = bits / 8 + 2 * scale_bytes / group_size
+    if is_hybrid(c):
+        # the text model as mlx-lm converts it: every linear layer and the embedding
+        # packed (in_proj_a/b too), norms, conv kernels, A_log and dt_bias in 16 bits
+        t = text_dims(c)
+        h, v = t["hidden_size"], t["vocab_size"]
+        nv = t["linear_num_value_heads"]
+        linear = v * h + sum(sum(i * o for i, o in _linear_shapes(t, k).values()) + (2 * h * nv if k == "linear_attention" else 0)
+                             for k in layer_kinds(t))
+        if not t.get("tie_word_embeddings", c.get("tie_word_embeddings", False)):
+            linear += v * h
+        return int(linear * per_weight + (qwen35_param_counts(c)["text"] - linear) * 2)
+    h, v, layers = c["hidden_size"], c["vocab_size"], c["num_hidden_layers"]
     linear = layers * sum(i * o for i, o in _linear_shapes(c).values()) + v * h
     if not c.get("tie_word_embeddings", False):
         linear += v * h
@@ -202,15 +283,23 @@ def quantized_weight_bytes(c: dict, bits: int = 4, group_size: int = 64, scale_b
 
 
 def lora_param_count(c: dict, targets: str = "all", rank: int = 8, num_layers: int = -1) -> int:
-    keys = _ATTENTION + (_MLP if targets == "all" else ())
-    shapes = _linear_shapes(c)
-    layers = c["num_hidden_layers"] if num_layers < 0 else min(num_layers, c["num_hidden_layers"])
-    return layers * sum(rank * (shapes[k][0] + shapes[k][1]) for k in keys)
+    """LoRA parameters core.train adds: the token mixers (attention; Qwen3.5's DeltaNet
+    projections) and with ``targets="all"`` the MLP, in the last ``num_layers`` blocks."""
+    keys = _ATTENTION + _DELTANET + (_MLP if targets == "all" else ())
+    kinds = layer_kinds(c)
+    if num_layers >= 0:
+        kinds = kinds[len(kinds) - min(num_layers, len(kinds)):]
+    total = 0
+    for kind in kinds:
+        shapes = _linear_shapes(c, kind)
+        total += sum(rank * (shapes[k][0] + shapes[k][1]) for k in keys if k in shapes)
+    return total
 
 
 def train_memory_estimate(entry_or_config: CatalogEntry | dict, preset: str = DEFAULT_PRESET,
-                          weight_bytes: int | None = None) -> int:
-    """``core.train.estimate_memory`` for training with ``preset`` (TrainConfig defaults filled in)."""
+                          weight_bytes: int | None = None, grad_checkpoint: bool | None = None) -> int:
+    """``core.train.estimate_memory`` for training with ``preset`` (TrainConfig defaults filled in;
+    ``grad_checkpoint`` overrides the preset's)."""
     from core.train import PRESETS, TrainConfig, estimate_memory
 
     if isinstance(entry_or_config, CatalogEntry):
@@ -226,6 +315,8 @@ def train_memory_estimate(entry_or_config: CatalogEntry | dict, preset: str = DE
     defaults = TrainConfig(model="")
     p: dict[str, Any] = {**{k: getattr(defaults, k) for k in ("rank", "batch", "max_seq_len", "targets",
                                                               "num_layers", "grad_checkpoint")}, **PRESETS[preset]}
+    if grad_checkpoint is not None:
+        p["grad_checkpoint"] = grad_checkpoint
     lora = lora_param_count(c, p["targets"], p["rank"], p["num_layers"])
     return estimate_memory(c, weight_bytes, lora, p["batch"], p["max_seq_len"], p["grad_checkpoint"])
 
@@ -243,6 +334,10 @@ def refresh_estimates(path: str | os.PathLike | None = None) -> int:
         new = train_memory_estimate(d["config"], DEFAULT_PRESET, weight_bytes=d["weight_bytes"])
         changed += new != d.get("train_memory_bytes")
         d["train_memory_bytes"], d["train_memory_preset"] = new, DEFAULT_PRESET
+        if "train_memory_checkpointed_bytes" in d:  # Qwen3.5: the figure with gradient checkpointing too
+            ck = train_memory_estimate(d["config"], DEFAULT_PRESET, weight_bytes=d["weight_bytes"], grad_checkpoint=True)
+            changed += ck != d["train_memory_checkpointed_bytes"]
+            d["train_memory_checkpointed_bytes"] = ck
     write_json(p, data)
     return changed
 

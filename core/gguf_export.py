@@ -1,9 +1,10 @@
 """Hugging Face model folder -> one GGUF file that llama.cpp (and so Ollama) reads exactly.
 
-Supported: ``Qwen2ForCausalLM`` (gguf arch ``qwen2``), ``Qwen3ForCausalLM`` (``qwen3``) and
-``LlamaForCausalLM`` (``llama``), in f32 / f16 / bf16 / q8_0 / q4_0 and the K-quant mixes
-q4_k_m / q5_k_m / q6_k. Quantized files take llama.cpp's per-tensor type choices
-(``llama_tensor_get_type`` in llama-quant.cpp) and its quantizers' exact output: Q8_0,
+Supported: ``Qwen2ForCausalLM`` (gguf arch ``qwen2``), ``Qwen3ForCausalLM`` (``qwen3``),
+``Qwen3_5ForConditionalGeneration`` (``qwen35``: the text model, without the vision tower
+and the multi-token-prediction head) and ``LlamaForCausalLM`` (``llama``), in f32 / f16 /
+bf16 / q8_0 / q4_0 and the K-quant mixes q4_k_m / q5_k_m / q6_k. Quantized files take
+llama.cpp's per-tensor type choices (``llama_tensor_get_type`` in llama-quant.cpp) and its quantizers' exact output: Q8_0,
 Q4_0, Q5_0, Q5_1 through ``gguf.quants``, the K-quants through :mod:`core.kquants`.
 So a quantized export equals ``llama-quantize`` run on our F16 export of the same
 float16 weights, byte for byte (tests/test_kquants.py checks it).
@@ -58,6 +59,165 @@ class ArchSpec:
     # tensors llama.cpp requires per block beyond the common set
     extra_block_tensors: tuple[gguf.MODEL_TENSOR, ...] = ()
     extra_block_biases: tuple[gguf.MODEL_TENSOR, ...] = ()
+    # hybrid and multimodal architectures (Qwen3.5): the hyper-parameters live under
+    # "text_config"; checkpoint tensors with these name prefixes are not part of the text
+    # model; per-tensor (name, shape, transform) rule; the tensors each block needs
+    # (they differ between layer kinds); extra hyper-parameters; tensors always kept F32
+    text_config: bool = False
+    skip_prefixes: tuple[str, ...] = ()
+    tensor_rule: Any = None  # (config, name, shape, hf_layout) -> (name, shape, transform | None)
+    block_names: Any = None  # (config, block id) -> GGUF tensor names the block needs
+    extra_hparams: Any = None  # (writer, config) -> None
+    f32_tensors: tuple[gguf.MODEL_TENSOR, ...] = ()
+
+
+# --------------------------------------------------------------------------- Qwen3.5
+
+def text_config(config: dict) -> dict:
+    """A multimodal config with its ``text_config`` lifted to the top level, as llama.cpp's
+    converter reads the hyper-parameters (the text values win)."""
+    return {**config, **(config.get("text_config") or {})}
+
+
+# Parts of a Qwen3.5 checkpoint that are not the text model of llama.cpp's qwen35 graph.
+# The vision tower (model.visual.*; vision_tower.* in mlx-vlm's layout) is read by
+# llama.cpp from a separate mmproj file, never from the text GGUF. The multi-token-
+# prediction head (mtp.*) is dropped deliberately, as llama.cpp's converter does with
+# --no-mtp: llama.cpp uses it only for speculative decoding, mlx-lm drops it on load so a
+# fine-tune never trains it (it would keep predicting for the base model's hidden
+# states), and without it the file needs no nextn_predict_layers and block_count is
+# num_hidden_layers, which is what llama.cpp's loader expects of a file without MTP.
+QWEN35_SKIPPED_PREFIXES = ("model.visual.", "visual.", "vision_tower.", "model.vision_tower.", "mtp.", "model.mtp.")
+
+
+def _qwen35_is_recurrent(config: dict, bid: int) -> bool:
+    layer_types = config.get("layer_types")
+    if layer_types:
+        return layer_types[bid] == "linear_attention"
+    return (bid + 1) % int(config.get("full_attention_interval", 4)) != 0
+
+
+def _tile_v_heads(x: np.ndarray, n_k: int, per_k: int, head_dim: int, axis: int = 0) -> np.ndarray:
+    """Value heads from grouped order (all heads of key head 0, then of key head 1, ...) to
+    tiled order (value head 0 of every key head, then value head 1, ...): what ggml's
+    broadcasting of the key heads over the value heads expects (conversion/qwen.py,
+    _LinearAttentionVReorderBase)."""
+    x = np.moveaxis(x, axis, 0)
+    shape = x.shape
+    x = x.reshape(n_k, per_k, head_dim, *shape[1:]).swapaxes(0, 1).reshape(shape)
+    return np.moveaxis(x, 0, axis)
+
+
+def _qwen35_tensor(config: dict, name: str, shape: tuple[int, ...], hf_layout: bool):
+    """(name for the tensor-name table, shape as written, transform or None) of one Qwen3.5
+    text-model tensor: the transforms of llama.cpp's converter (Qwen3NextModel and
+    _LinearAttentionVReorderBase in conversion/qwen.py).
+
+    - Qwen3.5's RMSNorm weights are zero-centred (the model scales by 1 + w): the 1 is
+      added, except for the DeltaNet's gated norm, which scales by w. A folder saved by
+      mlx-lm (``hf_layout`` False: its conv1d kernels are [C, K, 1]) has it added already.
+    - A_log is written as A = -exp(A_log); dt_bias is named dt_proj.bias (ssm_dt.bias).
+    - The depthwise conv1d kernel, [C, 1, K] (mlx-lm: [C, K, 1]), is written as [C, K].
+    - With more value heads than key heads, every DeltaNet tensor's value-head axis goes
+      to tiled order (``_tile_v_heads``).
+    """
+    name = name.replace("language_model.", "")  # model.language_model.* (HF), language_model.model.* (mlx-lm)
+    steps = []
+    if name.endswith("norm.weight") and not name.endswith("linear_attn.norm.weight") and hf_layout:
+        steps.append(lambda x: x + np.float32(1.0))
+    if name.endswith(".A_log"):
+        steps.append(lambda x: -np.exp(x))
+    if name.endswith(".dt_bias"):
+        name = name[: -len(".dt_bias")] + ".dt_proj.bias"
+    if "conv1d" in name and len(shape) == 3:
+        shape = (shape[0], shape[1] * shape[2])
+        steps.append(lambda x, s=shape: x.reshape(s))
+    n_k, n_v = int(config["linear_num_key_heads"]), int(config["linear_num_value_heads"])
+    if n_v != n_k and ".linear_attn." in name:
+        per_k = n_v // n_k
+        d_v, qk = int(config["linear_value_head_dim"]), 2 * n_k * int(config["linear_key_head_dim"])
+
+        def tile_rows_after(start: int, head_dim: int):
+            def f(x):
+                x = x.copy()
+                x[start:] = _tile_v_heads(x[start:], n_k, per_k, head_dim)
+                return x
+            return f
+
+        if ".in_proj_qkv." in name or ".conv1d." in name:
+            steps.append(tile_rows_after(qk, d_v))  # q and k rows stay, the v rows are tiled
+        elif ".in_proj_z." in name:
+            steps.append(tile_rows_after(0, d_v))
+        elif ".in_proj_a." in name or ".in_proj_b." in name or name.endswith((".A_log", ".dt_proj.bias")):
+            steps.append(tile_rows_after(0, 1))
+        elif ".out_proj." in name:
+            steps.append(lambda x: _tile_v_heads(x, n_k, per_k, d_v, axis=1))
+    if not steps:
+        return name, shape, None
+
+    def transform(x: np.ndarray) -> np.ndarray:
+        for f in steps:
+            x = f(x)
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    return name, shape, transform
+
+
+def _qwen35_block_names(config: dict, bid: int) -> list[str]:
+    """What llama.cpp's qwen35 loader requires of block ``bid`` (src/models/qwen35.cpp)."""
+    T, names = gguf.MODEL_TENSOR, gguf.TENSOR_NAMES
+
+    def w(kind):
+        return names[kind].format(bid=bid) + ".weight"
+
+    need = [w(T.ATTN_NORM), w(T.ATTN_POST_NORM), w(T.FFN_GATE), w(T.FFN_UP), w(T.FFN_DOWN)]
+    if _qwen35_is_recurrent(config, bid):
+        need += [w(T.ATTN_QKV), w(T.ATTN_GATE), w(T.SSM_CONV1D), names[T.SSM_DT].format(bid=bid) + ".bias",
+                 names[T.SSM_A].format(bid=bid), w(T.SSM_BETA), w(T.SSM_ALPHA), w(T.SSM_NORM), w(T.SSM_OUT)]
+    else:
+        need += [w(T.ATTN_Q), w(T.ATTN_K), w(T.ATTN_V), w(T.ATTN_OUT), w(T.ATTN_Q_NORM), w(T.ATTN_K_NORM)]
+    return need
+
+
+def _qwen35_hparams(w: gguf.GGUFWriter, c: dict) -> None:
+    """The Gated DeltaNet, layer-pattern and partial/multi-section RoPE keys llama.cpp's
+    converter writes for qwen35 (Qwen3NextModel and _Qwen35MRopeMixin)."""
+    n_k, n_v = int(c["linear_num_key_heads"]), int(c["linear_num_value_heads"])
+    d_k, d_v = int(c["linear_key_head_dim"]), int(c["linear_value_head_dim"])
+    if n_v % n_k or d_k != d_v:
+        raise TuneloomError(
+            f"This Qwen3.5 variant ({n_k} key / {n_v} value heads of {d_k}/{d_v} dims) is not one llama.cpp's qwen35 "
+            "graph can run (it needs value heads in whole groups per key head and equal key/value head sizes).",
+            "Export a published Qwen3.5 model.")
+    n_layers, interval = int(c["num_hidden_layers"]), int(c.get("full_attention_interval", 4))
+    layer_types = c.get("layer_types")
+    if layer_types is not None:
+        if len(layer_types) != n_layers:
+            raise TuneloomError(f"layer_types has {len(layer_types)} entries for {n_layers} layers in config.json.",
+                                "The config.json is damaged: download the model again.")
+        # this gguf has no key for a free layer pattern, and llama.cpp derives it from
+        # the interval when the file has none: the two must agree
+        if any((t == "linear_attention") != ((i + 1) % interval != 0) for i, t in enumerate(layer_types)):
+            raise TuneloomError("This Qwen3.5 variant's layer pattern is not one full-attention layer every "
+                                f"{interval}, which is all a qwen35 GGUF can describe here.", "Export a published Qwen3.5 model.")
+    w.add_ssm_conv_kernel(int(c["linear_conv_kernel_dim"]))
+    w.add_ssm_state_size(d_k)
+    w.add_ssm_group_count(n_k)
+    w.add_ssm_time_step_rank(n_v)
+    w.add_ssm_inner_size(d_v * n_v)
+    w.add_full_attention_interval(interval)
+    rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
+    head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    w.add_rope_dimension_count(int(head_dim * rope.get("partial_rotary_factor", c.get("partial_rotary_factor", 0.25))))
+    # llama.cpp's loader requires the sections; Qwen3.5 always uses interleaved mRoPE,
+    # [11, 11, 10] unless the config says otherwise
+    sections = list(rope.get("mrope_section") or [11, 11, 10])
+    w.add_rope_dimension_sections((sections + [0, 0, 0, 0])[:4])
+
+
+_QWEN35 = dict(text_config=True, skip_prefixes=QWEN35_SKIPPED_PREFIXES, tensor_rule=_qwen35_tensor,
+               block_names=_qwen35_block_names, extra_hparams=_qwen35_hparams,
+               f32_tensors=(gguf.MODEL_TENSOR.SSM_CONV1D,))
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {
@@ -70,6 +230,9 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         extra_block_tensors=(gguf.MODEL_TENSOR.ATTN_Q_NORM, gguf.MODEL_TENSOR.ATTN_K_NORM),
     ),
     "LlamaForCausalLM": ArchSpec(gguf.MODEL_ARCH.LLAMA, permute_qk=True, write_vocab_and_rope_dim=True),
+    # Qwen3.5 (hub checkpoints: text model + vision tower + MTP head) and a text-only re-save
+    "Qwen3_5ForConditionalGeneration": ArchSpec(gguf.MODEL_ARCH.QWEN35, **_QWEN35),
+    "Qwen3_5ForCausalLM": ArchSpec(gguf.MODEL_ARCH.QWEN35, **_QWEN35),
 }
 
 _BLOCK_TENSORS = (
@@ -113,6 +276,8 @@ BPE_PRE_TOKENIZERS: dict[str, tuple[str, bool]] = {
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": ("qwen2", False),
     # Llama 3 (digits grouped by three)
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": ("llama-bpe", True),
+    # Qwen3.5 (letters may carry combining marks, \p{M}): llama.cpp's "qwen35"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": ("qwen35", False),
 }
 _ALLOWED_BPE_NORMALIZERS = (None, "NFC")
 
@@ -187,6 +352,13 @@ class _PlannedTensor:
     out_dtype: type
     nbytes: int
     permute_heads: int | None = None  # llama Q/K row reorder over this many heads
+    transform: Any = None  # float32 tensor as stored -> as written (Qwen3.5, see _qwen35_tensor)
+    written_shape: tuple[int, ...] | None = None  # when the transform reshapes
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The tensor's shape as written (numpy order)."""
+        return self.written_shape or self.src.shape
 
 
 def _out_layout(shape: tuple[int, ...], qtype: QT) -> tuple[tuple[int, ...], type, int]:
@@ -238,7 +410,9 @@ def _choose_qtype(gguf_name: str, shape: tuple[int, ...], rules: _TypeRules, eve
             qtype = QT.Q8_0
         elif default != QT.Q8_0:
             qtype = QT.Q6_K
-    elif gguf_name.endswith("attn_v.weight"):
+    elif gguf_name.endswith(("attn_v.weight", "attn_qkv.weight")):
+        # llama.cpp counts attn_qkv (Qwen3.5's DeltaNet input) as an attn_v-like tensor;
+        # each layer has exactly one of the two, so its counter is the layer number
         if rules.quant in ("q4_k_m", "q5_k_m") and _use_more_bits(layer, rules.n_layers):
             qtype = QT.Q6_K
         if rules.is_70b and qtype == QT.Q4_K:
@@ -273,7 +447,7 @@ def _arch_spec(config: dict) -> tuple[str, ArchSpec]:
     if spec is None:
         raise TuneloomError(
             f"Cannot export architecture {hf_arch!r} to GGUF.",
-            "Supported: " + ", ".join(sorted(ARCHITECTURES)) + ". Pick a Qwen2/Qwen2.5, Qwen3 or Llama/TinyLlama model.",
+            "Supported: " + ", ".join(sorted(ARCHITECTURES)) + ". Pick a Qwen2/Qwen2.5, Qwen3, Qwen3.5 or Llama/TinyLlama model.",
         )
     return hf_arch, spec
 
@@ -303,6 +477,19 @@ def _plan_tensors(model_dir: Path, config: dict, spec: ArchSpec, quant: str, eve
             "Fuse an adapter into it first (fusing dequantizes) and export the fused folder.",
         )
 
+    if spec.skip_prefixes:
+        skipped = [t for t in stored if t.name.startswith(spec.skip_prefixes)]
+        if skipped:
+            events.log("info", f"Not exported: {len(skipped)} tensor(s) outside the text model (vision tower, "
+                               "multi-token-prediction head), as llama.cpp's converter leaves them out of the text GGUF")
+            stored = [t for t in stored if not t.name.startswith(spec.skip_prefixes)]
+            names = {t.name for t in stored}
+    # a folder saved by mlx-lm keeps its own layout (mlx-lm's sanitize test: conv1d kernels [C, K, 1])
+    hf_layout = any("conv1d" in t.name and len(t.shape) == 3 and t.shape[-1] != 1 for t in stored)
+    if spec.tensor_rule is not None:
+        names = {spec.tensor_rule(config, n, (1, 1, 1), hf_layout)[0] for n in names}
+    f32_names = {gguf.TENSOR_NAMES[k].format(bid=b) + ".weight" for k in spec.f32_tensors for b in range(n_layers)}
+
     # the matrix that produces the logits: llama.cpp uses the token embedding when tied
     output_name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.OUTPUT] + ".weight"
     if not any(tensor_map.get_name(n, try_suffixes=(".weight",)) == output_name for n in names):
@@ -318,18 +505,23 @@ def _plan_tensors(model_dir: Path, config: dict, spec: ArchSpec, quant: str, eve
             continue  # recomputed by llama.cpp from rope_theta
         if t.dtype not in _ST_DTYPES:
             raise TuneloomError(f"Tensor {t.name} has dtype {t.dtype}, which GGUF export does not read.", "Export a float16/bfloat16/float32 model.")
-        gguf_name = tensor_map.get_name(t.name, try_suffixes=(".weight", ".bias"))
+        name, shape, transform = t.name, t.shape, None
+        if spec.tensor_rule is not None:
+            name, shape, transform = spec.tensor_rule(config, t.name, t.shape, hf_layout)
+        gguf_name = tensor_map.get_name(name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise TuneloomError(f"Unexpected tensor {t.name!r} for {gguf.MODEL_ARCH_NAMES[spec.arch]}.",
                                 "The weights do not match config.json's architecture.")
-        qtype = _choose_qtype(gguf_name, t.shape, rules, events)
-        out_shape, out_dtype, nbytes = _out_layout(t.shape, qtype)
+        # tensors the converter always writes as F32 and llama-quantize never quantizes
+        qtype = QT.F32 if gguf_name in f32_names else _choose_qtype(gguf_name, shape, rules, events)
+        out_shape, out_dtype, nbytes = _out_layout(shape, qtype)
         permute = None
         if spec.permute_qk and t.name.endswith(("q_proj.weight", "q_proj.bias")):
             permute = n_head
         elif spec.permute_qk and t.name.endswith(("k_proj.weight", "k_proj.bias")):
             permute = n_kv
-        plan.append(_PlannedTensor(t, gguf_name, qtype, out_shape, out_dtype, nbytes, permute))
+        plan.append(_PlannedTensor(t, gguf_name, qtype, out_shape, out_dtype, nbytes, permute, transform,
+                                   shape if shape != t.shape else None))
 
     _check_complete(plan, config, spec, n_layers)
     return plan
@@ -341,6 +533,9 @@ def _check_complete(plan: list[_PlannedTensor], config: dict, spec: ArchSpec, n_
     names = gguf.TENSOR_NAMES
     need = [names[gguf.MODEL_TENSOR.TOKEN_EMBD] + ".weight", names[gguf.MODEL_TENSOR.OUTPUT_NORM] + ".weight"]
     for bid in range(n_layers):
+        if spec.block_names is not None:
+            need += spec.block_names(config, bid)
+            continue
         for kind in _BLOCK_TENSORS + spec.extra_block_tensors:
             need.append(names[kind].format(bid=bid) + ".weight")
         for kind in spec.extra_block_biases:
@@ -383,6 +578,8 @@ def _add_hparams(w: gguf.GGUFWriter, config: dict, spec: ArchSpec, ftype: gguf.L
     if spec.write_vocab_and_rope_dim:
         w.add_vocab_size(config["vocab_size"])
         w.add_rope_dimension_count(config.get("head_dim") or config["hidden_size"] // n_head)
+    if spec.extra_hparams is not None:
+        spec.extra_hparams(w, config)
     w.add_file_type(ftype)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
@@ -455,7 +652,7 @@ def detect_bpe_pre(tokenizer_json: dict) -> str:
     if bool(model.get("ignore_merges", False)) != ignore_merges:
         raise TuneloomError(f"The tokenizer's ignore_merges={model.get('ignore_merges')} does not match llama.cpp's {name!r} pre-tokenizer.",
                             "llama.cpp would tokenize this model differently; export is refused.")
-    if norm_type == "NFC" and name != "qwen2":
+    if norm_type == "NFC" and name not in ("qwen2", "qwen35"):
         raise TuneloomError("Unrecognised tokenizer normalizer 'NFC' for this pre-tokenizer.", "")
     return name
 
@@ -723,9 +920,11 @@ class _BlockPool:
 
 def _convert_chunks(p: _PlannedTensor, cancel: CancelToken | None = None, pool: _BlockPool | None = None):
     """The converted tensor as consecutive ``(rows done, rows in all, block)`` (each type works row by row)."""
-    shape = p.src.shape
+    shape = p.shape
     if len(shape) < 2:  # 1-D tensors are small
         data = p.src.read_f32()
+        if p.transform is not None:
+            data = p.transform(data)
         if p.permute_heads:
             data = _permute_for_llama_rope(data, p.permute_heads)
         out = _convert_rows(p, data)
@@ -734,6 +933,8 @@ def _convert_chunks(p: _PlannedTensor, cancel: CancelToken | None = None, pool: 
         yield 1, 1, out
         return
     rows = None
+    if p.transform is not None:  # Qwen3.5's reorders and reshapes: small tensors, done whole
+        rows = p.transform(p.src.read_f32())
     if p.permute_heads:
         # the Llama Q/K reorder mixes rows within a head: reorder the (small) tensor
         # first, then convert its rows in blocks like any other
@@ -814,6 +1015,8 @@ def export_gguf(model_dir, out_path, quant: str = "f16", *, events: Events | Non
 
     config = _load_config(model_dir)
     hf_arch, spec = _arch_spec(config)
+    if spec.text_config:
+        config = text_config(config)
     arch_name = gguf.MODEL_ARCH_NAMES[spec.arch]
     events.log("info", f"Exporting {model_dir.name} ({hf_arch} -> {arch_name}, {quant})")
 
@@ -903,7 +1106,7 @@ def _verify(path: Path, arch_name: str, plan: list[_PlannedTensor]) -> None:
     expected_offset = data_start
     for t, p in zip(tensors, plan):
         if (t.name != p.gguf_name or t.qtype != p.qtype or t.nbytes != p.nbytes
-                or tuple(reversed(t.shape)) != p.src.shape or t.offset != expected_offset):
+                or tuple(reversed(t.shape)) != p.shape or t.offset != expected_offset):
             raise RuntimeError(f"GGUF read-back mismatch at tensor {t.name}")
         expected_offset += gguf.GGUFWriter.ggml_pad(t.nbytes, alignment)
     if path.stat().st_size < (tensors[-1].offset + tensors[-1].nbytes if tensors else data_start):

@@ -759,7 +759,8 @@ class ModelCheck:
                 "problems": [{"code": p.code, "message": p.message, "hint": p.hint} for p in self.problems]}
 
 
-SUPPORTED_SUMMARY = ("Tuneloom trains and exports Qwen2 / Qwen2.5 (Qwen2ForCausalLM), Qwen3 (Qwen3ForCausalLM) "
+SUPPORTED_SUMMARY = ("Tuneloom trains and exports Qwen2 / Qwen2.5 (Qwen2ForCausalLM), Qwen3 (Qwen3ForCausalLM), "
+                     "Qwen3.5 (Qwen3_5ForConditionalGeneration, its text model) "
                      "and Llama / TinyLlama (LlamaForCausalLM) models.")
 
 # For a base model with no chat template: ChatML is what Qwen's instruct models use; Zephyr's
@@ -823,9 +824,42 @@ def _model_type_supported_by_mlx(model_type: str) -> bool:
         return False
 
 
-def expected_tensors(config: dict) -> list[str]:
-    """Checkpoint tensors the supported architectures need (HF names, as stored)."""
+# Qwen3.5's text model, by layout: the hub's (transformers) and the one mlx-lm and mlx-vlm
+# save (mlx-community's 4-bit conversions, a folder fused by mlx-lm)
+_QWEN35_PREFIXES = ("model.language_model.", "language_model.model.")
+
+
+def _qwen35_expected(config: dict, present: dict | None) -> list[str]:
+    """The text-model tensors of a Qwen3.5 checkpoint (those stored as ``<name>.weight``; the
+    GGUF export checks the rest). The vision tower and the multi-token-prediction head are in
+    the same weight files but need not be: nothing here trains or exports them."""
+    t = {**config, **(config.get("text_config") or {})}
+    prefix = _QWEN35_PREFIXES[0]
+    if present and not any(k.startswith(prefix) for k in present):
+        prefix = next((p for p in _QWEN35_PREFIXES if any(k.startswith(p) for k in present)), prefix)
+    names = [f"{prefix}embed_tokens", f"{prefix}norm"]
+    if not t.get("tie_word_embeddings", False):
+        names.append("lm_head" if prefix == _QWEN35_PREFIXES[0] else "language_model.lm_head")
+    n, interval = int(t.get("num_hidden_layers") or 0), int(t.get("full_attention_interval", 4))
+    kinds = t.get("layer_types") or ["full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in range(n)]
+    for i, kind in enumerate(kinds[:n]):
+        p = f"{prefix}layers.{i}"
+        names += [f"{p}.input_layernorm", f"{p}.post_attention_layernorm"]
+        names += [f"{p}.mlp.{m}" for m in ("gate_proj", "up_proj", "down_proj")]
+        if kind == "linear_attention":
+            names += [f"{p}.linear_attn.{m}" for m in ("in_proj_qkv", "in_proj_z", "in_proj_a", "in_proj_b",
+                                                       "conv1d", "norm", "out_proj")]
+        else:
+            names += [f"{p}.self_attn.{m}" for m in ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm")]
+    return names
+
+
+def expected_tensors(config: dict, present: dict | None = None) -> list[str]:
+    """Checkpoint tensors the supported architectures need (HF names, as stored; ``present``,
+    the stored names, tells which layout a Qwen3.5 folder has)."""
     mt = config.get("model_type")
+    if mt == "qwen3_5":
+        return _qwen35_expected(config, present)
     n = int(config.get("num_hidden_layers") or 0)
     names = ["model.embed_tokens", "model.norm"]
     if not config.get("tie_word_embeddings", False):  # Llama/Qwen2/Qwen3 configs default to untied
@@ -1012,8 +1046,10 @@ def validate_model_dir(path: str | os.PathLike, *, load_tokenizer: bool = True) 
             add("missing_tensors", f"{name}: {len(absent)} tensor(s) listed in the index are not in the weight "
                 f"files (first: {', '.join(absent[:3])}).", "The download is incomplete: fetch the model again.")
     if present and check.architecture in _arch_names() and not missing_shards:
-        needed = expected_tensors(config)
+        needed = expected_tensors(config, present)
         lacking = [t for t in needed if f"{t}.weight" not in present]
+        if check.model_type == "qwen3_5":
+            _note_qwen35_extras(check, present, name)
         if quantized_tensors:
             lacking += [t for t in needed if f"{t}.weight" in present and present[f"{t}.weight"] == "U32"
                         and f"{t}.scales" not in present]
@@ -1036,6 +1072,20 @@ def _check_ollama_template(check: ModelCheck, tok_info, name: str) -> None:
         check.notes.append(f"{name}: {exc} The GGUF export will work; registering in Ollama will not.")
     except Exception as exc:  # noqa: BLE001 - a template that does not even render
         check.notes.append(f"{name}: the chat template fails on a simple conversation ({exc}).")
+
+
+def _note_qwen35_extras(check: ModelCheck, present: dict, name: str) -> None:
+    """Say what a Qwen3.5 folder holds beyond the text model: its weight files come with the
+    vision tower and the multi-token-prediction head, which are downloaded with them."""
+    from core.gguf_export import QWEN35_SKIPPED_PREFIXES
+
+    extra = [k for k in present if k.startswith(QWEN35_SKIPPED_PREFIXES)]
+    if extra:
+        vision = sum(1 for k in extra if "visual" in k or "vision" in k)
+        check.notes.append(f"{name}: the weight files also hold the vision tower ({vision} tensors) and the "
+                           f"multi-token-prediction head ({len(extra) - vision} tensors); Tuneloom trains and "
+                           "exports the text model only (the GGUF is text-only, as llama.cpp's own converter "
+                           "writes it).")
 
 
 def _arch_names() -> set[str]:

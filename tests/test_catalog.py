@@ -16,7 +16,9 @@ REQUIRED = ["Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct", "Qwen/Qw
             "TinyLlama/TinyLlama-1.1B-Chat-v1.0"]
 PINNED = {"Qwen/Qwen2.5-0.5B-Instruct": "7ae557604adf67be50417f59c2c2f167def9a775",
           "Qwen/Qwen3-0.6B": "c1899de289a04d12100db370d81485cdf75e47ca",
-          "TinyLlama/TinyLlama-1.1B-Chat-v1.0": "fe8a4ea1ffedaf415f4da2f062534de366a451e6"}
+          "TinyLlama/TinyLlama-1.1B-Chat-v1.0": "fe8a4ea1ffedaf415f4da2f062534de366a451e6",
+          "Qwen/Qwen3.5-0.8B": "2fc06364715b967f1860aea9cf38778875588b17",
+          "Qwen/Qwen3.5-2B": "15852e8c16360a2fea060d615a32b45270f8a8fc"}
 # the real hub configs (byte-identical copies) the estimates must come from
 REFERENCE = {"Qwen/Qwen2.5-0.5B-Instruct": MODELS_DIR / "Qwen2.5-0.5B-Instruct",
              "Qwen/Qwen3-0.6B": MODELS_DIR / "Qwen3-0.6B",
