@@ -101,26 +101,10 @@ def encoder_for(model_dir: Path):
 
 
 def training_runs(encoder, messages: list[dict]) -> list[tuple[str, bool]]:
-    """The text the model is trained on for ``messages`` (chat template applied, as tokenized),
-    split into runs the loss is (True) or is not (False) computed on.
+    """The training text of ``messages`` as (text, trained) runs: ``core.tokens.training_runs``."""
+    from core.tokens import training_runs as core_runs
 
-    Each run is cut out of the decoded prefix, so a character made of several tokens, or
-    a tokenizer that drops a leading space when decoding a lone piece, never garbles it."""
-    enc = encoder.encode(messages, mask_prompt=True)
-    bounds: list[tuple[int, bool]] = []  # (end index, trained) of each run
-    for i, m in enumerate(enc.mask):
-        if bounds and bounds[-1][1] == m:
-            bounds[-1] = (i + 1, m)
-        else:
-            bounds.append((i + 1, m))
-    out, prev = [], ""
-    for end, trained in bounds:
-        text = encoder.tok.decode(enc.ids[:end], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        piece = text[len(prev):] if text.startswith(prev) else text
-        prev = text
-        if piece:
-            out.append((piece, trained))
-    return out
+    return core_runs(encoder, messages)
 
 
 def measure_tokens(records: list[ChatRecord], model_dir: Path, max_seq_len: int = 512,
