@@ -1,84 +1,477 @@
-"""Step 4, Try: ask the original and the fine-tuned model the same question."""
+"""Step 4, Try: chat with the original and the fine-tuned model side by side, and evaluate both.
+
+The models are loaded once (a :class:`core.generate.ChatSession` on a worker thread) and stay
+loaded between questions. Tokens are generated on the worker; it puts the text pieces in a
+:class:`ChunkBuffer` and a GUI-thread timer moves what has arrived into the two views every
+``FLUSH_MS`` (so the window repaints at most that often, however fast the model is).
+"""
 from __future__ import annotations
 
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit, QPushButton
+import threading
+from pathlib import Path
 
+from PySide6.QtCore import QObject, Qt, QTimer, Signal
+from PySide6.QtGui import QTextCursor
+from PySide6.QtWidgets import (QDoubleSpinBox, QFormLayout, QGridLayout, QHBoxLayout, QLabel, QLineEdit,
+                               QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QSplitter, QTabWidget, QWidget)
+
+from app.gui.eval_table import EvalTable
 from app.gui.pages.base import AppContext, Page, error_text
 from core.events import Cancelled
 
+FLUSH_MS = 40  # how often streamed text reaches the views
+SIDE_TITLES = {"base": "Original model", "tuned": "Your fine-tuned model"}
 
-def answer_both(model_dir, run_dir, messages, events=None, cancel=None) -> dict:
-    """The base model's answer, and the fine-tuned one's when the run has adapters."""
-    from core.generate import ChatModel
 
-    base = ChatModel(model_dir)
-    out = {"base": base.answer(messages, cancel=cancel)}
-    if run_dir is not None and (run_dir / "adapters.safetensors").exists():
-        out["tuned"] = ChatModel(model_dir, adapter_dir=run_dir, encoder=base.encoder).answer(messages, cancel=cancel)
-    return out
+def demo_question() -> str:
+    try:
+        from core.demo import first_heldout_prompt
+    except ImportError:
+        first_heldout_prompt = None
+    try:
+        if first_heldout_prompt is not None:
+            return first_heldout_prompt()
+        import json
+
+        from core.paths import demo_data_dir
+
+        return json.loads((demo_data_dir().parent / "heldout.json").read_text())["structured"][0]["messages"][-1][
+            "content"]
+    except (OSError, ValueError, KeyError, IndexError):
+        return ""
+
+
+class ChunkBuffer:
+    """Text pieces from the worker, taken by the GUI thread in one go."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._items: list = []
+
+    def push(self, chunk) -> None:
+        with self._lock:
+            self._items.append(chunk)
+
+    def drain(self) -> list:
+        with self._lock:
+            items, self._items = self._items, []
+        return items
+
+
+class ModelHolder:
+    """The loaded chat (one per model + run); loaded on the worker that first needs it."""
+
+    def __init__(self):
+        self.key = None
+        self.chat = None
+        self.lock = threading.Lock()
+
+    def get(self, model_dir, run_dir, events=None, cancel=None):
+        from core.generate import ChatModel, ChatSession
+
+        key = (str(model_dir), str(run_dir) if run_dir else None)
+        with self.lock:
+            if self.key != key or self.chat is None:
+                self.chat, self.key = None, None
+                if run_dir is not None:
+                    chat = ChatSession.for_run(run_dir, events=events, cancel=cancel)
+                else:
+                    if events is not None:
+                        events.progress(0, None, f"loading {Path(model_dir).name}")
+                    chat = ChatSession(ChatModel(model_dir), ("base",))
+                self.chat, self.key = chat, key
+            return self.chat
+
+
+def chat_turn(holder: ModelHolder, model_dir, run_dir, text, sampling, system, buffer: ChunkBuffer,
+              events=None, cancel=None):
+    """Load (once) and answer ``text`` on every side, pushing the chunks into ``buffer``."""
+    chat = holder.get(model_dir, run_dir, events, cancel)
+    chat.system = system or None
+    chat.ask(text, on_chunk=buffer.push, cancel=cancel, sampling=sampling)
+    return chat.turns[-1]
+
+
+def evaluate_job(holder: ModelHolder, model_dir, run_dir, data, limit, on_row, events=None, cancel=None):
+    """core.evaluate.evaluate on the loaded model (greedy: the numbers of ``tuneloom eval``)."""
+    from core.evaluate import evaluate
+
+    chat = holder.get(model_dir, run_dir, events, cancel)
+    return evaluate(run_dir, data or None, limit=limit, model=chat.model, events=events, cancel=cancel,
+                    on_row=on_row)
+
+
+def system_prompt_job(run_dir, events=None, cancel=None):
+    from core.generate import trained_system_prompt
+
+    return trained_system_prompt(run_dir)
+
+
+class _Rows(QObject):
+    row = Signal(object)  # emitted on the worker, delivered on the GUI thread
+
+
+class AnswerView(QPlainTextEdit):
+    """One side's transcript; streamed text is appended at the end."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.setObjectName(name)
+        self.setReadOnly(True)
+        self.setAcceptDrops(False)
+        self.updates = 0  # appends so far (tests count them)
+
+    def append_text(self, text: str):
+        cur = self.textCursor()
+        cur.movePosition(QTextCursor.MoveOperation.End)
+        cur.insertText(text)
+        self.updates += 1
+        sb = self.verticalScrollBar()
+        sb.setValue(sb.maximum())
 
 
 class TryPage(Page):
     key = "try"
     title = "4. Try it"
-    blurb = "Ask something and compare the original model with your fine-tune."
+    blurb = ("Chat with the original model and your fine-tune side by side (the same conversation for both), "
+             "or evaluate both on the examples kept aside for validation.")
 
     def __init__(self, ctx: AppContext):
         super().__init__(ctx)
-        self.prompt = QLineEdit("Describe the blue kettle in structured format.")
+        self.holder = ModelHolder()
+        self.buffer = ChunkBuffer()
+        self._rows = _Rows()
+        self._rows.row.connect(self._eval_row)
+        self._reset_after_stop = False
+        self._sides: tuple = ()
+        self._prefilled_for = None
+        self.flush_timer = QTimer(self)
+        self.flush_timer.setInterval(FLUSH_MS)
+        self.flush_timer.timeout.connect(self._flush)
+
+        # the chat
+        self.prompt = QLineEdit("")
         self.prompt.setObjectName("try.prompt")
-        self.ask_btn = QPushButton("Ask both models")
+        self.prompt.setPlaceholderText("Ask both models something...")
+        self.ask_btn = QPushButton("Send")
         self.ask_btn.setObjectName("try.send")
+        self.ask_btn.setDefault(True)
         self.stop_btn = QPushButton("Stop")
+        self.stop_btn.setObjectName("try.stop")
         self.stop_btn.setEnabled(False)
-        self.base_out = QPlainTextEdit()
-        self.base_out.setObjectName("try.base")
-        self.tuned_out = QPlainTextEdit()
-        self.tuned_out.setObjectName("try.tuned")
-        for w in (self.base_out, self.tuned_out):
-            w.setReadOnly(True)
-            w.setAcceptDrops(False)
+        self.new_btn = QPushButton("New chat")
+        self.new_btn.setObjectName("try.new")
+        self.new_btn.setToolTip("Start a new conversation (the models stay loaded).")
+        self.base_out = AnswerView("try.base")
+        self.tuned_out = AnswerView("try.tuned")
+        self.status = QLabel("")
+        self.status.setObjectName("try.status")
+        self.status.setWordWrap(True)
+
+        # settings
+        from core.generate import Sampling
+
+        d = Sampling()
+        self.temperature = QDoubleSpinBox()
+        self.temperature.setRange(0.0, 2.0)
+        self.temperature.setSingleStep(0.1)
+        self.temperature.setValue(d.temperature)
+        self.top_p = QDoubleSpinBox()
+        self.top_p.setRange(0.05, 1.0)
+        self.top_p.setSingleStep(0.05)
+        self.top_p.setValue(d.top_p)
+        self.max_tokens = QSpinBox()
+        self.max_tokens.setRange(1, 8192)
+        self.max_tokens.setValue(d.max_tokens)
+        self.seed = QLineEdit("" if d.seed is None else str(d.seed))
+        self.seed.setPlaceholderText("random")
+        self.system = QPlainTextEdit()
+        self.system.setObjectName("try.system")
+        self.system.setPlaceholderText("No system prompt")
+        self.system.setMaximumHeight(60)
+        help_ = {f.name: f.metadata.get("help", "") for f in Sampling.__dataclass_fields__.values()}
+        for w, k in ((self.temperature, "temperature"), (self.top_p, "top_p"), (self.max_tokens, "max_tokens"),
+                     (self.seed, "seed")):
+            w.setToolTip(help_.get(k, "").capitalize())
+        self.system.setToolTip("The system prompt the run was trained with; changing it applies from the next question.")
+
         row = QHBoxLayout()
         row.addWidget(self.prompt, 1)
         row.addWidget(self.ask_btn)
         row.addWidget(self.stop_btn)
-        self.layout_.addLayout(row)
-        self.layout_.addWidget(QLabel("<b>Original model</b>"))
-        self.layout_.addWidget(self.base_out)
-        self.layout_.addWidget(QLabel("<b>Your fine-tuned model</b>"))
-        self.layout_.addWidget(self.tuned_out)
+        row.addWidget(self.new_btn)
+        settings = QHBoxLayout()
+        for label, w in (("Temperature", self.temperature), ("Top-p", self.top_p), ("Max tokens", self.max_tokens),
+                         ("Seed", self.seed)):
+            settings.addWidget(QLabel(label))
+            settings.addWidget(w)
+        settings.addStretch(1)
+        sysform = QFormLayout()
+        sysform.addRow("System prompt", self.system)
+        cols = QGridLayout()
+        self.base_title = QLabel(f"<b>{SIDE_TITLES['base']}</b>")
+        self.tuned_title = QLabel(f"<b>{SIDE_TITLES['tuned']}</b>")
+        cols.addWidget(self.base_title, 0, 0)
+        cols.addWidget(self.tuned_title, 0, 1)
+        cols.addWidget(self.base_out, 1, 0)
+        cols.addWidget(self.tuned_out, 1, 1)
+        chat_tab = QWidget()
+        cl = QGridLayout(chat_tab)
+        cl.setContentsMargins(0, 6, 0, 0)
+        cl.addLayout(settings, 0, 0)
+        cl.addLayout(sysform, 1, 0)
+        cl.addLayout(cols, 2, 0)
+        cl.setRowStretch(2, 1)
+        cl.addLayout(row, 3, 0)
+        cl.addWidget(self.status, 4, 0)
+
+        # the evaluation
+        self.eval_btn = QPushButton("Evaluate")
+        self.eval_btn.setObjectName("try.evaluate")
+        self.eval_btn.setToolTip("Answer every validation example with both models and score the answers.")
+        self.eval_stop = QPushButton("Stop")
+        self.eval_stop.setEnabled(False)
+        self.eval_file = QLineEdit()
+        self.eval_file.setObjectName("try.eval_file")
+        self.eval_file.setPlaceholderText("the run's validation examples (or drop / type a data file here)")
+        self.eval_limit = QSpinBox()
+        self.eval_limit.setObjectName("try.eval_limit")
+        self.eval_limit.setRange(0, 100000)
+        self.eval_limit.setSpecialValueText("all examples")
+        self.eval_limit.setPrefix("at most ")
+        self.eval_limit.setToolTip("How many examples to evaluate (the first ones; all: every one).")
+        self.eval_progress = QProgressBar()
+        self.eval_progress.setVisible(False)
+        self.table = EvalTable()
+        erow = QHBoxLayout()
+        erow.addWidget(self.eval_btn)
+        erow.addWidget(self.eval_stop)
+        erow.addWidget(self.eval_file, 1)
+        erow.addWidget(self.eval_limit)
+        eval_tab = QWidget()
+        el = QGridLayout(eval_tab)
+        el.setContentsMargins(0, 6, 0, 0)
+        el.addLayout(erow, 0, 0)
+        el.addWidget(self.eval_progress, 1, 0)
+        el.addWidget(self.table, 2, 0)
+        el.setRowStretch(2, 1)
+
+        self.tabs = QTabWidget()
+        self.tabs.setObjectName("try.tabs")
+        self.tabs.addTab(chat_tab, "Chat")
+        self.tabs.addTab(eval_tab, "Evaluate")
+        self.layout_.addWidget(self.tabs, 1)
+
         self.ask_btn.clicked.connect(self.ask)
         self.stop_btn.clicked.connect(self.stop)
+        self.new_btn.clicked.connect(self.new_chat)
         self.prompt.returnPressed.connect(self.ask)
+        self.eval_btn.clicked.connect(self.evaluate)
+        self.eval_stop.clicked.connect(lambda: self.slots["eval"].stop())
+        self.refresh()
+
+    # -- session -------------------------------------------------------------------------------
+    def session_changed(self, names: set):
+        if names & {"model_dir", "run_dir", "run_version", "jobs"}:
+            self.refresh()
+        if names & {"model_dir", "run_dir"}:
+            self._new_target()
+
+    def _target(self):
+        s = self.session
+        run = s.run_dir if s.trained else None
+        return s.model_dir, run
+
+    def _new_target(self):
+        """A different model or run: a new chat, its system prompt, the demo question."""
+        model_dir, run = self._target()
+        if self.slots.running("try"):
+            self._reset_after_stop = True
+            self.slots["try"].stop()
+        else:
+            self._clear_chat()
+        self.table.clear()
+        self.table.run_dir = run
+        from core.paths import demo_model_dir
+
+        if model_dir is not None and self._prefilled_for != model_dir:
+            self._prefilled_for = model_dir
+            if Path(model_dir) == demo_model_dir() and not self.prompt.text().strip():
+                self.prompt.setText(demo_question())
+        self.system.setPlainText("")
+        if run is not None:
+            self.slots["try-system"].start(system_prompt_job, run, on_ok=self._system_prompt)
+
+    def _system_prompt(self, text):
+        if not self.system.toPlainText().strip():
+            self.system.setPlainText(text or "")
+
+    def refresh(self):
+        s = self.session
+        model_dir, run = self._target()
+        chatting, evaluating = self.slots.running("try"), self.slots.running("eval")
+        if model_dir is None:
+            why = "Choose a model first (step 1)."
+        elif chatting or evaluating:
+            why = "Wait for the answers, or press Stop."
+        else:
+            why = None
+        self.ask_btn.setEnabled(why is None)
+        self.ask_btn.setToolTip(why or "Ask both models (Enter).")
+        self.stop_btn.setEnabled(chatting)
+        self.tuned_out.setPlaceholderText("" if run else "Train a model first (step 3), or pick a run in the history: "
+                                          "its answers appear here.")
+        if run is None:
+            ewhy = "Train a model first (step 3), or pick a run in the history."
+        elif chatting or evaluating:
+            ewhy = "Wait for the answers, or press Stop."
+        else:
+            ewhy = None
+        self.eval_btn.setEnabled(ewhy is None)
+        self.eval_btn.setToolTip(ewhy or "Answer every validation example with both models and score the answers.")
+        self.eval_stop.setEnabled(evaluating)
+        if s.model_dir is not None and not self.prompt.text().strip() and self._prefilled_for is None:
+            self._new_target()
+
+    # -- chat ----------------------------------------------------------------------------------
+    def sampling(self):
+        from core.generate import Sampling
+
+        seed = self.seed.text().strip()
+        return Sampling(temperature=self.temperature.value(), top_p=self.top_p.value(),
+                        max_tokens=self.max_tokens.value(), seed=int(seed) if seed.lstrip("-").isdigit() else None)
 
     def ask(self):
-        s = self.session
+        model_dir, run = self._target()
         text = self.prompt.text().strip()
-        if s.model_dir is None or not text:
+        if model_dir is None or not text or self.slots.running("try") or self.slots.running("eval"):
             return
-        self.base_out.setPlainText("...")
-        self.tuned_out.setPlainText("..." if s.run_dir else "(train a model first)")
-        self.ask_btn.setEnabled(False)
-        self.stop_btn.setEnabled(True)
-        self.slots["try"].start(answer_both, s.model_dir, s.run_dir, [{"role": "user", "content": text}],
-                                on_ok=self._answers, on_failed=self._failed, on_ended=self._ended)
+        self._sides = ("base", "tuned") if run else ("base",)
+        for side in self._sides:
+            view = self.view(side)
+            view.append_text(("\n\n" if view.toPlainText() else "") + f"You: {text}\n\n")
+        self.prompt.clear()
+        self.buffer.drain()
+        self.status.setText("Loading the models..." if self.holder.key != (str(model_dir), str(run) if run else None)
+                            else "Answering...")
+        self.slots["try"].start(chat_turn, self.holder, model_dir, run, text, self.sampling(),
+                                self.system.toPlainText().strip(), self.buffer,
+                                on_progress=lambda _d, _t, what: self.status.setText(what[:80] + "..."),
+                                on_ok=self._answered, on_failed=self._failed, on_ended=self._ended,
+                                # no full garbage collection on the GUI thread when the answer ends (a ~100 ms
+                                # stall); streaming makes no reference cycles worth collecting
+                                quiet_gc=True)
+        self.flush_timer.start()
+        self.refresh()
+
+    def view(self, side: str) -> AnswerView:
+        return self.base_out if side == "base" else self.tuned_out
+
+    def _flush(self):
+        items = self.buffer.drain()
+        if not items:
+            return
+        if self.status.text().startswith("Loading") or self.status.text().endswith("..."):
+            self.status.setText("Answering...")
+        pieces: dict[str, list[str]] = {}
+        for ch in items:
+            if ch.done and ch.reason == "error":
+                pieces.setdefault(ch.side, []).append(f"\n[error: {ch.text}]")
+            elif ch.text:
+                pieces.setdefault(ch.side, []).append(ch.text)
+        for side, parts in pieces.items():
+            self.view(side).append_text("".join(parts))
 
     def stop(self):
         self.slots["try"].stop()
 
-    def _ended(self):
-        self.ask_btn.setEnabled(True)
-        self.stop_btn.setEnabled(False)
+    def new_chat(self):
+        if self.slots.running("try"):
+            self._reset_after_stop = True
+            self.slots["try"].stop()
+        else:
+            self._clear_chat()
+
+    def _clear_chat(self):
+        if self.holder.chat is not None:
+            self.holder.chat.reset()
+        self.buffer.drain()
+        self.base_out.clear()
+        self.tuned_out.clear()
+        self.status.setText("")
+
+    def _answered(self, turn):
+        reasons = set(turn.reasons.values())
+        if reasons == {"cancelled"} or "cancelled" in reasons:
+            self.status.setText("Stopped. Ask again to continue the conversation.")
+        elif "length" in reasons:
+            self.status.setText("An answer reached the token limit (Max tokens).")
+        else:
+            self.status.setText("")
 
     def _failed(self, exc):
+        self._flush()
         if isinstance(exc, Cancelled):
-            for w in (self.base_out, self.tuned_out):
-                if w.toPlainText() == "...":
-                    w.setPlainText("(stopped)")
+            self.status.setText("Stopped.")
         else:
-            self.base_out.setPlainText(error_text(exc))
+            self.status.setText(error_text(exc))
 
-    def _answers(self, out):
-        self.base_out.setPlainText(out["base"])
-        if "tuned" in out:
-            self.tuned_out.setPlainText(out["tuned"])
+    def _ended(self):
+        self.flush_timer.stop()
+        self._flush()
+        if self._reset_after_stop:
+            self._reset_after_stop = False
+            self._clear_chat()
+        self.refresh()
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def evaluate(self):
+        model_dir, run = self._target()
+        if run is None or self.slots.running("try") or self.slots.running("eval"):
+            return
+        data = [p for p in (self.eval_file.text().strip(),) if p]
+        self.tabs.setCurrentIndex(1)
+        self.table.run_dir = run
+        self.table.clear("Evaluating both models...")
+        self.eval_progress.setVisible(True)
+        self.eval_progress.setRange(0, 0)
+        self.slots["eval"].start(evaluate_job, self.holder, model_dir, run, data,
+                                 self.eval_limit.value() or None, self._rows.row.emit,
+                                 on_progress=self._eval_progress, on_ok=self._evaluated,
+                                 on_failed=self._eval_failed, on_ended=self._eval_ended)
+        self.refresh()
+
+    def _eval_progress(self, done, total, what):
+        if done is not None and total:
+            self.eval_progress.setRange(0, int(total))
+            self.eval_progress.setValue(int(done))
+        self.eval_progress.setFormat(what[:70])
+        self.table.status.setText(what)
+
+    def _eval_row(self, row):
+        if self.slots.running("eval"):
+            self.table.add_row(row)
+
+    def _evaluated(self, result):
+        self.table.set_result(result)
+
+    def _eval_failed(self, exc):
+        if isinstance(exc, Cancelled) and getattr(exc, "result", None) is not None and exc.result.rows:
+            self.table.set_result(exc.result)
+        else:
+            self.table.status.setText(error_text(exc))
+
+    def _eval_ended(self):
+        self.eval_progress.setVisible(False)
+        self.refresh()
+
+    def close_request(self) -> bool:
+        self.slots["try"].stop()
+        self.slots["eval"].stop()
+        return True
+
+    def keyPressEvent(self, event):  # Escape stops the answers
+        if event.key() == Qt.Key.Key_Escape and self.slots.running("try"):
+            self.stop()
+            return
+        super().keyPressEvent(event)
