@@ -148,8 +148,10 @@ class ExportPlan:
 
 
 def plan_export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str | None = None,
-                system: str | None = None, modelfile: str | Path | None = None) -> ExportPlan:
-    """Check everything an export needs and return the plan; raises :class:`TuneloomError` (nothing written)."""
+                system: str | None = None, modelfile: str | Path | None = None,
+                temperature: float | None = None) -> ExportPlan:
+    """Check everything an export needs and return the plan; raises :class:`TuneloomError` (nothing written).
+    ``temperature``: the PARAMETER temperature to bake in (None: Tuneloom's default)."""
     from core import ollama as ol
     from core.gguf_export import QUANT_TYPES
     from core.hub import validate_model_dir
@@ -185,7 +187,10 @@ def plan_export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: 
     mf = Path(modelfile) if modelfile else gguf_path.with_name("Modelfile")
     gguf_ref = gguf_path if gguf_path is not None else mf.with_name(default_gguf_name(source, quant))
     num_ctx = (runs.read_json(adapter_dir / "config.json") or {}).get("max_seq_len") if adapter_dir else None
-    params = ol.modelfile_parameters(info.config, num_ctx=num_ctx)
+    if temperature is not None and not (0 <= float(temperature) <= 2):
+        raise TuneloomError(f"The temperature must be between 0 and 2, not {temperature}.", "Use e.g. 0.7.")
+    params = ol.modelfile_parameters(info.config, num_ctx=num_ctx, **(
+        {"temperature": float(temperature)} if temperature is not None else {}))
     text = ol.modelfile_text(gguf_ref, mf.parent, fmt.template, fmt.stops, parameters=params, system=system)
 
     need = estimate_export_bytes(base, quant, fuse=adapter_dir is not None) if gguf_path is not None else \
@@ -204,7 +209,8 @@ def _temp_name(dest: Path, suffix: str) -> Path:
 
 def export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str | None = None, system: str | None = None,
            force: bool = False, modelfile: str | Path | None = None, events: Events | None = None,
-           cancel: CancelToken | None = None) -> dict:
+           cancel: CancelToken | None = None, temperature: float | None = None, verify_messages: list | None = None,
+           verify_options: dict | None = None) -> dict:
     """Fuse, write the GGUF and its Modelfile, optionally register in Ollama.
 
     With ``gguf=None`` only the Modelfile is written (its FROM names
@@ -212,13 +218,18 @@ def export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str |
     would write). Returns ``{"base", "adapter", "gguf", "quant", "modelfile",
     "chat_template_source", "embedded_template", "ollama_template", "thinking",
     "ollama" | "ollama_command"}``.
+
+    Named stages are logged as they start and end (``events.log("stage", name)`` /
+    ``("stage-done", name)``): "fuse" (with an adapter), "gguf", then register_model's
+    "upload", "create", "verify". ``verify_messages`` / ``verify_options``: see
+    :func:`core.ollama.register_model`.
     """
     from core import ollama as ol
     from core.atomic import write_text
 
     events = events or NULL_EVENTS
     plan = plan_export(source, adapter=adapter, gguf=gguf, quant=quant, ollama=ollama, system=system,
-                       modelfile=modelfile)
+                       modelfile=modelfile, temperature=temperature)
     result: dict = {"base": str(plan.base), "adapter": str(plan.adapter) if plan.adapter else None,
                     "quant": plan.quant, "chat_template_source": plan.template_source,
                     "ollama_template": plan.chat_format.kind, "embedded_template": plan.embedded_template.kind,
@@ -242,7 +253,8 @@ def export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str |
     if ollama:
         result["ollama"] = ol.register_model(
             plan.gguf, ollama, template=plan.chat_format.template, stops=plan.chat_format.stops, system=system,
-            force=force, parameters=plan.parameters, modelfile_path=plan.modelfile, events=events, cancel=cancel)
+            force=force, parameters=plan.parameters, modelfile_path=plan.modelfile, events=events, cancel=cancel,
+            verify_messages=verify_messages, verify_options=verify_options)
     else:
         result["ollama_command"] = ol.ollama_create_command(plan.modelfile, "NAME")
     return result
@@ -272,8 +284,11 @@ def _write_gguf_and_modelfile(plan: ExportPlan, events: Events, cancel: CancelTo
         model_dir = plan.base
         if plan.adapter is not None:
             fuse_dir = Path(tempfile.mkdtemp(prefix=".tuneloom-fuse-", dir=gguf.parent))
+            events.log("stage", "fuse")
             events.log("info", f"fusing {plan.adapter} into {plan.base}")
             model_dir = fuse_model(plan.base, plan.adapter, fuse_dir / "fused", events=events, cancel=cancel)
+            events.log("stage-done", "fuse")
+        events.log("stage", "gguf")
         tmp_gguf = _temp_name(gguf, ".gguf")
         export_gguf(model_dir, tmp_gguf, quant=plan.quant, events=events, cancel=cancel,
                     chat_template=plan.embedded_template.template)
@@ -286,6 +301,7 @@ def _write_gguf_and_modelfile(plan: ExportPlan, events: Events, cancel: CancelTo
         os.replace(tmp_mf, mf)
         tmp_gguf = tmp_mf = None
         events.log("info", f"Wrote {gguf} and {mf}")
+        events.log("stage-done", "gguf")
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise _disk_full(exc, gguf.parent) from exc
@@ -302,3 +318,27 @@ def _write_gguf_and_modelfile(plan: ExportPlan, events: Events, cancel: CancelTo
                     leftover.unlink()
         if fuse_dir is not None:
             shutil.rmtree(fuse_dir, ignore_errors=True)
+
+
+def write_export_record(run_dir: str | Path, result: dict, **extra) -> Path | None:
+    """Record an export of a run in ``<run>/exports/<gguf stem>.json`` (what, when, the Ollama name):
+    :attr:`core.runs.RunInfo.exports` reads it and the History shows it. None when ``run_dir`` is
+    not a run folder or there is no GGUF."""
+    import json
+    import time
+
+    from core.atomic import write_text
+
+    run = Path(run_dir)
+    if not result.get("gguf") or not (run / "config.json").is_file():
+        return None
+    gguf = Path(result["gguf"])
+    ollama = result.get("ollama") or {}
+    rec = {"gguf": str(gguf), "modelfile": result.get("modelfile"), "quant": result.get("quant"),
+           "size": gguf.stat().st_size if gguf.is_file() else None,
+           "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ollama": ollama.get("name") if ollama else None,
+           "ollama_host": ollama.get("host") if ollama else None, "base": result.get("base"),
+           "adapter": result.get("adapter"), "chat_template_source": result.get("chat_template_source"), **extra}
+    path = run / "exports" / f"{gguf.stem}.json"
+    write_text(path, json.dumps(rec, ensure_ascii=False, indent=2) + "\n")
+    return path

@@ -1495,7 +1495,8 @@ def register_model(gguf_path: str | os.PathLike, name: str, *, template: str, st
                    system: str | None = None, parameters: dict | None = None, quantize: str | None = None,
                    force: bool = False, host: str | None = None, license_text: str | list | None = None,
                    modelfile_path: str | os.PathLike | None = None, verify: bool = True,
-                   verify_prompt: str = "Say hello.", events: Events | None = None,
+                   verify_prompt: str = "Say hello.", verify_messages: list | None = None,
+                   verify_options: dict | None = None, events: Events | None = None,
                    cancel: CancelToken | None = None) -> dict:
     """Register ``gguf_path`` in Ollama as ``name`` through its REST API.
 
@@ -1505,7 +1506,10 @@ def register_model(gguf_path: str | os.PathLike, name: str, *, template: str, st
     ``parameters`` with ``stop``, ``system``, optional ``quantize`` to q4_K_M /
     q4_K_S / q8_0 from an F16 GGUF), then check it is listed and answers
     ``verify_prompt``. ``modelfile_path`` (default: ``Modelfile`` next to the GGUF)
-    only feeds the ``ollama create`` command in error hints.
+    only feeds the ``ollama create`` command in error hints. ``verify_messages`` (default: one user
+    message, ``verify_prompt``) and ``verify_options`` (default ``{"num_predict": 16}``) are what the
+    verify step sends to ``/api/chat``. Named stages are logged as they start and end
+    (``events.log("stage", name)`` / ``("stage-done", name)``): "upload", "create", "verify".
 
     Returns ``{"model" (= "name"): "name:tag", "host", "version", "digest", "uploaded", "replaced",
     "quantize", "answer"}``.
@@ -1535,7 +1539,7 @@ def register_model(gguf_path: str | os.PathLike, name: str, *, template: str, st
         return _register(http, client, base, gguf_path, full_name, create_command, template=template,
                          stops=stops, system=system, parameters=parameters, quantize=quantize, force=force,
                          license_text=license_text, verify=verify, verify_prompt=verify_prompt, events=events,
-                         cancel=cancel)
+                         cancel=cancel, verify_messages=verify_messages, verify_options=verify_options)
     finally:
         client.close()
         http.close()
@@ -1557,7 +1561,7 @@ def _not_running(base: str, create_command: str) -> OllamaNotRunning:
 
 def _register(http, client, base: str, gguf_path: Path, full_name: str, create_command: str, *, template, stops, system,
               parameters, quantize, force, license_text, verify, verify_prompt, events: Events,
-              cancel: CancelToken | None) -> dict:
+              cancel: CancelToken | None, verify_messages=None, verify_options=None) -> dict:
     import httpx
     import ollama
 
@@ -1586,6 +1590,7 @@ def _register(http, client, base: str, gguf_path: Path, full_name: str, create_c
     if cancel is not None:
         cancel.checkpoint()
 
+    events.log("stage", "upload")
     digest = file_sha256(gguf_path, events=events, cancel=cancel)
     try:
         have = _blob_exists(http, base, digest)
@@ -1608,8 +1613,10 @@ def _register(http, client, base: str, gguf_path: Path, full_name: str, create_c
                 f"Run the registration again, or register by hand:\n  {create_command}",
                 create_command=create_command)
 
+    events.log("stage-done", "upload")
     params = dict(parameters) if parameters is not None else {"temperature": DEFAULT_TEMPERATURE}
     params["stop"] = list(stops)
+    events.log("stage", "create")
     events.log("info", f"creating {full_name}" + (f" (quantizing to {quantize})" if quantize else ""))
     try:
         last = None
@@ -1629,10 +1636,12 @@ def _register(http, client, base: str, gguf_path: Path, full_name: str, create_c
         raise OllamaError(f"Ollama stopped creating {full_name} before it reported success (last: {last!r}).",
                           f"Try again, or register by hand:\n  {create_command}", create_command=create_command)
 
+    events.log("stage-done", "create")
     result: dict = {"model": full_name, "name": full_name, "host": base, "version": version, "digest": digest,
                     "uploaded": not have, "replaced": taken, "quantize": quantize, "answer": None}
     if not verify:
         return result
+    events.log("stage", "verify")
     try:
         listed = {_canonical(m.model or "") for m in client.list().models}
         if _canonical(full_name) not in listed:
@@ -1643,12 +1652,29 @@ def _register(http, client, base: str, gguf_path: Path, full_name: str, create_c
         if shown.template is not None and shown.template != template:
             events.log("warning", f"Ollama stored a different template for {full_name} than the one sent")
         events.log("info", f"asking {full_name} a short question")
-        reply = client.chat(model=full_name, messages=[{"role": "user", "content": verify_prompt}],
-                            options={"num_predict": 16}, keep_alive=0, stream=False)
+        reply = client.chat(model=full_name, messages=verify_messages or [{"role": "user", "content": verify_prompt}],
+                            options=verify_options or {"num_predict": 16}, keep_alive=0, stream=False)
     except (ollama.ResponseError, ConnectionError, httpx.HTTPError) as exc:
         raise _map_response_error(exc, create_command, f"run {full_name}") from exc
     if not reply.done:
         raise OllamaError(f"{full_name} did not finish answering a short prompt.",
                           f"Try `ollama run {full_name}`.", create_command=create_command)
     result["answer"] = reply.message.content if reply.message else ""
+    events.log("stage-done", "verify")
     return result
+
+
+def model_exists(name: str, host: str | None = None, timeout: float = 2.0) -> bool | None:
+    """Whether Ollama already has a model called ``name`` (tag ``latest`` when none is given);
+    None when no server answers. For asking "replace it?" before anything is written."""
+    import httpx
+
+    full = _canonical(validate_model_name(name))
+    base = _base_url(host) if host else default_host()
+    try:
+        r = httpx.get(f"{base}/api/tags", timeout=timeout, **_http_options(base))
+        r.raise_for_status()
+        models = r.json().get("models") or []
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    return any(_canonical(str(m.get("model") or m.get("name") or "")) == full for m in models)
