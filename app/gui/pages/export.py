@@ -1,111 +1,429 @@
-"""Step 5, Export: one GGUF file and an Ollama Modelfile; registered when Ollama runs."""
+"""Step 5, Export: one GGUF file and an Ollama Modelfile, registered in Ollama and verified, in one click.
+
+Everything is checked before anything is written (core.export.plan_export); the GGUF and the
+Modelfile land together or not at all. When Ollama is not running the files are still written
+and Retry registers them once it runs. Each export is recorded in the run's ``exports/`` folder.
+"""
 from __future__ import annotations
 
 import html
+import time
 from pathlib import Path
 
-from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton
+from PySide6.QtCore import Qt, QUrl
+from PySide6.QtGui import QDesktopServices, QGuiApplication
+from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QMessageBox,
+                               QPlainTextEdit, QPushButton, QWidget)
 
+from app.gui.export_stages import ExportStages
 from app.gui.pages.base import AppContext, Page, error_text
 
+QUANTS = [("f16", "F16", "full quality, the largest file"), ("q8_0", "Q8_0", "almost full quality, half the size"),
+          ("q6_k", "Q6_K", "very close to full quality"), ("q5_k_m", "Q5_K_M", "good quality, smaller"),
+          ("q4_k_m", "Q4_K_M", "the usual choice for a laptop: a quarter of F16, small quality loss")]
+VERIFY_TOKENS = 96
+# greedy, so Ollama's answer can be compared with Tuneloom's own for the same prompt
+VERIFY_OPTIONS = {"temperature": 0, "top_k": 1, "seed": 0, "num_predict": VERIFY_TOKENS}
 
-def export_job(run_dir, dest, quant, ollama_name, events=None, cancel=None):
-    """Export, and register in Ollama only when a server answers (the GGUF and Modelfile are kept either way)."""
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+
+
+def export_paths(run_dir: Path, quant: str) -> tuple[Path, Path]:
+    d = Path(run_dir) / "exports"
+    return d / f"model-{quant}.gguf", d / "Modelfile"
+
+
+def verify_messages(run_dir) -> list | None:
+    """The first validation example's prompt (what the verify step asks Ollama and Tuneloom)."""
+    from core.evaluate import run_split, to_rows
+    from core.events import TuneloomError
+
+    try:
+        rows = to_rows(run_split(run_dir)[1], 1)
+    except TuneloomError:
+        return None
+    return rows[0].messages if rows else None
+
+
+def tuneloom_answer(run_dir, messages, cancel=None) -> str:
+    from core.evaluate import run_encoder
+    from core.generate import ChatModel, run_base_model
+
+    base = run_base_model(run_dir)
+    model = ChatModel(base, adapter_dir=run_dir, encoder=run_encoder(run_dir, base))
+    return model.answer(messages, max_tokens=VERIFY_TOKENS, cancel=cancel)
+
+
+def check_name_job(name, events=None, cancel=None):
+    """Whether Ollama has ``name`` already (None: no server answered)."""
     from core import ollama as ol
-    from core.export import export
 
-    name = ollama_name if (ollama_name and ol.find_server()) else None
-    res = export(run_dir, gguf=dest, quant=quant, ollama=name, force=False, events=events, cancel=cancel)
-    if not name:
-        res["ollama_command"] = ol.ollama_create_command(Path(res["modelfile"]), ollama_name or "my-model")
+    return ol.model_exists(name)
+
+
+def export_job(run_dir, quant, name, system, temperature, force, register, events=None, cancel=None):
+    """Write the GGUF and Modelfile; with ``register``, register in Ollama and verify. An Ollama
+    failure after the files are written is returned (``ollama_error``), not raised."""
+    from core import ollama as ol
+    from core.export import export, write_export_record
+
+    gguf, modelfile = export_paths(run_dir, quant)
+    msgs = verify_messages(run_dir) if register else None
+    t0 = time.time()
+    try:
+        res = export(run_dir, gguf=gguf, quant=quant, ollama=name if register else None, system=system or None,
+                     force=force, modelfile=modelfile, temperature=temperature, verify_messages=msgs,
+                     verify_options=VERIFY_OPTIONS, events=events, cancel=cancel)
+    except ol.OllamaError as exc:
+        if isinstance(exc, ol.OllamaNameInvalid) or not gguf.is_file() or gguf.stat().st_mtime < t0 - 1:
+            raise
+        res = {"gguf": str(gguf), "modelfile": str(modelfile), "quant": quant, "ollama_error": exc,
+               "ollama_command": ol.ollama_create_command(modelfile, name)}
+    if register and res.get("ollama"):
+        res["verify_messages"] = msgs
+        if msgs:
+            res["tuneloom_answer"] = tuneloom_answer(run_dir, msgs, cancel)
+    elif "ollama_error" not in res:
+        res["ollama_command"] = ol.ollama_create_command(modelfile, name or "my-model")
+    write_export_record(run_dir, res)
+    return res
+
+
+def register_job(run_dir, quant, name, system, temperature, force, events=None, cancel=None):
+    """Retry: register the GGUF an earlier export wrote (and verify), without writing it again."""
+    from core import ollama as ol
+    from core.export import plan_export, write_export_record
+
+    gguf, modelfile = export_paths(run_dir, quant)
+    if not gguf.is_file():
+        from core.events import TuneloomError
+
+        raise TuneloomError(f"{gguf} is not there any more.", "Export again.")
+    plan = plan_export(run_dir, gguf=gguf, quant=quant, ollama=name, system=system or None, modelfile=modelfile,
+                       temperature=temperature)
+    msgs = verify_messages(run_dir)
+    reg = ol.register_model(gguf, name, template=plan.chat_format.template, stops=plan.chat_format.stops,
+                            system=system or None, force=force, parameters=plan.parameters, modelfile_path=modelfile,
+                            verify_messages=msgs, verify_options=VERIFY_OPTIONS, events=events, cancel=cancel)
+    res = {"gguf": str(gguf), "modelfile": str(modelfile), "quant": quant, "ollama": reg, "verify_messages": msgs,
+           "base": str(plan.base), "adapter": str(plan.adapter) if plan.adapter else None,
+           "chat_template_source": plan.template_source}
+    if msgs:
+        res["tuneloom_answer"] = tuneloom_answer(run_dir, msgs, cancel)
+    write_export_record(run_dir, res)
     return res
 
 
 class ExportPage(Page):
     key = "export"
     title = "5. Export"
-    blurb = ("Write one file with your fine-tuned model (GGUF) and a Modelfile for Ollama. If Ollama is running, "
-             "the model is registered too.")
+    blurb = ("Put your fine-tuned model in Ollama: one GGUF file (the model, merged and quantized) and a Modelfile, "
+             "registered and checked with a question from your validation set.")
 
     def __init__(self, ctx: AppContext):
         super().__init__(ctx)
+        self._sizes: dict[str, int] = {}
+        self._last: dict = {}  # what the last export was asked to do (for Retry)
         form = QFormLayout()
         self.quant = QComboBox()
         self.quant.setObjectName("export.quant")
-        self.quant.addItems(["f16", "q8_0"])
-        self.quant.setToolTip("f16 keeps full quality; q8_0 is half the size with a small quality loss.")
+        for key, label, why in QUANTS:
+            self.quant.addItem(label, key)
+            self.quant.setItemData(self.quant.count() - 1, why, Qt.ItemDataRole.ToolTipRole)
+        self.quant.setToolTip("How the weights are stored: smaller files answer faster and lose a little quality.")
         self.name = QLineEdit("my-tuneloom-model")
         self.name.setObjectName("export.name")
-        form.addRow("Precision", self.quant)
-        form.addRow("Ollama name", self.name)
-        self.export_btn = QPushButton("Export")
+        self.name_note = QLabel("")
+        self.name_note.setObjectName("export.name_note")
+        self.name_note.setWordWrap(True)
+        self.system = QPlainTextEdit()
+        self.system.setObjectName("export.system")
+        self.system.setPlaceholderText("No system prompt")
+        self.system.setMaximumHeight(56)
+        self.system.setToolTip("Baked into the Modelfile (SYSTEM): Ollama uses it when a chat brings none.")
+        self.temperature = QDoubleSpinBox()
+        self.temperature.setObjectName("export.temperature")
+        self.temperature.setRange(0.0, 2.0)
+        self.temperature.setSingleStep(0.1)
+        from core.ollama import DEFAULT_TEMPERATURE
+
+        self.temperature.setValue(DEFAULT_TEMPERATURE)
+        self.temperature.setToolTip("Baked into the Modelfile (PARAMETER temperature): 0 always gives the same answer.")
+        name_box = QWidget()
+        nb = QHBoxLayout(name_box)
+        nb.setContentsMargins(0, 0, 0, 0)
+        nb.addWidget(self.name, 1)
+        form.addRow("Ollama name", name_box)
+        form.addRow("", self.name_note)
+        form.addRow("Size", self.quant)
+        form.addRow("System prompt", self.system)
+        form.addRow("Temperature", self.temperature)
+
+        self.export_btn = QPushButton("Export to Ollama")
         self.export_btn.setObjectName("export.ollama")
+        self.export_btn.setDefault(True)
+        self.gguf_btn = QPushButton("Save GGUF only")
+        self.gguf_btn.setObjectName("export.gguf_only")
+        self.gguf_btn.setToolTip("Write the GGUF file and Modelfile (for llama.cpp, LM Studio, or Ollama later).")
         self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setObjectName("export.cancel")
         self.cancel_btn.setEnabled(False)
+        self.retry_btn = QPushButton("Retry")
+        self.retry_btn.setObjectName("export.retry")
+        self.retry_btn.setToolTip("Register the files already written, now that Ollama runs.")
+        self.retry_btn.setVisible(False)
         row = QHBoxLayout()
-        row.addWidget(self.export_btn)
-        row.addWidget(self.cancel_btn)
+        for b in (self.export_btn, self.gguf_btn, self.cancel_btn, self.retry_btn):
+            row.addWidget(b)
         row.addStretch(1)
-        self.progress = QProgressBar()
+        self.stages = ExportStages()
         self.result = QLabel("")
+        self.result.setObjectName("export.result")
         self.result.setWordWrap(True)
+        self.result.setTextFormat(Qt.TextFormat.RichText)
         self.result.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.command = QLineEdit()
+        self.command.setObjectName("export.command")
+        self.command.setReadOnly(True)
+        self.copy_btn = QPushButton("Copy")
+        self.copy_btn.setObjectName("export.copy")
+        self.reveal_gguf = QPushButton("Show GGUF in folder")
+        self.reveal_gguf.setObjectName("export.reveal_gguf")
+        self.reveal_mf = QPushButton("Show Modelfile in folder")
+        self.reveal_mf.setObjectName("export.reveal_modelfile")
+        self.after = QWidget()
+        ar = QHBoxLayout(self.after)
+        ar.setContentsMargins(0, 0, 0, 0)
+        ar.addWidget(self.command, 1)
+        ar.addWidget(self.copy_btn)
+        ar.addWidget(self.reveal_gguf)
+        ar.addWidget(self.reveal_mf)
+        self.after.setVisible(False)
         self.layout_.addLayout(form)
         self.layout_.addLayout(row)
-        self.layout_.addWidget(self.progress)
+        self.layout_.addWidget(self.stages)
         self.layout_.addWidget(self.result)
+        self.layout_.addWidget(self.after)
         self.layout_.addStretch(1)
-        self.export_btn.clicked.connect(self.export)
-        self.cancel_btn.clicked.connect(self.cancel)
 
+        self.export_btn.clicked.connect(self.export)
+        self.gguf_btn.clicked.connect(self.save_gguf)
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.retry_btn.clicked.connect(self.retry)
+        self.copy_btn.clicked.connect(lambda: QGuiApplication.clipboard().setText(self.command.text()))
+        self.reveal_gguf.clicked.connect(lambda: self._reveal("gguf"))
+        self.reveal_mf.clicked.connect(lambda: self._reveal("modelfile"))
+        self.name.textChanged.connect(lambda _t: self.refresh())
+        self.quant.currentIndexChanged.connect(lambda _i: self.refresh())
+        self.refresh()
+
+    # -- settings and session ------------------------------------------------------------------
     def restore_settings(self):
-        quant = str(self.settings.value("export/quant", self.quant.currentText()))
-        if self.quant.findText(quant) >= 0:
-            self.quant.setCurrentText(quant)
+        quant = str(self.settings.value("export/quant", self.quant.currentData()))
+        i = self.quant.findData(quant.lower())
+        if i >= 0:
+            self.quant.setCurrentIndex(i)
         self.name.setText(str(self.settings.value("export/name", self.name.text())))
 
     def save_settings(self):
-        self.settings.setValue("export/quant", self.quant.currentText())
+        self.settings.setValue("export/quant", self.quant.currentData())
         self.settings.setValue("export/name", self.name.text())
 
+    def session_changed(self, names: set):
+        if names & {"run_dir", "model_dir"}:
+            self._run_changed()
+        if names & {"run_dir", "run_version", "jobs"}:
+            self.refresh()
+
+    def _run_changed(self):
+        run = self.session.run_dir
+        self._sizes = {}
+        self.retry_btn.setVisible(False)
+        if run is not None and self.session.trained:
+            from core.export import estimate_export_bytes, resolve_source
+            from core.generate import trained_system_prompt
+
+            try:  # safetensors headers only: milliseconds
+                base, _ = resolve_source(run)
+                self._sizes = {k: estimate_export_bytes(base, k, fuse=False)["gguf"] for k, _l, _w in QUANTS}
+            except Exception:  # noqa: BLE001  (a broken run shows its problem when exported)
+                self._sizes = {}
+            from core import runs
+
+            cfg = runs.read_json(run / "config.json") or {}
+            self.system.setPlainText(next((cfg[k] for k in ("system", "system_prompt")
+                                           if isinstance(cfg.get(k), str)), ""))
+            self.slots["export-system"].start(lambda run_dir, events=None, cancel=None:
+                                              trained_system_prompt(run_dir), run,
+                                              on_ok=lambda t: self.system.toPlainText() or
+                                              self.system.setPlainText(t or ""))
+        for i, (key, label, _why) in enumerate(QUANTS):
+            n = self._sizes.get(key)
+            self.quant.setItemText(i, f"{label}  ·  about {_size(n)}" if n else label)
+
+    # -- state ---------------------------------------------------------------------------------
+    def name_problem(self) -> str | None:
+        from core import ollama as ol
+
+        try:
+            ol.validate_model_name(self.name.text().strip())
+        except ol.OllamaNameInvalid as exc:
+            return f"Not a valid Ollama name. {exc.hint}" if exc.hint else exc.user_message()
+        return None
+
+    def refresh(self):
+        busy = self.slots.running("export") or self.slots.running("export-check")
+        run_why = None if self.session.trained else "Train a model first (step 3), or pick a run in the history."
+        problem = self.name_problem()
+        self.name_note.setText(html.escape(problem) if problem else "")
+        self.name_note.setStyleSheet("color: #c0392b" if problem else "")
+        why = run_why or problem or ("An export is running." if busy else None)
+        self.export_btn.setEnabled(why is None)
+        self.export_btn.setToolTip(why or "Write the GGUF and Modelfile, register them in Ollama and check the "
+                                          "model answers.")
+        gwhy = run_why or ("An export is running." if busy else None)
+        self.gguf_btn.setEnabled(gwhy is None)
+        self.cancel_btn.setEnabled(busy)
+        self.retry_btn.setEnabled(not busy and problem is None)
+
+    # -- actions -------------------------------------------------------------------------------
+    def _request(self, register: bool) -> dict:
+        return {"run_dir": self.session.run_dir, "quant": self.quant.currentData(), "name": self.name.text().strip(),
+                "system": self.system.toPlainText().strip(), "temperature": self.temperature.value(),
+                "register": register}
+
     def export(self):
-        run_dir = self.session.run_dir
-        if run_dir is None:
-            self.result.setText("Train a model first (step 3), or pick a run in the history.")
+        """Export to Ollama: ask about a name Ollama has already (before writing), then export."""
+        if not self.session.trained or self.name_problem():
+            self.refresh()
             return
-        quant = self.quant.currentText()
-        dest = run_dir / "exports" / f"model-{quant}.gguf"
-        self.export_btn.setEnabled(False)
-        self.cancel_btn.setEnabled(True)
+        req = self._request(True)
+        self.result.setText("Checking the name with Ollama...")
+        self.slots["export-check"].start(check_name_job, req["name"], on_ok=lambda taken: self._checked(req, taken),
+                                         on_failed=lambda exc: self._checked(req, None),
+                                         on_ended=self.refresh)
+        self.refresh()
+
+    def confirm_replace(self, name: str) -> bool:
+        """The one question of the flow: replace the model Ollama has under that name?"""
+        box = QMessageBox.question(self.ctx.window, "Replace the model in Ollama?",
+                                   f"Ollama already has a model named “{name}”. Replace it with this export?",
+                                   QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                                   QMessageBox.StandardButton.No)
+        return box == QMessageBox.StandardButton.Yes
+
+    def _checked(self, req: dict, taken):
+        force = False
+        if taken:
+            if not self.confirm_replace(req["name"]):
+                self.result.setText("Not exported: choose another name, or export again and replace it.")
+                return
+            force = True
+        self._start(req, force)
+
+    def save_gguf(self):
+        if not self.session.trained:
+            return
+        self._start(self._request(False), False)
+
+    def _start(self, req: dict, force: bool):
+        self._last = dict(req, force=force)
+        self.retry_btn.setVisible(False)
+        self.after.setVisible(False)
+        self.stages.reset(("fuse", "gguf", "upload", "create", "verify") if req["register"] else ("fuse", "gguf"))
         self.result.setText("Exporting...")
-        self.slots["export"].start(export_job, run_dir, dest, quant, self.name.text().strip() or None,
-                                   on_progress=self._progress, on_ok=self._done, on_ended=self._ended,
-                                   on_failed=lambda exc: self.result.setText(
-                                       "Export failed: " + html.escape(error_text(exc))))
+        self.slots["export"].start(export_job, req["run_dir"], req["quant"], req["name"], req["system"],
+                                   req["temperature"], force, req["register"], **self._handlers())
+        self.refresh()
+
+    def retry(self):
+        req = self._last
+        if not req or self.slots.running("export"):
+            return
+        self.retry_btn.setVisible(False)
+        self.stages.reset(("upload", "create", "verify"))
+        for k in ("fuse", "gguf"):
+            self.stages._set(k, "done", "written before")
+        self.result.setText("Registering in Ollama...")
+        self.slots["export"].start(register_job, req["run_dir"], req["quant"], req["name"], req["system"],
+                                   req["temperature"], req["force"], **self._handlers())
+        self.refresh()
+
+    def _handlers(self) -> dict:
+        return dict(on_progress=self.stages.progress, on_log=self._log, on_ok=self._done, on_failed=self._failed,
+                    on_ended=self._ended)
 
     def cancel(self):
         self.slots["export"].stop()
 
+    def _log(self, level: str, text: str):
+        if level == "stage":
+            self.stages.stage(text)
+        elif level == "stage-done":
+            self.stages.done(text)
+
     def _ended(self):
-        self.export_btn.setEnabled(True)
-        self.cancel_btn.setEnabled(False)
+        self.refresh()
         self.session.touch_run()
 
-    def _progress(self, done, total, what):
-        if done is not None and total:
-            self.progress.setMaximum(1000)
-            self.progress.setValue(int(1000 * done / total))
-        self.progress.setFormat(what[:60])
+    def _failed(self, exc):
+        from core.events import Cancelled
+
+        if isinstance(exc, Cancelled):
+            self.stages.fail("cancelled")
+            self.result.setText("Cancelled: nothing was kept of this export.")
+        else:
+            self.stages.fail("failed")
+            self.result.setText("Export failed: " + html.escape(error_text(exc)).replace("\n", "<br>"))
+
+    def _files_html(self, res) -> str:
+        return (f"<b>GGUF:</b> {html.escape(str(res['gguf']))}<br><b>Modelfile:</b> "
+                f"{html.escape(str(res['modelfile']))}<br>")
 
     def _done(self, res):
-        self.progress.setValue(self.progress.maximum())
-        self.progress.setFormat("done")
-        msg = (f"<b>GGUF:</b> {html.escape(str(res['gguf']))}<br><b>Modelfile:</b> "
-               f"{html.escape(str(res['modelfile']))}<br>")
-        if res.get("ollama"):
-            msg += f"Registered in Ollama as <b>{html.escape(str(res['ollama'].get('name')))}</b>."
+        from core import ollama as ol
+
+        self._paths = {"gguf": res.get("gguf"), "modelfile": res.get("modelfile")}
+        self.after.setVisible(True)
+        msg = self._files_html(res)
+        err = res.get("ollama_error")
+        reg = res.get("ollama")
+        if reg:
+            name = reg.get("name")
+            self.command.setText(f"ollama run {name}")
+            msg += f"Registered in Ollama as <b>{html.escape(str(name))}</b>" + (
+                " (replaced the old one)." if reg.get("replaced") else ".")
+            if res.get("verify_messages"):
+                q = next((m["content"] for m in reversed(res["verify_messages"]) if m.get("role") == "user"), "")
+                same = (reg.get("answer") or "").strip() == (res.get("tuneloom_answer") or "").strip()
+                msg += (f"<br><br><b>Check:</b> {html.escape(str(q)[:200])}<table cellpadding='4'>"
+                        f"<tr><td><b>Ollama</b></td><td>{html.escape(str(reg.get('answer') or ''))[:600]}</td></tr>"
+                        f"<tr><td><b>Tuneloom</b></td><td>{html.escape(str(res.get('tuneloom_answer') or ''))[:600]}"
+                        f"</td></tr></table>" + ("The same answer." if same else
+                                                 "The answers differ (quantization changes a model a little)."))
+        elif err is not None:
+            self.stages.fail("Ollama not running" if isinstance(err, ol.OllamaNotRunning) else "failed",
+                             self.stages.current or "upload")
+            self.command.setText(res.get("ollama_command", ""))
+            if isinstance(err, ol.OllamaNotRunning):
+                how = ("Start Ollama (open the Ollama app, or run <code>ollama serve</code>), then press Retry."
+                       if err.installed else
+                       "Ollama is not installed: get it from <a href='https://ollama.com/download'>ollama.com/download"
+                       "</a>, start it, then press Retry.")
+                msg += f"The files are written. <b>{html.escape(str(err.args[0]) if err.args else str(err))}"\
+                       f"</b><br>{how}<br>Or register by hand (<code>ollama create</code>):"
+            else:
+                msg += f"The files are written, but Ollama said: {html.escape(error_text(err))}<br>Retry, or run:"
+            self.retry_btn.setVisible(True)
         else:
-            msg += ("Ollama is not running. When it is, run:<br><code>"
-                    f"{html.escape(res.get('ollama_command', ''))}</code>")
+            self.command.setText(res.get("ollama_command", ""))
+            msg += "Saved. To use it in Ollama later, run (<code>ollama create</code>):"
         self.result.setText(msg)
+        self.refresh()
+
+    def _reveal(self, which: str):
+        p = getattr(self, "_paths", {}).get(which)
+        if p:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(Path(p).parent)))
