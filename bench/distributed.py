@@ -1,6 +1,6 @@
 """Training on several Macs (`tuneloom train --hosts`): what a group costs, and what it could gain.
 
-    .venv/bin/python bench/distributed.py                 # all three parts (~10 min on a busy 2-core CPU)
+    .venv/bin/python bench/distributed.py                 # all three parts (14 min on 2 cores at load 16-23)
     .venv/bin/python bench/distributed.py --only bytes    # parts 2 and 3 only (seconds, no training)
 
 1. Tokens/s for 1 vs 2 ranks on this machine. The same `tuneloom train` arguments (so the same
@@ -117,6 +117,7 @@ def lazy_trainer_count(config_dir: Path, rank: int, targets: str, quant: dict | 
     """core.train.add_adapters on the mlx-lm model built from config.json with no weights (MLX
     arrays are lazy: nothing is allocated), quantized first for the 4-bit entries: the
     trainable-parameter count, its dtype and the number of all_sum chunks in the trainer's order."""
+    import core  # noqa: F401  (loads OpenBLAS before mlx.core, as every engine import does)
     import mlx.nn as nn
     from mlx.utils import tree_flatten
     from mlx_lm.utils import load_model
