@@ -164,6 +164,11 @@ class TryPage(Page):
         self.new_btn.setToolTip("Start a new conversation (the models stay loaded).")
         self.base_out = AnswerView("try.base")
         self.tuned_out = AnswerView("try.tuned")
+        self._questions: list[str] = []
+        self.questions = QLabel("")
+        self.questions.setObjectName("try.questions")
+        self.questions.setWordWrap(True)
+        self.questions.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.status = QLabel("")
         self.status.setObjectName("try.status")
         self.status.setWordWrap(True)
@@ -220,10 +225,11 @@ class TryPage(Page):
         cl.setContentsMargins(0, 6, 0, 0)
         cl.addLayout(settings, 0, 0)
         cl.addLayout(sysform, 1, 0)
-        cl.addLayout(cols, 2, 0)
-        cl.setRowStretch(2, 1)
-        cl.addLayout(row, 3, 0)
-        cl.addWidget(self.status, 4, 0)
+        cl.addWidget(self.questions, 2, 0)
+        cl.addLayout(cols, 3, 0)
+        cl.setRowStretch(3, 1)
+        cl.addLayout(row, 4, 0)
+        cl.addWidget(self.status, 5, 0)
 
         # the evaluation
         self.eval_btn = QPushButton("Evaluate")
@@ -347,9 +353,12 @@ class TryPage(Page):
         if model_dir is None or not text or self.slots.running("try") or self.slots.running("eval"):
             return
         self._sides = ("base", "tuned") if run else ("base",)
+        self._questions.append(text)
+        self.show_questions()
         for side in self._sides:
             view = self.view(side)
-            view.append_text(("\n\n" if view.toPlainText() else "") + f"You: {text}\n\n")
+            if view.toPlainText():
+                view.append_text("\n\n")  # the views hold the answers only; the questions are listed above
         self.prompt.clear()
         self.buffer.drain()
         self.status.setText("Loading the models..." if self.holder.key != (str(model_dir), str(run) if run else None)
@@ -363,6 +372,16 @@ class TryPage(Page):
                                 quiet_gc=True)
         self.flush_timer.start()
         self.refresh()
+
+    def show_questions(self):
+        import html
+
+        if not self._questions:
+            self.questions.setText("")
+            return
+        items = "".join(f"<li>{html.escape(q)}</li>" for q in self._questions)
+        self.questions.setText(f"<b>You asked</b> (each model answers in turn below, continuing its own "
+                               f"conversation):<ol style='margin-top:2px; margin-bottom:0'>{items}</ol>")
 
     def view(self, side: str) -> AnswerView:
         return self.base_out if side == "base" else self.tuned_out
@@ -398,6 +417,8 @@ class TryPage(Page):
         self.buffer.drain()
         self.base_out.clear()
         self.tuned_out.clear()
+        self._questions = []
+        self.show_questions()
         self.status.setText("")
 
     def _answered(self, turn):
