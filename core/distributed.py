@@ -215,13 +215,46 @@ def read_hostfile(path: str | os.PathLike) -> list[Host]:
         raise GroupError(f"{p.name} lists one host; a group needs two or more.",
                          "Add the other Macs, or train without --hosts.")
     for h in hosts:  # the ring needs addresses, not names
-        if not h.ips:
-            ip = "127.0.0.1" if h.local else _resolve_ip(h.ssh)
+        if not h.ips and not h.local:
+            ip = _resolve_ip(h.ssh)
             if ip is None:
                 raise GroupError(f"Cannot find the address of {h.ssh}.",
                                  f"Check the name, or write its IP address after it: `{h.ssh} 10.0.0.2`.")
             h.ips = [ip]
+    remote = [h for h in hosts if not h.local]
+    for h in hosts:
+        if not h.local:
+            continue
+        if not remote:  # all ranks on this Mac
+            h.ips = h.ips or ["127.0.0.1"]
+            continue
+        # the other Macs must reach this one: the address of the interface that leads to them
+        if not h.ips or any(_is_loopback(ip) for ip in h.ips):
+            ip = _outbound_ip(remote[0].address)
+            if ip is None:
+                raise GroupError(f"Cannot tell which address of this Mac ({h.ssh}) the others reach.",
+                                 f"Write it after the name: `{h.ssh} 10.0.0.1` (the Thunderbolt bridge's or "
+                                 "Ethernet's address, from System Settings > Network).")
+            h.ips = [ip]
     return hosts
+
+
+def _is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
+def _outbound_ip(target: str) -> str | None:
+    """The local address the route to ``target`` leaves from (a UDP 'connect' sends nothing)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((target, 9))
+            ip = s.getsockname()[0]
+    except OSError:
+        return None
+    return None if _is_loopback(ip) else ip
 
 
 def write_mlx_hostfile(hosts: Sequence[Host], path: Path, backend: str = "ring") -> Path:

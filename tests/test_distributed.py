@@ -39,6 +39,19 @@ def test_hostfile_text_and_json(tmp_path):
     assert written["hosts"][0] == {"ssh": "mini.local", "ips": ["10.0.0.2"]} and written["backend"] == "ring"
 
 
+def test_this_mac_gets_an_address_the_others_reach(tmp_path, monkeypatch):
+    # with a remote Mac in the group, rank 0 must not be 127.0.0.1 (the remote would dial itself)
+    monkeypatch.setattr(dist, "_outbound_ip", lambda target: "10.0.0.1" if target == "10.0.0.2" else None)
+    p = tmp_path / "hosts.txt"
+    p.write_text("localhost\nmini.local 10.0.0.2\n")
+    hosts = dist.read_hostfile(p)
+    assert hosts[0].ips == ["10.0.0.1"] and hosts[1].ips == ["10.0.0.2"]
+    p.write_text("localhost\nother.local 10.9.9.9\n")
+    with pytest.raises(dist.GroupError) as e:
+        dist.read_hostfile(p)
+    assert "localhost 10.0.0.1" in str(e.value.hint)
+
+
 @pytest.mark.parametrize("text, words", [
     ("", "lists no hosts"),
     ("127.0.0.1\n", "a group needs two or more"),
