@@ -93,6 +93,54 @@ def _copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
     return copied
 
 
+# Qwen3.5's zero-centred RMSNorm weights (the model scales by 1 + w), as mlx-lm's
+# qwen3_5.sanitize names them: mlx-lm adds the 1 on load, so its saved weights have it in
+_QWEN35_CENTRED_NORMS = (".input_layernorm.weight", ".post_attention_layernorm.weight", "model.norm.weight",
+                         ".q_norm.weight", ".k_norm.weight")
+
+
+def _qwen35_hf_tensor(name: str, value):
+    """One tensor of mlx-lm's in-memory Qwen3.5 text model as the Hugging Face checkpoint has it."""
+    import mlx.core as mx
+
+    if name.endswith(_QWEN35_CENTRED_NORMS) and value.ndim == 1:
+        value = (value.astype(mx.float32) - 1.0).astype(value.dtype)
+    elif "conv1d.weight" in name and value.ndim == 3 and value.shape[-1] == 1:
+        value = value.moveaxis(2, 1)  # [C, K, 1] -> [C, 1, K]
+    if name.startswith("language_model.model."):
+        name = "model.language_model." + name[len("language_model.model."):]
+    elif name.startswith("language_model."):
+        name = name[len("language_model."):]  # lm_head
+    return name, value
+
+
+def _write_hf_layout(folder: Path) -> None:
+    """Rewrite the weights mlx-lm saved for a Qwen3.5 into the Hugging Face layout.
+
+    mlx-lm keeps Qwen3.5 in its own layout (``language_model.model.*`` names, the RMSNorm
+    offset added, conv1d kernels as [C, K, 1]) and ``save_model`` writes it as it is; a
+    fused folder must be a plain HF checkpoint that transformers, llama.cpp's converter,
+    core.gguf_export and mlx-lm itself read alike. The norm shift is exact: a bfloat16
+    1 + w minus 1 is representable again. The text model only: mlx-lm drops the vision
+    tower and the multi-token-prediction head on load.
+    """
+    import mlx.core as mx
+
+    index_path = folder / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.is_file() else None
+    weight_map = {}
+    for path in sorted(folder.glob("model*.safetensors")):
+        tensors = dict(_qwen35_hf_tensor(k, v) for k, v in mx.load(str(path)).items())
+        mx.eval(tensors)
+        part = path.with_name(f".{path.stem}.part.safetensors")  # mlx adds .safetensors to any other name
+        mx.save_safetensors(str(part), tensors, metadata={"format": "pt"})
+        part.replace(path)
+        weight_map.update({k: path.name for k in tensors})
+    if index is not None:
+        index["weight_map"] = dict(sorted(weight_map.items()))
+        index_path.write_text(json.dumps(index, indent=4), encoding="utf-8")
+
+
 def _replace_dir(tmp: Path, out_dir: Path) -> None:
     """Move the finished ``tmp`` to ``out_dir``; an older ``out_dir`` is removed only after."""
     old = None
@@ -142,6 +190,10 @@ def fuse_model(base_dir, adapter_dir, out_dir, *, events: Events | None = None,
 
     was_quantized = any(k in base_config for k in _QUANT_CONFIG_KEYS)
     dtype = _float_dtype(model, base_config)
+    if was_quantized and dtype == mx.bfloat16:
+        # a dequantized weight plus the adapter's update needs more mantissa than bfloat16's 8 bits
+        # (rounding it moved the tiny test models' logits by up to 0.3); float16 keeps 11
+        dtype = mx.float16
 
     events.progress(0, None, "applying adapter")
     try:
@@ -181,6 +233,9 @@ def fuse_model(base_dir, adapter_dir, out_dir, *, events: Events | None = None,
     try:
         events.progress(len(adapted), total, "saving merged weights")
         save_model(tmp, model, donate_model=True)
+        del model
+        if base_config.get("model_type") == "qwen3_5":
+            _write_hf_layout(tmp)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         copied = _copy_tokenizer_files(base_dir, tmp)
         if not any(n in copied for n in ("tokenizer.json", "tokenizer.model", "vocab.json")):

@@ -4,8 +4,9 @@ Supported: ``Qwen2ForCausalLM`` (gguf arch ``qwen2``), ``Qwen3ForCausalLM`` (``q
 ``Qwen3_5ForConditionalGeneration`` (``qwen35``: the text model, without the vision tower
 and the multi-token-prediction head) and ``LlamaForCausalLM`` (``llama``), in f32 / f16 /
 bf16 / q8_0 / q4_0 and the K-quant mixes q4_k_m / q5_k_m / q6_k. Quantized files take
-llama.cpp's per-tensor type choices (``llama_tensor_get_type`` in llama-quant.cpp) and its quantizers' exact output: Q8_0,
-Q4_0, Q5_0, Q5_1 through ``gguf.quants``, the K-quants through :mod:`core.kquants`.
+llama.cpp's per-tensor type choices (``llama_tensor_get_type`` in llama-quant.cpp) and its
+quantizers' exact output: Q8_0, Q4_0, Q5_0, Q5_1 through ``gguf.quants``, the K-quants
+through :mod:`core.kquants`.
 So a quantized export equals ``llama-quantize`` run on our F16 export of the same
 float16 weights, byte for byte (tests/test_kquants.py checks it).
 
