@@ -85,13 +85,16 @@ def test_whole_flow_train_try_export(window, qtbot):
     qtbot.waitUntil(lambda: w.try_page.tuned_out.toPlainText() not in ("...", ""), timeout=60000)
     assert w.try_page.base_out.toPlainText() != w.try_page.tuned_out.toPlainText()
 
-    qtbot.mouseClick(w.export_page.export_btn, Qt.MouseButton.LeftButton)
-    with qtbot.waitSignal(w.jobs["export"].ended, timeout=120000):
+    # the Export page's own tests cover Ollama; here the GGUF of this run, from the window
+    from PySide6.QtWidgets import QPushButton
+
+    gguf_only = w.findChild(QPushButton, "export.gguf_only")
+    qtbot.waitUntil(gguf_only.isEnabled, timeout=10000)
+    qtbot.mouseClick(gguf_only, Qt.MouseButton.LeftButton)
+    with qtbot.waitSignal(w.jobs["export"].ended, timeout=180000):
         pass
-    assert "GGUF:" in w.export_page.result.text(), w.export_page.result.text()
-    gguf = w.run_dir / "exports" / "model-f16.gguf"
-    assert gguf.exists() and (gguf.parent / "Modelfile").exists()
-    assert "ollama create" in w.export_page.result.text()
+    ggufs = list((w.run_dir / "exports").glob("*.gguf"))
+    assert ggufs and ggufs[0].stat().st_size > 1000, w.export_page.result.text()
     assert states(w)["Export"][0] == "done"
 
 
