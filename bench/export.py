@@ -101,7 +101,8 @@ wall = time.perf_counter() - t0
 code = os.waitstatus_to_exitcode(status)
 if code:
     sys.stderr.write(err.decode(errors="replace")[-4000:])
-print(json.dumps({"code": code, "seconds": wall, "maxrss_kib": usage.ru_maxrss}))
+print(json.dumps({"code": code, "seconds": wall, "maxrss_kib": usage.ru_maxrss,
+                  "cpu_s": usage.ru_utime + usage.ru_stime}))
 """
 
 
@@ -116,7 +117,7 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
         sys.stderr.write(done.stderr)
         raise RuntimeError(f"{cmd[:3]} failed ({res['code']})")
     return {"seconds": round(res["seconds"], 2), "peak_rss_mib": round(res["maxrss_kib"] / 1024, 1),
-            "load_before": load}
+            "cpu_s": round(res["cpu_s"], 1), "load_before": load}
 
 
 OURS = """
@@ -183,6 +184,7 @@ def summary(runs: list[dict]) -> dict:
     """Median wall time over the rounds, every round's time and load, the largest peak RSS."""
     return {"seconds": round(statistics.median(r["seconds"] for r in runs), 2),
             "runs_s": [r["seconds"] for r in runs], "load_before": [r["load_before"] for r in runs],
+            "cpu_s": round(statistics.median(r.get("cpu_s", float("nan")) for r in runs), 1),
             "peak_rss_mib": max(r["peak_rss_mib"] for r in runs)}
 
 
@@ -235,6 +237,9 @@ def main() -> None:
     ap.add_argument("--kquants", default="q4_k_m,q5_k_m,q6_k", help="K-quant mixes to run")
     ap.add_argument("--workers", default="2,1", help="our export's worker counts for the K-quant runs")
     ap.add_argument("--no-q8", action="store_true", help="skip the Qwen2.5 Q8_0 comparison")
+    ap.add_argument("--llama-threads", default="1,2", help="llama_model_quantize thread counts")
+    ap.add_argument("--convert-models", default="qwen2.5," + "qwen3",
+                    help="models for the F16 (and Q8_0) comparison; a K-quant model's F16 convert always runs")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"], help="the models' weights")
     ap.add_argument("--repeat", type=int, default=3, help="rounds; each case's median over them is reported")
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK, help="model, sources and outputs go here")
@@ -262,9 +267,11 @@ def main() -> None:
     kq_models = [m for m in args.kquant_models.split(",") if m]
     kquants = [q for q in args.kquants.split(",") if q]
     workers = [int(w) for w in args.workers.split(",")]
+    threads = [int(t) for t in args.llama_threads.split(",")]
+    conv_models = [m for m in args.convert_models.split(",") if m]
     tag = "" if args.dtype == "bfloat16" else f"-{args.dtype}"
     models = {}
-    for name in ["qwen2.5"] + [m for m in kq_models if m != "qwen2.5"]:
+    for name in dict.fromkeys(conv_models + kq_models):
         models[name] = build_model(work, name, layers[name], args.dtype)
         for f in models[name].glob("*.safetensors"):  # page cache warm for everyone alike
             subprocess.run(["cat", str(f)], stdout=subprocess.DEVNULL, check=True)
@@ -304,8 +311,9 @@ def main() -> None:
         runs.setdefault(key, []).append(r)
         print(f"round {len(runs[key])}: {key}: {r}", flush=True)
 
-    convert_cases = [("qwen2.5", "f16")] + ([] if args.no_q8 else [("qwen2.5", "q8_0")])
-    convert_cases += [(m, "f16") for m in kq_models if m != "qwen2.5"]
+    convert_cases = [(m, "f16") for m in dict.fromkeys(conv_models + kq_models)]
+    if "qwen2.5" in conv_models and not args.no_q8:
+        convert_cases.insert(1, ("qwen2.5", "q8_0"))
     for _ in range(args.repeat):
         for name, quant in convert_cases:
             model = models[name]
@@ -317,7 +325,7 @@ def main() -> None:
                 for w in workers:
                     run(f"{name} {quant} ours w{w}", ours_cmd(models[name], out / f"{name}{tag}-ours-{quant}-w{w}.gguf",
                                                                quant, w))
-                for t in (1, 2):
+                for t in threads:
                     run(f"{name} {quant} quantize t{t}",
                         quantize_cmd(conv_f16, out / f"{name}{tag}-llama-{quant}-t{t}.gguf", quant, t))
 
@@ -343,20 +351,21 @@ def main() -> None:
         conv = summary(runs[f"{name} f16 convert"])
         for quant in kquants:
             case: dict = {f"ours_w{w}": summary(runs[f"{name} {quant} ours w{w}"]) for w in workers}
-            for t in (1, 2):
+            for t in threads:
                 q = summary(runs[f"{name} {quant} quantize t{t}"])
                 case[f"llama_route_t{t}"] = {
                     "convert_f16": conv["seconds"], "quantize": q["seconds"], "quantize_runs_s": q["runs_s"],
                     "seconds": round(conv["seconds"] + q["seconds"], 2),
                     "peak_rss_mib": max(conv["peak_rss_mib"], q["peak_rss_mib"]),
                 }
-            best = min((case["llama_route_t1"], case["llama_route_t2"]), key=lambda r: r["seconds"])
+            best = min((case[f"llama_route_t{t}"] for t in threads), key=lambda r: r["seconds"])
             for w in workers:
                 ours = case[f"ours_w{w}"]
-                case[f"w{w}_time_ratio_vs_route_t1"] = round(ours["seconds"] / case["llama_route_t1"]["seconds"], 2)
+                for t in threads:
+                    case[f"w{w}_time_ratio_vs_route_t{t}"] = round(ours["seconds"] / case[f"llama_route_t{t}"]["seconds"], 2)
                 case[f"w{w}_time_ratio_vs_faster_route"] = round(ours["seconds"] / best["seconds"], 2)
                 case[f"w{w}_rss_ratio"] = round(ours["peak_rss_mib"] / best["peak_rss_mib"], 2)
-            ref = out / f"{name}{tag}-llama-{quant}-t1.gguf"
+            ref = out / f"{name}{tag}-llama-{quant}-t{threads[0]}.gguf"
             first = out / f"{name}{tag}-ours-{quant}-w{workers[0]}.gguf"
             case["types"] = type_shares(first)
             case["tensor_data"] = same_tensors(first, ref)
