@@ -17,10 +17,16 @@ from core import demo_world as world
 from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
 from core.paths import demo_data_dir, demo_model_dir
 
-# Thresholds the demo promises (issue: engine foundation).
+# What the demo promises on the held-out topics (issue 15): the base model does not answer in the
+# schema; the fine-tuned one does, names what it was asked about and gets whole answers right,
+# still answers plain questions in prose; the GGUF files answer as MLX does.
 BASE_JSON_MAX = 0.10
-TUNED_JSON_MIN = 0.80
-F16_AGREE_MIN = 0.90
+TUNED_JSON_MIN = 0.95
+TUNED_NAME_MIN = 0.90
+TUNED_EXACT_MIN = 0.70
+PROSE_SURVIVAL_MIN = 0.90
+F16_AGREE_MIN = 0.95
+Q8_AGREE_MIN = 0.90
 
 DEMO_TRAIN = dict(iters=200, rank=8, alpha=16.0, lr=1e-3, batch=8, targets="all", max_seq_len=256,
                   warmup=10, valid_every=40, checkpoint_every=80, seed=0)
@@ -132,7 +138,10 @@ def run_demo(out_dir: str | Path, *, events: Events | None = None, cancel: Cance
                for kind, got_b, got_t in (("structured", b_struct, t_struct), ("prose", b_prose, t_prose))
                for p, b, t in zip(prompts[kind], got_b, got_t)]
     (out / "answers.json").write_text(json.dumps(answers, indent=1) + "\n")
-    finish(s, tuned_score["json_valid_rate"] >= TUNED_JSON_MIN, **tuned_score, example=t_struct[0],
+    tuned_ok = (tuned_score["json_valid_rate"] >= TUNED_JSON_MIN and tuned_score["json_name_correct_rate"] >= TUNED_NAME_MIN
+                and tuned_score["json_exact_rate"] >= TUNED_EXACT_MIN
+                and tuned_score["prose_survival"] >= PROSE_SURVIVAL_MIN)
+    finish(s, tuned_ok, **tuned_score, example=t_struct[0],
            answers=str(out / "answers.json"))
 
     s = stage("fuse")
@@ -172,7 +181,8 @@ def run_demo(out_dir: str | Path, *, events: Events | None = None, cancel: Cance
                 events.progress(i + 1, len(all_prompts), f"llama.cpp greedy answers ({q})")
             llm.close()
             agreement[q] = same / len(all_prompts)
-        finish(s, agreement["f16"] >= F16_AGREE_MIN, **{f"{q}_agreement": v for q, v in agreement.items()},
+        finish(s, agreement["f16"] >= F16_AGREE_MIN and agreement["q8_0"] >= Q8_AGREE_MIN,
+               **{f"{q}_agreement": v for q, v in agreement.items()},
                prompts=len(all_prompts))
 
     s = stage("ollama")

@@ -3,8 +3,9 @@
 Run ``python -m core.demo_build`` (a few minutes on 2 CPU cores). The result is a
 standard Hugging Face folder: Qwen2 architecture, float16 safetensors, its own
 byte-level BPE tokenizer (Qwen2's pre-tokenizer, ChatML special tokens), a ChatML
-chat template. The model is pretrained with MLX on plain-prose chats about the
-synthetic world in :mod:`core.demo_world`.
+chat template. The model is pretrained with MLX on chats about the synthetic world in
+:mod:`core.demo_world`: its facts in prose, the same facts as JSON records of other
+schemas than the sample data's, and copying words back from the question.
 """
 from __future__ import annotations
 
@@ -29,6 +30,12 @@ CHATML_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['ro
                    "{{ '<|im_start|>assistant\\n' }}{% endif %}")
 MODEL_SHAPE = dict(hidden_size=128, num_hidden_layers=4, intermediate_size=384, num_attention_heads=4,
                    num_key_value_heads=2)
+BUILD_STEPS = 1200
+CORPUS_SIZE = 8000
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
 
 
 def render_chatml(messages: list[dict]) -> str:
@@ -63,14 +70,15 @@ def build_tokenizer(texts: list[str], dest: Path, vocab_size: int = 1024) -> Non
     }, indent=2) + "\n")
 
 
-def write_config(dest: Path, vocab_size: int, ids: dict[str, int]) -> dict:
+def write_config(dest: Path, vocab_size: int, ids: dict[str, int], shape: dict | None = None) -> dict:
+    shape = shape or MODEL_SHAPE
     cfg = {
         "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "attention_dropout": 0.0,
         "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"], "hidden_act": "silu",
-        "initializer_range": 0.02, "max_position_embeddings": 1024, "max_window_layers": MODEL_SHAPE["num_hidden_layers"],
+        "initializer_range": 0.02, "max_position_embeddings": 1024, "max_window_layers": shape["num_hidden_layers"],
         "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "sliding_window": 1024, "tie_word_embeddings": True,
         "torch_dtype": "float16", "use_cache": True, "use_sliding_window": False, "vocab_size": vocab_size,
-        **MODEL_SHAPE,
+        **shape,
     }
     (dest / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     (dest / "generation_config.json").write_text(json.dumps({
@@ -79,7 +87,7 @@ def write_config(dest: Path, vocab_size: int, ids: dict[str, int]) -> dict:
     return cfg
 
 
-def pretrain(model_dir: Path, corpus: list[dict], steps: int, batch: int, lr: float, seed: int, log=print) -> dict:
+def pretrain(model_dir: Path, corpus: list[dict], steps: int, batch: int, lr: float, seed: int, log=_say) -> dict:
     import mlx.core as mx
     import mlx.nn as nn
     import mlx.optimizers as optim
@@ -110,19 +118,33 @@ def pretrain(model_dir: Path, corpus: list[dict], steps: int, batch: int, lr: fl
     opt = optim.AdamW(learning_rate=sched, weight_decay=0.01)
     state = [model.state, opt.state]
 
-    @mx.compile
     def step(x, y, w):
         loss, grads = nn.value_and_grad(model, loss_fn)(model, x, y, w)
         opt.update(model, grads)
         return loss
 
+    # Compiled once, with the model and optimizer state as declared inputs and outputs (an earlier
+    # build also wrapped it in a bare @mx.compile; that model never learned to copy a name).
     step = mx.compile(step, inputs=state, outputs=state)
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].ids))
-    batches = [order[i:i + batch] for i in range(0, len(order) - batch + 1, batch)]
+
+    def epoch_batches() -> list[list[int]]:
+        # batches of similar lengths (little padding) drawn afresh every epoch (no fixed groups)
+        perm = list(range(len(seqs)))
+        rng.shuffle(perm)
+        out = []
+        for c in range(0, len(perm), batch * 16):
+            chunk = sorted(perm[c:c + batch * 16], key=lambda i: len(seqs[i].ids))
+            out += [chunk[i:i + batch] for i in range(0, len(chunk) - batch + 1, batch)]
+        rng.shuffle(out)
+        return out
+
     t0 = time.time()
     losses = []
+    queue: list[list[int]] = []
     for it in range(steps):
-        b = batches[rng.randrange(len(batches))]
+        if not queue:
+            queue = epoch_batches()
+        b = queue.pop()
         L = max(len(seqs[i].ids) for i in b)
         L = int(math.ceil(L / 8) * 8)  # few distinct shapes keep mx.compile's cache small
         ids = np.full((len(b), L), pad, dtype=np.int32)
@@ -152,8 +174,10 @@ def write_sample_data(data_dir: Path) -> None:
     (data_dir.parent / "heldout.json").write_text(json.dumps(world.eval_prompts(), indent=1) + "\n")
 
 
-def build(out: Path, steps: int = 1500, seed: int = 0, log=print) -> dict:
-    corpus = world.pretraining_corpus(seed=seed)
+def build(out: Path, steps: int = BUILD_STEPS, seed: int = 0, log=_say, shape: dict | None = None,
+          corpus_size: int = CORPUS_SIZE) -> dict:
+    t_cpu = time.process_time()
+    corpus = world.pretraining_corpus(corpus_size, seed=seed)
     tok_texts = [render_chatml(r["messages"]) for r in corpus]
     # Generic text so the tokenizer is not only the demo's words: every English word and JSON key
     # the demo uses, in other combinations.
@@ -170,12 +194,14 @@ def build(out: Path, steps: int = 1500, seed: int = 0, log=print) -> dict:
 
         tk = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         ids = {t: tk.token_to_id(t) for t in SPECIALS}
-        write_config(model_dir, tk.get_vocab_size(), ids)
+        write_config(model_dir, tk.get_vocab_size(), ids, shape)
         (model_dir / "LICENSE").write_text("The Tuneloom demo model is generated by core/demo_build.py; Apache-2.0.\n")
         stats = pretrain(model_dir, corpus, steps=steps, batch=32, lr=3e-3, seed=seed, log=log)
         write_sample_data(tmp / "data")
-        (tmp / "BUILD.json").write_text(json.dumps({"steps": steps, "seed": seed, **stats,
-                                                   "vocab_size": tk.get_vocab_size()}, indent=2) + "\n")
+        stats["cpu_seconds"] = round(time.process_time() - t_cpu, 1)
+        (tmp / "BUILD.json").write_text(json.dumps({"steps": steps, "seed": seed, "corpus": corpus_size, **stats,
+                                                   "vocab_size": tk.get_vocab_size(),
+                                                   "shape": shape or MODEL_SHAPE}, indent=2) + "\n")
         for sub in ("model", "data", "heldout.json", "BUILD.json"):
             dst = out / sub
             if dst.is_dir():
@@ -191,7 +217,12 @@ def build(out: Path, steps: int = 1500, seed: int = 0, log=print) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, default=demo_dir())
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=BUILD_STEPS)
+    ap.add_argument("--corpus", type=int, default=CORPUS_SIZE, help="pretraining chats")
+    ap.add_argument("--hidden", type=int, default=MODEL_SHAPE["hidden_size"])
+    ap.add_argument("--layers", type=int, default=MODEL_SHAPE["num_hidden_layers"])
+    ap.add_argument("--intermediate", type=int, default=MODEL_SHAPE["intermediate_size"])
+    ap.add_argument("--heads", type=int, default=MODEL_SHAPE["num_attention_heads"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-only", action="store_true", help="only rewrite the sample data")
     a = ap.parse_args()
@@ -199,7 +230,9 @@ def main() -> None:
     if a.data_only:
         write_sample_data(a.out / "data")
         return
-    print(json.dumps(build(a.out, a.steps, a.seed)))
+    shape = dict(MODEL_SHAPE, hidden_size=a.hidden, num_hidden_layers=a.layers, intermediate_size=a.intermediate,
+                 num_attention_heads=a.heads)
+    print(json.dumps(build(a.out, a.steps, a.seed, shape=shape, corpus_size=a.corpus)))
 
 
 if __name__ == "__main__":
