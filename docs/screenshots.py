@@ -173,8 +173,10 @@ def main():
     w.ask()
     pump(cond=lambda: not w.jobs["try"].running and w.try_page.tuned_out.toPlainText() not in ("...", ""))
     shot(3, "page-try")
-    w.export()
-    pump(cond=lambda: not w.jobs["export"].running)
+    w.export()  # asks Ollama about the name first, then exports (no Ollama here: files and the command)
+    ep = w.export_page
+    pump(cond=lambda: ep.slots["export"].job is not None and not ep.slots.running("export")
+         and not ep.slots.running("export-check"))
     shot(4, "page-export")
     dark(True)
     for row, name in ((2, "train"), (3, "try"), (4, "export"), (5, "history")):

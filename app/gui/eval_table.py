@@ -62,7 +62,9 @@ class EvalTable(QWidget):
         self.metrics.setVerticalHeaderLabels([label for _k, label, _t in METRICS])
         self.metrics.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.metrics.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        self.metrics.setMaximumHeight(34 + 28 * len(METRICS))
+        self.metrics.verticalHeader().setDefaultSectionSize(26)
+        self.metrics.setFixedHeight(self.metrics.horizontalHeader().sizeHint().height() + 26 * len(METRICS) + 4)
+        self.metrics.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.table = QTableWidget(0, len(ROW_COLUMNS))
         self.table.setObjectName("try.eval_rows")
         self.table.setHorizontalHeaderLabels(ROW_COLUMNS)
@@ -74,6 +76,7 @@ class EvalTable(QWidget):
         for c in (1, 2, 3, 4):
             hh.setSectionResizeMode(c, QHeaderView.ResizeMode.Stretch)
         self.table.setSortingEnabled(True)
+        self.table.sortItems(0, Qt.SortOrder.AscendingOrder)  # in the order of the examples until a heading is clicked
         self.detail = QTextBrowser()
         self.detail.setObjectName("try.eval_detail")
         self.detail.setPlaceholderText("Click an example to see it in full.")

@@ -66,7 +66,7 @@ class ExportStages(QWidget):
 
     def done(self, key: str):
         if key in self.rows:
-            self._set(key, "done")
+            self._set(key, "done", "done")
             if self.current == key:
                 self.current = None
 

@@ -278,6 +278,7 @@ class ExportPage(Page):
         run_why = None if self.session.trained else "Train a model first (step 3), or pick a run in the history."
         problem = self.name_problem()
         self.name_note.setText(html.escape(problem) if problem else "")
+        self.name_note.setVisible(bool(problem))
         self.name_note.setStyleSheet("color: #c0392b" if problem else "")
         why = run_why or problem or ("An export is running." if busy else None)
         self.export_btn.setEnabled(why is None)
