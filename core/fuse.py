@@ -191,8 +191,9 @@ def fuse_model(base_dir, adapter_dir, out_dir, *, events: Events | None = None,
     was_quantized = any(k in base_config for k in _QUANT_CONFIG_KEYS)
     dtype = _float_dtype(model, base_config)
     if was_quantized and dtype == mx.bfloat16:
-        # a dequantized weight plus the adapter's update needs more mantissa than bfloat16's 8 bits
-        # (rounding it moved the tiny test models' logits by up to 0.3); float16 keeps 11
+        # a dequantized weight plus the adapter's update, merged in float32 below, loses most to a
+        # bfloat16 rounding (8 significant bits; it moved the tiny test models' logits by up to 0.3):
+        # float16 keeps 11, and the dequantized values are far inside its range
         dtype = mx.float16
 
     events.progress(0, None, "applying adapter")
@@ -203,6 +204,8 @@ def fuse_model(base_dir, adapter_dir, out_dir, *, events: Events | None = None,
                             "Fuse with the same base model the adapter was trained on.") from exc
     check()
 
+    if was_quantized:  # merge in float32: scale * q + bias + delta, rounded once at the end
+        model.set_dtype(mx.float32)
     adapted = [(name, module) for name, module in model.named_modules() if hasattr(module, "fuse")]
     total = len(adapted) + 1
     fused = []
