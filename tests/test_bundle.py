@@ -258,7 +258,8 @@ def test_bundle_holds_what_the_app_needs_at_run_time(bundle):
     else:
         assert has("platforms/libqxcb.so")
         assert has("libmlx.so")
-        info = plistlib.loads((build / "Info.plist").read_bytes()) if build else None
+        # the spec writes what BUNDLE would merge into its own work folder (build/<spec name>/)
+        info = plistlib.loads(next(build.rglob("Info.plist")).read_bytes()) if build else None
     if info is not None:
         assert info["CFBundleIdentifier"] == "app.tuneloom.Tuneloom"
         from importlib.metadata import version
