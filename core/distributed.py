@@ -134,7 +134,43 @@ def current_group() -> Group:
                                  f"but MLX could not join it: {exc}",
                                  "Start group runs with `tuneloom train --hosts HOSTFILE`.") from exc
             _GROUP = Group(rank=g.rank(), size=g.size(), handle=g) if g.size() > 1 else Group()
+            if _GROUP.distributed:
+                _watch_parents()
     return _GROUP
+
+
+def _watch_parents(interval: float = 1.0) -> None:
+    """End this rank when the group around it is gone.
+
+    A rank whose partner died waits in a collective forever, and one whose launcher was killed
+    (a Ctrl-C'd or killed `tuneloom train --hosts`, a closed window) would train on unseen. So
+    each rank leaves when its parent (mlx.launch, or the ssh session on a remote Mac) changes,
+    or when the Tuneloom process that started the group, on this Mac, is gone."""
+    parent = os.getppid()
+    origin = os.environ.get("TUNELOOM_GROUP_PARENT", "")
+    host, _, pid = origin.rpartition(":")
+    starter = int(pid) if pid.isdigit() and host == socket.gethostname() else None
+
+    def alive(p: int) -> bool:
+        try:
+            os.kill(p, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def watch():
+        import time
+
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent or (starter is not None and not alive(starter)):
+                print(f"rank {os.environ.get('MLX_RANK')}: the group's launcher is gone; stopping", file=sys.stderr,
+                      flush=True)
+                os._exit(3)
+
+    threading.Thread(target=watch, daemon=True, name="tuneloom-group-watch").start()
 
 
 def shard(members: Sequence[int], group: Group) -> list[int]:
@@ -258,7 +294,8 @@ def _outbound_ip(target: str) -> str | None:
 
 
 def write_mlx_hostfile(hosts: Sequence[Host], path: Path, backend: str = "ring") -> Path:
-    data = {"backend": backend, "hosts": [{"ssh": h.ssh, "ips": h.ips} for h in hosts]}
+    # mlx.launch runs a rank in place only when its ssh name is literally 127.0.0.1 (else over ssh)
+    data = {"backend": backend, "hosts": [{"ssh": "127.0.0.1" if h.local else h.ssh, "ips": h.ips} for h in hosts]}
     path.write_text(json.dumps(data, indent=2), encoding="utf-8")
     return path
 
@@ -394,6 +431,7 @@ def launch_command(hosts: Sequence[Host], train_args: Sequence[str], hostfile: P
     write_mlx_hostfile(hosts, hostfile, backend)
     return [*_launcher(), "--backend", backend, "--hostfile", str(hostfile), "--starting-port", str(port),
             "--python", python or sys.executable, "--env", f"TUNELOOM_DIST_BACKEND={backend}",
+            "--env", f"TUNELOOM_GROUP_PARENT={socket.gethostname()}:{os.getpid()}",
             "--", "-m", "app.cli", "train", *train_args]
 
 
@@ -461,6 +499,31 @@ def launch(hosts: Sequence[Host], train_args: Sequence[str], *, run_dir: Path, b
     if cancel is not None:
         threading.Thread(target=watch_cancel, daemon=True).start()
     assert proc.stdout is not None
+    try:
+        rc = _follow(proc, hosts, lines, ended, on_line)
+    except BaseException:
+        import signal
+
+        try:  # an exception or Ctrl-C here: stop the whole group, not only this process
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        raise
+    res = GroupResult(rc, output="\n".join(lines[-200:]))
+    if ended:
+        # the first rank that ended on its own; the others were stopped by mlx.launch after it
+        rank, how = ended[0]
+        host = hosts[rank].ssh if rank < len(hosts) else "?"
+        res.failed_rank, res.failed_host = rank, host
+        res.message = f"Rank {rank} on {host} {how}: the group stopped."
+        if res.returncode == 0:
+            res.returncode = 1
+    elif rc != 0:
+        res.message = f"The group stopped (exit code {rc})."
+    return res
+
+
+def _follow(proc, hosts, lines: list[str], ended: list[tuple[int, str]], on_line) -> int:
     for raw in proc.stdout:
         line = re.sub(r"\x1b\[[0-9;]*m", "", raw.rstrip("\n"))
         lines.append(line)
@@ -470,17 +533,4 @@ def launch(hosts: Sequence[Host], train_args: Sequence[str], *, run_dir: Path, b
             continue
         if on_line:
             on_line(line)
-    rc = proc.wait()
-    res = GroupResult(rc, output="\n".join(lines[-200:]))
-    if ended:
-        # the first rank that ended on its own; the others were stopped by mlx.launch after it
-        rank, how = ended[0]
-        host = hosts[rank].ssh if rank < len(hosts) else "?"
-        res.failed_rank, res.failed_host = rank, host
-        res.message = (f"Rank {rank} on {host} {how.replace('exited with code', 'exited with code')}: the group "
-                       f"stopped.")
-        if res.returncode == 0:
-            res.returncode = 1
-    elif rc != 0:
-        res.message = f"The group stopped (exit code {rc})."
-    return res
+    return proc.wait()

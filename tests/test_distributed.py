@@ -46,6 +46,8 @@ def test_this_mac_gets_an_address_the_others_reach(tmp_path, monkeypatch):
     p.write_text("localhost\nmini.local 10.0.0.2\n")
     hosts = dist.read_hostfile(p)
     assert hosts[0].ips == ["10.0.0.1"] and hosts[1].ips == ["10.0.0.2"]
+    written = json.loads(dist.write_mlx_hostfile(hosts, tmp_path / "mlx.json").read_text())["hosts"]
+    assert written[0] == {"ssh": "127.0.0.1", "ips": ["10.0.0.1"]}  # run here, reached at 10.0.0.1
     p.write_text("localhost\nother.local 10.9.9.9\n")
     with pytest.raises(dist.GroupError) as e:
         dist.read_hostfile(p)
@@ -205,3 +207,24 @@ def test_killed_rank_stops_the_group_and_the_run_resumes(tmp_path):
     steps = [m["step"] for m in runs.read_metrics(run) if "train_loss" in m]
     assert steps == list(range(1, 9))  # one continuous curve: no gap, no duplicate step
     assert runs.read_json(run / "status.json")["state"] == "done"
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process through /proc")
+@pytest.mark.timeout(600)
+def test_killing_the_launcher_leaves_no_rank_behind(tmp_path):
+    env = _env(tmp_path)
+    run = tmp_path / "run"
+    p = subprocess.Popen([*TUNELOOM, "train", "--hosts", str(_hostfile(tmp_path)), *TRAIN, "--iters", "200",
+                          "--out", str(run)], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (_rank_pid(run, 0) and _rank_pid(run, 1)):
+            time.sleep(0.2)
+        assert _rank_pid(run, 0) and _rank_pid(run, 1), "the ranks did not start"
+    finally:
+        p.kill()  # as a crash or a force-quit would: no chance to clean up
+        p.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and (_rank_pid(run, 0) or _rank_pid(run, 1)):
+        time.sleep(0.5)
+    assert not _rank_pid(run, 0) and not _rank_pid(run, 1), "a rank outlived its launcher"
