@@ -32,6 +32,9 @@ class DataReport:
     n_valid: int = 0
     split_source: str = ""  # how the split was made, in words
     split_error: str | None = None
+    reasoning: int = 0  # examples carrying reasoning (counting them is not for the GUI thread)
+    # core.data.reasoning_summary for each answer to "does the template think?" (None: no model yet)
+    reasoning_lines: dict = field(default_factory=dict)
 
 
 def dataset_files(paths: list[Path]) -> dict[str, Path]:
@@ -47,18 +50,24 @@ def dataset_files(paths: list[Path]) -> dict[str, Path]:
     return out
 
 
-def load_data_report(paths: list[Path], valid_fraction: float = 0.1, events=None, cancel=None) -> DataReport:
+def load_data_report(paths: list[Path], valid_fraction: float = 0.1, events=None, cancel=None,
+                     options: dict | None = None) -> DataReport:
     """Read and validate the files, then the split sizes and duplicates (hashing every record is
-    not for the GUI thread)."""
+    not for the GUI thread). ``options``: load_dataset's keyword arguments (a column mapping)."""
     from core.data import load_dataset, train_valid
 
     events = events or NULL_EVENTS
     paths = [Path(p) for p in paths]
-    ds = load_dataset(paths, events=events, cancel=cancel)
+    ds = load_dataset(paths, **(options or {}), events=events, cancel=cancel)
     if cancel is not None:
         cancel.raise_if_cancelled()
     events.progress(None, None, "checking duplicates and the split")
+    from core.data import reasoning_summary
+
     report = DataReport(ds, paths, dataset_files(paths), ds.duplicates())
+    report.reasoning = ds.reasoning
+    if ds.records:
+        report.reasoning_lines = {k: reasoning_summary(ds, k) for k in (None, True, False)}
     if ds.splits.get("train") and ds.splits.get("valid"):
         report.split_source = "from the train and valid files"
     else:
@@ -82,21 +91,23 @@ class TokenReport:
     # per previewed example: the exact training text as (text, trained) runs
     previews: list[list[tuple[str, bool]]] = field(default_factory=list)
     preview_error: str | None = None
+    template_thinks: bool | None = None  # the model's chat template has a thinking mode
 
 
-_encoders: dict[str, object] = {}
+_encoders: dict[tuple[str, bool], object] = {}
 _encoders_lock = threading.Lock()
 
 
-def encoder_for(model_dir: Path):
-    """One ChatEncoder per model folder (loading a tokenizer takes a moment)."""
+def encoder_for(model_dir: Path, thinking: bool = False):
+    """One ChatEncoder per model folder and thinking mode (loading a tokenizer takes a moment).
+    ``thinking``: the dataset carries reasoning (ChatEncoder turns it on where the template can)."""
     from core.tokens import ChatEncoder
 
-    key = str(Path(model_dir).resolve())
+    key = (str(Path(model_dir).resolve()), bool(thinking))
     with _encoders_lock:
         enc = _encoders.get(key)
         if enc is None:
-            enc = _encoders[key] = ChatEncoder(model_dir)
+            enc = _encoders[key] = ChatEncoder(model_dir, thinking=bool(thinking))
         return enc
 
 
@@ -108,13 +119,14 @@ def training_runs(encoder, messages: list[dict]) -> list[tuple[str, bool]]:
 
 
 def measure_tokens(records: list[ChatRecord], model_dir: Path, max_seq_len: int = 512,
-                   n_preview: int = PREVIEW_EXAMPLES, events=None, cancel=None) -> TokenReport:
-    """Token lengths of every record with the model's tokenizer, and the training text of the first few."""
+                   n_preview: int = PREVIEW_EXAMPLES, events=None, cancel=None, thinking: bool = False) -> TokenReport:
+    """Token lengths of every record with the model's tokenizer, and the training text of the first few.
+    ``thinking``: the dataset carries reasoning (``bool(dataset.reasoning)``)."""
     from core.tokens import token_stats
 
     events = events or NULL_EVENTS
     events.progress(0, len(records), "loading the tokenizer")
-    encoder = encoder_for(model_dir)
+    encoder = encoder_for(model_dir, thinking)
     previews: list[list[tuple[str, bool]]] = []
     preview_error = None
     for r in records[:n_preview]:
@@ -137,7 +149,8 @@ def measure_tokens(records: list[ChatRecord], model_dir: Path, max_seq_len: int 
 
     stats = token_stats(encoder, counted(), max_seq_len, cancel=cancel)
     events.progress(total, total, "measured")
-    return TokenReport(Path(model_dir), stats.pop("lengths"), stats, previews, preview_error)
+    return TokenReport(Path(model_dir), stats.pop("lengths"), stats, previews, preview_error,
+                       bool(getattr(encoder, "supports_thinking", False)))
 
 
 # --------------------------------------------------------------------------- raw records

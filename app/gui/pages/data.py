@@ -19,6 +19,15 @@ from app.gui.widgets import DropZone, TokenHistogram, panel_label
 from core import paths
 from core.events import Cancelled
 
+CHAT_FIELDS = {"messages", "conversations", "conversation"}  # files with these need no column mapping
+
+
+def sample_columns(files, events=None, cancel=None):
+    """The first file's columns and first rows (core.data.sample_rows), for the mapping panel."""
+    from core.data import sample_rows
+
+    return sample_rows(files, 5, cancel)
+
 FORMAT_LABELS = {
     "chat": "chat messages (messages with role and content)",
     "sharegpt": "ShareGPT conversations (from / value)",
@@ -86,6 +95,11 @@ class DataPage(Page):
         self.mapping_layout.setContentsMargins(0, 0, 0, 0)
         self.mapping_host.hide()
         lay.addWidget(self.mapping_host)
+        from app.gui.mapping_panel import MappingPanel
+
+        self.mapping = MappingPanel()
+        self.mapping.applied.connect(self._mapping_applied)
+        self._load_options: dict = {}
 
         # -- results: examples | token lengths over problems
         self.results = QSplitter(Qt.Orientation.Horizontal)
@@ -298,6 +312,12 @@ class DataPage(Page):
         elif usable:
             parts.append(f"Split: <b>{r.n_train:,}</b> to train on, <b>{r.n_valid:,}</b> to check progress "
                          f"({html.escape(r.split_source)})")
+        for note in getattr(ds, "notes", None) or []:
+            parts.append(html.escape(str(note)))
+        thinks = self.tokens.template_thinks if self.tokens is not None else None
+        line = (getattr(r, "reasoning_lines", None) or {}).get(thinks if self.session.model_dir is not None else None)
+        if usable and line:
+            parts.append(html.escape(line))
         self.summary.setText("<br>".join(parts))
 
     # -- tokens
@@ -434,16 +454,44 @@ class DataPage(Page):
         for kind in ("data", "tokens", "raw"):
             self.slots[kind].stop()
 
-    def load_data(self, files: list, switch: bool = True):
+    def load_data(self, files: list, switch: bool = True, options: dict | None = None):
+        """Read ``files``; ``options`` (load_dataset's column mapping, from the mapping panel) keeps the
+        panel as it is, while new files without options start from the automatic reading."""
         files = [Path(f) for f in files]
         if switch:
             self.ctx.go_to(1)
         self.cancel_data()
         self.session.update(token_report=None, data_loading=True)
         self.show_loading(files)
+        self._load_error = ""
+        self._files = files  # what the mapping panel's choice is applied to (even when reading them failed)
+        if options is None:
+            self._load_options = {}
+            self.session.update(data_options={})
+            self.set_mapping_panel(None)
+            self._sample_pending = files  # the columns for the mapping panel, once the files are read
+        else:
+            self._load_options = dict(options)
         self.slots["data"].start(gj.load_data_report, files, self.valid_fraction(), quiet_gc=True,
+                                 options=self._load_options or None,
                                  delay_ms=PAINT_FIRST_MS, on_progress=lambda d, t, w: self.set_busy(w, d, t),
                                  on_ok=self._data_loaded, on_failed=self._data_failed, on_ended=self._data_ended)
+
+    def _sampled(self, files, columns_rows):
+        """Tables and other non-chat layouts get the column-mapping panel."""
+        columns, rows = columns_rows
+        if not columns or CHAT_FIELDS & {str(c).lower() for c in columns}:
+            return
+        self.mapping.set_sample(columns, rows, Path(files[0]).name if files else "")
+        self.set_mapping_panel(self.mapping)
+
+    def _mapping_applied(self, options: dict):
+        """The mapping panel's choice: read the same files again with it ({}: automatically)."""
+        paths_ = list(getattr(self, "_files", None) or self.session.data_paths or [])
+        if not paths_:
+            return
+        self.session.update(data_options=self.mapping.config_fields() if options else {})
+        self.load_data(paths_, switch=False, options=options)
 
     def _data_loaded(self, report):
         self.settings.setValue("data/paths", [str(p) for p in report.paths])
@@ -454,13 +502,27 @@ class DataPage(Page):
         self.measure_tokens()
 
     def _data_failed(self, exc):
+        self._load_error = str(exc)
         self.session.update(dataset=None, data_report=None, token_report=None)
         if isinstance(exc, Cancelled):
             self.show_error("Stopped before the files were read to the end; nothing was loaded.")
         else:
             self.show_error(error_text(exc))
 
+    def _sample_columns(self):
+        files, self._sample_pending = getattr(self, "_sample_pending", None), None
+        if files and getattr(self.session.dataset, "format", "") == "chat":
+            return  # chat files need no mapping
+        if files and self.session.dataset is None and "binary" in getattr(self, "_load_error", ""):
+            return  # not a text file: no columns to map
+        if files:
+            # after the read, not beside it (two jobs at once starve the GUI thread); quiet_gc: no full
+            # collection on the GUI thread when it ends
+            self.slots["data-sample"].start(sample_columns, files, quiet_gc=True,
+                                            on_ok=lambda cr, f=files: self._sampled(f, cr))
+
     def _data_ended(self):
+        QTimer.singleShot(PAINT_FIRST_MS, self._sample_columns)
         if not self.slots.running("tokens"):
             self.set_busy(None)
         self.session.update(data_loading=False)
@@ -476,6 +538,7 @@ class DataPage(Page):
             return
         self.show_tokens_pending()
         self.slots["tokens"].start(gj.measure_tokens, ds.records, self.session.model_dir, self.max_len.value(),
+                                   thinking=bool(getattr(self.session.data_report, "reasoning", 0)),
                                    quiet_gc=True, delay_ms=3 * PAINT_FIRST_MS,  # after the page and its preview
                                    on_progress=self._tokens_progress, on_ok=self._tokens_done,
                                    on_failed=self._tokens_failed, on_ended=self._tokens_ended)
@@ -487,6 +550,8 @@ class DataPage(Page):
     def _tokens_done(self, report):
         self.session.update(token_report=report)
         self.show_tokens(report)
+        if self.report is not None:
+            self._show_summary()  # the reasoning line knows the template now
 
     def _tokens_failed(self, exc):
         if isinstance(exc, Cancelled):

@@ -391,8 +391,11 @@ class ModelPage(Page):
             elif check.dtype:
                 facts.append(check.dtype)
             facts.append(f"{fmt_bytes(check.weight_bytes)} of weights")
-            facts.append("chat template: yes" if check.has_chat_template else
-                         f"base model: chat data uses the {check.fallback_template} template")
+            source = getattr(check, "chat_template_source", None)  # where the template is (core.hub)
+            if check.has_chat_template:
+                facts.append(f"chat template from {source}" if source else "chat template: yes")
+            else:
+                facts.append(f"base model: chat data uses the {check.fallback_template} template")
             text = (theme.span("In use:", "ok", pal, bold=True) + f" <b>{title}</b> · " + " · ".join(
                 html.escape(f) for f in facts) + f"<br><span style='color:{theme.muted(pal).name()}'>"
                 f"{html.escape(str(check.path))}</span>")
