@@ -147,3 +147,18 @@ def test_evaluate_fills_the_table_with_the_numbers_of_tuneloom_eval(window, qtbo
     assert row.answers["tuned"].strip()[:20] in t.detail.toPlainText()
     path = t.save("csv")
     assert path.exists() and path.read_text(encoding="utf-8-sig").count("\n") == 7
+
+
+def test_gui_stays_responsive_while_both_models_stream_several_answers(window, qtbot):
+    page = window.try_page
+    page.temperature.setValue(0.7)
+    page.max_tokens.setValue(200)
+    ask(window, qtbot, "Hi")  # loading the models is not what is measured
+    mon = TickMonitor(parent=window).start()
+    for q in ("Describe the blue kettle in structured format.", "And the red one?", "Tell me about the light willow."):
+        ask(window, qtbot, q)
+    qtbot.wait(100)
+    mon.stop()
+    assert len(page.holder.chat.turns) == 4
+    print(f"GUI timer over three streamed turns: {mon.ticks} ticks, largest gap {mon.max_gap_ms:.0f} ms")
+    assert mon.ticks >= 30 and mon.max_gap_ms < MAX_GAP_MS, f"the GUI thread stalled for {mon.max_gap_ms:.0f} ms"

@@ -256,7 +256,7 @@ class ExportPage(Page):
             self.system.setPlainText(next((cfg[k] for k in ("system", "system_prompt")
                                            if isinstance(cfg.get(k), str)), ""))
             self.slots["export-system"].start(lambda run_dir, events=None, cancel=None:
-                                              trained_system_prompt(run_dir), run,
+                                              trained_system_prompt(run_dir), run, quiet_gc=True,
                                               on_ok=lambda t: self.system.toPlainText() or
                                               self.system.setPlainText(t or ""))
         for i, (key, label, _why) in enumerate(QUANTS):
@@ -302,7 +302,7 @@ class ExportPage(Page):
             return
         req = self._request(True)
         self.result.setText("Checking the name with Ollama...")
-        self.slots["export-check"].start(check_name_job, req["name"], on_ok=lambda taken: self._checked(req, taken),
+        self.slots["export-check"].start(check_name_job, req["name"], quiet_gc=True, on_ok=lambda taken: self._checked(req, taken),
                                          on_failed=lambda exc: self._checked(req, None),
                                          on_ended=self.refresh)
         self.refresh()

@@ -13,7 +13,7 @@ from pathlib import Path
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QTextCursor
 from PySide6.QtWidgets import (QDoubleSpinBox, QFormLayout, QGridLayout, QHBoxLayout, QLabel, QLineEdit,
-                               QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QSplitter, QTabWidget, QWidget)
+                               QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QTabWidget, QWidget)
 
 from app.gui.eval_table import EvalTable
 from app.gui.pages.base import AppContext, Page, error_text
@@ -239,7 +239,7 @@ class TryPage(Page):
         self.eval_stop.setEnabled(False)
         self.eval_file = QLineEdit()
         self.eval_file.setObjectName("try.eval_file")
-        self.eval_file.setPlaceholderText("the run's validation examples (or drop / type a data file here)")
+        self.eval_file.setPlaceholderText("the run's validation examples (or type the path of a data file)")
         self.eval_limit = QSpinBox()
         self.eval_limit.setObjectName("try.eval_limit")
         self.eval_limit.setRange(0, 100000)
@@ -306,7 +306,7 @@ class TryPage(Page):
                 self.prompt.setText(demo_question())
         self.system.setPlainText("")
         if run is not None:
-            self.slots["try-system"].start(system_prompt_job, run, on_ok=self._system_prompt)
+            self.slots["try-system"].start(system_prompt_job, run, on_ok=self._system_prompt, quiet_gc=True)
 
     def _system_prompt(self, text):
         if not self.system.toPlainText().strip():
