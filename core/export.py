@@ -220,7 +220,7 @@ def export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str |
     "ollama" | "ollama_command"}``.
 
     Named stages are logged as they start and end (``events.log("stage", name)`` /
-    ``("stage-done", name)``): "fuse" (with an adapter), "gguf", then register_model's
+    ``("stage-done", '{"stage": name, "ok": true, "seconds": ...}')``, app.console's format): "fuse" (with an adapter), "gguf", then register_model's
     "upload", "create", "verify". ``verify_messages`` / ``verify_options``: see
     :func:`core.ollama.register_model`.
     """
@@ -272,6 +272,7 @@ def _write_gguf_and_modelfile(plan: ExportPlan, events: Events, cancel: CancelTo
     to their destinations, then rename both; on any failure remove whatever this export wrote."""
     from core.fuse import fuse_model
     from core.gguf_export import export_gguf
+    from core.ollama import _stage_done_text, _stage_start
 
     gguf, mf = plan.gguf, plan.modelfile
     try:
@@ -284,11 +285,11 @@ def _write_gguf_and_modelfile(plan: ExportPlan, events: Events, cancel: CancelTo
         model_dir = plan.base
         if plan.adapter is not None:
             fuse_dir = Path(tempfile.mkdtemp(prefix=".tuneloom-fuse-", dir=gguf.parent))
-            events.log("stage", "fuse")
+            events.log("stage", _stage_start("fuse"))
             events.log("info", f"fusing {plan.adapter} into {plan.base}")
             model_dir = fuse_model(plan.base, plan.adapter, fuse_dir / "fused", events=events, cancel=cancel)
-            events.log("stage-done", "fuse")
-        events.log("stage", "gguf")
+            events.log("stage-done", _stage_done_text("fuse"))
+        events.log("stage", _stage_start("gguf"))
         tmp_gguf = _temp_name(gguf, ".gguf")
         export_gguf(model_dir, tmp_gguf, quant=plan.quant, events=events, cancel=cancel,
                     chat_template=plan.embedded_template.template)
@@ -301,7 +302,7 @@ def _write_gguf_and_modelfile(plan: ExportPlan, events: Events, cancel: CancelTo
         os.replace(tmp_mf, mf)
         tmp_gguf = tmp_mf = None
         events.log("info", f"Wrote {gguf} and {mf}")
-        events.log("stage-done", "gguf")
+        events.log("stage-done", _stage_done_text("gguf"))
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise _disk_full(exc, gguf.parent) from exc

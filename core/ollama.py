@@ -1509,7 +1509,8 @@ def register_model(gguf_path: str | os.PathLike, name: str, *, template: str, st
     only feeds the ``ollama create`` command in error hints. ``verify_messages`` (default: one user
     message, ``verify_prompt``) and ``verify_options`` (default ``{"num_predict": 16}``) are what the
     verify step sends to ``/api/chat``. Named stages are logged as they start and end
-    (``events.log("stage", name)`` / ``("stage-done", name)``): "upload", "create", "verify".
+    (``events.log("stage", name)`` / ``("stage-done", JSON {"stage", "ok", "seconds"})``): "upload",
+    "create", "verify".
 
     Returns ``{"model" (= "name"): "name:tag", "host", "version", "digest", "uploaded", "replaced",
     "quantize", "answer"}``.
@@ -1590,7 +1591,7 @@ def _register(http, client, base: str, gguf_path: Path, full_name: str, create_c
     if cancel is not None:
         cancel.checkpoint()
 
-    events.log("stage", "upload")
+    events.log("stage", _stage_start("upload"))
     digest = file_sha256(gguf_path, events=events, cancel=cancel)
     try:
         have = _blob_exists(http, base, digest)
@@ -1613,10 +1614,10 @@ def _register(http, client, base: str, gguf_path: Path, full_name: str, create_c
                 f"Run the registration again, or register by hand:\n  {create_command}",
                 create_command=create_command)
 
-    events.log("stage-done", "upload")
+    events.log("stage-done", _stage_done_text("upload"))
     params = dict(parameters) if parameters is not None else {"temperature": DEFAULT_TEMPERATURE}
     params["stop"] = list(stops)
-    events.log("stage", "create")
+    events.log("stage", _stage_start("create"))
     events.log("info", f"creating {full_name}" + (f" (quantizing to {quantize})" if quantize else ""))
     try:
         last = None
@@ -1636,12 +1637,12 @@ def _register(http, client, base: str, gguf_path: Path, full_name: str, create_c
         raise OllamaError(f"Ollama stopped creating {full_name} before it reported success (last: {last!r}).",
                           f"Try again, or register by hand:\n  {create_command}", create_command=create_command)
 
-    events.log("stage-done", "create")
+    events.log("stage-done", _stage_done_text("create"))
     result: dict = {"model": full_name, "name": full_name, "host": base, "version": version, "digest": digest,
                     "uploaded": not have, "replaced": taken, "quantize": quantize, "answer": None}
     if not verify:
         return result
-    events.log("stage", "verify")
+    events.log("stage", _stage_start("verify"))
     try:
         listed = {_canonical(m.model or "") for m in client.list().models}
         if _canonical(full_name) not in listed:
@@ -1660,7 +1661,7 @@ def _register(http, client, base: str, gguf_path: Path, full_name: str, create_c
         raise OllamaError(f"{full_name} did not finish answering a short prompt.",
                           f"Try `ollama run {full_name}`.", create_command=create_command)
     result["answer"] = reply.message.content if reply.message else ""
-    events.log("stage-done", "verify")
+    events.log("stage-done", _stage_done_text("verify"))
     return result
 
 
@@ -1678,3 +1679,23 @@ def model_exists(name: str, host: str | None = None, timeout: float = 2.0) -> bo
     except (httpx.HTTPError, ValueError, AttributeError):
         return None
     return any(_canonical(str(m.get("model") or m.get("name") or "")) == full for m in models)
+
+
+_STAGE_T0: dict[str, float] = {}
+
+
+def _stage_start(name: str) -> str:
+    """A named stage begins (``events.log("stage", name)``; the console prints it as a heading)."""
+    import time as _t
+
+    _STAGE_T0[name] = _t.perf_counter()
+    return name
+
+
+def _stage_done_text(name: str) -> str:
+    """``events.log("stage-done", ...)``'s text: {"stage", "ok", "seconds"} as JSON (app.console's format)."""
+    import json as _j
+    import time as _t
+
+    secs = _t.perf_counter() - _STAGE_T0.pop(name, _t.perf_counter())
+    return _j.dumps({"stage": name, "ok": True, "seconds": round(secs, 3)})

@@ -362,8 +362,14 @@ class ExportPage(Page):
     def _log(self, level: str, text: str):
         if level == "stage":
             self.stages.stage(text)
-        elif level == "stage-done":
-            self.stages.done(text)
+        elif level == "stage-done":  # {"stage": name, "ok": ..., "seconds": ...}
+            import json
+
+            try:
+                d = json.loads(text)
+            except ValueError:
+                d = {"stage": text}
+            self.stages.done(str(d.get("stage")))
 
     def _ended(self):
         self.refresh()
