@@ -93,12 +93,17 @@ class ConsoleEvents(Events):
         elif level == "stage-done":
             self._close_bar()
             self._stage = None
-            d = json.loads(text)
-            mark = {True: "ok", False: "FAILED", None: "skipped"}[d.pop("ok")]
-            name = d.pop("stage")
-            secs = d.pop("seconds")
+            try:  # the demo sends a JSON object; other jobs may send just the stage's name
+                d = json.loads(text)
+            except ValueError:
+                d = None
+            d = d if isinstance(d, dict) else {"stage": text}
+            mark = {True: "ok", False: "FAILED", None: "skipped"}.get(d.pop("ok", True), "done")
+            name = d.pop("stage", "")
+            secs = d.pop("seconds", None)
             brief = ", ".join(f"{k}={_fmt(v)}" for k, v in d.items() if not isinstance(v, (dict, list)))
-            self._write(f"    {name}: {mark} ({secs:.1f}s) {brief}")
+            took = f" ({secs:.1f}s)" if isinstance(secs, (int, float)) else ""
+            self._write(f"    {name}: {mark}{took} {brief}".rstrip())
         elif level == "info" and self._stage is not None and not self.live:
             return  # a stage's chatter stays out of logs; its closing line has the figures
         else:

@@ -91,3 +91,11 @@ def test_demo_summary_names_every_figure_in_words():
     for words in ("40 held-out topics", "exactly right", "names the thing", "prose", "same answers",
                   "88%", "96%", "98%", "Describe the blue piano", "ollama create", "demo-f16.gguf", "every stage passed"):
         assert words in text, words
+
+
+def test_a_stage_end_given_as_a_plain_name_is_shown_too():
+    out = io.StringIO()
+    ev = ConsoleEvents(stream=out)
+    ev.log("stage", "fuse")
+    ev.log("stage-done", "fuse")
+    assert out.getvalue().splitlines() == ["==> fuse", "    fuse: ok"]
