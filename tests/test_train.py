@@ -184,8 +184,9 @@ def test_dora_trains(tmp_path):
     ev = RecordingEvents()
     res = train(cfg(tmp_path, iters=12, dora=True), events=ev)
     assert json.loads((Path(res["run_dir"]) / "adapter_config.json").read_text())["fine_tune_type"] == "dora"
-    losses = [v for _, v in ev.series("train_loss")]
-    assert losses[-1] < losses[0]
+    # single batches differ (prose and JSON examples): learning shows in the held-out loss, step 0 vs the end
+    valid = [v for _, v in ev.series("valid_loss")]
+    assert len(valid) == 2 and valid[-1] < valid[0]
 
 
 def test_qlora_on_a_quantized_base(tmp_path):
@@ -203,8 +204,8 @@ def test_qlora_on_a_quantized_base(tmp_path):
     ev = RecordingEvents()
     res = train(TrainConfig(model=str(qdir), data=[str(demo_data_dir())], out=str(tmp_path / "run"),
                             **{**FAST, "iters": 12}), events=ev)
-    losses = [v for _, v in ev.series("train_loss")]
-    assert res["state"] == "done" and losses[-1] < losses[0]
+    valid = [v for _, v in ev.series("valid_loss")]
+    assert res["state"] == "done" and len(valid) == 2 and valid[-1] < valid[0]
     import mlx.nn as nn
 
     base, _ = load_base(qdir)
