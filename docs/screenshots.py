@@ -133,7 +133,11 @@ def main():
         pump(cond=lambda: slot.state == "idle")
         return w.run_dir
 
-    train(240, 1e-3, until=lambda: tp.plot.train_s.n >= 90)
+    # the run Try shows: the demo's own LoRA settings (core.demo.DEMO_TRAIN), so its answers are the demo's
+    from core.demo import DEMO_TRAIN
+
+    tp.options.set_values({k: v for k, v in DEMO_TRAIN.items() if k in tp.options.widgets})
+    train(DEMO_TRAIN["iters"], DEMO_TRAIN["lr"], until=lambda: tp.plot.train_s.n >= 90)
     pump(0.4)
     shot(2, "page-train-running")
     tp.pause()
@@ -169,7 +173,9 @@ def main():
     shot(5, "page-history")
     hp.select_run(good)
     pump(cond=lambda: w.model_checking is None, timeout=30)
-    w.try_page.prompt.setText("Describe the blue kettle in structured format.")
+    from core.demo import first_heldout_prompt
+
+    w.try_page.prompt.setText(first_heldout_prompt())  # a topic in neither split of the sample data
     w.ask()
     pump(cond=lambda: not w.jobs["try"].running and w.try_page.tuned_out.toPlainText() not in ("...", ""))
     shot(3, "page-try")
