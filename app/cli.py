@@ -588,7 +588,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--csv", metavar="OUT.csv", help="also write the table of answers as CSV")
     ev.add_argument("--jsonl", metavar="OUT.jsonl", help="also write the table of answers as JSONL")
     ev.set_defaults(func=cmd_eval)
+
+    sc = sub.add_parser("selfcheck", help="check that this installation can run a job in a process of its own "
+                                          "(the window trains that way); prints one JSON line")
+    sc.set_defaults(func=cmd_selfcheck)
     return p
+
+
+def cmd_selfcheck(a) -> int:
+    from core.isolated import probe, run_in_process
+
+    got = run_in_process(probe, what="The check")
+    ok = got.get("parent") == os.getpid() and got.get("pid") != os.getpid()
+    print(json.dumps({"ok": ok, "parent": os.getpid(), "child": got.get("pid"), "nice": got.get("nice")}))
+    return 0 if ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:

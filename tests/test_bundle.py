@@ -355,4 +355,10 @@ def test_bundled_subcommands_work_like_the_cli(bundle, tmp_path):
     bad = subprocess.run([str(_binary(dist)), "no-such-command"], cwd=tmp_path, env=_env(tmp_path),
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    # the window trains in a child process: the frozen executable must become that child (freeze_support)
+    check = subprocess.run([str(_binary(dist)), "selfcheck"], cwd=tmp_path, env=_env(tmp_path),
+                           capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-3000:]
+    got = _json_line(check.stdout)
+    assert got["ok"] is True and got["child"] != got["parent"]
 

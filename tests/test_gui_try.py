@@ -110,7 +110,7 @@ def test_stop_ends_generation_within_a_second_and_gui_stays_responsive(window, q
     qtbot.mouseClick(page.stop_btn, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not slot.running, timeout=5000)
     stopped = time.perf_counter() - t0
-    qtbot.wait(100)
+    qtbot.wait(200)  # the timer keeps ticking after the stop (>= 10 ticks even when streaming was short)
     mon.stop()
     assert stopped < 1.0, stopped
     assert page.holder.chat.turns[-1].reasons == {"base": "cancelled", "tuned": "cancelled"}

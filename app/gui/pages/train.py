@@ -619,6 +619,7 @@ class TrainPage(Page):
         self._run(TrainConfig(model=""), run_dir, run_dir, total=info.total_steps)
 
     def _run(self, cfg: TrainConfig, resume: Path | None, run_dir: Path, total: int | None = None):
+        from core.isolated import in_process
         from core.train import train
 
         self.session.update(run_dir=run_dir)
@@ -633,10 +634,10 @@ class TrainPage(Page):
         self.result_box.show()
         for k in self.stat:
             self.stat[k].setText("-")
-        # the collector stays off while the data, tokenizer and model load (tens of thousands of objects, scanned
-        # again and again otherwise, each time stopping the window); from the first step on, they are frozen
-        self.slot.start(train, cfg, resume=resume, on_step=self._step, on_metric=self._metric, on_log=self._log_line,
-                        on_ok=self._done, on_failed=self._failed, on_ended=self._ended, quiet_gc=True)
+        # the trainer runs in a process of its own (core.isolated): its Python work never holds this window's
+        # interpreter lock, and a crash there ends the run, not the app
+        self.slot.start(in_process(train, "Training"), cfg, resume=resume, on_step=self._step, on_metric=self._metric, on_log=self._log_line,
+                        on_ok=self._done, on_failed=self._failed, on_ended=self._ended)
         self.refresh_controls()
 
     def toggle_pause(self):
