@@ -1,0 +1,152 @@
+"""core.group_train: a run on several Macs as a job (two ranks on 127.0.0.1, ring backend).
+
+The argv it gives the ranks rebuilds the same TrainConfig through the CLI's own code, and the
+follower reports every step of rank 0's metrics.jsonl once, in order, as the in-process trainer does."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from core import distributed as dist
+from core import runs
+from core.events import Cancelled, CancelToken, RecordingEvents
+from core.group_train import group_train, train_args
+from core.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_MODEL = ROOT / "resources" / "demo" / "model"
+DEMO_DATA = ROOT / "resources" / "demo" / "data" / "train.jsonl"
+
+
+def _config_from_cli(monkeypatch, argv: list[str]) -> TrainConfig:
+    """The TrainConfig `tuneloom train ARGV` would train: cmd_train itself, with the trainer replaced."""
+    import core.train
+    from app import cli
+
+    got = {}
+    monkeypatch.setattr(core.train, "train", lambda cfg, **kw: got.setdefault("cfg", cfg) and {})
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        a = cli.build_parser().parse_args(["train", *argv])
+        assert a.func(a) == 0
+    finally:
+        signal.signal(signal.SIGINT, before)
+    return got["cfg"]
+
+
+@pytest.mark.parametrize("cfg", [
+    TrainConfig(model="/m", data=["/d/a.jsonl"], out="/runs/x"),
+    TrainConfig(model="/m", data=["/d/a.jsonl", "/d/b.csv"], out="/runs/y", epochs=2.5, lr=2e-4, rank=16,
+                alpha=32.0, grad_checkpoint=True, targets="attention"),
+    TrainConfig(model="/m", data=["/d/a.jsonl"], out="/runs/z", name="my run", iters=7, rank=4, alpha=8.5,
+                dropout=0.05, num_layers=2, lr=3.3e-5, warmup=0, min_lr_ratio=0.05, weight_decay=0.01, batch=2,
+                grad_accum=3, max_seq_len=256, seed=5, mask_prompt=False, last_turn_only=True, dora=True,
+                valid_every=0, valid_batches=-1, checkpoint_every=3, valid_fraction=0.2, skip_invalid=True,
+                mapping={"prompt": "Frage", "answer": "Antwort"}, user_template="- {name}",
+                assistant_template="{types}", system_prompt="Be brief.", pack=True, compile=False),
+])
+def test_train_args_rebuild_the_same_config(monkeypatch, cfg):
+    back = _config_from_cli(monkeypatch, train_args(cfg))
+    assert asdict(back) == asdict(cfg)
+
+
+def test_train_args_leave_epochs_out_when_the_steps_are_given(monkeypatch):
+    # the parser takes --iters or --epochs; with a step count the passes do not change the run
+    cfg = TrainConfig(model="/m", data=["/d"], out="/o", iters=9, epochs=3.0)
+    args = train_args(cfg)
+    assert "--iters=9" in args and not any(a.startswith("--epochs") for a in args)
+    back = _config_from_cli(monkeypatch, args)
+    assert back.iters == 9 and asdict(back) == {**asdict(cfg), "epochs": TrainConfig(model="").epochs}
+
+
+def _hostfile(tmp_path, text="127.0.0.1\n127.0.0.1\n") -> Path:
+    p = tmp_path / "hosts.txt"
+    p.write_text(text)
+    return p
+
+
+def _cfg(out: Path, iters: int = 4) -> TrainConfig:
+    return TrainConfig(model=str(DEMO_MODEL), data=[str(DEMO_DATA)], out=str(out), iters=iters, batch=4,
+                       valid_every=2, valid_batches=2, checkpoint_every=2, seed=3)
+
+
+@pytest.mark.timeout(300)
+def test_two_ranks_report_every_step_once_in_order(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the ranks run `python -m app.cli` here
+    run = tmp_path / "run"
+    ev = RecordingEvents()
+    res = group_train(_cfg(run), _hostfile(tmp_path), events=ev)
+    assert res["run_dir"] == str(run) and res["total_steps"] == 4 and res["state"] == "done"
+    assert res["steps"] == 4 and res["valid_loss"] is not None
+
+    on_disk = runs.read_metrics(run)
+    train = [(m["step"], m["train_loss"]) for m in on_disk if "train_loss" in m]
+    valid = [(m["step"], m["valid_loss"]) for m in on_disk if "valid_loss" in m]
+    assert [s for s, _ in train] == [1, 2, 3, 4]
+    assert ev.series("train_loss") == train  # every step once, in order, the values rank 0 wrote
+    assert ev.series("valid_loss") == valid and valid[0][0] == 0
+    assert [s for s, _ in ev.series("learning_rate")] == [1, 2, 3, 4]
+    texts = [t for _, t in ev.logs]
+    assert "rank 0 (127.0.0.1): ok" in texts and "rank 1 (127.0.0.1): ok" in texts
+    assert any("training on 2 Macs" in t for t in texts)
+    info = runs.RunInfo.load(run)
+    assert info.state == "done" and info.steps == 4
+
+
+@pytest.mark.timeout(300)
+def test_stopping_a_group_keeps_a_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    run = tmp_path / "run"
+    ev = RecordingEvents()
+    cancel = CancelToken()
+    seen = threading.Event()
+    orig = ev.metric
+
+    def metric(name, step, value):
+        orig(name, step, value)
+        if name == "train_loss" and step >= 2:
+            cancel.cancel()
+            seen.set()
+
+    ev.metric = metric
+    with pytest.raises(Cancelled) as e:
+        group_train(_cfg(run, iters=200), _hostfile(tmp_path), events=ev, cancel=cancel)
+    assert seen.is_set()
+    res = e.value.result
+    assert res["state"] == "cancelled" and 2 <= res["steps"] < 200 and res["total_steps"] == 200
+    info = runs.RunInfo.load(run)
+    assert info.state == "cancelled" and info.resumable
+
+
+@pytest.mark.parametrize("text, words", [
+    ("127.0.0.1\n", "a group needs two or more"),
+    ("127.0.0.1\na b c\n", "line 2"),
+])
+def test_a_bad_host_file_is_explained(tmp_path, text, words):
+    with pytest.raises(dist.GroupError) as e:
+        group_train(_cfg(tmp_path / "run"), _hostfile(tmp_path, text))
+    assert words in str(e.value)
+    with pytest.raises(dist.GroupError) as e:
+        group_train(_cfg(tmp_path / "run"), tmp_path / "nowhere.txt")
+    assert "Cannot read the host file" in str(e.value)
+
+
+def test_a_host_that_cannot_be_reached_stops_before_the_launch(tmp_path, monkeypatch):
+    monkeypatch.setattr(dist, "_ssh", lambda host, command, timeout: subprocess.CompletedProcess(
+        [], 255, "", f"ssh: connect to host {host.ssh} port 22: Operation timed out"))
+    launched = []
+    monkeypatch.setattr(dist, "launch", lambda *a, **k: launched.append(a))
+    ev = RecordingEvents()
+    with pytest.raises(dist.GroupError) as e:
+        group_train(_cfg(tmp_path / "run"), _hostfile(tmp_path, "127.0.0.1 10.0.0.1\nmini.local 192.0.2.1\n"),
+                    events=ev)
+    assert "1 of 2 hosts are not ready" in str(e.value) and "cannot be reached" in str(e.value)
+    assert "ssh mini.local" in e.value.hint
+    assert not launched
+    assert ev.logs[0] == ("info", "rank 0 (127.0.0.1): ok")
+    assert ev.logs[1][0] == "warning" and ev.logs[1][1].startswith("rank 1 (mini.local): cannot be reached")
