@@ -507,3 +507,13 @@ def load_run(path: Path, events=None, cancel=None):
     from core import runs
 
     return runs.RunInfo.load(Path(path), metrics=True)
+
+
+# --------------------------------------------------------------------------- several Macs
+
+def check_hosts(hostfile: Path, paths: list, events=None, cancel=None) -> list:
+    """The host file's Macs, each checked (core.distributed.HostCheck): ssh to every one waits on the
+    network, seconds per Mac, so not on the GUI thread. ``paths``: the model and data every Mac needs."""
+    from core import distributed as dist
+
+    return dist.check_hosts(dist.read_hostfile(hostfile), paths)

@@ -13,9 +13,9 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QGridLayout, QHBoxLayout, QLabel, QLineEdit,
-                               QMessageBox, QPlainTextEdit, QProgressBar, QPushButton, QSizePolicy, QSpinBox,
-                               QSplitter, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QGridLayout, QHBoxLayout, QLabel,
+                               QLineEdit, QListWidget, QListWidgetItem, QMessageBox, QPlainTextEdit, QProgressBar,
+                               QPushButton, QSizePolicy, QSpinBox, QSplitter, QVBoxLayout, QWidget)
 from superqt import QCollapsible
 
 from app.gui import jobs as gj
@@ -30,6 +30,9 @@ from core.events import Cancelled
 from core.train import DEFAULT_PRESET, PRESET_TEXT, PRESETS, TrainConfig, option_help, option_label, preset_config
 
 GUI_PRESET = "quick"  # the preset a fresh window starts with (the catalog's memory figures use it too)
+PAUSE_TIP = "Pause after the current step: nothing is computed until you resume."
+GROUP_PAUSE_TIP = ("A run on several Macs can be stopped (and resumed later from its checkpoint) but not paused: "
+                   "the Macs wait on each other in every step.")
 # options the Train page does not show: the model and the data are steps 1 and 2, the run folder is made
 # here, the validation share is a setting (it changes the Data page's split), skip_invalid sits beside Start;
 # how records are read from the files (column mapping, templates, a system prompt) belongs to the Data step,
@@ -285,6 +288,7 @@ class TrainPage(Page):
         self.advanced.collapse(animate=False)
         lay.addWidget(self.advanced)
         self.iters = self.options.widgets["iters"]  # the step count, for scripts and tests
+        self._build_hosts_panel(lay)
 
         # -- estimate, warning
         self.estimate = QLabel("")
@@ -298,7 +302,7 @@ class TrainPage(Page):
         self.start_btn.setObjectName("train.start")
         self.pause_btn = QPushButton("Pause")
         self.pause_btn.setObjectName("train.pause")
-        self.pause_btn.setToolTip("Pause after the current step: nothing is computed until you resume.")
+        self.pause_btn.setToolTip(PAUSE_TIP)
         self.stop_btn = QPushButton("Stop")
         self.stop_btn.setObjectName("train.stop")
         self.stop_btn.setToolTip("Stop after the current step and keep a checkpoint: the run can be resumed later.")
@@ -489,11 +493,13 @@ class TrainPage(Page):
         from app.gui.settings_dialog import read_bool
 
         self.skip_invalid.setChecked(read_bool(self.settings, "train/skip_invalid", False))
+        self.hosts_edit.setText(str(self.settings.value("train/hosts", "") or ""))
 
     def save_settings(self):
         self.settings.setValue("train/preset", self.preset_key())
         self.settings.setValue("train/options", json.dumps(self.changed_options()))
         self.settings.setValue("train/skip_invalid", self.skip_invalid.isChecked())
+        self.settings.setValue("train/hosts", self.hosts_edit.text().strip())
 
     # -- what can be done now
     def session_changed(self, names: set):
@@ -518,10 +524,11 @@ class TrainPage(Page):
         why = self.blocker() if not busy else "A run is in progress: pause or stop it first."
         self.start_btn.setEnabled(why is None)
         self.start_btn.setToolTip(why or "Start a new run with these options.")
-        self.pause_btn.setEnabled(state in ("running", "pausing", "paused"))
+        self.pause_btn.setEnabled(state in ("running", "pausing", "paused") and not self._group_run)
+        self.pause_btn.setToolTip(GROUP_PAUSE_TIP if self._group_run else PAUSE_TIP)
         self.pause_btn.setText("Resume" if state in ("pausing", "paused") else "Pause")
         self.stop_btn.setEnabled(state in ("running", "pausing", "paused"))
-        for w in (self.preset, self.advanced, self.skip_invalid):
+        for w in (self.preset, self.advanced, self.skip_invalid, self.hosts_box):
             w.setEnabled(not busy)
         info = runs.RunInfo.load(self.session.run_dir) if self.session.run_dir is not None and not busy else None
         self.resume_btn.setVisible(bool(info is not None and info.resumable))
@@ -581,6 +588,134 @@ class TrainPage(Page):
         self.estimate.setText(text)
         self.refresh_controls()
 
+    # -- several Macs -------------------------------------------------------------------------
+    def _build_hosts_panel(self, lay):
+        """The "Several Macs" section: a host file, a check of every Mac in it, and the switch that makes
+        Start run the group (core.group_train) instead of the trainer on this Mac alone."""
+        self._group_run = False  # the running job is a group run (no pause)
+        self.hosts_box = QCollapsible("Several Macs")
+        self.hosts_box.setObjectName("train.hosts_box")
+        box = QWidget()
+        v = QVBoxLayout(box)
+        v.setContentsMargins(0, 0, 0, 0)
+        intro = QLabel("Train on this Mac and others at once: each Mac works on its share of every batch and "
+                       "this Mac writes the run. The host file lists one Mac per line, this one first "
+                       "(<code>HOST</code> or <code>HOST IP</code>). Every Mac needs the same Tuneloom, ssh "
+                       "without a password, and the model and data at the same paths.")
+        intro.setWordWrap(True)
+        v.addWidget(intro)
+        row = QHBoxLayout()
+        self.hosts_edit = QLineEdit()
+        self.hosts_edit.setObjectName("train.hosts")
+        self.hosts_edit.setPlaceholderText("host file, one Mac per line, this Mac first")
+        self.hosts_edit.setToolTip("A text file with one Mac per line (HOST or HOST IP; # starts a comment), "
+                                   "or mlx.launch's JSON host file. The first one is this Mac.")
+        choose = QPushButton("Choose...")
+        choose.setObjectName("train.hosts_choose")
+        choose.setToolTip("Pick the host file.")
+        self.check_hosts_btn = QPushButton("Check Macs")
+        self.check_hosts_btn.setObjectName("train.check_hosts")
+        self.check_hosts_btn.setToolTip("Reach every Mac over ssh and compare its Tuneloom and MLX with this Mac's, "
+                                        "and look for the model and the data at the same paths.")
+        row.addWidget(self.hosts_edit, 1)
+        row.addWidget(choose)
+        row.addWidget(self.check_hosts_btn)
+        v.addLayout(row)
+        self.hosts_list = QListWidget()
+        self.hosts_list.setObjectName("train.hosts_list")
+        self.hosts_list.setMaximumHeight(110)
+        v.addWidget(self.hosts_list)
+        self.use_hosts = QCheckBox("Train on these Macs")
+        self.use_hosts.setObjectName("train.use_hosts")
+        v.addWidget(self.use_hosts)
+        self.hosts_box.addWidget(box)
+        self.hosts_box.collapse(animate=False)
+        lay.addWidget(self.hosts_box)
+        choose.clicked.connect(self._choose_hostfile)
+        self.check_hosts_btn.clicked.connect(self.check_hosts)
+        self.hosts_edit.returnPressed.connect(self.check_hosts)
+        self.hosts_edit.textChanged.connect(self._hostfile_changed)
+        self._hostfile_changed()
+
+    def _hosts_not_ready(self, why: str) -> None:
+        """The group cannot be used (yet): say why on the switch, and leave it off."""
+        self.use_hosts.setChecked(False)
+        self.use_hosts.setEnabled(False)
+        self.use_hosts.setToolTip(why)
+
+    def _hostfile_changed(self, *_):
+        self.hosts_list.clear()
+        has_file = bool(self.hosts_edit.text().strip())
+        self.check_hosts_btn.setEnabled(has_file and not self.slots["train.hosts"].running)
+        self._hosts_not_ready("Check the Macs first (Check Macs): every one must be ready." if has_file else
+                              "Give a host file, then check the Macs.")
+
+    def _choose_hostfile(self):
+        start = self.hosts_edit.text().strip() or str(Path.home())
+        path, _ = QFileDialog.getOpenFileName(self, "Choose a host file", start,
+                                              "Host files (*.txt *.json);;All files (*)")
+        if path:
+            self.hosts_edit.setText(path)
+            self.check_hosts()
+
+    def hostfile(self) -> Path:
+        return Path(self.hosts_edit.text().strip()).expanduser()
+
+    def check_hosts(self):
+        """Check every Mac of the host file off the GUI thread (ssh waits on the network)."""
+        if not self.hosts_edit.text().strip():
+            return
+        s = self.session
+        paths = [str(p) for p in (s.model_dir, *s.data_paths) if p is not None]
+        self.hosts_list.clear()
+        self.hosts_list.addItem("Checking the Macs...")
+        self._hosts_not_ready("Checking the Macs...")
+        self.check_hosts_btn.setEnabled(False)
+        self.slots["train.hosts"].start(gj.check_hosts, self.hostfile(), paths, on_ok=self._hosts_checked,
+                                        on_failed=self._hosts_failed,
+                                        on_ended=lambda: self.check_hosts_btn.setEnabled(
+                                            bool(self.hosts_edit.text().strip())))
+
+    def _hosts_checked(self, checks):
+        self.hosts_list.clear()
+        for c in checks:
+            item = QListWidgetItem(c.line())
+            item.setData(Qt.ItemDataRole.UserRole, c.ok)
+            if not c.ok:
+                item.setForeground(theme.accent("error", self.palette()))
+                item.setToolTip(c.hint or c.problem)
+            self.hosts_list.addItem(item)
+        bad = [c for c in checks if not c.ok]
+        if bad:
+            self._hosts_not_ready(f"{len(bad)} of {len(checks)} Macs are not ready: {bad[0].line()}")
+            return
+        self.use_hosts.setEnabled(True)
+        self.use_hosts.setToolTip(f"Start trains on these {len(checks)} Macs instead of this one alone. Stop "
+                                  "and Resume work as usual; Pause does not.")
+
+    def _hosts_failed(self, exc):
+        self.hosts_list.clear()
+        item = QListWidgetItem(error_text(exc))
+        item.setForeground(theme.accent("error", self.palette()))
+        self.hosts_list.addItem(item)
+        self._hosts_not_ready(error_text(exc))
+
+    def _run_group(self, cfg: TrainConfig, resume: Path | None):
+        """Start (or resume) the run on the Macs of the host file; core.group_train reports like the trainer,
+        so the curve, the figures and the log fill as in a run on this Mac."""
+        from core.group_train import group_train
+
+        self._group_run = True
+        self._log_line("info", f"on the Macs of {self.hostfile()}")
+        self.slot.start(group_train, cfg, self.hostfile(), resume=resume, on_step=self._step, on_metric=self._metric,
+                        on_log=self._log_line, on_ok=self._done, on_failed=self._failed,
+                        on_ended=self._group_ended)
+        self.refresh_controls()
+
+    def _group_ended(self):
+        self._group_run = False
+        self._ended()
+
     # -- running ------------------------------------------------------------------------------
     def start(self):
         why = self.blocker()
@@ -634,6 +769,9 @@ class TrainPage(Page):
         self.result_box.show()
         for k in self.stat:
             self.stat[k].setText("-")
+        if self.use_hosts.isChecked():  # several Macs: the ranks are processes of their own already
+            self._run_group(cfg, resume)
+            return
         # the trainer runs in a process of its own (core.isolated): its Python work never holds this window's
         # interpreter lock, and a crash there ends the run, not the app
         self.slot.start(in_process(train, "Training"), cfg, resume=resume, on_step=self._step, on_metric=self._metric, on_log=self._log_line,

@@ -1,0 +1,100 @@
+"""The Train page's "Several Macs" panel (offscreen, pytest-qt): Check Macs lists every host of the host
+file, the switch is on offer only when all are ready, and Start with it on trains the run as a group
+(two ranks on 127.0.0.1) whose curve and run folder are those of an ordinary run."""
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import subprocess  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from PySide6.QtCore import Qt  # noqa: E402
+from PySide6.QtWidgets import QCheckBox, QLineEdit, QListWidget, QPushButton  # noqa: E402
+from test_gui_train import (find, home, loss_points, make_window, no_modal_questions,  # noqa: E402,F401
+                            qapp_cls, ready_to_train, steps_on_disk)
+
+from core import distributed as dist  # noqa: E402
+from core import runs  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _panel(w):
+    return (find(w, QLineEdit, "train.hosts"), find(w, QPushButton, "train.check_hosts"),
+            find(w, QListWidget, "train.hosts_list"), find(w, QCheckBox, "train.use_hosts"))
+
+
+def _check(qtbot, w, hostfile: Path):
+    edit, check, lst, use = _panel(w)
+    edit.setText(str(hostfile))
+    assert not use.isEnabled() and "Check" in use.toolTip()
+    qtbot.mouseClick(check, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: check.isEnabled() and lst.count() and "Checking" not in lst.item(0).text(),
+                    timeout=30000)
+    return [lst.item(i).text() for i in range(lst.count())]
+
+
+def test_check_macs_offers_the_switch_only_when_every_mac_is_ready(home, qtbot, tmp_path, monkeypatch):
+    monkeypatch.setattr(dist, "_ssh", lambda host, command, timeout: subprocess.CompletedProcess(
+        [], 255, "", f"ssh: connect to host {host.ssh} port 22: Operation timed out"))
+    ini = tmp_path / "s.ini"
+    w = make_window(qtbot, ini)
+    edit, check, lst, use = _panel(w)
+    assert not check.isEnabled() and not use.isEnabled() and use.toolTip()
+
+    good = tmp_path / "macs.txt"
+    good.write_text("127.0.0.1\n127.0.0.1\n")
+    lines = _check(qtbot, w, good)
+    assert lines == ["rank 0 (127.0.0.1): ok", "rank 1 (127.0.0.1): ok"]
+    assert use.isEnabled() and "2 Macs" in use.toolTip()
+
+    far = tmp_path / "far.txt"
+    far.write_text("127.0.0.1 10.0.0.1\nmini.local 192.0.2.1\n")
+    lines = _check(qtbot, w, far)
+    assert lines[0] == "rank 0 (127.0.0.1): ok" and lines[1].startswith("rank 1 (mini.local): cannot be reached")
+    assert lst.item(1).data(Qt.ItemDataRole.UserRole) is False and "ssh mini.local" in lst.item(1).toolTip()
+    assert not use.isEnabled() and not use.isChecked()
+    assert "1 of 2 Macs are not ready" in use.toolTip() and "mini.local" in use.toolTip()
+
+    bad = tmp_path / "one.txt"
+    bad.write_text("127.0.0.1\n")
+    lines = _check(qtbot, w, bad)
+    assert "a group needs two or more" in lines[0] and not use.isEnabled()
+    assert "a group needs two or more" in use.toolTip()
+
+    # the host file is remembered with the window's settings
+    edit.setText(str(good))
+    w.close()
+    w2 = make_window(qtbot, ini)
+    assert find(w2, QLineEdit, "train.hosts").text() == str(good)
+    w2.close()
+
+
+@pytest.mark.timeout(300)
+def test_start_on_two_macs_trains_an_ordinary_run(home, qtbot, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the ranks run `python -m app.cli` here
+    w = make_window(qtbot, tmp_path / "s.ini")
+    start = ready_to_train(qtbot, w, iters=4)
+    hosts = tmp_path / "macs.txt"
+    hosts.write_text("127.0.0.1\n127.0.0.1\n")
+    _check(qtbot, w, hosts)
+    _, _, _, use = _panel(w)
+    use.setChecked(True)
+    pause, stop = find(w, QPushButton, "train.pause"), find(w, QPushButton, "train.stop")
+    tp = w.train_page
+    with qtbot.waitSignal(tp.slot.ended, timeout=240000):
+        qtbot.mouseClick(start, Qt.MouseButton.LeftButton)
+        assert stop.isEnabled() and not pause.isEnabled() and "not paused" in pause.toolTip()
+    run_dir = w.run_dir
+    assert tp.result_state == "done", tp.status.text()
+    assert "Done" in tp.status.text() and "4 steps" in tp.status.text()
+    assert loss_points(w) == [1.0, 2.0, 3.0, 4.0]  # every step once
+    assert steps_on_disk(run_dir) == [1, 2, 3, 4]
+    assert tp.stat["step"].text() == "4 / 4"
+    log = tp.log.toPlainText()
+    assert "rank 1 (127.0.0.1): ok" in log and "training on 2 Macs" in log
+    info = runs.RunInfo.load(run_dir)
+    assert info.state == "done" and info.steps == 4
+    assert (run_dir / "adapters.safetensors").exists()
+    assert "not paused" not in pause.toolTip()  # the next run may be one on this Mac alone
