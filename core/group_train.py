@@ -242,7 +242,10 @@ def group_train(cfg: TrainConfig, hostfile: str | os.PathLike, *, resume: str | 
         bad = [c for c in dist.check_hosts(hosts, paths) if not c.ok]
     if bad:
         raise dist.GroupError(f"{len(bad)} of {len(hosts)} hosts are not ready: " + bad[0].line(), bad[0].hint)
-    cancel.raise_if_cancelled("cancelled before the group started")
+    if cancel.cancelled:  # stopped while the Macs were checked: nothing was started
+        raise Cancelled("cancelled before the group started", result={
+            "run_dir": str(run_dir), "state": "cancelled", "steps": after_step,
+            "total_steps": total if isinstance(total, int) else cfg.iters})
     events.log("info", f"training on {len(hosts)} Macs: " + ", ".join(h.ssh for h in hosts))
 
     follower = _Follower(run_dir, events, cancel, after_step, total if isinstance(total, int) else None)

@@ -150,3 +150,13 @@ def test_a_host_that_cannot_be_reached_stops_before_the_launch(tmp_path, monkeyp
     assert not launched
     assert ev.logs[0] == ("info", "rank 0 (127.0.0.1): ok")
     assert ev.logs[1][0] == "warning" and ev.logs[1][1].startswith("rank 1 (mini.local): cannot be reached")
+
+
+def test_stopped_while_the_macs_are_checked_starts_nothing(tmp_path, monkeypatch):
+    launched = []
+    monkeypatch.setattr(dist, "launch", lambda *a, **k: launched.append(a))
+    cancel = CancelToken()
+    cancel.cancel()
+    with pytest.raises(Cancelled) as e:
+        group_train(_cfg(tmp_path / "run"), _hostfile(tmp_path), cancel=cancel)
+    assert not launched and e.value.result["steps"] == 0 and e.value.result["total_steps"] == 4
