@@ -98,3 +98,33 @@ def test_start_on_two_macs_trains_an_ordinary_run(home, qtbot, tmp_path, monkeyp
     assert info.state == "done" and info.steps == 4
     assert (run_dir / "adapters.safetensors").exists()
     assert "not paused" not in pause.toolTip()  # the next run may be one on this Mac alone
+
+
+@pytest.mark.timeout(400)
+def test_a_group_run_stops_and_resumes_on_the_same_curve(home, qtbot, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    w = make_window(qtbot, tmp_path / "s.ini")
+    start = ready_to_train(qtbot, w, iters=30, checkpoint_every=5)
+    hosts = tmp_path / "macs.txt"
+    hosts.write_text("127.0.0.1\n127.0.0.1\n")
+    _check(qtbot, w, hosts)
+    _panel(w)[3].setChecked(True)
+    tp = w.train_page
+    qtbot.mouseClick(start, Qt.MouseButton.LeftButton)
+    run_dir = w.run_dir
+    qtbot.waitUntil(lambda: len(loss_points(w)) >= 3, timeout=180000)
+    with qtbot.waitSignal(tp.slot.ended, timeout=60000):
+        qtbot.mouseClick(find(w, QPushButton, "train.stop"), Qt.MouseButton.LeftButton)
+    assert tp.result_state == "stopped" and "Stopped" in tp.status.text(), tp.status.text()
+    info = runs.RunInfo.load(run_dir)
+    assert info.state == "cancelled" and info.resumable and info.steps < 30
+    resume = find(w, QPushButton, "train.resume")
+    assert not resume.isHidden()  # offered (the page itself may be behind the Data step here)
+    with qtbot.waitSignal(tp.slot.ended, timeout=240000):
+        resume.click()
+        qtbot.waitUntil(lambda: tp.slot.state == "running", timeout=10000)
+        assert tp._group_run  # resumed on the Macs too
+    assert tp.result_state == "done", tp.status.text()
+    assert steps_on_disk(run_dir) == list(range(1, 31))
+    assert loss_points(w) == [float(s) for s in range(1, 31)]  # the old points and the new, each once
+    assert runs.RunInfo.load(run_dir).state == "done"
