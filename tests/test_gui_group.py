@@ -71,6 +71,40 @@ def test_check_macs_offers_the_switch_only_when_every_mac_is_ready(home, qtbot, 
     w2.close()
 
 
+def test_a_mac_that_only_lacks_files_is_offered_a_copy(home, qtbot, tmp_path, monkeypatch):
+    import json
+
+    copied = []
+
+    def fake_ssh(host, command, timeout):  # the other Mac answers the probe: same versions, files missing until copied
+        import shlex
+
+        paths = shlex.split(command)[3:]  # python -c PROBE PATH...
+        missing = [] if copied else paths
+        return subprocess.CompletedProcess([], 0, json.dumps({"versions": dist.local_versions(), "missing": missing}),
+                                           "")
+
+    monkeypatch.setattr(dist, "_ssh", fake_ssh)
+    monkeypatch.setattr(dist, "copy_missing", lambda checks, events=None: copied.extend(
+        (c.host.ssh, p) for c in checks for p in c.missing))
+    w = make_window(qtbot, tmp_path / "s.ini")
+    edit, check, lst, use = _panel(w)
+    copy = find(w, QPushButton, "train.copy_missing")
+    far = tmp_path / "far.txt"
+    far.write_text("127.0.0.1 10.0.0.1\nmini.local 192.0.2.1\n")
+    lines = _check(qtbot, w, far)
+    assert lines[1].startswith("rank 1 (mini.local): lacks ") and "rsync" in lines[1]
+    assert not use.isEnabled() and not copy.isHidden()
+    qtbot.mouseClick(copy, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: check.isEnabled() and lst.count() == 2 and "Copying" not in lst.item(0).text(),
+                    timeout=30000)
+    model = str(Path(w.session.model_dir).resolve())
+    assert ("mini.local", model) in copied
+    assert [lst.item(i).text() for i in range(2)] == ["rank 0 (127.0.0.1): ok", "rank 1 (mini.local): ok"]
+    assert use.isEnabled() and copy.isHidden()
+    w.close()
+
+
 @pytest.mark.timeout(300)
 def test_start_on_two_macs_trains_an_ordinary_run(home, qtbot, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # the ranks run `python -m app.cli` here

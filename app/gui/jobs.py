@@ -517,3 +517,12 @@ def check_hosts(hostfile: Path, paths: list, events=None, cancel=None) -> list:
     from core import distributed as dist
 
     return dist.check_hosts(dist.read_hostfile(hostfile), paths)
+
+
+def copy_missing_and_check(hostfile: Path, paths: list, bad: list, events=None, cancel=None) -> list:
+    """Copy what the Macs of ``bad`` (HostChecks) lack to the same paths there, then check every Mac again."""
+    from core import distributed as dist
+
+    dist.copy_missing(bad, events=events)
+    return dist.check_hosts(dist.read_hostfile(hostfile), paths)
+

@@ -625,6 +625,13 @@ class TrainPage(Page):
         self.hosts_list.setObjectName("train.hosts_list")
         self.hosts_list.setMaximumHeight(110)
         v.addWidget(self.hosts_list)
+        self.copy_btn = QPushButton("Copy what is missing")
+        self.copy_btn.setObjectName("train.copy_missing")
+        self.copy_btn.setToolTip("Copy the model and data files the other Macs lack, to the same paths there "
+                                 "(rsync over ssh), then check again.")
+        self.copy_btn.hide()  # offered when a check finds Macs that only lack files
+        self._checks: list = []  # the last check's HostChecks
+        v.addWidget(self.copy_btn)
         self.use_hosts = QCheckBox("Train on these Macs")
         self.use_hosts.setObjectName("train.use_hosts")
         v.addWidget(self.use_hosts)
@@ -633,6 +640,7 @@ class TrainPage(Page):
         lay.addWidget(self.hosts_box)
         choose.clicked.connect(self._choose_hostfile)
         self.check_hosts_btn.clicked.connect(self.check_hosts)
+        self.copy_btn.clicked.connect(self.copy_missing)
         self.hosts_edit.returnPressed.connect(self.check_hosts)
         self.hosts_edit.textChanged.connect(self._hostfile_changed)
         self._hostfile_changed()
@@ -645,6 +653,7 @@ class TrainPage(Page):
 
     def _hostfile_changed(self, *_):
         self.hosts_list.clear()
+        self.copy_btn.hide()
         has_file = bool(self.hosts_edit.text().strip())
         self.check_hosts_btn.setEnabled(has_file and not self.slots["train.hosts"].running)
         self._hosts_not_ready("Check the Macs first (Check Macs): every one must be ready." if has_file else
@@ -665,18 +674,33 @@ class TrainPage(Page):
         """Check every Mac of the host file off the GUI thread (ssh waits on the network)."""
         if not self.hosts_edit.text().strip():
             return
+        self._start_hosts_job("Checking the Macs...", gj.check_hosts, self.hostfile(), self._host_paths())
+
+    def _host_paths(self) -> list[str]:
         s = self.session
-        paths = [str(p) for p in (s.model_dir, *s.data_paths) if p is not None]
+        return [str(p) for p in (s.model_dir, *s.data_paths) if p is not None]
+
+    def copy_missing(self):
+        """Copy the files the last check found missing to those Macs, then check them all again."""
+        bad = [c for c in getattr(self, "_checks", []) if not c.ok]
+        if not bad:
+            return
+        self._start_hosts_job(f"Copying to {', '.join(c.host.ssh for c in bad)}...", gj.copy_missing_and_check,
+                              self.hostfile(), self._host_paths(), bad)
+
+    def _start_hosts_job(self, what: str, fn, *args):
         self.hosts_list.clear()
-        self.hosts_list.addItem("Checking the Macs...")
-        self._hosts_not_ready("Checking the Macs...")
+        self.hosts_list.addItem(what)
+        self._hosts_not_ready(what)
+        self.copy_btn.hide()
         self.check_hosts_btn.setEnabled(False)
-        self.slots["train.hosts"].start(gj.check_hosts, self.hostfile(), paths, on_ok=self._hosts_checked,
+        self.slots["train.hosts"].start(fn, *args, on_ok=self._hosts_checked,
                                         on_failed=self._hosts_failed,
                                         on_ended=lambda: self.check_hosts_btn.setEnabled(
                                             bool(self.hosts_edit.text().strip())))
 
     def _hosts_checked(self, checks):
+        self._checks = list(checks)
         self.hosts_list.clear()
         for c in checks:
             item = QListWidgetItem(c.line())
@@ -688,6 +712,8 @@ class TrainPage(Page):
         bad = [c for c in checks if not c.ok]
         if bad:
             self._hosts_not_ready(f"{len(bad)} of {len(checks)} Macs are not ready: {bad[0].line()}")
+            # Macs that are reachable, run the same versions and only lack files: offer to copy them
+            self.copy_btn.setVisible(all(c.missing and c.versions and not c.host.local for c in bad))
             return
         self.use_hosts.setEnabled(True)
         self.use_hosts.setToolTip(f"Start trains on these {len(checks)} Macs instead of this one alone. Stop "
