@@ -61,6 +61,7 @@ def test_whole_flow_train_try_export(window, qtbot):
     w.train_page.set_preset("quick")
     w.train_page.iters.setValue(40)
     w.train_page.option("lr").setValue(1e-3)
+    qtbot.waitUntil(w.train_page.start_btn.isEnabled, timeout=30000)
     qtbot.mouseClick(w.train_page.start_btn, Qt.MouseButton.LeftButton)
     job = w.jobs["train"]
     assert w.steps.state(2) == "busy"
@@ -83,6 +84,8 @@ def test_whole_flow_train_try_export(window, qtbot):
     w.try_page.prompt.setText("Describe the blue kettle in structured format.")
     qtbot.mouseClick(w.try_page.ask_btn, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: w.try_page.tuned_out.toPlainText() not in ("...", ""), timeout=60000)
+    # both answers stream; compare them once the turn has ended (mid-stream both may read '{"')
+    qtbot.waitUntil(lambda: w.try_page.slots["try"].state == "idle", timeout=120000)  # ended: last chunk shown
     assert w.try_page.base_out.toPlainText() != w.try_page.tuned_out.toPlainText()
 
     # the Export page's own tests cover Ollama; here the GGUF of this run, from the window
@@ -103,6 +106,8 @@ def test_stop_cancels_training(window, qtbot):
     w.load_data([demo_data_dir()])
     qtbot.waitUntil(lambda: w.dataset is not None, timeout=30000)
     w.train_page.iters.setValue(5000)
+    # Start is enabled once the data step has finished reading (a click on a disabled button does nothing)
+    qtbot.waitUntil(w.train_page.start_btn.isEnabled, timeout=30000)
     qtbot.mouseClick(w.train_page.start_btn, Qt.MouseButton.LeftButton)
     job = w.jobs["train"]
     qtbot.waitUntil(lambda: len(w.train_page.plot.train[0]) >= 2, timeout=120000)
