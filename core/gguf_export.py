@@ -848,7 +848,7 @@ def _convert_block(p: _PlannedTensor, rows, first: int, n: int) -> np.ndarray:
 
 
 class _BlockPool:
-    """The worker threads of one export, converting the row blocks of a tensor in parallel.
+    """The worker threads of one export, converting row blocks in parallel.
 
     Why threads: the K-quant kernels (core.kquants_jit, numba ``nogil``) hold no GIL,
     and neither do numpy's loops over a block or the file reads, so threads use every
@@ -857,9 +857,7 @@ class _BlockPool:
     interpreter start per worker (macOS's ``spawn`` re-imports numpy and gguf, about a
     second each), and nothing that can be orphaned: the threads belong to this process
     and are joined before the export returns or raises. Measured scaling: bench/README.md.
-
-    Results come back in order, with at most ``2 * workers`` blocks in flight, so memory
-    stays bounded and the writer streams. One worker converts in the calling thread.
+    One worker converts in the calling thread.
     """
 
     def __init__(self, workers: int):
@@ -878,60 +876,13 @@ class _BlockPool:
             # queued blocks are dropped, running ones finish (each well under a second)
             self._executor.shutdown(wait=True, cancel_futures=True)
 
-    def map(self, fn, jobs, cancel: CancelToken | None):
-        """``fn(*job)`` for each job, yielded in order; polls ``cancel`` while waiting."""
-        if self._executor is None:
-            for job in jobs:
-                if cancel:
-                    cancel.raise_if_cancelled()
-                yield fn(*job)
-            return
-        from collections import deque
-        from concurrent.futures import TimeoutError as FutureTimeout
-        from concurrent.futures import wait
 
-        pending: deque = deque()
-        jobs = iter(jobs)
-        try:
-            while True:
-                while len(pending) < 2 * self.workers:
-                    job = next(jobs, None)
-                    if job is None:
-                        break
-                    pending.append(self._executor.submit(fn, *job))
-                if not pending:
-                    return
-                while True:
-                    if cancel:
-                        cancel.raise_if_cancelled()
-                    try:
-                        result = pending[0].result(timeout=0.05)
-                        break
-                    except FutureTimeout:
-                        continue
-                pending.popleft()
-                yield result
-        finally:
-            # a cancel, an error here or in a block, or the writer giving up: drop the
-            # queued blocks and wait for the running ones, so none outlives this tensor
-            for fut in pending:
-                fut.cancel()
-            wait(pending)
-
-
-def _convert_chunks(p: _PlannedTensor, cancel: CancelToken | None = None, pool: _BlockPool | None = None):
-    """The converted tensor as consecutive ``(rows done, rows in all, block)`` (each type works row by row)."""
+def _tensor_jobs(p: _PlannedTensor):
+    """The conversion of ``p`` as consecutive ``(fn, args, rows done after it, rows in all, bytes out)``
+    (each type works row by row)."""
     shape = p.shape
-    if len(shape) < 2:  # 1-D tensors are small
-        data = p.src.read_f32()
-        if p.transform is not None:
-            data = p.transform(data)
-        if p.permute_heads:
-            data = _permute_for_llama_rope(data, p.permute_heads)
-        out = _convert_rows(p, data)
-        if out.shape != p.out_shape or out.dtype != p.out_dtype:
-            raise RuntimeError(f"{p.gguf_name}: converted to {out.shape} {out.dtype}, planned {p.out_shape} {p.out_dtype}")
-        yield 1, 1, out
+    if len(shape) < 2:  # 1-D tensors are small: one job
+        yield _convert_1d, (p,), 1, 1, p.nbytes
         return
     rows = None
     if p.transform is not None:  # Qwen3.5's reorders and reshapes: small tensors, done whole
@@ -941,11 +892,96 @@ def _convert_chunks(p: _PlannedTensor, cancel: CancelToken | None = None, pool: 
         # first, then convert its rows in blocks like any other
         rows = _permute_for_llama_rope(p.src.read_f32(), p.permute_heads)
     step = max(1, _CHUNK_VALUES // math.prod(shape[1:]))
-    jobs = ((p, rows, first, min(step, shape[0] - first)) for first in range(0, shape[0], step))
-    done = 0
-    for out in (pool or _BlockPool(1)).map(_convert_block, jobs, cancel):
-        done += out.shape[0]
-        yield done, shape[0], out
+    for first in range(0, shape[0], step):
+        n = min(step, shape[0] - first)
+        yield _convert_block, (p, rows, first, n), first + n, shape[0], p.nbytes * n // shape[0]
+
+
+def _convert_1d(p: _PlannedTensor) -> np.ndarray:
+    data = p.src.read_f32()
+    if p.transform is not None:
+        data = p.transform(data)
+    if p.permute_heads:
+        data = _permute_for_llama_rope(data, p.permute_heads)
+    out = _convert_rows(p, data)
+    if out.shape != p.out_shape or out.dtype != p.out_dtype:
+        raise RuntimeError(f"{p.gguf_name}: converted to {out.shape} {out.dtype}, planned {p.out_shape} {p.out_dtype}")
+    return out
+
+
+class _PlanBlocks:
+    """Every block of every tensor of the plan, converted on the pool and handed back in file order.
+
+    One stream across the tensors keeps every worker busy at the tensor boundaries: a
+    Qwen3-0.6B layer's matrices are 1 to 3 blocks each, so converting tensor by tensor left
+    a worker idle at the end of most of them (1.5 of 2 cores in use; one stream: 1.9).
+    At most ``2 * workers`` blocks are in flight, so memory stays bounded and the writer
+    streams; :meth:`prime` lets the workers run further ahead, up to a byte budget of
+    converted blocks, while the calling thread does other work (reading the vocabulary).
+    ``close`` drops the queued blocks and waits for the running ones, so none outlives the
+    export.
+    """
+
+    def __init__(self, plan: list[_PlannedTensor], pool: _BlockPool, cancel: CancelToken | None):
+        self._jobs = ((i, fn, args, done, total, nbytes) for i, p in enumerate(plan)
+                      for fn, args, done, total, nbytes in _tensor_jobs(p))
+        self._executor = pool._executor
+        self._window = 2 * pool.workers
+        self._cancel = cancel
+        from collections import deque
+
+        self._pending: deque = deque()
+        self._exhausted = False
+
+    def _submit(self, limit: int, budget: int | None = None) -> None:
+        used = 0
+        while not self._exhausted and len(self._pending) < limit:
+            job = next(self._jobs, None)
+            if job is None:
+                self._exhausted = True
+                return
+            i, fn, args, done, total, nbytes = job
+            self._pending.append((i, done, total, self._executor.submit(fn, *args)))
+            used += nbytes
+            if budget is not None and used >= budget:
+                return
+
+    def prime(self, budget_bytes: int) -> None:
+        """Start converting up to ``budget_bytes`` of output (at most 256 blocks) ahead of the writer."""
+        if self._executor is not None:
+            self._submit(256, budget_bytes)
+
+    def next_block(self) -> tuple[int, int, int, np.ndarray]:
+        """``(tensor index, rows done, rows in all, converted block)`` of the next block in the file."""
+        if self._executor is None:
+            if self._cancel:
+                self._cancel.raise_if_cancelled()
+            i, fn, args, done, total, _n = next(self._jobs)
+            return i, done, total, fn(*args)
+        from concurrent.futures import TimeoutError as FutureTimeout
+
+        self._submit(self._window)
+        i, done, total, fut = self._pending[0]
+        while True:
+            if self._cancel:
+                self._cancel.raise_if_cancelled()
+            try:
+                out = fut.result(timeout=0.05)
+                break
+            except FutureTimeout:
+                continue
+        self._pending.popleft()
+        self._submit(self._window)
+        return i, done, total, out
+
+    def close(self) -> None:
+        from concurrent.futures import wait
+
+        futures = [f for *_x, f in self._pending]
+        for fut in futures:
+            fut.cancel()
+        wait(futures)
+        self._pending.clear()
 
 
 class _TensorStream:
@@ -954,20 +990,25 @@ class _TensorStream:
     ``GGUFWriter.write_tensor_data`` needs only ``nbytes`` and ``tofile(fout)`` from
     the array it is given (on little-endian machines), so handing it this object keeps
     the writer's own bookkeeping (tensor order, alignment padding) without ever holding
-    the whole converted tensor. ``on_rows(done, total)`` follows the blocks written.
+    the whole converted tensor. Its blocks come from the export's :class:`_PlanBlocks`;
+    ``on_rows(done, total)`` follows the blocks written.
     """
 
-    def __init__(self, p: _PlannedTensor, cancel: CancelToken | None, pool: _BlockPool | None = None,
-                 on_rows=None):
-        self.p, self.cancel, self.nbytes = p, cancel, p.nbytes
-        self.pool, self.on_rows = pool, on_rows
+    def __init__(self, p: _PlannedTensor, index: int, blocks: _PlanBlocks, on_rows=None):
+        self.p, self.index, self.blocks, self.nbytes = p, index, blocks, p.nbytes
+        self.on_rows = on_rows
 
     def tofile(self, fout) -> None:
         written = 0
-        for done, total, chunk in _convert_chunks(self.p, self.cancel, self.pool):
+        while True:
+            i, done, total, chunk = self.blocks.next_block()
+            if i != self.index:
+                raise RuntimeError(f"{self.p.gguf_name}: got a block of tensor {i}, expected {self.index}")
             chunk.tofile(fout)
             written += chunk.nbytes
-            if self.on_rows and done < total:
+            if done >= total:
+                break
+            if self.on_rows:
                 self.on_rows(done, total)
         if written != self.nbytes:
             raise RuntimeError(f"{self.p.gguf_name}: wrote {written} bytes, planned {self.nbytes}")
@@ -975,6 +1016,52 @@ class _TensorStream:
 
 # per-block progress for the types whose conversion is the slow part of an export
 _FLOAT_TYPES = (QT.F32, QT.F16, QT.BF16)
+
+
+_U64 = struct.Struct("<Q")
+
+
+def _pack_array_fast(val, sub_type) -> bytes | None:
+    """A metadata array packed as ``gguf.GGUFWriter._pack_val`` packs it (little-endian), in one
+    pass: the writer packs a 151k-token vocabulary and its merges item by item (about a second
+    of one core); here a string array is one ``join`` and a number array one ``struct.pack``.
+    None for what this does not cover (nested arrays, mixed or unknown item types): the
+    writer's own code packs those."""
+    VT = gguf.GGUFValueType
+    first = val[0]
+    try:
+        ltype = sub_type if sub_type is not None else VT.get_type(first)
+    except ValueError:
+        return None
+    if sub_type is None:
+        # the writer's rule: every item of the type of the first (checked once per Python type)
+        reps = {type(v): v for v in val}
+        if any(VT.get_type(r) is not ltype for r in reps.values()):
+            return None
+    head = struct.pack("<IQ", ltype, len(val))
+    if ltype == VT.STRING:
+        if not all(isinstance(v, (str, bytes, bytearray)) for v in val):
+            return None
+        encoded = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in val]
+        pack = _U64.pack
+        return head + b"".join([piece for e in encoded for piece in (pack(len(e)), e)])
+    fmt = gguf.GGUFWriter._simple_value_packing.get(ltype)
+    if fmt is None:
+        return None
+    return head + struct.pack(f"<{len(val)}{fmt}", *val)
+
+
+class _Writer(gguf.GGUFWriter):
+    """``gguf.GGUFWriter`` with large metadata arrays packed by :func:`_pack_array_fast`: the same
+    bytes (tests/test_gguf_export.py compares them with the writer's own packing)."""
+
+    def _pack_val(self, val: Any, vtype, add_vtype: bool, sub_type=None) -> bytes:
+        if (vtype == gguf.GGUFValueType.ARRAY and self.endianess == gguf.GGUFEndian.LITTLE
+                and isinstance(val, (list, tuple)) and len(val) > 256):
+            packed = _pack_array_fast(val, sub_type)
+            if packed is not None:
+                return (struct.pack("<I", vtype) if add_vtype else b"") + packed
+        return super()._pack_val(val, vtype, add_vtype, sub_type)
 
 
 def _estimate_kv_bytes(v: _Vocab) -> int:
@@ -1022,6 +1109,24 @@ def export_gguf(model_dir, out_path, quant: str = "f16", *, events: Events | Non
     events.log("info", f"Exporting {model_dir.name} ({hf_arch} -> {arch_name}, {quant})")
 
     plan = _plan_tensors(model_dir, config, spec, quant, events)
+    with _BlockPool(workers) as pool:
+        blocks = _PlanBlocks(plan, pool, cancel)
+        try:
+            # the workers start on the first tensors while this thread reads the vocabulary
+            blocks.prime(_PRIME_BYTES)
+            return _export(model_dir, out_path, quant, arch_name, config, spec, ftype, plan, blocks, events,
+                           cancel, chat_template)
+        finally:
+            blocks.close()
+
+
+# converted blocks the workers may hold ahead of the writer while the vocabulary is read
+_PRIME_BYTES = 48 << 20
+
+
+def _export(model_dir: Path, out_path: Path, quant: str, arch_name: str, config: dict, spec: ArchSpec, ftype,
+            plan: list[_PlannedTensor], blocks: _PlanBlocks, events: Events, cancel: CancelToken | None,
+            chat_template: str | None) -> dict:
     with tempfile.TemporaryDirectory(prefix="tuneloom-tok-") as scratch:
         vocab = _load_vocab(model_dir, config["vocab_size"], Path(scratch))
     if chat_template is None:
@@ -1050,7 +1155,7 @@ def export_gguf(model_dir, out_path, quant: str = "f16", *, events: Events | Non
     total_params = sum(math.prod(p.src.shape) for p in plan)
     try:
         size = _write(out_path, arch_name, model_dir, config, spec, ftype, vocab, plan, total_params, events, cancel,
-                      workers)
+                      blocks)
     except OSError as exc:
         raise TuneloomError(f"Writing {out_path} failed: {exc}", "Check that the folder is writable and has free space.") from exc
 
@@ -1060,10 +1165,10 @@ def export_gguf(model_dir, out_path, quant: str = "f16", *, events: Events | Non
 
 def _write(out_path: Path, arch_name: str, model_dir: Path, config: dict, spec: ArchSpec, ftype,
            vocab: _Vocab, plan: list[_PlannedTensor], total_params: int, events: Events,
-           cancel: CancelToken | None, workers: int = 1) -> int:
+           cancel: CancelToken | None, blocks: _PlanBlocks) -> int:
     """Header and metadata first, then the tensors one by one; the size of the new file."""
     with atomic_path(out_path, suffix=".gguf") as tmp:
-        writer = gguf.GGUFWriter(tmp, arch_name)
+        writer = _Writer(tmp, arch_name)
         try:
             _add_general(writer, model_dir, total_params)
             _add_hparams(writer, config, spec, ftype)
@@ -1073,16 +1178,15 @@ def _write(out_path: Path, arch_name: str, model_dir: Path, config: dict, spec: 
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
-            with _BlockPool(workers) as pool:
-                for i, p in enumerate(plan):
-                    if cancel:
-                        cancel.raise_if_cancelled()
-                    on_rows = None
-                    if p.qtype not in _FLOAT_TYPES:
-                        def on_rows(done, total, i=i, name=p.gguf_name):
-                            events.progress(i + done / total, len(plan), name)
-                    writer.write_tensor_data(_TensorStream(p, cancel, pool, on_rows))
-                    events.progress(i + 1, len(plan), p.gguf_name)
+            for i, p in enumerate(plan):
+                if cancel:
+                    cancel.raise_if_cancelled()
+                on_rows = None
+                if p.qtype not in _FLOAT_TYPES:
+                    def on_rows(done, total, i=i, name=p.gguf_name):
+                        events.progress(i + done / total, len(plan), name)
+                writer.write_tensor_data(_TensorStream(p, i, blocks, on_rows))
+                events.progress(i + 1, len(plan), p.gguf_name)
         finally:
             writer.close()
         if cancel:

@@ -403,3 +403,34 @@ def test_export_reports_progress_per_tensor(tmp_path, tmp_path_factory):
     assert ev.progresses[-1][:2] == (res["n_tensors"], res["n_tensors"])
     assert all(total == res["n_tensors"] for _, total, _ in ev.progresses)
     assert gguf_metadata_summary(res["path"])["tensor_types"] == ["BF16", "F32"]
+
+
+@pytest.mark.parametrize("name", ["qwen3", "tinyllama"])
+def test_fast_metadata_packing_writes_the_writers_bytes(name, tmp_path):
+    """core.gguf_export packs the vocabulary arrays in one pass; the bytes are gguf-py's own, for the real
+    BPE (tokens, types, merges) and SentencePiece (pieces as bytes, float scores) vocabularies, and for
+    the array kinds around them. What the fast path does not cover goes to gguf-py, errors included."""
+    import gguf
+
+    from core.gguf_export import _load_vocab, _pack_array_fast, _Writer
+
+    model = reference_dir(name)
+    config = json.loads((model / "config.json").read_text())
+    v = _load_vocab(model, config["vocab_size"], tmp_path)
+    VT = gguf.GGUFValueType
+    arrays = [v.tokens, v.toktypes, list(v.special.merges), [True, False] * 300, [0.5, -1.25] * 300,
+              ["é", b"\xff\x00", bytearray(b"ab")] * 100, list(range(-300, 300))]
+    if v.scores is not None:
+        arrays.append(v.scores)
+    arrays = [a for a in arrays if a]  # SentencePiece has no merges
+    assert len(arrays) >= 7
+    fast, ref = _Writer("/dev/null", "llama"), gguf.GGUFWriter("/dev/null", "llama")
+    for arr in arrays:
+        for sub in (None, VT.get_type(arr[0])):
+            want = ref._pack_val(arr, VT.ARRAY, add_vtype=True, sub_type=sub)
+            assert fast._pack_val(arr, VT.ARRAY, add_vtype=True, sub_type=sub) == want
+            assert _pack_array_fast(arr, sub) is not None  # and the fast path did it
+    mixed = [1, "a"] * 300
+    assert _pack_array_fast(mixed, None) is None
+    with pytest.raises(ValueError):
+        fast._pack_val(mixed, VT.ARRAY, add_vtype=True)
