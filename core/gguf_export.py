@@ -823,8 +823,9 @@ def _permute_for_llama_rope(data: np.ndarray, n_head: int) -> np.ndarray:
 
 # Rows are read, converted and written in blocks of about this many values: a big matrix
 # (a 151k-token embedding is 136-155M values) is never whole in memory, and the blocks of
-# one tensor are what the worker threads share out. Peak memory stays near
-# (2 * workers) * 1M * (4 + 4) bytes beyond the writer's own, whatever the model; a
+# the tensors are what the worker threads share out (:class:`_PlanBlocks`). Peak memory
+# stays near (2 * workers) * 1M * (4 + 4) bytes beyond the writer's own, whatever the model,
+# plus at most _PRIME_BYTES of converted blocks while the vocabulary is read; a
 # block takes well under 0.2 s at the slowest type (numpy Q4_K), so a cancel waits for
 # little more than that.
 _CHUNK_VALUES = 1 << 20

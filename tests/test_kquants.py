@@ -479,3 +479,51 @@ def test_bad_worker_count_is_refused(tmp_path_factory, tmp_path, workers):
     with pytest.raises(TuneloomError):
         export_gguf(_model(tmp_path_factory, "tinyllama", None, "float16"), tmp_path / "m.gguf", "q4_k_m",
                     workers=workers)
+
+
+def test_workers_go_on_across_tensor_boundaries_and_while_the_vocabulary_is_read(tmp_path_factory, tmp_path,
+                                                                                monkeypatch):
+    """The blocks of all tensors are one stream: with every tensor a single block, two workers still
+    convert two blocks at once (tensor by tensor, one would wait at each boundary); and conversion
+    starts while the vocabulary is read. The file stays the one a single worker writes."""
+    import threading
+    import time
+
+    import core.gguf_export as ge
+
+    model_dir = _model(tmp_path_factory, "tinyllama", DIMS_256, "float16")
+    serial = export_gguf(model_dir, tmp_path / "serial.gguf", "q4_k_m", workers=1)
+    monkeypatch.setattr(ge, "_CHUNK_VALUES", 1 << 30)  # every tensor one block, the embedding too
+    lock = threading.Lock()
+    state = {"now": 0, "most": 0, "converted": 0}
+    convert_block = ge._convert_block
+
+    def slow_block(*args):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.02)
+        try:
+            return convert_block(*args)
+        finally:
+            with lock:
+                state["now"] -= 1
+                state["converted"] += 1
+
+    monkeypatch.setattr(ge, "_convert_block", slow_block)
+    load_vocab = ge._load_vocab
+    during_vocab = []
+
+    def vocab(*args):
+        deadline = time.monotonic() + 10
+        while state["converted"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        during_vocab.append(state["converted"])
+        return load_vocab(*args)
+
+    monkeypatch.setattr(ge, "_load_vocab", vocab)
+    export_gguf(model_dir, tmp_path / "parallel.gguf", "q4_k_m", workers=2)
+    assert during_vocab[0] > 0, "no block was converted while the vocabulary was read"
+    assert state["most"] == 2
+    assert (tmp_path / "parallel.gguf").read_bytes() == Path(serial["path"]).read_bytes()
+    assert not _pool_threads()
