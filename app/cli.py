@@ -324,6 +324,16 @@ def cmd_export(a) -> int:
     except TuneloomError as exc:
         print(f"error: {exc.user_message()}", file=sys.stderr)
         return 1
+    # an export of a run is recorded in the run's exports/ as the app's Export step records it, so the
+    # History lists it wherever the GGUF was written
+    from core.export import write_export_record
+
+    run = Path(a.adapter or a.source)
+    if (run / "adapters.safetensors").is_file():
+        try:
+            write_export_record(run, res)
+        except OSError as exc:  # the GGUF is written; only the note in the run folder is missing
+            print(f"warning: could not record the export in {run / 'exports'}: {exc}", file=sys.stderr)
     print(json.dumps(res, ensure_ascii=False))
     return 0
 

@@ -214,7 +214,15 @@ class RunInfo:
             if not kind or not p.is_file():
                 continue
             st = p.stat()
-            out.append(ExportInfo(p, kind, st.st_size, st.st_mtime, records.get(p.name, {})))
+            out.append(ExportInfo(p, kind, st.st_size, st.st_mtime, records.pop(p.name, {})))
+        # GGUFs written elsewhere (`tuneloom export RUN --gguf ANYWHERE`), while they are still there
+        listed = {e.path for e in out}
+        for rec in records.values():
+            p = Path(str(rec.get("gguf") or ""))
+            if p.suffix == ".gguf" and p not in listed and p.is_file():
+                listed.add(p)
+                st = p.stat()
+                out.append(ExportInfo(p, "gguf", st.st_size, st.st_mtime, rec))
         return out
 
     def series(self, name: str) -> tuple[list[int], list[float]]:

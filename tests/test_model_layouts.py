@@ -312,9 +312,11 @@ def test_modelfile_only_writes_only_the_modelfile(tmp_path, tmp_path_factory, sm
     from app.cli import main
 
     out = tmp_path / "out"
+    records = sorted((small_run / "exports").glob("*.json"))
     rc = main(["export", str(small_run), "--modelfile", str(out / "Modelfile")])
     assert rc == 0
     assert _leftovers(out) == ["Modelfile"]
+    assert sorted((small_run / "exports").glob("*.json")) == records  # no GGUF, nothing to record
     mf = read_modelfile((out / "Modelfile").read_text(encoding="utf-8"))
     expected = f"./{small_run.name}-f16.gguf"
     assert mf["FROM"] == expected
@@ -323,6 +325,11 @@ def test_modelfile_only_writes_only_the_modelfile(tmp_path, tmp_path_factory, sm
     rc = main(["export", str(small_run), "--gguf", str(out / expected), "--modelfile", str(out / "Modelfile")])
     assert rc == 0 and (out / expected).is_file()
     assert (out / "Modelfile").read_text(encoding="utf-8") == text
+    # recorded in the run, as the app's Export step records it: the History lists it
+    from core import runs
+
+    [rec] = [e for e in runs.RunInfo.load(small_run).exports if e.path == out / expected]
+    assert rec.kind == "gguf" and rec.record["quant"] == "f16" and rec.size == (out / expected).stat().st_size
     assert main(["export", str(small_run)]) == 2
 
 

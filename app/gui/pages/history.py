@@ -301,7 +301,8 @@ class HistoryPage(Page):
             lines.append(f"Checkpoint: {html.escape(ck.name)} (Resume continues from there)")
         for e in info.exports:
             extra = e.record.get("ollama") or e.record.get("ollama_name") or ""
-            lines.append(f"Export: {html.escape(e.path.name)}" + (f" (Ollama: {html.escape(str(extra))})"
+            where = e.path.name if e.path.parent == info.path / "exports" else str(e.path)  # a CLI export elsewhere
+            lines.append(f"Export: {html.escape(where)}" + (f" (Ollama: {html.escape(str(extra))})"
                                                                   if extra else ""))
         if info.error:
             lines.append(theme.span(html.escape(info.error), "error", pal))
