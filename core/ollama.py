@@ -200,7 +200,7 @@ class ChatFormat:
     template at export time, where no Go toolchain is around.
     """
 
-    kind: str  # "chatml" | "qwen3" | "qwen3-thinking" | "zephyr" | "derived"
+    kind: str  # "chatml" | "qwen3" | "qwen3-thinking" | "qwen3.5" | "qwen3.5-thinking" | "zephyr" | "derived"
     template: str
     stops: tuple[str, ...]
     render: Callable[[Messages], str] = field(compare=False, repr=False)
@@ -573,17 +573,65 @@ def _qwen35_render(messages: Messages) -> str:
 
 def _qwen35_format(tokenizer_config: dict) -> ChatFormat:
     base = _qwen3_format(tokenizer_config)
-    jinja = _jinja_qwen3(thinking=False).replace(
-        "{%- set content = message['content'] if message['content'] is string else '' -%}",
-        "{%- set content = (message['content'] if message['content'] is string else '') | trim -%}").replace(
-        "loop.index0 > ns.last_user and loop.last -%}", "loop.index0 > ns.last_user -%}").replace(
-        "content.lstrip('\\n')", "content")
+    jinja = _qwen35_jinja(thinking=False)
     return ChatFormat("qwen3.5", _QWEN35, base.stops, _qwen35_render, notes=(
         "Qwen3.5 with thinking off: the generation prompt and every answer after the last user message carry "
         "the empty think block.",
         "Qwen3.5's template trims each message; Ollama's Go TEMPLATE cannot, so a message that starts or ends "
         "with whitespace reaches the model untrimmed on Ollama's Go path (the embedded template trims).",
         "Tool messages and tool calls are not reproduced."), jinja=jinja, exact_untrimmed=False)
+
+
+# ---- Qwen3.5, thinking on --------------------------------------------------------------
+# A Qwen3.5 fine-tune trained on reasoning renders as its template does with enable_thinking=True:
+# the generation prompt opens the think block ("<|im_start|>assistant\n<think>\n", where Qwen3's
+# is bare) and the model writes its reasoning and the closing tag. Ollama finds the tags as for
+# Qwen3 (.Thinking between them inside the range over .Messages), turns thinking on by default,
+# and, since the prompt ends with the opening tag, starts its parser inside the block
+# (server/routes.go: strings.HasSuffix(prompt, openingTag)). think=false gives the empty block.
+
+_QWEN35_THINKING = _QWEN35.replace(
+    "<think>\n\n</think>\n\n{{ .Content }}\n",
+    "{{ if .Thinking }}<think>\n{{ .Thinking }}\n</think>\n\n{{ else }}<think>\n\n</think>\n\n{{ end }}{{ .Content }}\n",
+    1)
+_QWEN35_THINKING = _QWEN35_THINKING[: _QWEN35_THINKING.rindex("{{- end }}<|im_start|>assistant\n")] + (
+    "{{- end }}<|im_start|>assistant\n"
+    "{{ if and $.IsThinkSet (not $.Think) }}<think>\n"
+    "\n"
+    "</think>\n"
+    "\n"
+    "{{ else }}<think>\n"
+    "{{ end }}")
+assert _QWEN35_THINKING.count(".Thinking") == 2
+
+
+def _qwen35_thinking_render(messages: Messages) -> str:
+    """The Go template with Ollama's default for a thinking model (think on), for messages without reasoning."""
+    return _qwen35_render(messages)[: -len(_THINK_OFF)] + "<think>\n"
+
+
+def _qwen35_jinja(thinking: bool) -> str:
+    """Qwen3.5's format as a plain Jinja template: Qwen3's, with every message trimmed and the think block on
+    every answer after the last user message; thinking on opens the block in the generation prompt."""
+    jinja = _jinja_qwen3(thinking=thinking).replace(
+        "{%- set content = message['content'] if message['content'] is string else '' -%}",
+        "{%- set content = (message['content'] if message['content'] is string else '') | trim -%}").replace(
+        "loop.index0 > ns.last_user and loop.last -%}", "loop.index0 > ns.last_user -%}").replace(
+        "content.lstrip('\\n')", "content")
+    if thinking:
+        tail = "{%- endif -%}{%- endif -%}\n"
+        assert jinja.endswith(tail)
+        jinja = jinja[: -len(tail)] + "{%- else -%}" + _jinja_out("<think>\n") + tail
+    return jinja
+
+
+def _qwen35_thinking_format(tokenizer_config: dict) -> ChatFormat:
+    base = _qwen35_format(tokenizer_config)
+    return ChatFormat("qwen3.5-thinking", _QWEN35_THINKING, base.stops, _qwen35_thinking_render, notes=(
+        "Qwen3.5 with thinking on (the fine-tune was trained on reasoning): the generation prompt opens the "
+        "<think> block and the model writes its reasoning, then the answer; Ollama shows the reasoning as "
+        "thinking. Needs Ollama 0.9 or newer.",) + base.notes[1:], jinja=_qwen35_jinja(thinking=True),
+        exact_untrimmed=False)
 
 
 # ---- Zephyr (TinyLlama) --------------------------------------------------------------
@@ -819,8 +867,7 @@ def chat_format_for(tokenizer_config: dict, *, thinking: bool = False) -> ChatFo
         candidates.append(_chatml_format(tokenizer_config, m.group(1)))
     candidates += [_qwen3_thinking_format(tokenizer_config) if thinking else _qwen3_format(tokenizer_config),
                    _zephyr_format(tokenizer_config)]
-    if not thinking:
-        candidates.append(_qwen35_format(tokenizer_config))
+    candidates.append(_qwen35_thinking_format(tokenizer_config) if thinking else _qwen35_format(tokenizer_config))
     for fmt in candidates:
         if _matches(fmt, template, tokens):
             return fmt
@@ -828,7 +875,8 @@ def chat_format_for(tokenizer_config: dict, *, thinking: bool = False) -> ChatFo
 
 
 def chat_template_kind(tokenizer_config: dict, *, thinking: bool = False) -> str:
-    """``"chatml"``, ``"qwen3"``, ``"qwen3-thinking"``, ``"zephyr"`` or ``"derived"``; raises
+    """``"chatml"``, ``"qwen3"``, ``"qwen3-thinking"``, ``"qwen3.5"``, ``"qwen3.5-thinking"``, ``"zephyr"`` or
+    ``"derived"``; raises
     :class:`TemplateNotSupported`."""
     return chat_format_for(tokenizer_config, thinking=thinking).kind
 

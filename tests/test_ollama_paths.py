@@ -266,16 +266,26 @@ def test_modelfile_system_reaches_both_paths(encoders, go_renderer):
 
 # --------------------------------------------------------------------------- thinking on (reasoning data)
 
-def test_qwen3_thinking_on_is_consistent_on_both_paths(tokenizers_hf, go_renderer):
+@pytest.mark.parametrize("family, kind, embedded, abilities", [
+    ("qwen3", "qwen3-thinking", "training", {"thinking"}),
+    # Qwen3.5's own template renders thinking-on chats as training did: it is embedded as it is
+    ("qwen3.5", "qwen3.5-thinking", "original", {"thinking", "tools"}),
+])
+def test_thinking_on_is_consistent_on_both_paths(tokenizers_hf, go_renderer, family, kind, embedded, abilities):
     """A run trained on reasoning ("thinking": true): the Modelfile thinks (Ollama finds the tags), the GGUF
     embeds a template that can think, and both paths give the thinking-on prompt by default and the thinking-off
-    one when the request says think=false."""
-    cfg, fmt, emb, arch = export_of("qwen3", thinking=True)
-    assert fmt.kind == "qwen3-thinking" and emb.kind == "training"
-    assert ol.chat_template_capabilities(emb.template) == {"thinking"}  # Ollama parses its reasoning
+    one when the request says think=false. (Qwen3's thinking-on prompt ends bare, Qwen3.5's opens the block.)"""
+    if family not in FAMILIES:
+        pytest.skip(f"no {family} reference files")
+    cfg, fmt, emb, arch = export_of(family, thinking=True)
+    assert fmt.kind == kind and emb.kind == embedded
+    assert ol.chat_template_capabilities(emb.template) == abilities  # Ollama parses its reasoning
     caps = go_renderer.capabilities(fmt.template)
     assert (caps["think_open"], caps["think_close"]) == ("<think>", "</think>")
-    tok = tokenizers_hf("qwen3")
+    assert ol.go_template_capabilities(fmt.template) == {"thinking"}
+    # the Jinja twin (what a derived export would embed) renders the same prompts
+    assert ol.check_ollama_prompts(fmt, fmt.jinja, cfg, thinking=True, architecture=arch) == []
+    tok = tokenizers_hf(family)
     tokens = ol.special_tokens(cfg)
     for messages in CONVERSATIONS.values():
         for think in (None, False):

@@ -568,3 +568,28 @@ def test_try_generation_uses_the_recurrent_cache_correctly(q35, hf_tok):
     assert got == want
     texts = cm.greedy_batch([prompt, prompt[:-3]], [6, 6])
     assert texts[0] == cm.encoder.decode(got)
+
+
+def test_a_run_trained_on_reasoning_exports_thinking_templates(q35, tmp_path):
+    """`"thinking": true` on Qwen3.5 (reasoning data): the Modelfile TEMPLATE and the embedded template both
+    think, Ollama turns thinking on by default, and the default prompt opens the think block as training did."""
+    from core import ollama as ol
+    from core.export import plan_export
+    from core.tokens import ChatEncoder
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": str(q35), "max_seq_len": 256, "thinking": True}))
+    (run / "adapter_config.json").write_text(json.dumps({"base_model": str(q35), "fine_tune_type": "lora"}))
+    (run / "adapters.safetensors").write_bytes(b"")
+    plan = plan_export(run, modelfile=tmp_path / "Modelfile")
+    assert plan.thinking and plan.chat_format.kind == "qwen3.5-thinking"
+    assert ol.go_template_capabilities(plan.chat_format.template) == {"thinking"}
+    assert "thinking" in ol.chat_template_capabilities(plan.embedded_template.template)
+    setup = ol.OllamaSetup(plan.chat_format.template, plan.embedded_template.template, architecture="qwen35")
+    assert ol.default_think(setup) is True
+    messages = [{"role": "user", "content": "Why is the sky blue?"}]
+    want = ChatEncoder(q35, thinking=True).render(messages, add_generation_prompt=True)
+    assert want.endswith("<|im_start|>assistant\n<think>\n")
+    tokens = ol.special_tokens(json.loads((q35 / "tokenizer_config.json").read_text()))
+    assert ol.ollama_prompt(setup, messages, think=True, tokens=tokens) == want
