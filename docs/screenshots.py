@@ -24,11 +24,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import core  # noqa: E402,F401
-from PySide6.QtCore import QEventLoop, QSettings  # noqa: E402
+from PySide6.QtCore import QSettings  # noqa: E402
 
 from app.gui import theme  # noqa: E402
 from app.gui.main import TuneloomApp  # noqa: E402
 from app.gui.main_window import MainWindow  # noqa: E402
+from app.gui.testing import pump_events  # noqa: E402
 from core.paths import demo_data_dir, demo_model_dir  # noqa: E402
 
 OUT = ROOT / "docs"
@@ -49,15 +50,7 @@ def main():
     light = app.palette()
 
     def pump(seconds=0.0, cond=None, timeout=600):
-        end = time.time() + (seconds if cond is None else timeout)
-        while True:
-            app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 30)
-            if cond is not None and cond():
-                break
-            if time.time() > end:
-                if cond is not None:
-                    raise TimeoutError
-                break
+        pump_events(app, seconds, cond, timeout, slice_ms=30)
 
     settings = QSettings(str(HOME / "settings.ini"), QSettings.Format.IniFormat)
     w = MainWindow(settings=settings)

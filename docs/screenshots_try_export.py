@@ -21,10 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import core  # noqa: E402,F401
-from PySide6.QtCore import QEventLoop, QSettings  # noqa: E402
+from PySide6.QtCore import QSettings  # noqa: E402
 
 from app.gui.main import TuneloomApp  # noqa: E402
 from app.gui.main_window import MainWindow  # noqa: E402
+from app.gui.testing import pump_events  # noqa: E402
 from core.paths import demo_model_dir  # noqa: E402
 
 OUT = ROOT / "docs"
@@ -39,15 +40,7 @@ def main():
     app = TuneloomApp(sys.argv)
 
     def pump(seconds=0.0, cond=None, timeout=600):
-        end = time.time() + (seconds if cond is None else timeout)
-        while True:
-            app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 10)
-            if cond is not None and cond():
-                break
-            if time.time() > end:
-                if cond is not None:
-                    raise TimeoutError
-                break
+        pump_events(app, seconds, cond, timeout, slice_ms=10)
 
     w = MainWindow(settings=QSettings(str(HOME / "settings.ini"), QSettings.Format.IniFormat))
     w.resize(*SIZE)

@@ -106,3 +106,19 @@ class TickMonitor(QObject):
     @property
     def ticks(self) -> int:
         return len(self.gaps)
+
+
+def pump_events(app, seconds: float = 0.0, cond=None, timeout: float = 600, slice_ms: int = 30) -> None:
+    """Run ``app``'s event loop for ``seconds``, or until ``cond()`` is true (TimeoutError after ``timeout``):
+    for scripts that drive the window without pytest-qt (docs/screenshots*.py)."""
+    from PySide6.QtCore import QEventLoop
+
+    end = time.time() + (seconds if cond is None else timeout)
+    while True:
+        app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, slice_ms)
+        if cond is not None and cond():
+            return
+        if time.time() > end:
+            if cond is not None:
+                raise TimeoutError
+            return
