@@ -593,3 +593,31 @@ def test_a_run_trained_on_reasoning_exports_thinking_templates(q35, tmp_path):
     assert want.endswith("<|im_start|>assistant\n<think>\n")
     tokens = ol.special_tokens(json.loads((q35 / "tokenizer_config.json").read_text()))
     assert ol.ollama_prompt(setup, messages, think=True, tokens=tokens) == want
+
+
+def test_reasoning_data_trains_and_exports_from_the_cli(q35, tmp_path):
+    """Data whose answers carry reasoning: `tuneloom train` records thinking on, and `tuneloom export` writes a
+    GGUF whose embedded template thinks and a Modelfile TEMPLATE with Ollama's thinking tags (no refusal)."""
+    import gguf as gguf_py
+
+    data = tmp_path / "think.jsonl"
+    data.write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": f"What is {i} plus {i}?"},
+        {"role": "assistant", "content": f"<think>\nAdd {i} to itself.\n</think>\n\n{2 * i}"}]}) + "\n"
+        for i in range(12)), encoding="utf-8")
+    run = tmp_path / "run"
+    p = tl("train", "--model", q35, "--data", data, "--out", run, "--iters", "2", "--rank", "4", "--batch", "2",
+           "--max-seq-len", "64", "--valid-every", "0")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads((run / "config.json").read_text())["thinking"] is True
+    out = tmp_path / "out"
+    p = tl("export", run, "--gguf", out / "tuned.gguf", "--quant", "q8_0", "--modelfile", out / "Modelfile")
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert res["thinking"] is True
+    modelfile = (out / "Modelfile").read_text(encoding="utf-8")
+    assert "{{ .Thinking }}" in modelfile and "{{ else }}<think>\n{{ end }}" in modelfile
+    reader = gguf_py.GGUFReader(out / "tuned.gguf")
+    field = reader.fields["tokenizer.chat_template"]
+    embedded = bytes(field.parts[field.data[0]]).decode("utf-8")
+    assert "enable_thinking" in embedded and "<think>" in embedded
