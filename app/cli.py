@@ -318,8 +318,20 @@ def cmd_export(a) -> int:
               "or both", file=sys.stderr)
         return 2
     ev = ConsoleEvents()
+    run = Path(a.adapter or a.source)
+    is_run = (run / "adapters.safetensors").is_file()
+    system = a.system
+    if system is None and is_run:
+        # as the Export page does: the Modelfile's SYSTEM is the system prompt the run was trained with, so
+        # `ollama run` builds the training prompt (--system "" writes none)
+        from core.generate import trained_system_prompt
+
+        system = trained_system_prompt(run)
+        if system:
+            print(f"Modelfile SYSTEM: the system prompt the run was trained with ({system[:60]!r}"
+                  f"{'...' if len(system) > 60 else ''}); --system \"\" for none", file=sys.stderr)
     try:
-        res = export(a.source, adapter=a.adapter, gguf=a.gguf, quant=a.quant, ollama=a.ollama, system=a.system,
+        res = export(a.source, adapter=a.adapter, gguf=a.gguf, quant=a.quant, ollama=a.ollama, system=system or None,
                      force=a.force, modelfile=a.modelfile, events=ev, cancel=_cancel_on_sigint())
     except TuneloomError as exc:
         print(f"error: {exc.user_message()}", file=sys.stderr)
@@ -328,8 +340,7 @@ def cmd_export(a) -> int:
     # History lists it wherever the GGUF was written
     from core.export import write_export_record
 
-    run = Path(a.adapter or a.source)
-    if (run / "adapters.safetensors").is_file():
+    if is_run:
         try:
             write_export_record(run, res)
         except OSError as exc:  # the GGUF is written; only the note in the run folder is missing
@@ -556,7 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "--modelfile says where); without --gguf only the Modelfile is written")
     e.add_argument("--quant", default="f16", choices=["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"])
     e.add_argument("--ollama", metavar="NAME", help="register in Ollama under this name")
-    e.add_argument("--system", help="system prompt for the Modelfile")
+    e.add_argument("--system", help="system prompt for the Modelfile (default: the one the run was trained with; "
+                   "\"\" for none)")
     e.add_argument("--force", action="store_true", help="replace an Ollama model of the same name")
     e.add_argument("--modelfile", metavar="PATH", help="write the Modelfile here; alone, writes only the Modelfile, "
                    "whose FROM names the GGUF an export would write next to it (SOURCE-QUANT.gguf)")

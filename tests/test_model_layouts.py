@@ -333,6 +333,26 @@ def test_modelfile_only_writes_only_the_modelfile(tmp_path, tmp_path_factory, sm
     assert main(["export", str(small_run)]) == 2
 
 
+def test_cli_modelfile_system_is_the_trained_one_unless_told(tmp_path, tmp_path_factory, capsys):
+    """`tuneloom export RUN` writes the system prompt the run was trained with as SYSTEM, as the Export page
+    fills it in, so `ollama run` builds the training prompt; --system replaces it and --system "" drops it."""
+    from app.cli import main
+
+    base = layout_dir(tmp_path_factory, "jinja", "qwen3")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": str(base), "max_seq_len": 256,
+                                                 "system_prompt": "You answer in JSON."}))
+    (run / "adapter_config.json").write_text(json.dumps({"base_model": str(base), "fine_tune_type": "lora"}))
+    (run / "adapters.safetensors").write_bytes(b"")
+    cases = {(): "You answer in JSON.", ("--system", "Be brief."): "Be brief.", ("--system", ""): None}
+    for extra, want in cases.items():
+        mf_path = tmp_path / f"Modelfile{len(extra)}{want is None}"
+        assert main(["export", str(run), "--modelfile", str(mf_path), *extra]) == 0
+        assert read_modelfile(mf_path.read_text(encoding="utf-8")).get("SYSTEM") == want, extra
+    assert "trained with" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- a run trained on reasoning
 
 @pytest.mark.parametrize("thinking", [True, False, None])
