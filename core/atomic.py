@@ -4,9 +4,27 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+# the process's umask, read once at import (os.umask can only be read by setting it, which is not thread-safe)
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def replace(tmp: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Rename ``tmp`` over ``dest`` with the permissions a plain new file would get (0666 less the umask), or
+    those of the file it replaces: ``tempfile.mkstemp`` makes 0600 files, which other programs and other
+    users (a Linux ``ollama`` service, a shared folder) could not read."""
+    dest = Path(dest)
+    try:
+        mode = stat.S_IMODE(dest.stat().st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~_UMASK
+    os.chmod(tmp, mode)
+    os.replace(tmp, dest)
 
 
 @contextlib.contextmanager
@@ -26,7 +44,7 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp_path, dest)
+        replace(tmp_path, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()

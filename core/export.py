@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core import runs
+from core import atomic, runs
 from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
 
 # Bytes per weight of each GGUF type (block size / values per block), for the disk estimate.
@@ -297,9 +297,9 @@ def _write_gguf_and_modelfile(plan: ExportPlan, events: Events, cancel: CancelTo
             cancel.checkpoint()
         tmp_mf = _temp_name(mf, "")
         _write_file(tmp_mf, plan.modelfile_text)
-        os.replace(tmp_gguf, gguf)
+        atomic.replace(tmp_gguf, gguf)
         tmp_gguf = gguf  # until the Modelfile is in place too, a failure removes the GGUF
-        os.replace(tmp_mf, mf)
+        atomic.replace(tmp_mf, mf)
         tmp_gguf = tmp_mf = None
         events.log("info", f"Wrote {gguf} and {mf}")
         events.log("stage-done", _stage_done_text("gguf"))

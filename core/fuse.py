@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -143,6 +144,9 @@ def _write_hf_layout(folder: Path) -> None:
 
 def _replace_dir(tmp: Path, out_dir: Path) -> None:
     """Move the finished ``tmp`` to ``out_dir``; an older ``out_dir`` is removed only after."""
+    from core.atomic import _UMASK
+
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp's folder is 0700: give it a plain new folder's permissions
     old = None
     if out_dir.exists():
         old = out_dir.with_name(f".{out_dir.name}.old-{tmp.name}")

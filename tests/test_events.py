@@ -73,3 +73,24 @@ def test_callback_events_and_user_message():
     assert got == [(1, 2, "x")]
     err = TuneloomError("bad file", "fix line 3")
     assert err.user_message() == "bad file\nfix line 3"
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    """core.atomic's files are readable as a plain new file is (0666 less the umask: other programs, other
+    users), not mkstemp's 0600; a file written over keeps its own permissions."""
+    import os
+    import stat
+
+    from core import atomic
+
+    umask = os.umask(0o022)
+    try:
+        atomic.write_text(tmp_path / "new.json", "{}")
+        assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == 0o666 & ~atomic._UMASK
+        (tmp_path / "mine.json").write_text("old")
+        os.chmod(tmp_path / "mine.json", 0o640)
+        atomic.write_text(tmp_path / "mine.json", "new")
+        assert stat.S_IMODE((tmp_path / "mine.json").stat().st_mode) == 0o640
+        assert (tmp_path / "mine.json").read_text() == "new"
+    finally:
+        os.umask(umask)

@@ -325,6 +325,12 @@ def test_modelfile_only_writes_only_the_modelfile(tmp_path, tmp_path_factory, sm
     rc = main(["export", str(small_run), "--gguf", str(out / expected), "--modelfile", str(out / "Modelfile")])
     assert rc == 0 and (out / expected).is_file()
     assert (out / "Modelfile").read_text(encoding="utf-8") == text
+    import stat
+
+    from core import atomic
+
+    for f in (out / expected, out / "Modelfile"):  # readable as any new file (not mkstemp's 0600)
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~atomic._UMASK, f
     # recorded in the run, as the app's Export step records it: the History lists it
     from core import runs
 
