@@ -562,10 +562,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="fuse adapters and write a GGUF (and an Ollama Modelfile)")
     e.add_argument("source", help="a run folder (base + adapters) or a model folder")
-    e.add_argument("--adapter", metavar="RUN_DIR")
+    e.add_argument("--adapter", metavar="RUN_DIR", help="a run folder whose adapter to merge into SOURCE (then a "
+                   "model folder)")
     e.add_argument("--gguf", metavar="OUT.gguf", help="write the GGUF here (and the Modelfile next to it unless "
                    "--modelfile says where); without --gguf only the Modelfile is written")
-    e.add_argument("--quant", default="f16", choices=["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"])
+    e.add_argument("--quant", default="f16", choices=["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"],
+                   help="the GGUF's type (default f16: full quality; q4_k_m is about a third of its size and what "
+                        "most Ollama models use)")
     e.add_argument("--ollama", metavar="NAME", help="register in Ollama under this name")
     e.add_argument("--system", help="system prompt for the Modelfile (default: the one the run was trained with; "
                    "\"\" for none)")
