@@ -507,30 +507,23 @@ def _qwen3_format(tokenizer_config: dict) -> ChatFormat:
 # `ollama run --think=false` (.IsThinkSet and not .Think) gives the empty block, as
 # enable_thinking=False does. .Think / .IsThinkSet exist since Ollama 0.9.
 
-_QWEN3_THINKING = _QWEN3.replace(
-    "<think>\n"
-    "\n"
-    "</think>\n"
-    "\n"
-    '{{ template "lstrip_newlines" .Content }}\n',
-    "{{ if .Thinking }}<think>\n"
-    "{{ .Thinking }}\n"
-    "</think>\n"
-    "\n"
-    "{{ else }}<think>\n"
-    "\n"
-    "</think>\n"
-    "\n"
-    "{{ end }}"
-    '{{ template "lstrip_newlines" .Content }}\n', 1)
-_QWEN3_THINKING = _QWEN3_THINKING[: _QWEN3_THINKING.rindex("{{- end }}<|im_start|>assistant\n")] + (
-    "{{- end }}<|im_start|>assistant\n"
-    "{{ if and $.IsThinkSet (not $.Think) }}<think>\n"
-    "\n"
-    "</think>\n"
-    "\n"
-    "{{ end }}")
-assert _QWEN3_THINKING.count(".Thinking") == 2
+_GO_THINK_BLOCK = ("{{ if .Thinking }}<think>\n{{ .Thinking }}\n</think>\n\n"
+                   "{{ else }}<think>\n\n</think>\n\n{{ end }}")
+
+
+def _go_thinking(template: str, content: str, prefill: str = "") -> str:
+    """A thinking-off Qwen Go template made thinking-on: the answer after the last user message shows its
+    ``.Thinking`` (else the empty block) before ``content``, and the generation prompt is ``prefill``, or the
+    empty block when the request says think=false."""
+    out = template.replace(_THINK_OFF + content, _GO_THINK_BLOCK + content, 1)
+    tail = "{{- end }}<|im_start|>assistant\n"
+    out = out[: out.rindex(tail)] + tail + "{{ if and $.IsThinkSet (not $.Think) }}" + _THINK_OFF + (
+        "{{ else }}" + prefill if prefill else "") + "{{ end }}"
+    assert out.count(".Thinking") == 2
+    return out
+
+
+_QWEN3_THINKING = _go_thinking(_QWEN3, '{{ template "lstrip_newlines" .Content }}\n')
 
 
 def _qwen3_thinking_render(messages: Messages) -> str:
@@ -590,19 +583,7 @@ def _qwen35_format(tokenizer_config: dict) -> ChatFormat:
 # and, since the prompt ends with the opening tag, starts its parser inside the block
 # (server/routes.go: strings.HasSuffix(prompt, openingTag)). think=false gives the empty block.
 
-_QWEN35_THINKING = _QWEN35.replace(
-    "<think>\n\n</think>\n\n{{ .Content }}\n",
-    "{{ if .Thinking }}<think>\n{{ .Thinking }}\n</think>\n\n{{ else }}<think>\n\n</think>\n\n{{ end }}{{ .Content }}\n",
-    1)
-_QWEN35_THINKING = _QWEN35_THINKING[: _QWEN35_THINKING.rindex("{{- end }}<|im_start|>assistant\n")] + (
-    "{{- end }}<|im_start|>assistant\n"
-    "{{ if and $.IsThinkSet (not $.Think) }}<think>\n"
-    "\n"
-    "</think>\n"
-    "\n"
-    "{{ else }}<think>\n"
-    "{{ end }}")
-assert _QWEN35_THINKING.count(".Thinking") == 2
+_QWEN35_THINKING = _go_thinking(_QWEN35, "{{ .Content }}\n", prefill="<think>\n")
 
 
 def _qwen35_thinking_render(messages: Messages) -> str:
