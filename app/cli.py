@@ -311,26 +311,25 @@ def _train_group(a) -> int:
 def cmd_export(a) -> int:
     from app.console import ConsoleEvents
     from core.events import TuneloomError
-    from core.export import export
+    from core.export import export, resolve_source, write_export_record
 
     if not a.gguf and not a.modelfile:
         print("error: give --gguf OUT.gguf (the GGUF and its Modelfile), --modelfile PATH (only the Modelfile), "
               "or both", file=sys.stderr)
         return 2
     ev = ConsoleEvents()
-    run = Path(a.adapter or a.source)
-    is_run = (run / "adapters.safetensors").is_file()
-    system = a.system
-    if system is None and is_run:
-        # as the Export page does: the Modelfile's SYSTEM is the system prompt the run was trained with, so
-        # `ollama run` builds the training prompt (--system "" writes none)
-        from core.generate import trained_system_prompt
-
-        system = trained_system_prompt(run)
-        if system:
-            print(f"Modelfile SYSTEM: the system prompt the run was trained with ({system[:60]!r}"
-                  f"{'...' if len(system) > 60 else ''}); --system \"\" for none", file=sys.stderr)
     try:
+        _base, run = resolve_source(a.source, a.adapter)  # run: the run folder whose adapter is merged, if any
+        system = a.system
+        if system is None and run is not None:
+            # as the Export page does: the Modelfile's SYSTEM is the system prompt the run was trained with, so
+            # `ollama run` builds the training prompt (--system "" writes none)
+            from core.generate import trained_system_prompt
+
+            system = trained_system_prompt(run)
+            if system:
+                print(f"Modelfile SYSTEM: the system prompt the run was trained with ({system[:60]!r}"
+                      f"{'...' if len(system) > 60 else ''}); --system \"\" for none", file=sys.stderr)
         res = export(a.source, adapter=a.adapter, gguf=a.gguf, quant=a.quant, ollama=a.ollama, system=system or None,
                      force=a.force, modelfile=a.modelfile, events=ev, cancel=_cancel_on_sigint())
     except TuneloomError as exc:
@@ -338,9 +337,7 @@ def cmd_export(a) -> int:
         return 1
     # an export of a run is recorded in the run's exports/ as the app's Export step records it, so the
     # History lists it wherever the GGUF was written
-    from core.export import write_export_record
-
-    if is_run:
+    if run is not None:
         try:
             write_export_record(run, res)
         except OSError as exc:  # the GGUF is written; only the note in the run folder is missing

@@ -14,6 +14,11 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
+def new_mode(directory: bool = False) -> int:
+    """The permissions a plain new file (0666) or folder (0777) gets here: the umask applied."""
+    return (0o777 if directory else 0o666) & ~_UMASK
+
+
 def replace(tmp: str | os.PathLike, dest: str | os.PathLike) -> None:
     """Rename ``tmp`` over ``dest`` with the permissions a plain new file would get (0666 less the umask), or
     those of the file it replaces: ``tempfile.mkstemp`` makes 0600 files, which other programs and other
@@ -22,7 +27,7 @@ def replace(tmp: str | os.PathLike, dest: str | os.PathLike) -> None:
     try:
         mode = stat.S_IMODE(dest.stat().st_mode)
     except FileNotFoundError:
-        mode = 0o666 & ~_UMASK
+        mode = new_mode()
     os.chmod(tmp, mode)
     os.replace(tmp, dest)
 

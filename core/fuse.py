@@ -144,9 +144,9 @@ def _write_hf_layout(folder: Path) -> None:
 
 def _replace_dir(tmp: Path, out_dir: Path) -> None:
     """Move the finished ``tmp`` to ``out_dir``; an older ``out_dir`` is removed only after."""
-    from core.atomic import _UMASK
+    from core.atomic import new_mode
 
-    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp's folder is 0700: give it a plain new folder's permissions
+    os.chmod(tmp, new_mode(directory=True))  # mkdtemp's folder is 0700: a plain new folder's permissions
     old = None
     if out_dir.exists():
         old = out_dir.with_name(f".{out_dir.name}.old-{tmp.name}")

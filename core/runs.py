@@ -16,6 +16,8 @@ Runs written outside ``runs/`` (``tuneloom train --out DIR``) are remembered in
 """
 from __future__ import annotations
 
+import functools
+
 import json
 import os
 import re
@@ -197,8 +199,9 @@ class RunInfo:
     def error(self) -> str:
         return str(self.status.get("error") or "")
 
-    @property
+    @functools.cached_property
     def exports(self) -> list[ExportInfo]:
+        """The exported files, read once per RunInfo (app.gui.jobs.load_run reads them off the GUI thread)."""
         d = self.path / "exports"
         if not d.is_dir():
             return []

@@ -89,9 +89,9 @@ def test_fused_model_computes_what_the_adapter_did(tmp_path, tmp_path_factory, k
     from core import atomic
 
     # a plain folder's permissions (mkdtemp makes 0700), files readable as any new file
-    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~atomic._UMASK
+    assert stat.S_IMODE(out.stat().st_mode) == atomic.new_mode(directory=True)
     for f in out.iterdir():
-        assert stat.S_IMODE(f.stat().st_mode) & 0o444 == 0o444 & ~atomic._UMASK, f
+        assert stat.S_IMODE(f.stat().st_mode) & 0o444 == 0o444 & atomic.new_mode(), f
 
 
 def test_quantized_base_fuses_to_full_precision_and_exports(tmp_path, tmp_path_factory):

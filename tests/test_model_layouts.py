@@ -330,7 +330,7 @@ def test_modelfile_only_writes_only_the_modelfile(tmp_path, tmp_path_factory, sm
     from core import atomic
 
     for f in (out / expected, out / "Modelfile"):  # readable as any new file (not mkstemp's 0600)
-        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~atomic._UMASK, f
+        assert stat.S_IMODE(f.stat().st_mode) == atomic.new_mode(), f
     # recorded in the run, as the app's Export step records it: the History lists it
     from core import runs
 

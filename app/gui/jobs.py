@@ -506,7 +506,10 @@ def load_run(path: Path, events=None, cancel=None):
     """One run with all its metrics (History opens it; Train resumes it)."""
     from core import runs
 
-    return runs.RunInfo.load(Path(path), metrics=True)
+    info = runs.RunInfo.load(Path(path), metrics=True)
+    if info is not None:
+        info.exports  # noqa: B018 - read here, on the job's thread: the History lists them (cached)
+    return info
 
 
 # --------------------------------------------------------------------------- several Macs

@@ -682,7 +682,7 @@ class TrainPage(Page):
 
     def copy_missing(self):
         """Copy the files the last check found missing to those Macs, then check them all again."""
-        bad = [c for c in getattr(self, "_checks", []) if not c.ok]
+        bad = [c for c in self._checks if not c.ok]
         if not bad:
             return
         self._start_hosts_job(f"Copying to {', '.join(c.host.ssh for c in bad)}...", gj.copy_missing_and_check,
