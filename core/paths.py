@@ -6,12 +6,32 @@ import sys
 from pathlib import Path
 
 
+RESOURCES_PACKAGE = "tuneloom_resources"  # resources/ as the wheel installs it (setup.py maps it in)
+
+
 def resources_dir() -> Path:
-    """The ``resources/`` folder, in a source checkout or inside a PyInstaller bundle."""
+    """The ``resources/`` folder (catalog, demo model and data, icon), wherever Tuneloom runs from.
+
+    * a PyInstaller bundle (the .app, the Linux one-folder app): ``resources/`` in its folder;
+    * a source checkout, or an editable install of one (``./dev``): the checkout's ``resources/``;
+    * an installed wheel (``pip install .``, ``pipx install .``, ``uv tool install .``): the
+      package ``tuneloom_resources`` beside ``core`` in site-packages.
+    """
     base = getattr(sys, "_MEIPASS", None)
     if base:
         return Path(base) / "resources"
-    return Path(__file__).resolve().parent.parent / "resources"
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "resources").is_dir():
+        return checkout / "resources"
+    import importlib.util
+
+    spec = importlib.util.find_spec(RESOURCES_PACKAGE)
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    raise FileNotFoundError(
+        f"Tuneloom's resources are missing: neither {checkout / 'resources'} nor an installed package "
+        f"{RESOURCES_PACKAGE!r} exists. Reinstall Tuneloom (pip install . from a checkout), or run it "
+        "from the checkout with ./dev run.")
 
 
 def demo_dir() -> Path:
