@@ -157,11 +157,11 @@ def install_qt_handler() -> None:
         if mode == QtMsgType.QtFatalMsg:
             qt_log.critical(message)
             try:
-                p = write_crash_report(None, what=(
-                    f"Qt stopped the app: {message}\n\nTuneloom could not open its window: no display or window "
-                    "server answered, or a Qt plugin could not be loaded. Start it from a desktop session; "
-                    "without a screen, `Tuneloom demo` runs the headless demo."))
-                print(f"Tuneloom could not start; crash report: {p}", file=sys.stderr)
+                from app.qt_platform import explain_start_failure  # a missing library, which, how to install it
+
+                why = explain_start_failure(list(_qt_messages))
+                p = write_crash_report(None, what=f"Qt stopped the app: {message}\n\n{why}")
+                print(f"{why}\nTuneloom could not start; crash report: {p}", file=sys.stderr)
             except Exception:
                 pass
         elif mode in (QtMsgType.QtCriticalMsg, QtMsgType.QtWarningMsg):
