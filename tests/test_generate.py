@@ -176,10 +176,13 @@ def test_stop_ends_both_answers_within_a_second(model, monkeypatch):
     while sum(1 for c in got if c.text) < 20 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not done.is_set()
-    t0 = time.monotonic()
     cancel.cancel()
-    assert done.wait(1.0), "the answers did not stop within a second"
-    assert time.monotonic() - t0 < 1.0
+    at_cancel = len(got)
+    assert done.wait(60), "the answers did not stop"  # a hang guard; promptness is counted in tokens below
+    # each side finishes at most the token in hand when the cancel came, then ends (sides take turns)
+    after = got[at_cancel:]
+    assert sum(1 for c in after if c.text and not c.done) <= 2, after
+    assert sorted(c.side for c in after if c.done) == ["base", "tuned"]
     turn = session.turns[-1]
     assert turn.reasons == {"base": "cancelled", "tuned": "cancelled"}
     assert turn.replies["base"] and turn.replies["tuned"]  # what had come is kept
@@ -191,11 +194,12 @@ def test_stop_during_a_long_prompt(model):
     cancel = CancelToken()
     cancel.cancel()
     long = [{"role": "user", "content": "red fox " * 2000}]
-    gen = model.stream_ids(model.encoder.prompt_ids(long), greedy(8), cancel, cache=PromptCache())
-    t0 = time.monotonic()
+    cache = PromptCache()
+    gen = model.stream_ids(model.encoder.prompt_ids(long), greedy(8), cancel, cache=cache)
     with pytest.raises(StopIteration) as end:
         next(gen)
-    assert end.value.value == "cancelled" and time.monotonic() - t0 < 1.0
+    assert end.value.value == "cancelled"
+    assert cache.tokens == []  # not one chunk of the long prompt was computed (counted in work, not seconds)
 
 
 def test_sampling_settings(model):

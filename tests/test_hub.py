@@ -89,7 +89,13 @@ def test_full_download_fetches_only_needed_files_with_monotone_byte_progress(hub
     assert steps and all(t == total for _, t in steps)
     assert [d for d, _ in steps] == sorted(d for d, _ in steps)
     assert steps[-1] == (total, total)
-    assert any("model.safetensors" in w for _, t, w in ev.progresses if t)
+    # guaranteed whatever the timing: the look-up is reported before the byte count is known, and
+    # bytes are reported while they arrive (the first chunk always passes the throttle), not only at
+    # the end. Which file a throttled report happens to name is not: a fast local download may finish
+    # model.safetensors between two reports.
+    assert ev.progresses[0][:2] == (0, None)
+    assert all(isinstance(d, int) and 0 <= d <= total for d, _ in steps)
+    assert len(steps) >= 2 and steps[0][0] < total
     assert res.check is not None and res.check.ok, res.check.problems
     (snap / "tokenizer.json").unlink()  # messages about a cached snapshot name the repo, not the commit
     assert hub.validate_model_dir(snap, load_tokenizer=False).problems == []  # vocab.json + merges.txt remain
@@ -149,10 +155,21 @@ def test_interrupted_download_resumes_in_a_later_call_from_the_bytes_on_disk(hub
     assert first >= on_disk
 
 
-def test_cancel_stops_the_transfer_quickly_and_leaves_nothing_complete_looking(hub_env, tiny_dir):
+def test_cancel_stops_the_transfer_quickly_and_leaves_nothing_complete_looking(hub_env, tiny_dir, monkeypatch):
     size = (tiny_dir / "model.safetensors").stat().st_size
     hub_env.throttle(3_000_000)  # ~6.5 s for the weights
     token = CancelToken()
+    # "quickly" in work, not in seconds (a loaded machine stretches seconds): after the cancel at
+    # most the chunk already in hand is written, none is read after it
+    chunks_after_cancel: list[int] = []
+    add = hub._ByteProgress.add
+
+    def counting_add(self, n):
+        if token.cancelled:
+            chunks_after_cancel.append(n)
+        add(self, n)
+
+    monkeypatch.setattr(hub._ByteProgress, "add", counting_add)
     cancelled_at: list[float] = []
     seen: list[str] = []
 
@@ -173,7 +190,8 @@ def test_cancel_stops_the_transfer_quickly_and_leaves_nothing_complete_looking(h
         hub.fetch_model(REPO, events=Watch(), cancel=token, validate=False)
     stopped = time.monotonic()
     t.join(1)
-    assert cancelled_at and stopped - cancelled_at[0] < 1.0
+    assert cancelled_at and stopped - cancelled_at[0] < 60  # (a hang guard, not a speed test)
+    assert len(chunks_after_cancel) <= 1, chunks_after_cancel
     assert any("/s" in w and "left" in w for w in seen)  # speed and ETA were reported
 
     blobs = _repo_dir() / "blobs"
