@@ -919,8 +919,17 @@ def normalise(obj: Any, fmt: str, mapping: dict[str, str] | None = None, *,
         return with_sys
     system = _text_field(obj, "system", mapping, required=False, notes=notes)
     if fmt == "alpaca":
-        instr = _text_field(obj, "instruction", mapping, notes=notes)
+        # LLaMA-Factory and Unsloth read an empty instruction with a filled input as the input alone
+        instr = _text_field(obj, "instruction", mapping, required=False, notes=notes)
         extra = _text_field(obj, "input", mapping, required=False, notes=notes)
+        if not (instr and instr.strip()):
+            if not (extra and extra.strip()):
+                iname = _find(obj, "instruction", mapping)[0]
+                if instr is None:
+                    raise _Invalid(iname, "is missing", f"add a '{iname}' value")
+                raise _Invalid(iname, "is empty", "write the instruction (or the input), or remove this example")
+            instr, extra = extra, None
+            _note(notes, "input_as_instruction")
         out = _text_field(obj, "output", mapping, answer=True, notes=notes)
         user = instr if not (extra and extra.strip()) else f"{instr}\n\n{extra}"
         return _system_msgs(system) + [{"role": "user", "content": user}, {"role": "assistant", "content": out}]
@@ -1270,6 +1279,9 @@ class NoteCounter:
             "untrained_turns": lambda: f"{turns('untrained_turns')} in {ex('untrained_turns')} "
                                        f"{'has' if self.items['untrained_turns'] == 1 else 'have'} weight 0: shown to "
                                        "the model, not trained",
+            "input_as_instruction": lambda: f"{ex('input_as_instruction')} {verb('input_as_instruction', 'has', 'have')} "
+                                            "an empty instruction: the input is the user's message (as LLaMA-Factory "
+                                            "and Unsloth read it)",
             "system_added": lambda: f"the system prompt was added to {ex('system_added')}",
             "system_kept": lambda: f"{ex('system_kept')} {verb('system_kept', 'has its', 'have their')} own system "
                                    "message: kept instead of the dataset's system prompt",
