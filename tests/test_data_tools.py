@@ -58,3 +58,167 @@ def test_alpaca_empty_instruction_with_input_is_the_user_turn(tmp_path):
     # a null instruction reads the same way
     ds = load_dataset([write(tmp_path, "n.jsonl", jsonl({"instruction": None, "input": "Q?", "output": "A"}))])
     assert ds.records[0].messages[0]["content"] == "Q?" and not ds.issues
+
+
+# --------------------------------------------------------------------------- preference data
+
+HH = "\n\nHuman: {q}\n\nAssistant: {a}"
+
+
+def test_trl_prompt_chosen_rejected_strings_and_messages(tmp_path):
+    rows = [{"prompt": "The sky is", "chosen": " blue.", "rejected": " green."},
+            {"prompt": [{"role": "user", "content": "What colour is the sky?"}],
+             "chosen": [{"role": "assistant", "content": "It is blue."}],
+             "rejected": [{"role": "assistant", "content": "It is green."}]},
+            {"prompt": "Hi", "chosen": "", "rejected": "x"},  # line 3: empty chosen
+            {"prompt": [{"role": "user", "content": "Q"}], "chosen": [{"role": "user", "content": "A"}],
+             "rejected": "B"}]  # line 4: a user message as the answer
+    f = write(tmp_path, "dpo.jsonl", jsonl(*rows))
+    ds = load_dataset([f])
+    assert ds.format == "preference-prompt" and ds.total == 4 and ds.pairs == 2 and ds.records == []
+    assert ds.valid == 2 and ds.invalid == 2 and ds.left_out == 2
+    p = ds.preference[1]
+    assert (p.prompt, p.chosen, p.rejected, p.line) == (
+        [{"role": "user", "content": "What colour is the sky?"}], [{"role": "assistant", "content": "It is blue."}],
+        [{"role": "assistant", "content": "It is green."}], 2)
+    assert ds.preference[0].chosen == [{"role": "assistant", "content": " blue."}]
+    assert problems(ds) == [
+        ("dpo.jsonl", 3, "chosen", "is empty"),
+        ("dpo.jsonl", 4, "chosen[0].role",
+         "the chosen answer holds a user message; it may hold only the assistant's answer")]
+    assert note(ds, "preference_pairs").message == (
+        "preference pairs: 2 (prompt / chosen / rejected, as TRL writes them in dpo.jsonl): supervised training "
+        "needs one answer per example: use the chosen answers (--use chosen), or tune on the preferences")
+    with pytest.raises(DatasetError) as err:
+        data.require_clean(ds, skip_invalid=True)
+    assert str(err.value) == ("dpo.jsonl holds 2 preference pairs (a chosen and a rejected answer to each prompt), "
+                              "not examples with one answer: supervised training would not know which answer to "
+                              "learn.")
+    assert "--use chosen" in err.value.hint and "preference tuning" in err.value.hint
+    used = load_dataset([f], use="chosen")
+    assert [r.messages for r in used.records] == [
+        [{"role": "user", "content": "The sky is"}, {"role": "assistant", "content": " blue."}],
+        [{"role": "user", "content": "What colour is the sky?"}, {"role": "assistant", "content": "It is blue."}]]
+    assert used.valid == 2 and used.invalid == 2 and used.left_out == 0
+    assert note(used, "preference_pairs").message.endswith(
+        "supervised training learns the chosen answers (--use chosen); the 2 rejected answers are left out")
+    data.require_clean(used, skip_invalid=True)  # no refusal now
+    assert data.preference_summary(used) == {"pairs": 2, "kto_desirable": 0, "kto_undesirable": 0,
+                                             "shapes": {"dpo.jsonl": "prompt / chosen / rejected, as TRL writes them"},
+                                             "use": "chosen", "supervised_examples": 2}
+
+
+def test_llama_factory_sharegpt_pairs(tmp_path):
+    rows = [{"conversations": [{"from": "human", "value": "Write a haiku."}],
+             "chosen": {"from": "gpt", "value": "Old pond, frog jumps in."},
+             "rejected": {"from": "gpt", "value": "No."}, "system": "Be poetic."},
+            {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"},
+                               {"from": "human", "value": "Bye?"}],
+             "chosen": {"from": "gpt", "value": "Goodbye!"}, "rejected": {"from": "gpt", "value": "What?"}},
+            {"conversations": [{"from": "human", "value": "Q"}],
+             "chosen": {"from": "gpt", "value": "A"}}]  # line 3: no rejected: plain ShareGPT in the wrong file
+    ds = load_dataset([write(tmp_path, "dpo_en_demo.json", "[\n" + ",\n".join(map(json.dumps, rows)) + "\n]\n")])
+    assert ds.format == "preference-sharegpt" and ds.pairs == 2 and ds.total == 3
+    assert ds.preference[0].prompt == [{"role": "system", "content": "Be poetic."},
+                                       {"role": "user", "content": "Write a haiku."}]
+    assert ds.preference[1].prompt[1] == {"role": "assistant", "content": "Hello"}
+    assert ds.preference[1].rejected == [{"role": "assistant", "content": "What?"}]
+    assert [(i.line, i.message) for i in ds.issues] == [
+        (4, "this example is in the 'sharegpt' format but the file's other 2 examples are 'preference-sharegpt' "
+             "(mixed formats in one file)")]
+    # the issue's complaint: never "has no assistant message to learn from"
+    assert not any("no assistant message" in i.message for i in ds.issues)
+
+
+def test_whole_transcript_pairs_as_text_and_as_messages(tmp_path):
+    rows = [{"chosen": HH.format(q="Hi there", a="Hello! How can I help?"),
+             "rejected": HH.format(q="Hi there", a="Go away.")},
+            {"chosen": HH.format(q="A", a="B") + HH.format(q="C", a="D"),
+             "rejected": HH.format(q="A", a="B") + HH.format(q="C", a="E")},
+            {"chosen": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],
+             "rejected": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "5"}]},
+            {"chosen": HH.format(q="X", a="Y"), "rejected": HH.format(q="Z", a="Y")},  # line 4: other prompt
+            {"chosen": "just text", "rejected": "other text"}]  # line 5: no turns
+    ds = load_dataset([write(tmp_path, "hh.jsonl", jsonl(*rows))])
+    assert ds.format == "preference-transcript" and ds.pairs == 3
+    assert ds.preference[0].prompt == [{"role": "user", "content": "Hi there"}]
+    assert ds.preference[0].chosen == [{"role": "assistant", "content": "Hello! How can I help?"}]
+    assert ds.preference[1].prompt == [{"role": "user", "content": "A"}, {"role": "assistant", "content": "B"},
+                                       {"role": "user", "content": "C"}]
+    assert (ds.preference[1].chosen[0]["content"], ds.preference[1].rejected[0]["content"]) == ("D", "E")
+    assert ds.preference[2].rejected == [{"role": "assistant", "content": "5"}]
+    assert [(i.line, i.field, i.message) for i in ds.issues] == [
+        (4, "rejected", "starts from a different conversation than chosen"),
+        (5, "chosen", 'is text without turns: expected a whole conversation, "\\n\\nHuman: ...\\n\\nAssistant: ..."')]
+    assert "chosen / rejected as whole conversations in hh.jsonl" in note(ds, "preference_pairs").message
+
+
+def test_kto_labels_train_only_the_desirable_answers(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": f"A{i}"}],
+             "label": i % 3 != 0} for i in range(6)]
+    rows.append({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
+                 "label": "yes"})  # line 7: not true/false -> not KTO: read as chat, the label is an extra field
+    ds = load_dataset([write(tmp_path, "kto.jsonl", jsonl(*rows))])
+    assert ds.format == "kto" and ds.total == 7 and len(ds.preference) == 6 and ds.pairs == 0
+    # the supervised records are the 4 desirable answers only
+    assert [r.messages[1]["content"] for r in ds.records] == ["A1", "A2", "A4", "A5"]
+    assert ds.left_out == 2 and ds.valid == 6 and ds.invalid == 1
+    assert note(ds, "kto_labels").message == (
+        "KTO labels: 6 examples, 4 desirable and 2 undesirable (kto.jsonl); supervised training learns every "
+        "answer it sees, so the 2 answers labelled undesirable (label false) are left out and the 4 desirable "
+        "ones trained")
+    assert [(i.line, i.message) for i in ds.issues] == [
+        (7, "this example is in the 'chat' format but the file's other 6 examples are 'kto' (mixed formats in one "
+            "file)")]
+    data.require_clean(load_dataset([write(tmp_path, "k2.jsonl", jsonl(*rows[:6]))]), skip_invalid=False)
+    # LLaMA-Factory's kto_tag on ShareGPT, and TRL's unpaired prompt / completion / label
+    lf = load_dataset([write(tmp_path, "kto_en_demo.json", json.dumps([
+        {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hey"}], "kto_tag": False},
+        {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}], "kto_tag": True}]))])
+    assert lf.format == "kto" and [r.messages[1]["content"] for r in lf.records] == ["Hello"]
+    assert lf.preference[0].rejected == [{"role": "assistant", "content": "Hey"}] and lf.preference[0].chosen is None
+    trl = load_dataset([write(tmp_path, "u.jsonl", jsonl({"prompt": "P", "completion": "C", "label": True},
+                                                         {"prompt": "P", "completion": "D", "label": False}))])
+    assert trl.format == "kto" and [r.messages for r in trl.records] == [
+        [{"role": "user", "content": "P"}, {"role": "assistant", "content": "C"}]]
+
+
+# --------------------------------------------------------------------------- placeholders
+
+IDENTITY = [
+    {"instruction": "hi", "input": "", "output": "Hello! I am {{name}}, an AI assistant developed by {{author}}."},
+    {"instruction": "Who are you?", "input": "", "output": "I am {{name}}, trained by {{author}}."},
+    {"instruction": "What is 2+2?", "input": "", "output": "4"},
+    {"instruction": "Your name?", "input": "", "output": "You may call me {{ name }}."},
+    {"instruction": "Format {x}", "input": "", "output": "Use {value} here."},
+]
+
+
+def test_placeholders_are_counted_with_their_lines_and_filled(tmp_path):
+    f = write(tmp_path, "identity.jsonl", jsonl(*IDENTITY))
+    ds = load_dataset([f])
+    assert len(ds.records) == 5 and not ds.issues
+    n = note(ds, "placeholders")
+    assert n.count == 4 and n.fields == ["{value}", "{{author}}", "{{name}}"]
+    assert n.lines == [("identity.jsonl", 1), ("identity.jsonl", 2), ("identity.jsonl", 4), ("identity.jsonl", 5)]
+    assert n.message == ("unfilled placeholders in the answers of 4 examples: {value} (1), {{author}} (2), "
+                         "{{name}} (3) (identity.jsonl lines 1, 2, 4, 5): the model would learn them as written; "
+                         "fill them with --fill NAME=VALUE (the Data page: Fill placeholders), or edit the file")
+    assert n.to_json()["lines"][0] == {"file": "identity.jsonl", "line": 1}
+    filled = load_dataset([f], fill={"name": "Loom", "author": "Tuneloom", "value": "V", "nobody": "x"})
+    assert filled.records[0].messages[1]["content"] == "Hello! I am Loom, an AI assistant developed by Tuneloom."
+    assert filled.records[3].messages[1]["content"] == "You may call me Loom."
+    assert filled.records[4].messages == [{"role": "user", "content": "Format {x}"},  # prompts keep unknown slots
+                                          {"role": "assistant", "content": "Use V here."}]
+    assert not [x for x in filled.notes if x.kind == "placeholders"]
+    assert note(filled, "placeholders_filled").message == (
+        "placeholders filled in 4 examples: author = 'Tuneloom', name = 'Loom', value = 'V'")
+    assert note(filled, "fill_unused").message == "nothing to fill for --fill nobody: no {{nobody}} or {nobody} in the data"
+    part = load_dataset([f], fill={"name": "Loom"})
+    assert note(part, "placeholders").message.startswith(
+        "unfilled placeholders in the answers of 3 examples: {value} (1), {{author}} (2) (identity.jsonl lines 1, 2, 5)")
+    with pytest.raises(DatasetError, match="Cannot fill the placeholder 'a b'"):
+        load_dataset([f], fill={"a b": "x"})
+    # JSON answers are not placeholders
+    js = load_dataset([write(tmp_path, "j.jsonl", jsonl({"input": "x", "output": {"name": "y"}}))])
+    assert not [x for x in js.notes if x.kind == "placeholders"]
