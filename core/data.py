@@ -816,6 +816,11 @@ def _split_think(content: str, where: str) -> tuple[str | None, str]:
 
 
 def _content_text(content: Any, where: str, role: str, notes: dict | None) -> str:
+    if isinstance(content, list):
+        for i, p in enumerate(content):
+            t = p.get("type") if isinstance(p, dict) else None
+            if isinstance(t, str) and t in _MEDIA_PARTS:
+                raise _media_error(f"{where}[{i}]", _MEDIA_PARTS[t], f"has a content part of type '{t}', which is")
     if isinstance(content, list) and content and all(
             isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
         _note(notes, "content_parts")  # OpenAI content parts, text only
@@ -1372,6 +1377,78 @@ def _placeholders(rec: "ChatRecord | PreferenceRecord", fill: dict[str, str] | N
         _note(notes, "placeholders", found)
 
 
+# Images, video and audio: Tuneloom trains text-only models, so an example that carries them is refused
+_MEDIA_KEYS = {"images": "images", "image": "an image", "image_url": "an image", "image_path": "an image",
+               "image_paths": "images", "img": "an image", "videos": "videos", "video": "a video",
+               "video_url": "a video", "video_path": "a video", "audios": "audio", "audio": "audio",
+               "audio_url": "audio", "audio_path": "audio", "audio_filepath": "audio"}
+_MEDIA_PARTS = {"image_url": "an image", "image": "an image", "input_image": "an image", "input_audio": "audio",
+                "audio": "audio", "audio_url": "audio", "video": "a video", "video_url": "a video"}
+_MEDIA_TOKENS = (("<image>", "an image"), ("<video>", "a video"), ("<audio>", "audio"))
+MEDIA_HINT = "remove the examples that need them; Tuneloom fine-tunes text-only chat models"
+
+
+class _Media(_Invalid):
+    """An example that carries images, video or audio."""
+
+
+def _media_error(fld: str, what: str, how: str) -> _Media:
+    return _Media(fld, f"{how} {what}: the model reads text only, so it would learn the answer without "
+                       f"{'them' if what in ('images', 'videos') else 'it'}", MEDIA_HINT)
+
+
+def _media_field(obj: Any) -> _Media | None:
+    """An image / video / audio field of an example (``images``, ``image``, ``videos``, ``audio``...)."""
+    if not isinstance(obj, dict):
+        return None
+    for k, v in obj.items():
+        what = _MEDIA_KEYS.get(k if type(k) is str and k.islower() else _norm_key(k))
+        if what and v not in (None, "", [], {}) and not (isinstance(v, float) and v != v):
+            return _media_error(str(k), what, "carries")
+    return None
+
+
+def _media_token(msgs: list[dict]) -> bool:
+    """Whether a message holds an <image> / <video> / <audio> token (cheap: most texts have no '<')."""
+    for m in msgs:
+        c = m.get("content")
+        if isinstance(c, str) and "<" in c and ("<image>" in c or "<video>" in c or "<audio>" in c):
+            return True
+    return False
+
+
+def _media_in(obj: Any) -> _Media | None:
+    """The first image / video / audio an example carries: a field, a content part or a token."""
+    found = _media_field(obj)
+    if found is not None or not isinstance(obj, dict):
+        return found
+
+    def walk(val, path, depth=0):
+        if depth > 6:
+            return None
+        if isinstance(val, str):
+            if "<" in val:
+                for tok, what in _MEDIA_TOKENS:
+                    if tok in val:
+                        return _media_error(path, what, f"holds a {tok} token, which stands for")
+            return None
+        if isinstance(val, dict):
+            t = val.get("type")
+            if isinstance(t, str) and t in _MEDIA_PARTS:
+                return _media_error(path, _MEDIA_PARTS[t], f"has a content part of type '{t}', which is")
+            items = val.items()
+        elif isinstance(val, list):
+            items = enumerate(val)
+        else:
+            return None
+        for k, v in items:
+            found = walk(v, f"{path}[{k}]" if isinstance(k, int) else (f"{path}.{k}" if path else str(k)), depth + 1)
+            if found is not None:
+                return found
+        return None
+    return walk(obj, "")
+
+
 def _apply_system(msgs: list[dict], system: str | None, notes: dict | None) -> list[dict]:
     """A system prompt given for the whole dataset: added where the example has none."""
     if not system:
@@ -1404,7 +1481,8 @@ def load_file(path: Path, mapping=None, cancel=None, *, name: str | None = None,
     fmt_count: Counter = Counter()
     first_fmt: dict[str, int] = {}
     kept = 0  # problems kept while reading: memory stays bounded, the rest are only counted
-    total = recognised = 0
+    total = recognised = media_count = 0
+    media_first: tuple[int | None, _Media] | None = None
     fields_seen: Counter = Counter()
     columns: dict[str, None] = {}  # every field name seen, in order (for template errors)
     for line, obj, err in read_rows(path, cancel, name=file, mapping=mapping, on_bytes=on_bytes, template=template):
@@ -1415,6 +1493,16 @@ def load_file(path: Path, mapping=None, cancel=None, *, name: str | None = None,
                 columns.update(dict.fromkeys(map(str, obj)))
         else:
             this = None if err else detect_format(obj, mapping)
+        media = _media_field(obj) if err is None else None
+        if media is not None:  # refused whatever its format: the model would learn answers without the picture
+            recognised += 1
+            media_count += 1
+            media_first = media_first or (line, media)
+            keep = kept < 2 * MAX_ISSUES
+            kept += keep
+            rows.append((line, None, None, DatasetIssue(file, line, media.field, media.message, media.hint)
+                         if keep else None, None))
+            continue
         if this is None:
             if isinstance(obj, dict):
                 fields_seen.update(map(str, obj))
@@ -1447,11 +1535,18 @@ def load_file(path: Path, mapping=None, cancel=None, *, name: str | None = None,
                 msgs = _apply_system(normalise(obj, this, mapping, template=template, notes=rec_notes), system,
                                      rec_notes)
                 rec = ChatRecord(msgs, file, line)
+            if _media_token(rec.messages if isinstance(rec, ChatRecord) else rec.prompt + (rec.chosen or rec.rejected)):
+                raise _media_in(obj) or _Media(None, "holds an <image>, <video> or <audio> token", MEDIA_HINT)
             _placeholders(rec, fill, rec_notes)
             rows.append((line, this, rec, None, rec_notes))  # notes count once valid
         except _Invalid as inv:
             keep = kept < 2 * MAX_ISSUES
             kept += keep
+            if isinstance(inv, _Media):  # said as it is, whatever the file's format turns out to be
+                media_count += 1
+                media_first = media_first or (line, inv)
+                fmt_count[this] -= 1
+                this = None
             rows.append((line, this, None, DatasetIssue(file, line, inv.field, inv.message, inv.hint) if keep else None,
                          None))
     if total == 0:
@@ -1460,6 +1555,14 @@ def load_file(path: Path, mapping=None, cancel=None, *, name: str | None = None,
         missing = template.missing(columns)
         if missing:  # no example has the column: the template is wrong, not the examples
             raise _missing_columns_error(file, template, missing, list(columns))
+    if media_first is not None and not any(r[2] is not None for r in rows):
+        every = media_count == total
+        mline, media = media_first
+        raise DatasetError(f"{file}: {'every example' if every else f'{media_count} of its {total} examples'} "
+                           f"carr{'ies' if every else 'y'} images, video or audio (line {mline}, "
+                           f"'{media.field}' {media.message}).",
+                           "Tuneloom fine-tunes text-only chat models, which cannot see or hear them; drop a file of "
+                           "text conversations instead.", file)
     if recognised == 0:
         first = next((r[3] for r in rows if r[3] is not None), None)
         if first is not None and first.message.startswith("not valid JSON"):
@@ -1468,7 +1571,8 @@ def load_file(path: Path, mapping=None, cancel=None, *, name: str | None = None,
         seen = [k for k, _ in fields_seen.most_common(8)]
         raise DatasetError(f"{file}: no example in it has a known format" + (f" (fields seen: {seen})." if seen else "."),
                            _FORMAT_HINT, file)
-    fmt = max(fmt_count, key=lambda f: (fmt_count[f], -first_fmt[f]))
+    fmt_count = +fmt_count  # formats of media examples are not counted
+    fmt = max(fmt_count, key=lambda f: (fmt_count[f], -first_fmt[f])) if fmt_count else "none"
     records: list[ChatRecord] = []
     issues: list[DatasetIssue] = []
     dropped = 0
@@ -1948,6 +2052,9 @@ def preview_records(rows: list[tuple[int | None, dict]], *, file: str = "", mapp
             continue
         rec_notes: dict = {}
         try:
+            media = _media_in(obj)
+            if media is not None:
+                raise media
             msgs = _apply_system(normalise(obj, fmt, mapping, template=template, notes=rec_notes), system, rec_notes)
         except _Invalid as inv:
             issues.append(DatasetIssue(file, line, inv.field, inv.message, inv.hint))

@@ -222,3 +222,36 @@ def test_placeholders_are_counted_with_their_lines_and_filled(tmp_path):
     # JSON answers are not placeholders
     js = load_dataset([write(tmp_path, "j.jsonl", jsonl({"input": "x", "output": {"name": "y"}}))])
     assert not [x for x in js.notes if x.kind == "placeholders"]
+
+
+# --------------------------------------------------------------------------- images, video, audio
+
+def test_media_records_are_refused_with_the_field(tmp_path):
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    rows = [{"messages": chat},
+            {"messages": [{"role": "user", "content": "<image>What is in this picture?"},
+                          {"role": "assistant", "content": "PyTorch logo."}], "images": ["mllm_demo_data/1.jpg"]},
+            {"conversations": [{"from": "human", "value": "<video>What is she doing?"},
+                               {"from": "gpt", "value": "Dancing."}]},
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "Describe"},
+                                                       {"type": "image_url", "image_url": {"url": "x.png"}}]},
+                          {"role": "assistant", "content": "A cat."}]},
+            {"instruction": "Transcribe.", "output": "hello", "audio": "a.wav"},
+            {"messages": chat, "images": []}]  # an empty images list carries nothing
+    ds = load_dataset([write(tmp_path, "mm.jsonl", jsonl(*rows))])
+    assert len(ds.records) == 2 and ds.total == 6
+    assert [(i.line, i.field, i.message) for i in ds.issues] == [
+        (2, "images", "carries images: the model reads text only, so it would learn the answer without them"),
+        (3, "conversations[0].value", "holds a <video> token, which stands for a video: the model reads text only, "
+                                      "so it would learn the answer without it"),
+        (4, "messages[0].content[1]", "has a content part of type 'image_url', which is an image: the model reads "
+                                      "text only, so it would learn the answer without it"),
+        (5, "audio", "carries audio: the model reads text only, so it would learn the answer without it")]
+    assert ds.issues[0].hint == "remove the examples that need them; Tuneloom fine-tunes text-only chat models"
+    # a file of them is refused as a whole
+    only = write(tmp_path, "mllm_demo.json", json.dumps(rows[1:3]))
+    with pytest.raises(DatasetError) as err:
+        load_dataset([only])
+    assert str(err.value) == ("mllm_demo.json: every example carries images, video or audio (line 1, 'images' "
+                              "carries images: the model reads text only, so it would learn the answer without them).")
+    assert "text-only" in err.value.hint
