@@ -1464,6 +1464,41 @@ def _apply_system(msgs: list[dict], system: str | None, notes: dict | None) -> l
     return [{"role": "system", "content": system}] + msgs
 
 
+_PROMPT_KEYS = ("prompt", "query", "problem", "question", "instruction")
+_ANSWER_KEYS = ("ground_truth", "answer", "solution", "target", "reference", "label")
+_RL_HINT = ("supervised fine-tuning learns the answer the model should give: add it (e.g. a completion field), "
+            "or drop a file of conversations; prompt sets like this one are for reinforcement learning")
+
+
+def _prompt_only(obj: Any) -> tuple[str, str] | None:
+    """(field, message) for an example that holds a prompt and no answer (an RL prompt set), else None."""
+    if not isinstance(obj, dict):
+        return None
+    low = _lowered(obj)
+    pkey = next((low[k] for k in _PROMPT_KEYS if k in low), None)
+    if pkey is None:
+        return None
+    val = obj[pkey]
+    if not (isinstance(val, str) and val.strip()) and not _is_message_list(val):
+        return None
+    if _is_message_list(val) and any(_ci(m, *_ROLE_KEYS)[1] in ("assistant", "gpt") for m in val):
+        return None
+    nested = ""
+    for k, v in obj.items():  # verl / GRPO sets keep a reference answer for the reward function
+        if isinstance(v, dict):
+            sub = next((str(s) for s in v if _norm_key(s) in _ANSWER_KEYS), None)
+            if sub is not None:
+                nested = f"; the reference answer in '{k}.{sub}' is for a reward function, not an answer to learn"
+                break
+    return str(pkey), f"prompts without answers: this looks like RL data (a prompt and no answer to learn{nested})"
+
+
+def _rl_error(file: str, which: str, first) -> DatasetError:
+    line, (_fld, message) = first
+    return DatasetError(f"{file}: {message} - {which} {'has' if which.startswith('its one') else 'have'} a prompt "
+                        f"and no answer (first at line {line}).", _RL_HINT[0].upper() + _RL_HINT[1:] + ".", file)
+
+
 def load_file(path: Path, mapping=None, cancel=None, *, name: str | None = None, on_bytes=None,
               template: RecordTemplate | None = None, system: str | None = None,
               notes: "NoteCounter | None" = None, fill: dict[str, str] | None = None
@@ -1481,7 +1516,8 @@ def load_file(path: Path, mapping=None, cancel=None, *, name: str | None = None,
     fmt_count: Counter = Counter()
     first_fmt: dict[str, int] = {}
     kept = 0  # problems kept while reading: memory stays bounded, the rest are only counted
-    total = recognised = media_count = 0
+    total = recognised = media_count = prompt_only = 0
+    rl_first: tuple[int | None, tuple[str, str]] | None = None
     media_first: tuple[int | None, _Media] | None = None
     fields_seen: Counter = Counter()
     columns: dict[str, None] = {}  # every field name seen, in order (for template errors)
@@ -1504,12 +1540,24 @@ def load_file(path: Path, mapping=None, cancel=None, *, name: str | None = None,
                          if keep else None, None))
             continue
         if this is None:
+            rl = _prompt_only(obj) if err is None else None
+            if rl is not None:
+                prompt_only += 1
+                rl_first = rl_first or (line, rl)
             if isinstance(obj, dict):
                 fields_seen.update(map(str, obj))
             if recognised == 0 and total >= JUNK_ROWS:
+                if prompt_only == total:
+                    raise _rl_error(file, f"none of its first {total} examples", rl_first)
                 seen = [k for k, _ in fields_seen.most_common(8)]
                 raise DatasetError(f"{file}: none of its first {total} examples has a known format"
                                    + (f" (fields seen: {seen})." if seen else "."), _FORMAT_HINT, file)
+            if rl is not None:
+                keep = kept < 2 * MAX_ISSUES
+                kept += keep
+                rows.append((line, None, None, DatasetIssue(file, line, rl[0], rl[1], _RL_HINT) if keep else None,
+                             obj if keep else None))
+                continue
             if err:
                 issue = DatasetIssue(file, line, None, err, "fix this line or remove it")
             elif isinstance(obj, dict):
@@ -1563,6 +1611,8 @@ def load_file(path: Path, mapping=None, cancel=None, *, name: str | None = None,
                            f"'{media.field}' {media.message}).",
                            "Tuneloom fine-tunes text-only chat models, which cannot see or hear them; drop a file of "
                            "text conversations instead.", file)
+    if recognised == 0 and prompt_only == total:
+        raise _rl_error(file, f"all {total} of its examples" if total > 1 else "its one example", rl_first)
     if recognised == 0:
         first = next((r[3] for r in rows if r[3] is not None), None)
         if first is not None and first.message.startswith("not valid JSON"):
@@ -1589,7 +1639,10 @@ def load_file(path: Path, mapping=None, cancel=None, *, name: str | None = None,
         elif issue is None:
             dropped += 1
         else:
-            if obj is not None:  # say what this example lacks to be in the file's format
+            rl_row = issue.message.startswith("prompts without answers")
+            if obj is not None and (not rl_row or _norm_key(issue.field) in dict(FORMATS).get(fmt, ())):
+                # say what this example lacks to be in the file's format (a prompt / completion file's line
+                # without its completion is a missing completion, not RL data)
                 try:
                     normalise(obj, fmt, mapping, template=template)
                 except _Invalid as inv:

@@ -255,3 +255,39 @@ def test_media_records_are_refused_with_the_field(tmp_path):
     assert str(err.value) == ("mllm_demo.json: every example carries images, video or audio (line 1, 'images' "
                               "carries images: the model reads text only, so it would learn the answer without them).")
     assert "text-only" in err.value.hint
+
+
+# --------------------------------------------------------------------------- RL prompt sets
+
+def verl_row(i):
+    return {"data_source": "openai/gsm8k", "prompt": [{"role": "user", "content": f"What is {i} * 3?"}],
+            "ability": "math", "reward_model": {"style": "rule", "ground_truth": str(3 * i)},
+            "extra_info": {"split": "train", "index": i}}
+
+
+def test_prompt_only_files_say_rl_data(tmp_path):
+    with pytest.raises(DatasetError) as err:
+        load_dataset([write(tmp_path, "gsm8k_rl.jsonl", jsonl(*[verl_row(i) for i in range(5)]))])
+    assert str(err.value) == (
+        "gsm8k_rl.jsonl: prompts without answers: this looks like RL data (a prompt and no answer to learn; the "
+        "reference answer in 'reward_model.ground_truth' is for a reward function, not an answer to learn) - all 5 of "
+        "its examples have a prompt and no answer (first at line 1).")
+    assert err.value.hint.startswith("Supervised fine-tuning learns the answer the model should give")
+    # TRL's prompt-only form (text): the same message, without a reference answer
+    with pytest.raises(DatasetError, match=r"^p\.jsonl: prompts without answers: this looks like RL data \(a prompt "
+                                           r"and no answer to learn\) - its one example has a prompt"):
+        load_dataset([write(tmp_path, "p.jsonl", jsonl({"prompt": "Write a poem about the sea."}))])
+    # in a file of conversations, such a line is a problem of its own
+    chat = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+    ds = load_dataset([write(tmp_path, "mixed.jsonl", jsonl(chat, verl_row(1), chat))])
+    assert len(ds.records) == 2
+    assert [(i.line, i.field, i.message) for i in ds.issues] == [
+        (2, "prompt", "prompts without answers: this looks like RL data (a prompt and no answer to learn; the "
+                      "reference answer in 'reward_model.ground_truth' is for a reward function, not an answer to "
+                      "learn)")]
+
+
+def test_prompt_only_beyond_the_junk_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "JUNK_ROWS", 50)
+    with pytest.raises(DatasetError, match="none of its first 50 examples have a prompt and no answer"):
+        load_dataset([write(tmp_path, "rl.jsonl", jsonl(*[verl_row(i) for i in range(80)]))])
