@@ -528,8 +528,44 @@ def _read_delimited(path: Path, delimiter: str, cancel, name: str, mapping=None,
         raise DatasetError(f"{name} has a header row but no examples.", "Add one example per row.", name)
 
 
-def _read_text(path: Path, cancel, name: str, on_bytes=None) -> Iterator[tuple[int, Any, str | None]]:
+DOC_LINE_CHARS = 200  # a .txt without blank lines whose lines average this long holds one document per line
+
+
+def _text_layout(path: Path, cancel, name: str) -> tuple[bool, int, int]:
+    """(has a blank line between text, lines of text, characters) of a text file: one streamed pass,
+    stopped at the first blank line that separates text."""
+    blank_after_text = False
+    lines = chars = 0
+    for _, line in _iter_text_lines(path, cancel, name=name):
+        if line.strip():
+            if blank_after_text:
+                return True, lines, chars
+            lines += 1
+            chars += len(line)
+        elif lines:
+            blank_after_text = True
+    return False, lines, chars
+
+
+def _read_text(path: Path, cancel, name: str, on_bytes=None, info: dict | None = None
+               ) -> Iterator[tuple[int, Any, str | None]]:
     whole = path.suffix.lower() == ".md"  # a Markdown file is one document; .txt: blank-line separated
+    info = {} if info is None else info
+    if not whole:
+        separated, lines, chars = _text_layout(path, cancel, name)
+        if not separated and lines >= 2 and chars / lines >= DOC_LINE_CHARS:
+            info["text_rule"] = (f"{name}: read one document per line ({lines:,} documents): it has no blank lines "
+                                 f"and its lines are long (on average {chars // lines:,} characters)")
+            for no, line in _iter_text_lines(path, cancel, name=name, on_bytes=on_bytes):
+                if line.strip():
+                    yield no, {"text": line.rstrip()}, None
+            return
+        info["text_rule"] = (f"{name}: read as documents separated by blank lines" if separated or lines < 2 else
+                             f"{name}: read as one document: it has no blank lines and its {lines:,} lines are short "
+                             f"(on average {chars // lines:,} characters; lines of {DOC_LINE_CHARS}+ characters "
+                             "would be read one document per line)")
+    else:
+        info["text_rule"] = f"{name}: read as one document (a Markdown file)"
     block: list[str] = []
     size = 0
     start = None
@@ -576,8 +612,10 @@ def _read_parquet(path: Path, cancel, name: str, on_bytes=None) -> Iterator[tupl
 
 
 def read_rows(path: Path, cancel: CancelToken | None = None, *, name: str | None = None, mapping=None,
-              on_bytes=None, template: "RecordTemplate | None" = None) -> Iterator[tuple[int | None, Any, str | None]]:
-    """Yield (line, raw object or None, parse error or None) for one file."""
+              on_bytes=None, template: "RecordTemplate | None" = None, info: dict | None = None
+              ) -> Iterator[tuple[int | None, Any, str | None]]:
+    """Yield (line, raw object or None, parse error or None) for one file. ``info`` (a dict)
+    receives how the file was read where there was a choice (``text_rule`` for text files)."""
     path = Path(path)
     name = name or path.name
     suffix = path.suffix.lower()
@@ -618,7 +656,7 @@ def read_rows(path: Path, cancel: CancelToken | None = None, *, name: str | None
     if suffix == ".tsv":
         return _read_delimited(path, "\t", cancel, name, mapping, on_bytes, template)
     if suffix in TEXT_SUFFIXES:
-        return _read_text(path, cancel, name, on_bytes)
+        return _read_text(path, cancel, name, on_bytes, info)
     return _read_parquet(path, cancel, name, on_bytes)
 
 
@@ -1521,7 +1559,9 @@ def load_file(path: Path, mapping=None, cancel=None, *, name: str | None = None,
     media_first: tuple[int | None, _Media] | None = None
     fields_seen: Counter = Counter()
     columns: dict[str, None] = {}  # every field name seen, in order (for template errors)
-    for line, obj, err in read_rows(path, cancel, name=file, mapping=mapping, on_bytes=on_bytes, template=template):
+    info: dict = {}
+    for line, obj, err in read_rows(path, cancel, name=file, mapping=mapping, on_bytes=on_bytes, template=template,
+                                    info=info):
         total += 1
         if template is not None and isinstance(obj, dict) and err is None:
             this = TEMPLATE_FORMAT
@@ -1648,6 +1688,8 @@ def load_file(path: Path, mapping=None, cancel=None, *, name: str | None = None,
                 except _Invalid as inv:
                     issue = DatasetIssue(file, line, inv.field, inv.message, inv.hint)
             issues.append(issue)
+    if notes is not None and info.get("text_rule"):
+        notes.file_notes.append(DatasetNote("text_rule", len(records), info["text_rule"], [file]))
     issues.sort(key=lambda i: (i.line is None, i.line or 0))
     if len(issues) > MAX_ISSUES:
         dropped += len(issues) - MAX_ISSUES
@@ -1671,6 +1713,7 @@ class NoteCounter:
         self.names: dict[str, Counter] = {}  # kind -> field name -> examples
         self.where: dict[str, list] = {}  # kind -> the first (file, line) it applies to
         self.fill: dict[str, str] = {}  # the placeholders the user asked to fill
+        self.file_notes: list[DatasetNote] = []  # about a whole file (how a text file was read)
 
     LINES_KEPT = 20
 
@@ -1687,7 +1730,7 @@ class NoteCounter:
                 self.items[kind] += int(val)
 
     def notes(self) -> list["DatasetNote"]:
-        out = []
+        out = list(self.file_notes)
 
         def ex(kind):
             n = self.examples[kind]

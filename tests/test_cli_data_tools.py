@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from test_tokens import model_dirs  # noqa: F401  (session fixture: tokenizer-only model folders)
+
 ROOT = Path(__file__).resolve().parent.parent
 PAIRS = [{"prompt": "The sky is", "chosen": " blue.", "rejected": " green."},
          {"prompt": [{"role": "user", "content": "2+2?"}], "chosen": [{"role": "assistant", "content": "4"}],
@@ -98,4 +102,45 @@ def test_train_refuses_pairs_without_use_chosen(tmp_path):
             "examples with one answer: supervised training would not know which answer to learn.") in r.stderr
     assert "--use chosen" in r.stderr
     r = cli("train", "--help")
-    assert "--use {chosen}" in r.stdout and "--fill NAME=VALUE" in r.stdout
+    assert "--use {chosen}" in r.stdout and "--fill NAME=VALUE" in r.stdout and "--chunk" in r.stdout
+
+
+def test_corpus_lines_cut_tokens_and_chunks(tmp_path, model_dirs):  # noqa: F811
+    from core.data import ChatRecord
+    from core.tokens import ChatEncoder, chunk_records
+
+    docs = [" ".join(f"word{d}_{i}" for i in range(600)) for d in range(3)]
+    f = tmp_path / "corpus.txt"
+    f.write_text("".join(d + "\n" for d in docs))
+    model = model_dirs["qwen2.5"]
+    enc = ChatEncoder(model)
+    lengths = [len(enc.encode([{"role": "assistant", "content": d}]).ids) for d in docs]
+    assert min(lengths) > 1000
+    r = cli("data", "check", f, "--json", "--model", model, "--max-seq-len", 256)
+    out = json.loads(r.stdout)
+    assert out["valid"] == 3 and out["tokens"]["truncated"] == 3
+    assert out["tokens"]["cut"] == sum(n - 256 for n in lengths)
+    assert out["tokens"]["trained"] == 3 * 255  # plain text: every token after the first is trained
+    assert out["tokens"]["trained_share"] == pytest.approx(765 / sum(lengths))
+    assert [n["message"] for n in out["notes"] if n["kind"] == "text_rule"][0].startswith(
+        "corpus.txt: read one document per line (3 documents)")
+    text = cli("data", "check", f, "--model", model, "--max-seq-len", 256).stdout
+    share = 765 / sum(lengths)
+    assert f"3 longer than 256 (truncated: {sum(n - 256 for n in lengths)} tokens cut away)" in text
+    assert f"{share:.0%} of tokens trained on (765 tokens)" in text
+    # --chunk: windows of at most 256 tokens that hold the whole text
+    recs, split, windows = chunk_records(enc, [ChatRecord([{"role": "assistant", "content": d}]) for d in docs], 256)
+    assert split == 3 and windows == len(recs) >= sum(-(-n // 254) for n in lengths)
+    assert all(len(enc.encode(x.messages).ids) <= 256 for x in recs)
+    by_doc = "".join(x.messages[0]["content"] for x in recs)
+    assert by_doc == "".join(docs)
+    out = json.loads(cli("data", "check", f, "--json", "--model", model, "--max-seq-len", 256, "--chunk").stdout)
+    assert out["tokens"]["chunked"] == {"documents": 3, "windows": windows}
+    assert out["tokens"]["truncated"] == 0 and out["tokens"]["cut"] == 0
+    assert out["tokens"]["trained"] == sum(len(enc.encode(x.messages).ids) - 1 for x in recs)
+    dest = tmp_path / "w.jsonl"
+    r = cli("data", "export", f, "--out", dest, "--chunk", "--model", model, "--max-seq-len", 256)
+    assert r.returncode == 0 and f"chunked: 3 documents longer than 256 tokens split into {windows} windows" in r.stdout
+    assert len(dest.read_text().splitlines()) == windows
+    r = cli("data", "check", f, "--chunk")
+    assert r.returncode == 2 and "--chunk needs --model" in r.stderr

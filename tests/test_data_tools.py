@@ -291,3 +291,29 @@ def test_prompt_only_beyond_the_junk_limit(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "JUNK_ROWS", 50)
     with pytest.raises(DatasetError, match="none of its first 50 examples have a prompt and no answer"):
         load_dataset([write(tmp_path, "rl.jsonl", jsonl(*[verl_row(i) for i in range(80)]))])
+
+
+# --------------------------------------------------------------------------- text corpora
+
+def corpus(n_docs: int, words: int) -> str:
+    return "".join(" ".join(f"w{d}x{i}" for i in range(words)) + "\n" for d in range(n_docs))
+
+
+def test_txt_of_long_lines_without_blank_lines_is_one_document_per_line(tmp_path):
+    ds = load_dataset([write(tmp_path, "corpus.txt", corpus(4, 300))])
+    assert len(ds.records) == 4 and [r.line for r in ds.records] == [1, 2, 3, 4]
+    assert ds.records[1].messages == [{"role": "assistant", "content": " ".join(f"w1x{i}" for i in range(300))}]
+    n = note(ds, "text_rule")
+    length = len(" ".join(f"w0x{i}" for i in range(300)))
+    assert n.message == (f"corpus.txt: read one document per line (4 documents): it has no blank lines and its lines "
+                         f"are long (on average {length:,} characters)")
+    # blank lines separate documents, whatever the line lengths
+    ds = load_dataset([write(tmp_path, "b.txt", corpus(2, 300) + "\n" + corpus(1, 300))])
+    assert len(ds.records) == 2 and note(ds, "text_rule").message == "b.txt: read as documents separated by blank lines"
+    # short lines without blank lines: wrapped prose, one document (and said so)
+    ds = load_dataset([write(tmp_path, "poem.txt", "Roses are red,\nviolets are blue,\nsugar is sweet.\n")])
+    assert len(ds.records) == 1 and note(ds, "text_rule").message == (
+        "poem.txt: read as one document: it has no blank lines and its 3 lines are short (on average 15 characters; "
+        "lines of 200+ characters would be read one document per line)")
+    ds = load_dataset([write(tmp_path, "r.md", "# T\n\nbody\n")])
+    assert note(ds, "text_rule").message == "r.md: read as one document (a Markdown file)"
