@@ -1689,7 +1689,7 @@ def load_file(path: Path, mapping=None, cancel=None, *, name: str | None = None,
                     issue = DatasetIssue(file, line, inv.field, inv.message, inv.hint)
             issues.append(issue)
     if notes is not None and info.get("text_rule"):
-        notes.file_notes.append(DatasetNote("text_rule", len(records), info["text_rule"], [file]))
+        notes.file_notes.append(DatasetNote("text_rule", total, info["text_rule"], [file]))
     issues.sort(key=lambda i: (i.line is None, i.line or 0))
     if len(issues) > MAX_ISSUES:
         dropped += len(issues) - MAX_ISSUES
