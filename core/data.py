@@ -595,13 +595,17 @@ def _read_parquet(path: Path, cancel, name: str, on_bytes=None) -> Iterator[tupl
                            name) from None
     try:
         pf = pq.ParquetFile(path)
+        size, rows = path.stat().st_size, max(1, pf.metadata.num_rows)
         row = 0
+        # streamed batch by batch, every row checked (memory: one row group's columns and one batch of rows)
         for batch in pf.iter_batches(batch_size=1024):
             for item in batch.to_pylist():
                 row += 1
                 yield row, item, None
             if cancel is not None:
                 cancel.raise_if_cancelled()
+            if on_bytes is not None:
+                on_bytes(size * row // rows)
     except DatasetError:
         raise
     except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ...

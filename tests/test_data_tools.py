@@ -317,3 +317,29 @@ def test_txt_of_long_lines_without_blank_lines_is_one_document_per_line(tmp_path
         "lines of 200+ characters would be read one document per line)")
     ds = load_dataset([write(tmp_path, "r.md", "# T\n\nbody\n")])
     assert note(ds, "text_rule").message == "r.md: read as one document (a Markdown file)"
+
+
+# --------------------------------------------------------------------------- Parquet, in full
+
+def test_parquet_is_checked_to_the_last_row_with_progress(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+
+    rows = [{"prompt": [{"role": "user", "content": f"Q{i}"}],
+             "chosen": [{"role": "assistant", "content": f"good {i}"}],
+             "rejected": [{"role": "assistant", "content": f"bad {i}"}]} for i in range(3000)]
+    rows[2499]["chosen"] = [{"role": "assistant", "content": ""}]  # row 2500
+    rows[2999]["rejected"] = [{"role": "user", "content": "x"}]  # the last row
+    f = tmp_path / "dpo.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), f, row_group_size=700)
+
+    ds = load_dataset([f])
+    assert ds.format == "preference-prompt" and ds.total == 3000 and ds.pairs == 2998
+    assert [(i.line, i.field, i.message) for i in ds.issues] == [
+        (2500, "chosen[0].content", "the assistant message is empty"),
+        (3000, "rejected[0].role", "the rejected answer holds a user message; it may hold only the assistant's answer")]
+    # the reader reports how far it is, batch by batch, up to the file's size
+    seen = []
+    assert sum(1 for _ in data.read_rows(f, on_bytes=seen.append)) == 3000
+    size = f.stat().st_size
+    assert seen == sorted(seen) and seen[-1] == size and len(seen) == 3  # batches of 1024 rows
