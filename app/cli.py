@@ -68,10 +68,23 @@ def _parse_map(items: list[str] | None) -> dict | None:
     return out
 
 
+def _parse_fill(items: list[str] | None) -> dict | None:
+    """--fill NAME=VALUE (repeatable): the placeholders {{NAME}} / {NAME} to fill."""
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise SystemExit(f"error: --fill expects NAME=VALUE (e.g. --fill name=Tuneloom), got {item!r}")
+        out[name.strip()] = value
+    return out
+
+
 def _data_options(a) -> dict:
-    """load_dataset's keyword arguments from the shared data flags (--map, templates, --system)."""
+    """load_dataset's keyword arguments from the shared data flags (--map, templates, --system, --use, --fill)."""
     return {"mapping": _parse_map(a.map), "user_template": a.user_template,
-            "assistant_template": a.assistant_template, "system": a.system}
+            "assistant_template": a.assistant_template, "system": a.system, "use": a.use, "fill": _parse_fill(a.fill)}
 
 
 def _add_template_options(p) -> None:
@@ -86,10 +99,23 @@ def _add_template_options(p) -> None:
     p.add_argument("--system", metavar="TEXT", help=help_["system_prompt"])
 
 
+_CHUNK_HELP = ("split text documents longer than the maximum length into windows of that length, so that nothing "
+               "is cut away")
+
+
 def _add_data_options(p) -> None:
     p.add_argument("--map", action="append", metavar="OURS=THEIRS",
                    help="use column THEIRS for field OURS, e.g. --map prompt=Frage (repeatable)")
     _add_template_options(p)
+    _add_answer_options(p)
+
+
+def _add_answer_options(p) -> None:
+    """--use chosen, --fill NAME=VALUE (issue 26): shared by data check / export and train."""
+    p.add_argument("--use", choices=["chosen"],
+                   help="preference data (chosen / rejected answers): train on the chosen answers")
+    p.add_argument("--fill", action="append", metavar="NAME=VALUE",
+                   help="fill the placeholder {{NAME}} (or {NAME}) with VALUE, e.g. --fill name=Tuneloom (repeatable)")
 
 
 def _load_for_cli(a):
@@ -116,6 +142,15 @@ def _template_source(model_dir: str) -> str:
         return f"unreadable ({exc})"
 
 
+def _share(x: float) -> str:
+    """A share as a percentage that never rounds a small one to 0% or a cut one to 100%."""
+    if 0 < x < 0.01:
+        return f"{x:.2%}" if x >= 0.0001 else "<0.01%"
+    if 0.99 < x < 1:
+        return f"{x:.1%}" if x < 0.999 else ">99.9%"
+    return f"{x:.0%}"
+
+
 def cmd_data_check(a) -> int:
     from core.data import issue_dicts, reasoning_summary
     from core.events import TuneloomError
@@ -124,38 +159,57 @@ def cmd_data_check(a) -> int:
     if ds is None:
         return rc
     tokens, problems, thinks = None, list(ds.issues), None
+    if a.chunk and not a.model:
+        print("error: --chunk needs --model: the windows are counted in the model's tokens", file=sys.stderr)
+        return 2
     if a.model:
-        from core.tokens import ChatEncoder, token_stats
+        from core.tokens import ChatEncoder, chunk_records, token_stats
 
         try:
             probe = ChatEncoder(a.model)
             thinks = probe.supports_thinking
             enc = ChatEncoder(a.model, thinking=bool(ds.reasoning) and thinks) if ds.reasoning and thinks else probe
+            chunked = None
+            if a.chunk:
+                ds.records, docs, windows = chunk_records(enc, ds.records, a.max_seq_len)
+                chunked = {"documents": docs, "windows": windows}
             st = token_stats(enc, ds.records, a.max_seq_len)
         except TuneloomError as exc:
             print(f"error: {exc.user_message()}", file=sys.stderr)
             return 2
-        tokens = {k: st[k] for k in ("min", "median", "p95", "max", "truncated", "trained_share", "trained", "total")}
+        tokens = {k: st[k] for k in ("min", "median", "p95", "max", "truncated", "trained_share", "trained", "total",
+                                     "cut")}
         tokens["thinking"] = enc.thinking
         tokens["reasoning_dropped"] = st["reasoning_dropped"]
+        tokens["chunked"] = chunked
         problems += st["problems"]
     reasoning = reasoning_summary(ds, thinks)
     template_source = _template_source(a.model) if a.model else None
+    from core.data import preference_summary
+
+    pref = preference_summary(ds)
     if a.json:
-        print(json.dumps({"format": ds.format, "formats": ds.formats, "records": ds.total, "valid": len(ds.records),
+        print(json.dumps({"format": ds.format, "formats": ds.formats, "records": ds.total, "valid": ds.valid,
                           "invalid": ds.invalid, "duplicates": ds.duplicates(), "problems": issue_dicts(problems),
                           "notes": [n.to_json() for n in ds.notes], "reasoning": ds.reasoning,
                           "reasoning_summary": reasoning, "tokens": tokens,
-                          "chat_template_source": template_source}, ensure_ascii=False))
+                          "chat_template_source": template_source, "preference": pref}, ensure_ascii=False))
     else:
         print(f"format: {ds.format}")
         for f, fmt in ds.formats.items():
             print(f"  {f}: {fmt}")
-        print(f"records: {ds.total}  valid: {len(ds.records)}  invalid: {ds.invalid}  duplicates: {ds.duplicates()}")
+        print(f"records: {ds.total}  valid: {ds.valid}  invalid: {ds.invalid}  duplicates: {ds.duplicates()}")
+        if pref and pref["pairs"]:
+            print(f"preference pairs: {pref['pairs']} ({'; '.join(sorted(set(pref['shapes'].values())))})"
+                  + ("; training on the chosen answers" if pref["use"] == "chosen" else ""))
         if tokens:
             print(f"tokens per example: min {tokens['min']}, median {tokens['median']}, p95 {tokens['p95']}, "
-                  f"max {tokens['max']}; {tokens['truncated']} longer than {a.max_seq_len} (truncated); "
-                  f"{tokens['trained_share']:.0%} of tokens trained on ({tokens['trained']} tokens)")
+                  f"max {tokens['max']}; {tokens['truncated']} longer than {a.max_seq_len} (truncated"
+                  + (f": {tokens['cut']} tokens cut away" if tokens["cut"] else "") + "); "
+                  f"{_share(tokens['trained_share'])} of tokens trained on ({tokens['trained']} tokens)")
+            if tokens["chunked"] is not None:
+                print(f"chunked: {tokens['chunked']['documents']} documents longer than {a.max_seq_len} tokens split "
+                      f"into {tokens['chunked']['windows']} windows of at most {a.max_seq_len} tokens (--chunk)")
         print(f"reasoning: {reasoning}")
         if a.model:
             print(f"chat template: {template_source}")
@@ -173,12 +227,32 @@ def cmd_data_export(a) -> int:
     ds, rc = _load_for_cli(a)
     if ds is None:
         return rc
+    chunked = None
+    if a.chunk:
+        if not a.model:
+            print("error: --chunk needs --model: the windows are counted in the model's tokens", file=sys.stderr)
+            return 2
+        from core.tokens import ChatEncoder, chunk_records
+
+        try:
+            ds.records, docs, windows = chunk_records(ChatEncoder(a.model), ds.records, a.max_seq_len)
+        except TuneloomError as exc:
+            print(f"error: {exc.user_message()}", file=sys.stderr)
+            return 2
+        chunked = f"chunked: {docs} documents longer than {a.max_seq_len} tokens split into {windows} windows (--chunk)"
+    pairs_only = ds.unused_pairs and not ds.records  # what preference tuning reads: the pairs, as TRL writes them
     try:
-        n = export_jsonl(ds.records, a.out)
+        n = export_jsonl(ds.preference if pairs_only else ds.records, a.out)
     except (OSError, TuneloomError) as exc:
         print(f"error: cannot write {a.out}: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {n} of {ds.total} examples to {a.out} (OpenAI chat format; format read: {ds.format})")
+    if pairs_only:
+        print(f"wrote {n} of {ds.total} examples to {a.out} as preference pairs (TRL's conversational prompt / "
+              f"chosen / rejected; format read: {ds.format}); --use chosen writes the chosen conversations instead")
+    else:
+        print(f"wrote {n} of {ds.total} examples to {a.out} (OpenAI chat format; format read: {ds.format})")
+    if chunked:
+        print(chunked)
     for note in ds.notes:
         print(f"note: {note}")
     for i in ds.issues:
@@ -208,7 +282,8 @@ def cmd_train(a) -> int:
               "grad_checkpoint": a.grad_checkpoint, "last_turn_only": True if a.last_turn_only else None,
               "valid_batches": a.valid_batches, "valid_fraction": a.valid_fraction, "compile": a.compile,
               "user_template": a.user_template, "assistant_template": a.assistant_template,
-              "system_prompt": a.system, "name": a.name, "grad_accum": a.grad_accum, "targets": a.targets,
+              "system_prompt": a.system, "use": a.use, "fill": _parse_fill(a.fill),
+              "chunk": True if a.chunk else None, "name": a.name, "grad_accum": a.grad_accum, "targets": a.targets,
               "num_layers": a.num_layers, "warmup": a.warmup, "min_lr_ratio": a.min_lr_ratio,
               "weight_decay": a.weight_decay, "grad_checkpoint": a.grad_checkpoint,
               "last_turn_only": True if a.last_turn_only else None, "valid_batches": a.valid_batches,
@@ -490,11 +565,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model", help="model folder: also report token lengths with its tokenizer")
     c.add_argument("--max-seq-len", type=int, default=512)
     c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.add_argument("--chunk", action="store_true", help=_CHUNK_HELP)
     _add_data_options(c)
     c.set_defaults(func=cmd_data_check)
     x = dsub.add_parser("export", help="write the normalised examples as JSONL in OpenAI's chat format")
     x.add_argument("files", nargs="+")
     x.add_argument("--out", required=True, metavar="OUT.jsonl", help="the JSONL file to write")
+    x.add_argument("--chunk", action="store_true", help=_CHUNK_HELP + " (needs --model)")
+    x.add_argument("--model", help="model folder whose tokenizer counts the windows of --chunk")
+    x.add_argument("--max-seq-len", type=int, default=512, help="the window length of --chunk, in tokens")
     _add_data_options(x)
     x.set_defaults(func=cmd_data_export)
 
@@ -547,6 +626,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--map", action="append", metavar="OURS=THEIRS",
                    help="use column THEIRS for field OURS, e.g. --map prompt=Frage (repeatable)")
     _add_template_options(t)
+    _add_answer_options(t)
+    t.add_argument("--chunk", action="store_true", help=_CHUNK_HELP)
     t.add_argument("--resume", metavar="RUN_DIR")
     t.add_argument("--hosts", metavar="HOSTFILE",
                    help="train on several Macs at once (MLX's distributed runtime, ring backend): a file with one "

@@ -447,15 +447,61 @@ def training_runs(encoder: ChatEncoder, messages: list[dict], mask_prompt: bool 
     return out
 
 
+def chunk_records(encoder: ChatEncoder, records, max_seq_len: int, cancel=None) -> tuple[list, int, int]:
+    """Plain-text records (a text corpus: one assistant message, no prompt) longer than
+    ``max_seq_len`` tokens, split into consecutive windows that each fit, cut at token
+    boundaries so that no text is lost or repeated. Conversations are kept as they are.
+
+    Returns (records, documents split, windows they became)."""
+    from core.data import ChatRecord, is_plain_text
+
+    out, split, windows = [], 0, 0
+    extra = (1 if encoder.add_bos else 0) + (1 if encoder.eos_id is not None else 0)
+    budget = max(1, max_seq_len - extra)
+    for r in records:
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        if not is_plain_text(r.messages):
+            out.append(r)
+            continue
+        text = r.messages[0]["content"]
+        offsets: list = []
+        ids = encoder.tokenize(text, True, offsets)[0]
+        if len(ids) <= budget:
+            out.append(r)
+            continue
+        split += 1
+        start_tok = 0
+        while start_tok < len(ids):
+            n = min(budget, len(ids) - start_tok)
+            while True:  # a window tokenized on its own may take a token more at its edges: shrink until it fits
+                end_tok = start_tok + n
+                a = offsets[start_tok][0]
+                b = offsets[end_tok][0] if end_tok < len(ids) else len(text)
+                piece = text[a:b]
+                got = len(encoder.encode([{"role": "assistant", "content": piece}]).ids)
+                if got <= max_seq_len or n == 1:
+                    break
+                n = max(1, n - (got - max_seq_len))
+            if piece.strip():
+                out.append(ChatRecord([{"role": "assistant", "content": piece}], r.file, r.line))
+                windows += 1
+            start_tok = end_tok
+    return out, split, windows
+
+
 def token_stats(encoder: ChatEncoder, records, max_seq_len: int, mask_prompt: bool = True,
                 cancel=None) -> dict:
     """Length statistics of the encoded records: min/median/p95/max, truncation, trained share.
 
+    Training keeps the first ``max_seq_len`` tokens of an example: ``truncated`` counts the
+    examples longer than that, ``cut`` the tokens cut away, ``trained`` the tokens trained on
+    after cutting, and ``trained_share`` is ``trained`` over all the data's tokens (``total``).
     A record the model's template cannot show (a role it has no place for) is not counted:
     it is listed in ``problems`` (DatasetIssues with its file and line)."""
     from core.data import DatasetIssue
 
-    lengths, trained, problems = [], 0, []
+    lengths, trained, problems, cut = [], 0, [], 0
     dropped_before = encoder.reasoning_dropped
     for r in records:
         if cancel is not None:
@@ -466,10 +512,14 @@ def token_stats(encoder: ChatEncoder, records, max_seq_len: int, mask_prompt: bo
             problems.append(DatasetIssue(getattr(r, "file", ""), getattr(r, "line", None), None, str(exc), exc.hint))
             continue
         lengths.append(len(e.ids))
-        trained += e.trained
+        if len(e.ids) > max_seq_len:
+            cut += len(e.ids) - max_seq_len
+            trained += sum(e.mask[:max_seq_len])
+        else:
+            trained += e.trained
     if not lengths:
         return {"min": 0, "median": 0, "p95": 0, "max": 0, "truncated": 0, "total": 0, "trained_share": 0.0,
-                "trained": 0, "lengths": [], "problems": problems,
+                "trained": 0, "cut": 0, "lengths": [], "problems": problems,
                 "reasoning_dropped": encoder.reasoning_dropped - dropped_before}
     s = sorted(lengths)
 
@@ -479,5 +529,5 @@ def token_stats(encoder: ChatEncoder, records, max_seq_len: int, mask_prompt: bo
     total = sum(lengths)
     return {"min": s[0], "median": pct(0.5), "p95": pct(0.95), "max": s[-1],
             "truncated": sum(1 for n in lengths if n > max_seq_len), "total": total,
-            "trained_share": trained / total if total else 0.0, "trained": trained, "lengths": lengths,
+            "trained_share": trained / total if total else 0.0, "trained": trained, "cut": cut, "lengths": lengths,
             "problems": problems, "reasoning_dropped": encoder.reasoning_dropped - dropped_before}

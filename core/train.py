@@ -155,6 +155,14 @@ class TrainConfig:
         "label": "Answer template", "help": "Write each answer from your columns, e.g. '{types}'."})
     system_prompt: str | None = field(default=None, metadata={
         "label": "System prompt", "help": "A system prompt for every example that has none."})
+    use: str | None = field(default=None, metadata={
+        "label": "Preference pairs", "help": "Preference data (chosen / rejected answers): 'chosen' trains on the "
+                                             "chosen answers."})
+    fill: dict | None = field(default=None, metadata={
+        "label": "Fill placeholders", "help": "Fill placeholders in the answers: {NAME: VALUE} for {{NAME}} / {NAME}."})
+    chunk: bool = field(default=False, metadata={
+        "label": "Chunk long texts", "help": "Split text documents longer than the maximum length into windows of "
+                                            "that length, so that nothing is cut away."})
     thinking: bool = field(default=False, metadata={
         "label": "Thinking",
         "help": "Set from the data: on when its answers carry reasoning (<think> blocks or reasoning_content) "
@@ -612,7 +620,8 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
             runs.remember(run_dir)  # a folder outside runs/ (--out) still shows in the history
     events.progress(0, None, "loading data")
     ds = load_dataset(cfg.data, mapping=cfg.mapping, user_template=cfg.user_template,
-                      assistant_template=cfg.assistant_template, system=cfg.system_prompt, cancel=cancel)
+                      assistant_template=cfg.assistant_template, system=cfg.system_prompt, cancel=cancel,
+                      use=cfg.use, fill=cfg.fill)
     require_clean(ds, cfg.skip_invalid)
     train_recs, valid_recs = train_valid(ds, cfg.valid_fraction, cfg.seed)
     # thinking follows the data (a resumed run keeps its own); config.json records it for the export
@@ -621,6 +630,13 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
         cfg.thinking = encoder.thinking
         if main:
             write_json(run_dir / "config.json", asdict(cfg))
+    if cfg.chunk:  # issue 26: long text documents become windows of max_seq_len instead of being cut
+        from core.tokens import chunk_records
+
+        train_recs, docs, windows = chunk_records(encoder, train_recs, cfg.max_seq_len, cancel)
+        valid_recs = chunk_records(encoder, valid_recs, cfg.max_seq_len, cancel)[0]
+        events.log("info", f"chunked: {docs} documents longer than {cfg.max_seq_len} tokens split into {windows} "
+                           "windows")
     train_seqs = encode_records(encoder, train_recs, cfg)
     valid_seqs = encode_records(encoder, valid_recs, cfg)
     if not train_seqs:

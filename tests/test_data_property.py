@@ -19,7 +19,7 @@ SUFFIXES = [".jsonl", ".json", ".csv", ".tsv", ".txt", ".md", ".ndjson"]
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KEYS = ["messages", "conversations", "instruction", "input", "output", "prompt", "completion", "question",
         "answer", "text", "system", "Role", "role", "content", "from", "value", "PROMPT", "tool_calls", "x",
-        "weight", "reasoning_content", "name", "types", "type"]
+        "weight", "reasoning_content", "name", "types", "type", "chosen", "rejected", "label", "kto_tag", "images"]
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20)
 json_values = st.recursive(
@@ -49,6 +49,18 @@ chat_record = st.fixed_dictionaries({"messages": st.lists(message, max_size=5)})
     st.fixed_dictionaries({"prompt": st.lists(plausible_v2, max_size=3) | json_values,
                            "completion": st.lists(plausible_v2, max_size=2) | json_values}) | \
     st.fixed_dictionaries({"input": json_values, "output": json_values}, optional={"instruction": json_values})
+# preference data (issue 26): TRL, LLaMA-Factory, whole transcripts, KTO
+answer = st.text(max_size=8) | st.lists(plausible_v2, min_size=1, max_size=2) | plausible_v2 | json_values
+transcript = st.lists(plausible_v2, min_size=1, max_size=4) | st.sampled_from(
+    ["\n\nHuman: hi\n\nAssistant: yo", "\n\nHuman: hi\n\nAssistant: no", "Human: x", "\n\nAssistant: a", ""])
+preference_record = st.fixed_dictionaries({"prompt": st.text(max_size=8) | st.lists(plausible_v2, max_size=3),
+                                           "chosen": answer, "rejected": answer}) | \
+    st.fixed_dictionaries({"conversations": st.lists(plausible_v2, min_size=1, max_size=3), "chosen": answer,
+                           "rejected": answer}, optional={"system": json_values}) | \
+    st.fixed_dictionaries({"chosen": transcript, "rejected": transcript}) | \
+    st.fixed_dictionaries({"messages": st.lists(plausible_v2, min_size=1, max_size=3),
+                           "label": st.booleans() | json_scalars}) | \
+    st.fixed_dictionaries({"prompt": st.text(max_size=5), "completion": answer, "kto_tag": st.booleans()})
 
 
 def check(path: Path, **options) -> Dataset | None:
@@ -59,8 +71,13 @@ def check(path: Path, **options) -> Dataset | None:
     except TuneloomError as exc:
         assert str(exc)
         return None
-    assert ds.total == len(ds.records) + ds.invalid >= 1
+    assert ds.total == ds.valid + ds.invalid >= 1 and ds.valid == len(ds.records) + ds.left_out
     assert ds.issues or ds.invalid == 0
+    for p in ds.preference:  # a prompt that ends where the answer starts; answers of assistant messages only
+        assert p.chosen is not None or p.rejected is not None
+        assert p.prompt and [m["role"] for m in p.prompt if m["role"] != "system"][-1] in ("user", "tool")
+        for side in (p.chosen, p.rejected):
+            assert side is None or (side and all(m["role"] in ("assistant", "tool") for m in side))
     for issue in ds.issues:
         assert issue.file == path.name and issue.message
         assert isinstance(issue.line, int) and issue.line >= 1 or issue.message.startswith("... and ")
@@ -114,13 +131,14 @@ def test_random_json_never_crashes(docs, suffix, encoding):
 
 
 @SETTINGS
-@given(records=st.lists(chat_record, min_size=1, max_size=8))
+@given(records=st.lists(chat_record | preference_record, min_size=1, max_size=8))
 def test_random_chats_are_valid_or_reported(records):
     path = write(".jsonl", "".join(json.dumps(r) + "\n" for r in records).encode())
     ds = check(path)
     if ds is not None:
-        assert {r.line for r in ds.records}.isdisjoint({i.line for i in ds.issues})
-        assert len(ds.records) + len({i.line for i in ds.issues if i.line}) == len(records)
+        valid = {r.line for r in ds.records} | {p.line for p in ds.preference}
+        assert valid.isdisjoint({i.line for i in ds.issues})
+        assert len(valid) + len({i.line for i in ds.issues if i.line}) == len(records)
 
 
 @SETTINGS
@@ -196,3 +214,20 @@ def test_mapping_preview_raises_only_dataset_errors(rows, user, assistant):
         return
     assert len(recs) + len(issues) == len(rows)
     assert all(i.file == "t.csv" and i.line >= 2 for i in issues)
+
+
+@SETTINGS
+@given(records=st.lists(preference_record, min_size=1, max_size=8))
+def test_export_reads_back_the_same_preference_records(records):
+    """Pairs are written in TRL's conversational form and read back as the same records."""
+    from core.data import export_jsonl
+
+    ds = check(write(".jsonl", "".join(json.dumps(r) + "\n" for r in records).encode()))
+    if ds is None or not ds.preference:
+        return
+    out = Path(_TMP.name) / "export-pref.jsonl"
+    assert export_jsonl(ds.preference, out) == len(ds.preference)
+    back = load_dataset([out])
+    assert not back.issues
+    assert [(p.prompt, p.chosen, p.rejected) for p in back.preference] == \
+        [(p.prompt, p.chosen, p.rejected) for p in ds.preference]

@@ -279,7 +279,11 @@ def test_token_stats(encoders):
     assert (st["min"], st["max"]) == (min(lengths), max(lengths))
     assert st["median"] in lengths and st["p95"] == max(lengths)
     assert st["truncated"] == sum(n > sorted(lengths)[1] for n in lengths) == 2
-    assert st["trained_share"] == pytest.approx(sum(x.trained for x in encoded) / sum(lengths))
+    # issue 26: what is trained after cutting at max_seq_len, over all the data's tokens
+    cap = sorted(lengths)[1]
+    assert st["trained"] == sum(sum(x.mask[:cap]) for x in encoded) < sum(x.trained for x in encoded)
+    assert st["cut"] == sum(n - cap for n in lengths if n > cap) > 0
+    assert st["trained_share"] == pytest.approx(st["trained"] / sum(lengths))
     assert 0 < st["trained_share"] < 0.5
     assert token_stats(enc, [], 10)["total"] == 0
 
