@@ -68,10 +68,23 @@ def _parse_map(items: list[str] | None) -> dict | None:
     return out
 
 
+def _parse_fill(items: list[str] | None) -> dict | None:
+    """--fill NAME=VALUE (repeatable): the placeholders {{NAME}} / {NAME} to fill."""
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise SystemExit(f"error: --fill expects NAME=VALUE (e.g. --fill name=Tuneloom), got {item!r}")
+        out[name.strip()] = value
+    return out
+
+
 def _data_options(a) -> dict:
-    """load_dataset's keyword arguments from the shared data flags (--map, templates, --system)."""
+    """load_dataset's keyword arguments from the shared data flags (--map, templates, --system, --use, --fill)."""
     return {"mapping": _parse_map(a.map), "user_template": a.user_template,
-            "assistant_template": a.assistant_template, "system": a.system}
+            "assistant_template": a.assistant_template, "system": a.system, "use": a.use, "fill": _parse_fill(a.fill)}
 
 
 def _add_template_options(p) -> None:
@@ -90,6 +103,15 @@ def _add_data_options(p) -> None:
     p.add_argument("--map", action="append", metavar="OURS=THEIRS",
                    help="use column THEIRS for field OURS, e.g. --map prompt=Frage (repeatable)")
     _add_template_options(p)
+    _add_answer_options(p)
+
+
+def _add_answer_options(p) -> None:
+    """--use chosen, --fill NAME=VALUE (issue 26): shared by data check / export and train."""
+    p.add_argument("--use", choices=["chosen"],
+                   help="preference data (chosen / rejected answers): train on the chosen answers")
+    p.add_argument("--fill", action="append", metavar="NAME=VALUE",
+                   help="fill the placeholder {{NAME}} (or {NAME}) with VALUE, e.g. --fill name=Tuneloom (repeatable)")
 
 
 def _load_for_cli(a):
@@ -141,17 +163,23 @@ def cmd_data_check(a) -> int:
         problems += st["problems"]
     reasoning = reasoning_summary(ds, thinks)
     template_source = _template_source(a.model) if a.model else None
+    from core.data import preference_summary
+
+    pref = preference_summary(ds)
     if a.json:
-        print(json.dumps({"format": ds.format, "formats": ds.formats, "records": ds.total, "valid": len(ds.records),
+        print(json.dumps({"format": ds.format, "formats": ds.formats, "records": ds.total, "valid": ds.valid,
                           "invalid": ds.invalid, "duplicates": ds.duplicates(), "problems": issue_dicts(problems),
                           "notes": [n.to_json() for n in ds.notes], "reasoning": ds.reasoning,
                           "reasoning_summary": reasoning, "tokens": tokens,
-                          "chat_template_source": template_source}, ensure_ascii=False))
+                          "chat_template_source": template_source, "preference": pref}, ensure_ascii=False))
     else:
         print(f"format: {ds.format}")
         for f, fmt in ds.formats.items():
             print(f"  {f}: {fmt}")
-        print(f"records: {ds.total}  valid: {len(ds.records)}  invalid: {ds.invalid}  duplicates: {ds.duplicates()}")
+        print(f"records: {ds.total}  valid: {ds.valid}  invalid: {ds.invalid}  duplicates: {ds.duplicates()}")
+        if pref and pref["pairs"]:
+            print(f"preference pairs: {pref['pairs']} ({'; '.join(sorted(set(pref['shapes'].values())))})"
+                  + ("; training on the chosen answers" if pref["use"] == "chosen" else ""))
         if tokens:
             print(f"tokens per example: min {tokens['min']}, median {tokens['median']}, p95 {tokens['p95']}, "
                   f"max {tokens['max']}; {tokens['truncated']} longer than {a.max_seq_len} (truncated); "
@@ -173,12 +201,17 @@ def cmd_data_export(a) -> int:
     ds, rc = _load_for_cli(a)
     if ds is None:
         return rc
+    pairs_only = ds.unused_pairs and not ds.records  # what preference tuning reads: the pairs, as TRL writes them
     try:
-        n = export_jsonl(ds.records, a.out)
+        n = export_jsonl(ds.preference if pairs_only else ds.records, a.out)
     except (OSError, TuneloomError) as exc:
         print(f"error: cannot write {a.out}: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {n} of {ds.total} examples to {a.out} (OpenAI chat format; format read: {ds.format})")
+    if pairs_only:
+        print(f"wrote {n} of {ds.total} examples to {a.out} as preference pairs (TRL's conversational prompt / "
+              f"chosen / rejected; format read: {ds.format}); --use chosen writes the chosen conversations instead")
+    else:
+        print(f"wrote {n} of {ds.total} examples to {a.out} (OpenAI chat format; format read: {ds.format})")
     for note in ds.notes:
         print(f"note: {note}")
     for i in ds.issues:
@@ -208,7 +241,7 @@ def cmd_train(a) -> int:
               "grad_checkpoint": a.grad_checkpoint, "last_turn_only": True if a.last_turn_only else None,
               "valid_batches": a.valid_batches, "valid_fraction": a.valid_fraction, "compile": a.compile,
               "user_template": a.user_template, "assistant_template": a.assistant_template,
-              "system_prompt": a.system, "name": a.name, "grad_accum": a.grad_accum, "targets": a.targets,
+              "system_prompt": a.system, "use": a.use, "fill": _parse_fill(a.fill), "name": a.name, "grad_accum": a.grad_accum, "targets": a.targets,
               "num_layers": a.num_layers, "warmup": a.warmup, "min_lr_ratio": a.min_lr_ratio,
               "weight_decay": a.weight_decay, "grad_checkpoint": a.grad_checkpoint,
               "last_turn_only": True if a.last_turn_only else None, "valid_batches": a.valid_batches,
@@ -547,6 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--map", action="append", metavar="OURS=THEIRS",
                    help="use column THEIRS for field OURS, e.g. --map prompt=Frage (repeatable)")
     _add_template_options(t)
+    _add_answer_options(t)
     t.add_argument("--resume", metavar="RUN_DIR")
     t.add_argument("--hosts", metavar="HOSTFILE",
                    help="train on several Macs at once (MLX's distributed runtime, ring backend): a file with one "

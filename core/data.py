@@ -86,8 +86,13 @@ class DatasetNote:
     def __str__(self) -> str:
         return self.message
 
+    lines: list[tuple[str, int | None]] = field(default_factory=list)  # where, for notes about single examples
+
     def to_json(self) -> dict:
-        return {"kind": self.kind, "count": self.count, "message": self.message, "fields": self.fields}
+        out = {"kind": self.kind, "count": self.count, "message": self.message, "fields": self.fields}
+        if self.lines:
+            out["lines"] = [{"file": f, "line": n} for f, n in self.lines]
+        return out
 
 
 @dataclass
@@ -102,6 +107,48 @@ class ChatRecord:
 
 
 @dataclass
+class PreferenceRecord:
+    """One preference example, normalised whatever shape it came in; what preference tuning reads.
+
+    ``prompt``: the conversation up to the answer, chat messages ({"role", "content"}; an optional
+    system message first, then user / assistant / tool turns) that end with a user (or tool) turn.
+    ``chosen`` / ``rejected``: the preferred and the dispreferred answer to that prompt, each a list
+    of assistant messages (usually one; ``reasoning_content`` as on chat records).
+
+    A pair (DPO / ORPO data) has both. KTO data is unpaired: exactly one of the two is set,
+    ``chosen`` for an answer labelled desirable (``label`` / ``kto_tag`` true), ``rejected`` for one
+    labelled undesirable. ``prompt + chosen`` is the chat record supervised training learns
+    (``--use chosen``); it never learns ``rejected``.
+
+    Written out (``data export``) in TRL's conversational form: ``{"prompt": [...], "chosen":
+    [...], "rejected": [...]}``, which reads back as the same record."""
+    prompt: list[dict]
+    chosen: list[dict] | None
+    rejected: list[dict] | None
+    file: str = ""
+    line: int | None = None
+
+    @property
+    def paired(self) -> bool:
+        return self.chosen is not None and self.rejected is not None
+
+    def chosen_record(self) -> ChatRecord:
+        return ChatRecord([dict(m) for m in self.prompt] + [dict(m) for m in self.chosen or []], self.file, self.line)
+
+    def key(self) -> str:
+        blob = json.dumps([self.prompt, self.chosen, self.rejected], sort_keys=True, ensure_ascii=False, default=str)
+        return hashlib.sha1(blob.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def to_json(self) -> dict:
+        out: dict = {"prompt": [dict(m) for m in self.prompt]}
+        if self.paired:
+            out.update(chosen=[dict(m) for m in self.chosen], rejected=[dict(m) for m in self.rejected])
+        else:  # TRL's unpaired (KTO) form
+            out.update(completion=[dict(m) for m in (self.chosen or self.rejected)], label=self.chosen is not None)
+        return out
+
+
+@dataclass
 class Dataset:
     records: list[ChatRecord]
     issues: list[DatasetIssue]
@@ -110,6 +157,25 @@ class Dataset:
     # from train/valid(/test) files; files given beside them count as training data
     splits: dict[str, list[ChatRecord]] = field(default_factory=dict)
     notes: list[DatasetNote] = field(default_factory=list)  # what normalisation changed or left out
+    # every valid preference / KTO example read (paired or not), in file order; ``records`` holds the
+    # chosen (desirable) conversations only where supervised training takes them
+    preference: list[PreferenceRecord] = field(default_factory=list)
+    left_out: int = 0  # valid examples not in ``records``: pairs not used, KTO answers labelled undesirable
+    use: str | None = None  # "chosen": pairs give their chosen answers to supervised training
+
+    @property
+    def pairs(self) -> int:
+        return sum(1 for p in self.preference if p.paired)
+
+    @property
+    def unused_pairs(self) -> int:
+        """Pairs supervised training cannot take as they are (no ``use``)."""
+        return 0 if self.use == "chosen" else self.pairs
+
+    @property
+    def valid(self) -> int:
+        """Valid examples read, training data or not (test split aside)."""
+        return len(self.records) + self.left_out
 
     @property
     def reasoning(self) -> int:
@@ -123,7 +189,7 @@ class Dataset:
 
     @property
     def invalid(self) -> int:
-        return self.total - len(self.records) - sum(len(v) for k, v in self.splits.items() if k == "test")
+        return self.total - self.valid - sum(len(v) for k, v in self.splits.items() if k == "test")
 
     def duplicates(self) -> int:
         counts = Counter(r.key() for r in self.records)
@@ -597,6 +663,9 @@ def detect_format(obj: Any, mapping: dict[str, str] | None = None) -> str | None
     if not isinstance(obj, dict):
         return None
     keys = {_norm_key(k) for k in obj}
+    pref = _preference_format(obj, keys)
+    if pref is not None:
+        return pref
     if mapping:
         keys |= {ours for ours, theirs in mapping.items() if _norm_key(theirs) in keys}
     for name, required in FORMATS:
@@ -606,6 +675,33 @@ def detect_format(obj: Any, mapping: dict[str, str] | None = None) -> str | None
         for name, required in FORMATS:
             if all(k in mapping for k in required):
                 return name
+    return None
+
+
+# Preference data: format name -> the shape, in words (``data check`` says "preference pairs: N (shape)")
+PREFERENCE_FORMATS = {
+    "preference-prompt": "prompt / chosen / rejected, as TRL writes them",
+    "preference-sharegpt": "conversations + chosen / rejected messages, as LLaMA-Factory writes them",
+    "preference-chat": "messages + chosen / rejected answers",
+    "preference-alpaca": "instruction / input + chosen / rejected answers",
+    "preference-transcript": "chosen / rejected as whole conversations",
+    "kto": "one answer per example labelled desirable or undesirable (KTO: label / kto_tag)",
+}
+_KTO_KEYS = ("label", "kto_tag")
+
+
+def _preference_format(obj: dict, keys: set[str]) -> str | None:
+    if "chosen" in keys and "rejected" in keys:
+        for key, fmt in (("conversations", "preference-sharegpt"), ("messages", "preference-chat"),
+                         ("prompt", "preference-prompt"), ("instruction", "preference-alpaca")):
+            if key in keys:
+                return fmt
+        return "preference-transcript"
+    if any(k in keys for k in _KTO_KEYS) and ("messages" in keys or "conversations" in keys
+                                              or ("prompt" in keys and "completion" in keys)):
+        _, label = _ci(obj, *_KTO_KEYS)
+        if isinstance(label, bool):  # a number or a class name is a classification label, not KTO's
+            return "kto"
     return None
 
 
@@ -720,6 +816,11 @@ def _split_think(content: str, where: str) -> tuple[str | None, str]:
 
 
 def _content_text(content: Any, where: str, role: str, notes: dict | None) -> str:
+    if isinstance(content, list):
+        for i, p in enumerate(content):
+            t = p.get("type") if isinstance(p, dict) else None
+            if isinstance(t, str) and t in _MEDIA_PARTS:
+                raise _media_error(f"{where}[{i}]", _MEDIA_PARTS[t], f"has a content part of type '{t}', which is")
     if isinstance(content, list) and content and all(
             isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
         _note(notes, "content_parts")  # OpenAI content parts, text only
@@ -870,11 +971,12 @@ def _prompt_messages(val: Any, fld: str, notes: dict | None) -> tuple[list[dict]
     return msgs, wheres
 
 
-def _completion_messages(val: Any, fld: str, notes: dict | None) -> tuple[list[dict], list[str]]:
+def _completion_messages(val: Any, fld: str, notes: dict | None, what: str = "the completion"
+                         ) -> tuple[list[dict], list[str]]:
     msgs, wheres = _convert_messages(val, fld, notes=notes)
     for m, w in zip(msgs, wheres):
         if m["role"] not in ("assistant", "tool"):
-            raise _Invalid(w, f"the completion holds a {m['role']} message; it may hold only the assistant's answer",
+            raise _Invalid(w, f"{what} holds a {m['role']} message; it may hold only the assistant's answer",
                            "move the other messages into the prompt")
     return msgs, wheres
 
@@ -889,6 +991,9 @@ def normalise(obj: Any, fmt: str, mapping: dict[str, str] | None = None, *,
 
     ``notes`` (a dict) collects what was changed or left out on the way, for the dataset's
     summary: nothing a user wrote is dropped without being counted."""
+    if fmt in PREFERENCE_FORMATS:  # the conversation supervised training would see: prompt + the answer
+        pr = normalise_preference(obj, fmt, notes=notes)
+        return pr.prompt + (pr.chosen or pr.rejected)
     if fmt == TEMPLATE_FORMAT:
         if template is None:
             raise _Invalid(None, "no templates given", "give a user and an assistant template")
@@ -919,8 +1024,17 @@ def normalise(obj: Any, fmt: str, mapping: dict[str, str] | None = None, *,
         return with_sys
     system = _text_field(obj, "system", mapping, required=False, notes=notes)
     if fmt == "alpaca":
-        instr = _text_field(obj, "instruction", mapping, notes=notes)
+        # LLaMA-Factory and Unsloth read an empty instruction with a filled input as the input alone
+        instr = _text_field(obj, "instruction", mapping, required=False, notes=notes)
         extra = _text_field(obj, "input", mapping, required=False, notes=notes)
+        if not (instr and instr.strip()):
+            if not (extra and extra.strip()):
+                iname = _find(obj, "instruction", mapping)[0]
+                if instr is None:
+                    raise _Invalid(iname, "is missing", f"add a '{iname}' value")
+                raise _Invalid(iname, "is empty", "write the instruction (or the input), or remove this example")
+            instr, extra = extra, None
+            _note(notes, "input_as_instruction")
         out = _text_field(obj, "output", mapping, answer=True, notes=notes)
         user = instr if not (extra and extra.strip()) else f"{instr}\n\n{extra}"
         return _system_msgs(system) + [{"role": "user", "content": user}, {"role": "assistant", "content": out}]
@@ -962,6 +1076,132 @@ def _note_extra(obj: Any, used: set[str], notes: dict | None) -> None:
 
 def is_plain_text(messages: list[dict]) -> bool:
     return len(messages) == 1 and messages[0]["role"] == "assistant"
+
+
+def _answer_messages(val: Any, fld: str, notes: dict | None) -> list[dict]:
+    """A chosen / rejected / completion value: text, one message object (LLaMA-Factory) or a list of them."""
+    if isinstance(val, str) or val is None:
+        if val is None:
+            raise _Invalid(fld, "is missing", f"add the {fld} answer")
+        _check_text(val, fld)
+        if not val.strip():
+            raise _Invalid(fld, "is empty", f"write the {fld} answer, or remove this example")
+        return [{"role": "assistant", "content": val}]
+    if isinstance(val, dict):
+        val = [val]
+    if not isinstance(val, list):
+        raise _Invalid(fld, f"must be text or assistant messages, found {_type_name(val)}",
+                       'write the answer as text, or as [{"role": "assistant", "content": "..."}]')
+    msgs, _ = _completion_messages(val, fld, notes, f"the {_norm_key(fld)} answer")
+    return msgs
+
+
+_HH_TURN = None
+
+
+def _hh_messages(text: str, fld: str) -> list[dict]:
+    """Anthropic's HH transcript text ("\n\nHuman: ...\n\nAssistant: ...") as messages."""
+    import re
+
+    global _HH_TURN
+    if _HH_TURN is None:
+        _HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
+    parts = _HH_TURN.split(text)
+    if len(parts) < 3 or parts[0].strip():
+        raise _Invalid(fld, "is text without turns: expected a whole conversation, "
+                            "\"\\n\\nHuman: ...\\n\\nAssistant: ...\"",
+                       "write the conversation with Human: and Assistant: turns, or add a prompt field "
+                       "(TRL's prompt / chosen / rejected)")
+    out = []
+    for who, body in zip(parts[1::2], parts[2::2]):
+        role = "user" if who == "Human" else "assistant"
+        if out and out[-1]["role"] == role:
+            out[-1]["content"] += "\n\n" + body
+        else:
+            out.append({"role": role, "content": body})
+    return out
+
+
+def _split_answer(msgs: list[dict], fld: str) -> tuple[list[dict], list[dict]]:
+    """(prompt, answer) of a whole conversation: the answer is its trailing assistant messages."""
+    end = len(msgs)
+    while end > 0 and msgs[end - 1]["role"] == "assistant":
+        end -= 1
+    if end == len(msgs):
+        raise _Invalid(fld, "does not end with an assistant answer", "end the conversation with the answer")
+    return msgs[:end], msgs[end:]
+
+
+def normalise_preference(obj: Any, fmt: str, *, notes: dict | None = None) -> PreferenceRecord:
+    """One raw preference / KTO example of format ``fmt`` (a key of PREFERENCE_FORMATS) as a
+    :class:`PreferenceRecord` (without file and line), or raise _Invalid."""
+    if not isinstance(obj, dict):
+        raise _Invalid(None, f"an example must be an object with named fields, found {_type_name(obj)}", _FORMAT_HINT)
+    low = _lowered(obj)
+    sname, system = _pick(obj, low, "system")
+    if fmt == "kto":
+        lname, label = _pick(obj, low, *_KTO_KEYS)
+        if not isinstance(label, bool):
+            raise _Invalid(lname, f"must be true (a desirable answer) or false (an undesirable one), found {label!r}",
+                           "write true or false without quotes")
+        if "completion" in low and "prompt" in low:
+            pname, pval = _pick(obj, low, "prompt")
+            cname, cval = _pick(obj, low, "completion")
+            prompt = _prompt_messages(pval, pname, notes)[0] if _is_message_list(pval) else \
+                [{"role": "user", "content": _text_field(obj, pname, None, notes=notes)}]
+            answer = _answer_messages(cval, cname, notes)
+            used = {"prompt", "completion", "system", _norm_key(lname)}
+        else:
+            mname, msgs = _pick(obj, low, "messages", "conversations")
+            conv, _ = _convert_messages(msgs, mname, sharegpt=_norm_key(mname) == "conversations", notes=notes)
+            prompt, answer = _split_answer(conv, mname)
+            used = {_norm_key(mname), "system", _norm_key(lname)}
+        prompt = _with_system(prompt, system, sname or "system")
+        _check_order(prompt + answer, "prompt")
+        _note_extra(obj, used, notes)
+        return PreferenceRecord(prompt, answer if label else None, None if label else answer)
+    cname, chosen = _pick(obj, low, "chosen")
+    rname, rejected = _pick(obj, low, "rejected")
+    used = {"chosen", "rejected", "system"}
+    if fmt == "preference-transcript":
+        whole = []
+        for name, val in ((cname, chosen), (rname, rejected)):
+            if isinstance(val, str):
+                msgs = _hh_messages(val, name)
+            else:
+                msgs = _convert_messages(val, name, notes=notes)[0]
+            whole.append(_split_answer(msgs, name))
+        (prompt, good), (prompt_r, bad) = whole
+        if prompt != prompt_r:
+            raise _Invalid(rname, "starts from a different conversation than chosen",
+                           "chosen and rejected must hold the same conversation up to the last answer")
+    else:
+        if fmt == "preference-prompt":
+            pname, pval = _pick(obj, low, "prompt")
+            prompt = _prompt_messages(pval, pname, notes)[0] if _is_message_list(pval) else \
+                [{"role": "user", "content": _text_field(obj, pname, None, notes=notes)}]
+            used.add("prompt")
+        elif fmt == "preference-alpaca":
+            instr = _text_field(obj, "instruction", None, required=False, notes=notes)
+            extra = _text_field(obj, "input", None, required=False, notes=notes)
+            if not (instr and instr.strip()):
+                if not (extra and extra.strip()):
+                    raise _Invalid("instruction", "is empty", "write the instruction (or the input), or remove "
+                                                              "this example")
+                instr, extra = extra, None
+            prompt = [{"role": "user", "content": instr if not (extra and extra.strip()) else f"{instr}\n\n{extra}"}]
+            used |= {"instruction", "input"}
+        else:
+            mname, msgs = _pick(obj, low, "conversations" if fmt == "preference-sharegpt" else "messages")
+            prompt = _convert_messages(msgs, mname, sharegpt=fmt == "preference-sharegpt", notes=notes)[0]
+            used.add(_norm_key(mname))
+        good = _answer_messages(chosen, cname, notes)
+        bad = _answer_messages(rejected, rname, notes)
+    prompt = _with_system(prompt, system, sname or "system")
+    _check_order(prompt + good, cname)
+    _check_order(prompt + bad, rname)
+    _note_extra(obj, used, notes)
+    return PreferenceRecord(prompt, good, bad)
 
 
 _FORMAT_HINT = ("Use the fields messages, conversations, instruction/output, input/output, prompt/completion, "
@@ -1093,6 +1333,122 @@ def _missing_columns_error(file: str, template: RecordTemplate, missing: list[st
 # One file
 # ---------------------------------------------------------------------------
 
+_SLOT = None
+
+
+def _slot_re():
+    import re
+
+    global _SLOT
+    if _SLOT is None:  # {{name}} / {{ name }} (LLaMA-Factory's identity set) and {name}
+        _SLOT = re.compile(r"\{\{\s*([A-Za-z_][\w.\-]*)\s*\}\}|(?<!\{)\{([A-Za-z_]\w*)\}(?!\})")
+    return _SLOT
+
+
+def _fill_text(text: str, fill: dict[str, str] | None, filled: set[str], found: set[str], answer: bool) -> str:
+    if "{" not in text:
+        return text
+    slot = _slot_re()
+
+    def sub(m):
+        name = m.group(1) or m.group(2)
+        if fill and name in fill:
+            filled.add(name)
+            return fill[name]
+        if answer:
+            found.add("{{" + name + "}}" if m.group(1) else "{" + name + "}")
+        return m.group(0)
+    return slot.sub(sub, text)
+
+
+def _placeholders(rec: "ChatRecord | PreferenceRecord", fill: dict[str, str] | None, notes: dict) -> None:
+    """Fill the ``fill`` slots in every message, and note the slots left in the answers."""
+    filled: set[str] = set()
+    found: set[str] = set()
+    groups = [rec.messages] if isinstance(rec, ChatRecord) else [rec.prompt, rec.chosen or [], rec.rejected or []]
+    for msgs in groups:
+        for m in msgs:
+            c = m.get("content")
+            if isinstance(c, str) and "{" in c:
+                m["content"] = _fill_text(c, fill, filled, found, m.get("role") == "assistant")
+    if filled:
+        _note(notes, "placeholders_filled", filled)
+    if found:
+        _note(notes, "placeholders", found)
+
+
+# Images, video and audio: Tuneloom trains text-only models, so an example that carries them is refused
+_MEDIA_KEYS = {"images": "images", "image": "an image", "image_url": "an image", "image_path": "an image",
+               "image_paths": "images", "img": "an image", "videos": "videos", "video": "a video",
+               "video_url": "a video", "video_path": "a video", "audios": "audio", "audio": "audio",
+               "audio_url": "audio", "audio_path": "audio", "audio_filepath": "audio"}
+_MEDIA_PARTS = {"image_url": "an image", "image": "an image", "input_image": "an image", "input_audio": "audio",
+                "audio": "audio", "audio_url": "audio", "video": "a video", "video_url": "a video"}
+_MEDIA_TOKENS = (("<image>", "an image"), ("<video>", "a video"), ("<audio>", "audio"))
+MEDIA_HINT = "remove the examples that need them; Tuneloom fine-tunes text-only chat models"
+
+
+class _Media(_Invalid):
+    """An example that carries images, video or audio."""
+
+
+def _media_error(fld: str, what: str, how: str) -> _Media:
+    return _Media(fld, f"{how} {what}: the model reads text only, so it would learn the answer without "
+                       f"{'them' if what in ('images', 'videos') else 'it'}", MEDIA_HINT)
+
+
+def _media_field(obj: Any) -> _Media | None:
+    """An image / video / audio field of an example (``images``, ``image``, ``videos``, ``audio``...)."""
+    if not isinstance(obj, dict):
+        return None
+    for k, v in obj.items():
+        what = _MEDIA_KEYS.get(k if type(k) is str and k.islower() else _norm_key(k))
+        if what and v not in (None, "", [], {}) and not (isinstance(v, float) and v != v):
+            return _media_error(str(k), what, "carries")
+    return None
+
+
+def _media_token(msgs: list[dict]) -> bool:
+    """Whether a message holds an <image> / <video> / <audio> token (cheap: most texts have no '<')."""
+    for m in msgs:
+        c = m.get("content")
+        if isinstance(c, str) and "<" in c and ("<image>" in c or "<video>" in c or "<audio>" in c):
+            return True
+    return False
+
+
+def _media_in(obj: Any) -> _Media | None:
+    """The first image / video / audio an example carries: a field, a content part or a token."""
+    found = _media_field(obj)
+    if found is not None or not isinstance(obj, dict):
+        return found
+
+    def walk(val, path, depth=0):
+        if depth > 6:
+            return None
+        if isinstance(val, str):
+            if "<" in val:
+                for tok, what in _MEDIA_TOKENS:
+                    if tok in val:
+                        return _media_error(path, what, f"holds a {tok} token, which stands for")
+            return None
+        if isinstance(val, dict):
+            t = val.get("type")
+            if isinstance(t, str) and t in _MEDIA_PARTS:
+                return _media_error(path, _MEDIA_PARTS[t], f"has a content part of type '{t}', which is")
+            items = val.items()
+        elif isinstance(val, list):
+            items = enumerate(val)
+        else:
+            return None
+        for k, v in items:
+            found = walk(v, f"{path}[{k}]" if isinstance(k, int) else (f"{path}.{k}" if path else str(k)), depth + 1)
+            if found is not None:
+                return found
+        return None
+    return walk(obj, "")
+
+
 def _apply_system(msgs: list[dict], system: str | None, notes: dict | None) -> list[dict]:
     """A system prompt given for the whole dataset: added where the example has none."""
     if not system:
@@ -1108,9 +1464,45 @@ def _apply_system(msgs: list[dict], system: str | None, notes: dict | None) -> l
     return [{"role": "system", "content": system}] + msgs
 
 
+_PROMPT_KEYS = ("prompt", "query", "problem", "question", "instruction")
+_ANSWER_KEYS = ("ground_truth", "answer", "solution", "target", "reference", "label")
+_RL_HINT = ("supervised fine-tuning learns the answer the model should give: add it (e.g. a completion field), "
+            "or drop a file of conversations; prompt sets like this one are for reinforcement learning")
+
+
+def _prompt_only(obj: Any) -> tuple[str, str] | None:
+    """(field, message) for an example that holds a prompt and no answer (an RL prompt set), else None."""
+    if not isinstance(obj, dict):
+        return None
+    low = _lowered(obj)
+    pkey = next((low[k] for k in _PROMPT_KEYS if k in low), None)
+    if pkey is None:
+        return None
+    val = obj[pkey]
+    if not (isinstance(val, str) and val.strip()) and not _is_message_list(val):
+        return None
+    if _is_message_list(val) and any(_ci(m, *_ROLE_KEYS)[1] in ("assistant", "gpt") for m in val):
+        return None
+    nested = ""
+    for k, v in obj.items():  # verl / GRPO sets keep a reference answer for the reward function
+        if isinstance(v, dict):
+            sub = next((str(s) for s in v if _norm_key(s) in _ANSWER_KEYS), None)
+            if sub is not None:
+                nested = f"; the reference answer in '{k}.{sub}' is for a reward function, not an answer to learn"
+                break
+    return str(pkey), f"prompts without answers: this looks like RL data (a prompt and no answer to learn{nested})"
+
+
+def _rl_error(file: str, which: str, first) -> DatasetError:
+    line, (_fld, message) = first
+    return DatasetError(f"{file}: {message} - {which} {'has' if which.startswith('its one') else 'have'} a prompt "
+                        f"and no answer (first at line {line}).", _RL_HINT[0].upper() + _RL_HINT[1:] + ".", file)
+
+
 def load_file(path: Path, mapping=None, cancel=None, *, name: str | None = None, on_bytes=None,
               template: RecordTemplate | None = None, system: str | None = None,
-              notes: "NoteCounter | None" = None) -> tuple[list[ChatRecord], list[DatasetIssue], str, int]:
+              notes: "NoteCounter | None" = None, fill: dict[str, str] | None = None
+              ) -> tuple[list[ChatRecord], list[DatasetIssue], str, int]:
     """Read and validate one file: (records, issues, format, examples seen).
 
     The file's format is the one most of its examples have; an example in another format
@@ -1124,7 +1516,9 @@ def load_file(path: Path, mapping=None, cancel=None, *, name: str | None = None,
     fmt_count: Counter = Counter()
     first_fmt: dict[str, int] = {}
     kept = 0  # problems kept while reading: memory stays bounded, the rest are only counted
-    total = recognised = 0
+    total = recognised = media_count = prompt_only = 0
+    rl_first: tuple[int | None, tuple[str, str]] | None = None
+    media_first: tuple[int | None, _Media] | None = None
     fields_seen: Counter = Counter()
     columns: dict[str, None] = {}  # every field name seen, in order (for template errors)
     for line, obj, err in read_rows(path, cancel, name=file, mapping=mapping, on_bytes=on_bytes, template=template):
@@ -1135,13 +1529,35 @@ def load_file(path: Path, mapping=None, cancel=None, *, name: str | None = None,
                 columns.update(dict.fromkeys(map(str, obj)))
         else:
             this = None if err else detect_format(obj, mapping)
+        media = _media_field(obj) if err is None else None
+        if media is not None:  # refused whatever its format: the model would learn answers without the picture
+            recognised += 1
+            media_count += 1
+            media_first = media_first or (line, media)
+            keep = kept < 2 * MAX_ISSUES
+            kept += keep
+            rows.append((line, None, None, DatasetIssue(file, line, media.field, media.message, media.hint)
+                         if keep else None, None))
+            continue
         if this is None:
+            rl = _prompt_only(obj) if err is None else None
+            if rl is not None:
+                prompt_only += 1
+                rl_first = rl_first or (line, rl)
             if isinstance(obj, dict):
                 fields_seen.update(map(str, obj))
             if recognised == 0 and total >= JUNK_ROWS:
+                if prompt_only == total:
+                    raise _rl_error(file, f"none of its first {total} examples", rl_first)
                 seen = [k for k, _ in fields_seen.most_common(8)]
                 raise DatasetError(f"{file}: none of its first {total} examples has a known format"
                                    + (f" (fields seen: {seen})." if seen else "."), _FORMAT_HINT, file)
+            if rl is not None:
+                keep = kept < 2 * MAX_ISSUES
+                kept += keep
+                rows.append((line, None, None, DatasetIssue(file, line, rl[0], rl[1], _RL_HINT) if keep else None,
+                             obj if keep else None))
+                continue
             if err:
                 issue = DatasetIssue(file, line, None, err, "fix this line or remove it")
             elif isinstance(obj, dict):
@@ -1159,11 +1575,26 @@ def load_file(path: Path, mapping=None, cancel=None, *, name: str | None = None,
         first_fmt.setdefault(this, total)
         rec_notes: dict = {}
         try:
-            msgs = _apply_system(normalise(obj, this, mapping, template=template, notes=rec_notes), system, rec_notes)
-            rows.append((line, this, ChatRecord(msgs, file, line), None, rec_notes))  # notes count once valid
+            if this in PREFERENCE_FORMATS:
+                rec: ChatRecord | PreferenceRecord = normalise_preference(obj, this, notes=rec_notes)
+                rec.file, rec.line = file, line
+                rec.prompt = _apply_system(rec.prompt, system, rec_notes)
+            else:
+                msgs = _apply_system(normalise(obj, this, mapping, template=template, notes=rec_notes), system,
+                                     rec_notes)
+                rec = ChatRecord(msgs, file, line)
+            if _media_token(rec.messages if isinstance(rec, ChatRecord) else rec.prompt + (rec.chosen or rec.rejected)):
+                raise _media_in(obj) or _Media(None, "holds an <image>, <video> or <audio> token", MEDIA_HINT)
+            _placeholders(rec, fill, rec_notes)
+            rows.append((line, this, rec, None, rec_notes))  # notes count once valid
         except _Invalid as inv:
             keep = kept < 2 * MAX_ISSUES
             kept += keep
+            if isinstance(inv, _Media):  # said as it is, whatever the file's format turns out to be
+                media_count += 1
+                media_first = media_first or (line, inv)
+                fmt_count[this] -= 1
+                this = None
             rows.append((line, this, None, DatasetIssue(file, line, inv.field, inv.message, inv.hint) if keep else None,
                          None))
     if total == 0:
@@ -1172,6 +1603,16 @@ def load_file(path: Path, mapping=None, cancel=None, *, name: str | None = None,
         missing = template.missing(columns)
         if missing:  # no example has the column: the template is wrong, not the examples
             raise _missing_columns_error(file, template, missing, list(columns))
+    if media_first is not None and not any(r[2] is not None for r in rows):
+        every = media_count == total
+        mline, media = media_first
+        raise DatasetError(f"{file}: {'every example' if every else f'{media_count} of its {total} examples'} "
+                           f"carr{'ies' if every else 'y'} images, video or audio (line {mline}, "
+                           f"'{media.field}' {media.message}).",
+                           "Tuneloom fine-tunes text-only chat models, which cannot see or hear them; drop a file of "
+                           "text conversations instead.", file)
+    if recognised == 0 and prompt_only == total:
+        raise _rl_error(file, f"all {total} of its examples" if total > 1 else "its one example", rl_first)
     if recognised == 0:
         first = next((r[3] for r in rows if r[3] is not None), None)
         if first is not None and first.message.startswith("not valid JSON"):
@@ -1180,7 +1621,8 @@ def load_file(path: Path, mapping=None, cancel=None, *, name: str | None = None,
         seen = [k for k, _ in fields_seen.most_common(8)]
         raise DatasetError(f"{file}: no example in it has a known format" + (f" (fields seen: {seen})." if seen else "."),
                            _FORMAT_HINT, file)
-    fmt = max(fmt_count, key=lambda f: (fmt_count[f], -first_fmt[f]))
+    fmt_count = +fmt_count  # formats of media examples are not counted
+    fmt = max(fmt_count, key=lambda f: (fmt_count[f], -first_fmt[f])) if fmt_count else "none"
     records: list[ChatRecord] = []
     issues: list[DatasetIssue] = []
     dropped = 0
@@ -1193,11 +1635,14 @@ def load_file(path: Path, mapping=None, cancel=None, *, name: str | None = None,
         elif rec is not None:
             records.append(rec)
             if notes is not None:
-                notes.add(obj)
+                notes.add(obj, (file, line))
         elif issue is None:
             dropped += 1
         else:
-            if obj is not None:  # say what this example lacks to be in the file's format
+            rl_row = issue.message.startswith("prompts without answers")
+            if obj is not None and (not rl_row or _norm_key(issue.field) in dict(FORMATS).get(fmt, ())):
+                # say what this example lacks to be in the file's format (a prompt / completion file's line
+                # without its completion is a missing completion, not RL data)
                 try:
                     normalise(obj, fmt, mapping, template=template)
                 except _Invalid as inv:
@@ -1224,10 +1669,18 @@ class NoteCounter:
         self.examples: Counter = Counter()  # kind -> examples it applies to
         self.items: Counter = Counter()  # kind -> occurrences (messages, turns)
         self.names: dict[str, Counter] = {}  # kind -> field name -> examples
+        self.where: dict[str, list] = {}  # kind -> the first (file, line) it applies to
+        self.fill: dict[str, str] = {}  # the placeholders the user asked to fill
 
-    def add(self, rec_notes: dict | None) -> None:
+    LINES_KEPT = 20
+
+    def add(self, rec_notes: dict | None, where: tuple[str, int | None] | None = None) -> None:
         for kind, val in (rec_notes or {}).items():
             self.examples[kind] += 1
+            if where is not None and kind == "placeholders":
+                kept = self.where.setdefault(kind, [])
+                if len(kept) < self.LINES_KEPT:
+                    kept.append(where)
             if isinstance(val, set):
                 self.names.setdefault(kind, Counter()).update(val)
             else:
@@ -1255,6 +1708,33 @@ class NoteCounter:
                 out.append(DatasetNote(kind, self.examples[kind],
                                        f"{len(shown)} {what}{'s' if len(shown) != 1 else ''} ignored: {listed} "
                                        f"(in {ex(kind)})", shown))
+        slots = self.names.get("placeholders")
+        if slots:
+            where = self.where.get("placeholders", [])
+            by_file: dict[str, list[str]] = {}
+            for f, n in where:
+                by_file.setdefault(f, []).append(str(n))
+            more = self.examples["placeholders"] - len(where)
+            at = "; ".join(f"{f} line{'s' if len(ns) > 1 else ''} {', '.join(ns)}" for f, ns in by_file.items()) + \
+                (f" and {more} more" if more > 0 else "")
+            listed = ", ".join(f"{k} ({slots[k]})" for k in sorted(slots))
+            out.append(DatasetNote("placeholders", self.examples["placeholders"],
+                                   f"unfilled placeholders in the answers of {ex('placeholders')}: {listed} ({at}): "
+                                   "the model would learn them as written; fill them with --fill NAME=VALUE (the "
+                                   "Data page: Fill placeholders), or edit the file",
+                                   sorted(slots), list(where)))
+        filled = self.names.get("placeholders_filled")
+        if filled:
+            out.append(DatasetNote("placeholders_filled", self.examples["placeholders_filled"],
+                                   f"placeholders filled in {ex('placeholders_filled')}: "
+                                   + ", ".join(f"{k} = {self.fill.get(k, '')!r}" for k in sorted(filled)),
+                                   sorted(filled)))
+        unused = sorted(set(self.fill) - set(filled or ()))
+        if unused:
+            out.append(DatasetNote("fill_unused", 0, "nothing to fill for "
+                                   + ", ".join(f"--fill {k}" for k in unused) + ": no {{" + unused[0] + "}} or {"
+                                   + unused[0] + "} in the data" + (" (nor the others)" if len(unused) > 1 else ""),
+                                   unused))
         texts = {
             "json_answer": lambda: f"answers are JSON objects: the model will learn to write JSON ({ex('json_answer')}; "
                                    "objects and lists are written as compact JSON text)",
@@ -1270,6 +1750,9 @@ class NoteCounter:
             "untrained_turns": lambda: f"{turns('untrained_turns')} in {ex('untrained_turns')} "
                                        f"{'has' if self.items['untrained_turns'] == 1 else 'have'} weight 0: shown to "
                                        "the model, not trained",
+            "input_as_instruction": lambda: f"{ex('input_as_instruction')} {verb('input_as_instruction', 'has', 'have')} "
+                                            "an empty instruction: the input is the user's message (as LLaMA-Factory "
+                                            "and Unsloth read it)",
             "system_added": lambda: f"the system prompt was added to {ex('system_added')}",
             "system_kept": lambda: f"{ex('system_kept')} {verb('system_kept', 'has its', 'have their')} own system "
                                    "message: kept instead of the dataset's system prompt",
@@ -1324,15 +1807,21 @@ def _expand(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, str, str | N
 
 def load_dataset(paths: Iterable[str | os.PathLike], *, mapping: dict[str, str] | None = None,
                  user_template: str | None = None, assistant_template: str | None = None,
-                 system: str | None = None, events: Events | None = None,
-                 cancel: CancelToken | None = None) -> Dataset:
+                 system: str | None = None, use: str | None = None, fill: dict[str, str] | None = None,
+                 events: Events | None = None, cancel: CancelToken | None = None) -> Dataset:
     """Read and validate every file; invalid records are reported in ``issues``, never raised.
 
     ``mapping`` ({our field: their field}, e.g. {"prompt": "Frage", "completion": "Antwort"})
     overrides the automatic field matching. ``user_template`` and ``assistant_template``
     (e.g. "Pokemon name: {name}" and "{types}") write the messages from any fields instead;
-    ``system`` is a system prompt for every example that has none."""
+    ``system`` is a system prompt for every example that has none.
+
+    Preference data (:data:`PREFERENCE_FORMATS`) is read into ``Dataset.preference``; with
+    ``use="chosen"`` the chosen answers are also chat records for supervised training. KTO
+    examples give supervised training their desirable answers only (counted in a note)."""
     events = events or NULL_EVENTS
+    if use not in (None, "chosen"):
+        raise DatasetError(f"Unknown choice for the answers to use: {use!r}.", "Use 'chosen'.")
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     template = make_template(user_template, assistant_template)
@@ -1355,9 +1844,18 @@ def load_dataset(paths: Iterable[str | os.PathLike], *, mapping: dict[str, str] 
     grand = sum(sizes) or 1
     throttle = Throttle(0.2)
     counter = NoteCounter()
+    fill = {str(k): str(v) for k, v in (fill or {}).items()}
+    bad = [k for k in fill if not _slot_re().fullmatch("{{" + k + "}}")]
+    if bad:
+        raise DatasetError(f"Cannot fill the placeholder {bad[0]!r}: a name is letters, digits and _ "
+                           "(as in {{name}}).", "Use --fill NAME=VALUE, e.g. --fill name=Tuneloom.")
+    counter.fill = fill
     records, issues, formats, total = [], [], {}, 0
     splits: dict[str, list[ChatRecord]] = {}
     loose: list[ChatRecord] = []
+    preference: list[PreferenceRecord] = []
+    pref_files: dict[str, list[str]] = {}  # preference format -> files
+    left_out = 0
     done = 0
     for (f, name, split), size in zip(files, sizes):
         base = done
@@ -1368,11 +1866,21 @@ def load_dataset(paths: Iterable[str | os.PathLike], *, mapping: dict[str, str] 
 
         events.progress(base, grand, f"reading {name}")
         r, iss, fmt, n = load_file(f, mapping, cancel, name=name, on_bytes=on_bytes, template=template, system=system,
-                                   notes=counter)
+                                   notes=counter, fill=fill)
         done += size
         formats[name] = fmt
         issues += iss
         total += n
+        if fmt in PREFERENCE_FORMATS:
+            prefs = [x for x in r if isinstance(x, PreferenceRecord)]
+            r = [x for x in r if not isinstance(x, PreferenceRecord)]
+            preference += prefs
+            pref_files.setdefault(fmt, []).append(name)
+            for x in prefs:
+                if x.chosen is not None and (use == "chosen" or not x.paired):
+                    r.append(x.chosen_record())
+                elif split != "test":
+                    left_out += 1
         if split:
             splits.setdefault(split, []).extend(r)
         else:
@@ -1382,7 +1890,8 @@ def load_dataset(paths: Iterable[str | os.PathLike], *, mapping: dict[str, str] 
     if splits and loose:
         splits.setdefault("train", []).extend(loose)
     events.progress(grand, grand, "read")
-    ds = Dataset(records, issues, formats, total, splits, counter.notes())
+    ds = Dataset(records, issues, formats, total, splits, _preference_notes(preference, pref_files, use)
+                 + counter.notes(), preference, left_out, use)
     events.log("info", f"{ds.total} examples, {len(ds.records)} valid, {len(ds.issues)} problems; format {ds.format}")
     for note in ds.notes:
         events.log("info", note.message)
@@ -1394,8 +1903,60 @@ def load_dataset(paths: Iterable[str | os.PathLike], *, mapping: dict[str, str] 
     return ds
 
 
+def _preference_notes(prefs: list[PreferenceRecord], files: dict[str, list[str]], use: str | None
+                      ) -> list[DatasetNote]:
+    if not prefs:
+        return []
+    out = []
+    pairs = sum(1 for p in prefs if p.paired)
+    shapes = "; ".join(f"{PREFERENCE_FORMATS[f]} in {', '.join(n)}" for f, n in files.items() if f != "kto")
+    if pairs:
+        if use == "chosen":
+            tail = (f"supervised training learns the chosen answers (--use chosen); the {pairs} rejected "
+                    f"answer{'s are' if pairs != 1 else ' is'} left out")
+        else:
+            tail = ("supervised training needs one answer per example: use the chosen answers (--use chosen), "
+                    "or tune on the preferences")
+        out.append(DatasetNote("preference_pairs", pairs, f"preference pairs: {pairs} ({shapes}): {tail}"))
+    kto = [p for p in prefs if not p.paired]
+    if kto:
+        bad = sum(1 for p in kto if p.chosen is None)
+        good = len(kto) - bad
+        out.append(DatasetNote("kto_labels", len(kto),
+                               f"KTO labels: {len(kto)} example{'s' if len(kto) != 1 else ''}, {good} desirable and "
+                               f"{bad} undesirable ({', '.join(files.get('kto', []))}); supervised training "
+                               f"learns every answer it sees, so the {bad} answer{'s' if bad != 1 else ''} labelled "
+                               f"undesirable (label false) {'are' if bad != 1 else 'is'} left out and the {good} "
+                               "desirable ones trained"))
+    return out
+
+
+def preference_summary(ds: Dataset) -> dict | None:
+    """The preference data in a dataset, for ``data check --json`` (key ``preference``); None without any."""
+    if not ds.preference:
+        return None
+    kto = [p for p in ds.preference if not p.paired]
+    shapes = {}
+    for f, fmt in ds.formats.items():
+        if fmt in PREFERENCE_FORMATS:
+            shapes[f] = PREFERENCE_FORMATS[fmt]
+    return {"pairs": ds.pairs, "kto_desirable": sum(1 for p in kto if p.chosen is not None),
+            "kto_undesirable": sum(1 for p in kto if p.chosen is None), "shapes": shapes, "use": ds.use,
+            "supervised_examples": sum(1 for p in ds.preference if p.chosen is not None
+                                       and (ds.use == "chosen" or not p.paired))}
+
+
 def require_clean(ds: Dataset, skip_invalid: bool) -> None:
-    """The default policy: refuse to train on a dataset with errors unless the user accepted skipping."""
+    """The default policy: refuse to train on a dataset with errors unless the user accepted skipping,
+    and refuse preference pairs unless the user said which answers supervised training learns."""
+    if ds.unused_pairs:
+        files = [f for f, fmt in ds.formats.items() if fmt in PREFERENCE_FORMATS and fmt != "kto"]
+        raise DatasetError(f"{', '.join(files)} hold{'s' if len(files) == 1 else ''} {ds.unused_pairs} preference "
+                           "pairs (a chosen and a rejected answer to each prompt), not examples with one answer: "
+                           "supervised training would not know which answer to learn.",
+                           "Train on the chosen answers with --use chosen (the Data page: 'Preference pairs: train "
+                           "on the chosen answers'), or tune on the preferences (preference tuning).",
+                           files[0] if files else None)
     shown = "\n".join(str(i) for i in ds.issues[:10])
     more = f"\n... and {len(ds.issues) - 10} more" if len(ds.issues) > 10 else ""
     if not ds.records:
@@ -1464,11 +2025,13 @@ def export_record(r: ChatRecord) -> dict:
     return {"messages": [dict(m) for m in r.messages]}
 
 
-def export_jsonl(records: Iterable[ChatRecord], dest: str | os.PathLike) -> int:
-    """Write the records (atomically) one per line; returns how many were written."""
+def export_jsonl(records: Iterable[ChatRecord | PreferenceRecord], dest: str | os.PathLike) -> int:
+    """Write the records (atomically) one per line; returns how many were written. Preference
+    records are written in TRL's conversational form (:meth:`PreferenceRecord.to_json`)."""
     from core.atomic import write_text
 
-    lines = [json.dumps(export_record(r), ensure_ascii=False) for r in records]
+    lines = [json.dumps(r.to_json() if isinstance(r, PreferenceRecord) else export_record(r), ensure_ascii=False)
+             for r in records]
     write_text(dest, "".join(line + "\n" for line in lines))
     return len(lines)
 
@@ -1542,6 +2105,9 @@ def preview_records(rows: list[tuple[int | None, dict]], *, file: str = "", mapp
             continue
         rec_notes: dict = {}
         try:
+            media = _media_in(obj)
+            if media is not None:
+                raise media
             msgs = _apply_system(normalise(obj, fmt, mapping, template=template, notes=rec_notes), system, rec_notes)
         except _Invalid as inv:
             issues.append(DatasetIssue(file, line, inv.field, inv.message, inv.hint))
@@ -1572,7 +2138,8 @@ def reasoning_summary(ds: Dataset, template_thinks: bool | None = None) -> str:
             "answer text, inside <think> tags.")
 
 
-__all__ = ["DatasetError", "DatasetIssue", "DatasetNote", "ChatRecord", "Dataset", "load_dataset", "load_file",
+__all__ = ["DatasetError", "DatasetIssue", "DatasetNote", "ChatRecord", "PreferenceRecord", "PREFERENCE_FORMATS",
+           "normalise_preference", "preference_summary", "Dataset", "load_dataset", "load_file",
            "read_rows", "split_records", "train_valid", "require_clean", "detect_format", "normalise", "write_jsonl",
            "export_jsonl", "export_record", "issue_dicts", "is_plain_text", "has_reasoning", "reasoning_summary",
            "RecordTemplate", "make_template", "sample_rows", "preview_records", "KNOWN_SUFFIXES", "asdict"]

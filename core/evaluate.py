@@ -237,7 +237,8 @@ def _load(paths, cfg, mapping, cancel, events):
 
     extra = {"user_template": getattr(cfg, "user_template", None),
              "assistant_template": getattr(cfg, "assistant_template", None),
-             "system": getattr(cfg, "system_prompt", None)}
+             "system": getattr(cfg, "system_prompt", None), "use": getattr(cfg, "use", None),
+             "fill": getattr(cfg, "fill", None)}
     return load_dataset(paths, mapping=mapping, events=events, cancel=cancel,
                         **{k: v for k, v in extra.items() if v is not None})
 

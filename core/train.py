@@ -155,6 +155,11 @@ class TrainConfig:
         "label": "Answer template", "help": "Write each answer from your columns, e.g. '{types}'."})
     system_prompt: str | None = field(default=None, metadata={
         "label": "System prompt", "help": "A system prompt for every example that has none."})
+    use: str | None = field(default=None, metadata={
+        "label": "Preference pairs", "help": "Preference data (chosen / rejected answers): 'chosen' trains on the "
+                                             "chosen answers."})
+    fill: dict | None = field(default=None, metadata={
+        "label": "Fill placeholders", "help": "Fill placeholders in the answers: {NAME: VALUE} for {{NAME}} / {NAME}."})
     thinking: bool = field(default=False, metadata={
         "label": "Thinking",
         "help": "Set from the data: on when its answers carry reasoning (<think> blocks or reasoning_content) "
@@ -612,7 +617,8 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
             runs.remember(run_dir)  # a folder outside runs/ (--out) still shows in the history
     events.progress(0, None, "loading data")
     ds = load_dataset(cfg.data, mapping=cfg.mapping, user_template=cfg.user_template,
-                      assistant_template=cfg.assistant_template, system=cfg.system_prompt, cancel=cancel)
+                      assistant_template=cfg.assistant_template, system=cfg.system_prompt, cancel=cancel,
+                      use=cfg.use, fill=cfg.fill)
     require_clean(ds, cfg.skip_invalid)
     train_recs, valid_recs = train_valid(ds, cfg.valid_fraction, cfg.seed)
     # thinking follows the data (a resumed run keeps its own); config.json records it for the export

@@ -1,0 +1,101 @@
+"""`tuneloom data check` / `data export` / `train` on the files of issue 26: preference pairs and
+`--use chosen`, KTO labels, placeholders and `--fill`; the old JSON keys keep their meaning."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PAIRS = [{"prompt": "The sky is", "chosen": " blue.", "rejected": " green."},
+         {"prompt": [{"role": "user", "content": "2+2?"}], "chosen": [{"role": "assistant", "content": "4"}],
+          "rejected": [{"role": "assistant", "content": "5"}]},
+         {"prompt": "Empty", "chosen": "", "rejected": "x"}]
+
+
+def cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "app.cli", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def lines(*objs) -> str:
+    return "".join(json.dumps(o) + "\n" for o in objs)
+
+
+def test_check_reports_preference_pairs_and_use_chosen(tmp_path):
+    f = tmp_path / "dpo.jsonl"
+    f.write_text(lines(*PAIRS))
+    r = cli("data", "check", f, "--json")
+    out = json.loads(r.stdout)
+    assert r.returncode == 1  # line 3 is a problem
+    assert (out["format"], out["records"], out["valid"], out["invalid"]) == ("preference-prompt", 3, 2, 1)
+    assert out["problems"] == [{"file": "dpo.jsonl", "line": 3, "field": "chosen", "message": "is empty"}]
+    assert out["preference"] == {"pairs": 2, "kto_desirable": 0, "kto_undesirable": 0,
+                                 "shapes": {"dpo.jsonl": "prompt / chosen / rejected, as TRL writes them"},
+                                 "use": None, "supervised_examples": 0}
+    kinds = {n["kind"]: n["message"] for n in out["notes"]}
+    assert kinds["preference_pairs"].startswith("preference pairs: 2 (prompt / chosen / rejected")
+    text = cli("data", "check", f)
+    assert "preference pairs: 2 (prompt / chosen / rejected, as TRL writes them)\n" in text.stdout
+    assert "records: 3  valid: 2  invalid: 1" in text.stdout
+    used = json.loads(cli("data", "check", f, "--json", "--use", "chosen").stdout)
+    assert used["preference"]["use"] == "chosen" and used["preference"]["supervised_examples"] == 2
+    assert used["valid"] == 2 and used["invalid"] == 1
+    text = cli("data", "check", f, "--use", "chosen")
+    assert "preference pairs: 2 (prompt / chosen / rejected, as TRL writes them); training on the chosen answers" \
+        in text.stdout
+
+
+def test_export_writes_pairs_or_the_chosen_conversations(tmp_path):
+    f = tmp_path / "dpo.jsonl"
+    f.write_text(lines(*PAIRS[:2]))
+    out = tmp_path / "pairs.jsonl"
+    r = cli("data", "export", f, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "wrote 2 of 2 examples" in r.stdout and "as preference pairs" in r.stdout
+    written = [json.loads(x) for x in out.read_text().splitlines()]
+    assert written[0] == {"prompt": [{"role": "user", "content": "The sky is"}],
+                          "chosen": [{"role": "assistant", "content": " blue."}],
+                          "rejected": [{"role": "assistant", "content": " green."}]}
+    # the export reads back as the same pairs, and exporting it again changes nothing
+    again = tmp_path / "again.jsonl"
+    assert cli("data", "export", out, "--out", again).returncode == 0
+    assert again.read_text() == out.read_text()
+    chat = tmp_path / "chosen.jsonl"
+    r = cli("data", "export", f, "--out", chat, "--use", "chosen")
+    assert r.returncode == 0 and "OpenAI chat format" in r.stdout
+    assert [json.loads(x) for x in chat.read_text().splitlines()] == [
+        {"messages": [{"role": "user", "content": "The sky is"}, {"role": "assistant", "content": " blue."}]},
+        {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}]
+
+
+def test_fill_placeholders_in_check_and_export(tmp_path):
+    f = tmp_path / "identity.json"
+    f.write_text("[\n" + ",\n".join(json.dumps(x) for x in [
+        {"instruction": "Who are you?", "input": "", "output": "I am {{name}} by {{author}}."},
+        {"instruction": "hi", "input": "", "output": "Hello, {{name}} here."}]) + "\n]\n")
+    out = json.loads(cli("data", "check", f, "--json").stdout)
+    ph = [n for n in out["notes"] if n["kind"] == "placeholders"][0]
+    assert ph["count"] == 2 and ph["fields"] == ["{{author}}", "{{name}}"]
+    assert ph["lines"] == [{"file": "identity.json", "line": 2}, {"file": "identity.json", "line": 3}]
+    dest = tmp_path / "o.jsonl"
+    r = cli("data", "export", f, "--out", dest, "--fill", "name=Loom", "--fill", "author=Ada Lovelace")
+    assert r.returncode == 0, r.stderr
+    assert "note: placeholders filled in 2 examples: author = 'Ada Lovelace', name = 'Loom'" in r.stdout
+    assert json.loads(dest.read_text().splitlines()[0])["messages"][1]["content"] == "I am Loom by Ada Lovelace."
+    r = cli("data", "check", f, "--fill", "name")
+    assert r.returncode == 1 and "--fill expects NAME=VALUE" in r.stderr  # as --map's mistakes
+
+
+def test_train_refuses_pairs_without_use_chosen(tmp_path):
+    f = tmp_path / "dpo.jsonl"
+    f.write_text(lines(*PAIRS[:2]))
+    r = cli("train", "--model", ROOT / "resources" / "demo" / "model", "--data", f, "--out", tmp_path / "run",
+            "--iters", "1")
+    assert r.returncode == 1
+    assert ("error: dpo.jsonl holds 2 preference pairs (a chosen and a rejected answer to each prompt), not "
+            "examples with one answer: supervised training would not know which answer to learn.") in r.stderr
+    assert "--use chosen" in r.stderr
+    r = cli("train", "--help")
+    assert "--use {chosen}" in r.stdout and "--fill NAME=VALUE" in r.stdout
