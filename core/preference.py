@@ -53,14 +53,19 @@ class EncodedPair:
         return max(len(self.chosen.ids), len(self.rejected.ids))
 
 
-def encode_pair(encoder, prompt: list[dict], chosen: dict | str, rejected: dict | str, max_len: int
-                ) -> EncodedPair | None:
-    """Both sides of a pair as training sequences, the loss on the answer only (None when either
-    side has no answer token left within ``max_len``)."""
+def _messages(answer) -> list[dict]:
+    if isinstance(answer, str):
+        return [{"role": "assistant", "content": answer}]
+    return [dict(answer)] if isinstance(answer, dict) else [dict(m) for m in answer]
+
+
+def encode_pair(encoder, prompt: list[dict], chosen, rejected, max_len: int) -> EncodedPair | None:
+    """Both sides of a pair as training sequences, the loss on the last answer only (None when either
+    side has no answer token left within ``max_len``). An answer is a text, a message, or the list of
+    messages that follow the prompt (as :class:`core.data.PreferenceRecord` holds them)."""
     sides = []
     for answer in (chosen, rejected):
-        msg = answer if isinstance(answer, dict) else {"role": "assistant", "content": answer}
-        e = encoder.encode(list(prompt) + [msg], mask_prompt=True, last_turn_only=True)
+        e = encoder.encode(list(prompt) + _messages(answer), mask_prompt=True, last_turn_only=True)
         if len(e.ids) > max_len:
             e = Encoded(e.ids[:max_len], e.mask[:max_len])
         if sum(e.mask[1:]) == 0:
@@ -239,3 +244,72 @@ def valid_method(method: str) -> str:
 __all__ = ["METHODS", "METHOD_TEXT", "METRIC_KEYS", "EncodedPair", "encode_pair", "pair_rows",
            "sequence_logps", "dpo_terms", "orpo_terms", "preference_loss", "adapter_off", "reference_logps",
            "preference_accuracy", "valid_method"]
+
+
+# ---------------------------------------------------------------------------
+# Data for the trainer
+# ---------------------------------------------------------------------------
+
+def split_pairs(ds, valid_fraction: float, seed: int, skip_invalid: bool):
+    """The dataset's preference pairs, split into training and validation pairs as chat records are
+    (deterministic, duplicates on one side); refuses a dataset without pairs, or with problems unless
+    ``skip_invalid``."""
+    from core.data import DatasetError, split_records
+
+    pairs = [p for p in ds.preference if p.paired]
+    if not pairs:
+        raise DatasetError("Preference tuning needs pairs of answers (a chosen and a rejected answer to each "
+                           f"prompt), and none of the {ds.total} examples is one.",
+                           "Use a file with chosen / rejected answers, or train with the Supervised method.")
+    if ds.issues and not skip_invalid:
+        shown = "\n".join(str(i) for i in ds.issues[:10])
+        raise DatasetError(f"{len(ds.issues)} problem(s) in the dataset:\n{shown}",
+                           "Fix them, or choose to skip invalid examples (--skip-invalid).")
+    return split_records(pairs, valid_fraction, seed)
+
+
+def encode_pairs(encoder, records, max_len: int) -> list[EncodedPair]:
+    """Every pair record encoded (pairs with no answer token left within ``max_len`` are left out)."""
+    out = []
+    for r in records:
+        e = encode_pair(encoder, r.prompt, r.chosen, r.rejected, max_len)
+        if e is not None:
+            out.append(e)
+    return out
+
+
+def batch_arrays(pairs: list[EncodedPair], refs: list[tuple[float, float]] | None, pad_id: int, max_len: int,
+                 select: bool):
+    """The arrays one step of preference training takes: (x, y, w, reference log-probs[, idx])."""
+    import mlx.core as mx
+
+    from core.train import pad_batch
+
+    arrays = pad_batch(pair_rows(pairs), pad_id, max_len, select)
+    ref = (mx.array([c for c, _ in refs] + [r for _, r in refs], dtype=mx.float32) if refs is not None
+           else mx.zeros((2 * len(pairs),), dtype=mx.float32))
+    return (*arrays[:3], ref, *arrays[3:])
+
+
+def evaluate_pairs(model, pairs: list[EncodedPair], refs: list[tuple[float, float]] | None, cfg, pad_id: int,
+                   select: bool, max_batches: int = -1) -> dict:
+    """The preference loss and metrics over ``pairs`` (no gradients), as ``valid_*`` metrics."""
+    import mlx.core as mx
+
+    total, sums, n, nb = 0.0, [0.0] * len(METRIC_KEYS), 0, 0
+    for i in range(0, len(pairs), cfg.batch):
+        if 0 <= max_batches <= nb:
+            break
+        nb += 1
+        chunk = pairs[i:i + cfg.batch]
+        arrays = batch_arrays(chunk, refs[i:i + cfg.batch] if refs is not None else None, pad_id,
+                              cfg.max_seq_len, select)
+        loss, _, metrics = preference_loss(model, cfg.method, cfg.beta, cfg.orpo_lambda, cfg.label_smoothing,
+                                           *arrays)
+        mx.eval(loss, metrics)
+        total += loss.item() * len(chunk)
+        sums = [s + v * len(chunk) for s, v in zip(sums, metrics.tolist())]
+        n += len(chunk)
+    if not n:
+        return {}
+    return {"valid_loss": total / n, **{f"valid_{k}": s / n for k, s in zip(METRIC_KEYS, sums)}}
