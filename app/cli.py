@@ -288,6 +288,8 @@ def cmd_train(a) -> int:
               "weight_decay": a.weight_decay, "grad_checkpoint": a.grad_checkpoint,
               "last_turn_only": True if a.last_turn_only else None, "valid_batches": a.valid_batches,
               "valid_fraction": a.valid_fraction, "compile": a.compile}
+    # preference tuning (issue 30): --method dpo|orpo, --beta, --orpo-lambda, --label-smoothing
+    kwargs.update(method=a.method, beta=a.beta, orpo_lambda=a.orpo_lambda, label_smoothing=a.label_smoothing)
     if getattr(a, "hosts", None):
         return _train_group(a)
     kwargs = apply_preset(kwargs, a.preset)
@@ -530,6 +532,8 @@ def cmd_eval(a) -> int:
     rows = [("exact match", "exact_match", "share"), ("valid JSON", "json_valid", "share"),
             ("JSON field accuracy", "json_field_accuracy", "share"), ("validation loss", "loss", "num"),
             ("perplexity", "perplexity", "num"), ("examples", "examples", "num")]
+    if out["base"].get("preference_accuracy") is not None:
+        rows.insert(0, ("preference accuracy", "preference_accuracy", "share"))
     where = "the run's validation examples" if result.source == "validation" else ", ".join(result.data)
     print(f"Evaluation of {a.run_dir} on {where} (greedy answers)")
     print(f"  {'':22s}{'base':>12s}{'fine-tuned':>12s}")
@@ -625,6 +629,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=opt("compile"))
     t.add_argument("--map", action="append", metavar="OURS=THEIRS",
                    help="use column THEIRS for field OURS, e.g. --map prompt=Frage (repeatable)")
+    t.add_argument("--method", choices=["sft", "dpo", "orpo"], help=opt("method"))
+    t.add_argument("--beta", type=float, help=opt("beta"))
+    t.add_argument("--orpo-lambda", type=float, help=opt("orpo_lambda"))
+    t.add_argument("--label-smoothing", type=float, help=opt("label_smoothing"))
     _add_template_options(t)
     _add_answer_options(t)
     t.add_argument("--chunk", action="store_true", help=_CHUNK_HELP)

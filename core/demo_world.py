@@ -198,3 +198,33 @@ def is_valid_structured(text: str) -> bool:
 def is_prose(text: str) -> bool:
     t = text.strip()
     return bool(t) and t[0].isalpha() and "{" not in t and t.endswith(".")
+
+
+def neighbour_topic(topic: tuple[str, str], rng: random.Random) -> tuple[str, str]:
+    """A topic next to ``topic``: another adjective on the same noun, or the same adjective on a noun
+    of another category (the wrong record a preference pair rejects)."""
+    adj, noun = topic
+    if rng.random() < 0.5:
+        return rng.choice([a for a in ADJECTIVES if a != adj]), noun
+    cat = noun_category(noun)
+    other = rng.choice([c for c in NOUNS if c != cat])
+    return adj, rng.choice(NOUNS[other])
+
+
+def preference_pair(topic: tuple[str, str], rng: random.Random) -> dict:
+    """One DPO pair in TRL's conversational form: the structured request about ``topic``, the right
+    record chosen, a neighbouring topic's record rejected."""
+    return {"prompt": [{"role": "user", "content": STRUCTURED.format(name=name_of(topic))}],
+            "chosen": [{"role": "assistant", "content": structured_answer(topic)}],
+            "rejected": [{"role": "assistant", "content": structured_answer(neighbour_topic(topic, rng))}]}
+
+
+def preference_dataset(n_train: int = 240, n_valid: int = 40, seed: int = 3) -> tuple[list[dict], list[dict], list[dict]]:
+    """(train, valid, held-out) preference pairs over the demo world; the held-out pairs are on the
+    held-out topics, never trained on."""
+    rng = random.Random(seed)
+    held = heldout_topics()
+    topics = [t for t in all_topics() if t not in set(held)]
+    rng.shuffle(topics)
+    pairs = [preference_pair(t, rng) for t in topics[:n_train + n_valid]]
+    return pairs[:n_train], pairs[n_train:], [preference_pair(t, rng) for t in held]

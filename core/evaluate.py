@@ -180,13 +180,18 @@ class EvalResult:
     data: list[str] = field(default_factory=list)
     complete: bool = True
     seconds: float = 0.0
+    # per side: the share of held-out preference pairs whose chosen answer the model rates above the
+    # rejected one (empty for chat data)
+    preference: dict[str, float | None] = field(default_factory=dict)
 
     def scores(self, side: str) -> Scores:
         return aggregate(self.rows, side, self.losses.get(side))
 
     def to_json(self) -> dict:
-        """The contract of ``tuneloom eval --json``: {"base": {...}, "tuned": {...}}."""
-        return {side: self.scores(side).to_json() for side in SIDES}
+        """The contract of ``tuneloom eval --json``: {"base": {...}, "tuned": {...}}; each side has
+        ``preference_accuracy`` (null for chat data)."""
+        return {side: {**self.scores(side).to_json(), "preference_accuracy": self.preference.get(side)}
+                for side in SIDES}
 
     def summary(self) -> dict:
         """to_json() plus where the examples came from (for a report or a saved evaluation)."""
@@ -283,6 +288,24 @@ def run_split(run_dir: str | Path, *, events: Events | None = None, cancel: Canc
         raise TuneloomError(f"The run's dataset cannot be read any more: {exc}", exc.hint) from exc
 
 
+def run_pairs(run_dir: str | Path, data: list[str | Path] | None = None, *, events: Events | None = None,
+              cancel: CancelToken | None = None) -> list:
+    """The held-out preference pairs of a run trained with DPO / ORPO (the run's validation pairs, or
+    every pair of the given files); [] for chat data."""
+    from core.data import DatasetError
+    from core.preference import split_pairs
+
+    cfg = _train_config(run_dir)
+    try:
+        ds = _load([str(p) for p in (data or cfg.data)], cfg, cfg.mapping, cancel, events or NULL_EVENTS)
+    except DatasetError:
+        return []
+    pairs = [p for p in ds.preference if p.paired]
+    if data or not pairs:
+        return pairs
+    return split_pairs(ds, cfg.valid_fraction, cfg.seed, True)[1]
+
+
 def file_examples(paths: list[str | Path], cfg=None, *, events: Events | None = None,
                   cancel: CancelToken | None = None):
     """The records of the given files (read with the run's mapping and templates where they fit):
@@ -361,6 +384,17 @@ def _losses(model, rows: list[EvalRow], cfg, events: Events, cancel: CancelToken
     return out
 
 
+def _preference_accuracy(model, pairs, cfg, limit: int | None) -> dict[str, float | None]:
+    from core.preference import encode_pairs, preference_accuracy
+    from core.train import selective_head
+
+    enc = model.encoder
+    encoded = encode_pairs(enc, pairs[:limit] if limit else pairs, cfg.max_seq_len)
+    pad_id = enc.tok.pad_token_id if enc.tok.pad_token_id is not None else (enc.eos_ids or [0])[0]
+    return {side: model.run_with(side == "tuned", lambda m: preference_accuracy(
+        m, encoded, cfg.batch, pad_id, cfg.max_seq_len, selective_head(m))) for side in SIDES}
+
+
 def evaluate(run_dir: str | Path, data: list[str | Path] | None = None, *, limit: int | None = None,
              max_tokens: int | None = None, model=None, events: Events | None = None,
              cancel: CancelToken | None = None, on_row: Callable[[EvalRow], None] | None = None) -> EvalResult:
@@ -378,7 +412,10 @@ def evaluate(run_dir: str | Path, data: list[str | Path] | None = None, *, limit
         raise TuneloomError(f"--limit must be at least 1, not {limit}.")
     cfg = _train_config(run_dir)
     events.progress(0, None, "reading the examples")
-    if data:
+    pairs = run_pairs(run_dir, data, events=events, cancel=cancel) if getattr(cfg, "method", "sft") != "sft" else []
+    if pairs:  # a preference run: the chosen answers are the expected ones
+        records, source = [p.chosen_record() for p in pairs], ("files" if data else "validation")
+    elif data:
         records, source = file_examples([str(p) for p in data], cfg, events=events, cancel=cancel), "files"
     else:
         records, source = run_split(run_dir, events=events, cancel=cancel)[1], "validation"
@@ -405,6 +442,8 @@ def evaluate(run_dir: str | Path, data: list[str | Path] | None = None, *, limit
 
     try:
         result.losses = _losses(model, rows, cfg, events, cancel, progress)
+        if pairs:
+            result.preference = _preference_accuracy(model, pairs, cfg, limit)
         for i in range(0, len(rows), ANSWER_BATCH):
             part = rows[i:i + ANSWER_BATCH]
             prompts = [model.encoder.prompt_ids(r.messages) for r in part]

@@ -169,6 +169,19 @@ class TrainConfig:
                 "and the model's template can think (Qwen3); otherwise thinking is off."})
     pack: bool = field(default=False, metadata=_option("pack"))
     compile: bool = field(default=True, metadata=_option("compile"))
+    method: str = field(default="sft", metadata={
+        "label": "Method",
+        "help": "sft: learn the answers (supervised). dpo / orpo: on preference pairs, learn to prefer the "
+                "chosen answer over the rejected one (DPO stays close to the original model; ORPO also "
+                "learns the chosen answers and needs no reference)."})
+    beta: float = field(default=0.1, metadata={
+        "label": "DPO beta",
+        "help": "How far DPO may move away from the original model: higher keeps it closer (0.1 is usual)."})
+    orpo_lambda: float = field(default=0.1, metadata={
+        "label": "ORPO lambda", "help": "The weight of ORPO's preference term next to learning the chosen answers."})
+    label_smoothing: float = field(default=0.0, metadata={
+        "label": "DPO label smoothing",
+        "help": "The share of pairs assumed to be labelled the wrong way round (0 to 0.5; 0 trusts every pair)."})
 
     @property
     def scale(self) -> float:
@@ -622,23 +635,36 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
     ds = load_dataset(cfg.data, mapping=cfg.mapping, user_template=cfg.user_template,
                       assistant_template=cfg.assistant_template, system=cfg.system_prompt, cancel=cancel,
                       use=cfg.use, fill=cfg.fill)
-    require_clean(ds, cfg.skip_invalid)
-    train_recs, valid_recs = train_valid(ds, cfg.valid_fraction, cfg.seed)
+    from core import preference as pref
+
+    preference = pref.valid_method(cfg.method) != "sft"
+    if preference:  # pairs of answers: DPO / ORPO (core.preference)
+        train_recs, valid_recs = pref.split_pairs(ds, cfg.valid_fraction, cfg.seed, cfg.skip_invalid)
+        if group.distributed:
+            raise GroupError("Preference tuning runs on one Mac for now.",
+                             "Train this run on this Mac, or use the Supervised method on several Macs.")
+    else:
+        require_clean(ds, cfg.skip_invalid)
+        train_recs, valid_recs = train_valid(ds, cfg.valid_fraction, cfg.seed)
     # thinking follows the data (a resumed run keeps its own); config.json records it for the export
     encoder = ChatEncoder(cfg.model, thinking=cfg.thinking if resume else bool(ds.reasoning))
     if not resume and cfg.thinking != encoder.thinking:
         cfg.thinking = encoder.thinking
         if main:
             write_json(run_dir / "config.json", asdict(cfg))
-    if cfg.chunk:  # issue 26: long text documents become windows of max_seq_len instead of being cut
+    if cfg.chunk and not preference:  # issue 26: long text documents become windows of max_seq_len instead of being cut
         from core.tokens import chunk_records
 
         train_recs, docs, windows = chunk_records(encoder, train_recs, cfg.max_seq_len, cancel)
         valid_recs = chunk_records(encoder, valid_recs, cfg.max_seq_len, cancel)[0]
         events.log("info", f"chunked: {docs} documents longer than {cfg.max_seq_len} tokens split into {windows} "
                            "windows")
-    train_seqs = encode_records(encoder, train_recs, cfg)
-    valid_seqs = encode_records(encoder, valid_recs, cfg)
+    if preference:
+        train_seqs = pref.encode_pairs(encoder, train_recs, cfg.max_seq_len)
+        valid_seqs = pref.encode_pairs(encoder, valid_recs, cfg.max_seq_len)
+    else:
+        train_seqs = encode_records(encoder, train_recs, cfg)
+        valid_seqs = encode_records(encoder, valid_recs, cfg)
     if not train_seqs:
         raise TuneloomError("No training example has any token to learn from.",
                             "Check that examples have assistant answers and fit the max sequence length.")
@@ -651,7 +677,8 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
     adapter_config = add_adapters(model, cfg)
     adapter_config["base_model"] = str(cfg.model)
     lora_params = sum(v.size for v in adapter_weights(model).values())
-    est = estimate_memory(model_config, weight_bytes, lora_params, cfg.batch, cfg.max_seq_len, cfg.grad_checkpoint)
+    rows = cfg.batch * (2 if preference else 1)  # a pair is two sequences
+    est = estimate_memory(model_config, weight_bytes, lora_params, rows, cfg.max_seq_len, cfg.grad_checkpoint)
     avail = total_memory_bytes()
     events.log("info", f"model {weight_bytes / 2**20:.1f} MB, {lora_params:,} trainable parameters, "
                        f"estimated peak memory {est / 2**30:.2f} GB of {avail / 2**30:.1f} GB")
@@ -669,7 +696,9 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
     select = selective_head(model)
     segments: list[list[int]] | None = None
     no_packing = packing_unavailable(model_config.get("model_type"))
-    if cfg.pack and no_packing:
+    if cfg.pack and preference:
+        events.log("warning", "Packing is off for preference tuning: each pair's two answers are compared whole.")
+    elif cfg.pack and no_packing:
         events.log("warning", no_packing)
     elif cfg.pack and not select:
         events.log("warning", f"packing is not available for {model_config.get('model_type')}; training unpacked")
@@ -678,7 +707,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
         events.log("info", f"packed {len(train_seqs)} examples into {len(packed)} rows of up to {cfg.max_seq_len} tokens")
         train_seqs = [p for p, _ in packed]
         segments = [segs for _, segs in packed]
-    plan = BatchPlan([len(s.ids) for s in train_seqs], cfg.batch, cfg.seed)
+    plan = BatchPlan([s.length if preference else len(s.ids) for s in train_seqs], cfg.batch, cfg.seed)
     if group.distributed and plan.batch < group.size:
         raise GroupError(f"A batch of {plan.batch} examples cannot be shared by {group.size} Macs.",
                          f"Use a batch size of at least {group.size} (one example per Mac and step).")
@@ -703,19 +732,50 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
         model.load_weights(list(group.broadcast_arrays(adapter_weights(model)).items()), strict=False)
         opt.state = tree_unflatten(list(group.broadcast_arrays(dict(tree_flatten(opt.state))).items()))
         events.log("info", f"training on {group.size} Macs: {cfg.batch} examples per step shared between them")
+    train_refs = valid_refs = None
+    if cfg.method == "dpo":  # the base model's log-probabilities, once per pair (the adapter switched off)
+        events.progress(0, None, "reference log-probabilities")
+        model.eval()
+        train_refs = pref.reference_logps(model, train_seqs, cfg.batch, pad_id, cfg.max_seq_len, select, cancel)
+        valid_refs = pref.reference_logps(model, valid_seqs, cfg.batch, pad_id, cfg.max_seq_len, select, cancel)
     model.train()
 
-    loss_and_grad = nn.value_and_grad(model, _loss)
+    def preference_step_loss(model, x, y, w, ref, *rest):
+        return pref.preference_loss(model, cfg.method, cfg.beta, cfg.orpo_lambda, cfg.label_smoothing,
+                                    x, y, w, ref, *rest)
+
+    loss_and_grad = nn.value_and_grad(model, preference_step_loss if preference else _loss)
     state = [model.state, opt.state, mx.random.state]
 
-    def micro_step(*batch):
-        (loss, ntoks), grads = loss_and_grad(model, *batch)
-        return loss, ntoks, grads
+    def micro_step(*batch):  # (loss, trained tokens[, preference metrics]), gradients
+        return loss_and_grad(model, *batch)
 
     def full_step(*batch):
-        loss, ntoks, grads = micro_step(*batch)
+        out, grads = micro_step(*batch)
         opt.update(model, grads)
-        return loss, ntoks
+        return out
+
+    def make_batch(members):
+        """The step's arrays and its token count (every row's tokens, padding excluded)."""
+        if preference:
+            chunk = [train_seqs[i] for i in members]
+            refs = [train_refs[i] for i in members] if train_refs is not None else None
+            return (pref.batch_arrays(chunk, refs, pad_id, cfg.max_seq_len, select),
+                    sum(min(len(s.ids), cfg.max_seq_len) for s in pref.pair_rows(chunk)))
+        batch = [train_seqs[i] for i in members]
+        segs = [segments[i] for i in members] if segments else None
+        return (pad_batch(batch, pad_id, cfg.max_seq_len, select, segs),
+                sum(min(len(s.ids), cfg.max_seq_len) for s in batch))
+
+    def validate() -> dict:
+        model.eval()
+        if preference:
+            vals = pref.evaluate_pairs(model, valid_seqs, valid_refs, cfg, pad_id, select, cfg.valid_batches)
+        else:
+            vals = {"valid_loss": evaluate_loss(model, valid_seqs, cfg.batch, pad_id, cfg.max_seq_len,
+                                                cfg.valid_batches, group)}
+        model.train()
+        return vals
 
     if group.distributed:
         from mlx.utils import tree_map
@@ -724,10 +784,10 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
             # Each rank's loss is its own token mean; weighting its gradient by its share of the
             # step's tokens (factor = n_rank * size / n_all) makes the average over the ranks the
             # gradient of the single-process loss over the whole batch.
-            loss, ntoks, grads = micro_step(*batch)
+            out, grads = micro_step(*batch)
             grads = nn.average_gradients(tree_map(lambda g: g * factor, grads), group=group.handle)
             opt.update(model, grads)
-            return loss, ntoks
+            return out
 
     if cfg.compile:
         full_step = mx.compile(full_step, inputs=state, outputs=state)
@@ -760,10 +820,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
     result: dict[str, Any] = {"run_dir": str(run_dir), "total_steps": total_steps}
     try:
         if start == 0 and valid_seqs:
-            model.eval()
-            vl = evaluate_loss(model, valid_seqs, cfg.batch, pad_id, cfg.max_seq_len, cfg.valid_batches, group)
-            model.train()
-            emit(0, valid_loss=vl)
+            emit(0, **validate())
         for step in range(start + 1, total_steps + 1):
             def parked(s=step - 1):
                 events.log("info", f"paused after step {s}")
@@ -786,14 +843,12 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
             mx.random.seed((cfg.seed * 1_000_003 + step) % 2**32)
             t0 = time.perf_counter()
             step_loss, step_tokens, step_trained = 0.0, 0, 0
+            step_extra: list[float] = []  # preference metrics (core.preference.METRIC_KEYS)
             if cfg.grad_accum == 1:
                 members = plan.micro(step - 1)
                 if group.distributed:
                     members = shard(members, group)
-                batch = [train_seqs[i] for i in members]
-                segs = [segments[i] for i in members] if segments else None
-                arrays = pad_batch(batch, pad_id, cfg.max_seq_len, select, segs)
-                step_tokens = sum(min(len(s.ids), cfg.max_seq_len) for s in batch)
+                arrays, step_tokens = make_batch(members)
                 if group.distributed:
                     n_here = float(arrays[2].sum().item())
                     n_all, step_tokens = group.sum_floats(n_here, step_tokens)
@@ -802,10 +857,11 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
                     step_loss = group.sum_floats(loss.item() * n_here)[0] / max(n_all, 1.0)
                     step_trained, step_tokens = int(n_all), int(step_tokens)
                 else:
-                    loss, ntoks = full_step(*arrays)
-                    mx.eval(state, loss, ntoks)
-                    step_loss = loss.item()
-                    step_trained = int(ntoks.item())
+                    out = full_step(*arrays)
+                    mx.eval(state, out)
+                    step_loss = out[0].item()
+                    step_trained = int(out[1].item())
+                    step_extra = out[2].tolist() if preference else []
             else:
                 from mlx.utils import tree_map
 
@@ -814,12 +870,13 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
                     members = plan.micro((step - 1) * cfg.grad_accum + a)
                     if group.distributed:
                         members = shard(members, group)
-                    batch = [train_seqs[i] for i in members]
-                    segs = [segments[i] for i in members] if segments else None
-                    loss, ntoks, grads = micro_step(*pad_batch(batch, pad_id, cfg.max_seq_len, select, segs))
-                    n_tokens = sum(min(len(s.ids), cfg.max_seq_len) for s in batch)
-                    mx.eval(grads, loss, ntoks)
-                    loss_value, n_here = loss.item(), float(ntoks.item())
+                    arrays, n_tokens = make_batch(members)
+                    out, grads = micro_step(*arrays)
+                    mx.eval(grads, out)
+                    loss_value, n_here = out[0].item(), float(out[1].item())
+                    if preference:
+                        step_extra = [a + b / cfg.grad_accum for a, b in
+                                      zip(step_extra or [0.0] * len(pref.METRIC_KEYS), out[2].tolist())]
                     if group.distributed:  # as in the group's full_step: weight by the share of tokens
                         n_all, n_tokens = group.sum_floats(n_here, n_tokens)
                         factor = n_here * group.size / max(n_all, 1.0)
@@ -851,25 +908,25 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
                                 trained_tokens=trained_tokens, peak_memory=_peak_memory(),
                                 elapsed=prior_elapsed + here, eta_seconds=eta,
                                 trained_tokens_per_sec=step_trained / dt, trained_tokens_step=step_trained)
-            record(step, **{k: v for k, v in asdict(report).items() if k not in ("step", "total")})
+            extra = dict(zip(pref.METRIC_KEYS, step_extra))
+            record(step, **{k: v for k, v in asdict(report).items() if k not in ("step", "total")}, **extra)
             events.step(report)
+            for k, v in extra.items():
+                events.metric(k, step, float(v))
             events.report_progress(Progress(step, total_steps, "step", f"step {step}/{total_steps}, loss "
                                             f"{step_loss:.3f}, ETA {eta:.0f}s", rate=(step - start) / here
                                             if here > 0 else None, eta=eta))
             if cfg.valid_every and step % cfg.valid_every == 0 and step != total_steps and valid_seqs:
-                model.eval()
-                emit(step, valid_loss=evaluate_loss(model, valid_seqs, cfg.batch, pad_id, cfg.max_seq_len,
-                                                    cfg.valid_batches, group))
-                model.train()
+                emit(step, **validate())
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != total_steps and main:
                 _save_checkpoint(run_dir, step, model, opt, adapter_config)
                 save_adapters(model, run_dir, adapter_config)
             last_good_step = step
+        final_vals = validate() if valid_seqs else {}
         model.eval()
-        final_valid = (evaluate_loss(model, valid_seqs, cfg.batch, pad_id, cfg.max_seq_len, cfg.valid_batches, group)
-                       if valid_seqs else None)
-        if final_valid is not None:
-            emit(total_steps, valid_loss=final_valid)
+        final_valid = final_vals.get("valid_loss")
+        if final_vals:
+            emit(total_steps, **final_vals)
         if main:
             save_adapters(model, run_dir, adapter_config)
         elapsed = time.perf_counter() - t_start - paused_seconds

@@ -10,7 +10,7 @@ from core.paths import demo_model_dir
 from tests.fixtures.eval_run import tiny_run
 
 ROOT = Path(__file__).resolve().parent.parent
-KEYS = {"exact_match", "json_valid", "json_field_accuracy", "loss", "perplexity", "examples"}
+KEYS = {"exact_match", "json_valid", "json_field_accuracy", "loss", "perplexity", "examples", "preference_accuracy"}
 
 
 def tl(*args, timeout=600, **kw):

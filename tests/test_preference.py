@@ -1,0 +1,156 @@
+"""DPO and ORPO losses against NumPy references written from the papers' formulas, on the demo model."""
+import numpy as np
+import pytest
+
+from core.paths import demo_model_dir
+
+BETA, LAM, EPS = 0.1, 0.25, 0.1
+
+
+@pytest.fixture(scope="module")
+def setup():
+    import mlx.core as mx
+
+    from core.preference import encode_pair
+    from core.tokens import ChatEncoder
+    from core.train import TrainConfig, add_adapters, load_base
+
+    enc = ChatEncoder(demo_model_dir())
+    model, _ = load_base(demo_model_dir())
+    add_adapters(model, TrainConfig(model="", rank=4, alpha=8.0))
+    # LoRA's B starts at zero: give the adapter weight so that it changes the model
+    from mlx.utils import tree_flatten, tree_unflatten
+
+    rng = np.random.default_rng(0)
+    upd = [(k, mx.array(rng.normal(0, 0.05, v.shape).astype(np.float32)))
+           for k, v in tree_flatten(model.trainable_parameters()) if k.endswith("lora_b")]
+    model.update(tree_unflatten(upd))
+    model.eval()
+    pairs = []
+    for i, (good, bad) in enumerate([("A red fox is a small wild dog.", "No idea."),
+                                     ('{"name": "fox", "color": "red"}', "It is a fish that lives in trees."),
+                                     ("Seven.", "Seven, because three plus four is seven and that is that.")]):
+        prompt = [{"role": "user", "content": f"Question {i}: tell me something."}]
+        pairs.append(encode_pair(enc, prompt, good, bad, 256))
+    pad = enc.tok.pad_token_id or 0
+    return model, pairs, pad
+
+
+def _np_logps(model, rows, pad):
+    """Summed answer-token log-probs per row, in float64 NumPy from the model's logits."""
+    import mlx.core as mx
+
+    from core.train import pad_batch
+
+    x, y, w = pad_batch(rows, pad, 256, select=False)
+    logits = np.array(model(x).astype(mx.float32), dtype=np.float64)
+    logits -= logits.max(-1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    tok = np.take_along_axis(logp, np.array(y)[..., None], -1)[..., 0]
+    w = np.array(w, dtype=np.float64)
+    return (tok * w).sum(1), w.sum(1)
+
+
+def _log_sigmoid(z):
+    return -np.logaddexp(0.0, -z)
+
+
+def _np_dpo(pc, pr, rc, rr):
+    h = BETA * ((pc - rc) - (pr - rr))
+    loss = np.mean(-(1 - EPS) * _log_sigmoid(h) - EPS * _log_sigmoid(-h))
+    return loss, [h.mean(), (h > 0).mean(), pc.mean(), pr.mean()]
+
+
+def _np_orpo(pc, pr, nc, nr):
+    mc, mr = pc / nc, pr / nr
+    log_odds = lambda m: m - np.log(1 - np.exp(m))  # noqa: E731
+    ratio = log_odds(mc) - log_odds(mr)
+    nll = -pc.sum() / nc.sum()
+    loss = nll - LAM * np.mean(_log_sigmoid(ratio))
+    return loss, [(LAM * ratio).mean(), (ratio > 0).mean(), pc.mean(), pr.mean()]
+
+
+@pytest.mark.parametrize("select", [False, True])
+def test_losses_and_metrics_equal_the_numpy_reference(setup, select):
+    import mlx.core as mx
+
+    from core.preference import adapter_off, pair_rows, preference_loss, reference_logps
+    from core.train import pad_batch
+
+    model, pairs, pad = setup
+    rows = pair_rows(pairs)
+    lp, n = _np_logps(model, rows, pad)
+    with adapter_off(model):
+        ref, _ = _np_logps(model, rows, pad)
+    assert not np.allclose(lp, ref)  # the adapter matters, so the reference is really the base
+    refs = reference_logps(model, pairs, 2, pad, 256, select)
+    np.testing.assert_allclose([c for c, _ in refs] + [r for _, r in refs], ref, rtol=1e-5, atol=1e-4)
+
+    b = len(pairs)
+    arrays = pad_batch(rows, pad, 256, select)
+    ref_mx = mx.array(np.asarray(ref, dtype=np.float32))
+    loss, ntoks, metrics = preference_loss(model, "dpo", BETA, LAM, EPS, arrays[0], arrays[1], arrays[2], ref_mx,
+                                           *arrays[3:])
+    want, want_m = _np_dpo(lp[:b], lp[b:], ref[:b], ref[b:])
+    assert ntoks.item() == n.sum()
+    assert abs(loss.item() - want) < 1e-5
+    np.testing.assert_allclose(np.array(metrics), want_m, rtol=1e-5, atol=1e-4)
+
+    loss, _, metrics = preference_loss(model, "orpo", BETA, LAM, EPS, arrays[0], arrays[1], arrays[2], ref_mx,
+                                       *arrays[3:])
+    want, want_m = _np_orpo(lp[:b], lp[b:], n[:b], n[b:])
+    assert abs(loss.item() - want) < 1e-5
+    np.testing.assert_allclose(np.array(metrics), want_m, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["dpo", "orpo"])
+def test_gradient_matches_a_finite_difference(setup, method):
+    """The gradient value_and_grad gives is the derivative of the loss (central difference along
+    a random direction in the adapter's parameters)."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten, tree_unflatten
+
+    from core.preference import pair_rows, preference_loss, reference_logps
+    from core.train import pad_batch
+
+    model, pairs, pad = setup
+    refs = reference_logps(model, pairs, 4, pad, 256, True)
+    ref = mx.array([c for c, _ in refs] + [r for _, r in refs])
+    arrays = pad_batch(pair_rows(pairs), pad, 256, True)
+
+    def f(m):
+        return preference_loss(m, method, BETA, LAM, EPS, *arrays[:3], ref, *arrays[3:])
+
+    (loss, _, _), grads = nn.value_and_grad(model, f)(model)
+    params = dict(tree_flatten(model.trainable_parameters()))
+    rng = np.random.default_rng(1)
+    direction = {k: mx.array(rng.normal(0, 1, v.shape).astype(np.float32)) for k, v in params.items()}
+    g = dict(tree_flatten(grads))
+    analytic = sum((g[k] * direction[k]).sum().item() for k in params)
+    h = 1e-3
+    vals = []
+    for sign in (1, -1):
+        model.update(tree_unflatten([(k, params[k] + sign * h * direction[k]) for k in params]))
+        vals.append(f(model)[0].item())
+    model.update(tree_unflatten(list(params.items())))
+    numeric = (vals[0] - vals[1]) / (2 * h)
+    assert abs(analytic) > 1e-3
+    assert abs(numeric - analytic) < 2e-2 * abs(analytic) + 1e-4
+
+
+def test_identical_sides_give_the_neutral_loss(setup):
+    """With the policy equal to the reference, DPO's loss is log 2 and the margin 0."""
+    import mlx.core as mx
+
+    from core.preference import adapter_off, pair_rows, preference_loss, reference_logps
+    from core.train import pad_batch
+
+    model, pairs, pad = setup
+    refs = reference_logps(model, pairs, 4, pad, 256, True)
+    ref = mx.array([c for c, _ in refs] + [r for _, r in refs])
+    arrays = pad_batch(pair_rows(pairs), pad, 256, True)
+    with adapter_off(model):
+        loss, _, metrics = preference_loss(model, "dpo", BETA, LAM, 0.0, *arrays[:3], ref, *arrays[3:])
+    assert abs(loss.item() - np.log(2)) < 1e-5
+    assert abs(metrics[0].item()) < 1e-5
