@@ -1,0 +1,86 @@
+"""The Data step with the files of issue 26: preference pairs (train on the chosen answers) and
+placeholders (filled from a small form), shown and applied through the real widgets."""
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import html  # noqa: E402
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+from PySide6.QtCore import QSettings  # noqa: E402
+
+from app.gui.main import TuneloomApp  # noqa: E402
+from app.gui.main_window import MainWindow  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def qapp_cls():
+    return TuneloomApp
+
+
+@pytest.fixture
+def window(qtbot, tmp_path):
+    w = MainWindow(settings=QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitUntil(lambda: w.model_dir is not None, timeout=30000)
+    return w
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_preference_pairs_are_shown_and_the_chosen_answers_picked(window, qtbot, tmp_path):
+    w = window
+    rows = [{"prompt": f"Question {i}?", "chosen": f"Good answer {i}.", "rejected": f"Bad answer {i}."}
+            for i in range(12)]
+    f = write_jsonl(tmp_path / "dpo.jsonl", rows)
+    w.load_data([f])
+    qtbot.waitUntil(lambda: w.data_report is not None, timeout=60000)
+    page = w.data_page
+    summary = page.summary.text()
+    assert "preference pairs (prompt, chosen, rejected)" in summary and "preference pairs: 12" in summary
+    assert page.answers.isVisible() and page.answers.pref_box.isVisible()
+    assert not page.answers.fill_box.isVisible()
+    assert page.answers.pref_label.text().startswith("<b>Preference pairs: 12</b> (prompt / chosen / rejected, as "
+                                                     "TRL writes them): supervised training needs one answer")
+    assert w.session.dataset.records == [] and w.session.dataset.pairs == 12
+    before = w.data_report
+    page.answers.use_chosen.setChecked(True)
+    qtbot.waitUntil(lambda: w.data_report is not before and w.data_report is not None, timeout=60000)
+    ds = w.session.dataset
+    assert len(ds.records) == 12 and ds.use == "chosen"
+    assert ds.records[0].messages == [{"role": "user", "content": "Question 0?"},
+                                      {"role": "assistant", "content": "Good answer 0."}]
+    assert w.session.data_options == {"use": "chosen"}  # what the Train page passes to TrainConfig
+    assert page.answers.use_chosen.isChecked() and "the chosen answers are trained" in page.answers.pref_label.text()
+
+
+def test_placeholders_get_a_form_that_fills_them(window, qtbot, tmp_path):
+    w = window
+    rows = [{"instruction": "Who are you?", "input": "", "output": "I am {{name}}, made by {{author}}."},
+            {"instruction": "Your name?", "input": "", "output": "Call me {{name}}."},
+            {"instruction": "2+2?", "input": "", "output": "4"}]
+    f = write_jsonl(tmp_path / "identity.jsonl", rows)
+    w.load_data([f])
+    qtbot.waitUntil(lambda: w.data_report is not None, timeout=60000)
+    page = w.data_page
+    assert page.answers.isVisible() and page.answers.fill_box.isVisible() and not page.answers.pref_box.isVisible()
+    assert sorted(page.answers.edits) == ["author", "name"]
+    assert "unfilled placeholders in the answers of 2 examples: {{author}} (1), {{name}} (2)" in \
+        page.answers.fill_label.text()
+    assert "identity.jsonl lines 1, 2" in page.summary.text()
+    page.answers.edits["name"].setText("Loom")
+    page.answers.edits["author"].setText("Ada")
+    before = w.data_report
+    page.answers.fill_btn.click()
+    qtbot.waitUntil(lambda: w.data_report is not before and w.data_report is not None, timeout=60000)
+    ds = w.session.dataset
+    assert ds.records[0].messages[1]["content"] == "I am Loom, made by Ada."
+    assert w.session.data_options == {"fill": {"author": "Ada", "name": "Loom"}}
+    assert html.escape("placeholders filled in 2 examples: author = 'Ada', name = 'Loom'") in page.summary.text()
+    # the form stays, with the values, so they can be changed
+    assert page.answers.edits["name"].text() == "Loom" and page.answers.fill_label.text().endswith("all filled.")
