@@ -70,8 +70,9 @@ def test_placeholders_get_a_form_that_fills_them(window, qtbot, tmp_path):
     page = w.data_page
     assert page.answers.isVisible() and page.answers.fill_box.isVisible() and not page.answers.pref_box.isVisible()
     assert sorted(page.answers.edits) == ["author", "name"]
-    assert "unfilled placeholders in the answers of 2 examples: {{author}} (1), {{name}} (2)" in \
-        page.answers.fill_label.text()
+    assert page.answers.fill_label.text() == ("<b>Placeholders</b> in the answers of 2 examples: {{author}}, "
+                                              "{{name}}. Give each a value, or the model learns them as written (the "
+                                              "files are not changed).")
     assert "identity.jsonl lines 1, 2" in page.summary.text()
     page.answers.edits["name"].setText("Loom")
     page.answers.edits["author"].setText("Ada")

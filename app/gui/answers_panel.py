@@ -97,8 +97,9 @@ class AnswersPanel(QWidget):
             self.form.removeRow(0)
         self.edits = {}
         if names:
-            left = f"<b>Placeholders</b> in the answers: {html.escape(note.message)}" if note else \
-                "<b>Placeholders</b>: all filled."
+            left = (f"<b>Placeholders</b> in the answers of {note.count:,} example{'s' if note.count != 1 else ''}: "
+                    f"{html.escape(', '.join(note.fields))}. Give each a value, or the model learns them as written "
+                    "(the files are not changed).") if note else "<b>Placeholders</b>: all filled."
             self.fill_label.setText(left)
             for name in names[:MAX_FIELDS]:
                 edit = QLineEdit(self._fill.get(name, ""))

@@ -542,8 +542,9 @@ class DataPage(Page):
 
     def _sample_columns(self):
         files, self._sample_pending = getattr(self, "_sample_pending", None), None
-        if files and getattr(self.session.dataset, "format", "") == "chat":
-            return  # chat files need no mapping
+        fmt = getattr(self.session.dataset, "format", "")
+        if files and (fmt == "chat" or fmt.startswith("preference-") or fmt == "kto"):
+            return  # chat files need no mapping, nor preference data (the answers panel is theirs)
         if files and self.session.dataset is None and "binary" in getattr(self, "_load_error", ""):
             return  # not a text file: no columns to map
         if files:
