@@ -3,13 +3,20 @@
 Files: JSONL (``.jsonl``/``.ndjson``), JSON (an array of examples, an object holding one
 such array, or JSONL saved as ``.json``), CSV/TSV (header row; quoted fields may hold
 newlines; ``;``-separated CSV as Excel writes it in some locales), plain text (``.txt``:
-documents separated by blank lines; ``.md``: one document), Parquet (with the optional
+documents separated by blank lines, or one per line when it has none and its lines are long;
+``.md``: one document), Parquet (with the optional
 ``pyarrow``). Several files at once, and folders; a folder (or a set of files) with
 ``train``/``valid``(/``test``) files is the split mlx-lm uses.
 
 Encodings: UTF-8 with or without BOM, UTF-16 with BOM; LF, CRLF or CR line ends.
 Anything else is refused with the byte offset of the first bad byte. Files are
 streamed: rejecting a multi-GB file reads at most a few MB of it.
+
+Files other tools ship are read the way their authors meant them: Alpaca with the question in
+``input``; preference data (TRL, LLaMA-Factory, whole transcripts, KTO labels) as
+:class:`PreferenceRecord`; LLaMA-Factory's ``dataset_info.json`` folders; text corpora of one
+document per line. Examples with images, video or audio and prompt-only (RL) sets are refused
+with their reason; placeholders in answers are counted and can be filled.
 
 Every problem with one example is a :class:`DatasetIssue` naming file, line (1-based;
 the CSV row counts its header as line 1, a JSON array element the line it starts on),
