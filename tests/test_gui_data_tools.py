@@ -48,6 +48,9 @@ def test_preference_pairs_are_shown_and_the_chosen_answers_picked(window, qtbot,
     assert page.answers.pref_label.text().startswith("<b>Preference pairs: 12</b> (prompt / chosen / rejected, as "
                                                      "TRL writes them): supervised training needs one answer")
     assert w.session.dataset.records == [] and w.session.dataset.pairs == 12
+    from app.session import step_states
+
+    assert step_states(w.session)["Data"][:2] == ("ready", "12 preference pairs")
     before = w.data_report
     page.answers.use_chosen.setChecked(True)
     qtbot.waitUntil(lambda: w.data_report is not before and w.data_report is not None, timeout=60000)
