@@ -156,3 +156,17 @@ def test_corpus_lines_cut_tokens_and_chunks(tmp_path, model_dirs):  # noqa: F811
     assert len(dest.read_text().splitlines()) == windows
     r = cli("data", "check", f, "--chunk")
     assert r.returncode == 2 and "--chunk needs --model" in r.stderr
+
+
+def test_export_of_chats_beside_pairs_says_what_was_left_out(tmp_path):
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(lines({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}))
+    pairs = tmp_path / "dpo.jsonl"
+    pairs.write_text(lines(*PAIRS[:2]))
+    out = tmp_path / "o.jsonl"
+    r = cli("data", "export", chat, pairs, "--out", out)
+    assert r.returncode == 0 and "wrote 1 of 3 examples" in r.stdout
+    assert ("2 preference pair(s) not written: supervised training cannot use them as they are; --use chosen writes "
+            "their chosen conversations") in r.stdout
+    r = cli("data", "export", chat, pairs, "--out", out, "--use", "chosen")
+    assert "wrote 3 of 3 examples" in r.stdout and len(out.read_text().splitlines()) == 3

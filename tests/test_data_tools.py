@@ -434,3 +434,17 @@ def test_llama_factory_folder_follows_dataset_info(tmp_path):
     (d / "dataset_info.json").unlink()
     with pytest.raises(DatasetError, match=r"data/custom.jsonl: no example in it has a known format"):
         load_dataset([d], use="chosen")
+
+
+def test_parquet_without_examples_is_refused_after_the_first_thousand_rows(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    f = tmp_path / "junk.parquet"
+    pq.write_table(pa.table({"id": list(range(50_000)), "body": ["x"] * 50_000}), f, row_group_size=10_000)
+    seen = []
+    with pytest.raises(DatasetError) as err:
+        for _ in data.load_file(f, on_bytes=seen.append)[0]:
+            pass
+    assert str(err.value) == ("junk.parquet: none of its first 1000 examples has a known format (fields seen: "
+                              "['id', 'body']).")
+    assert len(seen) == 0  # stopped inside the first batch of 1024 rows: the rest was never read
