@@ -88,3 +88,18 @@ def test_placeholders_get_a_form_that_fills_them(window, qtbot, tmp_path):
     assert html.escape("placeholders filled in 2 examples: author = 'Ada', name = 'Loom'") in page.summary.text()
     # the form stays, with the values, so they can be changed
     assert page.answers.edits["name"].text() == "Loom" and page.answers.fill_label.text().endswith("all filled.")
+
+
+def test_a_corpus_of_long_lines_shows_the_rule_and_the_tokens_cut(window, qtbot, tmp_path):
+    w = window
+    f = tmp_path / "corpus.txt"
+    f.write_text("".join(" ".join(f"word{d}_{i}" for i in range(120)) + "\n" for d in range(4)))
+    w.data_page.max_len.setValue(64)
+    w.load_data([f])
+    qtbot.waitUntil(lambda: w.data_report is not None and w.token_report is not None, timeout=60000)
+    page = w.data_page
+    assert "corpus.txt: read one document per line (4 documents)" in page.summary.text()
+    lengths = w.token_report.lengths
+    assert len(lengths) == 4 and min(lengths) > 64
+    assert (f"4 of 4 examples are longer than 64 tokens and would be cut off ({sum(n - 64 for n in lengths):,} "
+            "tokens cut away)") in page.trunc_label.text()

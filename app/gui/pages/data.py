@@ -370,8 +370,10 @@ class DataPage(Page):
         line = (f"Longest {s['max']:,} tokens, median {s['median']:,}, 95% at most {s['p95']:,}. "
                 f"{s['trained_share']:.0%} of the tokens are answers the model learns from.<br>")
         if cut:
-            line += theme.span(f"{cut:,} of {n:,} examples are longer than {m:,} tokens and would be cut off",
-                               "error", pal, bold=True) + ": raise the max length, or shorten them."
+            lost = sum(k - m for k in t.lengths if k > m)
+            line += theme.span(f"{cut:,} of {n:,} examples are longer than {m:,} tokens and would be cut off "
+                               f"({lost:,} tokens cut away)", "error", pal, bold=True) + \
+                ": raise the max length, or shorten them."
         else:
             line += theme.span(f"No example is longer than {m:,} tokens: nothing is cut off.", "ok", pal)
         self.trunc_label.setText(line)
