@@ -1389,8 +1389,9 @@ def _slot_re():
     import re
 
     global _SLOT
-    if _SLOT is None:  # {{name}} / {{ name }} (LLaMA-Factory's identity set) and {name}
-        _SLOT = re.compile(r"\{\{\s*([A-Za-z_][\w.\-]*)\s*\}\}|(?<!\{)\{([A-Za-z_]\w*)\}(?!\})")
+    if _SLOT is None:  # {{name}} / {{ name }} (LLaMA-Factory's identity set) and {name}; not LaTeX's \frac{a}{b},
+        # x^{n} or \text{name}, nor ${var}: a single-brace slot follows a space, punctuation or the start
+        _SLOT = re.compile(r"\{\{\s*([A-Za-z_][\w.\-]*)\s*\}\}|(?<![\\\w}^_{$])\{([A-Za-z_]\w*)\}(?!\})")
     return _SLOT
 
 

@@ -219,9 +219,11 @@ def test_placeholders_are_counted_with_their_lines_and_filled(tmp_path):
         "unfilled placeholders in the answers of 3 examples: {value} (1), {{author}} (2) (identity.jsonl lines 1, 2, 5)")
     with pytest.raises(DatasetError, match="Cannot fill the placeholder 'a b'"):
         load_dataset([f], fill={"a b": "x"})
-    # JSON answers are not placeholders
-    js = load_dataset([write(tmp_path, "j.jsonl", jsonl({"input": "x", "output": {"name": "y"}}))])
-    assert not [x for x in js.notes if x.kind == "placeholders"]
+    # JSON answers, LaTeX and shell variables are not placeholders
+    js = load_dataset([write(tmp_path, "j.jsonl", jsonl({"input": "x", "output": {"name": "y"}},
+                                                        {"input": "y", "output": "\\frac{a}{b} = x^{n}, \\text{km}"},
+                                                        {"input": "z", "output": "echo ${HOME}"}))])
+    assert len(js.records) == 3 and not [x for x in js.notes if x.kind == "placeholders"]
 
 
 # --------------------------------------------------------------------------- images, video, audio
