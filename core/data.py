@@ -2179,7 +2179,7 @@ def require_clean(ds: Dataset, skip_invalid: bool) -> None:
                            "pairs (a chosen and a rejected answer to each prompt), not examples with one answer: "
                            "supervised training would not know which answer to learn.",
                            "Train on the chosen answers with --use chosen (the Data page: 'Preference pairs: train "
-                           "on the chosen answers'), or tune on the preferences (preference tuning).",
+                           "on the chosen answers'), or tune on the preferences (preference tuning: DPO or ORPO).",
                            files[0] if files else None)
     shown = "\n".join(str(i) for i in ds.issues[:10])
     more = f"\n... and {len(ds.issues) - 10} more" if len(ds.issues) > 10 else ""
