@@ -103,3 +103,24 @@ def test_a_corpus_of_long_lines_shows_the_rule_and_the_tokens_cut(window, qtbot,
     assert len(lengths) == 4 and min(lengths) > 64
     assert (f"4 of 4 examples are longer than 64 tokens and would be cut off ({sum(n - 64 for n in lengths):,} "
             "tokens cut away)") in page.trunc_label.text()
+
+
+def test_refused_media_shows_the_field_and_why(window, qtbot, tmp_path):
+    w = window
+    img = {"messages": [{"role": "user", "content": "<image>What is this?"},
+                        {"role": "assistant", "content": "A logo."}], "images": ["1.jpg"]}
+    only = write_jsonl(tmp_path / "mllm.jsonl", [img, img])
+    w.load_data([only])
+    qtbot.waitUntil(lambda: "Cannot use" in w.data_page.summary.text(), timeout=60000)
+    assert ("mllm.jsonl: every example carries images, video or audio (line 1, &#x27;images&#x27; carries images: "
+            "the model reads text only") in w.data_page.summary.text()
+    chat = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", [chat, img, chat])
+    w.load_data([mixed])
+    qtbot.waitUntil(lambda: w.data_report is not None and w.data_paths == [mixed], timeout=60000)
+    tree = w.data_page.problems
+    assert tree.topLevelItemCount() == 1
+    it = tree.topLevelItem(0)
+    assert [it.text(c) for c in range(4)] == [
+        "mixed.jsonl", "2", "images",
+        "carries images: the model reads text only, so it would learn the answer without them"]
