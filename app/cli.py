@@ -253,6 +253,9 @@ def cmd_data_export(a) -> int:
         print(f"wrote {n} of {ds.total} examples to {a.out} (OpenAI chat format; format read: {ds.format})")
     if chunked:
         print(chunked)
+    if ds.unused_pairs and not pairs_only:
+        print(f"{ds.unused_pairs} preference pair(s) not written: supervised training cannot use them as they are; "
+              "--use chosen writes their chosen conversations")
     for note in ds.notes:
         print(f"note: {note}")
     for i in ds.issues:

@@ -167,6 +167,9 @@ def step_states(s: Session) -> dict[str, tuple[str, str, str]]:
         n = len(ds.records)
         noun = "example" if n == 1 else "examples"
         out["Data"] = ("done", f"{n:,} {noun}{probs}", f"Done: {n:,} usable {noun}{probs}")
+    elif ds is not None and getattr(ds, "unused_pairs", 0):  # preference data: which answers to learn
+        out["Data"] = ("ready", f"{ds.unused_pairs:,} preference pairs", "Ready: preference pairs; tick 'Train on the "
+                       "chosen answers' to train on them")
     elif ds is not None:
         out["Data"] = ("ready", "no usable examples", "Ready: none of the examples can be used; fix the "
                        "problems or drop other files")

@@ -3,13 +3,20 @@
 Files: JSONL (``.jsonl``/``.ndjson``), JSON (an array of examples, an object holding one
 such array, or JSONL saved as ``.json``), CSV/TSV (header row; quoted fields may hold
 newlines; ``;``-separated CSV as Excel writes it in some locales), plain text (``.txt``:
-documents separated by blank lines; ``.md``: one document), Parquet (with the optional
+documents separated by blank lines, or one per line when it has none and its lines are long;
+``.md``: one document), Parquet (with the optional
 ``pyarrow``). Several files at once, and folders; a folder (or a set of files) with
 ``train``/``valid``(/``test``) files is the split mlx-lm uses.
 
 Encodings: UTF-8 with or without BOM, UTF-16 with BOM; LF, CRLF or CR line ends.
 Anything else is refused with the byte offset of the first bad byte. Files are
 streamed: rejecting a multi-GB file reads at most a few MB of it.
+
+Files other tools ship are read the way their authors meant them: Alpaca with the question in
+``input``; preference data (TRL, LLaMA-Factory, whole transcripts, KTO labels) as
+:class:`PreferenceRecord`; LLaMA-Factory's ``dataset_info.json`` folders; text corpora of one
+document per line. Examples with images, video or audio and prompt-only (RL) sets are refused
+with their reason; placeholders in answers are counted and can be filled.
 
 Every problem with one example is a :class:`DatasetIssue` naming file, line (1-based;
 the CSV row counts its header as line 1, a JSON array element the line it starts on),
@@ -1382,8 +1389,9 @@ def _slot_re():
     import re
 
     global _SLOT
-    if _SLOT is None:  # {{name}} / {{ name }} (LLaMA-Factory's identity set) and {name}
-        _SLOT = re.compile(r"\{\{\s*([A-Za-z_][\w.\-]*)\s*\}\}|(?<!\{)\{([A-Za-z_]\w*)\}(?!\})")
+    if _SLOT is None:  # {{name}} / {{ name }} (LLaMA-Factory's identity set) and {name}; not LaTeX's \frac{a}{b},
+        # x^{n} or \text{name}, nor ${var}: a single-brace slot follows a space, punctuation or the start
+        _SLOT = re.compile(r"\{\{\s*([A-Za-z_][\w.\-]*)\s*\}\}|(?<![\\\w}^_{$])\{([A-Za-z_]\w*)\}(?!\})")
     return _SLOT
 
 
@@ -1543,8 +1551,8 @@ def _rl_error(file: str, which: str, first) -> DatasetError:
 
 def load_file(path: Path, mapping=None, cancel=None, *, name: str | None = None, on_bytes=None,
               template: RecordTemplate | None = None, system: str | None = None,
-              notes: "NoteCounter | None" = None, fill: dict[str, str] | None = None
-              ) -> tuple[list[ChatRecord], list[DatasetIssue], str, int]:
+              notes: "NoteCounter | None" = None, fill: dict[str, str] | None = None,
+              adapter: Callable[[Any], Any] | None = None) -> tuple[list[ChatRecord], list[DatasetIssue], str, int]:
     """Read and validate one file: (records, issues, format, examples seen).
 
     The file's format is the one most of its examples have; an example in another format
@@ -1567,6 +1575,8 @@ def load_file(path: Path, mapping=None, cancel=None, *, name: str | None = None,
     for line, obj, err in read_rows(path, cancel, name=file, mapping=mapping, on_bytes=on_bytes, template=template,
                                     info=info):
         total += 1
+        if adapter is not None and err is None:
+            obj = adapter(obj)
         if template is not None and isinstance(obj, dict) and err is None:
             this = TEMPLATE_FORMAT
             if len(columns) < 1000:
@@ -1816,7 +1826,151 @@ class NoteCounter:
 # Several files, folders, splits
 # ---------------------------------------------------------------------------
 
-_NOT_DATA = {"readme", "license", "licence", "changelog", "notice", "citation"}
+_NOT_DATA = {"readme", "license", "licence", "changelog", "notice", "citation", "dataset_info"}
+
+# ---------------------------------------------------------------------------
+# LLaMA-Factory's data folder: dataset_info.json says how each file is read
+# ---------------------------------------------------------------------------
+
+DATASET_INFO = "dataset_info.json"
+_LF_ALPACA = {"prompt": "instruction", "query": "input", "response": "output", "history": None, "system": None}
+_LF_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+            "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"}
+_LF_MEDIA = ("images", "videos", "audios")
+
+
+def _lf_adapter(spec: dict) -> Callable[[Any], Any]:
+    """A function that rewrites one row of a file described by a dataset_info.json entry into the
+    field names Tuneloom reads, following the entry's ``formatting``, ``columns``, ``tags`` and
+    ``ranking`` the way LLaMA-Factory's converters read them. It never raises: a row that does not
+    fit is passed on as it is and checked (and reported) like any other."""
+    cols = spec.get("columns") if isinstance(spec.get("columns"), dict) else {}
+    tags = {**_LF_TAGS, **(spec.get("tags") if isinstance(spec.get("tags"), dict) else {})}
+    sharegpt = spec.get("formatting") == "sharegpt"
+    ranking = bool(spec.get("ranking"))
+
+    def media(row: dict, out: dict) -> None:
+        for key in _LF_MEDIA:
+            col = cols.get(key)
+            if col and row.get(col) not in (None, [], ""):
+                out[key] = row[col]
+
+    def message(m: Any) -> Any:
+        if not isinstance(m, dict):
+            return m
+        who = m.get(tags["role_tag"])
+        role = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant", tags["observation_tag"]: "tool",
+                tags["system_tag"]: "system"}.get(who, who)
+        return {"role": role, "content": m.get(tags["content_tag"])}
+
+    def alpaca(row: dict) -> Any:
+        c = {**_LF_ALPACA, **cols}
+        if c.get("prompt") and not cols.get("response") and "response" not in cols and \
+                c["prompt"] in row and c["response"] not in row and not ranking and "kto_tag" not in cols:
+            return {"text": row.get(c["prompt"])}  # a pre-training corpus: the prompt column is the text
+        out: dict = {}
+        for ours, key in (("instruction", "prompt"), ("input", "query"), ("system", "system")):
+            if c.get(key) and c[key] in row:
+                out[ours] = row[c[key]]
+        if ranking:
+            for key in ("chosen", "rejected"):
+                if cols.get(key) in row:
+                    out[key] = row[cols[key]]
+            if "chosen" not in out and isinstance(row.get(c["response"]), list) and len(row[c["response"]]) == 2:
+                out["chosen"], out["rejected"] = row[c["response"]]  # the older form: [chosen, rejected]
+            out.setdefault("instruction", "")
+        else:
+            out["output"] = row.get(c["response"])
+        history = row.get(c["history"]) if c.get("history") else None
+        if isinstance(history, list) and history and not ranking:
+            msgs = []
+            for turn in history:
+                if isinstance(turn, (list, tuple)) and len(turn) == 2:
+                    msgs += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
+            q = out.get("instruction") or ""
+            q = f"{q}\n\n{out['input']}" if q and out.get("input") else (q or out.get("input"))
+            msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": out.get("output")}]
+            out = {"messages": msgs, **({"system": out["system"]} if out.get("system") else {})}
+        if cols.get("kto_tag") in row:
+            out = {"prompt": out.get("instruction"), "completion": out.get("output"), "label": row[cols["kto_tag"]]}
+        media(row, out)
+        return out
+
+    def share(row: dict) -> Any:
+        msgs = row.get(cols.get("messages", "conversations"))
+        out: dict = {"conversations": [message(m) for m in msgs] if isinstance(msgs, list) else msgs}
+        if cols.get("system") and row.get(cols["system"]):
+            out["system"] = row[cols["system"]]
+        if ranking:
+            for key in ("chosen", "rejected"):
+                val = row.get(cols.get(key, key))
+                out[key] = message(val) if isinstance(val, dict) else val
+        if cols.get("kto_tag") in row:
+            out["label"] = row[cols["kto_tag"]]
+        if cols.get("tools") and row.get(cols["tools"]):
+            out["tools"] = row[cols["tools"]]
+        media(row, out)
+        return out
+
+    def adapt(row: Any) -> Any:
+        if not isinstance(row, dict):
+            return row
+        try:
+            return share(row) if sharegpt else alpaca(row)
+        except (TypeError, KeyError, AttributeError, ValueError):  # an odd row: checked as it is
+            return row
+    return adapt
+
+
+def _dataset_info(folder: Path) -> tuple[list[tuple[Path, str, dict]], list[DatasetIssue], list[DatasetNote]]:
+    """The files a LLaMA-Factory data folder's dataset_info.json names, each with its entry."""
+    name = f"{folder.name}/{DATASET_INFO}"
+    try:
+        info = json.loads((folder / DATASET_INFO).read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DatasetError(f"{name} cannot be read ({exc}).", "Fix the JSON, or drop the data files themselves.",
+                           name) from None
+    if not isinstance(info, dict):
+        raise DatasetError(f"{name}: expected an object of dataset entries, found {_type_name(info)}.",
+                           "Write it as LLaMA-Factory does: {\"name\": {\"file_name\": \"data.json\"}}.", name)
+    files, issues, remote = [], [], []
+    for entry, spec in info.items():
+        if not isinstance(spec, dict):
+            issues.append(DatasetIssue(name, None, entry, f"must be an object, found {_type_name(spec)}",
+                                       "write the entry as {\"file_name\": \"...\"}"))
+            continue
+        fname = spec.get("file_name")
+        if not fname:
+            if any(k in spec for k in ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")):
+                remote.append(entry)
+            else:
+                issues.append(DatasetIssue(name, None, entry, "names no file_name", "add the file's name"))
+            continue
+        if spec.get("formatting", "alpaca") not in ("alpaca", "sharegpt"):
+            issues.append(DatasetIssue(name, None, entry, f"has formatting {spec.get('formatting')!r}, which "
+                                                          "Tuneloom does not read", "use alpaca or sharegpt"))
+            continue
+        path = folder / str(fname)
+        if path.is_dir():
+            found = sorted(x for x in path.iterdir() if x.is_file() and x.suffix.lower() in KNOWN_SUFFIXES
+                           and not x.name.startswith("."))
+            files += [(x, f"{folder.name}/{fname}/{x.name}", spec) for x in found]
+        elif path.is_file():
+            files.append((path, f"{folder.name}/{fname}", spec))
+        else:
+            issues.append(DatasetIssue(name, None, entry, f"names the file {fname}, which is not in {folder.name}",
+                                       "put the file there, or remove the entry"))
+    notes = []
+    if remote:
+        shown = ", ".join(remote[:8]) + (f" and {len(remote) - 8} more" if len(remote) > 8 else "")
+        notes.append(DatasetNote("dataset_info_remote", len(remote),
+                                 f"{name}: {len(remote)} entr{'ies' if len(remote) != 1 else 'y'} name{'' if len(remote) != 1 else 's'} "
+                                 f"data on a hub, not a file here, and {'are' if len(remote) != 1 else 'is'} not "
+                                 f"read: {shown}", remote[:50]))
+    notes.append(DatasetNote("dataset_info", len(files), f"{name}: {len(files)} file{'s' if len(files) != 1 else ''} "
+                                                         "read the way its entries say (formatting, columns, tags, "
+                                                         "ranking)", [n for _, n, _ in files]))
+    return files, issues, notes
 
 
 def _split_of(path: Path) -> str | None:
@@ -1884,9 +2038,23 @@ def load_dataset(paths: Iterable[str | os.PathLike], *, mapping: dict[str, str] 
             raise DatasetError(f"The field mapping names unknown fields {unknown}.",
                                f"Map onto these names: {', '.join(sorted(MAPPABLE_KEYS))}.")
         mapping = {_norm_key(k): str(v) for k, v in mapping.items()}
-    files = _expand(paths)
+    paths = list(paths)
+    lf = [Path(p) for p in paths if Path(p).is_dir() and (Path(p) / DATASET_INFO).is_file()]
+    adapters: dict[str, Callable] = {}  # file name -> the row rewriting its dataset_info.json entry asks for
+    lf_issues: list[DatasetIssue] = []
+    lf_notes: list[DatasetNote] = []
+    files = _expand([p for p in paths if Path(p) not in lf])
+    for folder in lf:
+        found, iss, nts = _dataset_info(folder)
+        lf_issues += iss
+        lf_notes += nts
+        for path, name, spec in found:
+            files.append((path, name, None))
+            adapters[name] = _lf_adapter(spec)
     if not files:
-        raise DatasetError("No dataset files were given.", "Drop a JSONL, JSON, CSV, TSV or TXT file.")
+        raise DatasetError("No dataset files were given." if not lf else
+                           f"{lf[0].name}/{DATASET_INFO} names no file in the folder.",
+                           "Drop a JSONL, JSON, CSV, TSV or TXT file.")
     sizes = [f.stat().st_size if f.is_file() else 0 for f, _, _ in files]
     grand = sum(sizes) or 1
     throttle = Throttle(0.2)
@@ -1912,8 +2080,17 @@ def load_dataset(paths: Iterable[str | os.PathLike], *, mapping: dict[str, str] 
                 events.progress(base + n, grand, f"reading {name}")
 
         events.progress(base, grand, f"reading {name}")
-        r, iss, fmt, n = load_file(f, mapping, cancel, name=name, on_bytes=on_bytes, template=template, system=system,
-                                   notes=counter, fill=fill)
+        if name in adapters:  # a file of a LLaMA-Factory folder: one refused whole is a problem, not the end
+            try:
+                r, iss, fmt, n = load_file(f, mapping, cancel, name=name, on_bytes=on_bytes, template=template,
+                                           system=system, notes=counter, fill=fill, adapter=adapters[name])
+            except DatasetError as exc:
+                lf_issues.append(DatasetIssue(name, None, None, str(exc), exc.hint))
+                done += size
+                continue
+        else:
+            r, iss, fmt, n = load_file(f, mapping, cancel, name=name, on_bytes=on_bytes, template=template,
+                                       system=system, notes=counter, fill=fill)
         done += size
         formats[name] = fmt
         issues += iss
@@ -1937,8 +2114,8 @@ def load_dataset(paths: Iterable[str | os.PathLike], *, mapping: dict[str, str] 
     if splits and loose:
         splits.setdefault("train", []).extend(loose)
     events.progress(grand, grand, "read")
-    ds = Dataset(records, issues, formats, total, splits, _preference_notes(preference, pref_files, use)
-                 + counter.notes(), preference, left_out, use)
+    ds = Dataset(records, lf_issues + issues, formats, total, splits, lf_notes
+                 + _preference_notes(preference, pref_files, use) + counter.notes(), preference, left_out, use)
     events.log("info", f"{ds.total} examples, {len(ds.records)} valid, {len(ds.issues)} problems; format {ds.format}")
     for note in ds.notes:
         events.log("info", note.message)
@@ -2002,7 +2179,7 @@ def require_clean(ds: Dataset, skip_invalid: bool) -> None:
                            "pairs (a chosen and a rejected answer to each prompt), not examples with one answer: "
                            "supervised training would not know which answer to learn.",
                            "Train on the chosen answers with --use chosen (the Data page: 'Preference pairs: train "
-                           "on the chosen answers'), or tune on the preferences (preference tuning).",
+                           "on the chosen answers'), or tune on the preferences (preference tuning: DPO or ORPO).",
                            files[0] if files else None)
     shown = "\n".join(str(i) for i in ds.issues[:10])
     more = f"\n... and {len(ds.issues) - 10} more" if len(ds.issues) > 10 else ""

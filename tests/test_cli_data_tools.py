@@ -101,6 +101,18 @@ def test_train_refuses_pairs_without_use_chosen(tmp_path):
     assert ("error: dpo.jsonl holds 2 preference pairs (a chosen and a rejected answer to each prompt), not "
             "examples with one answer: supervised training would not know which answer to learn.") in r.stderr
     assert "--use chosen" in r.stderr
+    # with --use chosen the chosen answers are trained; the run's config keeps the choice (and --fill)
+    pairs = tmp_path / "pairs12.jsonl"
+    pairs.write_text(lines(*[{"prompt": f"Q{i}?", "chosen": f"Good {i}, {{{{name}}}}.", "rejected": f"Bad {i}."}
+                             for i in range(12)]))
+    run = tmp_path / "run2"
+    r = cli("train", "--model", ROOT / "resources" / "demo" / "model", "--data", pairs, "--out", run, "--iters", "1",
+            "--use", "chosen", "--fill", "name=Loom")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["state"] == "done" and res["train_examples"] + res["valid_examples"] == 12
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["use"] == "chosen" and cfg["fill"] == {"name": "Loom"} and cfg["chunk"] is False
     r = cli("train", "--help")
     assert "--use {chosen}" in r.stdout and "--fill NAME=VALUE" in r.stdout and "--chunk" in r.stdout
 
@@ -144,3 +156,17 @@ def test_corpus_lines_cut_tokens_and_chunks(tmp_path, model_dirs):  # noqa: F811
     assert len(dest.read_text().splitlines()) == windows
     r = cli("data", "check", f, "--chunk")
     assert r.returncode == 2 and "--chunk needs --model" in r.stderr
+
+
+def test_export_of_chats_beside_pairs_says_what_was_left_out(tmp_path):
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(lines({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}))
+    pairs = tmp_path / "dpo.jsonl"
+    pairs.write_text(lines(*PAIRS[:2]))
+    out = tmp_path / "o.jsonl"
+    r = cli("data", "export", chat, pairs, "--out", out)
+    assert r.returncode == 0 and "wrote 1 of 3 examples" in r.stdout
+    assert ("2 preference pair(s) not written: supervised training cannot use them as they are; --use chosen writes "
+            "their chosen conversations") in r.stdout
+    r = cli("data", "export", chat, pairs, "--out", out, "--use", "chosen")
+    assert "wrote 3 of 3 examples" in r.stdout and len(out.read_text().splitlines()) == 3

@@ -219,9 +219,11 @@ def test_placeholders_are_counted_with_their_lines_and_filled(tmp_path):
         "unfilled placeholders in the answers of 3 examples: {value} (1), {{author}} (2) (identity.jsonl lines 1, 2, 5)")
     with pytest.raises(DatasetError, match="Cannot fill the placeholder 'a b'"):
         load_dataset([f], fill={"a b": "x"})
-    # JSON answers are not placeholders
-    js = load_dataset([write(tmp_path, "j.jsonl", jsonl({"input": "x", "output": {"name": "y"}}))])
-    assert not [x for x in js.notes if x.kind == "placeholders"]
+    # JSON answers, LaTeX and shell variables are not placeholders
+    js = load_dataset([write(tmp_path, "j.jsonl", jsonl({"input": "x", "output": {"name": "y"}},
+                                                        {"input": "y", "output": "\\frac{a}{b} = x^{n}, \\text{km}"},
+                                                        {"input": "z", "output": "echo ${HOME}"}))])
+    assert len(js.records) == 3 and not [x for x in js.notes if x.kind == "placeholders"]
 
 
 # --------------------------------------------------------------------------- images, video, audio
@@ -343,3 +345,108 @@ def test_parquet_is_checked_to_the_last_row_with_progress(tmp_path):
     assert sum(1 for _ in data.read_rows(f, on_bytes=seen.append)) == 3000
     size = f.stat().st_size
     assert seen == sorted(seen) and seen[-1] == size and len(seen) == 3  # batches of 1024 rows
+
+
+# --------------------------------------------------------------------------- LLaMA-Factory's data folder
+
+def lf_folder(tmp_path: Path) -> Path:
+    d = tmp_path / "data"
+    info = {
+        "alpaca_en_demo": {"file_name": "alpaca_en_demo.json"},
+        "identity": {"file_name": "identity.json"},
+        "dpo_en_demo": {"file_name": "dpo_en_demo.json", "ranking": True, "formatting": "sharegpt",
+                        "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}},
+        "kto_en_demo": {"file_name": "kto_en_demo.json", "formatting": "sharegpt",
+                        "columns": {"messages": "messages", "kto_tag": "label"},
+                        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                                 "assistant_tag": "assistant"}},
+        "mllm_demo": {"file_name": "mllm_demo.json", "formatting": "sharegpt",
+                      "columns": {"messages": "messages", "images": "images"},
+                      "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                               "assistant_tag": "assistant"}},
+        "c4_demo": {"file_name": "c4_demo.jsonl", "columns": {"prompt": "text"}},
+        "custom": {"file_name": "custom.jsonl", "columns": {"prompt": "q", "response": "a", "history": "hist",
+                                                             "system": "sys"}},
+        "renamed_tags": {"file_name": "tags.json", "formatting": "sharegpt", "columns": {"messages": "turns"},
+                         "tags": {"role_tag": "speaker", "content_tag": "text", "user_tag": "client",
+                                  "assistant_tag": "agent"}},
+        "alpaca_en": {"hf_hub_url": "llamafactory/alpaca_en", "ms_hub_url": "llamafactory/alpaca_en"},
+        "gone": {"file_name": "gone.json"},
+    }
+    write(tmp_path, "data/dataset_info.json", json.dumps(info, indent=2))
+    write(tmp_path, "data/alpaca_en_demo.json", json.dumps([
+        {"instruction": "Describe a cat.", "input": "", "output": "A small furry animal."},
+        {"instruction": "", "input": "What is 1+1?", "output": "2"}]))
+    write(tmp_path, "data/identity.json", json.dumps([
+        {"instruction": "Who are you?", "input": "", "output": "I am {{name}}, made by {{author}}."}]))
+    write(tmp_path, "data/dpo_en_demo.json", json.dumps([
+        {"conversations": [{"from": "human", "value": "Pick a fruit."}],
+         "chosen": {"from": "gpt", "value": "An apple."}, "rejected": {"from": "gpt", "value": "A rock."}}]))
+    write(tmp_path, "data/kto_en_demo.json", json.dumps([
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}], "label": True},
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Go away."}],
+         "label": False}]))
+    write(tmp_path, "data/mllm_demo.json", json.dumps([
+        {"messages": [{"role": "user", "content": "<image>Who are they?"}, {"role": "assistant", "content": "Players."}],
+         "images": ["mllm_demo_data/1.jpg"]}]))
+    write(tmp_path, "data/c4_demo.jsonl", jsonl({"text": "A document about rivers."}, {"text": "Another one."}))
+    write(tmp_path, "data/custom.jsonl", jsonl({"q": "And 3?", "a": "Three.", "sys": "Count.",
+                                                "hist": [["1?", "One."], ["2?", "Two."]]}))
+    write(tmp_path, "data/tags.json", json.dumps([
+        {"turns": [{"speaker": "client", "text": "Refund?"}, {"speaker": "agent", "text": "Yes, within 30 days."}]}]))
+    return d
+
+
+def test_llama_factory_folder_follows_dataset_info(tmp_path):
+    d = lf_folder(tmp_path)
+    ds = load_dataset([d], use="chosen", fill={"name": "Loom", "author": "Ada"})
+    assert ds.formats == {"data/alpaca_en_demo.json": "alpaca", "data/identity.json": "alpaca",
+                          "data/dpo_en_demo.json": "preference-sharegpt", "data/kto_en_demo.json": "kto",
+                          "data/c4_demo.jsonl": "text", "data/custom.jsonl": "chat", "data/tags.json": "sharegpt"}
+    msgs = {r.file: [] for r in ds.records}
+    for r in ds.records:
+        msgs[r.file].append(r.messages)
+    assert msgs["data/alpaca_en_demo.json"][1] == [{"role": "user", "content": "What is 1+1?"},
+                                                   {"role": "assistant", "content": "2"}]
+    assert msgs["data/identity.json"][0][1]["content"] == "I am Loom, made by Ada."
+    assert msgs["data/dpo_en_demo.json"] == [[{"role": "user", "content": "Pick a fruit."},
+                                             {"role": "assistant", "content": "An apple."}]]
+    assert msgs["data/kto_en_demo.json"] == [[{"role": "user", "content": "Hi"},
+                                             {"role": "assistant", "content": "Hello!"}]]
+    assert msgs["data/c4_demo.jsonl"] == [[{"role": "assistant", "content": "A document about rivers."}],
+                                         [{"role": "assistant", "content": "Another one."}]]
+    assert msgs["data/custom.jsonl"] == [[{"role": "system", "content": "Count."},
+                                         {"role": "user", "content": "1?"}, {"role": "assistant", "content": "One."},
+                                         {"role": "user", "content": "2?"}, {"role": "assistant", "content": "Two."},
+                                         {"role": "user", "content": "And 3?"},
+                                         {"role": "assistant", "content": "Three."}]]
+    assert msgs["data/tags.json"] == [[{"role": "user", "content": "Refund?"},
+                                      {"role": "assistant", "content": "Yes, within 30 days."}]]
+    assert len(ds.records) == 9 and ds.pairs == 1 and len(ds.preference) == 3 and ds.left_out == 1
+    assert [(i.file, i.line, i.field, i.message) for i in ds.issues] == [
+        ("data/dataset_info.json", None, "gone", "names the file gone.json, which is not in data"),
+        ("data/mllm_demo.json", None, None,
+         "data/mllm_demo.json: every example carries images, video or audio (line 1, 'images' carries images: the "
+         "model reads text only, so it would learn the answer without them).")]
+    assert note(ds, "dataset_info_remote").message == (
+        "data/dataset_info.json: 1 entry names data on a hub, not a file here, and is not read: alpaca_en")
+    assert note(ds, "dataset_info").message == (
+        "data/dataset_info.json: 8 files read the way its entries say (formatting, columns, tags, ranking)")
+    # without dataset_info.json the same folder's files are read by their own field names: q / a is no format
+    (d / "dataset_info.json").unlink()
+    with pytest.raises(DatasetError, match=r"data/custom.jsonl: no example in it has a known format"):
+        load_dataset([d], use="chosen")
+
+
+def test_parquet_without_examples_is_refused_after_the_first_thousand_rows(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    f = tmp_path / "junk.parquet"
+    pq.write_table(pa.table({"id": list(range(50_000)), "body": ["x"] * 50_000}), f, row_group_size=10_000)
+    seen = []
+    with pytest.raises(DatasetError) as err:
+        for _ in data.load_file(f, on_bytes=seen.append)[0]:
+            pass
+    assert str(err.value) == ("junk.parquet: none of its first 1000 examples has a known format (fields seen: "
+                              "['id', 'body']).")
+    assert len(seen) == 0  # stopped inside the first batch of 1024 rows: the rest was never read

@@ -29,6 +29,12 @@ def sample_columns(files, events=None, cancel=None):
     return sample_rows(files, 5, cancel)
 
 FORMAT_LABELS = {
+    "preference-prompt": "preference pairs (prompt, chosen, rejected)",
+    "preference-sharegpt": "preference pairs (conversations, chosen, rejected)",
+    "preference-chat": "preference pairs (messages, chosen, rejected)",
+    "preference-alpaca": "preference pairs (instruction, chosen, rejected)",
+    "preference-transcript": "preference pairs (chosen and rejected conversations)",
+    "kto": "answers labelled desirable or not (KTO)",
     "chat": "chat messages (messages with role and content)",
     "sharegpt": "ShareGPT conversations (from / value)",
     "alpaca": "Alpaca (instruction, input, output)",
@@ -100,6 +106,13 @@ class DataPage(Page):
         self.mapping = MappingPanel()
         self.mapping.applied.connect(self._mapping_applied)
         self._load_options: dict = {}
+        # preference pairs and placeholders: which answers are trained, what fills the slots (issue 26)
+        from app.gui.answers_panel import AnswersPanel
+
+        self.answers = AnswersPanel()
+        self.answers.hide()
+        self.answers.applied.connect(self._answers_applied)
+        lay.addWidget(self.answers)
 
         # -- results: examples | token lengths over problems
         self.results = QSplitter(Qt.Orientation.Horizontal)
@@ -357,8 +370,10 @@ class DataPage(Page):
         line = (f"Longest {s['max']:,} tokens, median {s['median']:,}, 95% at most {s['p95']:,}. "
                 f"{s['trained_share']:.0%} of the tokens are answers the model learns from.<br>")
         if cut:
-            line += theme.span(f"{cut:,} of {n:,} examples are longer than {m:,} tokens and would be cut off",
-                               "error", pal, bold=True) + ": raise the max length, or shorten them."
+            lost = sum(k - m for k in t.lengths if k > m)
+            line += theme.span(f"{cut:,} of {n:,} examples are longer than {m:,} tokens and would be cut off "
+                               f"({lost:,} tokens cut away)", "error", pal, bold=True) + \
+                ": raise the max length, or shorten them."
         else:
             line += theme.span(f"No example is longer than {m:,} tokens: nothing is cut off.", "ok", pal)
         self.trunc_label.setText(line)
@@ -467,6 +482,7 @@ class DataPage(Page):
         self._files = files  # what the mapping panel's choice is applied to (even when reading them failed)
         if options is None:
             self._load_options = {}
+            self.answers.reset()
             self.session.update(data_options={})
             self.set_mapping_panel(None)
             self._sample_pending = files  # the columns for the mapping panel, once the files are read
@@ -490,19 +506,36 @@ class DataPage(Page):
         paths_ = list(getattr(self, "_files", None) or self.session.data_paths or [])
         if not paths_:
             return
-        self.session.update(data_options=self.mapping.config_fields() if options else {})
-        self.load_data(paths_, switch=False, options=options)
+        answers = self._answer_options()
+        self.session.update(data_options={**(self.mapping.config_fields() if options else {}), **answers})
+        self.load_data(paths_, switch=False, options={**options, **answers})
+
+    def _answer_options(self) -> dict:
+        return {k: v for k, v in self.answers.options().items() if v}
+
+    def _answers_applied(self, _options: dict):
+        """The answers panel's choice (--use chosen, --fill): read the same files again with it."""
+        paths_ = list(getattr(self, "_files", None) or self.session.data_paths or [])
+        if not paths_:
+            return
+        answers = self._answer_options()
+        keep = {k: v for k, v in (self.session.data_options or {}).items() if k not in ("use", "fill")}
+        self.session.update(data_options={**keep, **answers})
+        base = {k: v for k, v in self._load_options.items() if k not in ("use", "fill")}
+        self.load_data(paths_, switch=False, options={**base, **answers})
 
     def _data_loaded(self, report):
         self.settings.setValue("data/paths", [str(p) for p in report.paths])
         self.session.update(data_report=report, dataset=report.dataset, data_paths=report.paths, token_report=None)
         self.show_dataset(report)
         ds = report.dataset
+        self.answers.setVisible(self.answers.show_dataset(ds))
         self.ctx.status(f"{len(ds.records):,} usable examples, {len(ds.issues):,} problems", 8000)
         self.measure_tokens()
 
     def _data_failed(self, exc):
         self._load_error = str(exc)
+        self.answers.hide()
         self.session.update(dataset=None, data_report=None, token_report=None)
         if isinstance(exc, Cancelled):
             self.show_error("Stopped before the files were read to the end; nothing was loaded.")
@@ -511,8 +544,9 @@ class DataPage(Page):
 
     def _sample_columns(self):
         files, self._sample_pending = getattr(self, "_sample_pending", None), None
-        if files and getattr(self.session.dataset, "format", "") == "chat":
-            return  # chat files need no mapping
+        fmt = getattr(self.session.dataset, "format", "")
+        if files and (fmt == "chat" or fmt.startswith("preference-") or fmt == "kto"):
+            return  # chat files need no mapping, nor preference data (the answers panel is theirs)
         if files and self.session.dataset is None and "binary" in getattr(self, "_load_error", ""):
             return  # not a text file: no columns to map
         if files:
