@@ -213,7 +213,8 @@ def test_lmstudio_places_the_gguf_under_a_fake_home(tmp_path, monkeypatch):
     dest = home / ".lmstudio" / "models" / "tuneloom" / "my-run" / "tuned-q4_k_m.gguf"
     assert res["path"] == str(dest) and dest.read_bytes() == gguf.read_bytes()
     new = {p for p in tmp_path.rglob("*")} - before
-    assert all(str(p).startswith(str(home / ".lmstudio" / "models")) for p in new), new
+    assert {p for p in new if not p.is_dir()} == {dest}, "one file written, nothing else"
+    assert all(p in dest.parents for p in new if p.is_dir()), new
     with pytest.raises(TuneloomError, match="already has"):
         place_gguf(gguf, "my run")
 
@@ -267,6 +268,7 @@ def hub(tmp_path, monkeypatch):
     with HubServer(lifetime=300) as srv:
         srv.write_tokens.add(TOKEN)
         use_hub_server(srv, tmp_path / "hf-home", monkeypatch)
+        (tmp_path / "hf-home").mkdir(exist_ok=True)
         yield srv
 
 
@@ -298,6 +300,7 @@ def test_push_adapter_and_merged_in_one_commit(tmp_path, tmp_path_factory, hub, 
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "merged/config.json",
             "merged/model.safetensors", "merged/README.md"} <= files
     assert commit["oid"] == res["commit"] and set(commit["files"]) == files
+    assert hub.validated and hub.validated[0].startswith("---\n"), "the model card's metadata passed the Hub's check"
     # progress reaches the total in bytes
     assert ev.progresses and ev.progresses[-1][0] == ev.progresses[-1][1] == res["bytes"]
     # the token is read, never written
