@@ -329,3 +329,26 @@ def test_push_cancel_leaves_the_repo_without_a_commit(tmp_path, tmp_path_factory
     with pytest.raises(Cancelled):
         push(run, "me/cancelled", endpoint=hub.url, events=CancelOnFirstUpload(), cancel=cancel)
     assert hub.commits == [] and hub.repos["me/cancelled"].files == {}
+
+
+# --------------------------------------------------------------------------- CLI
+
+def test_cli_export_targets_print_their_paths(tmp_path, tmp_path_factory, monkeypatch, capsys):
+    from app.cli import main
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("PATH", str(tmp_path / "no-lms"))  # no `lms`: the file is placed by Tuneloom itself
+    run = make_run(_base(tmp_path_factory), tmp_path / "run")
+    assert main(["export", str(run), "--lmstudio", "--quant", "q8_0", "--peft", str(tmp_path / "peft"),
+                 "--json"]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    lm = home / ".lmstudio" / "models" / "tuneloom" / "run" / "run-q8_0.gguf"
+    assert got["lmstudio"] == got["gguf"] == str(lm) and lm.read_bytes()[:4] == b"GGUF"
+    assert got["peft"] == str(tmp_path / "peft") and (tmp_path / "peft" / "adapter_model.safetensors").is_file()
+    # without --json: one "what: path" line each
+    assert main(["export", str(run), "--peft", str(tmp_path / "peft")]) == 0
+    assert capsys.readouterr().out.strip().splitlines() == [f"peft: {tmp_path / 'peft'}"]
+    # LM Studio opens merged files, not adapters
+    assert main(["export", str(run), "--adapter-only", "--gguf", str(tmp_path / "a.gguf"), "--lmstudio"]) == 2
