@@ -329,15 +329,15 @@ def export_adapter(source, *, gguf, quant: str = "f16", ollama: str | None = Non
     for note in plan.embedded_template.notes:
         events.log("info", note)
 
-    events.log("stage", _stage_start("base"))
+    # one "gguf" stage (the merged export's name for writing the files): the shared base (when not there
+    # yet), then the adapter and its Modelfile
+    events.log("stage", _stage_start("gguf"))
     base_gguf, reused = ensure_base_gguf(base, plan.quant, template=plan.embedded_template.template,
                                          thinking=plan.thinking, events=events, cancel=cancel)
-    events.log("stage-done", _stage_done_text("base"))
-    events.log("stage", _stage_start("adapter"))
     info = write_adapter_gguf(base, adapter_dir, gguf, name=Path(adapter_dir).name, events=events, cancel=cancel)
     write_text(mf, text)
     events.log("info", f"Wrote {gguf} ({info['bytes'] / 1e6:.1f} MB) and {mf}")
-    events.log("stage-done", _stage_done_text("adapter"))
+    events.log("stage-done", _stage_done_text("gguf"))
     result = {"base": str(base), "adapter": str(adapter_dir), "adapter_gguf": str(gguf), "gguf": str(gguf),
               "base_gguf": str(base_gguf), "base_reused": reused, "modelfile": str(mf), "quant": plan.quant,
               "alpha": info["alpha"], "rank": info["rank"], "adapter_bytes": info["bytes"],
