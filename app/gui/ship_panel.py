@@ -89,7 +89,10 @@ class ShipPanel(QWidget):
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
 
-        kind_row = QHBoxLayout()
+        # the merged/adapter choice: a row of its own that the page puts in its form, next to the type
+        self.kind_box = QWidget()
+        kind_row = QHBoxLayout(self.kind_box)
+        kind_row.setContentsMargins(0, 0, 0, 0)
         self.kind = QComboBox()
         self.kind.setObjectName("export.kind")
         for key, label in KINDS:
@@ -99,10 +102,8 @@ class ShipPanel(QWidget):
         self.kind_note = QLabel("")
         self.kind_note.setObjectName("export.kind_note")
         self.kind_note.setWordWrap(True)
-        kind_row.addWidget(QLabel("What to export"))
         kind_row.addWidget(self.kind)
         kind_row.addWidget(self.kind_note, 1)
-        lay.addLayout(kind_row)
 
         box = QGroupBox("Other places")
         grid = QGridLayout(box)

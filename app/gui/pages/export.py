@@ -170,6 +170,10 @@ class ExportPage(Page):
         form.addRow("Ollama name", name_box)
         form.addRow("", self.name_note)
         form.addRow("Size", self.quant)
+        from app.gui.ship_panel import ShipPanel  # issue 29: merged/adapter choice, other targets, Share
+
+        self.ship = ShipPanel(self)
+        form.addRow("What to export", self.ship.kind_box)
         form.addRow("System prompt", self.system)
         form.addRow("Temperature", self.temperature)
 
@@ -218,9 +222,6 @@ class ExportPage(Page):
         self.layout_.addWidget(self.stages)
         self.layout_.addWidget(self.result)
         self.layout_.addWidget(self.after)
-        from app.gui.ship_panel import ShipPanel  # issue 29: merged/adapter choice, other targets, Share
-
-        self.ship = ShipPanel(self)
         self.layout_.addWidget(self.ship)
         self.layout_.addStretch(1)
 
