@@ -148,6 +148,32 @@ def test_peft_folder_names_shapes_and_scale(tmp_path, tmp_path_factory, model):
     assert "PeftModel.from_pretrained" in card
 
 
+def test_peft_dora_magnitude_gives_the_merged_weights(tmp_path, tmp_path_factory):
+    """PEFT's DoRA: W' = m / ||W + s B A||_row * (W + s B A), as mlx-lm's DoRALinear computes and fuses."""
+    from safetensors.numpy import load_file
+
+    from core.fuse import fuse_model
+    from core.peft_export import export_peft
+
+    base = _base(tmp_path_factory)
+    run = make_run(base, tmp_path / "run", kind="dora")
+    folder = Path(export_peft(run, tmp_path / "peft")["path"])
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    assert cfg["use_dora"] is True
+    state = load_file(str(folder / "adapter_model.safetensors"))
+    fused = load_file(str(fuse_model(base, run, tmp_path / "fused") / "model.safetensors"))
+    orig = load_file(str(base / "model.safetensors"))
+    scaling = cfg["lora_alpha"] / cfg["r"]
+    mags = [k for k in state if k.endswith(".lora_magnitude_vector")]
+    assert len(mags) == 14
+    for key in mags:
+        module = key[len("base_model.model."):-len(".lora_magnitude_vector")]
+        A, B = state[f"base_model.model.{module}.lora_A.weight"], state[f"base_model.model.{module}.lora_B.weight"]
+        w = orig[module + ".weight"].astype(np.float32) + scaling * (B @ A)
+        w = (state[key] / np.linalg.norm(w, axis=1))[:, None] * w
+        np.testing.assert_allclose(w, fused[module + ".weight"].astype(np.float32), atol=1e-5, rtol=1e-4)
+
+
 def test_peft_refuses_a_qlora_base(tmp_path, tmp_path_factory):
     import shutil
 
