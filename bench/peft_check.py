@@ -8,10 +8,12 @@ torch is not a Tuneloom dependency and is large, so this runs in a virtualenv of
 
     python -m venv /tmp/peft-venv
     /tmp/peft-venv/bin/pip install torch transformers peft safetensors numpy
-    .venv/bin/python bench/peft_check.py export /tmp/peft-check        # Tuneloom's side (MLX)
+    .venv/bin/python bench/peft_check.py export /tmp/peft-check [dora]  # Tuneloom's side (MLX)
     /tmp/peft-venv/bin/python bench/peft_check.py compare /tmp/peft-check   # the torch side
 
 Prints the largest logit difference; float32 both sides, so it should be below 1e-3.
+
+Run here (Linux, torch 2.14.1 CPU, transformers 5.25.0, peft 0.21.2): LoRA 1.34e-05, DoRA 1.48e-05.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ PROMPTS = ["Hello world, how are you today? I am fine, thank you.",
            "<|im_start|>user\nWrite code:\n    x = 1<|im_end|>\n<|im_start|>assistant\n"]
 
 
-def export(out: Path) -> None:
+def export(out: Path, kind: str = "lora") -> None:
     sys.path.insert(0, str(ROOT))
     import numpy as np
 
@@ -33,7 +35,7 @@ def export(out: Path) -> None:
     from tests.fixtures.tiny_models import make_tiny_model
 
     base = make_tiny_model("qwen2.5", out / "base", dtype="float32")
-    run = make_run(base, out / "run")
+    run = make_run(base, out / "run", kind=kind)
     export_peft(run, out / "peft")
     import mlx_lm
 
@@ -63,6 +65,9 @@ def compare(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("export", "compare"):
+    if len(sys.argv) not in (3, 4) or sys.argv[1] not in ("export", "compare"):
         sys.exit(__doc__)
-    {"export": export, "compare": compare}[sys.argv[1]](Path(sys.argv[2]))
+    if sys.argv[1] == "export":
+        export(Path(sys.argv[2]), *(sys.argv[3:]))  # optional: dora
+    else:
+        compare(Path(sys.argv[2]))

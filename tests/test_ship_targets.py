@@ -378,3 +378,21 @@ def test_cli_export_targets_print_their_paths(tmp_path, tmp_path_factory, monkey
     assert capsys.readouterr().out.strip().splitlines() == [f"peft: {tmp_path / 'peft'}"]
     # LM Studio opens merged files, not adapters
     assert main(["export", str(run), "--adapter-only", "--gguf", str(tmp_path / "a.gguf"), "--lmstudio"]) == 2
+
+
+# slow (about a minute: torch + transformers + peft load in another interpreter) and needs that interpreter,
+# so it runs only where TUNELOOM_PEFT_PYTHON names one (python -m venv V; V/bin/pip install torch transformers peft)
+@pytest.mark.skipif(not os.environ.get("TUNELOOM_PEFT_PYTHON"),
+                    reason="set TUNELOOM_PEFT_PYTHON to a python with torch, transformers and peft")
+@pytest.mark.parametrize("kind", ["lora", "dora"])
+def test_peft_folder_loads_in_real_peft_with_the_same_logits(tmp_path, kind):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root))
+    subprocess.run([sys.executable, str(root / "bench" / "peft_check.py"), "export", str(tmp_path), kind],
+                   check=True, env=env, capture_output=True)
+    p = subprocess.run([os.environ["TUNELOOM_PEFT_PYTHON"], str(root / "bench" / "peft_check.py"), "compare",
+                        str(tmp_path)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
