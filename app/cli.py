@@ -393,6 +393,10 @@ def cmd_export(a) -> int:
     from core.events import TuneloomError
     from core.export import export, resolve_source, write_export_record
 
+    from app import cli_ship
+
+    if cli_ship.wants_targets(a):  # --adapter-only, --lmstudio, --mlx, --peft (issue 29)
+        return cli_ship.cmd_export_targets(a)
     if not a.gguf and not a.modelfile:
         print("error: give --gguf OUT.gguf (the GGUF and its Modelfile), --modelfile PATH (only the Modelfile), "
               "or both", file=sys.stderr)
@@ -664,7 +668,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--force", action="store_true", help="replace an Ollama model of the same name")
     e.add_argument("--modelfile", metavar="PATH", help="write the Modelfile here; alone, writes only the Modelfile, "
                    "whose FROM names the GGUF an export would write next to it (SOURCE-QUANT.gguf)")
+    from app.cli_ship import add_export_flags, add_push_parser
+
+    add_export_flags(e)
     e.set_defaults(func=cmd_export)
+    add_push_parser(sub)
 
     f = sub.add_parser("fetch", help="download a model into the Hugging Face cache (or check a model folder)")
     f.add_argument("model_id", metavar="MODEL_ID",

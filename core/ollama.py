@@ -1526,8 +1526,11 @@ def register_model(gguf_path: str | os.PathLike, name: str, *, template: str, st
                    modelfile_path: str | os.PathLike | None = None, verify: bool = True,
                    verify_prompt: str = "Say hello.", verify_messages: list | None = None,
                    verify_options: dict | None = None, events: Events | None = None,
-                   cancel: CancelToken | None = None) -> dict:
+                   cancel: CancelToken | None = None, adapter_path: str | os.PathLike | None = None) -> dict:
     """Register ``gguf_path`` in Ollama as ``name`` through its REST API.
+
+    ``adapter_path``: a GGUF LoRA adapter (core.export_adapter) uploaded too and passed as
+    ``adapters`` in ``/api/create``, so the model is ``gguf_path`` (the base) with the adapter.
 
     Steps: validate the name, find the server and check its version, refuse an
     existing name unless ``force``, hash the GGUF, upload it as a blob unless the
@@ -1559,6 +1562,8 @@ def register_model(gguf_path: str | os.PathLike, name: str, *, template: str, st
         quantize = match
     if not gguf_path.is_file():
         raise OllamaError(f"{gguf_path} does not exist.", "Export the GGUF first.")
+    if adapter_path is not None and not Path(adapter_path).is_file():
+        raise OllamaError(f"{adapter_path} does not exist.", "Export the adapter GGUF first.")
 
     base = _base_url(host) if host else default_host()
     # blob traffic goes through httpx directly (HEAD, and a streamed POST with progress); the rest through
@@ -1569,7 +1574,8 @@ def register_model(gguf_path: str | os.PathLike, name: str, *, template: str, st
         return _register(http, client, base, gguf_path, full_name, create_command, template=template,
                          stops=stops, system=system, parameters=parameters, quantize=quantize, force=force,
                          license_text=license_text, verify=verify, verify_prompt=verify_prompt, events=events,
-                         cancel=cancel, verify_messages=verify_messages, verify_options=verify_options)
+                         cancel=cancel, verify_messages=verify_messages, verify_options=verify_options,
+                         adapter_path=Path(adapter_path) if adapter_path is not None else None)
     finally:
         client.close()
         http.close()
@@ -1591,7 +1597,7 @@ def _not_running(base: str, create_command: str) -> OllamaNotRunning:
 
 def _register(http, client, base: str, gguf_path: Path, full_name: str, create_command: str, *, template, stops, system,
               parameters, quantize, force, license_text, verify, verify_prompt, events: Events,
-              cancel: CancelToken | None, verify_messages=None, verify_options=None) -> dict:
+              cancel: CancelToken | None, verify_messages=None, verify_options=None, adapter_path=None) -> dict:
     import httpx
     import ollama
 
@@ -1643,6 +1649,19 @@ def _register(http, client, base: str, gguf_path: Path, full_name: str, create_c
                 f"Run the registration again, or register by hand:\n  {create_command}",
                 create_command=create_command)
 
+    adapters = None
+    if adapter_path is not None:
+        adapter_digest = file_sha256(adapter_path, events=events, cancel=cancel)
+        try:
+            have_adapter = _blob_exists(http, base, adapter_digest)
+        except httpx.HTTPError as exc:
+            raise OllamaNotRunning(f"Ollama at {base} stopped answering ({exc}).",
+                                   f"Restart Ollama and try again, or register by hand:\n  {create_command}",
+                                   create_command=create_command) from exc
+        if not have_adapter:
+            events.log("info", f"uploading {adapter_path.name} to Ollama")
+            _upload_blob(http, base, adapter_path, adapter_digest, events, cancel, create_command)
+        adapters = {_files_key(adapter_path): adapter_digest}
     events.log("stage-done", _stage_done_text("upload"))
     params = dict(parameters) if parameters is not None else {"temperature": DEFAULT_TEMPERATURE}
     params["stop"] = list(stops)
@@ -1652,7 +1671,7 @@ def _register(http, client, base: str, gguf_path: Path, full_name: str, create_c
         last = None
         for part in client.create(model=full_name, files={_files_key(gguf_path): digest}, template=template,
                                   parameters=params, system=system or None, license=license_text,
-                                  quantize=quantize, stream=True):
+                                  quantize=quantize, stream=True, **({"adapters": adapters} if adapters else {})):
             last = part.status
             if part.total and part.completed is not None:
                 events.progress(part.completed, part.total, part.status or f"creating {full_name}")
@@ -1669,6 +1688,8 @@ def _register(http, client, base: str, gguf_path: Path, full_name: str, create_c
     events.log("stage-done", _stage_done_text("create"))
     result: dict = {"model": full_name, "name": full_name, "host": base, "version": version, "digest": digest,
                     "uploaded": not have, "replaced": taken, "quantize": quantize, "answer": None}
+    if adapters:
+        result["adapters"] = adapters
     if not verify:
         return result
     events.log("stage", _stage_start("verify"))

@@ -63,19 +63,31 @@ def check_name_job(name, events=None, cancel=None):
     return ol.model_exists(name)
 
 
-def export_job(run_dir, quant, name, system, temperature, force, register, events=None, cancel=None):
+def export_job(run_dir, quant, name, system, temperature, force, register, events=None, cancel=None,
+               adapter_only=False):
     """Write the GGUF and Modelfile; with ``register``, register in Ollama and verify. An Ollama
-    failure after the files are written is returned (``ollama_error``), not raised."""
+    failure after the files are written is returned (``ollama_error``), not raised. ``adapter_only``:
+    the adapter GGUF on the shared base GGUF instead (core.export_adapter)."""
     from core import ollama as ol
     from core.export import export, write_export_record
 
     gguf, modelfile = export_paths(run_dir, quant)
+    if adapter_only:
+        gguf = gguf.with_name(f"adapter-{quant}.gguf")
+        modelfile = gguf.with_name(f"adapter-{quant}.Modelfile")
     msgs = verify_messages(run_dir) if register else None
     t0 = time.time()
     try:
-        res = export(run_dir, gguf=gguf, quant=quant, ollama=name if register else None, system=system or None,
-                     force=force, modelfile=modelfile, temperature=temperature, verify_messages=msgs,
-                     verify_options=VERIFY_OPTIONS, events=events, cancel=cancel)
+        if adapter_only:
+            from core.export_adapter import export_adapter
+
+            res = export_adapter(run_dir, gguf=gguf, quant=quant, ollama=name if register else None,
+                                 system=system or None, force=force, modelfile=modelfile, temperature=temperature,
+                                 verify_messages=msgs, verify_options=VERIFY_OPTIONS, events=events, cancel=cancel)
+        else:
+            res = export(run_dir, gguf=gguf, quant=quant, ollama=name if register else None, system=system or None,
+                         force=force, modelfile=modelfile, temperature=temperature, verify_messages=msgs,
+                         verify_options=VERIFY_OPTIONS, events=events, cancel=cancel)
     except ol.OllamaError as exc:
         if isinstance(exc, ol.OllamaNameInvalid) or not gguf.is_file() or gguf.stat().st_mtime < t0 - 1:
             raise
@@ -158,6 +170,10 @@ class ExportPage(Page):
         form.addRow("Ollama name", name_box)
         form.addRow("", self.name_note)
         form.addRow("Size", self.quant)
+        from app.gui.ship_panel import ShipPanel  # issue 29: merged/adapter choice, other targets, Share
+
+        self.ship = ShipPanel(self)
+        form.addRow("What to export", self.ship.kind_box)
         form.addRow("System prompt", self.system)
         form.addRow("Temperature", self.temperature)
 
@@ -206,6 +222,7 @@ class ExportPage(Page):
         self.layout_.addWidget(self.stages)
         self.layout_.addWidget(self.result)
         self.layout_.addWidget(self.after)
+        self.layout_.addWidget(self.ship)
         self.layout_.addStretch(1)
 
         self.export_btn.clicked.connect(self.export)
@@ -217,6 +234,7 @@ class ExportPage(Page):
         self.reveal_mf.clicked.connect(lambda: self._reveal("modelfile"))
         self.name.textChanged.connect(lambda _t: self.refresh())
         self.quant.currentIndexChanged.connect(lambda _i: self.refresh())
+        self.quant.currentIndexChanged.connect(lambda _i: self.ship.update_sizes())
         self.refresh()
 
     # -- settings and session ------------------------------------------------------------------
@@ -262,6 +280,7 @@ class ExportPage(Page):
         for i, (key, label, _why) in enumerate(QUANTS):
             n = self._sizes.get(key)
             self.quant.setItemText(i, f"{label}  ·  about {_size(n)}" if n else label)
+        self.ship.update_sizes()
 
     # -- state ---------------------------------------------------------------------------------
     def name_problem(self) -> str | None:
@@ -288,12 +307,13 @@ class ExportPage(Page):
         self.gguf_btn.setEnabled(gwhy is None)
         self.cancel_btn.setEnabled(busy)
         self.retry_btn.setEnabled(not busy and problem is None)
+        self.ship.refresh()
 
     # -- actions -------------------------------------------------------------------------------
     def _request(self, register: bool) -> dict:
         return {"run_dir": self.session.run_dir, "quant": self.quant.currentData(), "name": self.name.text().strip(),
                 "system": self.system.toPlainText().strip(), "temperature": self.temperature.value(),
-                "register": register}
+                "register": register, "adapter_only": self.ship.adapter_only()}
 
     def export(self):
         """Export to Ollama: ask about a name Ollama has already (before writing), then export."""
@@ -333,15 +353,20 @@ class ExportPage(Page):
         self._last = dict(req, force=force)
         self.retry_btn.setVisible(False)
         self.after.setVisible(False)
-        self.stages.reset(("fuse", "gguf", "upload", "create", "verify") if req["register"] else ("fuse", "gguf"))
+        stages = ("fuse", "gguf", "upload", "create", "verify") if req["register"] else ("fuse", "gguf")
+        self.stages.reset(stages[1:] if req.get("adapter_only") else stages)  # an adapter is not merged
         self.result.setText("Exporting...")
         self.slots["export"].start(export_job, req["run_dir"], req["quant"], req["name"], req["system"],
-                                   req["temperature"], force, req["register"], **self._handlers())
+                                   req["temperature"], force, req["register"], adapter_only=req.get("adapter_only"),
+                                   **self._handlers())
         self.refresh()
 
     def retry(self):
         req = self._last
         if not req or self.slots.running("export"):
+            return
+        if req.get("adapter_only"):  # the shared base is reused: exporting again costs only the adapter
+            self._start(req, req["force"])
             return
         self.retry_btn.setVisible(False)
         self.stages.reset(("upload", "create", "verify"))
