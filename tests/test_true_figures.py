@@ -7,7 +7,6 @@
 - the GGUF size estimate is within 5% of the file written, for every type, on the demo run;
 - memory in one unit; the Qwen3.5 catalog cards judged with the settings that fit.
 """
-from pathlib import Path
 
 import pytest
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QMessageBox,
-                               QPlainTextEdit, QPushButton, QWidget)
+                               QPlainTextEdit, QPushButton, QVBoxLayout, QWidget)
 
 from app.gui.export_stages import ExportStages
 from app.gui.pages.base import AppContext, Page, error_text
@@ -291,7 +291,7 @@ class ExportPage(Page):
         key = self.quant.currentData()
         why = next((w for k, _l, w in QUANTS if k == key), "")
         n = self._sizes.get(key)
-        self.quant_note.setText(html.escape((f"About {_size(n)}. " if n else "") + why))
+        self.quant_note.setText(html.escape((f"About {_size(n)}. " if n else "") + why, quote=False))
 
     # -- state ---------------------------------------------------------------------------------
     def name_problem(self) -> str | None:

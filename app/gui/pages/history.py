@@ -253,8 +253,13 @@ class HistoryPage(Page):
         if self.session.run_dir is not None:
             return
         saved = str(self.settings.value("run/current", "") or "")
-        if saved and any(str(s.info.path) == saved for s in summaries):
-            self.select_run(Path(saved))
+        info = next((s.info for s in summaries if str(s.info.path) == saved), None) if saved else None
+        if info is not None:
+            self.select_run(info.path)
+            if info.resumable:
+                step = checkpoint_step(info)
+                self.ctx.status(f"{info.title} did not finish ({state_words(info)}): Resume on the Train page "
+                                f"continues it from step {step:,}.", 30000)
 
     def _loaded(self, summaries: list):
         ticked = set(self.ticked())
