@@ -100,7 +100,13 @@ def estimate_export_bytes(base: Path, quant: str, *, fuse: bool) -> dict:
     return {"fused": values * float_bytes if fuse else 0, "gguf": size}
 
 
-def gguf_file_bytes(model_dir: Path, quant: str) -> int:
+def gguf_file_sizes(model_dir: Path, quants) -> dict[str, int]:
+    """:func:`gguf_file_bytes` for several types, the vocabulary read once (a Qwen tokenizer.json is 7 MB)."""
+    meta: dict = {}
+    return {q: gguf_file_bytes(model_dir, q, _meta=meta) for q in quants}
+
+
+def gguf_file_bytes(model_dir: Path, quant: str, *, _meta: dict | None = None) -> int:
     """The size of the GGUF an export of ``model_dir`` as ``quant`` writes, from safetensors headers and the
     tokenizer files only (milliseconds): every tensor with the type the exporter gives it (the K-quant mixes
     keep the output and some attn_v / ffn_down tensors at 6 bits, rows that are not whole blocks fall back)
@@ -118,7 +124,13 @@ def gguf_file_bytes(model_dir: Path, quant: str) -> int:
     data = sum(gguf.GGUFWriter.ggml_pad(p.nbytes, align) for p in plan)
     # per tensor: name (u64 length + bytes), n_dims (u32), dims (u64 each), type (u32), offset (u64)
     table = sum(8 + len(p.gguf_name.encode()) + 4 + 8 * len(p.out_shape) + 4 + 8 for p in plan)
-    return 24 + _metadata_bytes(model_dir, config) + table + align + data
+    if _meta is None or "bytes" not in _meta:
+        size = _metadata_bytes(model_dir, config)
+        if _meta is not None:
+            _meta["bytes"] = size
+    else:
+        size = _meta["bytes"]
+    return 24 + size + table + align + data
 
 
 def _metadata_bytes(model_dir: Path, config: dict) -> int:

@@ -51,8 +51,10 @@ def click_and_wait(w, qtbot, button, timeout=300000):
     qtbot.waitUntil(lambda: not slots.running("export") and not slots.running("export-check"), timeout=timeout)
 
 
-def test_quant_items_name_validation(window):
+def test_quant_items_name_validation(window, qtbot):
     page = window.export_page
+    # the sizes are worked out off the GUI thread
+    qtbot.waitUntil(lambda: all("about" in page.quant.itemText(i) for i in range(page.quant.count())), timeout=30000)
     texts = [page.quant.itemText(i) for i in range(page.quant.count())]
     for q in ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M"):
         assert any(q in t for t in texts), texts

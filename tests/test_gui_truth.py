@@ -232,7 +232,6 @@ def test_after_a_restart_the_unfinished_run_is_offered_with_the_step_it_continue
     qtbot.waitUntil(lambda: tp.shown_run is not None and tp.shown_run.path == rd, timeout=20000)
     w2.go_to(2)
     assert tp.resume_btn.isVisible() and tp.resume_btn.text() == "Resume from step 150"
-    assert "Resume on the Train page" in w2.statusBar().currentMessage()
     text = tp.status.text()
     assert "interrupted" in text and "at step 196 of 600" in text and "continues from step 150" in text
     assert "the 46 steps after it are trained again" in text
@@ -265,6 +264,7 @@ def test_export_explains_each_type_and_shows_the_command_from_its_start(home, qt
     w.session.update(run_dir=rd)
     ep = w.export_page
     w.go_to(4)
+    qtbot.waitUntil(lambda: len(ep._sizes) == ep.quant.count(), timeout=30000)  # worked out off the GUI thread
     seen = set()
     for i in range(ep.quant.count()):
         ep.quant.setCurrentIndex(i)

@@ -13,7 +13,7 @@ from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSizePolicy
 
 from app.gui import theme
 from app.gui.widgets import Panel
-from core import runs
+from core import paths, runs
 
 HISTORY_PAGE = 5  # the window's page index of the run history (after the five steps)
 
@@ -34,6 +34,28 @@ def state_words(info, session=None) -> str:
     return STATE_WORDS.get(st, st)
 
 
+def model_words(path: str) -> str:
+    if not path:
+        return "?"
+    p = Path(path)
+    if p == paths.demo_model_dir():
+        return "demo model"
+    # hub cache snapshots: models--org--name/snapshots/<rev>
+    for part in p.parts:
+        if part.startswith("models--"):
+            return part[len("models--"):].replace("--", "/")
+    return p.name
+
+
+def data_words(files: list[str]) -> str:
+    if not files:
+        return "?"
+    names = [Path(f).name for f in files]
+    if Path(files[0]) == paths.demo_data_dir():
+        return "sample dataset"
+    return names[0] + (f" +{len(names) - 1}" if len(names) > 1 else "")
+
+
 def checkpoint_step(info) -> int | None:
     """The step a resume continues from: the last checkpoint's."""
     ck = info.checkpoint
@@ -50,9 +72,8 @@ def run_line(info, session=None) -> str:
     parts = [f"<b>{html.escape(info.title)}</b>", html.escape(state_words(info, session))]
     total = info.total_steps
     parts.append(f"{info.steps:,} of {total:,} steps" if total else f"{info.steps:,} steps")
-    model = info.base_model
-    if model:
-        parts.append(html.escape(Path(model).name))
+    if info.base_model:
+        parts.append(html.escape(model_words(info.base_model)))
     return " · ".join(parts)
 
 

@@ -47,6 +47,19 @@ def export_paths(run_dir: Path, quant: str) -> tuple[Path, Path]:
     return d / f"model-{quant}.gguf", d / "Modelfile"
 
 
+def export_sizes(run_dir, events=None, cancel=None) -> dict[str, int]:
+    """{type: bytes of the GGUF an export writes} for the types offered (core.export.gguf_file_sizes)."""
+    from core.export import gguf_file_sizes, resolve_source
+
+    base, _ = resolve_source(run_dir)
+    try:
+        return gguf_file_sizes(base, [k for k, _l, _w in QUANTS])
+    except Exception:  # noqa: BLE001  (an MLX-quantized base: the per-weight estimate)
+        from core.export import estimate_export_bytes
+
+        return {k: estimate_export_bytes(base, k, fuse=False)["gguf"] for k, _l, _w in QUANTS}
+
+
 def verify_messages(run_dir) -> list | None:
     """The first validation example's prompt (what the verify step asks Ollama and Tuneloom)."""
     from core.evaluate import run_split, to_rows
@@ -265,14 +278,12 @@ class ExportPage(Page):
         self._sizes = {}
         self.retry_btn.setVisible(False)
         if run is not None and self.session.trained:
-            from core.export import estimate_export_bytes, resolve_source
             from core.generate import trained_system_prompt
 
-            try:  # safetensors headers only: milliseconds
-                base, _ = resolve_source(run)
-                self._sizes = {k: estimate_export_bytes(base, k, fuse=False)["gguf"] for k, _l, _w in QUANTS}
-            except Exception:  # noqa: BLE001  (a broken run shows its problem when exported)
-                self._sizes = {}
+            # the sizes come from every tensor's header and the vocabulary (a large tokenizer.json takes a
+            # moment to read): off the GUI thread
+            self.slots["export-sizes"].start(export_sizes, run, quiet_gc=True, on_ok=self._show_sizes,
+                                             on_failed=lambda _exc: None)  # a broken run says so when exported
             from core import runs
 
             cfg = runs.read_json(run / "config.json") or {}
@@ -282,6 +293,10 @@ class ExportPage(Page):
                                               trained_system_prompt(run_dir), run, quiet_gc=True,
                                               on_ok=lambda t: self.system.toPlainText() or
                                               self.system.setPlainText(t or ""))
+        self._show_sizes({})
+
+    def _show_sizes(self, sizes: dict):
+        self._sizes = dict(sizes)
         for i, (key, label, _why) in enumerate(QUANTS):
             n = self._sizes.get(key)
             self.quant.setItemText(i, f"{label}  ·  about {_size(n)}" if n else label)

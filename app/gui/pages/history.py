@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -22,34 +23,12 @@ from app.gui import theme
 from app.gui.pages.base import AppContext, Page, error_text
 from app.gui.notify import show_in_folder
 from app.gui.plots import ComparePlot, sparkline
-from app.gui.run_bar import STATE_WORDS, checkpoint_step, state_words  # noqa: F401 (STATE_WORDS: old name)
+from app.gui.run_bar import STATE_WORDS, checkpoint_step, data_words, model_words, state_words  # noqa: F401
 from app.session import EXPORT, TRY
 from core import paths, runs
 
 PATH_ROLE = Qt.ItemDataRole.UserRole
 COLUMNS = ["Run", "Date", "Base model", "Dataset", "Status", "Steps", "Train loss", "Valid loss", "Curve"]
-def model_words(path: str) -> str:
-    if not path:
-        return "?"
-    p = Path(path)
-    if p == paths.demo_model_dir():
-        return "demo model"
-    # hub cache snapshots: models--org--name/snapshots/<rev>
-    for part in p.parts:
-        if part.startswith("models--"):
-            return part[len("models--"):].replace("--", "/")
-    return p.name
-
-
-def data_words(files: list[str]) -> str:
-    if not files:
-        return "?"
-    names = [Path(f).name for f in files]
-    if Path(files[0]) == paths.demo_data_dir():
-        return "sample dataset"
-    return names[0] + (f" +{len(names) - 1}" if len(names) > 1 else "")
-
-
 def _loss(v) -> str:
     return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
 
@@ -244,8 +223,22 @@ class HistoryPage(Page):
             self.settings.sync()
         if "jobs" in names and self.session.job("train") != self._train_job:  # a paused run is listed as paused
             self._train_job = self.session.job("train")
-            if self.summaries:
-                self._refresh_timer.start()
+            self._restate_current()
+
+    def _restate_current(self) -> None:
+        """The current run's state words in its row, in place (no reload: this happens while training)."""
+        rd = self.session.run_dir
+        item = self.item_for(rd)
+        s = next((s for s in self.summaries if rd is not None and s.info.path == Path(rd)), None)
+        if item is None or s is None:
+            return
+        if self.session.busy("train") and s.info.state not in ("running",):
+            s.info.status = {**s.info.status, "state": "running", "pid": os.getpid()}  # this window trains it
+        self._filling = True
+        try:
+            item.setText(4, state_words(s.info, self.session))
+        finally:
+            self._filling = False
 
     def _restore_current(self, summaries: list) -> None:
         """After a restart: the run that was current when the window last ran is current again (Train shows

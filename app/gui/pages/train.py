@@ -578,6 +578,7 @@ class TrainPage(Page):
         self.last_report = None
         self.result_problems = []
         self._show_config(info.config)
+        self._user_options = None  # a run picked, not one training: its settings are the form's from now on
         metrics = info.metrics or []
         last = next((m for m in reversed(metrics) if "train_loss" in m), None)
         for k in self.stat:
@@ -645,7 +646,9 @@ class TrainPage(Page):
         try:
             i = self.preset.findData(key)
             if i >= 0:
+                self.preset.blockSignals(True)  # not _preset_chosen: it would lay out the form twice over
                 self.preset.setCurrentIndex(i)
+                self.preset.blockSignals(False)
             self.options.set_values(preset_config(key))
             self.options.set_values(values)
         finally:
