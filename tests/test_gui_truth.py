@@ -358,3 +358,48 @@ def test_small_things(home, qtbot, tmp_path):
     assert len(items) >= 2
     smooth = items[0].yData
     assert max(smooth[20:]) < 7.0 * 0.6  # not the raw zig-zag between 0.002 and 7
+
+
+def test_evaluate_on_a_file_with_a_bad_line_says_which_line_was_left_out(qtbot, tmp_path):
+    from app.gui.main_window import MainWindow
+    from tests.fixtures.eval_run import tiny_run
+
+    run = tiny_run()
+    lines = (demo_data_dir() / "valid.jsonl").read_text(encoding="utf-8").splitlines()[:4]
+    lines.insert(2, '{"messages": [{"role": "user", "content": "no answer here"}')  # line 3: cut short
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    w = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitUntil(lambda: w.session.model_dir is not None, timeout=30000)
+    w.session.update(model_dir=demo_model_dir(), run_dir=run)
+    w.go_to(3)
+    page = w.try_page
+    page.eval_file.setText(str(broken))
+    page.eval_limit.setValue(2)
+    qtbot.waitUntil(page.eval_btn.isEnabled, timeout=30000)
+    page.evaluate()
+    qtbot.waitUntil(lambda: not w.jobs["eval"].running and "Left out" in page.table.status.text(), timeout=300000)
+    text = page.table.status.text()
+    assert "broken.jsonl" in text and "line 3" in text, text
+
+
+def test_the_words_of_item_12(home, qtbot, tmp_path):
+    w = make_window(qtbot, tmp_path / "s.ini")
+    one = tmp_path / "one-bad.jsonl"
+    good = (demo_data_dir() / "train.jsonl").read_text(encoding="utf-8").splitlines()[:3]
+    one.write_text("\n".join(good + ['{"messages": []}']) + "\n", encoding="utf-8")
+    said = []
+    w.ctx.status = lambda text, ms=0: said.append(text)
+    w.data_page.load_data([one])
+    qtbot.waitUntil(lambda: w.dataset is not None and not w.jobs["data"].running, timeout=60000)
+    assert any(s == "3 usable examples, 1 problem" for s in said), said
+    # a bad model folder: the model in use is named as people know it, not by its folder ("model")
+    bad = tmp_path / "not-a-model"
+    bad.mkdir()
+    (bad / "config.json").write_text("{}")
+    w.model_page.set_model(bad)
+    qtbot.waitUntil(lambda: "still" in w.model_page.current.text(), timeout=30000)
+    assert "Tuneloom demo model" in w.model_page.current.text() and "Still using model." not in \
+        w.model_page.current.text()
