@@ -196,7 +196,7 @@ def test_ticking_to_compare_never_changes_the_current_run_and_a_click_does(home,
         assert "beta run" in w.findChild(QLabel, f"{key}.current_run").text()
     qtbot.waitUntil(lambda: w.train_page.shown_run is not None and w.train_page.shown_run.path == b, timeout=20000)
     assert "Done" in w.train_page.status.text() and "200 / 200" in w.train_page.stat["step"].text()
-    assert w.train_page.preset_key() == "thorough"  # the run's own settings (rank 32, lr 5e-5, batch 8)
+    assert w.train_page.preset_key() == "quick"  # a finished run: the form stays the next run's
     assert set(hp.ticked()) == {str(a), str(b)}  # ticks untouched
 
 
@@ -236,6 +236,8 @@ def test_after_a_restart_the_unfinished_run_is_offered_with_the_step_it_continue
     assert "interrupted" in text and "at step 196 of 600" in text and "continues from step 150" in text
     assert "the 46 steps after it are trained again" in text
     assert "killed run" in w2.findChild(QLabel, "train.current_run").text()
+    # the form shows the settings Resume continues with: the run's own (rank 32, lr 5e-5, batch 8, 600 steps)
+    assert tp.preset_key() == "thorough" and tp.iters.value() == 600 and tp.option("rank").value() == 32
     # Try and Export act on it (it has an adapter): not "needs a trained model"
     assert w2.step_states()["Try"][0] == "ready" and w2.step_states()["Export"][0] == "ready"
     assert "killed run" in w2.findChild(QLabel, "export.current_run").text()

@@ -577,8 +577,9 @@ class TrainPage(Page):
         self.log.clear()
         self.last_report = None
         self.result_problems = []
-        self._show_config(info.config)
-        self._user_options = None  # a run picked, not one training: its settings are the form's from now on
+        if info.resumable:  # Resume continues it with its own settings: the form shows them (not the next run's)
+            self._show_config(info.config)
+            self._user_options = None  # nothing to restore: the form now starts from this run's settings
         metrics = info.metrics or []
         last = next((m for m in reversed(metrics) if "train_loss" in m), None)
         for k in self.stat:
