@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from core.events import CancelToken, Events
+from core.units import fmt_memory
 
 
 class TqdmEvents(Events):
@@ -167,14 +168,14 @@ def models_main() -> int:
         rev = rev[:7] if len(rev) == 40 else rev
         hub = f"{r['hub_id']}@{rev}" if r["hub_id"] else "(bundled)"
         table.append((r["key"], _short(r["params"]), _short(r["download_bytes"], "B"),
-                      f"{r['train_memory_bytes'] / 2**30:.1f} GB", "yes" if r["fits"] else "no",
+                      fmt_memory(r['train_memory_bytes']), "yes" if r["fits"] else "no",
                       "yes" if r["downloaded"] else "-", hub))
     widths = [max(len(str(x[i])) for x in [head, *table]) for i in range(len(head))]
     for row in [head, *table]:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
     where = "this Mac's unified memory" if sys.platform == "darwin" else "this machine's RAM"
     print(f"\nTRAIN MEM: estimated peak for the '{DEFAULT_PRESET}' preset; FITS compares it with {where} "
-          f"({mem / 2**30:.1f} GB). HERE: downloaded to {hub_cache_dir()} (or bundled).")
+          f"({fmt_memory(mem)}). HERE: downloaded to {hub_cache_dir()} (or bundled).")
     for r in rows:
         if not r["fits"]:
             print(f"  {r['key']}: {r['fit_reason']}")

@@ -113,7 +113,9 @@ def machine_memory_bytes() -> int:
 
 
 def _gb(n: float) -> str:
-    return f"{n / 2**30:.1f} GB"
+    from core.units import fmt_memory
+
+    return fmt_memory(n)
 
 
 def fits(entry: CatalogEntry, memory_bytes: int | None = None, preset: str | None = None) -> tuple[bool, str]:
@@ -121,13 +123,25 @@ def fits(entry: CatalogEntry, memory_bytes: int | None = None, preset: str | Non
     mem = machine_memory_bytes() if memory_bytes is None else memory_bytes
     need = entry.train_memory_bytes if preset in (None, DEFAULT_PRESET) else train_memory_estimate(entry, preset)
     where = "this Mac" if sys.platform == "darwin" else "this machine"
+    # Qwen3.5: the recurrent layers' state dominates without "Save memory" (gradient checkpointing), which
+    # the Train page offers when a run would not fit; the fit is judged with the settings that fit
+    checkpointed = entry.raw.get("train_memory_checkpointed_bytes") if preset in (None, DEFAULT_PRESET) else None
+    save = "\u201cSave memory\u201d"
     if not mem:
+        if checkpointed:
+            return True, f"needs about {_gb(checkpointed)} with {save} on; the memory of {where} is unknown"
         return True, f"needs about {_gb(need)}; the memory of {where} is unknown"
+    if need > REFUSE_SHARE * mem and checkpointed and checkpointed < need:
+        if checkpointed <= WARN_SHARE * mem:
+            return True, f"fits: needs about {_gb(checkpointed)} of {_gb(mem)} with {save} (gradient " \
+                         "checkpointing) on, which this model needs"
+        if checkpointed <= REFUSE_SHARE * mem:
+            return True, f"fits, but tightly: needs about {_gb(checkpointed)} of {_gb(mem)} with {save} " \
+                         "(gradient checkpointing) on, which this model needs; close other apps while training"
+        alt = " Try its 4-bit version, or a smaller model." if not entry.quantized else " Try a smaller model."
+        return False, f"needs about {_gb(checkpointed)} to train even with {save} on, {where} has {_gb(mem)}.{alt}"
     if need > REFUSE_SHARE * mem:
         alt = " Try its 4-bit version, or a smaller model." if not entry.quantized else " Try a smaller model."
-        checkpointed = entry.raw.get("train_memory_checkpointed_bytes") if preset in (None, DEFAULT_PRESET) else None
-        if checkpointed and checkpointed <= REFUSE_SHARE * mem:  # Qwen3.5: the recurrent state dominates
-            alt = f" With \u201cSave memory\u201d (gradient checkpointing) on it needs about {_gb(checkpointed)}."
         return False, f"needs about {_gb(need)} to train, {where} has {_gb(mem)}.{alt}"
     if need > WARN_SHARE * mem:
         return True, f"fits, but tightly: needs about {_gb(need)} of {_gb(mem)}; close other apps while training"

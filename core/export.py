@@ -23,10 +23,11 @@ from pathlib import Path
 from core import atomic, runs
 from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
 
-# Bytes per weight of each GGUF type (block size / values per block), for the disk estimate.
+# Bytes per weight of each GGUF type (block size / values per block): only for a base the exporter cannot
+# plan directly (MLX-quantized: it is fused, i.e. dequantized, first); otherwise gguf_file_bytes is exact.
 _BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32,
                      "q4_k_m": 144 / 256, "q5_k_m": 176 / 256, "q6_k": 210 / 256}
-# K-quant mixes keep some tensors (output, attn_v, ffn_down) at more bits: allow for it
+# K-quant mixes keep some tensors (output, attn_v, ffn_down) at more bits: allow for it (fallback only)
 _QUANT_SLACK = 1.25
 _FLOAT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 DISK_MARGIN_BYTES = 32 * 2**20
@@ -88,10 +89,78 @@ def _tensor_values(model_dir: Path) -> tuple[int, int]:
 
 
 def estimate_export_bytes(base: Path, quant: str, *, fuse: bool) -> dict:
-    """Bytes the export will write: ``{"fused", "gguf"}`` (the fused copy is temporary)."""
+    """Bytes the export will write: ``{"fused", "gguf"}`` (the fused copy is temporary). The GGUF's size is
+    :func:`gguf_file_bytes` (the exporter's own tensor plan), or a per-weight figure for an MLX-quantized base."""
     values, float_bytes = _tensor_values(base)
-    per = _BYTES_PER_WEIGHT.get(quant.lower(), 2.0) * (_QUANT_SLACK if quant.lower().startswith("q") else 1.0)
-    return {"fused": values * float_bytes if fuse else 0, "gguf": int(values * per) + 8 * 2**20}
+    try:
+        size = gguf_file_bytes(base, quant)
+    except TuneloomError:
+        per = _BYTES_PER_WEIGHT.get(quant.lower(), 2.0) * (_QUANT_SLACK if quant.lower().startswith("q") else 1.0)
+        size = int(values * per) + 8 * 2**20
+    return {"fused": values * float_bytes if fuse else 0, "gguf": size}
+
+
+def gguf_file_sizes(model_dir: Path, quants) -> dict[str, int]:
+    """:func:`gguf_file_bytes` for several types, the vocabulary read once (a Qwen tokenizer.json is 7 MB)."""
+    meta: dict = {}
+    return {q: gguf_file_bytes(model_dir, q, _meta=meta) for q in quants}
+
+
+def gguf_file_bytes(model_dir: Path, quant: str, *, _meta: dict | None = None) -> int:
+    """The size of the GGUF an export of ``model_dir`` as ``quant`` writes, from safetensors headers and the
+    tokenizer files only (milliseconds): every tensor with the type the exporter gives it (the K-quant mixes
+    keep the output and some attn_v / ffn_down tensors at 6 bits, rows that are not whole blocks fall back)
+    and its exact size from gguf's block sizes (GGML_QUANT_SIZES), the tensor table, and the metadata (the
+    vocabulary, the merges, the chat template). A fused model has the base's tensors, so the base tells."""
+    import gguf
+
+    from core import gguf_export as ge
+
+    model_dir = Path(model_dir)
+    config = ge._load_config(model_dir)
+    _, spec = ge._arch_spec(config)
+    plan = ge._plan_tensors(model_dir, config, spec, quant.lower(), NULL_EVENTS)
+    align = gguf.GGUF_DEFAULT_ALIGNMENT
+    data = sum(gguf.GGUFWriter.ggml_pad(p.nbytes, align) for p in plan)
+    # per tensor: name (u64 length + bytes), n_dims (u32), dims (u64 each), type (u32), offset (u64)
+    table = sum(8 + len(p.gguf_name.encode()) + 4 + 8 * len(p.out_shape) + 4 + 8 for p in plan)
+    if _meta is None or "bytes" not in _meta:
+        size = _metadata_bytes(model_dir, config)
+        if _meta is not None:
+            _meta["bytes"] = size
+    else:
+        size = _meta["bytes"]
+    return 24 + size + table + align + data
+
+
+def _metadata_bytes(model_dir: Path, config: dict) -> int:
+    """The GGUF's key-value section: the vocabulary dominates (one string, type and, for SentencePiece,
+    score per token; the BPE merges), then the chat template; about 2 kB of model parameters and names."""
+    tok = runs.read_json(model_dir / "tokenizer.json") or {}
+    model = tok.get("model") or {}
+    vocab = model.get("vocab") or {}
+    if not vocab:  # a slow-tokenizer folder: vocab.json and merges.txt
+        vocab = runs.read_json(model_dir / "vocab.json") or {}
+        try:
+            lines = (model_dir / "merges.txt").read_text(encoding="utf-8").splitlines()
+            model = {"type": "BPE", "merges": [x for x in lines if x and not x.startswith("#version")]}
+        except OSError:
+            pass
+    tokens = [t[0] if isinstance(t, list) else t for t in vocab] if isinstance(vocab, (dict, list)) else []
+    seen = set(tokens)
+    tokens += [a["content"] for a in tok.get("added_tokens") or [] if isinstance(a, dict)
+               and a.get("content") not in seen]
+    n = max(len(tokens), int(config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size") or 0))
+    size = sum(8 + len(str(t).encode()) for t in tokens) + (n - len(tokens)) * (8 + 10)  # padded: [PAD12345]
+    size += n * 4  # token types (i32)
+    if model.get("type") != "BPE":
+        size += n * 4  # scores (f32)
+    merges = model.get("merges") or []
+    size += sum(8 + len((" ".join(m) if isinstance(m, list) else str(m)).encode()) for m in merges)
+    tcfg = runs.read_json(model_dir / "tokenizer_config.json") or {}
+    template = tcfg.get("chat_template")
+    size += len(template.encode()) if isinstance(template, str) else 1500
+    return size + 2048
 
 
 def _free_bytes(path: Path) -> int:

@@ -223,12 +223,7 @@ def cached_snapshot(repo_id: str, revision: str | None = None,
 
 # --------------------------------------------------------------------------- progress
 
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
+from core.units import fmt_bytes  # noqa: E402,F401  (one formatter for every size; importers use this name)
 
 
 def _fmt_eta(seconds: float) -> str:

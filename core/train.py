@@ -232,6 +232,42 @@ def preset_config(preset: str, **overrides) -> dict:
     return {**base, **PRESETS[preset], **overrides}
 
 
+# A run shorter than this cannot show whether the data teaches anything (the loss of a few steps is noise).
+MIN_STEPS = 30
+# The warm-up takes at most this share of a run: a warm-up longer than the run never reaches the learning rate.
+MAX_WARMUP_SHARE = 0.1
+
+
+def planned_steps(values: dict, n_train: int) -> int:
+    """Optimizer steps a run with ``values`` (TrainConfig fields) takes on ``n_train`` examples, as train()
+    counts them (unpacked): the given step count, else passes x full batches per pass."""
+    if values.get("iters"):
+        return int(values["iters"])
+    batch = max(1, min(int(values.get("batch") or 1), max(1, n_train)))
+    per_epoch = max(1, (max(0, n_train) // batch) // max(1, int(values.get("grad_accum") or 1)))
+    return max(1, int(round(float(values.get("epochs") or 1.0) * per_epoch)))
+
+
+def fit_to_data(values: dict, n_train: int) -> tuple[dict, list[str]]:
+    """A preset's values made to fit a dataset of ``n_train`` training examples: at least MIN_STEPS steps
+    (more passes over a small file, unless a step count was given) and a warm-up of at most a tenth of the
+    run. Returns the new values and one sentence per change (the Train page shows them)."""
+    out = dict(values)
+    notes = []
+    steps = planned_steps(out, n_train)
+    if not out.get("iters") and steps < MIN_STEPS:
+        out["iters"] = MIN_STEPS
+        notes.append(f"{MIN_STEPS} steps instead of {steps}: {n_train:,} examples make too few steps to learn "
+                     f"from in {float(out.get('epochs') or 1):g} pass(es), so the run goes over them more often")
+        steps = MIN_STEPS
+    warm = int(out.get("warmup") or 0)
+    cap = int(steps * MAX_WARMUP_SHARE)
+    if warm > cap:
+        out["warmup"] = cap
+        notes.append(f"warm-up {cap} steps instead of {warm}: at most a tenth of the run's {steps} steps")
+    return out, notes
+
+
 def apply_preset(cfg_kwargs: dict, preset: str | None) -> dict:
     if not preset:
         return cfg_kwargs
@@ -680,10 +716,12 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
     rows = cfg.batch * (2 if preference else 1)  # a pair is two sequences
     est = estimate_memory(model_config, weight_bytes, lora_params, rows, cfg.max_seq_len, cfg.grad_checkpoint)
     avail = total_memory_bytes()
-    events.log("info", f"model {weight_bytes / 2**20:.1f} MB, {lora_params:,} trainable parameters, "
-                       f"estimated peak memory {est / 2**30:.2f} GB of {avail / 2**30:.1f} GB")
+    from core.units import fmt_memory
+
+    events.log("info", f"model {fmt_memory(weight_bytes)}, {lora_params:,} trainable parameters, "
+                       f"estimated peak memory {fmt_memory(est)} of {fmt_memory(avail)}")
     if avail and est > 0.9 * avail:
-        raise TuneloomError(f"This run needs about {est / 2**30:.1f} GB but the machine has {avail / 2**30:.1f} GB.",
+        raise TuneloomError(f"This run needs about {fmt_memory(est)} but the machine has {fmt_memory(avail)}.",
                             "Use a smaller batch, a shorter max sequence length, gradient checkpointing, "
                             "or a quantized (4-bit) model.")
     if avail and est > 0.6 * avail:

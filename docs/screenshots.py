@@ -1,6 +1,10 @@
 """Screenshots of every page of the window (offscreen), in light and dark appearance, for the README.
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python docs/screenshots.py
+    QT_QPA_PLATFORM=offscreen .venv/bin/python docs/screenshots.py --sizes   # only the page-*-WxH shots
+
+Every page is also shot at 1024x700 and 1600x1000, light and dark (docs/sizes/page-NAME-WxH[-dark].png), and
+checked for cut labels and overlapping widgets (app.gui.testing.layout_problems, as tests/test_gui_layout.py).
 
 Loads the sample dataset, trains the demo model briefly and exports it, so every page shows
 real state. A download is shown against the hub look-alike the tests use (tests/fixtures/
@@ -34,6 +38,70 @@ from core.paths import demo_data_dir, demo_model_dir  # noqa: E402
 
 OUT = ROOT / "docs"
 SIZE = (1180, 800)
+SIZES = [(1024, 700), (1600, 1000)]
+PAGES = ["model", "data", "train", "try", "export", "history"]
+
+
+def every_size(app, w, pump, light) -> list[str]:
+    """Every page at each of SIZES, light and dark, into docs/sizes/; the layout problems found on the way."""
+    from app.gui.testing import layout_problems
+
+    out = OUT / "sizes"
+    out.mkdir(exist_ok=True)
+    problems = []
+    for dark in (False, True):
+        app.setPalette(theme.dark_palette() if dark else light)
+        for width, height in SIZES:
+            w.resize(width, height)
+            for row, name in enumerate(PAGES):
+                w.go_to(row)
+                pump(0.4)
+                problems += [f"{name} {width}x{height}: {p}" for p in layout_problems(w)]
+                path = out / f"page-{name}-{width}x{height}{'-dark' if dark else ''}.png"
+                w.grab().save(str(path))
+                print("wrote", path)
+    app.setPalette(light)
+    w.resize(*SIZE)
+    for p in problems:
+        print("LAYOUT:", p)
+    return problems
+
+
+def sizes_only():
+    """A quick real state (the sample data, a short run, a stopped one) and every page at every size."""
+    app = TuneloomApp(sys.argv)
+    light = app.palette()
+
+    def pump(seconds=0.0, cond=None, timeout=600):
+        pump_events(app, seconds, cond, timeout, slice_ms=30)
+
+    w = MainWindow(settings=QSettings(str(HOME / "settings.ini"), QSettings.Format.IniFormat))
+    w.resize(*SIZE)
+    w.show()
+    pump(cond=lambda: w.model_dir is not None and len(w.model_page.cards) > 5)
+    w.load_data([demo_data_dir()])
+    pump(cond=lambda: w.token_report is not None)
+    tp = w.train_page
+    w.go_to(2)
+    tp.set_preset("quick")
+    for iters, stop_at in ((60, None), (200, 40)):
+        tp.iters.setValue(iters)
+        tp.option("lr").setValue(1e-3)
+        tp.option("valid_every").setValue(20)
+        tp.option("checkpoint_every").setValue(20)
+        pump(cond=lambda: tp.start_btn.isEnabled(), timeout=120)
+        tp.start()
+        if stop_at:
+            pump(cond=lambda: tp.plot.train_s.n >= stop_at)
+            tp.stop()
+        pump(cond=lambda: tp.slot.state == "idle")
+        if not stop_at:
+            done = w.run_dir
+    w.history_page.select_run(done)
+    pump(cond=lambda: tp.shown_run is not None and tp.shown_run.path == done, timeout=60)
+    problems = every_size(app, w, pump, light)
+    w.close()
+    return problems
 
 
 def main():
@@ -181,9 +249,12 @@ def main():
     for row, name in ((2, "train"), (3, "try"), (4, "export"), (5, "history")):
         shot(row, f"page-{name}-dark")
     dark(False)
+    every_size(app, w, pump, light)
     w.close()
     server.stop()
 
 
 if __name__ == "__main__":
+    if "--sizes" in sys.argv[1:]:
+        sys.exit(1 if sizes_only() else 0)
     main()

@@ -162,7 +162,8 @@ def test_model_folders_dropped_on_the_window_are_checked(window, qtbot, tmp_path
     qtbot.waitUntil(lambda: "cannot be used" in w.model_page.current.text(), timeout=30000)
     text = w.model_page.current.text()
     assert "has no tokenizer" in text and "truncated" in text  # every problem, each in words
-    assert w.model_dir == demo_model_dir() and "Still using model" in text
+    # the model still in use is named as people know it, not by its folder "model" (issue 27, item 12)
+    assert w.model_dir == demo_model_dir() and "The model in use is still <b>Tuneloom demo model" in text
 
     good = tmp_path / "my-model"
     shutil.copytree(demo_model_dir(), good)

@@ -199,8 +199,11 @@ def test_catalog_lists_qwen35_with_sizes():
     # the download sizes are the hub's file sizes at the pinned revisions
     assert by_hub["Qwen/Qwen3.5-0.8B"].download_bytes == 1_769_916_415
     assert by_hub["Qwen/Qwen3.5-2B"].download_bytes == 4_571_208_864
+    # judged with the settings that fit: "Save memory" on (issue 27: the card said "too large, 119 GB")
     ok, why = catalog.fits(by_hub["Qwen/Qwen3.5-0.8B"], 16 * 2**30)
-    assert not ok and "Save memory" in why
+    assert ok and "Save memory" in why and "13.4 GB" in why and "119" not in why
+    ok, why = catalog.fits(by_hub["Qwen/Qwen3.5-0.8B"], 8 * 2**30)
+    assert not ok and "even with" in why and "13.4 GB" in why
 
 
 def test_validate_model_dir_accepts_and_explains(q35):

@@ -18,7 +18,7 @@ from PySide6.QtCore import QTimer, Signal
 from PySide6.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QTextBrowser,
                                QVBoxLayout, QWidget)
 
-from core.data import DatasetError, preview_records
+from core.data import FORMATS, DatasetError, preview_records
 
 PREVIEW_ROWS = 3  # examples shown
 _NO_COLUMN = "(choose a column)"
@@ -43,6 +43,7 @@ class MappingPanel(QWidget):
         self._issues: list = []
         self._notes: list = []
         self._error: str | None = None
+        self._format: str | None = None  # the format the file was read in automatically (core.data.FORMATS)
 
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -138,6 +139,39 @@ class MappingPanel(QWidget):
                                    + ", ".join(f"<b>{html.escape(c)}</b>" for c in self._columns))
         self.refresh()
 
+    def show_format(self, fmt: str | None) -> None:
+        """The file was read automatically in ``fmt`` (e.g. "question-answer"): the pickers show the columns
+        it used, not "(choose a column)" under a preview made from them."""
+        self._format = fmt
+        self._sync_pickers()
+
+    def columns_in_use(self) -> tuple[str | None, str | None]:
+        """(question column, answer column): those the templates name whole ("{col}"), else those the
+        automatic reading used."""
+        def whole(text: str) -> str | None:
+            t = text.strip()
+            if t.startswith("{") and t.endswith("}") and t.count("{") == 1:
+                name = t[1:-1]
+                return next((c for c in self._columns if c == name), None)
+            return None
+
+        user, answer = whole(self.user_template.text()), whole(self.assistant_template.text())
+        if not self.user_template.text().strip() and not self.assistant_template.text().strip() and self._format:
+            keys = dict(FORMATS).get(self._format) or ()
+            if self._format == "alpaca":
+                keys = ("instruction", "output")
+            if len(keys) == 2:
+                by_low = {c.strip().lower(): c for c in self._columns}
+                user, answer = by_low.get(keys[0]), by_low.get(keys[1])
+        return user, answer
+
+    def _sync_pickers(self) -> None:
+        for combo, col in zip((self.user_column, self.assistant_column), self.columns_in_use()):
+            i = combo.findText(col) if col else 0
+            combo.blockSignals(True)
+            combo.setCurrentIndex(max(0, i))
+            combo.blockSignals(False)
+
     def set_templates(self, user_template: str | None, assistant_template: str | None,
                       system: str | None = None) -> None:
         """Show saved choices (e.g. from a run's config)."""
@@ -208,6 +242,7 @@ class MappingPanel(QWidget):
         self.apply_btn.setEnabled(ok)
         self.apply_btn.setToolTip("Read every example through these templates." if ok else why)
         self.preview.setHtml(self._preview_html(why))
+        self._sync_pickers()
 
     def _preview_html(self, why: str | None) -> str:
         if not self._rows:

@@ -2,6 +2,7 @@
 application asks for attention (the Dock icon bounces on macOS, the task bar entry flashes elsewhere)."""
 from __future__ import annotations
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication, QSystemTrayIcon, QWidget
 
 _tray: list[QSystemTrayIcon] = []
@@ -23,3 +24,30 @@ def notify(window: QWidget, title: str, text: str, error: bool = False) -> str:
         return "tray"
     QApplication.alert(window, 0)
     return "alert"
+
+
+def show_in_folder(ctx, path) -> bool:
+    """Open the folder that holds ``path`` (or the folder ``path``) in the file manager. Without one (a
+    desktop with none, a server), say so in the window and put the path on the clipboard: Qt alone would
+    only print a warning on stderr. Returns whether a file manager took it."""
+    from pathlib import Path
+
+    from PySide6.QtCore import QUrl
+    from PySide6.QtGui import QDesktopServices, QGuiApplication
+    from PySide6.QtWidgets import QMessageBox
+
+    p = Path(path)
+    folder = p if p.is_dir() else p.parent
+    if QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder))):
+        return True
+    QGuiApplication.clipboard().setText(str(p))
+    text = f"No file manager opened {folder}. The path is copied to the clipboard: {p}"
+    ctx.status(text, 20000)
+    box = QMessageBox(QMessageBox.Icon.Information, "No file manager", text, QMessageBox.StandardButton.Ok,
+                      ctx.window)
+    box.setObjectName("reveal.no_file_manager")
+    box.setTextInteractionFlags(box.textInteractionFlags() | Qt.TextInteractionFlag.TextSelectableByMouse)
+    box.setModal(False)
+    box.show()  # not exec(): nothing waits on it
+    sent.append(("No file manager", text))
+    return False

@@ -16,6 +16,7 @@ from PySide6.QtWidgets import QGraphicsItem
 
 from app.gui import theme
 from app.gui.widgets import _ThemedPlot
+from core.runs import smoothed
 
 TRAIN_COLOR = "#3b82f6"
 VALID_COLOR = "#f97316"
@@ -63,14 +64,9 @@ class _Series:
 
 
 def ema(values, weight: float) -> np.ndarray:
-    """Exponential moving average with the start-up bias removed (as TensorBoard smooths)."""
-    out = np.empty(len(values), dtype=np.float64)
-    acc, norm = 0.0, 0.0
-    for i, v in enumerate(values):
-        acc = weight * acc + (1 - weight) * v
-        norm = weight * norm + (1 - weight)
-        out[i] = acc / norm if norm else v
-    return out
+    """Exponential moving average with the start-up bias removed (core.runs.smoothed: the banner's figures
+    and the bold line are the same smoothing)."""
+    return np.asarray(smoothed(values, weight), dtype=np.float64)
 
 
 class TrainPlot(_ThemedPlot):

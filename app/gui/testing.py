@@ -122,3 +122,72 @@ def pump_events(app, seconds: float = 0.0, cond=None, timeout: float = 600, slic
             if cond is not None:
                 raise TimeoutError
             return
+
+
+def _layout_widgets(layout) -> list:
+    """Every widget a layout places, nested layouts included."""
+    out = []
+    for i in range(layout.count()):
+        item = layout.itemAt(i)
+        if item.widget() is not None:
+            out.append(item.widget())
+        elif item.layout() is not None:
+            out += _layout_widgets(item.layout())
+    return out
+
+
+def _name(w) -> str:
+    text = ""
+    for attr in ("text", "title"):
+        f = getattr(w, attr, None)
+        if callable(f):
+            try:
+                text = str(f())
+            except TypeError:
+                text = ""
+            if text:
+                break
+    text = " ".join(text.split())
+    return f"{type(w).__name__}({w.objectName() or '-'}{': ' + text[:40] if text else ''})"
+
+
+def layout_problems(root) -> list[str]:
+    """What a person would see cut or covered on ``root`` as laid out now, from widget geometries (not pixels):
+
+    - a label whose text needs more room than it has (a word-wrapped label: its height for its width; any
+      other label, button or check box: its size hint's width), unless it shows an ellipsis by design;
+    - two widgets that one layout places side by side (or one above the other) and that overlap.
+
+    Only widgets visible on screen count (a page not shown is not checked: show each page in turn)."""
+    from PySide6.QtWidgets import QAbstractButton, QLabel, QTreeWidget, QWidget
+
+    problems = []
+    widgets = [root] + root.findChildren(QWidget)
+    visible = [w for w in widgets if w.isVisible() and w.width() > 0 and w.height() > 0]
+    for w in visible:
+        if isinstance(w, QLabel) and w.text() and w.pixmap().isNull():
+            if w.wordWrap():
+                need = w.heightForWidth(w.contentsRect().width() + 2 * w.margin())
+                if need > w.height() + 2:
+                    problems.append(f"{_name(w)} is cut: needs {need} px of height, has {w.height()}")
+            elif w.sizeHint().width() > w.width() + 2 and w.sizePolicy().horizontalPolicy().name != "Ignored":
+                problems.append(f"{_name(w)} is cut: needs {w.sizeHint().width()} px of width, has {w.width()}")
+        elif isinstance(w, QAbstractButton) and w.text():
+            hint = w.sizeHint()
+            if hint.width() > w.width() + 2:
+                problems.append(f"{_name(w)} is cut: needs {hint.width()} px of width, has {w.width()}")
+        elif isinstance(w, QTreeWidget) and w.topLevelItemCount() and not w.isHeaderHidden():
+            need = w.sizeHintForColumn(0)  # the first column names things (a run, a file): never cut
+            if need > w.columnWidth(0) + 2:
+                problems.append(f"{_name(w)} cuts its first column: needs {need} px, has {w.columnWidth(0)}")
+        lay = w.layout()
+        if lay is None:
+            continue
+        placed = [c for c in _layout_widgets(lay) if c.isVisible() and c.parentWidget() is w and c.width() > 0
+                  and c.height() > 0]
+        for i, a in enumerate(placed):
+            ga = a.geometry().adjusted(1, 1, -1, -1)  # touching edges are not an overlap
+            for b in placed[i + 1:]:
+                if ga.intersects(b.geometry().adjusted(1, 1, -1, -1)):
+                    problems.append(f"{_name(a)} and {_name(b)} overlap in {_name(w)}")
+    return problems

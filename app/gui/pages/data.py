@@ -100,7 +100,18 @@ class DataPage(Page):
         self.mapping_layout = QVBoxLayout(self.mapping_host)
         self.mapping_layout.setContentsMargins(0, 0, 0, 0)
         self.mapping_host.hide()
-        lay.addWidget(self.mapping_host)
+        # in a scroll area: the panel's full height must not become the window's minimum (the window grew by
+        # itself when a table loaded)
+        from PySide6.QtWidgets import QFrame, QScrollArea
+
+        self.mapping_scroll = QScrollArea()
+        self.mapping_scroll.setObjectName("data.mapping_scroll")
+        self.mapping_scroll.setWidgetResizable(True)
+        self.mapping_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.mapping_scroll.setWidget(self.mapping_host)
+        self.mapping_scroll.setMinimumHeight(140)
+        self.mapping_scroll.hide()
+        lay.addWidget(self.mapping_scroll, 2)
         from app.gui.mapping_panel import MappingPanel
 
         self.mapping = MappingPanel()
@@ -431,6 +442,7 @@ class DataPage(Page):
         if widget is not None:
             self.mapping_layout.addWidget(widget)
         self.mapping_host.setVisible(widget is not None)
+        self.mapping_scroll.setVisible(widget is not None)
 
     # -- the controller: reading the dataset, measuring its tokens, showing a problem's record
     def valid_fraction(self) -> float:
@@ -499,6 +511,8 @@ class DataPage(Page):
         if not columns or CHAT_FIELDS & {str(c).lower() for c in columns}:
             return
         self.mapping.set_sample(columns, rows, Path(files[0]).name if files else "")
+        ds = self.session.dataset
+        self.mapping.show_format(next(iter(ds.formats.values()), None) if ds is not None and ds.formats else None)
         self.set_mapping_panel(self.mapping)
 
     def _mapping_applied(self, options: dict):
@@ -530,7 +544,17 @@ class DataPage(Page):
         self.show_dataset(report)
         ds = report.dataset
         self.answers.setVisible(self.answers.show_dataset(ds))
-        self.ctx.status(f"{len(ds.records):,} usable examples, {len(ds.issues):,} problems", 8000)
+        if ds is not None and getattr(ds, "formats", None):  # the mapping panel's pickers: the columns in use
+            self.mapping.show_format(next(iter(ds.formats.values()), None))
+        if self.session.busy("train"):  # the run goes on with the data it read when it started
+            run = self.session.run_dir
+            self.summary.setText(self.summary.text() + "<br>" + theme.span(
+                "A run is training on the data it read when it started" + (f" ({html.escape(run.name)})" if run
+                                                                           else "") + ":", "warning", self.palette(),
+                bold=True) + " these files are for the next run.")
+        n_ok, n_bad = len(ds.records), len(ds.issues)
+        self.ctx.status(f"{n_ok:,} usable example{'' if n_ok == 1 else 's'}, "
+                        f"{n_bad:,} problem{'' if n_bad == 1 else 's'}", 8000)
         self.measure_tokens()
 
     def _data_failed(self, exc):

@@ -10,29 +10,54 @@ import html
 import time
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QUrl
-from PySide6.QtGui import QDesktopServices, QGuiApplication
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QMessageBox,
-                               QPlainTextEdit, QPushButton, QWidget)
+                               QPlainTextEdit, QPushButton, QVBoxLayout, QWidget)
 
 from app.gui.export_stages import ExportStages
 from app.gui.pages.base import AppContext, Page, error_text
+from app.gui.notify import show_in_folder
+from app.gui.run_bar import RunBar
 
-QUANTS = [("f16", "F16", "full quality, the largest file"), ("q8_0", "Q8_0", "almost full quality, half the size"),
-          ("q6_k", "Q6_K", "very close to full quality"), ("q5_k_m", "Q5_K_M", "good quality, smaller"),
-          ("q4_k_m", "Q4_K_M", "the usual choice for a laptop: a quarter of F16, small quality loss")]
+# each type: its key, its name, and one line saying its size, its quality and when to pick it
+QUANTS = [("f16", "F16", "16 bits a weight, the largest file; exactly the fine-tune's quality. Pick it to keep "
+                         "everything, or to quantize later with other tools."),
+          ("q8_0", "Q8_0", "8.5 bits a weight, about half of F16; answers almost always the same as F16. Pick it "
+                           "when memory allows: the safest smaller file."),
+          ("q6_k", "Q6_K", "6.6 bits a weight, about 40% of F16; very close to F16. Pick it for a good model that "
+                           "must be smaller than Q8_0."),
+          ("q5_k_m", "Q5_K_M", "5.5 bits a weight on average, about a third of F16; a small loss. Pick it for "
+                               "larger models on a laptop."),
+          ("q4_k_m", "Q4_K_M", "4.8 bits a weight on average, about 30% of F16; some loss, noticeable on tiny "
+                               "models. Ollama's usual choice for models of 3B and more.")]
 VERIFY_TOKENS = 96
 # greedy, so Ollama's answer can be compared with Tuneloom's own for the same prompt
 VERIFY_OPTIONS = {"temperature": 0, "top_k": 1, "seed": 0, "num_predict": VERIFY_TOKENS}
 
 
 def _size(n: int) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+    from core.units import fmt_bytes
+
+    return fmt_bytes(n)
 
 
 def export_paths(run_dir: Path, quant: str) -> tuple[Path, Path]:
     d = Path(run_dir) / "exports"
     return d / f"model-{quant}.gguf", d / "Modelfile"
+
+
+def export_sizes(run_dir, events=None, cancel=None) -> dict[str, int]:
+    """{type: bytes of the GGUF an export writes} for the types offered (core.export.gguf_file_sizes)."""
+    from core.export import gguf_file_sizes, resolve_source
+
+    base, _ = resolve_source(run_dir)
+    try:
+        return gguf_file_sizes(base, [k for k, _l, _w in QUANTS])
+    except Exception:  # noqa: BLE001  (an MLX-quantized base: the per-weight estimate)
+        from core.export import estimate_export_bytes
+
+        return {k: estimate_export_bytes(base, k, fuse=False)["gguf"] for k, _l, _w in QUANTS}
 
 
 def verify_messages(run_dir) -> list | None:
@@ -136,6 +161,8 @@ class ExportPage(Page):
 
     def __init__(self, ctx: AppContext):
         super().__init__(ctx)
+        self.run_bar = RunBar(ctx, "export", "Export writes this run")  # the current run, named
+        self.layout_.addWidget(self.run_bar)
         self._sizes: dict[str, int] = {}
         self._last: dict = {}  # what the last export was asked to do (for Retry)
         form = QFormLayout()
@@ -170,6 +197,10 @@ class ExportPage(Page):
         form.addRow("Ollama name", name_box)
         form.addRow("", self.name_note)
         form.addRow("Size", self.quant)
+        self.quant_note = QLabel("")
+        self.quant_note.setObjectName("export.quant_note")
+        self.quant_note.setWordWrap(True)
+        form.addRow("", self.quant_note)
         from app.gui.ship_panel import ShipPanel  # issue 29: merged/adapter choice, other targets, Share
 
         self.ship = ShipPanel(self)
@@ -210,9 +241,12 @@ class ExportPage(Page):
         self.reveal_mf = QPushButton("Show Modelfile in folder")
         self.reveal_mf.setObjectName("export.reveal_modelfile")
         self.after = QWidget()
-        ar = QHBoxLayout(self.after)
-        ar.setContentsMargins(0, 0, 0, 0)
-        ar.addWidget(self.command, 1)
+        av = QVBoxLayout(self.after)
+        av.setContentsMargins(0, 0, 0, 0)
+        av.addWidget(self.command)  # a row of its own: the whole command fits
+        ar = QHBoxLayout()
+        av.addLayout(ar)
+        ar.addStretch(1)
         ar.addWidget(self.copy_btn)
         ar.addWidget(self.reveal_gguf)
         ar.addWidget(self.reveal_mf)
@@ -235,6 +269,8 @@ class ExportPage(Page):
         self.name.textChanged.connect(lambda _t: self.refresh())
         self.quant.currentIndexChanged.connect(lambda _i: self.refresh())
         self.quant.currentIndexChanged.connect(lambda _i: self.ship.update_sizes())
+        self.quant.currentIndexChanged.connect(lambda _i: self._explain_quant())
+        self._explain_quant()
         self.refresh()
 
     # -- settings and session ------------------------------------------------------------------
@@ -260,14 +296,12 @@ class ExportPage(Page):
         self._sizes = {}
         self.retry_btn.setVisible(False)
         if run is not None and self.session.trained:
-            from core.export import estimate_export_bytes, resolve_source
             from core.generate import trained_system_prompt
 
-            try:  # safetensors headers only: milliseconds
-                base, _ = resolve_source(run)
-                self._sizes = {k: estimate_export_bytes(base, k, fuse=False)["gguf"] for k, _l, _w in QUANTS}
-            except Exception:  # noqa: BLE001  (a broken run shows its problem when exported)
-                self._sizes = {}
+            # the sizes come from every tensor's header and the vocabulary (a large tokenizer.json takes a
+            # moment to read): off the GUI thread
+            self.slots["export-sizes"].start(export_sizes, run, quiet_gc=True, on_ok=self._show_sizes,
+                                             on_failed=lambda _exc: None)  # a broken run says so when exported
             from core import runs
 
             cfg = runs.read_json(run / "config.json") or {}
@@ -277,10 +311,21 @@ class ExportPage(Page):
                                               trained_system_prompt(run_dir), run, quiet_gc=True,
                                               on_ok=lambda t: self.system.toPlainText() or
                                               self.system.setPlainText(t or ""))
+        self._show_sizes({})
+
+    def _show_sizes(self, sizes: dict):
+        self._sizes = dict(sizes)
         for i, (key, label, _why) in enumerate(QUANTS):
             n = self._sizes.get(key)
             self.quant.setItemText(i, f"{label}  ·  about {_size(n)}" if n else label)
         self.ship.update_sizes()
+        self._explain_quant()
+
+    def _explain_quant(self):
+        key = self.quant.currentData()
+        why = next((w for k, _l, w in QUANTS if k == key), "")
+        n = self._sizes.get(key)
+        self.quant_note.setText(html.escape((f"About {_size(n)}. " if n else "") + why, quote=False))
 
     # -- state ---------------------------------------------------------------------------------
     def name_problem(self) -> str | None:
@@ -424,7 +469,7 @@ class ExportPage(Page):
         reg = res.get("ollama")
         if reg:
             name = reg.get("name")
-            self.command.setText(f"ollama run {name}")
+            self.set_command(f"ollama run {name}")
             msg += f"Registered in Ollama as <b>{html.escape(str(name))}</b>" + (
                 " (replaced the old one)." if reg.get("replaced") else ".")
             if res.get("verify_messages"):
@@ -438,7 +483,7 @@ class ExportPage(Page):
         elif err is not None:
             self.stages.fail("Ollama not running" if isinstance(err, ol.OllamaNotRunning) else "failed",
                              self.stages.current or "upload")
-            self.command.setText(res.get("ollama_command", ""))
+            self.set_command(res.get("ollama_command", ""))
             if isinstance(err, ol.OllamaNotRunning):
                 how = ("Start Ollama (open the Ollama app, or run <code>ollama serve</code>), then press Retry."
                        if err.installed else
@@ -450,12 +495,22 @@ class ExportPage(Page):
                 msg += f"The files are written, but Ollama said: {html.escape(error_text(err))}<br>Retry, or run:"
             self.retry_btn.setVisible(True)
         else:
-            self.command.setText(res.get("ollama_command", ""))
+            self.set_command(res.get("ollama_command", ""))
             msg += "Saved. To use it in Ollama later, run (<code>ollama create</code>):"
         self.result.setText(msg)
         self.refresh()
 
+    def set_command(self, text: str) -> None:
+        """The command to run, shown from its start (a long path runs off the right, not the command's name)."""
+        self.command.setText(text)
+        self.command.setCursorPosition(0)
+        self.command.setToolTip(text)
+
     def _reveal(self, which: str):
         p = getattr(self, "_paths", {}).get(which)
         if p:
-            QDesktopServices.openUrl(QUrl.fromLocalFile(str(Path(p).parent)))
+            self.reveal(p)
+
+    def reveal(self, path) -> bool:
+        """Show ``path`` in the file manager, or say visibly that there is none (app.gui.notify)."""
+        return show_in_folder(self.ctx, path)

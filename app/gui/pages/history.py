@@ -7,60 +7,28 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import shutil
 import time
 from pathlib import Path
 
-from PySide6.QtCore import QFile, QFileSystemWatcher, Qt, QTimer, Signal
+from PySide6.QtCore import QFile, QFileSystemWatcher, QRect, Qt, QTimer, Signal
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QListWidget, QListWidgetItem,
-                               QMessageBox, QPlainTextEdit, QPushButton, QSplitter, QTreeWidget, QTreeWidgetItem,
-                               QVBoxLayout, QWidget)
+                               QMenu, QMessageBox, QPlainTextEdit, QPushButton, QSplitter, QStyle, QStyleOptionViewItem,
+                               QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget)
 
 from app.gui import jobs as gj
 from app.gui import theme
 from app.gui.pages.base import AppContext, Page, error_text
+from app.gui.notify import show_in_folder
 from app.gui.plots import ComparePlot, sparkline
+from app.gui.run_bar import STATE_WORDS, checkpoint_step, data_words, model_words, state_words  # noqa: F401
 from app.session import EXPORT, TRY
 from core import paths, runs
 
 PATH_ROLE = Qt.ItemDataRole.UserRole
 COLUMNS = ["Run", "Date", "Base model", "Dataset", "Status", "Steps", "Train loss", "Valid loss", "Curve"]
-STATE_WORDS = {"done": "done", "running": "training", "cancelled": "stopped, resumable", "failed": "failed",
-               "interrupted": "interrupted, resumable", "new": "not started", "unknown": "?"}
-
-
-def state_words(info) -> str:
-    st = info.state
-    if st in ("cancelled", "interrupted", "failed") and not info.resumable:
-        return {"cancelled": "stopped", "interrupted": "interrupted", "failed": "failed"}[st]
-    if st == "failed" and info.resumable:
-        return "failed, resumable"
-    return STATE_WORDS.get(st, st)
-
-
-def model_words(path: str) -> str:
-    if not path:
-        return "?"
-    p = Path(path)
-    if p == paths.demo_model_dir():
-        return "demo model"
-    # hub cache snapshots: models--org--name/snapshots/<rev>
-    for part in p.parts:
-        if part.startswith("models--"):
-            return part[len("models--"):].replace("--", "/")
-    return p.name
-
-
-def data_words(files: list[str]) -> str:
-    if not files:
-        return "?"
-    names = [Path(f).name for f in files]
-    if Path(files[0]) == paths.demo_data_dir():
-        return "sample dataset"
-    return names[0] + (f" +{len(names) - 1}" if len(names) > 1 else "")
-
-
 def _loss(v) -> str:
     return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
 
@@ -78,13 +46,46 @@ class RunItem(QTreeWidgetItem):
 
 
 class RunTree(QTreeWidget):
-    """The history list: one row per run folder; ``count()`` and ``item(i)`` as a list widget has them."""
+    """The history list: one row per run folder; ``count()`` and ``item(i)`` as a list widget has them.
+
+    A click on a row's check box ticks it for comparing and does nothing else: the current run (what Try and
+    Export act on) changes only on a click elsewhere in the row."""
 
     def count(self) -> int:
         return self.topLevelItemCount()
 
     def item(self, i: int):
         return self.topLevelItem(i)
+
+    def check_rect(self, item) -> QRect:
+        """Where ``item``'s check box is drawn, in viewport coordinates."""
+        index = self.indexFromItem(item, 0)
+        opt = QStyleOptionViewItem()
+        self.initViewItemOption(opt)
+        opt.rect = self.visualRect(index)
+        opt.index = index
+        opt.features |= QStyleOptionViewItem.ViewItemFeature.HasCheckIndicator
+        opt.checkState = item.checkState(0)
+        r = self.style().subElementRect(QStyle.SubElement.SE_ItemViewItemCheckIndicator, opt, self)
+        return r.adjusted(-3, -3, 3, 3)  # a little slack around the box
+
+    def mousePressEvent(self, event):
+        pos = event.position().toPoint()
+        item = self.itemAt(pos)
+        if item is not None and event.button() == Qt.MouseButton.LeftButton and self.check_rect(item).contains(pos):
+            ticked = item.checkState(0) == Qt.CheckState.Checked
+            item.setCheckState(0, Qt.CheckState.Unchecked if ticked else Qt.CheckState.Checked)
+            event.accept()
+            return
+        super().mousePressEvent(event)
+
+    def mouseReleaseEvent(self, event):
+        item = self.itemAt(event.position().toPoint())
+        if item is not None and event.button() == Qt.MouseButton.LeftButton and \
+                self.check_rect(item).contains(event.position().toPoint()):
+            event.accept()  # the press ticked it already
+            return
+        super().mouseReleaseEvent(event)
 
 
 class HistoryPage(Page):
@@ -99,6 +100,8 @@ class HistoryPage(Page):
         super().__init__(ctx)
         self.summaries: list[gj.RunSummary] = []
         self.opened = None  # the RunInfo shown below the list, with its metrics
+        self._first_load = True  # the first listing restores the current run of the last session
+        self._train_job = None  # the train job's state as last listed
         self._filling = False
         lay = self.layout_
         self.list = RunTree()
@@ -111,9 +114,11 @@ class HistoryPage(Page):
         self.list.setEditTriggers(QAbstractItemView.EditTrigger.EditKeyPressed)
         self.list.setIconSize(sparkline([]).size())
         hdr = self.list.header()
+        # every column as wide as its contents (a narrow window scrolls sideways rather than cutting the run's
+        # name to "2026..."); the curve takes what is left
         for c in range(len(COLUMNS)):
             hdr.setSectionResizeMode(c, QHeaderView.ResizeMode.ResizeToContents)
-        hdr.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        hdr.setStretchLastSection(True)
         self.list.setToolTip("Tick runs to overlay their curves; double-click or F2 renames.")
 
         buttons = QHBoxLayout()
@@ -168,6 +173,9 @@ class HistoryPage(Page):
         self.list.itemClicked.connect(lambda it, _c=0: self._picked(it))
         self.list.itemChanged.connect(self._item_changed)
         self.list.itemDoubleClicked.connect(lambda it, c: self.list.editItem(it, 0))
+        self.list.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.list.customContextMenuRequested.connect(
+            lambda pos: self._menu_at(self.list.itemAt(pos), self.list.viewport().mapToGlobal(pos)))
         self.resume_btn.clicked.connect(self.resume_selected)
         self.try_btn.clicked.connect(lambda: self._use_selected(TRY))
         self.export_btn.clicked.connect(lambda: self._use_selected(EXPORT))
@@ -209,6 +217,42 @@ class HistoryPage(Page):
             self._refresh_timer.start()
         if "run_dir" in names:
             self._select_current()
+            # remembered at once (not only on quit): after a crash or a kill the window offers this run again
+            rd = self.session.run_dir
+            self.settings.setValue("run/current", str(rd) if rd is not None else "")
+            self.settings.sync()
+        if "jobs" in names and self.session.job("train") != self._train_job:  # a paused run is listed as paused
+            self._train_job = self.session.job("train")
+            self._restate_current()
+
+    def _restate_current(self) -> None:
+        """The current run's state words in its row, in place (no reload: this happens while training)."""
+        rd = self.session.run_dir
+        item = self.item_for(rd)
+        s = next((s for s in self.summaries if rd is not None and s.info.path == Path(rd)), None)
+        if item is None or s is None:
+            return
+        if self.session.busy("train") and s.info.state not in ("running",):
+            s.info.status = {**s.info.status, "state": "running", "pid": os.getpid()}  # this window trains it
+        self._filling = True
+        try:
+            item.setText(4, state_words(s.info, self.session))
+        finally:
+            self._filling = False
+
+    def _restore_current(self, summaries: list) -> None:
+        """After a restart: the run that was current when the window last ran is current again (Train shows
+        it, with Resume and the step it continues from when it is unfinished; Try and Export act on it)."""
+        if self.session.run_dir is not None:
+            return
+        saved = str(self.settings.value("run/current", "") or "")
+        info = next((s.info for s in summaries if str(s.info.path) == saved), None) if saved else None
+        if info is not None:
+            self.select_run(info.path)
+            if info.resumable:
+                step = checkpoint_step(info)
+                self.ctx.status(f"{info.title} did not finish ({state_words(info)}): Resume on the Train page "
+                                f"continues it from step {step:,}.", 30000)
 
     def _loaded(self, summaries: list):
         ticked = set(self.ticked())
@@ -220,7 +264,7 @@ class HistoryPage(Page):
             for s in summaries:
                 info = s.info
                 item = RunItem([info.title, time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created)),
-                                model_words(info.base_model), data_words(info.dataset), state_words(info),
+                                model_words(info.base_model), data_words(info.dataset), state_words(info, self.session),
                                 f"{s.steps:,}" + (f" / {info.total_steps:,}" if info.total_steps else ""),
                                 _loss(s.final_train), _loss(s.final_valid), ""])
                 item.setData(0, PATH_ROLE, str(info.path))
@@ -238,6 +282,9 @@ class HistoryPage(Page):
         finally:
             self._filling = False
         self.empty.setVisible(not summaries)
+        if self._first_load:
+            self._first_load = False
+            self._restore_current(summaries)
         self._select_current()
         self._show_plot()
         self.summaries_changed.emit(summaries)
@@ -292,7 +339,7 @@ class HistoryPage(Page):
             return
         self.config_view.setPlainText(json.dumps(info.config, indent=2, ensure_ascii=False))
         pal = self.palette()
-        lines = [f"<b>{html.escape(info.title)}</b> · {html.escape(state_words(info))}",
+        lines = [f"<b>{html.escape(info.title)}</b> · {html.escape(state_words(info, self.session))}",
                  f"<span style='color:{theme.muted(pal).name()}'>{html.escape(str(info.path))}</span>"]
         if info.adapters:
             lines.append(f"Adapter: {html.escape(info.adapters.name)}")
@@ -351,8 +398,9 @@ class HistoryPage(Page):
         self.compare_label.setText("Tick two or more runs to compare their curves." if self.summaries else "")
         info = self.opened
         if info is not None and info.metrics is not None:
+            # smoothed as on the Train page (the raw loss of length-grouped batches zig-zags)
             self.plot.show_runs([(info.title, *runs.series(info.metrics, "train_loss"),
-                                  *runs.series(info.metrics, "valid_loss"))], smoothing=0.0)
+                                  *runs.series(info.metrics, "valid_loss"))], smoothing=0.9)
         else:
             self.plot.show_runs([])
 
@@ -383,6 +431,65 @@ class HistoryPage(Page):
         self.delete_btn.setEnabled(info is not None and not running_here)
         self.delete_btn.setToolTip("Move this run's folder to the trash." if not running_here else
                                    "This run is training: stop it first.")
+
+    # -- the right-click menu (the list and the sidebar's runs)
+    def _menu_at(self, item, global_pos):
+        if item is None:
+            return
+        menu = self.context_menu(Path(item.data(0, PATH_ROLE) if isinstance(item, QTreeWidgetItem)
+                                      else item.data(PATH_ROLE)))
+        if menu is not None:
+            menu.popup(global_pos)
+
+    def context_menu(self, run_dir: Path) -> QMenu | None:
+        """The history's actions for one run: make it current, resume, try, export, rename, show its folder,
+        tick it for comparing, move it to the trash."""
+        info = next((s.info for s in self.summaries if s.info.path == Path(run_dir)), None)
+        if info is None:
+            return None
+        menu = QMenu(self)
+        menu.setObjectName("history.menu")
+        training = self.slots["train"].state != "idle"
+        current = self.session.run_dir is not None and Path(self.session.run_dir) == info.path
+
+        def add(text, fn, enabled=True, tip=""):
+            a = menu.addAction(text)
+            a.triggered.connect(fn)
+            a.setEnabled(enabled)
+            if tip:
+                a.setToolTip(tip)
+            return a
+
+        add("Make current" if not current else "Current run", lambda: self.select_run(info.path), not current)
+        step = checkpoint_step(info)
+        can_resume = info.state != "done" and step is not None and not training
+        add(f"Resume from step {step:,}" if step is not None else "Resume",
+            lambda: self.ctx.page("train").resume_run(info.path), can_resume)
+        has_adapter = info.adapters is not None
+        add("Try", lambda: (self.select_run(info.path), self.ctx.go_to(TRY)), has_adapter)
+        add("Export", lambda: (self.select_run(info.path), self.ctx.go_to(EXPORT)), has_adapter)
+        menu.addSeparator()
+        item = self.item_for(info.path)
+        ticked = item is not None and item.checkState(0) == Qt.CheckState.Checked
+        add("Remove from comparison" if ticked else "Compare (tick)",
+            lambda: item is not None and item.setCheckState(
+                0, Qt.CheckState.Unchecked if ticked else Qt.CheckState.Checked), item is not None)
+        add("Rename", lambda: item is not None and self.list.editItem(item, 0), item is not None)
+        add("Show in folder", lambda: show_in_folder(self.ctx, info.path))
+        menu.addSeparator()
+        running_here = training and current
+        add("Move to Trash...", lambda: self._delete(info), not running_here)
+        return menu
+
+    def _delete(self, info):
+        item = self.item_for(info.path)
+        if item is not None:
+            self._filling = True
+            try:
+                self.list.setCurrentItem(item)
+            finally:
+                self._filling = False
+        self.delete_selected()
 
     def resume_selected(self):
         info = self.selected_info()
@@ -460,13 +567,16 @@ class SidebarRuns(QListWidget):
         history.summaries_changed.connect(self.show_runs)
         self.itemClicked.connect(lambda it: history.select_run(Path(it.data(PATH_ROLE))))
         self.itemDoubleClicked.connect(lambda it: history.ctx.go_to(5))
+        self.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.customContextMenuRequested.connect(
+            lambda pos: history._menu_at(self.itemAt(pos), self.viewport().mapToGlobal(pos)))
 
     def show_runs(self, summaries: list):
         self.clear()
         pal = self.palette()
         for s in summaries:
             info = s.info
-            item = QListWidgetItem(f"{info.title}\n{state_words(info)}")
+            item = QListWidgetItem(f"{info.title}\n{state_words(info, self.history.session)}")
             item.setData(PATH_ROLE, str(info.path))
             item.setIcon(QIcon(sparkline(s.train[1], 56, 18, palette=pal)))
             item.setToolTip(f"{info.path}\nmodel: {info.base_model}")

@@ -28,7 +28,7 @@ MACHINE = "this Mac" if sys.platform == "darwin" else "this computer"
 def fmt_bytes(n: float | None) -> str:
     if n is None:
         return "?"
-    from core.hub import fmt_bytes as core_fmt
+    from core.units import fmt_bytes as core_fmt
 
     return core_fmt(n)
 
@@ -407,7 +407,11 @@ class ModelPage(Page):
                 text += f"<li>{html.escape(p.message)}" + (f" <i>{html.escape(p.hint)}</i>" if p.hint else "") + "</li>"
             text += "</ul>"
             if in_use is not None:
-                text += f"Still using {html.escape(in_use.name)}."
+                s = self.session
+                name = s.model_name if s.model_name and s.model_dir is not None and Path(s.model_dir) == \
+                    Path(in_use) else in_use.name
+                text += f"The model in use is still <b>{html.escape(name)}</b> " \
+                        f"<span style='color:{theme.muted(pal).name()}'>({html.escape(str(in_use))})</span>."
         self.current.setText(text)
         self.mark_selected(in_use)
 

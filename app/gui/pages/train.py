@@ -9,7 +9,8 @@ from __future__ import annotations
 import html
 import json
 import math
-from dataclasses import MISSING, fields
+import sys
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer
@@ -23,11 +24,26 @@ from app.gui import theme
 from app.gui.notify import notify
 from app.gui.pages.base import AppContext, Page, error_text
 from app.gui.plots import TrainPlot
+from app.gui.run_bar import RunBar, checkpoint_step, state_words
 from app.gui.widgets import Panel
 from app.session import TRAIN, TRY
-from core import runs
+from core import runs, units
 from core.events import Cancelled
-from core.train import DEFAULT_PRESET, PRESET_TEXT, PRESETS, TrainConfig, option_help, option_label, preset_config
+from core.train import (DEFAULT_PRESET, MIN_STEPS, PRESET_TEXT, PRESETS, TrainConfig, fit_to_data, option_help,
+                        option_label, preset_config)
+
+ON_MAC = sys.platform == "darwin"
+# superqt's default arrows point up when collapsed; a closed section points right, an open one down
+ARROWS = {"collapsedIcon": "\u25b6", "expandedIcon": "\u25bc"}
+
+
+def _machines(text: str) -> str:
+    """Words about Macs, for this machine: "this computer" off a Mac."""
+    if ON_MAC:
+        return text
+    return text.replace("this Mac", "this computer").replace("Every Mac", "Every computer").replace(
+        "each Mac", "each computer").replace("one Mac", "one computer").replace("Macs", "computers")
+
 
 GUI_PRESET = "quick"  # the preset a fresh window starts with (the catalog's memory figures use it too)
 PAUSE_TIP = "Pause after the current step: nothing is computed until you resume."
@@ -73,14 +89,8 @@ def about(seconds: float | None) -> str:
 
 
 def fmt_bytes(n: float) -> str:
-    """1.2 GB (not core.hub's: importing that on the GUI thread would load huggingface_hub mid-run)."""
-    if not n:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return ""
+    """A memory figure, 23.5 GB: core.units.fmt_memory, as the Model page, the log and the CLI write it."""
+    return units.fmt_memory(n) if n else "-"
 
 
 class SciSpin(QDoubleSpinBox):
@@ -112,6 +122,14 @@ class SciSpin(QDoubleSpinBox):
 
     def stepBy(self, steps: int):
         self.setValue(self.value() * (2.0 ** steps))
+
+
+def preset_of(config: dict) -> str:
+    """The preset a run's config was made from: the one whose values it keeps the most of (a run's own
+    config.json does not name it)."""
+    def kept(key):
+        return sum(1 for k, v in PRESETS[key].items() if config.get(k) == v)
+    return max(PRESETS, key=lambda k: (kept(k), k == DEFAULT_PRESET))
 
 
 def _kind(f) -> str:
@@ -259,6 +277,8 @@ class TrainPage(Page):
 
     def __init__(self, ctx: AppContext):
         super().__init__(ctx)
+        self.run_bar = RunBar(ctx, "train", "Train shows this run")  # the current run, named
+        self.layout_.addWidget(self.run_bar)
         lay = self.layout_
         self.slot = self.slots["train"]
         self._applying = False
@@ -266,6 +286,8 @@ class TrainPage(Page):
         self.last_report = None
         self._stats_dirty = False
         self.result_state = "idle"  # idle / running / paused / done / stopped / failed
+        self.result_problems: list[str] = []  # why a finished run probably learned little (its banner warns)
+        self.loss_summary: runs.LossSummary | None = None  # the last finished run's, as its banner says
 
         # -- preset and options
         top = QHBoxLayout()
@@ -281,7 +303,7 @@ class TrainPage(Page):
         self.preset_line.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         top.addWidget(self.preset_line, 1)
         lay.addLayout(top)
-        self.advanced = QCollapsible("Advanced: every option")
+        self.advanced = QCollapsible("Advanced: every option", **ARROWS)
         self.advanced.setObjectName("train.advanced")
         self.options = OptionsForm(self._options_changed)
         self.advanced.addWidget(self.options)
@@ -309,7 +331,9 @@ class TrainPage(Page):
         self.skip_invalid = QCheckBox("Skip examples with problems")
         self.skip_invalid.setToolTip(option_help("skip_invalid"))
         self.progress = QProgressBar()
+        self.progress.setObjectName("train.progress")
         self.progress.setTextVisible(True)
+        self.progress.hide()  # an empty bar looks like a text field: shown once there is a run to show
         for w in (self.start_btn, self.pause_btn, self.stop_btn):
             row.addWidget(w)
         row.addWidget(self.skip_invalid)
@@ -407,6 +431,10 @@ class TrainPage(Page):
         self._stats_timer.timeout.connect(self._show_stats)
         self._stats_timer.start()
         self.estimate_value: gj.TrainEstimate | None = None
+        self._fit_notes: list[str] = []
+        self._live_run: Path | None = None  # the run this page trains now (shown live, not read from disk)
+        self._user_options: tuple[str, dict] | None = None  # the form as the user left it, while a run's is shown
+        self.shown_run = None  # the RunInfo of the current run as shown when idle
         self._estimate_pending = False
 
         self.preset.currentIndexChanged.connect(self._preset_chosen)
@@ -450,6 +478,22 @@ class TrainPage(Page):
     def values(self) -> dict:
         return self.options.values()
 
+    def n_train(self) -> int:
+        """Training examples of the current dataset (the validation share left out)."""
+        s = self.session
+        rep = s.data_report
+        if rep is not None and rep.n_train:
+            return int(rep.n_train)
+        return len(s.dataset.records) if s.usable_dataset else 0
+
+    def fitted_values(self) -> tuple[dict, list[str]]:
+        """The options as a run will use them on this dataset (core.train.fit_to_data: enough steps, a warm-up
+        of at most a tenth of the run), and a sentence per change."""
+        vals = self.values()
+        if not self.session.usable_dataset:
+            return vals, []
+        return fit_to_data(vals, self.n_train())
+
     def changed_options(self) -> dict:
         """The options that differ from the preset's values."""
         base = preset_config(self.preset_key())
@@ -462,10 +506,13 @@ class TrainPage(Page):
         changed = self.changed_options()
         muted = theme.muted(self.palette()).name()
         text = html.escape(trade)
+        # always a second line, so that changing an option does not push the panel below down under the pointer
         if changed:
             text += (f"<br><span style='color:{muted}'>Changed from {html.escape(label)}: "
                      + html.escape(", ".join(f"{option_label(k).lower()} {_shown(v)}" for k, v in changed.items()))
                      + "</span>")
+        else:
+            text += f"<br><span style='color:{muted}'>Every option as {html.escape(label)} sets it.</span>"
         self.preset_line.setText(text)
         data = self.ctx.pages.get("data")
         if data is not None:  # one max length: the Data page's histogram shows what will be cut off
@@ -508,6 +555,112 @@ class TrainPage(Page):
             self.refresh_controls()
         if names & {"model_dir", "data_report", "token_report"}:
             self._estimate_timer.start()
+        if "run_dir" in names:
+            self.show_current_run()
+
+    # -- the current run, when none is training: its curve, its settings, how it ended, the way on
+    def show_current_run(self):
+        """Show the session's current run (picked in the history, or the last one after a restart): its curve,
+        figures and banner, read off the GUI thread. A run this page starts or resumes is shown live instead."""
+        rd = self.session.run_dir
+        if rd is None or self.slot.state != "idle" or rd == self._live_run:
+            return
+        self.slots["train.show"].start(gj.load_run, rd, on_ok=lambda info: self._show_run(rd, info))
+
+    def _show_run(self, run_dir: Path, info):
+        if info is None or self.session.run_dir != run_dir or self.slot.state != "idle" or run_dir == self._live_run:
+            return
+        self.shown_run = info
+        self.plot.clear_data()
+        self.plot.load_metrics(info.metrics or [])
+        self.plot.set_total(info.total_steps)
+        self.log.clear()
+        self.last_report = None
+        self.result_problems = []
+        if info.resumable:  # Resume continues it with its own settings: the form shows them (not the next run's)
+            self._show_config(info.config)
+            self._user_options = None  # nothing to restore: the form now starts from this run's settings
+        metrics = info.metrics or []
+        last = next((m for m in reversed(metrics) if "train_loss" in m), None)
+        for k in self.stat:
+            self.stat[k].setText("-")
+        total = info.total_steps
+        self.stat["step"].setText(f"{info.steps:,} / {total:,}" if total else f"{info.steps:,}")
+        if last is not None:
+            self.stat["loss"].setText(f"{last['train_loss']:.4f}")
+            if last.get("epoch") is not None:
+                self.stat["epoch"].setText(f"{float(last['epoch']):.2f}")
+            if last.get("peak_memory"):
+                self.stat["memory"].setText(fmt_bytes(last["peak_memory"]))
+            if last.get("elapsed") is not None:
+                self.stat["elapsed"].setText(fmt_duration(last["elapsed"]))
+        vs, vv = runs.series(metrics, "valid_loss")
+        if vv:
+            self.stat["valid"].setText(f"{vv[-1]:.4f} @{vs[-1]}")
+        name = html.escape(info.title)
+        st = info.state
+        self.progress.show()
+        self.progress.setRange(0, max(1, total or 1))
+        self.progress.setValue(min(info.steps, total or info.steps))
+        self.progress.setFormat(f"step {info.steps:,} of {total:,}" if total else "")
+        if st == "done":
+            self._finished(info.path, metrics, info.steps, info.config, name=info.title)
+        elif info.resumable:
+            ck = checkpoint_step(info)
+            why = {"interrupted": "was interrupted (the app or the computer stopped)",
+                   "cancelled": "was stopped", "failed": "failed"}.get(st, "stopped")
+            redo = info.steps - ck if ck is not None and info.steps > ck else 0
+            text = (f"<b>{name}</b> {why} at step {info.steps:,}" + (f" of {total:,}" if total else "") +
+                    f". <b>Resume</b> continues from step {ck:,}, its last checkpoint" +
+                    (f" (the {redo:,} steps after it are trained again)" if redo else "") + ".")
+            if info.error:
+                text += "<br>" + html.escape(info.error)
+            self.eta.setText("stopped")
+            self.result_state = "stopped"
+            self.status.setText(text)
+            self._paint_result("stopped")
+        elif st == "running":
+            self.result_state = "idle"
+            self.status.setText(f"<b>{name}</b> is training in another process (pid {info.status.get('pid')}); "
+                                "open it again when it has finished.")
+            self._paint_result(None)
+        else:
+            self.result_state = "failed" if st == "failed" else "idle"
+            text = f"<b>{name}</b>: {html.escape(state_words(info, self.session))}"
+            if info.error:
+                text += "<br>" + html.escape(info.error)
+            text += " It has no checkpoint to resume from."
+            self.status.setText(text)
+            self._paint_result(self.result_state if st == "failed" else None)
+        self.result_box.show()
+        self.refresh_controls()
+
+    def _show_config(self, config: dict) -> None:
+        """Put a run's own settings in the preset box and the options (while it trains, or when it is resumed):
+        the user's own choice comes back when the run ends."""
+        if self._user_options is None:
+            self._user_options = (self.preset_key(), self.values())
+        self._set_form(preset_of(config), {k: v for k, v in config.items() if k in self.options.widgets})
+
+    def _set_form(self, key: str, values: dict) -> None:
+        self._applying = True
+        try:
+            i = self.preset.findData(key)
+            if i >= 0:
+                self.preset.blockSignals(True)  # not _preset_chosen: it would lay out the form twice over
+                self.preset.setCurrentIndex(i)
+                self.preset.blockSignals(False)
+            self.options.set_values(preset_config(key))
+            self.options.set_values(values)
+        finally:
+            self._applying = False
+        self._options_changed()
+
+    def _restore_user_options(self) -> None:
+        if self._user_options is not None:
+            key, values = self._user_options
+            self._user_options = None
+            self._set_form(key, values)
 
     def blocker(self) -> str | None:
         why = self.session.train_blocker()
@@ -531,7 +684,13 @@ class TrainPage(Page):
         for w in (self.preset, self.advanced, self.skip_invalid, self.hosts_box):
             w.setEnabled(not busy)
         info = runs.RunInfo.load(self.session.run_dir) if self.session.run_dir is not None and not busy else None
-        self.resume_btn.setVisible(bool(info is not None and info.resumable))
+        resumable = bool(info is not None and info.resumable)
+        self.resume_btn.setVisible(resumable)
+        if resumable:
+            ck = checkpoint_step(info)
+            self.resume_btn.setText(f"Resume from step {ck:,}" if ck is not None else "Resume")
+            self.resume_btn.setToolTip(f"Continue {info.title} from its last checkpoint (step {ck:,} of "
+                                       f"{info.total_steps or '?'}); the curve goes on from there.")
         self.next_btn.setVisible(not busy and self.session.trained)
         if state == "pausing":
             self.status.setText("Pausing after this step...")
@@ -554,7 +713,8 @@ class TrainPage(Page):
     def update_estimate(self):
         """Memory and duration of the run the options describe, worked out off the GUI thread while the page
         is shown (not while the user is busy on another step)."""
-        self._estimate_pending = not self.isVisible()
+        # while a run trains, the estimate stays that of the run (new data or options are for the next run)
+        self._estimate_pending = not self.isVisible() or self.slot.state != "idle"
         if self._estimate_pending:
             return
         s = self.session
@@ -562,10 +722,9 @@ class TrainPage(Page):
             self.estimate.setText("")
             self.estimate_value = None
             return
-        rep = s.data_report
-        n_train = rep.n_train if rep is not None and rep.n_train else len(s.dataset.records)
         lengths = s.token_report.lengths if s.token_report is not None else None
-        self.slots["estimate"].start(gj.estimate_training, s.model_dir, self.values(), n_train, lengths,
+        vals, self._fit_notes = self.fitted_values()
+        self.slots["estimate"].start(gj.estimate_training, s.model_dir, vals, self.n_train(), lengths,
                                      on_ok=self._show_estimate,
                                      on_failed=lambda exc: self.estimate.setText(
                                          "No estimate: " + html.escape(error_text(exc))))
@@ -579,6 +738,9 @@ class TrainPage(Page):
         dur = (f"<b>{est.steps:,} steps</b>, {about(est.seconds)} "
                f"<span style='color:{theme.muted(pal).name()}'>({html.escape(est.basis)})</span>")
         text = f"{mem} · {dur}"
+        if self._fit_notes:
+            text += "<br>" + theme.span("Fitted to your data:", "warning", pal, bold=True) + " " + html.escape(
+                "; ".join(self._fit_notes)) + "."
         if not est.fits:
             text = theme.span("This run will not fit in memory.", "error", pal, bold=True) + " " + html.escape(
                 est.fix) + "<br>" + text
@@ -593,21 +755,22 @@ class TrainPage(Page):
         """The "Several Macs" section: a host file, a check of every Mac in it, and the switch that makes
         Start run the group (core.group_train) instead of the trainer on this Mac alone."""
         self._group_run = False  # the running job is a group run (no pause)
-        self.hosts_box = QCollapsible("Several Macs")
+        self.hosts_box = QCollapsible("Several Macs" if ON_MAC else "Several computers", **ARROWS)
         self.hosts_box.setObjectName("train.hosts_box")
         box = QWidget()
         v = QVBoxLayout(box)
         v.setContentsMargins(0, 0, 0, 0)
-        intro = QLabel("Train on this Mac and others at once: each Mac works on its share of every batch and "
-                       "this Mac writes the run. The host file lists one Mac per line, this one first "
-                       "(<code>HOST</code> or <code>HOST IP</code>). Every Mac needs the same Tuneloom, ssh "
-                       "without a password, and the model and data at the same paths.")
+        intro = QLabel(_machines(
+            "Train on this Mac and others at once: each Mac works on its share of every batch and "
+            "this Mac writes the run. The host file lists one Mac per line, this one first "
+            "(<code>HOST</code> or <code>HOST IP</code>). Every Mac needs the same Tuneloom, ssh "
+            "without a password, and the model and data at the same paths."))
         intro.setWordWrap(True)
         v.addWidget(intro)
         row = QHBoxLayout()
         self.hosts_edit = QLineEdit()
         self.hosts_edit.setObjectName("train.hosts")
-        self.hosts_edit.setPlaceholderText("host file, one Mac per line, this Mac first")
+        self.hosts_edit.setPlaceholderText(_machines("host file, one Mac per line, this Mac first"))
         self.hosts_edit.setToolTip("A text file with one Mac per line (HOST or HOST IP; # starts a comment), "
                                    "or mlx.launch's JSON host file. The first one is this Mac.")
         choose = QPushButton("Choose...")
@@ -749,7 +912,7 @@ class TrainPage(Page):
             self.status.setText(html.escape(why or "A run is in progress."))
             return
         s = self.session
-        vals = self.values()
+        vals, notes = self.fitted_values()
         data_page = self.ctx.pages.get("data")
         valid_fraction = data_page.valid_fraction() if data_page is not None else 0.1
         known = {f.name for f in fields(TrainConfig)}
@@ -758,7 +921,10 @@ class TrainPage(Page):
                           out=str(runs.new_run_dir(vals.get("name") or "run")), valid_fraction=valid_fraction,
                           skip_invalid=self.skip_invalid.isChecked(), **{**vals, **data_options})
         self.plot.clear_data()
+        self._show_config(asdict(cfg))  # as fitted to the data: what this run really uses
         self._run(cfg, None, Path(cfg.out))
+        for note in notes:
+            self._log_line("info", note)
 
     def resume_run(self, run_dir: Path):
         """Continue a stopped or interrupted run from its latest checkpoint; its curve so far comes from disk."""
@@ -777,16 +943,24 @@ class TrainPage(Page):
             self.status.setText(f"{html.escape(str(run_dir))} is not a run folder any more.")
             return
         self.plot.load_metrics(info.metrics or [])
+        self._show_config(info.config)  # the run's own settings, not the form's
         self._run(TrainConfig(model=""), run_dir, run_dir, total=info.total_steps)
+        ck = checkpoint_step(info) or 0
+        vs, vv = runs.series([m for m in info.metrics or [] if int(m.get("step", 0)) <= ck], "valid_loss")
+        if vv:  # the last validation loss before the checkpoint, not "-" until the next one
+            self.stat["valid"].setText(f"{vv[-1]:.4f} @{vs[-1]}")
 
     def _run(self, cfg: TrainConfig, resume: Path | None, run_dir: Path, total: int | None = None):
         from core.isolated import in_process
         from core.train import train
 
+        self._live_run = run_dir  # shown live from here on, not read back from disk
         self.session.update(run_dir=run_dir)
         self.last_report = None
+        self.result_problems = []
         self.log.clear()
         self._log_line("info", f"{'resuming' if resume else 'starting'} run {run_dir.name} ({run_dir})")
+        self.progress.show()
         self.progress.setRange(0, 0)
         self.progress.setFormat("starting...")
         self.status.setText("Resuming..." if resume else "Starting: reading the data and loading the model...")
@@ -869,23 +1043,44 @@ class TrainPage(Page):
     def _done(self, res: dict):
         self._show_stats()
         r = self.last_report
-        first = self.plot.train_s.ys[0] if self.plot.train_s.n else None
-        last = self.plot._ema[self.plot.train_s.n - 1] if self.plot.train_s.n else None
-        parts = [f"<b>Done:</b> {res['steps']:,} steps"]
-        if first is not None and last is not None:
-            parts.append(f"training loss {first:.3f} → {last:.3f} (smoothed)")
-        if res.get("valid_loss") is not None:
-            parts.append(f"validation loss {res['valid_loss']:.3f}")
-        text = ", ".join(parts) + f".<br>The adapter is in <code>{html.escape(res['run_dir'])}</code>. " \
-            "Next: <b>Try it</b> to compare with the original, then Export."
-        self.eta.setText("done")
-        self.result_state = "done"
-        self.status.setText(text)
-        self._paint_result("done")
+        run_dir = Path(res.get("run_dir") or self.session.run_dir)
+        cfg = runs.read_json(run_dir / "config.json", {}) or {}
+        self._finished(run_dir, runs.read_metrics(run_dir), int(res["steps"]), cfg, valid=res.get("valid_loss"))
         self._log_line("info", f"done in {fmt_duration(r.elapsed if r else res.get('seconds'))}")
         notify(self.ctx.window, "Training finished",
                f"{res['steps']} steps" + (f", validation loss {res['valid_loss']:.3f}" if res.get("valid_loss")
                                           is not None else ""))
+
+    def _finished(self, run_dir: Path, metrics: list, steps: int, cfg: dict, valid=None, name: str = ""):
+        """The banner of a finished run: its loss at the start and the end, like with like (core.runs.loss_summary),
+        in green; in amber when it probably learned little (too short, the loss did not fall)."""
+        summary = runs.loss_summary(metrics)
+        problems = runs.learning_problems(summary, steps, int(cfg.get("warmup") or 0), MIN_STEPS)
+        self.loss_summary = summary
+        parts = [f"{steps:,} steps"]
+        if summary is not None:
+            parts.append(summary.words())
+            if summary.kind == "validation":  # the training loss as a second opinion, like with like too
+                train_only = runs.loss_summary([m for m in metrics if "valid_loss" not in m])
+                if train_only is not None:
+                    parts.append(train_only.words())
+        elif valid is not None:
+            parts.append(f"validation loss {valid:.3f}")
+        who = f"{html.escape(name)}: " if name else ""
+        where = f"The adapter is in <code>{html.escape(str(run_dir))}</code>."
+        if problems:
+            head = theme.span("Done, but it probably learned little:", "warning", self.palette(), bold=True)
+            text = (f"{who}{head} {html.escape('; '.join(problems))}.<br>" + html.escape(", ".join(parts)) +
+                    f".<br>{where} Train longer (a preset with more passes, more examples) or with a higher "
+                    "learning rate, then compare the runs in the history.")
+        else:
+            text = f"{who}<b>Done:</b> " + html.escape(", ".join(parts)) + \
+                f".<br>{where} Next: <b>Try it</b> to compare with the original, then Export."
+        self.result_problems = problems
+        self.eta.setText("done")
+        self.result_state = "done"
+        self.status.setText(text)
+        self._paint_result("done")
 
     def _failed(self, exc):
         if isinstance(exc, Cancelled):
@@ -913,6 +1108,9 @@ class TrainPage(Page):
         notify(self.ctx.window, "Training failed", str(exc), error=True)
 
     def _ended(self):
+        self._live_run = None
+        self._restore_user_options()
+        self._estimate_timer.start()
         self.session.touch_run()
         self.refresh_controls()
         if self.result_state in ("running", "paused"):
@@ -938,7 +1136,7 @@ class TrainPage(Page):
 
     def _paint_result(self, kind):
         """The result box takes the colour of how the run ended."""
-        roles = {"done": "ok", "failed": "error", "stopped": "warning"}
+        roles = {"done": "warning" if self.result_problems else "ok", "failed": "error", "stopped": "warning"}
         box = self.result_box
         box.fill_color = theme.tint(roles[kind], self.palette(), 0.16) if kind in roles else None
         box.update()

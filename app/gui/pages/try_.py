@@ -7,6 +7,7 @@ loaded between questions. Tokens are generated on the worker; it puts the text p
 """
 from __future__ import annotations
 
+import html
 import threading
 from pathlib import Path
 
@@ -15,8 +16,10 @@ from PySide6.QtGui import QTextCursor
 from PySide6.QtWidgets import (QDoubleSpinBox, QFormLayout, QGridLayout, QHBoxLayout, QLabel, QLineEdit,
                                QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QTabWidget, QWidget)
 
+from app.gui import theme
 from app.gui.eval_table import EvalTable
 from app.gui.pages.base import AppContext, Page, error_text
+from app.gui.run_bar import RunBar
 from core.events import Cancelled
 
 FLUSH_MS = 40  # how often streamed text reaches the views
@@ -138,9 +141,12 @@ class TryPage(Page):
 
     def __init__(self, ctx: AppContext):
         super().__init__(ctx)
+        self.run_bar = RunBar(ctx, "try", "Try asks the fine-tuned model of this run")  # the current run, named
+        self.layout_.addWidget(self.run_bar)
         self.holder = ModelHolder()
         self.buffer = ChunkBuffer()
         self._rows = _Rows()
+        self._eval_warnings: list[str] = []  # what the last evaluation left out (a bad line), in words
         self._rows.row.connect(self._eval_row)
         self._reset_after_stop = False
         self._sides: tuple = ()
@@ -253,6 +259,11 @@ class TryPage(Page):
         erow.addWidget(self.eval_btn)
         erow.addWidget(self.eval_stop)
         erow.addWidget(self.eval_file, 1)
+        self.eval_browse = QPushButton("Browse...")
+        self.eval_browse.setObjectName("try.eval_browse")
+        self.eval_browse.setToolTip("Pick a data file to evaluate on (empty: the run's validation examples).")
+        self.eval_browse.clicked.connect(self.browse_eval_file)
+        erow.addWidget(self.eval_browse)
         erow.addWidget(self.eval_limit)
         eval_tab = QWidget()
         el = QGridLayout(eval_tab)
@@ -357,8 +368,9 @@ class TryPage(Page):
         self.show_questions()
         for side in self._sides:
             view = self.view(side)
-            if view.toPlainText():
-                view.append_text("\n\n")  # the views hold the answers only; the questions are listed above
+            if view.toPlainText():  # a rule with the question's number between one answer and the next
+                q = text if len(text) <= 60 else text[:57] + "..."
+                view.append_text(f"\n\n\u2500\u2500 {len(self._questions)}. {q} \u2500\u2500\n")
         self.prompt.clear()
         self.buffer.drain()
         self.status.setText("Loading the models..." if self.holder.key != (str(model_dir), str(run) if run else None)
@@ -456,11 +468,28 @@ class TryPage(Page):
         self.table.clear("Evaluating both models...")
         self.eval_progress.setVisible(True)
         self.eval_progress.setRange(0, 0)
+        self._eval_warnings: list[str] = []
         self.slots["eval"].start(evaluate_job, self.holder, model_dir, run, data,
                                  self.eval_limit.value() or None, self._rows.row.emit,
-                                 on_progress=self._eval_progress, on_ok=self._evaluated,
+                                 on_progress=self._eval_progress, on_log=self._eval_log, on_ok=self._evaluated,
                                  on_failed=self._eval_failed, on_ended=self._eval_ended)
         self.refresh()
+
+    def browse_eval_file(self):
+        from PySide6.QtWidgets import QFileDialog
+
+        from core.data import KNOWN_SUFFIXES
+
+        start = self.eval_file.text().strip() or str(Path.home())
+        pattern = " ".join(f"*{s}" for s in sorted(KNOWN_SUFFIXES))
+        path, _ = QFileDialog.getOpenFileName(self, "Evaluate on a data file", start,
+                                              f"Data files ({pattern});;All files (*)")
+        if path:
+            self.eval_file.setText(path)
+
+    def _eval_log(self, level: str, text: str):
+        if level in ("warning", "error"):
+            self._eval_warnings.append(text)
 
     def _eval_progress(self, done, total, what):
         if done is not None and total:
@@ -475,6 +504,9 @@ class TryPage(Page):
 
     def _evaluated(self, result):
         self.table.set_result(result)
+        if self._eval_warnings:  # examples left out (a bad line): said where, not skipped silently
+            self.table.status.setText(self.table.status.text() + "<br>" + theme.span(
+                "Left out:", "warning", self.palette(), bold=True) + " " + html.escape(" ".join(self._eval_warnings)))
 
     def _eval_failed(self, exc):
         if isinstance(exc, Cancelled) and getattr(exc, "result", None) is not None and exc.result.rows:

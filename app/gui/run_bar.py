@@ -1,0 +1,123 @@
+"""The current run, named at the top of the pages that act on it (Train, Try, Export).
+
+There is one current run (``Session.run_dir``): the run Train shows, Try asks and Export writes. Ticking runs
+in the history to compare them never changes it; a click on a run (in the history or the sidebar) does.
+"""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSizePolicy
+
+from app.gui import theme
+from app.gui.widgets import Panel
+from core import paths, runs
+
+HISTORY_PAGE = 5  # the window's page index of the run history (after the five steps)
+
+STATE_WORDS = {"done": "done", "running": "training", "cancelled": "stopped, resumable", "failed": "failed",
+               "interrupted": "interrupted, resumable", "new": "not started", "unknown": "?"}
+
+
+def state_words(info, session=None) -> str:
+    """A run's state in words; a run this window has paused is "paused", not "training"."""
+    st = info.state
+    if session is not None and session.job("train") == "paused" and session.run_dir is not None and \
+            Path(session.run_dir) == Path(info.path):
+        return "paused"
+    if st in ("cancelled", "interrupted", "failed") and not info.resumable:
+        return {"cancelled": "stopped", "interrupted": "interrupted", "failed": "failed"}[st]
+    if st == "failed" and info.resumable:
+        return "failed, resumable"
+    return STATE_WORDS.get(st, st)
+
+
+def model_words(path: str) -> str:
+    if not path:
+        return "?"
+    p = Path(path)
+    if p == paths.demo_model_dir():
+        return "demo model"
+    # hub cache snapshots: models--org--name/snapshots/<rev>
+    for part in p.parts:
+        if part.startswith("models--"):
+            return part[len("models--"):].replace("--", "/")
+    return p.name
+
+
+def data_words(files: list[str]) -> str:
+    if not files:
+        return "?"
+    names = [Path(f).name for f in files]
+    if Path(files[0]) == paths.demo_data_dir():
+        return "sample dataset"
+    return names[0] + (f" +{len(names) - 1}" if len(names) > 1 else "")
+
+
+def checkpoint_step(info) -> int | None:
+    """The step a resume continues from: the last checkpoint's."""
+    ck = info.checkpoint
+    if ck is None:
+        return None
+    try:
+        return int(ck.name.split("-")[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def run_line(info, session=None) -> str:
+    """'<b>title</b> · done · 600 of 600 steps · Qwen2.5-0.5B' (rich text)."""
+    parts = [f"<b>{html.escape(info.title)}</b>", html.escape(state_words(info, session))]
+    total = info.total_steps
+    parts.append(f"{info.steps:,} of {total:,} steps" if total else f"{info.steps:,} steps")
+    if info.base_model:
+        parts.append(html.escape(model_words(info.base_model)))
+    return " · ".join(parts)
+
+
+class RunBar(Panel):
+    """'Run: <title> · state · steps · model' and a button to the history to pick another."""
+
+    def __init__(self, ctx, prefix: str, what: str):
+        super().__init__()
+        self.ctx = ctx
+        self.session = ctx.session
+        self.what = what  # what the page does with the run, e.g. "Try asks its fine-tuned model"
+        self.setObjectName(f"{prefix}.run_bar")
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(10, 4, 6, 4)
+        self.label = QLabel()
+        self.label.setObjectName(f"{prefix}.current_run")
+        self.label.setTextFormat(Qt.TextFormat.RichText)
+        self.label.setWordWrap(True)
+        self.label.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self.change = QPushButton("Other runs...")
+        self.change.setObjectName(f"{prefix}.change_run")
+        self.change.setToolTip("Open the run history: a click on a run makes it the current one.")
+        self.change.clicked.connect(lambda: ctx.go_to(HISTORY_PAGE))
+        lay.addWidget(self.label, 1)
+        lay.addWidget(self.change, 0, Qt.AlignmentFlag.AlignVCenter)
+        self.session.changed.connect(self._session_changed)
+        self.refresh()
+
+    def _session_changed(self, names: set):
+        if names & {"run_dir", "run_version", "jobs"}:
+            self.refresh()
+
+    def refresh(self):
+        rd = self.session.run_dir
+        muted = theme.muted(self.palette()).name()
+        if rd is None:
+            self.label.setText(f"<b>Run:</b> none yet <span style='color:{muted}'>(train one in step 3, or pick "
+                               "one in the history)</span>")
+            self.setToolTip("")
+            return
+        info = runs.RunInfo.load(rd)
+        if info is None:
+            self.label.setText(f"<b>Run:</b> {html.escape(Path(rd).name)} "
+                               f"<span style='color:{muted}'>(its folder is gone)</span>")
+            return
+        self.label.setText(f"<b>Run:</b> {run_line(info, self.session)}")
+        self.setToolTip(f"{self.what}: {info.path}")

@@ -1,0 +1,96 @@
+"""Nothing cut, nothing covered (issue 27): every page at 1024x700 and at 1600x1000, in the states a user sees
+most (the sample dataset, a table's column panel, a finished run current, a stopped one in the history), checked
+from widget geometries (app.gui.testing.layout_problems), not pixels."""
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import pytest  # noqa: E402
+from PySide6.QtCore import QSettings  # noqa: E402
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget  # noqa: E402
+
+from app.gui.main import TuneloomApp  # noqa: E402
+from app.gui.testing import layout_problems  # noqa: E402
+from core.paths import demo_data_dir  # noqa: E402
+from tests.test_gui_truth import fake_run  # noqa: E402
+
+SIZES = [(1024, 700), (1600, 1000)]
+PAGES = ["model", "data", "train", "try", "export", "history"]
+
+
+@pytest.fixture(scope="session")
+def qapp_cls():
+    return TuneloomApp
+
+
+def test_the_check_finds_a_cut_label_and_overlapping_widgets(qtbot):
+    box = QWidget()
+    qtbot.addWidget(box)
+    lay = QHBoxLayout(box)
+    cut = QLabel("a label whose text is much longer than the room it is given")
+    cut.setMinimumWidth(10)
+    cut.setMaximumWidth(60)
+    wrapped = QLabel("a word-wrapped label with far too many words for a box this small to hold them all")
+    wrapped.setWordWrap(True)
+    wrapped.setFixedSize(80, 20)
+    button = QPushButton("A button with a long text")
+    button.setFixedWidth(40)
+    lay.addWidget(cut)
+    lay.addWidget(wrapped)
+    lay.addWidget(button)
+    box.resize(400, 60)
+    box.show()
+    qtbot.waitExposed(box)
+    found = layout_problems(box)
+    assert any("QLabel(-: a label whose text" in p and "is cut" in p for p in found), found
+    assert any("word-wrapped" in p and "height" in p for p in found), found
+    assert any("QPushButton" in p and "is cut" in p for p in found), found
+    # two widgets of one layout placed over each other
+    assert not any("overlap" in p for p in found), found
+    button.move(cut.pos())
+    assert any("overlap" in p and "QPushButton" in p for p in layout_problems(box))
+
+
+@pytest.fixture
+def window(qtbot, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELOOM_HOME", str(tmp_path / "home"))
+    from app.gui.main_window import MainWindow
+
+    w = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitUntil(lambda: w.model_dir is not None, timeout=30000)
+    return w
+
+
+def check_every_page(w, qtbot, what: str) -> list[str]:
+    found = []
+    for size in SIZES:
+        w.resize(*size)
+        for row, name in enumerate(PAGES):
+            w.go_to(row)
+            qtbot.wait(150)  # a layout pass: geometries settle
+            assert w.width() == size[0] and w.height() == size[1], (what, w.size(), "the window grew by itself")
+            found += [f"{name} {size[0]}x{size[1]} ({what}): {p}" for p in layout_problems(w)]
+    return found
+
+
+def test_no_page_cuts_a_label_or_overlaps_widgets_at_either_size(window, qtbot, tmp_path):
+    w = window
+    problems = check_every_page(w, qtbot, "empty")
+    w.load_data([demo_data_dir()])
+    qtbot.waitUntil(lambda: w.token_report is not None and not w.jobs["data"].running, timeout=60000)
+    done = fake_run("finished", valid=[(0, 5.9), (200, 2.7)], title="a finished run with a long name")
+    fake_run("stopped", state="cancelled", steps=196, total=600, checkpoint=150)
+    qtbot.waitUntil(lambda: w.history_page.list.topLevelItemCount() == 2, timeout=20000)
+    w.session.update(run_dir=done)
+    qtbot.waitUntil(lambda: w.train_page.shown_run is not None, timeout=20000)
+    w.history_page.set_ticked([str(done)])
+    problems += check_every_page(w, qtbot, "sample data, a finished run")
+    # a table: the column panel appears on the Data page (the window must not grow)
+    csv = tmp_path / "qa.csv"
+    csv.write_text("question,answer\n" + "".join(f"What is {i}+{i}?,{2 * i}\n" for i in range(40)))
+    w.load_data([csv])
+    qtbot.waitUntil(lambda: w.data_page.mapping_host.isVisible() and not w.jobs["data"].running, timeout=60000)
+    problems += check_every_page(w, qtbot, "a CSV")
+    assert problems == [], "\n".join(problems)
