@@ -372,7 +372,8 @@ def cmd_export(a) -> int:
                 print(f"Modelfile SYSTEM: the system prompt the run was trained with ({system[:60]!r}"
                       f"{'...' if len(system) > 60 else ''}); --system \"\" for none", file=sys.stderr)
         res = export(a.source, adapter=a.adapter, gguf=a.gguf, quant=a.quant, ollama=a.ollama, system=system or None,
-                     force=a.force, modelfile=a.modelfile, events=ev, cancel=_cancel_on_sigint())
+                     force=a.force, modelfile=a.modelfile, events=ev, cancel=_cancel_on_sigint(),
+                     replace_files=a.force)
     except TuneloomError as exc:
         print(f"error: {exc.user_message()}", file=sys.stderr)
         return 1
@@ -602,15 +603,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("source", help="a run folder (base + adapters) or a model folder")
     e.add_argument("--adapter", metavar="RUN_DIR", help="a run folder whose adapter to merge into SOURCE (then a "
                    "model folder)")
-    e.add_argument("--gguf", metavar="OUT.gguf", help="write the GGUF here (and the Modelfile next to it unless "
-                   "--modelfile says where); without --gguf only the Modelfile is written")
+    e.add_argument("--gguf", metavar="OUT.gguf", help="write the GGUF here (and its Modelfile, OUT.Modelfile, next to "
+                   "it unless --modelfile says where); without --gguf only the Modelfile is written")
     e.add_argument("--quant", default="f16", choices=["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"],
                    help="the GGUF's type (default f16: full quality; q4_k_m is about a third of its size and what "
                         "most Ollama models use)")
     e.add_argument("--ollama", metavar="NAME", help="register in Ollama under this name")
     e.add_argument("--system", help="system prompt for the Modelfile (default: the one the run was trained with; "
                    "\"\" for none)")
-    e.add_argument("--force", action="store_true", help="replace an Ollama model of the same name")
+    e.add_argument("--force", action="store_true", help="replace an Ollama model of the same name, and the GGUF "
+                   "(and its Modelfile) an earlier export wrote at --gguf")
     e.add_argument("--modelfile", metavar="PATH", help="write the Modelfile here; alone, writes only the Modelfile, "
                    "whose FROM names the GGUF an export would write next to it (SOURCE-QUANT.gguf)")
     e.set_defaults(func=cmd_export)

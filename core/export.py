@@ -149,7 +149,7 @@ class ExportPlan:
 
 def plan_export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str | None = None,
                 system: str | None = None, modelfile: str | Path | None = None,
-                temperature: float | None = None) -> ExportPlan:
+                temperature: float | None = None, replace: bool = False) -> ExportPlan:
     """Check everything an export needs and return the plan; raises :class:`TuneloomError` (nothing written).
     ``temperature``: the PARAMETER temperature to bake in (None: Tuneloom's default)."""
     from core import ollama as ol
@@ -184,14 +184,19 @@ def plan_export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: 
     embedded = ol.embedded_chat_template(info.config, thinking=thinking, architecture=check.architecture)
 
     gguf_path = Path(gguf) if gguf is not None else None
-    mf = Path(modelfile) if modelfile else gguf_path.with_name("Modelfile")
+    from core.export_target import check_targets, modelfile_for
+
+    mf = Path(modelfile) if modelfile else modelfile_for(gguf_path)  # NAME.Modelfile: one per GGUF
+    # before any work: not into the source, not over a file it did not make, and a folder it can write
+    check_targets(gguf_path, mf, base=base, adapter=adapter_dir, replace=replace)
     gguf_ref = gguf_path if gguf_path is not None else mf.with_name(default_gguf_name(source, quant))
     num_ctx = (runs.read_json(adapter_dir / "config.json") or {}).get("max_seq_len") if adapter_dir else None
     if temperature is not None and not (0 <= float(temperature) <= 2):
         raise TuneloomError(f"The temperature must be between 0 and 2, not {temperature}.", "Use e.g. 0.7.")
     params = ol.modelfile_parameters(info.config, num_ctx=num_ctx, **(
         {"temperature": float(temperature)} if temperature is not None else {}))
-    text = ol.modelfile_text(gguf_ref, mf.parent, fmt.template, fmt.stops, parameters=params, system=system)
+    text = ol.modelfile_text(gguf_ref, mf.parent, fmt.template, fmt.stops, parameters=params, system=system,
+                             modelfile_name=mf.name)
 
     need = estimate_export_bytes(base, quant, fuse=adapter_dir is not None) if gguf_path is not None else \
         {"fused": 0, "gguf": 0}
@@ -202,7 +207,10 @@ def plan_export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: 
 
 
 def _temp_name(dest: Path, suffix: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part" + suffix, dir=dest.parent)
+    from core.export_target import temp_prefix
+
+    # the writer's pid in the name: the next export removes what a killed one left (export_target.clean_stale)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dest), suffix=".part" + suffix, dir=dest.parent)
     os.close(fd)
     return Path(tmp)
 
@@ -210,7 +218,7 @@ def _temp_name(dest: Path, suffix: str) -> Path:
 def export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str | None = None, system: str | None = None,
            force: bool = False, modelfile: str | Path | None = None, events: Events | None = None,
            cancel: CancelToken | None = None, temperature: float | None = None, verify_messages: list | None = None,
-           verify_options: dict | None = None) -> dict:
+           verify_options: dict | None = None, replace_files: bool = False) -> dict:
     """Fuse, write the GGUF and its Modelfile, optionally register in Ollama.
 
     With ``gguf=None`` only the Modelfile is written (its FROM names
@@ -229,7 +237,7 @@ def export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str |
 
     events = events or NULL_EVENTS
     plan = plan_export(source, adapter=adapter, gguf=gguf, quant=quant, ollama=ollama, system=system,
-                       modelfile=modelfile, temperature=temperature)
+                       modelfile=modelfile, temperature=temperature, replace=replace_files)
     result: dict = {"base": str(plan.base), "adapter": str(plan.adapter) if plan.adapter else None,
                     "quant": plan.quant, "chat_template_source": plan.template_source,
                     "ollama_template": plan.chat_format.kind, "embedded_template": plan.embedded_template.kind,
@@ -280,11 +288,16 @@ def _write_gguf_and_modelfile(plan: ExportPlan, events: Events, cancel: CancelTo
         mf.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise TuneloomError(f"Cannot create the export folder: {exc}", "Choose a folder you can write to.") from exc
+    from core.export_target import clean_stale, fuse_prefix
+
+    for folder in {gguf.parent, mf.parent}:
+        for p in clean_stale(folder):
+            events.log("info", f"removed {p.name}, left by an export that was stopped")
     fuse_dir = tmp_gguf = tmp_mf = None
     try:
         model_dir = plan.base
         if plan.adapter is not None:
-            fuse_dir = Path(tempfile.mkdtemp(prefix=".tuneloom-fuse-", dir=gguf.parent))
+            fuse_dir = Path(tempfile.mkdtemp(prefix=fuse_prefix(), dir=gguf.parent))
             events.log("stage", _stage_start("fuse"))
             events.log("info", f"fusing {plan.adapter} into {plan.base}")
             model_dir = fuse_model(plan.base, plan.adapter, fuse_dir / "fused", events=events, cancel=cancel)

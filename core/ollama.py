@@ -1241,14 +1241,16 @@ def _param_value(v: Any) -> str:
 
 def modelfile_text(gguf_path: str | os.PathLike, modelfile_dir: str | os.PathLike, template: str,
                    stops: Sequence[str], *, parameters: dict | None = None, system: str | None = None,
-                   license_text: str | None = None) -> str:
-    """The text of a Modelfile; FROM is relative to ``modelfile_dir``."""
+                   license_text: str | None = None, modelfile_name: str = "Modelfile") -> str:
+    """The text of a Modelfile; FROM is relative to ``modelfile_dir``; ``modelfile_name``: its file name,
+    for the ``ollama create`` line in its header."""
     gguf_path = Path(gguf_path).resolve()
     rel = os.path.relpath(gguf_path, Path(modelfile_dir).resolve())
     if not rel.startswith(".."):
         rel = "./" + rel
     frm = _modelfile_value(rel, "GGUF path")
-    lines = ["# Written by Tuneloom. Register it with:  ollama create NAME -f Modelfile",
+    lines = ["# Written by Tuneloom. Register it with:  ollama create NAME -f "
+             + (modelfile_name if re.fullmatch(r"[A-Za-z0-9._-]+", modelfile_name) else "Modelfile"),
              f"FROM {frm}",
              f"TEMPLATE {_modelfile_quoted(template, 'chat template')}"]
     for stop in stops:  # always quoted, as Ollama's examples write them

@@ -425,7 +425,8 @@ class RunInfo:
                     records[Path(rec[key]).name] = rec
         out = []
         for p in sorted(d.iterdir()):
-            kind = "gguf" if p.suffix == ".gguf" else ("modelfile" if p.name.startswith("Modelfile") else "")
+            kind = "gguf" if p.suffix == ".gguf" else (
+                "modelfile" if p.name.startswith("Modelfile") or p.name.endswith(".Modelfile") else "")
             if not kind or not p.is_file():
                 continue
             st = p.stat()

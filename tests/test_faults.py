@@ -380,3 +380,99 @@ def test_disk_full_during_a_checkpoint_leaves_no_part_folder_and_says_failed(tmp
     assert not [p.name for p in (run / "checkpoints").iterdir() if p.name.endswith(".part")]
     status = runs.read_json(run / "status.json")
     assert status["state"] == "failed" and "full" in status["error"]
+
+
+# --- 6. export targets --------------------------------------------------------------------------------
+
+def _export_cli(source, *args):
+    return tl("export", source, *args)
+
+
+def test_export_never_writes_into_its_own_source(done_run, tmp_path):
+    before = snapshot(done_run)
+    p = _export_cli(done_run, "--gguf", done_run / "config.json")
+    assert p.returncode == 1
+    no_traceback(p)
+    assert "inside the run folder being exported" in p.stderr and "exports" in p.stderr
+    assert snapshot(done_run) == before  # the run's config is still its own: it resumes and is listed
+    model = tmp_path / "model"
+    shutil.copytree(demo_model_dir(), model)
+    weights = (model / "model.safetensors").read_bytes()
+    p = _export_cli(model, "--gguf", model / "model.safetensors")
+    assert p.returncode == 1 and "inside the model folder being exported" in p.stderr
+    no_traceback(p)
+    assert (model / "model.safetensors").read_bytes() == weights
+
+
+def test_export_target_checks_come_before_any_work(done_run, tmp_path):
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    t0 = time.monotonic()
+    p = _export_cli(done_run, "--gguf", folder)
+    assert p.returncode == 1 and "is a folder" in p.stderr and str(folder / "model-f16.gguf") in p.stderr
+    assert list(folder.iterdir()) == []
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    p = _export_cli(done_run, "--gguf", notes, "--force")
+    assert p.returncode == 1 and "is not a GGUF file" in p.stderr and notes.read_text() == "mine"
+    assert time.monotonic() - t0 < 120
+
+
+def test_a_second_export_keeps_the_first_ones_files_unless_forced(done_run, tmp_path):
+    out = tmp_path / "out"
+    p = _export_cli(done_run, "--gguf", out / "a.gguf")
+    assert p.returncode == 0, p.stderr[-2000:]
+    first = snapshot(out)
+    assert set(first) == {"a.gguf", "a.Modelfile"}
+    p = _export_cli(done_run, "--gguf", out / "a.gguf", "--quant", "q8_0")
+    assert p.returncode == 1 and "already exists" in p.stderr and "--force" in p.stderr
+    assert snapshot(out) == first
+    p = _export_cli(done_run, "--gguf", out / "b.gguf", "--quant", "q8_0")  # a second GGUF, its own Modelfile
+    assert p.returncode == 0, p.stderr[-2000:]
+    def frm(mf):
+        return next(x for x in mf.read_text().splitlines() if x.startswith("FROM "))
+
+    assert frm(out / "a.Modelfile") == "FROM ./a.gguf" and frm(out / "b.Modelfile") == "FROM ./b.gguf"
+    assert "-f a.Modelfile" in (out / "a.Modelfile").read_text().splitlines()[0]
+    assert snapshot(out)["a.gguf"] == first["a.gguf"]
+    # a Modelfile of another GGUF is not replaced either
+    p = _export_cli(done_run, "--gguf", out / "c.gguf", "--modelfile", out / "a.Modelfile")
+    assert p.returncode == 1 and "the Modelfile of another GGUF" in p.stderr
+    assert snapshot(out)["a.Modelfile"] == first["a.Modelfile"]
+    p = _export_cli(done_run, "--gguf", out / "a.gguf", "--quant", "q8_0", "--force")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert snapshot(out)["a.gguf"] != first["a.gguf"]
+
+
+@pytest.mark.parametrize("code,words,not_words", [(errno.EROFS, "read-only", "full"),
+                                                  (errno.EACCES, "no permission", "full"),
+                                                  (errno.ENOSPC, "is full", "read-only")])
+def test_an_unwritable_export_folder_is_named_for_what_it_is(tmp_path, monkeypatch, code, words, not_words):
+    from core import export_target
+
+    def refuse(*a, **k):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(export_target.tempfile, "mkstemp", refuse)
+    with pytest.raises(TuneloomError) as info:
+        export_target.check_writable(tmp_path, "the GGUF")
+    assert words in str(info.value) and not_words not in str(info.value)
+
+
+# --- 7. leftovers of a killed export ---------------------------------------------------------------------
+
+def test_the_next_export_removes_what_a_killed_one_left(done_run, tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / f".model.gguf.{dead.pid}.k2j3.part.gguf"
+    stale.write_bytes(b"GGUF" + b"\0" * 1000)
+    stale_fuse = out / f".tuneloom-fuse-{dead.pid}-abc"
+    (stale_fuse / "fused").mkdir(parents=True)
+    live = out / f".other.gguf.{os.getpid()}.x1y2.part.gguf"  # a running export's: left alone
+    live.write_bytes(b"GGUF")
+    p = _export_cli(done_run, "--gguf", out / "model.gguf")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert not stale.exists() and not stale_fuse.exists() and live.exists()
+    assert sorted(x.name for x in out.iterdir()) == sorted([live.name, "model.gguf", "model.Modelfile"])
