@@ -257,6 +257,7 @@ def export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str |
         return result
 
     _write_gguf_and_modelfile(plan, events, cancel)
+    result["loads_in_llama_cpp"] = read_back(plan.gguf, events)
     result.update(gguf=str(plan.gguf), modelfile=str(plan.modelfile))
     if ollama:
         result["ollama"] = ol.register_model(
@@ -266,6 +267,24 @@ def export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str |
     else:
         result["ollama_command"] = ol.ollama_create_command(plan.modelfile, "NAME")
     return result
+
+
+def read_back(gguf: Path, events: Events) -> bool | None:
+    """Load the written GGUF with llama.cpp's own loader when llama-cpp-python is installed (as the demo
+    does): a file llama.cpp refuses is an error, never "ok". None: llama.cpp is not available here."""
+    from core import llamacpp
+
+    if not llamacpp.available():
+        return None
+    try:
+        llamacpp.LlamaCppModel(gguf, n_ctx=32, logits_all=False).close()
+    except Exception as exc:  # noqa: BLE001 - llama-cpp-python raises ValueError / RuntimeError
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TuneloomError(f"{gguf} was written, but llama.cpp cannot load it ({why}).",
+                            "The model folder's config.json or weights are inconsistent; check the folder "
+                            "(tuneloom fetch FOLDER) and export again.") from exc
+    events.log("info", f"llama.cpp loads {gguf.name}")
+    return True
 
 
 def _write_file(path: Path, text: str) -> None:

@@ -881,6 +881,31 @@ def _display_name(p: Path) -> str:
     return p.name
 
 
+def config_shape_mismatch(config: dict, dtypes: dict[str, str], shapes: dict[str, list]) -> str | None:
+    """How config.json disagrees with the weights' shapes (hidden size from the norms, which are never
+    quantized; vocabulary from an unquantized embedding), or None."""
+    if not isinstance(config, dict):
+        return None
+    merged = {**config, **(config.get("text_config") if isinstance(config.get("text_config"), dict) else {})}
+    hidden, vocab = merged.get("hidden_size"), merged.get("vocab_size")
+    for k in sorted(shapes):
+        shape = shapes[k]
+        if not isinstance(shape, list):
+            continue
+        if isinstance(hidden, int) and k.endswith(("input_layernorm.weight", "model.norm.weight")) and len(shape) == 1:
+            if shape[0] != hidden:
+                return (f"config.json says hidden_size {hidden}, but the weights are {shape[0]} wide "
+                        f"({k} has shape {shape})")
+        if (isinstance(vocab, int) and k.endswith("embed_tokens.weight") and len(shape) == 2
+                and dtypes.get(k) != "U32"):
+            if shape[0] != vocab:
+                return f"config.json says vocab_size {vocab}, but {k} has {shape[0]} rows (shape {shape})"
+            if isinstance(hidden, int) and shape[1] != hidden:
+                return (f"config.json says hidden_size {hidden}, but the weights are {shape[1]} wide "
+                        f"({k} has shape {shape})")
+    return None
+
+
 def validate_model_dir(path: str | os.PathLike, *, load_tokenizer: bool = True) -> ModelCheck:
     """Check a model folder before training on it; every problem is reported, not only the first."""
     p = Path(path)
@@ -1005,6 +1030,7 @@ def validate_model_dir(path: str | os.PathLike, *, load_tokenizer: bool = True) 
         add("missing_weights", f"{name}: weight file {s} (listed in model.safetensors.index.json) is missing.",
             "The download is incomplete: fetch the model again.")
     present: dict[str, str] = {}
+    shapes: dict[str, list] = {}
     for s in shards:
         try:
             header, expected = read_safetensors_header(s)
@@ -1028,7 +1054,12 @@ def validate_model_dir(path: str | os.PathLike, *, load_tokenizer: bool = True) 
             if k == "__metadata__":
                 continue
             present[k] = v.get("dtype", "?")
+            shapes[k] = v.get("shape")
     check.tensors = len(present)
+    mismatch = config_shape_mismatch(config, present, shapes)
+    if mismatch:
+        add("config_mismatch", f"{name}: {mismatch}.",
+            "config.json does not belong to these weights: download the model again, or put its own config.json back.")
     check.tensor_dtypes = sorted(set(present.values()))
     quantized_tensors = any(k.endswith(".scales") for k in present)
     if quantized_tensors and check.quantization is None and not any(pr.code == "unsupported_quantization"

@@ -147,6 +147,7 @@ OPTION_RANGES: dict[str, tuple] = {
     "checkpoint_every": (0, None, True, True, (), "a whole number of at least 0"),
     "valid_fraction": (0, 1, True, False, (), "from 0 up to (not including) 1"),
 }
+MAX_NAME = 100
 _WHOLE = {"iters", "rank", "num_layers", "warmup", "batch", "grad_accum", "max_seq_len", "valid_every",
           "valid_batches", "checkpoint_every", "seed"}
 
@@ -222,6 +223,9 @@ class TrainConfig:
     def validate(self) -> None:
         """Refuse impossible options (with their valid range) before anything is loaded: ConfigError."""
         problems = [p for p in (_check_option(self, name, rule) for name, rule in OPTION_RANGES.items()) if p]
+        if not isinstance(self.name, str) or len(self.name) > MAX_NAME:
+            problems.append(f"--name is {len(self.name) if isinstance(self.name, str) else repr(self.name)} "
+                            f"characters long, must be at most {MAX_NAME} (it becomes part of a folder name)")
         if problems:
             raise ConfigError("Impossible training options: " + "; ".join(problems) + ".",
                               "Change them to a value in the range given (`tuneloom train --help` says what "
@@ -293,6 +297,12 @@ def load_base(model_dir: str | Path):
     import mlx.core as mx
     from mlx_lm.utils import load_model
 
+    from core.hub import validate_model_dir
+
+    # the one model-folder check fetch and export use too: a config.json that disagrees with the weights
+    wrong = [p for p in validate_model_dir(model_dir, load_tokenizer=False).problems if p.code == "config_mismatch"]
+    if wrong:
+        raise TuneloomError(f"Cannot train on {model_dir}: {wrong[0].message}", wrong[0].hint)
     try:
         model, config = load_model(Path(model_dir))
     except FileNotFoundError as exc:

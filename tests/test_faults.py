@@ -476,3 +476,103 @@ def test_the_next_export_removes_what_a_killed_one_left(done_run, tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     assert not stale.exists() and not stale_fuse.exists() and live.exists()
     assert sorted(x.name for x in out.iterdir()) == sorted([live.name, "model.gguf", "model.Modelfile"])
+
+
+# --- 8. one model-folder check for fetch, train and export -------------------------------------------------
+
+def test_a_config_that_disagrees_with_the_weights_is_refused_by_fetch_train_and_export(tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(demo_model_dir(), model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "hidden_size": 256}))
+    words = "config.json says hidden_size 256, but the weights are 128 wide"
+    p = tl("fetch", model)
+    assert p.returncode == 1 and words in p.stdout + p.stderr and "ready to train" not in p.stdout + p.stderr
+    p = tl("train", "--model", model, "--data", demo_data_dir(), "--out", tmp_path / "run", "--iters", "2",
+           *CLI_FAST)
+    assert p.returncode == 1 and words in p.stderr
+    no_traceback(p)
+    p = tl("export", model, "--gguf", tmp_path / "out" / "m.gguf")
+    assert p.returncode == 1 and words in p.stderr
+    no_traceback(p)
+    assert not (tmp_path / "out" / "m.gguf").exists()
+
+
+def test_export_reads_its_gguf_back_with_llama_cpp_and_never_says_ok_for_one_it_cannot_load(done_run, tmp_path,
+                                                                                          monkeypatch):
+    from core import export as ex
+    from core import llamacpp
+
+    if not llamacpp.available():
+        pytest.skip("llama-cpp-python is not installed here")
+    res = ex.export(done_run, gguf=tmp_path / "good.gguf")
+    assert res["loads_in_llama_cpp"] is True
+
+    class Refuses:
+        def __init__(self, *a, **k):
+            raise ValueError("Failed to load model from file")
+
+    monkeypatch.setattr(llamacpp, "LlamaCppModel", Refuses)
+    with pytest.raises(TuneloomError) as info:
+        ex.export(done_run, gguf=tmp_path / "bad.gguf")
+    assert "llama.cpp cannot load it" in str(info.value) and "bad.gguf" in str(info.value)
+
+
+# --- 9. the smaller points --------------------------------------------------------------------------------
+
+def test_ssh_gets_host_names_after_double_dash(monkeypatch):
+    from core import distributed as dist
+
+    seen = []
+    monkeypatch.setattr(dist.subprocess, "run", lambda argv, **k: seen.append(argv) or
+                        subprocess.CompletedProcess(argv, 0, "", ""))
+    dist._ssh(dist.Host("-oProxyCommand=touch /tmp/pwned"), "true", 1)
+    argv = seen[0]
+    assert argv.index("--") < argv.index("-oProxyCommand=touch /tmp/pwned")
+    assert " -- " in dist.copy_command(dist.Host("-oX"), "/data/a.jsonl")
+
+
+def test_a_300_character_name_is_refused_cleanly(tmp_path):
+    p = tl("train", "--model", demo_model_dir(), "--data", demo_data_dir(), "--name", "n" * 300, "--iters", "2")
+    assert p.returncode == 2
+    no_traceback(p)
+    assert "--name is 300 characters long, must be at most 100" in p.stderr
+
+
+def test_a_server_that_is_not_ollama_is_not_called_too_old(tmp_path):
+    import http.server
+    import threading
+
+    from core import ollama as ol
+
+    class NotOllama(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b'{"status": "ok"}' if self.path == "/api/version" else b"<html>hello</html>"
+            self.send_response(200 if self.path == "/api/version" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotOllama)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + b"\0" * 64)
+    try:
+        with pytest.raises(ol.OllamaError) as info:
+            ol.register_model(gguf, "tuned", template="{{ .Prompt }}", stops=[],
+                              host=f"http://127.0.0.1:{srv.server_address[1]}")
+    finally:
+        srv.shutdown()
+    assert "not Ollama" in str(info.value) and "too old" not in info.value.user_message()
+
+
+def test_plain_http_to_a_host_elsewhere_is_warned():
+    from core.ollama import plain_http_warning
+
+    assert "plain HTTP" in plain_http_warning("http://10.0.0.5:11434")
+    assert "plain HTTP" in plain_http_warning("http://ollama.example.com:11434")
+    for local in ("http://127.0.0.1:11434", "http://localhost:11434", "http://[::1]:11434", "https://x.example"):
+        assert plain_http_warning(local) is None, local
