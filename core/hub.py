@@ -320,12 +320,37 @@ class FetchResult:
                 "problems": [] if self.check is None else [p.message for p in self.check.problems]}
 
 
+def _token_refused(endpoint: str | None = None) -> bool:
+    """Whether a token is configured and the hub says it is not valid (whoami: 401): a 401 then means a
+    wrong token, not a gated or private model."""
+    try:
+        from huggingface_hub import HfApi, get_token
+        from huggingface_hub.errors import HfHubHTTPError
+
+        token = get_token()
+        if not token:
+            return False
+        try:
+            HfApi(endpoint=endpoint).whoami(token=token)
+        except HfHubHTTPError as exc:
+            return getattr(exc.response, "status_code", None) == 401
+    except Exception:  # noqa: BLE001 - offline or an old huggingface_hub: say what the error said
+        return False
+    return False
+
+
 def _hub_error(exc: BaseException, repo_id: str, revision: str, endpoint: str) -> HubError:
     """A huggingface_hub / HTTP error as a message that says what to do."""
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, RemoteEntryNotFoundError,
                                         RepositoryNotFoundError, RevisionNotFoundError)
 
     page = f"{endpoint}/{repo_id}"
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(exc, (GatedRepoError, RepositoryNotFoundError)) and status == 401 and _token_refused(endpoint):
+        return HubError("The hub refused your Hugging Face token (it is invalid, expired or revoked), so "
+                        f"{repo_id} could not be opened.",
+                        "Make a new 'read' token at https://huggingface.co/settings/tokens and give it to "
+                        "Tuneloom: " + token_hint())
     if isinstance(exc, GatedRepoError):
         status = exc.response.status_code if exc.response is not None else None
         if status == 403:

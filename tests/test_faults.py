@@ -576,3 +576,22 @@ def test_plain_http_to_a_host_elsewhere_is_warned():
     assert "plain HTTP" in plain_http_warning("http://ollama.example.com:11434")
     for local in ("http://127.0.0.1:11434", "http://localhost:11434", "http://[::1]:11434", "https://x.example"):
         assert plain_http_warning(local) is None, local
+
+
+def test_a_wrong_token_is_not_called_gated(tmp_path, monkeypatch):
+    from core import hub
+    from tests.fixtures.hub_server import HubServer, use_hub_server
+    from tests.fixtures.tiny_models import cached_tiny_model
+
+    tiny = cached_tiny_model("qwen2.5", tmp_path / "tiny")
+    with HubServer(lifetime=120) as srv:
+        srv.add_repo("tiny/gated", tiny, gated=True, token="hf_right")
+        use_hub_server(srv, tmp_path / "hf-home", monkeypatch)
+        monkeypatch.setenv("HF_TOKEN", "hf_wrong")
+        with pytest.raises(hub.HubError) as info:
+            hub.fetch_model("tiny/gated", validate=False)
+        assert "refused your Hugging Face token" in str(info.value)
+        assert not isinstance(info.value, hub.GatedModelError) and "gated model" not in str(info.value)
+        monkeypatch.delenv("HF_TOKEN")  # no token at all: that is the gated message, as before
+        with pytest.raises(hub.GatedModelError):
+            hub.fetch_model("tiny/gated", validate=False)
