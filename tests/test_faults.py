@@ -595,3 +595,44 @@ def test_a_wrong_token_is_not_called_gated(tmp_path, monkeypatch):
         monkeypatch.delenv("HF_TOKEN")  # no token at all: that is the gated message, as before
         with pytest.raises(hub.GatedModelError):
             hub.fetch_model("tiny/gated", validate=False)
+
+
+# --- 10. kills at random points ------------------------------------------------------------------------------
+
+@pytest.mark.slow  # three killed-and-resumed CLI runs: about a minute on 2 cores
+def test_kills_at_random_points_resume_to_a_complete_run(tmp_path):
+    """SIGKILL `tuneloom train` at a random step and a random moment within it (checkpoints are written every
+    second step, so some kills land in a checkpoint write), then resume: the run ends done, with every step
+    once, no half-written checkpoint, no lock held, and a second resume says it is finished."""
+    import random
+
+    cmd = [sys.executable, "-m", "app.cli", "train"]
+    for seed in (11, 12, 13):
+        rng = random.Random(seed)
+        run = tmp_path / f"run-{seed}"
+        args = ["--model", str(demo_model_dir()), "--data", str(demo_data_dir()), "--out", str(run), "--iters", "16",
+                *CLI_FAST[:6], "--checkpoint-every", "2", "--valid-every", "0", "--seed", str(seed)]
+        target = rng.randint(1, 13)
+        proc = subprocess.Popen(cmd + args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 240
+        try:
+            while True:
+                steps = [m.get("step", 0) for m in runs.read_metrics(run) if "train_loss" in m]
+                if steps and max(steps) >= target:
+                    break
+                assert proc.poll() is None, "finished before it could be killed"
+                assert time.monotonic() < deadline
+                time.sleep(0.005)
+            time.sleep(rng.random() * 0.2)
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.wait(30)
+        assert not runs.run_locked_by_other(run)  # the kill took the lock with it
+        assert runs.RunInfo.load(run).state in ("interrupted", "done")
+        res = subprocess.run(cmd + ["--resume", str(run)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, (seed, target, res.stderr[-2000:])
+        assert [m["step"] for m in runs.read_metrics(run) if "train_loss" in m] == list(range(1, 17)), seed
+        assert runs.read_json(run / "status.json")["state"] == "done"
+        assert not [p for p in (run / "checkpoints").iterdir() if p.name.endswith(".part")]
+        again = subprocess.run(cmd + ["--resume", str(run)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0 and "is finished" in again.stderr
