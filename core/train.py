@@ -898,7 +898,7 @@ def _train(cfg: TrainConfig, *, resume, events, cancel, held: contextlib.ExitSta
     def emit(step: int, **vals):
         record(step, **vals)
         if isinstance(vals.get("valid_loss"), (int, float)):
-            _judge(guard.valid_loss(step, vals["valid_loss"]), cfg)
+            _judge(guard.valid_loss(step, vals["valid_loss"]), cfg, guard.onset)  # onset: set by valid_loss
         for k, v in vals.items():
             if isinstance(v, (int, float)):
                 events.metric(k, step, float(v))

@@ -636,3 +636,26 @@ def test_kills_at_random_points_resume_to_a_complete_run(tmp_path):
         assert not [p for p in (run / "checkpoints").iterdir() if p.name.endswith(".part")]
         again = subprocess.run(cmd + ["--resume", str(run)], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert again.returncode == 0 and "is finished" in again.stderr
+
+
+def test_a_validation_loss_far_above_its_start_stops_the_run_and_sets_aside_later_checkpoints(tmp_path,
+                                                                                              monkeypatch):
+    import core.train as ct
+
+    real = ct.evaluate_loss
+    calls = {"n": 0}
+
+    def climbing(*a, **k):  # the third validation (step 8) is far above the first
+        calls["n"] += 1
+        v = real(*a, **k)
+        return v * 10 + 5 if calls["n"] >= 3 else v
+
+    monkeypatch.setattr(ct, "evaluate_loss", climbing)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged) as info:
+        train(cfg(run, iters=12, valid_every=4, checkpoint_every=2), events=RecordingEvents())
+    assert "validation loss at step 8" in str(info.value) and "far above" in str(info.value)
+    assert "step 4" in info.value.hint and "Lower the learning rate" in info.value.hint
+    assert runs.read_json(run / "status.json")["state"] == "diverged"
+    assert runs.latest_checkpoint(run).name == "step-000004"  # the last one whose validation was fine
+    assert (run / "checkpoints" / "diverged-step-000006").is_dir()
