@@ -302,6 +302,15 @@ def cmd_train(a) -> int:
 
     main_rank = current_group().is_main  # in a group run (--hosts) only rank 0 reports
     ev = ConsoleEvents(stream=sys.stdout, metrics=True) if main_rank else None
+    if a.resume:
+        clash = _resume_conflicts(a, kwargs)
+        if clash:
+            print(f"error: --resume continues {a.resume} with the options it was started with; "
+                  f"{'; '.join(clash)}.\nLeave these options out to continue it, or start a new run "
+                  f"(--out NEW_FOLDER) with them.", file=sys.stderr)
+            return 2
+    from core.runs import RunFinished
+
     try:
         if a.resume:
             res = train(TrainConfig(model=""), resume=a.resume, events=ev, cancel=_cancel_on_sigint())
@@ -315,14 +324,46 @@ def cmd_train(a) -> int:
         if main_rank:
             print(json.dumps({**(exc.result or {}), "state": "cancelled"}))
         return 130
+    except RunFinished as exc:  # nothing to train: not a failure
+        print(exc.user_message(), file=sys.stderr)
+        if main_rank:
+            print(json.dumps({"state": "done", "run_dir": str(a.resume), "already_finished": True}))
+        return 0
     except TuneloomError as exc:
         print(f"error: {exc.user_message()}", file=sys.stderr)
         if main_rank:
-            print(json.dumps({"state": "failed", "error": str(exc)}))
-        return 1
+            print(json.dumps({"state": getattr(exc, "state", "failed"), "error": str(exc)}))
+        return getattr(exc, "exit_code", 1)
     if main_rank:
         print(json.dumps(res))
     return 0
+
+
+def _resume_conflicts(a, kwargs: dict) -> list[str]:
+    """The options given with --resume that differ from the run's own (a resume never changes them silently)."""
+    from core import runs
+
+    saved = runs.read_json(Path(a.resume) / "config.json")
+    if not isinstance(saved, dict):
+        return []  # train() says what is wrong with the folder
+    out = []
+    if a.preset:
+        out.append(f"--preset {a.preset} (a preset starts a new run)")
+    given = {"model": a.model, **{k: v for k, v in kwargs.items() if v is not None}}
+    if a.data:
+        given["data"] = list(a.data)
+    for k, v in given.items():
+        if v is None or k not in saved or k == "name":
+            continue
+        have = saved[k]
+        same = (str(Path(v)) == str(Path(have))) if k == "model" and have else (
+            [str(x) for x in v] == [str(x) for x in have] if k == "data" and isinstance(have, list) else
+            (isinstance(have, (int, float)) and not isinstance(have, bool) and not isinstance(v, bool)
+             and float(v) == float(have)) or v == have)
+        if not same:
+            flag = {"system_prompt": "system"}.get(k, k).replace("_", "-")
+            out.append(f"--{flag} {v} differs from the run's {have}")
+    return out
 
 
 def _train_group(a) -> int:
@@ -415,7 +456,8 @@ def cmd_export(a) -> int:
                 print(f"Modelfile SYSTEM: the system prompt the run was trained with ({system[:60]!r}"
                       f"{'...' if len(system) > 60 else ''}); --system \"\" for none", file=sys.stderr)
         res = export(a.source, adapter=a.adapter, gguf=a.gguf, quant=a.quant, ollama=a.ollama, system=system or None,
-                     force=a.force, modelfile=a.modelfile, events=ev, cancel=_cancel_on_sigint())
+                     force=a.force, modelfile=a.modelfile, events=ev, cancel=_cancel_on_sigint(),
+                     replace_files=a.force)
     except TuneloomError as exc:
         print(f"error: {exc.user_message()}", file=sys.stderr)
         return 1
@@ -657,15 +699,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("source", help="a run folder (base + adapters) or a model folder")
     e.add_argument("--adapter", metavar="RUN_DIR", help="a run folder whose adapter to merge into SOURCE (then a "
                    "model folder)")
-    e.add_argument("--gguf", metavar="OUT.gguf", help="write the GGUF here (and the Modelfile next to it unless "
-                   "--modelfile says where); without --gguf only the Modelfile is written")
+    e.add_argument("--gguf", metavar="OUT.gguf", help="write the GGUF here (and its Modelfile, OUT.Modelfile, next to "
+                   "it unless --modelfile says where); without --gguf only the Modelfile is written")
     e.add_argument("--quant", default="f16", choices=["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"],
                    help="the GGUF's type (default f16: full quality; q4_k_m is about a third of its size and what "
                         "most Ollama models use)")
     e.add_argument("--ollama", metavar="NAME", help="register in Ollama under this name")
     e.add_argument("--system", help="system prompt for the Modelfile (default: the one the run was trained with; "
                    "\"\" for none)")
-    e.add_argument("--force", action="store_true", help="replace an Ollama model of the same name")
+    e.add_argument("--force", action="store_true", help="replace an Ollama model of the same name, and the GGUF "
+                   "(and its Modelfile) an earlier export wrote at --gguf")
     e.add_argument("--modelfile", metavar="PATH", help="write the Modelfile here; alone, writes only the Modelfile, "
                    "whose FROM names the GGUF an export would write next to it (SOURCE-QUANT.gguf)")
     from app.cli_ship import add_export_flags, add_push_parser
@@ -711,10 +754,42 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--jsonl", metavar="OUT.jsonl", help="also write the table of answers as JSONL")
     ev.set_defaults(func=cmd_eval)
 
+    rs = sub.add_parser("runs", help="list the run folders as the History does (state, steps; damaged runs too)")
+    rs.add_argument("--json", action="store_true", help="print a JSON list: name, path, state, step, total_steps "
+                    "(and problem, for a damaged run)")
+    rs.add_argument("--root", metavar="DIR", help="the runs folder (default: Tuneloom's own)")
+    rs.set_defaults(func=cmd_runs)
+
     sc = sub.add_parser("selfcheck", help="check that this installation can run a job in a process of its own "
                                           "(the window trains that way); prints one JSON line")
     sc.set_defaults(func=cmd_selfcheck)
     return p
+
+
+def cmd_runs(a) -> int:
+    """`tuneloom runs [--json]`: the runs folder as the History lists it; a damaged run is listed as
+    damaged with what is wrong, the others as usual."""
+    from core import runs
+
+    rows = []
+    for info in runs.list_runs(Path(a.root) if a.root else None):
+        row = {"name": info.name, "title": info.title, "path": str(info.path), "state": info.state,
+               "step": info.steps, "total_steps": info.total_steps, "base_model": info.base_model}
+        if info.problem:
+            row["problem"] = info.problem
+        elif info.state == "running":
+            row["pid"] = runs.lock_holder(info.path) or info.status.get("pid")
+        rows.append(row)
+    if a.json:
+        print(json.dumps(rows, ensure_ascii=False))
+        return 0
+    if not rows:
+        print("no runs yet")
+    for r in rows:
+        total = f"/{r['total_steps']}" if r["total_steps"] else ""
+        extra = f"  ({r['problem']})" if r.get("problem") else ""
+        print(f"{r['name']}  {r['state']}  step {r['step']}{total}  {r['path']}{extra}")
+    return 0
 
 
 def cmd_selfcheck(a) -> int:

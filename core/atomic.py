@@ -63,3 +63,29 @@ def write_text(dest: str | os.PathLike, text: str) -> None:
 
 def write_json(dest: str | os.PathLike, obj) -> None:
     write_text(dest, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_error(exc: OSError, what: str, where: str | os.PathLike):
+    """A TuneloomError naming the real cause of a failed write (full disk, read-only folder, no
+    permission, a folder where a file should go) instead of the OS's words alone."""
+    import errno
+
+    from core.events import TuneloomError
+
+    where = Path(where)
+    code = getattr(exc, "errno", None)
+    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return TuneloomError(f"Could not write {what}: the disk holding {where} is full.",
+                             "Free some space (or choose a folder on another disk) and try again.")
+    if code == errno.EROFS:
+        return TuneloomError(f"Could not write {what}: {where} is on a read-only disk.",
+                             "Choose a folder you can write to.")
+    if code in (errno.EACCES, errno.EPERM):
+        return TuneloomError(f"Could not write {what}: no permission to write in {where}.",
+                             "Choose a folder you can write to, or change its permissions.")
+    if code == errno.EISDIR:
+        return TuneloomError(f"Could not write {what}: {where} is a folder.", "Give a file name, not a folder.")
+    if code == errno.ENAMETOOLONG:
+        return TuneloomError(f"Could not write {what}: the name is too long for this disk ({where}).",
+                             "Choose a shorter name.")
+    return TuneloomError(f"Could not write {what} in {where}: {exc.strerror or exc}.", "")

@@ -69,6 +69,19 @@ def score(structured: list[str], prose: list[str], base_prose: list[str] | None 
     return out
 
 
+def _clear_previous_demo_run(run_dir: Path) -> None:
+    """A demo run again into the same folder replaces the demo's own earlier run (and nothing else: a
+    folder holding another run, or one being trained, is left for train() to refuse)."""
+    import shutil
+
+    from core import runs
+
+    cfg = runs.read_json(run_dir / "config.json")
+    if (runs.run_contents(run_dir) and isinstance(cfg, dict) and cfg.get("name") == "demo"
+            and not runs.run_locked_by_other(run_dir)):
+        shutil.rmtree(run_dir)
+
+
 def run_demo(out_dir: str | Path, *, events: Events | None = None, cancel: CancelToken | None = None,
              train_overrides: dict | None = None, ollama_name: str = "tuneloom-demo",
              root: str | Path | None = None) -> dict:
@@ -124,6 +137,7 @@ def run_demo(out_dir: str | Path, *, events: Events | None = None, cancel: Cance
                       out=str(out / "run"), name="demo", **{**DEMO_TRAIN, **(train_overrides or {})})
     # the sample folder already separates train and valid: use that split
     cfg.data = [str(data_dir)]
+    _clear_previous_demo_run(out / "run")
     tres = train(cfg, events=events, cancel=cancel)
     finish(s, tres["state"] == "done", steps=tres["steps"], valid_loss=tres["valid_loss"],
            tokens_per_sec=round(tres["tokens_per_sec"], 1), seconds_training=round(tres["seconds"], 1))

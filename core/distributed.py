@@ -337,7 +337,8 @@ _PROBE = ("import json, os, sys\n"
 
 
 def _ssh(host: Host, command: str, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={max(1, int(timeout))}",
+    # "--": a host name from the host file is never read as an ssh option (a line starting with -o)
+    return subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={max(1, int(timeout))}", "--",
                            host.ssh, command], capture_output=True, text=True, timeout=timeout + 10)
 
 
@@ -396,7 +397,7 @@ def check_hosts(hosts: Sequence[Host], paths: Sequence[str | os.PathLike], *, py
 
 def copy_command(host: Host, path: str) -> str:
     parent = str(Path(path).parent)
-    return f"rsync -a {shlex.quote(path)} {shlex.quote(host.ssh + ':' + parent + '/')}"
+    return f"rsync -a -- {shlex.quote(path)} {shlex.quote(host.ssh + ':' + parent + '/')}"
 
 
 def copy_missing(checks: Sequence[HostCheck], events: Events | None = None) -> None:
@@ -405,7 +406,8 @@ def copy_missing(checks: Sequence[HostCheck], events: Events | None = None) -> N
     for c in checks:
         for p in c.missing:
             events.log("info", f"copying {p} to {c.host.ssh}")
-            subprocess.run(["ssh", "-o", "BatchMode=yes", c.host.ssh, f"mkdir -p {shlex.quote(str(Path(p).parent))}"],
+            subprocess.run(["ssh", "-o", "BatchMode=yes", "--", c.host.ssh,
+                            f"mkdir -p {shlex.quote(str(Path(p).parent))}"],
                            check=True, capture_output=True)
             subprocess.run(shlex.split(copy_command(c.host, p)), check=True)
 

@@ -218,7 +218,7 @@ class ExportPlan:
 
 def plan_export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str | None = None,
                 system: str | None = None, modelfile: str | Path | None = None,
-                temperature: float | None = None) -> ExportPlan:
+                temperature: float | None = None, replace: bool = False) -> ExportPlan:
     """Check everything an export needs and return the plan; raises :class:`TuneloomError` (nothing written).
     ``temperature``: the PARAMETER temperature to bake in (None: Tuneloom's default)."""
     from core import ollama as ol
@@ -253,14 +253,19 @@ def plan_export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: 
     embedded = ol.embedded_chat_template(info.config, thinking=thinking, architecture=check.architecture)
 
     gguf_path = Path(gguf) if gguf is not None else None
-    mf = Path(modelfile) if modelfile else gguf_path.with_name("Modelfile")
+    from core.export_target import check_targets, modelfile_for
+
+    mf = Path(modelfile) if modelfile else modelfile_for(gguf_path)  # NAME.Modelfile: one per GGUF
+    # before any work: not into the source, not over a file it did not make, and a folder it can write
+    check_targets(gguf_path, mf, base=base, adapter=adapter_dir, replace=replace)
     gguf_ref = gguf_path if gguf_path is not None else mf.with_name(default_gguf_name(source, quant))
     num_ctx = (runs.read_json(adapter_dir / "config.json") or {}).get("max_seq_len") if adapter_dir else None
     if temperature is not None and not (0 <= float(temperature) <= 2):
         raise TuneloomError(f"The temperature must be between 0 and 2, not {temperature}.", "Use e.g. 0.7.")
     params = ol.modelfile_parameters(info.config, num_ctx=num_ctx, **(
         {"temperature": float(temperature)} if temperature is not None else {}))
-    text = ol.modelfile_text(gguf_ref, mf.parent, fmt.template, fmt.stops, parameters=params, system=system)
+    text = ol.modelfile_text(gguf_ref, mf.parent, fmt.template, fmt.stops, parameters=params, system=system,
+                             modelfile_name=mf.name)
 
     need = estimate_export_bytes(base, quant, fuse=adapter_dir is not None) if gguf_path is not None else \
         {"fused": 0, "gguf": 0}
@@ -271,7 +276,10 @@ def plan_export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: 
 
 
 def _temp_name(dest: Path, suffix: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part" + suffix, dir=dest.parent)
+    from core.export_target import temp_prefix
+
+    # the writer's pid in the name: the next export removes what a killed one left (export_target.clean_stale)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dest), suffix=".part" + suffix, dir=dest.parent)
     os.close(fd)
     return Path(tmp)
 
@@ -279,7 +287,7 @@ def _temp_name(dest: Path, suffix: str) -> Path:
 def export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str | None = None, system: str | None = None,
            force: bool = False, modelfile: str | Path | None = None, events: Events | None = None,
            cancel: CancelToken | None = None, temperature: float | None = None, verify_messages: list | None = None,
-           verify_options: dict | None = None) -> dict:
+           verify_options: dict | None = None, replace_files: bool = False) -> dict:
     """Fuse, write the GGUF and its Modelfile, optionally register in Ollama.
 
     With ``gguf=None`` only the Modelfile is written (its FROM names
@@ -298,7 +306,7 @@ def export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str |
 
     events = events or NULL_EVENTS
     plan = plan_export(source, adapter=adapter, gguf=gguf, quant=quant, ollama=ollama, system=system,
-                       modelfile=modelfile, temperature=temperature)
+                       modelfile=modelfile, temperature=temperature, replace=replace_files)
     result: dict = {"base": str(plan.base), "adapter": str(plan.adapter) if plan.adapter else None,
                     "quant": plan.quant, "chat_template_source": plan.template_source,
                     "ollama_template": plan.chat_format.kind, "embedded_template": plan.embedded_template.kind,
@@ -318,6 +326,7 @@ def export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str |
         return result
 
     _write_gguf_and_modelfile(plan, events, cancel)
+    result["loads_in_llama_cpp"] = read_back(plan.gguf, events)
     result.update(gguf=str(plan.gguf), modelfile=str(plan.modelfile))
     if ollama:
         result["ollama"] = ol.register_model(
@@ -327,6 +336,24 @@ def export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str |
     else:
         result["ollama_command"] = ol.ollama_create_command(plan.modelfile, "NAME")
     return result
+
+
+def read_back(gguf: Path, events: Events) -> bool | None:
+    """Load the written GGUF with llama.cpp's own loader when llama-cpp-python is installed (as the demo
+    does): a file llama.cpp refuses is an error, never "ok". None: llama.cpp is not available here."""
+    from core import llamacpp
+
+    if not llamacpp.available():
+        return None
+    try:
+        llamacpp.LlamaCppModel(gguf, n_ctx=32, logits_all=False).close()
+    except Exception as exc:  # noqa: BLE001 - llama-cpp-python raises ValueError / RuntimeError
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TuneloomError(f"{gguf} was written, but llama.cpp cannot load it ({why}).",
+                            "The model folder's config.json or weights are inconsistent; check the folder "
+                            "(tuneloom fetch FOLDER) and export again.") from exc
+    events.log("info", f"llama.cpp loads {gguf.name}")
+    return True
 
 
 def _write_file(path: Path, text: str) -> None:
@@ -349,11 +376,16 @@ def _write_gguf_and_modelfile(plan: ExportPlan, events: Events, cancel: CancelTo
         mf.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise TuneloomError(f"Cannot create the export folder: {exc}", "Choose a folder you can write to.") from exc
+    from core.export_target import clean_stale, fuse_prefix
+
+    for folder in {gguf.parent, mf.parent}:
+        for p in clean_stale(folder):
+            events.log("info", f"removed {p.name}, left by an export that was stopped")
     fuse_dir = tmp_gguf = tmp_mf = None
     try:
         model_dir = plan.base
         if plan.adapter is not None:
-            fuse_dir = Path(tempfile.mkdtemp(prefix=".tuneloom-fuse-", dir=gguf.parent))
+            fuse_dir = Path(tempfile.mkdtemp(prefix=fuse_prefix(), dir=gguf.parent))
             events.log("stage", _stage_start("fuse"))
             events.log("info", f"fusing {plan.adapter} into {plan.base}")
             model_dir = fuse_model(plan.base, plan.adapter, fuse_dir / "fused", events=events, cancel=cancel)

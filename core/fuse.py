@@ -56,6 +56,9 @@ def _check_inputs(base_dir: Path, adapter_dir: Path) -> dict:
     adapter_config = _read_json(adapter_dir / "adapter_config.json", "The adapter's adapter_config.json")
     if not (adapter_dir / "adapters.safetensors").is_file():
         raise TuneloomError(f"No adapters.safetensors in {adapter_dir}.", "The run has not saved an adapter yet; train at least to the first save.")
+    from core.checkpoints import check_run_adapter
+
+    check_run_adapter(adapter_dir)  # a damaged file: its name and the checkpoint to take it from, no traceback
     kind = adapter_config.get("fine_tune_type", "lora")
     if kind not in ("lora", "dora", "full"):
         raise TuneloomError(f"Unknown fine_tune_type {kind!r} in adapter_config.json.", "Expected lora, dora or full.")

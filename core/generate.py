@@ -167,6 +167,9 @@ class ChatModel:
         if not (adapter_dir / "adapters.safetensors").is_file() or not (adapter_dir / "adapter_config.json").is_file():
             raise TuneloomError(f"{adapter_dir} has no adapters yet (adapters.safetensors, adapter_config.json).",
                                 "Train the run until its first checkpoint, or pick a finished run.")
+        from core.checkpoints import check_run_adapter
+
+        check_run_adapter(adapter_dir)  # a damaged file: its name and the checkpoint to take it from
         try:
             load_adapters(self.model, str(adapter_dir))
         except (ValueError, KeyError, FileNotFoundError) as exc:

@@ -315,12 +315,37 @@ class FetchResult:
                 "problems": [] if self.check is None else [p.message for p in self.check.problems]}
 
 
+def _token_refused(endpoint: str | None = None) -> bool:
+    """Whether a token is configured and the hub says it is not valid (whoami: 401): a 401 then means a
+    wrong token, not a gated or private model."""
+    try:
+        from huggingface_hub import HfApi, get_token
+        from huggingface_hub.errors import HfHubHTTPError
+
+        token = get_token()
+        if not token:
+            return False
+        try:
+            HfApi(endpoint=endpoint).whoami(token=token)
+        except HfHubHTTPError as exc:
+            return getattr(exc.response, "status_code", None) == 401
+    except Exception:  # noqa: BLE001 - offline or an old huggingface_hub: say what the error said
+        return False
+    return False
+
+
 def _hub_error(exc: BaseException, repo_id: str, revision: str, endpoint: str) -> HubError:
     """A huggingface_hub / HTTP error as a message that says what to do."""
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, RemoteEntryNotFoundError,
                                         RepositoryNotFoundError, RevisionNotFoundError)
 
     page = f"{endpoint}/{repo_id}"
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(exc, (GatedRepoError, RepositoryNotFoundError)) and status == 401 and _token_refused(endpoint):
+        return HubError("The hub refused your Hugging Face token (it is invalid, expired or revoked), so "
+                        f"{repo_id} could not be opened.",
+                        "Make a new 'read' token at https://huggingface.co/settings/tokens and give it to "
+                        "Tuneloom: " + token_hint())
     if isinstance(exc, GatedRepoError):
         status = exc.response.status_code if exc.response is not None else None
         if status == 403:
@@ -876,6 +901,31 @@ def _display_name(p: Path) -> str:
     return p.name
 
 
+def config_shape_mismatch(config: dict, dtypes: dict[str, str], shapes: dict[str, list]) -> str | None:
+    """How config.json disagrees with the weights' shapes (hidden size from the norms, which are never
+    quantized; vocabulary from an unquantized embedding), or None."""
+    if not isinstance(config, dict):
+        return None
+    merged = {**config, **(config.get("text_config") if isinstance(config.get("text_config"), dict) else {})}
+    hidden, vocab = merged.get("hidden_size"), merged.get("vocab_size")
+    for k in sorted(shapes):
+        shape = shapes[k]
+        if not isinstance(shape, list):
+            continue
+        if isinstance(hidden, int) and k.endswith(("input_layernorm.weight", "model.norm.weight")) and len(shape) == 1:
+            if shape[0] != hidden:
+                return (f"config.json says hidden_size {hidden}, but the weights are {shape[0]} wide "
+                        f"({k} has shape {shape})")
+        if (isinstance(vocab, int) and k.endswith("embed_tokens.weight") and len(shape) == 2
+                and dtypes.get(k) != "U32"):
+            if shape[0] != vocab:
+                return f"config.json says vocab_size {vocab}, but {k} has {shape[0]} rows (shape {shape})"
+            if isinstance(hidden, int) and shape[1] != hidden:
+                return (f"config.json says hidden_size {hidden}, but the weights are {shape[1]} wide "
+                        f"({k} has shape {shape})")
+    return None
+
+
 def validate_model_dir(path: str | os.PathLike, *, load_tokenizer: bool = True) -> ModelCheck:
     """Check a model folder before training on it; every problem is reported, not only the first."""
     p = Path(path)
@@ -1000,6 +1050,7 @@ def validate_model_dir(path: str | os.PathLike, *, load_tokenizer: bool = True) 
         add("missing_weights", f"{name}: weight file {s} (listed in model.safetensors.index.json) is missing.",
             "The download is incomplete: fetch the model again.")
     present: dict[str, str] = {}
+    shapes: dict[str, list] = {}
     for s in shards:
         try:
             header, expected = read_safetensors_header(s)
@@ -1023,7 +1074,12 @@ def validate_model_dir(path: str | os.PathLike, *, load_tokenizer: bool = True) 
             if k == "__metadata__":
                 continue
             present[k] = v.get("dtype", "?")
+            shapes[k] = v.get("shape")
     check.tensors = len(present)
+    mismatch = config_shape_mismatch(config, present, shapes)
+    if mismatch:
+        add("config_mismatch", f"{name}: {mismatch}.",
+            "config.json does not belong to these weights: download the model again, or put its own config.json back.")
     check.tensor_dtypes = sorted(set(present.values()))
     quantized_tensors = any(k.endswith(".scales") for k in present)
     if quantized_tensors and check.quantization is None and not any(pr.code == "unsupported_quantization"

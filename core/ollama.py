@@ -1241,14 +1241,16 @@ def _param_value(v: Any) -> str:
 
 def modelfile_text(gguf_path: str | os.PathLike, modelfile_dir: str | os.PathLike, template: str,
                    stops: Sequence[str], *, parameters: dict | None = None, system: str | None = None,
-                   license_text: str | None = None) -> str:
-    """The text of a Modelfile; FROM is relative to ``modelfile_dir``."""
+                   license_text: str | None = None, modelfile_name: str = "Modelfile") -> str:
+    """The text of a Modelfile; FROM is relative to ``modelfile_dir``; ``modelfile_name``: its file name,
+    for the ``ollama create`` line in its header."""
     gguf_path = Path(gguf_path).resolve()
     rel = os.path.relpath(gguf_path, Path(modelfile_dir).resolve())
     if not rel.startswith(".."):
         rel = "./" + rel
     frm = _modelfile_value(rel, "GGUF path")
-    lines = ["# Written by Tuneloom. Register it with:  ollama create NAME -f Modelfile",
+    lines = ["# Written by Tuneloom. Register it with:  ollama create NAME -f "
+             + (modelfile_name if re.fullmatch(r"[A-Za-z0-9._-]+", modelfile_name) else "Modelfile"),
              f"FROM {frm}",
              f"TEMPLATE {_modelfile_quoted(template, 'chat template')}"]
     for stop in stops:  # always quoted, as Ollama's examples write them
@@ -1378,6 +1380,36 @@ def _base_url(host: str) -> str:
 def _http_options(base: str) -> dict:
     # plain http needs no CA bundle; loading one costs ~0.1 s per client
     return {"verify": False} if base.startswith("http://") else {}
+
+
+def _answers_like_ollama(base: str, http) -> bool:
+    """Whether the server answers GET /api/tags as every Ollama does (a JSON object with "models")."""
+    import httpx
+
+    try:
+        r = http.get(f"{base}/api/tags", timeout=2.0)
+        return r.status_code == 200 and isinstance(r.json(), dict) and "models" in r.json()
+    except (httpx.HTTPError, ValueError):
+        return False
+
+
+def plain_http_warning(base: str) -> str | None:
+    """A warning when the GGUF would go over plain HTTP to a host that is not this machine."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base)
+    if parts.scheme != "http":
+        return None
+    host = (parts.hostname or "").lower()
+    try:
+        local = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = host in ("localhost", "") or host.endswith(".localhost")
+    if local:
+        return None
+    return (f"Uploading the model to {base} over plain HTTP: anyone on the way can read it or change it. "
+            f"Use https:// in OLLAMA_HOST, or an SSH tunnel to the Ollama machine.")
 
 
 def server_version(host: str, timeout: float = 2.0, *, http=None) -> str | None:
@@ -1605,6 +1637,11 @@ def _register(http, client, base: str, gguf_path: Path, full_name: str, create_c
         version = server_version(base, timeout=2.0, http=http)
     except (httpx.HTTPError, ValueError) as exc:
         raise _not_running(base, create_command) from exc
+    if not version and not _answers_like_ollama(base, http):
+        raise OllamaNotRunning(
+            f"The server at {base} answered, but it is not Ollama (it has no /api/version or /api/tags).",
+            f"Point OLLAMA_HOST at Ollama (default 127.0.0.1:11434), or register by hand:\n  {create_command}",
+            create_command=create_command, installed=True)
     parsed = _parse_version(version)
     need = ".".join(map(str, MIN_OLLAMA_VERSION))
     if parsed is None or (parsed < MIN_OLLAMA_VERSION and parsed != (0, 0, 0)):  # 0.0.0: a source build
@@ -1613,6 +1650,9 @@ def _register(http, client, base: str, gguf_path: Path, full_name: str, create_c
             f"Update Ollama from https://ollama.com/download, then try again or run:\n  {create_command}",
             create_command=create_command)
     events.log("info", f"Ollama {version} at {base}")
+    plain = plain_http_warning(base)
+    if plain:
+        events.log("warning", plain)
 
     try:
         existing = {_canonical(m.model or "") for m in client.list().models}

@@ -16,6 +16,7 @@ Runs written outside ``runs/`` (``tuneloom train --out DIR``) are remembered in
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import json
@@ -26,11 +27,154 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.atomic import write_json, write_text
+from core.events import TuneloomError
 from core.paths import runs_dir
+
+try:
+    import fcntl
+except ImportError:  # not on Windows, which Tuneloom does not run on; no lock there
+    fcntl = None
 
 ELSEWHERE = "elsewhere.txt"
 # states a run folder can be in (status.json's "state"; "interrupted": said "running" but its process is gone)
-STATES = ("running", "done", "cancelled", "failed", "interrupted", "new")
+STATES = ("running", "done", "cancelled", "failed", "diverged", "interrupted", "new")
+# the file whose OS lock (flock) says a process is writing the run; the lock dies with the process
+LOCK_NAME = ".lock"
+# what makes a folder a run's: a second run must not be written over any of these
+RUN_FILES = ("config.json", "status.json", "metrics.jsonl", "adapters.safetensors", "checkpoints")
+
+
+class RunFolderTaken(TuneloomError):
+    """The folder holds another run, or another process is writing it."""
+
+
+class RunFinished(TuneloomError):
+    """``--resume`` of a run that has done all its steps: there is nothing to train."""
+
+
+def _lock_path(run_dir: Path) -> Path:
+    return Path(run_dir) / LOCK_NAME
+
+
+def lock_holder(run_dir: Path) -> int | None:
+    """The pid of the process writing ``run_dir`` (as it wrote it in the lock file; 0 if unreadable), or
+    None when no process holds the run's lock. Reads only: no file is made."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(_lock_path(run_dir), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                return int(os.read(fd, 32).decode("ascii", "replace").split()[0])
+            except (OSError, ValueError, IndexError):
+                return 0
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def run_locked_by_other(run_dir: Path) -> bool:
+    """Whether a process (another one, or another writer in this one) is writing ``run_dir`` now: the
+    GUI shows such a run as being trained and starts no second writer on it. Qt-free, reads only."""
+    return lock_holder(run_dir) is not None
+
+
+class RunLock:
+    """An exclusive OS lock on a run folder, held while this process writes it.
+
+    ``flock`` on ``RUN/.lock``: the kernel drops it when the process ends however it ends (a kill, a
+    crash), so a dead run never leaves a stale lock. The file stays (removing it would race)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        if fcntl is None:
+            return self
+        fd = os.open(_lock_path(self.run_dir), os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            pid = lock_holder(self.run_dir)
+            raise RunFolderTaken(
+                f"{self.run_dir} is being trained by another process"
+                + (f" (pid {pid})" if pid else "") + ".",
+                "Wait until it ends, or stop it first; give a new run a folder of its own (another --out).")
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire() if self.fd is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def run_contents(run_dir: Path) -> list[str]:
+    """The files of a run that ``run_dir`` already holds (empty for a new or an empty folder)."""
+    d = Path(run_dir)
+    return [n for n in RUN_FILES if (d / n).exists()] if d.is_dir() else []
+
+
+@contextlib.contextmanager
+def claim_run(run_dir: Path, resume: bool = False):
+    """Hold ``run_dir`` for this process while the block writes it.
+
+    A new run (``resume=False``) is refused, before anything in the folder changes, when the folder
+    already holds a run (its config, status, metrics, adapters or checkpoints), with the fix; a run
+    another process is writing is refused at once. The lock is released when the block ends."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderTaken(f"{run_dir} is a file, not a folder.", "Give the run a folder of its own (--out).")
+
+    def refuse_taken():
+        found = run_contents(run_dir)
+        if found:
+            st = read_json(run_dir / "status.json", {})
+            state = st.get("state") if isinstance(st, dict) else None
+            raise RunFolderTaken(
+                f"{run_dir} already holds a run ({', '.join(found)}"
+                + (f"; {state}" if isinstance(state, str) else "") + "); a new run would mix with it.",
+                f"Give the new run another folder (--out NEW_FOLDER, or leave --out out), or continue that run "
+                f"with `tuneloom train --resume {run_dir}`.")
+
+    if not resume:
+        if lock_holder(run_dir) is not None:
+            RunLock(run_dir).acquire()  # raises: being trained by another process
+        refuse_taken()
+        run_dir.mkdir(parents=True, exist_ok=True)
+    elif not run_dir.is_dir():
+        raise RunFolderTaken(f"{run_dir} does not exist.", "Pick a run folder under runs/ (tuneloom runs).")
+    lock = RunLock(run_dir).acquire()
+    try:
+        if not resume:
+            refuse_taken()  # another process may have started one between the check and the lock
+        else:
+            from core.checkpoints import clean_partial
+
+            clean_partial(run_dir)  # what an interrupted checkpoint write left
+        make_status_reserve(run_dir)
+        yield lock
+    finally:
+        lock.release()
 
 
 def new_run_dir(name: str = "run", root: Path | None = None) -> Path:
@@ -53,23 +197,80 @@ def read_json(path: Path, default=None):
         return default
 
 
+STATUS_RESERVE = ".status-reserve"
+RESERVE_BYTES = 16384
+
+
+def make_status_reserve(run_dir: Path) -> None:
+    """Set aside room for a last status: a file of RESERVE_BYTES whose blocks are taken now, so that a
+    run failing on a full disk can still say so (set_status writes into it in place, then renames)."""
+    p = Path(run_dir) / STATUS_RESERVE
+    try:
+        if p.is_file() and p.stat().st_size >= RESERVE_BYTES:
+            return
+        with open(p, "wb") as fh:
+            fh.write(b" " * RESERVE_BYTES)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError:
+        pass  # no room for the reserve either: set_status still tries the plain way
+
+
 def set_status(run_dir: Path, state: str, **extra) -> None:
     extra.setdefault("pid", os.getpid())
-    write_json(Path(run_dir) / "status.json", {"state": state, "time": time.time(), **extra})
+    body = {"state": state, "time": time.time(), **extra}
+    try:
+        write_json(Path(run_dir) / "status.json", body)
+    except OSError:
+        if not _status_into_reserve(Path(run_dir), body):
+            raise
+
+
+def _status_into_reserve(run_dir: Path, body: dict) -> bool:
+    """Write the status into the reserve's blocks (no new space needed), then rename it to status.json."""
+    p = run_dir / STATUS_RESERVE
+    data = (json.dumps(body, ensure_ascii=False) + "\n").encode()
+    try:
+        size = p.stat().st_size
+        if len(data) > size:  # cut the error text to fit; the state is what matters
+            body = {**body, "error": str(body.get("error", ""))[: max(0, size - 600)]}
+            data = (json.dumps(body, ensure_ascii=False) + "\n").encode()
+        with open(p, "r+b") as fh:
+            fh.write(data + b" " * max(0, size - len(data)))  # trailing spaces: still valid JSON
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(p, run_dir / "status.json")
+        return True
+    except OSError:
+        return False
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
     """Every complete line of metrics.jsonl (a torn last line from a crash is ignored)."""
     out = []
     p = Path(run_dir) / "metrics.jsonl"
-    if not p.exists():
+    try:
+        raw = p.read_bytes()
+    except OSError:
         return out
-    for line in p.read_text(encoding="utf-8").splitlines():
+    # a damaged line (a torn write, a stray byte) is skipped; the others are read as usual
+    for line in raw.splitlines():
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
+            m = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
             continue
+        if isinstance(m, dict) and _number(m.get("step", 0)) is not None:
+            out.append(m)
     return out
+
+
+def _number(v) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            return None
+    return float(v) if v == v and abs(v) != float("inf") else None
 
 
 def series(metrics: list[dict], name: str) -> tuple[list[int], list[float]]:
@@ -77,8 +278,9 @@ def series(metrics: list[dict], name: str) -> tuple[list[int], list[float]]:
     by_step: dict[int, float] = {}
     for m in metrics:
         v = m.get(name)
-        if isinstance(v, (int, float)):
-            by_step[int(m.get("step", 0))] = float(v)
+        step = _number(m.get("step", 0))
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and step is not None:
+            by_step[int(step)] = float(v)
     steps = sorted(by_step)
     return steps, [by_step[s] for s in steps]
 
@@ -200,6 +402,7 @@ class RunInfo:
     status: dict
     meta: dict = field(default_factory=dict)
     metrics: list[dict] | None = None  # loaded on request (load(..., metrics=True))
+    problem: str = ""  # what is wrong with a damaged run folder (its state is then "damaged")
 
     @property
     def name(self) -> str:
@@ -211,9 +414,14 @@ class RunInfo:
 
     @property
     def state(self) -> str:
+        if self.problem:
+            return "damaged"
         s = self.status.get("state") or ("new" if not self.status else "unknown")
-        if s == "running" and not _pid_alive(self.status.get("pid")):
-            return "interrupted"  # the process that trained it is gone (a crash, a kill)
+        if s == "running":
+            if (self.path / LOCK_NAME).exists():  # the lock says it exactly (a pid can be reused)
+                return s if run_locked_by_other(self.path) else "interrupted"
+            if not _pid_alive(self.status.get("pid")):
+                return "interrupted"  # the process that trained it is gone (a crash, a kill)
         return s
 
     @property
@@ -243,14 +451,16 @@ class RunInfo:
         t = self.status.get("total") or self.status.get("total_steps") or self.status.get("steps")
         if t is None and self.config.get("iters"):
             t = self.config["iters"]
+        t = _number(t) if t is not None else None
         return int(t) if t is not None else None
 
     @property
     def steps(self) -> int:
         """Optimizer steps done (from the status; from the metrics when they are loaded and further)."""
-        s = int(self.status.get("step") or self.status.get("steps") or 0)
+        s = int(_number(self.status.get("step") or self.status.get("steps") or 0) or 0)
         if self.metrics:
-            s = max(s, max((int(m.get("step", 0)) for m in self.metrics if "train_loss" in m), default=0))
+            s = max(s, max((int(_number(m.get("step", 0)) or 0) for m in self.metrics if "train_loss" in m),
+                           default=0))
         return s
 
     @property
@@ -264,7 +474,7 @@ class RunInfo:
 
     @property
     def resumable(self) -> bool:
-        return self.state in ("cancelled", "interrupted", "failed") and self.checkpoint is not None
+        return self.state in ("cancelled", "interrupted", "failed", "diverged") and self.checkpoint is not None
 
     @property
     def error(self) -> str:
@@ -279,12 +489,15 @@ class RunInfo:
         records = {}
         for j in d.glob("*.json"):
             rec = read_json(j, {}) or {}
+            if not isinstance(rec, dict):
+                continue  # a damaged record: the file it named is still listed, without it
             for key in ("gguf", "path", "file"):
-                if rec.get(key):
+                if isinstance(rec.get(key), str) and rec.get(key):
                     records[Path(rec[key]).name] = rec
         out = []
         for p in sorted(d.iterdir()):
-            kind = "gguf" if p.suffix == ".gguf" else ("modelfile" if p.name.startswith("Modelfile") else "")
+            kind = "gguf" if p.suffix == ".gguf" else (
+                "modelfile" if p.name.startswith("Modelfile") or p.name.endswith(".Modelfile") else "")
             if not kind or not p.is_file():
                 continue
             st = p.stat()
@@ -319,14 +532,65 @@ class RunInfo:
 
     @classmethod
     def load(cls, path: Path, metrics: bool = False) -> "RunInfo | None":
+        """The run in ``path``; a damaged one (unreadable or ill-formed config.json or status.json) comes
+        back with state "damaged" and ``problem`` saying what is wrong. None: no config.json at all."""
         path = Path(path)
-        cfg = read_json(path / "config.json")
-        if not isinstance(cfg, dict):
+        if not (path / "config.json").exists():
             return None
-        info = cls(path, cfg, read_json(path / "status.json", {}) or {}, read_json(path / "run.json", {}) or {})
+        cfg, problems = _read_part(path / "config.json", required=True)
+        status, more = _read_part(path / "status.json")
+        problems += more
+        meta = read_json(path / "run.json", {})
+        meta = meta if isinstance(meta, dict) and isinstance(meta.get("title", ""), str) else {}
+        problems += _config_problems(cfg) + _status_problems(status)
+        if problems:  # keep what reads well for display, but nothing that would break a reader
+            cfg = {k: v for k, v in cfg.items() if k in ("model",) and isinstance(v, str)}
+            status = {k: v for k, v in status.items() if k == "state" and isinstance(v, str)}
+        info = cls(path, cfg, status, meta, problem="; ".join(problems))
         if metrics:
             info.metrics = read_metrics(path)
         return info
+
+
+def _read_part(p: Path, required: bool = False) -> tuple[dict, list[str]]:
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        return {}, ([f"{p.name} is missing"] if required else [])
+    except OSError as exc:
+        return {}, [f"{p.name} cannot be read ({exc.strerror or exc})"]
+    try:
+        v = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return {}, [f"{p.name} is not UTF-8 text (byte {exc.start})"]
+    except ValueError as exc:
+        return {}, [f"{p.name} is not valid JSON ({exc})"]
+    if not isinstance(v, dict):
+        return {}, [f"{p.name} holds a {type(v).__name__}, not a JSON object"]
+    return v, []
+
+
+def _config_problems(cfg: dict) -> list[str]:
+    out = []
+    d = cfg.get("data")
+    if d is not None and not isinstance(d, str) and not (isinstance(d, list) and all(isinstance(x, str) for x in d)):
+        out.append(f'config.json: "data" is {json.dumps(d)[:40]}, not a list of files')
+    if cfg.get("model") is not None and not isinstance(cfg.get("model"), str):
+        out.append(f'config.json: "model" is {json.dumps(cfg.get("model"))[:40]}, not a folder')
+    for k in ("iters",):
+        if cfg.get(k) is not None and _number(cfg.get(k)) is None:
+            out.append(f'config.json: "{k}" is {json.dumps(cfg.get(k))[:40]}, not a number')
+    return out
+
+
+def _status_problems(status: dict) -> list[str]:
+    out = []
+    if "state" in status and not isinstance(status["state"], str):
+        out.append(f'status.json: "state" is {json.dumps(status["state"])[:40]}, not a word')
+    for k in ("step", "steps", "total", "total_steps", "time", "pid"):
+        if status.get(k) is not None and _number(status[k]) is None:
+            out.append(f'status.json: "{k}" is {json.dumps(status[k])[:40]}, not a number')
+    return out
 
 
 def remember(run_dir: Path, root: Path | None = None) -> None:
@@ -346,7 +610,8 @@ def remember(run_dir: Path, root: Path | None = None) -> None:
 
 def _elsewhere(root: Path) -> list[Path]:
     try:
-        return [Path(x) for x in (root / ELSEWHERE).read_text(encoding="utf-8").splitlines() if x.strip()]
+        return [Path(x) for x in (root / ELSEWHERE).read_text(encoding="utf-8", errors="replace").splitlines()
+                if x.strip() and "\ufffd" not in x and "\x00" not in x]
     except OSError:
         return []
 
@@ -370,7 +635,10 @@ def run_dirs(root: Path | None = None) -> list[Path]:
 def list_runs(root: Path | None = None, metrics: bool = False) -> list[RunInfo]:
     out = []
     for d in run_dirs(root):
-        info = RunInfo.load(d, metrics=metrics)
+        try:
+            info = RunInfo.load(d, metrics=metrics)
+        except Exception as exc:  # noqa: BLE001 - one damaged run never hides the others
+            info = RunInfo(Path(d), {}, {}, problem=f"cannot be read ({type(exc).__name__}: {exc})")
         if info is not None:
             out.append(info)
     return out

@@ -8,6 +8,7 @@ pure functions of seed and step), a NaN guard, and one metric event per optimize
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -19,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import core  # noqa: F401  (OpenBLAS before MLX)
-from core import runs
-from core.atomic import atomic_path, write_json
+from core import checkpoints, runs
+from core.atomic import atomic_path, write_error, write_json
 from core.data import load_dataset, require_clean, train_valid
+from core.divergence import DivergenceGuard
 from core.events import NULL_EVENTS, CancelToken, Cancelled, Events, Progress, StepReport, TuneloomError
 from core.tokens import ChatEncoder, Encoded
 
@@ -37,7 +39,13 @@ DELTANET_KEYS = ["linear_attn.in_proj_qkv", "linear_attn.in_proj_z", "linear_att
 
 
 class TrainingDiverged(TuneloomError):
-    pass
+    """The loss became NaN, or stayed at a uniform guess (core.divergence): status.json says "diverged"."""
+
+    state = "diverged"
+
+    def __init__(self, message: str, hint: str = "", onset: int | None = None):
+        super().__init__(message, hint)
+        self.onset = onset  # the first step that may be spoilt: checkpoints from it on are set aside
 
 
 # What every option means, in plain words: the GUI's labels and tooltips and `tuneloom train --help` read
@@ -112,6 +120,56 @@ OPTION_TEXT: dict[str, tuple[str, str]] = {
 }
 
 
+class ConfigError(TuneloomError):
+    """A TrainConfig option outside its valid range (the CLI exits 2, as for a bad flag)."""
+
+    exit_code = 2
+
+
+# The valid range of each numeric option: (lowest, highest, lowest allowed itself, highest allowed itself,
+# special values also allowed, the range in words)
+OPTION_RANGES: dict[str, tuple] = {
+    "iters": (1, None, True, True, (None,), "a whole number of at least 1 (or empty)"),
+    "epochs": (0, None, False, True, (), "a number above 0"),
+    "rank": (1, None, True, True, (), "a whole number of at least 1"),
+    "alpha": (0, None, False, True, (), "a number above 0"),
+    "dropout": (0, 1, True, False, (), "from 0 up to (not including) 1"),
+    "num_layers": (1, None, True, True, (-1,), "a whole number of at least 1, or -1 for all blocks"),
+    "lr": (0, None, False, True, (), "a number above 0 (usually 1e-5 to 1e-3)"),
+    "warmup": (0, None, True, True, (), "a whole number of at least 0"),
+    "min_lr_ratio": (0, 1, True, True, (), "from 0 to 1"),
+    "weight_decay": (0, None, True, True, (), "a number of at least 0"),
+    "batch": (1, None, True, True, (), "a whole number of at least 1"),
+    "grad_accum": (1, None, True, True, (), "a whole number of at least 1"),
+    "max_seq_len": (2, None, True, True, (), "a whole number of at least 2"),
+    "valid_every": (0, None, True, True, (), "a whole number of at least 0"),
+    "valid_batches": (1, None, True, True, (-1,), "a whole number of at least 1, or -1 for all"),
+    "checkpoint_every": (0, None, True, True, (), "a whole number of at least 0"),
+    "valid_fraction": (0, 1, True, False, (), "from 0 up to (not including) 1"),
+    "beta": (0, None, False, True, (), "a number above 0 (0.1 is usual)"),
+    "orpo_lambda": (0, None, True, True, (), "a number of at least 0"),
+    "label_smoothing": (0, 0.5, True, False, (), "from 0 up to (not including) 0.5"),
+}
+MAX_NAME = 100
+_WHOLE = {"iters", "rank", "num_layers", "warmup", "batch", "grad_accum", "max_seq_len", "valid_every",
+          "valid_batches", "checkpoint_every", "seed"}
+
+
+def _check_option(cfg, name: str, rule: tuple) -> str | None:
+    lo, hi, lo_ok, hi_ok, special, words = rule
+    v = getattr(cfg, name)
+    if v in special:
+        return None
+    flag = "--" + name.replace("_", "-")
+    whole = name in _WHOLE
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (whole and not float(v).is_integer()):
+        return f"{flag} is {v!r}, must be {words}"
+    if not math.isfinite(v) or (lo is not None and (v < lo or (v == lo and not lo_ok))) or (
+            hi is not None and (v > hi or (v == hi and not hi_ok))):
+        return f"{flag} is {v:g}, must be {words}"
+    return None
+
+
 def _option(name: str) -> dict:
     label, help_ = OPTION_TEXT[name]
     return {"label": label, "help": help_}
@@ -182,6 +240,22 @@ class TrainConfig:
     label_smoothing: float = field(default=0.0, metadata={
         "label": "DPO label smoothing",
         "help": "The share of pairs assumed to be labelled the wrong way round (0 to 0.5; 0 trusts every pair)."})
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse impossible options (with their valid range) before anything is loaded: ConfigError."""
+        problems = [p for p in (_check_option(self, name, rule) for name, rule in OPTION_RANGES.items()) if p]
+        if not isinstance(self.name, str) or len(self.name) > MAX_NAME:
+            problems.append(f"--name is {len(self.name) if isinstance(self.name, str) else repr(self.name)} "
+                            f"characters long, must be at most {MAX_NAME} (it becomes part of a folder name)")
+        if self.method not in ("sft", "dpo", "orpo"):
+            problems.append(f"--method is {self.method!r}, must be one of sft, dpo, orpo")
+        if problems:
+            raise ConfigError("Impossible training options: " + "; ".join(problems) + ".",
+                              "Change them to a value in the range given (`tuneloom train --help` says what "
+                              "each option does).")
 
     @property
     def scale(self) -> float:
@@ -285,6 +359,12 @@ def load_base(model_dir: str | Path):
     import mlx.core as mx
     from mlx_lm.utils import load_model
 
+    from core.hub import validate_model_dir
+
+    # the one model-folder check fetch and export use too: a config.json that disagrees with the weights
+    wrong = [p for p in validate_model_dir(model_dir, load_tokenizer=False).problems if p.code == "config_mismatch"]
+    if wrong:
+        raise TuneloomError(f"Cannot train on {model_dir}: {wrong[0].message}", wrong[0].hint)
     try:
         model, config = load_model(Path(model_dir))
     except FileNotFoundError as exc:
@@ -603,42 +683,133 @@ def _peak_memory() -> float:
         return 0.0
 
 
+def _vocab_size(model_config: dict) -> int | None:
+    v = (model_config.get("text_config") or {}).get("vocab_size") or model_config.get("vocab_size")
+    return int(v) if isinstance(v, (int, float)) and v > 1 else None
+
+
+def _judge(why: str | None, cfg: TrainConfig, onset: int | None = None) -> None:
+    """Stop the run as diverged when core.divergence found something wrong."""
+    if why:
+        raise TrainingDiverged(f"Training diverged: {why}.", "", onset=onset)
+
+
+def _set_aside_diverged(run_dir: Path, onset: int | None) -> int | None:
+    """Keep the last good checkpoint: checkpoints from the divergence's first step on are renamed
+    ``diverged-step-N`` (never resumed from), and the run's adapters are the last good checkpoint's.
+    Returns the step of that checkpoint (None when there is none)."""
+    ck_dir = Path(run_dir) / "checkpoints"
+    if onset is not None and ck_dir.is_dir():
+        for d in list(ck_dir.iterdir()):
+            if d.name.startswith("step-") and d.name[5:].isdigit() and int(d.name[5:]) >= onset:
+                aside = ck_dir / f"diverged-{d.name}"
+                if aside.exists():
+                    shutil.rmtree(aside, ignore_errors=True)
+                os.replace(d, aside)
+    good = runs.latest_checkpoint(run_dir)
+    if good is None:
+        return None
+    for name in ("adapters.safetensors", "adapter_config.json"):
+        if (good / name).is_file():
+            with atomic_path(Path(run_dir) / name, suffix=Path(name).suffix) as tmp:
+                shutil.copyfile(good / name, tmp)
+    return int(good.name.split("-")[1])
+
+
+def _diverged_hint(cfg: TrainConfig, kept: int | None) -> str:
+    keep = (f"The last good adapters (step {kept}) are kept." if kept else
+            "No checkpoint was written before it went wrong, so no good adapters are kept.")
+    return (f"{keep} Lower the learning rate (now {cfg.lr:g}; try {cfg.lr / 10:g}) and start the run again "
+            f"with it (--lr {cfg.lr / 10:g}).")
+
+
+def refuse_finished(run_dir: Path) -> None:
+    """A resume of a run that has done all its steps trains nothing: say so (core.runs.RunFinished)."""
+    st = runs.read_json(Path(run_dir) / "status.json", {})
+    if isinstance(st, dict) and st.get("state") == "done":
+        steps = st.get("steps") or st.get("step")
+        raise runs.RunFinished(
+            f"{run_dir} is finished" + (f": all {steps} steps are done" if steps else "") + "; nothing to resume.",
+            "Try or export it; to train more, start a new run (e.g. with more --iters).")
+
+
 def _save_checkpoint(run_dir: Path, step: int, model, opt, adapter_config: dict) -> None:
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
     ck = run_dir / "checkpoints" / f"step-{step:06d}"
     tmp = run_dir / "checkpoints" / f".step-{step:06d}.part"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    mx.save_safetensors(str(tmp / "adapters.safetensors"), adapter_weights(model))
-    opt_state = dict(tree_flatten(opt.state))
-    mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt_state)
-    (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
-    (tmp / "state.json").write_text(json.dumps({"step": step}))
-    if ck.exists():
-        shutil.rmtree(ck)
-    os.replace(tmp, ck)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        mx.save_safetensors(str(tmp / "adapters.safetensors"), adapter_weights(model))
+        opt_state = dict(tree_flatten(opt.state))
+        mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt_state)
+        (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+        # sizes and checksums, checked before a resume trusts the checkpoint (core.checkpoints)
+        state = checkpoints.checkpoint_state(tmp, step, runs.read_json(run_dir / "config.json"))
+        (tmp / "state.json").write_text(json.dumps(state))
+        if ck.exists():
+            shutil.rmtree(ck)
+        os.replace(tmp, ck)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)  # no half-written checkpoint stays behind
+        if isinstance(exc, OSError):
+            raise write_error(exc, f"the checkpoint of step {step}", run_dir) from exc
+        raise
     # keep the two newest checkpoints
     olds = sorted(d for d in ck.parent.iterdir() if d.is_dir() and d.name.startswith("step-"))[:-2]
     for d in olds:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def _restore_verified(run_dir: Path, model, opt, config: dict, events) -> tuple[Path | None, int]:
+    """Restore the newest checkpoint that verifies (core.checkpoints); damaged ones are set aside with a
+    message and the previous one is used. A checkpoint of another config is refused."""
+    for ck in checkpoints.candidates(run_dir):
+        why = checkpoints.problem(ck)
+        if why is None and not checkpoints.belongs_to(ck, config):
+            raise TuneloomError(
+                f"Checkpoint {ck} was written for another configuration than {run_dir / 'config.json'}: "
+                f"resuming from it would mix two runs.",
+                "Start a new run (another --out), or move the checkpoints of the other run out of this folder.")
+        if why is None:
+            try:
+                return ck, _restore_checkpoint(ck, model, opt)
+            except Exception as exc:  # noqa: BLE001 - mlx's loaders raise RuntimeError / ValueError
+                why = f"it does not load ({str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r})"
+        aside = checkpoints.set_aside(ck)
+        events.log("warning", f"checkpoint {ck.name} is damaged: {why}. It is set aside as {aside.name}; "
+                              f"resuming from the checkpoint before it.")
+    return None, 0
+
+
 def _restore_checkpoint(ck: Path, model, opt) -> int:
     import mlx.core as mx
     from mlx.utils import tree_unflatten
 
-    model.load_weights(list(mx.load(str(ck / "adapters.safetensors")).items()), strict=False)
+    # everything is read before anything is applied: a file that fails leaves the model as it was
+    weights = mx.load(str(ck / "adapters.safetensors"))
     state = mx.load(str(ck / "optimizer.safetensors"))
+    mx.eval(list(weights.values()), list(state.values()))
+    step = json.loads((ck / "state.json").read_text())["step"]
+    model.load_weights(list(weights.items()), strict=False)
     opt.state = tree_unflatten(list(state.items()))
-    return json.loads((ck / "state.json").read_text())["step"]
+    return step
 
 
 def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events | None = None,
           cancel: CancelToken | None = None) -> dict:
-    """Run (or resume) a LoRA fine-tune. Returns the run summary; raises Cancelled / TrainingDiverged."""
+    """Run (or resume) a LoRA fine-tune. Returns the run summary; raises Cancelled / TrainingDiverged.
+
+    The run folder belongs to this call while it runs (core.runs.claim_run: an OS lock; a new run
+    is refused on a folder that holds another run, a resume of a finished run trains nothing)."""
+    with contextlib.ExitStack() as held:
+        return _train(cfg, resume=resume, events=events, cancel=cancel, held=held)
+
+
+def _train(cfg: TrainConfig, *, resume, events, cancel, held: contextlib.ExitStack) -> dict:
     import mlx.core as mx
     import mlx.nn as nn
     import mlx.optimizers as optim
@@ -657,6 +828,9 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
         saved = group.broadcast_json(runs.read_json(run_dir / "config.json") if main else None)
         if not saved:
             raise TuneloomError(f"{run_dir} is not a run folder (no config.json).", "Pick a folder under runs/.")
+        if main:
+            held.enter_context(runs.claim_run(run_dir, resume=True))
+            refuse_finished(run_dir)
         cfg = TrainConfig.from_dict(saved)
     else:
         if group.distributed and not cfg.out:
@@ -664,7 +838,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
                              "Start group runs with `tuneloom train --hosts HOSTFILE`.")
         run_dir = Path(cfg.out) if cfg.out else runs.new_run_dir(cfg.name)
         if main:
-            run_dir.mkdir(parents=True, exist_ok=True)
+            held.enter_context(runs.claim_run(run_dir))  # refuses a folder that holds another run
             write_json(run_dir / "config.json", asdict(cfg))
             runs.remember(run_dir)  # a folder outside runs/ (--out) still shows in the history
     events.progress(0, None, "loading data")
@@ -755,9 +929,8 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
     opt.init(model.trainable_parameters())
     start = 0
     if resume and main:
-        ck = runs.latest_checkpoint(run_dir)
+        ck, start = _restore_verified(run_dir, model, opt, runs.read_json(run_dir / "config.json"), events)
         if ck is not None:
-            start = _restore_checkpoint(ck, model, opt)
             events.log("info", f"resumed from {ck.name}")
         kept = [m for m in runs.read_metrics(run_dir) if m.get("step", 0) <= start]
         from core.atomic import write_text
@@ -843,6 +1016,8 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
 
     def emit(step: int, **vals):
         record(step, **vals)
+        if isinstance(vals.get("valid_loss"), (int, float)):
+            _judge(guard.valid_loss(step, vals["valid_loss"]), cfg, guard.onset)  # onset: set by valid_loss
         for k, v in vals.items():
             if isinstance(v, (int, float)):
                 events.metric(k, step, float(v))
@@ -855,6 +1030,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
     t_start = time.perf_counter()
     tokens_since = 0
     last_good_step = start
+    guard = DivergenceGuard(_vocab_size(model_config), min(cfg.warmup, total_steps - 1))
     result: dict[str, Any] = {"run_dir": str(run_dir), "total_steps": total_steps}
     try:
         if start == 0 and valid_seqs:
@@ -935,7 +1111,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
                 raise TrainingDiverged(
                     f"The loss became {step_loss} at step {step}: training diverged.",
                     f"The last good adapters (step {last_good_step}) are kept. Lower the learning rate "
-                    f"(now {cfg.lr:g}) and resume or start again.")
+                    f"(now {cfg.lr:g}) and resume or start again.", onset=step)
             trained_tokens += step_trained
             tokens_since += step_tokens
             lr = float(opt.learning_rate.item()) if hasattr(opt.learning_rate, "item") else float(cfg.lr)
@@ -948,6 +1124,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
                                 trained_tokens_per_sec=step_trained / dt, trained_tokens_step=step_trained)
             extra = dict(zip(pref.METRIC_KEYS, step_extra))
             record(step, **{k: v for k, v in asdict(report).items() if k not in ("step", "total")}, **extra)
+            _judge(guard.train_loss(step, step_loss), cfg, guard.onset)
             events.step(report)
             for k, v in extra.items():
                 events.metric(k, step, float(v))
@@ -984,10 +1161,17 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, events: Events 
         raise Cancelled(f"cancelled at step {last_good_step} of {total_steps}; adapters saved",
                         "Resume it later from the run list.", result=result)
     except TrainingDiverged as exc:
-        set_status("failed", error=str(exc), step=last_good_step)
+        kept = _set_aside_diverged(run_dir, exc.onset) if main else None
+        exc.hint = _diverged_hint(cfg, kept)
+        set_status("diverged", error=str(exc), hint=exc.hint, step=kept or 0, total=total_steps)
         raise
     except BaseException as exc:
+        if isinstance(exc, OSError):  # a full disk, a folder gone read-only: said in words, not a traceback
+            err = write_error(exc, "the run", run_dir)
+            set_status("failed", error=str(err), step=last_good_step)
+            raise err from exc
         set_status("failed", error=str(exc), step=last_good_step)
         raise
     finally:
-        metrics_fh.close()
+        with contextlib.suppress(OSError):  # a full disk can refuse the last flush too
+            metrics_fh.close()

@@ -140,7 +140,7 @@ def test_export_cli_on_the_demo_run(demo_run, tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     res = json.loads(p.stdout.strip().splitlines()[-1])
     assert Path(res["gguf"]) == gguf and gguf.stat().st_size > 100_000
-    assert (tmp_path / "Modelfile").exists() and "ollama create" in res["ollama_command"]
+    assert (tmp_path / "m.Modelfile").exists() and "ollama create" in res["ollama_command"]  # one per GGUF
     from core.gguf_export import gguf_metadata_summary
 
     meta = gguf_metadata_summary(gguf)

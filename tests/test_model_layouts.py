@@ -164,9 +164,9 @@ def test_train_export_and_register(tmp_path_factory, tmp_path, monkeypatch, data
         monkeypatch.setenv("OLLAMA_HOST", server.url)
         res = export(run, gguf=out / "model-f16.gguf", quant="f16", ollama=f"tuned-{layout}")
         assert server.problems == []
-    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "model-f16.gguf"], "no temporary file left"
+    assert sorted(p.name for p in out.iterdir()) == ["model-f16.Modelfile", "model-f16.gguf"], "no temporary file left"
     res4 = export(run, gguf=out / "q4" / "model-q4_k_m.gguf", quant="q4_k_m")
-    assert sorted(p.name for p in (out / "q4").iterdir()) == ["Modelfile", "model-q4_k_m.gguf"]
+    assert sorted(p.name for p in (out / "q4").iterdir()) == ["model-q4_k_m.Modelfile", "model-q4_k_m.gguf"]
     assert res["chat_template_source"] == read_tokenizer_info(base).describe_source()
 
     enc = ChatEncoder(base)
@@ -189,7 +189,7 @@ def test_train_export_and_register(tmp_path_factory, tmp_path, monkeypatch, data
 
         # the prompt: Modelfile TEMPLATE (Go) == embedded template (Jinja, as llama-server renders it)
         # == training, as text and as llama.cpp's tokens
-        mf = read_modelfile((out / "Modelfile").read_text(encoding="utf-8"))
+        mf = read_modelfile((out / "model-f16.Modelfile").read_text(encoding="utf-8"))  # one per GGUF
         assert mf["FROM"] == "./model-f16.gguf"
         embedded = llm.metadata["tokenizer.chat_template"]
         assert ol.chat_template_capabilities(embedded) == set()
@@ -268,10 +268,10 @@ def test_disk_full_while_writing_the_modelfile_leaves_nothing(tmp_path, small_ru
     monkeypatch.setattr("core.export._write_file", full)
     out = tmp_path / "out"
     out.mkdir()
-    (out / "m.gguf").write_bytes(b"an earlier export")
+    (out / "m.gguf").write_bytes(b"GGUF an earlier export")
     with pytest.raises(TuneloomError, match="filled up"):
-        export(small_run, gguf=out / "m.gguf")
-    assert _leftovers(out) == ["m.gguf"] and (out / "m.gguf").read_bytes() == b"an earlier export"
+        export(small_run, gguf=out / "m.gguf", replace_files=True)  # replacing an earlier GGUF is asked for
+    assert _leftovers(out) == ["m.gguf"] and (out / "m.gguf").read_bytes() == b"GGUF an earlier export"
 
 
 def test_not_enough_space_is_refused_before_fusing(tmp_path, small_run, monkeypatch):

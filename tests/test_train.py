@@ -173,7 +173,7 @@ def test_nan_guard_stops_with_explanation(tmp_path, monkeypatch):
     assert "diverged" in str(info.value) and "step 6" in str(info.value)  # 2 validation calls come first
     assert "learning rate" in info.value.hint and "step 5" in info.value.hint
     run = tmp_path / "run"
-    assert runs.read_json(run / "status.json")["state"] == "failed"
+    assert runs.read_json(run / "status.json")["state"] == "diverged"  # issue 25: a diverged run says so
     # the last good checkpoint (step 5) and its adapters are kept, free of NaN
     assert runs.latest_checkpoint(run).name == "step-000005"
     weights = mx.load(str(run / "adapters.safetensors"))
