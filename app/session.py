@@ -113,7 +113,9 @@ class Session:
 
     @property
     def usable_dataset(self) -> bool:
-        return self.dataset is not None and bool(getattr(self.dataset, "records", None))
+        # chat records, or preference pairs (trained with a preference method, or on their chosen answers)
+        return self.dataset is not None and bool(getattr(self.dataset, "records", None)
+                                                 or getattr(self.dataset, "pairs", 0))
 
     def train_blocker(self) -> str | None:
         """Why training cannot start now, in words (None: it can)."""

@@ -430,7 +430,8 @@ def estimate_training(model_dir: Path, options: dict, n_train: int, lengths: lis
     except (KeyError, TypeError, ValueError):
         lora = 0
     batch, seq = int(options["batch"]), int(options["max_seq_len"])
-    mem = estimate_memory(text_cfg, weight_bytes, lora, batch, seq, bool(options.get("grad_checkpoint")))
+    sides = 2 if options.get("method") in ("dpo", "orpo") else 1  # a preference pair is two sequences
+    mem = estimate_memory(text_cfg, weight_bytes, lora, batch * sides, seq, bool(options.get("grad_checkpoint")))
     avail = total_memory_bytes()
     fits = not avail or mem <= 0.9 * avail
     fix = ""
@@ -440,10 +441,10 @@ def estimate_training(model_dir: Path, options: dict, n_train: int, lengths: lis
     per_epoch = max(1, (n_train // max(1, batch)) // accum)
     steps = int(options["iters"]) if options.get("iters") else max(1, int(round(float(options["epochs"]) * per_epoch)))
     mean_len = (sum(min(n, seq) for n in lengths) / len(lengths)) if lengths else seq / 2
-    tokens_per_step = batch * accum * mean_len * 1.15  # padding to the longest in a batch
+    tokens_per_step = sides * batch * accum * mean_len * 1.15  # padding to the longest in a batch
     pace = measured_pace(model_dir)
     if pace:
-        seconds = steps * batch * accum * pace
+        seconds = steps * sides * batch * accum * pace
         basis = "at the pace of your last run on this model"
     else:
         rate = machine_flops() * 0.5 / max(1.0, 4.0 * params)  # tokens per second

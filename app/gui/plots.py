@@ -106,6 +106,9 @@ class TrainPlot(_ThemedPlot):
         self.total_steps: int | None = None  # a live run's length: the x axis spans it, so it does not move each step
         self.smoothing = 0.9
         self.train_s, self.valid_s, self.lr_s = _Series(), _Series(), _Series()
+        # what the right-hand axis shows: the learning rate, or a preference run's reward figures
+        self.right_s = {"learning_rate": self.lr_s, "reward_margin": _Series(), "reward_accuracy": _Series()}
+        self.right = "learning_rate"
         self._ema = np.zeros(1024)
         self._acc = self._norm = 0.0
         self._dirty = False
@@ -122,7 +125,7 @@ class TrainPlot(_ThemedPlot):
 
     # -- data
     def clear_data(self):
-        for s in (self.train_s, self.valid_s, self.lr_s):
+        for s in (self.train_s, self.valid_s, *self.right_s.values()):
             s.clear()
         self._acc = self._norm = 0.0
         self.total_steps = None
@@ -168,9 +171,9 @@ class TrainPlot(_ThemedPlot):
             self.add_step(step, value)
         elif name == "valid_loss":
             self.add_valid(step, value)
-        elif name == "learning_rate":
-            self.lr_s.cut_from(step)
-            self.lr_s.append(step, value)
+        elif name in self.right_s:
+            self.right_s[name].cut_from(step)
+            self.right_s[name].append(step, value)
             self._dirty = True
 
     def load_metrics(self, metrics: list[dict]) -> None:
@@ -180,14 +183,16 @@ class TrainPlot(_ThemedPlot):
         self.clear_data()
         xs, ys = series(metrics, "train_loss")
         self.train_s.extend(xs, ys)
-        self.lr_s.extend(*series(metrics, "learning_rate"))
+        for name, s in self.right_s.items():
+            s.extend(*series(metrics, name))
         self.valid_s.extend(*series(metrics, "valid_loss"))
         self._recompute_ema()
         self._redraw()
 
     def _cut_from(self, step):
         self.train_s.cut_from(step)
-        self.lr_s.cut_from(step)
+        for s in self.right_s.values():
+            s.cut_from(step)
         self._recompute_ema()
 
     def _push_ema(self, v: float):
@@ -215,6 +220,18 @@ class TrainPlot(_ThemedPlot):
         self._recompute_ema()
         self._redraw()
 
+    RIGHT_LABELS = {"learning_rate": "learning rate", "reward_margin": "reward margin (chosen - rejected)",
+                    "reward_accuracy": "chosen answer wins (share)"}
+
+    def show_right(self, name: str) -> None:
+        """Which series the right-hand axis shows (learning_rate, reward_margin, reward_accuracy)."""
+        self.right = name if name in self.right_s else "learning_rate"
+        self.getPlotItem().getAxis("right").setLabel(self.RIGHT_LABELS[self.right])
+        self.flush()
+
+    def has_series(self, name: str) -> bool:
+        return self.right_s.get(name) is not None and self.right_s[name].n > 0
+
     def show_learning_rate(self, on: bool) -> None:
         self.lr_view.setVisible(on)
         self.getPlotItem().showAxis("right", on)
@@ -229,7 +246,8 @@ class TrainPlot(_ThemedPlot):
         self.raw_curve.setData(t.xs, t.ys)
         self.ema_curve.setData(t.xs, self._ema[: t.n])
         self.valid_curve.setData(self.valid_s.xs, self.valid_s.ys)
-        self.lr_curve.setData(self.lr_s.xs, self.lr_s.ys)
+        r = self.right_s[self.right]
+        self.lr_curve.setData(r.xs, r.ys)
 
     def flush(self):
         """Draw what arrived now (tests, screenshots)."""

@@ -303,6 +303,30 @@ class TrainPage(Page):
         self.preset_line.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         top.addWidget(self.preset_line, 1)
         lay.addLayout(top)
+        # preference pairs in the data: how to train on them (issue 30)
+        from core.preference import METHOD_TEXT
+
+        mrow = QHBoxLayout()
+        self.method_label = QLabel("<b>Method</b>")
+        mrow.addWidget(self.method_label)
+        self.method = QComboBox()
+        self.method.setObjectName("train.method")
+        for key, label in (("sft", "Supervised on the chosen answers"), ("dpo", METHOD_TEXT["dpo"][0]),
+                           ("orpo", METHOD_TEXT["orpo"][0])):
+            self.method.addItem(label, key)
+            self.method.setItemData(self.method.count() - 1, METHOD_TEXT[key][1], Qt.ItemDataRole.ToolTipRole)
+        mrow.addWidget(self.method)
+        self.method_line = QLabel()
+        self.method_line.setObjectName("train.method_line")
+        self.method_line.setWordWrap(True)
+        self.method_line.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        mrow.addWidget(self.method_line, 1)
+        self.method_row = QWidget()
+        self.method_row.setLayout(mrow)
+        mrow.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.method_row)
+        self.method.currentIndexChanged.connect(lambda _i: self._method_changed())
+        self._method_changed()
         self.advanced = QCollapsible("Advanced: every option", **ARROWS)
         self.advanced.setObjectName("train.advanced")
         self.options = OptionsForm(self._options_changed)
@@ -374,13 +398,24 @@ class TrainPage(Page):
         self.smoothing.setSingleStep(0.05)
         self.smoothing.setValue(self.plot.smoothing)
         self.smoothing.setToolTip("How much the bold line averages out the step-to-step noise (0: none).")
-        self.show_lr = QCheckBox("Learning rate")
+        self.show_lr = QCheckBox("Right axis:")
         self.show_lr.setObjectName("train.show_lr")
         self.show_lr.setChecked(True)
-        self.show_lr.setToolTip("Show the learning rate (dashed) on the right-hand axis.")
+        self.show_lr.setToolTip("Show the series chosen beside (dashed; the learning rate unless a preference run's "
+                                "rewards are picked) on the right-hand axis.")
         self.fit_btn = QPushButton("Fit")
         self.fit_btn.setToolTip("Show the whole curve (after zooming or panning with the mouse).")
-        for w in (self.smoothing, self.show_lr, self.fit_btn):
+        self.right_series = QComboBox()
+        self.right_series.setObjectName("train.right_series")
+        for key, label in (("learning_rate", "Learning rate"), ("reward_margin", "Reward margin"),
+                           ("reward_accuracy", "Chosen wins")):
+            self.right_series.addItem(label, key)
+        self.right_series.setToolTip("What the right-hand axis shows. For a preference run (DPO, ORPO): the "
+                                     "reward margin (how much more the model now prefers the chosen answer than "
+                                     "the original did) or the share of pairs whose chosen answer wins.")
+        self.right_series.currentIndexChanged.connect(
+            lambda _i: self.plot.show_right(self.right_series.currentData() or "learning_rate"))
+        for w in (self.smoothing, self.show_lr, self.right_series, self.fit_btn):
             prow.addWidget(w)
         prow.addStretch(1)
         pl.addLayout(prow)
@@ -482,6 +517,8 @@ class TrainPage(Page):
         """Training examples of the current dataset (the validation share left out)."""
         s = self.session
         rep = s.data_report
+        if getattr(s.dataset, "pairs", 0) and self.method_key() != "sft":  # preference tuning trains on the pairs
+            return max(1, round(s.dataset.pairs * 0.9))
         if rep is not None and rep.n_train:
             return int(rep.n_train)
         return len(s.dataset.records) if s.usable_dataset else 0
@@ -641,6 +678,7 @@ class TrainPage(Page):
         if self._user_options is None:
             self._user_options = (self.preset_key(), self.values())
         self._set_form(preset_of(config), {k: v for k, v in config.items() if k in self.options.widgets})
+        self.method.setCurrentIndex(max(0, self.method.findData(config.get("method") or "sft")))
 
     def _set_form(self, key: str, values: dict) -> None:
         self._applying = True
@@ -681,8 +719,9 @@ class TrainPage(Page):
         self.pause_btn.setToolTip(GROUP_PAUSE_TIP if self._group_run else PAUSE_TIP)
         self.pause_btn.setText("Resume" if state in ("pausing", "paused") else "Pause")
         self.stop_btn.setEnabled(state in ("running", "pausing", "paused"))
-        for w in (self.preset, self.advanced, self.skip_invalid, self.hosts_box):
+        for w in (self.preset, self.advanced, self.skip_invalid, self.hosts_box, self.method):
             w.setEnabled(not busy)
+        self.method_row.setVisible(bool(getattr(self.session.dataset, "pairs", 0)) or self.method_key() != "sft")
         info = runs.RunInfo.load(self.session.run_dir) if self.session.run_dir is not None and not busy else None
         resumable = bool(info is not None and info.resumable)
         self.resume_btn.setVisible(resumable)
@@ -724,6 +763,8 @@ class TrainPage(Page):
             return
         lengths = s.token_report.lengths if s.token_report is not None else None
         vals, self._fit_notes = self.fitted_values()
+        if getattr(s.dataset, "pairs", 0):
+            vals["method"] = self.method_key()
         self.slots["estimate"].start(gj.estimate_training, s.model_dir, vals, self.n_train(), lengths,
                                      on_ok=self._show_estimate,
                                      on_failed=lambda exc: self.estimate.setText(
@@ -917,6 +958,10 @@ class TrainPage(Page):
         valid_fraction = data_page.valid_fraction() if data_page is not None else 0.1
         known = {f.name for f in fields(TrainConfig)}
         data_options = {k: v for k, v in (s.data_options or {}).items() if k in known}
+        if getattr(s.dataset, "pairs", 0):  # preference pairs: the method chosen above
+            vals["method"] = self.method_key()
+            if vals["method"] == "sft":
+                data_options["use"] = "chosen"
         cfg = TrainConfig(model=str(s.model_dir), data=[str(p) for p in s.data_paths],
                           out=str(runs.new_run_dir(vals.get("name") or "run")), valid_fraction=valid_fraction,
                           skip_invalid=self.skip_invalid.isChecked(), **{**vals, **data_options})
@@ -1003,7 +1048,27 @@ class TrainPage(Page):
         self.last_report = r
         self._stats_dirty = True
 
+    def method_key(self) -> str:
+        return self.method.currentData() or "sft"
+
+    def _method_changed(self):
+        from core.preference import METHOD_TEXT
+
+        key = self.method_key()
+        text = ("Learn the chosen answers as examples; the rejected answers are left out."
+                if key == "sft" else METHOD_TEXT[key][1] + " Each pair is two sequences: a step takes about "
+                "twice the memory and time of a supervised one.")
+        self.method_line.setText(html.escape(text))
+        if hasattr(self, "estimate"):
+            self.update_estimate()
+        if hasattr(self, "right_series"):  # the reward figures mean something for a preference run
+            self.right_series.setCurrentIndex(max(0, self.right_series.findData(
+                "reward_margin" if key != "sft" else "learning_rate")))
+
     def _metric(self, name, step, value):
+        if name in ("reward_margin", "reward_accuracy"):
+            self.plot.add(name, step, value)
+            return
         if name == "valid_loss":
             self.plot.add_valid(step, value)
             self.stat["valid"].setText(f"{value:.4f} @{step}")

@@ -1,0 +1,83 @@
+"""The Train page with preference pairs (offscreen, pytest-qt): the method is offered when the data
+holds pairs, a DPO run trains from the window, and its reward figures are on the plot's right axis."""
+import json
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import pytest  # noqa: E402
+from PySide6.QtCore import QSettings, Qt  # noqa: E402
+from PySide6.QtWidgets import QComboBox, QPushButton, QWidget  # noqa: E402
+
+from app.gui.main import TuneloomApp  # noqa: E402
+from core import demo_world, runs  # noqa: E402
+from core.paths import demo_data_dir  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def qapp_cls():
+    return TuneloomApp
+
+
+@pytest.fixture
+def window(qtbot, tmp_path, monkeypatch):
+    from app.gui.main_window import MainWindow
+
+    monkeypatch.setenv("TUNELOOM_HOME", str(tmp_path / "home"))
+    w = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitUntil(lambda: w.model_dir is not None, timeout=30000)
+    return w
+
+
+def test_pairs_offer_the_method_and_a_dpo_run_plots_its_rewards(window, qtbot, tmp_path):
+    w = window
+    tp = w.train_page
+    method = w.findChild(QComboBox, "train.method")
+    row = tp.method_row
+    start = w.findChild(QPushButton, "train.start")
+    # chat data: no method to choose
+    qtbot.mouseClick(w.findChild(QPushButton, "data.sample"), Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: start.isEnabled(), timeout=60000)
+    assert row.isHidden()
+
+    pairs, _, _ = demo_world.preference_dataset(n_train=40, n_valid=0)
+    f = tmp_path / "pairs.jsonl"
+    f.write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
+    w.load_data([f])
+    qtbot.waitUntil(lambda: w.data_report is not None and getattr(w.session.dataset, "pairs", 0) == 40,
+                    timeout=60000)
+    qtbot.waitUntil(lambda: start.isEnabled(), timeout=60000)  # pairs are usable data, no "fix the problems"
+    assert not row.isHidden()
+    assert [method.itemText(i) for i in range(method.count())] == [
+        "Supervised on the chosen answers", "Preference: DPO", "Preference: ORPO"]
+    method.setCurrentIndex(method.findData("dpo"))
+    assert "prefer the chosen answer" in tp.method_line.text()
+    assert w.findChild(QComboBox, "train.right_series").currentData() == "reward_margin"
+
+    tp.option("iters").setValue(6)
+    tp.option("lr").setValue(1e-3)
+    tp.option("batch").setValue(4)
+    tp.option("max_seq_len").setValue(96)
+    tp.option("valid_every").setValue(0)
+    qtbot.mouseClick(start, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: tp.slot.state == "idle" and tp.result_state in ("done", "failed"), timeout=300000)
+    assert tp.result_state == "done", tp.status.text()
+    run = w.run_dir
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["method"] == "dpo" and cfg["use"] is None
+    steps = [m for m in runs.read_metrics(run) if "reward_margin" in m]
+    assert [m["step"] for m in steps] == list(range(1, 7))
+    # the plot's right axis holds the live reward margins, step by step
+    tp.plot.flush()
+    xs = tp.plot.lr_curve.xData
+    assert xs is not None and [int(x) for x in xs] == list(range(1, 7))
+    assert [float(y) for y in tp.plot.lr_curve.yData] == pytest.approx([m["reward_margin"] for m in steps], abs=1e-6)
+    # back to the sample chat data: the method row goes away again
+    w.load_data([demo_data_dir()])
+    qtbot.waitUntil(lambda: getattr(w.session.dataset, "pairs", 1) == 0 and w.data_report is not None, timeout=60000)
+    method.setCurrentIndex(0)
+    tp.refresh_controls()
+    assert row.isHidden()
+    assert isinstance(row, QWidget)
