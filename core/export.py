@@ -138,6 +138,7 @@ class ExportPlan:
     parameters: dict
     tokenizer_config: dict
     need: dict = field(default_factory=dict)
+    adapter_file: Path | None = None  # the run's adapter weights merged: its best (default) or final one
 
     def as_dict(self) -> dict:
         return {"base": str(self.base), "adapter": str(self.adapter) if self.adapter else None,
@@ -210,7 +211,7 @@ def _temp_name(dest: Path, suffix: str) -> Path:
 def export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str | None = None, system: str | None = None,
            force: bool = False, modelfile: str | Path | None = None, events: Events | None = None,
            cancel: CancelToken | None = None, temperature: float | None = None, verify_messages: list | None = None,
-           verify_options: dict | None = None) -> dict:
+           verify_options: dict | None = None, final: bool = False) -> dict:
     """Fuse, write the GGUF and its Modelfile, optionally register in Ollama.
 
     With ``gguf=None`` only the Modelfile is written (its FROM names
@@ -222,7 +223,8 @@ def export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str |
     Named stages are logged as they start and end (``events.log("stage", name)`` /
     ``("stage-done", '{"stage": name, "ok": true, "seconds": ...}')``, app.console's format): "fuse" (with an adapter), "gguf", then register_model's
     "upload", "create", "verify". ``verify_messages`` / ``verify_options``: see
-    :func:`core.ollama.register_model`.
+    :func:`core.ollama.register_model`. A run's best adapter (``adapters_best.safetensors``) is merged
+    where it has one; ``final=True`` merges the final one (``adapters.safetensors``).
     """
     from core import ollama as ol
     from core.atomic import write_text
@@ -230,7 +232,10 @@ def export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str |
     events = events or NULL_EVENTS
     plan = plan_export(source, adapter=adapter, gguf=gguf, quant=quant, ollama=ollama, system=system,
                        modelfile=modelfile, temperature=temperature)
+    if plan.adapter is not None:
+        plan.adapter_file = runs.adapter_file(plan.adapter, "final" if final else "best")
     result: dict = {"base": str(plan.base), "adapter": str(plan.adapter) if plan.adapter else None,
+                    "adapter_file": plan.adapter_file.name if plan.adapter_file else None,
                     "quant": plan.quant, "chat_template_source": plan.template_source,
                     "ollama_template": plan.chat_format.kind, "embedded_template": plan.embedded_template.kind,
                     "thinking": plan.thinking}
@@ -287,7 +292,8 @@ def _write_gguf_and_modelfile(plan: ExportPlan, events: Events, cancel: CancelTo
             fuse_dir = Path(tempfile.mkdtemp(prefix=".tuneloom-fuse-", dir=gguf.parent))
             events.log("stage", _stage_start("fuse"))
             events.log("info", f"fusing {plan.adapter} into {plan.base}")
-            model_dir = fuse_model(plan.base, plan.adapter, fuse_dir / "fused", events=events, cancel=cancel)
+            model_dir = fuse_model(plan.base, plan.adapter, fuse_dir / "fused", events=events, cancel=cancel,
+                                   adapter_file=plan.adapter_file)
             events.log("stage-done", _stage_done_text("fuse"))
         events.log("stage", _stage_start("gguf"))
         tmp_gguf = _temp_name(gguf, ".gguf")
@@ -339,7 +345,7 @@ def write_export_record(run_dir: str | Path, result: dict, **extra) -> Path | No
            "size": gguf.stat().st_size if gguf.is_file() else None,
            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ollama": ollama.get("name") if ollama else None,
            "ollama_host": ollama.get("host") if ollama else None, "base": result.get("base"),
-           "adapter": result.get("adapter"), "chat_template_source": result.get("chat_template_source"), **extra}
+           "adapter": result.get("adapter"), "adapter_file": result.get("adapter_file"), "chat_template_source": result.get("chat_template_source"), **extra}
     path = run / "exports" / f"{gguf.stem}.json"
     write_text(path, json.dumps(rec, ensure_ascii=False, indent=2) + "\n")
     return path
