@@ -157,6 +157,12 @@ def demo_summary_lines(summary: dict) -> list[str]:
         f"  llama.cpp gives the same answers as MLX:   F16 {_pct(summary.get('f16_agreement')):>4}"
         f"   Q8_0 {_pct(summary.get('q8_0_agreement')):>4}   (f16_agreement, q8_0_agreement)",
     ]
+    if summary.get("forgetting_verdict"):
+        lines.append(f"  forgetting check on general prompts:    {summary['forgetting_verdict']:>10}   (KL "
+                     f"{summary.get('forgetting_kl_per_token', 0):.3f} nats per token; forgetting_verdict)")
+    for q, row in (summary.get("quantization") or {}).items():
+        lines.append(f"  quantization {q.upper():<7} {row['bytes'] / 1e6:6.2f} MB   {row['top1_agreement']:.1%} same next "
+                     f"token   KL {row['kl_per_token']:.4f}")
     for q, p in summary.get("gguf", {}).items():
         lines.append(f"  GGUF {q + ':':<8} {p}")
     lines.append(f"  Modelfile:    {summary.get('modelfile')}")
@@ -168,6 +174,7 @@ def demo_summary_lines(summary: dict) -> list[str]:
     lines.append(f"  result:       {verdict} in {summary.get('seconds', 0):.0f}s; details in "
                  f"{summary.get('out', '.')}/summary.json")
     keys = ("ok", "base_json_valid_rate", "tuned_json_valid_rate", "base_json_exact_rate", "tuned_json_exact_rate",
-            "tuned_json_name_correct_rate", "prose_survival", "f16_agreement", "q8_0_agreement", "seconds")
+            "tuned_json_name_correct_rate", "prose_survival", "f16_agreement", "q8_0_agreement", "forgetting_verdict",
+            "seconds")
     lines.append(json.dumps({k: summary.get(k) for k in keys}))
     return lines

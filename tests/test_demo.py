@@ -64,8 +64,8 @@ def test_demo_writes_every_artifact(demo_run):
     proc, out = demo_run
     s = json.loads((out / "summary.json").read_text())
     names = [st["stage"] for st in s["stages"]]
-    assert names == ["load model", "check data", "evaluate base", "train", "evaluate fine-tuned", "fuse",
-                     "export gguf", "llama.cpp agreement", "ollama"]
+    assert names == ["load model", "check data", "evaluate base", "train", "evaluate fine-tuned", "forgetting check",
+                     "fuse", "export gguf", "llama.cpp agreement", "quantization price", "ollama"]
     for p in s["gguf"].values():
         assert Path(p).stat().st_size > 100_000
     mf = Path(s["modelfile"]).read_text()
