@@ -158,7 +158,7 @@ def demo_summary_lines(summary: dict) -> list[str]:
         f"   Q8_0 {_pct(summary.get('q8_0_agreement')):>4}   (f16_agreement, q8_0_agreement)",
     ]
     if summary.get("forgetting_verdict"):
-        lines.append(f"  forgetting check on general prompts:    {summary['forgetting_verdict']:>10}   (KL "
+        lines.append(f"  forgetting check (probe questions):     {summary['forgetting_verdict']:>10}   (KL "
                      f"{summary.get('forgetting_kl_per_token', 0):.3f} nats per token; forgetting_verdict)")
     for q, row in (summary.get("quantization") or {}).items():
         lines.append(f"  quantization {q.upper():<7} {row['bytes'] / 1e6:6.2f} MB   {row['top1_agreement']:.1%} same next "

@@ -346,6 +346,10 @@ def write_export_record(run_dir: str | Path, result: dict, **extra) -> Path | No
            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ollama": ollama.get("name") if ollama else None,
            "ollama_host": ollama.get("host") if ollama else None, "base": result.get("base"),
            "adapter": result.get("adapter"), "adapter_file": result.get("adapter_file"), "chat_template_source": result.get("chat_template_source"), **extra}
+    # the measured price of this type (core.quant_price), when it was measured
+    price = ((runs.read_json(run / "exports" / "quant_price.json", {}) or {}).get("quants") or {}).get(rec["quant"])
+    if price:
+        rec.setdefault("price", price)
     path = run / "exports" / f"{gguf.stem}.json"
     write_text(path, json.dumps(rec, ensure_ascii=False, indent=2) + "\n")
     return path

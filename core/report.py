@@ -25,7 +25,8 @@ evaluation, a forgetting check, an export or a quantization measurement), so it 
                             "probe_count", "thresholds", ...} (core.drift),
       "quantization": null | {"quants": {quant: {"top1_agreement", "kl_per_token", "bytes"}}, "split",
                               "examples", "adapter_file", "time"} (core.quant_price),
-      "exports": [{"gguf": path, "quant": str, "size": int, "ollama": name | null, "adapter_file": str | null}]
+      "exports": [{"gguf": path, "quant": str, "size": int, "ollama": name | null, "adapter_file": str | null,
+                   "price": {"top1_agreement", "kl_per_token", "bytes"} | null (measured before the export)}]
     }
 """
 from __future__ import annotations
@@ -73,7 +74,8 @@ def build_report(run_dir: str | Path) -> dict:
         "forgetting": runs.read_json(run / DRIFT_FILE),
         "quantization": read_price(run) or None,
         "exports": [{"gguf": str(e.path), "quant": e.record.get("quant"), "size": e.size,
-                     "ollama": e.record.get("ollama"), "adapter_file": e.record.get("adapter_file")}
+                     "ollama": e.record.get("ollama"), "adapter_file": e.record.get("adapter_file"),
+                     "price": e.record.get("price")}
                     for e in info.exports if e.kind == "gguf"],
     }
     return report

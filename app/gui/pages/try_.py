@@ -165,7 +165,7 @@ class TryPage(Page):
     key = "try"
     title = "4. Try it"
     blurb = ("Chat with the original model and your fine-tune side by side (the same conversation for both), "
-             "or evaluate both on the examples kept aside for validation.")
+             "or evaluate both on the examples kept aside for the test.")
 
     def __init__(self, ctx: AppContext):
         super().__init__(ctx)
@@ -265,12 +265,12 @@ class TryPage(Page):
         # the evaluation
         self.eval_btn = QPushButton("Evaluate")
         self.eval_btn.setObjectName("try.evaluate")
-        self.eval_btn.setToolTip("Answer every validation example with both models and score the answers.")
+        self.eval_btn.setToolTip("Answer every test example (never seen in training) with both models and score the answers.")
         self.eval_stop = QPushButton("Stop")
         self.eval_stop.setEnabled(False)
         self.eval_file = QLineEdit()
         self.eval_file.setObjectName("try.eval_file")
-        self.eval_file.setPlaceholderText("the run's validation examples (or type the path of a data file)")
+        self.eval_file.setPlaceholderText("the run's test examples (or type the path of a data file)")
         self.eval_limit = QSpinBox()
         self.eval_limit.setObjectName("try.eval_limit")
         self.eval_limit.setRange(0, 100000)
@@ -385,7 +385,7 @@ class TryPage(Page):
         else:
             ewhy = None
         self.eval_btn.setEnabled(ewhy is None)
-        self.eval_btn.setToolTip(ewhy or "Answer every validation example with both models and score the answers.")
+        self.eval_btn.setToolTip(ewhy or "Answer every test example (never seen in training) with both models and score the answers.")
         self.eval_stop.setEnabled(evaluating)
         if s.model_dir is not None and not self.prompt.text().strip() and self._prefilled_for is None:
             self._new_target()
