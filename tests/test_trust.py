@@ -400,3 +400,22 @@ def test_the_history_reads_the_report_card(memorised):
     run, res, _ev = memorised
     info = jobs.load_run(run)
     assert info.report_md.startswith("# Report card") and f"Best step: {res['best_step']}" in info.report_md
+
+
+def test_the_train_page_says_the_best_step_early_stop_and_memorising(memorised, qtbot, tmp_path, monkeypatch):
+    from PySide6.QtCore import QSettings
+
+    from app.gui.main_window import MainWindow
+
+    monkeypatch.setenv("TUNELOOM_HOME", str(tmp_path / "home"))
+    w = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(w)
+    run, res, ev = memorised
+    w.train_page._done(res)
+    text = w.train_page.status.text()
+    assert f"Best step: {res['best_step']}" in text and f"Stopped early at step {res['stopped_early']}" in text
+    assert "started to memorise" in text
+    # the memorising warning, as the run log on the Train page shows it
+    warning = next(t for lvl, t in ev.logs if lvl == "warning" and "memorise" in t)
+    w.train_page._log_line("warning", warning)
+    assert "memorise" in w.train_page.log.toPlainText()

@@ -879,6 +879,16 @@ class TrainPage(Page):
             parts.append(f"validation loss {res['valid_loss']:.3f}")
         text = ", ".join(parts) + f".<br>The adapter is in <code>{html.escape(res['run_dir'])}</code>. " \
             "Next: <b>Try it</b> to compare with the original, then Export."
+        # issue 28: the best step (its adapter is the one Try and Export use), early stop, memorising
+        best = res.get("best_step")
+        if best is not None and best != res.get("steps"):
+            text += (f"<br><b>Best step: {best}</b> (validation loss {res.get('best_valid_loss') or 0:.3f}): Try and "
+                     "Export use its adapter.")
+        if res.get("stopped_early"):
+            text += f" Stopped early at step {res['stopped_early']}: the validation loss no longer improved."
+        if res.get("memorising"):
+            text += (f" The model started to memorise after step {res['memorising']['best_step']} (the validation "
+                     "loss rose while the training loss fell).")
         self.eta.setText("done")
         self.result_state = "done"
         self.status.setText(text)
