@@ -1310,16 +1310,19 @@ def _expand(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, str, str | N
                 out += [(x, f"{p.name}/{x.name}", s) for x, s in splits.items() if s]
                 # other files beside train/valid are training data too
                 out += [(x, f"{p.name}/{x.name}", None) for x, s in splits.items() if not s]
-            else:  # a file named test.* is the test split wherever it is
-                out += [(x, f"{p.name}/{x.name}", "test" if splits[x] == "test" else None) for x in found]
+            else:  # a file named test.* is the test split wherever it is (beside other data)
+                alone = all(sp == "test" for sp in splits.values())
+                out += [(x, f"{p.name}/{x.name}", "test" if splits[x] == "test" and not alone else None)
+                        for x in found]
         else:
             loose.append(p)
     # loose files named train.* and valid.* given together are a split as well; test.* always is one
     loose_splits = {_split_of(p) for p in loose}
     as_split = "train" in loose_splits and "valid" in loose_splits
+    others = bool(out) or any(s != "test" for s in loose_splits)  # data beside a test.* file
     for p in loose:
         split = _split_of(p)
-        out.append((p, p.name, split if as_split or split == "test" else None))
+        out.append((p, p.name, split if as_split or (split == "test" and others) else None))
     return out
 
 

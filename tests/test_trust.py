@@ -419,3 +419,17 @@ def test_the_train_page_says_the_best_step_early_stop_and_memorising(memorised, 
     warning = next(t for lvl, t in ev.logs if lvl == "warning" and "memorise" in t)
     w.train_page._log_line("warning", warning)
     assert "memorise" in w.train_page.log.toPlainText()
+
+
+def test_a_dropped_test_file_is_the_test_split_beside_other_data(tmp_path):
+    from core.data import load_dataset, test_files
+
+    lines = demo_lines("train.jsonl")
+    write_folder(tmp_path, data=lines[:10], test=lines[10:13])
+    ds = load_dataset([tmp_path / "data.jsonl", tmp_path / "test.jsonl"])
+    assert len(ds.records) == 10 and len(ds.splits["test"]) == 3
+    assert test_files([tmp_path / "data.jsonl", tmp_path / "test.jsonl"]) == [str(tmp_path / "test.jsonl")]
+    # a file named test.jsonl alone is the user's data, not a test split
+    alone = load_dataset([tmp_path / "test.jsonl"])
+    assert len(alone.records) == 3 and not alone.splits.get("test")
+    assert test_files([tmp_path / "test.jsonl"]) == []
