@@ -157,12 +157,17 @@ def demo_summary_lines(summary: dict) -> list[str]:
         f"  llama.cpp gives the same answers as MLX:   F16 {_pct(summary.get('f16_agreement')):>4}"
         f"   Q8_0 {_pct(summary.get('q8_0_agreement')):>4}   (f16_agreement, q8_0_agreement)",
     ]
+    # one line (the log stays short): the forgetting verdict and the price of each quantization
+    trust = []
     if summary.get("forgetting_verdict"):
-        lines.append(f"  forgetting check (probe questions):     {summary['forgetting_verdict']:>10}   (KL "
-                     f"{summary.get('forgetting_kl_per_token', 0):.3f} nats per token; forgetting_verdict)")
-    for q, row in (summary.get("quantization") or {}).items():
-        lines.append(f"  quantization {q.upper():<7} {row['bytes'] / 1e6:6.2f} MB   {row['top1_agreement']:.1%} same next "
-                     f"token   KL {row['kl_per_token']:.4f}")
+        trust.append(f"forgetting check: {summary['forgetting_verdict']} (KL "
+                     f"{summary.get('forgetting_kl_per_token', 0):.3f}/token)")
+    if summary.get("quantization"):
+        trust.append("same next token as MLX: " + ", ".join(
+            f"{q.upper()} {row['top1_agreement']:.1%} ({row['bytes'] / 1e6:.2f} MB)"
+            for q, row in summary["quantization"].items()))
+    if trust:
+        lines.append("  " + "; ".join(trust))
     for q, p in summary.get("gguf", {}).items():
         lines.append(f"  GGUF {q + ':':<8} {p}")
     lines.append(f"  Modelfile:    {summary.get('modelfile')}")
