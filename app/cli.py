@@ -343,9 +343,6 @@ def cmd_export(a) -> int:
     if run is not None:
         try:
             write_export_record(run, res)
-            from core.report import write_report
-
-            write_report(run)
         except OSError as exc:  # the GGUF is written; only the note in the run folder is missing
             print(f"warning: could not record the export in {run / 'exports'}: {exc}", file=sys.stderr)
     print(json.dumps(res, ensure_ascii=False))

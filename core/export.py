@@ -352,4 +352,10 @@ def write_export_record(run_dir: str | Path, result: dict, **extra) -> Path | No
         rec.setdefault("price", price)
     path = run / "exports" / f"{gguf.stem}.json"
     write_text(path, json.dumps(rec, ensure_ascii=False, indent=2) + "\n")
+    from core.report import write_report
+
+    try:
+        write_report(run)  # the report card lists the exports
+    except (OSError, ValueError):  # the export and its record are written; the card follows next time
+        pass
     return path

@@ -433,3 +433,20 @@ def test_a_dropped_test_file_is_the_test_split_beside_other_data(tmp_path):
     alone = load_dataset([tmp_path / "test.jsonl"])
     assert len(alone.records) == 3 and not alone.splits.get("test")
     assert test_files([tmp_path / "test.jsonl"]) == []
+
+
+def test_an_export_of_the_best_adapter_is_recorded_on_the_report_card(tmp_path):
+    from core.export import export, write_export_record
+    from tests.fixtures.eval_run import tiny_run
+
+    run = tiny_run()
+    res = export(run, gguf=tmp_path / "m.gguf", quant="q8_0")
+    assert res["adapter_file"] == "adapters_best.safetensors"  # the best adapter by default
+    assert export(run, gguf=tmp_path / "f.gguf", quant="q8_0", final=True)["adapter_file"] == "adapters.safetensors"
+    write_export_record(run, res)
+    report = json.loads((run / "report.json").read_text())
+    mine = [e for e in report["exports"] if e["gguf"] == str(tmp_path / "m.gguf")]
+    assert mine and mine[0]["quant"] == "q8_0" and mine[0]["adapter_file"] == "adapters_best.safetensors"
+    measured = runs.read_json(run / "exports" / "quant_price.json")
+    if measured:  # measured earlier in this session: the export record carries its price
+        assert mine[0]["price"] == measured["quants"]["q8_0"]
