@@ -293,6 +293,7 @@ def cmd_train(a) -> int:
               "valid_fraction": a.valid_fraction, "compile": a.compile}
     # preference tuning (issue 30): --method dpo|orpo, --beta, --orpo-lambda, --label-smoothing
     kwargs.update(method=a.method, beta=a.beta, orpo_lambda=a.orpo_lambda, label_smoothing=a.label_smoothing)
+    kwargs.update(early_stop=a.early_stop, test_fraction=a.test_fraction)
     if getattr(a, "hosts", None):
         return _train_group(a)
     kwargs = apply_preset(kwargs, a.preset)
@@ -434,6 +435,8 @@ def cmd_export(a) -> int:
     from core.events import TuneloomError
     from core.export import export, resolve_source, write_export_record
 
+    if a.measure:
+        return _export_measure(a)
     from app import cli_ship
 
     if cli_ship.wants_targets(a):  # --adapter-only, --lmstudio, --mlx, --peft (issue 29)
@@ -457,7 +460,7 @@ def cmd_export(a) -> int:
                       f"{'...' if len(system) > 60 else ''}); --system \"\" for none", file=sys.stderr)
         res = export(a.source, adapter=a.adapter, gguf=a.gguf, quant=a.quant, ollama=a.ollama, system=system or None,
                      force=a.force, modelfile=a.modelfile, events=ev, cancel=_cancel_on_sigint(),
-                     replace_files=a.force)
+                     replace_files=a.force, final=a.final)
     except TuneloomError as exc:
         print(f"error: {exc.user_message()}", file=sys.stderr)
         return 1
@@ -469,6 +472,33 @@ def cmd_export(a) -> int:
         except OSError as exc:  # the GGUF is written; only the note in the run folder is missing
             print(f"warning: could not record the export in {run / 'exports'}: {exc}", file=sys.stderr)
     print(json.dumps(res, ensure_ascii=False))
+    return 0
+
+
+def _export_measure(a) -> int:
+    """`tuneloom export RUN --measure [--json]`: the price of each GGUF type (core.quant_price)."""
+    from app.console import ConsoleEvents
+    from core.events import Cancelled, TuneloomError
+    from core.quant_price import measure_quants, price_lines
+
+    if a.gguf or a.modelfile or a.ollama:
+        print("error: --measure only measures; export with --gguf in a separate call", file=sys.stderr)
+        return 2
+    ev = ConsoleEvents(quiet=a.json and not sys.stderr.isatty())
+    try:
+        table = measure_quants(a.source, adapter=a.adapter, final=a.final, events=ev, cancel=_cancel_on_sigint())
+    except Cancelled as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 130
+    except TuneloomError as exc:
+        print(f"error: {exc.user_message()}", file=sys.stderr)
+        return 1
+    finally:
+        getattr(ev, "close", lambda: None)()
+    if a.json:
+        print(json.dumps(table))
+    else:
+        print("\n".join(price_lines(table)))
     return 0
 
 
@@ -487,7 +517,8 @@ def cmd_chat(a) -> int:
             from core.evaluate import run_encoder
 
             base = run_base_model(run) if run == model_dir else model_dir
-            model = ChatModel(base, adapter_dir=run, encoder=run_encoder(run, base))
+            model = ChatModel(base, adapter_dir=run, encoder=run_encoder(run, base),
+                              adapter="final" if a.final else "best")
         else:
             model = ChatModel(model_dir)
         system = a.system if a.system is not None else (trained_system_prompt(run) if run is not None else None)
@@ -550,10 +581,15 @@ def cmd_eval(a) -> int:
     from core.events import Cancelled, TuneloomError
 
     ev = ConsoleEvents(quiet=a.json and not sys.stderr.isatty())
-    result, code = None, 0
+    result, code, drift = None, 0, None
     try:
         result = evaluate(a.run_dir, a.data, limit=a.limit, max_tokens=a.max_tokens, events=ev,
-                          cancel=_cancel_on_sigint())
+                          cancel=_cancel_on_sigint(), adapter="final" if a.final else "best", split=a.split)
+        if a.drift:
+            from core.drift import drift_check
+
+            drift = drift_check(a.run_dir, probes=a.probes, adapter="final" if a.final else "best", events=ev,
+                                cancel=_cancel_on_sigint())
     except Cancelled as exc:
         result, code = exc.result, 130
         print(f"stopped: {exc}", file=sys.stderr)
@@ -575,6 +611,14 @@ def cmd_eval(a) -> int:
     if code:
         return code
     out = result.to_json()
+    if drift is not None:
+        out["drift"] = drift
+    try:
+        from core.report import record_evaluation
+
+        record_evaluation(a.run_dir, result, drift)
+    except OSError as exc:
+        print(f"warning: could not update the run's report: {exc}", file=sys.stderr)
     if a.json:
         print(json.dumps(out))
         return 0
@@ -583,11 +627,16 @@ def cmd_eval(a) -> int:
             ("perplexity", "perplexity", "num"), ("examples", "examples", "num")]
     if out["base"].get("preference_accuracy") is not None:
         rows.insert(0, ("preference accuracy", "preference_accuracy", "share"))
-    where = "the run's validation examples" if result.source == "validation" else ", ".join(result.data)
+    where = (f"the run's {result.source} examples" if result.source in ("test", "validation")
+             else ", ".join(result.data))
     print(f"Evaluation of {a.run_dir} on {where} (greedy answers)")
     print(f"  {'':22s}{'base':>12s}{'fine-tuned':>12s}")
     for label, key, kind in rows:
         print(f"  {label:22s}{_fmt_metric(out['base'][key], kind):>12s}{_fmt_metric(out['tuned'][key], kind):>12s}")
+    if drift is not None:
+        from core.drift import drift_lines
+
+        print("\n".join(drift_lines(drift)))
     return 0
 
 
@@ -672,6 +721,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--valid-every", type=int, help=opt("valid_every"))
     t.add_argument("--valid-batches", type=int, help=opt("valid_batches"))
     t.add_argument("--valid-fraction", type=float, help=opt("valid_fraction"))
+    t.add_argument("--test-fraction", type=float, help=opt("test_fraction"))
+    t.add_argument("--early-stop", type=int, metavar="N", help=opt("early_stop"))
     t.add_argument("--dropout", type=float, help=opt("dropout"))
     t.add_argument("--pack", action="store_true", help=opt("pack"))
     t.add_argument("--compile", dest="compile", action=argparse.BooleanOptionalAction, default=None,
@@ -714,6 +765,12 @@ def build_parser() -> argparse.ArgumentParser:
     from app.cli_ship import add_export_flags, add_push_parser
 
     add_export_flags(e)
+    e.add_argument("--final", action="store_true",
+                   help="merge the run's final adapter instead of its best one (lowest validation loss)")
+    e.add_argument("--measure", action="store_true",
+                   help="measure what each GGUF type costs instead of exporting: on the run's test (else "
+                        "validation) examples, how often llama.cpp reading that file picks the same next token as "
+                        "the MLX model, and the mean KL divergence; recorded in the run's exports/")
     e.set_defaults(func=cmd_export)
     add_push_parser(sub)
 
@@ -740,6 +797,7 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--top-p", type=float, help=_sampling_help["top_p"] + " (default 0.9)")
     ch.add_argument("--max-tokens", type=int, help=_sampling_help["max_tokens"] + " (default 512)")
     ch.add_argument("--seed", type=int, help=_sampling_help["seed"] + " (default 0)")
+    ch.add_argument("--final", action="store_true", help="the run's final adapter instead of its best one")
     ch.set_defaults(func=cmd_chat)
 
     ev = sub.add_parser("eval", help="compare the base and the fine-tuned model on held-out examples")
@@ -752,6 +810,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print one JSON object {base: {...}, tuned: {...}}")
     ev.add_argument("--csv", metavar="OUT.csv", help="also write the table of answers as CSV")
     ev.add_argument("--jsonl", metavar="OUT.jsonl", help="also write the table of answers as JSONL")
+    ev.add_argument("--split", choices=["test", "validation"],
+                    help="which of the run's splits (default: test, never seen in training; validation when the "
+                         "run has no test split)")
+    ev.add_argument("--final", action="store_true",
+                    help="use the final adapter instead of the best one (lowest validation loss)")
+    ev.add_argument("--drift", action="store_true",
+                    help="also check for forgetting: the fine-tune against the base model on general prompts")
+    ev.add_argument("--probes", metavar="FILE.jsonl", action="append",
+                    help="with --drift: your own probe prompts (JSONL with a \"prompt\" per line) beside the "
+                         "bundled ones (repeatable)")
     ev.set_defaults(func=cmd_eval)
 
     rs = sub.add_parser("runs", help="list the run folders as the History does (state, steps; damaged runs too)")

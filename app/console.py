@@ -157,6 +157,17 @@ def demo_summary_lines(summary: dict) -> list[str]:
         f"  llama.cpp gives the same answers as MLX:   F16 {_pct(summary.get('f16_agreement')):>4}"
         f"   Q8_0 {_pct(summary.get('q8_0_agreement')):>4}   (f16_agreement, q8_0_agreement)",
     ]
+    # one line (the log stays short): the forgetting verdict and the price of each quantization
+    trust = []
+    if summary.get("forgetting_verdict"):
+        trust.append(f"forgetting check: {summary['forgetting_verdict']} (KL "
+                     f"{summary.get('forgetting_kl_per_token', 0):.3f}/token)")
+    if summary.get("quantization"):
+        trust.append("same next token as MLX: " + ", ".join(
+            f"{q.upper()} {row['top1_agreement']:.1%} ({row['bytes'] / 1e6:.2f} MB)"
+            for q, row in summary["quantization"].items()))
+    if trust:
+        lines.append("  " + "; ".join(trust))
     for q, p in summary.get("gguf", {}).items():
         lines.append(f"  GGUF {q + ':':<8} {p}")
     lines.append(f"  Modelfile:    {summary.get('modelfile')}")
@@ -168,6 +179,7 @@ def demo_summary_lines(summary: dict) -> list[str]:
     lines.append(f"  result:       {verdict} in {summary.get('seconds', 0):.0f}s; details in "
                  f"{summary.get('out', '.')}/summary.json")
     keys = ("ok", "base_json_valid_rate", "tuned_json_valid_rate", "base_json_exact_rate", "tuned_json_exact_rate",
-            "tuned_json_name_correct_rate", "prose_survival", "f16_agreement", "q8_0_agreement", "seconds")
+            "tuned_json_name_correct_rate", "prose_survival", "f16_agreement", "q8_0_agreement", "forgetting_verdict",
+            "seconds")
     lines.append(json.dumps({k: summary.get(k) for k in keys}))
     return lines

@@ -1994,28 +1994,39 @@ def _expand(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, str, str | N
                 out += [(x, f"{p.name}/{x.name}", s) for x, s in splits.items() if s]
                 # other files beside train/valid are training data too
                 out += [(x, f"{p.name}/{x.name}", None) for x, s in splits.items() if not s]
-            else:
-                out += [(x, f"{p.name}/{x.name}", None) for x in found]
+            else:  # a file named test.* is the test split wherever it is (beside other data)
+                alone = all(sp == "test" for sp in splits.values())
+                out += [(x, f"{p.name}/{x.name}", "test" if splits[x] == "test" and not alone else None)
+                        for x in found]
         else:
             loose.append(p)
-    # loose files named train.* and valid.* given together are a split as well
+    # loose files named train.* and valid.* given together are a split as well; test.* always is one
     loose_splits = {_split_of(p) for p in loose}
     as_split = "train" in loose_splits and "valid" in loose_splits
+    others = bool(out) or any(s != "test" for s in loose_splits)  # data beside a test.* file
     for p in loose:
-        out.append((p, p.name, _split_of(p) if as_split else None))
+        split = _split_of(p)
+        out.append((p, p.name, split if as_split or (split == "test" and others) else None))
     return out
+
+
+def test_files(paths: Iterable[str | os.PathLike]) -> list[str]:
+    """The test files (named ``test.*``) among the dataset files and folders ``paths``."""
+    return [str(f) for f, _, split in _expand(paths) if split == "test"]
 
 
 def load_dataset(paths: Iterable[str | os.PathLike], *, mapping: dict[str, str] | None = None,
                  user_template: str | None = None, assistant_template: str | None = None,
                  system: str | None = None, use: str | None = None, fill: dict[str, str] | None = None,
-                 events: Events | None = None, cancel: CancelToken | None = None) -> Dataset:
+                 events: Events | None = None, cancel: CancelToken | None = None,
+                 skip_splits: Iterable[str] = ()) -> Dataset:
     """Read and validate every file; invalid records are reported in ``issues``, never raised.
 
     ``mapping`` ({our field: their field}, e.g. {"prompt": "Frage", "completion": "Antwort"})
     overrides the automatic field matching. ``user_template`` and ``assistant_template``
     (e.g. "Pokemon name: {name}" and "{types}") write the messages from any fields instead;
-    ``system`` is a system prompt for every example that has none.
+    ``system`` is a system prompt for every example that has none. Files of a split named in
+    ``skip_splits`` are not opened at all (training skips ``"test"``: the test set stays unseen).
 
     Preference data (:data:`PREFERENCE_FORMATS`) is read into ``Dataset.preference``; with
     ``use="chosen"`` the chosen answers are also chat records for supervised training. KTO
@@ -2051,6 +2062,8 @@ def load_dataset(paths: Iterable[str | os.PathLike], *, mapping: dict[str, str] 
         for path, name, spec in found:
             files.append((path, name, None))
             adapters[name] = _lf_adapter(spec)
+    skip_splits = set(skip_splits)
+    files = [f for f in files if f[2] not in skip_splits] if skip_splits else files
     if not files:
         raise DatasetError("No dataset files were given." if not lf else
                            f"{lf[0].name}/{DATASET_INFO} names no file in the folder.",
@@ -2218,6 +2231,34 @@ def split_records(records: list[ChatRecord], valid_fraction: float = 0.1, seed: 
     return train, valid
 
 
+TEST_SEED = 0x7E57  # the test draw's own seed offset: a different shuffle from the validation draw
+
+
+def train_valid_test(ds: Dataset, valid_fraction: float = 0.1, test_fraction: float = 0.0, seed: int = 0,
+                     has_test_file: bool = False) -> tuple[list[ChatRecord], list[ChatRecord], list[ChatRecord]]:
+    """(train, validation, test) records. The test split is the data's test file (``test.*``) when it
+    has one (``has_test_file``: it exists but was not read, as in training), else ``test_fraction`` of
+    the distinct training examples drawn before validation (deterministic, duplicates on one side,
+    none equal to a validation example); with ``test_fraction`` 0 or fewer than 3 distinct examples
+    there is none. Validation is then drawn from the rest exactly as :func:`train_valid` draws it."""
+    if not 0 <= test_fraction < 1:
+        raise DatasetError(f"The test share must be between 0 and 1, not {test_fraction}.", "Use e.g. 0.1 for 10%.")
+    if ds.splits.get("test") or has_test_file:
+        train, valid = train_valid(ds, valid_fraction, seed)
+        return train, valid, list(ds.splits.get("test") or [])
+    pool = ds.splits["train"] if ds.splits.get("train") else ds.records
+    if test_fraction <= 0 or len({r.key() for r in pool}) < 3:
+        train, valid = train_valid(ds, valid_fraction, seed)
+        return train, valid, []
+    rest, test = split_records(pool, test_fraction, seed + TEST_SEED)
+    if ds.splits.get("valid"):
+        valid = ds.splits["valid"]
+        held = {r.key() for r in valid}
+        return rest, valid, [r for r in test if r.key() not in held]
+    train, valid = split_records(rest, valid_fraction, seed)
+    return train, valid, test
+
+
 def train_valid(ds: Dataset, valid_fraction: float = 0.1, seed: int = 0) -> tuple[list[ChatRecord], list[ChatRecord]]:
     if ds.splits.get("train") and ds.splits.get("valid"):
         return ds.splits["train"], ds.splits["valid"]
@@ -2364,6 +2405,7 @@ def reasoning_summary(ds: Dataset, template_thinks: bool | None = None) -> str:
 
 __all__ = ["DatasetError", "DatasetIssue", "DatasetNote", "ChatRecord", "PreferenceRecord", "PREFERENCE_FORMATS",
            "normalise_preference", "preference_summary", "Dataset", "load_dataset", "load_file",
-           "read_rows", "split_records", "train_valid", "require_clean", "detect_format", "normalise", "write_jsonl",
+           "read_rows", "split_records", "train_valid", "train_valid_test", "test_files", "require_clean",
+           "detect_format", "normalise", "write_jsonl",
            "export_jsonl", "export_record", "issue_dicts", "is_plain_text", "has_reasoning", "reasoning_summary",
            "RecordTemplate", "make_template", "sample_rows", "preview_records", "KNOWN_SUFFIXES", "asdict"]

@@ -1,7 +1,8 @@
 """The offline demo: the whole pipeline on the bundled model, stage by stage.
 
-load model -> check data -> evaluate base -> LoRA-train -> evaluate fine-tune -> fuse
--> GGUF F16 + Q8_0 -> llama.cpp agreement (when installed) -> Modelfile / Ollama.
+load model -> check data -> evaluate base -> LoRA-train -> evaluate fine-tune -> forgetting check
+-> fuse -> GGUF F16 + Q8_0 -> llama.cpp agreement and the price of each quantization (when
+installed) -> Modelfile / Ollama.
 Each stage reports through the events API; the result says which stages passed.
 """
 from __future__ import annotations
@@ -28,8 +29,9 @@ PROSE_SURVIVAL_MIN = 0.90
 F16_AGREE_MIN = 0.95
 Q8_AGREE_MIN = 0.90
 
+# test_fraction 0: the demo's held-out questions (heldout.json) are its test set, and all 320 examples train
 DEMO_TRAIN = dict(iters=200, rank=8, alpha=16.0, lr=1e-3, batch=8, targets="all", max_seq_len=256,
-                  warmup=10, valid_every=40, checkpoint_every=80, seed=0)
+                  warmup=10, valid_every=40, checkpoint_every=80, seed=0, test_fraction=0.0)
 
 
 @dataclass
@@ -158,10 +160,29 @@ def run_demo(out_dir: str | Path, *, events: Events | None = None, cancel: Cance
     finish(s, tuned_ok, **tuned_score, example=t_struct[0],
            answers=str(out / "answers.json"))
 
+    s = stage("forgetting check")
+    from core.drift import drift_check
+    from core.report import record_evaluation
+
+    # the toy model knows only its own world: it is probed with that world's questions (core.drift)
+    probe_file = data_dir.parent / "probes.jsonl"
+    if not probe_file.is_file():  # a demo folder of its own: probe with its held-out prose questions
+        probe_file = out / "probes.jsonl"
+        probe_file.write_text("".join(json.dumps({"prompt": p["messages"][-1]["content"]}) + "\n"
+                                      for p in prompts["prose"]))
+    drift = drift_check(out / "run", model=tuned, events=events, cancel=cancel, probes=[probe_file], bundled=False)
+    record_evaluation(out / "run", None, drift)
+    finish(s, True, verdict=drift["verdict"], kl_per_token=round(drift["kl_per_token"], 4),
+           loglik_change=round(drift["loglik_change"], 4), changed_share=drift["changed_share"],
+           probes=drift["probe_count"])
+
     s = stage("fuse")
+    from core import runs
     from core.fuse import fuse_model
 
-    fused_dir = fuse_model(model_dir, out / "run", out / "fused", events=events, cancel=cancel)
+    # the best adapter (lowest validation loss), as Try, Evaluate and Export use it
+    fused_dir = fuse_model(model_dir, out / "run", out / "fused", events=events, cancel=cancel,
+                           adapter_file=runs.adapter_file(out / "run"))
     finish(s, True, path=str(fused_dir))
 
     s = stage("export gguf")
@@ -199,6 +220,16 @@ def run_demo(out_dir: str | Path, *, events: Events | None = None, cancel: Cance
                **{f"{q}_agreement": v for q, v in agreement.items()},
                prompts=len(all_prompts))
 
+    s = stage("quantization price")
+    price: dict = {}
+    if not llamacpp.available():
+        finish(s, None, skipped="llama-cpp-python is not installed")
+    else:
+        from core.quant_price import measure_quants
+
+        price = measure_quants(out / "run", events=events, cancel=cancel)
+        finish(s, True, **{q: row for q, row in price.items()})
+
     s = stage("ollama")
     from core import ollama as ol
 
@@ -233,6 +264,9 @@ def run_demo(out_dir: str | Path, *, events: Events | None = None, cancel: Cance
         "tuned_json_exact_rate": tuned_score.get("json_exact_rate"),
         "f16_agreement": agreement.get("f16"),
         "q8_0_agreement": agreement.get("q8_0"),
+        "forgetting_verdict": drift["verdict"],
+        "forgetting_kl_per_token": drift["kl_per_token"],
+        "quantization": price,
         "gguf": ggufs,
         "modelfile": str(modelfile),
         "stages": [{"stage": st.name, "ok": st.ok, "seconds": st.seconds, **st.detail} for st in stages],

@@ -1,6 +1,6 @@
 """Evaluate a run: the base model and the fine-tuned model on the same held-out examples.
 
-For every example (by default the run's own validation split, exactly as training drew it;
+For every example (by default the run's own test split, else its validation split, exactly as training drew them;
 or the files given) the prompt is everything before the last assistant turn and the
 expected answer is that turn. Both models answer greedily (deterministic, so the GUI's
 table and ``tuneloom eval`` give the same numbers), one set of weights serving both
@@ -176,22 +176,24 @@ class EvalResult:
     rows: list[EvalRow]
     losses: dict[str, float | None]
     run_dir: str | None = None
-    source: str = "validation"  # "validation" (the run's split) or "files"
+    source: str = "validation"  # the run's "test" or "validation" split, or "files"
     data: list[str] = field(default_factory=list)
     complete: bool = True
     seconds: float = 0.0
     # per side: the share of held-out preference pairs whose chosen answer the model rates above the
     # rejected one (empty for chat data)
     preference: dict[str, float | None] = field(default_factory=dict)
+    adapter: str | None = None  # the adapter weights file the fine-tuned side used
 
     def scores(self, side: str) -> Scores:
         return aggregate(self.rows, side, self.losses.get(side))
 
     def to_json(self) -> dict:
-        """The contract of ``tuneloom eval --json``: {"base": {...}, "tuned": {...}}; each side has
-        ``preference_accuracy`` (null for chat data)."""
-        return {side: {**self.scores(side).to_json(), "preference_accuracy": self.preference.get(side)}
-                for side in SIDES}
+        """The contract of ``tuneloom eval --json``: {"base": {...}, "tuned": {...}}, each side naming the
+        ``split`` it was evaluated on ("test" / "validation" / "files") and its ``preference_accuracy``
+        (null for chat data)."""
+        return {side: {**self.scores(side).to_json(), "split": self.source,
+                       "preference_accuracy": self.preference.get(side)} for side in SIDES}
 
     def summary(self) -> dict:
         """to_json() plus where the examples came from (for a report or a saved evaluation)."""
@@ -227,13 +229,13 @@ class EvalResult:
 # ---------------------------------------------------------------------------
 
 def _train_config(run_dir: str | Path):
-    from core.train import TrainConfig
+    from core.train import run_config
 
     run = Path(run_dir)
     saved = runs.read_json(run / "config.json")
     if not saved:
         raise TuneloomError(f"{run} is not a run folder (no config.json).", "Pick a folder under runs/.")
-    return TrainConfig.from_dict(saved)
+    return run_config(saved)
 
 
 def _load(paths, cfg, mapping, cancel, events):
@@ -273,7 +275,15 @@ def _warn_if_changed(run_dir: Path, paths, events: Events) -> None:
 
 def run_split(run_dir: str | Path, *, events: Events | None = None, cancel: CancelToken | None = None):
     """(training records, validation records) of a run, drawn as its training drew them."""
-    from core.data import DatasetError, train_valid
+    splits = run_splits(run_dir, events=events, cancel=cancel)
+    return splits["train"], splits["validation"]
+
+
+def run_splits(run_dir: str | Path, *, events: Events | None = None, cancel: CancelToken | None = None
+               ) -> dict[str, list]:
+    """{"train", "validation", "test"}: a run's records, drawn as its training drew them (the test
+    split: the data's test file, else the share set aside; empty for runs without one)."""
+    from core.data import DatasetError, test_files, train_valid_test
 
     cfg = _train_config(run_dir)
     missing = [p for p in cfg.data if not Path(p).exists()]
@@ -283,7 +293,9 @@ def run_split(run_dir: str | Path, *, events: Events | None = None, cancel: Canc
     _warn_if_changed(Path(run_dir), cfg.data, events or NULL_EVENTS)
     try:
         ds = _load(cfg.data, cfg, cfg.mapping, cancel, events or NULL_EVENTS)
-        return train_valid(ds, cfg.valid_fraction, cfg.seed)
+        tr, va, te = train_valid_test(ds, cfg.valid_fraction, cfg.test_fraction, cfg.seed,
+                                      has_test_file=bool(test_files(cfg.data)))
+        return {"train": tr, "validation": va, "test": te}
     except DatasetError as exc:
         raise TuneloomError(f"The run's dataset cannot be read any more: {exc}", exc.hint) from exc
 
@@ -397,7 +409,8 @@ def _preference_accuracy(model, pairs, cfg, limit: int | None) -> dict[str, floa
 
 def evaluate(run_dir: str | Path, data: list[str | Path] | None = None, *, limit: int | None = None,
              max_tokens: int | None = None, model=None, events: Events | None = None,
-             cancel: CancelToken | None = None, on_row: Callable[[EvalRow], None] | None = None) -> EvalResult:
+             cancel: CancelToken | None = None, on_row: Callable[[EvalRow], None] | None = None,
+             adapter: str = "best", split: str | None = None) -> EvalResult:
     """Evaluate a run's base and fine-tuned model. ``model``: an already loaded
     :class:`core.generate.ChatModel` of this run (the Try page's), else one is loaded.
 
@@ -412,13 +425,22 @@ def evaluate(run_dir: str | Path, data: list[str | Path] | None = None, *, limit
         raise TuneloomError(f"--limit must be at least 1, not {limit}.")
     cfg = _train_config(run_dir)
     events.progress(0, None, "reading the examples")
+    if split not in (None, "test", "validation"):
+        raise TuneloomError(f"Unknown split {split!r}.", "Use 'test' or 'validation'.")
     pairs = run_pairs(run_dir, data, events=events, cancel=cancel) if getattr(cfg, "method", "sft") != "sft" else []
-    if pairs:  # a preference run: the chosen answers are the expected ones
+    if pairs:  # a preference run: the chosen answers of its held-out pairs are the expected ones
         records, source = [p.chosen_record() for p in pairs], ("files" if data else "validation")
     elif data:
         records, source = file_examples([str(p) for p in data], cfg, events=events, cancel=cancel), "files"
-    else:
-        records, source = run_split(run_dir, events=events, cancel=cancel)[1], "validation"
+    else:  # the test split by default (never seen in training); the validation split when there is none
+        splits = run_splits(run_dir, events=events, cancel=cancel)
+        source = split or ("test" if splits["test"] else "validation")
+        records = splits[source]
+        if not records:
+            raise TuneloomError(f"The run has no {source} examples.",
+                                "Evaluate on the validation split (--split validation) or give files (--data).")
+        if split is None and source == "validation":
+            events.log("info", "this run has no test split: evaluating on its validation examples")
     rows = to_rows(records, limit, events)
     if not rows:
         raise TuneloomError("None of the examples has a question and an answer to compare with.",
@@ -426,11 +448,12 @@ def evaluate(run_dir: str | Path, data: list[str | Path] | None = None, *, limit
     if model is None:
         events.progress(0, None, "loading the model")
         base = run_base_model(run_dir)
-        model = ChatModel(base, adapter_dir=run_dir, encoder=run_encoder(run_dir, base))
+        model = ChatModel(base, adapter_dir=run_dir, encoder=run_encoder(run_dir, base), adapter=adapter)
     if not model.has_adapter:
         raise TuneloomError("The model was loaded without the run's adapter.")
     result = EvalResult(rows=[], losses={}, run_dir=str(run_dir), source=source,
-                        data=[str(p) for p in (data or cfg.data)], complete=False)
+                        data=[str(p) for p in (data or cfg.data)], complete=False,
+                        adapter=model.adapter_file.name if getattr(model, "adapter_file", None) else None)
     n_loss_steps = 2 * math.ceil(len(rows) / LOSS_BATCH_EXAMPLES)
     total = n_loss_steps + 2 * len(rows)
     done = 0

@@ -207,6 +207,7 @@ class ExportPlan:
     parameters: dict
     tokenizer_config: dict
     need: dict = field(default_factory=dict)
+    adapter_file: Path | None = None  # the run's adapter weights merged: its best (default) or final one
 
     def as_dict(self) -> dict:
         return {"base": str(self.base), "adapter": str(self.adapter) if self.adapter else None,
@@ -287,7 +288,7 @@ def _temp_name(dest: Path, suffix: str) -> Path:
 def export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str | None = None, system: str | None = None,
            force: bool = False, modelfile: str | Path | None = None, events: Events | None = None,
            cancel: CancelToken | None = None, temperature: float | None = None, verify_messages: list | None = None,
-           verify_options: dict | None = None, replace_files: bool = False) -> dict:
+           verify_options: dict | None = None, replace_files: bool = False, final: bool = False) -> dict:
     """Fuse, write the GGUF and its Modelfile, optionally register in Ollama.
 
     With ``gguf=None`` only the Modelfile is written (its FROM names
@@ -299,7 +300,8 @@ def export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str |
     Named stages are logged as they start and end (``events.log("stage", name)`` /
     ``("stage-done", '{"stage": name, "ok": true, "seconds": ...}')``, app.console's format): "fuse" (with an adapter), "gguf", then register_model's
     "upload", "create", "verify". ``verify_messages`` / ``verify_options``: see
-    :func:`core.ollama.register_model`.
+    :func:`core.ollama.register_model`. A run's best adapter (``adapters_best.safetensors``) is merged
+    where it has one; ``final=True`` merges the final one (``adapters.safetensors``).
     """
     from core import ollama as ol
     from core.atomic import write_text
@@ -307,7 +309,10 @@ def export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str |
     events = events or NULL_EVENTS
     plan = plan_export(source, adapter=adapter, gguf=gguf, quant=quant, ollama=ollama, system=system,
                        modelfile=modelfile, temperature=temperature, replace=replace_files)
+    if plan.adapter is not None:
+        plan.adapter_file = runs.adapter_file(plan.adapter, "final" if final else "best")
     result: dict = {"base": str(plan.base), "adapter": str(plan.adapter) if plan.adapter else None,
+                    "adapter_file": plan.adapter_file.name if plan.adapter_file else None,
                     "quant": plan.quant, "chat_template_source": plan.template_source,
                     "ollama_template": plan.chat_format.kind, "embedded_template": plan.embedded_template.kind,
                     "thinking": plan.thinking}
@@ -388,7 +393,8 @@ def _write_gguf_and_modelfile(plan: ExportPlan, events: Events, cancel: CancelTo
             fuse_dir = Path(tempfile.mkdtemp(prefix=fuse_prefix(), dir=gguf.parent))
             events.log("stage", _stage_start("fuse"))
             events.log("info", f"fusing {plan.adapter} into {plan.base}")
-            model_dir = fuse_model(plan.base, plan.adapter, fuse_dir / "fused", events=events, cancel=cancel)
+            model_dir = fuse_model(plan.base, plan.adapter, fuse_dir / "fused", events=events, cancel=cancel,
+                                   adapter_file=plan.adapter_file)
             events.log("stage-done", _stage_done_text("fuse"))
         events.log("stage", _stage_start("gguf"))
         tmp_gguf = _temp_name(gguf, ".gguf")
@@ -440,7 +446,17 @@ def write_export_record(run_dir: str | Path, result: dict, **extra) -> Path | No
            "size": gguf.stat().st_size if gguf.is_file() else None,
            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ollama": ollama.get("name") if ollama else None,
            "ollama_host": ollama.get("host") if ollama else None, "base": result.get("base"),
-           "adapter": result.get("adapter"), "chat_template_source": result.get("chat_template_source"), **extra}
+           "adapter": result.get("adapter"), "adapter_file": result.get("adapter_file"), "chat_template_source": result.get("chat_template_source"), **extra}
+    # the measured price of this type (core.quant_price), when it was measured
+    price = ((runs.read_json(run / "exports" / "quant_price.json", {}) or {}).get("quants") or {}).get(rec["quant"])
+    if price:
+        rec.setdefault("price", price)
     path = run / "exports" / f"{gguf.stem}.json"
     write_text(path, json.dumps(rec, ensure_ascii=False, indent=2) + "\n")
+    from core.report import write_report
+
+    try:
+        write_report(run)  # the report card lists the exports
+    except (OSError, ValueError):  # the export and its record are written; the card follows next time
+        pass
     return path

@@ -165,13 +165,14 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
 
 
 def fuse_model(base_dir, adapter_dir, out_dir, *, events: Events | None = None,
-               cancel: CancelToken | None = None) -> Path:
+               cancel: CancelToken | None = None, adapter_file: str | Path | None = None) -> Path:
     """Merge the adapter in ``adapter_dir`` into the model in ``base_dir``; write ``out_dir``.
 
     ``out_dir`` becomes a standard HF folder: ``config.json`` (without quantization keys),
     ``model.safetensors`` in the base's float dtype and the base's tokenizer files.
     Returns ``out_dir``. Raises :class:`TuneloomError` when the inputs are missing or do
     not belong together, :class:`Cancelled` when ``cancel`` fires (nothing is written).
+    ``adapter_file``: the adapter's weights from another file of ``adapter_dir`` (a run's best).
     """
     events = events or NULL_EVENTS
     base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
@@ -206,6 +207,9 @@ def fuse_model(base_dir, adapter_dir, out_dir, *, events: Events | None = None,
     events.progress(0, None, "applying adapter")
     try:
         model = load_adapters(model, str(adapter_dir))
+        if adapter_file is not None and Path(adapter_file).name != "adapters.safetensors":
+            # another weights file of the same adapter (a run's adapters_best.safetensors)
+            model.load_weights(str(adapter_file), strict=False)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise TuneloomError(f"The adapter in {adapter_dir} does not fit the base model {base_dir.name}: {exc}",
                             "Fuse with the same base model the adapter was trained on.") from exc

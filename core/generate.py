@@ -146,11 +146,13 @@ class ChatModel:
     (one forward pass at a time), never mixed."""
 
     def __init__(self, model_dir: str | Path, adapter_dir: str | Path | None = None,
-                 encoder: ChatEncoder | None = None):
+                 encoder: ChatEncoder | None = None, adapter: str = "best"):
         from core import train as _train
 
         self.model_dir = Path(model_dir)
         self.adapter_dir = Path(adapter_dir) if adapter_dir is not None else None
+        # which of a run's adapters: "best" (lowest validation loss, where the run kept one) or "final"
+        self.adapter_file = runs.adapter_file(self.adapter_dir, adapter) if self.adapter_dir is not None else None
         self.model, self.config = _train.load_base(model_dir)
         self._swaps: list = []
         if self.adapter_dir is not None:
@@ -172,6 +174,8 @@ class ChatModel:
         check_run_adapter(adapter_dir)  # a damaged file: its name and the checkpoint to take it from
         try:
             load_adapters(self.model, str(adapter_dir))
+            if self.adapter_file is not None and self.adapter_file.name != runs.FINAL_ADAPTERS:
+                self.model.load_weights(str(self.adapter_file), strict=False)
         except (ValueError, KeyError, FileNotFoundError) as exc:
             raise TuneloomError(f"The adapters in {adapter_dir} do not fit the model {self.model_dir.name}: {exc}",
                                 "Pick the run's own base model.") from exc
@@ -428,7 +432,8 @@ class ChatSession:
 
     @classmethod
     def for_run(cls, run_dir: str | Path, sides: tuple[str, ...] = SIDES, *, sampling: Sampling | None = None,
-                events: Events | None = None, cancel: CancelToken | None = None) -> "ChatSession":
+                events: Events | None = None, cancel: CancelToken | None = None,
+                adapter: str = "best") -> "ChatSession":
         """Load a run's base model with its adapter (once) and prefill its trained system prompt."""
         events = events or NULL_EVENTS
         base = run_base_model(run_dir)
@@ -437,7 +442,7 @@ class ChatSession:
         events.progress(0, None, f"loading {base.name} with the adapter of {Path(run_dir).name}")
         from core.evaluate import run_encoder
 
-        model = ChatModel(base, adapter_dir=run_dir, encoder=run_encoder(run_dir, base))
+        model = ChatModel(base, adapter_dir=run_dir, encoder=run_encoder(run_dir, base), adapter=adapter)
         events.progress(1, 1, "model loaded")
         return cls(model, sides, system=trained_system_prompt(run_dir), sampling=sampling)
 

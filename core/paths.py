@@ -58,3 +58,18 @@ def app_data_dir() -> Path:
 
 def runs_dir() -> Path:
     return app_data_dir() / "runs"
+
+
+def cache_dir() -> Path:
+    """Per-user cache (what can be made again: the base models' answers to the forgetting probes)."""
+    override = os.environ.get("TUNELOOM_HOME")
+    if override:
+        return Path(override) / "cache"
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("Tuneloom", "Tuneloom"))
+
+
+def probes_file() -> Path:
+    """The bundled forgetting-check probe set (core.drift)."""
+    return resources_dir() / "probes.jsonl"

@@ -4,12 +4,15 @@ Layout of ``runs/<timestamp>-<name>/``::
 
     config.json            everything needed to reproduce the run (TrainConfig)
     metrics.jsonl          one JSON object per report, appended as it goes
-    adapters.safetensors   latest adapter weights, mlx-lm layout
+    adapters.safetensors   latest adapter weights, mlx-lm layout (the final one when the run is done)
+    adapters_best.safetensors  the adapter at the lowest validation loss so far (``best_step`` in
+                           config.json and status.json); Try, Evaluate and Export use it by default
     adapter_config.json    what mlx_lm.load(..., adapter_path=run_dir) reads
     checkpoints/step-N/    adapters + optimizer state + step + RNG state
     status.json            running / done / cancelled / failed, with a summary (and the pid while running)
     run.json               what people gave the run: its title
     exports/               GGUF files and Modelfiles made from this run (and a JSON record per export)
+    report.json, report.md the run's report card (core.report)
 
 Runs written outside ``runs/`` (``tuneloom train --out DIR``) are remembered in
 ``runs/elsewhere.txt`` so the history shows them too.
@@ -245,6 +248,31 @@ def _status_into_reserve(run_dir: Path, body: dict) -> bool:
         return False
 
 
+BEST_ADAPTERS = "adapters_best.safetensors"
+FINAL_ADAPTERS = "adapters.safetensors"
+
+
+def adapter_file(run_dir: Path, which: str = "best") -> Path:
+    """The adapter weights to use: ``which`` "best" (lowest validation loss; the final one when the
+    run has no best, e.g. it never validated or predates best checkpoints) or "final"."""
+    if which not in ("best", "final"):
+        raise ValueError(f"which must be 'best' or 'final', not {which!r}")
+    run_dir = Path(run_dir)
+    best = run_dir / BEST_ADAPTERS
+    if which == "best" and best.is_file():
+        return best
+    return run_dir / FINAL_ADAPTERS
+
+
+def update_json(path: Path, **values) -> None:
+    """Set keys in a JSON object file (created when missing), atomically."""
+    data = read_json(path, {}) or {}
+    if not isinstance(data, dict):
+        data = {}
+    data.update(values)
+    write_json(Path(path), data)
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     """Every complete line of metrics.jsonl (a torn last line from a crash is ignored)."""
     out = []
@@ -466,6 +494,20 @@ class RunInfo:
     @property
     def adapters(self) -> Path | None:
         p = self.path / "adapters.safetensors"
+        return p if p.exists() else None
+
+    @property
+    def best_step(self) -> int | None:
+        """The step of the best adapter (lowest validation loss), when the run kept one."""
+        for d in (self.status, self.config):
+            v = d.get("best_step")
+            if isinstance(v, int) and not isinstance(v, bool):
+                return v
+        return None
+
+    @property
+    def best_adapters(self) -> Path | None:
+        p = self.path / BEST_ADAPTERS
         return p if p.exists() else None
 
     @property

@@ -22,7 +22,7 @@ from typing import Any
 import core  # noqa: F401  (OpenBLAS before MLX)
 from core import checkpoints, runs
 from core.atomic import atomic_path, write_error, write_json
-from core.data import load_dataset, require_clean, train_valid
+from core.data import load_dataset, require_clean, test_files, train_valid, train_valid_test
 from core.divergence import DivergenceGuard
 from core.events import NULL_EVENTS, CancelToken, Cancelled, Events, Progress, StepReport, TuneloomError
 from core.tokens import ChatEncoder, Encoded
@@ -110,6 +110,12 @@ OPTION_TEXT: dict[str, tuple[str, str]] = {
     "valid_fraction": ("Held out",
         "The share of examples kept aside to check progress, when the data has no separate validation "
         "file."),
+    "test_fraction": ("Test share",
+        "The share of examples kept aside for the final test, never seen while training (Evaluate uses "
+        "them), when the data has no test file."),
+    "early_stop": ("Stop when no better",
+        "Stop after this many validations in a row that did not lower the validation loss (0: never stop "
+        "early). The best adapter is kept either way."),
     "skip_invalid": ("Skip examples with problems",
         "Train on the usable examples and skip those with problems, instead of refusing to start."),
     "mapping": ("Column names", "Which column of your file holds which field (field -> column name)."),
@@ -204,6 +210,8 @@ class TrainConfig:
     valid_batches: int = field(default=32, metadata=_option("valid_batches"))
     checkpoint_every: int = field(default=50, metadata=_option("checkpoint_every"))
     valid_fraction: float = field(default=0.1, metadata=_option("valid_fraction"))
+    test_fraction: float = field(default=0.1, metadata=_option("test_fraction"))
+    early_stop: int = field(default=0, metadata=_option("early_stop"))
     skip_invalid: bool = field(default=False, metadata=_option("skip_invalid"))
     mapping: dict | None = field(default=None, metadata=_option("mapping"))
     user_template: str | None = field(default=None, metadata={
@@ -267,13 +275,19 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+def run_config(saved: dict) -> TrainConfig:
+    """A run folder's config.json as a TrainConfig. Runs from before the test split (no
+    ``test_fraction`` saved) had none: their split stays the one they trained on."""
+    return TrainConfig.from_dict({"test_fraction": 0.0, **saved})
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"epochs": 1.0, "rank": 8, "alpha": 16.0, "lr": 2e-4, "batch": 4, "targets": "attention",
               "max_seq_len": 512},
     "balanced": {"epochs": 2.0, "rank": 16, "alpha": 32.0, "lr": 1e-4, "batch": 4, "targets": "all",
-                 "max_seq_len": 1024},
+                 "max_seq_len": 1024, "early_stop": 3},
     "thorough": {"epochs": 3.0, "rank": 32, "alpha": 64.0, "lr": 5e-5, "batch": 8, "targets": "all",
-                 "max_seq_len": 2048, "grad_checkpoint": True},
+                 "max_seq_len": 2048, "grad_checkpoint": True, "early_stop": 3},
 }
 # Each preset's name on screen and the one line saying what it trades (GUI and `train --help`).
 PRESET_TEXT: dict[str, tuple[str, str]] = {
@@ -407,6 +421,105 @@ def save_adapters(model, dest_dir: Path, adapter_config: dict) -> None:
     with atomic_path(dest_dir / "adapters.safetensors", suffix=".safetensors") as tmp:
         mx.save_safetensors(str(tmp), adapter_weights(model))
     write_json(dest_dir / "adapter_config.json", adapter_config)
+
+
+# ---------------------------------------------------------------------------
+# Best adapter, early stop, memorising
+# ---------------------------------------------------------------------------
+
+MEMORISING_RISE = 0.02  # validation loss this share above its best (with training loss falling): memorising
+
+
+def save_best_adapters(model, run_dir: Path, adapter_config: dict) -> None:
+    """Write the current adapter as the run's best (``adapters_best.safetensors``)."""
+    import mlx.core as mx
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(run_dir / runs.BEST_ADAPTERS, suffix=".safetensors") as tmp:
+        mx.save_safetensors(str(tmp), adapter_weights(model))
+    if not (run_dir / "adapter_config.json").exists():
+        write_json(run_dir / "adapter_config.json", adapter_config)
+
+
+class BestKeeper:
+    """Follows the validation losses of a run: the best step (lowest validation loss; its adapter is
+    saved through ``save``), validations in a row without improvement (early stop after
+    ``patience`` of them; 0: never) and memorising (two validations without improvement, the latest
+    :data:`MEMORISING_RISE` above the best, while the training loss kept falling), said in the log
+    (again only after a new best). Fed every training loss (``train``) and every
+    validation (``valid``); a resume replays the kept metrics first (``replay``) so that the
+    best-so-far and the count carry on."""
+
+    def __init__(self, patience: int = 0, events: Events | None = None):
+        self.patience = max(0, int(patience or 0))
+        self.events = events or NULL_EVENTS
+        self.best_step: int | None = None
+        self.best_loss = math.inf
+        self.last_loss: float | None = None
+        self.bad = 0
+        self.memorising: dict | None = None  # {"best_step", "step", "best_valid_loss", "valid_loss"}
+        self._since: list[float] = []
+        self._interval: dict[int, float | None] = {}  # validation step -> mean training loss since the one before
+
+    def train(self, loss: float) -> None:
+        self._since.append(float(loss))
+
+    def replay(self, history: list) -> None:
+        """``history``: [step, train_loss or None, valid_loss or None] in file order (a resume)."""
+        for step, tl, vl in history:
+            if tl is not None:
+                self.train(tl)
+            if vl is not None:
+                self.valid(int(step), float(vl), quiet=True)
+
+    def valid(self, step: int, loss: float, save=None, quiet: bool = False) -> bool:
+        """Note a validation loss; True when the run should stop early."""
+        mean_train = sum(self._since) / len(self._since) if self._since else None
+        self._since = []
+        self._interval[step] = mean_train
+        self.last_loss = loss
+        if loss < self.best_loss:
+            self.best_loss, self.best_step, self.bad = loss, step, 0
+            self.memorising = None  # it got better again: that was a bump, not memorising
+            if save is not None:
+                save(step, loss)
+            return False
+        self.bad += 1
+        ref = self._interval.get(self.best_step)
+        if ref is None:  # best before any training (step 0): the first training interval is the reference
+            ref = next((v for s, v in sorted(self._interval.items()) if v is not None and s != step), None)
+        # memorising: two validations in a row without improvement, the latest clearly above the best,
+        # while the training loss went on falling (a single bump is often the noise of a large step)
+        if (self.memorising is None and self.bad >= 2 and mean_train is not None and ref is not None
+                and mean_train < ref and loss > self.best_loss * (1 + MEMORISING_RISE)):
+            self.memorising = {"best_step": self.best_step, "step": step, "best_valid_loss": self.best_loss,
+                               "valid_loss": loss}
+            if not quiet:
+                self.events.log("warning", memorising_text(self.memorising))
+        return bool(self.patience) and self.bad >= self.patience
+
+
+def memorising_text(m: dict) -> str:
+    """The words for the memorising warning (the run log, the Train page)."""
+    return (f"The model has started to memorise the training examples: at step {m['step']} the validation loss "
+            f"is {m['valid_loss']:.4f}, up from {m['best_valid_loss']:.4f} at step {m['best_step']}, while the "
+            f"training loss keeps falling. The best adapter (step {m['best_step']}) is kept as "
+            f"{runs.BEST_ADAPTERS}; Try, Evaluate and Export use it.")
+
+
+def _write_report(run_dir: Path, events: Events) -> None:
+    from core.report import write_report
+
+    try:
+        write_report(run_dir)
+    except (OSError, ValueError) as exc:  # the run is done; only its report card is missing
+        events.log("warning", f"could not write the report card in {run_dir}: {exc}")
+
+
+def _record_best(run_dir: Path, step: int, loss: float) -> None:
+    """best_step (and its validation loss) in config.json and status.json."""
+    runs.update_json(run_dir / "config.json", best_step=step, best_valid_loss=loss)
+    runs.update_json(run_dir / "status.json", best_step=step, best_valid_loss=loss)
 
 
 # ---------------------------------------------------------------------------
@@ -831,7 +944,7 @@ def _train(cfg: TrainConfig, *, resume, events, cancel, held: contextlib.ExitSta
         if main:
             held.enter_context(runs.claim_run(run_dir, resume=True))
             refuse_finished(run_dir)
-        cfg = TrainConfig.from_dict(saved)
+        cfg = run_config(saved)
     else:
         if group.distributed and not cfg.out:
             raise GroupError("A group run needs its run folder given (--out), the same for every rank.",
@@ -844,18 +957,23 @@ def _train(cfg: TrainConfig, *, resume, events, cancel, held: contextlib.ExitSta
     events.progress(0, None, "loading data")
     ds = load_dataset(cfg.data, mapping=cfg.mapping, user_template=cfg.user_template,
                       assistant_template=cfg.assistant_template, system=cfg.system_prompt, cancel=cancel,
-                      use=cfg.use, fill=cfg.fill)
+                      use=cfg.use, fill=cfg.fill, skip_splits={"test"})  # the test file is never opened by training
     from core import preference as pref
 
     preference = pref.valid_method(cfg.method) != "sft"
-    if preference:  # pairs of answers: DPO / ORPO (core.preference)
+    if preference:  # pairs of answers: DPO / ORPO (core.preference); no test split drawn from pairs yet
         train_recs, valid_recs = pref.split_pairs(ds, cfg.valid_fraction, cfg.seed, cfg.skip_invalid)
+        n_test = 0
         if group.distributed:
             raise GroupError("Preference tuning runs on one Mac for now.",
                              "Train this run on this Mac, or use the Supervised method on several Macs.")
     else:
         require_clean(ds, cfg.skip_invalid)
-        train_recs, valid_recs = train_valid(ds, cfg.valid_fraction, cfg.seed)
+        # the test examples drawn from the data are set aside here and never encoded
+        train_recs, valid_recs, test_recs = train_valid_test(ds, cfg.valid_fraction, cfg.test_fraction, cfg.seed,
+                                                             has_test_file=bool(test_files(cfg.data)))
+        n_test = len(test_recs) if test_recs or not test_files(cfg.data) else None  # None: a test file, unread
+        del test_recs
     # thinking follows the data (a resumed run keeps its own); config.json records it for the export
     encoder = ChatEncoder(cfg.model, thinking=cfg.thinking if resume else bool(ds.reasoning))
     if not resume and cfg.thinking != encoder.thinking:
@@ -1005,6 +1123,10 @@ def _train(cfg: TrainConfig, *, resume, events, cancel, held: contextlib.ExitSta
 
     def set_status(state_: str, **extra):
         if main:
+            saved = runs.read_json(run_dir / "config.json", {}) or {}
+            for k in ("best_step", "best_valid_loss"):  # the best so far stays named in status.json
+                if k in saved:
+                    extra.setdefault(k, saved[k])
             runs.set_status(run_dir, state_, **extra)
 
     set_status("running", step=start, total=total_steps)
@@ -1023,6 +1145,19 @@ def _train(cfg: TrainConfig, *, resume, events, cancel, held: contextlib.ExitSta
                 events.metric(k, step, float(v))
 
     kept_metrics = runs.read_metrics(run_dir) if main else []
+    keeper = BestKeeper(cfg.early_stop, events)
+    keeper.replay(group.broadcast_json([[m.get("step", 0), m.get("train_loss"), m.get("valid_loss")]
+                                        for m in kept_metrics] if main else None) or [])
+    if cfg.early_stop and not cfg.valid_every:
+        events.log("warning", "Early stop needs validations during training (Check every > 0); it is off for this run.")
+
+    def on_best(step: int, loss: float) -> None:
+        if main:
+            save_best_adapters(model, run_dir, adapter_config)
+            _record_best(run_dir, step, loss)
+        events.metric("best_valid_loss", step, loss)
+
+    stopped_early: int | None = None
     trained_tokens = sum(int(m.get("trained_tokens_step", 0)) for m in kept_metrics)
     # the time already spent on this run before a resume, so elapsed runs on across restarts
     prior_elapsed = max((float(m["elapsed"]) for m in kept_metrics if "elapsed" in m), default=0.0)
@@ -1034,7 +1169,9 @@ def _train(cfg: TrainConfig, *, resume, events, cancel, held: contextlib.ExitSta
     result: dict[str, Any] = {"run_dir": str(run_dir), "total_steps": total_steps}
     try:
         if start == 0 and valid_seqs:
-            emit(0, **validate())
+            vals = validate()
+            emit(0, **vals)
+            keeper.valid(0, vals["valid_loss"], on_best)
         for step in range(start + 1, total_steps + 1):
             def parked(s=step - 1):
                 events.log("info", f"paused after step {s}")
@@ -1124,6 +1261,7 @@ def _train(cfg: TrainConfig, *, resume, events, cancel, held: contextlib.ExitSta
                                 trained_tokens_per_sec=step_trained / dt, trained_tokens_step=step_trained)
             extra = dict(zip(pref.METRIC_KEYS, step_extra))
             record(step, **{k: v for k, v in asdict(report).items() if k not in ("step", "total")}, **extra)
+            keeper.train(step_loss)
             _judge(guard.train_loss(step, step_loss), cfg, guard.onset)
             events.step(report)
             for k, v in extra.items():
@@ -1132,25 +1270,45 @@ def _train(cfg: TrainConfig, *, resume, events, cancel, held: contextlib.ExitSta
                                             f"{step_loss:.3f}, ETA {eta:.0f}s", rate=(step - start) / here
                                             if here > 0 else None, eta=eta))
             if cfg.valid_every and step % cfg.valid_every == 0 and step != total_steps and valid_seqs:
-                emit(step, **validate())
+                vals = validate()
+                emit(step, **vals)
+                if keeper.valid(step, vals["valid_loss"], on_best):
+                    stopped_early = step
+                    events.log("info", f"stopped early at step {step}: {keeper.bad} validations in a row did not "
+                                       f"improve on the best (step {keeper.best_step}, validation loss "
+                                       f"{keeper.best_loss:.4f})")
+                    last_good_step = step
+                    break
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != total_steps and main:
                 _save_checkpoint(run_dir, step, model, opt, adapter_config)
                 save_adapters(model, run_dir, adapter_config)
             last_good_step = step
-        final_vals = validate() if valid_seqs else {}
+        final_vals = validate() if valid_seqs and not stopped_early else {}
         model.eval()
-        final_valid = final_vals.get("valid_loss")
-        if final_vals:
-            emit(total_steps, **final_vals)
+        steps_done = stopped_early or total_steps
+        if stopped_early:
+            final_valid = keeper.last_loss
+        else:
+            final_valid = final_vals.get("valid_loss")
+            if final_vals:
+                emit(total_steps, **final_vals)
+                keeper.valid(total_steps, final_valid, on_best)
         if main:
             save_adapters(model, run_dir, adapter_config)
         elapsed = time.perf_counter() - t_start - paused_seconds
-        result.update(state="done", steps=total_steps, valid_loss=final_valid,
-                      train_examples=len(train_seqs), valid_examples=len(valid_seqs), trained_tokens=trained_tokens,
+        result.update(best_step=keeper.best_step,
+                      best_valid_loss=None if keeper.best_step is None else keeper.best_loss,
+                      stopped_early=stopped_early, memorising=keeper.memorising,
+                      data_notes=[n.message for n in ds.notes])
+        result.update(state="done", steps=steps_done, valid_loss=final_valid,
+                      train_examples=len(train_seqs), valid_examples=len(valid_seqs), test_examples=n_test,
+                      trained_tokens=trained_tokens,
                       tokens_per_sec=tokens_since / elapsed if elapsed else 0.0, seconds=elapsed)
         if group.distributed:
             result["hosts"] = group.size
         set_status("done", **{k: v for k, v in result.items() if k not in ("run_dir", "state")})
+        if main:
+            _write_report(run_dir, events)
         return result
     except Cancelled:
         if main:

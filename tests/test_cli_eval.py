@@ -31,7 +31,8 @@ def test_eval_json_contract_and_same_numbers_as_the_engine(run_dir, tmp_path):
     out = json.loads(p.stdout)  # one JSON object and nothing else on stdout
     assert set(out) == {"base", "tuned"}
     for side in ("base", "tuned"):
-        assert set(out[side]) == KEYS
+        assert set(out[side]) == KEYS | {"split"}
+        assert out[side]["split"] == "test"  # the run's test split, never seen in training
         assert out[side]["examples"] == 4
         assert 0 <= out[side]["exact_match"] <= 1 and out[side]["loss"] > 0
         assert out[side]["perplexity"] == pytest.approx(2.718281828 ** out[side]["loss"], rel=1e-6)

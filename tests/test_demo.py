@@ -47,6 +47,14 @@ def test_demo_exits_zero_and_meets_its_numbers(demo_run):
     if llamacpp.available():
         assert s["f16_agreement"] >= F16_AGREE_MIN
         assert s["q8_0_agreement"] >= Q8_AGREE_MIN
+        # the price of each quantization: agreement with the MLX model falls with the size
+        agree = [s["quantization"][q]["top1_agreement"] for q in ("f16", "q8_0", "q6_k", "q4_k_m")]
+        assert agree == sorted(agree, reverse=True), s["quantization"]
+        assert "same next token" in proc.stdout
+    # the demo's gentle fine-tune kept what the base model knew, and says so
+    assert s["forgetting_verdict"] == "kept" and "forgetting check" in proc.stdout
+    report = json.loads((out / "run" / "report.json").read_text())
+    assert report["forgetting"]["verdict"] == "kept" and report["curve"]["best_step"] is not None
     # the answers are checked against the world's facts, and saved for people to read
     answers = json.loads((out / "answers.json").read_text())
     structured = [a for a in answers if "expected" in a]
@@ -64,8 +72,8 @@ def test_demo_writes_every_artifact(demo_run):
     proc, out = demo_run
     s = json.loads((out / "summary.json").read_text())
     names = [st["stage"] for st in s["stages"]]
-    assert names == ["load model", "check data", "evaluate base", "train", "evaluate fine-tuned", "fuse",
-                     "export gguf", "llama.cpp agreement", "ollama"]
+    assert names == ["load model", "check data", "evaluate base", "train", "evaluate fine-tuned", "forgetting check",
+                     "fuse", "export gguf", "llama.cpp agreement", "quantization price", "ollama"]
     for p in s["gguf"].values():
         assert Path(p).stat().st_size > 100_000
     mf = Path(s["modelfile"]).read_text()

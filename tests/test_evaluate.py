@@ -25,11 +25,11 @@ def model(run_dir):
 
 @pytest.fixture(scope="module")
 def full(run_dir, model):
-    """The whole evaluation of the run on its validation examples."""
+    """The whole evaluation of the run on its validation examples (the default is its test split)."""
     from core.evaluate import evaluate
 
     ev = RecordingEvents()
-    return evaluate(run_dir, model=model, events=ev), ev
+    return evaluate(run_dir, model=model, events=ev, split="validation"), ev
 
 
 def test_score_answer_by_hand():
@@ -104,7 +104,8 @@ def test_metrics_on_known_answers(run_dir, model, tmp_path, monkeypatch):
     assert set(out) == {"base", "tuned"}
     for side in out.values():
         assert set(side) == {"exact_match", "json_valid", "json_field_accuracy", "loss", "perplexity", "examples",
-                             "preference_accuracy"}
+                             "preference_accuracy", "split"}
+        assert side["split"] == "files"
     b, t = out["base"], out["tuned"]
     # base: exact q3 only; JSON valid q2 of (q1, q2); fields: q1 0 of 3, q2 1 of 3 (name; "food", 1 != true)
     assert (b["exact_match"], b["json_valid"], b["examples"]) == (0.25, 0.5, 4)
@@ -161,7 +162,7 @@ def test_answers_are_greedy_and_the_same_each_time(run_dir, model, full, monkeyp
     from core.evaluate import ANSWER_BATCH, answer_budget, evaluate
 
     res, _ = full
-    again = evaluate(run_dir, model=model, limit=3)
+    again = evaluate(run_dir, model=model, limit=3, split="validation")
     assert [r.answers for r in again.rows] == [r.answers for r in res.rows[:3]]
     assert again.to_json()["base"]["examples"] == 3
     # answered in batches: exactly the answers one at a time gives

@@ -123,12 +123,17 @@ def test_stop_ends_generation_within_a_second_and_gui_stays_responsive(window, q
 def test_evaluate_fills_the_table_with_the_numbers_of_tuneloom_eval(window, qtbot, run_dir):
     page = window.try_page
     page.eval_limit.setValue(6)
+    page.eval_drift.setChecked(True)  # and the forgetting check
     qtbot.mouseClick(page.eval_btn, Qt.MouseButton.LeftButton)
     with qtbot.waitSignal(window.jobs["eval"].ended, timeout=300000):
         pass
     t = page.table
     assert t.result is not None and t.result.complete, t.status.text()
     assert t.table.rowCount() == 6
+    # which examples (the run's test split) and the forgetting check's verdict, in words
+    summary = page.eval_summary.text()
+    assert "test examples, never seen in training" in summary and "adapters_best.safetensors" in summary
+    assert f"Forgetting check on 72 general prompts: {t.result.drift['verdict']}" in summary
     p = subprocess.run([sys.executable, "-m", "app.cli", "eval", str(run_dir), "--limit", "6", "--json"], cwd=ROOT,
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]

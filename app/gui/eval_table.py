@@ -10,7 +10,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLab
                                QTableWidget, QTableWidgetItem, QTextBrowser, QVBoxLayout, QWidget)
 
 METRICS = [("exact_match", "Exact match", "pct"), ("json_valid", "Valid JSON", "pct"),
-           ("json_field_accuracy", "JSON field accuracy", "pct"), ("loss", "Validation loss", "num"),
+           ("json_field_accuracy", "JSON field accuracy", "pct"), ("loss", "Loss (held out)", "num"),
            ("perplexity", "Perplexity", "num"), ("examples", "Examples", "int")]
 ROW_COLUMNS = ["#", "Question", "Expected", "Original", "Fine-tuned", "Original exact", "Fine-tuned exact"]
 
@@ -155,7 +155,7 @@ class EvalTable(QWidget):
                 item = QTableWidgetItem(metric_text(js[side][key], kind))
                 item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
                 self.metrics.setItem(r, c, item)
-        src = "the run's validation examples" if result.source == "validation" else ", ".join(
+        src = f"the run's {result.source} examples" if result.source in ("test", "validation") else ", ".join(
             Path(p).name for p in result.data)
         done = "" if result.complete else " (stopped: the examples done so far)"
         self.status.setText(f"{len(result.rows)} examples from {src}, answered greedily in "

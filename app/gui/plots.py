@@ -88,6 +88,9 @@ class TrainPlot(_ThemedPlot):
         self.ema_curve = self.plot([], [], pen=pg.mkPen(TRAIN_COLOR, width=2.2), name="smoothed")
         self.valid_curve = self.plot([], [], pen=None, symbol="o", symbolSize=7, symbolBrush=VALID_COLOR,
                                      symbolPen=pg.mkPen(VALID_COLOR), name="validation loss")
+        # the best point: the lowest validation loss, whose adapter the run keeps (adapters_best.safetensors)
+        self.best_marker = self.plot([], [], pen=None, symbol="star", symbolSize=17, symbolBrush=VALID_COLOR,
+                                     symbolPen=pg.mkPen(TRAIN_COLOR, width=1.5), name="best")
         # the learning rate: its own view box and the right axis
         self.lr_view = pg.ViewBox()
         item.showAxis("right")
@@ -246,6 +249,8 @@ class TrainPlot(_ThemedPlot):
         self.raw_curve.setData(t.xs, t.ys)
         self.ema_curve.setData(t.xs, self._ema[: t.n])
         self.valid_curve.setData(self.valid_s.xs, self.valid_s.ys)
+        best = self.best_point
+        self.best_marker.setData([best[0]] if best else [], [best[1]] if best else [])
         r = self.right_s[self.right]
         self.lr_curve.setData(r.xs, r.ys)
 
@@ -262,6 +267,14 @@ class TrainPlot(_ThemedPlot):
     @property
     def valid(self) -> tuple[list[int], list[float]]:
         return [int(x) for x in self.valid_s.xs], [float(y) for y in self.valid_s.ys]
+
+    @property
+    def best_point(self) -> tuple[int, float] | None:
+        """(step, validation loss) of the best validation so far (the first of equal ones), as the trainer keeps it."""
+        if not self.valid_s.n:
+            return None
+        i = int(np.argmin(self.valid_s.ys))
+        return int(self.valid_s.xs[i]), float(self.valid_s.ys[i])
 
 
 class ComparePlot(_ThemedPlot):

@@ -251,6 +251,18 @@ class ExportPage(Page):
         ar.addWidget(self.reveal_gguf)
         ar.addWidget(self.reveal_mf)
         self.after.setVisible(False)
+        # issue 28: the price of each quantization, measured on request (core.quant_price)
+        self.measure_btn = QPushButton("Measure the quality of each size")
+        self.measure_btn.setObjectName("export.measure")
+        self.measure_btn.setToolTip("Write each size once and let llama.cpp read it: how often it picks the same next "
+                                    "token as the model you trained, on your test examples (a minute or more).")
+        self.price = QLabel("")
+        self.price.setObjectName("export.price")
+        self.price.setWordWrap(True)
+        self.price.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.measure_btn.clicked.connect(self.measure)
+        form.addRow("Quality", self.measure_btn)
+        form.addRow("", self.price)
         self.layout_.addLayout(form)
         self.layout_.addLayout(row)
         self.layout_.addWidget(self.stages)
@@ -320,12 +332,42 @@ class ExportPage(Page):
             self.quant.setItemText(i, f"{label}  ·  about {_size(n)}" if n else label)
         self.ship.update_sizes()
         self._explain_quant()
+        self._show_price()
 
     def _explain_quant(self):
         key = self.quant.currentData()
         why = next((w for k, _l, w in QUANTS if k == key), "")
         n = self._sizes.get(key)
         self.quant_note.setText(html.escape((f"About {_size(n)}. " if n else "") + why, quote=False))
+
+    # -- the price of each quantization (issue 28) ----------------------------------------------
+    def _show_price(self, table: dict | None = None):
+        """The measured agreement beside each size, and the table under the button."""
+        from core.quant_price import price_text, read_price
+
+        run = self.session.run_dir if self.session.trained else None
+        if table is None:
+            table = (read_price(run).get("quants") or {}) if run is not None else {}
+        for i, (key, label, _why) in enumerate(QUANTS):
+            row = table.get(key)
+            if row:
+                self.quant.setItemText(i, price_text(key, row).replace(key.upper(), label, 1))
+        self.price.setText("\n".join(f"{price_text(q, r)} · KL {r['kl_per_token']:.4f}" for q, r in table.items())
+                           if table else "Not measured yet.")
+
+    def measure(self):
+        run = self.session.run_dir
+        if run is None or not self.session.trained or self.slots.running("export-measure"):
+            return
+        from core.quant_price import measure_quants
+
+        self.measure_btn.setEnabled(False)
+        self.price.setText("Measuring each size...")
+        self.slots["export-measure"].start(
+            lambda run_dir, events=None, cancel=None: measure_quants(run_dir, events=events, cancel=cancel), run,
+            on_progress=lambda d, t, what: self.price.setText(f"Measuring: {what}"),
+            on_ok=self._show_price, on_failed=lambda exc: self.price.setText(error_text(exc)),
+            on_ended=lambda: self.measure_btn.setEnabled(True))
 
     # -- state ---------------------------------------------------------------------------------
     def name_problem(self) -> str | None:

@@ -16,7 +16,7 @@ from PySide6.QtCore import QFile, QFileSystemWatcher, QRect, Qt, QTimer, Signal
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QListWidget, QListWidgetItem,
                                QMenu, QMessageBox, QPlainTextEdit, QPushButton, QSplitter, QStyle, QStyleOptionViewItem,
-                               QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget)
+                               QTabWidget, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget)
 
 from app.gui import jobs as gj
 from app.gui import theme
@@ -29,6 +29,12 @@ from core import paths, runs
 
 PATH_ROLE = Qt.ItemDataRole.UserRole
 COLUMNS = ["Run", "Date", "Base model", "Dataset", "Status", "Steps", "Train loss", "Valid loss", "Curve"]
+def runs_best_name() -> str:
+    from core.runs import BEST_ADAPTERS
+
+    return BEST_ADAPTERS
+
+
 def _loss(v) -> str:
     return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
 
@@ -160,7 +166,16 @@ class HistoryPage(Page):
         self.config_view.setReadOnly(True)
         self.config_view.setAcceptDrops(False)
         sl.addWidget(self.details)
-        sl.addWidget(self.config_view, 1)
+        # the run's report card (report.md) beside its settings
+        self.report_view = QPlainTextEdit()
+        self.report_view.setObjectName("history.report")
+        self.report_view.setReadOnly(True)
+        self.report_view.setAcceptDrops(False)
+        self.side_tabs = QTabWidget()
+        self.side_tabs.setObjectName("history.side_tabs")
+        self.side_tabs.addTab(self.report_view, "Report card")
+        self.side_tabs.addTab(self.config_view, "Settings")
+        sl.addWidget(self.side_tabs, 1)
         bottom.addWidget(side)
         bottom.setStretchFactor(0, 3)
         bottom.setStretchFactor(1, 2)
@@ -338,11 +353,15 @@ class HistoryPage(Page):
         if info is None:
             return
         self.config_view.setPlainText(json.dumps(info.config, indent=2, ensure_ascii=False))
+        self.report_view.setPlainText(getattr(info, "report_md", None)
+                                      or "No report card yet: it is written when training ends.")
         pal = self.palette()
         lines = [f"<b>{html.escape(info.title)}</b> · {html.escape(state_words(info, self.session))}",
                  f"<span style='color:{theme.muted(pal).name()}'>{html.escape(str(info.path))}</span>"]
         if info.adapters:
             lines.append(f"Adapter: {html.escape(info.adapters.name)}")
+        if info.best_step is not None and info.best_adapters is not None:
+            lines.append(f"Best adapter: step {info.best_step} ({runs_best_name()}; Try and Export use it)")
         ck = info.checkpoint
         if ck is not None and info.state != "done":
             lines.append(f"Checkpoint: {html.escape(ck.name)} (Resume continues from there)")

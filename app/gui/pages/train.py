@@ -60,12 +60,13 @@ RANGES = {"rank": (1, 1024), "alpha": (0.01, 65536.0), "dropout": (0.0, 0.9), "n
           "warmup": (0, 100000), "min_lr_ratio": (0.0, 1.0), "weight_decay": (0.0, 1.0), "batch": (1, 4096),
           "grad_accum": (1, 1024), "max_seq_len": (16, 131072), "epochs": (0.01, 1000.0), "iters": (0, 10_000_000),
           "valid_every": (0, 10_000_000), "valid_batches": (-1, 100000), "checkpoint_every": (1, 10_000_000),
-          "seed": (0, 2**31 - 1), "lr": (1e-8, 10.0)}
-STEP_SIZES = {"max_seq_len": 64, "epochs": 0.5, "alpha": 1.0, "dropout": 0.05, "min_lr_ratio": 0.05}
+          "seed": (0, 2**31 - 1), "lr": (1e-8, 10.0), "early_stop": (0, 100000), "test_fraction": (0.0, 0.9)}
+STEP_SIZES = {"max_seq_len": 64, "epochs": 0.5, "alpha": 1.0, "dropout": 0.05, "min_lr_ratio": 0.05,
+              "test_fraction": 0.05}
 ADVANCED_ORDER = ["iters", "epochs", "lr", "rank", "alpha", "targets", "batch", "max_seq_len", "grad_accum",
                   "grad_checkpoint", "dropout", "num_layers", "warmup", "min_lr_ratio", "weight_decay", "dora",
-                  "mask_prompt", "last_turn_only", "pack", "valid_every", "valid_batches", "checkpoint_every",
-                  "seed", "compile", "name"]
+                  "mask_prompt", "last_turn_only", "pack", "valid_every", "valid_batches", "early_stop",
+                  "test_fraction", "checkpoint_every", "seed", "compile", "name"]
 
 
 def fmt_duration(seconds: float | None) -> str:
@@ -1111,6 +1112,19 @@ class TrainPage(Page):
         run_dir = Path(res.get("run_dir") or self.session.run_dir)
         cfg = runs.read_json(run_dir / "config.json", {}) or {}
         self._finished(run_dir, runs.read_metrics(run_dir), int(res["steps"]), cfg, valid=res.get("valid_loss"))
+        # issue 28: the best step (its adapter is the one Try and Export use), early stop, memorising
+        best = res.get("best_step")
+        extra = ""
+        if best is not None and best != res.get("steps"):
+            extra += (f"<br><b>Best step: {best}</b> (validation loss {res.get('best_valid_loss') or 0:.3f}): Try and "
+                      "Export use its adapter.")
+        if res.get("stopped_early"):
+            extra += f" Stopped early at step {res['stopped_early']}: the validation loss no longer improved."
+        if res.get("memorising"):
+            extra += (f" The model started to memorise after step {res['memorising']['best_step']} (the validation "
+                      "loss rose while the training loss fell).")
+        if extra:
+            self.status.setText(self.status.text() + extra)
         self._log_line("info", f"done in {fmt_duration(r.elapsed if r else res.get('seconds'))}")
         notify(self.ctx.window, "Training finished",
                f"{res['steps']} steps" + (f", validation loss {res['valid_loss']:.3f}" if res.get("valid_loss")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QTextCursor
-from PySide6.QtWidgets import (QDoubleSpinBox, QFormLayout, QGridLayout, QHBoxLayout, QLabel, QLineEdit,
-                               QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QTabWidget, QWidget)
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGridLayout, QHBoxLayout, QLabel,
+                               QLineEdit, QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QTabWidget, QWidget)
 
 from app.gui import theme
 from app.gui.eval_table import EvalTable
@@ -68,16 +68,17 @@ class ModelHolder:
         self.key = None
         self.chat = None
         self.lock = threading.Lock()
+        self.adapter = "best"  # which of the run's adapters: "best" (lowest validation loss) or "final"
 
     def get(self, model_dir, run_dir, events=None, cancel=None):
         from core.generate import ChatModel, ChatSession
 
-        key = (str(model_dir), str(run_dir) if run_dir else None)
+        key = (str(model_dir), str(run_dir) if run_dir else None, self.adapter)
         with self.lock:
             if self.key != key or self.chat is None:
                 self.chat, self.key = None, None
                 if run_dir is not None:
-                    chat = ChatSession.for_run(run_dir, events=events, cancel=cancel)
+                    chat = ChatSession.for_run(run_dir, events=events, cancel=cancel, adapter=key[2])
                 else:
                     if events is not None:
                         events.progress(0, None, f"loading {Path(model_dir).name}")
@@ -95,13 +96,43 @@ def chat_turn(holder: ModelHolder, model_dir, run_dir, text, sampling, system, b
     return chat.turns[-1]
 
 
-def evaluate_job(holder: ModelHolder, model_dir, run_dir, data, limit, on_row, events=None, cancel=None):
-    """core.evaluate.evaluate on the loaded model (greedy: the numbers of ``tuneloom eval``)."""
+def evaluate_job(holder: ModelHolder, model_dir, run_dir, data, limit, on_row, drift=False, events=None,
+                 cancel=None):
+    """core.evaluate.evaluate on the loaded model (greedy: the numbers of ``tuneloom eval``); with ``drift``
+    the forgetting check too (``result.drift``). Both are kept with the run (its report card)."""
     from core.evaluate import evaluate
 
     chat = holder.get(model_dir, run_dir, events, cancel)
-    return evaluate(run_dir, data or None, limit=limit, model=chat.model, events=events, cancel=cancel,
-                    on_row=on_row)
+    result = evaluate(run_dir, data or None, limit=limit, model=chat.model, events=events, cancel=cancel,
+                      on_row=on_row)
+    result.drift = None
+    if drift:
+        from core.drift import drift_check
+
+        result.drift = drift_check(run_dir, model=chat.model, events=events, cancel=cancel)
+    try:
+        from core.report import record_evaluation
+
+        record_evaluation(run_dir, result, result.drift)
+    except OSError as exc:
+        if events is not None:
+            events.log("warning", f"could not update the run's report card: {exc}")
+    return result
+
+
+def eval_summary_text(result) -> str:
+    """Which examples the evaluation used, and the forgetting check's verdict, in words (the Evaluate tab)."""
+    where = {"test": "the run's test examples, never seen in training",
+             "validation": "the run's validation examples (the run has no test split)",
+             "files": "the files given"}.get(result.source, result.source)
+    text = f"Evaluated on {where}: {len(result.rows)} examples, fine-tune with {result.adapter or 'its adapter'}."
+    d = getattr(result, "drift", None)
+    if d:
+        text += (f"\nForgetting check on {d['probe_count']} general prompts: {d['verdict']} (KL "
+                 f"{d['kl_per_token']:.3f} nats per token, {d['changed_share']:.0%} answered differently).")
+        for p in d.get("probes", [])[:3]:
+            text += f"\n  moved most: {p['prompt']!r}: {p['base'][:50]!r} -> {p['tuned'][:50]!r}"
+    return text
 
 
 def system_prompt_job(run_dir, events=None, cancel=None):
@@ -137,7 +168,7 @@ class TryPage(Page):
     key = "try"
     title = "4. Try it"
     blurb = ("Chat with the original model and your fine-tune side by side (the same conversation for both), "
-             "or evaluate both on the examples kept aside for validation.")
+             "or evaluate both on the examples kept aside for the test.")
 
     def __init__(self, ctx: AppContext):
         super().__init__(ctx)
@@ -240,12 +271,12 @@ class TryPage(Page):
         # the evaluation
         self.eval_btn = QPushButton("Evaluate")
         self.eval_btn.setObjectName("try.evaluate")
-        self.eval_btn.setToolTip("Answer every validation example with both models and score the answers.")
+        self.eval_btn.setToolTip("Answer every test example (never seen in training) with both models and score the answers.")
         self.eval_stop = QPushButton("Stop")
         self.eval_stop.setEnabled(False)
         self.eval_file = QLineEdit()
         self.eval_file.setObjectName("try.eval_file")
-        self.eval_file.setPlaceholderText("the run's validation examples (or type the path of a data file)")
+        self.eval_file.setPlaceholderText("the run's test examples (or type the path of a data file)")
         self.eval_limit = QSpinBox()
         self.eval_limit.setObjectName("try.eval_limit")
         self.eval_limit.setRange(0, 100000)
@@ -255,6 +286,23 @@ class TryPage(Page):
         self.eval_progress = QProgressBar()
         self.eval_progress.setVisible(False)
         self.table = EvalTable()
+        # issue 28: which adapter (best / final), the forgetting check, and what the evaluation used
+        self.eval_adapter = QComboBox()
+        self.eval_adapter.setObjectName("try.adapter")
+        self.eval_adapter.addItem("Best adapter", "best")
+        self.eval_adapter.addItem("Final adapter", "final")
+        self.eval_adapter.setToolTip("The best adapter (lowest validation loss) or the one from the last step, "
+                                     "for the chat and the evaluation.")
+        self.eval_adapter.currentIndexChanged.connect(self._adapter_changed)
+        self.eval_drift = QCheckBox("Forgetting check")
+        self.eval_drift.setObjectName("try.eval_drift")
+        self.eval_drift.setChecked(False)  # 72 more answers per model: on request
+        self.eval_drift.setToolTip("Also ask both models general questions and measure how far the fine-tune "
+                                   "moved from the original (kept / some drift / forgot).")
+        self.eval_summary = QLabel("")
+        self.eval_summary.setObjectName("try.eval_summary")
+        self.eval_summary.setWordWrap(True)
+        self.eval_summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         erow = QHBoxLayout()
         erow.addWidget(self.eval_btn)
         erow.addWidget(self.eval_stop)
@@ -265,13 +313,16 @@ class TryPage(Page):
         self.eval_browse.clicked.connect(self.browse_eval_file)
         erow.addWidget(self.eval_browse)
         erow.addWidget(self.eval_limit)
+        erow.addWidget(self.eval_adapter)
+        erow.addWidget(self.eval_drift)
         eval_tab = QWidget()
         el = QGridLayout(eval_tab)
         el.setContentsMargins(0, 6, 0, 0)
         el.addLayout(erow, 0, 0)
         el.addWidget(self.eval_progress, 1, 0)
-        el.addWidget(self.table, 2, 0)
-        el.setRowStretch(2, 1)
+        el.addWidget(self.eval_summary, 2, 0)
+        el.addWidget(self.table, 3, 0)
+        el.setRowStretch(3, 1)
 
         self.tabs = QTabWidget()
         self.tabs.setObjectName("try.tabs")
@@ -345,7 +396,7 @@ class TryPage(Page):
         else:
             ewhy = None
         self.eval_btn.setEnabled(ewhy is None)
-        self.eval_btn.setToolTip(ewhy or "Answer every validation example with both models and score the answers.")
+        self.eval_btn.setToolTip(ewhy or "Answer every test example (never seen in training) with both models and score the answers.")
         self.eval_stop.setEnabled(evaluating)
         if s.model_dir is not None and not self.prompt.text().strip() and self._prefilled_for is None:
             self._new_target()
@@ -469,8 +520,9 @@ class TryPage(Page):
         self.eval_progress.setVisible(True)
         self.eval_progress.setRange(0, 0)
         self._eval_warnings: list[str] = []
+        self.eval_summary.setText("")
         self.slots["eval"].start(evaluate_job, self.holder, model_dir, run, data,
-                                 self.eval_limit.value() or None, self._rows.row.emit,
+                                 self.eval_limit.value() or None, self._rows.row.emit, self.eval_drift.isChecked(),
                                  on_progress=self._eval_progress, on_log=self._eval_log, on_ok=self._evaluated,
                                  on_failed=self._eval_failed, on_ended=self._eval_ended)
         self.refresh()
@@ -507,6 +559,10 @@ class TryPage(Page):
         if self._eval_warnings:  # examples left out (a bad line): said where, not skipped silently
             self.table.status.setText(self.table.status.text() + "<br>" + theme.span(
                 "Left out:", "warning", self.palette(), bold=True) + " " + html.escape(" ".join(self._eval_warnings)))
+        self.eval_summary.setText(eval_summary_text(result))
+
+    def _adapter_changed(self, _i):
+        self.holder.adapter = self.eval_adapter.currentData()  # the next question or evaluation loads it
 
     def _eval_failed(self, exc):
         if isinstance(exc, Cancelled) and getattr(exc, "result", None) is not None and exc.result.rows:
