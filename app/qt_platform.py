@@ -127,7 +127,9 @@ def explain_start_failure(messages: list[str], missing: list[str] | None = None,
     needed = _NEEDED.search(text)
     found_but = _FOUND_BUT.search(text)
     no_display = _NO_DISPLAY.search(text)
-    if needed or (found_but and not no_display):
+    # a display that does not answer: the plugin had loaded (it connects after loading), whatever
+    # else Qt printed (its xcb-cursor line comes with every failure of the xcb plugin)
+    if (needed or found_but) and not no_display:
         plugin = needed.group(3) if needed else found_but.group(1)
         if missing is None and plugin == "xcb":
             missing = missing_libraries()

@@ -20,6 +20,14 @@ its time is reported as ``first_run_compile_s``. The models are Qwen2.5-0.5B-Ins
 (tests/fixtures/models) with random bfloat16 weights, as published (``--dtype float16``
 for float16 weights, where the K-quant files must be byte-identical to llama.cpp's).
 
+Cold and warm: our K-quant runs go twice, "warm" with the kernels already in numba's cache (every
+export after the first on an installation) and "cold" with ``NUMBA_CACHE_DIR`` pointed at a new,
+empty folder for each run (the first export after an install: it compiles the kernels).
+
+``--f16-route ours`` takes llama.cpp's route from Tuneloom's own F16 export instead of
+``convert_hf_to_gguf.py`` (a stricter reference: ours is the faster F16 writer, and no torch venv
+is needed); the route is then our F16 export + ``llama_model_quantize``.
+
 The converter needs torch, which Tuneloom does not; it runs in its own venv:
 
     python3 -m venv ~/.cache/tuneloom-bench/convert-venv
@@ -37,6 +45,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -247,6 +256,9 @@ def main() -> None:
                     help="a Python with torch, numpy, sentencepiece and transformers for convert_hf_to_gguf.py")
     ap.add_argument("--llama-src", type=Path, help="a vendor/llama.cpp folder (default: fetched sdist)")
     ap.add_argument("--out-json", type=Path, help="results file (default: WORK/results[-float16].json)")
+    ap.add_argument("--f16-route", choices=["convert", "ours"], default="convert",
+                    help="the F16 file llama_model_quantize starts from: convert_hf_to_gguf.py's, or our export's")
+    ap.add_argument("--no-cold", action="store_true", help="skip the cold (empty kernel cache) runs")
     args = ap.parse_args()
 
     import math
@@ -260,7 +272,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     out = work / "out"
     out.mkdir(exist_ok=True)
-    src = args.llama_src or llama_src(work)
+    src = args.llama_src or (llama_src(work) if args.f16_route == "convert" else work)
     converter = src / "convert_hf_to_gguf.py"
     conv_env = dict(os.environ, PYTHONPATH=str(src / "gguf-py"))
     layers = {"qwen2.5": args.layers, "qwen3": args.qwen3_layers}
@@ -268,7 +280,7 @@ def main() -> None:
     kquants = [q for q in args.kquants.split(",") if q]
     workers = [int(w) for w in args.workers.split(",")]
     threads = [int(t) for t in args.llama_threads.split(",")]
-    conv_models = [m for m in args.convert_models.split(",") if m]
+    conv_models = [m for m in args.convert_models.split(",") if m] if args.f16_route == "convert" else []
     tag = "" if args.dtype == "bfloat16" else f"-{args.dtype}"
     models = {}
     for name in dict.fromkeys(conv_models + kq_models):
@@ -284,6 +296,7 @@ def main() -> None:
         "dtype": args.dtype,
         "rounds": args.repeat,
         "first_run_compile_s": round(time.perf_counter() - t0, 1),
+        "f16_route": args.f16_route,
         "kernels_mweights_per_cpu_s": kernel_speeds(),
         "models": {},
         "convert": {},
@@ -311,20 +324,32 @@ def main() -> None:
         runs.setdefault(key, []).append(r)
         print(f"round {len(runs[key])}: {key}: {r}", flush=True)
 
-    convert_cases = [(m, "f16") for m in dict.fromkeys(conv_models + kq_models)]
+    convert_cases = [(m, "f16") for m in dict.fromkeys(conv_models + kq_models)] if conv_models or (
+        args.f16_route == "convert") else []
     if "qwen2.5" in conv_models and not args.no_q8:
         convert_cases.insert(1, ("qwen2.5", "q8_0"))
-    for _ in range(args.repeat):
+    cold_dir = work / "numba-cold"
+    for r in range(args.repeat):
         for name, quant in convert_cases:
             model = models[name]
             run(f"{name} {quant} ours", ours_cmd(model, out / f"{name}{tag}-ours-{quant}.gguf", quant))
             run(f"{name} {quant} convert", convert_cmd(model, out / f"{name}{tag}-conv-{quant}.gguf", quant), conv_env)
         for name in kq_models:
-            conv_f16 = out / f"{name}{tag}-conv-f16.gguf"
+            if args.f16_route == "ours":
+                run(f"{name} f16 route", ours_cmd(models[name], out / f"{name}{tag}-ours-f16.gguf", "f16"))
+                conv_f16 = out / f"{name}{tag}-ours-f16.gguf"
+            else:
+                conv_f16 = out / f"{name}{tag}-conv-f16.gguf"
             for quant in kquants:
                 for w in workers:
                     run(f"{name} {quant} ours w{w}", ours_cmd(models[name], out / f"{name}{tag}-ours-{quant}-w{w}.gguf",
                                                                quant, w))
+                    if not args.no_cold:  # an empty kernel cache of its own: the first export after an install
+                        fresh = cold_dir / f"{name}-{quant}-w{w}-round{r}"
+                        shutil.rmtree(fresh, ignore_errors=True)
+                        run(f"{name} {quant} ours cold w{w}",
+                            ours_cmd(models[name], out / f"{name}{tag}-ours-cold-{quant}-w{w}.gguf", quant, w),
+                            dict(os.environ, NUMBA_CACHE_DIR=str(fresh)))
                 for t in threads:
                     run(f"{name} {quant} quantize t{t}",
                         quantize_cmd(conv_f16, out / f"{name}{tag}-llama-{quant}-t{t}.gguf", quant, t))
@@ -348,9 +373,11 @@ def main() -> None:
             }
 
     for name in kq_models:
-        conv = summary(runs[f"{name} f16 convert"])
+        conv = summary(runs[f"{name} f16 convert" if args.f16_route == "convert" else f"{name} f16 route"])
         for quant in kquants:
             case: dict = {f"ours_w{w}": summary(runs[f"{name} {quant} ours w{w}"]) for w in workers}
+            if not args.no_cold:
+                case.update({f"ours_cold_w{w}": summary(runs[f"{name} {quant} ours cold w{w}"]) for w in workers})
             for t in threads:
                 q = summary(runs[f"{name} {quant} quantize t{t}"])
                 case[f"llama_route_t{t}"] = {
@@ -364,6 +391,11 @@ def main() -> None:
                 for t in threads:
                     case[f"w{w}_time_ratio_vs_route_t{t}"] = round(ours["seconds"] / case[f"llama_route_t{t}"]["seconds"], 2)
                 case[f"w{w}_time_ratio_vs_faster_route"] = round(ours["seconds"] / best["seconds"], 2)
+                if not args.no_cold:
+                    cold = case[f"ours_cold_w{w}"]
+                    for t in threads:
+                        case[f"w{w}_cold_time_ratio_vs_route_t{t}"] = round(
+                            cold["seconds"] / case[f"llama_route_t{t}"]["seconds"], 2)
                 case[f"w{w}_rss_ratio"] = round(ours["peak_rss_mib"] / best["peak_rss_mib"], 2)
             ref = out / f"{name}{tag}-llama-{quant}-t{threads[0]}.gguf"
             first = out / f"{name}{tag}-ours-{quant}-w{workers[0]}.gguf"

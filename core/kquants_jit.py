@@ -23,6 +23,8 @@ Written for Tuneloom from the published algorithm (the C routines above), not co
 from __future__ import annotations
 
 import math
+import os
+import sys
 
 import numba
 import numpy as np
@@ -31,12 +33,35 @@ F = np.float32
 _GROUP_MAX_EPS = np.float32(1e-15)
 
 
-def _jit(fn):
-    """``njit(nogil)``, cached on disk when the source folder (or numba's user cache) allows.
+def kernel_cache_dir() -> str | None:
+    """Where numba keeps the compiled kernels, when numba's own choice would not do; else None.
 
-    The first export after an install compiles the kernels (a few seconds); later ones
-    load them from the cache. A frozen app without the .py sources has no cache
-    location, and numba says so at decoration: then compile in memory each run.
+    A source checkout or an installed wheel: None, numba caches beside this file (``__pycache__``)
+    or, where that folder is read-only, in its user-wide cache folder. A frozen app (the .app, the
+    Linux one-folder build): Tuneloom's own cache folder (platformdirs), never inside the bundle
+    (writing into a signed .app breaks its signature); build_macos.spec ships this file's source
+    beside the bundle's code so that numba can key the cache on it. ``NUMBA_CACHE_DIR`` set by
+    the user wins everywhere."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return os.environ["NUMBA_CACHE_DIR"]
+    if getattr(sys, "frozen", False):
+        from platformdirs import user_cache_dir
+
+        return os.path.join(user_cache_dir("Tuneloom", "Tuneloom"), "numba")
+    return None
+
+
+_CACHE_DIR = kernel_cache_dir()
+if _CACHE_DIR and not numba.config.CACHE_DIR:
+    numba.config.CACHE_DIR = _CACHE_DIR  # read by numba's cache locator when each kernel is decorated
+
+
+def _jit(fn):
+    """``njit(nogil)``, cached on disk (:func:`kernel_cache_dir`): compiled once per installation.
+
+    The first export after an install compiles the kernels (a few seconds; ``./dev`` does it at
+    set-up, :func:`warm_up`); later ones load them from the cache. Where no cache location can
+    be had at all, numba says so at decoration: then compile in memory each run.
     """
     try:
         return numba.njit(nogil=True, cache=True, boundscheck=False)(fn)
@@ -398,3 +423,30 @@ def f16_values_array(h: np.ndarray) -> np.ndarray:
     out = np.empty(h.shape[0], dtype=np.float32)
     _f16_values_into(h, out)
     return out
+
+
+# --------------------------------------------------------------------------- the cache
+
+def warm_up() -> dict[str, int]:
+    """Compile (or load from the cache) every kernel the exports call, on one block each; returns
+    how many of them came from the cache (``numba`` dispatchers' ``stats.cache_hits``)."""
+    x = np.zeros((1, 256), np.float32)
+    x[0, ::3] = np.linspace(-1, 1, 86, dtype=np.float32)
+    quantize_q4_k_into(x, np.empty((1, 144), np.uint8))
+    quantize_q5_k_into(x, np.empty((1, 176), np.uint8))
+    quantize_q6_k_into(x, np.empty((1, 210), np.uint8))
+    entry = [globals()[n] for n in ("_affine_blocks", "_q6_blocks")]
+    return {"cache_hits": sum(sum(d.stats.cache_hits.values()) for d in entry),
+            "cache_misses": sum(sum(d.stats.cache_misses.values()) for d in entry)}
+
+
+if __name__ == "__main__":  # python -m core.kquants_jit: fill the cache (./dev does at set-up)
+    import json
+    import time
+
+    from core import kquants_jit  # the module the exports import, not this __main__ copy
+
+    t0 = time.perf_counter()
+    got = kquants_jit.warm_up()
+    print(json.dumps({**got, "seconds": round(time.perf_counter() - t0, 2),
+                      "cache": kquants_jit._affine_blocks.stats.cache_path}))

@@ -34,3 +34,26 @@ def pytest_unconfigure(config):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(_EXIT[-1])
+
+
+# Tuneloom installed from its wheel into a fresh venv outside the checkout (tests/fixtures/installed.py),
+# and one `tuneloom demo` run by it, shared by tests/test_install.py, tests/test_demo.py and the bundle
+# test's comparison: the demo is the slowest thing the suite runs, so it runs once.
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def installed_tuneloom(tmp_path_factory):
+    from tests.fixtures.installed import build_and_install
+
+    return build_and_install(tmp_path_factory.mktemp("installed"))
+
+
+@pytest.fixture(scope="session")
+def installed_demo(installed_tuneloom, tmp_path_factory):
+    """Started at first use, in the background (the bundle test builds while it runs)."""
+    from tests.fixtures.installed import DemoRun
+
+    run = DemoRun(installed_tuneloom, tmp_path_factory.mktemp("installed-demo") / "demo")
+    yield run
+    run.close()

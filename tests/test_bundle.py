@@ -198,16 +198,11 @@ def _json_line(stdout: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def source_demo(tmp_path_factory):
-    """The source checkout's demo, started before the build so the two share the machine's cores."""
-    out = tmp_path_factory.mktemp("source-demo")
-    home = tmp_path_factory.mktemp("source-home")
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "demo", "--out", str(out / "demo")], cwd=ROOT,
-                            env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    yield proc, out / "demo"
-    if proc.poll() is None:
-        proc.kill()
-        proc.communicate()
+def source_demo(installed_demo):
+    """The demo of the sources, installed from their wheel (the suite's one demo run, which
+    tests/test_demo.py checks too: tests/conftest.py), started before the build so the two share
+    the machine's cores."""
+    return installed_demo, installed_demo.out
 
 
 @pytest.fixture(scope="module")
@@ -248,6 +243,7 @@ def test_bundle_holds_what_the_app_needs_at_run_time(bundle):
 
     assert has("resources/demo/model/config.json") and has("resources/catalog.json")
     assert has("resources/icons/Tuneloom.png")
+    assert has("core/kquants_jit.py")  # numba keys its kernel cache on the source (build_macos.spec)
     assert has("platforms/libqoffscreen") and has("imageformats/libqpng") or has("imageformats/libqjpeg")
     if sys.platform == "darwin":
         assert has("platforms/libqcocoa.dylib") and has("styles/libqmacstyle.dylib")
@@ -299,8 +295,9 @@ def test_bundled_demo_prints_the_same_summary_as_the_source_checkout(bundle, sou
     proc = subprocess.run([str(_binary(dist)), "demo", "--out", str(tmp_path / "demo")], cwd=tmp_path,
                           env=_env(tmp_path / "home"), capture_output=True, text=True, timeout=1800)
     src, src_out = source_demo
-    src_stdout, src_stderr = src.communicate(timeout=1800)
-    assert src.returncode == 0, "the source checkout's demo fails itself:\n" + src_stdout[-2000:] + src_stderr[-2000:]
+    done = src.result(timeout=1800)
+    src_stdout, src_stderr = done.stdout, done.stderr
+    assert done.returncode == 0, "the sources' demo fails itself:\n" + src_stdout[-2000:] + src_stderr[-2000:]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ours, theirs = _json_line(proc.stdout), _json_line(src_stdout)
     ours.pop("seconds", None), theirs.pop("seconds", None)

@@ -21,11 +21,10 @@ def _json_or_none(text):
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    proc = subprocess.run([sys.executable, "-m", "app.cli", "demo", "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)
-    return proc, out
+def demo_run(installed_demo):
+    """`tuneloom demo` as a user runs it: the command of the wheel installed into a fresh venv outside
+    the checkout (tests/fixtures/installed.py), run once for the suite (tests/conftest.py)."""
+    return installed_demo.result(timeout=900), installed_demo.out
 
 
 def test_demo_exits_zero_and_meets_its_numbers(demo_run):

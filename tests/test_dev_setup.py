@@ -24,6 +24,10 @@ if [ "$1" = "-m" ] && [ "$2" = "pip" ]; then
   echo "SetuptoolsDeprecationWarning: a wall of text" >&2
   exit "${FAKE_PIP_RC:-0}"
 fi
+if [ "$1" = "-m" ] && [ "$2" = "core.kquants_jit" ]; then
+  echo "warm-up" >>"$(dirname "$0")/../warm-up.log"
+  exit 0
+fi
 exec "%s" "$@"
 """
 
@@ -65,6 +69,10 @@ def test_first_setup_is_quiet_and_keeps_pips_output_in_a_log(checkout):
     assert "chatter" in log.read_text() and "Deprecation" in log.read_text()
     assert any("-e .[test]" in c for c in pip_calls(checkout))
     assert (checkout / ".venv" / ".tuneloom-test").read_text().strip() == pyproject_hash(checkout)
+    # the K-quant kernels are compiled at set-up, once, not by the first export
+    assert (checkout / ".venv" / "warm-up.log").read_text().splitlines() == ["warm-up"]
+    assert dev(checkout, "setup").returncode == 0
+    assert (checkout / ".venv" / "warm-up.log").read_text().splitlines() == ["warm-up"]
 
 
 def test_run_after_test_starts_at_once(checkout):

@@ -24,6 +24,7 @@ llama_cpp = pytest.importorskip("llama_cpp")
 
 from fixtures import tiny_models  # noqa: E402
 
+ROOT = Path(__file__).resolve().parent.parent
 QT = gguf.GGMLQuantizationType
 KTYPES = {
     QT.Q4_K: (kquants.quantize_q4_k, kquants.dequantize_q4_k),
@@ -175,6 +176,44 @@ def test_kernels_release_the_gil():
 
     for fn in (kquants_jit._affine_blocks, kquants_jit._q6_blocks):
         assert fn.targetoptions.get("nogil") is True, fn
+
+
+def test_a_frozen_app_compiles_the_kernels_once_into_the_users_cache_folder(tmp_path):
+    """In the .app / the Linux one-folder build numba cannot cache beside a source file inside
+    the bundle: the kernels go to Tuneloom's cache folder, compiled by the first export and
+    loaded by every later one (a process of its own each time, as two exports are)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from core import kquants_jit
+
+    assert kquants_jit.kernel_cache_dir() in (None, os.environ.get("NUMBA_CACHE_DIR"))  # a checkout: numba's choice
+    code = """if True:
+        import json, sys
+        sys.frozen = True  # as PyInstaller's bootloader sets it
+        from core import kquants_jit
+        got = kquants_jit.warm_up()
+        print(json.dumps({**got, "dir": kquants_jit.kernel_cache_dir(),
+                          "path": kquants_jit._affine_blocks.stats.cache_path}))
+    """
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), HOME=str(tmp_path),
+               PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]))
+
+    def export_process() -> dict:
+        p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=600)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return json.loads(p.stdout.strip().splitlines()[-1])
+
+    first, second = export_process(), export_process()
+    assert first["dir"].startswith(str(tmp_path)) and "Tuneloom" in first["dir"]
+    assert first["path"].startswith(first["dir"])
+    assert first["cache_misses"] == 2 and first["cache_hits"] == 0  # compiled once...
+    assert second["cache_hits"] == 2 and second["cache_misses"] == 0  # ...and loaded after
+    assert list(Path(first["dir"]).rglob("*.nbi")) and list(Path(first["dir"]).rglob("*.nbc"))
 
 
 def test_rows_must_be_whole_super_blocks():

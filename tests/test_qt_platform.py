@@ -23,7 +23,7 @@ QT_CURSOR_MISSING = [
 # ...and when another library of the plugin is missing: Qt does not say which
 QT_FOUND_BUT_NOT_LOADED = QT_CURSOR_MISSING[1:]
 # ...and when the display does not answer
-QT_NO_DISPLAY = ["could not connect to display :97", *QT_CURSOR_MISSING[1:]]
+QT_NO_DISPLAY = ["could not connect to display :97", *QT_CURSOR_MISSING]
 
 LDD_OUTPUT = """\
 \tlinux-vdso.so.1 (0x00007ffd8a5f2000)
