@@ -70,7 +70,8 @@ def cmd_export_targets(a) -> int:
             from core.export_adapter import export_adapter
 
             res = export_adapter(a.source, gguf=a.gguf, quant=a.quant, ollama=a.ollama, system=system or None,
-                                 force=a.force, modelfile=a.modelfile, events=ev, cancel=cancel)
+                                 force=a.force, modelfile=a.modelfile, events=ev, cancel=cancel,
+                                 final=getattr(a, "final", False))
             out.update(adapter_gguf=res["adapter_gguf"], base_gguf=res["base_gguf"], modelfile=res["modelfile"],
                        base_reused=res["base_reused"], quant=res["quant"])
             if res.get("ollama"):
@@ -94,7 +95,8 @@ def cmd_export_targets(a) -> int:
                     raise TuneloomError(f"LM Studio already has {gguf}; Tuneloom does not replace it.",
                                         "Remove it in LM Studio (My Models) or export under another name.")
             res = export(a.source, adapter=a.adapter, gguf=gguf, quant=a.quant, ollama=a.ollama,
-                         system=system or None, force=a.force, modelfile=a.modelfile, events=ev, cancel=cancel)
+                         system=system or None, force=a.force, modelfile=a.modelfile, events=ev, cancel=cancel,
+                         final=getattr(a, "final", False))
             out.update(gguf=res["gguf"], modelfile=res["modelfile"], quant=res["quant"])
             if res.get("ollama"):
                 out["ollama"] = res["ollama"].get("model")
@@ -115,12 +117,12 @@ def cmd_export_targets(a) -> int:
         if a.mlx:
             from core.mlx_export import export_mlx
 
-            res = export_mlx(a.source, a.mlx, bits=a.mlx_bits, events=ev, cancel=cancel)
+            res = export_mlx(a.source, a.mlx, bits=a.mlx_bits, events=ev, cancel=cancel, final=getattr(a, "final", False))
             out.update(mlx_merged=res["merged"], mlx_adapter=res["adapter"], mlx_bits=res["bits"])
         if a.peft:
             from core.peft_export import export_peft
 
-            res = export_peft(a.source, a.peft, events=ev, cancel=cancel)
+            res = export_peft(a.source, a.peft, events=ev, cancel=cancel, final=getattr(a, "final", False))
             out["peft"] = res["path"]
         if not out:
             print("error: nothing to export: give --gguf, --adapter-only --gguf, --lmstudio, --mlx or --peft",

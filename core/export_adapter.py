@@ -58,13 +58,19 @@ def _merged_hint() -> str:
             "\"Merged (one file)\" on the Export page).")
 
 
-def check_adapter_exportable(base: Path, adapter_dir: Path) -> tuple[dict, dict]:
+def weights_file(adapter_dir: Path, final: bool = False) -> Path:
+    """The adapter weights an export takes: the run's best (lowest validation loss), as Try and the merged
+    export do, or with ``final`` its last ones (core.runs.adapter_file)."""
+    return runs.adapter_file(Path(adapter_dir), "final" if final else "best")
+
+
+def check_adapter_exportable(base: Path, adapter_dir: Path, final: bool = False) -> tuple[dict, dict]:
     """(base config, adapter config) when the adapter can be exported as a GGUF adapter; else
     :class:`AdapterNotExact` saying why, with the merged export as the way out."""
     base, adapter_dir = Path(base), Path(adapter_dir)
     cfg_path = adapter_dir / "adapter_config.json"
     acfg = runs.read_json(cfg_path)
-    if not isinstance(acfg, dict) or not (adapter_dir / "adapters.safetensors").is_file():
+    if not isinstance(acfg, dict) or not weights_file(adapter_dir, final).is_file():
         raise TuneloomError(f"{adapter_dir} has no adapter (adapter_config.json + adapters.safetensors).",
                             "Choose a run that has saved its adapter (train at least to the first save).")
     kind = acfg.get("fine_tune_type", "lora")
@@ -93,13 +99,14 @@ def check_adapter_exportable(base: Path, adapter_dir: Path) -> tuple[dict, dict]
     return bcfg, acfg
 
 
-def read_adapter(base: Path, adapter_dir: Path) -> AdapterTensors:
+def read_adapter(base: Path, adapter_dir: Path, final: bool = False) -> AdapterTensors:
     """The run's LoRA matrices in llama.cpp's layout and names (see the module docstring)."""
     import gguf
 
     from core.gguf_export import ARCHITECTURES, _permute_for_llama_rope, _read_safetensors_index
 
-    bcfg, acfg = check_adapter_exportable(base, adapter_dir)
+    bcfg, acfg = check_adapter_exportable(base, adapter_dir, final)
+    weights = weights_file(adapter_dir, final)
     spec = ARCHITECTURES[(bcfg.get("architectures") or [""])[0]]
     params = acfg.get("lora_parameters") or {}
     scale = float(params.get("scale", 20.0))
@@ -107,12 +114,12 @@ def read_adapter(base: Path, adapter_dir: Path) -> AdapterTensors:
     n_head = bcfg["num_attention_heads"]
     n_kv = bcfg.get("num_key_value_heads", n_head)
     tensor_map = gguf.get_tensor_name_map(spec.arch, n_layers)
-    stored = {t.name: t for t in _read_safetensors_index(adapter_dir / "adapters.safetensors")}
+    stored = {t.name: t for t in _read_safetensors_index(weights)}
     pairs: dict[str, dict[str, object]] = {}
     for name, t in stored.items():
         module, _, kind = name.rpartition(".")
         if kind not in ("lora_a", "lora_b"):
-            raise AdapterNotExact(f"{adapter_dir / 'adapters.safetensors'} holds {name}, which is not a LoRA matrix.",
+            raise AdapterNotExact(f"{weights} holds {name}, which is not a LoRA matrix.",
                                   _merged_hint())
         pairs.setdefault(module, {})[kind] = t
     tensors = []
@@ -120,7 +127,7 @@ def read_adapter(base: Path, adapter_dir: Path) -> AdapterTensors:
     for module in sorted(pairs, key=_natural):
         got = pairs[module]
         if set(got) != {"lora_a", "lora_b"}:
-            raise TuneloomError(f"{adapter_dir / 'adapters.safetensors'}: {module} lacks its "
+            raise TuneloomError(f"{weights}: {module} lacks its "
                                 f"{'lora_b' if 'lora_a' in got else 'lora_a'}.", "The adapter file is damaged; "
                                 "export from a checkpoint or train again.")
         gguf_name = tensor_map.get_name(module + ".weight", try_suffixes=(".weight",))
@@ -145,7 +152,7 @@ def read_adapter(base: Path, adapter_dir: Path) -> AdapterTensors:
             B = np.ascontiguousarray(_permute_for_llama_rope(B, n_kv))
         tensors.append((gguf_name + ".weight" if not gguf_name.endswith(".weight") else gguf_name, A, B))
     if not tensors:
-        raise TuneloomError(f"{adapter_dir / 'adapters.safetensors'} holds no LoRA matrices.", "Train the run first.")
+        raise TuneloomError(f"{weights} holds no LoRA matrices.", "Train the run first.")
     return AdapterTensors(alpha=scale * rank, rank=rank, arch=gguf.MODEL_ARCH_NAMES[spec.arch], tensors=tensors)
 
 
@@ -156,7 +163,7 @@ def _natural(name: str):
 
 
 def write_adapter_gguf(base: Path, adapter_dir: Path, out_path: Path, *, name: str | None = None,
-                       events: Events | None = None, cancel: CancelToken | None = None) -> dict:
+                       events: Events | None = None, cancel: CancelToken | None = None, final: bool = False) -> dict:
     """Write the run's LoRA as a llama.cpp GGUF adapter at ``out_path`` (atomically). Returns
     ``{"path", "alpha", "rank", "n_tensors", "bytes"}``."""
     import gguf
@@ -164,7 +171,7 @@ def write_adapter_gguf(base: Path, adapter_dir: Path, out_path: Path, *, name: s
     from core.atomic import atomic_path
 
     events = events or NULL_EVENTS
-    ad = read_adapter(Path(base), Path(adapter_dir))
+    ad = read_adapter(Path(base), Path(adapter_dir), final)
     out_path = Path(out_path)
     with atomic_path(out_path, suffix=".gguf") as tmp:
         w = gguf.GGUFWriter(str(tmp), ad.arch)
@@ -261,11 +268,11 @@ def ensure_base_gguf(base: Path, quant: str, *, template: str, thinking: bool = 
 
 # --------------------------------------------------------------------------- the whole adapter export
 
-def estimate_adapter_bytes(adapter_dir: Path) -> int:
+def estimate_adapter_bytes(adapter_dir: Path, final: bool = False) -> int:
     """Bytes of the adapter GGUF (float32 matrices), from the safetensors header."""
     from core.hub import read_safetensors_header
 
-    header, _ = read_safetensors_header(Path(adapter_dir) / "adapters.safetensors")
+    header, _ = read_safetensors_header(weights_file(adapter_dir, final))
     values = sum(int(np.prod(v["shape"])) for k, v in header.items() if k != "__metadata__")
     return values * 4 + 64 * 1024
 
@@ -289,8 +296,9 @@ def export_adapter(source, *, gguf, quant: str = "f16", ollama: str | None = Non
                    force: bool = False, modelfile: str | Path | None = None, temperature: float | None = None,
                    events: Events | None = None, cancel: CancelToken | None = None,
                    verify_messages: list | None = None, verify_options: dict | None = None,
-                   ollama_host: str | None = None) -> dict:
-    """``tuneloom export RUN --adapter-only --gguf OUT.gguf [--ollama NAME]``.
+                   ollama_host: str | None = None, final: bool = False) -> dict:
+    """``tuneloom export RUN --adapter-only --gguf OUT.gguf [--ollama NAME]`` (the run's best adapter; with
+    ``final`` its last one).
 
     Writes the adapter GGUF at ``gguf`` and a Modelfile next to it (``<gguf stem>.Modelfile``), makes sure
     the base GGUF exists in Tuneloom's data folder (exported once per base, type and template), and
@@ -312,7 +320,7 @@ def export_adapter(source, *, gguf, quant: str = "f16", ollama: str | None = Non
     if adapter_dir is None:
         raise TuneloomError(f"{source} is a model folder, not a run: there is no adapter to export.",
                             "Give a run folder.")
-    check_adapter_exportable(base, adapter_dir)
+    check_adapter_exportable(base, adapter_dir, final)
     if ollama:
         ol.validate_model_name(ollama)
     mf = Path(modelfile) if modelfile else gguf.with_name(gguf.stem + ".Modelfile")
@@ -323,7 +331,7 @@ def export_adapter(source, *, gguf, quant: str = "f16", ollama: str | None = Non
         raise TuneloomError(f"{gguf} is the shared base GGUF.", "Choose another path for the adapter.")
     from core.export import check_disk_space
 
-    check_disk_space(gguf.parent, {"fused": 0, "gguf": estimate_adapter_bytes(adapter_dir)})
+    check_disk_space(gguf.parent, {"fused": 0, "gguf": estimate_adapter_bytes(adapter_dir, final)})
     text = adapter_modelfile_text(base_path, gguf, mf, plan.chat_format.template, plan.chat_format.stops,
                                   parameters=plan.parameters, system=system)
     for note in plan.embedded_template.notes:
@@ -334,7 +342,8 @@ def export_adapter(source, *, gguf, quant: str = "f16", ollama: str | None = Non
     events.log("stage", _stage_start("gguf"))
     base_gguf, reused = ensure_base_gguf(base, plan.quant, template=plan.embedded_template.template,
                                          thinking=plan.thinking, events=events, cancel=cancel)
-    info = write_adapter_gguf(base, adapter_dir, gguf, name=Path(adapter_dir).name, events=events, cancel=cancel)
+    info = write_adapter_gguf(base, adapter_dir, gguf, name=Path(adapter_dir).name, events=events, cancel=cancel,
+                              final=final)
     write_text(mf, text)
     events.log("info", f"Wrote {gguf} ({info['bytes'] / 1e6:.1f} MB) and {mf}")
     events.log("stage-done", _stage_done_text("gguf"))

@@ -158,6 +158,9 @@ class ChatModel:
         if self.adapter_dir is not None:
             self._load_adapter(self.adapter_dir)
         self.model.eval()
+        import mlx.core as mx
+
+        mx.eval(self.model.parameters())  # the adapter's weights too: another thread may answer (see load_base)
         self.encoder = encoder or ChatEncoder(model_dir)
         self._lock = threading.RLock()
         self._adapter_on = self.has_adapter

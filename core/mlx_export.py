@@ -37,8 +37,8 @@ def _check_target(out_dir: Path) -> None:
 
 
 def export_mlx(source, out_dir, *, bits: int = 16, adapter: bool = True, merged: bool = True,
-               events: Events | None = None, cancel: CancelToken | None = None) -> dict:
-    """Write ``out_dir/merged`` (and ``out_dir/adapter``). Returns ``{"path", "merged", "adapter", "bits"}``."""
+               events: Events | None = None, cancel: CancelToken | None = None, final: bool = False) -> dict:
+    """Write ``out_dir/merged`` (and ``out_dir/adapter``) from the run's best adapter (``final``: its last). Returns ``{"path", "merged", "adapter", "bits"}``."""
     from core.export import resolve_source
     from core.fuse import _replace_dir, fuse_model
     from core.model_card import write_model_card
@@ -58,7 +58,8 @@ def export_mlx(source, out_dir, *, bits: int = 16, adapter: bool = True, merged:
         work = Path(tempfile.mkdtemp(prefix=".tuneloom-mlx-", dir=out_dir))
         try:
             events.log("info", f"Merging {run.name} into {base.name}")
-            fused = fuse_model(base, run, work / "fused", events=events, cancel=cancel)
+            fused = fuse_model(base, run, work / "fused", events=events, cancel=cancel,
+                               adapter_file=runs.adapter_file(run, "final" if final else "best"))
             if cancel is not None:
                 cancel.checkpoint()
             from mlx_lm.convert import convert
@@ -79,7 +80,7 @@ def export_mlx(source, out_dir, *, bits: int = 16, adapter: bool = True, merged:
     if adapter:
         tmp = Path(tempfile.mkdtemp(prefix=".adapter.", suffix=".part", dir=out_dir))
         try:
-            shutil.copyfile(run / "adapters.safetensors", tmp / "adapters.safetensors")
+            shutil.copyfile(runs.adapter_file(run, "final" if final else "best"), tmp / "adapters.safetensors")
             cfg = runs.read_json(run / "adapter_config.json") or {}
             from core.atomic import write_json
 

@@ -51,7 +51,7 @@ def _peft_module_name(mlx_module: str, model_type: str | None) -> str:
     return mlx_module
 
 
-def peft_tensors(base: Path, adapter_dir: Path) -> tuple[dict[str, np.ndarray], dict]:
+def peft_tensors(base: Path, adapter_dir: Path, final: bool = False) -> tuple[dict[str, np.ndarray], dict]:
     """(PEFT state dict as float32 numpy, adapter_config.json) of a run's adapter."""
     from core.gguf_export import _read_safetensors_index
 
@@ -70,7 +70,8 @@ def peft_tensors(base: Path, adapter_dir: Path) -> tuple[dict[str, np.ndarray], 
             "Export the merged model instead (the merged folder, MLX folder or GGUF).")
     params = acfg.get("lora_parameters") or {}
     scale = float(params.get("scale", 20.0))
-    stored = _read_safetensors_index(adapter_dir / "adapters.safetensors")
+    weights = runs.adapter_file(Path(adapter_dir), "final" if final else "best")  # the best, as Try and export use
+    stored = _read_safetensors_index(weights)
     modules: dict[str, dict] = {}
     for t in stored:
         module, _, leaf = t.name.rpartition(".")
@@ -80,7 +81,7 @@ def peft_tensors(base: Path, adapter_dir: Path) -> tuple[dict[str, np.ndarray], 
     model_type = bcfg.get("model_type")
     for module, leaves in sorted(modules.items()):
         if "lora_a" not in leaves or "lora_b" not in leaves:
-            raise TuneloomError(f"{adapter_dir / 'adapters.safetensors'}: {module} is not a LoRA layer "
+            raise TuneloomError(f"{weights}: {module} is not a LoRA layer "
                                 f"({', '.join(sorted(leaves))}).", "Share the merged model instead.")
         a, b = leaves["lora_a"].read_f32(), leaves["lora_b"].read_f32()
         name = "base_model.model." + _peft_module_name(module, model_type)
@@ -94,7 +95,7 @@ def peft_tensors(base: Path, adapter_dir: Path) -> tuple[dict[str, np.ndarray], 
         if m:
             layers.add(int(m.group(1)))
     if not state:
-        raise TuneloomError(f"{adapter_dir / 'adapters.safetensors'} holds no LoRA matrices.", "Train the run first.")
+        raise TuneloomError(f"{weights} holds no LoRA matrices.", "Train the run first.")
     if len(ranks) != 1:
         raise TuneloomError(f"The adapter mixes ranks {sorted(ranks)}.", "Share the merged model instead.")
     r = ranks.pop()
@@ -113,7 +114,7 @@ def peft_tensors(base: Path, adapter_dir: Path) -> tuple[dict[str, np.ndarray], 
 
 
 def export_peft(source, out_dir, *, events: Events | None = None, cancel: CancelToken | None = None,
-                card: bool = True) -> dict:
+                card: bool = True, final: bool = False) -> dict:
     """Write ``out_dir`` (a new folder, or one Tuneloom wrote before) as a PEFT adapter folder with a model
     card. Returns ``{"path", "files", "r", "lora_alpha", "target_modules", "base_model_name_or_path"}``."""
     from safetensors.numpy import save_file
@@ -127,7 +128,7 @@ def export_peft(source, out_dir, *, events: Events | None = None, cancel: Cancel
         raise TuneloomError(f"{source} is a model folder: there is no adapter to write.", "Give a run folder.")
     out_dir = Path(out_dir)
     _check_target(out_dir)
-    state, config = peft_tensors(base, adapter_dir)
+    state, config = peft_tensors(base, adapter_dir, final)
     if cancel is not None:
         cancel.checkpoint()
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -388,6 +388,10 @@ def load_base(model_dir: str | Path):
         raise TuneloomError(f"Cannot load the model in {model_dir}: {exc}") from exc
     if mx.default_device() == mx.cpu:
         model.set_dtype(mx.float32)
+    # read the weights now: MLX 0.32 keeps a stream per thread, so weights left lazy on this thread's stream
+    # could not be evaluated by another ("no Stream(cpu, 0) in current thread"): the window loads in one job
+    # and answers in another
+    mx.eval(model.parameters())
     return model, config
 
 

@@ -396,3 +396,34 @@ def test_peft_folder_loads_in_real_peft_with_the_same_logits(tmp_path, kind):
     p = subprocess.run([os.environ["TUNELOOM_PEFT_PYTHON"], str(root / "bench" / "peft_check.py"), "compare",
                         str(tmp_path)], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_targets_take_the_best_adapter_as_try_and_the_merged_export_do(tmp_path, tmp_path_factory):
+    """A run whose best adapter (lowest validation loss) is not its last: the PEFT folder, the MLX adapter
+    folder and the GGUF adapter hold the best one by default and the last one with final=True."""
+    import shutil
+
+    from safetensors.numpy import load_file
+
+    from core.export_adapter import read_adapter
+    from core.peft_export import peft_tensors
+
+    base = _base(tmp_path_factory)
+    best = make_run(base, tmp_path / "best", seed=1)
+    run = make_run(base, tmp_path / "run", seed=2)
+    shutil.copyfile(best / "adapters.safetensors", run / "adapters_best.safetensors")
+    key = "model.layers.0.self_attn.q_proj"
+    mlx_best = load_file(str(best / "adapters.safetensors"))[key + ".lora_b"]
+    mlx_last = load_file(str(run / "adapters.safetensors"))[key + ".lora_b"]
+    assert not np.allclose(mlx_best, mlx_last)
+    for final, want in ((False, mlx_best), (True, mlx_last)):
+        state, _ = peft_tensors(base, run, final)
+        np.testing.assert_array_equal(state[f"base_model.model.{key}.lora_B.weight"], want.T)
+        ad = read_adapter(base, run, final)
+        q = next(B for name, _A, B in ad.tensors if name == "blk.0.attn_q.weight")
+        np.testing.assert_array_equal(q, want.T)
+    from core.mlx_export import export_mlx
+
+    res = export_mlx(run, tmp_path / "mlx", merged=False)
+    np.testing.assert_array_equal(load_file(str(Path(res["adapter"]) / "adapters.safetensors"))[key + ".lora_b"],
+                                  mlx_best)
