@@ -95,8 +95,8 @@ def test_export_to_ollama_goes_through_every_stage_and_verifies(window, qtbot, m
         create = [r for r in srv.requests if r.path == "/api/create"][-1].json
         assert create["parameters"]["temperature"] == pytest.approx(0.3)  # baked in
     gguf = run_dir / "exports" / "model-q8_0.gguf"
-    assert gguf.is_file() and (run_dir / "exports" / "Modelfile").is_file()
-    assert "PARAMETER temperature 0.3" in (run_dir / "exports" / "Modelfile").read_text()
+    assert gguf.is_file() and (run_dir / "exports" / "model-q8_0.Modelfile").is_file()
+    assert "PARAMETER temperature 0.3" in (run_dir / "exports" / "model-q8_0.Modelfile").read_text()
     rec = json.loads((run_dir / "exports" / "model-q8_0.json").read_text())
     assert rec["ollama"] == "kettle-bot:latest" and rec["quant"] == "q8_0" and rec["time"]
     info = [e for e in RunInfo.load(run_dir).exports if e.kind == "gguf"]
@@ -109,7 +109,7 @@ def test_no_server_writes_the_files_and_retry_registers_once_it_runs(window, qtb
     page.name.setText("kettle-bot")
     click_and_wait(window, qtbot, page.export_btn)
     gguf = run_dir / "exports" / "model-f16.gguf"
-    assert gguf.is_file() and (run_dir / "exports" / "Modelfile").is_file()
+    assert gguf.is_file() and (run_dir / "exports" / "model-f16.Modelfile").is_file()
     text = page.result.text()
     assert "GGUF:" in text and ("not running" in text or "not installed" in text) and "Retry" in text, text
     assert page.retry_btn.isVisible() and page.retry_btn.isEnabled()
@@ -162,3 +162,33 @@ def test_save_gguf_only_writes_a_gguf_llama_cpp_loads(window, qtbot, monkeypatch
     assert ids
     m.llm.eval(ids)
     assert m.llm.n_tokens == len(ids)
+
+
+def test_two_exports_keep_their_own_modelfiles_and_the_adapter_choice_is_passed(window, qtbot, monkeypatch, run_dir):
+    """Issue 27: one Modelfile per GGUF, named after it, so a second export does not re-point the first one's
+    `ollama create` command; issue 28: the Export page merges the best adapter unless "Final adapter" is chosen."""
+    import core.export as ce
+
+    page = window.export_page
+    monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{free_port()}")  # nothing listens there: files only
+    seen = []
+    real = ce.export
+
+    def spy(*a, **k):
+        seen.append(k.get("final"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(ce, "export", spy)
+    page.name.setText("kettle-bot")
+    for quant, choice in (("f16", "best"), ("q8_0", "final")):
+        page.quant.setCurrentIndex(page.quant.findData(quant))
+        page.adapter_choice.setCurrentIndex(page.adapter_choice.findData(choice))
+        click_and_wait(window, qtbot, page.export_btn)
+    assert seen == [False, True]
+    exports = run_dir / "exports"
+    for quant in ("f16", "q8_0"):
+        mf = exports / f"model-{quant}.Modelfile"
+        assert mf.is_file()
+        frm = [line for line in mf.read_text().splitlines() if line.startswith("FROM ")]
+        assert len(frm) == 1 and frm[0].endswith(f"model-{quant}.gguf"), frm
+    assert not (exports / "Modelfile").exists()

@@ -43,8 +43,8 @@ def _size(n: int) -> str:
 
 
 def export_paths(run_dir: Path, quant: str) -> tuple[Path, Path]:
-    d = Path(run_dir) / "exports"
-    return d / f"model-{quant}.gguf", d / "Modelfile"
+    d = Path(run_dir) / "exports"  # one Modelfile per GGUF, named after it: a second export never replaces the first's
+    return d / f"model-{quant}.gguf", d / f"model-{quant}.Modelfile"
 
 
 def export_sizes(run_dir, events=None, cancel=None) -> dict[str, int]:
@@ -89,7 +89,7 @@ def check_name_job(name, events=None, cancel=None):
 
 
 def export_job(run_dir, quant, name, system, temperature, force, register, events=None, cancel=None,
-               adapter_only=False):
+               adapter_only=False, final=False):
     """Write the GGUF and Modelfile; with ``register``, register in Ollama and verify. An Ollama
     failure after the files are written is returned (``ollama_error``), not raised. ``adapter_only``:
     the adapter GGUF on the shared base GGUF instead (core.export_adapter)."""
@@ -108,11 +108,12 @@ def export_job(run_dir, quant, name, system, temperature, force, register, event
 
             res = export_adapter(run_dir, gguf=gguf, quant=quant, ollama=name if register else None,
                                  system=system or None, force=force, modelfile=modelfile, temperature=temperature,
-                                 verify_messages=msgs, verify_options=VERIFY_OPTIONS, events=events, cancel=cancel)
+                                 verify_messages=msgs, verify_options=VERIFY_OPTIONS, events=events, cancel=cancel,
+                                 final=final)
         else:
             res = export(run_dir, gguf=gguf, quant=quant, ollama=name if register else None, system=system or None,
                          force=force, modelfile=modelfile, temperature=temperature, verify_messages=msgs,
-                         verify_options=VERIFY_OPTIONS, events=events, cancel=cancel)
+                         verify_options=VERIFY_OPTIONS, events=events, cancel=cancel, final=final)
     except ol.OllamaError as exc:
         if isinstance(exc, ol.OllamaNameInvalid) or not gguf.is_file() or gguf.stat().st_mtime < t0 - 1:
             raise
@@ -205,6 +206,14 @@ class ExportPage(Page):
 
         self.ship = ShipPanel(self)
         form.addRow("What to export", self.ship.kind_box)
+        # issue 28: the best adapter (lowest validation loss) by default, the last one a choice away
+        self.adapter_choice = QComboBox()
+        self.adapter_choice.setObjectName("export.adapter")
+        self.adapter_choice.addItem("Best adapter (lowest validation loss)", "best")
+        self.adapter_choice.addItem("Final adapter (the last step)", "final")
+        self.adapter_choice.setToolTip("Which of the run's adapters the export merges: the one from the step with the "
+                                       "lowest validation loss (what Try uses by default), or the last one.")
+        form.addRow("Adapter", self.adapter_choice)
         form.addRow("System prompt", self.system)
         form.addRow("Temperature", self.temperature)
 
@@ -400,7 +409,8 @@ class ExportPage(Page):
     def _request(self, register: bool) -> dict:
         return {"run_dir": self.session.run_dir, "quant": self.quant.currentData(), "name": self.name.text().strip(),
                 "system": self.system.toPlainText().strip(), "temperature": self.temperature.value(),
-                "register": register, "adapter_only": self.ship.adapter_only()}
+                "register": register, "adapter_only": self.ship.adapter_only(),
+                "final": self.adapter_choice.currentData() == "final"}
 
     def export(self):
         """Export to Ollama: ask about a name Ollama has already (before writing), then export."""
@@ -445,6 +455,7 @@ class ExportPage(Page):
         self.result.setText("Exporting...")
         self.slots["export"].start(export_job, req["run_dir"], req["quant"], req["name"], req["system"],
                                    req["temperature"], force, req["register"], adapter_only=req.get("adapter_only"),
+                                   final=bool(req.get("final")),
                                    **self._handlers())
         self.refresh()
 
