@@ -110,7 +110,8 @@ def test_train_refuses_pairs_without_use_chosen(tmp_path):
             "--use", "chosen", "--fill", "name=Loom")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout.strip().splitlines()[-1])
-    assert res["state"] == "done" and res["train_examples"] + res["valid_examples"] == 12
+    assert res["state"] == "done"
+    assert res["train_examples"] + res["valid_examples"] + res["test_examples"] == 12  # the test split is held out
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["use"] == "chosen" and cfg["fill"] == {"name": "Loom"} and cfg["chunk"] is False
     r = cli("train", "--help")
