@@ -325,7 +325,12 @@ def export_adapter(source, *, gguf, quant: str = "f16", ollama: str | None = Non
         ol.validate_model_name(ollama)
     mf = Path(modelfile) if modelfile else gguf.with_name(gguf.stem + ".Modelfile")
     # every check the merged export makes on the template, the Modelfile values and the type
-    plan = plan_export(source, gguf=None, quant=quant, modelfile=mf, system=system, temperature=temperature)
+    from core.export_target import check_targets
+
+    # the adapter and its Modelfile: not into the source, not over a file this export did not make (issue 25)
+    check_targets(gguf, mf, base=base, adapter=adapter_dir, replace=force)
+    plan = plan_export(source, gguf=None, quant=quant, modelfile=mf, system=system, temperature=temperature,
+                       replace=True)  # the Modelfile was checked just above, with the adapter it names
     base_path = base_gguf_path(base, plan.quant, thinking=plan.thinking)
     if Path(gguf).resolve() == base_path.resolve():
         raise TuneloomError(f"{gguf} is the shared base GGUF.", "Choose another path for the adapter.")

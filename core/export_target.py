@@ -90,17 +90,24 @@ def _is_gguf(p: Path) -> bool:
         return False
 
 
-def _modelfile_from(p: Path) -> str | None:
-    """The FROM of an existing Modelfile (None: not a Modelfile)."""
+def _modelfile_refs(p: Path) -> dict[str, str]:
+    """{"FROM": ..., "ADAPTER": ...} of an existing Modelfile ({}: not a Modelfile)."""
     try:
         with open(p, "rb") as fh:
             head = fh.read(65536).decode("utf-8")
     except (OSError, UnicodeDecodeError):
-        return None
+        return {}
+    refs: dict[str, str] = {}
     for line in head.splitlines():
-        if line.strip().upper().startswith("FROM "):
-            return line.strip()[5:].strip().strip('"')
-    return None
+        word, _, rest = line.strip().partition(" ")
+        if word.upper() in ("FROM", "ADAPTER") and word.upper() not in refs:
+            refs[word.upper()] = rest.strip().strip('"')
+    return refs if "FROM" in refs else {}
+
+
+def _modelfile_from(p: Path) -> str | None:
+    """The FROM of an existing Modelfile (None: not a Modelfile)."""
+    return _modelfile_refs(p).get("FROM")
 
 
 def check_writable(folder: Path, what: str) -> None:
@@ -170,7 +177,8 @@ def check_targets(gguf: Path | None, modelfile: Path | None, *, base: Path, adap
         if frm is None:
             raise TuneloomError(f"{mf} already exists and is not a Modelfile; the export does not write over it.",
                                 "Choose another Modelfile name (--modelfile).")
-        ours = gguf is not None and Path(frm).name == Path(gguf).name
+        # this export's own Modelfile: its FROM (a merged GGUF) or its ADAPTER (an adapter GGUF) is this file
+        ours = gguf is not None and Path(gguf).name in {Path(v).name for v in _modelfile_refs(mf).values()}
         managed = run_own is not None and _inside(mf, run_own / "exports")
         if not (ours or replace or managed):
             raise TuneloomError(f"{mf} is the Modelfile of another GGUF ({frm}); the export does not replace it.",

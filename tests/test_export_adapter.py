@@ -177,7 +177,10 @@ def test_cli_adapter_only_prints_paths_and_json(tmp_path, tmp_path_factory, caps
     got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert got["adapter_gguf"] == str(out) and Path(got["base_gguf"]).is_file() and Path(got["modelfile"]).is_file()
     assert got["base_reused"] is False and "ollama create" in got["ollama_command"]
-    assert main(["export", str(run), "--adapter-only", "--gguf", str(out)]) == 0
+    # an adapter it wrote before is replaced only when asked (issue 25), its Modelfile with it
+    assert main(["export", str(run), "--adapter-only", "--gguf", str(out)]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert main(["export", str(run), "--adapter-only", "--gguf", str(out), "--force"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert f"adapter_gguf: {out}" in lines and any(x.startswith("base_gguf: ") for x in lines)
     rec = json.loads((run / "exports" / "tuned.json").read_text())
