@@ -6,7 +6,8 @@ run never stays there, but a single batch can come close: on the sample data a h
 loss jumps from 0.003 to 7.2 between its first two steps (batches of examples the base model already
 knows alternate with new ones). So one batch is never judged: the guard looks at the mean of the
 last ``window`` batch losses, after the warm-up, and only when that mean stays at or above
-ln(vocabulary) for ``patience`` steps in a row, in a run that started below it. A validation loss is
+ln(vocabulary) for ``patience`` steps in a row, in a run that started below it (its first batches, or
+its validation loss before any update). A validation loss is
 judged alone (it is already a mean over many examples) when it is far above the run's first one.
 """
 from __future__ import annotations
@@ -41,7 +42,11 @@ class DivergenceGuard:
             self.bad_since = None
             return None
         smooth = sum(self.recent) / len(self.recent)
-        started_below = sum(self.first) / len(self.first) < NEAR_UNIFORM * self.ceiling
+        # the model started below ln(V): its first validation loss (measured before any update) says so best;
+        # the first batches alone may not (a batch of new examples can cost the base model more than ln(V),
+        # and with a huge learning rate the second step is already uniform)
+        started_below = (sum(self.first) / len(self.first) < NEAR_UNIFORM * self.ceiling
+                         or (self.valid_start is not None and self.valid_start < NEAR_UNIFORM * self.ceiling))
         if not (started_below and smooth >= NEAR_UNIFORM * self.ceiling):
             self.bad_since = None
             return None
