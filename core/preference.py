@@ -90,13 +90,16 @@ def _token_logps(model, x, y, w, idx=None, attn=None):
 
     from core.train import _body, _head
 
+    def wide(a):  # half-precision logits are summed in float32 (float32 and float64 stay as they are)
+        return a.astype(mx.float32) if a.dtype in (mx.float16, mx.bfloat16) else a
+
     if idx is None:
-        logits = model(x).astype(mx.float32)
+        logits = wide(model(x))
         lp = -nn.losses.cross_entropy(logits, y) * w  # (rows, L-1)
         return lp, None
     h = model.model(x) if attn is None else _body(model, x, attn)
     h = h.reshape(-1, h.shape[-1])[idx]
-    logits = _head(model, h).astype(mx.float32)
+    logits = wide(_head(model, h))
     lp = -nn.losses.cross_entropy(logits, y) * w  # (k,)
     return lp, idx // x.shape[1]
 
@@ -109,8 +112,8 @@ def sequence_logps(model, x, y, w, idx=None, attn=None):
     if rows is None:
         return lp.sum(axis=1), w.sum(axis=1)
     n = x.shape[0]
-    sums = mx.zeros((n,), dtype=mx.float32).at[rows].add(lp)
-    counts = mx.zeros((n,), dtype=mx.float32).at[rows].add(w)
+    sums = mx.zeros((n,), dtype=lp.dtype).at[rows].add(lp)
+    counts = mx.zeros((n,), dtype=lp.dtype).at[rows].add(w)
     return sums, counts
 
 

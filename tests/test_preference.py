@@ -1,4 +1,6 @@
 """DPO and ORPO losses against NumPy references written from the papers' formulas, on the demo model."""
+import os
+
 import numpy as np
 import pytest
 
@@ -7,8 +9,7 @@ from core.paths import demo_model_dir
 BETA, LAM, EPS = 0.1, 0.25, 0.1
 
 
-@pytest.fixture(scope="module")
-def setup():
+def _setup(dtype=None):
     import mlx.core as mx
 
     from core.preference import encode_pair
@@ -17,6 +18,7 @@ def setup():
 
     enc = ChatEncoder(demo_model_dir())
     model, _ = load_base(demo_model_dir())
+    mx.random.seed(int(os.environ.get("TEST_PREF_SEED", "0")))  # LoRA's A is drawn from MLX's generator
     add_adapters(model, TrainConfig(model="", rank=4, alpha=8.0))
     # LoRA's B starts at zero: give the adapter weight so that it changes the model
     from mlx.utils import tree_flatten, tree_unflatten
@@ -25,6 +27,8 @@ def setup():
     upd = [(k, mx.array(rng.normal(0, 0.05, v.shape).astype(np.float32)))
            for k, v in tree_flatten(model.trainable_parameters()) if k.endswith("lora_b")]
     model.update(tree_unflatten(upd))
+    if dtype is not None:
+        model.set_dtype(dtype)
     model.eval()
     pairs = []
     for i, (good, bad) in enumerate([("A red fox is a small wild dog.", "No idea."),
@@ -34,6 +38,11 @@ def setup():
         pairs.append(encode_pair(enc, prompt, good, bad, 256))
     pad = enc.tok.pad_token_id or 0
     return model, pairs, pad
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return _setup()
 
 
 def _np_logps(model, rows, pad):
@@ -124,19 +133,21 @@ def test_gradient_matches_a_finite_difference(setup, method):
 
     (loss, _, _), grads = nn.value_and_grad(model, f)(model)
     params = dict(tree_flatten(model.trainable_parameters()))
-    rng = np.random.default_rng(1)
-    direction = {k: mx.array(rng.normal(0, 1, v.shape).astype(np.float32)) for k, v in params.items()}
     g = dict(tree_flatten(grads))
-    analytic = sum((g[k] * direction[k]).sum().item() for k in params)
-    h = 1e-3
+    # along the gradient itself: the largest change, so rounding (about 1e-4 in float32) stays small beside it;
+    # a wrong gradient (other direction or size) gives a derivative along it that differs from its norm
+    norm = float(np.sqrt(sum((g[k] * g[k]).sum().item() for k in params)))
+    direction = {k: g[k] / norm for k in params}
+    analytic = norm
+    h = 1e-2 / norm if norm > 1 else 1e-2
     vals = []
     for sign in (1, -1):
         model.update(tree_unflatten([(k, params[k] + sign * h * direction[k]) for k in params]))
         vals.append(f(model)[0].item())
     model.update(tree_unflatten(list(params.items())))
     numeric = (vals[0] - vals[1]) / (2 * h)
-    assert abs(analytic) > 1e-3
-    assert abs(numeric - analytic) < 2e-2 * abs(analytic) + 1e-4
+    assert analytic > 1e-3
+    assert abs(numeric - analytic) < 2e-2 * analytic, (numeric, analytic)
 
 
 def test_identical_sides_give_the_neutral_loss(setup):
