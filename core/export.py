@@ -119,6 +119,8 @@ def gguf_file_bytes(model_dir: Path, quant: str, *, _meta: dict | None = None) -
     model_dir = Path(model_dir)
     config = ge._load_config(model_dir)
     _, spec = ge._arch_spec(config)
+    if spec.text_config:  # Qwen3.5 nests its text model's dimensions, as export_gguf reads them
+        config = ge.text_config(config)
     plan = ge._plan_tensors(model_dir, config, spec, quant.lower(), NULL_EVENTS)
     align = gguf.GGUF_DEFAULT_ALIGNMENT
     data = sum(gguf.GGUFWriter.ggml_pad(p.nbytes, align) for p in plan)

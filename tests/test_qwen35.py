@@ -475,6 +475,9 @@ def test_train_fuse_export_from_the_cli(q35, tmp_path, hf_tok):
     p = tl("export", run, "--gguf", gguf_path, "--quant", "f16")
     assert p.returncode == 0, p.stderr[-3000:]
     assert gguf_path.is_file()
+    from core.export import gguf_file_bytes  # the size the Export page shows before writing
+
+    assert abs(gguf_file_bytes(q35, "f16") - gguf_path.stat().st_size) <= 0.05 * gguf_path.stat().st_size
 
     # base + adapter in mlx-lm: the reference for the fused export
     from mlx_lm.tuner.utils import load_adapters
