@@ -377,22 +377,8 @@ def test_cli_export_measure_prices_each_quantization_in_order():
 
 
 # ---------------------------------------------------------------------------
-# The GUI's part
+# The GUI's part (the window's own tests are in tests/test_gui_trust.py: Qt runs in the GUI test process)
 # ---------------------------------------------------------------------------
-
-def test_the_plot_marks_the_best_point(qtbot):
-    from app.gui.plots import TrainPlot
-
-    plot = TrainPlot()
-    qtbot.addWidget(plot)
-    assert plot.best_point is None
-    for step, loss in [(0, 2.0), (5, 1.0), (10, 1.2), (15, 1.0)]:
-        plot.add("valid_loss", step, loss)
-    plot.flush()
-    assert plot.best_point == (5, 1.0)  # the first of equal ones, as the trainer keeps it
-    xs, ys = plot.best_marker.getData()
-    assert list(xs) == [5] and list(ys) == [1.0]
-
 
 def test_the_history_reads_the_report_card(memorised):
     from app.gui import jobs
@@ -400,25 +386,6 @@ def test_the_history_reads_the_report_card(memorised):
     run, res, _ev = memorised
     info = jobs.load_run(run)
     assert info.report_md.startswith("# Report card") and f"Best step: {res['best_step']}" in info.report_md
-
-
-def test_the_train_page_says_the_best_step_early_stop_and_memorising(memorised, qtbot, tmp_path, monkeypatch):
-    from PySide6.QtCore import QSettings
-
-    from app.gui.main_window import MainWindow
-
-    monkeypatch.setenv("TUNELOOM_HOME", str(tmp_path / "home"))
-    w = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
-    qtbot.addWidget(w)
-    run, res, ev = memorised
-    w.train_page._done(res)
-    text = w.train_page.status.text()
-    assert f"Best step: {res['best_step']}" in text and f"Stopped early at step {res['stopped_early']}" in text
-    assert "started to memorise" in text
-    # the memorising warning, as the run log on the Train page shows it
-    warning = next(t for lvl, t in ev.logs if lvl == "warning" and "memorise" in t)
-    w.train_page._log_line("warning", warning)
-    assert "memorise" in w.train_page.log.toPlainText()
 
 
 def test_a_dropped_test_file_is_the_test_split_beside_other_data(tmp_path):
