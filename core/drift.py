@@ -194,19 +194,13 @@ def drift_check(run_dir: str | Path, *, probes: list[str | Path] | None = None, 
     prompt, base, tuned, kl_per_token, loglik_change, changed), "probe_count", "tokens",
     "thresholds", "adapter", "seconds"}; it is also recorded in the run folder (``drift.json``).
     ``probes``: probe files of the user's beside the bundled ones (``bundled=False``: instead of them)."""
-    from core.evaluate import run_encoder
-    from core.generate import ChatModel, run_base_model
+    from core.evaluate import run_chat_model
 
     events = events or NULL_EVENTS
     cancel = cancel or CancelToken()
     t0 = time.perf_counter()
     plist = load_probes(probes, bundled=bundled)
-    if model is None:
-        events.progress(0, None, "loading the model")
-        base = run_base_model(run_dir)
-        model = ChatModel(base, adapter_dir=run_dir, encoder=run_encoder(run_dir, base), adapter=adapter)
-    if not model.has_adapter:
-        raise TuneloomError("The model was loaded without the run's adapter.")
+    model = run_chat_model(run_dir, model, adapter=adapter, events=events)
     enc = model.encoder
     prompts = [enc.prompt_ids([{"role": "user", "content": p.prompt}]) for p in plist]
     answers = base_answers(model, prompts, events=events, cancel=cancel)

@@ -250,6 +250,20 @@ def _load(paths, cfg, mapping, cancel, events):
                         **{k: v for k, v in extra.items() if v is not None})
 
 
+def run_chat_model(run_dir: str | Path, model=None, *, adapter: str = "best", events: Events | None = None):
+    """``model`` (a loaded :class:`core.generate.ChatModel` of this run, e.g. the Try page's), else the run's base
+    model with its ``adapter`` ("best" or "final"); refuses a model without the run's adapter."""
+    from core.generate import ChatModel, run_base_model
+
+    if model is None:
+        (events or NULL_EVENTS).progress(0, None, "loading the model")
+        base = run_base_model(run_dir)
+        model = ChatModel(base, adapter_dir=run_dir, encoder=run_encoder(run_dir, base), adapter=adapter)
+    if not model.has_adapter:
+        raise TuneloomError("The model was loaded without the run's adapter.")
+    return model
+
+
 def run_encoder(run_dir: str | Path, model_dir: str | Path | None = None):
     """The run's ChatEncoder: its base model's template, in the thinking mode it was trained in."""
     from core.tokens import ChatEncoder
@@ -416,7 +430,6 @@ def evaluate(run_dir: str | Path, data: list[str | Path] | None = None, *, limit
 
     Reports progress (examples answered), calls ``on_row`` as each example's two answers are
     in; on cancel raises :class:`Cancelled` whose ``result`` holds the rows done so far."""
-    from core.generate import ChatModel, run_base_model
 
     events = events or NULL_EVENTS
     cancel = cancel or CancelToken()
@@ -445,12 +458,7 @@ def evaluate(run_dir: str | Path, data: list[str | Path] | None = None, *, limit
     if not rows:
         raise TuneloomError("None of the examples has a question and an answer to compare with.",
                             "Evaluate on chat, instruction or prompt/completion examples.")
-    if model is None:
-        events.progress(0, None, "loading the model")
-        base = run_base_model(run_dir)
-        model = ChatModel(base, adapter_dir=run_dir, encoder=run_encoder(run_dir, base), adapter=adapter)
-    if not model.has_adapter:
-        raise TuneloomError("The model was loaded without the run's adapter.")
+    model = run_chat_model(run_dir, model, adapter=adapter, events=events)
     result = EvalResult(rows=[], losses={}, run_dir=str(run_dir), source=source,
                         data=[str(p) for p in (data or cfg.data)], complete=False,
                         adapter=model.adapter_file.name if getattr(model, "adapter_file", None) else None)
