@@ -70,6 +70,8 @@ def test_adapter_export_to_ollama_from_the_page(window, qtbot, monkeypatch, run_
 
 def test_peft_target_writes_the_folder(window, qtbot, run_dir):
     ship = window.export_page.ship
+    window.export_page.ship_section.expand(animate=False)  # "More places" is folded at first, as a user finds it
+    qtbot.waitUntil(lambda: ship.buttons["peft"].height() > 0 and ship.buttons["peft"].isEnabled(), timeout=30000)
     qtbot.mouseClick(ship.buttons["peft"], Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not window.export_page.slots.running("ship"), timeout=120000)
     assert (run_dir / "exports" / "peft" / "adapter_config.json").is_file(), ship.target_result.text()

@@ -380,7 +380,8 @@ def test_metrics_records_hold_the_step_report(home, tmp_path):
     assert r.total == 5 and r.eta_seconds == 0 and r.elapsed > 0 and r.tokens_per_sec > 0 and r.trained_tokens > 0
     assert 0 < r.epoch < 1 and r.learning_rate > 0
     assert [s for s, _ in ev.series("train_loss")] == [1, 2, 3, 4, 5]  # the plain metric calls still come
-    assert {n for n, _, _ in ev.metrics} == set(StepReport.LEGACY_METRICS) | {"valid_loss"}
+    # plus the validation loss and, when it improves, the best one so far (the plot marks it)
+    assert {n for n, _, _ in ev.metrics} == set(StepReport.LEGACY_METRICS) | {"valid_loss", "best_valid_loss"}
     rec = [m for m in runs.read_metrics(out) if "train_loss" in m][-1]
     assert {"epoch", "elapsed", "eta_seconds", "learning_rate", "peak_memory"} <= set(rec)
     assert out in runs.run_dirs()  # a run folder outside runs/ is listed too

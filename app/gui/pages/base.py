@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from PySide6.QtCore import QSettings
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 from app.session import Session
 from core.events import TuneloomError
@@ -42,13 +42,24 @@ class Page(QWidget):
     title = ""
     blurb = ""
 
-    def __init__(self, ctx: AppContext, heading: bool = True):
+    def __init__(self, ctx: AppContext, heading: bool = True, scroll: bool = False):
         super().__init__()
         self.ctx = ctx
         self.session = ctx.session
         self.slots = ctx.slots
         self.settings = ctx.settings
-        self.layout_ = QVBoxLayout(self)
+        if scroll:  # a page taller than a small window scrolls instead of squeezing its widgets
+            outer = QVBoxLayout(self)
+            outer.setContentsMargins(0, 0, 0, 0)
+            area = QScrollArea()
+            area.setWidgetResizable(True)
+            area.setFrameShape(QFrame.Shape.NoFrame)
+            inner = QWidget()
+            area.setWidget(inner)
+            outer.addWidget(area)
+            self.layout_ = QVBoxLayout(inner)
+        else:
+            self.layout_ = QVBoxLayout(self)
         if heading and self.title:
             head = QLabel(f"<h2>{self.title}</h2><p>{self.blurb}</p>")
             head.setWordWrap(True)

@@ -161,7 +161,7 @@ class ExportPage(Page):
              "registered and checked with a question from your validation set.")
 
     def __init__(self, ctx: AppContext):
-        super().__init__(ctx)
+        super().__init__(ctx, scroll=True)  # with "More places" open it is taller than 700 pixels
         self.run_bar = RunBar(ctx, "export", "Export writes this run")  # the current run, named
         self.layout_.addWidget(self.run_bar)
         self._sizes: dict[str, int] = {}
@@ -277,7 +277,15 @@ class ExportPage(Page):
         self.layout_.addWidget(self.stages)
         self.layout_.addWidget(self.result)
         self.layout_.addWidget(self.after)
-        self.layout_.addWidget(self.ship)
+        # the other places (LM Studio, MLX, PEFT, the Hub) fold away: the page fits 1024x700 with them closed
+        from superqt import QCollapsible
+
+        self.ship_section = QCollapsible("More places: LM Studio, MLX, PEFT, Hugging Face Hub",
+                                         collapsedIcon="\u25b6", expandedIcon="\u25bc")
+        self.ship_section.setObjectName("export.more")
+        self.ship_section.addWidget(self.ship)
+        self.ship_section.collapse(animate=False)
+        self.layout_.addWidget(self.ship_section)
         self.layout_.addStretch(1)
 
         self.export_btn.clicked.connect(self.export)
