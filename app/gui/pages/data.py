@@ -540,7 +540,9 @@ class DataPage(Page):
 
     def _data_loaded(self, report):
         self.settings.setValue("data/paths", [str(p) for p in report.paths])
-        self.session.update(data_report=report, dataset=report.dataset, data_paths=report.paths, token_report=None)
+        # data_loading ends in the same update: nobody sees a report while the step still says "checking"
+        self.session.update(data_report=report, dataset=report.dataset, data_paths=report.paths, token_report=None,
+                            data_loading=False)
         self.show_dataset(report)
         ds = report.dataset
         self.answers.setVisible(self.answers.show_dataset(ds))
@@ -560,7 +562,7 @@ class DataPage(Page):
     def _data_failed(self, exc):
         self._load_error = str(exc)
         self.answers.hide()
-        self.session.update(dataset=None, data_report=None, token_report=None)
+        self.session.update(dataset=None, data_report=None, token_report=None, data_loading=False)
         if isinstance(exc, Cancelled):
             self.show_error("Stopped before the files were read to the end; nothing was loaded.")
         else:
