@@ -100,10 +100,9 @@ def test_download_shows_progress_speed_eta_then_cancel_resume_and_use(window, qt
     assert "Paused" in card.status.text() and card.progress.isVisible()
     assert not card.downloaded and w.model_dir == demo_model_dir()
     mon.stop()
-    # the window kept responding while bytes arrived. The hub look-alike serving them runs in this same
-    # process and competes for the GIL (a real download does not), so this one allows 150 ms: 108 ms was
-    # seen once in a full CI-like run here, 48/48 GUI tests under 100 ms alone.
-    assert mon.max_gap_ms < 150, mon.max_gap_ms
+    # the window kept responding while bytes arrived (its own work never held the loop 100 ms; the hub
+    # look-alike serving them runs in this same process and competes for the GIL, which the ceiling bounds)
+    assert mon.responsive(100), mon
     # a window opened later (the app restarted) finds the partial download and offers to resume it
     w2 = MainWindow(settings=QSettings(str(tmp_path / "other.ini"), QSettings.Format.IniFormat))
     qtbot.addWidget(w2)
@@ -128,7 +127,7 @@ def test_download_shows_progress_speed_eta_then_cancel_resume_and_use(window, qt
     resumed_at = int(gets[1].range.removeprefix("bytes=").rstrip("-"))
     assert 0 < resumed_at and gets[1].status == 206  # resumed, not fetched again
     assert (card.info.path / "model.safetensors").read_bytes() == (demo_model_dir() / "model.safetensors").read_bytes()
-    assert mon.max_gap_ms < 100, mon.max_gap_ms
+    assert mon.responsive(100), mon
 
     click(qtbot, card.primary)
     qtbot.waitUntil(lambda: w.model_dir == card.info.path and w.model_checking is None, timeout=30000)

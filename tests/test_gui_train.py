@@ -166,7 +166,7 @@ def test_start_pause_resume_stop_then_a_new_window_resumes_to_the_end(home, qtbo
     assert runs.RunInfo.load(run_dir).state == "done"
     elapsed = [m["elapsed"] for m in runs.read_metrics(run_dir) if "elapsed" in m]
     assert elapsed == sorted(elapsed)  # the time runs on across the restart
-    assert mon.max_gap_ms < MAX_GAP_MS, f"the GUI thread stalled for {mon.max_gap_ms:.0f} ms while training"
+    assert mon.responsive(MAX_GAP_MS), mon
 
 
 def test_closing_the_window_while_training_keeps_a_resumable_checkpoint(home, qtbot, tmp_path, monkeypatch):
@@ -270,7 +270,7 @@ def test_window_keeps_ticking_while_training_with_20000_points(home, qtbot, tmp_
     with qtbot.waitSignal(w.train_page.slot.ended, timeout=60000):
         w.train_page.stop()
     assert mon.ticks > 200
-    assert mon.max_gap_ms < MAX_GAP_MS, f"the GUI thread stalled for {mon.max_gap_ms:.0f} ms"
+    assert mon.responsive(MAX_GAP_MS), mon
 
 
 def test_train_help_says_what_the_tooltips_say(qtbot, capsys):
