@@ -194,6 +194,16 @@ class Dataset:
         return len(self.records) + self.left_out
 
     @property
+    def tool_calls(self) -> int:
+        """Examples whose assistant turns call functions (``tool_calls``)."""
+        return sum(1 for r in self.records if r.has_calls)
+
+    @property
+    def tools(self) -> int:
+        """Examples that declare the functions they may call (``tools``)."""
+        return sum(1 for r in self.records if r.tools)
+
+    @property
     def reasoning(self) -> int:
         """Examples whose answers carry reasoning (``reasoning_content`` or ``<think>`` blocks)."""
         return sum(1 for r in self.records if has_reasoning(r.messages))
