@@ -132,3 +132,15 @@ def test_eval_reports_tool_call_accuracy_for_both_sides(tool_run, tmp_path):
     prose = write_jsonl(tmp_path / "prose.jsonl", [{"prompt": "Describe the red fox.", "completion": "An animal."}])
     out = json.loads(tl("eval", tool_run, "--data", prose, "--json", "--max-tokens", "8").stdout)
     assert out["base"]["tool_call_accuracy"] is None and out["tuned"]["tool_call_accuracy"] is None
+
+
+def test_train_refuses_tool_data_on_a_model_without_tool_support(tmp_path):
+    from tests.fixtures.tiny_models import cached_tiny_model
+
+    model = cached_tiny_model("tinyllama", tmp_path / "models")
+    data = write_jsonl(tmp_path / "calls.jsonl", [call_record(n, c) for n, c in THINGS * 2])
+    p = tl("train", "--model", model, "--data", data, "--out", tmp_path / "run", "--iters", "1")
+    assert p.returncode != 0
+    assert "has no tool support: it has no place for the tool definitions" in p.stderr
+    assert "choose a model whose chat template supports tools (Qwen2.5, Qwen3, Qwen3.5)" in p.stderr
+    assert not list((tmp_path / "run").glob("adapters*"))  # nothing trained
