@@ -712,7 +712,8 @@ TEMPLATE_FORMAT = "template"  # the format of a file read through user/assistant
 # message fields the loader reads; anything else on a message is counted as ignored
 _ROLE_KEYS = ("role", "from")
 _CONTENT_KEYS = ("content", "value")
-_MESSAGE_KEYS = set(_ROLE_KEYS + _CONTENT_KEYS + ("weight", "reasoning_content"))
+# (an empty tool_calls / function_call: a turn without calls, as OpenAI's exports write it)
+_MESSAGE_KEYS = set(_ROLE_KEYS + _CONTENT_KEYS + ("weight", "reasoning_content", "tool_calls", "function_call"))
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 

@@ -412,3 +412,12 @@ def test_eval_rows_ask_up_to_the_first_call_and_score_the_calls(encoders):
     # no calls in the data: null
     plain = EvalResult(rows=rows[1:], losses={"base": None, "tuned": None}).to_json()
     assert plain["base"]["tool_call_accuracy"] is None and plain["tuned"]["tool_call_accuracy"] is None
+
+
+def test_empty_tool_calls_are_a_turn_without_calls(tmp_path):
+    f = tmp_path / "e.jsonl"
+    f.write_text(jsonl({"messages": [CONVO[0], {"role": "assistant", "content": "Sunny.", "tool_calls": [],
+                                                "function_call": None}], "tools": TOOLS}))
+    ds = load_dataset([f])
+    assert not ds.issues and not ds.notes and (ds.tool_calls, ds.tools) == (0, 1)
+    assert ds.records[0].messages[1] == {"role": "assistant", "content": "Sunny."}
