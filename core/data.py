@@ -952,7 +952,8 @@ def _convert_messages(msgs: Any, fld: str, *, sharegpt: bool = False, notes: dic
         if role == "assistant" and legacy and not m.get("tool_calls"):  # OpenAI's older single call
             m = {**{k: v for k, v in m.items() if k != fkey}, "tool_calls": [legacy]}
         if role == "tool" or (role == "assistant" and m.get("tool_calls")):
-            msg = {k: v for k, v in m.items() if k not in (rkey, ckey) and k != wkey}  # passed through
+            msg = {k: v for k, v in m.items() if k not in (rkey, ckey) and k != wkey  # passed through
+                   and not (k == fkey and v is None)}
             if role == "assistant":
                 try:
                     msg["tool_calls"] = normalise_calls(m["tool_calls"], f"{fld}[{i}].tool_calls")
@@ -1116,7 +1117,8 @@ def normalise(obj: Any, fmt: str, mapping: dict[str, str] | None = None, *,
             msgs = parsed
         out, wheres = _convert_messages(msgs, name, sharegpt=fmt == "sharegpt", notes=notes)
         sname, system = _find(obj, "system", mapping)
-        if is_plain_text(out) and "weight" not in out[0] and "reasoning_content" not in out[0] and (
+        if is_plain_text(out) and "weight" not in out[0] and "reasoning_content" not in out[0] and \
+                "tool_calls" not in out[0] and (
                 system is None or system == ""):
             return out  # one assistant message and nothing else: plain text, as `data export` writes it
         with_sys = _with_system(out, system, sname)

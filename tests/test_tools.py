@@ -421,3 +421,16 @@ def test_empty_tool_calls_are_a_turn_without_calls(tmp_path):
     ds = load_dataset([f])
     assert not ds.issues and not ds.notes and (ds.tool_calls, ds.tools) == (0, 1)
     assert ds.records[0].messages[1] == {"role": "assistant", "content": "Sunny."}
+
+
+def test_openai_legacy_function_call_and_a_lone_call(tmp_path):
+    legacy = {"messages": [CONVO[0], {"role": "assistant", "content": None, "function_call": {
+        "name": "get_weather", "arguments": json.dumps({"city": "Paris"})}}], "tools": TOOLS}
+    lone = {"messages": [{"role": "assistant", "content": "", "tool_calls": [CALL]}], "tools": TOOLS}
+    f = tmp_path / "l.jsonl"
+    f.write_text(jsonl(legacy, lone))
+    ds = load_dataset([f])
+    assert ds.records[0].messages[1] == {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}
+    assert [(i.line, i.field, i.message) for i in ds.issues] == [
+        (2, "messages[0].role", "the conversation starts with an assistant message, not a user message")]
