@@ -128,6 +128,8 @@ def test_eval_reports_tool_call_accuracy_for_both_sides(tool_run, tmp_path):
     for r in rows:
         for side in ("base", "tuned"):
             assert isinstance(r[f"{side}_calls"], list) and r[f"{side}_calls_right"] in (True, False)
+    p = tl("eval", tool_run, "--data", held, "--max-tokens", "40")
+    assert p.returncode == 0 and "tool-call accuracy" in p.stdout
     # the same run on data without calls: null
     prose = write_jsonl(tmp_path / "prose.jsonl", [{"prompt": "Describe the red fox.", "completion": "An animal."}])
     out = json.loads(tl("eval", tool_run, "--data", prose, "--json", "--max-tokens", "8").stdout)
