@@ -92,7 +92,8 @@ def normalise_tools(tools: Any, fld: str = "tools") -> list[dict] | None:
                                 'use "type": "function", or remove this tool')
         name = fn.get("name")
         if not isinstance(name, str) or not name.strip():
-            raise ToolDataError(f"{fwhere}.name", "is missing" if name is None else f"must be a name, found {_kind(name)}",
+            raise ToolDataError(f"{fwhere}.name",
+                                "is missing" if name is None else f"must be a name, found {_kind(name)}",
                                 "give every function its name")
         params = fn.get("parameters")
         if isinstance(params, str):

@@ -9,8 +9,9 @@ from pathlib import Path
 from core.data import ChatRecord
 
 MODELS_DIR = Path(__file__).resolve().parent / "fixtures" / "models"
-TOOLS = [{"type": "function", "function": {"name": "describe", "description": "Describe a thing",
-                                           "parameters": {"type": "object", "properties": {"name": {"type": "string"}}}}}]
+TOOLS = [{"type": "function", "function": {
+    "name": "describe", "description": "Describe a thing",
+    "parameters": {"type": "object", "properties": {"name": {"type": "string"}}}}}]
 
 
 def test_training_text_preview_shows_the_tool_prompt_and_trains_the_call(tmp_path):

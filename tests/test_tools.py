@@ -218,7 +218,8 @@ def test_tool_data_problems_name_file_line_and_what_to_do(tmp_path):
     orphan = {"messages": [CONVO[0], {"role": "tool", "content": "18C"}, CONVO[3]], "tools": TOOLS}
     bad_tools = {"messages": CONVO, "tools": "[{not json"}
     no_name = {"messages": CONVO, "tools": [{"type": "function", "function": {"parameters": {}}}]}
-    sg_bad = {"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "get_weather(Paris)"},
+    sg_bad = {"conversations": [{"from": "human", "value": "q"},
+                                {"from": "function_call", "value": "get_weather(Paris)"},
                                 {"from": "observation", "value": "r"}, {"from": "gpt", "value": "a"}]}
     f = tmp_path / "t.jsonl"
     f.write_text(jsonl(good, bad_args, undeclared, orphan, bad_tools, no_name))
