@@ -190,7 +190,8 @@ def cmd_data_check(a) -> int:
     pref = preference_summary(ds)
     if a.json:
         print(json.dumps({"format": ds.format, "formats": ds.formats, "records": ds.total, "valid": ds.valid,
-                          "invalid": ds.invalid, "duplicates": ds.duplicates(), "problems": issue_dicts(problems),
+                          "invalid": ds.invalid, "duplicates": ds.duplicates(), "tool_calls": ds.tool_calls,
+                          "tools": ds.tools, "problems": issue_dicts(problems),
                           "notes": [n.to_json() for n in ds.notes], "reasoning": ds.reasoning,
                           "reasoning_summary": reasoning, "tokens": tokens,
                           "chat_template_source": template_source, "preference": pref}, ensure_ascii=False))
@@ -199,6 +200,8 @@ def cmd_data_check(a) -> int:
         for f, fmt in ds.formats.items():
             print(f"  {f}: {fmt}")
         print(f"records: {ds.total}  valid: {ds.valid}  invalid: {ds.invalid}  duplicates: {ds.duplicates()}")
+        if ds.tool_calls or ds.tools:
+            print(f"tool calling: {ds.tool_calls} example(s) with calls, {ds.tools} with tool definitions")
         if pref and pref["pairs"]:
             print(f"preference pairs: {pref['pairs']} ({'; '.join(sorted(set(pref['shapes'].values())))})"
                   + ("; training on the chosen answers" if pref["use"] == "chosen" else ""))
@@ -627,6 +630,8 @@ def cmd_eval(a) -> int:
             ("perplexity", "perplexity", "num"), ("examples", "examples", "num")]
     if out["base"].get("preference_accuracy") is not None:
         rows.insert(0, ("preference accuracy", "preference_accuracy", "share"))
+    if out["base"].get("tool_call_accuracy") is not None:
+        rows.insert(0, ("tool-call accuracy", "tool_call_accuracy", "share"))
     where = (f"the run's {result.source} examples" if result.source in ("test", "validation")
              else ", ".join(result.data))
     print(f"Evaluation of {a.run_dir} on {where} (greedy answers)")

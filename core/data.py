@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from core.events import NULL_EVENTS, CancelToken, Events, Throttle, TuneloomError
+from core.tools import ToolDataError, check_calls, normalise_calls, normalise_tools
 
 TEXT_SUFFIXES = {".txt", ".md"}
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
@@ -107,10 +108,18 @@ class ChatRecord:
     messages: list[dict]
     file: str = ""
     line: int | None = None
+    # the functions the conversation may call, in OpenAI's form (core.tools): rendered by the chat
+    # template as the model's tool prompt; None for a record without tools
+    tools: list[dict] | None = None
 
     def key(self) -> str:
-        blob = json.dumps(self.messages, sort_keys=True, ensure_ascii=False, default=str)
+        blob = json.dumps(self.messages if not self.tools else [self.messages, self.tools], sort_keys=True,
+                          ensure_ascii=False, default=str)
         return hashlib.sha1(blob.encode("utf-8", "surrogatepass")).hexdigest()
+
+    @property
+    def has_calls(self) -> bool:
+        return any(m.get("role") == "assistant" and m.get("tool_calls") for m in self.messages)
 
 
 @dataclass
@@ -183,6 +192,16 @@ class Dataset:
     def valid(self) -> int:
         """Valid examples read, training data or not (test split aside)."""
         return len(self.records) + self.left_out
+
+    @property
+    def tool_calls(self) -> int:
+        """Examples whose assistant turns call functions (``tool_calls``)."""
+        return sum(1 for r in self.records if r.has_calls)
+
+    @property
+    def tools(self) -> int:
+        """Examples that declare the functions they may call (``tools``)."""
+        return sum(1 for r in self.records if r.tools)
 
     @property
     def reasoning(self) -> int:
@@ -693,7 +712,8 @@ TEMPLATE_FORMAT = "template"  # the format of a file read through user/assistant
 # message fields the loader reads; anything else on a message is counted as ignored
 _ROLE_KEYS = ("role", "from")
 _CONTENT_KEYS = ("content", "value")
-_MESSAGE_KEYS = set(_ROLE_KEYS + _CONTENT_KEYS + ("weight", "reasoning_content"))
+# (an empty tool_calls / function_call: a turn without calls, as OpenAI's exports write it)
+_MESSAGE_KEYS = set(_ROLE_KEYS + _CONTENT_KEYS + ("weight", "reasoning_content", "tool_calls", "function_call"))
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
@@ -906,6 +926,17 @@ def _convert_messages(msgs: Any, fld: str, *, sharegpt: bool = False, notes: dic
         if who is None:
             raise _Invalid(f"{fld}[{i}].{rkey}", "is missing", "give every message a role: system, user or assistant")
         role = SHAREGPT_ROLES.get(_norm_key(who)) if isinstance(who, str) else None
+        if isinstance(who, str) and _norm_key(who) == "function_call":  # ShareGPT / LLaMA-Factory: the call turn
+            if content is None or (isinstance(content, str) and not content.strip()):
+                raise _Invalid(f"{fld}[{i}].{ckey}", "the function_call turn holds no call",
+                               'write the call as JSON: {"name": "...", "arguments": {...}}')
+            try:
+                calls = normalise_calls(content, f"{fld}[{i}].{ckey}")
+            except ToolDataError as exc:
+                raise _Invalid(exc.field, exc.message, exc.hint) from None
+            wheres.append(f"{fld}[{i}].{rkey}")
+            out.append({"role": "assistant", "content": "", "tool_calls": calls})
+            continue
         if role not in ROLES:
             raise _Invalid(f"{fld}[{i}].{rkey}", f"unknown role {who!r}",
                            "use human, gpt or system" if sharegpt else "use one of: system, user, assistant, tool")
@@ -917,8 +948,27 @@ def _convert_messages(msgs: Any, fld: str, *, sharegpt: bool = False, notes: dic
             if isinstance(weight, bool) or weight not in (0, 1):
                 raise _Invalid(f"{fld}[{i}].{wkey}", f"must be 0 (not trained) or 1 (trained), found {weight!r}",
                                "use 0 to show this answer without training on it, 1 (or nothing) to train on it")
+        fkey, legacy = _pick(m, low, "function_call")
+        if role == "assistant" and legacy and not m.get("tool_calls"):  # OpenAI's older single call
+            m = {**{k: v for k, v in m.items() if k != fkey}, "tool_calls": [legacy]}
         if role == "tool" or (role == "assistant" and m.get("tool_calls")):
-            msg = {k: v for k, v in m.items() if k not in (rkey, ckey) and k != wkey}  # passed through
+            msg = {k: v for k, v in m.items() if k not in (rkey, ckey) and k != wkey  # passed through
+                   and not (k == fkey and v is None)}
+            if role == "assistant":
+                try:
+                    msg["tool_calls"] = normalise_calls(m["tool_calls"], f"{fld}[{i}].tool_calls")
+                except ToolDataError as exc:
+                    raise _Invalid(exc.field, exc.message, exc.hint) from None
+                if content is None:
+                    content = ""
+            elif content is None:
+                raise _Invalid(f"{fld}[{i}].{ckey}", "is missing", "write the tool's result as text")
+            if role == "tool" and (isinstance(content, dict) or (isinstance(content, list) and not all(
+                    isinstance(p, dict) and p.get("type") == "text" for p in content))):
+                content = _as_json_text(content)  # a structured result: shown as the JSON text it is
+            if content != "":
+                content = _content_text(content, f"{fld}[{i}].{ckey}", role, notes)
+                _check_text(content, f"{fld}[{i}].{ckey}")
             msg.update(role=role, content=content)
             if wkey is not None and weight == 0:
                 msg["weight"] = 0
@@ -982,6 +1032,9 @@ def _check_order(msgs: list[dict], fld: str, wheres: list[str] | None = None) ->
     allowed = {"user": {"assistant"}, "assistant": {"user", "tool"}, "tool": {"tool", "assistant", "user"}}
     for (_, a), (j, b) in zip(convo, convo[1:]):
         if b not in allowed[a]:
+            if b == "tool":
+                raise _Invalid(where(j), "a tool result with no call before it",
+                               "put the assistant's tool_calls before the result, or remove the result")
             raise _Invalid(where(j), f"{'two ' + b + ' messages in a row' if a == b else f'a {b} message after a {a} message'}",
                            "user and assistant turns must alternate")
     if "assistant" not in roles:
@@ -1052,7 +1105,8 @@ def normalise(obj: Any, fmt: str, mapping: dict[str, str] | None = None, *,
     if not isinstance(obj, dict):
         raise _Invalid(None, f"an example must be an object with named fields, found {_type_name(obj)}", _FORMAT_HINT)
     used_keys = {_norm_key(mapping.get(k, k)) if mapping else k
-                 for k in dict(FORMATS).get(fmt, ()) + OPTIONAL_KEYS.get(fmt, ())}
+                 for k in dict(FORMATS).get(fmt, ()) + OPTIONAL_KEYS.get(fmt, ())
+                 + (_TOOL_KEYS if fmt in _TOOL_FORMATS else ())}
     _note_extra(obj, used_keys, notes)
     if fmt in ("chat", "sharegpt"):
         name, msgs = _find(obj, "messages" if fmt == "chat" else "conversations", mapping)
@@ -1063,13 +1117,15 @@ def normalise(obj: Any, fmt: str, mapping: dict[str, str] | None = None, *,
             msgs = parsed
         out, wheres = _convert_messages(msgs, name, sharegpt=fmt == "sharegpt", notes=notes)
         sname, system = _find(obj, "system", mapping)
-        if is_plain_text(out) and "weight" not in out[0] and "reasoning_content" not in out[0] and (
+        if is_plain_text(out) and "weight" not in out[0] and "reasoning_content" not in out[0] and \
+                "tool_calls" not in out[0] and (
                 system is None or system == ""):
             return out  # one assistant message and nothing else: plain text, as `data export` writes it
         with_sys = _with_system(out, system, sname)
         if len(with_sys) > len(out):
             wheres = [sname] + wheres
         _check_order(with_sys, name, wheres)
+        _check_tools(with_sys, _tools_of(obj, mapping), wheres, name, notes)
         return with_sys
     system = _text_field(obj, "system", mapping, required=False, notes=notes)
     if fmt == "alpaca":
@@ -1100,6 +1156,7 @@ def normalise(obj: Any, fmt: str, mapping: dict[str, str] | None = None, *,
             msgs = _with_system(head + tail, system, "system")
             wheres = (["system"] if len(msgs) > len(head) + len(tail) else []) + hw + tw
             _check_order(msgs, pname, wheres)
+            _check_tools(msgs, _tools_of(obj, mapping), wheres, pname, notes)
             return msgs
         p = _text_field(obj, a, mapping, notes=notes)
         c = _text_field(obj, b, mapping, answer=True, notes=notes)
@@ -1109,6 +1166,44 @@ def normalise(obj: Any, fmt: str, mapping: dict[str, str] | None = None, *,
         # Plain text has no prompt: the whole document is trained on.
         return [{"role": "assistant", "content": t}]
     raise _Invalid(None, f"unknown format {fmt}", _FORMAT_HINT)
+
+
+_TOOL_KEYS = ("tools", "parallel_tool_calls")  # record fields of tool data (OpenAI, ShareGPT, TRL)
+_TOOL_FORMATS = ("chat", "sharegpt", "prompt-completion")
+
+
+def _tools_of(obj: Any, mapping: dict[str, str] | None = None) -> list[dict] | None:
+    """The record's tool definitions (``tools``) in OpenAI's form, or None; raises _Invalid."""
+    if not isinstance(obj, dict):
+        return None
+    name, val = _find(obj, "tools", mapping)
+    try:
+        return normalise_tools(val, name)
+    except ToolDataError as exc:
+        raise _Invalid(exc.field, exc.message, exc.hint) from None
+
+
+def record_tools(obj: Any, fmt: str | None, mapping: dict[str, str] | None = None) -> list[dict] | None:
+    """The tools a raw example of format ``fmt`` declares (None: none, or a format without tools)."""
+    if fmt in _TOOL_FORMATS:
+        try:
+            return _tools_of(obj, mapping)
+        except _Invalid:
+            return None
+    return None
+
+
+def _check_tools(msgs: list[dict], tools: list[dict] | None, wheres: list[str], fld: str, notes: dict | None) -> None:
+    """Calls against the declared tools, results against the calls before them (core.tools.check_calls)."""
+    calls = any(m.get("role") == "assistant" and m.get("tool_calls") for m in msgs)
+    if not calls and not tools and not any(m.get("role") == "tool" for m in msgs):
+        return
+    try:
+        check_calls(msgs, tools, wheres, fld)
+    except ToolDataError as exc:
+        raise _Invalid(exc.field, exc.message, exc.hint) from None
+    if calls and not tools:
+        _note(notes, "calls_without_tools")
 
 
 def _is_message_list(val: Any) -> bool:
@@ -1636,7 +1731,7 @@ def load_file(path: Path, mapping=None, cancel=None, *, name: str | None = None,
             else:
                 msgs = _apply_system(normalise(obj, this, mapping, template=template, notes=rec_notes), system,
                                      rec_notes)
-                rec = ChatRecord(msgs, file, line)
+                rec = ChatRecord(msgs, file, line, record_tools(obj, this, mapping))
             if _media_token(rec.messages if isinstance(rec, ChatRecord) else rec.prompt + (rec.chosen or rec.rejected)):
                 raise _media_in(obj) or _Media(None, "holds an <image>, <video> or <audio> token", MEDIA_HINT)
             _placeholders(rec, fill, rec_notes)
@@ -1810,6 +1905,10 @@ class NoteCounter:
             "input_as_instruction": lambda: f"{ex('input_as_instruction')} {verb('input_as_instruction', 'has', 'have')} "
                                             "an empty instruction: the input is the user's message (as LLaMA-Factory "
                                             "and Unsloth read it)",
+            "calls_without_tools": lambda: f"{ex('calls_without_tools')} call{verb('calls_without_tools', 's', '')} "
+                                           f"functions but declare{verb('calls_without_tools', 's', '')} no tools: the "
+                                           "model learns the calls without seeing the function list (add a `tools` "
+                                           "list to each example)",
             "system_added": lambda: f"the system prompt was added to {ex('system_added')}",
             "system_kept": lambda: f"{ex('system_kept')} {verb('system_kept', 'has its', 'have their')} own system "
                                    "message: kept instead of the dataset's system prompt",
@@ -1860,7 +1959,7 @@ def _lf_adapter(spec: dict) -> Callable[[Any], Any]:
             return m
         who = m.get(tags["role_tag"])
         role = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant", tags["observation_tag"]: "tool",
-                tags["system_tag"]: "system"}.get(who, who)
+                tags["function_tag"]: "function_call", tags["system_tag"]: "system"}.get(who, who)
         return {"role": role, "content": m.get(tags["content_tag"])}
 
     def alpaca(row: dict) -> Any:
@@ -2270,7 +2369,7 @@ def train_valid(ds: Dataset, valid_fraction: float = 0.1, seed: int = 0) -> tupl
 def write_jsonl(records: Iterable[ChatRecord | dict], dest: str | os.PathLike) -> None:
     from core.atomic import write_text
 
-    lines = [json.dumps({"messages": r.messages} if isinstance(r, ChatRecord) else r, ensure_ascii=False)
+    lines = [json.dumps(export_record(r) if isinstance(r, ChatRecord) else r, ensure_ascii=False)
              for r in records]
     write_text(dest, "\n".join(lines) + "\n")
 
@@ -2286,8 +2385,12 @@ def issue_dicts(issues: list[DatasetIssue]) -> list[dict]:
 def export_record(r: ChatRecord) -> dict:
     """One record in OpenAI's fine-tuning chat format ({"messages": [{"role", "content"}, ...]};
     ``"weight": 0`` on assistant messages not trained; reasoning as ``reasoning_content``).
-    Plain text (trained whole, no prompt) is one assistant message, which reads back the same."""
-    return {"messages": [dict(m) for m in r.messages]}
+    Plain text (trained whole, no prompt) is one assistant message, which reads back the same.
+    A record with tools keeps them (``tools``), its calls as ``tool_calls`` with object arguments."""
+    out: dict = {"messages": [dict(m) for m in r.messages]}
+    if getattr(r, "tools", None):
+        out["tools"] = r.tools
+    return out
 
 
 def export_jsonl(records: Iterable[ChatRecord | PreferenceRecord], dest: str | os.PathLike) -> int:
@@ -2377,7 +2480,7 @@ def preview_records(rows: list[tuple[int | None, dict]], *, file: str = "", mapp
         except _Invalid as inv:
             issues.append(DatasetIssue(file, line, inv.field, inv.message, inv.hint))
             continue
-        records.append(ChatRecord(msgs, file, line))
+        records.append(ChatRecord(msgs, file, line, record_tools(obj, fmt, mapping)))
         counter.add(rec_notes)
     return records, issues, counter.notes()
 
@@ -2406,6 +2509,6 @@ def reasoning_summary(ds: Dataset, template_thinks: bool | None = None) -> str:
 __all__ = ["DatasetError", "DatasetIssue", "DatasetNote", "ChatRecord", "PreferenceRecord", "PREFERENCE_FORMATS",
            "normalise_preference", "preference_summary", "Dataset", "load_dataset", "load_file",
            "read_rows", "split_records", "train_valid", "train_valid_test", "test_files", "require_clean",
-           "detect_format", "normalise", "write_jsonl",
+           "detect_format", "normalise", "record_tools", "write_jsonl",
            "export_jsonl", "export_record", "issue_dicts", "is_plain_text", "has_reasoning", "reasoning_summary",
            "RecordTemplate", "make_template", "sample_rows", "preview_records", "KNOWN_SUFFIXES", "asdict"]

@@ -16,6 +16,13 @@ Metrics per model:
 - ``loss`` / ``perplexity``: the mean cross-entropy per trained token over the examples,
   computed as training computes its validation loss (same encoding, masking, truncation);
   perplexity is ``exp(loss)``.
+- ``tool_call_accuracy``: over the examples whose assistant calls functions, the share whose
+  calls the model writes right (:func:`core.tools.tool_call_accuracy`: the same number of calls,
+  each with the right function and arguments equal as JSON); None when no example has calls.
+  Such an example is asked up to its first call turn, with its tools in the prompt (the
+  template's tool prompt, as training rendered it), and the calls are read out of the answer
+  with :func:`core.tools.parse_tool_calls`; its expected answer is that turn as the template
+  writes it.
 """
 from __future__ import annotations
 
@@ -69,6 +76,7 @@ class AnswerScore:
     json_valid: bool | None  # None: the expected answer is not JSON
     fields: int | None  # expected top-level keys (None: the expected answer is not a JSON object)
     fields_equal: int | None
+    calls_right: bool | None = None  # None: the example expects no tool call
 
     @property
     def field_accuracy(self) -> float | None:
@@ -105,6 +113,9 @@ class EvalRow:
     answers: dict[str, str] = field(default_factory=dict)
     scores: dict[str, AnswerScore] = field(default_factory=dict)
     conversation: list[dict] | None = field(default=None, repr=False)  # the whole example, as trained on
+    tools: list[dict] | None = field(default=None, repr=False)  # the functions the example declares
+    expected_calls: list[dict] | None = None  # [{"name", "arguments"}] of the turn asked for; None: no call
+    calls: dict[str, list[dict]] = field(default_factory=dict)  # per side: the calls read out of the answer
 
     @property
     def prompt(self) -> str:
@@ -122,6 +133,12 @@ class EvalRow:
                 s = self.scores[side]
                 out.update({f"{side}_answer": self.answers[side], f"{side}_exact": s.exact,
                             f"{side}_json_valid": s.json_valid, f"{side}_field_accuracy": s.field_accuracy})
+                if self.expected_calls is not None:
+                    out.update({f"{side}_calls": self.calls.get(side, []), f"{side}_calls_right": s.calls_right})
+        if self.expected_calls is not None:
+            out["expected_calls"] = self.expected_calls
+        if self.tools:
+            out["tools"] = self.tools
         out["messages"] = self.messages
         return out
 
@@ -134,11 +151,13 @@ class Scores:
     loss: float | None
     perplexity: float | None
     examples: int
+    tool_call_accuracy: float | None = None
 
     def to_json(self) -> dict:
         return {"exact_match": self.exact_match, "json_valid": self.json_valid,
                 "json_field_accuracy": self.json_field_accuracy, "loss": self.loss,
-                "perplexity": self.perplexity, "examples": self.examples}
+                "perplexity": self.perplexity, "examples": self.examples,
+                "tool_call_accuracy": self.tool_call_accuracy}
 
 
 def aggregate(rows: list[EvalRow], side: str, loss: float | None) -> Scores:
@@ -148,6 +167,7 @@ def aggregate(rows: list[EvalRow], side: str, loss: float | None) -> Scores:
     js = [s.json_valid for s in scored if s.json_valid is not None]
     fields = sum(s.fields for s in scored if s.fields)
     equal = sum(s.fields_equal for s in scored if s.fields)
+    calls = [s.calls_right for s in scored if s.calls_right is not None]
     return Scores(
         exact_match=sum(s.exact for s in scored) / n if n else None,
         json_valid=sum(js) / len(js) if js else None,
@@ -155,6 +175,7 @@ def aggregate(rows: list[EvalRow], side: str, loss: float | None) -> Scores:
         loss=loss,
         perplexity=perplexity(loss),
         examples=n,
+        tool_call_accuracy=sum(calls) / len(calls) if calls else None,
     )
 
 
@@ -351,11 +372,23 @@ def file_examples(paths: list[str | Path], cfg=None, *, events: Events | None = 
 
 
 def to_rows(records, limit: int | None = None, events: Events | None = None) -> list[EvalRow]:
-    """One row per record that has an answer to compare with (a prompt and a last assistant turn)."""
+    """One row per record that has an answer to compare with (a prompt and a last assistant turn;
+    for a record whose assistant calls functions, its first call turn)."""
+    from core.tools import calls_of, first_call_turn
+
     events = events or NULL_EVENTS
     rows, skipped = [], 0
     for r in records:
         msgs = r.messages
+        call = first_call_turn(msgs)
+        if call is not None and any(m.get("role") == "user" for m in msgs[:call]):
+            rows.append(EvalRow(len(rows), list(msgs[:call]), str(msgs[call].get("content") or ""),
+                                getattr(r, "file", ""), getattr(r, "line", None),
+                                conversation=list(msgs[: call + 1]), tools=getattr(r, "tools", None),
+                                expected_calls=calls_of(msgs[call])))
+            if limit is not None and len(rows) >= limit:
+                break
+            continue
         last = max((i for i, m in enumerate(msgs) if m.get("role") == "assistant"), default=None)
         if last is None or not any(m.get("role") == "user" for m in msgs[:last]):
             skipped += 1
@@ -364,7 +397,7 @@ def to_rows(records, limit: int | None = None, events: Events | None = None) -> 
         if not isinstance(content, str):
             content = json.dumps(content, ensure_ascii=False)
         rows.append(EvalRow(len(rows), list(msgs[:last]), content, getattr(r, "file", ""), getattr(r, "line", None),
-                            conversation=list(msgs[: last + 1])))
+                            conversation=list(msgs[: last + 1]), tools=getattr(r, "tools", None)))
         if limit is not None and len(rows) >= limit:
             break
     if skipped:
@@ -375,6 +408,31 @@ def to_rows(records, limit: int | None = None, events: Events | None = None) -> 
 # ---------------------------------------------------------------------------
 # Running it
 # ---------------------------------------------------------------------------
+
+def call_text(encoder, row: EvalRow) -> str:
+    """The text a model writes for the call turn ``row`` asks for, as the template renders it after
+    the row's prompt (what training taught it), without the end-of-turn token."""
+    tools = row.tools
+    prompt = encoder.render(encoder.prepare(row.messages, tools), add_generation_prompt=True, tools=tools)
+    text, has_eot = encoder._answer_text(encoder.prepare(row.conversation, tools), prompt, tools)
+    if has_eot:
+        for eot in encoder._eot_texts:
+            if text.endswith(eot):
+                return text[: -len(eot)]
+    return text
+
+
+def score_row(encoder, row: EvalRow, side: str, answer: str) -> None:
+    """Score one side's answer to ``row``, and the calls in it when the row expects calls."""
+    from core.tools import calls_equal, parse_tool_calls
+
+    score = score_answer(row.expected, answer)
+    if row.expected_calls is not None:
+        row.calls[side] = parse_tool_calls(answer, encoder.tok, row.tools)
+        score.calls_right = calls_equal(row.expected_calls, row.calls[side])
+    row.answers[side] = answer
+    row.scores[side] = score
+
 
 def answer_budget(encoder, expected: str, max_tokens: int | None = None) -> int:
     """Tokens an answer may take: fixed, or by default room for the expected answer and half again
@@ -390,7 +448,8 @@ def _losses(model, rows: list[EvalRow], cfg, events: Events, cancel: CancelToken
     from core.train import encode_records, evaluate_loss
 
     enc = model.encoder
-    recs = [ChatRecord(r.conversation or r.messages + [{"role": "assistant", "content": r.expected}]) for r in rows]
+    recs = [ChatRecord(r.conversation or r.messages + [{"role": "assistant", "content": r.expected}], tools=r.tools)
+            for r in rows]
     seqs = encode_records(enc, recs, cfg)
     pad_id = enc.tok.pad_token_id if enc.tok.pad_token_id is not None else (enc.eos_ids or [0])[0]
     out: dict[str, float | None] = {}
@@ -471,20 +530,22 @@ def evaluate(run_dir: str | Path, data: list[str | Path] | None = None, *, limit
         done += 1
         events.progress(done, total, what)
 
+    for row in rows:  # a call turn is expected as the template writes it
+        if row.expected_calls is not None:
+            row.expected = call_text(model.encoder, row)
     try:
         result.losses = _losses(model, rows, cfg, events, cancel, progress)
         if pairs:
             result.preference = _preference_accuracy(model, pairs, cfg, limit)
         for i in range(0, len(rows), ANSWER_BATCH):
             part = rows[i:i + ANSWER_BATCH]
-            prompts = [model.encoder.prompt_ids(r.messages) for r in part]
+            prompts = [model.encoder.prompt_ids(r.messages, r.tools) for r in part]
             budgets = [answer_budget(model.encoder, r.expected, max_tokens) for r in part]
             for side in SIDES:
                 cancel.raise_if_cancelled()
                 answers = model.greedy_batch(prompts, budgets, adapter=(side == "tuned"))
                 for row, answer in zip(part, answers):
-                    row.answers[side] = answer
-                    row.scores[side] = score_answer(row.expected, answer)
+                    score_row(model.encoder, row, side, answer)
                     progress(f"{side}: example {row.index + 1} of {len(rows)}")
             for row in part:
                 result.rows.append(row)
@@ -499,5 +560,6 @@ def evaluate(run_dir: str | Path, data: list[str | Path] | None = None, *, limit
     for side in SIDES:
         s = result.scores(side)
         loss = "n/a" if s.loss is None else f"{s.loss:.4f}"
-        events.log("info", f"{side}: exact match {s.exact_match:.1%}, validation loss {loss}")
+        calls = "" if s.tool_call_accuracy is None else f", tool-call accuracy {s.tool_call_accuracy:.1%}"
+        events.log("info", f"{side}: exact match {s.exact_match:.1%}, validation loss {loss}{calls}")
     return result

@@ -154,6 +154,17 @@ class _LlamaCppSentencePiece:
         return ids, prev_special
 
 
+def _object_arguments(calls: list) -> list:
+    """Calls with their arguments as objects (the Qwen templates ``tojson`` them: a JSON string
+    would be written as a quoted string)."""
+    from core.tools import ToolDataError, normalise_calls
+
+    try:
+        return normalise_calls(calls)
+    except ToolDataError as exc:
+        raise TuneloomError(f"A tool call cannot be rendered: {exc.field} {exc.message}.", exc.hint) from None
+
+
 class ChatEncoder:
     """Training sequences of chat records for one model's template and tokenizer.
 
@@ -187,6 +198,7 @@ class ChatEncoder:
         if self.supports_thinking:
             self.template_kwargs["enable_thinking"] = self.thinking
         self._role_ok: dict[str, bool] = {}
+        self._tools_ok: bool | None = None
         self.reasoning_dropped = 0  # answers whose reasoning a thinking-off render left out (counted, not silent)
         # The same rule as core.gguf_export: SentencePiece vocab when there is a tokenizer.model.
         spm_file = self.model_dir / "tokenizer.model"
@@ -225,10 +237,13 @@ class ChatEncoder:
         return sorted(ids)
 
     # -- rendering and tokenizing -----------------------------------------------
-    def render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+    def render(self, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None) -> str:
+        """The chat template applied (as transformers' apply_chat_template does, ``tools`` passed to
+        the template as it is: the tool prompt of a tool-calling conversation)."""
+        extra = {"tools": tools} if tools else {}
         try:
             return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                                **self.template_kwargs)
+                                                **extra, **self.template_kwargs)
         except Exception as exc:  # noqa: BLE001 - jinja raises whatever the template raises
             raise TuneloomError(f"The chat template of {self.model_dir.name} cannot render this conversation: {exc}",
                                 "Check the roles and order of the messages.") from exc
@@ -253,29 +268,56 @@ class ChatEncoder:
             return [self.bos_id] + ids
         return ids
 
-    def prompt_ids(self, messages: list[dict]) -> list[int]:
-        """Token ids of the prompt for generating the next assistant turn (what inference feeds)."""
-        return self._with_bos(self.tokenize(self.render(self.prepare(messages), add_generation_prompt=True))[0])
+    def prompt_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        """Token ids of the prompt for generating the next assistant turn (what inference feeds),
+        with the ``tools`` the model may call in the template's tool prompt."""
+        return self._with_bos(self.tokenize(self.render(self.prepare(messages, tools), add_generation_prompt=True,
+                                                        tools=tools))[0])
+
+    @property
+    def supports_tools(self) -> bool:
+        """Whether the template shows tool definitions (rendering one puts its name in the prompt)."""
+        if self._tools_ok is None:
+            probe = [{"type": "function", "function": {"name": "tuneloom_probe_fn", "description": "d",
+                                                       "parameters": {"type": "object", "properties": {}}}}]
+            try:
+                text = self.render([{"role": "user", "content": "u"}], add_generation_prompt=True, tools=probe)
+                self._tools_ok = "tuneloom_probe_fn" in text
+            except TuneloomError:
+                self._tools_ok = False
+        return self._tools_ok
+
+    def _no_tools(self, what: str) -> TuneloomError:
+        return TuneloomError(f"The chat template of {self.model_dir.name} has no tool support: {what}",
+                             "Remove the tools, calls and tool results from the data, or choose a model whose "
+                             "chat template supports tools (Qwen2.5, Qwen3, Qwen3.5).")
 
     # -- what the template can show -------------------------------------------------
-    def prepare(self, messages: list[dict]) -> list[dict]:
+    def prepare(self, messages: list[dict], tools: list[dict] | None = None) -> list[dict]:
         """The messages as the template is given them: no ``weight`` (the loss mask's business),
-        reasoning where this template and mode can show it. Raises TuneloomError, naming the
-        role, for a message the template would leave out."""
+        reasoning where this template and mode can show it, call arguments as objects. Raises
+        TuneloomError, naming the role, for a message the template would leave out, and for
+        ``tools`` a template without tool support would leave out."""
+        if tools and not self.supports_tools:
+            raise self._no_tools("it has no place for the tool definitions (the functions the model may call): "
+                                 "they would be left out of the training text.")
         out = []
         for m in messages:
             role = m.get("role")
             if role not in ("user", "assistant") and not self._renders_role(role):
+                if role == "tool":
+                    raise self._no_tools("it has no place for 'tool' messages (tool results): they would be left "
+                                         "out of the training text.")
                 raise TuneloomError(f"The chat template of {self.model_dir.name} has no place for {role!r} messages: "
                                     "they would be left out of the training text.",
                                     f"Remove the {role} messages, or choose a model whose chat template supports "
                                     f"them (e.g. Qwen).")
             if role == "assistant" and m.get("tool_calls") and not self.supports_tool_calls:
-                raise TuneloomError(f"The chat template of {self.model_dir.name} cannot show tool calls: the "
-                                    "assistant's tool_calls would be left out of the training text.",
-                                    "Remove the tool calls, or choose a model whose chat template supports them "
-                                    "(e.g. Qwen).")
+                raise self._no_tools("it cannot show tool calls: the assistant's tool_calls would be left out of "
+                                     "the training text.")
             m = {k: v for k, v in m.items() if k != "weight"}
+            if role == "assistant" and m.get("tool_calls"):
+                m["tool_calls"] = _object_arguments(m["tool_calls"])
             reasoning = m.get("reasoning_content") if role == "assistant" else None
             if reasoning and not (self.supports_reasoning and self.thinking):
                 m.pop("reasoning_content")
@@ -311,30 +353,41 @@ class ChatEncoder:
                 best = k + len(eot)
         return best
 
-    def _turn_span(self, messages: list[dict], j: int, add_generation_prompt: bool, rendered: str
-                   ) -> tuple[int, int] | None:
+    def _turn_span(self, messages: list[dict], j: int, add_generation_prompt: bool, rendered: str,
+                   tools: list[dict] | None = None) -> tuple[int, int] | None:
         """Char span in ``rendered`` of message ``j``'s content through its end-of-turn token.
 
         Found by rendering the same conversation with a sentinel as that content: what comes
         before and after it must then frame the real rendering. None if the template renders
-        other parts differently depending on this content."""
+        other parts differently depending on this content.
+
+        A turn that only calls functions (empty content) is the exception: templates write a
+        separator before text content that they leave out when there is none (Qwen2.5's newline
+        after the role), so the sentinel's frame overlaps the real rendering. Its span is then
+        from where the content would start through the turn's end-of-turn token: the calls."""
         probe = list(messages)
         probe[j] = {**messages[j], "content": _SENTINEL}
-        text = self.render(probe, add_generation_prompt)
+        text = self.render(probe, add_generation_prompt, tools)
         i = text.find(_SENTINEL)
         if i < 0 or text.find(_SENTINEL, i + 1) >= 0:
             return None
         before, after = text[:i], text[i + len(_SENTINEL):]
         if len(before) + len(after) > len(rendered) or not (rendered.startswith(before) and rendered.endswith(after)):
+            calls_only = messages[j].get("tool_calls") and not (messages[j].get("content") or "").strip()
+            if calls_only and rendered.startswith(before):
+                eot = self._first_eot(rendered, len(before))
+                if eot > len(before):
+                    return len(before), eot
             return None
         end = len(rendered) - len(after)
         eot = self._first_eot(rendered, end)
         return len(before), (eot if eot >= 0 else end)
 
-    def _answer_text(self, conversation: list[dict], prompt: str) -> tuple[str, bool]:
+    def _answer_text(self, conversation: list[dict], prompt: str, tools: list[dict] | None = None
+                     ) -> tuple[str, bool]:
         """The text the model must generate after ``prompt`` for the conversation's last turn,
         through its end-of-turn token; and whether that token is in it."""
-        full = self.render(conversation, add_generation_prompt=False)
+        full = self.render(conversation, add_generation_prompt=False, tools=tools)
         content = conversation[-1].get("content")
         if full.startswith(prompt):
             region = full[len(prompt):]
@@ -345,7 +398,7 @@ class ChatEncoder:
             return region.rstrip(), False
         # The template renders this turn differently once answered (e.g. it drops a reasoning
         # block the generation prompt opens): train on the turn as the template renders it.
-        span = self._turn_span(conversation, len(conversation) - 1, False, full)
+        span = self._turn_span(conversation, len(conversation) - 1, False, full, tools)
         if span is not None:
             text = full[span[0]:span[1]]
             eot = self._first_eot(text)
@@ -353,12 +406,15 @@ class ChatEncoder:
         return (content if isinstance(content, str) else ""), False
 
     # -- training sequences -----------------------------------------------------------
-    def encode(self, messages: list[dict], *, mask_prompt: bool = True, last_turn_only: bool = False) -> Encoded:
+    def encode(self, messages: list[dict], *, mask_prompt: bool = True, last_turn_only: bool = False,
+               tools: list[dict] | None = None) -> Encoded:
         """Token ids and loss mask of one conversation.
 
         The ids are ``prompt_ids(messages[:last])`` + the last answer + its end-of-turn token.
-        With ``mask_prompt`` the loss is on every assistant turn's content and end-of-turn
-        token, never on role headers; ``last_turn_only`` keeps only the last turn's."""
+        With ``mask_prompt`` the loss is on every assistant turn's content, tool calls and
+        end-of-turn token, never on role headers, the tool prompt or tool results;
+        ``last_turn_only`` keeps only the last turn's. ``tools``: the record's tool definitions,
+        rendered by the template (its tool prompt)."""
         from core.data import is_plain_text
 
         if is_plain_text(messages):  # raw text: no template, every token trained
@@ -372,21 +428,21 @@ class ChatEncoder:
             raise TuneloomError("This conversation has no assistant turn to learn from"
                                 + (" (every assistant turn has weight 0)." if any(
                                     m.get("role") == "assistant" for m in messages) else "."))
-        messages = self.prepare(messages)
+        messages = self.prepare(messages, tools)
         last = turns[-1]
         if self.thinking:  # Qwen3's template keeps the reasoning of the turns after the last question only
             asked = max((i for i, m in enumerate(messages[:last]) if m.get("role") == "user"), default=-1)
             self.reasoning_dropped += sum(1 for m in messages[:asked] if m.get("role") == "assistant"
                                           and m.get("reasoning_content"))
         history = messages[:last]
-        prompt = self.render(history, add_generation_prompt=True)
-        answer, has_eot = self._answer_text(messages[: last + 1], prompt)
+        prompt = self.render(history, add_generation_prompt=True, tools=tools)
+        answer, has_eot = self._answer_text(messages[: last + 1], prompt, tools)
 
         prompt_tokens, state = self.tokenize(prompt)
         prompt_ids = self._with_bos(prompt_tokens)
         mask = [not mask_prompt] * len(prompt_ids)
         if mask_prompt and not last_turn_only and len(turns) > 1:
-            mask = self._history_mask(history, turns[:-1], prompt, prompt_ids) or mask
+            mask = self._history_mask(history, turns[:-1], prompt, prompt_ids, tools) or mask
 
         answer_ids, _ = self.tokenize(answer, state)
         if not has_eot and self.eos_id is not None and not (answer_ids and answer_ids[-1] in self.eos_ids):
@@ -397,12 +453,12 @@ class ChatEncoder:
             mask[0] = False  # the first token is never predicted
         return Encoded(ids, mask)
 
-    def _history_mask(self, history: list[dict], turns: list[int], prompt: str, prompt_ids: list[int]
-                      ) -> list[bool] | None:
+    def _history_mask(self, history: list[dict], turns: list[int], prompt: str, prompt_ids: list[int],
+                      tools: list[dict] | None = None) -> list[bool] | None:
         """Loss mask over ``prompt_ids`` that trains the earlier assistant turns: every token that
         lies inside one of their spans (a token straddling a span's edge, such as a newline
         merged with the header's, stays untrained). None if no turn can be located."""
-        spans = [sp for sp in (self._turn_span(history, j, True, prompt) for j in turns) if sp and sp[1] > sp[0]]
+        spans = [sp for sp in (self._turn_span(history, j, True, prompt, tools) for j in turns) if sp and sp[1] > sp[0]]
         if not spans:
             return None
         offsets: list[tuple[int, int]] = []
@@ -422,15 +478,15 @@ class ChatEncoder:
         return self.tok.decode(ids, skip_special_tokens=True)
 
 
-def training_runs(encoder: ChatEncoder, messages: list[dict], mask_prompt: bool = True
-                  ) -> list[tuple[str, bool]]:
+def training_runs(encoder: ChatEncoder, messages: list[dict], mask_prompt: bool = True,
+                  tools: list[dict] | None = None) -> list[tuple[str, bool]]:
     """The text the model is trained on for ``messages`` (chat template applied, as tokenized),
     split into runs the loss is (True) or is not (False) computed on: role headers, prompts
     and assistant turns with ``"weight": 0`` are untrained runs.
 
     Each run is cut out of the decoded prefix, so a character made of several tokens, or
     a tokenizer that drops a leading space when decoding a lone piece, never garbles it."""
-    enc = encoder.encode(messages, mask_prompt=mask_prompt)
+    enc = encoder.encode(messages, mask_prompt=mask_prompt, tools=tools)
     bounds: list[tuple[int, bool]] = []  # (end index, trained) of each run
     for i, m in enumerate(enc.mask):
         if bounds and bounds[-1][1] == m:
@@ -507,7 +563,7 @@ def token_stats(encoder: ChatEncoder, records, max_seq_len: int, mask_prompt: bo
         if cancel is not None:
             cancel.raise_if_cancelled()
         try:
-            e = encoder.encode(r.messages, mask_prompt=mask_prompt)
+            e = encoder.encode(r.messages, mask_prompt=mask_prompt, tools=getattr(r, "tools", None))
         except TuneloomError as exc:
             problems.append(DatasetIssue(getattr(r, "file", ""), getattr(r, "line", None), None, str(exc), exc.hint))
             continue

@@ -728,7 +728,8 @@ def pad_batch(seqs: list[Encoded], pad_id: int, max_len: int, select: bool = Fal
 def encode_records(encoder: ChatEncoder, records, cfg: TrainConfig) -> list[Encoded]:
     out = []
     for r in records:
-        e = encoder.encode(r.messages, mask_prompt=cfg.mask_prompt, last_turn_only=cfg.last_turn_only)
+        e = encoder.encode(r.messages, mask_prompt=cfg.mask_prompt, last_turn_only=cfg.last_turn_only,
+                           tools=getattr(r, "tools", None))
         if len(e.ids) > cfg.max_seq_len:
             e = Encoded(e.ids[: cfg.max_seq_len], e.mask[: cfg.max_seq_len])
         if sum(e.mask[1:]) > 0:

@@ -10,7 +10,8 @@ from core.paths import demo_model_dir
 from tests.fixtures.eval_run import tiny_run
 
 ROOT = Path(__file__).resolve().parent.parent
-KEYS = {"exact_match", "json_valid", "json_field_accuracy", "loss", "perplexity", "examples", "preference_accuracy"}
+KEYS = {"exact_match", "json_valid", "json_field_accuracy", "loss", "perplexity", "examples", "preference_accuracy",
+        "tool_call_accuracy"}
 
 
 def tl(*args, timeout=600, **kw):
@@ -50,6 +51,7 @@ def test_eval_on_given_files_and_plain_output(run_dir, tmp_path):
     out = json.loads(p.stdout)
     for side in ("base", "tuned"):
         assert out[side]["json_valid"] is None and out[side]["json_field_accuracy"] is None
+        assert out[side]["tool_call_accuracy"] is None  # no calls in the data
         assert out[side]["examples"] == 3
     p = tl("eval", run_dir, "--data", prose)
     assert p.returncode == 0 and "exact match" in p.stdout and "fine-tuned" in p.stdout and "n/a" in p.stdout

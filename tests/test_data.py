@@ -65,7 +65,8 @@ def test_tool_messages_pass_through(tmp_path):
             {"role": "tool", "content": "sunny"}, {"role": "assistant", "content": "Sunny."}]
     ds = load_dataset([write(tmp_path, "t.jsonl", jsonl({"messages": msgs}))])
     assert not ds.issues
-    assert ds.records[0].messages[1]["tool_calls"] == msgs[1]["tool_calls"]
+    # normalised to OpenAI's full form (core.tools): "type": "function" added, arguments an object
+    assert ds.records[0].messages[1]["tool_calls"] == [{"type": "function", "function": {"name": "w", "arguments": {}}}]
     assert [m["role"] for m in ds.records[0].messages] == ["user", "assistant", "tool", "assistant"]
 
 

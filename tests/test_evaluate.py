@@ -104,8 +104,9 @@ def test_metrics_on_known_answers(run_dir, model, tmp_path, monkeypatch):
     assert set(out) == {"base", "tuned"}
     for side in out.values():
         assert set(side) == {"exact_match", "json_valid", "json_field_accuracy", "loss", "perplexity", "examples",
-                             "preference_accuracy", "split"}
+                             "preference_accuracy", "split", "tool_call_accuracy"}
         assert side["split"] == "files"
+        assert side["tool_call_accuracy"] is None  # no calls in these examples
     b, t = out["base"], out["tuned"]
     # base: exact q3 only; JSON valid q2 of (q1, q2); fields: q1 0 of 3, q2 1 of 3 (name; "food", 1 != true)
     assert (b["exact_match"], b["json_valid"], b["examples"]) == (0.25, 0.5, 4)

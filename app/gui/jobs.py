@@ -111,11 +111,12 @@ def encoder_for(model_dir: Path, thinking: bool = False):
         return enc
 
 
-def training_runs(encoder, messages: list[dict]) -> list[tuple[str, bool]]:
-    """The training text of ``messages`` as (text, trained) runs: ``core.tokens.training_runs``."""
+def training_runs(encoder, messages: list[dict], tools: list[dict] | None = None) -> list[tuple[str, bool]]:
+    """The training text of ``messages`` as (text, trained) runs: ``core.tokens.training_runs``
+    (with the record's ``tools``, the template's tool prompt is in it)."""
     from core.tokens import training_runs as core_runs
 
-    return core_runs(encoder, messages)
+    return core_runs(encoder, messages, tools=tools)
 
 
 def measure_tokens(records: list[ChatRecord], model_dir: Path, max_seq_len: int = 512,
@@ -131,7 +132,7 @@ def measure_tokens(records: list[ChatRecord], model_dir: Path, max_seq_len: int 
     preview_error = None
     for r in records[:n_preview]:
         try:
-            previews.append(training_runs(encoder, r.messages))
+            previews.append(training_runs(encoder, r.messages, getattr(r, "tools", None)))
         except TuneloomError as exc:
             preview_error = exc.user_message()
             break
