@@ -30,6 +30,8 @@ class DataReport:
     duplicates: int
     n_train: int = 0
     n_valid: int = 0
+    n_test: int = 0  # the test split (core.data.train_valid_test): kept for the final evaluation, never trained on
+    test_source: str = ""  # where the test split comes from, in words
     split_source: str = ""  # how the split was made, in words
     split_error: str | None = None
     reasoning: int = 0  # examples carrying reasoning (counting them is not for the GUI thread)
@@ -51,10 +53,12 @@ def dataset_files(paths: list[Path]) -> dict[str, Path]:
 
 
 def load_data_report(paths: list[Path], valid_fraction: float = 0.1, events=None, cancel=None,
-                     options: dict | None = None) -> DataReport:
+                     options: dict | None = None, test_fraction: float = 0.0) -> DataReport:
     """Read and validate the files, then the split sizes and duplicates (hashing every record is
-    not for the GUI thread). ``options``: load_dataset's keyword arguments (a column mapping)."""
-    from core.data import load_dataset, train_valid
+    not for the GUI thread). ``options``: load_dataset's keyword arguments (a column mapping).
+    The split is the trainer's (core.data.train_valid_test): a test file, else ``test_fraction`` of the
+    examples, is kept for the final test before validation is drawn."""
+    from core.data import load_dataset, test_files, train_valid_test
 
     events = events or NULL_EVENTS
     paths = [Path(p) for p in paths]
@@ -74,8 +78,11 @@ def load_data_report(paths: list[Path], valid_fraction: float = 0.1, events=None
         report.split_source = f"{valid_fraction:.0%} held out for validation"
     if ds.records:
         try:
-            tr, va = train_valid(ds, valid_fraction)
-            report.n_train, report.n_valid = len(tr), len(va)
+            test_named = [Path(f).name for f in test_files(paths)]
+            tr, va, te = train_valid_test(ds, valid_fraction, test_fraction, has_test_file=bool(test_named))
+            report.n_train, report.n_valid, report.n_test = len(tr), len(va), len(te)
+            report.test_source = (f"from {', '.join(test_named)}" if test_named else
+                                  f"{test_fraction:.0%} kept for the final test" if te else "")
         except DatasetError as exc:
             report.split_error = exc.user_message()
     return report
@@ -496,9 +503,13 @@ def load_history(root: Path | None = None, events=None, cancel=None) -> list[Run
     for d in runs.run_dirs(root):
         if cancel is not None:
             cancel.raise_if_cancelled()
-        info = runs.RunInfo.load(d, metrics=True)
-        if info is not None:
-            out.append(summarize_run(info))
+        try:
+            info = runs.RunInfo.load(d, metrics=True)
+            if info is not None:
+                out.append(summarize_run(info))
+        except Exception as exc:  # noqa: BLE001 - damage to one run costs that run only: it is listed as damaged
+            info = runs.RunInfo(Path(d), {}, {}, problem=f"cannot be read ({type(exc).__name__}: {exc})")
+            out.append(RunSummary(info, ([], []), ([], [])))
         time.sleep(0)  # hand the GIL to the window between runs
     return out
 
