@@ -270,7 +270,7 @@ def test_the_data_page_counts_the_test_share(home, qtbot, tmp_path):
     assert (r.n_train, r.n_valid, r.n_test) == (len(tr), len(va), len(te)) and len(te) > 0
     assert r.n_train + r.n_valid + r.n_test == 60
     text = w.data_page.summary.text()
-    assert f"<b>{len(te)}</b> for the final test" in text and f"{tf:.0%} kept for the final test" in text
+    assert f"<b>{len(te)}</b> for the final test ({tf:.0%} of the examples, never trained on)" in text
 
     # a test file is the test split
     folder = tmp_path / "split"

@@ -82,7 +82,7 @@ def load_data_report(paths: list[Path], valid_fraction: float = 0.1, events=None
             tr, va, te = train_valid_test(ds, valid_fraction, test_fraction, has_test_file=bool(test_named))
             report.n_train, report.n_valid, report.n_test = len(tr), len(va), len(te)
             report.test_source = (f"from {', '.join(test_named)}" if test_named else
-                                  f"{test_fraction:.0%} kept for the final test" if te else "")
+                                  f"{test_fraction:.0%} of the examples" if te else "")
         except DatasetError as exc:
             report.split_error = exc.user_message()
     return report

@@ -318,8 +318,9 @@ class ComparePlot(_ThemedPlot):
                     self.best_points.append((label, int(vx[i]), float(vals[i])))
                     self.best_markers.append(self.plot(
                         [float(vx[i])], [float(vals[i])], pen=None, symbol="star", symbolSize=17, symbolBrush=col,
-                        symbolPen=pg.mkPen(self.palette().color(self.palette().ColorRole.Text), width=1.2),
-                        name="best step" if not self.best_markers else None))
+                        symbolPen=pg.mkPen(self.palette().color(self.palette().ColorRole.Text), width=1.2)))
+        if self.best_markers:  # one legend entry for the stars, after the runs' own
+            self.legend.addItem(self.best_markers[0], "best step (lowest validation loss)")
         self.enableAutoRange()
 
 

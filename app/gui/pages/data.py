@@ -337,7 +337,7 @@ class DataPage(Page):
             test = getattr(r, "n_test", 0)
             parts.append(f"Split: <b>{r.n_train:,}</b> to train on, <b>{r.n_valid:,}</b> to check progress "
                          f"({html.escape(r.split_source)})" +
-                         (f", <b>{test:,}</b> for the final test ({html.escape(r.test_source)}; never trained on)"
+                         (f", <b>{test:,}</b> for the final test ({html.escape(r.test_source)}, never trained on)"
                           if test else ""))
         for note in getattr(ds, "notes", None) or []:
             parts.append(html.escape(str(note)))

@@ -629,7 +629,10 @@ class SidebarRuns(QListWidget):
         pal = self.palette()
         for s in summaries:
             info = s.info
-            item = QListWidgetItem(f"{info.title}\n{state_words(info, self.history.session)}")
+            words = state_words(info, self.history.session)
+            if info.state != "damaged" and run_problems(info):
+                words += ", damaged"  # as the history's list says it
+            item = QListWidgetItem(f"{info.title}\n{words}")
             item.setData(PATH_ROLE, str(info.path))
             item.setIcon(QIcon(sparkline(s.train[1], 56, 18, palette=pal)))
             item.setToolTip(f"{info.path}\nmodel: {info.base_model}")
