@@ -131,3 +131,16 @@ def test_peft_and_mlx_refuse_a_users_folder_and_their_source_before_any_work(tin
     export_peft(run, mine)
     # into the run's own exports folder: allowed
     assert (Path(export_peft(run, run / "exports" / "peft")["path"]) / "adapter_config.json").is_file()
+
+
+def test_cli_peft_into_a_users_folder_needs_force(tiny_run, tmp_path, capsys):
+    from app.cli import main
+
+    _base, run = tiny_run
+    mine = _user_folder(tmp_path / "mine")
+    assert main(["export", str(run), "--peft", str(mine)]) == 1
+    err = capsys.readouterr().err
+    assert "not written by Tuneloom" in err and "--force" in err and "Traceback" not in err
+    assert _tree(mine) == {"notes.txt": b"keep me"}
+    assert main(["export", str(run), "--peft", str(mine), "--force"]) == 0
+    assert (mine / "adapter_model.safetensors").is_file() and written_by_tuneloom(mine)
