@@ -272,6 +272,18 @@ def test_the_data_page_counts_the_test_share(home, qtbot, tmp_path):
     text = w.data_page.summary.text()
     assert f"<b>{len(te)}</b> for the final test ({tf:.0%} of the examples, never trained on)" in text
 
+    # another test share on the Train page: the split shown follows it (the same dataset, drawn again)
+    w.train_page.option("test_fraction").setValue(0.2)
+    tr2, va2, te2 = train_valid_test(load_dataset([f]), w.data_page.valid_fraction(), 0.2)
+    assert len(te2) != len(te)
+    qtbot.waitUntil(lambda: f"<b>{len(te2)}</b> for the final test (20% of" in w.data_page.summary.text(),
+                    timeout=30000)
+    assert (w.data_report.n_train, w.data_report.n_valid, w.data_report.n_test) == (len(tr2), len(va2), len(te2))
+    w.train_page.option("test_fraction").setValue(0.0)  # none kept aside: no test count
+    qtbot.waitUntil(lambda: w.data_report.n_test == 0 and "final test" not in w.data_page.summary.text(),
+                    timeout=30000)
+    w.train_page.option("test_fraction").setValue(tf)
+
     # a test file is the test split
     folder = tmp_path / "split"
     folder.mkdir()

@@ -309,7 +309,7 @@ class DataPage(Page):
         QTimer.singleShot(0, lambda r=report: self._fill_preview(r))
 
     def _fill_preview(self, report):
-        if self.report is not report:
+        if self.report is None or self.report.dataset is not report.dataset:  # (a new split is the same data)
             return
         ds = report.dataset
         if ds.records:
@@ -468,6 +468,24 @@ class DataPage(Page):
             return min(0.9, max(0.0, float(v)))
         except (TypeError, ValueError, StopIteration):
             return 0.0
+
+    def test_share_changed(self) -> None:
+        """The Train page's test share changed: the split shown is worked out again (off the GUI thread)."""
+        r = self.report
+        if r is None or not r.dataset.records or self.slots.running("data") or self.session.busy("train"):
+            return
+        tf = self.test_fraction()
+        if abs(getattr(r, "test_fraction", 0.0) - tf) < 1e-9:
+            return
+        self.slots["data-split"].start(gj.resplit, r, self.valid_fraction(), tf, quiet_gc=True,
+                                       on_ok=self._resplit)
+
+    def _resplit(self, report) -> None:
+        if self.report is None or report.dataset is not self.report.dataset:
+            return  # other files were read meanwhile
+        self.report = report
+        self.session.update(data_report=report)
+        self._show_summary()
 
     def restore_settings(self):
         self.max_len.setValue(self.int_setting("data/max_seq_len", 512))

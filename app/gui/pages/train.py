@@ -633,6 +633,7 @@ class TrainPage(Page):
             v = self.values().get("max_seq_len")
             if v and data.max_len.value() != v:
                 data.max_len.setValue(int(v))
+            data.test_share_changed()  # the split the Data page shows counts this test share
         self._estimate_timer.start()
 
     def max_len_changed(self, v: int):
