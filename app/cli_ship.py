@@ -117,8 +117,8 @@ def cmd_export_targets(a) -> int:
         if a.mlx:
             from core.mlx_export import export_mlx
 
-            res = export_mlx(a.source, a.mlx, bits=a.mlx_bits, events=ev, cancel=cancel, final=getattr(a, "final", False),
-                             force=a.force)
+            res = export_mlx(a.source, a.mlx, bits=a.mlx_bits, events=ev, cancel=cancel,
+                             final=getattr(a, "final", False), force=a.force)
             out.update(mlx_merged=res["merged"], mlx_adapter=res["adapter"], mlx_bits=res["bits"])
         if a.peft:
             from core.peft_export import export_peft

@@ -8,8 +8,8 @@ own rules apply; otherwise the file is copied there (hard-linked when on the sam
 Nothing is written outside ``<models>/<publisher>/<model>/``; an existing file of the same name is
 replaced only when asked (``force``: ``--force``, the window's "Replace the existing file"), and only
 when it is a GGUF; a model folder there that Tuneloom did not write (no ``.tuneloom`` marker) is left
-alone unless forced, as core.export_target does for every export. The GGUF carries the chat template Tuneloom embeds, so LM Studio's chat builds
-the training prompt.
+alone unless forced, as core.export_target does for every export. The GGUF carries the chat template
+Tuneloom embeds, so LM Studio's chat builds the training prompt.
 """
 from __future__ import annotations
 

@@ -33,7 +33,8 @@ def estimate_mlx_bytes(base: Path, bits: int) -> int:
 def export_mlx(source, out_dir, *, bits: int = 16, adapter: bool = True, merged: bool = True,
                events: Events | None = None, cancel: CancelToken | None = None, final: bool = False,
                force: bool = False) -> dict:
-    """Write ``out_dir/merged`` (and ``out_dir/adapter``) from the run's best adapter (``final``: its last). Returns ``{"path", "merged", "adapter", "bits"}``.
+    """Write ``out_dir/merged`` (and ``out_dir/adapter``) from the run's best adapter (``final``: its last).
+    Returns ``{"path", "merged", "adapter", "bits"}``.
     ``out_dir``: a new folder, or one Tuneloom wrote (``.tuneloom``); another is refused unless ``force``
     (core.export_target.check_folder_target), before any work."""
     from core.export import resolve_source

@@ -116,7 +116,8 @@ def peft_tensors(base: Path, adapter_dir: Path, final: bool = False) -> tuple[di
 def export_peft(source, out_dir, *, events: Events | None = None, cancel: CancelToken | None = None,
                 card: bool = True, final: bool = False, force: bool = False) -> dict:
     """Write ``out_dir`` (a new folder, or one Tuneloom wrote before; another only with ``force``) as a PEFT
-    adapter folder with a model card. Returns ``{"path", "files", "r", "lora_alpha", "target_modules", "base_model_name_or_path"}``."""
+    adapter folder with a model card. Returns ``{"path", "files", "r", "lora_alpha", "target_modules",
+    "base_model_name_or_path"}``."""
     from safetensors.numpy import save_file
 
     from core.export import resolve_source

@@ -60,7 +60,8 @@ def other_writer(home, tmp_path):
     """A run folder whose OS lock another process holds (as `tuneloom train` does while it trains)."""
     rd = fake_run("elsewhere", state="running", steps=20, total=100, checkpoint=10)
     code = "import sys, time; from core import runs; runs.RunLock(sys.argv[1]).acquire(); time.sleep(600)"
-    proc = subprocess.Popen([sys.executable, "-c", code, str(rd)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen([sys.executable, "-c", code, str(rd)], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         yield rd, proc
     finally:
