@@ -76,7 +76,8 @@ def test_a_run_another_process_trains_gets_no_second_writer(other_writer, qtbot,
     hp = w.history_page
     hp.refresh()
     history_ready(w, qtbot, 1)
-    qtbot.waitUntil(lambda: _row(w, rd) is not None and _row(w, rd).text(4) == "training", timeout=20000)
+    qtbot.waitUntil(lambda: _row(w, rd) is not None and _row(w, rd).text(4) == f"training in process {proc.pid}",
+                    timeout=20000)
     hp.select_run(rd)
     qtbot.waitUntil(lambda: hp.selected_info() is not None, timeout=20000)
     hp._refresh_buttons()

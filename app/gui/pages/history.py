@@ -283,6 +283,9 @@ class HistoryPage(Page):
                 words = state_words(info, self.session)
                 if problems and info.state != "damaged":
                     words += ", damaged"  # e.g. done, but its adapter is gone
+                pid = other_writer(info.path, self.session) if not problems else None
+                if pid is not None:  # its lock says so, whatever its status.json says yet
+                    words = f"training in process {pid}" if pid else "training elsewhere"
                 item = RunItem([info.title, time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created)),
                                 model_words(info.base_model), data_words(info.dataset), words,
                                 f"{s.steps:,}" + (f" / {info.total_steps:,}" if info.total_steps else ""),
