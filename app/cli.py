@@ -763,8 +763,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ollama", metavar="NAME", help="register in Ollama under this name")
     e.add_argument("--system", help="system prompt for the Modelfile (default: the one the run was trained with; "
                    "\"\" for none)")
-    e.add_argument("--force", action="store_true", help="replace an Ollama model of the same name, and the GGUF "
-                   "(and its Modelfile) an earlier export wrote at --gguf")
+    e.add_argument("--force", action="store_true", help="replace an Ollama model of the same name, the GGUF "
+                   "(and its Modelfile) an earlier export wrote at --gguf or in LM Studio, and a --mlx / --peft "
+                   "folder Tuneloom did not write")
     e.add_argument("--modelfile", metavar="PATH", help="write the Modelfile here; alone, writes only the Modelfile, "
                    "whose FROM names the GGUF an export would write next to it (SOURCE-QUANT.gguf)")
     from app.cli_ship import add_export_flags, add_push_parser

@@ -111,18 +111,20 @@ def cmd_export_targets(a) -> int:
                 else:
                     from core.lmstudio import place_gguf
 
-                    placed = place_gguf(res["gguf"], Path(run or base).name, events=ev)
+                    placed = place_gguf(res["gguf"], Path(run or base).name, events=ev, force=a.force)
                     out["lmstudio"] = placed["path"]
                     out["lmstudio_method"] = placed["method"]
         if a.mlx:
             from core.mlx_export import export_mlx
 
-            res = export_mlx(a.source, a.mlx, bits=a.mlx_bits, events=ev, cancel=cancel, final=getattr(a, "final", False))
+            res = export_mlx(a.source, a.mlx, bits=a.mlx_bits, events=ev, cancel=cancel,
+                             final=getattr(a, "final", False), force=a.force)
             out.update(mlx_merged=res["merged"], mlx_adapter=res["adapter"], mlx_bits=res["bits"])
         if a.peft:
             from core.peft_export import export_peft
 
-            res = export_peft(a.source, a.peft, events=ev, cancel=cancel, final=getattr(a, "final", False))
+            res = export_peft(a.source, a.peft, events=ev, cancel=cancel, final=getattr(a, "final", False),
+                              force=a.force)
             out["peft"] = res["path"]
         if not out:
             print("error: nothing to export: give --gguf, --adapter-only --gguf, --lmstudio, --mlx or --peft",

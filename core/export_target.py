@@ -187,3 +187,58 @@ def check_targets(gguf: Path | None, modelfile: Path | None, *, base: Path, adap
     for target, what in ((gguf, "the GGUF"), (modelfile, "the Modelfile")):
         if target is not None:
             check_writable(Path(target).parent, what)
+
+
+# --------------------------------------------------------------------------- folders (MLX, PEFT, LM Studio)
+MARKER = ".tuneloom"  # in a folder Tuneloom wrote; a folder without it is the user's
+
+
+def written_by_tuneloom(folder: Path) -> bool:
+    return (Path(folder) / MARKER).is_file()
+
+
+def mark_folder(folder: Path, what: str) -> None:
+    """Leave the marker that says Tuneloom wrote ``folder`` (a later export may replace it)."""
+    (Path(folder) / MARKER).write_text(f"{what}\n", encoding="utf-8")
+
+
+def check_folder_target(out_dir: Path, what: str, *, base: Path | None = None, run: Path | None = None,
+                        force: bool = False) -> None:
+    """The rules of :func:`check_targets` for an export that writes a folder (MLX, PEFT, LM Studio's model
+    folder), checked before any work: never a file, never the export's own source (the model folder, the run
+    folder outside its ``exports/``, or a folder that holds either), and never over a folder Tuneloom did not
+    write (no ``.tuneloom`` marker, not empty) unless ``force``. A folder Tuneloom wrote may be replaced."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TuneloomError(f"{out_dir} is a file; {what} needs a folder.", "Give a new folder's name.")
+    if base is not None and (_inside(out_dir, base) or _inside(base, out_dir)):
+        raise TuneloomError(f"{out_dir} is the model folder being exported ({base}) or holds it; writing {what} "
+                            f"there could replace the model's own files.", "Choose a folder outside it.")
+    if run is not None and (_inside(run, out_dir) or (_inside(out_dir, run) and not _inside(out_dir, run / "exports"))):
+        raise TuneloomError(f"{out_dir} is inside the run folder being exported ({run}) or holds it; writing "
+                            f"{what} there could replace the run's own files.",
+                            f"Choose a folder outside it, or one in the run's exports folder ({run / 'exports'}).")
+    try:
+        used = out_dir.is_dir() and any(out_dir.iterdir())
+    except OSError as exc:
+        raise write_error(exc, what, out_dir) from exc
+    if used and not written_by_tuneloom(out_dir) and not force:
+        raise TuneloomError(f"{out_dir} exists and was not written by Tuneloom; it is left as it is.",
+                            "Choose a new folder, or add --force to replace it.")
+    _name_fits(out_dir, what)
+    check_writable(out_dir if out_dir.is_dir() else out_dir.parent, what)
+
+
+def check_file_target(dest: Path, what: str, *, force: bool = False) -> None:
+    """A file placed outside the run (LM Studio's models folder): an existing one is replaced only with
+    ``force``, and only when it is a GGUF (something else there is never written over)."""
+    dest = Path(dest)
+    if dest.is_dir():
+        raise TuneloomError(f"{dest} is a folder; {what} needs a file name.", "Choose another name.")
+    if dest.exists():
+        if not _is_gguf(dest):
+            raise TuneloomError(f"{dest} already exists and is not a GGUF file; the export does not write over it.",
+                                "Choose another name.")
+        if not force:
+            raise TuneloomError(f"{dest} already exists (an earlier export).",
+                                "Export under another name, or add --force to replace it.")

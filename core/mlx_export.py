@@ -30,15 +30,13 @@ def estimate_mlx_bytes(base: Path, bits: int) -> int:
     return int(values * per)
 
 
-def _check_target(out_dir: Path) -> None:
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / ".tuneloom").exists())):
-        raise TuneloomError(f"{out_dir} exists and was not written by Tuneloom; it is left as it is.",
-                            "Choose a new folder.")
-
-
 def export_mlx(source, out_dir, *, bits: int = 16, adapter: bool = True, merged: bool = True,
-               events: Events | None = None, cancel: CancelToken | None = None, final: bool = False) -> dict:
-    """Write ``out_dir/merged`` (and ``out_dir/adapter``) from the run's best adapter (``final``: its last). Returns ``{"path", "merged", "adapter", "bits"}``."""
+               events: Events | None = None, cancel: CancelToken | None = None, final: bool = False,
+               force: bool = False) -> dict:
+    """Write ``out_dir/merged`` (and ``out_dir/adapter``) from the run's best adapter (``final``: its last).
+    Returns ``{"path", "merged", "adapter", "bits"}``.
+    ``out_dir``: a new folder, or one Tuneloom wrote (``.tuneloom``); another is refused unless ``force``
+    (core.export_target.check_folder_target), before any work."""
     from core.export import resolve_source
     from core.fuse import _replace_dir, fuse_model
     from core.model_card import write_model_card
@@ -49,10 +47,12 @@ def export_mlx(source, out_dir, *, bits: int = 16, adapter: bool = True, merged:
     base, run = resolve_source(source)
     if run is None:
         raise TuneloomError(f"{source} is a model folder, not a run.", "Give a run folder.")
+    from core.export_target import check_folder_target, mark_folder
+
     out_dir = Path(out_dir)
-    _check_target(out_dir)
+    check_folder_target(out_dir, "the MLX folders", base=base, run=run, force=force)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / ".tuneloom").write_text("mlx\n", encoding="utf-8")
+    mark_folder(out_dir, "mlx")
     result: dict = {"path": str(out_dir), "bits": bits, "merged": None, "adapter": None}
     if merged:
         work = Path(tempfile.mkdtemp(prefix=".tuneloom-mlx-", dir=out_dir))

@@ -114,9 +114,10 @@ def peft_tensors(base: Path, adapter_dir: Path, final: bool = False) -> tuple[di
 
 
 def export_peft(source, out_dir, *, events: Events | None = None, cancel: CancelToken | None = None,
-                card: bool = True, final: bool = False) -> dict:
-    """Write ``out_dir`` (a new folder, or one Tuneloom wrote before) as a PEFT adapter folder with a model
-    card. Returns ``{"path", "files", "r", "lora_alpha", "target_modules", "base_model_name_or_path"}``."""
+                card: bool = True, final: bool = False, force: bool = False) -> dict:
+    """Write ``out_dir`` (a new folder, or one Tuneloom wrote before; another only with ``force``) as a PEFT
+    adapter folder with a model card. Returns ``{"path", "files", "r", "lora_alpha", "target_modules",
+    "base_model_name_or_path"}``."""
     from safetensors.numpy import save_file
 
     from core.export import resolve_source
@@ -126,8 +127,10 @@ def export_peft(source, out_dir, *, events: Events | None = None, cancel: Cancel
     base, adapter_dir = resolve_source(source)
     if adapter_dir is None:
         raise TuneloomError(f"{source} is a model folder: there is no adapter to write.", "Give a run folder.")
+    from core.export_target import check_folder_target, mark_folder
+
     out_dir = Path(out_dir)
-    _check_target(out_dir)
+    check_folder_target(out_dir, "the PEFT folder", base=base, run=adapter_dir, force=force)
     state, config = peft_tensors(base, adapter_dir, final)
     if cancel is not None:
         cancel.checkpoint()
@@ -140,7 +143,7 @@ def export_peft(source, out_dir, *, events: Events | None = None, cancel: Cancel
             from core.model_card import write_model_card
 
             write_model_card(tmp, adapter_dir, base, kind="peft")
-        (tmp / ".tuneloom").write_text("peft\n", encoding="utf-8")
+        mark_folder(tmp, "peft")
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -149,10 +152,3 @@ def export_peft(source, out_dir, *, events: Events | None = None, cancel: Cancel
     return {"path": str(out_dir), "files": sorted(p.name for p in out_dir.iterdir() if not p.name.startswith(".")),
             "r": config["r"], "lora_alpha": config["lora_alpha"], "target_modules": config["target_modules"],
             "base_model_name_or_path": config["base_model_name_or_path"]}
-
-
-def _check_target(out_dir: Path) -> None:
-    """A folder is written only when new, empty, or written by Tuneloom before (a ``.tuneloom`` marker)."""
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / ".tuneloom").exists())):
-        raise TuneloomError(f"{out_dir} exists and was not written by Tuneloom; it is left as it is.",
-                            "Choose a new folder.")

@@ -176,6 +176,15 @@ def _check_option(cfg, name: str, rule: tuple) -> str | None:
     return None
 
 
+def option_allows(name: str, value) -> bool:
+    """Whether TrainConfig.validate accepts ``value`` for option ``name`` (its OPTION_RANGES rule; an option
+    without one: any value). The window's form keeps its fields to what this accepts."""
+    import types
+
+    rule = OPTION_RANGES.get(name)
+    return rule is None or _check_option(types.SimpleNamespace(**{name: value}), name, rule) is None
+
+
 def _option(name: str) -> dict:
     label, help_ = OPTION_TEXT[name]
     return {"label": label, "help": help_}

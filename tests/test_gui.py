@@ -158,14 +158,16 @@ def test_settings_dialog_and_persistence(qtbot, tmp_path):
     assert size[1] == 620
     w.load_data([demo_data_dir() / "train.jsonl"])
     qtbot.waitUntil(lambda: w.data_report is not None, timeout=30000)
-    assert "288" in w.data_page.summary.text()  # 10% of 320 held out
+    # the trainer's split (core.data.train_valid_test): 10% of 320 kept for the test, 10% of the rest held out
+    assert "<b>259</b> to train on, <b>29</b> to check progress" in w.data_page.summary.text()
+    assert "<b>32</b> for the final test" in w.data_page.summary.text()
     dlg = w.open_settings()
     dlg.valid_pct.setValue(25)
     dlg.max_len.setValue(320)
     dlg.accept()
     assert w.data_page.max_len.value() == 320
-    qtbot.waitUntil(lambda: w.data_report is not None and w.data_report.n_valid == 80, timeout=30000)
-    assert "240" in w.data_page.summary.text()  # reloaded with the new split
+    qtbot.waitUntil(lambda: w.data_report is not None and w.data_report.n_valid == 72, timeout=30000)
+    assert "<b>216</b> to train on" in w.data_page.summary.text()  # reloaded with the new split
     w.train_page.iters.setValue(77)
     w.data_page.training_toggle.setChecked(True)
     w.steps.setCurrentRow(2)
@@ -180,7 +182,7 @@ def test_settings_dialog_and_persistence(qtbot, tmp_path):
     assert w2.model_dir == demo_model_dir()
     # the last dataset comes back, and so does the validation share
     qtbot.waitUntil(lambda: w2.data_report is not None, timeout=30000)
-    assert w2.data_paths == [demo_data_dir() / "train.jsonl"] and w2.data_report.n_valid == 80
+    assert w2.data_paths == [demo_data_dir() / "train.jsonl"] and w2.data_report.n_valid == 72
 
 
 def test_dock_drop_arrives_as_file_open_event(window, qtbot, qapp):

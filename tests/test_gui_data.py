@@ -57,7 +57,8 @@ def test_drop_on_the_drop_zone_shows_format_counts_split_and_chat_preview(window
     summary = page.summary.text()
     assert "qa.jsonl" in summary and "prompt and completion" in summary
     assert "30 examples" in summary and "30 usable" in summary and "none with problems" in summary
-    assert "<b>27</b> to train on, <b>3</b> to check progress" in summary  # 10% held out
+    # the trainer's split: 10% kept for the final test, then 10% of the rest held out for validation
+    assert "<b>24</b> to train on, <b>3</b> to check progress" in summary and "<b>3</b> for the final test" in summary
     assert page.results.isVisible() and page.drop.compact
     assert not page.problems.isVisible()  # no problems: no empty list
     # the first examples as a chat: role names and the texts, in file order

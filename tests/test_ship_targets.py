@@ -239,7 +239,8 @@ def test_lmstudio_places_the_gguf_under_a_fake_home(tmp_path, monkeypatch):
     dest = home / ".lmstudio" / "models" / "tuneloom" / "my-run" / "tuned-q4_k_m.gguf"
     assert res["path"] == str(dest) and dest.read_bytes() == gguf.read_bytes()
     new = {p for p in tmp_path.rglob("*")} - before
-    assert {p for p in new if not p.is_dir()} == {dest}, "one file written, nothing else"
+    # the GGUF and the marker that says Tuneloom wrote its folder (core.export_target), nothing else
+    assert {p for p in new if not p.is_dir()} == {dest, dest.parent / ".tuneloom"}
     assert all(p in dest.parents for p in new if p.is_dir()), new
     with pytest.raises(TuneloomError, match="already has"):
         place_gguf(gguf, "my run")

@@ -11,7 +11,11 @@ from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLab
 
 METRICS = [("exact_match", "Exact match", "pct"), ("json_valid", "Valid JSON", "pct"),
            ("json_field_accuracy", "JSON field accuracy", "pct"), ("loss", "Loss (held out)", "num"),
-           ("perplexity", "Perplexity", "num"), ("examples", "Examples", "int")]
+           ("perplexity", "Perplexity", "num"), ("examples", "Examples", "int"),
+           # preference runs (issue 30): the share of held-out pairs whose chosen answer the model rates above
+           # the rejected one (core.evaluate's preference_accuracy; the row is hidden for chat data)
+           ("preference_accuracy", "Preference accuracy", "pct")]
+PREFERENCE_ROW = next(i for i, (k, _l, _t) in enumerate(METRICS) if k == "preference_accuracy")
 ROW_COLUMNS = ["#", "Question", "Expected", "Original", "Fine-tuned", "Original exact", "Fine-tuned exact"]
 
 
@@ -63,8 +67,9 @@ class EvalTable(QWidget):
         self.metrics.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.metrics.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.metrics.verticalHeader().setDefaultSectionSize(26)
-        self.metrics.setFixedHeight(self.metrics.horizontalHeader().sizeHint().height() + 26 * len(METRICS) + 4)
         self.metrics.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.metrics.setRowHidden(PREFERENCE_ROW, True)  # until an evaluation of preference pairs
+        self._fit_metrics()
         self.table = QTableWidget(0, len(ROW_COLUMNS))
         self.table.setObjectName("try.eval_rows")
         self.table.setHorizontalHeaderLabels(ROW_COLUMNS)
@@ -104,6 +109,13 @@ class EvalTable(QWidget):
         self.table.itemSelectionChanged.connect(self._show_selected)
         self.save_csv.clicked.connect(lambda: self.save("csv"))
         self.save_jsonl.clicked.connect(lambda: self.save("jsonl"))
+
+    def _fit_metrics(self) -> None:
+        shown = sum(1 for r in range(len(METRICS)) if not self.metrics.isRowHidden(r))
+        self.metrics.setFixedHeight(self.metrics.horizontalHeader().sizeHint().height() + 26 * shown + 4)
+
+    def preference_shown(self) -> bool:
+        return not self.metrics.isRowHidden(PREFERENCE_ROW)
 
     # -- state in
     def clear(self, text: str = ""):
@@ -155,6 +167,13 @@ class EvalTable(QWidget):
                 item = QTableWidgetItem(metric_text(js[side][key], kind))
                 item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
                 self.metrics.setItem(r, c, item)
+        pref = any(js[side].get("preference_accuracy") is not None for side in ("base", "tuned"))
+        self.metrics.setRowHidden(PREFERENCE_ROW, not pref)
+        if pref:
+            self.metrics.verticalHeaderItem(PREFERENCE_ROW).setToolTip(
+                "Held-out preference pairs on which the model gives the chosen answer a higher probability than "
+                "the rejected one (50%: no preference).")
+        self._fit_metrics()
         src = f"the run's {result.source} examples" if result.source in ("test", "validation") else ", ".join(
             Path(p).name for p in result.data)
         done = "" if result.complete else " (stopped: the examples done so far)"

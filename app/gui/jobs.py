@@ -30,6 +30,9 @@ class DataReport:
     duplicates: int
     n_train: int = 0
     n_valid: int = 0
+    n_test: int = 0  # the test split (core.data.train_valid_test): kept for the final evaluation, never trained on
+    test_source: str = ""  # where the test split comes from, in words
+    test_fraction: float = 0.0  # the test share the split was made with (the Train page's option)
     split_source: str = ""  # how the split was made, in words
     split_error: str | None = None
     reasoning: int = 0  # examples carrying reasoning (counting them is not for the GUI thread)
@@ -51,10 +54,12 @@ def dataset_files(paths: list[Path]) -> dict[str, Path]:
 
 
 def load_data_report(paths: list[Path], valid_fraction: float = 0.1, events=None, cancel=None,
-                     options: dict | None = None) -> DataReport:
+                     options: dict | None = None, test_fraction: float = 0.0) -> DataReport:
     """Read and validate the files, then the split sizes and duplicates (hashing every record is
-    not for the GUI thread). ``options``: load_dataset's keyword arguments (a column mapping)."""
-    from core.data import load_dataset, train_valid
+    not for the GUI thread). ``options``: load_dataset's keyword arguments (a column mapping).
+    The split is the trainer's (core.data.train_valid_test): a test file, else ``test_fraction`` of the
+    examples, is kept for the final test before validation is drawn."""
+    from core.data import load_dataset
 
     events = events or NULL_EVENTS
     paths = [Path(p) for p in paths]
@@ -73,12 +78,32 @@ def load_data_report(paths: list[Path], valid_fraction: float = 0.1, events=None
     else:
         report.split_source = f"{valid_fraction:.0%} held out for validation"
     if ds.records:
-        try:
-            tr, va = train_valid(ds, valid_fraction)
-            report.n_train, report.n_valid = len(tr), len(va)
-        except DatasetError as exc:
-            report.split_error = exc.user_message()
+        fill_split(report, valid_fraction, test_fraction)
     return report
+
+
+def fill_split(report: DataReport, valid_fraction: float, test_fraction: float) -> DataReport:
+    """The split sizes of ``report``'s dataset as the trainer draws them (core.data.train_valid_test)."""
+    from core.data import test_files, train_valid_test
+
+    report.test_fraction = test_fraction
+    report.split_error = None
+    try:
+        test_named = [Path(f).name for f in test_files(report.paths)]
+        tr, va, te = train_valid_test(report.dataset, valid_fraction, test_fraction, has_test_file=bool(test_named))
+        report.n_train, report.n_valid, report.n_test = len(tr), len(va), len(te)
+        report.test_source = (f"from {', '.join(test_named)}" if test_named else
+                              f"{test_fraction:.0%} of the examples" if te else "")
+    except DatasetError as exc:
+        report.split_error = exc.user_message()
+    return report
+
+
+def resplit(report: DataReport, valid_fraction: float, test_fraction: float, events=None, cancel=None) -> DataReport:
+    """The same dataset split again with another test share (hashing every record is not for the GUI thread)."""
+    import dataclasses
+
+    return fill_split(dataclasses.replace(report), valid_fraction, test_fraction)
 
 
 # --------------------------------------------------------------------------- tokens
@@ -497,9 +522,13 @@ def load_history(root: Path | None = None, events=None, cancel=None) -> list[Run
     for d in runs.run_dirs(root):
         if cancel is not None:
             cancel.raise_if_cancelled()
-        info = runs.RunInfo.load(d, metrics=True)
-        if info is not None:
-            out.append(summarize_run(info))
+        try:
+            info = runs.RunInfo.load(d, metrics=True)
+            if info is not None:
+                out.append(summarize_run(info))
+        except Exception as exc:  # noqa: BLE001 - damage to one run costs that run only: it is listed as damaged
+            info = runs.RunInfo(Path(d), {}, {}, problem=f"cannot be read ({type(exc).__name__}: {exc})")
+            out.append(RunSummary(info, ([], []), ([], [])))
         time.sleep(0)  # hand the GIL to the window between runs
     return out
 

@@ -289,12 +289,16 @@ class ComparePlot(_ThemedPlot):
         self.getPlotItem().setClipToView(True)
         self.getPlotItem().setDownsampling(auto=True, mode="peak")
         self.runs: list[str] = []
+        self.best_points: list[tuple[str, int, float]] = []  # (run, step, validation loss) of each run's best
+        self.best_markers: list = []
 
     def show_runs(self, runs: list[tuple[str, list, list, list, list]], smoothing: float = 0.9) -> None:
-        """``runs``: (label, train steps, train losses, valid steps, valid losses) per run."""
+        """``runs``: (label, train steps, train losses, valid steps, valid losses) per run. Each run's best step
+        (its lowest validation loss, the first of equal ones, as the trainer keeps it) is marked with a star."""
         self.clear()
         self.legend.clear()
         self.runs = [r[0] for r in runs]
+        self.best_points, self.best_markers = [], []
         for i, (label, tx, ty, vx, vy) in enumerate(runs):
             col = RUN_COLORS[i % len(RUN_COLORS)]
             if len(tx):
@@ -308,6 +312,15 @@ class ComparePlot(_ThemedPlot):
                 self.plot(np.asarray(vx, float), np.asarray(vy, float), pen=pg.mkPen(col, width=1.2,
                           style=Qt.PenStyle.DashLine), symbol="o", symbolSize=6, symbolBrush=col,
                           symbolPen=pg.mkPen(col), name=f"{label} (validation)" if len(runs) > 1 else "validation")
+                vals = np.asarray(vy, float)
+                if np.isfinite(vals).any():
+                    i = int(np.nanargmin(np.where(np.isfinite(vals), vals, np.nan)))
+                    self.best_points.append((label, int(vx[i]), float(vals[i])))
+                    self.best_markers.append(self.plot(
+                        [float(vx[i])], [float(vals[i])], pen=None, symbol="star", symbolSize=17, symbolBrush=col,
+                        symbolPen=pg.mkPen(self.palette().color(self.palette().ColorRole.Text), width=1.2)))
+        if self.best_markers:  # one legend entry for the stars, after the runs' own
+            self.legend.addItem(self.best_markers[0], "best step (lowest validation loss)")
         self.enableAutoRange()
 
 

@@ -18,7 +18,7 @@ from core import paths, runs
 HISTORY_PAGE = 5  # the window's page index of the run history (after the five steps)
 
 STATE_WORDS = {"done": "done", "running": "training", "cancelled": "stopped, resumable", "failed": "failed",
-               "interrupted": "interrupted, resumable", "new": "not started", "unknown": "?"}
+               "interrupted": "interrupted, resumable", "new": "not started", "unknown": "?", "damaged": "damaged"}
 
 
 def state_words(info, session=None) -> str:
@@ -32,6 +32,36 @@ def state_words(info, session=None) -> str:
     if st == "failed" and info.resumable:
         return "failed, resumable"
     return STATE_WORDS.get(st, st)
+
+
+def other_writer(run_dir, session=None) -> int | None:
+    """The pid of another process writing ``run_dir`` now (its OS lock, core.runs.lock_holder; 0 when the lock
+    file does not say), or None. This window's own training (its trainer process holds the lock of the current
+    run) is not another writer."""
+    if run_dir is None:
+        return None
+    pid = runs.lock_holder(Path(run_dir))
+    if pid is None:
+        return None
+    if session is not None and session.busy("train") and session.run_dir is not None and \
+            Path(session.run_dir) == Path(run_dir):
+        return None
+    return pid
+
+
+def writer_words(pid: int) -> str:
+    """'process 1234 is training this run' (the words of a disabled action's tooltip)."""
+    who = f"process {pid}" if pid else "another process"
+    return f"{who} is training this run (another window, or `tuneloom train`); wait until it has finished"
+
+
+def run_problems(info) -> list[str]:
+    """What is wrong with a run folder, in words: the damage core.runs found (an unreadable config.json,
+    status.json, ...), and the parts the actions need that are missing (a finished run without its adapter)."""
+    out = [p for p in str(getattr(info, "problem", "") or "").split("; ") if p]
+    if not out and info.state == "done" and info.adapters is None:
+        out.append(f"its adapter ({runs.FINAL_ADAPTERS}) is missing: Try and Export need it")
+    return out
 
 
 def model_words(path: str) -> str:

@@ -33,8 +33,17 @@ def target_dir(run_dir: Path, what: str, bits: int = 16) -> Path:
     return Path(run_dir) / "exports" / ({"mlx": f"mlx-{bits}", "peft": "peft"}[what])
 
 
-def target_job(what, run_dir, quant, bits, events=None, cancel=None):
-    """One of the other targets, written under the run's exports/ folder (LM Studio: its own folder)."""
+def lmstudio_target(run_dir: Path, quant: str) -> Path:
+    """Where "Open in LM Studio" places the run's GGUF (core.lmstudio.target_path)."""
+    from core.export import default_gguf_name
+    from core.lmstudio import target_path
+
+    return target_path(default_gguf_name(run_dir, quant), Path(run_dir).name)
+
+
+def target_job(what, run_dir, quant, bits, events=None, cancel=None, force=False):
+    """One of the other targets, written under the run's exports/ folder (LM Studio: its own folder; an
+    existing file there is replaced only with ``force``, which the user asks for by ticking a box)."""
     if what == "lmstudio":
         from core.export import default_gguf_name, export, write_export_record
         from core.lmstudio import place_gguf
@@ -44,7 +53,7 @@ def target_job(what, run_dir, quant, bits, events=None, cancel=None):
             res = export(run_dir, gguf=gguf, quant=quant, modelfile=gguf.with_name("Modelfile"), events=events,
                          cancel=cancel)
             write_export_record(run_dir, res)
-        placed = place_gguf(gguf, Path(run_dir).name, events=events)
+        placed = place_gguf(gguf, Path(run_dir).name, events=events, force=force)
         return {"what": what, "path": placed["path"], "note": f"placed by {placed['method']}"}
     if what == "mlx":
         from core.mlx_export import export_mlx
@@ -128,11 +137,17 @@ class ShipPanel(QWidget):
             b.clicked.connect(lambda _c=False, k=key: self.start_target(k))
         grid.addWidget(self.bits, 1, 2)
         grid.setColumnStretch(3, 1)
+        # LM Studio's file is outside the run's exports/ folder: one there is replaced only when the user says so
+        self.replace = QCheckBox("Replace the existing file")
+        self.replace.setObjectName("export.replace")
+        self.replace.setVisible(False)
+        self.replace.toggled.connect(lambda _on: self.refresh())
+        grid.addWidget(self.replace, len(TARGETS), 0, 1, 4)
         self.target_result = QLabel("")
         self.target_result.setObjectName("export.target_result")
         self.target_result.setWordWrap(True)
         self.target_result.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        grid.addWidget(self.target_result, len(TARGETS), 0, 1, 4)
+        grid.addWidget(self.target_result, len(TARGETS) + 1, 0, 1, 4)
         lay.addWidget(box)
 
         share = QGroupBox("Share on the Hugging Face Hub")
@@ -234,8 +249,17 @@ class ShipPanel(QWidget):
             self.kind_note.setText("The fine-tune merged into the model: one file for Ollama, llama.cpp, LM Studio.")
         trained = self.page.session.trained
         busy = self.page.slots.running("ship")
+        writer = self.page.writer_why() if trained else None  # another process trains the run: no second writer
+        existing = self.existing_lmstudio()
+        self.replace.setVisible(existing is not None)
+        if existing is not None:
+            self.replace.setToolTip(f"LM Studio already has {existing}: tick to replace it with this run's GGUF.")
+        elif self.replace.isChecked():
+            self.replace.setChecked(False)  # asked for one file; another one later is asked about again
         for key, b in self.buttons.items():
-            b.setEnabled(trained and not busy and not (key == "peft" and problem and "QLoRA" in problem))
+            b.setEnabled(trained and not busy and writer is None and
+                         not (key == "peft" and problem and "QLoRA" in problem))
+            b.setToolTip(writer or dict((k, w) for k, _l, w in TARGETS)[key])
         sharing = self.page.slots.running("share")
         repo = self.repo.text().strip()
         ok_repo = repo.count("/") == 1 and all(repo.split("/"))
@@ -244,13 +268,33 @@ class ShipPanel(QWidget):
         self.push_cancel.setEnabled(sharing)
 
     # -- targets -------------------------------------------------------------------------------
+    def existing_lmstudio(self) -> Path | None:
+        """LM Studio's file for the current run and size when it is there already (an earlier export)."""
+        run = self.page.session.run_dir
+        if run is None or not self.page.session.trained:
+            return None
+        try:
+            p = lmstudio_target(run, self.page.quant.currentData())
+        except Exception:  # noqa: BLE001 - a damaged run: nothing to place
+            return None
+        return p if p.exists() else None
+
     def start_target(self, key: str):
         run = self.page.session.run_dir
         if run is None:
             return
+        force = False
+        if key == "lmstudio" and self.existing_lmstudio() is not None:
+            if not self.replace.isChecked():  # asked inline, before anything is written
+                self.refresh()
+                self.target_result.setText(f"LM Studio already has {html.escape(str(self.existing_lmstudio()))}. "
+                                           "Tick <b>Replace the existing file</b> to replace it, or export another "
+                                           "size.")
+                return
+            force = True
         self.target_result.setText(f"Writing {dict((k, l) for k, l, _w in TARGETS)[key].lower()}...")
         self.page.slots["ship"].start(target_job, key, run, self.page.quant.currentData(),
-                                      int(self.bits.currentData()), on_ok=self._target_done,
+                                      int(self.bits.currentData()), force=force, on_ok=self._target_done,
                                       on_failed=self._target_failed, on_ended=self.refresh)
         self.refresh()
 

@@ -309,7 +309,7 @@ class DataPage(Page):
         QTimer.singleShot(0, lambda r=report: self._fill_preview(r))
 
     def _fill_preview(self, report):
-        if self.report is not report:
+        if self.report is None or self.report.dataset is not report.dataset:  # (a new split is the same data)
             return
         ds = report.dataset
         if ds.records:
@@ -334,8 +334,11 @@ class DataPage(Page):
         if r.split_error:
             parts.append(theme.span(html.escape(r.split_error), "warning", pal))
         elif usable:
+            test = getattr(r, "n_test", 0)
             parts.append(f"Split: <b>{r.n_train:,}</b> to train on, <b>{r.n_valid:,}</b> to check progress "
-                         f"({html.escape(r.split_source)})")
+                         f"({html.escape(r.split_source)})" +
+                         (f", <b>{test:,}</b> for the final test ({html.escape(r.test_source)}, never trained on)"
+                          if test else ""))
         for note in getattr(ds, "notes", None) or []:
             parts.append(html.escape(str(note)))
         thinks = self.tokens.template_thinks if self.tokens is not None else None
@@ -451,6 +454,39 @@ class DataPage(Page):
         except (TypeError, ValueError):
             return 0.1
 
+    def test_fraction(self) -> float:
+        """The test share the next run keeps aside (the Train page's option, core.train's default before it)."""
+        train = getattr(self.ctx, "pages", {}).get("train")
+        try:
+            v = train.values().get("test_fraction") if train is not None else None
+            if v is None:
+                from dataclasses import fields
+
+                from core.train import TrainConfig
+
+                v = next(f.default for f in fields(TrainConfig) if f.name == "test_fraction")
+            return min(0.9, max(0.0, float(v)))
+        except (TypeError, ValueError, StopIteration):
+            return 0.0
+
+    def test_share_changed(self) -> None:
+        """The Train page's test share changed: the split shown is worked out again (off the GUI thread)."""
+        r = self.report
+        if r is None or not r.dataset.records or self.slots.running("data") or self.session.busy("train"):
+            return
+        tf = self.test_fraction()
+        if abs(getattr(r, "test_fraction", 0.0) - tf) < 1e-9:
+            return
+        self.slots["data-split"].start(gj.resplit, r, self.valid_fraction(), tf, quiet_gc=True,
+                                       on_ok=self._resplit)
+
+    def _resplit(self, report) -> None:
+        if self.report is None or report.dataset is not self.report.dataset:
+            return  # other files were read meanwhile
+        self.report = report
+        self.session.update(data_report=report)
+        self._show_summary()
+
     def restore_settings(self):
         self.max_len.setValue(self.int_setting("data/max_seq_len", 512))
         from app.gui.settings_dialog import read_bool
@@ -501,7 +537,7 @@ class DataPage(Page):
         else:
             self._load_options = dict(options)
         self.slots["data"].start(gj.load_data_report, files, self.valid_fraction(), quiet_gc=True,
-                                 options=self._load_options or None,
+                                 options=self._load_options or None, test_fraction=self.test_fraction(),
                                  delay_ms=PAINT_FIRST_MS, on_progress=lambda d, t, w: self.set_busy(w, d, t),
                                  on_ok=self._data_loaded, on_failed=self._data_failed, on_ended=self._data_ended)
 

@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayo
 from app.gui.export_stages import ExportStages
 from app.gui.pages.base import AppContext, Page, error_text
 from app.gui.notify import show_in_folder
-from app.gui.run_bar import RunBar
+from app.gui.run_bar import RunBar, other_writer, writer_words
 
 # each type: its key, its name, and one line saying its size, its quality and when to pick it
 QUANTS = [("f16", "F16", "16 bits a weight, the largest file; exactly the fine-tune's quality. Pick it to keep "
@@ -32,6 +32,8 @@ QUANTS = [("f16", "F16", "16 bits a weight, the largest file; exactly the fine-t
           ("q4_k_m", "Q4_K_M", "4.8 bits a weight on average, about 30% of F16; some loss, noticeable on tiny "
                                "models. Ollama's usual choice for models of 3B and more.")]
 VERIFY_TOKENS = 96
+MEASURE_TIP = ("Write each size once and let llama.cpp read it: how often it picks the same next token as the model "
+               "you trained, on your test examples (a minute or more).")
 # greedy, so Ollama's answer can be compared with Tuneloom's own for the same prompt
 VERIFY_OPTIONS = {"temperature": 0, "top_k": 1, "seed": 0, "num_predict": VERIFY_TOKENS}
 
@@ -166,6 +168,12 @@ class ExportPage(Page):
         self.layout_.addWidget(self.run_bar)
         self._sizes: dict[str, int] = {}
         self._last: dict = {}  # what the last export was asked to do (for Retry)
+        from PySide6.QtCore import QTimer
+
+        self._lock_timer = QTimer(self)  # while another process trains the run: look again now and then
+        self._lock_timer.setSingleShot(True)
+        self._lock_timer.setInterval(2000)
+        self._lock_timer.timeout.connect(lambda: self.refresh())
         form = QFormLayout()
         self.quant = QComboBox()
         self.quant.setObjectName("export.quant")
@@ -263,8 +271,7 @@ class ExportPage(Page):
         # issue 28: the price of each quantization, measured on request (core.quant_price)
         self.measure_btn = QPushButton("Measure the quality of each size")
         self.measure_btn.setObjectName("export.measure")
-        self.measure_btn.setToolTip("Write each size once and let llama.cpp read it: how often it picks the same next "
-                                    "token as the model you trained, on your test examples (a minute or more).")
+        self.measure_btn.setToolTip(MEASURE_TIP)
         self.price = QLabel("")
         self.price.setObjectName("export.price")
         self.price.setWordWrap(True)
@@ -384,7 +391,7 @@ class ExportPage(Page):
             lambda run_dir, events=None, cancel=None: measure_quants(run_dir, events=events, cancel=cancel), run,
             on_progress=lambda d, t, what: self.price.setText(f"Measuring: {what}"),
             on_ok=self._show_price, on_failed=lambda exc: self.price.setText(error_text(exc)),
-            on_ended=lambda: self.measure_btn.setEnabled(True))
+            on_ended=self.refresh)
 
     # -- state ---------------------------------------------------------------------------------
     def name_problem(self) -> str | None:
@@ -396,9 +403,20 @@ class ExportPage(Page):
             return f"Not a valid Ollama name. {exc.hint}" if exc.hint else exc.user_message()
         return None
 
+    def writer_why(self) -> str | None:
+        """Why nothing may write the current run now: another process trains it (its OS lock), or None."""
+        pid = other_writer(self.session.run_dir, self.session) if self.session.run_dir is not None else None
+        if pid is None:
+            return None
+        if not self._lock_timer.isActive():  # look again until it has finished
+            self._lock_timer.start()
+        words = writer_words(pid)
+        return words[0].upper() + words[1:] + " before exporting it."
+
     def refresh(self):
         busy = self.slots.running("export") or self.slots.running("export-check")
         run_why = None if self.session.trained else "Train a model first (step 3), or pick a run in the history."
+        run_why = run_why or self.writer_why()
         problem = self.name_problem()
         self.name_note.setText(html.escape(problem) if problem else "")
         self.name_note.setVisible(bool(problem))
@@ -409,6 +427,11 @@ class ExportPage(Page):
                                           "model answers.")
         gwhy = run_why or ("An export is running." if busy else None)
         self.gguf_btn.setEnabled(gwhy is None)
+        self.gguf_btn.setToolTip(gwhy or "Write the GGUF file and Modelfile (for llama.cpp, LM Studio, or Ollama "
+                                          "later).")
+        measuring = "export-measure" in self.slots and self.slots["export-measure"].state != "idle"
+        self.measure_btn.setEnabled(run_why is None and not measuring)
+        self.measure_btn.setToolTip(run_why or MEASURE_TIP)
         self.cancel_btn.setEnabled(busy)
         self.retry_btn.setEnabled(not busy and problem is None)
         self.ship.refresh()

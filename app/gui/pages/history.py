@@ -23,7 +23,8 @@ from app.gui import theme
 from app.gui.pages.base import AppContext, Page, error_text
 from app.gui.notify import show_in_folder
 from app.gui.plots import ComparePlot, sparkline
-from app.gui.run_bar import STATE_WORDS, checkpoint_step, data_words, model_words, state_words  # noqa: F401
+from app.gui.run_bar import (STATE_WORDS, checkpoint_step, data_words, model_words, other_writer,  # noqa: F401
+                             run_problems, state_words, writer_words)
 from app.session import EXPORT, TRY
 from core import paths, runs
 
@@ -278,8 +279,15 @@ class HistoryPage(Page):
             pal = self.palette()
             for s in summaries:
                 info = s.info
+                problems = run_problems(info)
+                words = state_words(info, self.session)
+                if problems and info.state != "damaged":
+                    words += ", damaged"  # e.g. done, but its adapter is gone
+                pid = other_writer(info.path, self.session) if not problems else None
+                if pid is not None:  # its lock says so, whatever its status.json says yet
+                    words = f"training in process {pid}" if pid else "training elsewhere"
                 item = RunItem([info.title, time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created)),
-                                model_words(info.base_model), data_words(info.dataset), state_words(info, self.session),
+                                model_words(info.base_model), data_words(info.dataset), words,
                                 f"{s.steps:,}" + (f" / {info.total_steps:,}" if info.total_steps else ""),
                                 _loss(s.final_train), _loss(s.final_valid), ""])
                 item.setData(0, PATH_ROLE, str(info.path))
@@ -289,9 +297,11 @@ class HistoryPage(Page):
                 tip = f"{info.path}\nmodel: {info.base_model}\ndata: {', '.join(info.dataset)}"
                 if info.error:
                     tip += f"\nerror: {info.error}"
+                for p in problems:
+                    tip += f"\ndamaged: {p}"
                 for c in range(len(COLUMNS)):
                     item.setToolTip(c, tip)
-                if info.state == "failed":
+                if info.state == "failed" or problems:
                     item.setForeground(4, theme.accent("error", pal))
                 self.list.addTopLevelItem(item)
         finally:
@@ -338,7 +348,8 @@ class HistoryPage(Page):
         self.ctx.status(f"Selected run {run_dir.name}", 5000)
         # an adapter only fits the model it was trained on: Try and Export use that one
         cfg = runs.read_json(run_dir / "config.json", {}) or {}
-        base = Path(cfg["model"]) if cfg.get("model") else None
+        model = cfg.get("model") if isinstance(cfg, dict) else None  # a damaged config: no model to switch to
+        base = Path(model) if isinstance(model, str) and model else None
         current = self.session.model_dir.resolve() if self.session.model_dir is not None else None
         if base is not None and base.is_dir() and base.resolve() != current:
             self.ctx.page("model").set_model(base)
@@ -372,6 +383,12 @@ class HistoryPage(Page):
                                                                   if extra else ""))
         if info.error:
             lines.append(theme.span(html.escape(info.error), "error", pal))
+        listed = next((s.info for s in self.summaries if s.info.path == info.path), None)
+        for p in run_problems(info) or (run_problems(listed) if listed is not None else []):  # damaged, missing
+            lines.append(theme.span("Damaged: " + html.escape(p), "error", pal))
+        pid = other_writer(info.path, self.session)
+        if pid is not None:
+            lines.append(html.escape(writer_words(pid)[0].upper() + writer_words(pid)[1:]) + ".")
         self.details.setText("<br>".join(lines))
         self._show_plot()
 
@@ -431,21 +448,41 @@ class HistoryPage(Page):
         path = it.data(0, PATH_ROLE)
         return next((s.info for s in self.summaries if str(s.info.path) == path), None)
 
+    def actions(self, info) -> dict[str, tuple[bool, str]]:
+        """{"resume" / "try" / "export": (enabled, tooltip)} for a run: a run another process is training gets
+        no second writer (Resume, Export), a damaged run none of the actions that need its missing parts."""
+        training = self.slots["train"].state != "idle"
+        if info is None:
+            return {k: (False, "Pick a run first.") for k in ("resume", "try", "export")}
+        pid = other_writer(info.path, self.session)
+        busy = writer_words(pid) + "." if pid is not None else None
+        problems = run_problems(info)
+        damaged = f"This run is damaged: {'; '.join(problems)}." if problems else None
+        can_resume = info.state != "done" and info.checkpoint is not None and not training
+        out = {"resume": (True, "Continue this run from its last checkpoint.") if can_resume else (False, (
+            "This run is finished." if info.state == "done" else
+            "A run is training: stop or finish it first." if training else "This run has no checkpoint yet."))}
+        has_adapter = info.adapters is not None
+        for key, what in (("try", "try it"), ("export", "export it")):
+            out[key] = (True, f"Make this run the current one and {what}.") if has_adapter else (
+                False, "Pick a run that has an adapter (a few steps trained) first.")
+        for key in ("resume", "try", "export"):
+            if damaged and (info.state == "damaged" or key != "resume"):
+                out[key] = (False, damaged)  # a damaged config or status: nothing reads it as a run
+        for key in ("resume", "export"):  # a second writer
+            if busy:
+                out[key] = (False, busy[0].upper() + busy[1:])
+        return out
+
     def _refresh_buttons(self):
         info = self.selected_info()
         training = self.slots["train"].state != "idle"
         current_run = self.session.run_dir
         running_here = training and info is not None and current_run == info.path
-        can_resume = info is not None and info.state != "done" and info.checkpoint is not None and not training
-        self.resume_btn.setEnabled(can_resume)
-        self.resume_btn.setToolTip("Continue this run from its last checkpoint." if can_resume else (
-            "Pick a run first." if info is None else "This run is finished." if info.state == "done" else
-            "A run is training: stop or finish it first." if training else "This run has no checkpoint yet."))
-        has_adapter = info is not None and info.adapters is not None
-        for b, what in ((self.try_btn, "try it"), (self.export_btn, "export it")):
-            b.setEnabled(has_adapter)
-            b.setToolTip(f"Make this run the current one and {what}." if has_adapter else
-                         "Pick a run that has an adapter (a few steps trained) first.")
+        acts = self.actions(info)
+        for b, key in ((self.resume_btn, "resume"), (self.try_btn, "try"), (self.export_btn, "export")):
+            b.setEnabled(acts[key][0])
+            b.setToolTip(acts[key][1])
         self.rename_btn.setEnabled(info is not None)
         self.delete_btn.setEnabled(info is not None and not running_here)
         self.delete_btn.setToolTip("Move this run's folder to the trash." if not running_here else
@@ -468,6 +505,7 @@ class HistoryPage(Page):
             return None
         menu = QMenu(self)
         menu.setObjectName("history.menu")
+        menu.setToolTipsVisible(True)  # a disabled action says why
         training = self.slots["train"].state != "idle"
         current = self.session.run_dir is not None and Path(self.session.run_dir) == info.path
 
@@ -481,12 +519,11 @@ class HistoryPage(Page):
 
         add("Make current" if not current else "Current run", lambda: self.select_run(info.path), not current)
         step = checkpoint_step(info)
-        can_resume = info.state != "done" and step is not None and not training
+        acts = self.actions(info)
         add(f"Resume from step {step:,}" if step is not None else "Resume",
-            lambda: self.ctx.page("train").resume_run(info.path), can_resume)
-        has_adapter = info.adapters is not None
-        add("Try", lambda: (self.select_run(info.path), self.ctx.go_to(TRY)), has_adapter)
-        add("Export", lambda: (self.select_run(info.path), self.ctx.go_to(EXPORT)), has_adapter)
+            lambda: self.ctx.page("train").resume_run(info.path), *acts["resume"])
+        add("Try", lambda: (self.select_run(info.path), self.ctx.go_to(TRY)), *acts["try"])
+        add("Export", lambda: (self.select_run(info.path), self.ctx.go_to(EXPORT)), *acts["export"])
         menu.addSeparator()
         item = self.item_for(info.path)
         ticked = item is not None and item.checkState(0) == Qt.CheckState.Checked
@@ -595,7 +632,10 @@ class SidebarRuns(QListWidget):
         pal = self.palette()
         for s in summaries:
             info = s.info
-            item = QListWidgetItem(f"{info.title}\n{state_words(info, self.history.session)}")
+            words = state_words(info, self.history.session)
+            if info.state != "damaged" and run_problems(info):
+                words += ", damaged"  # as the history's list says it
+            item = QListWidgetItem(f"{info.title}\n{words}")
             item.setData(PATH_ROLE, str(info.path))
             item.setIcon(QIcon(sparkline(s.train[1], 56, 18, palette=pal)))
             item.setToolTip(f"{info.path}\nmodel: {info.base_model}")

@@ -24,13 +24,13 @@ from app.gui import theme
 from app.gui.notify import notify
 from app.gui.pages.base import AppContext, Page, error_text
 from app.gui.plots import TrainPlot
-from app.gui.run_bar import RunBar, checkpoint_step, state_words
+from app.gui.run_bar import RunBar, checkpoint_step, other_writer, state_words, writer_words
 from app.gui.widgets import Panel
 from app.session import TRAIN, TRY
 from core import runs, units
 from core.events import Cancelled
-from core.train import (DEFAULT_PRESET, MIN_STEPS, PRESET_TEXT, PRESETS, TrainConfig, fit_to_data, option_help,
-                        option_label, preset_config)
+from core.train import (DEFAULT_PRESET, MIN_STEPS, OPTION_RANGES, PRESET_TEXT, PRESETS, TrainConfig, fit_to_data,
+                        option_allows, option_help, option_label, preset_config)
 
 ON_MAC = sys.platform == "darwin"
 # superqt's default arrows point up when collapsed; a closed section points right, an open one down
@@ -125,6 +125,68 @@ class SciSpin(QDoubleSpinBox):
         self.setValue(self.value() * (2.0 ** steps))
 
 
+class RuleSpin(QSpinBox):
+    """A whole-number field that offers only what the config accepts (core.train.option_allows): an option
+    whose valid values have a gap (num_layers and valid_batches: -1 for all, else at least 1) skips it when
+    stepping and does not accept it typed."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.option = name
+
+    def allows(self, v: int) -> bool:
+        return self.minimum() <= v <= self.maximum() and option_allows(self.option, v)
+
+    def stepBy(self, steps: int):
+        v, step = self.value(), self.singleStep() * (1 if steps > 0 else -1)
+        for _ in range(abs(steps)):
+            nxt = v + step
+            while self.minimum() <= nxt <= self.maximum() and not self.allows(nxt):
+                nxt += 1 if step > 0 else -1
+            if not self.allows(nxt):
+                break
+            v = nxt
+        self.setValue(v)
+
+    def validate(self, text, pos):
+        from PySide6.QtGui import QValidator
+
+        state, text, pos = super().validate(text, pos)
+        if state == QValidator.State.Acceptable and not self.allows(self.valueFromText(text)):
+            state = QValidator.State.Intermediate
+        return state, text, pos
+
+    def fixup(self, text):
+        v = self.valueFromText(text) if text.strip().lstrip("-").isdigit() else self.value()
+        up = next((u for u in range(v, v + 1000) if self.allows(u)), None)
+        return self.textFromValue(up if up is not None else self.value())
+
+    def setValue(self, v: int):
+        if not self.allows(int(v)):  # e.g. a setting saved before the ranges matched the config
+            v = next((u for u in range(int(v), int(v) + 1000) if self.allows(u)), self.minimum())
+        super().setValue(int(v))
+
+
+def form_range(name: str, kind: str) -> tuple:
+    """The form's range for an option: the config's lowest accepted value (OPTION_RANGES, as
+    TrainConfig.validate checks it; an accepted special value below it, e.g. -1 for all, counts), capped by
+    the form's RANGES where the config has no cap or a wider one."""
+    lo, hi = RANGES.get(name, (0, 10_000_000) if kind == "int" else (0.0, 1e6))
+    rule = OPTION_RANGES.get(name)
+    if rule is None or name == "iters":  # iters: 0 in the form is the config's None ("auto")
+        return lo, hi
+    rlo, rhi, lo_ok, hi_ok, special, _words = rule
+    tiny = 1 if kind == "int" else 10 ** -3
+    numbers = [v for v in special if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if rlo is not None:  # the form may be stricter than the config (a longest sequence of 16), never looser
+        lo = max(lo, rlo)
+        if lo == rlo and not lo_ok:
+            lo += tiny
+    if rhi is not None:
+        hi = min(hi, rhi if hi_ok else rhi - tiny)
+    return min([lo] + numbers), hi
+
+
 def preset_of(config: dict) -> str:
     """The preset a run's config was made from: the one whose values it keeps the most of (a run's own
     config.json does not name it)."""
@@ -188,12 +250,14 @@ class OptionsForm(QWidget):
             grid.setColumnStretch(c, 1)
 
     def _make(self, name: str, kind: str) -> QWidget:
-        lo, hi = RANGES.get(name, (0, 10_000_000) if kind == "int" else (0.0, 1e6))
+        lo, hi = form_range(name, kind)
         if kind == "bool":
             return QCheckBox()
         if kind == "int":
-            w = QSpinBox()
+            w = RuleSpin(name) if name in OPTION_RANGES and name != "iters" else QSpinBox()
             w.setRange(int(lo), int(hi))
+            if isinstance(w, RuleSpin) and lo in OPTION_RANGES[name][4]:
+                w.setSpecialValueText("all")  # -1: every block, every validation batch
             w.setSingleStep(STEP_SIZES.get(name, 1))
             if name == "iters":
                 w.setSpecialValueText("auto (from passes)")
@@ -381,6 +445,18 @@ class TrainPage(Page):
         rl.addWidget(self.next_btn, 0, Qt.AlignmentFlag.AlignTop)
         lay.addWidget(self.result_box)
         self.result_box.hide()  # until there is something to say
+        # issue 28: memorising (validation loss rising while training loss falls) as a banner of its own, live
+        self.memo_banner = Panel()
+        self.memo_banner.setObjectName("train.memorising_banner")
+        ml = QHBoxLayout(self.memo_banner)
+        ml.setContentsMargins(10, 6, 10, 6)
+        self.memo_text = QLabel("")
+        self.memo_text.setObjectName("train.memorising")
+        self.memo_text.setWordWrap(True)
+        self.memo_text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        ml.addWidget(self.memo_text, 1)
+        lay.addWidget(self.memo_banner)
+        self.memo_banner.hide()
 
         # -- plot | figures, log under
         split = QSplitter(Qt.Orientation.Vertical)
@@ -557,6 +633,7 @@ class TrainPage(Page):
             v = self.values().get("max_seq_len")
             if v and data.max_len.value() != v:
                 data.max_len.setValue(int(v))
+            data.test_share_changed()  # the split the Data page shows counts this test share
         self._estimate_timer.start()
 
     def max_len_changed(self, v: int):
@@ -609,6 +686,7 @@ class TrainPage(Page):
         if info is None or self.session.run_dir != run_dir or self.slot.state != "idle" or run_dir == self._live_run:
             return
         self.shown_run = info
+        self._show_memorising_of(info.status.get("memorising"))
         self.plot.clear_data()
         self.plot.load_metrics(info.metrics or [])
         self.plot.set_total(info.total_steps)
@@ -659,7 +737,8 @@ class TrainPage(Page):
             self._paint_result("stopped")
         elif st == "running":
             self.result_state = "idle"
-            self.status.setText(f"<b>{name}</b> is training in another process (pid {info.status.get('pid')}); "
+            pid = other_writer(info.path, self.session) or info.status.get("pid")
+            self.status.setText(f"<b>{name}</b> is training in another process (pid {pid}); "
                                 "open it again when it has finished.")
             self._paint_result(None)
         else:
@@ -725,8 +804,13 @@ class TrainPage(Page):
         self.method_row.setVisible(bool(getattr(self.session.dataset, "pairs", 0)) or self.method_key() != "sft")
         info = runs.RunInfo.load(self.session.run_dir) if self.session.run_dir is not None and not busy else None
         resumable = bool(info is not None and info.resumable)
-        self.resume_btn.setVisible(resumable)
-        if resumable:
+        writer = other_writer(info.path, self.session) if info is not None else None
+        self.resume_btn.setVisible(resumable or writer is not None)
+        self.resume_btn.setEnabled(writer is None)  # no second writer on a run another process trains
+        if writer is not None:
+            self.resume_btn.setText("Resume")
+            self.resume_btn.setToolTip(writer_words(writer)[0].upper() + writer_words(writer)[1:] + ".")
+        elif resumable:
             ck = checkpoint_step(info)
             self.resume_btn.setText(f"Resume from step {ck:,}" if ck is not None else "Resume")
             self.resume_btn.setToolTip(f"Continue {info.title} from its last checkpoint (step {ck:,} of "
@@ -979,6 +1063,10 @@ class TrainPage(Page):
             return
         run_dir = Path(run_dir)
         self.ctx.go_to(TRAIN)
+        writer = other_writer(run_dir, self.session)
+        if writer is not None:
+            self.status.setText(f"Not resumed: {html.escape(writer_words(writer))}.")
+            return
         self.status.setText(f"Reading {html.escape(run_dir.name)}...")
         self.slots["train.load"].start(gj.load_run, run_dir, on_ok=lambda info: self._resume_loaded(run_dir, info),
                                        on_failed=lambda exc: self.status.setText(
@@ -1002,6 +1090,7 @@ class TrainPage(Page):
 
         self._live_run = run_dir  # shown live from here on, not read back from disk
         self.session.update(run_dir=run_dir)
+        self.show_memorising(None)  # until this run's trainer says so
         self.last_report = None
         self.result_problems = []
         self.log.clear()
@@ -1096,7 +1185,34 @@ class TrainPage(Page):
             self.progress.setValue(r.step)  # repainting the bar costs: only when it moves a pixel or so
             self.progress.setFormat(f"step {r.step:,} of {r.total:,}")
 
+    def _show_memorising_of(self, m) -> None:
+        """The banner for a run's recorded memorising ({"best_step", "step", ...} in its result or status)."""
+        from core.train import memorising_text
+
+        try:
+            self.show_memorising(memorising_text(m) if isinstance(m, dict) else None)
+        except (KeyError, TypeError, ValueError):  # a damaged record: no banner rather than a crash
+            self.show_memorising(None)
+
+    def show_memorising(self, text: str | None) -> None:
+        """The memorising banner with ``text`` (core.train.memorising_text), or hidden (None)."""
+        if not text:
+            self.memo_banner.hide()
+            self.memo_text.setText("")
+            return
+        head = theme.span("Memorising:", "warning", self.palette(), bold=True)
+        self.memo_text.setText(f"{head} {html.escape(text)} More passes will not help; fewer passes, more "
+                               "examples, or early stop will.")
+        self._paint_memo()
+        self.memo_banner.show()
+
+    def _paint_memo(self):
+        self.memo_banner.fill_color = theme.tint("warning", self.palette(), 0.16)
+        self.memo_banner.update()
+
     def _log_line(self, level: str, text: str):
+        if level == "warning" and "started to memorise" in text:  # the trainer's warning (core.train.memorising_text)
+            self.show_memorising(text)
         pal = self.palette()
         esc = html.escape(text)
         if level in ("warning", "error"):
@@ -1123,6 +1239,7 @@ class TrainPage(Page):
         if res.get("memorising"):
             extra += (f" The model started to memorise after step {res['memorising']['best_step']} (the validation "
                       "loss rose while the training loss fell).")
+            self._show_memorising_of(res["memorising"])
         if extra:
             self.status.setText(self.status.text() + extra)
         self._log_line("info", f"done in {fmt_duration(r.elapsed if r else res.get('seconds'))}")
@@ -1211,6 +1328,8 @@ class TrainPage(Page):
         if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange) and \
                 hasattr(self, "result_box"):
             self._paint_result(self.result_state)
+            if hasattr(self, "memo_banner"):
+                self._paint_memo()
         super().changeEvent(event)
 
     def _paint_result(self, kind):

@@ -126,6 +126,13 @@ def eval_summary_text(result) -> str:
              "validation": "the run's validation examples (the run has no test split)",
              "files": "the files given"}.get(result.source, result.source)
     text = f"Evaluated on {where}: {len(result.rows)} examples, fine-tune with {result.adapter or 'its adapter'}."
+    pref = getattr(result, "preference", None) or {}
+    if any(pref.get(side) is not None for side in ("base", "tuned")):  # a preference run (issue 30)
+        def pct(v):
+            return f"{100 * v:.1f}%" if v is not None else "n/a"
+
+        text += (f"\nPreference accuracy (held-out pairs whose chosen answer the model rates above the rejected one): "
+                 f"original {pct(pref.get('base'))}, fine-tune {pct(pref.get('tuned'))}.")
     d = getattr(result, "drift", None)
     if d:
         text += (f"\nForgetting check on {d['probe_count']} general prompts: {d['verdict']} (KL "
