@@ -188,3 +188,13 @@ def test_without_tools_a_json_answer_is_not_a_call_and_bad_tools_are_refused(mod
         session.tools = [{"type": "function", "function": {"description": "no name"}}]
     with pytest.raises(TuneloomError, match="not valid JSON"):
         ChatSession(model, ("base",), tools="[{")
+
+
+def test_a_template_without_tool_support_refuses_the_tools_in_words():
+    from core.generate import ChatModel, ChatSession
+    from core.paths import demo_model_dir
+
+    session = ChatSession(ChatModel(demo_model_dir()), ("base",), tools=TOOLS)  # plain ChatML: no tools
+    with pytest.raises(TuneloomError, match="has no tool support"):
+        session.ask(Q)
+    assert session.turns == []
