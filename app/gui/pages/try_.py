@@ -458,7 +458,8 @@ class TryPage(Page):
         v.setContentsMargins(0, 0, 0, 0)
         intro = QLabel("Functions the models may call, as JSON: a list, or one function per line "
                        "(<code>{\"name\": ..., \"description\": ..., \"parameters\": {...}}</code> or OpenAI's "
-                       "<code>{\"type\": \"function\", \"function\": {...}}</code>). They apply from the next question.")
+                       "<code>{\"type\": \"function\", \"function\": {...}}</code>). "
+                       "They apply from the next question.")
         intro.setWordWrap(True)
         v.addWidget(intro)
         self.tools_edit = QPlainTextEdit()
