@@ -647,7 +647,7 @@ class TryPage(Page):
             why = "Fix the tool definitions (Tools), or clear them."
         else:
             why = None
-        for side, send in self.result_sends.items():
+        for send in self.result_sends.values():
             send.setEnabled(not (chatting or evaluating))
         self.ask_btn.setEnabled(why is None)
         self.ask_btn.setToolTip(why or "Ask both models (Enter).")
