@@ -163,3 +163,28 @@ def test_evaluate_summary_shows_tool_call_accuracy_per_side():
                                      scores={s: AnswerScore(True, None, None, None) for s in ("base", "tuned")})],
                        losses={}, source="test")
     assert "Tool-call accuracy" not in eval_summary_text(plain)
+
+
+def test_an_answer_with_two_calls_takes_one_result_each_before_it_continues(window, qtbot, monkeypatch):
+    page = window.try_page
+    two = (CALL + '\n<tool_call>\n{"name": "price", "arguments": {"name": "Olla"}}\n</tool_call>')
+    script = Scripted([two, "It costs 3 coins."]).install(monkeypatch)
+    page.tools_edit.setPlainText(json.dumps(TOOLS))
+    page.prompt.setText("What is Olla and what does it cost?")
+    page.ask()
+    qtbot.waitUntil(lambda: not page.slots.running("try") and page.result_rows["base"].isVisible(), timeout=120000)
+    assert page.base_out.toPlainText() == f'\u2192 call {SHOWN}\n\u2192 call price(name="Olla")'
+    assert "(1 of 2)" in page.result_labels["base"].text() and "describe" in page.result_labels["base"].text()
+    page.result_inputs["base"].setText('{"category": "kettle"}')
+    page.send_tool_result("base")
+    assert not page.slots.running("try") and len(script.prompts) == 1  # waits for the second result
+    assert "(2 of 2)" in page.result_labels["base"].text() and "price" in page.result_labels["base"].text()
+    page.result_inputs["base"].setText("3")
+    page.send_tool_result("base")
+    qtbot.waitUntil(lambda: not page.slots.running("try") and page.base_out.toPlainText().endswith("3 coins."),
+                    timeout=120000)
+    assert page.holder.chat.turns[-1].results["base"] == [
+        {"role": "tool", "content": '{"category": "kettle"}', "name": "describe"},
+        {"role": "tool", "content": "3", "name": "price"}]
+    assert script.prompts[1].endswith('<tool_response>\n{"category": "kettle"}\n</tool_response>\n'
+                                      "<tool_response>\n3\n</tool_response><|im_end|>\n<|im_start|>assistant\n")
