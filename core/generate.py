@@ -14,6 +14,13 @@ stops both within a token. Prompts are rendered by :class:`core.tokens.ChatEncod
 exactly as training renders them. Each side keeps its KV cache between questions, so a
 follow-up only computes the tokens the conversation added.
 
+Tools: a session given ``tools`` (OpenAI's form, see :mod:`core.tools`) renders them in every
+prompt (the template's tool prompt, as training renders a record's tools) and reads the calls a
+finished answer writes (:func:`core.tools.parse_tool_calls`). Such an answer joins the history as
+a call turn (``tool_calls``), so :meth:`ChatSession.tool_result` can answer it with what the
+function returned (a ``tool`` message) and let that side continue. The two sides may call
+different functions, so results are given per side.
+
 The generation loop is ours (not ``mlx_lm.generate_step``) because the adapter has to be
 switched in and out between single forward passes and a stop must land between them.
 """
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -294,10 +302,12 @@ class ChatModel:
 
     # -- text level -----------------------------------------------------------------------------
     def stream(self, messages: list[dict], sampling: Sampling | None = None, cancel: CancelToken | None = None, *,
-               adapter: bool | None = None, cache: PromptCache | None = None) -> Iterator[str]:
-        """Yield the answer to ``messages`` as text chunks, as it is generated."""
+               adapter: bool | None = None, cache: PromptCache | None = None, tools: list[dict] | None = None
+               ) -> Iterator[str]:
+        """Yield the answer to ``messages`` as text chunks, as it is generated (``tools``: the functions
+        the model may call, rendered in the prompt; :meth:`calls` reads the calls out of the answer)."""
         text = TextStream(self.encoder)
-        for tid in self.stream_ids(self.encoder.prompt_ids(messages), sampling, cancel, adapter=adapter,
+        for tid in self.stream_ids(self.encoder.prompt_ids(messages, tools), sampling, cancel, adapter=adapter,
                                    cache=cache):
             piece = text.add(tid)
             if piece:
@@ -307,10 +317,21 @@ class ChatModel:
             yield tail
 
     def answer(self, messages: list[dict], max_tokens: int = 96, cancel: CancelToken | None = None, *,
-               adapter: bool | None = None, sampling: Sampling | None = None) -> str:
-        ids = self.generate_ids(self.encoder.prompt_ids(messages), max_tokens, cancel, adapter=adapter,
+               adapter: bool | None = None, sampling: Sampling | None = None, tools: list[dict] | None = None
+               ) -> str:
+        ids = self.generate_ids(self.encoder.prompt_ids(messages, tools), max_tokens, cancel, adapter=adapter,
                                 sampling=sampling)
         return self.encoder.decode(ids)
+
+    def calls(self, text: str, tools: list[dict] | None = None) -> list[dict]:
+        """The function calls in an answer, [{"name", "arguments"}], read as this model's template writes
+        them. Only an answer to a prompt with ``tools`` is read: without them a JSON answer that has a
+        "name" would pass for a call."""
+        if not tools:
+            return []
+        from core.tools import parse_tool_calls
+
+        return parse_tool_calls(text, self.encoder.tok, tools)
 
     def greedy_batch(self, prompts: list[list[int]], max_tokens: list[int], *, adapter: bool | None = None
                      ) -> list[str]:
@@ -394,6 +415,20 @@ def trained_system_prompt(run_dir: str | Path, records=None) -> str | None:
 # The conversation
 # ---------------------------------------------------------------------------
 
+_CALL_BLOCK = re.compile(r"<tool_call>.*?(?:</tool_call>|\Z)", re.S)
+
+
+def assistant_message(text: str, calls: list[dict] | None) -> dict:
+    """The history's assistant message for an answer: prose, or a call turn (OpenAI's ``tool_calls``,
+    arguments as objects) whose content is the prose around the calls."""
+    if not calls:
+        return {"role": "assistant", "content": text}
+    prose = _CALL_BLOCK.sub("", text).strip() if "<tool_call>" in text else ""
+    return {"role": "assistant", "content": prose,
+            "tool_calls": [{"type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                           for c in calls]}
+
+
 @dataclass
 class Chunk:
     """A piece of one side's answer; the last one of a side has ``done`` and says why it ended
@@ -403,24 +438,34 @@ class Chunk:
     text: str
     done: bool = False
     reason: str | None = None
+    calls: list[dict] = field(default_factory=list)  # on the last chunk: the calls in the answer
 
 
 @dataclass
 class Turn:
-    user: str
+    """One exchange: the user's message (None for a turn that continues after tool results) and each
+    side's answer. ``calls[side]``: the function calls the answer writes ([{"name", "arguments"}],
+    empty for prose). ``results[side]``: the tool messages given to that side before it answered
+    (what its calls of the turn before returned); a side without results did not answer."""
+
+    user: str | None
     replies: dict[str, str] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)  # side -> why its answer ended
+    calls: dict[str, list[dict]] = field(default_factory=dict)
+    results: dict[str, list[dict]] = field(default_factory=dict)
 
 
 class ChatSession:
     """A multi-turn chat with the base model, the fine-tuned model, or both side by side.
 
     ``ask()`` / ``stream()`` take the user's message, answer it on every side and add the
-    exchange to the history; ``reset()`` starts a new chat. Changing ``system`` or
-    ``sampling`` applies from the next question on."""
+    exchange to the history; ``reset()`` starts a new chat. Changing ``system``, ``sampling``
+    or ``tools`` applies from the next question on. With ``tools``, an answer that calls
+    functions waits for their results: ``tool_result()`` / ``stream_results()`` give them to a
+    side, which answers again."""
 
     def __init__(self, model: ChatModel, sides: tuple[str, ...] = SIDES, *, system: str | None = None,
-                 sampling: Sampling | None = None):
+                 sampling: Sampling | None = None, tools: list[dict] | None = None):
         for s in sides:
             if s not in SIDES:
                 raise TuneloomError(f"Unknown side {s!r}.", f"Use {' and/or '.join(SIDES)}.")
@@ -432,6 +477,22 @@ class ChatSession:
         self.sampling = sampling or Sampling()
         self.turns: list[Turn] = []
         self._caches = {s: PromptCache() for s in self.sides}
+        self.tools = tools
+
+    @property
+    def tools(self) -> list[dict] | None:
+        """The functions the models may call (OpenAI's form), or None."""
+        return self._tools
+
+    @tools.setter
+    def tools(self, tools) -> None:
+        from core.tools import ToolDataError, normalise_tools
+
+        try:
+            self._tools = normalise_tools(tools)
+        except ToolDataError as exc:
+            raise TuneloomError(f"The tool definitions cannot be used: {exc.field} {exc.message}.",
+                                exc.hint) from None
 
     @classmethod
     def for_run(cls, run_dir: str | Path, sides: tuple[str, ...] = SIDES, *, sampling: Sampling | None = None,
@@ -456,18 +517,62 @@ class ChatSession:
         for c in self._caches.values():
             c.reset()
 
-    def messages(self, side: str, user: str | None = None) -> list[dict]:
-        """The conversation as ``side`` sees it (system, its own earlier answers), plus ``user``."""
+    def messages(self, side: str, user: str | None = None, results: list[dict] | None = None) -> list[dict]:
+        """The conversation as ``side`` sees it (system, its own earlier answers, its calls and their
+        results), plus ``user`` or the tool messages ``results``."""
         msgs = [{"role": "system", "content": self.system}] if self.system else []
         for t in self.turns:
-            msgs.append({"role": "user", "content": t.user})
-            msgs.append({"role": "assistant", "content": t.replies.get(side, "")})
+            if t.user is not None:
+                msgs.append({"role": "user", "content": t.user})
+            msgs.extend(t.results.get(side, []))
+            if t.user is not None or side in t.replies:
+                msgs.append(assistant_message(t.replies.get(side, ""), t.calls.get(side)))
         if user is not None:
             msgs.append({"role": "user", "content": user})
+        msgs.extend(results or [])
         return msgs
 
-    def prompt_ids(self, side: str, user: str) -> list[int]:
-        return self.model.encoder.prompt_ids(self.messages(side, user))
+    def prompt_ids(self, side: str, user: str | None = None, results: list[dict] | None = None) -> list[int]:
+        return self.model.encoder.prompt_ids(self.messages(side, user, results), self.tools)
+
+    def pending_calls(self, side: str) -> list[dict]:
+        """The calls of ``side``'s last answer that wait for results ([] when it answered in prose,
+        or when a question came after it)."""
+        for t in reversed(self.turns):
+            if side in t.replies:
+                return list(t.calls.get(side) or [])
+            if t.user is not None:
+                return []
+        return []
+
+    def _results(self, side: str, contents) -> list[dict]:
+        """Tool messages for ``side``'s pending calls: one content per call, in order (fewer is
+        allowed; the calls without a result stay unanswered)."""
+        calls = self.pending_calls(side)
+        if not calls:
+            raise TuneloomError(f"The {side} model's last answer calls no function: there is nothing to give a "
+                                "result to.", "Ask a question instead.")
+        if isinstance(contents, (str, dict)):
+            contents = [contents]
+        contents = list(contents)
+        if not contents:
+            raise TuneloomError("No tool result given.", "Type what the function returned.")
+        if len(contents) > len(calls):
+            raise TuneloomError(f"{len(contents)} tool results for {len(calls)} call"
+                                f"{'s' if len(calls) != 1 else ''} of the {side} model.",
+                                "Give one result per call.")
+        out = []
+        for call, c in zip(calls, contents):
+            if isinstance(c, dict):  # a tool message already
+                msg = {"role": "tool", "content": str(c.get("content", "")), "name": c.get("name") or call["name"]}
+                if c.get("tool_call_id") is not None:
+                    msg["tool_call_id"] = str(c["tool_call_id"])
+            else:
+                if not isinstance(c, str):
+                    c = json.dumps(c, ensure_ascii=False)
+                msg = {"role": "tool", "content": c, "name": call["name"]}
+            out.append(msg)
+        return out
 
     # -- asking ---------------------------------------------------------------------------------
     def stream(self, user: str, cancel: CancelToken | None = None, sampling: Sampling | None = None
@@ -477,12 +582,46 @@ class ChatSession:
         they got."""
         if not isinstance(user, str) or not user.strip():
             raise TuneloomError("The message is empty.", "Type a question first.")
-        s = (sampling or self.sampling).check()
         turn = Turn(user)
-        texts = {side: TextStream(self.model.encoder) for side in self.sides}
+        yield from self._answer(turn, {side: self.prompt_ids(side, user) for side in self.sides}, cancel, sampling)
+
+    def stream_results(self, results: dict[str, object], cancel: CancelToken | None = None,
+                       sampling: Sampling | None = None) -> Iterator[Chunk]:
+        """Give tool results to the sides named in ``results`` (side -> what the function returned:
+        text, or a list with one text per call of that side's last answer) and stream their new
+        answers, as :meth:`stream` does. The other sides do not answer (their calls stay pending)."""
+        if not results:
+            raise TuneloomError("No tool result given.", "Type what the function returned.")
+        for side in results:
+            if side not in self.sides:
+                raise TuneloomError(f"There is no {side!r} model in this chat.", f"Use {' or '.join(self.sides)}.")
+        turn = Turn(None)
+        turn.results = {side: self._results(side, c) for side, c in results.items()}
+        prompts = {side: self.prompt_ids(side, results=turn.results[side]) for side in self.sides if side in results}
+        yield from self._answer(turn, prompts, cancel, sampling)
+
+    def tool_result(self, side: str, content, name: str | None = None, on_chunk: Callable[[Chunk], None] | None = None,
+                    cancel: CancelToken | None = None, sampling: Sampling | None = None) -> Turn:
+        """Give ``side`` what its pending call returned (``content``: text, or one text per call when
+        the answer called several) and let it answer again; returns the new turn. ``name``: the
+        function's name, when the result should carry another name than the call's."""
+        if name is not None and not isinstance(content, (list, tuple)):
+            content = {"content": content if isinstance(content, str) else json.dumps(content, ensure_ascii=False),
+                       "name": name}
+        for chunk in self.stream_results({side: content}, cancel, sampling):
+            if on_chunk is not None:
+                on_chunk(chunk)
+        return self.turns[-1]
+
+    def _answer(self, turn: Turn, prompts: dict[str, list[int]], cancel: CancelToken | None,
+                sampling: Sampling | None) -> Iterator[Chunk]:
+        """Generate every side of ``prompts`` token by token in turn; ``turn`` joins the history at the end."""
+        s = (sampling or self.sampling).check()
+        sides = list(prompts)
+        texts = {side: TextStream(self.model.encoder) for side in sides}
         gens = {}
-        for side in self.sides:
-            gens[side] = self.model.stream_ids(self.prompt_ids(side, user), s, cancel, adapter=(side == "tuned"),
+        for side in sides:
+            gens[side] = self.model.stream_ids(prompts[side], s, cancel, adapter=(side == "tuned"),
                                                cache=self._caches[side])
         unfinished = "cancelled"  # why the sides still running at the end stopped
         try:
@@ -495,7 +634,8 @@ class ChatSession:
                         tail = texts[side].flush()
                         turn.replies[side] = texts[side].text
                         turn.reasons[side] = end.value or "stop"
-                        yield Chunk(side, tail, done=True, reason=turn.reasons[side])
+                        turn.calls[side] = self.model.calls(turn.replies[side], self.tools)
+                        yield Chunk(side, tail, done=True, reason=turn.reasons[side], calls=turn.calls[side])
                         continue
                     piece = texts[side].add(tid)
                     if piece:
@@ -511,6 +651,7 @@ class ChatSession:
                 texts[side].flush()
                 turn.replies.setdefault(side, texts[side].text)
                 turn.reasons.setdefault(side, unfinished)
+                turn.calls.setdefault(side, self.model.calls(turn.replies[side], self.tools))
             self.turns.append(turn)
 
     def ask(self, user: str, on_chunk: Callable[[Chunk], None] | None = None, cancel: CancelToken | None = None,
@@ -522,8 +663,10 @@ class ChatSession:
         return self.turns[-1]
 
     def to_json(self) -> dict:
-        return {"system": self.system, "sampling": asdict(self.sampling),
-                "turns": [asdict(t) for t in self.turns]}
+        out = {"system": self.system, "sampling": asdict(self.sampling), "turns": [asdict(t) for t in self.turns]}
+        if self.tools:
+            out["tools"] = self.tools
+        return out
 
     def save(self, path: str | Path) -> None:
         from core.atomic import write_text

@@ -12,9 +12,10 @@ import threading
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
-from PySide6.QtGui import QTextCursor
+from PySide6.QtGui import QFontDatabase, QTextCharFormat, QTextCursor
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGridLayout, QHBoxLayout, QLabel,
-                               QLineEdit, QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QTabWidget, QWidget)
+                               QLineEdit, QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QTabWidget, QVBoxLayout,
+                               QWidget)
 
 from app.gui import theme
 from app.gui.eval_table import EvalTable
@@ -88,12 +89,68 @@ class ModelHolder:
 
 
 def chat_turn(holder: ModelHolder, model_dir, run_dir, text, sampling, system, buffer: ChunkBuffer,
-              events=None, cancel=None):
-    """Load (once) and answer ``text`` on every side, pushing the chunks into ``buffer``."""
+              events=None, cancel=None, tools=None):
+    """Load (once) and answer ``text`` on every side, pushing the chunks into ``buffer``
+    (``tools``: the functions the models may call, from this question on)."""
     chat = holder.get(model_dir, run_dir, events, cancel)
     chat.system = system or None
+    chat.tools = tools
     chat.ask(text, on_chunk=buffer.push, cancel=cancel, sampling=sampling)
     return chat.turns[-1]
+
+
+def tool_result_turn(holder: ModelHolder, model_dir, run_dir, side, results, sampling, buffer: ChunkBuffer,
+                     events=None, cancel=None):
+    """Give ``side`` what its calls returned (one text per call) and let it answer again."""
+    chat = holder.get(model_dir, run_dir, events, cancel)
+    return chat.tool_result(side, list(results), on_chunk=buffer.push, cancel=cancel, sampling=sampling)
+
+
+# -- tools (issue 31) ----------------------------------------------------------------------------
+TOOLS_ARROWS = {"collapsedIcon": "\u25b6", "expandedIcon": "\u25bc"}  # as the Train page's sections
+
+
+def read_tools_text(text: str) -> tuple[list[dict] | None, str | None]:
+    """Tool definitions typed, pasted or loaded: a JSON list (or one function), or one function per
+    line. Returns (the tools in OpenAI's form or None when there are none, the reason they cannot be
+    used or None)."""
+    import json
+
+    from core.tools import ToolDataError, normalise_tools
+
+    if not text.strip():
+        return None, None
+    try:
+        parsed = json.loads(text)
+    except ValueError as whole:
+        lines = [(i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
+        parsed = []
+        for k, (i, ln) in enumerate(lines):
+            try:
+                item = json.loads(ln)
+            except ValueError as exc:
+                if k == 0 or len(lines) == 1:  # not one per line either: say where the JSON breaks
+                    return None, (f"Not valid JSON: {whole.msg} at line {whole.lineno}, column {whole.colno}. "
+                                  "Write a JSON list of functions, or one function per line.")
+                return None, (f"Line {i} is not valid JSON: {exc.msg} at column {exc.colno}. "
+                              "Write one function per line.")
+            parsed.extend(item if isinstance(item, list) else [item])
+    try:
+        return normalise_tools(parsed), None
+    except ToolDataError as exc:
+        where = f"{exc.field} " if exc.field else ""
+        return None, f"{where}{exc.message}" + (f": {exc.hint}." if exc.hint else ".")
+
+
+def call_text(call: dict) -> str:
+    """A call as it reads in code: ``describe(name="Olla", category="kettle")``."""
+    import json
+
+    args = call.get("arguments") or {}
+    if not isinstance(args, dict):
+        return f"{call.get('name')}({json.dumps(args, ensure_ascii=False)})"
+    inner = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in args.items())
+    return f"{call.get('name')}({inner})"
 
 
 def evaluate_job(holder: ModelHolder, model_dir, run_dir, data, limit, on_row, drift=False, events=None,
@@ -133,6 +190,11 @@ def eval_summary_text(result) -> str:
 
         text += (f"\nPreference accuracy (held-out pairs whose chosen answer the model rates above the rejected one): "
                  f"original {pct(pref.get('base'))}, fine-tune {pct(pref.get('tuned'))}.")
+    calls = {side: result.scores(side).tool_call_accuracy for side in ("base", "tuned")}
+    if any(v is not None for v in calls.values()):  # the examples call functions (issue 31)
+        shown = {k: "n/a" if v is None else f"{v:.0%}" for k, v in calls.items()}
+        text += (f"\nTool-call accuracy (right function, arguments equal as JSON, every call of the turn): "
+                 f"original model {shown['base']}, fine-tune {shown['tuned']}.")
     d = getattr(result, "drift", None)
     if d:
         text += (f"\nForgetting check on {d['probe_count']} general prompts: {d['verdict']} (KL "
@@ -161,14 +223,53 @@ class AnswerView(QPlainTextEdit):
         self.setReadOnly(True)
         self.setAcceptDrops(False)
         self.updates = 0  # appends so far (tests count them)
+        self.answer_start = 0  # where the answer being streamed begins (its calls replace their text)
 
-    def append_text(self, text: str):
+    def _end(self) -> QTextCursor:
         cur = self.textCursor()
         cur.movePosition(QTextCursor.MoveOperation.End)
-        cur.insertText(text)
+        return cur
+
+    def append_text(self, text: str, fmt: QTextCharFormat | None = None):
+        cur = self._end()
+        cur.insertText(text, fmt if fmt is not None else QTextCharFormat())
         self.updates += 1
         sb = self.verticalScrollBar()
         sb.setValue(sb.maximum())
+
+    def mark_answer(self) -> None:
+        """The next text streamed in is a new answer."""
+        self.answer_start = self._end().position()
+
+    def _tool_format(self) -> QTextCharFormat:
+        fmt = QTextCharFormat()
+        fmt.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        fmt.setForeground(theme.accent("tool", self.palette()))
+        fmt.setBackground(theme.tint("tool", self.palette()))
+        return fmt
+
+    def show_calls(self, calls: list[dict]) -> None:
+        """The answer streamed since :meth:`mark_answer` calls functions: its call blocks give way to
+        the calls written as calls (``describe(name="Olla")``), set apart from the prose."""
+        import re
+
+        cur = self._end()
+        cur.setPosition(min(self.answer_start, cur.position()), QTextCursor.MoveMode.KeepAnchor)
+        raw = cur.selectedText().replace("\u2029", "\n")
+        prose = re.sub(r"<tool_call>.*?(?:</tool_call>|\Z)", "", raw, flags=re.S).strip() \
+            if "<tool_call>" in raw else ""
+        cur.removeSelectedText()
+        if prose:
+            cur.insertText(prose + "\n", QTextCharFormat())
+        fmt = self._tool_format()
+        for i, c in enumerate(calls):
+            cur.insertText(("\n" if i else "") + "\u2192 call " + call_text(c), fmt)
+        self.updates += 1
+
+    def show_result(self, call: dict, result: str) -> None:
+        """What the user typed as a call's result, set apart like the call."""
+        self.append_text(f"\n\u2190 {call.get('name')} returned: {result}", self._tool_format())
+        self.append_text("\n")
 
 
 class TryPage(Page):
@@ -257,6 +358,7 @@ class TryPage(Page):
         settings.addStretch(1)
         sysform = QFormLayout()
         sysform.addRow("System prompt", self.system)
+        self._build_tools()
         cols = QGridLayout()
         self.base_title = QLabel(f"<b>{SIDE_TITLES['base']}</b>")
         self.tuned_title = QLabel(f"<b>{SIDE_TITLES['tuned']}</b>")
@@ -264,16 +366,19 @@ class TryPage(Page):
         cols.addWidget(self.tuned_title, 0, 1)
         cols.addWidget(self.base_out, 1, 0)
         cols.addWidget(self.tuned_out, 1, 1)
+        for i, side in enumerate(("base", "tuned")):
+            cols.addWidget(self.result_rows[side], 2, i)
         chat_tab = QWidget()
         cl = QGridLayout(chat_tab)
         cl.setContentsMargins(0, 6, 0, 0)
         cl.addLayout(settings, 0, 0)
         cl.addLayout(sysform, 1, 0)
-        cl.addWidget(self.questions, 2, 0)
-        cl.addLayout(cols, 3, 0)
-        cl.setRowStretch(3, 1)
-        cl.addLayout(row, 4, 0)
-        cl.addWidget(self.status, 5, 0)
+        cl.addWidget(self.tools_box, 2, 0)
+        cl.addWidget(self.questions, 3, 0)
+        cl.addLayout(cols, 4, 0)
+        cl.setRowStretch(4, 1)
+        cl.addLayout(row, 5, 0)
+        cl.addWidget(self.status, 6, 0)
 
         # the evaluation
         self.eval_btn = QPushButton("Evaluate")
@@ -345,6 +450,162 @@ class TryPage(Page):
         self.eval_stop.clicked.connect(lambda: self.slots["eval"].stop())
         self.refresh()
 
+    # -- tools (issue 31) ------------------------------------------------------------------------
+    def _build_tools(self):
+        """The Tools section (definitions pasted or loaded) and, under each column, the input for
+        what a call returned."""
+        from superqt import QCollapsible
+
+        self.tools: list[dict] | None = None  # the valid definitions, in OpenAI's form
+        self.tools_error: str | None = None
+        self.tools_box = QCollapsible("Tools", **TOOLS_ARROWS)
+        self.tools_box.setObjectName("try.tools")
+        box = QWidget()
+        v = QVBoxLayout(box)
+        v.setContentsMargins(0, 0, 0, 0)
+        intro = QLabel("Functions the models may call, as JSON: a list, or one function per line "
+                       "(<code>{\"name\": ..., \"description\": ..., \"parameters\": {...}}</code> or OpenAI's "
+                       "<code>{\"type\": \"function\", \"function\": {...}}</code>). "
+                       "They apply from the next question.")
+        intro.setWordWrap(True)
+        v.addWidget(intro)
+        self.tools_edit = QPlainTextEdit()
+        self.tools_edit.setObjectName("try.tools_edit")
+        self.tools_edit.setPlaceholderText('[{"name": "describe", "description": "Describe a thing", "parameters": '
+                                           '{"type": "object", "properties": {"name": {"type": "string"}}}}]')
+        self.tools_edit.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.tools_edit.setMaximumHeight(90)
+        v.addWidget(self.tools_edit)
+        trow = QHBoxLayout()
+        self.tools_load = QPushButton("Load...")
+        self.tools_load.setObjectName("try.tools_load")
+        self.tools_load.setToolTip("Read the tool definitions from a JSON or JSONL file.")
+        self.tools_clear = QPushButton("Clear")
+        self.tools_clear.setObjectName("try.tools_clear")
+        self.tools_message = QLabel("")
+        self.tools_message.setObjectName("try.tools_message")
+        self.tools_message.setWordWrap(True)
+        self.tools_message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        trow.addWidget(self.tools_message, 1)
+        trow.addWidget(self.tools_load)
+        trow.addWidget(self.tools_clear)
+        v.addLayout(trow)
+        self.tools_box.addWidget(box)
+        self.tools_box.collapse(animate=False)
+        self.tools_edit.textChanged.connect(self._tools_changed)
+        self.tools_load.clicked.connect(self.browse_tools)
+        self.tools_clear.clicked.connect(self.tools_edit.clear)
+
+        self.result_rows, self.result_inputs, self.result_sends, self.result_labels = {}, {}, {}, {}
+        self._waiting: dict[str, list[dict]] = {}  # side -> the calls its last answer made, waiting for results
+        self._results: dict[str, list[str]] = {}  # side -> the results typed so far
+        for side in ("base", "tuned"):
+            w = QWidget()
+            w.setObjectName(f"try.{side}.tool_row")
+            h = QHBoxLayout(w)
+            h.setContentsMargins(0, 0, 0, 0)
+            label = QLabel("")
+            edit = QLineEdit()
+            edit.setObjectName(f"try.{side}.tool_result")
+            send = QPushButton("Send result")
+            send.setObjectName(f"try.{side}.tool_send")
+            send.setToolTip("Give the model what the function returned; it continues its answer.")
+            h.addWidget(label)
+            h.addWidget(edit, 1)
+            h.addWidget(send)
+            w.setVisible(False)
+            edit.returnPressed.connect(lambda s=side: self.send_tool_result(s))
+            send.clicked.connect(lambda _c=False, s=side: self.send_tool_result(s))
+            self.result_rows[side], self.result_inputs[side], self.result_sends[side] = w, edit, send
+            self.result_labels[side] = label
+
+    def _tools_changed(self):
+        self.tools, self.tools_error = read_tools_text(self.tools_edit.toPlainText())
+        pal = self.palette()
+        if self.tools_error:
+            self.tools_message.setText(theme.span("Cannot use these tools:", "error", pal, bold=True) + " "
+                                       + html.escape(self.tools_error))
+            self.tools_box.setText("Tools (not usable: see the message)")
+        elif self.tools:
+            names = [t["function"]["name"] for t in self.tools]
+            self.tools_message.setText(theme.span(f"{len(names)} function{'s' if len(names) != 1 else ''}:", "ok",
+                                                  pal, bold=True) + " " + html.escape(", ".join(names))
+                                       + ". The models see them from the next question.")
+            self.tools_box.setText(f"Tools ({', '.join(names)})")
+        else:
+            self.tools_message.setText("No tools: the models answer in prose.")
+            self.tools_box.setText("Tools")
+        self.refresh()
+
+    def load_tools_file(self, path) -> bool:
+        """Put a file's tool definitions in the Tools section (checked as if pasted)."""
+        try:
+            text = Path(path).read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            self.tools_message.setText(theme.span("Cannot read the file:", "error", self.palette(), bold=True) + " "
+                                       + html.escape(f"{path}: {exc}"))
+            return False
+        self.tools_box.expand(animate=False)
+        self.tools_edit.setPlainText(text)
+        return self.tools_error is None
+
+    def browse_tools(self):
+        from PySide6.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getOpenFileName(self, "Load tool definitions", str(Path.home()),
+                                              "JSON files (*.json *.jsonl);;All files (*)")
+        if path:
+            self.load_tools_file(path)
+
+    def _show_waiting(self, side: str, calls: list[dict]):
+        """``side``'s answer calls functions: show them as calls and ask for their results."""
+        self.view(side).show_calls(calls)
+        self._waiting[side], self._results[side] = list(calls), []
+        self._ask_result(side)
+
+    def _ask_result(self, side: str):
+        calls, got = self._waiting.get(side) or [], self._results.get(side) or []
+        if not calls or len(got) >= len(calls):
+            self.result_rows[side].setVisible(False)
+            return
+        call = calls[len(got)]
+        n = f" ({len(got) + 1} of {len(calls)})" if len(calls) > 1 else ""
+        self.result_labels[side].setText(f"Result of <code>{html.escape(call['name'])}</code>{n}:")
+        self.result_inputs[side].clear()
+        self.result_inputs[side].setPlaceholderText(f"What {call['name']} returned (e.g. JSON), then Enter")
+        self.result_rows[side].setVisible(True)
+
+    def _clear_waiting(self):
+        self._waiting, self._results = {}, {}
+        for w in self.result_rows.values():
+            w.setVisible(False)
+
+    def send_tool_result(self, side: str):
+        """The typed result of ``side``'s next waiting call; with the last one, that side continues."""
+        model_dir, run = self._target()
+        text = self.result_inputs[side].text().strip()
+        calls = self._waiting.get(side) or []
+        if not text or not calls or model_dir is None or self.slots.running("try") or self.slots.running("eval"):
+            return
+        got = self._results.setdefault(side, [])
+        self.view(side).show_result(calls[len(got)], text)
+        got.append(text)
+        if len(got) < len(calls):
+            self._ask_result(side)
+            return
+        results = list(got)
+        self._waiting.pop(side, None)
+        self._results.pop(side, None)
+        self.result_rows[side].setVisible(False)
+        self.view(side).mark_answer()
+        self.buffer.drain()
+        self.status.setText("Answering...")
+        self.slots["try"].start(tool_result_turn, self.holder, model_dir, run, side, results, self.sampling(),
+                                self.buffer, on_ok=self._answered, on_failed=self._failed, on_ended=self._ended,
+                                quiet_gc=True)
+        self.flush_timer.start()
+        self.refresh()
+
     # -- session -------------------------------------------------------------------------------
     def session_changed(self, names: set):
         if names & {"model_dir", "run_dir", "run_version", "jobs"}:
@@ -389,8 +650,12 @@ class TryPage(Page):
             why = "Choose a model first (step 1)."
         elif chatting or evaluating:
             why = "Wait for the answers, or press Stop."
+        elif self.tools_error:
+            why = "Fix the tool definitions (Tools), or clear them."
         else:
             why = None
+        for send in self.result_sends.values():
+            send.setEnabled(not (chatting or evaluating))
         self.ask_btn.setEnabled(why is None)
         self.ask_btn.setToolTip(why or "Ask both models (Enter).")
         self.stop_btn.setEnabled(chatting)
@@ -421,6 +686,10 @@ class TryPage(Page):
         text = self.prompt.text().strip()
         if model_dir is None or not text or self.slots.running("try") or self.slots.running("eval"):
             return
+        if self.tools_error:
+            self.status.setText("Fix the tool definitions first (Tools): " + self.tools_error)
+            return
+        self._clear_waiting()  # a new question: calls not answered stay unanswered
         self._sides = ("base", "tuned") if run else ("base",)
         self._questions.append(text)
         self.show_questions()
@@ -429,12 +698,13 @@ class TryPage(Page):
             if view.toPlainText():  # a rule with the question's number between one answer and the next
                 q = text if len(text) <= 60 else text[:57] + "..."
                 view.append_text(f"\n\n\u2500\u2500 {len(self._questions)}. {q} \u2500\u2500\n")
+            view.mark_answer()
         self.prompt.clear()
         self.buffer.drain()
         self.status.setText("Loading the models..." if self.holder.key != (str(model_dir), str(run) if run else None)
                             else "Answering...")
         self.slots["try"].start(chat_turn, self.holder, model_dir, run, text, self.sampling(),
-                                self.system.toPlainText().strip(), self.buffer,
+                                self.system.toPlainText().strip(), self.buffer, tools=self.tools,
                                 on_progress=lambda _d, _t, what: self.status.setText(what[:80] + "..."),
                                 on_ok=self._answered, on_failed=self._failed, on_ended=self._ended,
                                 # no full garbage collection on the GUI thread when the answer ends (a ~100 ms
@@ -463,13 +733,18 @@ class TryPage(Page):
         if self.status.text().startswith("Loading") or self.status.text().endswith("..."):
             self.status.setText("Answering...")
         pieces: dict[str, list[str]] = {}
+        calls: dict[str, list[dict]] = {}
         for ch in items:
             if ch.done and ch.reason == "error":
                 pieces.setdefault(ch.side, []).append(f"\n[error: {ch.text}]")
             elif ch.text:
                 pieces.setdefault(ch.side, []).append(ch.text)
+            if ch.done and getattr(ch, "calls", None):
+                calls[ch.side] = ch.calls  # the last chunk of an answer: nothing of it follows
         for side, parts in pieces.items():
             self.view(side).append_text("".join(parts))
+        for side, cs in calls.items():
+            self._show_waiting(side, cs)
 
     def stop(self):
         self.slots["try"].stop()
@@ -487,6 +762,9 @@ class TryPage(Page):
         self.buffer.drain()
         self.base_out.clear()
         self.tuned_out.clear()
+        self.base_out.mark_answer()
+        self.tuned_out.mark_answer()
+        self._clear_waiting()
         self._questions = []
         self.show_questions()
         self.status.setText("")
