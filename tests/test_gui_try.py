@@ -64,7 +64,14 @@ def test_two_turn_chat_streams_into_both_columns(window, qtbot):
     ask(window, qtbot, "Describe the blue kettle in structured format.")  # loads the models once
     page.new_chat()
     ups = (page.base_out.updates, page.tuned_out.updates)
-    ask(window, qtbot, "Describe the blue kettle in structured format.")
+    # the worker hands each piece over 40 ms apart, as a slower model would: the answer then spans many
+    # of the view's flushes however loaded the machine is, and must arrive in pieces, not at the end
+    push = page.buffer.push
+    page.buffer.push = lambda chunk: (time.sleep(0.04), push(chunk))
+    try:
+        ask(window, qtbot, "Describe the blue kettle in structured format.")
+    finally:
+        page.buffer.push = push
     first = (page.base_out.updates - ups[0], page.tuned_out.updates - ups[1])
     chat = page.holder.chat
     assert len(chat.turns) == 1
