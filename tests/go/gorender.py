@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 SOURCE = Path(__file__).resolve().parent / "render.go"
+SOURCES = (SOURCE, SOURCE.parent / "tools.go")  # one program: the template engine and the tool-call parser
 
 
 class GoUnavailable(RuntimeError):
@@ -49,7 +50,7 @@ def _work_dir() -> Path:
 
 
 def build_renderer() -> Path:
-    """Compile render.go (stdlib only, no module download) and return the binary's path."""
+    """Compile render.go and tools.go (stdlib only, no module download) and return the binary's path."""
     go, extra = go_command()
     work = _work_dir()
     env = {**os.environ, **extra,
@@ -58,12 +59,12 @@ def build_renderer() -> Path:
     version = subprocess.run([go, "version"], env=env, capture_output=True, text=True, timeout=60)
     if version.returncode != 0:
         raise GoUnavailable(f"`go version` failed: {version.stderr.strip()}")
-    key = hashlib.sha256(SOURCE.read_bytes() + version.stdout.encode()).hexdigest()[:16]
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES) + version.stdout.encode()).hexdigest()[:16]
     binary = work / f"render-{key}"
     if binary.exists():
         return binary
     tmp = work / f".render-{key}-{os.getpid()}"
-    proc = subprocess.run([go, "build", "-o", str(tmp), str(SOURCE)], env=env, cwd=work,
+    proc = subprocess.run([go, "build", "-o", str(tmp), *map(str, SOURCES)], env=env, cwd=work,
                           capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"go build failed:\n{proc.stderr}")
@@ -80,14 +81,33 @@ class GoRenderer:
         self._lock = threading.Lock()
 
     def render(self, template: str, messages: list[dict] | None = None, *, system: str = "",
-               mode: str = "chat", prompt: str = "", think: bool | None = None) -> str:
+               mode: str = "chat", prompt: str = "", think: bool | None = None, tools: list | None = None) -> str:
         """The prompt Ollama builds; raises RuntimeError with Go's message when the template fails.
-        ``think``: the request's think value (None: not set, as .IsThinkSet false)."""
-        req = {"template": template, "messages": messages or [], "system": system or "", "mode": mode,
-               "prompt": prompt}
+        ``think``: the request's think value (None: not set, as .IsThinkSet false). ``tools``: the request's
+        tool definitions (OpenAI form); messages may carry ``tool_calls`` (arguments as objects)."""
+        req = {"template": template, "messages": [self._message(m) for m in messages or []],
+               "system": system or "", "mode": mode, "prompt": prompt}
         if think is not None:
             req["think"] = bool(think)
+        if tools:
+            req["tools"] = tools
         return self._ask(req)["prompt"]
+
+    @staticmethod
+    def _message(m: dict) -> dict:
+        out = {k: v for k, v in m.items() if k in ("role", "content", "thinking", "tool_calls")}
+        out["content"] = m.get("content") or ""
+        if m.get("role") == "tool" and m.get("name"):
+            out["tool_name"] = m["name"]
+        return out
+
+    def parse_tool_calls(self, template: str, tools: list, output: str) -> dict:
+        """What Ollama's tool-call parser makes of a model's ``output`` on the Go path: ``{"tag", "calls":
+        [{"name", "arguments"}], "content"}``."""
+        res = self._ask({"template": template, "mode": "parse", "tools": tools, "output": output})
+        calls = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+                 for c in res.get("calls") or []]
+        return {"tag": res.get("tag", ""), "calls": calls, "content": res.get("content", "")}
 
     def capabilities(self, template: str) -> dict:
         """``{"vars": [...], "think_open": str, "think_close": str}`` as Ollama reads them from a template."""

@@ -43,21 +43,23 @@ import (
 
 // Message has the fields of Ollama's api.Message that a template can read.
 type Message struct {
-	Role      string   `json:"role"`
-	Content   string   `json:"content"`
-	Thinking  string   `json:"thinking,omitempty"`
-	Images    []string `json:"images,omitempty"`
-	ToolCalls []any    `json:"tool_calls,omitempty"`
-	ToolName  string   `json:"tool_name,omitempty"`
+	Role      string     `json:"role"`
+	Content   string     `json:"content"`
+	Thinking  string     `json:"thinking,omitempty"`
+	Images    []string   `json:"images,omitempty"`
+	ToolCalls []ToolCall `json:"tool_calls,omitempty"`
+	ToolName  string     `json:"tool_name,omitempty"`
 }
 
 type request struct {
 	Template string    `json:"template"`
 	Messages []Message `json:"messages"`
+	Tools    []Tool    `json:"tools,omitempty"`
 	System   string    `json:"system"`
-	Mode     string    `json:"mode"` // "chat" (default), "generate", or "caps"
+	Mode     string    `json:"mode"` // "chat" (default), "generate", "caps", or "parse"
 	Prompt   string    `json:"prompt"`
 	Think    *bool     `json:"think,omitempty"` // the request's think; unset: .Think false, .IsThinkSet false
+	Output   string    `json:"output,omitempty"` // mode "parse": the model's text, given to the tool-call parser
 }
 
 type result struct {
@@ -68,6 +70,10 @@ type result struct {
 	Vars       []string `json:"vars,omitempty"`
 	ThinkOpen  string   `json:"think_open,omitempty"`
 	ThinkClose string   `json:"think_close,omitempty"`
+	// mode "parse": the parser's tag, the calls it returns and the content it passes on
+	Tag     string     `json:"tag,omitempty"`
+	Calls   []ToolCall `json:"calls,omitempty"`
+	Content *string    `json:"content,omitempty"`
 }
 
 // walk visits every node of a parse tree with its ancestors (the node itself last).
@@ -295,7 +301,7 @@ func render(req request) (string, error) {
 	err = tmpl.Execute(&b, map[string]any{
 		"System":     system,
 		"Messages":   collated,
-		"Tools":      nil,
+		"Tools":      req.Tools,
 		"Response":   "",
 		"Think":      think,
 		"IsThinkSet": isThinkSet,
@@ -304,6 +310,15 @@ func render(req request) (string, error) {
 }
 
 func renderResult(r request) result {
+	if r.Mode == "parse" {
+		tmpl, err := template.New("").Option("missingkey=zero").Funcs(ollamaFuncs).Parse(r.Template)
+		if err != nil {
+			return result{Error: err.Error()}
+		}
+		tag := toolTag(tmpl)
+		calls, content := parseToolCalls(tag, r.Tools, r.Output)
+		return result{Tag: tag, Calls: calls, Content: &content}
+	}
 	if r.Mode == "caps" {
 		tmpl, err := template.New("").Option("missingkey=zero").Funcs(ollamaFuncs).Parse(r.Template)
 		if err != nil {
