@@ -2066,7 +2066,8 @@ def register_model(gguf_path: str | os.PathLike, name: str, *, template: str, st
                    modelfile_path: str | os.PathLike | None = None, verify: bool = True,
                    verify_prompt: str = "Say hello.", verify_messages: list | None = None,
                    verify_options: dict | None = None, events: Events | None = None,
-                   cancel: CancelToken | None = None, adapter_path: str | os.PathLike | None = None) -> dict:
+                   cancel: CancelToken | None = None, adapter_path: str | os.PathLike | None = None,
+                   verify_tools: dict | None = None) -> dict:
     """Register ``gguf_path`` in Ollama as ``name`` through its REST API.
 
     ``adapter_path``: a GGUF LoRA adapter (core.export_adapter) uploaded too and passed as
@@ -2083,6 +2084,10 @@ def register_model(gguf_path: str | os.PathLike, name: str, *, template: str, st
     verify step sends to ``/api/chat``. Named stages are logged as they start and end
     (``events.log("stage", name)`` / ``("stage-done", JSON {"stage", "ok", "seconds"})``): "upload",
     "create", "verify".
+
+    ``verify_tools`` (a run trained on tool calls, see :func:`check_tool_answer`): the verify step also
+    asks ``{"messages", "tools", "expected"}`` with its tools and compares the calls Ollama parses with
+    those; the result's ``"tool_check"`` says how it went (a mismatch is a warning, not an error).
 
     Returns ``{"model" (= "name"): "name:tag", "host", "version", "digest", "uploaded", "replaced",
     "quantize", "answer"}``.
@@ -2115,7 +2120,8 @@ def register_model(gguf_path: str | os.PathLike, name: str, *, template: str, st
                          stops=stops, system=system, parameters=parameters, quantize=quantize, force=force,
                          license_text=license_text, verify=verify, verify_prompt=verify_prompt, events=events,
                          cancel=cancel, verify_messages=verify_messages, verify_options=verify_options,
-                         adapter_path=Path(adapter_path) if adapter_path is not None else None)
+                         adapter_path=Path(adapter_path) if adapter_path is not None else None,
+                         verify_tools=verify_tools)
     finally:
         client.close()
         http.close()
@@ -2137,7 +2143,8 @@ def _not_running(base: str, create_command: str) -> OllamaNotRunning:
 
 def _register(http, client, base: str, gguf_path: Path, full_name: str, create_command: str, *, template, stops, system,
               parameters, quantize, force, license_text, verify, verify_prompt, events: Events,
-              cancel: CancelToken | None, verify_messages=None, verify_options=None, adapter_path=None) -> dict:
+              cancel: CancelToken | None, verify_messages=None, verify_options=None, adapter_path=None,
+              verify_tools=None) -> dict:
     import httpx
     import ollama
 
@@ -2259,8 +2266,71 @@ def _register(http, client, base: str, gguf_path: Path, full_name: str, create_c
         raise OllamaError(f"{full_name} did not finish answering a short prompt.",
                           f"Try `ollama run {full_name}`.", create_command=create_command)
     result["answer"] = reply.message.content if reply.message else ""
+    if verify_tools:
+        result["tool_check"] = check_tool_answer(client, full_name, verify_tools, events=events,
+                                                 create_command=create_command)
     events.log("stage-done", _stage_done_text("verify"))
     return result
+
+
+def _tuneloom_parse(text: str, model: Any) -> list[dict] | None:
+    """Tuneloom's own parse of a model's text (core.tools.parse_tool_calls); None while that module is absent."""
+    try:
+        from core.tools import parse_tool_calls
+    except ImportError:
+        return None
+    if not text or model is None:
+        return []
+    return [{"name": c.get("name"), "arguments": c.get("arguments")} for c in parse_tool_calls(text, model)]
+
+
+def check_tool_answer(client, full_name: str, case: dict, *, events: Events | None = None,
+                      create_command: str = "") -> dict:
+    """Ask the registered model ``case["messages"]`` with ``case["tools"]`` (a held-out record) and compare the
+    calls Ollama parses out of its answer with ``case["expected"]`` (the record's calls, [{"name",
+    "arguments"}]). ``case["model"]`` (a model folder) lets Tuneloom parse what Ollama passes on as text
+    (core.tools.parse_tool_calls): a call there that Ollama did not parse is named in the result.
+
+    Returns ``{"question", "expected", "ollama", "tuneloom", "content", "match"}``."""
+    import httpx
+    import ollama
+
+    events = events or NULL_EVENTS
+    messages = []
+    for m in case["messages"]:  # in the client's form: arguments as objects, a tool result's name as tool_name
+        msg = {"role": m["role"], "content": m.get("content") or ""}
+        if m.get("tool_calls"):
+            msg["tool_calls"] = [{"function": c} for c in tool_calls_of(m)]
+        if m["role"] == "tool" and m.get("name"):
+            msg["tool_name"] = m["name"]
+        messages.append(msg)
+    question = next((str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "user"), "")
+    events.log("info", f"asking {full_name} a held-out question with its tools")
+    try:
+        reply = client.chat(model=full_name, messages=messages, tools=ollama_tools(case.get("tools")),
+                            options=case.get("options") or {"num_predict": 256, "temperature": 0}, keep_alive=0,
+                            stream=False)
+    except (ollama.ResponseError, ConnectionError, httpx.HTTPError) as exc:
+        raise _map_response_error(exc, create_command, f"run {full_name} with tools") from exc
+    msg = reply.message
+    got = [{"name": tc.function.name, "arguments": dict(tc.function.arguments or {})}
+           for tc in (getattr(msg, "tool_calls", None) or [])]
+    content = (msg.content or "") if msg else ""
+    expected = [{"name": c["name"], "arguments": c["arguments"]} for c in case.get("expected") or []]
+    check = {"question": question, "expected": expected, "ollama": got, "tuneloom": _tuneloom_parse(content, case.get(
+        "model")), "content": content, "match": got == expected}
+    if check["match"]:
+        events.log("info", f"tool check: Ollama parsed the expected call(s): {_calls_text(got)}")
+    else:
+        events.log("warning", f"tool check: Ollama parsed {_calls_text(got) or 'no call'}, the held-out answer has "
+                              f"{_calls_text(expected) or 'no call'}" + (
+                                  f"; the text Ollama passed on holds {_calls_text(check['tuneloom'])}, which "
+                                  "Ollama did not parse" if check["tuneloom"] else ""))
+    return check
+
+
+def _calls_text(calls) -> str:
+    return ", ".join(f"{c['name']}({json.dumps(c['arguments'], ensure_ascii=False)})" for c in calls or [])
 
 
 def model_exists(name: str, host: str | None = None, timeout: float = 2.0) -> bool | None:

@@ -284,3 +284,111 @@ def test_a_model_without_tool_rendering_keeps_its_plain_export_with_a_note():
     emb = ol.embedded_chat_template(cfg, architecture="LlamaForCausalLM", tools=True)
     assert emb.kind != "tools" and any("Tool calling is not kept" in n for n in emb.notes)
     assert ol.export_chat_format(cfg, tools=True).template == ol.chat_format_for(cfg).template
+
+
+# --------------------------------------------------------------------------- the export and its verify step
+
+@pytest.fixture(scope="module")
+def tiny_qwen(tmp_path_factory):
+    from tests.fixtures.tiny_models import cached_tiny_model
+
+    return cached_tiny_model("qwen2.5", tmp_path_factory.mktemp("models"))
+
+
+def fake_run(folder: Path, base: Path, *, tools: bool) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"base_model": str(base)}), encoding="utf-8")
+    (folder / "adapters.safetensors").write_bytes(b"")
+    cfg = {"model": str(base), "max_seq_len": 512, **({"tools": True} if tools else {})}
+    (folder / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    return folder
+
+
+def test_export_plan_follows_the_runs_tools_flag(tiny_qwen, tmp_path):
+    from core.export import plan_export, run_tools
+
+    with_tools = fake_run(tmp_path / "tools-run", tiny_qwen, tools=True)
+    without = fake_run(tmp_path / "plain-run", tiny_qwen, tools=False)
+    assert run_tools(with_tools) is True and run_tools(without) is False and run_tools(None) is False
+    plan = plan_export(with_tools, modelfile=tmp_path / "t.Modelfile")
+    plain = plan_export(without, modelfile=tmp_path / "p.Modelfile")
+    assert plan.tools is True and plan.as_dict()["tools"] is True and plan.embedded_template.kind == "tools"
+    assert "{{- range .Tools }}" in plan.modelfile_text and "range .Tools" not in plain.modelfile_text
+    assert plain.tools is False and plain.embedded_template.kind != "tools"
+    cfg = load_tokenizer_config(tiny_qwen)
+    assert plain.chat_format.template == ol.chat_format_for(cfg).template  # unchanged without tool data
+
+
+@pytest.fixture
+def gguf_file(tmp_path):
+    path = tmp_path / "model.gguf"
+    path.write_bytes(b"GGUF" + bytes(200_000))
+    return path
+
+
+def _tool_case():
+    tools, messages = CONVERSATIONS["system-call-result"]
+    return {"messages": messages[:2], "tools": tools, "expected": ol.tool_calls_of(messages[2]),
+            "model": str(FIXTURES / "Qwen2.5-0.5B-Instruct")}
+
+
+def test_verify_asks_a_held_out_question_with_its_tools(gguf_file):
+    from tests.fixtures.ollama_server import FakeOllama
+    from core.events import RecordingEvents
+
+    cfg = load_tokenizer_config(FIXTURES / "Qwen2.5-0.5B-Instruct")
+    fmt = ol.export_chat_format(cfg, tools=True)
+    case = _tool_case()
+    events = RecordingEvents()
+    with FakeOllama() as server:
+        server.tool_calls = [{"function": {"name": c["name"], "arguments": c["arguments"]}} for c in case["expected"]]
+        res = ol.register_model(gguf_file, "tools-tuned", template=fmt.template, stops=fmt.stops, host=server.url,
+                                verify_tools=case, events=events)
+        assert server.problems == []
+        chats = server.calls("POST", "/api/chat")
+    assert len(chats) == 2  # the plain question, then the held-out one with its tools
+    body = chats[1].json
+    assert body["tools"] == ol.ollama_tools(case["tools"]) and body["stream"] is False
+    assert [m["role"] for m in body["messages"]] == ["system", "user"]
+    check = res["tool_check"]
+    assert check["match"] is True and check["ollama"] == case["expected"]
+    assert check["question"] == "Find three red scarves."
+    assert any("tool check: Ollama parsed the expected call" in m for k, m in events.logs if k == "info")
+
+
+def test_verify_warns_when_ollamas_calls_differ(gguf_file):
+    from tests.fixtures.ollama_server import FakeOllama
+    from core.events import RecordingEvents
+
+    cfg = load_tokenizer_config(FIXTURES / "Qwen2.5-0.5B-Instruct")
+    fmt = ol.export_chat_format(cfg, tools=True)
+    events = RecordingEvents()
+    with FakeOllama() as server:
+        server.tool_calls = [{"function": {"name": "search_shop", "arguments": {"query": "blue scarf"}}}]
+        res = ol.register_model(gguf_file, "tools-tuned", template=fmt.template, stops=fmt.stops, host=server.url,
+                                verify_tools=_tool_case(), events=events)
+        assert server.problems == []
+    assert res["tool_check"]["match"] is False
+    assert res["tool_check"]["ollama"] == [{"name": "search_shop", "arguments": {"query": "blue scarf"}}]
+    assert any("tool check" in m and "blue scarf" in m for k, m in events.logs if k == "warning")
+
+
+def test_the_held_out_tool_question_comes_from_the_validation_split(tiny_qwen, tmp_path, monkeypatch):
+    import core.evaluate as ev
+    from core.export import tool_verify_case
+
+    run = fake_run(tmp_path / "run", tiny_qwen, tools=True)
+    tools, messages = CONVERSATIONS["parallel-then-answer"]
+
+    class Rec:
+        def __init__(self, messages, tools=None):
+            self.messages, self.tools = messages, tools
+
+    plain = Rec([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
+    monkeypatch.setattr(ev, "run_split", lambda run_dir, **kw: ([], [plain, Rec(messages, tools)]))
+    case = tool_verify_case(run)
+    assert case["messages"] == messages[:1] and case["tools"] == tools and case["model"] == str(tiny_qwen)
+    assert case["expected"] == [{"name": "describe", "arguments": {"name": "oak", "category": "plant"}},
+                                {"name": "describe", "arguments": {"name": "fern", "category": "plant"}}]
+    monkeypatch.setattr(ev, "run_split", lambda run_dir, **kw: ([], [plain]))
+    assert tool_verify_case(run) is None
