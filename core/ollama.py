@@ -22,8 +22,9 @@ Two halves:
   on disk.
 
 What the Go templates do *not* reproduce (documented in :attr:`ChatFormat.notes`):
-roles other than system/user/assistant (tool calls cannot match: Python's
-``tojson`` and Go's ``json`` space differently), Qwen3 assistant turns that carry
+for a run without tool data, roles other than system/user/assistant (a run trained on
+tool calls gets templates that render tools, calls and results: see "Tool calling"
+below), Qwen3 assistant turns that carry
 their own ``<think>...</think>`` reasoning, and consecutive messages of one role,
 which Ollama merges (blank line between) before the template sees them.
 """
@@ -862,9 +863,10 @@ def chat_template_kind(tokenizer_config: dict, *, thinking: bool = False) -> str
     return chat_format_for(tokenizer_config, thinking=thinking).kind
 
 
-def go_template_for(tokenizer_config: dict, *, thinking: bool = False) -> tuple[str, list[str]]:
-    """(Go template for the Modelfile TEMPLATE, stop strings) for this tokenizer config."""
-    fmt = chat_format_for(tokenizer_config, thinking=thinking)
+def go_template_for(tokenizer_config: dict, *, thinking: bool = False, tools: bool = False) -> tuple[str, list[str]]:
+    """(Go template for the Modelfile TEMPLATE, stop strings) for this tokenizer config (``tools``: for a run
+    trained on tool calls, see :func:`export_chat_format`)."""
+    fmt = export_chat_format(tokenizer_config, thinking=thinking, tools=tools)
     return fmt.template, list(fmt.stops)
 
 
@@ -1789,14 +1791,14 @@ def modelfile_parameters(tokenizer_config: dict, *, num_ctx: int | None = None,
 def write_modelfile(out_path: str | os.PathLike, gguf_path: str | os.PathLike, tokenizer_config: dict, *,
                     system: str | None = None, num_ctx: int | None = None,
                     temperature: float | None = DEFAULT_TEMPERATURE, license_text: str | None = None,
-                    parameters: dict | None = None, thinking: bool = False) -> str:
+                    parameters: dict | None = None, thinking: bool = False, tools: bool = False) -> str:
     """Write (atomically) a Modelfile for ``gguf_path`` next to ``out_path``; return its text.
 
     ``num_ctx`` defaults to the model's context capped at 8192 (pass the training
     maximum length); ``parameters`` adds further ``PARAMETER`` lines; ``thinking``: the
-    fine-tune was trained with thinking on.
+    fine-tune was trained with thinking on; ``tools``: on tool calls.
     """
-    fmt = chat_format_for(tokenizer_config, thinking=thinking)
+    fmt = export_chat_format(tokenizer_config, thinking=thinking, tools=tools)
     params = modelfile_parameters(tokenizer_config, num_ctx=num_ctx, temperature=temperature)
     params.update(parameters or {})
     out_path = Path(out_path)
