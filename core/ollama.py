@@ -1597,13 +1597,13 @@ def tools_jinja(tokenizer_config: dict, *, thinking: bool = False) -> str:
     if not thinking:
         t = t.replace("</think>", "</' + 'think>").replace("<think>", "<' + 'think>")
         t = "{%- set enable_thinking = false -%}\n" + t
-    return _JINJA_HEADER + _TL_ARGS_MACRO + _TL_NULL_CONTENT + t
+    # llama-server hands an empty content over as null, which the model's own template may concatenate:
+    # every read of a message's content falls back to '' (plain Jinja every engine has)
+    t = _CONTENT_READ.sub(lambda m: f"({m.group(0)} or '')", t)
+    return _JINJA_HEADER + _TL_ARGS_MACRO + t
 
 
-# llama-server hands an empty content over as null; the model's own template concatenates it
-_TL_NULL_CONTENT = ("{%- set _tl = namespace(m=[]) -%}{%- for m in messages -%}"
-                    "{%- set _tl.m = _tl.m + [m if m['content'] is string else dict(m, content='')] -%}"
-                    "{%- endfor -%}{%- set messages = _tl.m -%}\n")
+_CONTENT_READ = re.compile(r"\b(?:message|messages\[\d+\])(?:\.content\b|\['content'\]|\[\"content\"\])")
 
 
 def ollama_tool_messages(messages: Messages, *, object_arguments: bool = False) -> list[dict]:
