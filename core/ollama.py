@@ -1396,6 +1396,11 @@ def ollama_tools(tools: Sequence[dict] | None) -> list[dict]:
     return out
 
 
+def tools_as_ollama_holds_them(tools: Sequence[dict] | None) -> bool:
+    """Whether these definitions (OpenAI form) render the same as Ollama's re-serialised ones."""
+    return json.dumps(list(tools or []), ensure_ascii=False) == json.dumps(ollama_tools(tools), ensure_ascii=False)
+
+
 def tool_calls_of(message: dict) -> list[dict]:
     """[{"name", "arguments": dict}] of an OpenAI-form assistant message (arguments parsed from a string)."""
     calls = []
@@ -2320,7 +2325,12 @@ def check_tool_answer(client, full_name: str, case: dict, *, events: Events | No
     content = (msg.content or "") if msg else ""
     expected = [{"name": c["name"], "arguments": c["arguments"]} for c in case.get("expected") or []]
     check = {"question": question, "expected": expected, "ollama": got, "tuneloom": _tuneloom_parse(content, case.get(
-        "model")), "content": content, "match": got == expected}
+        "model")), "content": content, "match": got == expected,
+             "tools_as_trained": tools_as_ollama_holds_them(case.get("tools"))}
+    if not check["tools_as_trained"]:
+        events.log("warning", "the training data's tool definitions differ from what Ollama hands the template "
+                              "(key order, or keys Ollama drops): Ollama's tool list is not token for token the "
+                              "training one (core.ollama.ollama_tools gives Ollama's form)")
     if check["match"]:
         events.log("info", f"tool check: Ollama parsed the expected call(s): {_calls_text(got)}")
     else:

@@ -352,7 +352,7 @@ def test_verify_asks_a_held_out_question_with_its_tools(gguf_file):
     assert [m["role"] for m in body["messages"]] == ["system", "user"]
     check = res["tool_check"]
     assert check["match"] is True and check["ollama"] == case["expected"]
-    assert check["question"] == "Find three red scarves."
+    assert check["question"] == "Find three red scarves." and check["tools_as_trained"] is True
     assert any("tool check: Ollama parsed the expected call" in m for k, m in events.logs if k == "info")
 
 
@@ -392,3 +392,22 @@ def test_the_held_out_tool_question_comes_from_the_validation_split(tiny_qwen, t
                                 {"name": "describe", "arguments": {"name": "fern", "category": "plant"}}]
     monkeypatch.setattr(ev, "run_split", lambda run_dir, **kw: ([], [plain]))
     assert tool_verify_case(run) is None
+
+
+def test_definitions_in_another_key_order_differ_on_ollama_and_ollama_tools_is_the_cure(hf, go_renderer):
+    """What the README states: Ollama re-serialises the definitions a client sends (its key order, its keys),
+    so training data written in another order (properties before required, as many schemas are) is not
+    rendered token for token; trained in ollama_tools' form, it is."""
+    cfg, fmt, emb, arch, _ = export_of("qwen2.5")
+    usual = {"type": "function", "function": {"name": "describe", "description": "Describe a thing.",
+                                              "parameters": {"type": "object", "properties": {
+                                                  "name": {"type": "string", "default": "fox"}},
+                                                  "required": ["name"]}}}
+    messages = [{"role": "user", "content": "Describe it."}]
+    assert not ol.tools_as_ollama_holds_them([usual]) and ol.tools_as_ollama_holds_them([DESCRIBE])
+    for label, kw in ol.OLLAMA_SCENARIOS:
+        setup = ol.OllamaSetup(fmt.template, emb.template, architecture=arch, **kw)
+        got = ol.ollama_prompt(setup, messages, tools=ol.ollama_tools([usual]), tokens=ol.special_tokens(cfg),
+                               go_render=lambda t, m: go_renderer.render(t, m, tools=[usual]))
+        assert got != training(hf, "qwen2.5", [usual], messages), label
+        assert got == training(hf, "qwen2.5", ol.ollama_tools([usual]), messages), label
