@@ -1222,9 +1222,12 @@ def embedded_chat_template(tokenizer_config: dict, *, thinking: bool = False, ar
 #   before v0.32.7 renders the TEMPLATE and parses calls with tools.Parser, whose tag
 #   (tools/template.go parseTag: the first text inside `{{ if .ToolCalls }}`) is "<tool_call>".
 #
-# Exact for tool definitions as Ollama holds them (api.Tool: :func:`ollama_tools` gives that order and
-# those keys) and for call arguments whose nested objects list keys in sorted order (Ollama keeps the
-# top level's order, not a nested one's); numbers like 1.0 reach the template as 1 on Ollama's side.
+# Exact, on the native path, for tool definitions as Ollama holds them (api.Tool: :func:`ollama_tools`
+# gives that order and those keys) and call arguments whose nested objects list their keys sorted
+# (Ollama keeps the top level's order only). On the Go path the template sees copies whose parameter
+# properties and call arguments are plain Go maps (template/template.go convertToolsForTemplate): exact
+# when those keys are sorted too, and when every tool has a description (:func:`template_tools`).
+# Numbers like 1.0 reach either template as 1.
 
 _TL_ARGS_MACRO = (
     "{%- macro _tl_args(a) -%}{%- if a is string -%}"
@@ -1351,6 +1354,11 @@ def _pyjson(go_text: str) -> str:
     return "".join(out)
 
 
+def _sorted_any(v: Any) -> Any:
+    """A JSON value as Go holds it in an ``any``: every object a map, written with its keys sorted."""
+    return json.loads(json.dumps(v, sort_keys=True))
+
+
 def _ollama_property(p: Any) -> Any:
     if not isinstance(p, dict):
         return p
@@ -1362,7 +1370,7 @@ def _ollama_property(p: Any) -> Any:
         out["type"] = t[0] if isinstance(t, list) and len(t) == 1 else t
     for key in ("items", "description", "enum"):
         if p.get(key):
-            out[key] = p[key]
+            out[key] = p[key] if key == "description" else _sorted_any(p[key])
     if p.get("properties") is not None:
         out["properties"] = {k: _ollama_property(v) for k, v in p["properties"].items()}
     if p.get("required"):
@@ -1384,15 +1392,30 @@ def ollama_tools(tools: Sequence[dict] | None) -> list[dict]:
         params: dict = {"type": p.get("type", "")}
         for key in ("$defs", "items", "required"):
             if p.get(key):
-                params[key] = p[key]
+                params[key] = p[key] if key == "required" else _sorted_any(p[key])
         props = p.get("properties")
         params["properties"] = None if props is None else {k: _ollama_property(v) for k, v in props.items()}
         f["parameters"] = params
         tool: dict = {"type": t.get("type", "function") if "function" in t else "function"}
         if t.get("items"):
-            tool["items"] = t["items"]
+            tool["items"] = _sorted_any(t["items"])
         tool["function"] = f
         out.append(tool)
+    return out
+
+
+def template_tools(tools: Sequence[dict] | None) -> list[dict]:
+    """Tool definitions as a Go TEMPLATE sees them (template/template.go convertToolsForTemplate): Ollama's
+    form (:func:`ollama_tools`), with the parameters' properties in a plain map (keys sorted) and the
+    description always written."""
+    out = []
+    for t in ollama_tools(tools):
+        f = t["function"]
+        params = dict(f["parameters"])
+        if params.get("properties") is not None:
+            params["properties"] = dict(sorted(params["properties"].items()))
+        out.append({**t, "function": {"name": f["name"], "description": f.get("description", ""),
+                                      "parameters": params}})
     return out
 
 
@@ -1418,7 +1441,8 @@ def tool_calls_of(message: dict) -> list[dict]:
 
 # Tool conversations every tool format must render exactly (the probes of the plain formats stay): a
 # first question, a call and its result, parallel calls, prose before a call, a system message, unicode
-# and the characters Go's JSON escapes. Definitions read as Ollama hands them on (ollama_tools).
+# and the characters Go's JSON escapes. Definitions read as Ollama hands them on (ollama_tools), with
+# properties and arguments in sorted key order, as a Go TEMPLATE sees them (template_tools).
 _WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city.",
     "parameters": {"type": "object", "required": ["city"], "properties": {
@@ -1427,8 +1451,8 @@ _WEATHER = {"type": "function", "function": {
 _DESCRIBE = {"type": "function", "function": {
     "name": "describe", "description": "Describe a thing <of a category> & say why.",
     "parameters": {"type": "object", "required": ["name", "category"], "properties": {
-        "name": {"type": "string", "description": "What to describe"},
-        "category": {"type": "string"}}}}}
+        "category": {"type": "string"},
+        "name": {"type": "string", "description": "What to describe"}}}}}
 
 
 def _call(function: str, **arguments) -> dict:
@@ -1450,7 +1474,7 @@ TOOL_PROBES: tuple[tuple[list, tuple[dict, ...]], ...] = (
                   {"role": "user", "content": "Thanks! And Köln?"})),
     ([_DESCRIBE, _WEATHER], ({"role": "user", "content": "Describe the fox."},
                              {"role": "assistant", "content": "Let me look.",
-                              "tool_calls": [_call("describe", name="red fox <Vulpes> & co", category="animal 🦊")]},
+                              "tool_calls": [_call("describe", category="animal 🦊", name="red fox <Vulpes> & co")]},
                              {"role": "tool", "content": "A small orange canid."},
                              {"role": "user", "content": "Now the whale, with \"quotes\" and \\ backslash."})),
 )
@@ -1520,14 +1544,15 @@ def _tools_render_factory(kind: str, header: tuple[str, str, str, str], base: Ch
         msgs = list(messages)
         first_sys = bool(msgs) and msgs[0]["role"] == "system"
         out = [before + msgs[0]["content"] + after if first_sys else no_sys]
-        out += ["\n" + _pyjson(go_json(t)) for t in tools]
+        out += ["\n" + _pyjson(go_json(t)) for t in template_tools(tools)]
         out.append(tail)
         has_user = any(m["role"] == "user" for m in msgs)
         for i, m in enumerate(msgs):
             role, content = m["role"], m.get("content") or ""
             last = i == len(msgs) - 1
             calls = tool_calls_of(m) if role == "assistant" else []
-            call_text = ['<tool_call>\n{"name": "' + c["name"] + '", "arguments": ' + _pyjson(go_json(c["arguments"]))
+            call_text = ['<tool_call>\n{"name": "' + c["name"] + '", "arguments": '
+                         + _pyjson(go_json(_sorted_any(c["arguments"])))
                          + "}\n</tool_call>" for c in calls]
             if role == "user":
                 out.append(f"<|im_start|>user\n{content}<|im_end|>\n")

@@ -35,17 +35,18 @@ GGUF_ARCH = {"Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "Qwen3_5F
 GO_TOOLS = {"qwen2.5", "qwen3", "qwen3-thinking"}  # Qwen3.5 writes XML calls: its TEMPLATE keeps no tools
 
 # Tool definitions as Ollama holds them (api.Tool: type, function{name, description, parameters{type,
-# required, properties}}), the form in which a training record renders identically on Ollama.
+# required, properties}}), with properties and call arguments in sorted key order (what a Go TEMPLATE
+# sees): the form in which a training record renders identically on every path.
 DESCRIBE = {"type": "function", "function": {
     "name": "describe", "description": "Describe a thing of the demo world.",
     "parameters": {"type": "object", "required": ["name", "category"], "properties": {
-        "name": {"type": "string", "description": "The thing's name"},
-        "category": {"type": "string", "description": "animal, plant or tool", "enum": ["animal", "plant", "tool"]}}}}}
+        "category": {"type": "string", "description": "animal, plant or tool", "enum": ["animal", "plant", "tool"]},
+        "name": {"type": "string", "description": "The thing's name"}}}}}
 SEARCH = {"type": "function", "function": {
     "name": "search_shop", "description": "Search the shop; returns items as JSON.",
     "parameters": {"type": "object", "required": ["query"], "properties": {
-        "query": {"type": "string"},
         "max_results": {"type": "integer", "description": "At most this many"},
+        "query": {"type": "string"},
         "tags": {"type": "array", "items": {"type": "string"}, "description": "Only items with these tags"}}}}}
 
 
@@ -59,19 +60,19 @@ CONVERSATIONS = {
         {"role": "system", "content": "You help in the demo world. Réponds brièvement."},
         {"role": "user", "content": "Find three red scarves."},
         {"role": "assistant", "content": "", "tool_calls": [
-            call("search_shop", query="red scarf", max_results=3, tags=["wool", "winter"])]},
+            call("search_shop", max_results=3, query="red scarf", tags=["wool", "winter"])]},
         {"role": "tool", "content": '[{"id": 7, "name": "Crimson scarf"}]', "name": "search_shop"}]),
     "parallel-then-answer": ([DESCRIBE], [
         {"role": "user", "content": "Describe the oak and the fern."},
-        {"role": "assistant", "content": "", "tool_calls": [call("describe", name="oak", category="plant"),
-                                                           call("describe", name="fern", category="plant")]},
+        {"role": "assistant", "content": "", "tool_calls": [call("describe", category="plant", name="oak"),
+                                                           call("describe", category="plant", name="fern")]},
         {"role": "tool", "content": "A large tree."}, {"role": "tool", "content": "A shadow plant."},
         {"role": "assistant", "content": "The oak is a large tree; the fern likes shade."},
         {"role": "user", "content": "And the hammer? 🔨"}]),
     "prose-before-call": ([SEARCH, DESCRIBE], [
         {"role": "user", "content": "Is there a \"blue\" kettle <small> & cheap?"},
         {"role": "assistant", "content": "I will search the shop.", "tool_calls": [
-            call("search_shop", query="blue kettle <small> & cheap", max_results=1, tags=[])]},
+            call("search_shop", max_results=1, query="blue kettle <small> & cheap", tags=[])]},
         {"role": "tool", "content": "[]"},
         {"role": "user", "content": "Grüße — try 世界 then."}]),
 }
@@ -205,21 +206,26 @@ def test_gos_parser_agrees_with_the_python_model_of_the_templates(family, go_ren
 
 
 def test_tool_definitions_reach_the_template_as_ollama_holds_them(go_renderer):
-    """ollama_tools (the order and keys Ollama's api.Tool keeps) agrees with Go's own unmarshal/marshal."""
+    """template_tools (what a Go TEMPLATE sees: Ollama's api.Tool order and keys, properties sorted, a
+    description always) agrees with Go's own unmarshal into Ollama's types and marshal of the template's copy."""
     messy = {"function": {"parameters": {"properties": {"b": {"description": "B", "type": ["string"], "default": 1},
                                                         "a": {"enum": [1, 2], "type": "integer"}},
                                          "required": ["a"], "type": "object", "additionalProperties": False},
                           "description": "x < y & z", "name": "f"}, "type": "function"}
     template = "{{ range .Messages }}{{ end }}{{ range .Tools }}{{ json . }}\n{{ end }}"
     got = go_renderer.render(template, [{"role": "user", "content": "hi"}], tools=[messy, DESCRIBE, SEARCH])
-    want = "".join(ol.go_json(t) + "\n" for t in ol.ollama_tools([messy, DESCRIBE, SEARCH]))
+    want = "".join(ol.go_json(t) + "\n" for t in ol.template_tools([messy, DESCRIBE, SEARCH]))
     assert got == want
-    assert ol.ollama_tools([DESCRIBE, SEARCH]) == [DESCRIBE, SEARCH]  # the test data is in Ollama's form
+    native = ol.ollama_tools([messy])[0]["function"]  # what llama-server gets: the request's property order
+    assert list(native["parameters"]["properties"]) == ["b", "a"] and "default" not in native["parameters"][
+        "properties"]["b"] and "additionalProperties" not in native["parameters"]
+    # the test data is in Ollama's form, and sorted as a Go TEMPLATE sees it
+    assert ol.ollama_tools([DESCRIBE, SEARCH]) == [DESCRIBE, SEARCH] == ol.template_tools([DESCRIBE, SEARCH])
 
 
 def test_call_arguments_are_respaced_like_python(go_renderer):
     cfg, fmt, _, _, _ = export_of("qwen2.5")
-    args = {"s": 'a "q" \\ <b> & c: d, e', "n": [1, 2.5, {"x": None, "y": True}], "u": "ü 世界 🦊"}
+    args = {"n": [1, 2.5, {"x": None, "y": True}], "s": 'a "q" \\ <b> & c: d, e', "u": "ü 世界 🦊"}
     messages = [{"role": "user", "content": "go"}, {"role": "assistant", "content": "", "tool_calls": [
         {"type": "function", "function": {"name": "f", "arguments": args}}]}, {"role": "user", "content": "again"}]
     text = go_renderer.render(fmt.template, messages)
@@ -388,8 +394,8 @@ def test_the_held_out_tool_question_comes_from_the_validation_split(tiny_qwen, t
     monkeypatch.setattr(ev, "run_split", lambda run_dir, **kw: ([], [plain, Rec(messages, tools)]))
     case = tool_verify_case(run)
     assert case["messages"] == messages[:1] and case["tools"] == tools and case["model"] == str(tiny_qwen)
-    assert case["expected"] == [{"name": "describe", "arguments": {"name": "oak", "category": "plant"}},
-                                {"name": "describe", "arguments": {"name": "fern", "category": "plant"}}]
+    assert case["expected"] == [{"name": "describe", "arguments": {"category": "plant", "name": "oak"}},
+                                {"name": "describe", "arguments": {"category": "plant", "name": "fern"}}]
     monkeypatch.setattr(ev, "run_split", lambda run_dir, **kw: ([], [plain]))
     assert tool_verify_case(run) is None
 
@@ -411,3 +417,56 @@ def test_definitions_in_another_key_order_differ_on_ollama_and_ollama_tools_is_t
                                go_render=lambda t, m: go_renderer.render(t, m, tools=[usual]))
         assert got != training(hf, "qwen2.5", [usual], messages), label
         assert got == training(hf, "qwen2.5", ol.ollama_tools([usual]), messages), label
+
+
+@pytest.fixture(scope="module")
+def ollama_parser():
+    """Ollama's own tools package compiled from its source, where a checkout is given
+    (TUNELOOM_OLLAMA_SRC=/path/to/ollama); skipped otherwise (its modules cannot be fetched offline)."""
+    from tests.go.gorender import GoUnavailable, OllamaParser, build_ollama_parser, ollama_source
+
+    src = ollama_source()
+    if src is None:
+        pytest.skip("no Ollama source checkout (set TUNELOOM_OLLAMA_SRC to one)")
+    try:
+        binary = build_ollama_parser(src)
+    except GoUnavailable as exc:
+        pytest.skip(f"Go toolchain unavailable ({exc})")
+    parser = OllamaParser(binary)
+    yield parser
+    parser.close()
+
+
+@pytest.mark.parametrize("family", sorted(GO_TOOLS))
+def test_ollamas_own_parser_from_its_source_recovers_the_calls(family, hf, ollama_parser, go_renderer):
+    """The same as test_ollamas_parser_recovers_the_calls_the_fine_tune_writes with Ollama's tools package
+    itself (tools/tools.go, tools/template.go), and the re-written parser in tests/go agrees with it."""
+    _, fmt, _, _, _ = export_of(family)
+    seen = 0
+    for conv, tools, text, calls in answers(hf, family):
+        real = ollama_parser.parse(fmt.template, ol.ollama_tools(tools), text)
+        assert real["tag"] == "<tool_call>" and real["calls"] == calls, f"{family} {conv}: {text!r}"
+        assert go_renderer.parse_tool_calls(fmt.template, ol.ollama_tools(tools), text)["calls"] == real["calls"]
+        seen += len(calls)
+    assert seen == 4
+
+
+def test_unsorted_properties_and_arguments_are_exact_only_on_the_native_path(hf, go_renderer):
+    """Ollama's Go path hands a TEMPLATE its properties and call arguments in plain Go maps: keys sorted.
+    Training data whose keys are not sorted gets the training prompt on current Ollama (native path) only."""
+    cfg, fmt, emb, arch, _ = export_of("qwen3")
+    tool = {"type": "function", "function": {"name": "move", "description": "Move a piece.", "parameters": {
+        "type": "object", "required": ["to", "from"], "properties": {"to": {"type": "string"},
+                                                                     "from": {"type": "string"}}}}}
+    messages = [{"role": "user", "content": "e2 to e4"},
+                {"role": "assistant", "content": "", "tool_calls": [call("move", to="e4", **{"from": "e2"})]},
+                {"role": "tool", "content": "ok"}]
+    want = training(hf, "qwen3", [tool], messages)
+    got = {}
+    for label, kw in ol.OLLAMA_SCENARIOS:
+        setup = ol.OllamaSetup(fmt.template, emb.template, architecture=arch, **kw)
+        got[ol.template_path(setup)] = ol.ollama_prompt(
+            setup, messages, tools=ol.ollama_tools([tool]), tokens=ol.special_tokens(cfg),
+            go_render=lambda t, m: go_renderer.render(t, m, tools=[tool]))
+    assert got["native"] == want
+    assert got["go"] != want and '"from": {"type": "string"}, "to"' in got["go"] and '{"from": "e2", "to": "e4"}' in got["go"]

@@ -137,3 +137,80 @@ class GoRenderer:
         for stream in (self._proc.stdout, self._proc.stderr):
             if stream:
                 stream.close()
+
+
+# ---- Ollama's own tool-call parser, compiled from a checkout of Ollama's source -------------
+
+OLLAMA_REAL = SOURCE.parent / "ollama_real"
+
+
+def ollama_source() -> Path | None:
+    """A checkout of Ollama's source (``TUNELOOM_OLLAMA_SRC``: a folder with tools/tools.go), or None."""
+    src = os.environ.get("TUNELOOM_OLLAMA_SRC")
+    if src and (Path(src) / "tools" / "tools.go").is_file() and (Path(src) / "tools" / "template.go").is_file():
+        return Path(src)
+    return None
+
+
+def build_ollama_parser(src: Path) -> Path:
+    """Compile Ollama's tools package (tools/tools.go, tools/template.go from ``src``, unchanged) with the
+    stand-in api package and the driver in ollama_real/; no module download (the package needs only the
+    standard library and its api types). Returns the binary's path."""
+    go, extra = go_command()
+    work = _work_dir()
+    env = {**os.environ, **extra,
+           "GOCACHE": str(work / "cache"), "GOPATH": str(work / "gopath"), "GOTOOLCHAIN": "local",
+           "GOTELEMETRY": "off", "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOPROXY": "off", "GO111MODULE": "on"}
+    files = {"tools/tools.go": src / "tools" / "tools.go", "tools/template.go": src / "tools" / "template.go",
+             "api/types.go": OLLAMA_REAL / "api.go", "cmd/tlparse/main.go": OLLAMA_REAL / "main.go"}
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in files.values())).hexdigest()[:16]
+    binary = work / f"ollama-parse-{key}"
+    if binary.exists():
+        return binary
+    mod = Path(tempfile.mkdtemp(prefix="ollama-mod-", dir=work))
+    try:
+        (mod / "go.mod").write_text("module github.com/ollama/ollama\n\ngo 1.24\n", encoding="utf-8")
+        for rel, path in files.items():
+            (mod / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, mod / rel)
+        tmp = work / f".ollama-parse-{key}-{os.getpid()}"
+        proc = subprocess.run([go, "build", "-o", str(tmp), "./cmd/tlparse"], env=env, cwd=mod,
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"building Ollama's tools package failed:\n{proc.stderr}")
+        os.replace(tmp, binary)
+    finally:
+        shutil.rmtree(mod, ignore_errors=True)
+    return binary
+
+
+class OllamaParser:
+    """Ollama's own tools.Parser in a long-running process: ``parse(template, tools, output)``."""
+
+    def __init__(self, binary: Path):
+        self._proc = subprocess.Popen([str(binary)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, encoding="utf-8")
+
+    def parse(self, template: str, tools: list, output: str) -> dict:
+        self._proc.stdin.write(json.dumps({"template": template, "tools": tools, "output": output},
+                                          ensure_ascii=False) + "\n")
+        self._proc.stdin.flush()
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError("Ollama's parser died: " + self._proc.stderr.read())
+        res = json.loads(line)
+        if res.get("error"):
+            raise RuntimeError(res["error"])
+        calls = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]} for c in res.get("calls") or []]
+        return {"tag": res.get("tag", ""), "calls": calls, "content": res.get("content", "")}
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.stdin.close()
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+        for stream in (self._proc.stdout, self._proc.stderr):
+            if stream:
+                stream.close()

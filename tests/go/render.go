@@ -20,7 +20,11 @@
 // Input on stdin: one JSON object, or a JSON array of them:
 //
 //	{"template": "...", "messages": [{"role": "user", "content": "hi"}],
-//	 "system": "Modelfile SYSTEM", "mode": "chat"|"generate", "prompt": "..."}
+//	 "system": "Modelfile SYSTEM", "mode": "chat"|"generate", "prompt": "...",
+//	 "tools": [{"type": "function", "function": {...}}]}
+//
+// .Tools and messages' tool_calls take Ollama's types (tools.go). Mode "parse" runs Ollama's
+// tool-call parser instead: {"template", "tools", "output"} -> {"tag", "calls", "content"}.
 //
 // Output on stdout: for one object, the raw prompt; for an array, a JSON array of
 // {"prompt": "..."} or {"error": "..."}. With -serve it answers a stream of
@@ -58,7 +62,7 @@ type request struct {
 	System   string    `json:"system"`
 	Mode     string    `json:"mode"` // "chat" (default), "generate", "caps", or "parse"
 	Prompt   string    `json:"prompt"`
-	Think    *bool     `json:"think,omitempty"` // the request's think; unset: .Think false, .IsThinkSet false
+	Think    *bool     `json:"think,omitempty"`  // the request's think; unset: .Think false, .IsThinkSet false
 	Output   string    `json:"output,omitempty"` // mode "parse": the model's text, given to the tool-call parser
 }
 
@@ -293,6 +297,7 @@ func render(req request) (string, error) {
 	}
 
 	system, collated := collate(msgs)
+	tmplTools, tmplMsgs := toolsForTemplate(req.Tools), messagesForTemplate(collated)
 	var b bytes.Buffer
 	think, isThinkSet := false, req.Think != nil
 	if isThinkSet {
@@ -300,8 +305,8 @@ func render(req request) (string, error) {
 	}
 	err = tmpl.Execute(&b, map[string]any{
 		"System":     system,
-		"Messages":   collated,
-		"Tools":      req.Tools,
+		"Messages":   tmplMsgs,
+		"Tools":      tmplTools,
 		"Response":   "",
 		"Think":      think,
 		"IsThinkSet": isThinkSet,

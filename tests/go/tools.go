@@ -4,8 +4,9 @@
 // templates and outputs through render.go's "chat" and "parse" modes.
 //
 //   - Tool definitions keep Ollama's field order and drop keys its structs lack; properties and
-//     call arguments keep their order (Ollama's ordered maps), nested objects inside arguments are
-//     plain Go maps (sorted keys when marshalled). A single property type is written as a string.
+//     call arguments keep their order in Ollama's types (ordered maps), but the copies a template
+//     sees hold them in plain Go maps (sorted keys when marshalled), and nested objects of type
+//     "any" are plain maps everywhere. A single property type is written as a string.
 //   - The parser's tag is the first non-blank text inside the first `{{ if ... .ToolCalls ... }}`
 //     (searching if/range/with bodies in order, stopping at an action), cut before "{" and trimmed;
 //     "{" when there is none. After the tag, each call is the first tool name found (longest at
@@ -100,13 +101,13 @@ func (pt PropertyType) MarshalJSON() ([]byte, error) {
 }
 
 type ToolProperty struct {
-	AnyOf       []ToolProperty             `json:"anyOf,omitempty"`
-	Type        PropertyType               `json:"type,omitempty"`
-	Items       any                        `json:"items,omitempty"`
-	Description string                     `json:"description,omitempty"`
-	Enum        []any                      `json:"enum,omitempty"`
-	Properties  *orderedMap[ToolProperty]  `json:"properties,omitempty"`
-	Required    []string                   `json:"required,omitempty"`
+	AnyOf       []ToolProperty            `json:"anyOf,omitempty"`
+	Type        PropertyType              `json:"type,omitempty"`
+	Items       any                       `json:"items,omitempty"`
+	Description string                    `json:"description,omitempty"`
+	Enum        []any                     `json:"enum,omitempty"`
+	Properties  *orderedMap[ToolProperty] `json:"properties,omitempty"`
+	Required    []string                  `json:"required,omitempty"`
 }
 
 type ToolFunctionParameters struct {
@@ -138,6 +139,94 @@ type ToolCallFunction struct {
 type ToolCall struct {
 	ID       string           `json:"id,omitempty"`
 	Function ToolCallFunction `json:"function"`
+}
+
+// ---- what a template sees (template/template.go convertToolsForTemplate, convertMessagesForTemplate) ----
+// Ollama hands a template copies in which the properties of a tool's parameters and a call's
+// arguments are plain Go maps (`json` writes their keys sorted) and a description is always written.
+
+type templateParameters struct {
+	Type       string                  `json:"type"`
+	Defs       any                     `json:"$defs,omitempty"`
+	Items      any                     `json:"items,omitempty"`
+	Required   []string                `json:"required,omitempty"`
+	Properties map[string]ToolProperty `json:"properties"`
+}
+
+type templateFunction struct {
+	Name        string             `json:"name"`
+	Description string             `json:"description"`
+	Parameters  templateParameters `json:"parameters"`
+}
+
+type templateTool struct {
+	Type     string           `json:"type"`
+	Items    any              `json:"items,omitempty"`
+	Function templateFunction `json:"function"`
+}
+
+type templateCallFunction struct {
+	Index     int
+	Name      string
+	Arguments map[string]any
+}
+
+type templateCall struct {
+	ID       string
+	Function templateCallFunction
+}
+
+type templateMessage struct {
+	Role      string
+	Content   string
+	Thinking  string
+	Images    []string
+	ToolCalls []templateCall
+	ToolName  string
+}
+
+func (m *orderedMap[V]) plain() map[string]V {
+	if m == nil {
+		return nil
+	}
+	out := make(map[string]V, len(m.keys))
+	for _, k := range m.keys {
+		out[k] = m.vals[k]
+	}
+	return out
+}
+
+func toolsForTemplate(tools []Tool) []templateTool {
+	if tools == nil {
+		return nil
+	}
+	out := make([]templateTool, len(tools))
+	for i, t := range tools {
+		p := t.Function.Parameters
+		out[i] = templateTool{Type: t.Type, Items: t.Items, Function: templateFunction{
+			Name: t.Function.Name, Description: t.Function.Description,
+			Parameters: templateParameters{Type: p.Type, Defs: p.Defs, Items: p.Items, Required: p.Required,
+				Properties: p.Properties.plain()}}}
+	}
+	return out
+}
+
+func messagesForTemplate(msgs []*Message) []*templateMessage {
+	out := make([]*templateMessage, len(msgs))
+	for i, m := range msgs {
+		var calls []templateCall
+		for _, c := range m.ToolCalls {
+			args := c.Function.Arguments.plain()
+			if args == nil {
+				args = map[string]any{}
+			}
+			calls = append(calls, templateCall{ID: c.ID, Function: templateCallFunction{
+				Index: c.Function.Index, Name: c.Function.Name, Arguments: args}})
+		}
+		out[i] = &templateMessage{Role: m.Role, Content: m.Content, Thinking: m.Thinking, Images: m.Images,
+			ToolCalls: calls, ToolName: m.ToolName}
+	}
+	return out
 }
 
 // ---- the parser's tag ---------------------------------------------------------------------
