@@ -420,31 +420,39 @@ def test_definitions_in_another_key_order_differ_on_ollama_and_ollama_tools_is_t
 
 
 @pytest.fixture(scope="module")
-def ollama_parser():
-    """Ollama's own tools package compiled from its source, where a checkout is given
-    (TUNELOOM_OLLAMA_SRC=/path/to/ollama); skipped otherwise (its modules cannot be fetched offline)."""
-    from tests.go.gorender import GoUnavailable, OllamaParser, build_ollama_parser, ollama_source
+def ollama_pkgs():
+    """Ollama's own template and tools packages compiled from its source, where a checkout is given
+    (TUNELOOM_OLLAMA_SRC=/path/to/ollama); skipped otherwise. Their other dependencies (the api package's
+    modules) cannot be fetched offline: tests/go/ollama_real stands in for those."""
+    from tests.go.gorender import GoUnavailable, OllamaPackages, build_ollama_packages, ollama_source
 
     src = ollama_source()
     if src is None:
         pytest.skip("no Ollama source checkout (set TUNELOOM_OLLAMA_SRC to one)")
     try:
-        binary = build_ollama_parser(src)
+        binary = build_ollama_packages(src)
     except GoUnavailable as exc:
         pytest.skip(f"Go toolchain unavailable ({exc})")
-    parser = OllamaParser(binary)
-    yield parser
-    parser.close()
+    pkgs = OllamaPackages(binary)
+    yield pkgs
+    pkgs.close()
 
 
 @pytest.mark.parametrize("family", sorted(GO_TOOLS))
-def test_ollamas_own_parser_from_its_source_recovers_the_calls(family, hf, ollama_parser, go_renderer):
-    """The same as test_ollamas_parser_recovers_the_calls_the_fine_tune_writes with Ollama's tools package
-    itself (tools/tools.go, tools/template.go), and the re-written parser in tests/go agrees with it."""
-    _, fmt, _, _, _ = export_of(family)
+def test_ollamas_own_packages_from_its_source_render_and_parse_like_training(family, hf, ollama_pkgs, go_renderer):
+    """Ollama's template.Execute renders the training prompt of every tool conversation from the TEMPLATE
+    (and the same as tests/go's re-written engine), and its tools.Parser recovers the training calls."""
+    cfg, fmt, emb, arch, thinking = export_of(family)
+    think = True if thinking else None  # Ollama's default for a template that can think
+    for conv in CONVERSATIONS:
+        for tools, messages in prompts_of(conv):
+            want = training(hf, family, tools, messages)
+            got = ollama_pkgs.render(fmt.template, messages, tools=tools, think=think)
+            assert got == want, f"{family} {conv}: {_diff(want, got)}"
+            assert go_renderer.render(fmt.template, messages, tools=tools, think=think) == got
     seen = 0
     for conv, tools, text, calls in answers(hf, family):
-        real = ollama_parser.parse(fmt.template, ol.ollama_tools(tools), text)
+        real = ollama_pkgs.parse(fmt.template, ol.ollama_tools(tools), text)
         assert real["tag"] == "<tool_call>" and real["calls"] == calls, f"{family} {conv}: {text!r}"
         assert go_renderer.parse_tool_calls(fmt.template, ol.ollama_tools(tools), text)["calls"] == real["calls"]
         seen += len(calls)
@@ -470,3 +478,16 @@ def test_unsorted_properties_and_arguments_are_exact_only_on_the_native_path(hf,
             go_render=lambda t, m: go_renderer.render(t, m, tools=[tool]))
     assert got["native"] == want
     assert got["go"] != want and '"from": {"type": "string"}, "to"' in got["go"] and '{"from": "e2", "to": "e4"}' in got["go"]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_ollamas_own_template_package_renders_plain_chats_like_tests_go(family, ollama_pkgs, go_renderer):
+    """The re-written engine the other template tests use (tests/go/render.go) agrees with Ollama's own
+    template package on the plain TEMPLATEs of runs without tool data too."""
+    from tests.test_ollama_paths import CONVERSATIONS as PLAIN
+
+    _, fmt, _, _, thinking = export_of(family, tools=False)
+    for name, messages in PLAIN.items():
+        for think in (None, True, False):
+            assert ollama_pkgs.render(fmt.template, messages, think=think) == go_renderer.render(
+                fmt.template, messages, think=think), f"{family} {name} think={think}"

@@ -139,68 +139,89 @@ class GoRenderer:
                 stream.close()
 
 
-# ---- Ollama's own tool-call parser, compiled from a checkout of Ollama's source -------------
+# ---- Ollama's own template and tool-call parser packages, compiled from a checkout of its source ----
 
 OLLAMA_REAL = SOURCE.parent / "ollama_real"
 
 
 def ollama_source() -> Path | None:
-    """A checkout of Ollama's source (``TUNELOOM_OLLAMA_SRC``: a folder with tools/tools.go), or None."""
+    """A checkout of Ollama's source (``TUNELOOM_OLLAMA_SRC``: a folder with template/ and tools/), or None."""
     src = os.environ.get("TUNELOOM_OLLAMA_SRC")
-    if src and (Path(src) / "tools" / "tools.go").is_file() and (Path(src) / "tools" / "template.go").is_file():
+    if src and all((Path(src) / f).is_file() for f in ("tools/tools.go", "tools/template.go", "template/template.go")):
         return Path(src)
     return None
 
 
-def build_ollama_parser(src: Path) -> Path:
-    """Compile Ollama's tools package (tools/tools.go, tools/template.go from ``src``, unchanged) with the
-    stand-in api package and the driver in ollama_real/; no module download (the package needs only the
-    standard library and its api types). Returns the binary's path."""
+def build_ollama_packages(src: Path) -> Path:
+    """Compile Ollama's template and tools packages from ``src`` (their files unchanged) with the stand-in
+    api and levenshtein packages and the driver in ollama_real/ (no module download: those are the
+    packages' only dependencies outside the standard library). Returns the binary's path."""
     go, extra = go_command()
     work = _work_dir()
     env = {**os.environ, **extra,
            "GOCACHE": str(work / "cache"), "GOPATH": str(work / "gopath"), "GOTOOLCHAIN": "local",
-           "GOTELEMETRY": "off", "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOPROXY": "off", "GO111MODULE": "on"}
-    files = {"tools/tools.go": src / "tools" / "tools.go", "tools/template.go": src / "tools" / "template.go",
-             "api/types.go": OLLAMA_REAL / "api.go", "cmd/tlparse/main.go": OLLAMA_REAL / "main.go"}
-    key = hashlib.sha256(b"".join(p.read_bytes() for p in files.values())).hexdigest()[:16]
-    binary = work / f"ollama-parse-{key}"
+           "GOTELEMETRY": "off", "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOPROXY": "off", "GO111MODULE": "on",
+           "GONOSUMDB": "*"}
+    files = {f"tools/{p.name}": p for p in sorted((src / "tools").glob("*.go")) if not p.name.endswith("_test.go")}
+    files.update({f"template/{p.name}": p for p in sorted((src / "template").iterdir())
+                  if p.suffix in (".go", ".gotmpl", ".json") and not p.name.endswith("_test.go")})
+    files.update({"api/types.go": OLLAMA_REAL / "api.go", "cmd/tlollama/main.go": OLLAMA_REAL / "main.go",
+                  "third_party/levenshtein/levenshtein.go": OLLAMA_REAL / "levenshtein" / "levenshtein.go"})
+    key = hashlib.sha256(b"".join(k.encode() + p.read_bytes() for k, p in files.items())).hexdigest()[:16]
+    binary = work / f"ollama-pkgs-{key}"
     if binary.exists():
         return binary
     mod = Path(tempfile.mkdtemp(prefix="ollama-mod-", dir=work))
     try:
-        (mod / "go.mod").write_text("module github.com/ollama/ollama\n\ngo 1.24\n", encoding="utf-8")
+        (mod / "go.mod").write_text(
+            "module github.com/ollama/ollama\n\ngo 1.24\n\nrequire github.com/agnivade/levenshtein v1.1.1\n\n"
+            "replace github.com/agnivade/levenshtein => ./third_party/levenshtein\n", encoding="utf-8")
+        (mod / "third_party" / "levenshtein").mkdir(parents=True)
+        (mod / "third_party" / "levenshtein" / "go.mod").write_text(
+            "module github.com/agnivade/levenshtein\n\ngo 1.24\n", encoding="utf-8")
         for rel, path in files.items():
             (mod / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, mod / rel)
-        tmp = work / f".ollama-parse-{key}-{os.getpid()}"
-        proc = subprocess.run([go, "build", "-o", str(tmp), "./cmd/tlparse"], env=env, cwd=mod,
+        tmp = work / f".ollama-pkgs-{key}-{os.getpid()}"
+        proc = subprocess.run([go, "build", "-o", str(tmp), "./cmd/tlollama"], env=env, cwd=mod,
                               capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
-            raise RuntimeError(f"building Ollama's tools package failed:\n{proc.stderr}")
+            raise RuntimeError(f"building Ollama's template and tools packages failed:\n{proc.stderr}")
         os.replace(tmp, binary)
     finally:
         shutil.rmtree(mod, ignore_errors=True)
     return binary
 
 
-class OllamaParser:
-    """Ollama's own tools.Parser in a long-running process: ``parse(template, tools, output)``."""
+class OllamaPackages:
+    """Ollama's own template.Execute and tools.Parser in a long-running process."""
 
     def __init__(self, binary: Path):
         self._proc = subprocess.Popen([str(binary)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True, encoding="utf-8")
 
-    def parse(self, template: str, tools: list, output: str) -> dict:
-        self._proc.stdin.write(json.dumps({"template": template, "tools": tools, "output": output},
-                                          ensure_ascii=False) + "\n")
+    def _ask(self, req: dict) -> dict:
+        self._proc.stdin.write(json.dumps(req, ensure_ascii=False) + "\n")
         self._proc.stdin.flush()
         line = self._proc.stdout.readline()
         if not line:
-            raise RuntimeError("Ollama's parser died: " + self._proc.stderr.read())
+            raise RuntimeError("Ollama's packages died: " + self._proc.stderr.read())
         res = json.loads(line)
         if res.get("error"):
             raise RuntimeError(res["error"])
+        return res
+
+    def render(self, template: str, messages: list[dict], *, tools: list | None = None,
+               think: bool | None = None) -> str:
+        """The prompt Ollama's template.Execute builds (messages in OpenAI form, SYSTEM already in them)."""
+        req = {"mode": "render", "template": template, "messages": [GoRenderer._message(m) for m in messages],
+               "tools": tools or None}
+        if think is not None:
+            req["think"] = bool(think)
+        return self._ask(req)["prompt"]
+
+    def parse(self, template: str, tools: list, output: str) -> dict:
+        res = self._ask({"mode": "parse", "template": template, "tools": tools, "output": output})
         calls = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]} for c in res.get("calls") or []]
         return {"tag": res.get("tag", ""), "calls": calls, "content": res.get("content", "")}
 
