@@ -491,3 +491,31 @@ def test_ollamas_own_template_package_renders_plain_chats_like_tests_go(family, 
         for think in (None, True, False):
             assert ollama_pkgs.render(fmt.template, messages, think=think) == go_renderer.render(
                 fmt.template, messages, think=think), f"{family} {name} think={think}"
+
+
+# --------------------------------------------------------------------------- training tells the export
+
+def test_a_run_on_tool_records_says_so_in_its_config_and_one_without_does_not(tmp_path, monkeypatch):
+    """config.json "tools": true is what the export reads (core.export.run_tools). The records here get their
+    tool definitions the way the data side keeps them (ChatRecord.tools)."""
+    import core.train as tr
+    from core.export import run_tools
+    from core.paths import demo_data_dir, demo_model_dir
+
+    fast = dict(rank=4, alpha=8.0, lr=1e-3, batch=4, max_seq_len=96, warmup=1, valid_every=0, valid_batches=1,
+                checkpoint_every=0, seed=3, iters=1)
+    real_load = tr.load_dataset
+
+    def with_tools(*a, **kw):
+        ds = real_load(*a, **kw)
+        ds.records[0].tools = [DESCRIBE]
+        return ds
+
+    plain = tr.train(tr.TrainConfig(model=str(demo_model_dir()), data=[str(demo_data_dir())], out=str(tmp_path / "a"),
+                                    **fast))
+    monkeypatch.setattr(tr, "load_dataset", with_tools)
+    tooled = tr.train(tr.TrainConfig(model=str(demo_model_dir()), data=[str(demo_data_dir())],
+                                     out=str(tmp_path / "b"), **fast))
+    assert run_tools(tmp_path / "a") is False and "tools" not in json.loads((tmp_path / "a" / "config.json").read_text())
+    assert run_tools(tmp_path / "b") is True
+    assert plain is not None and tooled is not None
