@@ -1598,9 +1598,7 @@ def tools_chat_format(tokenizer_config: dict, *, thinking: bool = False) -> Chat
     tokens = special_tokens(tokenizer_config)
     try:
         header = _tools_header(original, tokens, thinking)
-    except TemplateNotSupported:
-        return None
-    except Exception:  # noqa: BLE001 - a template that fails on tools
+    except Exception:  # noqa: BLE001 - TemplateNotSupported, or a template that fails on tools
         return None
     template = _go_tools_template(base, header, thinking)
     render = _tools_render_factory("chatml" if base.kind == "chatml" else "qwen3", header, base, thinking)
