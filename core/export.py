@@ -210,13 +210,14 @@ class ExportPlan:
     tokenizer_config: dict
     need: dict = field(default_factory=dict)
     adapter_file: Path | None = None  # the run's adapter weights merged: its best (default) or final one
+    tools: bool = False  # the run trained on tool calls (config.json "tools"): both templates render tools
 
     def as_dict(self) -> dict:
         return {"base": str(self.base), "adapter": str(self.adapter) if self.adapter else None,
                 "gguf": str(self.gguf) if self.gguf else None, "modelfile": str(self.modelfile),
                 "quant": self.quant, "thinking": self.thinking, "chat_template_source": self.template_source,
                 "ollama_template": self.chat_format.kind, "embedded_template": self.embedded_template.kind,
-                "bytes_needed": self.need}
+                "tools": self.tools, "bytes_needed": self.need}
 
 
 def plan_export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str | None = None,
@@ -252,8 +253,9 @@ def plan_export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: 
             "chat_template.json), so neither Ollama nor llama.cpp can be told how to build its prompt.",
             "Use a chat (instruct) model, or add its chat_template.jinja to the folder.")
     thinking = run_thinking(adapter_dir)
-    fmt = ol.chat_format_for(info.config, thinking=thinking)
-    embedded = ol.embedded_chat_template(info.config, thinking=thinking, architecture=check.architecture)
+    tools = run_tools(adapter_dir)
+    fmt = ol.export_chat_format(info.config, thinking=thinking, tools=tools)
+    embedded = ol.embedded_chat_template(info.config, thinking=thinking, architecture=check.architecture, tools=tools)
 
     gguf_path = Path(gguf) if gguf is not None else None
     from core.export_target import check_targets, modelfile_for
@@ -275,7 +277,40 @@ def plan_export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: 
     if gguf_path is not None:
         check_disk_space(gguf_path.parent, need)
     return ExportPlan(base, adapter_dir, gguf_path, mf, gguf_ref, quant, thinking, info.describe_source(), fmt,
-                      embedded, text, params, info.config, need)
+                      embedded, text, params, info.config, need, tools=tools)
+
+
+def run_tools(run_dir: str | Path | None) -> bool:
+    """Whether a training run trained on tool calls (``"tools": true`` in its config.json); False when absent."""
+    if run_dir is None:
+        return False
+    cfg = runs.read_json(Path(run_dir) / "config.json") if (Path(run_dir) / "config.json").is_file() else None
+    return bool(cfg.get("tools")) if isinstance(cfg, dict) else False
+
+
+def tool_verify_case(run_dir: str | Path, *, events: Events | None = None) -> dict | None:
+    """The held-out question the verify step asks with tools: the first validation record with tool
+    definitions and an assistant turn that calls one, cut before that turn. ``{"messages", "tools",
+    "expected", "model"}`` for :func:`core.ollama.check_tool_answer`; None when there is none."""
+    from core import ollama as ol
+    from core.evaluate import run_split
+
+    try:
+        records = run_split(run_dir, events=events)[1]
+    except TuneloomError:
+        return None
+    for r in records:
+        tools = getattr(r, "tools", None) or (r.get("tools") if isinstance(r, dict) else None)
+        messages = list(getattr(r, "messages", None) or (r.get("messages") if isinstance(r, dict) else None) or [])
+        if not tools:
+            continue
+        for i, m in enumerate(messages):
+            if m.get("role") == "assistant" and m.get("tool_calls") and any(
+                    x.get("role") == "user" for x in messages[:i]):
+                base, _ = resolve_source(run_dir)
+                return {"messages": messages[:i], "tools": list(tools), "expected": ol.tool_calls_of(m),
+                        "model": str(base)}
+    return None
 
 
 def _temp_name(dest: Path, suffix: str) -> Path:
@@ -290,7 +325,8 @@ def _temp_name(dest: Path, suffix: str) -> Path:
 def export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str | None = None, system: str | None = None,
            force: bool = False, modelfile: str | Path | None = None, events: Events | None = None,
            cancel: CancelToken | None = None, temperature: float | None = None, verify_messages: list | None = None,
-           verify_options: dict | None = None, replace_files: bool = False, final: bool = False) -> dict:
+           verify_options: dict | None = None, replace_files: bool = False, final: bool = False,
+           verify_tools: dict | None = None) -> dict:
     """Fuse, write the GGUF and its Modelfile, optionally register in Ollama.
 
     With ``gguf=None`` only the Modelfile is written (its FROM names
@@ -303,7 +339,10 @@ def export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str |
     ``("stage-done", '{"stage": name, "ok": true, "seconds": ...}')``, app.console's format): "fuse" (with an adapter), "gguf", then register_model's
     "upload", "create", "verify". ``verify_messages`` / ``verify_options``: see
     :func:`core.ollama.register_model`. A run's best adapter (``adapters_best.safetensors``) is merged
-    where it has one; ``final=True`` merges the final one (``adapters.safetensors``).
+    where it has one; ``final=True`` merges the final one (``adapters.safetensors``). A run trained on tool
+    calls (config.json ``"tools": true``) gets templates that render tools, and its verify step also asks a
+    held-out question with its tools (``verify_tools``, default :func:`tool_verify_case`): the result's
+    ``ollama.tool_check`` compares the calls Ollama parses with the held-out answer's.
     """
     from core import ollama as ol
     from core.atomic import write_text
@@ -317,7 +356,7 @@ def export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str |
                     "adapter_file": plan.adapter_file.name if plan.adapter_file else None,
                     "quant": plan.quant, "chat_template_source": plan.template_source,
                     "ollama_template": plan.chat_format.kind, "embedded_template": plan.embedded_template.kind,
-                    "thinking": plan.thinking}
+                    "thinking": plan.thinking, "tools": plan.tools}
     for note in plan.embedded_template.notes:
         events.log("info", note)
     if plan.gguf is None:
@@ -336,10 +375,12 @@ def export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str |
     result["loads_in_llama_cpp"] = read_back(plan.gguf, events)
     result.update(gguf=str(plan.gguf), modelfile=str(plan.modelfile))
     if ollama:
+        if verify_tools is None and plan.tools and plan.embedded_template.kind == "tools" and plan.adapter:
+            verify_tools = tool_verify_case(plan.adapter, events=events)
         result["ollama"] = ol.register_model(
             plan.gguf, ollama, template=plan.chat_format.template, stops=plan.chat_format.stops, system=system,
             force=force, parameters=plan.parameters, modelfile_path=plan.modelfile, events=events, cancel=cancel,
-            verify_messages=verify_messages, verify_options=verify_options)
+            verify_messages=verify_messages, verify_options=verify_options, verify_tools=verify_tools or None)
     else:
         result["ollama_command"] = ol.ollama_create_command(plan.modelfile, "NAME")
     return result

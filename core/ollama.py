@@ -22,8 +22,9 @@ Two halves:
   on disk.
 
 What the Go templates do *not* reproduce (documented in :attr:`ChatFormat.notes`):
-roles other than system/user/assistant (tool calls cannot match: Python's
-``tojson`` and Go's ``json`` space differently), Qwen3 assistant turns that carry
+for a run without tool data, roles other than system/user/assistant (a run trained on
+tool calls gets templates that render tools, calls and results: see "Tool calling"
+below), Qwen3 assistant turns that carry
 their own ``<think>...</think>`` reasoning, and consecutive messages of one role,
 which Ollama merges (blank line between) before the template sees them.
 """
@@ -862,9 +863,10 @@ def chat_template_kind(tokenizer_config: dict, *, thinking: bool = False) -> str
     return chat_format_for(tokenizer_config, thinking=thinking).kind
 
 
-def go_template_for(tokenizer_config: dict, *, thinking: bool = False) -> tuple[str, list[str]]:
-    """(Go template for the Modelfile TEMPLATE, stop strings) for this tokenizer config."""
-    fmt = chat_format_for(tokenizer_config, thinking=thinking)
+def go_template_for(tokenizer_config: dict, *, thinking: bool = False, tools: bool = False) -> tuple[str, list[str]]:
+    """(Go template for the Modelfile TEMPLATE, stop strings) for this tokenizer config (``tools``: for a run
+    trained on tool calls, see :func:`export_chat_format`)."""
+    fmt = export_chat_format(tokenizer_config, thinking=thinking, tools=tools)
     return fmt.template, list(fmt.stops)
 
 
@@ -947,9 +949,10 @@ def go_template_think_tags(go_template: str) -> tuple[str, str]:
 
 def should_prefer_chat_template(chat_template: str, chat_caps: set[str], go_template: str,
                                 go_caps: set[str]) -> bool:
-    """server/images.go shouldPreferChatTemplate (Tuneloom's Go templates have no tool round trip,
-    goTemplateHasToolRoundTrip is false for them)."""
-    go_round_trip = "tools" in go_caps and "toolcalls" in {m.group(1).lower() for m in _GO_FIELD.finditer(go_template)}
+    """server/images.go shouldPreferChatTemplate (with goTemplateHasToolRoundTrip: .Tools and .ToolCalls read,
+    and the text holds `eq .Role "tool"`, tool_response or TOOL_RESULTS; Tuneloom's Go templates have none)."""
+    go_round_trip = ("tools" in go_caps and "toolcalls" in {m.group(1).lower() for m in _GO_FIELD.finditer(go_template)}
+                     and any(x in go_template for x in ('eq .Role "tool"', "tool_response", "TOOL_RESULTS")))
     if len(chat_caps) > len(go_caps):  # hasMoreCapabilities
         return not go_round_trip or chat_template_has_tool_round_trip(chat_template)
     if chat_caps != go_caps or "tools" not in chat_caps:
@@ -1050,7 +1053,8 @@ def llama_server_messages(messages: Messages) -> list[dict]:
 
 
 def ollama_prompt(setup: OllamaSetup, messages: Messages, *, think: bool | None = "default",
-                  go_render: Callable[[str, list[dict]], str] | None = None, tokens: dict | None = None) -> str:
+                  go_render: Callable[[str, list[dict]], str] | None = None, tokens: dict | None = None,
+                  tools: Sequence[dict] | None = None) -> str:
     """The prompt Ollama builds for a chat request with ``messages`` (server/routes.go ChatHandler).
 
     The Modelfile SYSTEM goes first when the conversation has no system message, then
@@ -1060,6 +1064,9 @@ def ollama_prompt(setup: OllamaSetup, messages: Messages, *, think: bool | None 
     ``chat_template_kwargs`` {enable_thinking: think} when ``think`` is set (llm/llama_server.go
     llamaServerChatTemplateKwargs) and llama.cpp's default enable_thinking=true when it is not.
     ``think="default"``: what Ollama does when the request does not say (:func:`default_think`).
+    ``tools``: the request's tool definitions as Ollama holds them (:func:`ollama_tools`); on the go path
+    ``go_render`` must render them (the default mirror is given them), on the native path llama-server's
+    template gets them with each call's arguments as Go's JSON string (:func:`ollama_tool_messages`).
     """
     msgs = [dict(m) for m in messages]
     if setup.system and (not msgs or msgs[0].get("role") != "system"):
@@ -1070,10 +1077,14 @@ def ollama_prompt(setup: OllamaSetup, messages: Messages, *, think: bool | None 
     if template_path(setup) == "go":
         if go_render is None:
             fmt = _mirror_for(setup.go_template)
-            return fmt.render(_collate(msgs))
+            return fmt.render(_collate(msgs), tools) if tools else fmt.render(_collate(msgs))
         return go_render(setup.go_template, msgs)
     ctx = dict(tokens or {})
     ctx["enable_thinking"] = True if think is None else bool(think)
+    if tools or any(m.get("tool_calls") for m in msgs):
+        messages_in = ollama_tool_messages(msgs, object_arguments=_needs_object_arguments(setup.chat_template))
+        return _compiled(setup.chat_template).render(messages=messages_in, add_generation_prompt=True,
+                                                     tools=list(tools) if tools else None, **ctx)
     return _compiled(setup.chat_template).render(messages=llama_server_messages(msgs), add_generation_prompt=True,
                                                  **ctx)
 
@@ -1148,13 +1159,17 @@ def check_ollama_prompts(fmt: ChatFormat, chat_template: str, tokenizer_config: 
     return problems
 
 
-def embedded_chat_template(tokenizer_config: dict, *, thinking: bool = False, architecture: str | None = None
-                           ) -> EmbeddedTemplate:
+def embedded_chat_template(tokenizer_config: dict, *, thinking: bool = False, architecture: str | None = None,
+                           tools: bool = False) -> EmbeddedTemplate:
     """The chat template to embed in the GGUF so that Ollama's native path (and llama.cpp, LM Studio)
     builds the training prompt: the model's own template when Ollama already renders it like training
     (a thinking-on Qwen3), else the fine-tune's format as a plain Jinja template (a thinking-off Qwen3
     must not advertise thinking, or Ollama turns it on by default). Raises :class:`TemplateNotSupported`
-    when neither agrees with training on every scenario."""
+    when neither agrees with training on every scenario.
+
+    ``tools``: the run trained on tool records; the template then renders tools, calls and results as
+    training did (:func:`tools_jinja`, kind ``"tools"``) when that checks out on every scenario, plain
+    conversations included; otherwise the plain template, with a note that tool calling was not kept."""
     from core.gguf_export import ARCHITECTURES
 
     fmt = chat_format_for(tokenizer_config, thinking=thinking)
@@ -1163,6 +1178,12 @@ def embedded_chat_template(tokenizer_config: dict, *, thinking: bool = False, ar
         spec = ARCHITECTURES.get(architecture)
         arch = _gguf_arch_name(spec) if spec is not None else ""
     original = chat_template_of(tokenizer_config)
+    tool_note: tuple[str, ...] = ()
+    if tools:
+        emb, why = _tools_embedded(tokenizer_config, thinking, arch)
+        if emb is not None:
+            return emb
+        tool_note = (f"Tool calling is not kept in this export: {why}",)
     tried = []
     for kind, template in (("original", original), ("training", fmt.jinja)):
         if not template:
@@ -1173,12 +1194,529 @@ def embedded_chat_template(tokenizer_config: dict, *, thinking: bool = False, ar
             note = (f"GGUF chat template: the model's own (Ollama abilities: {', '.join(caps)})" if kind == "original"
                     else "GGUF chat template: the fine-tune's prompt format, without tool or thinking markers, so "
                          "Ollama keeps the Modelfile TEMPLATE and llama.cpp renders the same prompt")
-            return EmbeddedTemplate(kind, template, (note,))
+            return EmbeddedTemplate(kind, template, (note,) + tool_note)
         tried.append(f"{kind}: {problems[0]}")
     raise TemplateNotSupported(
         "Tuneloom cannot embed a chat template that gives Ollama's native path the training prompt (" +
         "; ".join(tried) + ").", "Export without Ollama registration, or train a model with a ChatML, Qwen3 or "
         "Zephyr chat template.")
+
+
+# --------------------------------------------------------------------------------------
+# Tool calling (issue 31): tools, calls and results in both templates
+# --------------------------------------------------------------------------------------
+# A run trained on tool records (config.json "tools": true) rendered them with the model's own
+# template and `tools=` (Qwen2.5, Qwen3, Qwen3.5). Its export then carries:
+#
+# * an embedded Jinja template: the model's own, with the thinking markers hidden and thinking
+#   pinned off when the run trained without it (as the plain formats above do), and tool-call
+#   arguments that arrive as a JSON *string* re-spaced as Python's json.dumps writes them
+#   (Ollama hands llama-server each call's arguments as Go's compact JSON). It shows Ollama the
+#   tools ability and a tool round trip (server/images.go chatTemplateHasToolRoundTrip);
+# * a Go TEMPLATE that renders .Tools, .ToolCalls and tool messages as training did (Qwen2.5 and
+#   Qwen3; Qwen3.5 writes calls as XML and keeps its plain TEMPLATE). Go's `json` is compact, so
+#   the template re-spaces it byte by byte ("pyjson"). It is written so that Ollama does not see a
+#   Go *round trip* (goTemplateHasToolRoundTrip looks for `eq .Role "tool"` and the word
+#   tool_response): both templates show {tools}, only the Jinja one a round trip, so current Ollama
+#   prefers the embedded template (shouldPreferChatTemplate) and llama-server renders it; Ollama
+#   before v0.32.7 renders the TEMPLATE and parses calls with tools.Parser, whose tag
+#   (tools/template.go parseTag: the first text inside `{{ if .ToolCalls }}`) is "<tool_call>".
+#
+# Exact, on the native path, for tool definitions as Ollama holds them (api.Tool: :func:`ollama_tools`
+# gives that order and those keys) and call arguments whose nested objects list their keys sorted
+# (Ollama keeps the top level's order only). On the Go path the template sees copies whose parameter
+# properties and call arguments are plain Go maps (template/template.go convertToolsForTemplate): exact
+# when those keys are sorted too, and when every tool has a description (:func:`template_tools`).
+# Numbers like 1.0 reach either template as 1.
+
+_TL_ARGS_MACRO = (
+    "{%- macro _tl_args(a) -%}{%- if a is string -%}"
+    "{%- set s = namespace(out='', q=false, e=false) -%}{%- for c in a -%}"
+    "{%- if s.e -%}{%- set s.e = false -%}{%- set s.out = s.out + c -%}"
+    "{%- elif s.q -%}{%- if c == '\\\\' -%}{%- set s.e = true -%}{%- elif c == '\"' -%}{%- set s.q = false -%}"
+    "{%- endif -%}{%- set s.out = s.out + c -%}"
+    "{%- elif c == '\"' -%}{%- set s.q = true -%}{%- set s.out = s.out + c -%}"
+    "{%- elif c == ':' -%}{%- set s.out = s.out + ': ' -%}"
+    "{%- elif c == ',' -%}{%- set s.out = s.out + ', ' -%}"
+    "{%- else -%}{%- set s.out = s.out + c -%}{%- endif -%}{%- endfor -%}"
+    "{{- s.out | replace('\\\\u003c', '<') | replace('\\\\u003e', '>') | replace('\\\\u0026', '&') -}}"
+    "{%- else -%}{{- a | tojson -}}{%- endif -%}{%- endmacro -%}\n")
+
+# Go: Python's json.dumps spacing from Go's compact json, one byte at a time; inside strings Go's
+# HTML escapes (\u003c \u003e \u0026) become the characters Python writes.
+_GO_PYJSON = (
+    '{{- define "pyjson" }}{{ if . }}{{ $c := index . 0 }}'
+    '{{ if eq $c 34 }}"{{ template "pyjson_str" (slice . 1) }}'
+    '{{ else if eq $c 58 }}: {{ template "pyjson" (slice . 1) }}'
+    '{{ else if eq $c 44 }}, {{ template "pyjson" (slice . 1) }}'
+    '{{ else }}{{ slice . 0 1 }}{{ template "pyjson" (slice . 1) }}{{ end }}{{ end }}{{ end }}\n'
+    '{{- define "pyjson_str" }}{{ if . }}{{ $c := index . 0 }}'
+    '{{ if eq $c 34 }}"{{ template "pyjson" (slice . 1) }}'
+    '{{ else if and (eq $c 92) (ge (len .) 6) (eq (slice . 0 6) "\\\\u003c") }}<{{ template "pyjson_str" (slice . 6) }}'
+    '{{ else if and (eq $c 92) (ge (len .) 6) (eq (slice . 0 6) "\\\\u003e") }}>{{ template "pyjson_str" (slice . 6) }}'
+    '{{ else if and (eq $c 92) (ge (len .) 6) (eq (slice . 0 6) "\\\\u0026") }}&{{ template "pyjson_str" (slice . 6) }}'
+    '{{ else if eq $c 92 }}{{ slice . 0 2 }}{{ template "pyjson_str" (slice . 2) }}'
+    '{{ else }}{{ slice . 0 1 }}{{ template "pyjson_str" (slice . 1) }}{{ end }}{{ end }}{{ end }}\n'
+)
+
+_GO_LSTRIP = ('{{- define "lstrip_newlines" }}{{ if and . (eq (index . 0) 10) }}'
+              '{{ template "lstrip_newlines" (slice . 1) }}{{ else }}{{ . }}{{ end }}{{ end }}\n')
+
+# tool results: the word tool_response split by an empty action, and `eq "tool" .Role` rather than
+# `eq .Role "tool"`, so that Ollama sees no Go round trip (see above)
+_GO_TOOL_RESULT = (
+    '{{ else if eq "tool" .Role }}{{ if not $prevTool }}<|im_start|>user{{ end }}\n'
+    '<tool_{{ "" }}response>\n'
+    "{{ .Content }}\n"
+    '</tool_{{ "" }}response>\n'
+    '{{- if or $last (ne (index (slice $.Messages $i) 1).Role "tool") }}<|im_end|>\n'
+    "{{ end }}\n"
+)
+_GO_CALL = '{"name": "{{ .Function.Name }}", "arguments": {{ template "pyjson" (json .Function.Arguments) }}}\n</tool_call>'
+
+_GO_LOOP_HEAD = (
+    "{{- $prevTool := false }}\n"
+    "{{- range $i, $m := .Messages }}\n"
+    "{{- $last := eq (len (slice $.Messages $i)) 1 }}\n"
+    "{{- $calls := .ToolCalls }}\n"
+    '{{- if eq .Role "user" }}<|im_start|>user\n'
+    "{{ .Content }}<|im_end|>\n"
+    '{{ else if eq .Role "system" }}{{ if or (not $.Tools) $i }}<|im_start|>system\n'
+    "{{ .Content }}<|im_end|>\n"
+    "{{ end }}\n"
+)
+_GO_LOOP_TAIL = ("{{- end }}\n"
+                 '{{- $prevTool = eq "tool" .Role }}\n'
+                 "{{- end }}<|im_start|>assistant\n")
+
+# Qwen2.5: an answer without calls is a plain turn; with calls, "\n" + content only when there is some,
+# then "\n<tool_call>..." for each call
+_GO_ASSISTANT_QWEN25 = (
+    '{{- else if and (eq .Role "assistant") (not $calls) }}<|im_start|>assistant\n'
+    "{{ .Content }}<|im_end|>\n"
+    '{{ else if eq .Role "assistant" }}<|im_start|>assistant{{ if .Content }}\n'
+    "{{ .Content }}{{ end }}\n"
+    "{{- if .ToolCalls }}{{ range .ToolCalls }}\n"
+    "<tool_call>\n" + _GO_CALL + "{{ end }}{{ end }}<|im_end|>\n"
+)
+
+# Qwen3: the answer after the last user message, when it is the last message, carries the empty think
+# block; calls follow the content, separated by "\n" (none before a first call without content)
+_GO_ASSISTANT_QWEN3 = (
+    '{{- else if eq .Role "assistant" }}\n'
+    "{{- $afterLastUser := $hasUser }}\n"
+    '{{- range slice $.Messages $i }}{{ if eq .Role "user" }}{{ $afterLastUser = false }}{{ end }}{{ end }}\n'
+    "{{- if and $afterLastUser $last }}<|im_start|>assistant\n"
+    + _THINK_OFF + '{{ template "lstrip_newlines" .Content }}\n'
+    "{{- else }}<|im_start|>assistant\n"
+    "{{ .Content }}\n"
+    "{{- end }}\n"
+    "{{- if and $calls .Content }}\n"
+    "{{ end }}\n"
+    "{{- if .ToolCalls }}{{ range $j, $c := .ToolCalls }}<tool_call>\n" + _GO_CALL
+    + "{{ if ne (len (slice $calls $j)) 1 }}\n"
+    "{{ end }}{{ end }}{{ end }}<|im_end|>\n"
+)
+
+
+def go_json(value: Any) -> str:
+    """Go's ``json.Marshal`` text of a JSON value: compact, ``<`` ``>`` ``&`` U+2028 U+2029 escaped."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"),
+                    ("\u2029", "\\u2029")):
+        text = text.replace(ch, esc)
+    return text
+
+
+def _pyjson(go_text: str) -> str:
+    """What the Go template's "pyjson" (and the Jinja macro) writes for Go's compact JSON."""
+    out, i, in_str = [], 0, False
+    while i < len(go_text):
+        c = go_text[i]
+        if in_str:
+            if c == "\\":
+                esc = go_text[i:i + 6]
+                if esc in ("\\u003c", "\\u003e", "\\u0026"):
+                    out.append({"\\u003c": "<", "\\u003e": ">", "\\u0026": "&"}[esc])
+                    i += 6
+                    continue
+                out.append(go_text[i:i + 2])
+                i += 2
+                continue
+            in_str = c != '"'
+            out.append(c)
+        elif c == '"':
+            in_str = True
+            out.append(c)
+        else:
+            out.append({":": ": ", ",": ", "}.get(c, c))
+        i += 1
+    return "".join(out)
+
+
+def _sorted_any(v: Any) -> Any:
+    """A JSON value as Go holds it in an ``any``: every object a map, written with its keys sorted."""
+    return json.loads(json.dumps(v, sort_keys=True))
+
+
+def _ollama_property(p: Any) -> Any:
+    if not isinstance(p, dict):
+        return p
+    out: dict = {}
+    if p.get("anyOf"):
+        out["anyOf"] = [_ollama_property(x) for x in p["anyOf"]]
+    t = p.get("type")
+    if t:
+        out["type"] = t[0] if isinstance(t, list) and len(t) == 1 else t
+    for key in ("items", "description", "enum"):
+        if p.get(key):
+            out[key] = p[key] if key == "description" else _sorted_any(p[key])
+    if p.get("properties") is not None:
+        out["properties"] = {k: _ollama_property(v) for k, v in p["properties"].items()}
+    if p.get("required"):
+        out["required"] = p["required"]
+    return out
+
+
+def ollama_tools(tools: Sequence[dict] | None) -> list[dict]:
+    """Tool definitions as Ollama holds and hands them on (api.Tool, api.ToolFunction,
+    api.ToolFunctionParameters, api.ToolProperty: fixed key order, unknown keys dropped). A record whose
+    tools already read like this is rendered by Ollama exactly as training rendered it."""
+    out = []
+    for t in tools or []:
+        fn = t.get("function") if isinstance(t.get("function"), dict) else t
+        f: dict = {"name": fn.get("name", "")}
+        if fn.get("description"):
+            f["description"] = fn["description"]
+        p = fn.get("parameters") or {}
+        params: dict = {"type": p.get("type", "")}
+        for key in ("$defs", "items", "required"):
+            if p.get(key):
+                params[key] = p[key] if key == "required" else _sorted_any(p[key])
+        props = p.get("properties")
+        params["properties"] = None if props is None else {k: _ollama_property(v) for k, v in props.items()}
+        f["parameters"] = params
+        tool: dict = {"type": t.get("type", "function") if "function" in t else "function"}
+        if t.get("items"):
+            tool["items"] = _sorted_any(t["items"])
+        tool["function"] = f
+        out.append(tool)
+    return out
+
+
+def template_tools(tools: Sequence[dict] | None) -> list[dict]:
+    """Tool definitions as a Go TEMPLATE sees them (template/template.go convertToolsForTemplate): Ollama's
+    form (:func:`ollama_tools`), with the parameters' properties in a plain map (keys sorted) and the
+    description always written."""
+    out = []
+    for t in ollama_tools(tools):
+        f = t["function"]
+        params = dict(f["parameters"])
+        if params.get("properties") is not None:
+            params["properties"] = dict(sorted(params["properties"].items()))
+        out.append({**t, "function": {"name": f["name"], "description": f.get("description", ""),
+                                      "parameters": params}})
+    return out
+
+
+def tools_as_ollama_holds_them(tools: Sequence[dict] | None) -> bool:
+    """Whether these definitions (OpenAI form) render the same as Ollama's re-serialised ones."""
+    return json.dumps(list(tools or []), ensure_ascii=False) == json.dumps(ollama_tools(tools), ensure_ascii=False)
+
+
+def tool_calls_of(message: dict) -> list[dict]:
+    """[{"name", "arguments": dict}] of an OpenAI-form assistant message (arguments parsed from a string)."""
+    calls = []
+    for c in message.get("tool_calls") or []:
+        fn = c.get("function", c)
+        args = fn.get("arguments")
+        if isinstance(args, str):
+            try:
+                args = json.loads(args) if args.strip() else {}
+            except ValueError:
+                pass
+        calls.append({"name": fn.get("name"), "arguments": args if args is not None else {}})
+    return calls
+
+
+# Tool conversations every tool format must render exactly (the probes of the plain formats stay): a
+# first question, a call and its result, parallel calls, prose before a call, a system message, unicode
+# and the characters Go's JSON escapes. Definitions read as Ollama hands them on (ollama_tools), with
+# properties and arguments in sorted key order, as a Go TEMPLATE sees them (template_tools).
+_WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city.",
+    "parameters": {"type": "object", "required": ["city"], "properties": {
+        "city": {"type": "string", "description": "City name"},
+        "unit": {"type": "string", "description": "celsius or fahrenheit", "enum": ["celsius", "fahrenheit"]}}}}}
+_DESCRIBE = {"type": "function", "function": {
+    "name": "describe", "description": "Describe a thing <of a category> & say why.",
+    "parameters": {"type": "object", "required": ["name", "category"], "properties": {
+        "category": {"type": "string"},
+        "name": {"type": "string", "description": "What to describe"}}}}}
+
+
+def _call(function: str, **arguments) -> dict:
+    return {"type": "function", "function": {"name": function, "arguments": arguments}}
+
+
+TOOL_PROBES: tuple[tuple[list, tuple[dict, ...]], ...] = (
+    ([_WEATHER], ({"role": "user", "content": "Weather in Paris?"},)),
+    ([_WEATHER, _DESCRIBE], ({"role": "system", "content": "You are terse."},
+                             {"role": "user", "content": "Weather in Paris?"},
+                             {"role": "assistant", "content": "", "tool_calls": [_call("get_weather", city="Paris")]},
+                             {"role": "tool", "content": '{"temp": 21}', "name": "get_weather"})),
+    ([_WEATHER], ({"role": "user", "content": "Paris and Oslo, in celsius?"},
+                  {"role": "assistant", "content": "",
+                   "tool_calls": [_call("get_weather", city="Paris", unit="celsius"),
+                                  _call("get_weather", city="Oslo", unit="celsius")]},
+                  {"role": "tool", "content": "21"}, {"role": "tool", "content": "9"},
+                  {"role": "assistant", "content": "Paris 21 °C, Oslo 9 °C."},
+                  {"role": "user", "content": "Thanks! And Köln?"})),
+    ([_DESCRIBE, _WEATHER], ({"role": "user", "content": "Describe the fox."},
+                             {"role": "assistant", "content": "Let me look.",
+                              "tool_calls": [_call("describe", category="animal 🦊", name="red fox <Vulpes> & co")]},
+                             {"role": "tool", "content": "A small orange canid."},
+                             {"role": "user", "content": "Now the whale, with \"quotes\" and \\ backslash."})),
+)
+
+
+def _tools_header(original: str, tokens: dict, thinking: bool) -> tuple[str, str, str, str]:
+    """(before the system content, after it, the block without a system message, after the tools) of the
+    system block the template writes when given tools: ``before + SYSTEM + after + TOOLS + tail`` or
+    ``no_system + TOOLS + tail``, TOOLS being "\\n" + json.dumps(tool) for each tool."""
+    sys_text, user_text = "Sx7q system", "Ux7q"
+
+    def head(msgs, tools):
+        text = render_jinja(original, msgs, add_generation_prompt=False, tokens=tokens, tools=tools,
+                            enable_thinking=thinking)
+        marker = "<|im_start|>user\n" + user_text
+        if text.count(marker) != 1:
+            raise TemplateNotSupported("The chat template does not render tools before the first user message.")
+        return text.split(marker)[0]
+
+    parts = []
+    for msgs in ([{"role": "system", "content": sys_text}, {"role": "user", "content": user_text}],
+                 [{"role": "user", "content": user_text}]):
+        seen = set()
+        for tools in ([_WEATHER], [_WEATHER, _DESCRIBE]):
+            text = head(msgs, tools)
+            listing = "".join("\n" + json.dumps(t, ensure_ascii=False) for t in tools)
+            if text.count(listing) != 1:
+                raise TemplateNotSupported("The chat template does not list tools one JSON object a line.")
+            seen.add(tuple(text.split(listing)))
+        if len(seen) != 1:
+            raise TemplateNotSupported("The chat template's tool block depends on the tools it lists.")
+        parts.append(seen.pop())
+    (with_sys, tail), (no_sys, tail2) = parts
+    if tail != tail2 or with_sys.count(sys_text) != 1:
+        raise TemplateNotSupported("The chat template's tool block depends on the system message.")
+    before, after = with_sys.split(sys_text)
+    return before, after, no_sys, tail
+
+
+def _go_tools_template(fmt: ChatFormat, header: tuple[str, str, str, str], thinking: bool) -> str:
+    before, after, no_sys, tail = header
+    first_sys = '{{ if and .Messages (eq (index .Messages 0).Role "system") }}'
+    tools_block = ("{{- if .Tools }}" + first_sys + _go_text(before) + "{{ (index .Messages 0).Content }}"
+                   + _go_text(after) + "{{ else }}" + _go_text(no_sys) + "{{ end }}\n"
+                   "{{- range .Tools }}\n{{ template \"pyjson\" (json .) }}{{ end }}" + _go_text(tail))
+    if fmt.kind == "chatml":
+        m = _DEFAULT_SYSTEM_RE.match(fmt.render([{"role": "user", "content": ""}]).split("<|im_start|>user\n")[0])
+        default = ("{{ else if or (not .Messages) (ne (index .Messages 0).Role \"system\") }}<|im_start|>system\n"
+                   + _go_text(m.group(1)) + "<|im_end|>\n") if m else ""
+        return (_GO_PYJSON + tools_block + default + "{{ end }}\n" + _GO_LOOP_HEAD + _GO_ASSISTANT_QWEN25
+                + _GO_TOOL_RESULT + _GO_LOOP_TAIL)
+    body = (_GO_PYJSON + _GO_LSTRIP + tools_block + "{{ end }}\n" + "{{- $hasUser := false }}\n"
+            '{{- range .Messages }}{{ if eq .Role "user" }}{{ $hasUser = true }}{{ end }}{{ end }}\n'
+            + _GO_LOOP_HEAD + _GO_ASSISTANT_QWEN3 + _GO_TOOL_RESULT + _GO_LOOP_TAIL + _THINK_OFF)
+    if thinking:
+        body = _go_thinking(body, '{{ template "lstrip_newlines" .Content }}\n')
+    return body
+
+
+def _tools_render_factory(kind: str, header: tuple[str, str, str, str], base: ChatFormat, thinking: bool):
+    """A Python mirror of :func:`_go_tools_template` (``tools``: as Ollama holds them)."""
+    before, after, no_sys, tail = header
+
+    def render(messages: Messages, tools: Sequence[dict] | None = None) -> str:
+        if not tools:
+            return base.render(messages)
+        msgs = list(messages)
+        first_sys = bool(msgs) and msgs[0]["role"] == "system"
+        out = [before + msgs[0]["content"] + after if first_sys else no_sys]
+        out += ["\n" + _pyjson(go_json(t)) for t in template_tools(tools)]
+        out.append(tail)
+        has_user = any(m["role"] == "user" for m in msgs)
+        for i, m in enumerate(msgs):
+            role, content = m["role"], m.get("content") or ""
+            last = i == len(msgs) - 1
+            calls = tool_calls_of(m) if role == "assistant" else []
+            call_text = ['<tool_call>\n{"name": "' + c["name"] + '", "arguments": '
+                         + _pyjson(go_json(_sorted_any(c["arguments"])))
+                         + "}\n</tool_call>" for c in calls]
+            if role == "user":
+                out.append(f"<|im_start|>user\n{content}<|im_end|>\n")
+            elif role == "system":
+                if i:
+                    out.append(f"<|im_start|>system\n{content}<|im_end|>\n")
+            elif role == "assistant" and kind == "chatml":
+                if not calls:
+                    out.append(f"<|im_start|>assistant\n{content}<|im_end|>\n")
+                else:
+                    out.append("<|im_start|>assistant" + ("\n" + content if content else "")
+                               + "".join("\n" + c for c in call_text) + "<|im_end|>\n")
+            elif role == "assistant":
+                after_last_user = has_user and not any(x["role"] == "user" for x in msgs[i:])
+                if after_last_user and last:
+                    out.append("<|im_start|>assistant\n" + _THINK_OFF + content.lstrip("\n"))
+                else:
+                    out.append("<|im_start|>assistant\n" + content)
+                out.append(("\n" if calls and content else "") + "\n".join(call_text) + "<|im_end|>\n")
+            elif role == "tool":
+                if i == 0 or msgs[i - 1]["role"] != "tool":
+                    out.append("<|im_start|>user")
+                out.append(f"\n<tool_response>\n{content}\n</tool_response>")
+                if last or msgs[i + 1]["role"] != "tool":
+                    out.append("<|im_end|>\n")
+        out.append("<|im_start|>assistant\n")
+        if kind != "chatml":
+            out.append("" if thinking else _THINK_OFF)
+        return "".join(out)
+
+    return render
+
+
+def tools_chat_format(tokenizer_config: dict, *, thinking: bool = False) -> ChatFormat | None:
+    """The Modelfile format of a run trained on tools: the plain format (:func:`chat_format_for`) with
+    .Tools, .ToolCalls and tool results rendered as the model's template renders them. None when the
+    model's template has no such rendering Tuneloom reproduces (Qwen3.5's XML calls, templates without
+    tools): the plain format then stays."""
+    base = chat_format_for(tokenizer_config, thinking=thinking)
+    if base.kind not in ("chatml", "qwen3", "qwen3-thinking"):
+        return None
+    original = chat_template_of(tokenizer_config)
+    tokens = special_tokens(tokenizer_config)
+    try:
+        header = _tools_header(original, tokens, thinking)
+    except Exception:  # noqa: BLE001 - TemplateNotSupported, or a template that fails on tools
+        return None
+    template = _go_tools_template(base, header, thinking)
+    render = _tools_render_factory("chatml" if base.kind == "chatml" else "qwen3", header, base, thinking)
+    fmt = ChatFormat(base.kind, template, base.stops, render, notes=tuple(
+        n for n in base.notes if "Tool messages" not in n) + (
+        "Tools, tool calls and tool results are rendered as training rendered them (definitions as Ollama "
+        "holds them; Ollama before v0.32.7 parses calls between <tool_call> tags).",), jinja=base.jinja,
+        exact_untrimmed=base.exact_untrimmed)
+    for tools, conv in TOOL_PROBES:
+        want = render_jinja(original, conv, tokens=tokens, tools=tools, enable_thinking=thinking)
+        got = render(conv, ollama_tools(tools))
+        if got != want:
+            return None
+    return fmt
+
+
+def tools_jinja(tokenizer_config: dict, *, thinking: bool = False) -> str:
+    """The embedded template of a run trained on tools: the model's own, arguments given as a JSON string
+    re-spaced like json.dumps, and, trained without thinking, thinking pinned off and its markers hidden
+    from Ollama's ability check."""
+    t = chat_template_of(tokenizer_config)
+    t = t.replace("tool_call.arguments | tojson", "_tl_args(tool_call.arguments)").replace(
+        "{{- tool_call.arguments }}", "{{- _tl_args(tool_call.arguments) }}")
+    if not thinking:
+        t = t.replace("</think>", "</' + 'think>").replace("<think>", "<' + 'think>")
+        t = "{%- set enable_thinking = false -%}\n" + t
+    # llama-server hands an empty content over as null, which the model's own template may concatenate:
+    # every read of a message's content falls back to '' (plain Jinja every engine has)
+    t = _CONTENT_READ.sub(lambda m: f"({m.group(0)} or '')", t)
+    return _JINJA_HEADER + _TL_ARGS_MACRO + t
+
+
+_CONTENT_READ = re.compile(r"\b(?:message|messages\[\d+\])(?:\.content\b|\['content'\]|\[\"content\"\])")
+
+
+def ollama_tool_messages(messages: Messages, *, object_arguments: bool = False) -> list[dict]:
+    """Messages as llama-server receives them from Ollama (llm/llama_server.go): an empty content as null,
+    each call's arguments as Go's compact JSON string, a tool message's ``name`` kept. ``object_arguments``:
+    parsed back into an object, as llama.cpp does for a template that needs one (Qwen3.5 iterates them)."""
+    out = []
+    for m in messages:
+        d = {k: v for k, v in m.items() if k != "tool_calls"}
+        d["content"] = m.get("content") or None
+        if m.get("tool_calls"):
+            d["tool_calls"] = [{"type": "function", "function": {
+                "name": c["name"], "arguments": json.loads(go_json(c["arguments"])) if object_arguments
+                else go_json(c["arguments"])}} for c in tool_calls_of(m)]
+        out.append(d)
+    return out
+
+
+def _needs_object_arguments(chat_template: str) -> bool:
+    return bool(re.search(r"arguments\s*\|\s*items", chat_template))
+
+
+def check_tool_prompts(fmt: ChatFormat, chat_template: str, tokenizer_config: dict, *, thinking: bool = False,
+                       architecture: str = "") -> list[str]:
+    """Differences between the training prompt of :data:`TOOL_PROBES` and what Ollama builds with tools, on
+    every scenario of :data:`OLLAMA_SCENARIOS` (the go path through the format's mirror)."""
+    original = chat_template_of(tokenizer_config)
+    tokens = special_tokens(tokenizer_config)
+    problems = []
+    for tools, conv in TOOL_PROBES:
+        want = render_jinja(original, conv, tokens=tokens, tools=tools, enable_thinking=thinking)
+        for label, kw in OLLAMA_SCENARIOS:
+            setup = OllamaSetup(fmt.template, chat_template, architecture=architecture, **kw)
+            if "tools" not in model_capabilities(setup):
+                continue  # Ollama refuses a request with tools on this path ("does not support tools")
+            try:
+                got = ollama_prompt(setup, conv, tokens=tokens, tools=ollama_tools(tools), go_render=(
+                    lambda _t, msgs, _tools=tools: fmt.render(_collate(msgs), ollama_tools(_tools))))
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"{label} ({template_path(setup)} path) fails with tools: {exc}")
+                continue
+            if got != want:
+                problems.append(f"{label} ({template_path(setup)} path) with tools: {_first_difference(want, got)}")
+    return problems
+
+
+def tool_parser_tag(go_template: str) -> str:
+    """The tag Ollama's tools.Parser waits for on the go path (tools/template.go parseTag), for the templates
+    Tuneloom writes: the first text inside ``{{ if .ToolCalls }}``; "{" when there is none."""
+    m = re.search(r"\{\{-?\s*if\s+\.ToolCalls\s*-?\}\}(?:\{\{[^}]*\}\})*([^{]*)", go_template)
+    tag = m.group(1).strip() if m else ""
+    return tag or "{"
+
+
+def export_chat_format(tokenizer_config: dict, *, thinking: bool = False, tools: bool = False) -> ChatFormat:
+    """The Modelfile format an export writes: with ``tools`` (the run trained on tool records) the tools
+    format where Tuneloom reproduces it (:func:`tools_chat_format`), else the plain one."""
+    fmt = tools_chat_format(tokenizer_config, thinking=thinking) if tools else None
+    return _remember(fmt or chat_format_for(tokenizer_config, thinking=thinking))
+
+
+def _tools_embedded(tokenizer_config: dict, thinking: bool, arch: str) -> tuple[EmbeddedTemplate | None, str]:
+    original = chat_template_of(tokenizer_config)
+    if "tool_call" not in original:
+        return None, "the model's chat template has no place for tool calls."
+    fmt = export_chat_format(tokenizer_config, thinking=thinking, tools=True)
+    template = tools_jinja(tokenizer_config, thinking=thinking)
+    try:
+        problems = check_ollama_prompts(fmt, template, tokenizer_config, thinking=thinking, architecture=arch)
+        problems += check_tool_prompts(fmt, template, tokenizer_config, thinking=thinking, architecture=arch)
+    except Exception as exc:  # noqa: BLE001 - a template that cannot render the probes
+        problems = [str(exc)]
+    if problems:
+        return None, f"Ollama would not build the training prompt ({problems[0]})."
+    setup = OllamaSetup(fmt.template, template, architecture=arch)
+    notes = [f"GGUF chat template: the model's own with its tool section (Ollama abilities: "
+             f"{', '.join(sorted(chat_template_capabilities(template)))}); current Ollama renders it with tools "
+             f"({template_path(setup)} path)"]
+    if "tools" in go_template_capabilities(fmt.template):
+        notes.append("Modelfile TEMPLATE: renders tools, calls and results too (Ollama before v0.32.7), calls "
+                     f"parsed between {tool_parser_tag(fmt.template)} tags")
+    else:
+        notes.append("Modelfile TEMPLATE: without tools (this model writes calls Ollama's Go path cannot "
+                     "parse); tool requests need Ollama 0.32.7 or newer")
+    return EmbeddedTemplate("tools", template, tuple(notes)), ""
 
 
 def _gguf_arch_name(spec) -> str:
@@ -1281,14 +1819,14 @@ def modelfile_parameters(tokenizer_config: dict, *, num_ctx: int | None = None,
 def write_modelfile(out_path: str | os.PathLike, gguf_path: str | os.PathLike, tokenizer_config: dict, *,
                     system: str | None = None, num_ctx: int | None = None,
                     temperature: float | None = DEFAULT_TEMPERATURE, license_text: str | None = None,
-                    parameters: dict | None = None, thinking: bool = False) -> str:
+                    parameters: dict | None = None, thinking: bool = False, tools: bool = False) -> str:
     """Write (atomically) a Modelfile for ``gguf_path`` next to ``out_path``; return its text.
 
     ``num_ctx`` defaults to the model's context capped at 8192 (pass the training
     maximum length); ``parameters`` adds further ``PARAMETER`` lines; ``thinking``: the
-    fine-tune was trained with thinking on.
+    fine-tune was trained with thinking on; ``tools``: on tool calls.
     """
-    fmt = chat_format_for(tokenizer_config, thinking=thinking)
+    fmt = export_chat_format(tokenizer_config, thinking=thinking, tools=tools)
     params = modelfile_parameters(tokenizer_config, num_ctx=num_ctx, temperature=temperature)
     params.update(parameters or {})
     out_path = Path(out_path)
@@ -1558,7 +2096,8 @@ def register_model(gguf_path: str | os.PathLike, name: str, *, template: str, st
                    modelfile_path: str | os.PathLike | None = None, verify: bool = True,
                    verify_prompt: str = "Say hello.", verify_messages: list | None = None,
                    verify_options: dict | None = None, events: Events | None = None,
-                   cancel: CancelToken | None = None, adapter_path: str | os.PathLike | None = None) -> dict:
+                   cancel: CancelToken | None = None, adapter_path: str | os.PathLike | None = None,
+                   verify_tools: dict | None = None) -> dict:
     """Register ``gguf_path`` in Ollama as ``name`` through its REST API.
 
     ``adapter_path``: a GGUF LoRA adapter (core.export_adapter) uploaded too and passed as
@@ -1575,6 +2114,10 @@ def register_model(gguf_path: str | os.PathLike, name: str, *, template: str, st
     verify step sends to ``/api/chat``. Named stages are logged as they start and end
     (``events.log("stage", name)`` / ``("stage-done", JSON {"stage", "ok", "seconds"})``): "upload",
     "create", "verify".
+
+    ``verify_tools`` (a run trained on tool calls, see :func:`check_tool_answer`): the verify step also
+    asks ``{"messages", "tools", "expected"}`` with its tools and compares the calls Ollama parses with
+    those; the result's ``"tool_check"`` says how it went (a mismatch is a warning, not an error).
 
     Returns ``{"model" (= "name"): "name:tag", "host", "version", "digest", "uploaded", "replaced",
     "quantize", "answer"}``.
@@ -1607,7 +2150,8 @@ def register_model(gguf_path: str | os.PathLike, name: str, *, template: str, st
                          stops=stops, system=system, parameters=parameters, quantize=quantize, force=force,
                          license_text=license_text, verify=verify, verify_prompt=verify_prompt, events=events,
                          cancel=cancel, verify_messages=verify_messages, verify_options=verify_options,
-                         adapter_path=Path(adapter_path) if adapter_path is not None else None)
+                         adapter_path=Path(adapter_path) if adapter_path is not None else None,
+                         verify_tools=verify_tools)
     finally:
         client.close()
         http.close()
@@ -1629,7 +2173,8 @@ def _not_running(base: str, create_command: str) -> OllamaNotRunning:
 
 def _register(http, client, base: str, gguf_path: Path, full_name: str, create_command: str, *, template, stops, system,
               parameters, quantize, force, license_text, verify, verify_prompt, events: Events,
-              cancel: CancelToken | None, verify_messages=None, verify_options=None, adapter_path=None) -> dict:
+              cancel: CancelToken | None, verify_messages=None, verify_options=None, adapter_path=None,
+              verify_tools=None) -> dict:
     import httpx
     import ollama
 
@@ -1751,8 +2296,76 @@ def _register(http, client, base: str, gguf_path: Path, full_name: str, create_c
         raise OllamaError(f"{full_name} did not finish answering a short prompt.",
                           f"Try `ollama run {full_name}`.", create_command=create_command)
     result["answer"] = reply.message.content if reply.message else ""
+    if verify_tools:
+        result["tool_check"] = check_tool_answer(client, full_name, verify_tools, events=events,
+                                                 create_command=create_command)
     events.log("stage-done", _stage_done_text("verify"))
     return result
+
+
+def _tuneloom_parse(text: str, model: Any) -> list[dict] | None:
+    """Tuneloom's own parse of a model's text (core.tools.parse_tool_calls); None while that module is absent."""
+    try:
+        from core.tools import parse_tool_calls
+    except ImportError:
+        return None
+    if not text or model is None:
+        return []
+    return [{"name": c.get("name"), "arguments": c.get("arguments")} for c in parse_tool_calls(text, model)]
+
+
+def check_tool_answer(client, full_name: str, case: dict, *, events: Events | None = None,
+                      create_command: str = "") -> dict:
+    """Ask the registered model ``case["messages"]`` with ``case["tools"]`` (a held-out record) and compare the
+    calls Ollama parses out of its answer with ``case["expected"]`` (the record's calls, [{"name",
+    "arguments"}]). ``case["model"]`` (a model folder) lets Tuneloom parse what Ollama passes on as text
+    (core.tools.parse_tool_calls): a call there that Ollama did not parse is named in the result.
+
+    Returns ``{"question", "expected", "ollama", "tuneloom", "content", "match"}``."""
+    import httpx
+    import ollama
+
+    events = events or NULL_EVENTS
+    messages = []
+    for m in case["messages"]:  # in the client's form: arguments as objects, a tool result's name as tool_name
+        msg = {"role": m["role"], "content": m.get("content") or ""}
+        if m.get("tool_calls"):
+            msg["tool_calls"] = [{"function": c} for c in tool_calls_of(m)]
+        if m["role"] == "tool" and m.get("name"):
+            msg["tool_name"] = m["name"]
+        messages.append(msg)
+    question = next((str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "user"), "")
+    events.log("info", f"asking {full_name} a held-out question with its tools")
+    try:
+        reply = client.chat(model=full_name, messages=messages, tools=ollama_tools(case.get("tools")),
+                            options=case.get("options") or {"num_predict": 256, "temperature": 0}, keep_alive=0,
+                            stream=False)
+    except (ollama.ResponseError, ConnectionError, httpx.HTTPError) as exc:
+        raise _map_response_error(exc, create_command, f"run {full_name} with tools") from exc
+    msg = reply.message
+    got = [{"name": tc.function.name, "arguments": dict(tc.function.arguments or {})}
+           for tc in (getattr(msg, "tool_calls", None) or [])]
+    content = (msg.content or "") if msg else ""
+    expected = [{"name": c["name"], "arguments": c["arguments"]} for c in case.get("expected") or []]
+    check = {"question": question, "expected": expected, "ollama": got, "tuneloom": _tuneloom_parse(content, case.get(
+        "model")), "content": content, "match": got == expected,
+             "tools_as_trained": tools_as_ollama_holds_them(case.get("tools"))}
+    if not check["tools_as_trained"]:
+        events.log("warning", "the training data's tool definitions differ from what Ollama hands the template "
+                              "(key order, or keys Ollama drops): Ollama's tool list is not token for token the "
+                              "training one (core.ollama.ollama_tools gives Ollama's form)")
+    if check["match"]:
+        events.log("info", f"tool check: Ollama parsed the expected call(s): {_calls_text(got)}")
+    else:
+        events.log("warning", f"tool check: Ollama parsed {_calls_text(got) or 'no call'}, the held-out answer has "
+                              f"{_calls_text(expected) or 'no call'}" + (
+                                  f"; the text Ollama passed on holds {_calls_text(check['tuneloom'])}, which "
+                                  "Ollama did not parse" if check["tuneloom"] else ""))
+    return check
+
+
+def _calls_text(calls) -> str:
+    return ", ".join(f"{c['name']}({json.dumps(c['arguments'], ensure_ascii=False)})" for c in calls or [])
 
 
 def model_exists(name: str, host: str | None = None, timeout: float = 2.0) -> bool | None:

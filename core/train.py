@@ -994,6 +994,7 @@ def _train(cfg: TrainConfig, *, resume, events, cancel, held: contextlib.ExitSta
         cfg.thinking = encoder.thinking
         if main:
             write_json(run_dir / "config.json", asdict(cfg))
+    if main and not resume and any(getattr(r, "tools", None) for r in ds.records): runs.update_json(run_dir / "config.json", tools=True)  # noqa: E501,E701 - issue 31: the export renders tools (core.export.run_tools)
     if cfg.chunk and not preference:  # issue 26: long text documents become windows of max_seq_len instead of being cut
         from core.tokens import chunk_records
 

@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 SOURCE = Path(__file__).resolve().parent / "render.go"
+SOURCES = (SOURCE, SOURCE.parent / "tools.go")  # one program: the template engine and the tool-call parser
 
 
 class GoUnavailable(RuntimeError):
@@ -49,7 +50,7 @@ def _work_dir() -> Path:
 
 
 def build_renderer() -> Path:
-    """Compile render.go (stdlib only, no module download) and return the binary's path."""
+    """Compile render.go and tools.go (stdlib only, no module download) and return the binary's path."""
     go, extra = go_command()
     work = _work_dir()
     env = {**os.environ, **extra,
@@ -58,12 +59,12 @@ def build_renderer() -> Path:
     version = subprocess.run([go, "version"], env=env, capture_output=True, text=True, timeout=60)
     if version.returncode != 0:
         raise GoUnavailable(f"`go version` failed: {version.stderr.strip()}")
-    key = hashlib.sha256(SOURCE.read_bytes() + version.stdout.encode()).hexdigest()[:16]
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES) + version.stdout.encode()).hexdigest()[:16]
     binary = work / f"render-{key}"
     if binary.exists():
         return binary
     tmp = work / f".render-{key}-{os.getpid()}"
-    proc = subprocess.run([go, "build", "-o", str(tmp), str(SOURCE)], env=env, cwd=work,
+    proc = subprocess.run([go, "build", "-o", str(tmp), *map(str, SOURCES)], env=env, cwd=work,
                           capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"go build failed:\n{proc.stderr}")
@@ -80,14 +81,33 @@ class GoRenderer:
         self._lock = threading.Lock()
 
     def render(self, template: str, messages: list[dict] | None = None, *, system: str = "",
-               mode: str = "chat", prompt: str = "", think: bool | None = None) -> str:
+               mode: str = "chat", prompt: str = "", think: bool | None = None, tools: list | None = None) -> str:
         """The prompt Ollama builds; raises RuntimeError with Go's message when the template fails.
-        ``think``: the request's think value (None: not set, as .IsThinkSet false)."""
-        req = {"template": template, "messages": messages or [], "system": system or "", "mode": mode,
-               "prompt": prompt}
+        ``think``: the request's think value (None: not set, as .IsThinkSet false). ``tools``: the request's
+        tool definitions (OpenAI form); messages may carry ``tool_calls`` (arguments as objects)."""
+        req = {"template": template, "messages": [self._message(m) for m in messages or []],
+               "system": system or "", "mode": mode, "prompt": prompt}
         if think is not None:
             req["think"] = bool(think)
+        if tools:
+            req["tools"] = tools
         return self._ask(req)["prompt"]
+
+    @staticmethod
+    def _message(m: dict) -> dict:
+        out = {k: v for k, v in m.items() if k in ("role", "content", "thinking", "tool_calls")}
+        out["content"] = m.get("content") or ""
+        if m.get("role") == "tool" and m.get("name"):
+            out["tool_name"] = m["name"]
+        return out
+
+    def parse_tool_calls(self, template: str, tools: list, output: str) -> dict:
+        """What Ollama's tool-call parser makes of a model's ``output`` on the Go path: ``{"tag", "calls":
+        [{"name", "arguments"}], "content"}``."""
+        res = self._ask({"template": template, "mode": "parse", "tools": tools, "output": output})
+        calls = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+                 for c in res.get("calls") or []]
+        return {"tag": res.get("tag", ""), "calls": calls, "content": res.get("content", "")}
 
     def capabilities(self, template: str) -> dict:
         """``{"vars": [...], "think_open": str, "think_close": str}`` as Ollama reads them from a template."""
@@ -106,6 +126,104 @@ class GoRenderer:
         if "error" in res and res["error"]:
             raise RuntimeError(res["error"])
         return res
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.stdin.close()
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+        for stream in (self._proc.stdout, self._proc.stderr):
+            if stream:
+                stream.close()
+
+
+# ---- Ollama's own template and tool-call parser packages, compiled from a checkout of its source ----
+
+OLLAMA_REAL = SOURCE.parent / "ollama_real"
+
+
+def ollama_source() -> Path | None:
+    """A checkout of Ollama's source (``TUNELOOM_OLLAMA_SRC``: a folder with template/ and tools/), or None."""
+    src = os.environ.get("TUNELOOM_OLLAMA_SRC")
+    if src and all((Path(src) / f).is_file() for f in ("tools/tools.go", "tools/template.go", "template/template.go")):
+        return Path(src)
+    return None
+
+
+def build_ollama_packages(src: Path) -> Path:
+    """Compile Ollama's template and tools packages from ``src`` (their files unchanged) with the stand-in
+    api and levenshtein packages and the driver in ollama_real/ (no module download: those are the
+    packages' only dependencies outside the standard library). Returns the binary's path."""
+    go, extra = go_command()
+    work = _work_dir()
+    env = {**os.environ, **extra,
+           "GOCACHE": str(work / "cache"), "GOPATH": str(work / "gopath"), "GOTOOLCHAIN": "local",
+           "GOTELEMETRY": "off", "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOPROXY": "off", "GO111MODULE": "on",
+           "GONOSUMDB": "*"}
+    files = {f"tools/{p.name}": p for p in sorted((src / "tools").glob("*.go")) if not p.name.endswith("_test.go")}
+    files.update({f"template/{p.name}": p for p in sorted((src / "template").iterdir())
+                  if p.suffix in (".go", ".gotmpl", ".json") and not p.name.endswith("_test.go")})
+    files.update({"api/types.go": OLLAMA_REAL / "api.go", "cmd/tlollama/main.go": OLLAMA_REAL / "main.go",
+                  "third_party/levenshtein/levenshtein.go": OLLAMA_REAL / "levenshtein" / "levenshtein.go"})
+    key = hashlib.sha256(b"".join(k.encode() + p.read_bytes() for k, p in files.items())).hexdigest()[:16]
+    binary = work / f"ollama-pkgs-{key}"
+    if binary.exists():
+        return binary
+    mod = Path(tempfile.mkdtemp(prefix="ollama-mod-", dir=work))
+    try:
+        (mod / "go.mod").write_text(
+            "module github.com/ollama/ollama\n\ngo 1.24\n\nrequire github.com/agnivade/levenshtein v1.1.1\n\n"
+            "replace github.com/agnivade/levenshtein => ./third_party/levenshtein\n", encoding="utf-8")
+        (mod / "third_party" / "levenshtein").mkdir(parents=True)
+        (mod / "third_party" / "levenshtein" / "go.mod").write_text(
+            "module github.com/agnivade/levenshtein\n\ngo 1.24\n", encoding="utf-8")
+        for rel, path in files.items():
+            (mod / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, mod / rel)
+        tmp = work / f".ollama-pkgs-{key}-{os.getpid()}"
+        proc = subprocess.run([go, "build", "-o", str(tmp), "./cmd/tlollama"], env=env, cwd=mod,
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"building Ollama's template and tools packages failed:\n{proc.stderr}")
+        os.replace(tmp, binary)
+    finally:
+        shutil.rmtree(mod, ignore_errors=True)
+    return binary
+
+
+class OllamaPackages:
+    """Ollama's own template.Execute and tools.Parser in a long-running process."""
+
+    def __init__(self, binary: Path):
+        self._proc = subprocess.Popen([str(binary)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, encoding="utf-8")
+
+    def _ask(self, req: dict) -> dict:
+        self._proc.stdin.write(json.dumps(req, ensure_ascii=False) + "\n")
+        self._proc.stdin.flush()
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError("Ollama's packages died: " + self._proc.stderr.read())
+        res = json.loads(line)
+        if res.get("error"):
+            raise RuntimeError(res["error"])
+        return res
+
+    def render(self, template: str, messages: list[dict], *, tools: list | None = None,
+               think: bool | None = None) -> str:
+        """The prompt Ollama's template.Execute builds (messages in OpenAI form, SYSTEM already in them)."""
+        req = {"mode": "render", "template": template, "messages": [GoRenderer._message(m) for m in messages],
+               "tools": tools or None}
+        if think is not None:
+            req["think"] = bool(think)
+        return self._ask(req)["prompt"]
+
+    def parse(self, template: str, tools: list, output: str) -> dict:
+        res = self._ask({"mode": "parse", "template": template, "tools": tools, "output": output})
+        calls = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]} for c in res.get("calls") or []]
+        return {"tag": res.get("tag", ""), "calls": calls, "content": res.get("content", "")}
 
     def close(self) -> None:
         if self._proc.poll() is None:

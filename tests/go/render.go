@@ -20,7 +20,11 @@
 // Input on stdin: one JSON object, or a JSON array of them:
 //
 //	{"template": "...", "messages": [{"role": "user", "content": "hi"}],
-//	 "system": "Modelfile SYSTEM", "mode": "chat"|"generate", "prompt": "..."}
+//	 "system": "Modelfile SYSTEM", "mode": "chat"|"generate", "prompt": "...",
+//	 "tools": [{"type": "function", "function": {...}}]}
+//
+// .Tools and messages' tool_calls take Ollama's types (tools.go). Mode "parse" runs Ollama's
+// tool-call parser instead: {"template", "tools", "output"} -> {"tag", "calls", "content"}.
 //
 // Output on stdout: for one object, the raw prompt; for an array, a JSON array of
 // {"prompt": "..."} or {"error": "..."}. With -serve it answers a stream of
@@ -43,21 +47,23 @@ import (
 
 // Message has the fields of Ollama's api.Message that a template can read.
 type Message struct {
-	Role      string   `json:"role"`
-	Content   string   `json:"content"`
-	Thinking  string   `json:"thinking,omitempty"`
-	Images    []string `json:"images,omitempty"`
-	ToolCalls []any    `json:"tool_calls,omitempty"`
-	ToolName  string   `json:"tool_name,omitempty"`
+	Role      string     `json:"role"`
+	Content   string     `json:"content"`
+	Thinking  string     `json:"thinking,omitempty"`
+	Images    []string   `json:"images,omitempty"`
+	ToolCalls []ToolCall `json:"tool_calls,omitempty"`
+	ToolName  string     `json:"tool_name,omitempty"`
 }
 
 type request struct {
 	Template string    `json:"template"`
 	Messages []Message `json:"messages"`
+	Tools    []Tool    `json:"tools,omitempty"`
 	System   string    `json:"system"`
-	Mode     string    `json:"mode"` // "chat" (default), "generate", or "caps"
+	Mode     string    `json:"mode"` // "chat" (default), "generate", "caps", or "parse"
 	Prompt   string    `json:"prompt"`
-	Think    *bool     `json:"think,omitempty"` // the request's think; unset: .Think false, .IsThinkSet false
+	Think    *bool     `json:"think,omitempty"`  // the request's think; unset: .Think false, .IsThinkSet false
+	Output   string    `json:"output,omitempty"` // mode "parse": the model's text, given to the tool-call parser
 }
 
 type result struct {
@@ -68,6 +74,10 @@ type result struct {
 	Vars       []string `json:"vars,omitempty"`
 	ThinkOpen  string   `json:"think_open,omitempty"`
 	ThinkClose string   `json:"think_close,omitempty"`
+	// mode "parse": the parser's tag, the calls it returns and the content it passes on
+	Tag     string     `json:"tag,omitempty"`
+	Calls   []ToolCall `json:"calls,omitempty"`
+	Content *string    `json:"content,omitempty"`
 }
 
 // walk visits every node of a parse tree with its ancestors (the node itself last).
@@ -287,6 +297,7 @@ func render(req request) (string, error) {
 	}
 
 	system, collated := collate(msgs)
+	tmplTools, tmplMsgs := toolsForTemplate(req.Tools), messagesForTemplate(collated)
 	var b bytes.Buffer
 	think, isThinkSet := false, req.Think != nil
 	if isThinkSet {
@@ -294,8 +305,8 @@ func render(req request) (string, error) {
 	}
 	err = tmpl.Execute(&b, map[string]any{
 		"System":     system,
-		"Messages":   collated,
-		"Tools":      nil,
+		"Messages":   tmplMsgs,
+		"Tools":      tmplTools,
 		"Response":   "",
 		"Think":      think,
 		"IsThinkSet": isThinkSet,
@@ -304,6 +315,15 @@ func render(req request) (string, error) {
 }
 
 func renderResult(r request) result {
+	if r.Mode == "parse" {
+		tmpl, err := template.New("").Option("missingkey=zero").Funcs(ollamaFuncs).Parse(r.Template)
+		if err != nil {
+			return result{Error: err.Error()}
+		}
+		tag := toolTag(tmpl)
+		calls, content := parseToolCalls(tag, r.Tools, r.Output)
+		return result{Tag: tag, Calls: calls, Content: &content}
+	}
 	if r.Mode == "caps" {
 		tmpl, err := template.New("").Option("missingkey=zero").Funcs(ollamaFuncs).Parse(r.Template)
 		if err != nil {

@@ -7,6 +7,7 @@ and Retry registers them once it runs. Each export is recorded in the run's ``ex
 from __future__ import annotations
 
 import html
+import json
 import time
 from pathlib import Path
 
@@ -72,6 +73,21 @@ def verify_messages(run_dir) -> list | None:
     except TuneloomError:
         return None
     return rows[0].messages if rows else None
+
+
+def tool_check_html(check: dict | None) -> str:
+    """The verify step's tool check (core.ollama.check_tool_answer) as a line of the result, or ''."""
+    if not check:
+        return ""
+
+    def calls(cs):
+        return "; ".join(f"{c.get('name')}({json.dumps(c.get('arguments'), ensure_ascii=False)})" for c in cs or [])
+
+    q = html.escape(str(check.get("question") or "")[:200])
+    if check.get("match"):
+        return f"<br><br><b>Tool check:</b> {q}<br>Ollama parsed the expected call: {html.escape(calls(check['ollama']))}"
+    return (f"<br><br><b>Tool check:</b> {q}<br>Ollama parsed: {html.escape(calls(check.get('ollama')) or 'no call')}"
+            f"<br>Expected: {html.escape(calls(check.get('expected')) or 'no call')}")
 
 
 def tuneloom_answer(run_dir, messages, cancel=None) -> str:
@@ -144,9 +160,13 @@ def register_job(run_dir, quant, name, system, temperature, force, events=None, 
     plan = plan_export(run_dir, gguf=gguf, quant=quant, ollama=name, system=system or None, modelfile=modelfile,
                        temperature=temperature)
     msgs = verify_messages(run_dir)
+    from core.export import tool_verify_case
+
+    tool_case = tool_verify_case(run_dir) if plan.tools and plan.embedded_template.kind == "tools" else None
     reg = ol.register_model(gguf, name, template=plan.chat_format.template, stops=plan.chat_format.stops,
                             system=system or None, force=force, parameters=plan.parameters, modelfile_path=modelfile,
-                            verify_messages=msgs, verify_options=VERIFY_OPTIONS, events=events, cancel=cancel)
+                            verify_messages=msgs, verify_options=VERIFY_OPTIONS, events=events, cancel=cancel,
+                            verify_tools=tool_case)
     res = {"gguf": str(gguf), "modelfile": str(modelfile), "quant": quant, "ollama": reg, "verify_messages": msgs,
            "base": str(plan.base), "adapter": str(plan.adapter) if plan.adapter else None,
            "chat_template_source": plan.template_source}
@@ -564,6 +584,7 @@ class ExportPage(Page):
                         f"<tr><td><b>Tuneloom</b></td><td>{html.escape(str(res.get('tuneloom_answer') or ''))[:600]}"
                         f"</td></tr></table>" + ("The same answer." if same else
                                                  "The answers differ (quantization changes a model a little)."))
+            msg += tool_check_html(reg.get("tool_check"))
         elif err is not None:
             self.stages.fail("Ollama not running" if isinstance(err, ol.OllamaNotRunning) else "failed",
                              self.stages.current or "upload")
