@@ -45,6 +45,7 @@ from typing import Any, Callable, Sequence
 
 from core.atomic import write_text
 from core.events import NULL_EVENTS, CancelToken, Events, Throttle, TuneloomError
+from core.tools import _ollama_property, _sorted_any, ollama_tools  # noqa: F401  (Ollama's form of tool definitions)
 
 Messages = Sequence[dict]
 
@@ -1354,56 +1355,6 @@ def _pyjson(go_text: str) -> str:
     return "".join(out)
 
 
-def _sorted_any(v: Any) -> Any:
-    """A JSON value as Go holds it in an ``any``: every object a map, written with its keys sorted."""
-    return json.loads(json.dumps(v, sort_keys=True))
-
-
-def _ollama_property(p: Any) -> Any:
-    if not isinstance(p, dict):
-        return p
-    out: dict = {}
-    if p.get("anyOf"):
-        out["anyOf"] = [_ollama_property(x) for x in p["anyOf"]]
-    t = p.get("type")
-    if t:
-        out["type"] = t[0] if isinstance(t, list) and len(t) == 1 else t
-    for key in ("items", "description", "enum"):
-        if p.get(key):
-            out[key] = p[key] if key == "description" else _sorted_any(p[key])
-    if p.get("properties") is not None:
-        out["properties"] = {k: _ollama_property(v) for k, v in p["properties"].items()}
-    if p.get("required"):
-        out["required"] = p["required"]
-    return out
-
-
-def ollama_tools(tools: Sequence[dict] | None) -> list[dict]:
-    """Tool definitions as Ollama holds and hands them on (api.Tool, api.ToolFunction,
-    api.ToolFunctionParameters, api.ToolProperty: fixed key order, unknown keys dropped). A record whose
-    tools already read like this is rendered by Ollama exactly as training rendered it."""
-    out = []
-    for t in tools or []:
-        fn = t.get("function") if isinstance(t.get("function"), dict) else t
-        f: dict = {"name": fn.get("name", "")}
-        if fn.get("description"):
-            f["description"] = fn["description"]
-        p = fn.get("parameters") or {}
-        params: dict = {"type": p.get("type", "")}
-        for key in ("$defs", "items", "required"):
-            if p.get(key):
-                params[key] = p[key] if key == "required" else _sorted_any(p[key])
-        props = p.get("properties")
-        params["properties"] = None if props is None else {k: _ollama_property(v) for k, v in props.items()}
-        f["parameters"] = params
-        tool: dict = {"type": t.get("type", "function") if "function" in t else "function"}
-        if t.get("items"):
-            tool["items"] = _sorted_any(t["items"])
-        tool["function"] = f
-        out.append(tool)
-    return out
-
-
 def template_tools(tools: Sequence[dict] | None) -> list[dict]:
     """Tool definitions as a Go TEMPLATE sees them (template/template.go convertToolsForTemplate): Ollama's
     form (:func:`ollama_tools`), with the parameters' properties in a plain map (keys sorted) and the
@@ -2349,11 +2300,7 @@ def check_tool_answer(client, full_name: str, case: dict, *, events: Events | No
     expected = [{"name": c["name"], "arguments": c["arguments"]} for c in case.get("expected") or []]
     check = {"question": question, "expected": expected, "ollama": got, "tuneloom": _tuneloom_parse(content, case.get(
         "model")), "content": content, "match": got == expected,
-             "tools_as_trained": tools_as_ollama_holds_them(case.get("tools"))}
-    if not check["tools_as_trained"]:
-        events.log("warning", "the training data's tool definitions differ from what Ollama hands the template "
-                              "(key order, or keys Ollama drops): Ollama's tool list is not token for token the "
-                              "training one (core.ollama.ollama_tools gives Ollama's form)")
+             "tools_as_trained": True}  # training rendered them in Ollama's form (core.tools.ollama_tools)
     if check["match"]:
         events.log("info", f"tool check: Ollama parsed the expected call(s): {_calls_text(got)}")
     else:

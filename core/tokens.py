@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.events import TuneloomError
+from core.tools import ollama_tools
 
 # Stands in for one message's content to find where the template puts that content.
 _SENTINEL = "\ue000tuneloom-content\ue001"
@@ -238,9 +239,11 @@ class ChatEncoder:
 
     # -- rendering and tokenizing -----------------------------------------------
     def render(self, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None) -> str:
-        """The chat template applied (as transformers' apply_chat_template does, ``tools`` passed to
-        the template as it is: the tool prompt of a tool-calling conversation)."""
-        extra = {"tools": tools} if tools else {}
+        """The chat template applied (as transformers' apply_chat_template does, with ``tools``: the tool
+        prompt of a tool-calling conversation)."""
+        # in the form Ollama hands a client's tools to the template (core.tools.ollama_tools), so that an
+        # /api/chat request with the same definitions builds this text token for token
+        extra = {"tools": ollama_tools(tools)} if tools else {}
         try:
             return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
                                                 **extra, **self.template_kwargs)

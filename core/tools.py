@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 __all__ = ["ToolDataError", "normalise_tools", "normalise_call", "normalise_calls", "tool_names", "check_calls",
            "has_calls", "first_call_turn", "calls_of", "parse_tool_calls", "tool_call_accuracy", "calls_equal",
@@ -405,3 +405,58 @@ def tool_call_accuracy(expected_calls_per_record: list, predicted_calls_per_reco
         n += 1
         right += calls_equal(exp, got or [])
     return right / n if n else None
+
+
+# -- tool definitions as Ollama holds them ---------------------------------------------------------
+# Training renders a record's tools in this form (core.tokens.ChatEncoder.render), because a client's
+# /api/chat request reaches the template in it: Ollama parses `tools` into its api types (fixed key order,
+# unknown keys such as a property's `default` dropped) and hands those on.
+
+def _sorted_any(v: Any) -> Any:
+    """A JSON value as Go holds it in an ``any``: every object a map, written with its keys sorted."""
+    return json.loads(json.dumps(v, sort_keys=True))
+
+
+def _ollama_property(p: Any) -> Any:
+    if not isinstance(p, dict):
+        return p
+    out: dict = {}
+    if p.get("anyOf"):
+        out["anyOf"] = [_ollama_property(x) for x in p["anyOf"]]
+    t = p.get("type")
+    if t:
+        out["type"] = t[0] if isinstance(t, list) and len(t) == 1 else t
+    for key in ("items", "description", "enum"):
+        if p.get(key):
+            out[key] = p[key] if key == "description" else _sorted_any(p[key])
+    if p.get("properties") is not None:
+        out["properties"] = {k: _ollama_property(v) for k, v in p["properties"].items()}
+    if p.get("required"):
+        out["required"] = p["required"]
+    return out
+
+
+def ollama_tools(tools: Sequence[dict] | None) -> list[dict]:
+    """Tool definitions as Ollama holds and hands them on (api.Tool, api.ToolFunction,
+    api.ToolFunctionParameters, api.ToolProperty: fixed key order, unknown keys dropped). A record whose
+    tools already read like this is rendered by Ollama exactly as training rendered it."""
+    out = []
+    for t in tools or []:
+        fn = t.get("function") if isinstance(t.get("function"), dict) else t
+        f: dict = {"name": fn.get("name", "")}
+        if fn.get("description"):
+            f["description"] = fn["description"]
+        p = fn.get("parameters") or {}
+        params: dict = {"type": p.get("type", "")}
+        for key in ("$defs", "items", "required"):
+            if p.get(key):
+                params[key] = p[key] if key == "required" else _sorted_any(p[key])
+        props = p.get("properties")
+        params["properties"] = None if props is None else {k: _ollama_property(v) for k, v in props.items()}
+        f["parameters"] = params
+        tool: dict = {"type": t.get("type", "function") if "function" in t else "function"}
+        if t.get("items"):
+            tool["items"] = _sorted_any(t["items"])
+        tool["function"] = f
+        out.append(tool)
+    return out

@@ -400,10 +400,13 @@ def test_the_held_out_tool_question_comes_from_the_validation_split(tiny_qwen, t
     assert tool_verify_case(run) is None
 
 
-def test_definitions_in_another_key_order_differ_on_ollama_and_ollama_tools_is_the_cure(hf, go_renderer):
-    """What the README states: Ollama re-serialises the definitions a client sends (its key order, its keys),
-    so training data written in another order (properties before required, as many schemas are) is not
-    rendered token for token; trained in ollama_tools' form, it is."""
+def test_definitions_in_another_key_order_are_trained_in_the_form_ollama_hands_them_on(hf, go_renderer):
+    """Ollama re-serialises the definitions a client sends (its key order, its keys), so the model's template
+    rendered with the data's own definitions (properties before required, a `default`, as many schemas are)
+    is not what Ollama builds; Tuneloom's training text renders them in Ollama's form (core.tools.ollama_tools),
+    and that one is, on every path."""
+    from core.tokens import ChatEncoder
+
     cfg, fmt, emb, arch, _ = export_of("qwen2.5")
     usual = {"type": "function", "function": {"name": "describe", "description": "Describe a thing.",
                                               "parameters": {"type": "object", "properties": {
@@ -411,12 +414,15 @@ def test_definitions_in_another_key_order_differ_on_ollama_and_ollama_tools_is_t
                                                   "required": ["name"]}}}
     messages = [{"role": "user", "content": "Describe it."}]
     assert not ol.tools_as_ollama_holds_them([usual]) and ol.tools_as_ollama_holds_them([DESCRIBE])
+    enc = ChatEncoder(FIXTURES / FAMILIES["qwen2.5"][0])
+    trained = enc.render(enc.prepare(messages, [usual]), add_generation_prompt=True, tools=[usual])
+    assert trained == training(hf, "qwen2.5", ol.ollama_tools([usual]), messages)
+    assert trained != training(hf, "qwen2.5", [usual], messages)  # the data's own form would differ
     for label, kw in ol.OLLAMA_SCENARIOS:
         setup = ol.OllamaSetup(fmt.template, emb.template, architecture=arch, **kw)
         got = ol.ollama_prompt(setup, messages, tools=ol.ollama_tools([usual]), tokens=ol.special_tokens(cfg),
                                go_render=lambda t, m: go_renderer.render(t, m, tools=[usual]))
-        assert got != training(hf, "qwen2.5", [usual], messages), label
-        assert got == training(hf, "qwen2.5", ol.ollama_tools([usual]), messages), label
+        assert got == trained, label
 
 
 @pytest.fixture(scope="module")
