@@ -273,7 +273,7 @@ def cmd_train(a) -> int:
 
     from app.console import ConsoleEvents
     from core.events import Cancelled, TuneloomError
-    from core.train import TrainConfig, apply_preset, train
+    from core.train import DEFAULT_PRESET, TrainConfig, apply_preset, train
 
     kwargs = {"iters": a.iters, "epochs": a.epochs, "rank": a.rank, "alpha": a.alpha, "lr": a.lr, "batch": a.batch,
               "max_seq_len": a.max_seq_len, "seed": a.seed, "mask_prompt": a.mask_prompt,
@@ -296,7 +296,9 @@ def cmd_train(a) -> int:
     kwargs.update(early_stop=a.early_stop, test_fraction=a.test_fraction)
     if getattr(a, "hosts", None):
         return _train_group(a)
-    kwargs = apply_preset(kwargs, a.preset)
+    # a new run starts from the chosen preset, else the default one (the Train page's too); a resumed run
+    # keeps its own options
+    kwargs = apply_preset(kwargs, a.preset or (None if a.resume else DEFAULT_PRESET))
     names = {f.name for f in fields(TrainConfig)}
     kwargs = {k: v for k, v in kwargs.items() if v is not None and k in names}
     from core.distributed import current_group
@@ -320,6 +322,7 @@ def cmd_train(a) -> int:
                 print("error: --model and --data are required (or --resume RUN_DIR)", file=sys.stderr)
                 return 2
             cfg = TrainConfig(model=a.model, data=a.data, out=a.out, **kwargs)
+            cfg = _fit_to_data(cfg, main_rank)
             res = train(cfg, events=ev, cancel=_cancel_on_sigint())
     except Cancelled as exc:
         if main_rank:
@@ -338,6 +341,22 @@ def cmd_train(a) -> int:
     if main_rank:
         print(json.dumps(res))
     return 0
+
+
+def _fit_to_data(cfg, say: bool):
+    """The run's options fitted to its data as the Train page fits them (core.train.fit_to_data: enough
+    steps to learn from, a warm-up of at most a tenth of the run); each change said on stderr. Data that
+    cannot be read is left to train(), which says what is wrong with it."""
+    from core.events import TuneloomError
+    from core.train import fit_config
+
+    try:
+        cfg, notes = fit_config(cfg)
+    except (TuneloomError, OSError, ValueError):
+        return cfg
+    for note in notes if say else ():
+        print(f"note: {note}", file=sys.stderr)
+    return cfg
 
 
 def _resume_conflicts(a, kwargs: dict) -> list[str]:
@@ -679,7 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(x)
     x.set_defaults(func=cmd_data_export)
 
-    from core.train import PRESET_TEXT, option_help
+    from core.train import DEFAULT_PRESET, PRESET_TEXT, option_help
 
     def opt(name: str) -> str:  # the option's help, as the GUI's tooltip says it, with the default
         from core.train import TrainConfig
@@ -693,8 +712,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", nargs="+", help=option_help("data"))
     t.add_argument("--out", help=option_help("out"))
     t.add_argument("--name", help=opt("name"))
-    t.add_argument("--preset", choices=list(PRESET_TEXT), help="start from a preset (flags given override it): "
-                   + presets)
+    t.add_argument("--preset", choices=list(PRESET_TEXT), help=f"start from a preset (default: {DEFAULT_PRESET}, as "
+                   "the Train page; flags given override it; the steps and warm-up then fit the data as the Train "
+                   "page fits them): " + presets)
     g = t.add_mutually_exclusive_group()
     g.add_argument("--iters", type=int, help=opt("iters"))
     g.add_argument("--epochs", type=float, help=opt("epochs"))

@@ -37,7 +37,7 @@ from typing import Any
 import gguf
 import numpy as np
 
-from core import kquants
+from core import arch, kquants
 from core.atomic import atomic_path
 from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
 
@@ -74,21 +74,8 @@ class ArchSpec:
 
 # --------------------------------------------------------------------------- Qwen3.5
 
-def text_config(config: dict) -> dict:
-    """A multimodal config with its ``text_config`` lifted to the top level, as llama.cpp's
-    converter reads the hyper-parameters (the text values win)."""
-    return {**config, **(config.get("text_config") or {})}
-
-
-# Parts of a Qwen3.5 checkpoint that are not the text model of llama.cpp's qwen35 graph.
-# The vision tower (model.visual.*; vision_tower.* in mlx-vlm's layout) is read by
-# llama.cpp from a separate mmproj file, never from the text GGUF. The multi-token-
-# prediction head (mtp.*) is dropped deliberately, as llama.cpp's converter does with
-# --no-mtp: llama.cpp uses it only for speculative decoding, mlx-lm drops it on load so a
-# fine-tune never trains it (it would keep predicting for the base model's hidden
-# states), and without it the file needs no nextn_predict_layers and block_count is
-# num_hidden_layers, which is what llama.cpp's loader expects of a file without MTP.
-QWEN35_SKIPPED_PREFIXES = ("model.visual.", "visual.", "vision_tower.", "model.vision_tower.", "mtp.", "model.mtp.")
+text_config = arch.text_config  # the text model's hyper-parameters at the top level (core.arch)
+QWEN35_SKIPPED_PREFIXES = arch.BY_MODEL_TYPE["qwen3_5"].skip_prefixes
 
 
 def _qwen35_is_recurrent(config: dict, bid: int) -> bool:
@@ -216,37 +203,28 @@ def _qwen35_hparams(w: gguf.GGUFWriter, c: dict) -> None:
     w.add_rope_dimension_sections((sections + [0, 0, 0, 0])[:4])
 
 
-_QWEN35 = dict(text_config=True, skip_prefixes=QWEN35_SKIPPED_PREFIXES, tensor_rule=_qwen35_tensor,
-               block_names=_qwen35_block_names, extra_hparams=_qwen35_hparams,
-               f32_tensors=(gguf.MODEL_TENSOR.SSM_CONV1D,))
-
-
-ARCHITECTURES: dict[str, ArchSpec] = {
-    "Qwen2ForCausalLM": ArchSpec(
-        gguf.MODEL_ARCH.QWEN2,
-        extra_block_biases=(gguf.MODEL_TENSOR.ATTN_Q, gguf.MODEL_TENSOR.ATTN_K, gguf.MODEL_TENSOR.ATTN_V),
-    ),
-    "Qwen3ForCausalLM": ArchSpec(
-        gguf.MODEL_ARCH.QWEN3,
-        extra_block_tensors=(gguf.MODEL_TENSOR.ATTN_Q_NORM, gguf.MODEL_TENSOR.ATTN_K_NORM),
-    ),
-    "LlamaForCausalLM": ArchSpec(gguf.MODEL_ARCH.LLAMA, permute_qk=True, write_vocab_and_rope_dim=True),
-    # Qwen3.5 (hub checkpoints: text model + vision tower + MTP head) and a text-only re-save
-    "Qwen3_5ForConditionalGeneration": ArchSpec(gguf.MODEL_ARCH.QWEN35, **_QWEN35),
-    "Qwen3_5ForCausalLM": ArchSpec(gguf.MODEL_ARCH.QWEN35, **_QWEN35),
+# the GGUF tensor rules of families whose blocks are not the standard one (core.arch.Arch.key)
+_ARCH_HOOKS: dict[str, dict] = {
+    "qwen3_5": dict(tensor_rule=_qwen35_tensor, block_names=_qwen35_block_names, extra_hparams=_qwen35_hparams,
+                    f32_tensors=(gguf.MODEL_TENSOR.SSM_CONV1D,)),
 }
 
-_BLOCK_TENSORS = (
-    gguf.MODEL_TENSOR.ATTN_NORM,
-    gguf.MODEL_TENSOR.ATTN_Q,
-    gguf.MODEL_TENSOR.ATTN_K,
-    gguf.MODEL_TENSOR.ATTN_V,
-    gguf.MODEL_TENSOR.ATTN_OUT,
-    gguf.MODEL_TENSOR.FFN_NORM,
-    gguf.MODEL_TENSOR.FFN_GATE,
-    gguf.MODEL_TENSOR.FFN_UP,
-    gguf.MODEL_TENSOR.FFN_DOWN,
-)
+
+def _spec(a: arch.Arch) -> ArchSpec:
+    """The GGUF side of one core.arch record."""
+    T = gguf.MODEL_TENSOR
+    return ArchSpec(getattr(gguf.MODEL_ARCH, a.gguf_arch), permute_qk=a.permute_qk,
+                    write_vocab_and_rope_dim=a.gguf_vocab_and_rope_dim,
+                    extra_block_tensors=tuple(T[k] for k in a.gguf_block if k not in arch.STANDARD_GGUF_BLOCK),
+                    extra_block_biases=(T.ATTN_Q, T.ATTN_K, T.ATTN_V) if a.qkv_bias else (),
+                    text_config=a.text_config, skip_prefixes=a.skip_prefixes, **_ARCH_HOOKS.get(a.key, {}))
+
+
+# HF class -> its GGUF spec, for every family core.arch lists
+ARCHITECTURES: dict[str, ArchSpec] = {cls: _spec(a) for a in arch.ARCHS for cls in a.hf_classes}
+
+# the tensors every standard block has (core.arch.STANDARD_GGUF_BLOCK)
+_BLOCK_TENSORS = tuple(gguf.MODEL_TENSOR[k] for k in arch.STANDARD_GGUF_BLOCK)
 
 QT = gguf.GGMLQuantizationType
 # quant name -> (file type recorded in the GGUF, llama.cpp's default type for the 2-D
@@ -448,7 +426,7 @@ def _arch_spec(config: dict) -> tuple[str, ArchSpec]:
     if spec is None:
         raise TuneloomError(
             f"Cannot export architecture {hf_arch!r} to GGUF.",
-            "Supported: " + ", ".join(sorted(ARCHITECTURES)) + ". Pick a Qwen2/Qwen2.5, Qwen3, Qwen3.5 or Llama/TinyLlama model.",
+            "Supported: " + ", ".join(sorted(ARCHITECTURES)) + ". " + arch.summary(),
         )
     return hf_arch, spec
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from core.data import KNOWN_SUFFIXES, ChatRecord, Dataset, DatasetError
 from core.events import NULL_EVENTS, Throttle, TuneloomError
+from core.presets import REFUSE_SHARE
 
 PREVIEW_EXAMPLES = 10  # examples rendered on the Data page (as chat and as training text)
 
@@ -389,7 +390,7 @@ def _memory_fix(text_cfg: dict, weight_bytes: int, lora: int, options: dict, ava
     ck = bool(options.get("grad_checkpoint"))
 
     def fits(b, s_, c):
-        return estimate_memory(text_cfg, weight_bytes, lora, b, s_, c) <= 0.9 * avail
+        return estimate_memory(text_cfg, weight_bytes, lora, b, s_, c) <= REFUSE_SHARE * avail
 
     if not ck and fits(batch, seq, True):
         return "Turn on \u201cSave memory (recompute)\u201d."
@@ -433,7 +434,7 @@ def estimate_training(model_dir: Path, options: dict, n_train: int, lengths: lis
     sides = 2 if options.get("method") in ("dpo", "orpo") else 1  # a preference pair is two sequences
     mem = estimate_memory(text_cfg, weight_bytes, lora, batch * sides, seq, bool(options.get("grad_checkpoint")))
     avail = total_memory_bytes()
-    fits = not avail or mem <= 0.9 * avail
+    fits = not avail or mem <= REFUSE_SHARE * avail
     fix = ""
     if not fits:
         fix = _memory_fix(text_cfg, weight_bytes, lora, options, avail)

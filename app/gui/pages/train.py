@@ -29,6 +29,7 @@ from app.gui.widgets import Panel
 from app.session import TRAIN, TRY
 from core import runs, units
 from core.events import Cancelled
+from core.presets import WARN_SHARE
 from core.train import (DEFAULT_PRESET, MIN_STEPS, PRESET_TEXT, PRESETS, TrainConfig, fit_to_data, option_help,
                         option_label, preset_config)
 
@@ -45,7 +46,7 @@ def _machines(text: str) -> str:
         "each Mac", "each computer").replace("one Mac", "one computer").replace("Macs", "computers")
 
 
-GUI_PRESET = "quick"  # the preset a fresh window starts with (the catalog's memory figures use it too)
+GUI_PRESET = DEFAULT_PRESET  # a fresh window starts with the default preset (core.presets says why)
 PAUSE_TIP = "Pause after the current step: nothing is computed until you resume."
 GROUP_PAUSE_TIP = ("A run on several Macs can be stopped (and resumed later from its checkpoint) but not paused: "
                    "the Macs wait on each other in every step.")
@@ -786,7 +787,7 @@ class TrainPage(Page):
         if not est.fits:
             text = theme.span("This run will not fit in memory.", "error", pal, bold=True) + " " + html.escape(
                 est.fix) + "<br>" + text
-        elif est.available_bytes and est.memory_bytes > 0.6 * est.available_bytes:
+        elif est.available_bytes and est.memory_bytes > WARN_SHARE * est.available_bytes:
             text = theme.span("This run will use most of the memory;", "warning", pal, bold=True) + \
                 " close other apps or lower the batch size.<br>" + text
         self.estimate.setText(text)
