@@ -772,9 +772,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "model folder)")
     e.add_argument("--gguf", metavar="OUT.gguf", help="write the GGUF here (and its Modelfile, OUT.Modelfile, next to "
                    "it unless --modelfile says where); without --gguf only the Modelfile is written")
-    e.add_argument("--quant", default="f16", choices=["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"],
-                   help="the GGUF's type (default f16: full quality; q4_k_m is about a third of its size and what "
-                        "most Ollama models use)")
+    from core.quants import DEFAULT as QUANT_DEFAULT
+    from core.quants import QUANTS
+
+    e.add_argument("--quant", default=QUANT_DEFAULT, choices=list(QUANTS),
+                   help=f"the GGUF's type (default {QUANT_DEFAULT}): "
+                        + "; ".join(f"{q.name}: {q.blurb}" for q in QUANTS.values()))
     e.add_argument("--ollama", metavar="NAME", help="register in Ollama under this name")
     e.add_argument("--system", help="system prompt for the Modelfile (default: the one the run was trained with; "
                    "\"\" for none)")

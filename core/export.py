@@ -22,11 +22,8 @@ from pathlib import Path
 
 from core import atomic, runs
 from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
+from core.quants import QUANTS, checked
 
-# Bytes per weight of each GGUF type (block size / values per block): only for a base the exporter cannot
-# plan directly (MLX-quantized: it is fused, i.e. dequantized, first); otherwise gguf_file_bytes is exact.
-_BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32,
-                     "q4_k_m": 144 / 256, "q5_k_m": 176 / 256, "q6_k": 210 / 256}
 # K-quant mixes keep some tensors (output, attn_v, ffn_down) at more bits: allow for it (fallback only)
 _QUANT_SLACK = 1.25
 _FLOAT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -95,7 +92,10 @@ def estimate_export_bytes(base: Path, quant: str, *, fuse: bool) -> dict:
     try:
         size = gguf_file_bytes(base, quant)
     except TuneloomError:
-        per = _BYTES_PER_WEIGHT.get(quant.lower(), 2.0) * (_QUANT_SLACK if quant.lower().startswith("q") else 1.0)
+        # only for a base the exporter cannot plan directly (MLX-quantized: it is fused, i.e. dequantized,
+        # first): bytes per weight of the type's blocks (core.quants, from gguf's GGML_QUANT_SIZES)
+        q = QUANTS.get(quant.lower(), QUANTS["f16"])
+        per = q.bytes_per_weight * (_QUANT_SLACK if q.name.startswith("q") else 1.0)
         size = int(values * per) + 8 * 2**20
     return {"fused": values * float_bytes if fuse else 0, "gguf": size}
 
@@ -225,7 +225,6 @@ def plan_export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: 
     """Check everything an export needs and return the plan; raises :class:`TuneloomError` (nothing written).
     ``temperature``: the PARAMETER temperature to bake in (None: Tuneloom's default)."""
     from core import ollama as ol
-    from core.gguf_export import QUANT_TYPES
     from core.hub import validate_model_dir
     from core.model_folder import read_tokenizer_info, run_thinking
 
@@ -236,9 +235,7 @@ def plan_export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: 
                             "For example: tuneloom export RUN --gguf model.gguf")
     if gguf is None and ollama:
         raise TuneloomError("Registering in Ollama needs the GGUF file.", "Add --gguf OUT.gguf.")
-    quant = quant.lower()
-    if quant not in QUANT_TYPES:
-        raise TuneloomError(f"Unknown GGUF type {quant!r}.", "Choose one of: " + ", ".join(QUANT_TYPES))
+    quant = checked(quant)
     base, adapter_dir = resolve_source(source, adapter)
 
     check = validate_model_dir(base, load_tokenizer=False)

@@ -37,7 +37,7 @@ from typing import Any
 import gguf
 import numpy as np
 
-from core import arch, kquants
+from core import arch, kquants, quants
 from core.atomic import atomic_path
 from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
 
@@ -228,17 +228,9 @@ _BLOCK_TENSORS = tuple(gguf.MODEL_TENSOR[k] for k in arch.STANDARD_GGUF_BLOCK)
 
 QT = gguf.GGMLQuantizationType
 # quant name -> (file type recorded in the GGUF, llama.cpp's default type for the 2-D
-# weight matrices of that file type; llama_ftype_get_default_type)
+# weight matrices of that file type; llama_ftype_get_default_type): core.quants' table
 QUANT_TYPES: dict[str, tuple[gguf.LlamaFileType, QT]] = {
-    "f32": (gguf.LlamaFileType.ALL_F32, QT.F32),
-    "f16": (gguf.LlamaFileType.MOSTLY_F16, QT.F16),
-    "bf16": (gguf.LlamaFileType.MOSTLY_BF16, QT.BF16),
-    "q8_0": (gguf.LlamaFileType.MOSTLY_Q8_0, QT.Q8_0),
-    "q4_0": (gguf.LlamaFileType.MOSTLY_Q4_0, QT.Q4_0),
-    "q4_k_m": (gguf.LlamaFileType.MOSTLY_Q4_K_M, QT.Q4_K),
-    "q5_k_m": (gguf.LlamaFileType.MOSTLY_Q5_K_M, QT.Q5_K),
-    "q6_k": (gguf.LlamaFileType.MOSTLY_Q6_K, QT.Q6_K),
-}
+    q.name: (gguf.LlamaFileType[q.file_type], QT[q.weight_type]) for q in quants.QUANTS.values()}
 
 # llama.cpp's tensor_type_fallback: a row that is not a whole number of 256-value
 # super-blocks takes the nearest 32-block type (and F16 when even that does not fit).
@@ -1075,9 +1067,7 @@ def export_gguf(model_dir, out_path, quant: str = "f16", *, events: Events | Non
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise TuneloomError(f"workers must be a whole number of at least 1, got {workers!r}.")
     model_dir, out_path = Path(model_dir), Path(out_path)
-    quant = quant.lower()
-    if quant not in QUANT_TYPES:
-        raise TuneloomError(f"Unknown GGUF type {quant!r}.", "Choose one of: " + ", ".join(QUANT_TYPES))
+    quant = quants.checked(quant)
     ftype = QUANT_TYPES[quant][0]
 
     config = _load_config(model_dir)

@@ -19,18 +19,11 @@ from app.gui.export_stages import ExportStages
 from app.gui.pages.base import AppContext, Page, error_text
 from app.gui.notify import show_in_folder
 from app.gui.run_bar import RunBar
+from core.quants import OFFERED
+from core.quants import QUANTS as QUANT_TABLE
 
-# each type: its key, its name, and one line saying its size, its quality and when to pick it
-QUANTS = [("f16", "F16", "16 bits a weight, the largest file; exactly the fine-tune's quality. Pick it to keep "
-                         "everything, or to quantize later with other tools."),
-          ("q8_0", "Q8_0", "8.5 bits a weight, about half of F16; answers almost always the same as F16. Pick it "
-                           "when memory allows: the safest smaller file."),
-          ("q6_k", "Q6_K", "6.6 bits a weight, about 40% of F16; very close to F16. Pick it for a good model that "
-                           "must be smaller than Q8_0."),
-          ("q5_k_m", "Q5_K_M", "5.5 bits a weight on average, about a third of F16; a small loss. Pick it for "
-                               "larger models on a laptop."),
-          ("q4_k_m", "Q4_K_M", "4.8 bits a weight on average, about 30% of F16; some loss, noticeable on tiny "
-                               "models. Ollama's usual choice for models of 3B and more.")]
+# each type offered: its key, its name, and one line saying its size, its quality and when to pick it (core.quants)
+QUANTS = [(QUANT_TABLE[k].name, QUANT_TABLE[k].label, QUANT_TABLE[k].blurb) for k in OFFERED]
 VERIFY_TOKENS = 96
 # greedy, so Ollama's answer can be compared with Tuneloom's own for the same prompt
 VERIFY_OPTIONS = {"temperature": 0, "top_k": 1, "seed": 0, "num_predict": VERIFY_TOKENS}
