@@ -295,13 +295,12 @@ class _StoredTensor:
 
 
 def _read_safetensors_index(path: Path) -> list[_StoredTensor]:
+    from core.model_folder import safetensors_layout
+
     try:
-        with open(path, "rb") as fh:
-            (header_len,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(header_len))
-    except (OSError, struct.error, ValueError) as exc:
+        header, base, _ = safetensors_layout(path)
+    except (OSError, ValueError, EOFError, KeyError, TypeError) as exc:
         raise TuneloomError(f"Cannot read {path.name}: {exc}", "The weights file looks damaged; re-download or re-fuse the model.") from exc
-    base = 8 + header_len
     out = []
     for name, info in header.items():
         if name == "__metadata__":

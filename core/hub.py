@@ -40,7 +40,6 @@ import json
 import os
 import re
 import shutil
-import struct
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -224,6 +223,7 @@ def cached_snapshot(repo_id: str, revision: str | None = None,
 
 # --------------------------------------------------------------------------- progress
 
+from core.model_folder import read_safetensors_header  # noqa: E402,F401  (the one reader; importers use this name)
 from core.units import fmt_bytes  # noqa: E402,F401  (one formatter for every size; importers use this name)
 
 
@@ -807,27 +807,6 @@ _FLOAT_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 _TENSOR_DTYPES = {"F32", "F16", "BF16"}
 _QUANT_BITS = {2, 3, 4, 5, 6, 8}
 _QUANT_GROUPS = {32, 64, 128}
-
-
-def read_safetensors_header(path: Path) -> tuple[dict, int]:
-    """(header, data bytes the header promises) of a safetensors file; raises ValueError if unreadable."""
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            raise ValueError("shorter than a safetensors header")
-        (n,) = struct.unpack("<Q", head)
-        if n > 100 * 2**20 or 8 + n > size:
-            raise EOFError(f"its header claims {n} bytes but the file has {size}")
-        header = json.loads(fh.read(n))
-    if not isinstance(header, dict):
-        raise ValueError("header is not a JSON object")
-    end = 0
-    for k, v in header.items():
-        if k == "__metadata__":
-            continue
-        end = max(end, int(v["data_offsets"][1]))
-    return header, 8 + n + end
 
 
 def _model_type_supported_by_mlx(model_type: str) -> bool:

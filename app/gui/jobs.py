@@ -312,15 +312,13 @@ class TrainEstimate:
 
 def _weights_of(model_dir: Path) -> tuple[int, int]:
     """(parameters, bytes as stored) from the safetensors headers (no tensor is read)."""
-    import struct
+    from core.model_folder import read_safetensors_header
 
     sizes = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "U32": 4, "I16": 2, "I8": 1, "U8": 1,
              "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
     params = stored = 0
     for f in sorted(Path(model_dir).glob("*.safetensors")):
-        with open(f, "rb") as fh:
-            n = struct.unpack("<Q", fh.read(8))[0]
-            header = json.loads(fh.read(n))
+        header, _ = read_safetensors_header(f)
         for name, t in header.items():
             if name == "__metadata__":
                 continue
