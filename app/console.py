@@ -12,6 +12,7 @@ import json
 import sys
 
 from core.events import Events, Throttle
+from core.units import fmt_bytes
 
 
 class ConsoleEvents(Events):
@@ -164,7 +165,7 @@ def demo_summary_lines(summary: dict) -> list[str]:
                      f"{summary.get('forgetting_kl_per_token', 0):.3f}/token)")
     if summary.get("quantization"):
         trust.append("same next token as MLX: " + ", ".join(
-            f"{q.upper()} {row['top1_agreement']:.1%} ({row['bytes'] / 1e6:.2f} MB)"
+            f"{q.upper()} {row['top1_agreement']:.1%} ({fmt_bytes(row['bytes'])})"
             for q, row in summary["quantization"].items()))
     if trust:
         lines.append("  " + "; ".join(trust))

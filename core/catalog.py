@@ -27,6 +27,7 @@ from core.paths import resources_dir
 # (core.presets, read by core.train.train too), so "fits" means the trainer will start; the memory
 # figures in catalog.json are for the default preset.
 from core.presets import DEFAULT_PRESET, REFUSE_SHARE, WARN_SHARE
+from core.units import fmt_memory
 
 # the linear layers core.train adapts (core.arch), by their last name as _linear_shapes gives them
 _ATTENTION = tuple(k.rsplit(".", 1)[-1] for k in arch.ATTENTION_KEYS)
@@ -111,12 +112,6 @@ def machine_memory_bytes() -> int:
     return total_memory_bytes()
 
 
-def _gb(n: float) -> str:
-    from core.units import fmt_memory
-
-    return fmt_memory(n)
-
-
 def fits(entry: CatalogEntry, memory_bytes: int | None = None, preset: str | None = None) -> tuple[bool, str]:
     """Whether training ``entry`` with ``preset`` (default: the catalog's) fits this machine, and why."""
     mem = machine_memory_bytes() if memory_bytes is None else memory_bytes
@@ -128,23 +123,23 @@ def fits(entry: CatalogEntry, memory_bytes: int | None = None, preset: str | Non
     save = "\u201cSave memory\u201d"
     if not mem:
         if checkpointed:
-            return True, f"needs about {_gb(checkpointed)} with {save} on; the memory of {where} is unknown"
-        return True, f"needs about {_gb(need)}; the memory of {where} is unknown"
+            return True, f"needs about {fmt_memory(checkpointed)} with {save} on; the memory of {where} is unknown"
+        return True, f"needs about {fmt_memory(need)}; the memory of {where} is unknown"
     if need > REFUSE_SHARE * mem and checkpointed and checkpointed < need:
         if checkpointed <= WARN_SHARE * mem:
-            return True, f"fits: needs about {_gb(checkpointed)} of {_gb(mem)} with {save} (gradient " \
+            return True, f"fits: needs about {fmt_memory(checkpointed)} of {fmt_memory(mem)} with {save} (gradient " \
                          "checkpointing) on, which this model needs"
         if checkpointed <= REFUSE_SHARE * mem:
-            return True, f"fits, but tightly: needs about {_gb(checkpointed)} of {_gb(mem)} with {save} " \
+            return True, f"fits, but tightly: needs about {fmt_memory(checkpointed)} of {fmt_memory(mem)} with {save} " \
                          "(gradient checkpointing) on, which this model needs; close other apps while training"
         alt = " Try its 4-bit version, or a smaller model." if not entry.quantized else " Try a smaller model."
-        return False, f"needs about {_gb(checkpointed)} to train even with {save} on, {where} has {_gb(mem)}.{alt}"
+        return False, f"needs about {fmt_memory(checkpointed)} to train even with {save} on, {where} has {fmt_memory(mem)}.{alt}"
     if need > REFUSE_SHARE * mem:
         alt = " Try its 4-bit version, or a smaller model." if not entry.quantized else " Try a smaller model."
-        return False, f"needs about {_gb(need)} to train, {where} has {_gb(mem)}.{alt}"
+        return False, f"needs about {fmt_memory(need)} to train, {where} has {fmt_memory(mem)}.{alt}"
     if need > WARN_SHARE * mem:
-        return True, f"fits, but tightly: needs about {_gb(need)} of {_gb(mem)}; close other apps while training"
-    return True, f"fits: needs about {_gb(need)} of {_gb(mem)}"
+        return True, f"fits, but tightly: needs about {fmt_memory(need)} of {fmt_memory(mem)}; close other apps while training"
+    return True, f"fits: needs about {fmt_memory(need)} of {fmt_memory(mem)}"
 
 
 # --------------------------------------------------------------------------- cache

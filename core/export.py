@@ -23,6 +23,7 @@ from pathlib import Path
 from core import atomic, runs
 from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
 from core.quants import QUANTS, checked
+from core.units import fmt_bytes
 
 # K-quant mixes keep some tensors (output, attn_v, ffn_down) at more bits: allow for it (fallback only)
 _QUANT_SLACK = 1.25
@@ -179,7 +180,7 @@ def check_disk_space(gguf_dir: Path, need: dict) -> None:
     if free < total + DISK_MARGIN_BYTES:
         what = "the merged model and the GGUF file need" if need["fused"] else "the GGUF file needs"
         raise TuneloomError(
-            f"Not enough disk space to export: {what} about {total / 1e9:.2f} GB, {free / 1e9:.2f} GB is free "
+            f"Not enough disk space to export: {what} about {fmt_bytes(total)}, {fmt_bytes(free)} is free "
             f"on the drive of {gguf_dir}.",
             "Free some space, choose a folder on another drive, or pick a smaller type (q8_0 or q4_k_m).")
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from core import runs
 from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
+from core.units import fmt_bytes
 
 ADAPTER_ARCHITECTURES = ("Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM")
 BASES_FOLDER = "base-gguf"
@@ -350,7 +351,7 @@ def export_adapter(source, *, gguf, quant: str = "f16", ollama: str | None = Non
     info = write_adapter_gguf(base, adapter_dir, gguf, name=Path(adapter_dir).name, events=events, cancel=cancel,
                               final=final)
     write_text(mf, text)
-    events.log("info", f"Wrote {gguf} ({info['bytes'] / 1e6:.1f} MB) and {mf}")
+    events.log("info", f"Wrote {gguf} ({fmt_bytes(info['bytes'])}) and {mf}")
     events.log("stage-done", _stage_done_text("gguf"))
     result = {"base": str(base), "adapter": str(adapter_dir), "adapter_gguf": str(gguf), "gguf": str(gguf),
               "base_gguf": str(base_gguf), "base_reused": reused, "modelfile": str(mf), "quant": plan.quant,

@@ -40,6 +40,7 @@ import numpy as np
 from core import arch, kquants, quants
 from core.atomic import atomic_path
 from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
+from core.units import fmt_bytes
 
 log = logging.getLogger(__name__)
 
@@ -1115,8 +1116,8 @@ def _export(model_dir: Path, out_path: Path, quant: str, arch_name: str, config:
     free = shutil.disk_usage(out_path.parent).free
     if free < needed + 16 * 1024 * 1024:
         raise TuneloomError(
-            f"Not enough disk space for the GGUF file: it needs about {needed / 1e9:.2f} GB, "
-            f"{free / 1e9:.2f} GB is free on the drive of {out_path.parent}.",
+            f"Not enough disk space for the GGUF file: it needs about {fmt_bytes(needed)}, "
+            f"{fmt_bytes(free)} is free on the drive of {out_path.parent}.",
             "Free some space, choose another folder, or pick a smaller type (q8_0 or q4_k_m).",
         )
 
@@ -1127,7 +1128,7 @@ def _export(model_dir: Path, out_path: Path, quant: str, arch_name: str, config:
     except OSError as exc:
         raise TuneloomError(f"Writing {out_path} failed: {exc}", "Check that the folder is writable and has free space.") from exc
 
-    events.log("info", f"Wrote {out_path} ({size / 1e6:.1f} MB, {len(plan)} tensors)")
+    events.log("info", f"Wrote {out_path} ({fmt_bytes(size)}, {len(plan)} tensors)")
     return {"path": str(out_path), "quant": quant, "arch": arch_name, "n_tensors": len(plan), "bytes": size}
 
 

@@ -24,6 +24,7 @@ import core  # noqa: F401  (OpenBLAS before MLX)
 from core import runs
 from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
 from core.quants import OFFERED, checked  # noqa: F401  (OFFERED: the Export page's types, largest first)
+from core.units import fmt_bytes
 
 MEASURE_EXAMPLES = 32  # examples measured (the first of the split)
 PRICE_FILE = "quant_price.json"
@@ -133,10 +134,9 @@ def measure_quants(source, *, adapter=None, final: bool = False, quants=OFFERED,
 
 
 def price_text(quant: str, row: dict) -> str:
-    """"Q4_K_M · 0.74 MB · 97.9% same next token" (the Export page, the CLI)."""
+    """"Q4_K_M · 740.3 KB · 97.9% same next token" (the Export page, the CLI)."""
     n = row.get("bytes") or 0
-    size = f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
-    return f"{quant.upper()} · {size} · {row['top1_agreement']:.1%} same next token"
+    return f"{quant.upper()} · {fmt_bytes(n)} · {row['top1_agreement']:.1%} same next token"
 
 
 def price_lines(table: dict) -> list[str]:

@@ -90,7 +90,7 @@ def about(seconds: float | None) -> str:
     return f"about {h} h {m:02d} min"
 
 
-def fmt_bytes(n: float) -> str:
+def fmt_memory(n: float) -> str:
     """A memory figure, 23.5 GB: core.units.fmt_memory, as the Model page, the log and the CLI write it."""
     return units.fmt_memory(n) if n else "-"
 
@@ -630,7 +630,7 @@ class TrainPage(Page):
             if last.get("epoch") is not None:
                 self.stat["epoch"].setText(f"{float(last['epoch']):.2f}")
             if last.get("peak_memory"):
-                self.stat["memory"].setText(fmt_bytes(last["peak_memory"]))
+                self.stat["memory"].setText(fmt_memory(last["peak_memory"]))
             if last.get("elapsed") is not None:
                 self.stat["elapsed"].setText(fmt_duration(last["elapsed"]))
         vs, vv = runs.series(metrics, "valid_loss")
@@ -775,9 +775,9 @@ class TrainPage(Page):
     def _show_estimate(self, est: gj.TrainEstimate):
         self.estimate_value = est
         pal = self.palette()
-        mem = f"Needs about <b>{fmt_bytes(est.memory_bytes)}</b> of memory"
+        mem = f"Needs about <b>{fmt_memory(est.memory_bytes)}</b> of memory"
         if est.available_bytes:
-            mem += f" (this computer has {fmt_bytes(est.available_bytes)})"
+            mem += f" (this computer has {fmt_memory(est.available_bytes)})"
         dur = (f"<b>{est.steps:,} steps</b>, {about(est.seconds)} "
                f"<span style='color:{theme.muted(pal).name()}'>({html.escape(est.basis)})</span>")
         text = f"{mem} · {dur}"
@@ -1086,7 +1086,7 @@ class TrainPage(Page):
         self.stat["loss"].setText(f"{r.train_loss:.4f}")
         self.stat["speed"].setText(f"{r.tokens_per_sec:,.0f}")
         self.stat["elapsed"].setText(fmt_duration(r.elapsed))
-        self.stat["memory"].setText(fmt_bytes(r.peak_memory))
+        self.stat["memory"].setText(fmt_memory(r.peak_memory))
         if self.slot.state == "running":
             self.eta.setText(f"{fmt_duration(r.eta_seconds)} left" if r.step < r.total else "finishing...")
             if self.status.text() != "Training...":
