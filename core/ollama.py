@@ -101,12 +101,9 @@ class OllamaNameTaken(OllamaError):
 # --------------------------------------------------------------------------------------
 
 
-def load_tokenizer_config(model_dir: str | os.PathLike) -> dict:
-    """``tokenizer_config.json`` of a model folder with its chat template folded in, wherever the folder
-    keeps it (the one reader, :func:`core.model_folder.read_tokenizer_info`)."""
-    from core.model_folder import load_tokenizer_config as load
-
-    return load(model_dir)
+# tokenizer_config.json with its chat template folded in: the one reader, core.model_folder's (callers here
+# and core.demo use this name)
+from core.model_folder import load_tokenizer_config  # noqa: E402,F401
 
 
 def chat_template_of(tokenizer_config: dict) -> str:

@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import core  # noqa: F401  (OpenBLAS before MLX)
 from core import runs
 from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
 from core.quants import OFFERED, checked  # noqa: F401  (OFFERED: the Export page's types, largest first)

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import core  # noqa: F401  (OpenBLAS before MLX)
 from core import arch, checkpoints, runs
 from core.atomic import atomic_path, write_error, write_json
 from core.data import load_dataset, require_clean, test_files, train_valid, train_valid_test
