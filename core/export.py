@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import atomic, runs
-from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
+from core.events import NULL_EVENTS, CancelToken, Events, StageClock, TuneloomError
 from core.quants import QUANTS, checked
 from core.units import fmt_bytes
 
@@ -297,8 +297,8 @@ def export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str |
     "chat_template_source", "embedded_template", "ollama_template", "thinking",
     "ollama" | "ollama_command"}``.
 
-    Named stages are logged as they start and end (``events.log("stage", name)`` /
-    ``("stage-done", '{"stage": name, "ok": true, "seconds": ...}')``, app.console's format): "fuse" (with an adapter), "gguf", then register_model's
+    Named stages are reported as they start and end (``events.stage(name)`` /
+    ``events.stage_done(name, ok, seconds)``): "fuse" (with an adapter), "gguf", then register_model's
     "upload", "create", "verify". ``verify_messages`` / ``verify_options``: see
     :func:`core.ollama.register_model`. A run's best adapter (``adapters_best.safetensors``) is merged
     where it has one; ``final=True`` merges the final one (``adapters.safetensors``).
@@ -373,9 +373,8 @@ def _write_gguf_and_modelfile(plan: ExportPlan, events: Events, cancel: CancelTo
     to their destinations, then rename both; on any failure remove whatever this export wrote."""
     from core.fuse import fuse_model
     from core.gguf_export import export_gguf
-    from core.ollama import _stage_done_text, _stage_start
-
     gguf, mf = plan.gguf, plan.modelfile
+    stages = StageClock(events)
     try:
         gguf.parent.mkdir(parents=True, exist_ok=True)
         mf.parent.mkdir(parents=True, exist_ok=True)
@@ -391,12 +390,12 @@ def _write_gguf_and_modelfile(plan: ExportPlan, events: Events, cancel: CancelTo
         model_dir = plan.base
         if plan.adapter is not None:
             fuse_dir = Path(tempfile.mkdtemp(prefix=fuse_prefix(), dir=gguf.parent))
-            events.log("stage", _stage_start("fuse"))
+            stages.start("fuse")
             events.log("info", f"fusing {plan.adapter} into {plan.base}")
             model_dir = fuse_model(plan.base, plan.adapter, fuse_dir / "fused", events=events, cancel=cancel,
                                    adapter_file=plan.adapter_file)
-            events.log("stage-done", _stage_done_text("fuse"))
-        events.log("stage", _stage_start("gguf"))
+            stages.done("fuse")
+        stages.start("gguf")
         tmp_gguf = _temp_name(gguf, ".gguf")
         export_gguf(model_dir, tmp_gguf, quant=plan.quant, events=events, cancel=cancel,
                     chat_template=plan.embedded_template.template)
@@ -409,7 +408,7 @@ def _write_gguf_and_modelfile(plan: ExportPlan, events: Events, cancel: CancelTo
         atomic.replace(tmp_mf, mf)
         tmp_gguf = tmp_mf = None
         events.log("info", f"Wrote {gguf} and {mf}")
-        events.log("stage-done", _stage_done_text("gguf"))
+        stages.done("gguf")
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise _disk_full(exc, gguf.parent) from exc

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from core.atomic import write_text
-from core.events import NULL_EVENTS, CancelToken, Events, Throttle, TuneloomError
+from core.events import NULL_EVENTS, CancelToken, Events, StageClock, Throttle, TuneloomError
 
 Messages = Sequence[dict]
 
@@ -1569,9 +1569,8 @@ def register_model(gguf_path: str | os.PathLike, name: str, *, template: str, st
     ``verify_prompt``. ``modelfile_path`` (default: ``Modelfile`` next to the GGUF)
     only feeds the ``ollama create`` command in error hints. ``verify_messages`` (default: one user
     message, ``verify_prompt``) and ``verify_options`` (default ``{"num_predict": 16}``) are what the
-    verify step sends to ``/api/chat``. Named stages are logged as they start and end
-    (``events.log("stage", name)`` / ``("stage-done", JSON {"stage", "ok", "seconds"})``): "upload",
-    "create", "verify".
+    verify step sends to ``/api/chat``. Named stages are reported as they start and end
+    (``events.stage(name)`` / ``events.stage_done(name, ok, seconds)``): "upload", "create", "verify".
 
     Returns ``{"model" (= "name"): "name:tag", "host", "version", "digest", "uploaded", "replaced",
     "quantize", "answer"}``.
@@ -1630,6 +1629,7 @@ def _register(http, client, base: str, gguf_path: Path, full_name: str, create_c
     import httpx
     import ollama
 
+    stages = StageClock(events)
     try:
         version = server_version(base, timeout=2.0, http=http)
     except (httpx.HTTPError, ValueError) as exc:
@@ -1663,7 +1663,7 @@ def _register(http, client, base: str, gguf_path: Path, full_name: str, create_c
     if cancel is not None:
         cancel.checkpoint()
 
-    events.log("stage", _stage_start("upload"))
+    stages.start("upload")
     digest = file_sha256(gguf_path, events=events, cancel=cancel)
     try:
         have = _blob_exists(http, base, digest)
@@ -1699,10 +1699,10 @@ def _register(http, client, base: str, gguf_path: Path, full_name: str, create_c
             events.log("info", f"uploading {adapter_path.name} to Ollama")
             _upload_blob(http, base, adapter_path, adapter_digest, events, cancel, create_command)
         adapters = {_files_key(adapter_path): adapter_digest}
-    events.log("stage-done", _stage_done_text("upload"))
+    stages.done("upload")
     params = dict(parameters) if parameters is not None else {"temperature": DEFAULT_TEMPERATURE}
     params["stop"] = list(stops)
-    events.log("stage", _stage_start("create"))
+    stages.start("create")
     events.log("info", f"creating {full_name}" + (f" (quantizing to {quantize})" if quantize else ""))
     try:
         last = None
@@ -1722,14 +1722,14 @@ def _register(http, client, base: str, gguf_path: Path, full_name: str, create_c
         raise OllamaError(f"Ollama stopped creating {full_name} before it reported success (last: {last!r}).",
                           f"Try again, or register by hand:\n  {create_command}", create_command=create_command)
 
-    events.log("stage-done", _stage_done_text("create"))
+    stages.done("create")
     result: dict = {"model": full_name, "name": full_name, "host": base, "version": version, "digest": digest,
                     "uploaded": not have, "replaced": taken, "quantize": quantize, "answer": None}
     if adapters:
         result["adapters"] = adapters
     if not verify:
         return result
-    events.log("stage", _stage_start("verify"))
+    stages.start("verify")
     try:
         listed = {_canonical(m.model or "") for m in client.list().models}
         if _canonical(full_name) not in listed:
@@ -1748,7 +1748,7 @@ def _register(http, client, base: str, gguf_path: Path, full_name: str, create_c
         raise OllamaError(f"{full_name} did not finish answering a short prompt.",
                           f"Try `ollama run {full_name}`.", create_command=create_command)
     result["answer"] = reply.message.content if reply.message else ""
-    events.log("stage-done", _stage_done_text("verify"))
+    stages.done("verify")
     return result
 
 
@@ -1768,21 +1768,3 @@ def model_exists(name: str, host: str | None = None, timeout: float = 2.0) -> bo
     return any(_canonical(str(m.get("model") or m.get("name") or "")) == full for m in models)
 
 
-_STAGE_T0: dict[str, float] = {}
-
-
-def _stage_start(name: str) -> str:
-    """A named stage begins (``events.log("stage", name)``; the console prints it as a heading)."""
-    import time as _t
-
-    _STAGE_T0[name] = _t.perf_counter()
-    return name
-
-
-def _stage_done_text(name: str) -> str:
-    """``events.log("stage-done", ...)``'s text: {"stage", "ok", "seconds"} as JSON (app.console's format)."""
-    import json as _j
-    import time as _t
-
-    secs = _t.perf_counter() - _STAGE_T0.pop(name, _t.perf_counter())
-    return _j.dumps({"stage": name, "ok": True, "seconds": round(secs, 3)})

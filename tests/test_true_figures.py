@@ -12,6 +12,7 @@ import pytest
 
 from core import catalog, runs
 from core.train import MAX_WARMUP_SHARE, MIN_STEPS, fit_to_data, planned_steps, preset_config
+from core.units import fmt_memory
 
 
 def bimodal_metrics(n=200, valid=None):

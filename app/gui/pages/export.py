@@ -477,23 +477,17 @@ class ExportPage(Page):
         self.refresh()
 
     def _handlers(self) -> dict:
-        return dict(on_progress=self.stages.progress, on_log=self._log, on_ok=self._done, on_failed=self._failed,
-                    on_ended=self._ended)
+        return dict(on_progress=self.stages.progress, on_stage=self.stages.stage, on_stage_done=self._stage_done,
+                    on_ok=self._done, on_failed=self._failed, on_ended=self._ended)
 
     def cancel(self):
         self.slots["export"].stop()
 
-    def _log(self, level: str, text: str):
-        if level == "stage":
-            self.stages.stage(text)
-        elif level == "stage-done":  # {"stage": name, "ok": ..., "seconds": ...}
-            import json
-
-            try:
-                d = json.loads(text)
-            except ValueError:
-                d = {"stage": text}
-            self.stages.done(str(d.get("stage")))
+    def _stage_done(self, name: str, ok, _seconds, _detail):
+        if ok is False:
+            self.stages.fail("failed", name)
+        else:
+            self.stages.done(name)
 
     def _ended(self):
         self.refresh()
