@@ -48,7 +48,7 @@ from typing import Iterable
 from urllib.parse import urlparse
 
 from core import arch
-from core.events import NULL_EVENTS, CancelToken, Cancelled, Events, Throttle, TuneloomError
+from core.events import NULL_EVENTS, CancelToken, Cancelled, Events, Progress, Throttle, TuneloomError
 
 # Top-level repo files that training and export need (matched case-insensitively).
 NEEDED_PATTERNS: tuple[str, ...] = (
@@ -270,17 +270,22 @@ class _ByteProgress:
         return (self.fetched - b0) / (now - t0) if now - t0 >= 0.5 else 0.0
 
     def emit(self, final: bool = False) -> None:
+        """A typed byte Progress (rate in bytes per second, eta in seconds; front ends read these fields)
+        with a line for people in ``what``."""
         if not self._throttle.ready(final):
             return
         speed = self.speed()
         if final:
-            self.events.progress(self.done, self.total, f"ready: {self.current} ({fmt_bytes(self.total)}, "
-                                 f"{fmt_bytes(self.fetched)} downloaded)")
+            self.events.report_progress(Progress(
+                self.done, self.total, "byte", f"ready: {self.current} ({fmt_bytes(self.total)}, "
+                f"{fmt_bytes(self.fetched)} downloaded)", eta=0.0, item=self.current))
             return
         text = f"downloading {self.current}: {fmt_bytes(self.done)} of {fmt_bytes(self.total)}"
-        if speed > 0:
-            text += f", {fmt_bytes(speed)}/s, {_fmt_eta(max(0, self.total - self.done) / speed)} left"
-        self.events.progress(self.done, self.total, text)
+        eta = max(0, self.total - self.done) / speed if speed > 0 else None
+        if eta is not None:
+            text += f", {fmt_bytes(speed)}/s, {_fmt_eta(eta)} left"
+        self.events.report_progress(Progress(self.done, self.total, "byte", text, rate=speed or None, eta=eta,
+                                             item=self.current))
 
 
 # --------------------------------------------------------------------------- fetch
@@ -1151,7 +1156,7 @@ def import_local_model(src: str | os.PathLike, *, dest_root: str | os.PathLike |
                     fo.write(block)
                     done += len(block)
                     if throttle.ready():
-                        events.progress(done, total, f"copying {f.name}")
+                        events.report_progress(Progress(done, total, "byte", f"copying {f.name}", item=f.name))
         events.progress(total, total, f"copied {src.name}")
         os.replace(tmp, dest)
     except BaseException:
