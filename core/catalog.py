@@ -188,7 +188,8 @@ def text_dims(c: dict) -> dict:
 def is_hybrid(c: dict) -> bool:
     """Qwen3.5: Gated DeltaNet (linear attention) layers between full-attention ones."""
     c = text_dims(c)
-    return "linear_num_value_heads" in c or str(c.get("model_type", "")).startswith("qwen3_5")
+    family = arch.for_model_type(c.get("model_type"))
+    return "linear_num_value_heads" in c or bool(family and family.recurrent)
 
 
 def layer_kinds(c: dict) -> list[str]:
