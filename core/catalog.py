@@ -130,15 +130,17 @@ def fits(entry: CatalogEntry, memory_bytes: int | None = None, preset: str | Non
             return True, f"fits: needs about {fmt_memory(checkpointed)} of {fmt_memory(mem)} with {save} (gradient " \
                          "checkpointing) on, which this model needs"
         if checkpointed <= REFUSE_SHARE * mem:
-            return True, f"fits, but tightly: needs about {fmt_memory(checkpointed)} of {fmt_memory(mem)} with {save} " \
-                         "(gradient checkpointing) on, which this model needs; close other apps while training"
+            return True, f"fits, but tightly: needs about {fmt_memory(checkpointed)} of {fmt_memory(mem)} with " \
+                         f"{save} (gradient checkpointing) on, which this model needs; close other apps while training"
         alt = " Try its 4-bit version, or a smaller model." if not entry.quantized else " Try a smaller model."
-        return False, f"needs about {fmt_memory(checkpointed)} to train even with {save} on, {where} has {fmt_memory(mem)}.{alt}"
+        return False, (f"needs about {fmt_memory(checkpointed)} to train even with {save} on, {where} has "
+                       f"{fmt_memory(mem)}.{alt}")
     if need > REFUSE_SHARE * mem:
         alt = " Try its 4-bit version, or a smaller model." if not entry.quantized else " Try a smaller model."
         return False, f"needs about {fmt_memory(need)} to train, {where} has {fmt_memory(mem)}.{alt}"
     if need > WARN_SHARE * mem:
-        return True, f"fits, but tightly: needs about {fmt_memory(need)} of {fmt_memory(mem)}; close other apps while training"
+        return True, (f"fits, but tightly: needs about {fmt_memory(need)} of {fmt_memory(mem)}; close other apps "
+                      "while training")
     return True, f"fits: needs about {fmt_memory(need)} of {fmt_memory(mem)}"
 
 

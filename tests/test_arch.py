@@ -18,7 +18,7 @@ def test_every_reader_of_architectures_reads_core_arch():
     for a in arch.ARCHS:
         for cls in a.hf_classes:
             spec = ge.ARCHITECTURES[cls]
-            assert ge.gguf.MODEL_ARCH_NAMES[spec.arch] == ge.gguf.MODEL_ARCH_NAMES[getattr(ge.gguf.MODEL_ARCH, a.gguf_arch)]
+            assert spec.arch == getattr(ge.gguf.MODEL_ARCH, a.gguf_arch)
             assert spec.permute_qk == a.permute_qk and spec.text_config == a.text_config
             assert bool(spec.extra_block_biases) == a.qkv_bias
     # train adapts every family's projections; the catalog's LoRA count uses the same names
