@@ -276,7 +276,7 @@ def cmd_train(a) -> int:
 
     from app.console import ConsoleEvents
     from core.events import Cancelled, TuneloomError
-    from core.train import TrainConfig, apply_preset, train
+    from core.train import DEFAULT_PRESET, TrainConfig, apply_preset, train
 
     kwargs = {"iters": a.iters, "epochs": a.epochs, "rank": a.rank, "alpha": a.alpha, "lr": a.lr, "batch": a.batch,
               "max_seq_len": a.max_seq_len, "seed": a.seed, "mask_prompt": a.mask_prompt,
@@ -299,7 +299,9 @@ def cmd_train(a) -> int:
     kwargs.update(early_stop=a.early_stop, test_fraction=a.test_fraction)
     if getattr(a, "hosts", None):
         return _train_group(a)
-    kwargs = apply_preset(kwargs, a.preset)
+    # a new run starts from the chosen preset, else the default one (the Train page's too); a resumed run
+    # keeps its own options
+    kwargs = apply_preset(kwargs, a.preset or (None if a.resume else DEFAULT_PRESET))
     names = {f.name for f in fields(TrainConfig)}
     kwargs = {k: v for k, v in kwargs.items() if v is not None and k in names}
     from core.distributed import current_group
@@ -323,6 +325,7 @@ def cmd_train(a) -> int:
                 print("error: --model and --data are required (or --resume RUN_DIR)", file=sys.stderr)
                 return 2
             cfg = TrainConfig(model=a.model, data=a.data, out=a.out, **kwargs)
+            cfg = _fit_to_data(cfg, main_rank)
             res = train(cfg, events=ev, cancel=_cancel_on_sigint())
     except Cancelled as exc:
         if main_rank:
@@ -341,6 +344,22 @@ def cmd_train(a) -> int:
     if main_rank:
         print(json.dumps(res))
     return 0
+
+
+def _fit_to_data(cfg, say: bool):
+    """The run's options fitted to its data as the Train page fits them (core.train.fit_to_data: enough
+    steps to learn from, a warm-up of at most a tenth of the run); each change said on stderr. Data that
+    cannot be read is left to train(), which says what is wrong with it."""
+    from core.events import TuneloomError
+    from core.train import fit_config
+
+    try:
+        cfg, notes = fit_config(cfg)
+    except (TuneloomError, OSError, ValueError):
+        return cfg
+    for note in notes if say else ():
+        print(f"note: {note}", file=sys.stderr)
+    return cfg
 
 
 def _resume_conflicts(a, kwargs: dict) -> list[str]:
@@ -684,7 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(x)
     x.set_defaults(func=cmd_data_export)
 
-    from core.train import PRESET_TEXT, option_help
+    from core.train import DEFAULT_PRESET, PRESET_TEXT, option_help
 
     def opt(name: str) -> str:  # the option's help, as the GUI's tooltip says it, with the default
         from core.train import TrainConfig
@@ -698,8 +717,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", nargs="+", help=option_help("data"))
     t.add_argument("--out", help=option_help("out"))
     t.add_argument("--name", help=opt("name"))
-    t.add_argument("--preset", choices=list(PRESET_TEXT), help="start from a preset (flags given override it): "
-                   + presets)
+    t.add_argument("--preset", choices=list(PRESET_TEXT), help=f"start from a preset (default: {DEFAULT_PRESET}, as "
+                   "the Train page; flags given override it; the steps and warm-up then fit the data as the Train "
+                   "page fits them): " + presets)
     g = t.add_mutually_exclusive_group()
     g.add_argument("--iters", type=int, help=opt("iters"))
     g.add_argument("--epochs", type=float, help=opt("epochs"))
@@ -757,9 +777,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "model folder)")
     e.add_argument("--gguf", metavar="OUT.gguf", help="write the GGUF here (and its Modelfile, OUT.Modelfile, next to "
                    "it unless --modelfile says where); without --gguf only the Modelfile is written")
-    e.add_argument("--quant", default="f16", choices=["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"],
-                   help="the GGUF's type (default f16: full quality; q4_k_m is about a third of its size and what "
-                        "most Ollama models use)")
+    from core.quants import DEFAULT as QUANT_DEFAULT
+    from core.quants import QUANTS
+
+    e.add_argument("--quant", default=QUANT_DEFAULT, choices=list(QUANTS),
+                   help=f"the GGUF's type (default {QUANT_DEFAULT}): "
+                        + "; ".join(f"{q.name}: {q.blurb}" for q in QUANTS.values()))
     e.add_argument("--ollama", metavar="NAME", help="register in Ollama under this name")
     e.add_argument("--system", help="system prompt for the Modelfile (default: the one the run was trained with; "
                    "\"\" for none)")

@@ -12,6 +12,7 @@ import json
 import sys
 
 from core.events import Events, Throttle
+from core.units import fmt_bytes
 
 
 class ConsoleEvents(Events):
@@ -46,7 +47,7 @@ class ConsoleEvents(Events):
 
         bar = self._bar
         if bar is None:
-            bar = self._bar = tqdm(total=total, desc=f"    {self._stage or what.split(':')[0]}", file=self.out,
+            bar = self._bar = tqdm(total=total, desc=f"    {self._stage or ''}", file=self.out,
                                    leave=False, dynamic_ncols=True, mininterval=0.1,
                                    bar_format="{desc}: {percentage:3.0f}%|{bar:24}| {n_fmt}/{total_fmt} "
                                               "[{elapsed}<{remaining}] {postfix}" if total else None)
@@ -86,28 +87,36 @@ class ConsoleEvents(Events):
     def log(self, level, text):
         if self.quiet and level not in ("warning", "error"):
             return
-        if level == "stage":
-            self._close_bar()
-            self._stage = text
-            self._write(f"==> {text}")
+        if level == "stage":  # a sender that logs its stages (the demo) rather than reporting them typed
+            self.stage(text)
         elif level == "stage-done":
-            self._close_bar()
-            self._stage = None
-            try:  # the demo sends a JSON object; other jobs may send just the stage's name
+            try:  # the demo sends a JSON object; other senders just the stage's name
                 d = json.loads(text)
             except ValueError:
                 d = None
-            d = d if isinstance(d, dict) else {"stage": text}
-            mark = {True: "ok", False: "FAILED", None: "skipped"}.get(d.pop("ok", True), "done")
-            name = d.pop("stage", "")
-            secs = d.pop("seconds", None)
-            brief = ", ".join(f"{k}={_fmt(v)}" for k, v in d.items() if not isinstance(v, (dict, list)))
-            took = f" ({secs:.1f}s)" if isinstance(secs, (int, float)) else ""
-            self._write(f"    {name}: {mark}{took} {brief}".rstrip())
+            d = dict(d) if isinstance(d, dict) else {"stage": text}
+            self.stage_done(str(d.pop("stage", "")), d.pop("ok", True), d.pop("seconds", None), d)
         elif level == "info" and self._stage is not None and not self.live:
             return  # a stage's chatter stays out of logs; its closing line has the figures
         else:
             self._write(text if level == "info" and self._stage is not None else f"[{level}] {text}")
+
+    def stage(self, name):
+        if self.quiet:
+            return
+        self._close_bar()
+        self._stage = name
+        self._write(f"==> {name}")
+
+    def stage_done(self, name, ok=True, seconds=None, detail=None):
+        if self.quiet:
+            return
+        self._close_bar()
+        self._stage = None
+        mark = {True: "ok", False: "FAILED", None: "skipped"}.get(ok, "done")
+        brief = ", ".join(f"{k}={_fmt(v)}" for k, v in (detail or {}).items() if not isinstance(v, (dict, list)))
+        took = f" ({seconds:.1f}s)" if isinstance(seconds, (int, float)) else ""
+        self._write(f"    {name}: {mark}{took} {brief}".rstrip())
 
     def close(self) -> None:
         self._close_bar()
@@ -164,7 +173,7 @@ def demo_summary_lines(summary: dict) -> list[str]:
                      f"{summary.get('forgetting_kl_per_token', 0):.3f}/token)")
     if summary.get("quantization"):
         trust.append("same next token as MLX: " + ", ".join(
-            f"{q.upper()} {row['top1_agreement']:.1%} ({row['bytes'] / 1e6:.2f} MB)"
+            f"{q.upper()} {row['top1_agreement']:.1%} ({fmt_bytes(row['bytes'])})"
             for q, row in summary["quantization"].items()))
     if trust:
         lines.append("  " + "; ".join(trust))

@@ -24,6 +24,16 @@ class TqdmEvents(Events):
             if self.bar is None:
                 self.stream.write(f"{what}\n")
             return
+        self._advance(done, total, "")
+
+    def report_progress(self, p):
+        """A download's typed progress: the bar counts its bytes, its label is the file (``p.item``)."""
+        if p.total is None or p.done is None:
+            self.progress(p.done, p.total, p.what)
+            return
+        self._advance(p.done, p.total, p.item)
+
+    def _advance(self, done, total, label: str):
         from tqdm import tqdm
 
         if self.bar is None:
@@ -32,8 +42,7 @@ class TqdmEvents(Events):
         if total != self.bar.total:
             self.bar.total = total
         step = done - self.bar.n
-        current = what.split(":", 1)[0].removeprefix("downloading ").removeprefix("ready").strip()
-        self.bar.set_postfix_str(current, refresh=False)
+        self.bar.set_postfix_str(label, refresh=False)
         if step > 0:
             self.bar.update(step)
         if done >= total:  # close now: speed and time of the transfer, not of what follows

@@ -65,10 +65,6 @@ def _writable_log_dir() -> Path:
         return d
 
 
-def log_file() -> Path:
-    return log_dir() / LOG_NAME
-
-
 def version() -> str:
     try:
         from importlib.metadata import version as _v
@@ -268,14 +264,6 @@ def notify_crash(report: Path) -> None:
 
 def _applescript_str(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def latest_crash_report() -> Path | None:
-    try:
-        reports = sorted(log_dir().glob("crash-*.txt"), key=lambda p: p.stat().st_mtime)
-    except OSError:
-        return None
-    return reports[-1] if reports else None
 
 
 def show_logs() -> bool:

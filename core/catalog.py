@@ -20,19 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core import arch
 from core.events import TuneloomError
 from core.paths import resources_dir
+# The trainer refuses a run whose estimate passes REFUSE_SHARE of memory and warns past WARN_SHARE
+# (core.presets, read by core.train.train too), so "fits" means the trainer will start; the memory
+# figures in catalog.json are for the default preset.
+from core.presets import DEFAULT_PRESET, REFUSE_SHARE, WARN_SHARE
+from core.units import fmt_memory
 
-DEFAULT_PRESET = "quick"
-# The trainer refuses a run whose estimate passes 90% of memory and warns past 60%
-# (core.train.train): the same thresholds here, so "fits" means the trainer will start.
-REFUSE_SHARE = 0.9
-WARN_SHARE = 0.6
-
-_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
-_MLP = ("gate_proj", "up_proj", "down_proj")
-# Qwen3.5's Gated DeltaNet layers: the projections core.train adapts (DELTANET_KEYS)
-_DELTANET = ("in_proj_qkv", "in_proj_z", "out_proj")
+# the linear layers core.train adapts (core.arch), by their last name as _linear_shapes gives them
+_ATTENTION = tuple(k.rsplit(".", 1)[-1] for k in arch.ATTENTION_KEYS)
+_MLP = tuple(k.rsplit(".", 1)[-1] for k in arch.MLP_KEYS)
+_DELTANET = tuple(k.rsplit(".", 1)[-1] for k in arch.RECURRENT_KEYS)  # Qwen3.5's Gated DeltaNet projections
 
 
 @dataclass(frozen=True)
@@ -112,12 +112,6 @@ def machine_memory_bytes() -> int:
     return total_memory_bytes()
 
 
-def _gb(n: float) -> str:
-    from core.units import fmt_memory
-
-    return fmt_memory(n)
-
-
 def fits(entry: CatalogEntry, memory_bytes: int | None = None, preset: str | None = None) -> tuple[bool, str]:
     """Whether training ``entry`` with ``preset`` (default: the catalog's) fits this machine, and why."""
     mem = machine_memory_bytes() if memory_bytes is None else memory_bytes
@@ -129,23 +123,25 @@ def fits(entry: CatalogEntry, memory_bytes: int | None = None, preset: str | Non
     save = "\u201cSave memory\u201d"
     if not mem:
         if checkpointed:
-            return True, f"needs about {_gb(checkpointed)} with {save} on; the memory of {where} is unknown"
-        return True, f"needs about {_gb(need)}; the memory of {where} is unknown"
+            return True, f"needs about {fmt_memory(checkpointed)} with {save} on; the memory of {where} is unknown"
+        return True, f"needs about {fmt_memory(need)}; the memory of {where} is unknown"
     if need > REFUSE_SHARE * mem and checkpointed and checkpointed < need:
         if checkpointed <= WARN_SHARE * mem:
-            return True, f"fits: needs about {_gb(checkpointed)} of {_gb(mem)} with {save} (gradient " \
+            return True, f"fits: needs about {fmt_memory(checkpointed)} of {fmt_memory(mem)} with {save} (gradient " \
                          "checkpointing) on, which this model needs"
         if checkpointed <= REFUSE_SHARE * mem:
-            return True, f"fits, but tightly: needs about {_gb(checkpointed)} of {_gb(mem)} with {save} " \
-                         "(gradient checkpointing) on, which this model needs; close other apps while training"
+            return True, f"fits, but tightly: needs about {fmt_memory(checkpointed)} of {fmt_memory(mem)} with " \
+                         f"{save} (gradient checkpointing) on, which this model needs; close other apps while training"
         alt = " Try its 4-bit version, or a smaller model." if not entry.quantized else " Try a smaller model."
-        return False, f"needs about {_gb(checkpointed)} to train even with {save} on, {where} has {_gb(mem)}.{alt}"
+        return False, (f"needs about {fmt_memory(checkpointed)} to train even with {save} on, {where} has "
+                       f"{fmt_memory(mem)}.{alt}")
     if need > REFUSE_SHARE * mem:
         alt = " Try its 4-bit version, or a smaller model." if not entry.quantized else " Try a smaller model."
-        return False, f"needs about {_gb(need)} to train, {where} has {_gb(mem)}.{alt}"
+        return False, f"needs about {fmt_memory(need)} to train, {where} has {fmt_memory(mem)}.{alt}"
     if need > WARN_SHARE * mem:
-        return True, f"fits, but tightly: needs about {_gb(need)} of {_gb(mem)}; close other apps while training"
-    return True, f"fits: needs about {_gb(need)} of {_gb(mem)}"
+        return True, (f"fits, but tightly: needs about {fmt_memory(need)} of {fmt_memory(mem)}; close other apps "
+                      "while training")
+    return True, f"fits: needs about {fmt_memory(need)} of {fmt_memory(mem)}"
 
 
 # --------------------------------------------------------------------------- cache
@@ -188,13 +184,14 @@ def _head_dims(c: dict) -> tuple[int, int, int]:
 
 def text_dims(c: dict) -> dict:
     """A config's text-model dimensions at the top level (Qwen3.5 nests them in "text_config")."""
-    return {**c, **(c.get("text_config") or {})}
+    return arch.text_config(c)
 
 
 def is_hybrid(c: dict) -> bool:
     """Qwen3.5: Gated DeltaNet (linear attention) layers between full-attention ones."""
     c = text_dims(c)
-    return "linear_num_value_heads" in c or str(c.get("model_type", "")).startswith("qwen3_5")
+    family = arch.for_model_type(c.get("model_type"))
+    return "linear_num_value_heads" in c or bool(family and family.recurrent)
 
 
 def layer_kinds(c: dict) -> list[str]:
@@ -265,9 +262,10 @@ def param_count(c: dict, include_lm_head: bool | None = None) -> int:
     n_head, n_kv, hd = _head_dims(c)
     shapes = _linear_shapes(c)
     block = sum(i * o for i, o in shapes.values()) + 2 * h
-    if c.get("model_type") == "qwen2" or c.get("attention_bias"):
+    family = arch.for_model_type(c.get("model_type"))
+    if (family and family.qkv_bias) or c.get("attention_bias"):
         block += n_head * hd + 2 * n_kv * hd
-    if c.get("model_type") == "qwen3":
+    if family and family.qk_norm:
         block += 2 * hd
     lm_head = (not c.get("tie_word_embeddings", False)) if include_lm_head is None else include_lm_head
     return v * h + layers * block + h + (v * h if lm_head else 0)

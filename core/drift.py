@@ -31,7 +31,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import core  # noqa: F401  (OpenBLAS before MLX)
 from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
 
 PROBE_MAX_TOKENS = 40  # tokens of each base answer measured (answers are cut there)

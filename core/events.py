@@ -44,6 +44,7 @@ class Progress:
     what: str = ""  # one line for people
     rate: float | None = None  # units per second
     eta: float | None = None  # seconds left
+    item: str = ""  # what it works on now (a download's file name), for a front end's label
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,18 @@ class Events:
     def log(self, level: str, text: str) -> None:
         pass
 
+    def stage(self, name: str) -> None:
+        """A named stage of the job begins ("fuse", "gguf", "upload", ...). A sink that knows only
+        :meth:`log` sees ``log("stage", name)``."""
+        self.log("stage", name)
+
+    def stage_done(self, name: str, ok: bool | None = True, seconds: float | None = None,
+                   detail: dict | None = None) -> None:
+        """A named stage ended: ``ok`` True (passed), False (failed) or None (skipped), the seconds it took
+        and its figures (``detail``: name -> number or short text). A sink that knows only :meth:`log`
+        sees ``log("stage-done", name)``."""
+        self.log("stage-done", name)
+
     def done(self, result: Any) -> None:
         pass
 
@@ -101,6 +114,25 @@ class Events:
 
 
 NULL_EVENTS = Events()
+
+
+class StageClock:
+    """Times the named stages of one job and reports them typed (:meth:`Events.stage` / :meth:`Events.stage_done`)."""
+
+    def __init__(self, events: Events | None):
+        self.events = events or NULL_EVENTS
+        self._t0: dict[str, float] = {}
+
+    def start(self, name: str) -> None:
+        self._t0[name] = time.perf_counter()
+        self.events.stage(name)
+
+    def done(self, name: str, ok: bool | None = True, **detail) -> float:
+        """Report ``name`` ended; returns its seconds (since :meth:`start`; 0 when it was never started)."""
+        t0 = self._t0.pop(name, None)
+        seconds = round(time.perf_counter() - t0, 3) if t0 is not None else 0.0
+        self.events.stage_done(name, ok, seconds, detail or None)
+        return seconds
 
 
 class CallbackEvents(Events):
@@ -137,6 +169,8 @@ class RecordingEvents(Events):
     progresses: list = field(default_factory=list)
     metrics: list = field(default_factory=list)
     logs: list = field(default_factory=list)
+    stages: list = field(default_factory=list)  # ("start", name) / ("done", name, ok, seconds, detail)
+    reports: list = field(default_factory=list)  # the typed Progress reports (also in progresses)
     result: Any = None
     error: BaseException | None = None
 
@@ -148,6 +182,18 @@ class RecordingEvents(Events):
 
     def log(self, level, text):
         self.logs.append((level, text))
+
+    def report_progress(self, p):
+        self.reports.append(p)
+        super().report_progress(p)
+
+    def stage(self, name):
+        self.stages.append(("start", name))
+        super().stage(name)
+
+    def stage_done(self, name, ok=True, seconds=None, detail=None):
+        self.stages.append(("done", name, ok, seconds, detail or {}))
+        super().stage_done(name, ok, seconds, detail)
 
     def done(self, result):
         self.result = result

@@ -21,12 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import atomic, runs
-from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
+from core.events import NULL_EVENTS, CancelToken, Events, StageClock, TuneloomError
+from core.quants import QUANTS, checked
+from core.units import fmt_bytes
 
-# Bytes per weight of each GGUF type (block size / values per block): only for a base the exporter cannot
-# plan directly (MLX-quantized: it is fused, i.e. dequantized, first); otherwise gguf_file_bytes is exact.
-_BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32,
-                     "q4_k_m": 144 / 256, "q5_k_m": 176 / 256, "q6_k": 210 / 256}
 # K-quant mixes keep some tensors (output, attn_v, ffn_down) at more bits: allow for it (fallback only)
 _QUANT_SLACK = 1.25
 _FLOAT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -95,7 +93,10 @@ def estimate_export_bytes(base: Path, quant: str, *, fuse: bool) -> dict:
     try:
         size = gguf_file_bytes(base, quant)
     except TuneloomError:
-        per = _BYTES_PER_WEIGHT.get(quant.lower(), 2.0) * (_QUANT_SLACK if quant.lower().startswith("q") else 1.0)
+        # only for a base the exporter cannot plan directly (MLX-quantized: it is fused, i.e. dequantized,
+        # first): bytes per weight of the type's blocks (core.quants, from gguf's GGML_QUANT_SIZES)
+        q = QUANTS.get(quant.lower(), QUANTS["f16"])
+        per = q.bytes_per_weight * (_QUANT_SLACK if q.name.startswith("q") else 1.0)
         size = int(values * per) + 8 * 2**20
     return {"fused": values * float_bytes if fuse else 0, "gguf": size}
 
@@ -179,7 +180,7 @@ def check_disk_space(gguf_dir: Path, need: dict) -> None:
     if free < total + DISK_MARGIN_BYTES:
         what = "the merged model and the GGUF file need" if need["fused"] else "the GGUF file needs"
         raise TuneloomError(
-            f"Not enough disk space to export: {what} about {total / 1e9:.2f} GB, {free / 1e9:.2f} GB is free "
+            f"Not enough disk space to export: {what} about {fmt_bytes(total)}, {fmt_bytes(free)} is free "
             f"on the drive of {gguf_dir}.",
             "Free some space, choose a folder on another drive, or pick a smaller type (q8_0 or q4_k_m).")
 
@@ -226,7 +227,6 @@ def plan_export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: 
     """Check everything an export needs and return the plan; raises :class:`TuneloomError` (nothing written).
     ``temperature``: the PARAMETER temperature to bake in (None: Tuneloom's default)."""
     from core import ollama as ol
-    from core.gguf_export import QUANT_TYPES
     from core.hub import validate_model_dir
     from core.model_folder import read_tokenizer_info, run_thinking
 
@@ -237,9 +237,7 @@ def plan_export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: 
                             "For example: tuneloom export RUN --gguf model.gguf")
     if gguf is None and ollama:
         raise TuneloomError("Registering in Ollama needs the GGUF file.", "Add --gguf OUT.gguf.")
-    quant = quant.lower()
-    if quant not in QUANT_TYPES:
-        raise TuneloomError(f"Unknown GGUF type {quant!r}.", "Choose one of: " + ", ".join(QUANT_TYPES))
+    quant = checked(quant)
     base, adapter_dir = resolve_source(source, adapter)
 
     check = validate_model_dir(base, load_tokenizer=False)
@@ -335,8 +333,8 @@ def export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str |
     "chat_template_source", "embedded_template", "ollama_template", "thinking",
     "ollama" | "ollama_command"}``.
 
-    Named stages are logged as they start and end (``events.log("stage", name)`` /
-    ``("stage-done", '{"stage": name, "ok": true, "seconds": ...}')``, app.console's format): "fuse" (with an adapter), "gguf", then register_model's
+    Named stages are reported as they start and end (``events.stage(name)`` /
+    ``events.stage_done(name, ok, seconds)``): "fuse" (with an adapter), "gguf", then register_model's
     "upload", "create", "verify". ``verify_messages`` / ``verify_options``: see
     :func:`core.ollama.register_model`. A run's best adapter (``adapters_best.safetensors``) is merged
     where it has one; ``final=True`` merges the final one (``adapters.safetensors``). A run trained on tool
@@ -416,9 +414,8 @@ def _write_gguf_and_modelfile(plan: ExportPlan, events: Events, cancel: CancelTo
     to their destinations, then rename both; on any failure remove whatever this export wrote."""
     from core.fuse import fuse_model
     from core.gguf_export import export_gguf
-    from core.ollama import _stage_done_text, _stage_start
-
     gguf, mf = plan.gguf, plan.modelfile
+    stages = StageClock(events)
     try:
         gguf.parent.mkdir(parents=True, exist_ok=True)
         mf.parent.mkdir(parents=True, exist_ok=True)
@@ -434,12 +431,12 @@ def _write_gguf_and_modelfile(plan: ExportPlan, events: Events, cancel: CancelTo
         model_dir = plan.base
         if plan.adapter is not None:
             fuse_dir = Path(tempfile.mkdtemp(prefix=fuse_prefix(), dir=gguf.parent))
-            events.log("stage", _stage_start("fuse"))
+            stages.start("fuse")
             events.log("info", f"fusing {plan.adapter} into {plan.base}")
             model_dir = fuse_model(plan.base, plan.adapter, fuse_dir / "fused", events=events, cancel=cancel,
                                    adapter_file=plan.adapter_file)
-            events.log("stage-done", _stage_done_text("fuse"))
-        events.log("stage", _stage_start("gguf"))
+            stages.done("fuse")
+        stages.start("gguf")
         tmp_gguf = _temp_name(gguf, ".gguf")
         export_gguf(model_dir, tmp_gguf, quant=plan.quant, events=events, cancel=cancel,
                     chat_template=plan.embedded_template.template)
@@ -452,7 +449,7 @@ def _write_gguf_and_modelfile(plan: ExportPlan, events: Events, cancel: CancelTo
         atomic.replace(tmp_mf, mf)
         tmp_gguf = tmp_mf = None
         events.log("info", f"Wrote {gguf} and {mf}")
-        events.log("stage-done", _stage_done_text("gguf"))
+        stages.done("gguf")
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise _disk_full(exc, gguf.parent) from exc

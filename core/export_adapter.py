@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from core import runs
-from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
+from core.events import NULL_EVENTS, CancelToken, Events, StageClock, TuneloomError
+from core.units import fmt_bytes
 
 ADAPTER_ARCHITECTURES = ("Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM")
 BASES_FOLDER = "base-gguf"
@@ -308,7 +309,6 @@ def export_adapter(source, *, gguf, quant: str = "f16", ollama: str | None = Non
     from core import ollama as ol
     from core.atomic import write_text
     from core.export import plan_export, resolve_source
-    from core.ollama import _stage_done_text, _stage_start
 
     events = events or NULL_EVENTS
     if gguf is None:
@@ -344,14 +344,15 @@ def export_adapter(source, *, gguf, quant: str = "f16", ollama: str | None = Non
 
     # one "gguf" stage (the merged export's name for writing the files): the shared base (when not there
     # yet), then the adapter and its Modelfile
-    events.log("stage", _stage_start("gguf"))
+    stages = StageClock(events)
+    stages.start("gguf")
     base_gguf, reused = ensure_base_gguf(base, plan.quant, template=plan.embedded_template.template,
                                          thinking=plan.thinking, events=events, cancel=cancel)
     info = write_adapter_gguf(base, adapter_dir, gguf, name=Path(adapter_dir).name, events=events, cancel=cancel,
                               final=final)
     write_text(mf, text)
-    events.log("info", f"Wrote {gguf} ({info['bytes'] / 1e6:.1f} MB) and {mf}")
-    events.log("stage-done", _stage_done_text("gguf"))
+    events.log("info", f"Wrote {gguf} ({fmt_bytes(info['bytes'])}) and {mf}")
+    stages.done("gguf")
     result = {"base": str(base), "adapter": str(adapter_dir), "adapter_gguf": str(gguf), "gguf": str(gguf),
               "base_gguf": str(base_gguf), "base_reused": reused, "modelfile": str(mf), "quant": plan.quant,
               "alpha": info["alpha"], "rank": info["rank"], "adapter_bytes": info["bytes"],

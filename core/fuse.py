@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from core import arch
 from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
 
 # Tokenizer and generation files a model folder may carry; copied verbatim from the
@@ -97,28 +98,31 @@ def _copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
     return copied
 
 
-# Qwen3.5's zero-centred RMSNorm weights (the model scales by 1 + w), as mlx-lm's
-# qwen3_5.sanitize names them: mlx-lm adds the 1 on load, so its saved weights have it in
-_QWEN35_CENTRED_NORMS = (".input_layernorm.weight", ".post_attention_layernorm.weight", "model.norm.weight",
-                         ".q_norm.weight", ".k_norm.weight")
+# Qwen3.5's zero-centred RMSNorm weights (the model scales by 1 + w; core.arch.Arch.centred_norms)
+_QWEN35 = arch.BY_MODEL_TYPE["qwen3_5"]
+_QWEN35_CENTRED_NORMS = _QWEN35.centred_norms
 
 
-def _qwen35_hf_tensor(name: str, value):
-    """One tensor of mlx-lm's in-memory Qwen3.5 text model as the Hugging Face checkpoint has it."""
+def _qwen35_hf_tensor(name: str, value, a: arch.Arch = _QWEN35):
+    """One tensor of mlx-lm's in-memory text model of a hybrid family (Qwen3.5) as the Hugging Face
+    checkpoint has it: centred norms back without the 1 mlx-lm adds on load, conv1d kernels as HF
+    stores them, names from mlx-lm's layout (``a.text_prefixes[1]``) to the hub's (``[0]``)."""
     import mlx.core as mx
 
-    if name.endswith(_QWEN35_CENTRED_NORMS) and value.ndim == 1:
+    if a.centred_norms and name.endswith(a.centred_norms) and value.ndim == 1:
         value = (value.astype(mx.float32) - 1.0).astype(value.dtype)
     elif "conv1d.weight" in name and value.ndim == 3 and value.shape[-1] == 1:
         value = value.moveaxis(2, 1)  # [C, K, 1] -> [C, 1, K]
-    if name.startswith("language_model.model."):
-        name = "model.language_model." + name[len("language_model.model."):]
-    elif name.startswith("language_model."):
-        name = name[len("language_model."):]  # lm_head
+    hf, mlx_prefix = a.text_prefixes
+    outer = mlx_prefix.split(".")[0] + "."  # "language_model.": lm_head sits under it in mlx-lm's layout
+    if name.startswith(mlx_prefix):
+        name = hf + name[len(mlx_prefix):]
+    elif name.startswith(outer):
+        name = name[len(outer):]  # lm_head
     return name, value
 
 
-def _write_hf_layout(folder: Path) -> None:
+def _write_hf_layout(folder: Path, a: arch.Arch = _QWEN35) -> None:
     """Rewrite the weights mlx-lm saved for a Qwen3.5 into the Hugging Face layout.
 
     mlx-lm keeps Qwen3.5 in its own layout (``language_model.model.*`` names, the RMSNorm
@@ -134,7 +138,7 @@ def _write_hf_layout(folder: Path) -> None:
     index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.is_file() else None
     weight_map = {}
     for path in sorted(folder.glob("model*.safetensors")):
-        tensors = dict(_qwen35_hf_tensor(k, v) for k, v in mx.load(str(path)).items())
+        tensors = dict(_qwen35_hf_tensor(k, v, a) for k, v in mx.load(str(path)).items())
         mx.eval(tensors)
         part = path.with_name(f".{path.stem}.part.safetensors")  # mlx adds .safetensors to any other name
         mx.save_safetensors(str(part), tensors, metadata={"format": "pt"})
@@ -248,8 +252,9 @@ def fuse_model(base_dir, adapter_dir, out_dir, *, events: Events | None = None,
         events.progress(len(adapted), total, "saving merged weights")
         save_model(tmp, model, donate_model=True)
         del model
-        if base_config.get("model_type") == "qwen3_5":
-            _write_hf_layout(tmp)
+        family = arch.for_model_type(base_config.get("model_type"))
+        if family is not None and family.text_prefixes:  # mlx-lm saves it in its own layout
+            _write_hf_layout(tmp, family)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         copied = _copy_tokenizer_files(base_dir, tmp)
         if not any(n in copied for n in ("tokenizer.json", "tokenizer.model", "vocab.json")):

@@ -34,7 +34,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-import core  # noqa: F401  (OpenBLAS before MLX)
 from core import runs
 from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
 from core.tokens import ChatEncoder

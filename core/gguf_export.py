@@ -37,9 +37,10 @@ from typing import Any
 import gguf
 import numpy as np
 
-from core import kquants
+from core import arch, kquants, quants
 from core.atomic import atomic_path
 from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
+from core.units import fmt_bytes
 
 log = logging.getLogger(__name__)
 
@@ -74,21 +75,8 @@ class ArchSpec:
 
 # --------------------------------------------------------------------------- Qwen3.5
 
-def text_config(config: dict) -> dict:
-    """A multimodal config with its ``text_config`` lifted to the top level, as llama.cpp's
-    converter reads the hyper-parameters (the text values win)."""
-    return {**config, **(config.get("text_config") or {})}
-
-
-# Parts of a Qwen3.5 checkpoint that are not the text model of llama.cpp's qwen35 graph.
-# The vision tower (model.visual.*; vision_tower.* in mlx-vlm's layout) is read by
-# llama.cpp from a separate mmproj file, never from the text GGUF. The multi-token-
-# prediction head (mtp.*) is dropped deliberately, as llama.cpp's converter does with
-# --no-mtp: llama.cpp uses it only for speculative decoding, mlx-lm drops it on load so a
-# fine-tune never trains it (it would keep predicting for the base model's hidden
-# states), and without it the file needs no nextn_predict_layers and block_count is
-# num_hidden_layers, which is what llama.cpp's loader expects of a file without MTP.
-QWEN35_SKIPPED_PREFIXES = ("model.visual.", "visual.", "vision_tower.", "model.vision_tower.", "mtp.", "model.mtp.")
+text_config = arch.text_config  # the text model's hyper-parameters at the top level (core.arch)
+QWEN35_SKIPPED_PREFIXES = arch.BY_MODEL_TYPE["qwen3_5"].skip_prefixes
 
 
 def _qwen35_is_recurrent(config: dict, bid: int) -> bool:
@@ -216,51 +204,34 @@ def _qwen35_hparams(w: gguf.GGUFWriter, c: dict) -> None:
     w.add_rope_dimension_sections((sections + [0, 0, 0, 0])[:4])
 
 
-_QWEN35 = dict(text_config=True, skip_prefixes=QWEN35_SKIPPED_PREFIXES, tensor_rule=_qwen35_tensor,
-               block_names=_qwen35_block_names, extra_hparams=_qwen35_hparams,
-               f32_tensors=(gguf.MODEL_TENSOR.SSM_CONV1D,))
-
-
-ARCHITECTURES: dict[str, ArchSpec] = {
-    "Qwen2ForCausalLM": ArchSpec(
-        gguf.MODEL_ARCH.QWEN2,
-        extra_block_biases=(gguf.MODEL_TENSOR.ATTN_Q, gguf.MODEL_TENSOR.ATTN_K, gguf.MODEL_TENSOR.ATTN_V),
-    ),
-    "Qwen3ForCausalLM": ArchSpec(
-        gguf.MODEL_ARCH.QWEN3,
-        extra_block_tensors=(gguf.MODEL_TENSOR.ATTN_Q_NORM, gguf.MODEL_TENSOR.ATTN_K_NORM),
-    ),
-    "LlamaForCausalLM": ArchSpec(gguf.MODEL_ARCH.LLAMA, permute_qk=True, write_vocab_and_rope_dim=True),
-    # Qwen3.5 (hub checkpoints: text model + vision tower + MTP head) and a text-only re-save
-    "Qwen3_5ForConditionalGeneration": ArchSpec(gguf.MODEL_ARCH.QWEN35, **_QWEN35),
-    "Qwen3_5ForCausalLM": ArchSpec(gguf.MODEL_ARCH.QWEN35, **_QWEN35),
+# the GGUF tensor rules of families whose blocks are not the standard one (core.arch.Arch.key)
+_ARCH_HOOKS: dict[str, dict] = {
+    "qwen3_5": dict(tensor_rule=_qwen35_tensor, block_names=_qwen35_block_names, extra_hparams=_qwen35_hparams,
+                    f32_tensors=(gguf.MODEL_TENSOR.SSM_CONV1D,)),
 }
 
-_BLOCK_TENSORS = (
-    gguf.MODEL_TENSOR.ATTN_NORM,
-    gguf.MODEL_TENSOR.ATTN_Q,
-    gguf.MODEL_TENSOR.ATTN_K,
-    gguf.MODEL_TENSOR.ATTN_V,
-    gguf.MODEL_TENSOR.ATTN_OUT,
-    gguf.MODEL_TENSOR.FFN_NORM,
-    gguf.MODEL_TENSOR.FFN_GATE,
-    gguf.MODEL_TENSOR.FFN_UP,
-    gguf.MODEL_TENSOR.FFN_DOWN,
-)
+
+def _spec(a: arch.Arch) -> ArchSpec:
+    """The GGUF side of one core.arch record."""
+    T = gguf.MODEL_TENSOR
+    return ArchSpec(getattr(gguf.MODEL_ARCH, a.gguf_arch), permute_qk=a.permute_qk,
+                    write_vocab_and_rope_dim=a.gguf_vocab_and_rope_dim,
+                    extra_block_tensors=tuple(T[k] for k in a.gguf_block if k not in arch.STANDARD_GGUF_BLOCK),
+                    extra_block_biases=(T.ATTN_Q, T.ATTN_K, T.ATTN_V) if a.qkv_bias else (),
+                    text_config=a.text_config, skip_prefixes=a.skip_prefixes, **_ARCH_HOOKS.get(a.key, {}))
+
+
+# HF class -> its GGUF spec, for every family core.arch lists
+ARCHITECTURES: dict[str, ArchSpec] = {cls: _spec(a) for a in arch.ARCHS for cls in a.hf_classes}
+
+# the tensors every standard block has (core.arch.STANDARD_GGUF_BLOCK)
+_BLOCK_TENSORS = tuple(gguf.MODEL_TENSOR[k] for k in arch.STANDARD_GGUF_BLOCK)
 
 QT = gguf.GGMLQuantizationType
 # quant name -> (file type recorded in the GGUF, llama.cpp's default type for the 2-D
-# weight matrices of that file type; llama_ftype_get_default_type)
+# weight matrices of that file type; llama_ftype_get_default_type): core.quants' table
 QUANT_TYPES: dict[str, tuple[gguf.LlamaFileType, QT]] = {
-    "f32": (gguf.LlamaFileType.ALL_F32, QT.F32),
-    "f16": (gguf.LlamaFileType.MOSTLY_F16, QT.F16),
-    "bf16": (gguf.LlamaFileType.MOSTLY_BF16, QT.BF16),
-    "q8_0": (gguf.LlamaFileType.MOSTLY_Q8_0, QT.Q8_0),
-    "q4_0": (gguf.LlamaFileType.MOSTLY_Q4_0, QT.Q4_0),
-    "q4_k_m": (gguf.LlamaFileType.MOSTLY_Q4_K_M, QT.Q4_K),
-    "q5_k_m": (gguf.LlamaFileType.MOSTLY_Q5_K_M, QT.Q5_K),
-    "q6_k": (gguf.LlamaFileType.MOSTLY_Q6_K, QT.Q6_K),
-}
+    q.name: (gguf.LlamaFileType[q.file_type], QT[q.weight_type]) for q in quants.QUANTS.values()}
 
 # llama.cpp's tensor_type_fallback: a row that is not a whole number of 256-value
 # super-blocks takes the nearest 32-block type (and F16 when even that does not fit).
@@ -325,13 +296,12 @@ class _StoredTensor:
 
 
 def _read_safetensors_index(path: Path) -> list[_StoredTensor]:
+    from core.model_folder import safetensors_layout
+
     try:
-        with open(path, "rb") as fh:
-            (header_len,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(header_len))
-    except (OSError, struct.error, ValueError) as exc:
+        header, base, _ = safetensors_layout(path)
+    except (OSError, ValueError, EOFError, KeyError, TypeError) as exc:
         raise TuneloomError(f"Cannot read {path.name}: {exc}", "The weights file looks damaged; re-download or re-fuse the model.") from exc
-    base = 8 + header_len
     out = []
     for name, info in header.items():
         if name == "__metadata__":
@@ -448,7 +418,7 @@ def _arch_spec(config: dict) -> tuple[str, ArchSpec]:
     if spec is None:
         raise TuneloomError(
             f"Cannot export architecture {hf_arch!r} to GGUF.",
-            "Supported: " + ", ".join(sorted(ARCHITECTURES)) + ". Pick a Qwen2/Qwen2.5, Qwen3, Qwen3.5 or Llama/TinyLlama model.",
+            "Supported: " + ", ".join(sorted(ARCHITECTURES)) + ". " + arch.summary(),
         )
     return hf_arch, spec
 
@@ -1097,9 +1067,7 @@ def export_gguf(model_dir, out_path, quant: str = "f16", *, events: Events | Non
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise TuneloomError(f"workers must be a whole number of at least 1, got {workers!r}.")
     model_dir, out_path = Path(model_dir), Path(out_path)
-    quant = quant.lower()
-    if quant not in QUANT_TYPES:
-        raise TuneloomError(f"Unknown GGUF type {quant!r}.", "Choose one of: " + ", ".join(QUANT_TYPES))
+    quant = quants.checked(quant)
     ftype = QUANT_TYPES[quant][0]
 
     config = _load_config(model_dir)
@@ -1148,8 +1116,8 @@ def _export(model_dir: Path, out_path: Path, quant: str, arch_name: str, config:
     free = shutil.disk_usage(out_path.parent).free
     if free < needed + 16 * 1024 * 1024:
         raise TuneloomError(
-            f"Not enough disk space for the GGUF file: it needs about {needed / 1e9:.2f} GB, "
-            f"{free / 1e9:.2f} GB is free on the drive of {out_path.parent}.",
+            f"Not enough disk space for the GGUF file: it needs about {fmt_bytes(needed)}, "
+            f"{fmt_bytes(free)} is free on the drive of {out_path.parent}.",
             "Free some space, choose another folder, or pick a smaller type (q8_0 or q4_k_m).",
         )
 
@@ -1160,7 +1128,7 @@ def _export(model_dir: Path, out_path: Path, quant: str, arch_name: str, config:
     except OSError as exc:
         raise TuneloomError(f"Writing {out_path} failed: {exc}", "Check that the folder is writable and has free space.") from exc
 
-    events.log("info", f"Wrote {out_path} ({size / 1e6:.1f} MB, {len(plan)} tensors)")
+    events.log("info", f"Wrote {out_path} ({fmt_bytes(size)}, {len(plan)} tensors)")
     return {"path": str(out_path), "quant": quant, "arch": arch_name, "n_tensors": len(plan), "bytes": size}
 
 

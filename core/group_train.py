@@ -21,7 +21,7 @@ from pathlib import Path
 from core import distributed as dist
 from core import runs
 from core.events import NULL_EVENTS, CancelToken, Cancelled, Events, Progress, StepReport, TuneloomError
-from core.train import TrainConfig
+from core.train import DEFAULT_PRESET, TrainConfig, preset_config
 
 # TrainConfig field -> its `tuneloom train` flag, where the name differs from the field's
 _FLAG = {"system_prompt": "system"}
@@ -35,19 +35,20 @@ PAUSE_TEXT = ("A run on several Macs cannot be paused (the Macs wait on each oth
 
 
 def train_args(cfg: TrainConfig) -> list[str]:
-    """The ``tuneloom train`` arguments that make ``cfg``: every option that differs from its default.
+    """The ``tuneloom train`` arguments that make ``cfg``: every option that differs from the default
+    preset's value (the command starts from that preset when no --preset is given).
 
     Values go as ``--flag=value`` so that one starting with a dash (a template, a negative layer
     count) is not read as a flag. With ``iters`` given, ``epochs`` is left out: the parser takes one
     of the two, and the step count alone decides the run's length."""
-    default = TrainConfig(model="")
+    default = preset_config(DEFAULT_PRESET)
     out = ["--model", str(cfg.model), "--data", *[str(p) for p in cfg.data]]
     if cfg.out:
         out.append(f"--out={cfg.out}")
     for f in fields(TrainConfig):
         name = f.name
         value = getattr(cfg, name)
-        if name in _NO_FLAG or value == getattr(default, name):
+        if name in _NO_FLAG or value == default[name]:
             continue
         if name == "epochs" and cfg.iters:
             continue

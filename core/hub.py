@@ -40,7 +40,6 @@ import json
 import os
 import re
 import shutil
-import struct
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -48,7 +47,8 @@ from pathlib import Path
 from typing import Iterable
 from urllib.parse import urlparse
 
-from core.events import NULL_EVENTS, CancelToken, Cancelled, Events, Throttle, TuneloomError
+from core import arch
+from core.events import NULL_EVENTS, CancelToken, Cancelled, Events, Progress, Throttle, TuneloomError
 
 # Top-level repo files that training and export need (matched case-insensitively).
 NEEDED_PATTERNS: tuple[str, ...] = (
@@ -223,6 +223,7 @@ def cached_snapshot(repo_id: str, revision: str | None = None,
 
 # --------------------------------------------------------------------------- progress
 
+from core.model_folder import read_safetensors_header  # noqa: E402,F401  (the one reader; importers use this name)
 from core.units import fmt_bytes  # noqa: E402,F401  (one formatter for every size; importers use this name)
 
 
@@ -269,17 +270,22 @@ class _ByteProgress:
         return (self.fetched - b0) / (now - t0) if now - t0 >= 0.5 else 0.0
 
     def emit(self, final: bool = False) -> None:
+        """A typed byte Progress (rate in bytes per second, eta in seconds; front ends read these fields)
+        with a line for people in ``what``."""
         if not self._throttle.ready(final):
             return
         speed = self.speed()
         if final:
-            self.events.progress(self.done, self.total, f"ready: {self.current} ({fmt_bytes(self.total)}, "
-                                 f"{fmt_bytes(self.fetched)} downloaded)")
+            self.events.report_progress(Progress(
+                self.done, self.total, "byte", f"ready: {self.current} ({fmt_bytes(self.total)}, "
+                f"{fmt_bytes(self.fetched)} downloaded)", eta=0.0, item=self.current))
             return
         text = f"downloading {self.current}: {fmt_bytes(self.done)} of {fmt_bytes(self.total)}"
-        if speed > 0:
-            text += f", {fmt_bytes(speed)}/s, {_fmt_eta(max(0, self.total - self.done) / speed)} left"
-        self.events.progress(self.done, self.total, text)
+        eta = max(0, self.total - self.done) / speed if speed > 0 else None
+        if eta is not None:
+            text += f", {fmt_bytes(speed)}/s, {_fmt_eta(eta)} left"
+        self.events.report_progress(Progress(self.done, self.total, "byte", text, rate=speed or None, eta=eta,
+                                             item=self.current))
 
 
 # --------------------------------------------------------------------------- fetch
@@ -779,9 +785,7 @@ class ModelCheck:
                 "problems": [{"code": p.code, "message": p.message, "hint": p.hint} for p in self.problems]}
 
 
-SUPPORTED_SUMMARY = ("Tuneloom trains and exports Qwen2 / Qwen2.5 (Qwen2ForCausalLM), Qwen3 (Qwen3ForCausalLM), "
-                     "Qwen3.5 (Qwen3_5ForConditionalGeneration, its text model) "
-                     "and Llama / TinyLlama (LlamaForCausalLM) models.")
+SUPPORTED_SUMMARY = arch.summary()
 
 # For a base model with no chat template: ChatML is what Qwen's instruct models use; Zephyr's
 # format is TinyLlama-Chat's. Jinja written here because no library ships them as constants.
@@ -799,7 +803,8 @@ FALLBACK_TEMPLATES = {
 
 def fallback_chat_template(model_type: str | None) -> tuple[str, str]:
     """(name, jinja) of the template to use with a base model of this family."""
-    name = "zephyr" if model_type == "llama" else "chatml"
+    a = arch.for_model_type(model_type)
+    name = a.chat_fallback if a else "chatml"
     return name, FALLBACK_TEMPLATES[name]
 
 
@@ -807,27 +812,6 @@ _FLOAT_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 _TENSOR_DTYPES = {"F32", "F16", "BF16"}
 _QUANT_BITS = {2, 3, 4, 5, 6, 8}
 _QUANT_GROUPS = {32, 64, 128}
-
-
-def read_safetensors_header(path: Path) -> tuple[dict, int]:
-    """(header, data bytes the header promises) of a safetensors file; raises ValueError if unreadable."""
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            raise ValueError("shorter than a safetensors header")
-        (n,) = struct.unpack("<Q", head)
-        if n > 100 * 2**20 or 8 + n > size:
-            raise EOFError(f"its header claims {n} bytes but the file has {size}")
-        header = json.loads(fh.read(n))
-    if not isinstance(header, dict):
-        raise ValueError("header is not a JSON object")
-    end = 0
-    for k, v in header.items():
-        if k == "__metadata__":
-            continue
-        end = max(end, int(v["data_offsets"][1]))
-    return header, 8 + n + end
 
 
 def _model_type_supported_by_mlx(model_type: str) -> bool:
@@ -844,53 +828,45 @@ def _model_type_supported_by_mlx(model_type: str) -> bool:
         return False
 
 
-# Qwen3.5's text model, by layout: the hub's (transformers) and the one mlx-lm and mlx-vlm
-# save (mlx-community's 4-bit conversions, a folder fused by mlx-lm)
-_QWEN35_PREFIXES = ("model.language_model.", "language_model.model.")
-
-
-def _qwen35_expected(config: dict, present: dict | None) -> list[str]:
-    """The text-model tensors of a Qwen3.5 checkpoint (those stored as ``<name>.weight``; the
+def _recurrent_expected(config: dict, present: dict | None, a: arch.Arch) -> list[str]:
+    """The text-model tensors of a hybrid checkpoint (Qwen3.5: those stored as ``<name>.weight``; the
     GGUF export checks the rest). The vision tower and the multi-token-prediction head are in
-    the same weight files but need not be: nothing here trains or exports them."""
-    t = {**config, **(config.get("text_config") or {})}
-    prefix = _QWEN35_PREFIXES[0]
+    the same weight files but need not be: nothing here trains or exports them. ``present``, the
+    stored names, tells which of the family's layouts (``Arch.text_prefixes``) the folder has."""
+    t = arch.text_config(config)
+    prefixes = a.text_prefixes
+    prefix = prefixes[0]
     if present and not any(k.startswith(prefix) for k in present):
-        prefix = next((p for p in _QWEN35_PREFIXES if any(k.startswith(p) for k in present)), prefix)
+        prefix = next((p for p in prefixes if any(k.startswith(p) for k in present)), prefix)
     names = [f"{prefix}embed_tokens", f"{prefix}norm"]
     if not t.get("tie_word_embeddings", False):
-        names.append("lm_head" if prefix == _QWEN35_PREFIXES[0] else "language_model.lm_head")
+        names.append("lm_head" if prefix == prefixes[0] else prefix.split(".")[0] + ".lm_head")
     n, interval = int(t.get("num_hidden_layers") or 0), int(t.get("full_attention_interval", 4))
     kinds = t.get("layer_types") or ["full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in range(n)]
     for i, kind in enumerate(kinds[:n]):
         p = f"{prefix}layers.{i}"
-        names += [f"{p}.input_layernorm", f"{p}.post_attention_layernorm"]
-        names += [f"{p}.mlp.{m}" for m in ("gate_proj", "up_proj", "down_proj")]
-        if kind == "linear_attention":
-            names += [f"{p}.linear_attn.{m}" for m in ("in_proj_qkv", "in_proj_z", "in_proj_a", "in_proj_b",
-                                                       "conv1d", "norm", "out_proj")]
-        else:
-            names += [f"{p}.self_attn.{m}" for m in ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm")]
+        names += [f"{p}.{m}" for m in arch.NORMS + a.mlp]
+        names += [f"{p}.{m}" for m in (a.recurrent_tensors if kind == "linear_attention" else _attention_tensors(a))]
     return names
+
+
+def _attention_tensors(a: arch.Arch) -> tuple[str, ...]:
+    return a.attention + (("self_attn.q_norm", "self_attn.k_norm") if a.qk_norm else ())
 
 
 def expected_tensors(config: dict, present: dict | None = None) -> list[str]:
     """Checkpoint tensors the supported architectures need (HF names, as stored; ``present``,
     the stored names, tells which layout a Qwen3.5 folder has)."""
-    mt = config.get("model_type")
-    if mt == "qwen3_5":
-        return _qwen35_expected(config, present)
+    a = arch.for_model_type(config.get("model_type")) or arch.BY_MODEL_TYPE["llama"]
+    if a.recurrent_tensors:
+        return _recurrent_expected(config, present, a)
     n = int(config.get("num_hidden_layers") or 0)
     names = ["model.embed_tokens", "model.norm"]
     if not config.get("tie_word_embeddings", False):  # Llama/Qwen2/Qwen3 configs default to untied
         names.append("lm_head")
     for i in range(n):
         p = f"model.layers.{i}"
-        names += [f"{p}.input_layernorm", f"{p}.post_attention_layernorm"]
-        names += [f"{p}.self_attn.{m}" for m in ("q_proj", "k_proj", "v_proj", "o_proj")]
-        names += [f"{p}.mlp.{m}" for m in ("gate_proj", "up_proj", "down_proj")]
-        if mt == "qwen3":
-            names += [f"{p}.self_attn.q_norm", f"{p}.self_attn.k_norm"]
+        names += [f"{p}.{m}" for m in arch.NORMS + _attention_tensors(a) + a.mlp]
     return names
 
 
@@ -954,10 +930,8 @@ def validate_model_dir(path: str | os.PathLike, *, load_tokenizer: bool = True) 
     check.architecture = archs[0] if archs else None
     check.model_type = config.get("model_type")
     if config:
-        from core.gguf_export import ARCHITECTURES
-
         by_mlx = bool(check.model_type) and _model_type_supported_by_mlx(check.model_type)
-        by_gguf = check.architecture in ARCHITECTURES
+        by_gguf = arch.for_hf_class(check.architecture) is not None  # core.gguf_export exports each
         if not (by_mlx and by_gguf):
             what = check.architecture or (f"model_type {check.model_type!r}" if check.model_type else "unknown")
             if by_mlx:
@@ -1099,7 +1073,7 @@ def validate_model_dir(path: str | os.PathLike, *, load_tokenizer: bool = True) 
     if present and check.architecture in _arch_names() and not missing_shards:
         needed = expected_tensors(config, present)
         lacking = [t for t in needed if f"{t}.weight" not in present]
-        if check.model_type == "qwen3_5":
+        if arch.for_hf_class(check.architecture).skip_prefixes:
             _note_qwen35_extras(check, present, name)
         if quantized_tensors:
             lacking += [t for t in needed if f"{t}.weight" in present and present[f"{t}.weight"] == "U32"
@@ -1128,9 +1102,7 @@ def _check_ollama_template(check: ModelCheck, tok_info, name: str) -> None:
 def _note_qwen35_extras(check: ModelCheck, present: dict, name: str) -> None:
     """Say what a Qwen3.5 folder holds beyond the text model: its weight files come with the
     vision tower and the multi-token-prediction head, which are downloaded with them."""
-    from core.gguf_export import QWEN35_SKIPPED_PREFIXES
-
-    extra = [k for k in present if k.startswith(QWEN35_SKIPPED_PREFIXES)]
+    extra = [k for k in present if k.startswith(arch.for_hf_class(check.architecture).skip_prefixes)]
     if extra:
         vision = sum(1 for k in extra if "visual" in k or "vision" in k)
         check.notes.append(f"{name}: the weight files also hold the vision tower ({vision} tensors) and the "
@@ -1140,9 +1112,7 @@ def _note_qwen35_extras(check: ModelCheck, present: dict, name: str) -> None:
 
 
 def _arch_names() -> set[str]:
-    from core.gguf_export import ARCHITECTURES
-
-    return set(ARCHITECTURES)
+    return set(arch.BY_HF_CLASS)
 
 
 # --------------------------------------------------------------------------- local folders
@@ -1186,7 +1156,7 @@ def import_local_model(src: str | os.PathLike, *, dest_root: str | os.PathLike |
                     fo.write(block)
                     done += len(block)
                     if throttle.ready():
-                        events.progress(done, total, f"copying {f.name}")
+                        events.report_progress(Progress(done, total, "byte", f"copying {f.name}", item=f.name))
         events.progress(total, total, f"copied {src.name}")
         os.replace(tmp, dest)
     except BaseException:

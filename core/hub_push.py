@@ -15,13 +15,12 @@ cancelled push leaves the repository as it was (bar its creation).
 """
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
 
 from core import runs
-from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
+from core.events import NULL_EVENTS, CancelToken, Events, StageClock, TuneloomError
 
 WHAT = ("adapter", "merged", "gguf")
 NO_TOKEN_HINT = "log in with `hf auth login` or paste a token"
@@ -134,7 +133,8 @@ def push(run: str | Path, repo: str, *, what: list[str] | tuple[str, ...] = ("ad
         total = sum(p.stat().st_size for p in files)
         if cancel is not None:
             cancel.checkpoint()
-        events.log("stage", "upload")
+        stages = StageClock(events)
+        stages.start("upload")
         try:
             url = api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
             ops = []
@@ -162,7 +162,7 @@ def push(run: str | Path, repo: str, *, what: list[str] | tuple[str, ...] = ("ad
                                   "Use a token with write access: " + NO_TOKEN_HINT + ".") from exc
             raise TuneloomError(f"The Hub refused the upload to {repo}: {exc}",
                                 "Check the repository name and your connection, then push again.") from exc
-        events.log("stage-done", json.dumps({"stage": "upload", "ok": True}))
+        stages.done("upload")
         link = str(getattr(url, "url", url) or f"{api.endpoint}/{repo}")
         return {"repo": repo, "url": link, "commit": getattr(info, "oid", None), "what": what,
                 "files": [p.relative_to(staged).as_posix() for p in files], "bytes": total, "private": private}

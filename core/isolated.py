@@ -65,6 +65,12 @@ class ChildEvents(Events):
     def log(self, level, text):
         self._send("log", level, text)
 
+    def stage(self, name):
+        self._send("stage", name)
+
+    def stage_done(self, name, ok=True, seconds=None, detail=None):
+        self._send("stage_done", name, ok, seconds, detail)
+
 
 def _watch_parent(parent_pid: int) -> None:
     while True:

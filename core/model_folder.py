@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,3 +162,34 @@ def run_thinking(run_dir: str | os.PathLike | None) -> bool:
     except (OSError, ValueError):
         return False
     return bool(cfg.get("thinking")) if isinstance(cfg, dict) else False
+
+
+def safetensors_layout(path: str | os.PathLike) -> tuple[dict, int, int]:
+    """(header, offset of the data, bytes the whole file should have: 8 + header + the data its tensors'
+    offsets promise) of a safetensors file, without reading a tensor: the one reader of these headers
+    (the folder check, the GGUF export's plan, the export's size estimate, the Train page's estimate).
+    Raises OSError, ValueError or EOFError when the file cannot be one."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise ValueError("shorter than a safetensors header")
+        (n,) = struct.unpack("<Q", head)
+        if n > 100 * 2**20 or 8 + n > size:
+            raise EOFError(f"its header claims {n} bytes but the file has {size}")
+        header = json.loads(fh.read(n))
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    end = 0
+    for k, v in header.items():
+        if k == "__metadata__":
+            continue
+        end = max(end, int(v["data_offsets"][1]))
+    return header, 8 + n, 8 + n + end
+
+
+def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, int]:
+    """(header, bytes the whole file should have) of a safetensors file (``safetensors_layout``)."""
+    header, _, total = safetensors_layout(path)
+    return header, total

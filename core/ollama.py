@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from core.atomic import write_text
-from core.events import NULL_EVENTS, CancelToken, Events, Throttle, TuneloomError
+from core.events import NULL_EVENTS, CancelToken, Events, StageClock, Throttle, TuneloomError
 from core.tools import _ollama_property, _sorted_any, ollama_tools  # noqa: F401  (Ollama's form of tool definitions)
 
 Messages = Sequence[dict]
@@ -103,12 +103,9 @@ class OllamaNameTaken(OllamaError):
 # --------------------------------------------------------------------------------------
 
 
-def load_tokenizer_config(model_dir: str | os.PathLike) -> dict:
-    """``tokenizer_config.json`` of a model folder with its chat template folded in, wherever the folder
-    keeps it (the one reader, :func:`core.model_folder.read_tokenizer_info`)."""
-    from core.model_folder import load_tokenizer_config as load
-
-    return load(model_dir)
+# tokenizer_config.json with its chat template folded in: the one reader, core.model_folder's (callers here
+# and core.demo use this name)
+from core.model_folder import load_tokenizer_config  # noqa: E402,F401
 
 
 def chat_template_of(tokenizer_config: dict) -> str:
@@ -2062,9 +2059,8 @@ def register_model(gguf_path: str | os.PathLike, name: str, *, template: str, st
     ``verify_prompt``. ``modelfile_path`` (default: ``Modelfile`` next to the GGUF)
     only feeds the ``ollama create`` command in error hints. ``verify_messages`` (default: one user
     message, ``verify_prompt``) and ``verify_options`` (default ``{"num_predict": 16}``) are what the
-    verify step sends to ``/api/chat``. Named stages are logged as they start and end
-    (``events.log("stage", name)`` / ``("stage-done", JSON {"stage", "ok", "seconds"})``): "upload",
-    "create", "verify".
+    verify step sends to ``/api/chat``. Named stages are reported as they start and end
+    (``events.stage(name)`` / ``events.stage_done(name, ok, seconds)``): "upload", "create", "verify".
 
     ``verify_tools`` (a run trained on tool calls, see :func:`check_tool_answer`): the verify step also
     asks ``{"messages", "tools", "expected"}`` with its tools and compares the calls Ollama parses with
@@ -2129,6 +2125,7 @@ def _register(http, client, base: str, gguf_path: Path, full_name: str, create_c
     import httpx
     import ollama
 
+    stages = StageClock(events)
     try:
         version = server_version(base, timeout=2.0, http=http)
     except (httpx.HTTPError, ValueError) as exc:
@@ -2162,7 +2159,7 @@ def _register(http, client, base: str, gguf_path: Path, full_name: str, create_c
     if cancel is not None:
         cancel.checkpoint()
 
-    events.log("stage", _stage_start("upload"))
+    stages.start("upload")
     digest = file_sha256(gguf_path, events=events, cancel=cancel)
     try:
         have = _blob_exists(http, base, digest)
@@ -2198,10 +2195,10 @@ def _register(http, client, base: str, gguf_path: Path, full_name: str, create_c
             events.log("info", f"uploading {adapter_path.name} to Ollama")
             _upload_blob(http, base, adapter_path, adapter_digest, events, cancel, create_command)
         adapters = {_files_key(adapter_path): adapter_digest}
-    events.log("stage-done", _stage_done_text("upload"))
+    stages.done("upload")
     params = dict(parameters) if parameters is not None else {"temperature": DEFAULT_TEMPERATURE}
     params["stop"] = list(stops)
-    events.log("stage", _stage_start("create"))
+    stages.start("create")
     events.log("info", f"creating {full_name}" + (f" (quantizing to {quantize})" if quantize else ""))
     try:
         last = None
@@ -2221,14 +2218,14 @@ def _register(http, client, base: str, gguf_path: Path, full_name: str, create_c
         raise OllamaError(f"Ollama stopped creating {full_name} before it reported success (last: {last!r}).",
                           f"Try again, or register by hand:\n  {create_command}", create_command=create_command)
 
-    events.log("stage-done", _stage_done_text("create"))
+    stages.done("create")
     result: dict = {"model": full_name, "name": full_name, "host": base, "version": version, "digest": digest,
                     "uploaded": not have, "replaced": taken, "quantize": quantize, "answer": None}
     if adapters:
         result["adapters"] = adapters
     if not verify:
         return result
-    events.log("stage", _stage_start("verify"))
+    stages.start("verify")
     try:
         listed = {_canonical(m.model or "") for m in client.list().models}
         if _canonical(full_name) not in listed:
@@ -2250,7 +2247,7 @@ def _register(http, client, base: str, gguf_path: Path, full_name: str, create_c
     if verify_tools:
         result["tool_check"] = check_tool_answer(client, full_name, verify_tools, events=events,
                                                  create_command=create_command)
-    events.log("stage-done", _stage_done_text("verify"))
+    stages.done("verify")
     return result
 
 
@@ -2331,21 +2328,3 @@ def model_exists(name: str, host: str | None = None, timeout: float = 2.0) -> bo
     return any(_canonical(str(m.get("model") or m.get("name") or "")) == full for m in models)
 
 
-_STAGE_T0: dict[str, float] = {}
-
-
-def _stage_start(name: str) -> str:
-    """A named stage begins (``events.log("stage", name)``; the console prints it as a heading)."""
-    import time as _t
-
-    _STAGE_T0[name] = _t.perf_counter()
-    return name
-
-
-def _stage_done_text(name: str) -> str:
-    """``events.log("stage-done", ...)``'s text: {"stage", "ok", "seconds"} as JSON (app.console's format)."""
-    import json as _j
-    import time as _t
-
-    secs = _t.perf_counter() - _STAGE_T0.pop(name, _t.perf_counter())
-    return _j.dumps({"stage": name, "ok": True, "seconds": round(secs, 3)})

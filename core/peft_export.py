@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core import runs
+from core import arch, runs
 from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
 
 _HF_CACHE_RE = re.compile(r"models--([^/\\]+?)--([^/\\]+)[/\\]snapshots[/\\]")
@@ -46,8 +46,11 @@ def hub_id_of(base: str | Path) -> str | None:
 def _peft_module_name(mlx_module: str, model_type: str | None) -> str:
     """mlx-lm's module path -> the transformers one (the same for Qwen2/Qwen3/Llama; Qwen3.5's text model
     lives under ``model.language_model``)."""
-    if model_type == "qwen3_5" and mlx_module.startswith("language_model.model."):
-        return "model.language_model." + mlx_module[len("language_model.model."):]
+    family = arch.for_model_type(model_type)
+    if family is not None and family.text_prefixes:  # (the hub's layout, mlx-lm's layout)
+        hf, mlx_prefix = family.text_prefixes
+        if mlx_module.startswith(mlx_prefix):
+            return hf + mlx_module[len(mlx_prefix):]
     return mlx_module
 
 

@@ -20,11 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import core  # noqa: F401  (OpenBLAS before MLX)
 from core import runs
 from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
+from core.quants import OFFERED, checked  # noqa: F401  (OFFERED: the Export page's types, largest first)
+from core.units import fmt_bytes
 
-OFFERED = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m")  # the Export page's types, largest first
 MEASURE_EXAMPLES = 32  # examples measured (the first of the split)
 PRICE_FILE = "quant_price.json"
 
@@ -57,7 +57,7 @@ def measure_quants(source, *, adapter=None, final: bool = False, quants=OFFERED,
     from core.export import resolve_source
     from core.fuse import fuse_model
     from core.generate import ChatModel
-    from core.gguf_export import QUANT_TYPES, export_gguf
+    from core.gguf_export import export_gguf
     from core.train import encode_records
 
     events = events or NULL_EVENTS
@@ -70,8 +70,7 @@ def measure_quants(source, *, adapter=None, final: bool = False, quants=OFFERED,
         raise TuneloomError("llama-cpp-python is not installed, so the GGUF files cannot be read back.",
                             "pip install llama-cpp-python")
     for q in quants:
-        if q not in QUANT_TYPES:
-            raise TuneloomError(f"Unknown GGUF type {q!r}.", "Choose among: " + ", ".join(QUANT_TYPES))
+        checked(q)
     t0 = time.perf_counter()
     cfg = _train_config(run)
     split, recs = _examples(Path(run), limit, events, cancel)
@@ -134,10 +133,9 @@ def measure_quants(source, *, adapter=None, final: bool = False, quants=OFFERED,
 
 
 def price_text(quant: str, row: dict) -> str:
-    """"Q4_K_M · 0.74 MB · 97.9% same next token" (the Export page, the CLI)."""
+    """"Q4_K_M · 740.3 KB · 97.9% same next token" (the Export page, the CLI)."""
     n = row.get("bytes") or 0
-    size = f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
-    return f"{quant.upper()} · {size} · {row['top1_agreement']:.1%} same next token"
+    return f"{quant.upper()} · {fmt_bytes(n)} · {row['top1_agreement']:.1%} same next token"
 
 
 def price_lines(table: dict) -> list[str]:

@@ -39,8 +39,6 @@ except ImportError:  # not on Windows, which Tuneloom does not run on; no lock t
     fcntl = None
 
 ELSEWHERE = "elsewhere.txt"
-# states a run folder can be in (status.json's "state"; "interrupted": said "running" but its process is gone)
-STATES = ("running", "done", "cancelled", "failed", "diverged", "interrupted", "new")
 # the file whose OS lock (flock) says a process is writing the run; the lock dies with the process
 LOCK_NAME = ".lock"
 # what makes a folder a run's: a second run must not be written over any of these
@@ -558,11 +556,6 @@ class RunInfo:
         if self.metrics is None:
             self.metrics = read_metrics(self.path)
         return series(self.metrics, name)
-
-    @property
-    def final_train_loss(self) -> float | None:
-        _, ys = self.series("train_loss")
-        return ys[-1] if ys else None
 
     @property
     def final_valid_loss(self) -> float | None:

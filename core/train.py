@@ -15,27 +15,21 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import core  # noqa: F401  (OpenBLAS before MLX)
-from core import checkpoints, runs
+from core import arch, checkpoints, runs
 from core.atomic import atomic_path, write_error, write_json
 from core.data import load_dataset, require_clean, test_files, train_valid, train_valid_test
 from core.divergence import DivergenceGuard
 from core.events import NULL_EVENTS, CancelToken, Cancelled, Events, Progress, StepReport, TuneloomError
 from core.tokens import ChatEncoder, Encoded
 
-ATTENTION_KEYS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"]
-MLP_KEYS = ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
-# Qwen3.5's Gated DeltaNet layers (3 of every 4) mix tokens through their input
-# projections (q, k and v in one matrix; z, the output gate) and their output projection:
-# these are its "attention" targets. in_proj_a / in_proj_b stay frozen: they produce one
-# number per value head (decay and write strength of the recurrent state), so they are
-# only n_value_heads rows (16 x 1024): a rank-8 update would be half their full rank, and
-# they set how fast the state forgets, which a small fine-tune easily destabilises.
-DELTANET_KEYS = ["linear_attn.in_proj_qkv", "linear_attn.in_proj_z", "linear_attn.out_proj"]
+# the modules train adapts, of every family together (core.arch; a model has the ones its layers have)
+ATTENTION_KEYS = list(arch.ATTENTION_KEYS)
+MLP_KEYS = list(arch.MLP_KEYS)
+DELTANET_KEYS = list(arch.RECURRENT_KEYS)  # Qwen3.5's Gated DeltaNet projections (core.arch.DELTANET)
 
 
 class TrainingDiverged(TuneloomError):
@@ -290,24 +284,8 @@ def run_config(saved: dict) -> TrainConfig:
     return TrainConfig.from_dict({"test_fraction": 0.0, **saved})
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {"epochs": 1.0, "rank": 8, "alpha": 16.0, "lr": 2e-4, "batch": 4, "targets": "attention",
-              "max_seq_len": 512},
-    "balanced": {"epochs": 2.0, "rank": 16, "alpha": 32.0, "lr": 1e-4, "batch": 4, "targets": "all",
-                 "max_seq_len": 1024, "early_stop": 3},
-    "thorough": {"epochs": 3.0, "rank": 32, "alpha": 64.0, "lr": 5e-5, "batch": 8, "targets": "all",
-                 "max_seq_len": 2048, "grad_checkpoint": True, "early_stop": 3},
-}
-# Each preset's name on screen and the one line saying what it trades (GUI and `train --help`).
-PRESET_TEXT: dict[str, tuple[str, str]] = {
-    "quick": ("Quick test", "One pass, a small update on the attention layers only: done soonest and shows "
-                            "whether your data teaches anything, but learns the least."),
-    "balanced": ("Balanced", "Two passes, a medium update on every layer: the usual choice, learns a format or "
-                             "style well in about twice the time of a quick test per pass."),
-    "thorough": ("Thorough", "Three passes, a large update, long examples kept whole, memory saved by "
-                             "recomputing: learns the most and takes by far the longest."),
-}
-DEFAULT_PRESET = "balanced"
+# the presets, the default one and the memory shares live in core.presets (the catalog reads them too)
+from core.presets import DEFAULT_PRESET, PRESET_TEXT, PRESETS, REFUSE_SHARE, WARN_SHARE  # noqa: E402,F401
 
 
 def option_help(name: str) -> str:
@@ -363,6 +341,34 @@ def fit_to_data(values: dict, n_train: int) -> tuple[dict, list[str]]:
         out["warmup"] = cap
         notes.append(f"warm-up {cap} steps instead of {warm}: at most a tenth of the run's {steps} steps")
     return out, notes
+
+
+def _load_data(cfg: TrainConfig, cancel: CancelToken | None = None):
+    return load_dataset(cfg.data, mapping=cfg.mapping, user_template=cfg.user_template,
+                        assistant_template=cfg.assistant_template, system=cfg.system_prompt, cancel=cancel,
+                        use=cfg.use, fill=cfg.fill, skip_splits={"test"})  # the test file is never opened by training
+
+
+def training_examples(cfg: TrainConfig) -> int:
+    """How many examples a new run with ``cfg`` trains on (train()'s split of its data; pairs for
+    preference tuning): what fit_to_data needs before the run starts. Raises TuneloomError as train()
+    would on the same data."""
+    from core import preference as pref
+
+    ds = _load_data(cfg)
+    if pref.valid_method(cfg.method) != "sft":
+        return len(pref.split_pairs(ds, cfg.valid_fraction, cfg.seed, cfg.skip_invalid)[0])
+    require_clean(ds, cfg.skip_invalid)
+    return len(train_valid_test(ds, cfg.valid_fraction, cfg.test_fraction, cfg.seed,
+                                has_test_file=bool(test_files(cfg.data)))[0])
+
+
+def fit_config(cfg: TrainConfig) -> tuple[TrainConfig, list[str]]:
+    """``cfg`` made to fit its data (fit_to_data on its training examples), and a sentence per change:
+    `tuneloom train` runs what the Train page would start on the same data and options."""
+    out, notes = fit_to_data(asdict(cfg), training_examples(cfg))
+    changed = {k: v for k, v in out.items() if v != getattr(cfg, k)}
+    return (replace(cfg, **changed) if changed else cfg), notes
 
 
 def apply_preset(cfg_kwargs: dict, preset: str | None) -> dict:
@@ -610,14 +616,10 @@ class BatchPlan:
         return self.epoch(e)[i]
 
 
-SELECTIVE_HEAD_TYPES = {"qwen2", "qwen3", "llama", "qwen3_5"}
-
-# Architectures whose layers carry a recurrent state along the sequence: Qwen3.5's Gated
-# DeltaNet layers keep a state matrix per head and a 4-token causal convolution. A
-# block-diagonal attention mask cannot stop that state from flowing out of one packed
-# example into the next, and mlx-lm's layer cannot reset it in the middle of a row, so
-# packing is refused for them (the run trains unpacked and says why).
-RECURRENT_TYPES = {"qwen3_5", "qwen3_5_moe", "qwen3_next"}
+# core.arch: the families whose __call__ is head(body(x)), and those whose layers carry a recurrent state
+# along the sequence (packing is refused for them: the run trains unpacked and says why)
+SELECTIVE_HEAD_TYPES = arch.SELECTIVE_HEAD_TYPES
+RECURRENT_TYPES = arch.RECURRENT_TYPES
 
 
 def packing_unavailable(model_type: str | None) -> str | None:
@@ -969,9 +971,7 @@ def _train(cfg: TrainConfig, *, resume, events, cancel, held: contextlib.ExitSta
             write_json(run_dir / "config.json", asdict(cfg))
             runs.remember(run_dir)  # a folder outside runs/ (--out) still shows in the history
     events.progress(0, None, "loading data")
-    ds = load_dataset(cfg.data, mapping=cfg.mapping, user_template=cfg.user_template,
-                      assistant_template=cfg.assistant_template, system=cfg.system_prompt, cancel=cancel,
-                      use=cfg.use, fill=cfg.fill, skip_splits={"test"})  # the test file is never opened by training
+    ds = _load_data(cfg, cancel)
     from core import preference as pref
 
     preference = pref.valid_method(cfg.method) != "sft"
@@ -1027,11 +1027,11 @@ def _train(cfg: TrainConfig, *, resume, events, cancel, held: contextlib.ExitSta
 
     events.log("info", f"model {fmt_memory(weight_bytes)}, {lora_params:,} trainable parameters, "
                        f"estimated peak memory {fmt_memory(est)} of {fmt_memory(avail)}")
-    if avail and est > 0.9 * avail:
+    if avail and est > REFUSE_SHARE * avail:
         raise TuneloomError(f"This run needs about {fmt_memory(est)} but the machine has {fmt_memory(avail)}.",
                             "Use a smaller batch, a shorter max sequence length, gradient checkpointing, "
                             "or a quantized (4-bit) model.")
-    if avail and est > 0.6 * avail:
+    if avail and est > WARN_SHARE * avail:
         events.log("warning", "This run will use most of the memory; close other apps or lower the batch size.")
     if cfg.grad_checkpoint:
         from mlx_lm.tuner.trainer import grad_checkpoint

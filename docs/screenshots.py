@@ -237,10 +237,10 @@ def main():
     from core.demo import first_heldout_prompt
 
     w.try_page.prompt.setText(first_heldout_prompt())  # a topic in neither split of the sample data
-    w.ask()
+    w.try_page.ask()
     pump(cond=lambda: not w.jobs["try"].running and w.try_page.tuned_out.toPlainText() not in ("...", ""))
     shot(3, "page-try")
-    w.export()  # asks Ollama about the name first, then exports (no Ollama here: files and the command)
+    w.export_page.export()  # asks Ollama about the name first, then exports (no Ollama here: files and the command)
     ep = w.export_page
     pump(cond=lambda: ep.slots["export"].job is not None and not ep.slots.running("export")
          and not ep.slots.running("export-check"))

@@ -99,3 +99,15 @@ def test_a_stage_end_given_as_a_plain_name_is_shown_too():
     ev.log("stage", "fuse")
     ev.log("stage-done", "fuse")
     assert out.getvalue().splitlines() == ["==> fuse", "    fuse: ok"]
+
+
+def test_typed_stage_events_print_the_same_lines_as_the_logged_ones():
+    out = io.StringIO()
+    ev = ConsoleEvents(stream=out)
+    ev.stage("gguf")
+    ev.log("info", "chatter")  # a stage's chatter stays out of a log file
+    ev.stage_done("gguf", True, 2.25, {"tensors": 12})
+    ev.stage("upload")
+    ev.stage_done("upload", False, None, None)
+    assert out.getvalue().splitlines() == ["==> gguf", "    gguf: ok (2.2s) tensors=12", "==> upload",
+                                           "    upload: FAILED"]

@@ -94,3 +94,27 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
         assert (tmp_path / "mine.json").read_text() == "new"
     finally:
         os.umask(umask)
+
+
+def test_stages_are_reported_typed_and_reach_a_log_only_sink_by_name():
+    from core.events import StageClock
+
+    ev = RecordingEvents()
+    clock = StageClock(ev)
+    clock.start("gguf")
+    seconds = clock.done("gguf", tensors=12)
+    clock.done("never started", ok=None)
+    assert ev.stages[0] == ("start", "gguf")
+    assert ev.stages[1][:3] == ("done", "gguf", True) and ev.stages[1][3] == seconds >= 0
+    assert ev.stages[1][4] == {"tensors": 12}
+    assert ev.stages[2] == ("done", "never started", None, 0.0, {})
+    # a sink that knows only log() sees the names, no JSON to parse
+    logged = []
+    StageClock(CallbackEvents(log=lambda lv, t: logged.append((lv, t)))).start("upload")
+    assert logged == [("stage", "upload")]
+
+
+def test_export_reports_no_stage_through_a_module_global():
+    import core.ollama as ol
+
+    assert not hasattr(ol, "_STAGE_T0") and not hasattr(ol, "_stage_done_text")

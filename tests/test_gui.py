@@ -210,18 +210,21 @@ def test_file_open_events_before_a_window_are_kept(qapp, qtbot):
     assert QEvent.Type.FileOpen  # the event type the app handles
 
 
-def test_loss_plot_survives_many_repaints(qtbot):
-    """PySide6 6.12.0 + pyqtgraph crashed after a few thousand repaints (refcount bug on None)."""
-    from app.gui.widgets import LossPlot
+def test_train_plot_survives_many_repaints(qtbot):
+    """PySide6 6.12.0 + pyqtgraph crashed after a few thousand repaints (refcount bug on None): the loss plot
+    the Train page shows (plots.TrainPlot), repainted as a long run feeds it."""
+    from app.gui.plots import TrainPlot
 
-    plot = LossPlot()
+    plot = TrainPlot()
     qtbot.addWidget(plot)
     plot.show()
     for i in range(3000):
         plot.add("train_loss", i, 1.0 / (i + 1))
         if i % 100 == 0:
             plot.add("valid_loss", i, 1.0 / (i + 2))
+            plot.flush()
         plot.repaint()
         if i % 50 == 0:
             QApplication.processEvents()
-    assert len(plot.train[0]) == 3000
+    plot.flush()
+    assert plot.train_s.n == 3000 and plot.valid_s.n == 30

@@ -79,7 +79,7 @@ def test_export_to_ollama_goes_through_every_stage_and_verifies(window, qtbot, m
         page.temperature.setValue(0.3)
         seen = []
         page.slots["export"].started.connect(
-            lambda job: job.events.logged.connect(lambda lv, t: lv == "stage" and seen.append(t)))
+            lambda job: job.events.stage_started.connect(seen.append))  # the typed stage events
         click_and_wait(window, qtbot, page.export_btn)
         assert seen == ALL, (seen, page.result.text())
         assert all(page.stages.states[k] == "done" for k in ALL), page.stages.states

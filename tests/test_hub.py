@@ -96,6 +96,12 @@ def test_full_download_fetches_only_needed_files_with_monotone_byte_progress(hub
     assert ev.progresses[0][:2] == (0, None)
     assert all(isinstance(d, int) and 0 <= d <= total for d, _ in steps)
     assert len(steps) >= 2 and steps[0][0] < total
+    # the byte counts arrive typed (unit, file, rate and time left as fields: no front end parses the text)
+    assert len(ev.reports) >= 2 and {(r.done, r.total) for r in ev.reports} <= set(steps)
+    assert (ev.reports[-1].done, ev.reports[-1].total) == (total, total)
+    assert all(r.unit == "byte" for r in ev.reports) and all(r.item in NEEDED for r in ev.reports[:-1])
+    assert ev.reports[-1].item == REPO and ev.reports[-1].eta == 0.0  # the last: the whole repository is here
+    assert all(r.rate is None or r.rate > 0 for r in ev.reports)
     assert res.check is not None and res.check.ok, res.check.problems
     (snap / "tokenizer.json").unlink()  # messages about a cached snapshot name the repo, not the commit
     assert hub.validate_model_dir(snap, load_tokenizer=False).problems == []  # vocab.json + merges.txt remain

@@ -35,6 +35,7 @@ def reporting_job(n, *, events=None, cancel=None, scale=1.0):
         events.metric("loss", i, scale / i)
     events.step(StepReport(step=n, total=n, epoch=1.0, train_loss=0.5, learning_rate=1e-3, tokens_per_sec=10.0,
                            trained_tokens=7, peak_memory=0.0, elapsed=1.0, eta_seconds=0.0))
+    events.stage_done("stage", True, 1.5, {"n": n})
     events.log("info", "done here")
     return {"pid": os.getpid(), "n": n}
 
@@ -72,6 +73,7 @@ def test_reports_and_result_arrive_from_another_process_once_each():
     assert [name for name, *_ in ev.metrics if name == "train_loss"] == ["train_loss"]
     assert ("info", "done here") in ev.logs
     assert [p[0] for p in ev.progresses] == [1, 2, 3]
+    assert ev.stages == [("done", "stage", True, 1.5, {"n": 3})]  # typed stages cross the pipe typed
 
 
 def test_in_process_keeps_the_job_signature():

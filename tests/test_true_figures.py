@@ -12,6 +12,7 @@ import pytest
 
 from core import catalog, runs
 from core.train import MAX_WARMUP_SHARE, MIN_STEPS, fit_to_data, planned_steps, preset_config
+from core.units import fmt_memory
 
 
 def bimodal_metrics(n=200, valid=None):
@@ -85,10 +86,10 @@ def test_memory_has_one_unit_and_one_formatter():
     assert fmt_memory(23.5 * 2**30) == "23.5 GB"  # what the Model page, the Train page and the log all say now
     assert fmt_memory(16 * 2**30) == "16.0 GB"  # a 16 GB Mac
     assert fmt_bytes(1_834_970) == "1.8 MB"  # files: as Finder counts them
-    from app.gui.pages.train import fmt_bytes as train_fmt
+    from app.gui.pages.train import fmt_memory as train_fmt
 
     assert train_fmt(25.3e9) == fmt_memory(25.3e9) == "23.6 GB"
-    assert catalog._gb(25.3e9) == "23.6 GB"
+    assert fmt_memory(25.3e9) == "23.6 GB"
 
 
 def test_qwen35_cards_are_judged_with_the_settings_that_fit():
@@ -97,10 +98,10 @@ def test_qwen35_cards_are_judged_with_the_settings_that_fit():
     ck = e.raw["train_memory_checkpointed_bytes"]
     assert e.train_memory_bytes > 100 * 2**30 > ck  # without "Save memory" the recurrent state needs > 100 GB
     ok, why = catalog.fits(e, 32 * 2**30)
-    assert ok and why.startswith("fits:") and "Save memory" in why and catalog._gb(ck) in why
-    assert catalog._gb(e.train_memory_bytes) not in why  # never "needs about 119 GB"
+    assert ok and why.startswith("fits:") and "Save memory" in why and fmt_memory(ck) in why
+    assert fmt_memory(e.train_memory_bytes) not in why  # never "needs about 119 GB"
     ok, why = catalog.fits(e, 8 * 2**30)
-    assert not ok and "even with" in why and catalog._gb(ck) in why
+    assert not ok and "even with" in why and fmt_memory(ck) in why
     # a dense model is judged as before
     q = catalog.get_entry("qwen2.5-0.5b-instruct", entries)
     assert catalog.fits(q, 64 * 2**30)[1].startswith("fits: needs about")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from core.data import KNOWN_SUFFIXES, ChatRecord, Dataset, DatasetError
 from core.events import NULL_EVENTS, Throttle, TuneloomError
+from core.presets import REFUSE_SHARE
 
 PREVIEW_EXAMPLES = 10  # examples rendered on the Data page (as chat and as training text)
 
@@ -337,15 +338,13 @@ class TrainEstimate:
 
 def _weights_of(model_dir: Path) -> tuple[int, int]:
     """(parameters, bytes as stored) from the safetensors headers (no tensor is read)."""
-    import struct
+    from core.model_folder import read_safetensors_header
 
     sizes = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "U32": 4, "I16": 2, "I8": 1, "U8": 1,
              "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
     params = stored = 0
     for f in sorted(Path(model_dir).glob("*.safetensors")):
-        with open(f, "rb") as fh:
-            n = struct.unpack("<Q", fh.read(8))[0]
-            header = json.loads(fh.read(n))
+        header, _ = read_safetensors_header(f)
         for name, t in header.items():
             if name == "__metadata__":
                 continue
@@ -415,7 +414,7 @@ def _memory_fix(text_cfg: dict, weight_bytes: int, lora: int, options: dict, ava
     ck = bool(options.get("grad_checkpoint"))
 
     def fits(b, s_, c):
-        return estimate_memory(text_cfg, weight_bytes, lora, b, s_, c) <= 0.9 * avail
+        return estimate_memory(text_cfg, weight_bytes, lora, b, s_, c) <= REFUSE_SHARE * avail
 
     if not ck and fits(batch, seq, True):
         return "Turn on \u201cSave memory (recompute)\u201d."
@@ -459,7 +458,7 @@ def estimate_training(model_dir: Path, options: dict, n_train: int, lengths: lis
     sides = 2 if options.get("method") in ("dpo", "orpo") else 1  # a preference pair is two sequences
     mem = estimate_memory(text_cfg, weight_bytes, lora, batch * sides, seq, bool(options.get("grad_checkpoint")))
     avail = total_memory_bytes()
-    fits = not avail or mem <= 0.9 * avail
+    fits = not avail or mem <= REFUSE_SHARE * avail
     fix = ""
     if not fits:
         fix = _memory_fix(text_cfg, weight_bytes, lora, options, avail)

@@ -158,27 +158,12 @@ class MainWindow(QMainWindow):
     def run_dir(self, value):
         self.session.update(run_dir=value)
 
-    # the pages' controllers, by their old names
+    # the pages' controllers the menus and the tests call on the window
     def load_data(self, files, switch: bool = True):
         self.data_page.load_data(files, switch)
 
     def load_sample_data(self):
         self.data_page.load_sample_data()
-
-    def set_model(self, model_dir, name=None):
-        self.model_page.set_model(model_dir, name)
-
-    def use_demo_model(self):
-        self.model_page.use_demo_model()
-
-    def start_training(self):
-        self.train_page.start()
-
-    def ask(self):
-        self.try_page.ask()
-
-    def export(self):
-        self.export_page.export()
 
     # -- settings ---------------------------------------------------------------
     def _restore_settings(self):
@@ -318,9 +303,6 @@ class MainWindow(QMainWindow):
         for i, (state, detail, tip) in enumerate(step_states(self.session).values()):
             self.steps.set_state(i, state, detail, tip)
         self.steps.viewport().update()
-
-    def refresh_runs(self):
-        self.history_page.refresh()
 
     # -- drops anywhere on the window, and files opened through the system --------------
     def _drag_text(self, ps: list[Path]) -> str:

@@ -26,7 +26,9 @@ TARGETS = [
 def _size(n: int | None) -> str:
     if not n:
         return ""
-    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+    from core.units import fmt_bytes
+
+    return fmt_bytes(n)
 
 
 def target_dir(run_dir: Path, what: str, bits: int = 16) -> Path:

@@ -71,10 +71,6 @@ def muted(pal: QPalette | None = None) -> QColor:
     return c
 
 
-def css(c: QColor) -> str:
-    return c.name()
-
-
 def span(text_html: str, name: str, pal: QPalette | None = None, bold: bool = False) -> str:
     weight = "font-weight:600;" if bold else ""
     return f"<span style='color:{accent(name, pal).name()};{weight}'>{text_html}</span>"

@@ -311,37 +311,6 @@ class _ThemedPlot(pg.PlotWidget):
         pass
 
 
-class LossPlot(_ThemedPlot):
-    """Training and validation loss against step; points are added as metrics arrive."""
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self.setLabel("bottom", "step")
-        self.setLabel("left", "loss")
-        self.addLegend()
-        self.train_curve = self.plot([], [], pen=pg.mkPen("#3b82f6", width=2), name="training")
-        self.valid_curve = self.plot([], [], pen=pg.mkPen("#f97316", width=2), symbol="o", symbolSize=6,
-                                     name="validation")
-        self._apply_palette()
-        self.clear_data()
-
-    def clear_data(self):
-        self.train = ([], [])
-        self.valid = ([], [])
-        self.train_curve.setData([], [])
-        self.valid_curve.setData([], [])
-
-    def add(self, name: str, step: int, value: float):
-        if name == "train_loss":
-            self.train[0].append(step)
-            self.train[1].append(value)
-            self.train_curve.setData(*self.train)
-        elif name == "valid_loss":
-            self.valid[0].append(step)
-            self.valid[1].append(value)
-            self.valid_curve.setData(*self.valid)
-
-
 class TokenHistogram(_ThemedPlot):
     """How many examples have how many tokens; the maximum length as a line, longer bars in warning colour."""
 

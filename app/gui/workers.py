@@ -27,6 +27,8 @@ class QtEvents(QObject, Events):
     state_changed = Signal(str, object)  # "paused" / "running", step
     metric_reported = Signal(str, int, float)
     logged = Signal(str, str)
+    stage_started = Signal(str)  # core.events.Events.stage
+    stage_ended = Signal(str, object, object, object)  # name, ok (True / False / None: skipped), seconds, detail
 
     def progress(self, done, total, what):
         self.progress_changed.emit(None if done is None else float(done), total, str(what))
@@ -47,6 +49,12 @@ class QtEvents(QObject, Events):
 
     def log(self, level, text):
         self.logged.emit(level, text)
+
+    def stage(self, name):
+        self.stage_started.emit(str(name))
+
+    def stage_done(self, name, ok=True, seconds=None, detail=None):
+        self.stage_ended.emit(str(name), ok, seconds, dict(detail or {}))
 
 
 # superqt runs workers on the global pool, whose size is the number of cores: on a 2-core
@@ -206,8 +214,8 @@ class JobSlot(QObject):
 
     # -- control
     def start(self, fn: Callable[..., Any], *args, on_progress=None, on_report=None, on_step=None, on_metric=None,
-              on_log=None, on_ok=None, on_failed=None, on_ended=None, delay_ms: int = 0, quiet_gc: bool = False,
-              parent: QObject | None = None, **kwargs) -> Job:
+              on_log=None, on_stage=None, on_stage_done=None, on_ok=None, on_failed=None, on_ended=None,
+              delay_ms: int = 0, quiet_gc: bool = False, parent: QObject | None = None, **kwargs) -> Job:
         """Stop the current job (if any) and start ``fn(*args, events=, cancel=, **kwargs)``."""
         self.stop()
         job = Job(fn, *args, parent=parent or self.parent() or self, quiet_gc=quiet_gc, **kwargs)
@@ -219,6 +227,7 @@ class JobSlot(QObject):
         ev = job.events
         for sig, handler in ((ev.progress_changed, on_progress), (ev.progress_reported, on_report),
                              (ev.step_reported, on_step), (ev.metric_reported, on_metric), (ev.logged, on_log),
+                             (ev.stage_started, on_stage), (ev.stage_ended, on_stage_done),
                              (job.finished_ok, on_ok), (job.failed, on_failed)):
             if handler is not None:
                 sig.connect(guard(handler))

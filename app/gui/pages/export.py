@@ -20,18 +20,11 @@ from app.gui.export_stages import ExportStages
 from app.gui.pages.base import AppContext, Page, error_text
 from app.gui.notify import show_in_folder
 from app.gui.run_bar import RunBar, other_writer, writer_words
+from core.quants import OFFERED
+from core.quants import QUANTS as QUANT_TABLE
 
-# each type: its key, its name, and one line saying its size, its quality and when to pick it
-QUANTS = [("f16", "F16", "16 bits a weight, the largest file; exactly the fine-tune's quality. Pick it to keep "
-                         "everything, or to quantize later with other tools."),
-          ("q8_0", "Q8_0", "8.5 bits a weight, about half of F16; answers almost always the same as F16. Pick it "
-                           "when memory allows: the safest smaller file."),
-          ("q6_k", "Q6_K", "6.6 bits a weight, about 40% of F16; very close to F16. Pick it for a good model that "
-                           "must be smaller than Q8_0."),
-          ("q5_k_m", "Q5_K_M", "5.5 bits a weight on average, about a third of F16; a small loss. Pick it for "
-                               "larger models on a laptop."),
-          ("q4_k_m", "Q4_K_M", "4.8 bits a weight on average, about 30% of F16; some loss, noticeable on tiny "
-                               "models. Ollama's usual choice for models of 3B and more.")]
+# each type offered: its key, its name, and one line saying its size, its quality and when to pick it (core.quants)
+QUANTS = [(QUANT_TABLE[k].name, QUANT_TABLE[k].label, QUANT_TABLE[k].blurb) for k in OFFERED]
 VERIFY_TOKENS = 96
 MEASURE_TIP = ("Write each size once and let llama.cpp read it: how often it picks the same next token as the model "
                "you trained, on your test examples (a minute or more).")
@@ -527,23 +520,17 @@ class ExportPage(Page):
         self.refresh()
 
     def _handlers(self) -> dict:
-        return dict(on_progress=self.stages.progress, on_log=self._log, on_ok=self._done, on_failed=self._failed,
-                    on_ended=self._ended)
+        return dict(on_progress=self.stages.progress, on_stage=self.stages.stage, on_stage_done=self._stage_done,
+                    on_ok=self._done, on_failed=self._failed, on_ended=self._ended)
 
     def cancel(self):
         self.slots["export"].stop()
 
-    def _log(self, level: str, text: str):
-        if level == "stage":
-            self.stages.stage(text)
-        elif level == "stage-done":  # {"stage": name, "ok": ..., "seconds": ...}
-            import json
-
-            try:
-                d = json.loads(text)
-            except ValueError:
-                d = {"stage": text}
-            self.stages.done(str(d.get("stage")))
+    def _stage_done(self, name: str, ok, _seconds, _detail):
+        if ok is False:
+            self.stages.fail("failed", name)
+        else:
+            self.stages.done(name)
 
     def _ended(self):
         self.refresh()

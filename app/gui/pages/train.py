@@ -29,6 +29,7 @@ from app.gui.widgets import Panel
 from app.session import TRAIN, TRY
 from core import runs, units
 from core.events import Cancelled
+from core.presets import WARN_SHARE
 from core.train import (DEFAULT_PRESET, MIN_STEPS, OPTION_RANGES, PRESET_TEXT, PRESETS, TrainConfig, fit_to_data,
                         option_allows, option_help, option_label, preset_config)
 
@@ -45,7 +46,7 @@ def _machines(text: str) -> str:
         "each Mac", "each computer").replace("one Mac", "one computer").replace("Macs", "computers")
 
 
-GUI_PRESET = "quick"  # the preset a fresh window starts with (the catalog's memory figures use it too)
+GUI_PRESET = DEFAULT_PRESET  # a fresh window starts with the default preset (core.presets says why)
 PAUSE_TIP = "Pause after the current step: nothing is computed until you resume."
 GROUP_PAUSE_TIP = ("A run on several Macs can be stopped (and resumed later from its checkpoint) but not paused: "
                    "the Macs wait on each other in every step.")
@@ -89,7 +90,7 @@ def about(seconds: float | None) -> str:
     return f"about {h} h {m:02d} min"
 
 
-def fmt_bytes(n: float) -> str:
+def fmt_memory(n: float) -> str:
     """A memory figure, 23.5 GB: core.units.fmt_memory, as the Model page, the log and the CLI write it."""
     return units.fmt_memory(n) if n else "-"
 
@@ -707,7 +708,7 @@ class TrainPage(Page):
             if last.get("epoch") is not None:
                 self.stat["epoch"].setText(f"{float(last['epoch']):.2f}")
             if last.get("peak_memory"):
-                self.stat["memory"].setText(fmt_bytes(last["peak_memory"]))
+                self.stat["memory"].setText(fmt_memory(last["peak_memory"]))
             if last.get("elapsed") is not None:
                 self.stat["elapsed"].setText(fmt_duration(last["elapsed"]))
         vs, vv = runs.series(metrics, "valid_loss")
@@ -858,9 +859,9 @@ class TrainPage(Page):
     def _show_estimate(self, est: gj.TrainEstimate):
         self.estimate_value = est
         pal = self.palette()
-        mem = f"Needs about <b>{fmt_bytes(est.memory_bytes)}</b> of memory"
+        mem = f"Needs about <b>{fmt_memory(est.memory_bytes)}</b> of memory"
         if est.available_bytes:
-            mem += f" (this computer has {fmt_bytes(est.available_bytes)})"
+            mem += f" (this computer has {fmt_memory(est.available_bytes)})"
         dur = (f"<b>{est.steps:,} steps</b>, {about(est.seconds)} "
                f"<span style='color:{theme.muted(pal).name()}'>({html.escape(est.basis)})</span>")
         text = f"{mem} · {dur}"
@@ -870,7 +871,7 @@ class TrainPage(Page):
         if not est.fits:
             text = theme.span("This run will not fit in memory.", "error", pal, bold=True) + " " + html.escape(
                 est.fix) + "<br>" + text
-        elif est.available_bytes and est.memory_bytes > 0.6 * est.available_bytes:
+        elif est.available_bytes and est.memory_bytes > WARN_SHARE * est.available_bytes:
             text = theme.span("This run will use most of the memory;", "warning", pal, bold=True) + \
                 " close other apps or lower the batch size.<br>" + text
         self.estimate.setText(text)
@@ -1174,7 +1175,7 @@ class TrainPage(Page):
         self.stat["loss"].setText(f"{r.train_loss:.4f}")
         self.stat["speed"].setText(f"{r.tokens_per_sec:,.0f}")
         self.stat["elapsed"].setText(fmt_duration(r.elapsed))
-        self.stat["memory"].setText(fmt_bytes(r.peak_memory))
+        self.stat["memory"].setText(fmt_memory(r.peak_memory))
         if self.slot.state == "running":
             self.eta.setText(f"{fmt_duration(r.eta_seconds)} left" if r.step < r.total else "finishing...")
             if self.status.text() != "Training...":
