@@ -289,11 +289,7 @@ def cmd_train(a) -> int:
               "valid_batches": a.valid_batches, "valid_fraction": a.valid_fraction, "compile": a.compile,
               "user_template": a.user_template, "assistant_template": a.assistant_template,
               "system_prompt": a.system, "use": a.use, "fill": _parse_fill(a.fill),
-              "chunk": True if a.chunk else None, "name": a.name, "grad_accum": a.grad_accum, "targets": a.targets,
-              "num_layers": a.num_layers, "warmup": a.warmup, "min_lr_ratio": a.min_lr_ratio,
-              "weight_decay": a.weight_decay, "grad_checkpoint": a.grad_checkpoint,
-              "last_turn_only": True if a.last_turn_only else None, "valid_batches": a.valid_batches,
-              "valid_fraction": a.valid_fraction, "compile": a.compile}
+              "chunk": True if a.chunk else None}
     # preference tuning (issue 30): --method dpo|orpo, --beta, --orpo-lambda, --label-smoothing
     kwargs.update(method=a.method, beta=a.beta, orpo_lambda=a.orpo_lambda, label_smoothing=a.label_smoothing)
     kwargs.update(early_stop=a.early_stop, test_fraction=a.test_fraction)

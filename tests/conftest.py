@@ -57,3 +57,12 @@ def installed_demo(installed_tuneloom, tmp_path_factory):
     run = DemoRun(installed_tuneloom, tmp_path_factory.mktemp("installed-demo") / "demo")
     yield run
     run.close()
+
+
+@pytest.fixture(scope="session")
+def qapp_cls():
+    """pytest-qt's application class for every window test, whichever file runs first in the process
+    (Qt itself is imported only when a test asks for the application)."""
+    from app.gui.main import TuneloomApp
+
+    return TuneloomApp
