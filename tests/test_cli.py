@@ -45,3 +45,19 @@ def test_train_cli_prints_reports_and_summary(tmp_path):
     summary = lines[-1]
     assert summary["state"] == "done" and summary["steps"] == 6
     assert (tmp_path / "run" / "adapters.safetensors").exists()
+
+
+def test_every_subcommand_prints_its_help():
+    """argparse formats help text with %: a stray one (a blurb's "40% of F16") breaks `--help`."""
+    from app.cli import build_parser
+
+    def walk(p, path):
+        yield path, p
+        for a in p._actions:
+            if a.__class__.__name__ == "_SubParsersAction":
+                for name, child in a.choices.items():
+                    yield from walk(child, path + [name])
+
+    helps = {" ".join(path): p.format_help() for path, p in walk(build_parser(), [])}
+    assert {"", "export", "train", "data check", "eval"} <= set(helps) and all(helps.values())
+    assert "40% of F16" in helps["export"]
