@@ -540,7 +540,22 @@ def cmd_chat(a) -> int:
         else:
             model = ChatModel(model_dir)
         system = a.system if a.system is not None else (trained_system_prompt(run) if run is not None else None)
-        session = ChatSession(model, ("tuned",) if run is not None else ("base",), system=system, sampling=sampling)
+        side = "tuned" if run is not None else "base"
+        session = ChatSession(model, (side,), system=system, sampling=sampling)
+        if a.tools:  # the functions the model may call (issue 31): a JSON list, or one function per line
+            from core.tools import read_tools_text
+
+            try:
+                text = Path(a.tools).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                print(f"error: cannot read the tool definitions {a.tools}: {exc}", file=sys.stderr)
+                return 1
+            tools, problem = read_tools_text(text)
+            if problem:
+                print(f"error: {a.tools}: {problem}", file=sys.stderr)
+                return 1
+            session.tools = tools
+            model.encoder.prompt_ids([{"role": "user", "content": "u"}], tools)  # a template without tools says so now
     except TuneloomError as exc:
         print(f"error: {exc.user_message()}", file=sys.stderr)
         return 1
@@ -549,25 +564,39 @@ def cmd_chat(a) -> int:
         print(f"Chatting with {model_dir.name}" + (f" + {Path(run).name}" if run is not None else "")
               + (f" (system prompt: {system!r})" if system else "")
               + ". /new starts over, Ctrl-C stops an answer, Ctrl-D quits.", file=sys.stderr)
+    from core.tools import call_text
+
+    skipped = None  # the turn whose calls the user chose not to answer (/skip)
     while True:
+        pending = session.pending_calls(side) if skipped != len(session.turns) else []
         if one_shot:
             text = a.prompt
         else:
             try:
-                text = input("you> ")
+                # after calls: what each function returned, for the model to answer with (/skip: ask instead)
+                results = []
+                for call in pending:
+                    results.append(input(f"result of {call_text(call)}> "))
+                    if results[-1].strip() in ("/skip", "/new", "/reset"):
+                        text, pending, skipped = results[-1].strip(), [], len(session.turns)
+                        break
+                else:
+                    text = input("you> ") if not pending else ""
             except (EOFError, KeyboardInterrupt):
                 print(file=sys.stderr)
                 return 0
             if text.strip() in ("/new", "/reset"):
                 session.reset()
                 continue
-            if not text.strip():
+            if text.strip() == "/skip" or (not text.strip() and not pending):
                 continue
             print("model> ", end="", flush=True)
         cancel = CancelToken()
         previous = signal.signal(signal.SIGINT, lambda signum, frame: cancel.cancel())
         try:
-            for chunk in session.stream(text, cancel):
+            stream = (session.stream_results({side: results}, cancel) if pending and not one_shot
+                      else session.stream(text, cancel))
+            for chunk in stream:
                 if chunk.text:
                     sys.stdout.write(chunk.text)
                     sys.stdout.flush()
@@ -577,6 +606,8 @@ def cmd_chat(a) -> int:
         finally:
             signal.signal(signal.SIGINT, previous)
         print()
+        for call in session.turns[-1].calls.get(side) or [] if session.turns else []:
+            print(f"-> call {call_text(call)}", flush=True)  # the calls, as the model wrote them (issue 31)
         if cancel.cancelled:
             print("(stopped)", file=sys.stderr)
             if one_shot:
@@ -823,6 +854,9 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--max-tokens", type=int, help=_sampling_help["max_tokens"] + " (default 512)")
     ch.add_argument("--seed", type=int, help=_sampling_help["seed"] + " (default 0)")
     ch.add_argument("--final", action="store_true", help="the run's final adapter instead of its best one")
+    ch.add_argument("--tools", metavar="FILE", help="tool definitions the model may call (a JSON list of functions in "
+                    "OpenAI's form, or one per line): its calls are printed as '-> call name(args)', and the next "
+                    "line you type is what the function returned (/skip asks something else)")
     ch.set_defaults(func=cmd_chat)
 
     ev = sub.add_parser("eval", help="compare the base and the fine-tuned model on held-out examples")

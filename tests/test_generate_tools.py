@@ -198,3 +198,55 @@ def test_a_template_without_tool_support_refuses_the_tools_in_words():
     with pytest.raises(TuneloomError, match="has no tool support"):
         session.ask(Q)
     assert session.turns == []
+
+
+def test_tuneloom_chat_with_tools_prints_calls_and_takes_their_results(model_dir, tmp_path, monkeypatch, capsys):
+    """`tuneloom chat MODEL --tools FILE`: the calls of an answer printed as calls, the next line typed is what
+    the function returned, and the model answers with it in its prompt (a <tool_response> turn)."""
+    import builtins
+
+    from app.cli import main
+    from core.generate import ChatModel
+
+    tools_file = tmp_path / "tools.jsonl"
+    tools_file.write_text("\n".join(json.dumps(t) for t in TOOLS) + "\n", encoding="utf-8")
+    answers, prompts = [CALL, "Olla is a red kettle."], []
+
+    def scripted(self, prompt_ids, sampling=None, cancel=None, *, adapter=None, cache=None, stop_ids=None):
+        prompts.append(self.encoder.tok.decode(list(prompt_ids)))
+        yield from self.encoder.tok.encode(answers.pop(0), add_special_tokens=False)
+        return "stop"
+
+    monkeypatch.setattr(ChatModel, "stream_ids", scripted)
+    typed = iter([Q, '{"colour": "red"}'])
+
+    def fake_input(prompt=""):
+        print(prompt, end="")
+        try:
+            return next(typed)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr(builtins, "input", fake_input)
+    assert main(["chat", str(model_dir), "--tools", str(tools_file), "--temperature", "0"]) == 0
+    out = capsys.readouterr().out
+    assert '-> call describe(name="Olla", category="kettle")' in out
+    assert 'result of describe(name="Olla", category="kettle")> ' in out and "Olla is a red kettle." in out
+    assert len(prompts) == 2 and '"name": "describe"' in prompts[0] and "<tools>" in prompts[0]
+    assert "<tool_response>" in prompts[1] and '{"colour": "red"}' in prompts[1] and "<tool_call>" in prompts[1]
+
+
+def test_tuneloom_chat_names_bad_tool_files_and_models_without_tools(model_dir, tmp_path, capsys):
+    from app.cli import main
+    from tests.fixtures.tiny_models import cached_tiny_model
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("[{oops", encoding="utf-8")
+    assert main(["chat", str(model_dir), "--tools", str(bad), "--prompt", "hi"]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}: Not valid JSON" in err
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(TOOLS), encoding="utf-8")
+    tinyllama = cached_tiny_model("tinyllama", tmp_path / "models")  # its template has no place for tools
+    assert main(["chat", str(tinyllama), "--tools", str(good), "--prompt", "hi"]) == 1
+    assert "has no tool support" in capsys.readouterr().err

@@ -107,50 +107,9 @@ def tool_result_turn(holder: ModelHolder, model_dir, run_dir, side, results, sam
 
 
 # -- tools (issue 31) ----------------------------------------------------------------------------
+from core.tools import call_text, read_tools_text  # noqa: E402,F401  (shared with `tuneloom chat --tools`)
+
 TOOLS_ARROWS = {"collapsedIcon": "\u25b6", "expandedIcon": "\u25bc"}  # as the Train page's sections
-
-
-def read_tools_text(text: str) -> tuple[list[dict] | None, str | None]:
-    """Tool definitions typed, pasted or loaded: a JSON list (or one function), or one function per
-    line. Returns (the tools in OpenAI's form or None when there are none, the reason they cannot be
-    used or None)."""
-    import json
-
-    from core.tools import ToolDataError, normalise_tools
-
-    if not text.strip():
-        return None, None
-    try:
-        parsed = json.loads(text)
-    except ValueError as whole:
-        lines = [(i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
-        parsed = []
-        for k, (i, ln) in enumerate(lines):
-            try:
-                item = json.loads(ln)
-            except ValueError as exc:
-                if k == 0 or len(lines) == 1:  # not one per line either: say where the JSON breaks
-                    return None, (f"Not valid JSON: {whole.msg} at line {whole.lineno}, column {whole.colno}. "
-                                  "Write a JSON list of functions, or one function per line.")
-                return None, (f"Line {i} is not valid JSON: {exc.msg} at column {exc.colno}. "
-                              "Write one function per line.")
-            parsed.extend(item if isinstance(item, list) else [item])
-    try:
-        return normalise_tools(parsed), None
-    except ToolDataError as exc:
-        where = f"{exc.field} " if exc.field else ""
-        return None, f"{where}{exc.message}" + (f": {exc.hint}." if exc.hint else ".")
-
-
-def call_text(call: dict) -> str:
-    """A call as it reads in code: ``describe(name="Olla", category="kettle")``."""
-    import json
-
-    args = call.get("arguments") or {}
-    if not isinstance(args, dict):
-        return f"{call.get('name')}({json.dumps(args, ensure_ascii=False)})"
-    inner = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in args.items())
-    return f"{call.get('name')}({inner})"
 
 
 def evaluate_job(holder: ModelHolder, model_dir, run_dir, data, limit, on_row, drift=False, events=None,
