@@ -259,7 +259,7 @@ def _train_config(run_dir: str | Path):
     return run_config(saved)
 
 
-def _load(paths, cfg, mapping, cancel, events):
+def _load(paths, cfg, mapping, cancel, events, skip_splits=()):
     """load_dataset as training calls it (the run's field mapping, templates and system prompt)."""
     from core.data import load_dataset
 
@@ -267,7 +267,7 @@ def _load(paths, cfg, mapping, cancel, events):
              "assistant_template": getattr(cfg, "assistant_template", None),
              "system": getattr(cfg, "system_prompt", None), "use": getattr(cfg, "use", None),
              "fill": getattr(cfg, "fill", None)}
-    return load_dataset(paths, mapping=mapping, events=events, cancel=cancel,
+    return load_dataset(paths, mapping=mapping, events=events, cancel=cancel, skip_splits=skip_splits,
                         **{k: v for k, v in extra.items() if v is not None})
 
 
@@ -335,22 +335,43 @@ def run_splits(run_dir: str | Path, *, events: Events | None = None, cancel: Can
         raise TuneloomError(f"The run's dataset cannot be read any more: {exc}", exc.hint) from exc
 
 
-def run_pairs(run_dir: str | Path, data: list[str | Path] | None = None, *, events: Events | None = None,
-              cancel: CancelToken | None = None) -> list:
-    """The held-out preference pairs of a run trained with DPO / ORPO (the run's validation pairs, or
-    every pair of the given files); [] for chat data."""
-    from core.data import DatasetError
+def run_pair_splits(run_dir: str | Path, *, events: Events | None = None, cancel: CancelToken | None = None
+                    ) -> dict[str, list]:
+    """{"train", "validation", "test"}: the preference pairs of a run trained with DPO / ORPO, drawn as
+    its training drew them (the test pairs: the data's test file's, else the share set aside); empty
+    lists for data without pairs."""
+    from core.data import DatasetError, test_files
     from core.preference import split_pairs
 
     cfg = _train_config(run_dir)
+    events = events or NULL_EVENTS
+    tests = test_files(cfg.data)
     try:
-        ds = _load([str(p) for p in (data or cfg.data)], cfg, cfg.mapping, cancel, events or NULL_EVENTS)
+        ds = _load(cfg.data, cfg, cfg.mapping, cancel, events, skip_splits={"test"})  # as training read it
+        tr, va, te = split_pairs(ds, cfg.valid_fraction, cfg.seed, True, cfg.test_fraction, bool(tests))
+        if tests:
+            te = [p for p in _load(tests, cfg, cfg.mapping, cancel, events).preference if p.paired]
     except DatasetError:
-        return []
-    pairs = [p for p in ds.preference if p.paired]
-    if data or not pairs:
-        return pairs
-    return split_pairs(ds, cfg.valid_fraction, cfg.seed, True)[1]
+        return {"train": [], "validation": [], "test": []}
+    return {"train": tr, "validation": va, "test": te}
+
+
+def run_pairs(run_dir: str | Path, data: list[str | Path] | None = None, *, events: Events | None = None,
+              cancel: CancelToken | None = None, split: str | None = None) -> list:
+    """The held-out preference pairs of a run trained with DPO / ORPO (every pair of the given files,
+    else the run's ``split``: by default its test pairs, its validation pairs when it has none);
+    [] for chat data."""
+    from core.data import DatasetError
+
+    if data:
+        cfg = _train_config(run_dir)
+        try:
+            ds = _load([str(p) for p in data], cfg, cfg.mapping, cancel, events or NULL_EVENTS)
+        except DatasetError:
+            return []
+        return [p for p in ds.preference if p.paired]
+    splits = run_pair_splits(run_dir, events=events, cancel=cancel)
+    return splits[split or ("test" if splits["test"] else "validation")]
 
 
 def file_examples(paths: list[str | Path], cfg=None, *, events: Events | None = None,
@@ -499,9 +520,18 @@ def evaluate(run_dir: str | Path, data: list[str | Path] | None = None, *, limit
     events.progress(0, None, "reading the examples")
     if split not in (None, "test", "validation"):
         raise TuneloomError(f"Unknown split {split!r}.", "Use 'test' or 'validation'.")
-    pairs = run_pairs(run_dir, data, events=events, cancel=cancel) if getattr(cfg, "method", "sft") != "sft" else []
+    pairs, source = [], "files"
+    if getattr(cfg, "method", "sft") != "sft":  # by default its test pairs, never trained on
+        if data:
+            pairs = run_pairs(run_dir, data, events=events, cancel=cancel)
+        else:
+            psplits = run_pair_splits(run_dir, events=events, cancel=cancel)
+            source = split or ("test" if psplits["test"] else "validation")
+            pairs = psplits[source]
+            if pairs and split is None and source == "validation":
+                events.log("info", "this run has no test pairs: evaluating on its validation pairs")
     if pairs:  # a preference run: the chosen answers of its held-out pairs are the expected ones
-        records, source = [p.chosen_record() for p in pairs], ("files" if data else "validation")
+        records = [p.chosen_record() for p in pairs]
     elif data:
         records, source = file_examples([str(p) for p in data], cfg, events=events, cancel=cancel), "files"
     else:  # the test split by default (never seen in training); the validation split when there is none

@@ -253,12 +253,17 @@ __all__ = ["METHODS", "METHOD_TEXT", "METRIC_KEYS", "EncodedPair", "encode_pair"
 # Data for the trainer
 # ---------------------------------------------------------------------------
 
-def split_pairs(ds, valid_fraction: float, seed: int, skip_invalid: bool):
-    """The dataset's preference pairs, split into training and validation pairs as chat records are
-    (deterministic, duplicates on one side); refuses a dataset without pairs, or with problems unless
-    ``skip_invalid``."""
-    from core.data import DatasetError, split_records
+def split_pairs(ds, valid_fraction: float, seed: int, skip_invalid: bool, test_fraction: float = 0.0,
+                has_test_file: bool = False):
+    """The dataset's preference pairs as (training, validation, test) pairs, drawn as
+    :func:`core.data.train_valid_test` draws chat records: deterministic, duplicates on one side; the
+    test pairs (``test_fraction`` of the distinct pairs, drawn first with the test draw's own seed;
+    none when the data has a test file, ``has_test_file``, or fewer than 3 distinct pairs) are never
+    trained on. Refuses a dataset without pairs, or with problems unless ``skip_invalid``."""
+    from core.data import TEST_SEED, DatasetError, split_records
 
+    if not 0 <= test_fraction < 1:
+        raise DatasetError(f"The test share must be between 0 and 1, not {test_fraction}.", "Use e.g. 0.1 for 10%.")
     pairs = [p for p in ds.preference if p.paired]
     if not pairs:
         raise DatasetError("Preference tuning needs pairs of answers (a chosen and a rejected answer to each "
@@ -268,7 +273,10 @@ def split_pairs(ds, valid_fraction: float, seed: int, skip_invalid: bool):
         shown = "\n".join(str(i) for i in ds.issues[:10])
         raise DatasetError(f"{len(ds.issues)} problem(s) in the dataset:\n{shown}",
                            "Fix them, or choose to skip invalid examples (--skip-invalid).")
-    return split_records(pairs, valid_fraction, seed)
+    test = []
+    if test_fraction > 0 and not has_test_file and len({p.key() for p in pairs}) >= 3:
+        pairs, test = split_records(pairs, test_fraction, seed + TEST_SEED)
+    return (*split_records(pairs, valid_fraction, seed), test)
 
 
 def encode_pairs(encoder, records, max_len: int) -> list[EncodedPair]:

@@ -357,7 +357,8 @@ def training_examples(cfg: TrainConfig) -> int:
 
     ds = _load_data(cfg)
     if pref.valid_method(cfg.method) != "sft":
-        return len(pref.split_pairs(ds, cfg.valid_fraction, cfg.seed, cfg.skip_invalid)[0])
+        return len(pref.split_pairs(ds, cfg.valid_fraction, cfg.seed, cfg.skip_invalid, cfg.test_fraction,
+                                    bool(test_files(cfg.data)))[0])
     require_clean(ds, cfg.skip_invalid)
     return len(train_valid_test(ds, cfg.valid_fraction, cfg.test_fraction, cfg.seed,
                                 has_test_file=bool(test_files(cfg.data)))[0])
@@ -975,9 +976,11 @@ def _train(cfg: TrainConfig, *, resume, events, cancel, held: contextlib.ExitSta
     from core import preference as pref
 
     preference = pref.valid_method(cfg.method) != "sft"
-    if preference:  # pairs of answers: DPO / ORPO (core.preference); no test split drawn from pairs yet
-        train_recs, valid_recs = pref.split_pairs(ds, cfg.valid_fraction, cfg.seed, cfg.skip_invalid)
-        n_test = 0
+    if preference:  # pairs of answers: DPO / ORPO (core.preference); the test pairs are set aside, never encoded
+        train_recs, valid_recs, test_recs = pref.split_pairs(ds, cfg.valid_fraction, cfg.seed, cfg.skip_invalid,
+                                                             cfg.test_fraction, bool(test_files(cfg.data)))
+        n_test = len(test_recs) if test_recs or not test_files(cfg.data) else None  # None: a test file, unread
+        del test_recs
         if group.distributed:
             raise GroupError("Preference tuning runs on one Mac for now.",
                              "Train this run on this Mac, or use the Supervised method on several Macs.")

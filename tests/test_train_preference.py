@@ -116,3 +116,90 @@ def test_dpo_resumes_after_a_stop_to_the_same_curve(pref_data, tmp_path):
     assert len(got) == 5
     for a, b in zip(ref[5:], got):  # the reference log-probs are the base model's, whatever the adapter
         assert math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-5), (ref[5:], got)
+
+
+# ---------------------------------------------------------------------------
+# The test pairs (issue 28): set aside as chat runs' test split, never read by training
+# ---------------------------------------------------------------------------
+
+def _spy_encode(monkeypatch, seen: list):
+    from core.tokens import ChatEncoder
+
+    real = ChatEncoder.encode
+
+    def spy(self, messages, *a, **k):
+        seen.append(json.dumps(messages, sort_keys=True))
+        return real(self, messages, *a, **k)
+
+    monkeypatch.setattr(ChatEncoder, "encode", spy)
+    return lambda: monkeypatch.setattr(ChatEncoder, "encode", real)
+
+
+def _sides(pairs) -> set[str]:
+    """Each pair's two sequences as the encoder would be given them."""
+    from core.preference import _messages
+
+    return {json.dumps(list(p.prompt) + _messages(side), sort_keys=True) for p in pairs for side in (p.chosen, p.rejected)}
+
+
+def test_dpo_sets_test_pairs_aside_that_training_never_encodes_and_eval_uses(pref_data, tmp_path, monkeypatch):
+    from core.evaluate import evaluate, run_pair_splits
+
+    data, _ = pref_data
+    one_file = tmp_path / "pairs.jsonl"
+    one_file.write_text((data / "train.jsonl").read_text() + (data / "valid.jsonl").read_text(), encoding="utf-8")
+    n = len(one_file.read_text().splitlines())
+    seen: list[str] = []
+    restore = _spy_encode(monkeypatch, seen)
+    res = train(TrainConfig(model=str(demo_model_dir()), data=[str(one_file)], out=str(tmp_path / "run"),
+                            method="dpo", iters=2, test_fraction=0.2, valid_fraction=0.1,
+                            **{**FAST, "valid_every": 0}))
+    restore()
+    splits = run_pair_splits(res["run_dir"])
+    test = splits["test"]
+    assert len(test) == res["test_examples"] == round(n * 0.2)
+    assert res["train_examples"] + res["valid_examples"] + res["test_examples"] == n
+    keys = {s: {p.key() for p in splits[s]} for s in splits}
+    assert not keys["test"] & keys["train"] and not keys["test"] & keys["validation"]
+    assert not _sides(test) & set(seen)  # neither answer of a test pair was ever encoded by training
+    assert _sides(splits["train"]) <= set(seen)  # (the spy saw what training encoded)
+    result = evaluate(res["run_dir"], max_tokens=2, limit=4)
+    assert result.source == "test"
+    assert [r.expected for r in result.rows] == [p.chosen[-1]["content"] for p in test[:4]]
+    out = result.to_json()
+    assert out["tuned"]["split"] == "test" and isinstance(out["tuned"]["preference_accuracy"], float)
+    # another seed draws other test pairs; no share, none
+    from core.data import load_dataset
+    from core.preference import split_pairs
+
+    ds = load_dataset([str(one_file)])
+    assert {p.key() for p in split_pairs(ds, 0.1, 0, True, 0.2)[2]} == keys["test"]
+    assert {p.key() for p in split_pairs(ds, 0.1, 1, True, 0.2)[2]} != keys["test"]
+    assert split_pairs(ds, 0.1, 0, True, 0.0)[2] == []
+
+
+def test_a_preference_test_file_is_never_opened_by_training_and_eval_uses_it(pref_data, tmp_path, monkeypatch):
+    import core.data as data_mod
+    from core.evaluate import evaluate
+
+    data, held = pref_data
+    folder = tmp_path / "data"
+    shutil.copytree(data, folder)
+    shutil.copy(held, folder / "test.jsonl")
+    opened = []
+    real = data_mod.load_file
+
+    def spy(path, *a, **k):
+        opened.append(Path(path).name)
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(data_mod, "load_file", spy)
+    res = train(TrainConfig(model=str(demo_model_dir()), data=[str(folder)], out=str(tmp_path / "run"),
+                            method="dpo", iters=2, **{**FAST, "valid_every": 0}))
+    assert sorted(opened) == ["train.jsonl", "valid.jsonl"]
+    assert res["test_examples"] is None  # a test file, left unread
+    opened.clear()
+    result = evaluate(res["run_dir"], max_tokens=2)
+    assert "test.jsonl" in opened and result.source == "test"
+    held_rows = [json.loads(x) for x in held.read_text().splitlines()]
+    assert len(result.rows) == len(held_rows)
