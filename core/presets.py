@@ -28,6 +28,28 @@ PRESET_TEXT: dict[str, tuple[str, str]] = {
 }
 DEFAULT_PRESET = "quick"
 
+# What each preset changes for preference tuning (issue 30), on top of its supervised values: the one place
+# `tuneloom train --method`, the Train page and the tests read. A pair is two sequences, so a step holds half
+# the pairs the supervised preset holds examples (the same memory: the catalog's "fits" still holds). DPO's
+# learning rate is a quarter of the supervised one: its loss pushes the chosen answer up and the rejected one
+# down without bound (beta 0.1, the papers' and TRL's default, keeps it near the base model). ORPO also learns
+# the chosen answers, as supervised tuning does, so it takes half the supervised rate, lambda 0.1 as in the
+# ORPO paper and TRL.
+METHOD_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "dpo": {"quick": {"lr": 5e-5, "batch": 2, "beta": 0.1},
+            "balanced": {"lr": 2.5e-5, "batch": 2, "beta": 0.1},
+            "thorough": {"lr": 1.25e-5, "batch": 4, "beta": 0.1}},
+    "orpo": {"quick": {"lr": 1e-4, "batch": 2, "orpo_lambda": 0.1},
+             "balanced": {"lr": 5e-5, "batch": 2, "orpo_lambda": 0.1},
+             "thorough": {"lr": 2.5e-5, "batch": 4, "orpo_lambda": 0.1}},
+}
+
+
+def preset_values(preset: str, method: str | None = "sft") -> dict[str, Any]:
+    """The values ``preset`` sets for a run of ``method`` ("sft", "dpo", "orpo"; None: "sft"). Raises
+    KeyError for an unknown preset."""
+    return {**PRESETS[preset], **METHOD_PRESETS.get(method or "sft", {}).get(preset, {})}
+
 # A run whose memory estimate passes REFUSE_SHARE of the machine's memory is refused before it starts;
 # past WARN_SHARE it starts with a warning (core.train.train; core.catalog.fits and the Train page say the same).
 REFUSE_SHARE = 0.9

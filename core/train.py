@@ -285,7 +285,8 @@ def run_config(saved: dict) -> TrainConfig:
 
 
 # the presets, the default one and the memory shares live in core.presets (the catalog reads them too)
-from core.presets import DEFAULT_PRESET, PRESET_TEXT, PRESETS, REFUSE_SHARE, WARN_SHARE  # noqa: E402,F401
+from core.presets import (DEFAULT_PRESET, METHOD_PRESETS, PRESET_TEXT, PRESETS, REFUSE_SHARE,  # noqa: E402,F401
+                          WARN_SHARE, preset_values)
 
 
 def option_help(name: str) -> str:
@@ -299,12 +300,13 @@ def option_label(name: str) -> str:
     return f.metadata.get("label") or name.replace("_", " ").capitalize()
 
 
-def preset_config(preset: str, **overrides) -> dict:
-    """Every TrainConfig value a preset gives (defaults filled in), with ``overrides`` on top."""
+def preset_config(preset: str, method: str = "sft", **overrides) -> dict:
+    """Every TrainConfig value a preset gives for a run of ``method`` (core.presets.preset_values;
+    defaults filled in), with ``overrides`` on top."""
     if preset not in PRESETS:
         raise TuneloomError(f"Unknown preset {preset!r}.", f"Choose one of: {', '.join(PRESETS)}.")
     base = {f.name: getattr(TrainConfig(model=""), f.name) for f in fields(TrainConfig)}
-    return {**base, **PRESETS[preset], **overrides}
+    return {**base, **preset_values(preset, method), **overrides}
 
 
 # A run shorter than this cannot show whether the data teaches anything (the loss of a few steps is noise).
@@ -377,7 +379,8 @@ def apply_preset(cfg_kwargs: dict, preset: str | None) -> dict:
         return cfg_kwargs
     if preset not in PRESETS:
         raise TuneloomError(f"Unknown preset {preset!r}.", f"Choose one of: {', '.join(PRESETS)}.")
-    return {**PRESETS[preset], **{k: v for k, v in cfg_kwargs.items() if v is not None}}
+    given = {k: v for k, v in cfg_kwargs.items() if v is not None}
+    return {**preset_values(preset, given.get("method")), **given}
 
 
 # ---------------------------------------------------------------------------

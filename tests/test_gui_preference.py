@@ -81,3 +81,43 @@ def test_pairs_offer_the_method_and_a_dpo_run_plots_its_rewards(window, qtbot, t
     tp.refresh_controls()
     assert row.isHidden()
     assert isinstance(row, QWidget)
+
+
+def test_the_method_brings_its_presets_values_and_keeps_the_users_own(window, qtbot, tmp_path):
+    from core.presets import preset_values
+    from core.train import preset_config
+
+    w = window
+    tp = w.train_page
+    method = w.findChild(QComboBox, "train.method")
+    pairs, _, _ = demo_world.preference_dataset(n_train=40, n_valid=0)
+    f = tmp_path / "pairs.jsonl"
+    f.write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
+    w.load_data([f])
+    qtbot.waitUntil(lambda: getattr(w.session.dataset, "pairs", 0) == 40 and not tp.method_row.isHidden(),
+                    timeout=60000)
+    tp.set_preset("quick")
+    method.setCurrentIndex(method.findData("sft"))
+    assert tp.values()["lr"] == preset_values("quick")["lr"]
+    assert not tp.option("beta").isEnabled() and not tp.option("orpo_lambda").isEnabled()
+
+    method.setCurrentIndex(method.findData("dpo"))
+    vals = tp.values()
+    want = preset_values("quick", "dpo")
+    assert (vals["lr"], vals["batch"], vals["beta"]) == (want["lr"], want["batch"], want["beta"])
+    assert tp.changed_options() == {} and "Every option as Quick test sets it" in tp.preset_line.text()
+    assert tp.option("beta").isEnabled() and not tp.option("orpo_lambda").isEnabled()
+    # another preset: its DPO values
+    tp.set_preset("balanced")
+    want = preset_config("balanced", "dpo")
+    assert {k: tp.values()[k] for k in ("lr", "batch", "rank", "beta")} == {k: want[k] for k in ("lr", "batch", "rank",
+                                                                                                  "beta")}
+    # a value the user set stays through a change of method; the others follow the method
+    tp.option("batch").setValue(3)
+    method.setCurrentIndex(method.findData("orpo"))
+    vals = tp.values()
+    assert vals["batch"] == 3 and vals["lr"] == preset_values("balanced", "orpo")["lr"]
+    assert tp.changed_options() == {"batch": 3}
+    assert tp.option("orpo_lambda").isEnabled() and not tp.option("beta").isEnabled()
+    method.setCurrentIndex(method.findData("sft"))
+    assert tp.values()["lr"] == preset_values("balanced")["lr"] and tp.values()["batch"] == 3

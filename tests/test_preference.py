@@ -165,3 +165,39 @@ def test_identical_sides_give_the_neutral_loss(setup):
         loss, _, metrics = preference_loss(model, "dpo", BETA, LAM, 0.0, *arrays[:3], ref, *arrays[3:])
     assert abs(loss.item() - np.log(2)) < 1e-5
     assert abs(metrics[0].item()) < 1e-5
+
+
+# ---------------------------------------------------------------------------
+# Presets for each method (issue 30): one table in core.presets, read by the CLI and the Train page
+# ---------------------------------------------------------------------------
+
+def test_every_preset_has_preference_values_that_make_sense():
+    from dataclasses import fields
+
+    from core.presets import METHOD_PRESETS, PRESETS, preset_values
+    from core.train import TrainConfig, apply_preset, preset_config
+
+    names = {f.name for f in fields(TrainConfig)}
+    assert set(METHOD_PRESETS) == {"dpo", "orpo"}
+    for key in PRESETS:
+        sft = preset_values(key)
+        assert sft == PRESETS[key] == preset_values(key, None)
+        for method in ("dpo", "orpo"):
+            vals = preset_values(key, method)
+            assert set(vals) <= names
+            TrainConfig(model="", method=method, **vals)  # valid values
+            assert vals["lr"] < sft["lr"]  # preference tuning moves less than supervised tuning
+            assert 2 * vals["batch"] == sft["batch"]  # a pair is two sequences: the same rows per step
+            assert {k: v for k, v in vals.items() if k not in ("lr", "batch", "beta", "orpo_lambda")} == \
+                {k: v for k, v in sft.items() if k not in ("lr", "batch")}
+        assert preset_values(key, "dpo")["lr"] < preset_values(key, "orpo")["lr"]  # ORPO also learns the answers
+        assert preset_values(key, "dpo")["beta"] == 0.1 and preset_values(key, "orpo")["orpo_lambda"] == 0.1
+        # the presets go down from quick to thorough as the supervised ones do
+    lrs = [preset_values(k, "dpo")["lr"] for k in ("quick", "balanced", "thorough")]
+    assert lrs == sorted(lrs, reverse=True)
+    # the CLI's apply_preset and the Train page's preset_config read the same table; given values win
+    assert apply_preset({"method": "dpo", "lr": None}, "balanced")["lr"] == METHOD_PRESETS["dpo"]["balanced"]["lr"]
+    assert apply_preset({"method": "dpo", "lr": 1e-3}, "balanced")["lr"] == 1e-3
+    assert apply_preset({"method": None}, "balanced")["lr"] == PRESETS["balanced"]["lr"]
+    assert preset_config("quick", "orpo")["lr"] == METHOD_PRESETS["orpo"]["quick"]["lr"]
+    assert preset_config("quick")["lr"] == PRESETS["quick"]["lr"]

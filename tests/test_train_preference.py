@@ -203,3 +203,16 @@ def test_a_preference_test_file_is_never_opened_by_training_and_eval_uses_it(pre
     assert "test.jsonl" in opened and result.source == "test"
     held_rows = [json.loads(x) for x in held.read_text().splitlines()]
     assert len(result.rows) == len(held_rows)
+
+
+def test_the_cli_starts_a_dpo_run_from_the_presets_dpo_values(pref_data, tmp_path):
+    from core.presets import preset_values
+
+    data, _ = pref_data
+    run = tmp_path / "preset"
+    p = tl("train", "--model", demo_model_dir(), "--data", data, "--out", run, "--method", "dpo", "--preset",
+           "balanced", "--iters", 2, "--max-seq-len", 96, "--valid-every", 0, "--targets", "attention")
+    assert p.returncode == 0, p.stderr[-3000:]
+    cfg = json.loads((run / "config.json").read_text())
+    want = preset_values("balanced", "dpo")
+    assert (cfg["lr"], cfg["batch"], cfg["beta"], cfg["rank"]) == (want["lr"], want["batch"], want["beta"], want["rank"])

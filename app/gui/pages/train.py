@@ -29,7 +29,7 @@ from app.gui.widgets import Panel
 from app.session import TRAIN, TRY
 from core import runs, units
 from core.events import Cancelled
-from core.presets import WARN_SHARE
+from core.presets import WARN_SHARE, preset_values
 from core.train import (DEFAULT_PRESET, MIN_STEPS, OPTION_RANGES, PRESET_TEXT, PRESETS, TrainConfig, fit_to_data,
                         option_allows, option_help, option_label, preset_config)
 
@@ -57,7 +57,7 @@ GROUP_PAUSE_TIP = ("A run on several Macs can be stopped (and resumed later from
 HIDDEN = {"model", "data", "out", "mapping", "valid_fraction", "skip_invalid", "user_template",
           "assistant_template", "system_prompt"}
 CHOICES = {"targets": ["all", "attention"]}
-RANGES = {"rank": (1, 1024), "alpha": (0.01, 65536.0), "dropout": (0.0, 0.9), "num_layers": (-1, 1000),
+RANGES = {"beta": (0.0, 100.0), "orpo_lambda": (0.0, 100.0), "rank": (1, 1024), "alpha": (0.01, 65536.0), "dropout": (0.0, 0.9), "num_layers": (-1, 1000),
           "warmup": (0, 100000), "min_lr_ratio": (0.0, 1.0), "weight_decay": (0.0, 1.0), "batch": (1, 4096),
           "grad_accum": (1, 1024), "max_seq_len": (16, 131072), "epochs": (0.01, 1000.0), "iters": (0, 10_000_000),
           "valid_every": (0, 10_000_000), "valid_batches": (-1, 100000), "checkpoint_every": (1, 10_000_000),
@@ -67,7 +67,9 @@ STEP_SIZES = {"max_seq_len": 64, "epochs": 0.5, "alpha": 1.0, "dropout": 0.05, "
 ADVANCED_ORDER = ["iters", "epochs", "lr", "rank", "alpha", "targets", "batch", "max_seq_len", "grad_accum",
                   "grad_checkpoint", "dropout", "num_layers", "warmup", "min_lr_ratio", "weight_decay", "dora",
                   "mask_prompt", "last_turn_only", "pack", "valid_every", "valid_batches", "early_stop",
-                  "test_fraction", "checkpoint_every", "seed", "compile", "name"]
+                  "test_fraction", "checkpoint_every", "seed", "compile", "name", "beta", "orpo_lambda"]
+# the options only one training method reads: enabled while that method is chosen
+METHOD_OPTIONS = {"beta": "dpo", "orpo_lambda": "orpo"}
 
 
 def fmt_duration(seconds: float | None) -> str:
@@ -192,7 +194,7 @@ def preset_of(config: dict) -> str:
     """The preset a run's config was made from: the one whose values it keeps the most of (a run's own
     config.json does not name it)."""
     def kept(key):
-        return sum(1 for k, v in PRESETS[key].items() if config.get(k) == v)
+        return sum(1 for k, v in preset_values(key, config.get("method")).items() if config.get(k) == v)
     return max(PRESETS, key=lambda k: (kept(k), k == DEFAULT_PRESET))
 
 
@@ -583,9 +585,11 @@ class TrainPage(Page):
     def _preset_chosen(self, _i=None):
         self._applying = True
         try:
-            self.options.set_values(preset_config(self.preset_key()))
+            self.options.set_values(preset_config(self.preset_key(), self.method_key()))
         finally:
             self._applying = False
+        self._preset_method = self.method_key()
+        self._method_preset(self._preset_method)  # (enables the options this method reads)
         self._options_changed()
 
     def values(self) -> dict:
@@ -611,7 +615,7 @@ class TrainPage(Page):
 
     def changed_options(self) -> dict:
         """The options that differ from the preset's values."""
-        base = preset_config(self.preset_key())
+        base = preset_config(self.preset_key(), self.method_key())
         return {k: v for k, v in self.values().items() if base.get(k) != v}
 
     def _options_changed(self):
@@ -758,8 +762,9 @@ class TrainPage(Page):
         the user's own choice comes back when the run ends."""
         if self._user_options is None:
             self._user_options = (self.preset_key(), self.values())
-        self._set_form(preset_of(config), {k: v for k, v in config.items() if k in self.options.widgets})
+        self._preset_method = config.get("method") or "sft"  # the run's own values stay as they are
         self.method.setCurrentIndex(max(0, self.method.findData(config.get("method") or "sft")))
+        self._set_form(preset_of(config), {k: v for k, v in config.items() if k in self.options.widgets})
 
     def _set_form(self, key: str, values: dict) -> None:
         self._applying = True
@@ -1142,6 +1147,30 @@ class TrainPage(Page):
     def method_key(self) -> str:
         return self.method.currentData() or "sft"
 
+    def _method_preset(self, key: str) -> None:
+        """The preset's values for the method now chosen (core.presets.METHOD_PRESETS: a lower learning rate,
+        beta, lambda), in the options the user left as the previous method's preset set them."""
+        if not hasattr(self, "options"):
+            return
+        for name, only in METHOD_OPTIONS.items():
+            w = self.options.widgets.get(name)
+            if w is not None:
+                w.setEnabled(key == only)
+        old = getattr(self, "_preset_method", None)
+        if old is None or old == key:
+            return
+        before, now = preset_config(self.preset_key(), old), preset_config(self.preset_key(), key)
+        cur = self.values()
+        keep = {k: v for k, v in now.items() if k in cur and before.get(k) != v and cur[k] == before.get(k)}
+        self._preset_method = key
+        if keep:
+            self._applying = True
+            try:
+                self.options.set_values(keep)
+            finally:
+                self._applying = False
+        self._options_changed()
+
     def _method_changed(self):
         from core.preference import METHOD_TEXT
 
@@ -1150,6 +1179,7 @@ class TrainPage(Page):
                 if key == "sft" else METHOD_TEXT[key][1] + " Each pair is two sequences: a step takes about "
                 "twice the memory and time of a supervised one.")
         self.method_line.setText(html.escape(text))
+        self._method_preset(key)
         if hasattr(self, "estimate"):
             self.update_estimate()
         if hasattr(self, "right_series"):  # the reward figures mean something for a preference run
