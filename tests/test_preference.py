@@ -201,3 +201,22 @@ def test_every_preset_has_preference_values_that_make_sense():
     assert apply_preset({"method": None}, "balanced")["lr"] == PRESETS["balanced"]["lr"]
     assert preset_config("quick", "orpo")["lr"] == METHOD_PRESETS["orpo"]["quick"]["lr"]
     assert preset_config("quick")["lr"] == PRESETS["quick"]["lr"]
+
+
+# slow (torch + transformers + trl load in another interpreter) and needs that interpreter, so it runs only where
+# TUNELOOM_TRL_PYTHON names one (python -m venv V; V/bin/pip install torch transformers trl peft)
+@pytest.mark.skipif(not os.environ.get("TUNELOOM_TRL_PYTHON"),
+                    reason="set TUNELOOM_TRL_PYTHON to a python with torch, transformers, trl and peft")
+def test_dpo_loss_equals_trls_dpotrainer_on_the_same_model_and_batch(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root))
+    subprocess.run([sys.executable, str(root / "bench" / "dpo_trl_check.py"), "export", str(tmp_path)],
+                   check=True, env=env, capture_output=True)
+    p = subprocess.run([os.environ["TUNELOOM_TRL_PYTHON"], str(root / "bench" / "dpo_trl_check.py"), "compare",
+                        str(tmp_path)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr[-3000:]
+    assert "loss difference" in p.stdout

@@ -216,3 +216,4 @@ def test_the_cli_starts_a_dpo_run_from_the_presets_dpo_values(pref_data, tmp_pat
     cfg = json.loads((run / "config.json").read_text())
     want = preset_values("balanced", "dpo")
     assert (cfg["lr"], cfg["batch"], cfg["beta"], cfg["rank"]) == (want["lr"], want["batch"], want["beta"], want["rank"])
+
