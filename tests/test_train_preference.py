@@ -46,7 +46,7 @@ def test_dpo_from_the_cli_learns_the_preference_and_eval_reports_it(pref_data, t
     run = tmp_path / "dpo"
     p = tl("train", "--model", demo_model_dir(), "--data", data, "--out", run, "--method", "dpo", "--beta", "0.1",
            "--iters", 30, "--lr", "1e-3", "--rank", 8, "--alpha", 16, "--batch", 8, "--max-seq-len", 96,
-           "--warmup", 3, "--valid-every", 10)
+           "--warmup", 3, "--valid-every", 10, "--test-fraction", 0)  # (the held-out pairs below are the test)
     assert p.returncode == 0, p.stderr[-3000:]
     assert json.loads((run / "config.json").read_text())["method"] == "dpo"
     steps = [m for m in runs.read_metrics(run) if "train_loss" in m]
@@ -217,3 +217,45 @@ def test_the_cli_starts_a_dpo_run_from_the_presets_dpo_values(pref_data, tmp_pat
     want = preset_values("balanced", "dpo")
     assert (cfg["lr"], cfg["batch"], cfg["beta"], cfg["rank"]) == (want["lr"], want["batch"], want["beta"], want["rank"])
 
+
+
+def _heldout_questions(path: Path) -> Path:
+    """The demo's held-out structured questions (resources/demo/heldout.json), the right record expected."""
+    from core.paths import demo_data_dir
+
+    held = json.loads((demo_data_dir().parent / "heldout.json").read_text(encoding="utf-8"))["structured"]
+    rows = [{"messages": q["messages"] + [{"role": "assistant", "content": demo_world.structured_answer(
+        tuple(q["topic"].split(" ", 1)))}]} for q in held]
+    return _write(path, rows)
+
+
+def _topic_words(rows, side: str) -> float:
+    """The share of the asked topic's two words the greedy answers write: the adjective as a JSON string
+    (the record's first feature), the noun anywhere. The demo model answers these questions in JSON
+    with keys of its own, and DPO on these pairs does not teach it the record's keys (both answers of
+    a pair share them), so core.evaluate's exact match and field accuracy stay 0 on both sides; what
+    the pairs tell apart is the topic, and that is what the greedy answers get better at."""
+    got = 0
+    for r in rows:
+        e = json.loads(r.expected)
+        adjective, noun = e["name"].split(" ", 1)
+        got += (json.dumps(adjective) in r.answers[side]) + (noun in r.answers[side])
+    return got / (2 * len(rows))
+
+
+@pytest.mark.slow  # 120 DPO steps and 2 x 40 greedy answers: about two minutes on 2 cores
+def test_gentle_dpo_improves_the_greedy_answers_on_the_demos_heldout_questions(pref_data, tmp_path):
+    from core.evaluate import evaluate
+
+    data, _ = pref_data
+    questions = _heldout_questions(tmp_path / "questions.jsonl")
+    res = train(TrainConfig(model=str(demo_model_dir()), data=[str(data)], out=str(tmp_path / "run"), method="dpo",
+                            beta=0.1, iters=120, lr=2e-4, rank=8, alpha=16.0, batch=8, max_seq_len=96, warmup=3,
+                            valid_every=0, checkpoint_every=0, seed=0))
+    result = evaluate(res["run_dir"], data=[str(questions)])
+    assert len(result.rows) == 40
+    base, tuned = _topic_words(result.rows, "base"), _topic_words(result.rows, "tuned")
+    # measured with the demo model of this commit: base 0.20; gentle DPO runs 0.31-0.36 (seeds 0 and 1 at 120
+    # steps, seed 0 at 60 steps and at lr 5e-4 for 30 steps). The learning test's lr 1e-3 for 30 steps takes
+    # the preference but spoils the answers (0.10).
+    assert tuned >= base + 0.08, (base, tuned)
