@@ -7,7 +7,8 @@ switched off and the DPO loss and metrics with `core.preference`; it writes the 
 answer masks. TRL's side (torch) loads the base in transformers with the PEFT folder, builds a
 `DPOTrainer` whose reference model is the base model (Tuneloom's reference: the same weights with the
 adapter off; TRL given a PEFT model that already holds an adapter and no reference keeps a copy of that
-adapter as the reference instead) and calls its `compute_loss` on the same tokens, the same answer masks as its `completion_mask`.
+adapter as the reference instead) and calls its `compute_loss` on the same tokens, the same answer masks as
+its `completion_mask`.
 
 torch, transformers, trl and peft are not Tuneloom dependencies, so TRL's side runs in a virtualenv of
 its own:

@@ -139,7 +139,8 @@ def _sides(pairs) -> set[str]:
     """Each pair's two sequences as the encoder would be given them."""
     from core.preference import _messages
 
-    return {json.dumps(list(p.prompt) + _messages(side), sort_keys=True) for p in pairs for side in (p.chosen, p.rejected)}
+    return {json.dumps(list(p.prompt) + _messages(side), sort_keys=True)
+            for p in pairs for side in (p.chosen, p.rejected)}
 
 
 def test_dpo_sets_test_pairs_aside_that_training_never_encodes_and_eval_uses(pref_data, tmp_path, monkeypatch):
@@ -215,7 +216,7 @@ def test_the_cli_starts_a_dpo_run_from_the_presets_dpo_values(pref_data, tmp_pat
     assert p.returncode == 0, p.stderr[-3000:]
     cfg = json.loads((run / "config.json").read_text())
     want = preset_values("balanced", "dpo")
-    assert (cfg["lr"], cfg["batch"], cfg["beta"], cfg["rank"]) == (want["lr"], want["batch"], want["beta"], want["rank"])
+    assert [cfg[k] for k in ("lr", "batch", "beta", "rank")] == [want[k] for k in ("lr", "batch", "beta", "rank")]
 
 
 

@@ -57,7 +57,8 @@ GROUP_PAUSE_TIP = ("A run on several Macs can be stopped (and resumed later from
 HIDDEN = {"model", "data", "out", "mapping", "valid_fraction", "skip_invalid", "user_template",
           "assistant_template", "system_prompt"}
 CHOICES = {"targets": ["all", "attention"]}
-RANGES = {"beta": (0.0, 100.0), "orpo_lambda": (0.0, 100.0), "rank": (1, 1024), "alpha": (0.01, 65536.0), "dropout": (0.0, 0.9), "num_layers": (-1, 1000),
+RANGES = {"beta": (0.0, 100.0), "orpo_lambda": (0.0, 100.0),
+          "rank": (1, 1024), "alpha": (0.01, 65536.0), "dropout": (0.0, 0.9), "num_layers": (-1, 1000),
           "warmup": (0, 100000), "min_lr_ratio": (0.0, 1.0), "weight_decay": (0.0, 1.0), "batch": (1, 4096),
           "grad_accum": (1, 1024), "max_seq_len": (16, 131072), "epochs": (0.01, 1000.0), "iters": (0, 10_000_000),
           "valid_every": (0, 10_000_000), "valid_batches": (-1, 100000), "checkpoint_every": (1, 10_000_000),
