@@ -1206,11 +1206,13 @@ _GGUF_SCALAR = {  # GGUFValueType -> struct format
 }
 
 
-def read_tensor_table(path) -> tuple[dict[str, Any], list[GGUFTensorEntry], int]:
+def read_tensor_table(path, arrays: dict | None = None) -> tuple[dict[str, Any], list[GGUFTensorEntry], int]:
     """(scalar and string keys, tensor table, start of the data section) of a GGUF file.
 
     Array values (vocabulary, merges, scores) are stepped over, not decoded, so this
-    takes a fraction of a second on any model; the tensor data is not read.
+    takes a fraction of a second on any model; the tensor data is not read. With ``arrays``
+    (a dict), each array key is added to it as ``(length, values)``: ``values`` a numpy array
+    for numbers, None for strings.
     """
     import mmap
 
@@ -1240,7 +1242,11 @@ def read_tensor_table(path) -> tuple[dict[str, Any], list[GGUFTensorEntry], int]
                 if itype == gguf.GGUFValueType.STRING:
                     for _ in range(count):
                         off += 8 + unpack("<Q", buf, off)[0]
+                    if arrays is not None:
+                        arrays[key] = (count, None)
                 elif itype in _GGUF_SCALAR:
+                    if arrays is not None:
+                        arrays[key] = (count, np.frombuffer(buf, np.dtype(_GGUF_SCALAR[itype]), count, off).copy())
                     off += count * struct.calcsize(_GGUF_SCALAR[itype])
                 else:
                     raise RuntimeError(f"{path}: nested GGUF arrays are not supported (key {key})")
@@ -1268,37 +1274,34 @@ def read_tensor_table(path) -> tuple[dict[str, Any], list[GGUFTensorEntry], int]
 
 # --------------------------------------------------------------------------- inspection
 
-def _field(reader: gguf.GGUFReader, key: str, default: Any = None) -> Any:
-    f = reader.get_field(key)
-    return default if f is None else f.contents()
-
-
 def gguf_metadata_summary(path) -> dict:
-    """The facts about a GGUF that decide how llama.cpp / Ollama will run it."""
-    reader = gguf.GGUFReader(Path(path))
+    """The facts about a GGUF that decide how llama.cpp / Ollama will run it.
+
+    Read with ``read_tensor_table``'s header walk, not ``gguf.GGUFReader`` (tens of seconds on a
+    248k-token vocabulary); tests/test_gguf_export.py checks the two agree.
+    """
+    arrays: dict = {}
+    keys, tensors, _ = read_tensor_table(Path(path), arrays)
     K = gguf.Keys
-    arch = _field(reader, K.General.ARCHITECTURE)
-    tok_field = reader.get_field(K.Tokenizer.LIST)
-    template = _field(reader, K.Tokenizer.CHAT_TEMPLATE)
-    ftype = _field(reader, K.General.FILE_TYPE)
-    summary = {
+    arch = keys.get(K.General.ARCHITECTURE)
+    template = keys.get(K.Tokenizer.CHAT_TEMPLATE)
+    ftype = keys.get(K.General.FILE_TYPE)
+    return {
         "arch": arch,
-        "name": _field(reader, K.General.NAME),
+        "name": keys.get(K.General.NAME),
         "file_type": gguf.LlamaFileType(ftype).name if ftype is not None else None,
-        "context_length": _field(reader, K.LLM.CONTEXT_LENGTH.format(arch=arch)),
-        "tokenizer_model": _field(reader, K.Tokenizer.MODEL),
-        "tokenizer_pre": _field(reader, K.Tokenizer.PRE),
-        "n_tokens": len(tok_field.data) if tok_field is not None else 0,
-        "bos_id": _field(reader, K.Tokenizer.BOS_ID),
-        "eos_id": _field(reader, K.Tokenizer.EOS_ID),
-        "pad_id": _field(reader, K.Tokenizer.PAD_ID),
-        "unk_id": _field(reader, K.Tokenizer.UNK_ID),
-        "add_bos": _field(reader, K.Tokenizer.ADD_BOS),
-        "add_eos": _field(reader, K.Tokenizer.ADD_EOS),
+        "context_length": keys.get(K.LLM.CONTEXT_LENGTH.format(arch=arch)),
+        "tokenizer_model": keys.get(K.Tokenizer.MODEL),
+        "tokenizer_pre": keys.get(K.Tokenizer.PRE),
+        "n_tokens": arrays[K.Tokenizer.LIST][0] if K.Tokenizer.LIST in arrays else 0,
+        "bos_id": keys.get(K.Tokenizer.BOS_ID),
+        "eos_id": keys.get(K.Tokenizer.EOS_ID),
+        "pad_id": keys.get(K.Tokenizer.PAD_ID),
+        "unk_id": keys.get(K.Tokenizer.UNK_ID),
+        "add_bos": keys.get(K.Tokenizer.ADD_BOS),
+        "add_eos": keys.get(K.Tokenizer.ADD_EOS),
         "has_chat_template": bool(template),
         "chat_template": template,
-        "n_tensors": len(reader.tensors),
-        "tensor_types": sorted({t.tensor_type.name for t in reader.tensors}),
+        "n_tensors": len(tensors),
+        "tensor_types": sorted({t.qtype.name for t in tensors}),
     }
-    del reader
-    return summary

@@ -66,3 +66,36 @@ def qapp_cls():
     from app.gui.main import TuneloomApp
 
     return TuneloomApp
+
+
+_WEIGHT_SUFFIXES = {".safetensors", ".npz", ".bin", ".gguf", ".pt", ".pth", ".h5", ".msgpack"}
+
+
+@pytest.fixture(scope="module")
+def shared_vocab():
+    """``core.gguf_export._load_vocab`` read once per tokenizer for a test module that exports the same
+    model many times (``pytestmark = pytest.mark.usefixtures("shared_vocab")``): a 248k-token BPE
+    vocabulary takes seconds each time. Keyed on the contents of every file of the model folder but
+    its weights, so a changed tokenizer, template or config is read again; every export gets its own
+    deep copy (the export sets the chat template on it). The module's first export reads for real."""
+    import copy
+    import hashlib
+
+    from core import gguf_export as ge
+
+    real, cache = ge._load_vocab, {}
+
+    def load(model_dir, vocab_size, scratch):
+        h = hashlib.sha256(str(vocab_size).encode())
+        for p in sorted(Path(model_dir).iterdir()):
+            if p.is_file() and p.suffix not in _WEIGHT_SUFFIXES:
+                h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+        key = h.hexdigest()
+        if key not in cache:
+            cache[key] = real(model_dir, vocab_size, scratch)
+        return copy.deepcopy(cache[key])
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(ge, "_load_vocab", load)
+    yield cache
+    mp.undo()

@@ -27,6 +27,8 @@ from tests.fixtures.tiny_models import cached_tiny_model  # noqa: E402
 
 PROMPTS = ["Hello world, how are you today? I am fine, thank you.",
            "<|im_start|>user\nWrite code:\n    x = 1<|im_end|>\n<|im_start|>assistant\n"]
+# the same bases are exported again and again: each tokenizer is read once (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("shared_vocab")
 
 
 @pytest.fixture(autouse=True)

@@ -255,11 +255,46 @@ def test_tinyllama_metadata(exported):
     assert int(meta["llama.vocab_size"]) == 32000 == e.llm.n_vocab()
     assert int(meta["llama.rope.dimension_count"]) == 16
     assert int(meta["llama.attention.head_count_kv"]) == 2
-    # untied: a separate output matrix is written
+    # untied: a separate output matrix is written (the header walk: the next test checks it against GGUFReader)
+    from core.gguf_export import read_tensor_table
+
+    names = {t.name for t in read_tensor_table(e.result["path"])[1]}
+    assert "output.weight" in names and "token_embd.weight" in names
+
+
+def test_metadata_summary_reads_what_gguf_reader_reads(exported):
+    """gguf_metadata_summary walks the header itself (GGUFReader takes tens of seconds on a 248k
+    vocabulary): the same facts as gguf-py's reader, arrays included."""
     import gguf
 
-    names = {t.name for t in gguf.GGUFReader(e.result["path"]).tensors}
-    assert "output.weight" in names and "token_embd.weight" in names
+    from core.gguf_export import read_tensor_table
+
+    e = exported("tinyllama")
+    reader = gguf.GGUFReader(e.result["path"])
+
+    def field(key):
+        f = reader.get_field(key)
+        return None if f is None else f.contents()
+
+    K = gguf.Keys
+    want = {"arch": field(K.General.ARCHITECTURE), "name": field(K.General.NAME),
+            "file_type": gguf.LlamaFileType(field(K.General.FILE_TYPE)).name,
+            "context_length": field(K.LLM.CONTEXT_LENGTH.format(arch="llama")),
+            "tokenizer_model": field(K.Tokenizer.MODEL), "tokenizer_pre": field(K.Tokenizer.PRE),
+            "n_tokens": len(reader.get_field(K.Tokenizer.LIST).data),
+            **{k: field(getattr(K.Tokenizer, k.upper())) for k in ("bos_id", "eos_id", "pad_id", "unk_id",
+                                                                     "add_bos", "add_eos")},
+            "has_chat_template": bool(field(K.Tokenizer.CHAT_TEMPLATE)), "chat_template": field(K.Tokenizer.CHAT_TEMPLATE),
+            "n_tensors": len(reader.tensors), "tensor_types": sorted({t.tensor_type.name for t in reader.tensors})}
+    assert e.summary == want
+    assert want["n_tokens"] == 32000 and want["arch"] == "llama" and want["has_chat_template"]
+    arrays: dict = {}
+    _, table, _ = read_tensor_table(e.result["path"], arrays)
+    assert arrays[K.Tokenizer.LIST] == (32000, None)
+    count, types = arrays[K.Tokenizer.TOKEN_TYPE]
+    assert count == 32000 and types.tolist() == field(K.Tokenizer.TOKEN_TYPE)
+    assert [(t.name, t.shape, t.qtype) for t in table] == \
+        [(t.name, tuple(int(x) for x in t.shape), t.tensor_type) for t in reader.tensors]
 
 
 # --------------------------------------------------------------------------- (e) quantized

@@ -43,6 +43,8 @@ from tests.fixtures.ollama_server import FakeOllama  # noqa: E402
 CASES = [("inline", "tinyllama"), ("jinja", "qwen3"), ("sharded", "tinyllama"), ("q4", "qwen2.5"),
          ("q8", "tinyllama"), ("mixed", "tinyllama"), ("f16", "tinyllama")]
 IDS = [f"{layout}-{family}" for layout, family in CASES]
+# each run is exported twice (F16, Q4_K_M) through a fused copy of its base: its tokenizer is read once
+pytestmark = pytest.mark.usefixtures("shared_vocab")
 F16_LOGIT_ATOL = 0.05  # as tests/test_gguf_export.py: llama.cpp's f16 arithmetic against MLX in float32
 # A quantized (QLoRA) base is dequantized and merged into the base's float dtype (bfloat16 here) by
 # core.fuse, while mlx-lm computes base + adapter from the packed weights in float32: the rounding of

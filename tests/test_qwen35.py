@@ -28,6 +28,8 @@ from fixtures.qwen35 import (QWEN35_REF, bf16_to_f32, cached_tiny_qwen35, qwen35
                              qwen35_tensors, tiny_layout, tiny_qwen35_config, write_qwen35_tokenizer_json)
 
 ROOT = Path(__file__).resolve().parent.parent
+# the tiny model is exported a dozen times here: its 248k-token vocabulary is read once (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("shared_vocab")
 
 # Mixed scripts (Latin with accents, CJK, Cyrillic, Arabic, Devanagari and Thai with their
 # combining marks, Hangul, emoji with joiners), code, whitespace runs, digits, contractions.
@@ -276,18 +278,18 @@ def test_metadata_is_what_llama_cpp_expects(f16, q35, hf_tok):
     assert int(meta["qwen35.rope.dimension_count"]) == cfg["head_dim"] // 4  # partial_rotary_factor 0.25
     assert float(meta["qwen35.rope.freq_base"]) == cfg["rope_parameters"]["rope_theta"]
     assert int(meta["qwen35.attention.key_length"]) == cfg["head_dim"]
-    import gguf
-
-    reader = gguf.GGUFReader(res["path"])
-    assert list(reader.get_field("qwen35.rope.dimension_sections").contents()) == [11, 11, 10, 0]
-    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    # the header walk, not gguf.GGUFReader (tens of seconds on this vocabulary; test_gguf_export.py
+    # checks the two read the same)
+    arrays: dict = {}
+    _, table, _ = read_tensor_table(res["path"], arrays)
+    assert arrays["qwen35.rope.dimension_sections"][1].tolist() == [11, 11, 10, 0]
+    types = {t.name: t.qtype.name for t in table}
     assert not any("visual" in n or "nextn" in n for n in types)
     assert types["blk.0.ssm_conv1d.weight"] == "F32" and types["blk.0.ssm_a"] == "F32"
     assert types["blk.0.attn_qkv.weight"] == types["blk.3.attn_q.weight"] == "F16"
-    shapes = {t.name: tuple(int(x) for x in t.shape) for t in reader.tensors}
+    shapes = {t.name: tuple(int(x) for x in t.shape) for t in table}
     assert shapes["blk.0.ssm_conv1d.weight"] == (4, 256)  # ggml order: kernel, channels
     assert any("vision tower" in text for _, text in events.logs)
-    del reader
 
 
 def test_f32_export_equals_mlx(q35, tmp_path, token_lists, reference):
@@ -604,7 +606,6 @@ def test_a_run_trained_on_reasoning_exports_thinking_templates(q35, tmp_path):
 def test_reasoning_data_trains_and_exports_from_the_cli(q35, tmp_path):
     """Data whose answers carry reasoning: `tuneloom train` records thinking on, and `tuneloom export` writes a
     GGUF whose embedded template thinks and a Modelfile TEMPLATE with Ollama's thinking tags (no refusal)."""
-    import gguf as gguf_py
 
     data = tmp_path / "think.jsonl"
     data.write_text("".join(json.dumps({"messages": [
@@ -623,7 +624,5 @@ def test_reasoning_data_trains_and_exports_from_the_cli(q35, tmp_path):
     assert res["thinking"] is True
     modelfile = (out / "Modelfile").read_text(encoding="utf-8")
     assert "{{ .Thinking }}" in modelfile and "{{ else }}<think>\n{{ end }}" in modelfile
-    reader = gguf_py.GGUFReader(out / "tuned.gguf")
-    field = reader.fields["tokenizer.chat_template"]
-    embedded = bytes(field.parts[field.data[0]]).decode("utf-8")
+    embedded = read_tensor_table(out / "tuned.gguf")[0]["tokenizer.chat_template"]
     assert "enable_thinking" in embedded and "<think>" in embedded
