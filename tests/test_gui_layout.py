@@ -94,3 +94,41 @@ def test_no_page_cuts_a_label_or_overlaps_widgets_at_either_size(window, qtbot, 
     qtbot.waitUntil(lambda: w.data_page.mapping_host.isVisible() and not w.jobs["data"].running, timeout=60000)
     problems += check_every_page(w, qtbot, "a CSV")
     assert problems == [], "\n".join(problems)
+
+
+def test_section_headers_are_readable_in_either_appearance(window, qtbot):
+    """A folding section's header (▶ Advanced, ▶ Tools, ▶ More places) kept the palette it was made with: after a
+    switch to dark its text and arrow were black on the dark window."""
+    from PySide6.QtGui import QPalette
+    from PySide6.QtWidgets import QApplication
+
+    from app.gui import theme
+    from app.gui.widgets import Section
+
+    app = QApplication.instance()
+    light = app.palette()
+    sections = window.findChildren(Section)
+    assert {s.objectName() for s in sections} >= {"train.advanced", "train.hosts_box", "try.tools", "export.more"}
+
+    def unreadable():
+        bad = []
+        for s in sections:
+            back = window.palette().color(QPalette.ColorRole.Window)
+            btn = s.toggleButton()
+            icon = btn.icon().pixmap(16, 16).toImage()
+            arrow = max((icon.pixelColor(x, y) for x in range(icon.width()) for y in range(icon.height())
+                         if icon.pixelColor(x, y).alpha() > 200), key=lambda c: abs(c.lightness() - back.lightness()))
+            for what, colour in (("text", btn.palette().color(QPalette.ColorRole.ButtonText)), ("arrow", arrow)):
+                if abs(colour.lightness() - back.lightness()) < 100:
+                    bad.append(f"{s.objectName()} {what} {colour.name()} on {back.name()}")
+        return bad
+
+    try:
+        for pal in (theme.dark_palette(), light):
+            app.setPalette(pal)
+            want = pal.color(QPalette.ColorRole.Window)
+            # the switch reached the window (until then its old background makes any text look readable)
+            qtbot.waitUntil(lambda: window.palette().color(QPalette.ColorRole.Window) == want, timeout=5000)
+            qtbot.waitUntil(lambda: not unreadable(), timeout=5000)
+    finally:
+        app.setPalette(light)

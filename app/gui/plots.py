@@ -286,6 +286,7 @@ class ComparePlot(_ThemedPlot):
         self.setLabel("bottom", "step")
         self.setLabel("left", "loss")
         self.legend = self.addLegend(offset=(-10, 10))
+        self._apply_palette()  # the legend's text and background in this appearance
         self.getPlotItem().setClipToView(True)
         self.getPlotItem().setDownsampling(auto=True, mode="peak")
         self.runs: list[str] = []

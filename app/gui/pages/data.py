@@ -15,7 +15,7 @@ from app.gui import theme
 from app.gui.chat_view import ChatView
 from app.gui.jobs import PREVIEW_EXAMPLES
 from app.gui.pages.base import PAINT_FIRST_MS, AppContext, Page, error_text
-from app.gui.widgets import DropZone, TokenHistogram, panel_label
+from app.gui.widgets import DropZone, TokenHistogram, WrapLabel, panel_label
 from core import paths
 from core.events import Cancelled
 
@@ -169,8 +169,7 @@ class DataPage(Page):
         self.hist_stack.setMinimumHeight(150)
         hl.addWidget(self.hist_stack, 1)
         hl.addLayout(hrow)
-        self.trunc_label = QLabel("")
-        self.trunc_label.setWordWrap(True)
+        self.trunc_label = WrapLabel("")  # its lines counted in the minimum: the plot above is never covered
         hl.addWidget(self.trunc_label)
         right.addWidget(hist_box)
 
