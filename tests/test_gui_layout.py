@@ -93,6 +93,20 @@ def test_no_page_cuts_a_label_or_overlaps_widgets_at_either_size(window, qtbot, 
     w.load_data([csv])
     qtbot.waitUntil(lambda: w.data_page.mapping_host.isVisible() and not w.jobs["data"].running, timeout=60000)
     problems += check_every_page(w, qtbot, "a CSV")
+    # a file with problems and a short max length: the problem list, its record and four lines under the histogram
+    # (the histogram's axis title was under the Max length row, and the window grew past 700)
+    lines = (demo_data_dir() / "train.jsonl").read_text().splitlines()[:40]
+    lines[6] = lines[6][:-2]
+    lines[12] = '{"messages": [{"role": "user", "content": "Where is my order?"}]}'
+    bad = tmp_path / "support-chats.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    w.load_data([bad])
+    qtbot.waitUntil(lambda: w.data_paths == [bad] and w.token_report is not None and not w.jobs["data"].running
+                    and w.data_page.problems.topLevelItemCount() == 2, timeout=60000)
+    w.data_page.max_len.setValue(64)
+    w.data_page.problems.setCurrentItem(w.data_page.problems.topLevelItem(1))
+    qtbot.waitUntil(lambda: "Where is my order" in w.data_page.record_view.toPlainText(), timeout=20000)
+    problems += check_every_page(w, qtbot, "problems, max length 64")
     assert problems == [], "\n".join(problems)
 
 

@@ -166,7 +166,7 @@ class DataPage(Page):
         self.hist_stack = QStackedWidget()
         self.hist_stack.addWidget(self.hist_placeholder)
         self.hist_stack.addWidget(self.histogram)
-        self.hist_stack.setMinimumHeight(150)
+        self.hist_stack.setMinimumHeight(110)  # 150 did not fit 1024x700 with the problem list and 4 lines below
         hl.addWidget(self.hist_stack, 1)
         hl.addLayout(hrow)
         self.trunc_label = WrapLabel("")  # its lines counted in the minimum: the plot above is never covered
