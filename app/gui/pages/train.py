@@ -23,7 +23,7 @@ from app.gui import theme
 from app.gui.notify import notify
 from app.gui.pages.base import AppContext, Page, error_text
 from app.gui.plots import TrainPlot
-from app.gui.run_bar import RunBar, checkpoint_step, other_writer, state_words, writer_words
+from app.gui.run_bar import LIVE_STEPS, RunBar, checkpoint_step, other_writer, state_words, writer_words
 from app.gui.widgets import Panel, Section  # Section: ▶ closed, ▼ open (superqt's default points up)
 from app.session import TRAIN, TRY
 from core import runs, units
@@ -1182,6 +1182,9 @@ class TrainPage(Page):
         if 1000 * r.step // max(1, r.total) != 1000 * self.progress.value() // max(1, r.total) or r.step == r.total:
             self.progress.setValue(r.step)  # repainting the bar costs: only when it moves a pixel or so
             self.progress.setFormat(f"step {r.step:,} of {r.total:,}")
+            if self._live_run is not None:  # the run bar above says the step reached, not the last checkpoint's
+                LIVE_STEPS[str(self._live_run)] = (r.step, r.total)
+                self.run_bar.refresh()
 
     def _show_memorising_of(self, m) -> None:
         """The banner for a run's recorded memorising ({"best_step", "step", ...} in its result or status)."""
@@ -1302,6 +1305,8 @@ class TrainPage(Page):
         notify(self.ctx.window, "Training failed", str(exc), error=True)
 
     def _ended(self):
+        if self._live_run is not None:
+            LIVE_STEPS.pop(str(self._live_run), None)  # from here on the files say it
         self._live_run = None
         self._restore_user_options()
         self._estimate_timer.start()
