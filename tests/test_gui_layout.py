@@ -146,3 +146,20 @@ def test_section_headers_are_readable_in_either_appearance(window, qtbot):
             qtbot.waitUntil(lambda: not unreadable(), timeout=5000)
     finally:
         app.setPalette(light)
+
+
+def test_a_constant_learning_rate_is_drawn_on_an_axis_from_zero(qtbot):
+    """A run at a constant rate (no warm-up, no decay) had its right axis auto-ranged around that one value:
+    -400..400 (x0.001) with the rate a flat line in the middle."""
+    from app.gui.plots import TrainPlot
+
+    plot = TrainPlot()
+    qtbot.addWidget(plot)
+    plot.resize(600, 300)
+    plot.show()
+    for step in range(1, 51):
+        plot.add_step(step, 3.0 - step / 50, 1e-4)
+    plot.flush()
+    qtbot.waitUntil(lambda: plot.lr_view.viewRange()[1][0] == 0.0, timeout=5000)
+    low, high = plot.lr_view.viewRange()[1]
+    assert 1e-4 < high < 1.2e-4, (low, high)
