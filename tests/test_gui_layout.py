@@ -163,3 +163,34 @@ def test_a_constant_learning_rate_is_drawn_on_an_axis_from_zero(qtbot):
     qtbot.waitUntil(lambda: plot.lr_view.viewRange()[1][0] == 0.0, timeout=5000)
     low, high = plot.lr_view.viewRange()[1]
     assert 1e-4 < high < 1.2e-4, (low, high)
+
+
+def test_legend_text_follows_the_appearance(qtbot):
+    """After dark and back to light the history's legend kept the dark appearance's light grey text."""
+    from PySide6.QtGui import QPalette
+    from PySide6.QtWidgets import QApplication
+
+    from app.gui import theme
+    from app.gui.plots import ComparePlot
+
+    app = QApplication.instance()
+    light = app.palette()
+    plot = ComparePlot()
+    qtbot.addWidget(plot)
+    plot.show()
+    plot.show_runs([("run a", [1, 2, 3], [3.0, 2.0, 1.0], [3], [1.5]), ("run b", [1, 2], [3.0, 2.5], [], [])])
+
+    def colours():  # the colours the labels' text is drawn in (not the option kept for the next text)
+        import re
+
+        return {c.lower() for _s, label in plot.legend.items
+                for c in re.findall(r"color:\s*(#[0-9a-fA-F]{6})", label.item.toHtml())}
+
+    try:
+        for pal in (theme.dark_palette(), light):
+            app.setPalette(pal)
+            want = pal.color(QPalette.ColorRole.Text).name()
+            qtbot.waitUntil(lambda: plot.palette().color(QPalette.ColorRole.Text).name() == want, timeout=5000)
+            qtbot.waitUntil(lambda: colours() == {want}, timeout=5000)
+    finally:
+        app.setPalette(light)

@@ -298,6 +298,8 @@ class _ThemedPlot(pg.PlotWidget):
         legend = self.getPlotItem().legend
         if legend is not None:
             legend.setLabelTextColor(txt)
+            for _sample, label in legend.items:  # pyqtgraph keeps the new colour for the next text: redraw it now
+                label.setText(label.text, color=txt)
             back = QColor(pal.color(QPalette.ColorRole.Base))
             back.setAlpha(200)
             legend.setBrush(pg.mkBrush(back))  # the legend readable where a curve or a star runs under it
