@@ -402,3 +402,26 @@ def test_help_menu_shows_the_logs(home, qtbot, tmp_path, monkeypatch):
     assert action in help_menu.actions() and action.text() == "Show Logs"
     action.trigger()
     assert calls == [1]
+
+
+def test_the_run_bar_says_the_step_the_run_has_reached(home, qtbot, tmp_path):
+    """At the top of Train, "Run: ... · training · N of M steps" said 0 of 200 at step 95: it was written at the
+    first step and not again until the run ended."""
+    w = make_window(qtbot, tmp_path / "s.ini")
+    start = ready_to_train(qtbot, w, iters=200, checkpoint_every=100)
+    tp = w.train_page
+    bar = find(w, QLabel, "train.current_run")
+    qtbot.mouseClick(start, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: len(loss_points(w)) >= 12, timeout=180000)
+    qtbot.mouseClick(find(w, QPushButton, "train.pause"), Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: tp.slot.state == "paused", timeout=60000)
+    reached = tp.last_report.step
+    assert reached >= 12
+    qtbot.waitUntil(lambda: f"{reached} of 200 steps" in bar.text(), timeout=10000)
+    # the Try page's bar, opened now, says the same
+    w.go_to(3)
+    try_bar = find(w, QLabel, "try.current_run")
+    qtbot.waitUntil(lambda: f"{reached} of 200 steps" in try_bar.text(), timeout=10000)
+    w.go_to(2)
+    qtbot.mouseClick(find(w, QPushButton, "train.stop"), Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: tp.slot.state == "idle", timeout=120000)

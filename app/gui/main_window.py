@@ -103,7 +103,7 @@ class MainWindow(QMainWindow):
         self.history_btn.setToolTip("The run history: curves, configs, resume, compare (Ctrl+Y).")
         self.history_btn.clicked.connect(lambda: self.go_to(HISTORY))
         side = QWidget()
-        side.setMinimumWidth(190)
+        side.setMinimumWidth(224)  # a run's default name (20261206-092729-run) whole in Past runs
         side.setMaximumWidth(260)
         sl = QVBoxLayout(side)
         sl.setContentsMargins(6, 10, 0, 6)

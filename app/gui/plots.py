@@ -253,6 +253,12 @@ class TrainPlot(_ThemedPlot):
         self.best_marker.setData([best[0]] if best else [], [best[1]] if best else [])
         r = self.right_s[self.right]
         self.lr_curve.setData(r.xs, r.ys)
+        if self.right == "learning_rate" and r.n:
+            # from 0 to the peak: a constant rate was drawn in the middle of a -400..400 axis
+            hi = float(np.nanmax(r.ys))
+            self.lr_view.setYRange(0.0, hi * 1.08 if hi > 0 else 1.0, padding=0)
+        elif self.right == "learning_rate":
+            self.lr_view.enableAutoRange(y=True)
 
     def flush(self):
         """Draw what arrived now (tests, screenshots)."""
@@ -286,6 +292,7 @@ class ComparePlot(_ThemedPlot):
         self.setLabel("bottom", "step")
         self.setLabel("left", "loss")
         self.legend = self.addLegend(offset=(-10, 10))
+        self._apply_palette()  # the legend's text and background in this appearance
         self.getPlotItem().setClipToView(True)
         self.getPlotItem().setDownsampling(auto=True, mode="peak")
         self.runs: list[str] = []

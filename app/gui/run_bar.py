@@ -97,11 +97,19 @@ def checkpoint_step(info) -> int | None:
         return None
 
 
+# the step a run training in this window has reached (the Train page's reports; the files on disk lag behind
+# until the next checkpoint): run folder -> (step, total)
+LIVE_STEPS: dict[str, tuple[int, int]] = {}
+
+
 def run_line(info, session=None) -> str:
     """'<b>title</b> · done · 600 of 600 steps · Qwen2.5-0.5B' (rich text)."""
     parts = [f"<b>{html.escape(info.title)}</b>", html.escape(state_words(info, session))]
-    total = info.total_steps
-    parts.append(f"{info.steps:,} of {total:,} steps" if total else f"{info.steps:,} steps")
+    steps, total = info.steps, info.total_steps
+    live = LIVE_STEPS.get(str(info.path))
+    if live is not None and live[0] >= steps:
+        steps, total = live[0], live[1] or total
+    parts.append(f"{steps:,} of {total:,} steps" if total else f"{steps:,} steps")
     if info.base_model:
         parts.append(html.escape(model_words(info.base_model)))
     return " · ".join(parts)
@@ -131,6 +139,10 @@ class RunBar(Panel):
         lay.addWidget(self.change, 0, Qt.AlignmentFlag.AlignVCenter)
         self.session.changed.connect(self._session_changed)
         self.refresh()
+
+    def showEvent(self, event):
+        super().showEvent(event)
+        self.refresh()  # a page opened during a run: the step reached now, not when the page last heard of it
 
     def _session_changed(self, names: set):
         if names & {"run_dir", "run_version", "jobs"}:

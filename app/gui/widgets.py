@@ -13,6 +13,7 @@ from PySide6.QtCore import QEvent, QPointF, QRect, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QPainter, QPalette, QPen
 from PySide6.QtWidgets import (QFrame, QLabel, QListWidget, QListWidgetItem, QPushButton, QStyle,
                                QStyledItemDelegate, QVBoxLayout, QWidget)
+from superqt import QCollapsible
 
 from app.gui import theme
 from core.data import KNOWN_SUFFIXES
@@ -297,6 +298,11 @@ class _ThemedPlot(pg.PlotWidget):
         legend = self.getPlotItem().legend
         if legend is not None:
             legend.setLabelTextColor(txt)
+            for _sample, label in legend.items:  # pyqtgraph keeps the new colour for the next text: redraw it now
+                label.setText(label.text, color=txt)
+            back = QColor(pal.color(QPalette.ColorRole.Base))
+            back.setAlpha(200)
+            legend.setBrush(pg.mkBrush(back))  # the legend readable where a curve or a star runs under it
         # pyqtgraph caches the painted background: drop it, or the old appearance stays behind the plot
         self.resetCachedContent()
         self.viewport().update()
@@ -424,3 +430,61 @@ class DropOverlay(QWidget):
         p.setPen(pal.color(QPalette.ColorRole.Text))
         p.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, self.text)
         p.end()
+
+
+# --------------------------------------------------------------------------- sections
+
+ARROWS = {"collapsedIcon": "\u25b6", "expandedIcon": "\u25bc"}  # ▶ closed, ▼ open
+
+
+class Section(QCollapsible):
+    """A section that folds away (superqt's QCollapsible) with ▶/▼ arrows, a header in the window's text colour
+    in either appearance (the header button's style sheet kept its first palette: black on a dark window), and
+    no empty band under it while closed."""
+
+    def __init__(self, title: str, parent=None):
+        super().__init__(title, parent, **ARROWS)
+        self.layout().setContentsMargins(0, 2, 0, 2)
+        self.layout().setSpacing(0)
+        self._recolour()
+
+    def _recolour(self):
+        btn = self._toggle_btn
+        colour = theme.text(self.palette())
+        pal = btn.palette()
+        for r in (QPalette.ColorRole.WindowText, QPalette.ColorRole.ButtonText):
+            pal.setColor(r, colour)
+        btn.setPalette(pal)  # the arrows are drawn in the button's WindowText
+        btn.setStyleSheet(f"text-align: left; border: none; outline: none; padding: 3px 2px; color: {colour.name()};")
+        self.setCollapsedIcon(ARROWS["collapsedIcon"])
+        self.setExpandedIcon(ARROWS["expandedIcon"])
+
+    def changeEvent(self, event):
+        super().changeEvent(event)
+        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange):
+            self._recolour()
+
+
+class WrapLabel(QLabel):
+    """A word-wrapped label that asks for the height its lines take at its width: a layout gives a wrapped
+    label the height it needs but counts only one line in its minimum, so where room is short the widget
+    above was squeezed under its own minimum and the two overlapped (the token histogram's axis title under
+    the Max length row)."""
+
+    def __init__(self, text: str = "", parent=None):
+        super().__init__(text, parent)
+        self.setWordWrap(True)
+
+    def _fit(self):
+        if self.width() > 0:
+            need = self.heightForWidth(self.width())
+            if need > 0 and need != self.minimumHeight():
+                self.setMinimumHeight(need)
+
+    def setText(self, text: str):
+        super().setText(text)
+        self._fit()
+
+    def resizeEvent(self, event):
+        super().resizeEvent(event)
+        self._fit()

@@ -15,7 +15,7 @@ from app.gui import theme
 from app.gui.chat_view import ChatView
 from app.gui.jobs import PREVIEW_EXAMPLES
 from app.gui.pages.base import PAINT_FIRST_MS, AppContext, Page, error_text
-from app.gui.widgets import DropZone, TokenHistogram, panel_label
+from app.gui.widgets import DropZone, TokenHistogram, WrapLabel, panel_label
 from core import paths
 from core.events import Cancelled
 
@@ -166,11 +166,10 @@ class DataPage(Page):
         self.hist_stack = QStackedWidget()
         self.hist_stack.addWidget(self.hist_placeholder)
         self.hist_stack.addWidget(self.histogram)
-        self.hist_stack.setMinimumHeight(150)
+        self.hist_stack.setMinimumHeight(110)  # 150 did not fit 1024x700 with the problem list and 4 lines below
         hl.addWidget(self.hist_stack, 1)
         hl.addLayout(hrow)
-        self.trunc_label = QLabel("")
-        self.trunc_label.setWordWrap(True)
+        self.trunc_label = WrapLabel("")  # its lines counted in the minimum: the plot above is never covered
         hl.addWidget(self.trunc_label)
         right.addWidget(hist_box)
 

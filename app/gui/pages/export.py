@@ -222,6 +222,8 @@ class ExportPage(Page):
         self.quant_note = QLabel("")
         self.quant_note.setObjectName("export.quant_note")
         self.quant_note.setWordWrap(True)
+        # right under the Size box: a form row's wrapped label is given more height than its lines need
+        self.quant_note.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         form.addRow("", self.quant_note)
         from app.gui.ship_panel import ShipPanel  # issue 29: merged/adapter choice, other targets, Share
 
@@ -298,10 +300,9 @@ class ExportPage(Page):
         self.layout_.addWidget(self.result)
         self.layout_.addWidget(self.after)
         # the other places (LM Studio, MLX, PEFT, the Hub) fold away: the page fits 1024x700 with them closed
-        from superqt import QCollapsible
+        from app.gui.widgets import Section
 
-        self.ship_section = QCollapsible("More places: LM Studio, MLX, PEFT, Hugging Face Hub",
-                                         collapsedIcon="\u25b6", expandedIcon="\u25bc")
+        self.ship_section = Section("More places: LM Studio, MLX, PEFT, Hugging Face Hub")
         self.ship_section.setObjectName("export.more")
         self.ship_section.addWidget(self.ship)
         self.ship_section.collapse(animate=False)

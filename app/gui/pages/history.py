@@ -620,6 +620,9 @@ class SidebarRuns(QListWidget):
         self.setObjectName("sidebar.runs")
         self.setToolTip("Training runs kept on disk; click one to try or export it.")
         self.setIconSize(sparkline([], 56, 18).size())
+        # a long title is cut with "..." (the whole path in the tooltip), never a sideways scroll bar
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setTextElideMode(Qt.TextElideMode.ElideRight)
         history.summaries_changed.connect(self.show_runs)
         self.itemClicked.connect(lambda it: history.select_run(Path(it.data(PATH_ROLE))))
         self.itemDoubleClicked.connect(lambda it: history.ctx.go_to(5))

@@ -17,15 +17,14 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QGridLayout, QHBoxLayout, QLabel,
                                QLineEdit, QListWidget, QListWidgetItem, QMessageBox, QPlainTextEdit, QProgressBar,
                                QPushButton, QSizePolicy, QSpinBox, QSplitter, QVBoxLayout, QWidget)
-from superqt import QCollapsible
 
 from app.gui import jobs as gj
 from app.gui import theme
 from app.gui.notify import notify
 from app.gui.pages.base import AppContext, Page, error_text
 from app.gui.plots import TrainPlot
-from app.gui.run_bar import RunBar, checkpoint_step, other_writer, state_words, writer_words
-from app.gui.widgets import Panel
+from app.gui.run_bar import LIVE_STEPS, RunBar, checkpoint_step, other_writer, state_words, writer_words
+from app.gui.widgets import Panel, Section  # Section: ▶ closed, ▼ open (superqt's default points up)
 from app.session import TRAIN, TRY
 from core import runs, units
 from core.events import Cancelled
@@ -34,8 +33,6 @@ from core.train import (DEFAULT_PRESET, MIN_STEPS, OPTION_RANGES, PRESET_TEXT, P
                         option_allows, option_help, option_label, preset_config)
 
 ON_MAC = sys.platform == "darwin"
-# superqt's default arrows point up when collapsed; a closed section points right, an open one down
-ARROWS = {"collapsedIcon": "\u25b6", "expandedIcon": "\u25bc"}
 
 
 def _machines(text: str) -> str:
@@ -396,7 +393,7 @@ class TrainPage(Page):
         lay.addWidget(self.method_row)
         self.method.currentIndexChanged.connect(lambda _i: self._method_changed())
         self._method_changed()
-        self.advanced = QCollapsible("Advanced: every option", **ARROWS)
+        self.advanced = Section("Advanced: every option")
         self.advanced.setObjectName("train.advanced")
         self.options = OptionsForm(self._options_changed)
         self.advanced.addWidget(self.options)
@@ -888,7 +885,7 @@ class TrainPage(Page):
         """The "Several Macs" section: a host file, a check of every Mac in it, and the switch that makes
         Start run the group (core.group_train) instead of the trainer on this Mac alone."""
         self._group_run = False  # the running job is a group run (no pause)
-        self.hosts_box = QCollapsible("Several Macs" if ON_MAC else "Several computers", **ARROWS)
+        self.hosts_box = Section("Several Macs" if ON_MAC else "Several computers")
         self.hosts_box.setObjectName("train.hosts_box")
         box = QWidget()
         v = QVBoxLayout(box)
@@ -1216,6 +1213,9 @@ class TrainPage(Page):
         if 1000 * r.step // max(1, r.total) != 1000 * self.progress.value() // max(1, r.total) or r.step == r.total:
             self.progress.setValue(r.step)  # repainting the bar costs: only when it moves a pixel or so
             self.progress.setFormat(f"step {r.step:,} of {r.total:,}")
+            if self._live_run is not None:  # the run bar above says the step reached, not the last checkpoint's
+                LIVE_STEPS[str(self._live_run)] = (r.step, r.total)
+                self.run_bar.refresh()
 
     def _show_memorising_of(self, m) -> None:
         """The banner for a run's recorded memorising ({"best_step", "step", ...} in its result or status)."""
@@ -1336,6 +1336,8 @@ class TrainPage(Page):
         notify(self.ctx.window, "Training failed", str(exc), error=True)
 
     def _ended(self):
+        if self._live_run is not None:
+            LIVE_STEPS.pop(str(self._live_run), None)  # from here on the files say it
         self._live_run = None
         self._restore_user_options()
         self._estimate_timer.start()

@@ -109,8 +109,6 @@ def tool_result_turn(holder: ModelHolder, model_dir, run_dir, side, results, sam
 # -- tools (issue 31) ----------------------------------------------------------------------------
 from core.tools import call_text, read_tools_text  # noqa: E402,F401  (shared with `tuneloom chat --tools`)
 
-TOOLS_ARROWS = {"collapsedIcon": "\u25b6", "expandedIcon": "\u25bc"}  # as the Train page's sections
-
 
 def evaluate_job(holder: ModelHolder, model_dir, run_dir, data, limit, on_row, drift=False, events=None,
                  cancel=None):
@@ -413,11 +411,11 @@ class TryPage(Page):
     def _build_tools(self):
         """The Tools section (definitions pasted or loaded) and, under each column, the input for
         what a call returned."""
-        from superqt import QCollapsible
+        from app.gui.widgets import Section
 
         self.tools: list[dict] | None = None  # the valid definitions, in OpenAI's form
         self.tools_error: str | None = None
-        self.tools_box = QCollapsible("Tools", **TOOLS_ARROWS)
+        self.tools_box = Section("Tools")
         self.tools_box.setObjectName("try.tools")
         box = QWidget()
         v = QVBoxLayout(box)
