@@ -183,12 +183,12 @@ def test_2gb_junk_file_is_rejected_while_the_window_stays_responsive(window, qtb
     with open(junk, "wb") as fh:
         fh.truncate(2 * 1024 ** 3)  # sparse: 2 GB of NUL bytes that take no disk space
     mon = TickMonitor(parent=window).start()
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU seconds of this process: a loaded machine does not stretch them
     simulate_drop(window, [junk])
-    qtbot.waitUntil(lambda: "Cannot use" in window.data_page.summary.text(), timeout=30000)
+    qtbot.waitUntil(lambda: "Cannot use" in window.data_page.summary.text(), timeout=60000)
     qtbot.wait(200)
     mon.stop()
-    assert time.perf_counter() - t0 < 10
+    assert time.process_time() - t0 < 10  # refused at the first bytes, not after reading 2 GB
     assert "binary" in window.data_page.summary.text() or "NUL" in window.data_page.summary.text()
     assert window.dataset is None and not window.data_page.results.isVisible()
     assert mon.ticks >= 10 and mon.responsive(MAX_GAP_MS), mon
