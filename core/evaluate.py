@@ -38,6 +38,7 @@ from typing import Any, Callable
 import core  # noqa: F401  (OpenBLAS before MLX)
 from core import runs
 from core.events import NULL_EVENTS, CancelToken, Cancelled, Events, TuneloomError
+from core.tools import json_equal  # JSON's own equality, shared with tool-call accuracy
 
 SIDES = ("base", "tuned")
 LOSS_BATCH_EXAMPLES = 32  # examples per loss call: progress and a stop between calls
@@ -55,19 +56,6 @@ def parse_json(text: str) -> Any | None:
     except (ValueError, TypeError, AttributeError):
         return None
     return value if isinstance(value, (dict, list)) else None
-
-
-def json_equal(a: Any, b: Any) -> bool:
-    """Equality of JSON values in JSON's own terms: true is not 1, "1" is not 1, 1 is 1.0."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return isinstance(a, bool) and isinstance(b, bool) and a == b
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return a == b
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b))
-    return type(a) is type(b) and a == b
 
 
 @dataclass
