@@ -33,7 +33,7 @@ from PySide6.QtCore import QSettings  # noqa: E402
 from app.gui import theme  # noqa: E402
 from app.gui.main import TuneloomApp  # noqa: E402
 from app.gui.main_window import MainWindow  # noqa: E402
-from app.gui.testing import pump_events  # noqa: E402
+from app.gui.testing import open_window, pump_events  # noqa: E402
 from core.paths import demo_data_dir, demo_model_dir  # noqa: E402
 
 OUT = ROOT / "docs"
@@ -72,13 +72,7 @@ def sizes_only():
     app = TuneloomApp(sys.argv)
     light = app.palette()
 
-    def pump(seconds=0.0, cond=None, timeout=600):
-        pump_events(app, seconds, cond, timeout, slice_ms=30)
-
-    w = MainWindow(settings=QSettings(str(HOME / "settings.ini"), QSettings.Format.IniFormat))
-    w.resize(*SIZE)
-    w.show()
-    pump(cond=lambda: w.model_dir is not None and len(w.model_page.cards) > 5)
+    w, pump = open_window(app, HOME, SIZE, timeout=600, slice_ms=30, ready=lambda w: w.model_dir is not None and len(w.model_page.cards) > 5)
     w.load_data([demo_data_dir()])
     pump(cond=lambda: w.token_report is not None)
     tp = w.train_page

@@ -21,11 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import core  # noqa: E402,F401
-from PySide6.QtCore import QSettings  # noqa: E402
 
 from app.gui.main import TuneloomApp  # noqa: E402
-from app.gui.main_window import MainWindow  # noqa: E402
-from app.gui.testing import pump_events  # noqa: E402
+from app.gui.testing import open_window  # noqa: E402
 from core.paths import demo_model_dir  # noqa: E402
 
 OUT = ROOT / "docs"
@@ -39,13 +37,7 @@ def main():
     run = tiny_run()
     app = TuneloomApp(sys.argv)
 
-    def pump(seconds=0.0, cond=None, timeout=600):
-        pump_events(app, seconds, cond, timeout, slice_ms=10)
-
-    w = MainWindow(settings=QSettings(str(HOME / "settings.ini"), QSettings.Format.IniFormat))
-    w.resize(*SIZE)
-    w.show()
-    pump(cond=lambda: w.model_dir is not None)
+    w, pump = open_window(app, HOME, SIZE, timeout=600, slice_ms=10)
     w.session.update(model_dir=demo_model_dir(), run_dir=run)
     tp = w.try_page
 

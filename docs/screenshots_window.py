@@ -22,11 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import core  # noqa: E402,F401
-from PySide6.QtCore import QSettings  # noqa: E402
 
 from app.gui.main import TuneloomApp  # noqa: E402
-from app.gui.main_window import MainWindow  # noqa: E402
-from app.gui.testing import pump_events  # noqa: E402
+from app.gui.testing import open_window  # noqa: E402
 from core import runs  # noqa: E402
 from tests.test_gui_truth import fake_run  # noqa: E402
 
@@ -51,13 +49,7 @@ def main():
     try:
         app = TuneloomApp(sys.argv)
 
-        def pump(seconds=0.0, cond=None, timeout=120):
-            pump_events(app, seconds, cond, timeout, slice_ms=30)
-
-        w = MainWindow(settings=QSettings(str(HOME / "settings.ini"), QSettings.Format.IniFormat))
-        w.resize(*SIZE)
-        w.show()
-        pump(cond=lambda: w.model_dir is not None)
+        w, pump = open_window(app, HOME, SIZE, timeout=120, slice_ms=30)
         pump(cond=lambda: runs.lock_holder(busy) == proc.pid, timeout=60)
         hp = w.history_page
         hp.refresh()

@@ -218,3 +218,23 @@ def layout_problems(root) -> list[str]:
                 if ga.intersects(b.geometry().adjusted(1, 1, -1, -1)):
                     problems.append(f"{_name(a)} and {_name(b)} overlap in {_name(w)}")
     return problems
+
+
+def open_window(app, home, size, *, timeout: float = 600, slice_ms: int = 10, ready=None):
+    """A MainWindow for a screenshot script (docs/screenshots*.py): its own settings file under ``home``,
+    at ``size``, shown, and its first model check done (or ``ready(window)``). Returns the window and a
+    ``pump(seconds=0.0, cond=None, timeout=...)`` that runs ``app``'s event loop."""
+    from pathlib import Path
+
+    from PySide6.QtCore import QSettings
+
+    from app.gui.main_window import MainWindow
+
+    def pump(seconds: float = 0.0, cond=None, timeout: float = timeout):
+        pump_events(app, seconds, cond, timeout, slice_ms=slice_ms)
+
+    w = MainWindow(settings=QSettings(str(Path(home) / "settings.ini"), QSettings.Format.IniFormat))
+    w.resize(*size)
+    w.show()
+    pump(cond=(lambda: ready(w)) if ready is not None else (lambda: w.model_dir is not None))
+    return w, pump
