@@ -356,6 +356,8 @@ def test_a_failed_run_says_why(home, qtbot, tmp_path):
 
     assert notify.sent[-1][0] == "Training failed"
     assert "error:" in w.train_page.log.toPlainText()
+    # it failed before its first step: no empty progress bar (it would read as a text field)
+    assert w.train_page.progress.isHidden()
 
 
 def test_metrics_records_hold_the_step_report(home, tmp_path):

@@ -718,7 +718,7 @@ class TrainPage(Page):
             self.stat["valid"].setText(f"{vv[-1]:.4f} @{vs[-1]}")
         name = html.escape(info.title)
         st = info.state
-        self.progress.show()
+        self.progress.setVisible(bool(info.steps))  # no step yet: no bar (an empty one looks like a text field)
         self.progress.setRange(0, max(1, total or 1))
         self.progress.setValue(min(info.steps, total or info.steps))
         self.progress.setFormat(f"step {info.steps:,} of {total:,}" if total else "")
@@ -1345,10 +1345,11 @@ class TrainPage(Page):
         self.refresh_controls()
         if self.result_state in ("running", "paused"):
             self.result_state = "idle"
-        if self.progress.maximum() == 0:
+        if self.progress.maximum() == 0:  # ended before its first step: an empty bar looks like a text field
             self.progress.setRange(0, 1)
             self.progress.setValue(0)
             self.progress.setFormat("")
+            self.progress.hide()
         if self._close_when_done:
             QTimer.singleShot(0, self.ctx.window.close)
 
