@@ -112,6 +112,22 @@ def test_no_server_writes_the_files_and_retry_registers_once_it_runs(window, qtb
     assert gguf.is_file() and (run_dir / "exports" / "model-f16.Modelfile").is_file()
     text = page.result.text()
     assert "GGUF:" in text and ("not running" in text or "not installed" in text) and "Retry" in text, text
+    if "ollama.com/download" in text:  # where to get Ollama: a link that opens, in the palette's link colour
+        from PySide6.QtGui import QPalette
+        from PySide6.QtWidgets import QApplication
+
+        from app.gui import theme
+
+        assert page.result.openExternalLinks()
+        app = QApplication.instance()
+        light = QPalette(app.palette())
+        try:
+            app.setPalette(theme.dark_palette())
+            qtbot.waitUntil(lambda: theme.dark_palette().color(QPalette.ColorRole.Link).name() in page.result.text(),
+                            timeout=5000)
+        finally:
+            app.setPalette(light)
+        qtbot.waitUntil(lambda: light.color(QPalette.ColorRole.Link).name() in page.result.text(), timeout=5000)
     assert page.retry_btn.isVisible() and page.retry_btn.isEnabled()
     assert page.stages.states["gguf"] == "done" and page.stages.states["upload"] == "failed"
     assert page.command.text().startswith("ollama create kettle-bot")

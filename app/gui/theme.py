@@ -109,3 +109,10 @@ def dark_palette() -> QPalette:
                  (C.Highlight, QColor("#3a3a3a")), (C.PlaceholderText, QColor("#5a5a5a"))):
         p.setColor(G.Disabled, r, c)
     return p
+
+
+def link_colours(text: str, pal: QPalette) -> str:
+    """Rich text whose links carry ``pal``'s link colour. A QLabel fixes its links' colour when the text
+    is set: set the text again through this after a palette change (dark blue on dark otherwise)."""
+    colour = pal.color(QPalette.ColorRole.Link).name()
+    return text.replace("<a href=", f"<a style='color:{colour}' href=")

@@ -262,7 +262,10 @@ class ExportPage(Page):
         self.result.setObjectName("export.result")
         self.result.setWordWrap(True)
         self.result.setTextFormat(Qt.TextFormat.RichText)
-        self.result.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        # selectable, and its links (where to get Ollama) open in the browser
+        self.result.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
+        self.result.setOpenExternalLinks(True)
+        self._result_html = self._result_shown = None  # the last result with links, and as shown
         self.command = QLineEdit()
         self.command.setObjectName("export.command")
         self.command.setReadOnly(True)
@@ -590,8 +593,23 @@ class ExportPage(Page):
         else:
             self.set_command(res.get("ollama_command", ""))
             msg += "Saved. To use it in Ollama later, run (<code>ollama create</code>):"
-        self.result.setText(msg)
+        self._show_result_html(msg)
         self.refresh()
+
+    def _show_result_html(self, msg: str):
+        from app.gui import theme
+
+        self._result_html = msg
+        self._result_shown = theme.link_colours(msg, self.palette())
+        self.result.setText(self._result_shown)
+
+    def changeEvent(self, event):
+        from PySide6.QtCore import QEvent
+
+        if (event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange)
+                and self._result_html is not None and self.result.text() == self._result_shown):
+            self._show_result_html(self._result_html)  # its links in the new palette's colour
+        super().changeEvent(event)
 
     def set_command(self, text: str) -> None:
         """The command to run, shown from its start (a long path runs off the right, not the command's name)."""
