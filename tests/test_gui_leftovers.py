@@ -341,3 +341,32 @@ def test_the_evaluate_tab_shows_preference_accuracy_for_preference_runs(home, qt
     assert t.metric_texts()["base"]["preference_accuracy"] == "75.0%"
     assert t.metric_texts()["tuned"]["preference_accuracy"] == "95.0%"
     assert "original 75.0%, fine-tune 95.0%" in w.try_page.eval_summary.text()
+
+
+def test_a_damaged_runs_status_takes_the_palettes_red_after_a_theme_switch(home, qtbot, tmp_path):
+    """The Status cell of a failed or damaged run is drawn in the error colour of the palette in use: after
+    dark and back to light it is light's red again, not dark's."""
+    from PySide6.QtGui import QPalette
+    from PySide6.QtWidgets import QApplication
+
+    from app.gui import theme
+
+    good = fake_run("fine", checkpoint=None)
+    bad = fake_run("lost-adapter", adapters=False)
+    w = make_window(qtbot, tmp_path / "s.ini")
+    hp = w.history_page
+    hp.refresh()
+    history_ready(w, qtbot, 2)
+    app = QApplication.instance()
+    light = QPalette(app.palette())
+    try:
+        for pal in (theme.dark_palette(), light):
+            app.setPalette(pal)
+            want = theme.accent("error", pal).name()
+            qtbot.waitUntil(lambda: _row(w, bad).foreground(4).color().name() == want, timeout=5000)
+        assert theme.accent("error", theme.dark_palette()).name() != theme.accent("error", light).name()
+        from PySide6.QtCore import Qt
+
+        assert _row(w, good).foreground(4).style() == Qt.BrushStyle.NoBrush  # a healthy run keeps the default colour
+    finally:
+        app.setPalette(light)

@@ -29,6 +29,7 @@ from app.session import EXPORT, TRY
 from core import paths, runs
 
 PATH_ROLE = Qt.ItemDataRole.UserRole
+ERROR_ROLE = int(Qt.ItemDataRole.UserRole) + 1  # a Status cell drawn in the error colour (a failed or damaged run)
 COLUMNS = ["Run", "Date", "Base model", "Dataset", "Status", "Steps", "Train loss", "Valid loss", "Curve"]
 def runs_best_name() -> str:
     from core.runs import BEST_ADAPTERS
@@ -222,6 +223,18 @@ class HistoryPage(Page):
             self.watcher.addPath(str(root))
 
     # -- loading
+    def changeEvent(self, event):
+        from PySide6.QtCore import QEvent
+
+        if (event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange)
+                and getattr(self, "list", None) is not None):
+            colour = theme.accent("error", self.palette())  # a failed run's Status in this palette's red
+            for i in range(self.list.topLevelItemCount()):
+                item = self.list.topLevelItem(i)
+                if item.data(4, ERROR_ROLE):
+                    item.setForeground(4, colour)
+        super().changeEvent(event)
+
     def refresh(self):
         self._watch()
         self.slots["history"].start(gj.load_history, on_ok=self._loaded,
@@ -303,6 +316,7 @@ class HistoryPage(Page):
                     item.setToolTip(c, tip)
                 if info.state == "failed" or problems:
                     item.setForeground(4, theme.accent("error", pal))
+                    item.setData(4, ERROR_ROLE, True)  # recoloured when the palette changes
                 self.list.addTopLevelItem(item)
         finally:
             self._filling = False
