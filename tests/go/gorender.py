@@ -49,13 +49,21 @@ def _work_dir() -> Path:
     return d
 
 
-def build_renderer() -> Path:
-    """Compile render.go and tools.go (stdlib only, no module download) and return the binary's path."""
+def _go_build_env(**overrides: str) -> tuple[str, Path, dict]:
+    """(go binary, work folder, environment) for an offline build: Go's caches in the work folder, no
+    toolchain or module download, no cgo."""
     go, extra = go_command()
     work = _work_dir()
     env = {**os.environ, **extra,
            "GOCACHE": str(work / "cache"), "GOPATH": str(work / "gopath"), "GOTOOLCHAIN": "local",
-           "GOTELEMETRY": "off", "CGO_ENABLED": "0", "GOFLAGS": "", "GOPROXY": "off", "GO111MODULE": "on"}
+           "GOTELEMETRY": "off", "CGO_ENABLED": "0", "GOFLAGS": "", "GOPROXY": "off", "GO111MODULE": "on",
+           **overrides}
+    return go, work, env
+
+
+def build_renderer() -> Path:
+    """Compile render.go and tools.go (stdlib only, no module download) and return the binary's path."""
+    go, work, env = _go_build_env()
     version = subprocess.run([go, "version"], env=env, capture_output=True, text=True, timeout=60)
     if version.returncode != 0:
         raise GoUnavailable(f"`go version` failed: {version.stderr.strip()}")
@@ -72,13 +80,45 @@ def build_renderer() -> Path:
     return binary
 
 
-class GoRenderer:
+class _LineServer:
+    """A long-running helper process speaking one JSON request per line, one JSON reply per line."""
+
+    what = "Go renderer"
+
+    def __init__(self, *cmd: str):
+        self._proc = subprocess.Popen(list(cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def _ask(self, req: dict) -> dict:
+        with self._lock:
+            self._proc.stdin.write(json.dumps(req, ensure_ascii=False) + "\n")
+            self._proc.stdin.flush()
+            line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.what} died: " + self._proc.stderr.read())
+        res = json.loads(line)
+        if res.get("error"):
+            raise RuntimeError(res["error"])
+        return res
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.stdin.close()
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+        for stream in (self._proc.stdout, self._proc.stderr):
+            if stream:
+                stream.close()
+
+
+class GoRenderer(_LineServer):
     """A long-running ``render -serve`` process: one request, one reply."""
 
     def __init__(self, binary: Path):
-        self._proc = subprocess.Popen([str(binary), "-serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, encoding="utf-8")
-        self._lock = threading.Lock()
+        super().__init__(str(binary), "-serve")
 
     def render(self, template: str, messages: list[dict] | None = None, *, system: str = "",
                mode: str = "chat", prompt: str = "", think: bool | None = None, tools: list | None = None) -> str:
@@ -115,29 +155,6 @@ class GoRenderer:
         return {"vars": res.get("vars") or [], "think_open": res.get("think_open", ""),
                 "think_close": res.get("think_close", "")}
 
-    def _ask(self, req: dict) -> dict:
-        with self._lock:
-            self._proc.stdin.write(json.dumps(req, ensure_ascii=False) + "\n")
-            self._proc.stdin.flush()
-            line = self._proc.stdout.readline()
-        if not line:
-            raise RuntimeError("Go renderer died: " + self._proc.stderr.read())
-        res = json.loads(line)
-        if "error" in res and res["error"]:
-            raise RuntimeError(res["error"])
-        return res
-
-    def close(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.stdin.close()
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-        for stream in (self._proc.stdout, self._proc.stderr):
-            if stream:
-                stream.close()
-
 
 # ---- Ollama's own template and tool-call parser packages, compiled from a checkout of its source ----
 
@@ -156,12 +173,7 @@ def build_ollama_packages(src: Path) -> Path:
     """Compile Ollama's template and tools packages from ``src`` (their files unchanged) with the stand-in
     api and levenshtein packages and the driver in ollama_real/ (no module download: those are the
     packages' only dependencies outside the standard library). Returns the binary's path."""
-    go, extra = go_command()
-    work = _work_dir()
-    env = {**os.environ, **extra,
-           "GOCACHE": str(work / "cache"), "GOPATH": str(work / "gopath"), "GOTOOLCHAIN": "local",
-           "GOTELEMETRY": "off", "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOPROXY": "off", "GO111MODULE": "on",
-           "GONOSUMDB": "*"}
+    go, work, env = _go_build_env(GOFLAGS="-mod=mod", GONOSUMDB="*")
     files = {f"tools/{p.name}": p for p in sorted((src / "tools").glob("*.go")) if not p.name.endswith("_test.go")}
     files.update({f"template/{p.name}": p for p in sorted((src / "template").iterdir())
                   if p.suffix in (".go", ".gotmpl", ".json") and not p.name.endswith("_test.go")})
@@ -193,23 +205,13 @@ def build_ollama_packages(src: Path) -> Path:
     return binary
 
 
-class OllamaPackages:
+class OllamaPackages(_LineServer):
     """Ollama's own template.Execute and tools.Parser in a long-running process."""
 
-    def __init__(self, binary: Path):
-        self._proc = subprocess.Popen([str(binary)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, encoding="utf-8")
+    what = "Ollama's packages"
 
-    def _ask(self, req: dict) -> dict:
-        self._proc.stdin.write(json.dumps(req, ensure_ascii=False) + "\n")
-        self._proc.stdin.flush()
-        line = self._proc.stdout.readline()
-        if not line:
-            raise RuntimeError("Ollama's packages died: " + self._proc.stderr.read())
-        res = json.loads(line)
-        if res.get("error"):
-            raise RuntimeError(res["error"])
-        return res
+    def __init__(self, binary: Path):
+        super().__init__(str(binary))
 
     def render(self, template: str, messages: list[dict], *, tools: list | None = None,
                think: bool | None = None) -> str:
@@ -224,14 +226,3 @@ class OllamaPackages:
         res = self._ask({"mode": "parse", "template": template, "tools": tools, "output": output})
         calls = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]} for c in res.get("calls") or []]
         return {"tag": res.get("tag", ""), "calls": calls, "content": res.get("content", "")}
-
-    def close(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.stdin.close()
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-        for stream in (self._proc.stdout, self._proc.stderr):
-            if stream:
-                stream.close()
