@@ -86,6 +86,9 @@ def run_locked_by_other(run_dir: Path) -> bool:
     return lock_holder(run_dir) is not None
 
 
+LOCK_ATTEMPTS = 20  # a reader's shared lock lasts an instant; a writer's, the whole run
+
+
 class RunLock:
     """An exclusive OS lock on a run folder, held while this process writes it.
 
@@ -100,15 +103,22 @@ class RunLock:
         if fcntl is None:
             return self
         fd = os.open(_lock_path(self.run_dir), os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            pid = lock_holder(self.run_dir)
-            raise RunFolderTaken(
-                f"{self.run_dir} is being trained by another process"
-                + (f" (pid {pid})" if pid else "") + ".",
-                "Wait until it ends, or stop it first; give a new run a folder of its own (another --out).")
+        for attempt in range(LOCK_ATTEMPTS):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                # a reader looking (lock_holder: the window's History and Export pages) holds a shared lock
+                # for an instant; only a lock still held by a writer means another process trains the run
+                if attempt + 1 < LOCK_ATTEMPTS and lock_holder(self.run_dir) is None:
+                    time.sleep(0.01)
+                    continue
+                os.close(fd)
+                pid = lock_holder(self.run_dir)
+                raise RunFolderTaken(
+                    f"{self.run_dir} is being trained by another process"
+                    + (f" (pid {pid})" if pid else "") + ".",
+                    "Wait until it ends, or stop it first; give a new run a folder of its own (another --out).")
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd

@@ -110,6 +110,33 @@ def test_a_second_writer_is_refused_at_once(done_run, tmp_path):
         no_traceback(p)
 
 
+def test_a_window_looking_at_the_lock_does_not_turn_a_writer_away(tmp_path, monkeypatch):
+    """History and Export look at a run's lock (lock_holder: a shared lock for an instant). A writer whose
+    exclusive lock meets that instant tries again instead of saying another process trains the run; a
+    lock a writer keeps is refused as before."""
+    import fcntl
+
+    run = tmp_path / "run"
+    run.mkdir()
+    real = fcntl.flock
+    calls = []
+
+    def flock(fd, op):  # the first exclusive try meets a reader's shared lock, the next finds it gone
+        if op == fcntl.LOCK_EX | fcntl.LOCK_NB:
+            calls.append(op)
+            if len(calls) == 1:
+                raise BlockingIOError(11, "Resource temporarily unavailable")
+        return real(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with runs.RunLock(run):
+        assert len(calls) == 2 and runs.lock_holder(run) == os.getpid()
+    monkeypatch.setattr(fcntl, "flock", real)
+    with runs.RunLock(run):
+        with pytest.raises(runs.RunFolderTaken, match="being trained by another process"):
+            runs.RunLock(run).acquire()
+
+
 def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
