@@ -62,7 +62,7 @@ def default_gguf_name(source: str | Path, quant: str = "f16") -> str:
 def _tensor_values(model_dir: Path) -> tuple[int, int]:
     """(values once dequantized, bytes per float value) of a model folder's weights, from the
     safetensors headers (an MLX-quantized matrix stores 32 // bits values per U32)."""
-    from core.hub import read_safetensors_header
+    from core.model_folder import SAFETENSORS_DTYPE_BYTES, read_safetensors_header
 
     config = runs.read_json(model_dir / "config.json") or {}
     quant = config.get("quantization") or config.get("quantization_config") or {}
@@ -80,7 +80,7 @@ def _tensor_values(model_dir: Path) -> tuple[int, int]:
                 bits = (layer or {}).get("bits") if isinstance(layer, dict) else None
                 n *= 32 // int(bits or quant.get("bits") or 4)
             else:
-                float_bytes = max(float_bytes, {"F32": 4, "F16": 2, "BF16": 2}.get(info["dtype"], 0))
+                float_bytes = max(float_bytes, SAFETENSORS_DTYPE_BYTES[info["dtype"]] if info["dtype"] in ("F32", "F16", "BF16") else 0)
             values += n
     dtype = config.get("torch_dtype") or config.get("dtype")
     return values, _FLOAT_BYTES.get(dtype, float_bytes or 2)

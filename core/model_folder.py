@@ -189,6 +189,11 @@ def safetensors_layout(path: str | os.PathLike) -> tuple[dict, int, int]:
     return header, 8 + n, 8 + n + end
 
 
+# bytes per element of each safetensors dtype
+SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "U32": 4, "I16": 2, "I8": 1,
+                           "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
 def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, int]:
     """(header, bytes the whole file should have) of a safetensors file (``safetensors_layout``)."""
     header, _, total = safetensors_layout(path)

@@ -27,6 +27,7 @@ from app.gui.run_bar import LIVE_STEPS, RunBar, checkpoint_step, other_writer, s
 from app.gui.widgets import Panel, Section  # Section: ▶ closed, ▼ open (superqt's default points up)
 from app.session import TRAIN, TRY
 from core import runs, units
+from core.estimate import TrainEstimate, estimate_training
 from core.events import Cancelled
 from core.presets import WARN_SHARE, preset_values
 from core.train import (DEFAULT_PRESET, MIN_STEPS, OPTION_RANGES, PRESET_TEXT, PRESETS, TrainConfig, fit_to_data,
@@ -543,7 +544,7 @@ class TrainPage(Page):
         self._stats_timer.setInterval(100)
         self._stats_timer.timeout.connect(self._show_stats)
         self._stats_timer.start()
-        self.estimate_value: gj.TrainEstimate | None = None
+        self.estimate_value: TrainEstimate | None = None
         self._fit_notes: list[str] = []
         self._live_run: Path | None = None  # the run this page trains now (shown live, not read from disk)
         self._user_options: tuple[str, dict] | None = None  # the form as the user left it, while a run's is shown
@@ -854,12 +855,12 @@ class TrainPage(Page):
         vals, self._fit_notes = self.fitted_values()
         if getattr(s.dataset, "pairs", 0):
             vals["method"] = self.method_key()
-        self.slots["estimate"].start(gj.estimate_training, s.model_dir, vals, self.n_train(), lengths,
+        self.slots["estimate"].start(estimate_training, s.model_dir, vals, self.n_train(), lengths,
                                      on_ok=self._show_estimate,
                                      on_failed=lambda exc: self.estimate.setText(
                                          "No estimate: " + html.escape(error_text(exc))))
 
-    def _show_estimate(self, est: gj.TrainEstimate):
+    def _show_estimate(self, est: TrainEstimate):
         self.estimate_value = est
         pal = self.palette()
         mem = f"Needs about <b>{fmt_memory(est.memory_bytes)}</b> of memory"
