@@ -87,6 +87,35 @@ def _data_options(a) -> dict:
             "assistant_template": a.assistant_template, "system": a.system, "use": a.use, "fill": _parse_fill(a.fill)}
 
 
+def add_option_flags(p, helptext) -> None:
+    """`tuneloom train`'s flags for the training options, generated from their table (core.options: kind,
+    choices, how the flag is given); --iters and --epochs exclude each other."""
+    from core.options import OPTIONS
+
+    types_ = {"int": int, "float": float, "str": str}
+    length = p.add_mutually_exclusive_group()
+    for name, o in OPTIONS.items():
+        if not o.flag:
+            continue
+        flag, where = "--" + name.replace("_", "-"), (length if name in ("iters", "epochs") else p)
+        if o.flag == "switch":
+            where.add_argument(flag, action="store_true", help=helptext(name))
+        elif o.flag == "toggle":
+            where.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                               help=helptext(name))
+        else:
+            where.add_argument(flag, type=types_[o.kind], choices=list(o.choices) or None, metavar=o.metavar,
+                               help=helptext(name))
+
+
+def option_flag_values(a) -> dict:
+    """The training options given as flags (None: not given; a switch left off is not given either)."""
+    from core.options import OPTIONS
+
+    return {name: (True if getattr(a, name) else None) if o.flag == "switch" else getattr(a, name)
+            for name, o in OPTIONS.items() if o.flag}
+
+
 def _add_template_options(p) -> None:
     """--user-template, --assistant-template, --system: help from the TrainConfig fields they set."""
     from dataclasses import fields
@@ -278,21 +307,9 @@ def cmd_train(a) -> int:
     from core.events import Cancelled, TuneloomError
     from core.train import DEFAULT_PRESET, TrainConfig, apply_preset, train
 
-    kwargs = {"iters": a.iters, "epochs": a.epochs, "rank": a.rank, "alpha": a.alpha, "lr": a.lr, "batch": a.batch,
-              "max_seq_len": a.max_seq_len, "seed": a.seed, "mask_prompt": a.mask_prompt,
-              "dora": True if a.dora else None, "skip_invalid": True if a.skip_invalid else None,
-              "checkpoint_every": a.checkpoint_every, "valid_every": a.valid_every, "dropout": a.dropout,
-              "pack": True if a.pack else None, "mapping": _parse_map(a.map),
-              "name": a.name, "grad_accum": a.grad_accum, "targets": a.targets, "num_layers": a.num_layers,
-              "warmup": a.warmup, "min_lr_ratio": a.min_lr_ratio, "weight_decay": a.weight_decay,
-              "grad_checkpoint": a.grad_checkpoint, "last_turn_only": True if a.last_turn_only else None,
-              "valid_batches": a.valid_batches, "valid_fraction": a.valid_fraction, "compile": a.compile,
-              "user_template": a.user_template, "assistant_template": a.assistant_template,
-              "system_prompt": a.system, "use": a.use, "fill": _parse_fill(a.fill),
-              "chunk": True if a.chunk else None}
-    # preference tuning (issue 30): --method dpo|orpo, --beta, --orpo-lambda, --label-smoothing
-    kwargs.update(method=a.method, beta=a.beta, orpo_lambda=a.orpo_lambda, label_smoothing=a.label_smoothing)
-    kwargs.update(early_stop=a.early_stop, test_fraction=a.test_fraction)
+    kwargs = {**option_flag_values(a), "mapping": _parse_map(a.map), "user_template": a.user_template,
+              "assistant_template": a.assistant_template, "system_prompt": a.system, "use": a.use,
+              "fill": _parse_fill(a.fill), "chunk": True if a.chunk else None}
     if getattr(a, "hosts", None):
         return _train_group(a)
     # a new run starts from the chosen preset, else the default one (the Train page's too); a resumed run
@@ -476,9 +493,22 @@ def cmd_export(a) -> int:
             if system:
                 print(f"Modelfile SYSTEM: the system prompt the run was trained with ({system[:60]!r}"
                       f"{'...' if len(system) > 60 else ''}); --system \"\" for none", file=sys.stderr)
+        # as the Export page does (core.export_run): a run registered in Ollama is asked a held-out question
+        # greedily, and Ollama's answer is set beside Tuneloom's own
+        from core.export_run import VERIFY_OPTIONS, answer_check, tuneloom_answer, verify_messages
+
+        cancel = _cancel_on_sigint()
+        msgs = verify_messages(run) if a.ollama and a.gguf and run is not None else None
         res = export(a.source, adapter=a.adapter, gguf=a.gguf, quant=a.quant, ollama=a.ollama, system=system or None,
-                     force=a.force, modelfile=a.modelfile, events=ev, cancel=_cancel_on_sigint(),
-                     replace_files=a.force, final=a.final)
+                     force=a.force, modelfile=a.modelfile, events=ev, cancel=cancel, replace_files=a.force,
+                     final=a.final, verify_messages=msgs, verify_options=VERIFY_OPTIONS if msgs else None)
+        if msgs and res.get("ollama"):
+            res["verify_messages"] = msgs
+            res["tuneloom_answer"] = tuneloom_answer(run, msgs, cancel)
+            check = answer_check(res)
+            res["answer_check"] = check
+            print(f"check: {'Ollama and Tuneloom give the same answer' if check['same'] else 'the answers differ'} "
+                  f"to {check['question'][:60]!r}", file=sys.stderr)
     except TuneloomError as exc:
         print(f"error: {exc.user_message()}", file=sys.stderr)
         return 1
@@ -743,48 +773,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", help=option_help("model"))
     t.add_argument("--data", nargs="+", help=option_help("data"))
     t.add_argument("--out", help=option_help("out"))
-    t.add_argument("--name", help=opt("name"))
     t.add_argument("--preset", choices=list(PRESET_TEXT), help=f"start from a preset (default: {DEFAULT_PRESET}, as "
                    "the Train page; flags given override it; the steps and warm-up then fit the data as the Train "
                    "page fits them): " + presets)
-    g = t.add_mutually_exclusive_group()
-    g.add_argument("--iters", type=int, help=opt("iters"))
-    g.add_argument("--epochs", type=float, help=opt("epochs"))
-    t.add_argument("--rank", type=int, help=opt("rank"))
-    t.add_argument("--alpha", type=float, help=opt("alpha"))
-    t.add_argument("--lr", type=float, help=opt("lr"))
-    t.add_argument("--batch", type=int, help=opt("batch"))
-    t.add_argument("--grad-accum", type=int, help=opt("grad_accum"))
-    t.add_argument("--max-seq-len", type=int, help=opt("max_seq_len"))
-    t.add_argument("--targets", choices=["all", "attention"], help=opt("targets"))
-    t.add_argument("--num-layers", type=int, help=opt("num_layers"))
-    t.add_argument("--warmup", type=int, help=opt("warmup"))
-    t.add_argument("--min-lr-ratio", type=float, help=opt("min_lr_ratio"))
-    t.add_argument("--weight-decay", type=float, help=opt("weight_decay"))
-    t.add_argument("--grad-checkpoint", dest="grad_checkpoint", action=argparse.BooleanOptionalAction, default=None,
-                   help=opt("grad_checkpoint"))
-    t.add_argument("--mask-prompt", dest="mask_prompt", action=argparse.BooleanOptionalAction, default=None,
-                   help=opt("mask_prompt"))
-    t.add_argument("--last-turn-only", action="store_true", help=opt("last_turn_only"))
-    t.add_argument("--dora", action="store_true", help=opt("dora"))
-    t.add_argument("--seed", type=int, help=opt("seed"))
-    t.add_argument("--skip-invalid", action="store_true", help=opt("skip_invalid"))
-    t.add_argument("--checkpoint-every", type=int, help=opt("checkpoint_every"))
-    t.add_argument("--valid-every", type=int, help=opt("valid_every"))
-    t.add_argument("--valid-batches", type=int, help=opt("valid_batches"))
-    t.add_argument("--valid-fraction", type=float, help=opt("valid_fraction"))
-    t.add_argument("--test-fraction", type=float, help=opt("test_fraction"))
-    t.add_argument("--early-stop", type=int, metavar="N", help=opt("early_stop"))
-    t.add_argument("--dropout", type=float, help=opt("dropout"))
-    t.add_argument("--pack", action="store_true", help=opt("pack"))
-    t.add_argument("--compile", dest="compile", action=argparse.BooleanOptionalAction, default=None,
-                   help=opt("compile"))
+    add_option_flags(t, opt)
     t.add_argument("--map", action="append", metavar="OURS=THEIRS",
                    help="use column THEIRS for field OURS, e.g. --map prompt=Frage (repeatable)")
-    t.add_argument("--method", choices=["sft", "dpo", "orpo"], help=opt("method"))
-    t.add_argument("--beta", type=float, help=opt("beta"))
-    t.add_argument("--orpo-lambda", type=float, help=opt("orpo_lambda"))
-    t.add_argument("--label-smoothing", type=float, help=opt("label_smoothing"))
     _add_template_options(t)
     _add_answer_options(t)
     t.add_argument("--chunk", action="store_true", help=_CHUNK_HELP)

@@ -24,6 +24,7 @@ from core.atomic import atomic_path, write_error, write_json
 from core.data import load_dataset, require_clean, test_files, train_valid, train_valid_test
 from core.divergence import DivergenceGuard
 from core.events import NULL_EVENTS, CancelToken, Cancelled, Events, Progress, StepReport, TuneloomError
+from core.options import OPTION_RANGES, OPTION_TEXT, OPTIONS, metadata, option_allows, _check_option  # noqa: F401,E501 - re-exported
 from core.tokens import ChatEncoder, Encoded
 
 # the modules train adapts, of every family together (core.arch; a model has the ones its layers have)
@@ -42,215 +43,61 @@ class TrainingDiverged(TuneloomError):
         self.onset = onset  # the first step that may be spoilt: checkpoints from it on are set aside
 
 
-# What every option means, in plain words: the GUI's labels and tooltips and `tuneloom train --help` read
-# these (through the fields' metadata), so both always say the same.
-OPTION_TEXT: dict[str, tuple[str, str]] = {
-    "model": ("Model folder",
-        "The model folder to fine-tune (Hugging Face layout: config.json, tokenizer, *.safetensors)."),
-    "data": ("Dataset", "The dataset files or folders with your example conversations."),
-    "out": ("Run folder", "Where this run is kept (default: a new folder under runs/)."),
-    "name": ("Run name", "A short name for the run; it becomes part of the run folder's name."),
-    "iters": ("Steps", "How many training steps to take. Empty: as many as the passes over the data need."),
-    "epochs": ("Passes over the data",
-        "How many times the model sees every training example. More passes learn more, and can start "
-        "to memorise."),
-    "rank": ("Rank",
-        "How much the model may change (the size of the learned LoRA update). 8 is plenty for a "
-        "format or a style; 16 to 32 for new knowledge. Higher needs more memory."),
-    "alpha": ("Strength (alpha)",
-        "How strongly the learned update is applied: it is scaled by alpha / rank. Twice the rank is "
-        "the usual choice."),
-    "dropout": ("Dropout",
-        "Randomly ignores part of the update's input while training, which helps against memorising a "
-        "small dataset. 0 to 0.1."),
-    "targets": ("Layers to adapt",
-        "Which parts of each block learn: 'all' linear layers (learns more) or 'attention' only "
-        "(faster, less memory)."),
-    "num_layers": ("Blocks to adapt",
-        "Adapt only the last N transformer blocks (-1: all of them). Fewer is faster and uses less "
-        "memory."),
-    "lr": ("Learning rate",
-        "How big each step is. Too high and the loss jumps or explodes; too low and it barely moves. "
-        "Small models take larger steps."),
-    "warmup": ("Warm-up steps", "Steps at the start during which the learning rate rises gently to its full value."),
-    "min_lr_ratio": ("Final learning rate",
-        "The learning rate falls along a cosine curve to this share of its peak by the last step."),
-    "weight_decay": ("Weight decay",
-        "Pulls the learned update gently towards zero (AdamW). 0 is fine for short runs."),
-    "batch": ("Batch size",
-        "Examples the model learns from in one go. Larger is smoother and faster per example but "
-        "needs more memory."),
-    "grad_accum": ("Accumulate batches",
-        "Batches added together before each step: a larger effective batch without more memory."),
-    "max_seq_len": ("Max length", "Examples longer than this many tokens are cut off. Longer needs more memory."),
-    "grad_checkpoint": ("Save memory (recompute)",
-        "Recompute intermediate results instead of keeping them: much less memory, about a third "
-        "slower."),
-    "seed": ("Seed",
-        "The number that fixes the example order, the split and the starting update: the same seed "
-        "gives the same run."),
-    "mask_prompt": ("Learn only the answers",
-        "Compute the loss only on the assistant's answers, not on the questions and the system "
-        "prompt."),
-    "last_turn_only": ("Only the last answer",
-        "In conversations with several turns, learn only the last assistant answer."),
-    "dora": ("DoRA",
-        "DoRA instead of LoRA: learns the size and the direction of each weight separately; a little "
-        "slower, sometimes better."),
-    "valid_every": ("Check every", "Steps between validation losses on the held-out examples (0: only at the end)."),
-    "valid_batches": ("Check batches", "Batches of held-out examples per validation (-1: all of them)."),
-    "checkpoint_every": ("Checkpoint every",
-        "Steps between checkpoints: after a crash or a Stop, training resumes from the latest one."),
-    "valid_fraction": ("Held out",
-        "The share of examples kept aside to check progress, when the data has no separate validation "
-        "file."),
-    "test_fraction": ("Test share",
-        "The share of examples kept aside for the final test, never seen while training (Evaluate uses "
-        "them), when the data has no test file."),
-    "early_stop": ("Stop when no better",
-        "Stop after this many validations in a row that did not lower the validation loss (0: never stop "
-        "early). The best adapter is kept either way."),
-    "skip_invalid": ("Skip examples with problems",
-        "Train on the usable examples and skip those with problems, instead of refusing to start."),
-    "mapping": ("Column names", "Which column of your file holds which field (field -> column name)."),
-    "pack": ("Pack short examples",
-        "Put several short examples into one row (they never see each other): faster when examples "
-        "are short."),
-    "compile": ("Compile", "Compile the training step once for speed (mx.compile)."),
-}
-
-
 class ConfigError(TuneloomError):
     """A TrainConfig option outside its valid range (the CLI exits 2, as for a bad flag)."""
 
     exit_code = 2
 
 
-# The valid range of each numeric option: (lowest, highest, lowest allowed itself, highest allowed itself,
-# special values also allowed, the range in words)
-OPTION_RANGES: dict[str, tuple] = {
-    "iters": (1, None, True, True, (None,), "a whole number of at least 1 (or empty)"),
-    "epochs": (0, None, False, True, (), "a number above 0"),
-    "rank": (1, None, True, True, (), "a whole number of at least 1"),
-    "alpha": (0, None, False, True, (), "a number above 0"),
-    "dropout": (0, 1, True, False, (), "from 0 up to (not including) 1"),
-    "num_layers": (1, None, True, True, (-1,), "a whole number of at least 1, or -1 for all blocks"),
-    "lr": (0, None, False, True, (), "a number above 0 (usually 1e-5 to 1e-3)"),
-    "warmup": (0, None, True, True, (), "a whole number of at least 0"),
-    "min_lr_ratio": (0, 1, True, True, (), "from 0 to 1"),
-    "weight_decay": (0, None, True, True, (), "a number of at least 0"),
-    "batch": (1, None, True, True, (), "a whole number of at least 1"),
-    "grad_accum": (1, None, True, True, (), "a whole number of at least 1"),
-    "max_seq_len": (2, None, True, True, (), "a whole number of at least 2"),
-    "valid_every": (0, None, True, True, (), "a whole number of at least 0"),
-    "valid_batches": (1, None, True, True, (-1,), "a whole number of at least 1, or -1 for all"),
-    "checkpoint_every": (0, None, True, True, (), "a whole number of at least 0"),
-    "valid_fraction": (0, 1, True, False, (), "from 0 up to (not including) 1"),
-    "beta": (0, None, False, True, (), "a number above 0 (0.1 is usual)"),
-    "orpo_lambda": (0, None, True, True, (), "a number of at least 0"),
-    "label_smoothing": (0, 0.5, True, False, (), "from 0 up to (not including) 0.5"),
-}
 MAX_NAME = 100
-_WHOLE = {"iters", "rank", "num_layers", "warmup", "batch", "grad_accum", "max_seq_len", "valid_every",
-          "valid_batches", "checkpoint_every", "seed"}
-
-
-def _check_option(cfg, name: str, rule: tuple) -> str | None:
-    lo, hi, lo_ok, hi_ok, special, words = rule
-    v = getattr(cfg, name)
-    if v in special:
-        return None
-    flag = "--" + name.replace("_", "-")
-    whole = name in _WHOLE
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (whole and not float(v).is_integer()):
-        return f"{flag} is {v!r}, must be {words}"
-    if not math.isfinite(v) or (lo is not None and (v < lo or (v == lo and not lo_ok))) or (
-            hi is not None and (v > hi or (v == hi and not hi_ok))):
-        return f"{flag} is {v:g}, must be {words}"
-    return None
-
-
-def option_allows(name: str, value) -> bool:
-    """Whether TrainConfig.validate accepts ``value`` for option ``name`` (its OPTION_RANGES rule; an option
-    without one: any value). The window's form keeps its fields to what this accepts."""
-    import types
-
-    rule = OPTION_RANGES.get(name)
-    return rule is None or _check_option(types.SimpleNamespace(**{name: value}), name, rule) is None
-
-
-def _option(name: str) -> dict:
-    label, help_ = OPTION_TEXT[name]
-    return {"label": label, "help": help_}
 
 
 @dataclass
 class TrainConfig:
-    model: str = field(metadata=_option("model"))
-    data: list[str] = field(default_factory=list, metadata=_option("data"))
-    out: str | None = field(default=None, metadata=_option("out"))
-    name: str = field(default="run", metadata=_option("name"))
-    iters: int | None = field(default=None, metadata=_option("iters"))
-    epochs: float = field(default=1.0, metadata=_option("epochs"))
-    rank: int = field(default=8, metadata=_option("rank"))
-    alpha: float = field(default=16.0, metadata=_option("alpha"))
-    dropout: float = field(default=0.0, metadata=_option("dropout"))
-    targets: str = field(default="all", metadata=_option("targets"))
-    num_layers: int = field(default=-1, metadata=_option("num_layers"))
-    lr: float = field(default=1e-4, metadata=_option("lr"))
-    warmup: int = field(default=10, metadata=_option("warmup"))
-    min_lr_ratio: float = field(default=0.1, metadata=_option("min_lr_ratio"))
-    weight_decay: float = field(default=0.0, metadata=_option("weight_decay"))
-    batch: int = field(default=4, metadata=_option("batch"))
-    grad_accum: int = field(default=1, metadata=_option("grad_accum"))
-    max_seq_len: int = field(default=512, metadata=_option("max_seq_len"))
-    grad_checkpoint: bool = field(default=False, metadata=_option("grad_checkpoint"))
-    seed: int = field(default=0, metadata=_option("seed"))
-    mask_prompt: bool = field(default=True, metadata=_option("mask_prompt"))
-    last_turn_only: bool = field(default=False, metadata=_option("last_turn_only"))
-    dora: bool = field(default=False, metadata=_option("dora"))
-    valid_every: int = field(default=50, metadata=_option("valid_every"))
-    valid_batches: int = field(default=32, metadata=_option("valid_batches"))
-    checkpoint_every: int = field(default=50, metadata=_option("checkpoint_every"))
-    valid_fraction: float = field(default=0.1, metadata=_option("valid_fraction"))
-    test_fraction: float = field(default=0.1, metadata=_option("test_fraction"))
-    early_stop: int = field(default=0, metadata=_option("early_stop"))
-    skip_invalid: bool = field(default=False, metadata=_option("skip_invalid"))
-    mapping: dict | None = field(default=None, metadata=_option("mapping"))
-    user_template: str | None = field(default=None, metadata={
-        "label": "User message template",
-        "help": "Write each user message from your columns, e.g. 'Pokemon name: {name}' ({{ and }} for braces)."})
-    assistant_template: str | None = field(default=None, metadata={
-        "label": "Answer template", "help": "Write each answer from your columns, e.g. '{types}'."})
-    system_prompt: str | None = field(default=None, metadata={
-        "label": "System prompt", "help": "A system prompt for every example that has none."})
-    use: str | None = field(default=None, metadata={
-        "label": "Preference pairs", "help": "Preference data (chosen / rejected answers): 'chosen' trains on the "
-                                             "chosen answers."})
-    fill: dict | None = field(default=None, metadata={
-        "label": "Fill placeholders", "help": "Fill placeholders in the answers: {NAME: VALUE} for {{NAME}} / {NAME}."})
-    chunk: bool = field(default=False, metadata={
-        "label": "Chunk long texts", "help": "Split text documents longer than the maximum length into windows of "
-                                            "that length, so that nothing is cut away."})
-    thinking: bool = field(default=False, metadata={
-        "label": "Thinking",
-        "help": "Set from the data: on when its answers carry reasoning (<think> blocks or reasoning_content) "
-                "and the model's template can think (Qwen3); otherwise thinking is off."})
-    pack: bool = field(default=False, metadata=_option("pack"))
-    compile: bool = field(default=True, metadata=_option("compile"))
-    method: str = field(default="sft", metadata={
-        "label": "Method",
-        "help": "sft: learn the answers (supervised). dpo / orpo: on preference pairs, learn to prefer the "
-                "chosen answer over the rejected one (DPO stays close to the original model; ORPO also "
-                "learns the chosen answers and needs no reference)."})
-    beta: float = field(default=0.1, metadata={
-        "label": "DPO beta",
-        "help": "How far DPO may move away from the original model: higher keeps it closer (0.1 is usual)."})
-    orpo_lambda: float = field(default=0.1, metadata={
-        "label": "ORPO lambda", "help": "The weight of ORPO's preference term next to learning the chosen answers."})
-    label_smoothing: float = field(default=0.0, metadata={
-        "label": "DPO label smoothing",
-        "help": "The share of pairs assumed to be labelled the wrong way round (0 to 0.5; 0 trusts every pair)."})
+    model: str = field(metadata=metadata("model"))
+    data: list[str] = field(default_factory=list, metadata=metadata("data"))
+    out: str | None = field(default=None, metadata=metadata("out"))
+    name: str = field(default="run", metadata=metadata("name"))
+    iters: int | None = field(default=None, metadata=metadata("iters"))
+    epochs: float = field(default=1.0, metadata=metadata("epochs"))
+    rank: int = field(default=8, metadata=metadata("rank"))
+    alpha: float = field(default=16.0, metadata=metadata("alpha"))
+    dropout: float = field(default=0.0, metadata=metadata("dropout"))
+    targets: str = field(default="all", metadata=metadata("targets"))
+    num_layers: int = field(default=-1, metadata=metadata("num_layers"))
+    lr: float = field(default=1e-4, metadata=metadata("lr"))
+    warmup: int = field(default=10, metadata=metadata("warmup"))
+    min_lr_ratio: float = field(default=0.1, metadata=metadata("min_lr_ratio"))
+    weight_decay: float = field(default=0.0, metadata=metadata("weight_decay"))
+    batch: int = field(default=4, metadata=metadata("batch"))
+    grad_accum: int = field(default=1, metadata=metadata("grad_accum"))
+    max_seq_len: int = field(default=512, metadata=metadata("max_seq_len"))
+    grad_checkpoint: bool = field(default=False, metadata=metadata("grad_checkpoint"))
+    seed: int = field(default=0, metadata=metadata("seed"))
+    mask_prompt: bool = field(default=True, metadata=metadata("mask_prompt"))
+    last_turn_only: bool = field(default=False, metadata=metadata("last_turn_only"))
+    dora: bool = field(default=False, metadata=metadata("dora"))
+    valid_every: int = field(default=50, metadata=metadata("valid_every"))
+    valid_batches: int = field(default=32, metadata=metadata("valid_batches"))
+    checkpoint_every: int = field(default=50, metadata=metadata("checkpoint_every"))
+    valid_fraction: float = field(default=0.1, metadata=metadata("valid_fraction"))
+    test_fraction: float = field(default=0.1, metadata=metadata("test_fraction"))
+    early_stop: int = field(default=0, metadata=metadata("early_stop"))
+    skip_invalid: bool = field(default=False, metadata=metadata("skip_invalid"))
+    mapping: dict | None = field(default=None, metadata=metadata("mapping"))
+    user_template: str | None = field(default=None, metadata=metadata("user_template"))
+    assistant_template: str | None = field(default=None, metadata=metadata("assistant_template"))
+    system_prompt: str | None = field(default=None, metadata=metadata("system_prompt"))
+    use: str | None = field(default=None, metadata=metadata("use"))
+    fill: dict | None = field(default=None, metadata=metadata("fill"))
+    chunk: bool = field(default=False, metadata=metadata("chunk"))
+    thinking: bool = field(default=False, metadata=metadata("thinking"))
+    pack: bool = field(default=False, metadata=metadata("pack"))
+    compile: bool = field(default=True, metadata=metadata("compile"))
+    method: str = field(default="sft", metadata=metadata("method"))
+    beta: float = field(default=0.1, metadata=metadata("beta"))
+    orpo_lambda: float = field(default=0.1, metadata=metadata("orpo_lambda"))
+    label_smoothing: float = field(default=0.0, metadata=metadata("label_smoothing"))
 
     def __post_init__(self) -> None:
         self.validate()
@@ -261,8 +108,8 @@ class TrainConfig:
         if not isinstance(self.name, str) or len(self.name) > MAX_NAME:
             problems.append(f"--name is {len(self.name) if isinstance(self.name, str) else repr(self.name)} "
                             f"characters long, must be at most {MAX_NAME} (it becomes part of a folder name)")
-        if self.method not in ("sft", "dpo", "orpo"):
-            problems.append(f"--method is {self.method!r}, must be one of sft, dpo, orpo")
+        if self.method not in OPTIONS["method"].choices:
+            problems.append(f"--method is {self.method!r}, must be one of {', '.join(OPTIONS['method'].choices)}")
         if problems:
             raise ConfigError("Impossible training options: " + "; ".join(problems) + ".",
                               "Change them to a value in the range given (`tuneloom train --help` says what "

@@ -28,6 +28,7 @@ from app.gui.widgets import Panel, Section  # Section: ▶ closed, ▼ open (sup
 from app.session import TRAIN, TRY
 from core import runs, units
 from core.estimate import TrainEstimate, estimate_training
+from core.options import ADVANCED, OPTIONS
 from core.events import Cancelled
 from core.presets import WARN_SHARE, preset_values
 from core.train import (DEFAULT_PRESET, MIN_STEPS, OPTION_RANGES, PRESET_TEXT, PRESETS, TrainConfig, fit_to_data,
@@ -54,21 +55,10 @@ GROUP_PAUSE_TIP = ("A run on several Macs can be stopped (and resumed later from
 # which puts it in session.data_options
 HIDDEN = {"model", "data", "out", "mapping", "valid_fraction", "skip_invalid", "user_template",
           "assistant_template", "system_prompt"}
-CHOICES = {"targets": ["all", "attention"]}
-RANGES = {"beta": (0.0, 100.0), "orpo_lambda": (0.0, 100.0),
-          "rank": (1, 1024), "alpha": (0.01, 65536.0), "dropout": (0.0, 0.9), "num_layers": (-1, 1000),
-          "warmup": (0, 100000), "min_lr_ratio": (0.0, 1.0), "weight_decay": (0.0, 1.0), "batch": (1, 4096),
-          "grad_accum": (1, 1024), "max_seq_len": (16, 131072), "epochs": (0.01, 1000.0), "iters": (0, 10_000_000),
-          "valid_every": (0, 10_000_000), "valid_batches": (-1, 100000), "checkpoint_every": (1, 10_000_000),
-          "seed": (0, 2**31 - 1), "lr": (1e-8, 10.0), "early_stop": (0, 100000), "test_fraction": (0.0, 0.9)}
-STEP_SIZES = {"max_seq_len": 64, "epochs": 0.5, "alpha": 1.0, "dropout": 0.05, "min_lr_ratio": 0.05,
-              "test_fraction": 0.05}
-ADVANCED_ORDER = ["iters", "epochs", "lr", "rank", "alpha", "targets", "batch", "max_seq_len", "grad_accum",
-                  "grad_checkpoint", "dropout", "num_layers", "warmup", "min_lr_ratio", "weight_decay", "dora",
-                  "mask_prompt", "last_turn_only", "pack", "valid_every", "valid_batches", "early_stop",
-                  "test_fraction", "checkpoint_every", "seed", "compile", "name", "beta", "orpo_lambda"]
+# the Advanced form's options, their order, bounds, steps and choices: core.options.OPTIONS
+ADVANCED_ORDER = ADVANCED
 # the options only one training method reads: enabled while that method is chosen
-METHOD_OPTIONS = {"beta": "dpo", "orpo_lambda": "orpo"}
+METHOD_OPTIONS = {name: OPTIONS[name].method for name in ADVANCED if OPTIONS[name].method}
 
 
 def fmt_duration(seconds: float | None) -> str:
@@ -172,8 +162,8 @@ class RuleSpin(QSpinBox):
 def form_range(name: str, kind: str) -> tuple:
     """The form's range for an option: the config's lowest accepted value (OPTION_RANGES, as
     TrainConfig.validate checks it; an accepted special value below it, e.g. -1 for all, counts), capped by
-    the form's RANGES where the config has no cap or a wider one."""
-    lo, hi = RANGES.get(name, (0, 10_000_000) if kind == "int" else (0.0, 1e6))
+    the option's form bounds where the config has no cap or a wider one."""
+    lo, hi = OPTIONS[name].form or ((0, 10_000_000) if kind == "int" else (0.0, 1e6))
     rule = OPTION_RANGES.get(name)
     if rule is None or name == "iters":  # iters: 0 in the form is the config's None ("auto")
         return lo, hi
@@ -197,19 +187,6 @@ def preset_of(config: dict) -> str:
     return max(PRESETS, key=lambda k: (kept(k), k == DEFAULT_PRESET))
 
 
-def _kind(f) -> str:
-    t = str(f.type).replace(" ", "")
-    if t.startswith("bool"):
-        return "bool"
-    if t.startswith("int"):
-        return "int"
-    if t.startswith("float"):
-        return "float"
-    if t.startswith("str"):
-        return "str"
-    return ""
-
-
 class OptionsForm(QWidget):
     """One widget per TrainConfig option, labelled and explained from the field's metadata."""
 
@@ -220,15 +197,12 @@ class OptionsForm(QWidget):
         grid = QGridLayout(self)
         grid.setContentsMargins(0, 0, 0, 0)
         grid.setHorizontalSpacing(10)
-        by_name = {f.name: f for f in fields(TrainConfig)}
-        # the training options, in this order; fields others add for the data (thinking, templates) or for other
-        # panels (a group of hosts) are not training options and stay out
-        names = [n for n in ADVANCED_ORDER if n in by_name]
+        # the Advanced options of core.options, in its order; the fields for the data (thinking, templates) or
+        # for other panels are not Advanced options and stay out
         row = col = 0
-        for name in names:
-            f = by_name[name]
-            kind = _kind(f)
-            if name in HIDDEN or not kind:
+        for name in ADVANCED_ORDER:
+            kind = OPTIONS[name].kind
+            if name in HIDDEN or kind not in ("bool", "int", "float", "str"):
                 continue
             w = self._make(name, kind)
             tip = option_help(name)
@@ -260,7 +234,7 @@ class OptionsForm(QWidget):
             w.setRange(int(lo), int(hi))
             if isinstance(w, RuleSpin) and lo in OPTION_RANGES[name][4]:
                 w.setSpecialValueText("all")  # -1: every block, every validation batch
-            w.setSingleStep(STEP_SIZES.get(name, 1))
+            w.setSingleStep(int(OPTIONS[name].step or 1))
             if name == "iters":
                 w.setSpecialValueText("auto (from passes)")
             return w
@@ -270,11 +244,11 @@ class OptionsForm(QWidget):
             w = QDoubleSpinBox()
             w.setDecimals(3)
             w.setRange(lo, hi)
-            w.setSingleStep(STEP_SIZES.get(name, 0.1))
+            w.setSingleStep(OPTIONS[name].step or 0.1)
             return w
-        if name in CHOICES:
+        if OPTIONS[name].choices:
             w = QComboBox()
-            w.addItems(CHOICES[name])
+            w.addItems(list(OPTIONS[name].choices))
             return w
         return QLineEdit()
 
