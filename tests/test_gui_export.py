@@ -89,7 +89,7 @@ def test_export_to_ollama_goes_through_every_stage_and_verifies(window, qtbot, m
         assert not srv.problems, srv.problems
         chats = [r for r in srv.requests if r.path == "/api/chat"]
         assert chats and chats[-1].json["options"]["temperature"] == 0  # greedy verify
-        from app.gui.pages.export import verify_messages
+        from core.export_run import verify_messages
 
         assert chats[-1].json["messages"] == verify_messages(run_dir)  # a validation question
         create = [r for r in srv.requests if r.path == "/api/create"][-1].json

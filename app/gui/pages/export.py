@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import html
 import json
-import time
-from pathlib import Path
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
@@ -20,52 +18,20 @@ from app.gui.export_stages import ExportStages
 from app.gui.pages.base import AppContext, Page, error_text
 from app.gui.notify import show_in_folder
 from app.gui.run_bar import RunBar, other_writer, writer_words
+from core.export_run import answer_check, export_run, export_sizes, register_run
 from core.quants import OFFERED
 from core.quants import QUANTS as QUANT_TABLE
 
 # each type offered: its key, its name, and one line saying its size, its quality and when to pick it (core.quants)
 QUANTS = [(QUANT_TABLE[k].name, QUANT_TABLE[k].label, QUANT_TABLE[k].blurb) for k in OFFERED]
-VERIFY_TOKENS = 96
 MEASURE_TIP = ("Write each size once and let llama.cpp read it: how often it picks the same next token as the model "
                "you trained, on your test examples (a minute or more).")
-# greedy, so Ollama's answer can be compared with Tuneloom's own for the same prompt
-VERIFY_OPTIONS = {"temperature": 0, "top_k": 1, "seed": 0, "num_predict": VERIFY_TOKENS}
 
 
 def _size(n: int) -> str:
     from core.units import fmt_bytes
 
     return fmt_bytes(n)
-
-
-def export_paths(run_dir: Path, quant: str) -> tuple[Path, Path]:
-    d = Path(run_dir) / "exports"  # one Modelfile per GGUF, named after it: a second export never replaces the first's
-    return d / f"model-{quant}.gguf", d / f"model-{quant}.Modelfile"
-
-
-def export_sizes(run_dir, events=None, cancel=None) -> dict[str, int]:
-    """{type: bytes of the GGUF an export writes} for the types offered (core.export.gguf_file_sizes)."""
-    from core.export import gguf_file_sizes, resolve_source
-
-    base, _ = resolve_source(run_dir)
-    try:
-        return gguf_file_sizes(base, [k for k, _l, _w in QUANTS])
-    except Exception:  # noqa: BLE001  (an MLX-quantized base: the per-weight estimate)
-        from core.export import estimate_export_bytes
-
-        return {k: estimate_export_bytes(base, k, fuse=False)["gguf"] for k, _l, _w in QUANTS}
-
-
-def verify_messages(run_dir) -> list | None:
-    """The first validation example's prompt (what the verify step asks Ollama and Tuneloom)."""
-    from core.evaluate import run_split, to_rows
-    from core.events import TuneloomError
-
-    try:
-        rows = to_rows(run_split(run_dir)[1], 1)
-    except TuneloomError:
-        return None
-    return rows[0].messages if rows else None
 
 
 def tool_check_html(check: dict | None) -> str:
@@ -83,90 +49,11 @@ def tool_check_html(check: dict | None) -> str:
             f"<br>Expected: {html.escape(calls(check.get('expected')) or 'no call')}")
 
 
-def tuneloom_answer(run_dir, messages, cancel=None) -> str:
-    from core.evaluate import run_encoder
-    from core.generate import ChatModel, run_base_model
-
-    base = run_base_model(run_dir)
-    model = ChatModel(base, adapter_dir=run_dir, encoder=run_encoder(run_dir, base))
-    return model.answer(messages, max_tokens=VERIFY_TOKENS, cancel=cancel)
-
-
 def check_name_job(name, events=None, cancel=None):
     """Whether Ollama has ``name`` already (None: no server answered)."""
     from core import ollama as ol
 
     return ol.model_exists(name)
-
-
-def export_job(run_dir, quant, name, system, temperature, force, register, events=None, cancel=None,
-               adapter_only=False, final=False):
-    """Write the GGUF and Modelfile; with ``register``, register in Ollama and verify. An Ollama
-    failure after the files are written is returned (``ollama_error``), not raised. ``adapter_only``:
-    the adapter GGUF on the shared base GGUF instead (core.export_adapter)."""
-    from core import ollama as ol
-    from core.export import export, write_export_record
-
-    gguf, modelfile = export_paths(run_dir, quant)
-    if adapter_only:
-        gguf = gguf.with_name(f"adapter-{quant}.gguf")
-        modelfile = gguf.with_name(f"adapter-{quant}.Modelfile")
-    msgs = verify_messages(run_dir) if register else None
-    t0 = time.time()
-    try:
-        if adapter_only:
-            from core.export_adapter import export_adapter
-
-            res = export_adapter(run_dir, gguf=gguf, quant=quant, ollama=name if register else None,
-                                 system=system or None, force=force, modelfile=modelfile, temperature=temperature,
-                                 verify_messages=msgs, verify_options=VERIFY_OPTIONS, events=events, cancel=cancel,
-                                 final=final)
-        else:
-            res = export(run_dir, gguf=gguf, quant=quant, ollama=name if register else None, system=system or None,
-                         force=force, modelfile=modelfile, temperature=temperature, verify_messages=msgs,
-                         verify_options=VERIFY_OPTIONS, events=events, cancel=cancel, final=final)
-    except ol.OllamaError as exc:
-        if isinstance(exc, ol.OllamaNameInvalid) or not gguf.is_file() or gguf.stat().st_mtime < t0 - 1:
-            raise
-        res = {"gguf": str(gguf), "modelfile": str(modelfile), "quant": quant, "ollama_error": exc,
-               "ollama_command": ol.ollama_create_command(modelfile, name)}
-    if register and res.get("ollama"):
-        res["verify_messages"] = msgs
-        if msgs:
-            res["tuneloom_answer"] = tuneloom_answer(run_dir, msgs, cancel)
-    elif "ollama_error" not in res:
-        res["ollama_command"] = ol.ollama_create_command(modelfile, name or "my-model")
-    write_export_record(run_dir, res)
-    return res
-
-
-def register_job(run_dir, quant, name, system, temperature, force, events=None, cancel=None):
-    """Retry: register the GGUF an earlier export wrote (and verify), without writing it again."""
-    from core import ollama as ol
-    from core.export import plan_export, write_export_record
-
-    gguf, modelfile = export_paths(run_dir, quant)
-    if not gguf.is_file():
-        from core.events import TuneloomError
-
-        raise TuneloomError(f"{gguf} is not there any more.", "Export again.")
-    plan = plan_export(run_dir, gguf=gguf, quant=quant, ollama=name, system=system or None, modelfile=modelfile,
-                       temperature=temperature)
-    msgs = verify_messages(run_dir)
-    from core.export import tool_verify_case
-
-    tool_case = tool_verify_case(run_dir) if plan.tools and plan.embedded_template.kind == "tools" else None
-    reg = ol.register_model(gguf, name, template=plan.chat_format.template, stops=plan.chat_format.stops,
-                            system=system or None, force=force, parameters=plan.parameters, modelfile_path=modelfile,
-                            verify_messages=msgs, verify_options=VERIFY_OPTIONS, events=events, cancel=cancel,
-                            verify_tools=tool_case)
-    res = {"gguf": str(gguf), "modelfile": str(modelfile), "quant": quant, "ollama": reg, "verify_messages": msgs,
-           "base": str(plan.base), "adapter": str(plan.adapter) if plan.adapter else None,
-           "chat_template_source": plan.template_source}
-    if msgs:
-        res["tuneloom_answer"] = tuneloom_answer(run_dir, msgs, cancel)
-    write_export_record(run_dir, res)
-    return res
 
 
 class ExportPage(Page):
@@ -501,7 +388,7 @@ class ExportPage(Page):
         stages = ("fuse", "gguf", "upload", "create", "verify") if req["register"] else ("fuse", "gguf")
         self.stages.reset(stages[1:] if req.get("adapter_only") else stages)  # an adapter is not merged
         self.result.setText("Exporting...")
-        self.slots["export"].start(export_job, req["run_dir"], req["quant"], req["name"], req["system"],
+        self.slots["export"].start(export_run, req["run_dir"], req["quant"], req["name"], req["system"],
                                    req["temperature"], force, req["register"], adapter_only=req.get("adapter_only"),
                                    final=bool(req.get("final")),
                                    **self._handlers())
@@ -519,7 +406,7 @@ class ExportPage(Page):
         for k in ("fuse", "gguf"):
             self.stages._set(k, "done", "written before")
         self.result.setText("Registering in Ollama...")
-        self.slots["export"].start(register_job, req["run_dir"], req["quant"], req["name"], req["system"],
+        self.slots["export"].start(register_run, req["run_dir"], req["quant"], req["name"], req["system"],
                                    req["temperature"], req["force"], **self._handlers())
         self.refresh()
 
@@ -567,13 +454,12 @@ class ExportPage(Page):
             self.set_command(f"ollama run {name}")
             msg += f"Registered in Ollama as <b>{html.escape(str(name))}</b>" + (
                 " (replaced the old one)." if reg.get("replaced") else ".")
-            if res.get("verify_messages"):
-                q = next((m["content"] for m in reversed(res["verify_messages"]) if m.get("role") == "user"), "")
-                same = (reg.get("answer") or "").strip() == (res.get("tuneloom_answer") or "").strip()
-                msg += (f"<br><br><b>Check:</b> {html.escape(str(q)[:200])}<table cellpadding='4'>"
-                        f"<tr><td><b>Ollama</b></td><td>{html.escape(str(reg.get('answer') or ''))[:600]}</td></tr>"
-                        f"<tr><td><b>Tuneloom</b></td><td>{html.escape(str(res.get('tuneloom_answer') or ''))[:600]}"
-                        f"</td></tr></table>" + ("The same answer." if same else
+            check = answer_check(res)
+            if check:
+                msg += (f"<br><br><b>Check:</b> {html.escape(check['question'][:200])}<table cellpadding='4'>"
+                        f"<tr><td><b>Ollama</b></td><td>{html.escape(check['ollama'])[:600]}</td></tr>"
+                        f"<tr><td><b>Tuneloom</b></td><td>{html.escape(check['tuneloom'])[:600]}"
+                        f"</td></tr></table>" + ("The same answer." if check["same"] else
                                                  "The answers differ (quantization changes a model a little)."))
             msg += tool_check_html(reg.get("tool_check"))
         elif err is not None:
