@@ -87,15 +87,10 @@ class ConsoleEvents(Events):
     def log(self, level, text):
         if self.quiet and level not in ("warning", "error"):
             return
-        if level == "stage":  # a sender that logs its stages (the demo) rather than reporting them typed
+        if level == "stage":  # a sink-only sender (Events.stage's fallback) names the stage
             self.stage(text)
         elif level == "stage-done":
-            try:  # the demo sends a JSON object; other senders just the stage's name
-                d = json.loads(text)
-            except ValueError:
-                d = None
-            d = dict(d) if isinstance(d, dict) else {"stage": text}
-            self.stage_done(str(d.pop("stage", "")), d.pop("ok", True), d.pop("seconds", None), d)
+            self.stage_done(text)
         elif level == "info" and self._stage is not None and not self.live:
             return  # a stage's chatter stays out of logs; its closing line has the figures
         else:

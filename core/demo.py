@@ -100,13 +100,13 @@ def run_demo(out_dir: str | Path, *, events: Events | None = None, cancel: Cance
     def stage(name: str):
         s = Stage(name)
         stages.append(s)
-        events.log("stage", name)
+        events.stage(name)
         return s
 
     def finish(s: Stage, ok: bool | None, **detail):
         s.ok, s.seconds = ok, round(time.perf_counter() - s.started, 2)
         s.detail.update(detail)
-        events.log("stage-done", json.dumps({"stage": s.name, "ok": ok, "seconds": s.seconds, **detail}))
+        events.stage_done(s.name, ok, s.seconds, detail)
 
     model_dir = Path(root) / "model" if root else demo_model_dir()
     data_dir = Path(root) / "data" if root else demo_data_dir()

@@ -13,12 +13,12 @@ class FakeTerminal(io.StringIO):
 def staged_job(ev, stages=9, steps=300):
     """What the demo reports: per stage a start, many progress reports (per token, tensor, step), chatter."""
     for i in range(stages):
-        ev.log("stage", f"stage {i}")
+        ev.stage(f"stage {i}")
         ev.log("info", "chatter about the stage")
         for what in ("first task", "second task"):
             for k in range(steps):
                 ev.progress(k + 1, steps, f"{what}: item {k}")
-        ev.log("stage-done", json.dumps({"stage": f"stage {i}", "ok": True, "seconds": 1.5, "rate": 0.95}))
+        ev.stage_done(f"stage {i}", True, 1.5, {"rate": 0.95})
     ev.close()
 
 
@@ -59,7 +59,7 @@ def test_terminal_gets_one_live_bar_per_stage_replaced_by_its_closing_line():
     for k in range(10):  # the stage's next task reuses the same bar
         ev.progress(k + 1, 40, "base: prose prompts")
     assert ev._bar is bar and bar.n == 10
-    ev.log("stage-done", json.dumps({"stage": "evaluate base", "ok": True, "seconds": 3.0}))
+    ev.stage_done("evaluate base", True, 3.0)
     assert ev._bar is None
     text = out.getvalue()
     assert "\r" in text and "evaluate base" in text and "%|" in text  # a drawn bar...
