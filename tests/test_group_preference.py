@@ -26,7 +26,7 @@ VALID_KEYS = ("valid_loss", "valid_reward_margin", "valid_reward_accuracy", "val
 # command's fit to the data changes nothing
 DPO = ["--method", "dpo", "--beta", "0.1", "--iters", "4", "--batch", "3", "--lr", "1e-3", "--rank", "8",
        "--alpha", "16", "--max-seq-len", "96", "--warmup", "0", "--valid-every", "2", "--valid-batches", "2",
-       "--checkpoint-every", "2", "--test-fraction", "0", "--seed", "1"]
+       "--checkpoint-every", "2", "--test-fraction", "0", "--seed", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def one_process(pref_data, tmp_path_factory):
     run = tmp / "run"
     r = _tl("train", "--model", demo_model_dir(), "--data", data, *DPO, "--out", run, env=_env(tmp))
     assert r.returncode == 0, r.stderr[-3000:]
-    return runs.read_metrics(run)
+    return run
 
 
 def _by_step(metrics: list[dict], key: str) -> dict[int, float]:
@@ -94,12 +94,15 @@ def test_a_two_rank_dpo_run_gives_the_one_process_figures(pref_data, one_process
     assert final["state"] == "done" and final["hosts"] == 2 and final["steps"] == 4
     got = runs.read_metrics(run)
     assert [m["step"] for m in got if "train_loss" in m] == [1, 2, 3, 4]
-    _same_curves(got, one_process)
-    assert _by_step(got, "trained_tokens") == _by_step(one_process, "trained_tokens")
+    want = runs.read_metrics(one_process)
+    _same_curves(got, want)
+    assert _by_step(got, "trained_tokens") == _by_step(want, "trained_tokens")
     assert json.loads((run / "config.json").read_text())["method"] == "dpo"
-    # only rank 0 wrote the run: one line per step, the best adapter, checkpoints
-    assert len([m for m in got if "train_loss" in m]) == 4
+    # rank 0 wrote an ordinary run: its adapters, checkpoints, and the same best step as one process
     assert (run / "adapters.safetensors").exists() and runs.latest_checkpoint(run) is not None
+    best = runs.read_json(one_process / "status.json")["best_step"]
+    assert best == 4 and runs.read_json(run / "status.json")["best_step"] == best  # (step 0 is the base model)
+    assert (run / runs.BEST_ADAPTERS).exists()
     assert runs.RunInfo.load(run).state == "done"
 
 
@@ -171,16 +174,17 @@ def test_a_group_dpo_run_killed_mid_run_resumes_to_the_one_process_curve(pref_da
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     got = runs.read_metrics(run)
     assert [m["step"] for m in got if "train_loss" in m] == [1, 2, 3, 4]  # one curve: no gap, no repeat
-    _same_curves(got, one_process)
-    assert runs.read_json(run / "status.json")["state"] == "done"
+    _same_curves(got, runs.read_metrics(one_process))
+    status = runs.read_json(run / "status.json")
+    assert status["state"] == "done" and status["best_step"] == runs.read_json(one_process / "status.json")["best_step"]
 
 
 def test_a_group_gets_a_preference_run_with_its_own_options(monkeypatch):
     """train_args leaves out what the command's preset for the run's method already gives: a DPO run's
     options that equal the supervised preset's (its learning rate, its batch) must still be passed."""
+    from core.group_train import train_args
     from core.train import TrainConfig, preset_config
     from tests.test_group_train import _config_from_cli
-    from core.group_train import train_args
 
     sft = preset_config("quick")
     for method in ("dpo", "orpo"):
