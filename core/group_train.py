@@ -21,6 +21,7 @@ from pathlib import Path
 from core import distributed as dist
 from core import runs
 from core.events import NULL_EVENTS, CancelToken, Cancelled, Events, Progress, StepReport, TuneloomError
+from core.preference import METRIC_KEYS
 from core.train import DEFAULT_PRESET, TrainConfig, preset_config
 
 # TrainConfig field -> its `tuneloom train` flag, where the name differs from the field's
@@ -40,8 +41,9 @@ def train_args(cfg: TrainConfig) -> list[str]:
 
     Values go as ``--flag=value`` so that one starting with a dash (a template, a negative layer
     count) is not read as a flag. With ``iters`` given, ``epochs`` is left out: the parser takes one
-    of the two, and the step count alone decides the run's length."""
-    default = preset_config(DEFAULT_PRESET)
+    of the two, and the step count alone decides the run's length. The preset is the one of the
+    run's method, as the command takes it (a preference method changes the batch and learning rate)."""
+    default = preset_config(DEFAULT_PRESET, cfg.method)
     out = ["--model", str(cfg.model), "--data", *[str(p) for p in cfg.data]]
     if cfg.out:
         out.append(f"--out={cfg.out}")
@@ -144,6 +146,11 @@ class _Follower(threading.Thread):
             vals = {k: rec.get(k, 0) for k in names}
             report = StepReport(step=step, total=total, **vals)
             self.events.step(report)
+            for k in METRIC_KEYS:  # a preference run's figures of the step, as the trainer reports them
+                v = rec.get(k)
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and (k, step) not in self.seen:
+                    self.seen.add((k, step))
+                    self.events.metric(k, step, float(v))
             if self._first_step is None:
                 self._first_step, self._first_elapsed = step - 1, float(rec.get("elapsed", 0.0))
             here = float(rec.get("elapsed", 0.0)) - self._first_elapsed

@@ -127,8 +127,13 @@ def _log_sigmoid(z):
     return -mx.logaddexp(mx.zeros_like(z), -z)
 
 
-def dpo_terms(logp, ref, beta: float, label_smoothing: float = 0.0):
-    """DPO loss and metrics from the 2B per-row log-probs and reference log-probs (chosen first)."""
+def dpo_terms(logp, ref, beta: float, label_smoothing: float = 0.0, norm=None):
+    """DPO loss and metrics from the 2B per-row log-probs and reference log-probs (chosen first).
+
+    With ``norm`` (see :func:`group_norm`: the pairs and chosen answer tokens of the whole step, over
+    every rank of a group) the loss and the metrics are this rank's share of the step's: sums over
+    its pairs divided by the step's pair count, so that adding them over the ranks gives the values
+    of one process over the whole batch."""
     import mlx.core as mx
 
     b = logp.shape[0] // 2
@@ -138,12 +143,20 @@ def dpo_terms(logp, ref, beta: float, label_smoothing: float = 0.0):
     reward_r = beta * (pr - rr)
     h = reward_c - reward_r
     loss = -(1.0 - label_smoothing) * _log_sigmoid(h) - label_smoothing * _log_sigmoid(-h)
-    metrics = mx.stack([h.mean(), (h > 0).astype(mx.float32).mean(), pc.mean(), pr.mean()])
+    wins = (h > 0).astype(mx.float32)
+    if norm is not None:
+        pairs = norm[0]
+        return loss.sum() / pairs, mx.stack([h.sum(), wins.sum(), pc.sum(), pr.sum()]) / pairs
+    metrics = mx.stack([h.mean(), wins.mean(), pc.mean(), pr.mean()])
     return loss.mean(), metrics
 
 
-def orpo_terms(logp, counts, lam: float):
-    """ORPO loss and metrics from the 2B per-row log-prob sums and answer token counts."""
+def orpo_terms(logp, counts, lam: float, norm=None):
+    """ORPO loss and metrics from the 2B per-row log-prob sums and answer token counts.
+
+    With ``norm`` (:func:`group_norm`) this rank's share of the step's loss and metrics: the
+    supervised term divided by the step's chosen answer tokens, the odds-ratio term and the metrics by
+    its pairs (the two terms are weighted differently, so one factor per rank could not do it)."""
     import mlx.core as mx
 
     b = logp.shape[0] // 2
@@ -154,22 +167,47 @@ def orpo_terms(logp, counts, lam: float):
         return m - mx.log1p(-mx.exp(mx.minimum(m, -1e-6)))
 
     ratio = log_odds(mc) - log_odds(mr)
+    wins = (ratio > 0).astype(mx.float32)
+    if norm is not None:
+        pairs, chosen = norm[0], mx.maximum(norm[1], 1.0)
+        loss = -(logp[:b].sum() / chosen) - lam * _log_sigmoid(ratio).sum() / pairs
+        return loss, mx.stack([(lam * ratio).sum(), wins.sum(), logp[:b].sum(), logp[b:].sum()]) / pairs
     nll = -(logp[:b].sum() / mx.maximum(counts[:b].sum(), 1.0))
     loss = nll - lam * _log_sigmoid(ratio).mean()
-    metrics = mx.stack([(lam * ratio).mean(), (ratio > 0).astype(mx.float32).mean(),
-                        logp[:b].mean(), logp[b:].mean()])
+    metrics = mx.stack([(lam * ratio).mean(), wins.mean(), logp[:b].mean(), logp[b:].mean()])
     return loss, metrics
 
 
+def chosen_tokens(x, y, w, ref=None, idx=None):
+    """How many answer tokens the chosen sides of a batch's arrays (:func:`batch_arrays`) hold."""
+    b = x.shape[0] // 2
+    if idx is None:
+        return float(w[:b].sum().item())
+    rows = idx // x.shape[1]
+    return float((w * (rows < b)).sum().item())
+
+
+def group_norm(group, arrays, pairs: int, tokens: int) -> tuple[list, float, float]:
+    """The step-wide totals a group's ranks divide by (:func:`dpo_terms`, :func:`orpo_terms`): one
+    collective adds this rank's pairs, chosen answer tokens, answer tokens and ``tokens`` (all its
+    rows' tokens) to the other ranks'. Returns ([pairs, chosen answer tokens] of the whole step, its
+    answer tokens, its tokens)."""
+    n_here = float(arrays[2].sum().item())
+    pairs_all, chosen_all, n_all, tokens_all = group.sum_floats(float(pairs), chosen_tokens(*arrays), n_here,
+                                                                float(tokens))
+    return [pairs_all, chosen_all], n_all, tokens_all
+
+
 def preference_loss(model, method: str, beta: float, lam: float, label_smoothing: float,
-                    x, y, w, ref, idx=None, attn=None):
+                    x, y, w, ref, idx=None, attn=None, norm=None):
     """(loss, answer tokens, metrics) of one batch of pairs; ``ref`` holds the reference log-probs
-    (DPO; ignored by ORPO)."""
+    (DPO; ignored by ORPO). With ``norm`` (a group's rank) the loss and metrics are the rank's share
+    of the whole step's (see :func:`dpo_terms`)."""
     logp, counts = sequence_logps(model, x, y, w, idx, attn)
     if method == "dpo":
-        loss, metrics = dpo_terms(logp, ref, beta, label_smoothing)
+        loss, metrics = dpo_terms(logp, ref, beta, label_smoothing, norm)
     elif method == "orpo":
-        loss, metrics = orpo_terms(logp, counts, lam)
+        loss, metrics = orpo_terms(logp, counts, lam, norm)
     else:
         raise ValueError(f"not a preference method: {method}")
     return loss, counts.sum(), metrics
@@ -195,25 +233,38 @@ def adapter_off(model):
 
 
 def reference_logps(model, pairs: list[EncodedPair], batch: int, pad_id: int, max_len: int,
-                    select: bool, cancel=None) -> list[tuple[float, float]]:
-    """(chosen, rejected) summed answer log-probs of every pair under the base model."""
+                    select: bool, cancel=None, group=None) -> list[tuple[float, float]]:
+    """(chosen, rejected) summed answer log-probs of every pair under the base model.
+
+    In a group (``group``, core.distributed) each rank computes every size-th batch of pairs, the
+    same batches one process would, and one collective gives every rank all of them (a sum with
+    zeros elsewhere: the values are the ones a single process computes, bit for bit)."""
     import mlx.core as mx
+    import numpy as np
 
     from core.train import pad_batch
 
-    out: list[tuple[float, float]] = []
+    rank, size = (group.rank, group.size) if group is not None and group.distributed else (0, 1)
+    vals = np.zeros((len(pairs), 2), dtype=np.float32)
     with adapter_off(model):
-        for i in range(0, len(pairs), batch):
+        for k, i in enumerate(range(0, len(pairs), batch)):
+            if k % size != rank:
+                continue
             if cancel is not None:
                 cancel.raise_if_cancelled()
             chunk = pairs[i:i + batch]
             arrays = pad_batch(pair_rows(chunk), pad_id, max_len, select)
             logp, _ = sequence_logps(model, *arrays)
+            logp = logp.astype(mx.float32)
             mx.eval(logp)
-            vals = logp.tolist()
             b = len(chunk)
-            out += list(zip(vals[:b], vals[b:]))
-    return out
+            got = np.array(logp, dtype=np.float32)
+            vals[i:i + b, 0], vals[i:i + b, 1] = got[:b], got[b:]
+    if size > 1 and len(pairs):
+        total = group.all_sum(mx.array(vals))
+        mx.eval(total)
+        vals = np.array(total, dtype=np.float32)
+    return [(float(c), float(r)) for c, r in vals.tolist()]
 
 
 def preference_accuracy(model, pairs: list[EncodedPair], batch: int, pad_id: int, max_len: int,
@@ -246,7 +297,7 @@ def valid_method(method: str) -> str:
 
 __all__ = ["METHODS", "METHOD_TEXT", "METRIC_KEYS", "EncodedPair", "encode_pair", "pair_rows",
            "sequence_logps", "dpo_terms", "orpo_terms", "preference_loss", "adapter_off", "reference_logps",
-           "preference_accuracy", "valid_method"]
+           "preference_accuracy", "valid_method", "chosen_tokens", "group_norm"]
 
 
 # ---------------------------------------------------------------------------
@@ -303,15 +354,20 @@ def batch_arrays(pairs: list[EncodedPair], refs: list[tuple[float, float]] | Non
 
 
 def evaluate_pairs(model, pairs: list[EncodedPair], refs: list[tuple[float, float]] | None, cfg, pad_id: int,
-                   select: bool, max_batches: int = -1) -> dict:
-    """The preference loss and metrics over ``pairs`` (no gradients), as ``valid_*`` metrics."""
+                   select: bool, max_batches: int = -1, group=None) -> dict:
+    """The preference loss and metrics over ``pairs`` (no gradients), as ``valid_*`` metrics: each
+    batch's values weighted by its pairs. In a group each rank takes every size-th batch and the sums
+    are added over the ranks, so the result is the single-process one."""
     import mlx.core as mx
 
+    rank, size = (group.rank, group.size) if group is not None and group.distributed else (0, 1)
     total, sums, n, nb = 0.0, [0.0] * len(METRIC_KEYS), 0, 0
     for i in range(0, len(pairs), cfg.batch):
         if 0 <= max_batches <= nb:
             break
         nb += 1
+        if (nb - 1) % size != rank:
+            continue
         chunk = pairs[i:i + cfg.batch]
         arrays = batch_arrays(chunk, refs[i:i + cfg.batch] if refs is not None else None, pad_id,
                               cfg.max_seq_len, select)
@@ -321,6 +377,8 @@ def evaluate_pairs(model, pairs: list[EncodedPair], refs: list[tuple[float, floa
         total += loss.item() * len(chunk)
         sums = [s + v * len(chunk) for s, v in zip(sums, metrics.tolist())]
         n += len(chunk)
+    if size > 1:
+        total, n, *sums = group.sum_floats(total, n, *sums)
     if not n:
         return {}
     return {"valid_loss": total / n, **{f"valid_{k}": s / n for k, s in zip(METRIC_KEYS, sums)}}

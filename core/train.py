@@ -831,9 +831,6 @@ def _train(cfg: TrainConfig, *, resume, events, cancel, held: contextlib.ExitSta
                                                              cfg.test_fraction, bool(test_files(cfg.data)))
         n_test = len(test_recs) if test_recs or not test_files(cfg.data) else None  # None: a test file, unread
         del test_recs
-        if group.distributed:
-            raise GroupError("Preference tuning runs on one Mac for now.",
-                             "Train this run on this Mac, or use the Supervised method on several Macs.")
     else:
         require_clean(ds, cfg.skip_invalid)
         # the test examples drawn from the data are set aside here and never encoded
@@ -933,15 +930,27 @@ def _train(cfg: TrainConfig, *, resume, events, cancel, held: contextlib.ExitSta
     if cfg.method == "dpo":  # the base model's log-probabilities, once per pair (the adapter switched off)
         events.progress(0, None, "reference log-probabilities")
         model.eval()
-        train_refs = pref.reference_logps(model, train_seqs, cfg.batch, pad_id, cfg.max_seq_len, select, cancel)
-        valid_refs = pref.reference_logps(model, valid_seqs, cfg.batch, pad_id, cfg.max_seq_len, select, cancel)
+        # in a group each rank computes its share of the pairs, and every rank gets all of them
+        train_refs = pref.reference_logps(model, train_seqs, cfg.batch, pad_id, cfg.max_seq_len, select, cancel,
+                                          group)
+        valid_refs = pref.reference_logps(model, valid_seqs, cfg.batch, pad_id, cfg.max_seq_len, select, cancel,
+                                          group)
     model.train()
 
     def preference_step_loss(model, x, y, w, ref, *rest):
         return pref.preference_loss(model, cfg.method, cfg.beta, cfg.orpo_lambda, cfg.label_smoothing,
                                     x, y, w, ref, *rest)
 
-    loss_and_grad = nn.value_and_grad(model, preference_step_loss if preference else _loss)
+    def preference_share_loss(model, norm, x, y, w, ref, *rest):
+        # a group's rank: its share of the whole step's loss (norm: the step's pairs and chosen answer
+        # tokens over every rank), so that the step's loss and gradient are the sums over the ranks
+        return pref.preference_loss(model, cfg.method, cfg.beta, cfg.orpo_lambda, cfg.label_smoothing,
+                                    x, y, w, ref, *rest, norm=norm)
+
+    step_loss_fn = _loss
+    if preference:
+        step_loss_fn = preference_share_loss if group.distributed else preference_step_loss
+    loss_and_grad = nn.value_and_grad(model, step_loss_fn)
     state = [model.state, opt.state, mx.random.state]
 
     def micro_step(*batch):  # (loss, trained tokens[, preference metrics]), gradients
@@ -967,7 +976,8 @@ def _train(cfg: TrainConfig, *, resume, events, cancel, held: contextlib.ExitSta
     def validate() -> dict:
         model.eval()
         if preference:
-            vals = pref.evaluate_pairs(model, valid_seqs, valid_refs, cfg, pad_id, select, cfg.valid_batches)
+            vals = pref.evaluate_pairs(model, valid_seqs, valid_refs, cfg, pad_id, select, cfg.valid_batches,
+                                       group)
         else:
             vals = {"valid_loss": evaluate_loss(model, valid_seqs, cfg.batch, pad_id, cfg.max_seq_len,
                                                 cfg.valid_batches, group)}
@@ -980,7 +990,9 @@ def _train(cfg: TrainConfig, *, resume, events, cancel, held: contextlib.ExitSta
         def full_step(factor, *batch):  # noqa: F811 - the group's step
             # Each rank's loss is its own token mean; weighting its gradient by its share of the
             # step's tokens (factor = n_rank * size / n_all) makes the average over the ranks the
-            # gradient of the single-process loss over the whole batch.
+            # gradient of the single-process loss over the whole batch. A preference rank's loss is
+            # already its share of the step's (preference_share_loss): factor = size makes the
+            # average the sum over the ranks.
             out, grads = micro_step(*batch)
             grads = nn.average_gradients(tree_map(lambda g: g * factor, grads), group=group.handle)
             opt.update(model, grads)
@@ -1068,7 +1080,13 @@ def _train(cfg: TrainConfig, *, resume, events, cancel, held: contextlib.ExitSta
                 if group.distributed:
                     members = shard(members, group)
                 arrays, step_tokens = make_batch(members)
-                if group.distributed:
+                if group.distributed and preference:  # the pairs' sums over the ranks, weighted by pairs
+                    norm, n_all, step_tokens = pref.group_norm(group, arrays, len(members), step_tokens)
+                    out = full_step(mx.array(float(group.size)), mx.array(norm, dtype=mx.float32), *arrays)
+                    mx.eval(state, out)
+                    step_loss, *step_extra = group.sum_floats(out[0].item(), *out[2].tolist())
+                    step_trained, step_tokens = int(n_all), int(step_tokens)
+                elif group.distributed:
                     n_here = float(arrays[2].sum().item())
                     n_all, step_tokens = group.sum_floats(n_here, step_tokens)
                     loss, ntoks = full_step(mx.array(n_here * group.size / max(n_all, 1.0)), *arrays)
@@ -1090,13 +1108,21 @@ def _train(cfg: TrainConfig, *, resume, events, cancel, held: contextlib.ExitSta
                     if group.distributed:
                         members = shard(members, group)
                     arrays, n_tokens = make_batch(members)
-                    out, grads = micro_step(*arrays)
-                    mx.eval(grads, out)
-                    loss_value, n_here = out[0].item(), float(out[1].item())
+                    if group.distributed and preference:  # as in the group's full_step: shares of the step's
+                        norm, n_here, n_tokens = pref.group_norm(group, arrays, len(members), n_tokens)
+                        out, grads = micro_step(mx.array(norm, dtype=mx.float32), *arrays)
+                        mx.eval(grads, out)
+                        loss_value, *micro_extra = group.sum_floats(out[0].item(), *out[2].tolist())
+                        grads = tree_map(lambda g: g * group.size, grads)
+                    else:
+                        out, grads = micro_step(*arrays)
+                        mx.eval(grads, out)
+                        loss_value, n_here = out[0].item(), float(out[1].item())
+                        micro_extra = out[2].tolist() if preference else []
                     if preference:
                         step_extra = [a + b / cfg.grad_accum for a, b in
-                                      zip(step_extra or [0.0] * len(pref.METRIC_KEYS), out[2].tolist())]
-                    if group.distributed:  # as in the group's full_step: weight by the share of tokens
+                                      zip(step_extra or [0.0] * len(pref.METRIC_KEYS), micro_extra)]
+                    elif group.distributed:  # as in the group's full_step: weight by the share of tokens
                         n_all, n_tokens = group.sum_floats(n_here, n_tokens)
                         factor = n_here * group.size / max(n_all, 1.0)
                         grads = tree_map(lambda g: g * factor, grads)

@@ -162,3 +162,49 @@ def test_a_group_run_stops_and_resumes_on_the_same_curve(home, qtbot, tmp_path, 
     assert steps_on_disk(run_dir) == list(range(1, 31))
     assert loss_points(w) == [float(s) for s in range(1, 31)]  # the old points and the new, each once
     assert runs.RunInfo.load(run_dir).state == "done"
+
+
+@pytest.mark.timeout(400)
+def test_a_dpo_run_trains_on_two_macs_and_plots_its_rewards(home, qtbot, tmp_path, monkeypatch):
+    """Preference tuning is no exception: with pairs and DPO chosen the switch stays on offer, and the
+    group's reward margins fill the plot's right axis as a run on this Mac does."""
+    import json
+
+    from PySide6.QtWidgets import QComboBox
+
+    from core import demo_world
+
+    monkeypatch.chdir(ROOT)
+    w = make_window(qtbot, tmp_path / "s.ini")
+    tp = w.train_page
+    start = find(w, QPushButton, "train.start")
+    pairs, _, _ = demo_world.preference_dataset(n_train=24, n_valid=0)
+    f = tmp_path / "pairs.jsonl"
+    f.write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
+    w.load_data([f])
+    qtbot.waitUntil(lambda: w.data_report is not None and getattr(w.session.dataset, "pairs", 0) == 24,
+                    timeout=60000)
+    qtbot.waitUntil(lambda: start.isEnabled(), timeout=60000)
+    method = find(w, QComboBox, "train.method")
+    method.setCurrentIndex(method.findData("dpo"))
+    for name, value in (("iters", 3), ("lr", 1e-3), ("batch", 3), ("max_seq_len", 96), ("valid_every", 0)):
+        tp.option(name).setValue(value)
+    hosts = tmp_path / "macs.txt"
+    hosts.write_text("127.0.0.1\n127.0.0.1\n")
+    _check(qtbot, w, hosts)
+    use = _panel(w)[3]
+    assert use.isEnabled()  # DPO chosen: the group is on offer as for a supervised run
+    use.setChecked(True)
+    qtbot.mouseClick(start, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: tp.slot.state == "idle" and tp.result_state in ("done", "failed", "stopped"),
+                    timeout=300000)
+    assert tp.result_state == "done", tp.status.text()
+    run = w.run_dir
+    assert json.loads((run / "config.json").read_text())["method"] == "dpo"
+    assert "training on 2 Macs" in tp.log.toPlainText()
+    steps = [m for m in runs.read_metrics(run) if "reward_margin" in m]
+    assert [m["step"] for m in steps] == [1, 2, 3]
+    tp.plot.flush()
+    assert [int(x) for x in tp.plot.lr_curve.xData] == [1, 2, 3]
+    assert [float(y) for y in tp.plot.lr_curve.yData] == pytest.approx([m["reward_margin"] for m in steps],
+                                                                        abs=1e-6)

@@ -167,6 +167,49 @@ def test_identical_sides_give_the_neutral_loss(setup):
     assert abs(metrics[0].item()) < 1e-5
 
 
+@pytest.mark.parametrize("method", ["dpo", "orpo"])
+@pytest.mark.parametrize("select", [False, True])
+def test_a_groups_shares_add_up_to_the_whole_batch(setup, method, select):
+    """Several Macs: a batch of 3 pairs split 2 + 1 between two ranks. Each rank's loss and metrics with the
+    step's totals (core.preference.group_norm) are its share: their sums, and the sums of the ranks'
+    gradients, are the loss, metrics and gradient of one process over the whole batch (not the mean of
+    the ranks' means, which weights the lone pair twice)."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    from core.distributed import Group
+    from core.preference import batch_arrays, group_norm, preference_loss, reference_logps
+
+    model, pairs, pad = setup
+    refs = reference_logps(model, pairs, 3, pad, 256, select)
+
+    def run(chunk, chunk_refs, norm=None):
+        arrays = batch_arrays(chunk, chunk_refs, pad, 256, select)
+
+        def f(m):
+            return preference_loss(m, method, BETA, LAM, EPS, *arrays, norm=norm)
+
+        (loss, _, metrics), grads = nn.value_and_grad(model, f)(model)
+        mx.eval(loss, metrics, grads)
+        return loss.item(), np.array(metrics), {k: np.array(v) for k, v in tree_flatten(grads)}
+
+    whole = run(pairs, refs)
+    parts = [(pairs[:2], refs[:2]), (pairs[2:], refs[2:])]
+    totals = np.zeros(2)
+    for chunk, chunk_refs in parts:  # what sum_floats adds over the ranks
+        norm, _, _ = group_norm(Group(), batch_arrays(chunk, chunk_refs, pad, 256, select), len(chunk), 0)
+        totals += norm
+    assert totals[0] == 3 and totals[1] == sum(sum(p.chosen.mask[1:]) for p in pairs)
+    shares = [run(chunk, chunk_refs, mx.array(totals, dtype=mx.float32)) for chunk, chunk_refs in parts]
+    assert sum(s[0] for s in shares) == pytest.approx(whole[0], abs=1e-5)
+    np.testing.assert_allclose(sum(s[1] for s in shares), whole[1], rtol=1e-5, atol=1e-4)
+    for k, g in whole[2].items():
+        np.testing.assert_allclose(shares[0][2][k] + shares[1][2][k], g, rtol=1e-4, atol=1e-6)
+    means = [run(chunk, chunk_refs) for chunk, chunk_refs in parts]  # the wrong way: the mean of means differs
+    assert abs((means[0][0] + means[1][0]) / 2 - whole[0]) > 1e-4
+
+
 # ---------------------------------------------------------------------------
 # Presets for each method (issue 30): one table in core.presets, read by the CLI and the Train page
 # ---------------------------------------------------------------------------
