@@ -129,7 +129,7 @@ def _missing_columns_error(file: str, template: RecordTemplate, missing: list[st
 
 
 # ---------------------------------------------------------------------------
-# One file
+# Placeholders ({{name}}) in answers: counted, filled on request
 # ---------------------------------------------------------------------------
 
 _SLOT = None
