@@ -36,6 +36,8 @@ from typing import Callable, Iterator
 
 from core import runs
 from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
+# runs: base model, encoder, trained system prompt (re-exported here for the callers of this module)
+from core.run_inputs import run_base_model, run_encoder, trained_system_prompt  # noqa: F401
 from core.tokens import ChatEncoder
 
 SIDES = ("base", "tuned")
@@ -364,53 +366,6 @@ class ChatModel:
 
 
 # ---------------------------------------------------------------------------
-# Runs: base model, adapter, trained system prompt
-# ---------------------------------------------------------------------------
-
-def run_base_model(run_dir: str | Path) -> Path:
-    """The base model folder a run was trained on."""
-    run = Path(run_dir)
-    if not (run / "config.json").is_file():
-        raise TuneloomError(f"{run} is not a run folder (no config.json).", "Pick a folder under runs/.")
-    adapter_cfg = runs.read_json(run / "adapter_config.json") or {}
-    cfg = runs.read_json(run / "config.json") or {}
-    base = adapter_cfg.get("base_model") or cfg.get("model")
-    if not base:
-        raise TuneloomError(f"{run} does not say which base model it was trained on.")
-    if not (Path(base) / "config.json").is_file():
-        raise TuneloomError(f"The run's base model {base} is not there any more.",
-                            "Download it again (Model step), then come back to this run.")
-    return Path(base)
-
-
-def trained_system_prompt(run_dir: str | Path, records=None) -> str | None:
-    """The system prompt the run was trained with: the run's own setting where it has one, else
-    the system message most of its training examples start with (None if there is none)."""
-    from collections import Counter
-
-    cfg = runs.read_json(Path(run_dir) / "config.json") or {}
-    for k in ("system", "system_prompt"):
-        if isinstance(cfg.get(k), str) and cfg[k].strip():
-            return cfg[k]
-    if records is None:
-        try:
-            from core.evaluate import run_split
-
-            records = run_split(run_dir)[0]
-        except TuneloomError:
-            return None
-    firsts = Counter()
-    for r in records:
-        msgs = r.messages if hasattr(r, "messages") else r
-        if msgs and msgs[0].get("role") == "system" and isinstance(msgs[0].get("content"), str):
-            firsts[msgs[0]["content"]] += 1
-    if not firsts:
-        return None
-    text, n = firsts.most_common(1)[0]
-    return text if n * 2 >= len(records) else None
-
-
-# ---------------------------------------------------------------------------
 # The conversation
 # ---------------------------------------------------------------------------
 
@@ -503,8 +458,6 @@ class ChatSession:
         if cancel is not None:
             cancel.raise_if_cancelled()
         events.progress(0, None, f"loading {base.name} with the adapter of {Path(run_dir).name}")
-        from core.evaluate import run_encoder
-
         model = ChatModel(base, adapter_dir=run_dir, encoder=run_encoder(run_dir, base), adapter=adapter)
         events.progress(1, 1, "model loaded")
         return cls(model, sides, system=trained_system_prompt(run_dir), sampling=sampling)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from core import data
+from core.data import limits  # the readers look the limits up there
 from core.data import DatasetError, load_dataset, require_clean, split_records, train_valid
 from core.events import Cancelled, CancelToken, RecordingEvents
 
@@ -338,7 +339,7 @@ def test_mixed_formats_majority_wins(tmp_path):
 
 
 def test_problem_list_is_bounded(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "MAX_ISSUES", 50)
+    monkeypatch.setattr(limits, "MAX_ISSUES", 50)
     rows = [{"prompt": "p", "completion": ""}] * 400 + [{"prompt": "p", "completion": "c"}]
     ds = load_dataset([write(tmp_path, "many.jsonl", jsonl(*rows))])
     assert ds.total == 401 and ds.invalid == 400 and len(ds.records) == 1

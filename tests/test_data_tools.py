@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from core import data
+from core.data import limits  # the readers look the limits up there
 from core.data import DatasetError, load_dataset
 
 
@@ -290,7 +291,7 @@ def test_prompt_only_files_say_rl_data(tmp_path):
 
 
 def test_prompt_only_beyond_the_junk_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "JUNK_ROWS", 50)
+    monkeypatch.setattr(limits, "JUNK_ROWS", 50)
     with pytest.raises(DatasetError, match="none of its first 50 examples have a prompt and no answer"):
         load_dataset([write(tmp_path, "rl.jsonl", jsonl(*[verl_row(i) for i in range(80)]))])
 

@@ -180,7 +180,7 @@ def test_dpo_sets_test_pairs_aside_that_training_never_encodes_and_eval_uses(pre
 
 
 def test_a_preference_test_file_is_never_opened_by_training_and_eval_uses_it(pref_data, tmp_path, monkeypatch):
-    import core.data as data_mod
+    import core.data.dataset as data_mod  # load_dataset calls load_file there
     from core.evaluate import evaluate
 
     data, held = pref_data

@@ -170,7 +170,7 @@ def test_the_test_split_is_disjoint_from_train_and_validation():
 
 
 def test_a_test_file_is_never_opened_by_training_and_evaluate_uses_it(tmp_path, monkeypatch):
-    import core.data as data_mod
+    import core.data.dataset as data_mod  # load_dataset calls load_file there
     from core.evaluate import evaluate
 
     lines = demo_lines("train.jsonl")
