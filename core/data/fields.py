@@ -37,10 +37,6 @@ def _find(obj: dict, key: str, mapping: dict[str, str] | None) -> tuple[str, Any
     return (mapping[key] if mapping and key in mapping else key), None
 
 
-def _get(obj: dict, key: str, mapping: dict[str, str] | None) -> Any:
-    return _find(obj, key, mapping)[1]
-
-
 class _Invalid(Exception):
     def __init__(self, fld: str | None, message: str, hint: str = ""):
         super().__init__(message)

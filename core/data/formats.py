@@ -187,12 +187,6 @@ def _convert_messages(msgs: Any, fld: str, *, sharegpt: bool = False, notes: dic
     return out, wheres
 
 
-def _check_messages(msgs: Any, fld: str, sharegpt: bool = False, notes: dict | None = None) -> list[dict]:
-    out, wheres = _convert_messages(msgs, fld, sharegpt=sharegpt, notes=notes)
-    _check_order(out, fld, wheres)
-    return out
-
-
 def _check_order(msgs: list[dict], fld: str, wheres: list[str] | None = None) -> None:
     roles = [m["role"] for m in msgs]
 
