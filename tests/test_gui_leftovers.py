@@ -370,3 +370,25 @@ def test_a_damaged_runs_status_takes_the_palettes_red_after_a_theme_switch(home,
         assert _row(w, good).foreground(4).style() == Qt.BrushStyle.NoBrush  # a healthy run keeps the default colour
     finally:
         app.setPalette(light)
+
+
+def test_a_step_and_a_progress_report_are_one_signal_each(qtbot):
+    """Issue 24: a training step reached the window as 10 signals (its report, 7 per-metric copies, 2 progress
+    signals); now one StepReport, and one Progress per progress report of either kind."""
+    from app.gui.workers import QtEvents
+    from core.events import Progress, StepReport
+
+    ev = QtEvents()
+    got = []
+    for sig in (ev.progress_reported, ev.step_reported, ev.metric_reported, ev.logged, ev.state_changed):
+        sig.connect(lambda *a, _s=sig: got.append(a))
+    r = StepReport(step=3, total=10, epoch=0.3, train_loss=1.5, learning_rate=1e-4, tokens_per_sec=100.0,
+                   trained_tokens=300, peak_memory=0.0, elapsed=1.0, eta_seconds=2.0)
+    ev.step(r)
+    assert got == [(r,)]
+    got.clear()
+    ev.progress(2, 5, "two of five")
+    ev.report_progress(Progress(10, 100, unit="byte", what="model.safetensors", rate=5.0, eta=18.0))
+    assert len(got) == 2 and all(isinstance(a[0], Progress) for a in got)
+    assert (got[0][0].done, got[0][0].total, got[0][0].what) == (2.0, 5, "two of five")
+    assert got[1][0].unit == "byte" and got[1][0].eta == 18.0

@@ -21,25 +21,24 @@ from core.events import CancelToken, Events, Progress, StepReport
 class QtEvents(QObject, Events):
     """Events whose reports become signals; emitted from the worker, delivered on the GUI thread."""
 
-    progress_changed = Signal(object, object, str)  # done (None: not known), total (None: unknown), what
+    # one signal per report: progress of either kind arrives as a core.events.Progress, a step as its
+    # StepReport (not also as the per-metric copies Events.step falls back to for sinks without it)
     progress_reported = Signal(object)  # core.events.Progress
     step_reported = Signal(object)  # core.events.StepReport
     state_changed = Signal(str, object)  # "paused" / "running", step
-    metric_reported = Signal(str, int, float)
+    metric_reported = Signal(str, int, float)  # the figures a step report does not hold (validation, rewards)
     logged = Signal(str, str)
     stage_started = Signal(str)  # core.events.Events.stage
     stage_ended = Signal(str, object, object, object)  # name, ok (True / False / None: skipped), seconds, detail
 
     def progress(self, done, total, what):
-        self.progress_changed.emit(None if done is None else float(done), total, str(what))
+        self.progress_reported.emit(Progress(None if done is None else float(done), total, what=str(what)))
 
     def report_progress(self, p: Progress):
         self.progress_reported.emit(p)
-        super().report_progress(p)
 
     def step(self, r: StepReport):
         self.step_reported.emit(r)
-        super().step(r)
 
     def state(self, state, step=None):
         self.state_changed.emit(state, step)
@@ -225,7 +224,9 @@ class JobSlot(QObject):
             return lambda *a: handler(*a) if current() else None
 
         ev = job.events
-        for sig, handler in ((ev.progress_changed, on_progress), (ev.progress_reported, on_report),
+        if on_progress is not None:  # a handler of (done, total, what): fed from the typed report
+            ev.progress_reported.connect(guard(lambda p: on_progress(p.done, p.total, p.what)))
+        for sig, handler in ((ev.progress_reported, on_report),
                              (ev.step_reported, on_step), (ev.metric_reported, on_metric), (ev.logged, on_log),
                              (ev.stage_started, on_stage), (ev.stage_ended, on_stage_done),
                              (job.finished_ok, on_ok), (job.failed, on_failed)):
