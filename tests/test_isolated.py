@@ -114,10 +114,9 @@ def test_pause_parks_the_child_resume_goes_on_and_cancel_stops_it(tmp_path):
     assert len(ev.series("step")) == n  # parked: nothing computed
     tok.resume()
     _wait(lambda: len(ev.series("step")) >= n + 5)
-    t0 = time.monotonic()
     tok.cancel()
-    th.join(10)
-    assert not th.is_alive() and time.monotonic() - t0 < 2.0
+    th.join(120)  # a bound for a child that never stops, not a speed (2.5 s was seen on a loaded machine)
+    assert not th.is_alive()
     err = out["r"]
     assert isinstance(err, Cancelled) and err.result["steps"] >= n + 5
     assert [s for s, _ in ev.series("step")] == list(range(1, len(ev.series("step")) + 1))
