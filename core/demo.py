@@ -88,126 +88,160 @@ def run_demo(out_dir: str | Path, *, events: Events | None = None, cancel: Cance
              train_overrides: dict | None = None, ollama_name: str = "tuneloom-demo",
              root: str | Path | None = None) -> dict:
     """Run every stage; ``root`` is a demo folder (model/, data/, heldout.json), default the bundled one."""
-    from core.generate import ChatModel
-    from core.tokens import ChatEncoder
+    demo = _DemoRun(Path(out_dir), events or NULL_EVENTS, cancel, root, train_overrides or {}, ollama_name)
+    for stage in (demo.load_model, demo.check_data, demo.evaluate_base, demo.train, demo.evaluate_tuned,
+                  demo.forgetting_check, demo.fuse, demo.export_gguf, demo.llamacpp_agreement,
+                  demo.quantization_price, demo.ollama):
+        stage()
+    return demo.summary()
 
-    events = events or NULL_EVENTS
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stages: list[Stage] = []
-    t_all = time.perf_counter()
 
-    def stage(name: str):
+class _DemoRun:
+    """The demo's stages, one method each, in the order :func:`run_demo` calls them; each one reads what the
+    stages before it left on ``self``."""
+
+    def __init__(self, out: Path, events: Events, cancel: CancelToken | None, root, train_overrides: dict,
+                 ollama_name: str):
+        self.out, self.events, self.cancel = out, events, cancel
+        self.train_overrides, self.ollama_name = train_overrides, ollama_name
+        out.mkdir(parents=True, exist_ok=True)
+        self.stages: list[Stage] = []
+        self.t_all = time.perf_counter()
+        self.model_dir = Path(root) / "model" if root else demo_model_dir()
+        self.data_dir = Path(root) / "data" if root else demo_data_dir()
+        self.prompts = heldout_prompts(self.data_dir.parent)
+        self.topics = [p["topic"] for p in self.prompts["structured"]]
+        self.agreement: dict[str, float] = {}
+        self.price: dict = {}
+
+    def _stage(self, name: str) -> Stage:
         s = Stage(name)
-        stages.append(s)
-        events.stage(name)
+        self.stages.append(s)
+        self.events.stage(name)
         return s
 
-    def finish(s: Stage, ok: bool | None, **detail):
+    def _finish(self, s: Stage, ok: bool | None, **detail) -> None:
         s.ok, s.seconds = ok, round(time.perf_counter() - s.started, 2)
         s.detail.update(detail)
-        events.stage_done(s.name, ok, s.seconds, detail)
+        self.events.stage_done(s.name, ok, s.seconds, detail)
 
-    model_dir = Path(root) / "model" if root else demo_model_dir()
-    data_dir = Path(root) / "data" if root else demo_data_dir()
-    prompts = heldout_prompts(data_dir.parent)
+    def _answers(self, model, who: str) -> tuple[list[str], list[str]]:
+        return tuple(_eval_answers(model, self.prompts[kind], self.events, f"{who}: {kind} prompts", self.cancel)
+                     for kind in ("structured", "prose"))
 
-    s = stage("load model")
-    encoder = ChatEncoder(model_dir)
-    base = ChatModel(model_dir, encoder=encoder)
-    finish(s, True, model=str(model_dir), params=int(sum(v.size for v in _params(base.model))))
+    def load_model(self) -> None:
+        from core.generate import ChatModel
+        from core.tokens import ChatEncoder
 
-    s = stage("check data")
-    from core.data import load_dataset
+        s = self._stage("load model")
+        self.encoder = ChatEncoder(self.model_dir)
+        self.base = ChatModel(self.model_dir, encoder=self.encoder)
+        self._finish(s, True, model=str(self.model_dir), params=int(sum(v.size for v in _params(self.base.model))))
 
-    ds = load_dataset([data_dir / "train.jsonl", data_dir / "valid.jsonl"], cancel=cancel)
-    finish(s, not ds.issues and len(ds.records) > 0, format=ds.format, records=ds.total, valid=len(ds.records),
-           problems=len(ds.issues))
+    def check_data(self) -> None:
+        from core.data import load_dataset
 
-    s = stage("evaluate base")
-    b_struct = _eval_answers(base, prompts["structured"], events, "base: structured prompts", cancel)
-    b_prose = _eval_answers(base, prompts["prose"], events, "base: prose prompts", cancel)
-    topics = [p["topic"] for p in prompts["structured"]]
-    base_score = score(b_struct, b_prose, topics=topics)
-    finish(s, base_score["json_valid_rate"] <= BASE_JSON_MAX, **base_score, topics=len(topics),
-           question=prompts["structured"][0]["messages"][-1]["content"], example=b_struct[0])
+        s = self._stage("check data")
+        ds = load_dataset([self.data_dir / "train.jsonl", self.data_dir / "valid.jsonl"], cancel=self.cancel)
+        self._finish(s, not ds.issues and len(ds.records) > 0, format=ds.format, records=ds.total,
+                     valid=len(ds.records), problems=len(ds.issues))
 
-    s = stage("train")
-    from core.train import TrainConfig, train
+    def evaluate_base(self) -> None:
+        s = self._stage("evaluate base")
+        self.b_struct, self.b_prose = self._answers(self.base, "base")
+        self.base_score = score(self.b_struct, self.b_prose, topics=self.topics)
+        self._finish(s, self.base_score["json_valid_rate"] <= BASE_JSON_MAX, **self.base_score,
+                     topics=len(self.topics), question=self.prompts["structured"][0]["messages"][-1]["content"],
+                     example=self.b_struct[0])
 
-    cfg = TrainConfig(model=str(model_dir), data=[str(data_dir / "train.jsonl"), str(data_dir / "valid.jsonl")],
-                      out=str(out / "run"), name="demo", **{**DEMO_TRAIN, **(train_overrides or {})})
-    # the sample folder already separates train and valid: use that split
-    cfg.data = [str(data_dir)]
-    _clear_previous_demo_run(out / "run")
-    tres = train(cfg, events=events, cancel=cancel)
-    finish(s, tres["state"] == "done", steps=tres["steps"], valid_loss=tres["valid_loss"],
-           tokens_per_sec=round(tres["tokens_per_sec"], 1), seconds_training=round(tres["seconds"], 1))
+    def train(self) -> None:
+        from core.train import TrainConfig, train
 
-    s = stage("evaluate fine-tuned")
-    tuned = ChatModel(model_dir, adapter_dir=out / "run", encoder=encoder)
-    t_struct = _eval_answers(tuned, prompts["structured"], events, "fine-tuned: structured prompts", cancel)
-    t_prose = _eval_answers(tuned, prompts["prose"], events, "fine-tuned: prose prompts", cancel)
-    tuned_score = score(t_struct, t_prose, b_prose, topics=topics)
-    answers = [{"question": p["messages"][-1]["content"], "base": b, "fine_tuned": t,
-                **({"expected": world.expected_structured(p["topic"])} if kind == "structured" else {})}
-               for kind, got_b, got_t in (("structured", b_struct, t_struct), ("prose", b_prose, t_prose))
-               for p, b, t in zip(prompts[kind], got_b, got_t)]
-    (out / "answers.json").write_text(json.dumps(answers, indent=1) + "\n")
-    tuned_ok = (tuned_score["json_valid_rate"] >= TUNED_JSON_MIN and tuned_score["json_name_correct_rate"] >= TUNED_NAME_MIN
-                and tuned_score["json_exact_rate"] >= TUNED_EXACT_MIN
-                and tuned_score["prose_survival"] >= PROSE_SURVIVAL_MIN)
-    finish(s, tuned_ok, **tuned_score, example=t_struct[0],
-           answers=str(out / "answers.json"))
+        s = self._stage("train")
+        d = self.data_dir
+        self.cfg = cfg = TrainConfig(model=str(self.model_dir), data=[str(d / "train.jsonl"), str(d / "valid.jsonl")],
+                                     out=str(self.out / "run"), name="demo", **{**DEMO_TRAIN, **self.train_overrides})
+        # the sample folder already separates train and valid: use that split
+        cfg.data = [str(d)]
+        _clear_previous_demo_run(self.out / "run")
+        tres = train(cfg, events=self.events, cancel=self.cancel)
+        self._finish(s, tres["state"] == "done", steps=tres["steps"], valid_loss=tres["valid_loss"],
+                     tokens_per_sec=round(tres["tokens_per_sec"], 1), seconds_training=round(tres["seconds"], 1))
 
-    s = stage("forgetting check")
-    from core.drift import drift_check
-    from core.report import record_evaluation
+    def evaluate_tuned(self) -> None:
+        from core.generate import ChatModel
 
-    # the toy model knows only its own world: it is probed with that world's questions (core.drift)
-    probe_file = data_dir.parent / "probes.jsonl"
-    if not probe_file.is_file():  # a demo folder of its own: probe with its held-out prose questions
-        probe_file = out / "probes.jsonl"
-        probe_file.write_text("".join(json.dumps({"prompt": p["messages"][-1]["content"]}) + "\n"
-                                      for p in prompts["prose"]))
-    drift = drift_check(out / "run", model=tuned, events=events, cancel=cancel, probes=[probe_file], bundled=False)
-    record_evaluation(out / "run", None, drift)
-    finish(s, True, verdict=drift["verdict"], kl_per_token=round(drift["kl_per_token"], 4),
-           loglik_change=round(drift["loglik_change"], 4), changed_share=drift["changed_share"],
-           probes=drift["probe_count"])
+        s = self._stage("evaluate fine-tuned")
+        out, prompts = self.out, self.prompts
+        self.tuned = ChatModel(self.model_dir, adapter_dir=out / "run", encoder=self.encoder)
+        t_struct, t_prose = self._answers(self.tuned, "fine-tuned")
+        self.tuned_score = tuned_score = score(t_struct, t_prose, self.b_prose, topics=self.topics)
+        answers = [{"question": p["messages"][-1]["content"], "base": b, "fine_tuned": t,
+                    **({"expected": world.expected_structured(p["topic"])} if kind == "structured" else {})}
+                   for kind, got_b, got_t in (("structured", self.b_struct, t_struct), ("prose", self.b_prose, t_prose))
+                   for p, b, t in zip(prompts[kind], got_b, got_t)]
+        (out / "answers.json").write_text(json.dumps(answers, indent=1) + "\n")
+        tuned_ok = (tuned_score["json_valid_rate"] >= TUNED_JSON_MIN
+                    and tuned_score["json_name_correct_rate"] >= TUNED_NAME_MIN
+                    and tuned_score["json_exact_rate"] >= TUNED_EXACT_MIN
+                    and tuned_score["prose_survival"] >= PROSE_SURVIVAL_MIN)
+        self._finish(s, tuned_ok, **tuned_score, example=t_struct[0], answers=str(out / "answers.json"))
 
-    s = stage("fuse")
-    from core import runs
-    from core.fuse import fuse_model
+    def forgetting_check(self) -> None:
+        from core.drift import drift_check
+        from core.report import record_evaluation
 
-    # the best adapter (lowest validation loss), as Try, Evaluate and Export use it
-    fused_dir = fuse_model(model_dir, out / "run", out / "fused", events=events, cancel=cancel,
-                           adapter_file=runs.adapter_file(out / "run"))
-    finish(s, True, path=str(fused_dir))
+        s = self._stage("forgetting check")
+        # the toy model knows only its own world: it is probed with that world's questions (core.drift)
+        probe_file = self.data_dir.parent / "probes.jsonl"
+        if not probe_file.is_file():  # a demo folder of its own: probe with its held-out prose questions
+            probe_file = self.out / "probes.jsonl"
+            probe_file.write_text("".join(json.dumps({"prompt": p["messages"][-1]["content"]}) + "\n"
+                                          for p in self.prompts["prose"]))
+        self.drift = drift = drift_check(self.out / "run", model=self.tuned, events=self.events, cancel=self.cancel,
+                                         probes=[probe_file], bundled=False)
+        record_evaluation(self.out / "run", None, drift)
+        self._finish(s, True, verdict=drift["verdict"], kl_per_token=round(drift["kl_per_token"], 4),
+                     loglik_change=round(drift["loglik_change"], 4), changed_share=drift["changed_share"],
+                     probes=drift["probe_count"])
 
-    s = stage("export gguf")
-    from core.gguf_export import export_gguf
+    def fuse(self) -> None:
+        from core import runs
+        from core.fuse import fuse_model
 
-    ggufs = {}
-    for q in ("f16", "q8_0"):
-        res = export_gguf(fused_dir, out / f"demo-{q}.gguf", quant=q, events=events, cancel=cancel)
-        ggufs[q] = res["path"]
-    finish(s, True, files=ggufs)
+        s = self._stage("fuse")
+        # the best adapter (lowest validation loss), as Try, Evaluate and Export use it
+        self.fused_dir = fuse_model(self.model_dir, self.out / "run", self.out / "fused", events=self.events,
+                                    cancel=self.cancel, adapter_file=runs.adapter_file(self.out / "run"))
+        self._finish(s, True, path=str(self.fused_dir))
 
-    s = stage("llama.cpp agreement")
-    from core import llamacpp
+    def export_gguf(self) -> None:
+        from core.gguf_export import export_gguf
 
-    agreement: dict[str, float] = {}
-    if not llamacpp.available():
-        finish(s, None, skipped="llama-cpp-python is not installed")
-    else:
-        fused = ChatModel(fused_dir)
-        all_prompts = prompts["structured"] + prompts["prose"]
+        s = self._stage("export gguf")
+        self.ggufs = {}
+        for q in ("f16", "q8_0"):
+            res = export_gguf(self.fused_dir, self.out / f"demo-{q}.gguf", quant=q, events=self.events,
+                              cancel=self.cancel)
+            self.ggufs[q] = res["path"]
+        self._finish(s, True, files=self.ggufs)
+
+    def llamacpp_agreement(self) -> None:
+        from core import llamacpp
+        from core.generate import ChatModel
+
+        s = self._stage("llama.cpp agreement")
+        if not llamacpp.available():
+            self._finish(s, None, skipped="llama-cpp-python is not installed")
+            return
+        encoder, events = self.encoder, self.events
+        fused = ChatModel(self.fused_dir)
+        all_prompts = self.prompts["structured"] + self.prompts["prose"]
         ref = []
         for i, p in enumerate(all_prompts):
             ref.append(fused.generate_ids(encoder.prompt_ids(p["messages"]), max_tokens=64))
             events.progress(i + 1, len(all_prompts), "MLX greedy answers (fused)")
-        for q, path in ggufs.items():
+        for q, path in self.ggufs.items():
             llm = llamacpp.LlamaCppModel(path)
             same = 0
             for i, p in enumerate(all_prompts):
@@ -215,64 +249,68 @@ def run_demo(out_dir: str | Path, *, events: Events | None = None, cancel: Cance
                 same += got == ref[i]
                 events.progress(i + 1, len(all_prompts), f"llama.cpp greedy answers ({q})")
             llm.close()
-            agreement[q] = same / len(all_prompts)
-        finish(s, agreement["f16"] >= F16_AGREE_MIN and agreement["q8_0"] >= Q8_AGREE_MIN,
-               **{f"{q}_agreement": v for q, v in agreement.items()},
-               prompts=len(all_prompts))
+            self.agreement[q] = same / len(all_prompts)
+        self._finish(s, self.agreement["f16"] >= F16_AGREE_MIN and self.agreement["q8_0"] >= Q8_AGREE_MIN,
+                     **{f"{q}_agreement": v for q, v in self.agreement.items()}, prompts=len(all_prompts))
 
-    s = stage("quantization price")
-    price: dict = {}
-    if not llamacpp.available():
-        finish(s, None, skipped="llama-cpp-python is not installed")
-    else:
+    def quantization_price(self) -> None:
+        from core import llamacpp
+
+        s = self._stage("quantization price")
+        if not llamacpp.available():
+            self._finish(s, None, skipped="llama-cpp-python is not installed")
+            return
         from core.quant_price import measure_quants
 
-        price = measure_quants(out / "run", events=events, cancel=cancel)
-        finish(s, True, **{q: row for q, row in price.items()})
+        self.price = measure_quants(self.out / "run", events=self.events, cancel=self.cancel)
+        self._finish(s, True, **{q: row for q, row in self.price.items()})
 
-    s = stage("ollama")
-    from core import ollama as ol
+    def ollama(self) -> None:
+        from core import ollama as ol
 
-    tok_cfg = ol.load_tokenizer_config(fused_dir)
-    modelfile = out / "Modelfile"
-    ol.write_modelfile(modelfile, Path(ggufs["f16"]), tok_cfg, num_ctx=cfg.max_seq_len)
-    create_cmd = ol.ollama_create_command(modelfile, ollama_name)
-    host = ol.find_server()
-    if host is None:
-        finish(s, None, modelfile=str(modelfile), registered=False,
-               message="no Ollama server answered; to register the model run: " + create_cmd)
-    else:
+        s = self._stage("ollama")
+        tok_cfg = ol.load_tokenizer_config(self.fused_dir)
+        self.modelfile = modelfile = self.out / "Modelfile"
+        ol.write_modelfile(modelfile, Path(self.ggufs["f16"]), tok_cfg, num_ctx=self.cfg.max_seq_len)
+        create_cmd = ol.ollama_create_command(modelfile, self.ollama_name)
+        host = ol.find_server()
+        if host is None:
+            self._finish(s, None, modelfile=str(modelfile), registered=False,
+                         message="no Ollama server answered; to register the model run: " + create_cmd)
+            return
         template, stops = ol.go_template_for(tok_cfg)
         try:
-            reg = ol.register_model(Path(ggufs["f16"]), ollama_name, template=template, stops=stops, force=True,
-                                    host=host, events=events, cancel=cancel)
-            finish(s, True, modelfile=str(modelfile), registered=True, model=ollama_name, server=host,
-                   detail=reg)
+            reg = ol.register_model(Path(self.ggufs["f16"]), self.ollama_name, template=template, stops=stops,
+                                    force=True, host=host, events=self.events, cancel=self.cancel)
+            self._finish(s, True, modelfile=str(modelfile), registered=True, model=self.ollama_name, server=host,
+                         detail=reg)
         except TuneloomError as exc:
-            finish(s, False, modelfile=str(modelfile), registered=False, error=exc.user_message(),
-                   command=create_cmd)
+            self._finish(s, False, modelfile=str(modelfile), registered=False, error=exc.user_message(),
+                         command=create_cmd)
 
-    summary = {
-        "ok": all(st.ok is not False for st in stages),
-        "seconds": round(time.perf_counter() - t_all, 1),
-        "out": str(out),
-        "base_json_valid_rate": base_score["json_valid_rate"],
-        "tuned_json_valid_rate": tuned_score["json_valid_rate"],
-        "prose_survival": tuned_score.get("prose_survival"),
-        "tuned_json_name_correct_rate": tuned_score.get("json_name_correct_rate"),
-        "base_json_exact_rate": base_score.get("json_exact_rate"),
-        "tuned_json_exact_rate": tuned_score.get("json_exact_rate"),
-        "f16_agreement": agreement.get("f16"),
-        "q8_0_agreement": agreement.get("q8_0"),
-        "forgetting_verdict": drift["verdict"],
-        "forgetting_kl_per_token": drift["kl_per_token"],
-        "quantization": price,
-        "gguf": ggufs,
-        "modelfile": str(modelfile),
-        "stages": [{"stage": st.name, "ok": st.ok, "seconds": st.seconds, **st.detail} for st in stages],
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    def summary(self) -> dict:
+        base_score, tuned_score, drift = self.base_score, self.tuned_score, self.drift
+        summary = {
+            "ok": all(st.ok is not False for st in self.stages),
+            "seconds": round(time.perf_counter() - self.t_all, 1),
+            "out": str(self.out),
+            "base_json_valid_rate": base_score["json_valid_rate"],
+            "tuned_json_valid_rate": tuned_score["json_valid_rate"],
+            "prose_survival": tuned_score.get("prose_survival"),
+            "tuned_json_name_correct_rate": tuned_score.get("json_name_correct_rate"),
+            "base_json_exact_rate": base_score.get("json_exact_rate"),
+            "tuned_json_exact_rate": tuned_score.get("json_exact_rate"),
+            "f16_agreement": self.agreement.get("f16"),
+            "q8_0_agreement": self.agreement.get("q8_0"),
+            "forgetting_verdict": drift["verdict"],
+            "forgetting_kl_per_token": drift["kl_per_token"],
+            "quantization": self.price,
+            "gguf": self.ggufs,
+            "modelfile": str(self.modelfile),
+            "stages": [{"stage": st.name, "ok": st.ok, "seconds": st.seconds, **st.detail} for st in self.stages],
+        }
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
 
 
 def heldout_prompts(root: Path | None = None) -> dict[str, list[dict]]:
