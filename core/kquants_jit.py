@@ -475,14 +475,18 @@ def f16_values_array(h: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- the cache
 
-def warm_up() -> dict[str, int]:
-    """Compile (or load from the cache) every kernel the exports call, on one block each; returns
-    how many of them came from the cache (``numba`` dispatchers' ``stats.cache_hits``)."""
+_WARM_UP = {"Q4_K": (quantize_q4_k_into, 144), "Q5_K": (quantize_q5_k_into, 176), "Q6_K": (quantize_q6_k_into, 210)}
+
+
+def warm_up(kinds=("Q4_K", "Q5_K", "Q6_K")) -> dict[str, int]:
+    """Compile (or load from the cache) the kernels of ``kinds``, in that order, on one block each;
+    returns how many of the kernels came from the cache (``numba`` dispatchers'
+    ``stats.cache_hits``; Q4_K and Q5_K share one kernel)."""
     x = np.zeros((1, 256), np.float32)
     x[0, ::3] = np.linspace(-1, 1, 86, dtype=np.float32)
-    quantize_q4_k_into(x, np.empty((1, 144), np.uint8))
-    quantize_q5_k_into(x, np.empty((1, 176), np.uint8))
-    quantize_q6_k_into(x, np.empty((1, 210), np.uint8))
+    for kind in kinds:
+        fn, nbytes = _WARM_UP[kind]
+        fn(x, np.empty((1, nbytes), np.uint8))
     entry = [globals()[n] for n in ("_affine_blocks", "_q6_blocks")]
     return {"cache_hits": sum(sum(d.stats.cache_hits.values()) for d in entry),
             "cache_misses": sum(sum(d.stats.cache_misses.values()) for d in entry)}
