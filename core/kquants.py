@@ -331,6 +331,36 @@ def _jit():
     return _jit_module or None
 
 
+def prepare(kinds) -> "threading.Thread | None":
+    """Start compiling (or loading from numba's cache) the kernels of ``kinds`` ("Q4_K", "Q5_K",
+    "Q6_K"), in that order, on a thread of its own; returns the thread, or None when the numpy
+    code is wanted (nothing to compile) or ``kinds`` is empty.
+
+    Why: the first export after an install compiles its kernels (a few seconds of numba's own
+    Python, which holds the GIL). Started as soon as the export knows its types, the compile
+    runs beside the work that needs no kernel (the tokenizer, the header) and the second kernel
+    compiles while the first one is already quantizing (a Q4_K_M file starts with its Q6_K
+    embedding; the kernels release the GIL); a block that needs a kernel still being compiled
+    waits for it (numba compiles each kernel once, under its compiler lock). A failure here is
+    only logged: the block's own call then meets it and falls back to the numpy code."""
+    kinds = [k for k in dict.fromkeys(kinds) if k in _JIT_FUNCS]
+    if not kinds or _jit_module is False or os.environ.get(_BACKEND_ENV, "").lower() == "numpy":
+        return None
+    import threading
+
+    def run():
+        try:
+            jit = _jit()  # numba's import (~0.5 s) on this thread too
+            if jit is not None:
+                jit.warm_up(kinds)
+        except Exception as exc:  # noqa: BLE001 - the export's own call reports it (and falls back)
+            log.info("compiling the K-quant kernels ahead failed: %s", exc)
+
+    thread = threading.Thread(target=run, name="tuneloom-kquant-compile", daemon=True)
+    thread.start()
+    return thread
+
+
 def backend() -> str:
     """``"numba"`` or ``"numpy"``: which implementation the K-quants run by default."""
     return "numba" if _jit() else "numpy"

@@ -1,13 +1,14 @@
-"""Compiled K-quant kernels (numba): the same algorithm as :mod:`core.kquants`, a loop per group.
+"""Compiled K-quant kernels (numba): the same algorithm as :mod:`core.kquants`, SIMD across groups.
 
 Why a compiled kernel: the numpy quantizers run every search step over whole arrays of
 groups, about 15 passes over memory per step, and reach a third to a half of ggml's C
 speed per core. The same loops compiled by numba (LLVM; a well-kept package with wheels
-for macOS arm64 and Linux) keep a group in registers and run at ggml's own speed:
-measured per CPU second on this machine (bench/export.py, bench/README.md) Q4_K 14.5
-Mweights/s vs numpy 5.1 and ggml 11.5, Q5_K 14.8 vs 5.6 and 14.2, Q6_K 26.1 vs 8.4 and
-26.5. ``nogil=True`` lets :mod:`core.gguf_export` run them on threads, one per core,
-with no copies of the rows and no worker processes.
+for macOS arm64 and Linux) keep the groups in registers; written with the groups as the
+innermost loop (16 lanes, see ``_LANES``), LLVM vectorizes the search, which ggml's scalar
+reference code does not: measured per CPU second on this machine (bench/export.py,
+bench/README.md) Q4_K 53 Mweights/s vs ggml 12, Q5_K 66 vs 15, Q6_K 74 vs 24 (one loop
+per group, before: about ggml's speed). ``nogil=True`` lets :mod:`core.gguf_export` run
+them on threads, one per core, with no copies of the rows and no worker processes.
 
 Bit-identical to ``quantize_row_q{4,5,6}_K_ref`` (ggml-quants.c), the routines
 ``llama-quantize`` runs without an importance matrix: every value is float32 (constants
@@ -64,9 +65,9 @@ def _jit(fn):
     be had at all, numba says so at decoration: then compile in memory each run.
     """
     try:
-        return numba.njit(nogil=True, cache=True, boundscheck=False)(fn)
+        return numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")(fn)
     except RuntimeError:  # "cannot cache function ...: no locator available"
-        return numba.njit(nogil=True, cache=False, boundscheck=False)(fn)
+        return numba.njit(nogil=True, cache=False, boundscheck=False, error_model="numpy")(fn)
 
 
 @_jit
@@ -106,239 +107,285 @@ def _f16_value(h):
 
 
 @_jit
-def _qkx2(x, w, L, Laux, fnmax, rmin, rdelta, nstep):
-    """ggml's make_qkx2_quants (use_mad false) for one group: (scale, -min); levels into ``L``.
-
-    ``L``, ``Laux`` hold levels as float32 (exact small integers) so no int/float
-    conversion sits in the inner loops. The search keeps updating ``mn`` with the best
-    fit so far, so later steps scale from the current minimum, as the C code does.
-    """
-    n = x.shape[0]
-    mn = x[0]
-    mx = x[0]
-    sum_w = w[0]
-    sum_x = sum_w * x[0]
-    for i in range(1, n):
-        xi = x[i]
-        if xi < mn:
-            mn = xi
-        if xi > mx:
-            mx = xi
-        sum_w += w[i]
-        sum_x += w[i] * xi
-    if mn > 0:
-        mn = F(0)
-    if mx == mn:
-        for i in range(n):
-            L[i] = 0
-        return F(0), -mn
-    iscale = fnmax / (mx - mn)
-    scale = F(1) / iscale
-    best = F(0)
-    for i in range(n):
-        l = np.rint(iscale * (x[i] - mn))
-        if l < 0:
-            l = F(0)
-        elif l > fnmax:
-            l = fnmax
-        L[i] = l
-        diff = scale * l + mn - x[i]
-        best += w[i] * (diff * diff)
-    for st in range(nstep + 1):
-        iscale = (rmin + rdelta * F(st) + fnmax) / (mx - mn)
-        sl = F(0)
-        sl2 = F(0)
-        sxl = F(0)
-        for i in range(n):
-            l = np.rint(iscale * (x[i] - mn))
-            if l < 0:
-                l = F(0)
-            elif l > fnmax:
-                l = fnmax
-            Laux[i] = l
-            wl = w[i] * l
-            sl += wl
-            sl2 += wl * l
-            sxl += wl * x[i]
-        D = sum_w * sl2 - sl * sl
-        if D > 0:
-            ts = (sum_w * sxl - sum_x * sl) / D
-            tm = (sl2 * sum_x - sl * sxl) / D
-            if tm > 0:
-                tm = F(0)
-                ts = sxl / sl2
-            cur = F(0)
-            for i in range(n):
-                diff = ts * Laux[i] + tm - x[i]
-                cur += w[i] * (diff * diff)
-            if cur < best:
-                for i in range(n):
-                    L[i] = Laux[i]
-                best = cur
-                scale = ts
-                mn = tm
-    return scale, -mn
-
-
-@_jit
 def _u8(v):
     # (uint8_t) nearest_int(v)
     return np.uint8(np.int64(np.rint(v)) & 0xFF)
 
 
+# The search loops run across groups, not along them: each group's sums still go left to
+# right over its own values (the C code's order, so the result stays bit-identical), but the
+# innermost loop steps over the groups of a lane set (16 lanes: Q4_K/Q5_K take two
+# super-blocks of 8 groups, Q6_K one of 16 groups), whose sums are independent, so LLVM
+# turns it into SIMD (8 float32 lanes with AVX2, 4 with NEON). Values are laid out
+# group-minor (``XT[i, lane]``). Per group the C code returns at a few points (an all-equal
+# or all-zero group); here every lane runs every step and such lanes are masked afterwards
+# (their steps may divide by zero: ``error_model="numpy"`` gives inf/nan there instead of
+# raising, and their results are never used). The levels of the best step are recomputed
+# only where a group's final scale rounds to 0 (the only place ggml keeps the search's own
+# levels): from the best step's (iscale, min), which gives the same levels as copying them.
+# Measured (bench/README.md): Q4_K 3-4x, Q5_K ~3x, Q6_K ~3x the scalar loop per core.
+_LANES = 16
+
+
 @_jit
 def _affine_blocks(x, out, nmax, rmin, rdelta, nstep, five):
-    """Q4_K (``five`` false) or Q5_K super-blocks: float32 (nb, 256) -> ``out`` uint8 (nb, 144 | 176)."""
+    """Q4_K (``five`` false) or Q5_K super-blocks: float32 (nb, 256) -> ``out`` uint8 (nb, 144 | 176).
+
+    ggml's quantize_row_q{4,5}_K_ref: per group of 32, weights ``sqrt(mean(x^2)) + |x|`` and
+    make_qkx2_quants (use_mad false; scale and -min), then 6-bit scales and mins per
+    super-block and the levels requantized from them. Two super-blocks per lane set (the
+    second repeats the last one when ``nb`` is odd; its output is not written)."""
     fnmax = F(nmax)
     nb = x.shape[0]
+    NL = _LANES
+    XT = np.empty((32, NL), F)
+    WT = np.empty((32, NL), F)
+    mn = np.empty(NL, F)
+    mx = np.empty(NL, F)
+    sum_w = np.empty(NL, F)
+    sum_x = np.empty(NL, F)
+    isc = np.empty(NL, F)
+    sl = np.empty(NL, F)
+    sl2 = np.empty(NL, F)
+    sxl = np.empty(NL, F)
+    ts = np.empty(NL, F)
+    tm = np.empty(NL, F)
+    cur = np.empty(NL, F)
+    best = np.empty(NL, F)
+    scales = np.empty(NL, F)
+    bisc = np.empty(NL, F)
+    bmn = np.empty(NL, F)
+    flat = np.empty(NL, np.bool_)
     L = np.empty(256, F)
-    Laux = np.empty(32, F)
-    wts = np.empty(32, F)
-    scales = np.empty(8, F)
     mins = np.empty(8, F)
     ls = np.empty(8, np.uint8)
     lm = np.empty(8, np.uint8)
-    for b in range(nb):
-        xb = x[b]
-        max_scale = F(0)
-        max_min = F(0)
-        for j in range(8):
-            xg = xb[32 * j:32 * j + 32]
-            s2 = F(0)
-            for l in range(32):
-                s2 += xg[l] * xg[l]
-            av = np.sqrt(s2 / F(32))
-            for l in range(32):
-                wts[l] = av + abs(xg[l])
-            s, m = _qkx2(xg, wts, L[32 * j:32 * j + 32], Laux, fnmax, rmin, rdelta, nstep)
-            scales[j] = s
-            mins[j] = m
-            if s > max_scale:
-                max_scale = s
-            if m > max_min:
-                max_min = m
-        inv_s = F(63) / max_scale if max_scale > 0 else F(0)
-        inv_m = F(63) / max_min if max_min > 0 else F(0)
-        for j in range(8):
-            a = _u8(inv_s * scales[j])
-            c = _u8(inv_m * mins[j])
-            ls[j] = a if a < 63 else np.uint8(63)
-            lm[j] = c if c < 63 else np.uint8(63)
-        hd = _f16_bits(max_scale / F(63))
-        hm = _f16_bits(max_min / F(63))
-        o = out[b]
-        o[0] = hd & 0xFF
-        o[1] = hd >> 8
-        o[2] = hm & 0xFF
-        o[3] = hm >> 8
-        for j in range(4):
-            o[4 + j] = ls[j] | ((ls[j + 4] >> 4) << 6)
-            o[8 + j] = lm[j] | ((lm[j + 4] >> 4) << 6)
-            o[12 + j] = (ls[j + 4] & 0xF) | ((lm[j + 4] & 0xF) << 4)
-        fd = _f16_value(hd)
-        fm = _f16_value(hm)
-        for j in range(8):
-            d = fd * F(ls[j])
-            if d == 0:
-                continue
-            dm = fm * F(lm[j])
-            for i in range(32):
-                l = np.rint((xb[32 * j + i] + dm) / d)
-                if l < 0:
-                    l = F(0)
-                elif l > fnmax:
-                    l = fnmax
-                L[32 * j + i] = l
-        if five:
-            for i in range(32):
-                o[16 + i] = 0
-            for k in range(4):
+    for b0 in range(0, nb, 2):
+        for half in range(2):
+            xb = x[min(b0 + half, nb - 1)]
+            for g in range(8):
+                j = 8 * half + g
+                s2 = F(0)
                 for i in range(32):
-                    l1 = np.uint8(L[64 * k + i])
-                    l2 = np.uint8(L[64 * k + 32 + i])
-                    o[16 + i] |= ((l1 >> 4) << (2 * k)) | ((l2 >> 4) << (2 * k + 1))
-                    o[48 + 32 * k + i] = (l1 & 0xF) | ((l2 & 0xF) << 4)
-        else:
-            for k in range(4):
+                    v = xb[32 * g + i]
+                    s2 += v * v
+                av = np.sqrt(s2 / F(32))
                 for i in range(32):
-                    o[16 + 32 * k + i] = np.uint8(L[64 * k + i]) | (np.uint8(L[64 * k + 32 + i]) << 4)
-
-
-@_jit
-def _qx_rmse1(x, L, fnmax):
-    """ggml's make_qx_quants with rmse_type 1 and no weights, one group: the scale;
-    levels + nmax into ``L``."""
-    n = x.shape[0]
-    mx = F(0)
-    amax = F(0)
-    for i in range(n):
-        ax = abs(x[i])
-        if ax > amax:
-            amax = ax
-            mx = x[i]
-    if amax < _GROUP_MAX_EPS:
-        for i in range(n):
-            L[i] = 0
-        return F(0)
-    iscale = -fnmax / mx
-    sumlx = F(0)
-    suml2 = F(0)
-    for i in range(n):
-        l = np.rint(iscale * x[i])
-        if l < -fnmax:
-            l = -fnmax
-        elif l > fnmax - F(1):
-            l = fnmax - F(1)
-        L[i] = l + fnmax
-        w = x[i] * x[i]
-        sumlx += w * x[i] * l
-        suml2 += w * l * l
-    scale = sumlx / suml2 if suml2 != 0 else F(0)
-    best = scale * sumlx
-    for st in range(-9, 10):
-        if st == 0:
-            continue
-        iscale = -(fnmax + F(0.1) * F(st)) / mx
-        sumlx = F(0)
-        suml2 = F(0)
-        for i in range(n):
-            l = np.rint(iscale * x[i])
-            if l < -fnmax:
-                l = -fnmax
-            elif l > fnmax - F(1):
-                l = fnmax - F(1)
-            w = x[i] * x[i]
-            sumlx += w * x[i] * l
-            suml2 += w * l * l
-        if suml2 > 0 and sumlx * sumlx > best * suml2:
-            for i in range(n):
-                l = np.rint(iscale * x[i])
-                if l < -fnmax:
-                    l = -fnmax
-                elif l > fnmax - F(1):
-                    l = fnmax - F(1)
-                L[i] = l + fnmax
-            scale = sumlx / suml2
-            best = scale * sumlx
-    return scale
+                    v = xb[32 * g + i]
+                    XT[i, j] = v
+                    WT[i, j] = av + abs(v)
+        # make_qkx2_quants, every lane at once
+        for j in range(NL):
+            mn[j] = XT[0, j]
+            mx[j] = XT[0, j]
+            sum_w[j] = WT[0, j]
+            sum_x[j] = WT[0, j] * XT[0, j]
+        for i in range(1, 32):
+            for j in range(NL):
+                xi = XT[i, j]
+                if xi < mn[j]:
+                    mn[j] = xi
+                if xi > mx[j]:
+                    mx[j] = xi
+                sum_w[j] += WT[i, j]
+                sum_x[j] += WT[i, j] * xi
+        for j in range(NL):
+            if mn[j] > 0:
+                mn[j] = F(0)
+            flat[j] = mx[j] == mn[j]  # C: levels 0, scale 0, min -min, no search
+            isc[j] = fnmax / (mx[j] - mn[j])
+            scales[j] = F(1) / isc[j]
+            best[j] = F(0)
+            bisc[j] = isc[j]
+            bmn[j] = mn[j]
+        for i in range(32):
+            for j in range(NL):
+                l = min(max(np.rint(isc[j] * (XT[i, j] - mn[j])), F(0)), fnmax)
+                diff = scales[j] * l + mn[j] - XT[i, j]
+                best[j] += WT[i, j] * (diff * diff)
+        for st in range(nstep + 1):
+            for j in range(NL):
+                isc[j] = (rmin + rdelta * F(st) + fnmax) / (mx[j] - mn[j])
+                sl[j] = F(0)
+                sl2[j] = F(0)
+                sxl[j] = F(0)
+            for i in range(32):
+                for j in range(NL):
+                    l = min(max(np.rint(isc[j] * (XT[i, j] - mn[j])), F(0)), fnmax)
+                    wl = WT[i, j] * l
+                    sl[j] += wl
+                    sl2[j] += wl * l
+                    sxl[j] += wl * XT[i, j]
+            for j in range(NL):
+                D = sum_w[j] * sl2[j] - sl[j] * sl[j]
+                a = (sum_w[j] * sxl[j] - sum_x[j] * sl[j]) / D
+                c = (sl2[j] * sum_x[j] - sl[j] * sxl[j]) / D
+                if c > 0:
+                    c = F(0)
+                    a = sxl[j] / sl2[j]
+                ts[j] = a
+                tm[j] = c
+                cur[j] = F(0)
+            for i in range(32):
+                for j in range(NL):
+                    l = min(max(np.rint(isc[j] * (XT[i, j] - mn[j])), F(0)), fnmax)
+                    diff = ts[j] * l + tm[j] - XT[i, j]
+                    cur[j] += WT[i, j] * (diff * diff)
+            for j in range(NL):
+                D = sum_w[j] * sl2[j] - sl[j] * sl[j]
+                if D > 0 and cur[j] < best[j] and not flat[j]:
+                    bisc[j] = isc[j]
+                    bmn[j] = mn[j]
+                    best[j] = cur[j]
+                    scales[j] = ts[j]
+                    mn[j] = tm[j]
+        # per super-block: 6-bit scales and mins, then the levels from them
+        for half in range(2):
+            b = b0 + half
+            if b >= nb:
+                break
+            xb = x[b]
+            off = 8 * half
+            max_scale = F(0)
+            max_min = F(0)
+            for g in range(8):
+                s = F(0) if flat[off + g] else scales[off + g]
+                m = -mn[off + g]
+                scales[off + g] = s
+                mins[g] = m
+                if s > max_scale:
+                    max_scale = s
+                if m > max_min:
+                    max_min = m
+            inv_s = F(63) / max_scale if max_scale > 0 else F(0)
+            inv_m = F(63) / max_min if max_min > 0 else F(0)
+            for g in range(8):
+                a = _u8(inv_s * scales[off + g])
+                c = _u8(inv_m * mins[g])
+                ls[g] = a if a < 63 else np.uint8(63)
+                lm[g] = c if c < 63 else np.uint8(63)
+            hd = _f16_bits(max_scale / F(63))
+            hm = _f16_bits(max_min / F(63))
+            o = out[b]
+            o[0] = hd & 0xFF
+            o[1] = hd >> 8
+            o[2] = hm & 0xFF
+            o[3] = hm >> 8
+            for g in range(4):
+                o[4 + g] = ls[g] | ((ls[g + 4] >> 4) << 6)
+                o[8 + g] = lm[g] | ((lm[g + 4] >> 4) << 6)
+                o[12 + g] = (ls[g + 4] & 0xF) | ((lm[g + 4] & 0xF) << 4)
+            fd = _f16_value(hd)
+            fm = _f16_value(hm)
+            for g in range(8):
+                d = fd * F(ls[g])
+                if d == 0:  # ggml keeps the search's levels
+                    for i in range(32):
+                        if flat[off + g]:
+                            L[32 * g + i] = F(0)
+                        else:
+                            l = np.rint(bisc[off + g] * (xb[32 * g + i] - bmn[off + g]))
+                            L[32 * g + i] = min(max(l, F(0)), fnmax)
+                    continue
+                dm = fm * F(lm[g])
+                for i in range(32):
+                    l = np.rint((xb[32 * g + i] + dm) / d)
+                    L[32 * g + i] = min(max(l, F(0)), fnmax)
+            if five:
+                for i in range(32):
+                    o[16 + i] = 0
+                for k in range(4):
+                    for i in range(32):
+                        l1 = np.uint8(L[64 * k + i])
+                        l2 = np.uint8(L[64 * k + 32 + i])
+                        o[16 + i] |= ((l1 >> 4) << (2 * k)) | ((l2 >> 4) << (2 * k + 1))
+                        o[48 + 32 * k + i] = (l1 & 0xF) | ((l2 & 0xF) << 4)
+            else:
+                for k in range(4):
+                    for i in range(32):
+                        o[16 + 32 * k + i] = np.uint8(L[64 * k + i]) | (np.uint8(L[64 * k + 32 + i]) << 4)
 
 
 @_jit
 def _q6_blocks(x, out):
-    """Q6_K super-blocks: float32 (nb, 256) -> ``out`` uint8 (nb, 210)."""
+    """Q6_K super-blocks: float32 (nb, 256) -> ``out`` uint8 (nb, 210).
+
+    ggml's quantize_row_q6_K_ref: make_qx_quants (rmse_type 1, no weights, nmax 32) per
+    group of 16, its 16 groups in one lane set; then 8-bit scales and the levels from them."""
     nb = x.shape[0]
+    NL = _LANES
+    XT = np.empty((16, NL), F)
+    W = np.empty((16, NL), F)
+    WX = np.empty((16, NL), F)
+    mx = np.empty(NL, F)
+    amax = np.empty(NL, F)
+    isc = np.empty(NL, F)
+    slx = np.empty(NL, F)
+    sl2 = np.empty(NL, F)
+    best = np.empty(NL, F)
+    scales = np.empty(NL, F)
+    bisc = np.empty(NL, F)
     L = np.empty(256, F)
-    scales = np.empty(16, F)
     sc = np.empty(16, np.int8)
     f32 = F(32)
     for b in range(nb):
         xb = x[b]
         o = out[b]
+        for g in range(16):
+            for i in range(16):
+                v = xb[16 * g + i]
+                w = v * v
+                XT[i, g] = v
+                W[i, g] = w
+                WX[i, g] = w * v
+        for g in range(NL):
+            mx[g] = F(0)
+            amax[g] = F(0)
+        for i in range(16):
+            for g in range(NL):
+                ax = abs(XT[i, g])
+                if ax > amax[g]:
+                    amax[g] = ax
+                    mx[g] = XT[i, g]
+        # the start: iscale = -nmax / max, its scale taken whatever it gives
+        for g in range(NL):
+            isc[g] = -f32 / mx[g]
+            slx[g] = F(0)
+            sl2[g] = F(0)
+        for i in range(16):
+            for g in range(NL):
+                l = min(max(np.rint(isc[g] * XT[i, g]), -f32), f32 - F(1))
+                slx[g] += WX[i, g] * l
+                sl2[g] += W[i, g] * l * l
+        for g in range(NL):
+            s = slx[g] / sl2[g] if sl2[g] != 0 else F(0)
+            scales[g] = s
+            best[g] = s * slx[g]
+            bisc[g] = isc[g]
+        for st in range(-9, 10):
+            if st == 0:
+                continue
+            for g in range(NL):
+                isc[g] = -(f32 + F(0.1) * F(st)) / mx[g]
+                slx[g] = F(0)
+                sl2[g] = F(0)
+            for i in range(16):
+                for g in range(NL):
+                    l = min(max(np.rint(isc[g] * XT[i, g]), -f32), f32 - F(1))
+                    slx[g] += WX[i, g] * l
+                    sl2[g] += W[i, g] * l * l
+            for g in range(NL):
+                if sl2[g] > 0 and slx[g] * slx[g] > best[g] * sl2[g]:
+                    s = slx[g] / sl2[g]
+                    scales[g] = s
+                    best[g] = s * slx[g]
+                    bisc[g] = isc[g]
         max_scale = F(0)
         max_abs = F(0)
         for g in range(16):
-            s = _qx_rmse1(xb[16 * g:16 * g + 16], L[16 * g:16 * g + 16], f32)
-            scales[g] = s
+            if amax[g] < _GROUP_MAX_EPS:  # C: levels 0, scale 0, no search
+                scales[g] = F(0)
+            s = scales[g]
             if abs(s) > max_abs:
                 max_abs = abs(s)
                 max_scale = s
@@ -354,15 +401,17 @@ def _q6_blocks(x, out):
         fd = _f16_value(hd)
         for g in range(16):
             d = fd * F(sc[g])
-            if d == 0:
+            if d == 0:  # ggml keeps the search's levels
+                for i in range(16):
+                    if amax[g] < _GROUP_MAX_EPS:
+                        L[16 * g + i] = F(0)
+                    else:
+                        l = np.rint(bisc[g] * xb[16 * g + i])
+                        L[16 * g + i] = min(max(l, -f32), f32 - F(1)) + f32
                 continue
             for i in range(16):
                 l = np.rint(xb[16 * g + i] / d)
-                if l < -32:
-                    l = F(-32)
-                elif l > 31:
-                    l = F(31)
-                L[16 * g + i] = l + f32
+                L[16 * g + i] = min(max(l, F(-32)), F(31)) + f32
         for h in range(2):
             for i in range(32):
                 q1 = np.uint8(L[128 * h + i])
@@ -427,14 +476,18 @@ def f16_values_array(h: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- the cache
 
-def warm_up() -> dict[str, int]:
-    """Compile (or load from the cache) every kernel the exports call, on one block each; returns
-    how many of them came from the cache (``numba`` dispatchers' ``stats.cache_hits``)."""
+_WARM_UP = {"Q4_K": (quantize_q4_k_into, 144), "Q5_K": (quantize_q5_k_into, 176), "Q6_K": (quantize_q6_k_into, 210)}
+
+
+def warm_up(kinds=("Q4_K", "Q5_K", "Q6_K")) -> dict[str, int]:
+    """Compile (or load from the cache) the kernels of ``kinds``, in that order, on one block each;
+    returns how many of the kernels came from the cache (``numba`` dispatchers'
+    ``stats.cache_hits``; Q4_K and Q5_K share one kernel)."""
     x = np.zeros((1, 256), np.float32)
     x[0, ::3] = np.linspace(-1, 1, 86, dtype=np.float32)
-    quantize_q4_k_into(x, np.empty((1, 144), np.uint8))
-    quantize_q5_k_into(x, np.empty((1, 176), np.uint8))
-    quantize_q6_k_into(x, np.empty((1, 210), np.uint8))
+    for kind in kinds:
+        fn, nbytes = _WARM_UP[kind]
+        fn(x, np.empty((1, nbytes), np.uint8))
     entry = [globals()[n] for n in ("_affine_blocks", "_q6_blocks")]
     return {"cache_hits": sum(sum(d.stats.cache_hits.values()) for d in entry),
             "cache_misses": sum(sum(d.stats.cache_misses.values()) for d in entry)}

@@ -572,3 +572,35 @@ def test_workers_go_on_across_tensor_boundaries_and_while_the_vocabulary_is_read
     assert state["most"] == 2
     assert (tmp_path / "parallel.gguf").read_bytes() == Path(serial["path"]).read_bytes()
     assert not _pool_threads()
+
+
+def test_an_export_compiles_its_kernels_ahead_in_the_order_the_file_needs_them(tmp_path_factory, tmp_path,
+                                                                              monkeypatch):
+    """export_gguf hands kquants.prepare the K-quant types of its plan, in file order (TinyLlama's
+    Q4_K_M: Q4_K and Q6_K matrices); prepare compiles or loads those kernels on a
+    thread of its own, and starts nothing where the numpy code is wanted or no K-quant is needed."""
+    import core.gguf_export as ge
+    from core import kquants_jit
+
+    asked = []
+    monkeypatch.setattr(ge.kquants, "prepare", lambda kinds: asked.append(list(kinds)))
+    model_dir = _model(tmp_path_factory, "tinyllama", DIMS_256, "float16")
+    export_gguf(model_dir, tmp_path / "m.gguf", "q4_k_m", workers=1)
+    types = [t.qtype.name for t in read_tensor_table(tmp_path / "m.gguf")[1]]
+    want = [t for t in types if t in ("Q4_K", "Q5_K", "Q6_K")]
+    assert asked == [want] and set(want) == {"Q4_K", "Q6_K"}
+    asked.clear()
+    export_gguf(model_dir, tmp_path / "f.gguf", "f16", workers=1)
+    assert asked == [[]]
+    monkeypatch.undo()
+
+    assert kquants.prepare([]) is None
+    assert kquants.prepare(["Q8_0"]) is None
+    monkeypatch.setenv("TUNELOOM_KQUANT_BACKEND", "numpy")
+    assert kquants.prepare(["Q6_K"]) is None
+    monkeypatch.delenv("TUNELOOM_KQUANT_BACKEND")
+    thread = kquants.prepare(["Q6_K", "Q6_K", "Q5_K"])
+    assert thread is not None and thread.name == "tuneloom-kquant-compile" and thread.daemon
+    thread.join(600)
+    assert not thread.is_alive()
+    assert kquants_jit._q6_blocks.signatures and kquants_jit._affine_blocks.signatures
