@@ -1,6 +1,6 @@
 """Every training run is a folder; history, comparison and resume come from disk.
 
-Layout of ``runs/<timestamp>-<name>/``::
+Layout of ``runs/<timestamp>-<name>/`` (read by :class:`RunFolder`, the one reader)::
 
     config.json            everything needed to reproduce the run (TrainConfig)
     metrics.jsonl          one JSON object per report, appended as it goes
@@ -13,6 +13,7 @@ Layout of ``runs/<timestamp>-<name>/``::
     run.json               what people gave the run: its title
     exports/               GGUF files and Modelfiles made from this run (and a JSON record per export)
     report.json, report.md the run's report card (core.report)
+    evaluation.json, drift.json  the last evaluation and forgetting check (the report card shows them)
 
 Runs written outside ``runs/`` (``tuneloom train --out DIR``) are remembered in
 ``runs/elsewhere.txt`` so the history shows them too.
@@ -447,6 +448,8 @@ META = "run.json"
 EXPORTS = "exports"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
+EVALUATION = "evaluation.json"  # the last evaluation's summary (core.report.record_evaluation)
+DRIFT = "drift.json"  # the last forgetting check's (core.report.record_evaluation)
 
 
 def _json_object(path: Path) -> dict:
@@ -522,6 +525,18 @@ class RunFolder:
     def report(self) -> dict:
         """report.json (core.report's report card); {} when it was not written."""
         return _json_object(self.report_json_path)
+
+    @functools.cached_property
+    def evaluation(self) -> dict | None:
+        """evaluation.json (the last evaluation's summary, for the report card); None when there is none."""
+        v = read_json(self.path / EVALUATION)
+        return v if isinstance(v, dict) else None
+
+    @functools.cached_property
+    def forgetting(self) -> dict | None:
+        """drift.json (the last forgetting check's result); None when there is none."""
+        v = read_json(self.path / DRIFT)
+        return v if isinstance(v, dict) else None
 
     def report_text(self) -> str | None:
         """report.md (the report card in words); None when it was not written or cannot be read."""
