@@ -155,8 +155,9 @@ def report_markdown(r: dict) -> str:
 def write_report(run_dir: str | Path) -> dict:
     """Build and write ``report.json`` and ``report.md``; returns the report."""
     r = build_report(run_dir)
-    write_json(Path(run_dir) / "report.json", r)
-    write_text(Path(run_dir) / "report.md", report_markdown(r))
+    folder = runs.RunFolder(run_dir)
+    write_json(folder.report_json_path, r)
+    write_text(folder.report_md_path, report_markdown(r))
     return r
 
 
