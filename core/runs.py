@@ -634,6 +634,15 @@ class RunFolder:
         """exports/NAME (a JSON record an exporter wrote there); {} when missing or damaged."""
         return _json_object(self.exports_dir / name)
 
+    def export_records(self) -> list[dict]:
+        """Every JSON record in exports/ (one per export, and quant_price.json), by file name; a damaged
+        one is left out (the file it named is still listed by :attr:`exports`, without it)."""
+        try:
+            files = sorted(self.exports_dir.glob("*.json"))
+        except OSError:
+            return []
+        return [rec for rec in (read_json(j) for j in files) if isinstance(rec, dict)]
+
     @functools.cached_property
     def exports(self) -> list[ExportInfo]:
         """The exported files, read once (app.gui.jobs.load_run reads them off the GUI thread)."""
@@ -641,10 +650,7 @@ class RunFolder:
         if not d.is_dir():
             return []
         records = {}
-        for j in d.glob("*.json"):
-            rec = read_json(j, {}) or {}
-            if not isinstance(rec, dict):
-                continue  # a damaged record: the file it named is still listed, without it
+        for rec in self.export_records():
             for key in ("gguf", "path", "file"):
                 if isinstance(rec.get(key), str) and rec.get(key):
                     records[Path(rec[key]).name] = rec

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -165,6 +166,14 @@ def test_exports_are_listed_with_their_records(tmp_path):
     assert run.exports[2].record["ollama"] == "tuned" and run.exports[3].path == elsewhere
     assert run.export_record("quant_price.json")["quants"]["q8_0"]["top1_agreement"] == 0.99
     assert run.export_record("broken.json") == {} and run.export_record("missing.json") == {}
+    # every record by file name, the damaged one left out (the Hub push takes the newest GGUF from them)
+    assert [r.get("quant") for r in run.export_records()] == ["f16", "q8_0", None]
+    from core.hub_push import _newest_gguf
+
+    os.utime(elsewhere, (2e9, 2e9))
+    assert _newest_gguf(d) == elsewhere
+    os.utime(ex / "model-q8_0.gguf", (2.1e9, 2.1e9))
+    assert _newest_gguf(d) == ex / "model-q8_0.gguf"
     # RunInfo lists the same files (it builds on the reader)
     info = RunInfo.load(d)
     assert [e.path for e in info.exports] == [e.path for e in run.exports]
