@@ -379,8 +379,8 @@ def _resume_conflicts(a, kwargs: dict) -> list[str]:
     """The options given with --resume that differ from the run's own (a resume never changes them silently)."""
     from core import runs
 
-    saved = runs.read_json(Path(a.resume) / "config.json")
-    if not isinstance(saved, dict):
+    saved = runs.RunFolder(a.resume).config
+    if not saved:
         return []  # train() says what is wrong with the folder
     out = []
     if a.preset:
@@ -414,7 +414,7 @@ def _train_group(a) -> int:
         hosts = dist.read_hostfile(a.hosts)
         if a.resume:
             run_dir = Path(a.resume)
-            saved = runs.read_json(run_dir / "config.json")
+            saved = runs.RunFolder(run_dir).config
             if not saved:
                 raise TuneloomError(f"{run_dir} is not a run folder (no config.json).", "Pick a folder under runs/.")
             paths = [saved["model"], *saved.get("data", [])]
@@ -454,10 +454,10 @@ def _train_group(a) -> int:
                       on_line=print)
     if res.returncode == 0:
         return 0
-    status = runs.read_json(run_dir / "status.json") or {}
-    if status.get("state") == "cancelled":
+    run = runs.RunFolder(run_dir)
+    if run.status.get("state") == "cancelled":
         return 130
-    ck = runs.latest_checkpoint(run_dir)
+    ck = run.latest_checkpoint
     where = (f"The run keeps its checkpoint from step {ck.name.split('-')[-1].lstrip('0') or 0}"
              if ck else "The run has no checkpoint yet")
     print(f"error: {res.message or 'The group stopped.'} {where}: resume it with "
@@ -551,11 +551,12 @@ def _export_measure(a) -> int:
 
 
 def cmd_chat(a) -> int:
+    from core import runs
     from core.events import CancelToken, TuneloomError
     from core.generate import ChatModel, ChatSession, Sampling, run_base_model, trained_system_prompt
 
     model_dir, run = Path(a.model), a.adapter
-    if run is None and (model_dir / "adapters.safetensors").is_file():  # MODEL is a run folder
+    if run is None and (model_dir / runs.FINAL_ADAPTERS).is_file():  # MODEL is a run folder
         run = model_dir
     try:
         sampling = Sampling(**{k: v for k, v in (("temperature", a.temperature), ("top_p", a.top_p),

@@ -109,7 +109,9 @@ class Session:
     # -- derived
     @property
     def trained(self) -> bool:
-        return self.run_dir is not None and (self.run_dir / "adapters.safetensors").exists()
+        from core.runs import RunFolder
+
+        return self.run_dir is not None and RunFolder(self.run_dir).final_adapter is not None
 
     @property
     def usable_dataset(self) -> bool:
@@ -195,7 +197,9 @@ def step_states(s: Session) -> dict[str, tuple[str, str, str]]:
 
     if trained:
         out["Try"] = ("ready", "ask both models", "Ready: compare the original and the fine-tuned model")
-        exports = s.run_dir / "exports"
+        from core.runs import RunFolder
+
+        exports = RunFolder(s.run_dir).exports_dir
         exported = exports.is_dir() and any(exports.glob("*.gguf"))
         if s.busy("export"):
             out["Export"] = ("busy", "exporting...", "Exporting")

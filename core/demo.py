@@ -78,8 +78,8 @@ def _clear_previous_demo_run(run_dir: Path) -> None:
 
     from core import runs
 
-    cfg = runs.read_json(run_dir / "config.json")
-    if (runs.run_contents(run_dir) and isinstance(cfg, dict) and cfg.get("name") == "demo"
+    cfg = runs.RunFolder(run_dir).config
+    if (runs.run_contents(run_dir) and cfg.get("name") == "demo"
             and not runs.run_locked_by_other(run_dir)):
         shutil.rmtree(run_dir)
 

@@ -76,14 +76,15 @@ def measured_pace(model_dir: Path, runs_root: Path | None = None) -> float | Non
 
     want = str(Path(model_dir).resolve())
     for d in runs.run_dirs(runs_root)[:30]:
-        cfg = runs.read_json(d / "config.json", {}) or {}
+        run = runs.RunFolder(d)
+        cfg = run.config
         try:
             same = str(Path(cfg.get("model", "")).resolve()) == want
         except OSError:
             same = False
         if not same:
             continue
-        steps = [m for m in runs.read_metrics(d) if "train_loss" in m and "elapsed" in m]
+        steps = [m for m in run.metrics if "train_loss" in m and "elapsed" in m]
         if len(steps) >= 10:
             first, last = steps[2], steps[-1]  # from the third step: the first ones compile
             examples = (last["step"] - first["step"]) * int(cfg.get("batch", 4)) * int(cfg.get("grad_accum", 1))

@@ -36,10 +36,9 @@ def resolve_source(source: str | Path, adapter: str | Path | None = None) -> tup
     src = Path(source)
     if not src.exists():
         raise TuneloomError(f"{src} does not exist.", "Give a run folder or a model folder.")
-    if (src / "adapter_config.json").exists() and (src / "adapters.safetensors").exists():  # a run folder
-        cfg = runs.read_json(src / "adapter_config.json") or {}
-        run_cfg = runs.read_json(src / "config.json") or {}
-        base = cfg.get("base_model") or run_cfg.get("model")
+    run = runs.RunFolder(src)
+    if run.has_adapter:  # a run folder
+        base = run.base_model
         if not base:
             raise TuneloomError(f"{src} has adapters but does not say which base model they belong to.",
                                 "Pass the model folder as SOURCE and the run with --adapter.")
@@ -262,7 +261,7 @@ def plan_export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: 
     # before any work: not into the source, not over a file it did not make, and a folder it can write
     check_targets(gguf_path, mf, base=base, adapter=adapter_dir, replace=replace)
     gguf_ref = gguf_path if gguf_path is not None else mf.with_name(default_gguf_name(source, quant))
-    num_ctx = (runs.read_json(adapter_dir / "config.json") or {}).get("max_seq_len") if adapter_dir else None
+    num_ctx = runs.RunFolder(adapter_dir).config.get("max_seq_len") if adapter_dir else None
     if temperature is not None and not (0 <= float(temperature) <= 2):
         raise TuneloomError(f"The temperature must be between 0 and 2, not {temperature}.", "Use e.g. 0.7.")
     params = ol.modelfile_parameters(info.config, num_ctx=num_ctx, **(
@@ -282,8 +281,7 @@ def run_tools(run_dir: str | Path | None) -> bool:
     """Whether a training run trained on tool calls (``"tools": true`` in its config.json); False when absent."""
     if run_dir is None:
         return False
-    cfg = runs.read_json(Path(run_dir) / "config.json") if (Path(run_dir) / "config.json").is_file() else None
-    return bool(cfg.get("tools")) if isinstance(cfg, dict) else False
+    return bool(runs.RunFolder(run_dir).config.get("tools"))
 
 
 def tool_verify_case(run_dir: str | Path, *, events: Events | None = None) -> dict | None:
@@ -477,8 +475,9 @@ def write_export_record(run_dir: str | Path, result: dict, **extra) -> Path | No
 
     from core.atomic import write_text
 
-    run = Path(run_dir)
-    if not result.get("gguf") or not (run / "config.json").is_file():
+    folder = runs.RunFolder(run_dir)
+    run = folder.path
+    if not result.get("gguf") or not folder.is_run:
         return None
     gguf = Path(result["gguf"])
     ollama = result.get("ollama") or {}
@@ -488,10 +487,10 @@ def write_export_record(run_dir: str | Path, result: dict, **extra) -> Path | No
            "ollama_host": ollama.get("host") if ollama else None, "base": result.get("base"),
            "adapter": result.get("adapter"), "adapter_file": result.get("adapter_file"), "chat_template_source": result.get("chat_template_source"), **extra}
     # the measured price of this type (core.quant_price), when it was measured
-    price = ((runs.read_json(run / "exports" / "quant_price.json", {}) or {}).get("quants") or {}).get(rec["quant"])
+    price = (folder.export_record("quant_price.json").get("quants") or {}).get(rec["quant"])
     if price:
         rec.setdefault("price", price)
-    path = run / "exports" / f"{gguf.stem}.json"
+    path = folder.exports_dir / f"{gguf.stem}.json"
     write_text(path, json.dumps(rec, ensure_ascii=False, indent=2) + "\n")
     from core.report import write_report
 

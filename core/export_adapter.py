@@ -69,9 +69,9 @@ def check_adapter_exportable(base: Path, adapter_dir: Path, final: bool = False)
     """(base config, adapter config) when the adapter can be exported as a GGUF adapter; else
     :class:`AdapterNotExact` saying why, with the merged export as the way out."""
     base, adapter_dir = Path(base), Path(adapter_dir)
-    cfg_path = adapter_dir / "adapter_config.json"
-    acfg = runs.read_json(cfg_path)
-    if not isinstance(acfg, dict) or not weights_file(adapter_dir, final).is_file():
+    cfg_path = adapter_dir / runs.ADAPTER_CONFIG
+    acfg = runs.RunFolder(adapter_dir).adapter_config
+    if not acfg or not weights_file(adapter_dir, final).is_file():
         raise TuneloomError(f"{adapter_dir} has no adapter (adapter_config.json + adapters.safetensors).",
                             "Choose a run that has saved its adapter (train at least to the first save).")
     kind = acfg.get("fine_tune_type", "lora")

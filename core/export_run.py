@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from core import runs
 from core.quants import OFFERED
 
 VERIFY_TOKENS = 96
@@ -16,7 +17,7 @@ VERIFY_OPTIONS = {"temperature": 0, "top_k": 1, "seed": 0, "num_predict": VERIFY
 
 
 def export_paths(run_dir: Path, quant: str) -> tuple[Path, Path]:
-    d = Path(run_dir) / "exports"  # one Modelfile per GGUF, named after it: a second export never replaces the first's
+    d = runs.RunFolder(run_dir).exports_dir  # one Modelfile per GGUF, named after it: a second export never replaces the first's
     return d / f"model-{quant}.gguf", d / f"model-{quant}.Modelfile"
 
 

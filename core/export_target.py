@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from core import runs
 from core.atomic import write_error
 from core.events import TuneloomError
 
@@ -157,7 +158,7 @@ def check_targets(gguf: Path | None, modelfile: Path | None, *, base: Path, adap
         if _inside(target, base):
             raise TuneloomError(f"{target} is inside the model folder being exported ({base}); writing {what} "
                                 f"there could replace the model's own files.", "Choose a folder outside it.")
-        if run_own is not None and _inside(target, run_own) and not _inside(target, run_own / "exports"):
+        if run_own is not None and _inside(target, run_own) and not _inside(target, run_own / runs.EXPORTS):
             raise TuneloomError(f"{target} is inside the run folder being exported ({run_own}); writing {what} "
                                 f"there could replace the run's own files.",
                                 f"Choose a folder outside it, or the run's exports folder ({run_own / 'exports'}).")
@@ -167,7 +168,7 @@ def check_targets(gguf: Path | None, modelfile: Path | None, *, base: Path, adap
         if not _is_gguf(gguf):
             raise TuneloomError(f"{gguf} already exists and is not a GGUF file; the export does not write over it.",
                                 "Choose another file name.")
-        managed = run_own is not None and _inside(gguf, run_own / "exports")
+        managed = run_own is not None and _inside(gguf, run_own / runs.EXPORTS)
         if not (replace or managed):
             raise TuneloomError(f"{gguf} already exists (an earlier export).",
                                 "Give another file name, or add --force to replace it (and its Modelfile).")
@@ -179,7 +180,7 @@ def check_targets(gguf: Path | None, modelfile: Path | None, *, base: Path, adap
                                 "Choose another Modelfile name (--modelfile).")
         # this export's own Modelfile: its FROM (a merged GGUF) or its ADAPTER (an adapter GGUF) is this file
         ours = gguf is not None and Path(gguf).name in {Path(v).name for v in _modelfile_refs(mf).values()}
-        managed = run_own is not None and _inside(mf, run_own / "exports")
+        managed = run_own is not None and _inside(mf, run_own / runs.EXPORTS)
         if not (ours or replace or managed):
             raise TuneloomError(f"{mf} is the Modelfile of another GGUF ({frm}); the export does not replace it.",
                                 f"Give this export's Modelfile its own name (--modelfile "
@@ -214,7 +215,7 @@ def check_folder_target(out_dir: Path, what: str, *, base: Path | None = None, r
     if base is not None and (_inside(out_dir, base) or _inside(base, out_dir)):
         raise TuneloomError(f"{out_dir} is the model folder being exported ({base}) or holds it; writing {what} "
                             f"there could replace the model's own files.", "Choose a folder outside it.")
-    if run is not None and (_inside(run, out_dir) or (_inside(out_dir, run) and not _inside(out_dir, run / "exports"))):
+    if run is not None and (_inside(run, out_dir) or (_inside(out_dir, run) and not _inside(out_dir, run / runs.EXPORTS))):
         raise TuneloomError(f"{out_dir} is inside the run folder being exported ({run}) or holds it; writing "
                             f"{what} there could replace the run's own files.",
                             f"Choose a folder outside it, or one in the run's exports folder ({run / 'exports'}).")

@@ -178,7 +178,7 @@ class ChatModel:
     def _load_adapter(self, adapter_dir: Path) -> None:
         from mlx_lm.tuner.utils import load_adapters
 
-        if not (adapter_dir / "adapters.safetensors").is_file() or not (adapter_dir / "adapter_config.json").is_file():
+        if not runs.RunFolder(adapter_dir).has_adapter:
             raise TuneloomError(f"{adapter_dir} has no adapters yet (adapters.safetensors, adapter_config.json).",
                                 "Train the run until its first checkpoint, or pick a finished run.")
         from core.checkpoints import check_run_adapter

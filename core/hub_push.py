@@ -44,8 +44,7 @@ def _token(token: str | None) -> str:
 
 def _newest_gguf(run: Path) -> Path | None:
     best = None
-    for rec_path in sorted((run / "exports").glob("*.json")):
-        rec = runs.read_json(rec_path) or {}
+    for rec in runs.RunFolder(run).export_records():
         p = Path(rec.get("gguf") or "")
         if p.is_file() and (best is None or p.stat().st_mtime > best.stat().st_mtime):
             best = p

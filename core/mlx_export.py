@@ -81,7 +81,7 @@ def export_mlx(source, out_dir, *, bits: int = 16, adapter: bool = True, merged:
         tmp = Path(tempfile.mkdtemp(prefix=".adapter.", suffix=".part", dir=out_dir))
         try:
             shutil.copyfile(runs.adapter_file(run, "final" if final else "best"), tmp / "adapters.safetensors")
-            cfg = runs.read_json(run / "adapter_config.json") or {}
+            cfg = runs.RunFolder(run).adapter_config
             from core.atomic import write_json
 
             write_json(tmp / "adapter_config.json", cfg)

@@ -73,10 +73,8 @@ def card_data(run_dir: Path, base: Path, kind: str) -> dict:
     from core.peft_export import hub_id_of
 
     run_dir, base = Path(run_dir), Path(base)
-    cfg = runs.read_json(run_dir / "config.json") or {}
-    acfg = runs.read_json(run_dir / "adapter_config.json") or {}
-    status = runs.read_json(run_dir / "status.json") or {}
-    report = runs.read_json(run_dir / "report.json") or {}
+    run = runs.RunFolder(run_dir)
+    cfg, acfg, status, report = run.config, run.adapter_config, run.status, run.report
     base_front = _front_matter(base / "README.md")
     base_id = hub_id_of(acfg.get("base_model") or cfg.get("model") or base)
     method = (acfg.get("fine_tune_type") or ("dora" if cfg.get("dora") else "lora"))
@@ -91,7 +89,7 @@ def card_data(run_dir: Path, base: Path, kind: str) -> dict:
              "tags": tags, "datasets": _dataset_ids(cfg.get("data") or []),
              "pipeline_tag": "text-generation"}
     return {"front": front, "config": cfg, "adapter": acfg, "status": status, "report": report,
-            "metrics": runs.read_metrics(run_dir), "base": base, "base_id": base_id, "run": run_dir,
+            "metrics": run.metrics, "base": base, "base_id": base_id, "run": run_dir,
             "method": method, "quantized": quantized, "kind": kind}
 
 
@@ -164,7 +162,7 @@ llama-cli -m {repo_file} -cnv     # or: ollama create NAME -f Modelfile
 def card_text(run_dir: Path, base: Path, kind: str, repo: str | None = None) -> str:
     d = card_data(run_dir, base, kind)
     cfg, status, report, acfg = d["config"], d["status"], d["report"], d["adapter"]
-    title = (runs.read_json(Path(run_dir) / "run.json") or {}).get("title") or Path(run_dir).name
+    title = runs.RunFolder(run_dir).meta.get("title") or Path(run_dir).name
     lp = acfg.get("lora_parameters") or {}
     what = {"peft": "a LoRA adapter in PEFT's format", "merged": "the fine-tuned model, merged (transformers)",
             "mlx": "the fine-tuned model, merged, as an MLX folder", "mlx-adapter": "a LoRA adapter in mlx-lm's format",

@@ -59,7 +59,7 @@ def peft_tensors(base: Path, adapter_dir: Path, final: bool = False) -> tuple[di
     from core.gguf_export import _read_safetensors_index
 
     base, adapter_dir = Path(base), Path(adapter_dir)
-    acfg = runs.read_json(adapter_dir / "adapter_config.json") or {}
+    acfg = runs.RunFolder(adapter_dir).adapter_config
     bcfg = runs.read_json(base / "config.json") or {}
     kind = acfg.get("fine_tune_type", "lora")
     if kind not in ("lora", "dora"):

@@ -43,7 +43,7 @@ def _examples(run_dir: Path, limit: int, events: Events, cancel: CancelToken):
 
 def read_price(run_dir: str | Path) -> dict:
     """The run's last measurement ({} when none): {"quants": {quant: {...}}, "split", "examples", ...}."""
-    return runs.read_json(Path(run_dir) / "exports" / PRICE_FILE, {}) or {}
+    return runs.RunFolder(run_dir).export_record(PRICE_FILE)
 
 
 def measure_quants(source, *, adapter=None, final: bool = False, quants=OFFERED, limit: int = MEASURE_EXAMPLES,
@@ -123,7 +123,7 @@ def measure_quants(source, *, adapter=None, final: bool = False, quants=OFFERED,
     try:
         from core.atomic import write_json
 
-        write_json(Path(run) / "exports" / PRICE_FILE, record)
+        write_json(runs.RunFolder(run).exports_dir / PRICE_FILE, record)
         from core.report import write_report
 
         write_report(run)

@@ -38,8 +38,8 @@ from core import runs
 from core.atomic import write_json, write_text
 
 SCHEMA = 1
-EVAL_FILE = "evaluation.json"
-DRIFT_FILE = "drift.json"
+EVAL_FILE = runs.EVALUATION
+DRIFT_FILE = runs.DRIFT
 SETTINGS = ("rank", "alpha", "dropout", "targets", "num_layers", "lr", "warmup", "min_lr_ratio", "weight_decay",
             "epochs", "iters", "batch", "grad_accum", "max_seq_len", "seed", "mask_prompt", "last_turn_only", "dora",
             "pack", "valid_every", "valid_fraction", "test_fraction", "early_stop", "system_prompt", "thinking")
@@ -70,8 +70,8 @@ def build_report(run_dir: str | Path) -> dict:
                   "best_step": best, "best_valid_loss": st.get("best_valid_loss", cfg.get("best_valid_loss")),
                   "final_valid_loss": valid[-1] if valid else None, "stopped_early": st.get("stopped_early"),
                   "memorising": st.get("memorising")},
-        "evaluation": runs.read_json(run / EVAL_FILE),
-        "forgetting": runs.read_json(run / DRIFT_FILE),
+        "evaluation": info.folder.evaluation,
+        "forgetting": info.folder.forgetting,
         "quantization": read_price(run) or None,
         "exports": [{"gguf": str(e.path), "quant": e.record.get("quant"), "size": e.size,
                      "ollama": e.record.get("ollama"), "adapter_file": e.record.get("adapter_file"),
@@ -155,15 +155,16 @@ def report_markdown(r: dict) -> str:
 def write_report(run_dir: str | Path) -> dict:
     """Build and write ``report.json`` and ``report.md``; returns the report."""
     r = build_report(run_dir)
-    write_json(Path(run_dir) / "report.json", r)
-    write_text(Path(run_dir) / "report.md", report_markdown(r))
+    folder = runs.RunFolder(run_dir)
+    write_json(folder.report_json_path, r)
+    write_text(folder.report_md_path, report_markdown(r))
     return r
 
 
 def record_evaluation(run_dir: str | Path, result, drift: dict | None = None) -> None:
     """Keep an evaluation (core.evaluate.EvalResult) and a forgetting check with the run; rewrite the report."""
     run = Path(run_dir)
-    if not (run / "config.json").is_file():
+    if not runs.RunFolder(run).is_run:
         return
     if result is not None and result.complete:
         out = result.to_json()

@@ -18,7 +18,7 @@ def _train_config(run_dir: str | Path):
     from core.train import run_config
 
     run = Path(run_dir)
-    saved = runs.read_json(run / "config.json")
+    saved = runs.RunFolder(run).config
     if not saved:
         raise TuneloomError(f"{run} is not a run folder (no config.json).", "Pick a folder under runs/.")
     return run_config(saved)
@@ -145,14 +145,12 @@ def file_examples(paths: list[str | Path], cfg=None, *, events: Events | None = 
 
 def run_base_model(run_dir: str | Path) -> Path:
     """The base model folder a run was trained on."""
-    run = Path(run_dir)
-    if not (run / "config.json").is_file():
-        raise TuneloomError(f"{run} is not a run folder (no config.json).", "Pick a folder under runs/.")
-    adapter_cfg = runs.read_json(run / "adapter_config.json") or {}
-    cfg = runs.read_json(run / "config.json") or {}
-    base = adapter_cfg.get("base_model") or cfg.get("model")
+    run = runs.RunFolder(run_dir)
+    if not run.is_run:
+        raise TuneloomError(f"{run.path} is not a run folder (no config.json).", "Pick a folder under runs/.")
+    base = run.base_model
     if not base:
-        raise TuneloomError(f"{run} does not say which base model it was trained on.")
+        raise TuneloomError(f"{run.path} does not say which base model it was trained on.")
     if not (Path(base) / "config.json").is_file():
         raise TuneloomError(f"The run's base model {base} is not there any more.",
                             "Download it again (Model step), then come back to this run.")
@@ -162,10 +160,9 @@ def run_base_model(run_dir: str | Path) -> Path:
 def trained_system_prompt(run_dir: str | Path, records=None) -> str | None:
     """The system prompt the run was trained with: the run's own setting where it has one, else
     the system message most of its training examples start with (None if there is none)."""
-    cfg = runs.read_json(Path(run_dir) / "config.json") or {}
-    for k in ("system", "system_prompt"):
-        if isinstance(cfg.get(k), str) and cfg[k].strip():
-            return cfg[k]
+    own = runs.RunFolder(run_dir).system_prompt()
+    if own is not None:
+        return own
     if records is None:
         try:
             records = run_split(run_dir)[0]

@@ -378,10 +378,7 @@ def load_run(path: Path, events=None, cancel=None):
     info = runs.RunInfo.load(Path(path), metrics=True)
     if info is not None:
         info.exports  # noqa: B018 - read here, on the job's thread: the History lists them (cached)
-        try:  # the report card (core.report), shown by the History
-            info.report_md = (Path(path) / "report.md").read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            info.report_md = None
+        info.report_md = info.folder.report_text()  # the report card (core.report), shown by the History
     return info
 
 

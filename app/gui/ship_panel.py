@@ -15,6 +15,8 @@ from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
                                QProgressBar, QPushButton, QVBoxLayout, QWidget)
 
+from core import runs
+
 KINDS = [("merged", "Merged (one file)"), ("adapter", "Adapter (small, shares the base)")]
 TARGETS = [
     ("lmstudio", "Open in LM Studio", "The merged GGUF in LM Studio's models folder; its chat uses the training prompt."),
@@ -32,7 +34,7 @@ def _size(n: int | None) -> str:
 
 
 def target_dir(run_dir: Path, what: str, bits: int = 16) -> Path:
-    return Path(run_dir) / "exports" / ({"mlx": f"mlx-{bits}", "peft": "peft"}[what])
+    return runs.RunFolder(run_dir).exports_dir / ({"mlx": f"mlx-{bits}", "peft": "peft"}[what])
 
 
 def lmstudio_target(run_dir: Path, quant: str) -> Path:
@@ -50,7 +52,7 @@ def target_job(what, run_dir, quant, bits, events=None, cancel=None, force=False
         from core.export import default_gguf_name, export, write_export_record
         from core.lmstudio import place_gguf
 
-        gguf = Path(run_dir) / "exports" / default_gguf_name(run_dir, quant)
+        gguf = runs.RunFolder(run_dir).exports_dir / default_gguf_name(run_dir, quant)
         if not gguf.is_file():
             res = export(run_dir, gguf=gguf, quant=quant, modelfile=gguf.with_name("Modelfile"), events=events,
                          cancel=cancel)

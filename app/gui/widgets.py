@@ -488,3 +488,23 @@ class WrapLabel(QLabel):
     def resizeEvent(self, event):
         super().resizeEvent(event)
         self._fit()
+
+
+def fill_adapter_choices(combo, run_dir) -> None:
+    """Show a run's adapters (core.runs.adapter_choices: best and final, with their steps) in ``combo``,
+    each item's data its "best" / "final". The choice made stays chosen; no change signal is sent when
+    only the labels change (Try and Export both use this)."""
+    from core.runs import adapter_choices
+
+    choices = adapter_choices(run_dir)
+    if [combo.itemData(i) for i in range(combo.count())] == [c.which for c in choices]:
+        for i, c in enumerate(choices):
+            combo.setItemText(i, c.label)
+        return
+    keep = combo.currentData()
+    blocked = combo.blockSignals(True)
+    combo.clear()
+    for c in choices:
+        combo.addItem(c.label, c.which)
+    combo.setCurrentIndex(max(0, combo.findData(keep)) if keep is not None else 0)
+    combo.blockSignals(blocked)

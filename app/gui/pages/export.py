@@ -18,6 +18,7 @@ from app.gui.export_stages import ExportStages
 from app.gui.pages.base import AppContext, Page, error_text
 from app.gui.notify import show_in_folder
 from app.gui.run_bar import RunBar, other_writer, writer_words
+from app.gui.widgets import fill_adapter_choices
 from core.export_run import answer_check, export_run, export_sizes, register_run
 from core.quants import OFFERED
 from core.quants import QUANTS as QUANT_TABLE
@@ -119,8 +120,8 @@ class ExportPage(Page):
         # issue 28: the best adapter (lowest validation loss) by default, the last one a choice away
         self.adapter_choice = QComboBox()
         self.adapter_choice.setObjectName("export.adapter")
-        self.adapter_choice.addItem("Best adapter (lowest validation loss)", "best")
-        self.adapter_choice.addItem("Final adapter (the last step)", "final")
+        # labelled with the run's steps (core.runs.adapter_choices), again when the run changes (session_changed)
+        fill_adapter_choices(self.adapter_choice, self.session.run_dir if self.session.trained else None)
         self.adapter_choice.setToolTip("Which of the run's adapters the export merges: the one from the step with the "
                                        "lowest validation loss (what Try uses by default), or the last one.")
         form.addRow("Adapter", self.adapter_choice)
@@ -228,6 +229,8 @@ class ExportPage(Page):
     def session_changed(self, names: set):
         if names & {"run_dir", "model_dir"}:
             self._run_changed()
+        if names & {"run_dir", "run_version"}:  # a run trained or switched: its adapters' steps
+            fill_adapter_choices(self.adapter_choice, self.session.run_dir if self.session.trained else None)
         if names & {"run_dir", "run_version", "jobs"}:
             self.refresh()
 
@@ -244,7 +247,7 @@ class ExportPage(Page):
                                              on_failed=lambda _exc: None)  # a broken run says so when exported
             from core import runs
 
-            cfg = runs.read_json(run / "config.json") or {}
+            cfg = runs.RunFolder(run).config
             self.system.setPlainText(next((cfg[k] for k in ("system", "system_prompt")
                                            if isinstance(cfg.get(k), str)), ""))
             self.slots["export-system"].start(lambda run_dir, events=None, cancel=None:

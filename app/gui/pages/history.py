@@ -361,8 +361,7 @@ class HistoryPage(Page):
         self.session.update(run_dir=run_dir)
         self.ctx.status(f"Selected run {run_dir.name}", 5000)
         # an adapter only fits the model it was trained on: Try and Export use that one
-        cfg = runs.read_json(run_dir / "config.json", {}) or {}
-        model = cfg.get("model") if isinstance(cfg, dict) else None  # a damaged config: no model to switch to
+        model = runs.RunFolder(run_dir).config.get("model")  # a damaged config: {}, no model to switch to
         base = Path(model) if isinstance(model, str) and model else None
         current = self.session.model_dir.resolve() if self.session.model_dir is not None else None
         if base is not None and base.is_dir() and base.resolve() != current:
@@ -392,7 +391,7 @@ class HistoryPage(Page):
             lines.append(f"Checkpoint: {html.escape(ck.name)} (Resume continues from there)")
         for e in info.exports:
             extra = e.record.get("ollama") or e.record.get("ollama_name") or ""
-            where = e.path.name if e.path.parent == info.path / "exports" else str(e.path)  # a CLI export elsewhere
+            where = e.path.name if e.path.parent == info.folder.exports_dir else str(e.path)  # a CLI export elsewhere
             lines.append(f"Export: {html.escape(where)}" + (f" (Ollama: {html.escape(str(extra))})"
                                                                   if extra else ""))
         if info.error:

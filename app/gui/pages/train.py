@@ -1233,8 +1233,8 @@ class TrainPage(Page):
         self._show_stats()
         r = self.last_report
         run_dir = Path(res.get("run_dir") or self.session.run_dir)
-        cfg = runs.read_json(run_dir / "config.json", {}) or {}
-        self._finished(run_dir, runs.read_metrics(run_dir), int(res["steps"]), cfg, valid=res.get("valid_loss"))
+        folder = runs.RunFolder(run_dir)
+        self._finished(run_dir, folder.metrics, int(res["steps"]), folder.config, valid=res.get("valid_loss"))
         # issue 28: the best step (its adapter is the one Try and Export use), early stop, memorising
         best = res.get("best_step")
         extra = ""

@@ -21,6 +21,7 @@ from app.gui import theme
 from app.gui.eval_table import EvalTable
 from app.gui.pages.base import AppContext, Page, error_text
 from app.gui.run_bar import RunBar
+from app.gui.widgets import fill_adapter_choices
 from core.events import Cancelled
 
 FLUSH_MS = 40  # how often streamed text reaches the views
@@ -358,8 +359,8 @@ class TryPage(Page):
         # issue 28: which adapter (best / final), the forgetting check, and what the evaluation used
         self.eval_adapter = QComboBox()
         self.eval_adapter.setObjectName("try.adapter")
-        self.eval_adapter.addItem("Best adapter", "best")
-        self.eval_adapter.addItem("Final adapter", "final")
+        # labelled with the run's steps (core.runs.adapter_choices), again when the run changes (session_changed)
+        fill_adapter_choices(self.eval_adapter, self._target()[1])
         self.eval_adapter.setToolTip("The best adapter (lowest validation loss) or the one from the last step, "
                                      "for the chat and the evaluation.")
         self.eval_adapter.currentIndexChanged.connect(self._adapter_changed)
@@ -567,6 +568,8 @@ class TryPage(Page):
     def session_changed(self, names: set):
         if names & {"model_dir", "run_dir", "run_version", "jobs"}:
             self.refresh()
+        if names & {"run_dir", "run_version"}:  # a run trained or switched: its adapters' steps
+            fill_adapter_choices(self.eval_adapter, self._target()[1])
         if names & {"model_dir", "run_dir"}:
             self._new_target()
 
