@@ -22,7 +22,8 @@ def test_weights_are_counted_from_the_headers():
     assert stored == params * {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
 
 
-def test_a_pair_counts_as_two_sequences_and_steps_follow_the_options():
+def test_a_pair_counts_as_two_sequences_and_steps_follow_the_options(monkeypatch):
+    monkeypatch.setattr(estimate, "measured_pace", lambda *a, **k: None)  # no earlier run of this model counts
     sft = estimate.estimate_training(demo_model_dir(), OPTIONS, n_train=200)
     dpo = estimate.estimate_training(demo_model_dir(), {**OPTIONS, "method": "dpo"}, n_train=200)
     assert sft.steps == dpo.steps == 40
