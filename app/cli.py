@@ -738,6 +738,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tuneloom", description="Fine-tune a small chat model and run it in Ollama.")
     sub = p.add_subparsers(dest="cmd")
 
+    _add_demo_and_data_parsers(sub)
+    _add_train_parser(sub)
+    _add_export_parser(sub)
+    _add_model_and_run_parsers(sub)
+    return p
+
+
+def _add_demo_and_data_parsers(sub) -> None:
+    """The `demo` and `data` subcommands."""
     d = sub.add_parser("demo", help="run the whole pipeline on the bundled demo model (offline)")
     d.add_argument("--out", help="output folder (default: ./demo-out)")
     d.set_defaults(func=cmd_demo)
@@ -761,6 +770,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(x)
     x.set_defaults(func=cmd_data_export)
 
+
+def _add_train_parser(sub) -> None:
+    """The `train` subcommand: its training-option flags come from core.options."""
     from core.train import DEFAULT_PRESET, PRESET_TEXT, option_help
 
     def opt(name: str) -> str:  # the option's help, as the GUI's tooltip says it, with the default
@@ -793,6 +805,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--backend", choices=["ring", "mpi"], default="ring", help=argparse.SUPPRESS)
     t.set_defaults(func=cmd_train)
 
+
+def _add_export_parser(sub) -> None:
+    """The `export` subcommand (and `push`)."""
     e = sub.add_parser("export", help="fuse adapters and write a GGUF (and an Ollama Modelfile)")
     e.add_argument("source", help="a run folder (base + adapters) or a model folder")
     e.add_argument("--adapter", metavar="RUN_DIR", help="a run folder whose adapter to merge into SOURCE (then a "
@@ -825,6 +840,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_export)
     add_push_parser(sub)
 
+
+def _add_model_and_run_parsers(sub) -> None:
+    """`fetch`, `models`, `chat`, `eval`, `runs`, `selfcheck`."""
     f = sub.add_parser("fetch", help="download a model into the Hugging Face cache (or check a model folder)")
     f.add_argument("model_id", metavar="MODEL_ID",
                    help="hub id (org/name), a name from `tuneloom models`, or a local folder")
@@ -885,7 +903,6 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("selfcheck", help="check that this installation can run a job in a process of its own "
                                           "(the window trains that way); prints one JSON line")
     sc.set_defaults(func=cmd_selfcheck)
-    return p
 
 
 def cmd_runs(a) -> int:
