@@ -330,6 +330,41 @@ class TrainPage(Page):
         self.result_problems: list[str] = []  # why a finished run probably learned little (its banner warns)
         self.loss_summary: runs.LossSummary | None = None  # the last finished run's, as its banner says
 
+        self._build_options(lay)
+        self._build_controls(lay)
+        self._build_plot(lay)
+
+        self._estimate_timer = QTimer(self)
+        self._estimate_timer.setSingleShot(True)
+        self._estimate_timer.setInterval(300)
+        self._estimate_timer.timeout.connect(self.update_estimate)
+        self._stats_timer = QTimer(self)
+        self._stats_timer.setInterval(100)
+        self._stats_timer.timeout.connect(self._show_stats)
+        self._stats_timer.start()
+        self.estimate_value: TrainEstimate | None = None
+        self._fit_notes: list[str] = []
+        self._live_run: Path | None = None  # the run this page trains now (shown live, not read from disk)
+        self._user_options: tuple[str, dict] | None = None  # the form as the user left it, while a run's is shown
+        self.shown_run = None  # the RunInfo of the current run as shown when idle
+        self._estimate_pending = False
+
+        self.preset.currentIndexChanged.connect(self._preset_chosen)
+        self.start_btn.clicked.connect(self.start)
+        self.pause_btn.clicked.connect(self.toggle_pause)
+        self.stop_btn.clicked.connect(self.stop)
+        self.resume_btn.clicked.connect(lambda: self.session.run_dir and self.resume_run(self.session.run_dir))
+        self.next_btn.clicked.connect(lambda: self.ctx.go_to(TRY))
+        self.smoothing.valueChanged.connect(self.plot.set_smoothing)
+        self.show_lr.toggled.connect(self.plot.show_learning_rate)
+        self.fit_btn.clicked.connect(self.plot.fit)
+        self.slot.state_changed.connect(lambda _s: self.refresh_controls())
+        self.set_preset(GUI_PRESET)
+        self._show_result(None)
+        self.refresh_controls()
+
+    def _build_options(self, lay) -> None:
+        """The preset, the method row, the Advanced options and the Several Macs panel."""
         # -- preset and options
         top = QHBoxLayout()
         top.addWidget(QLabel("<b>Preset</b>"))
@@ -377,6 +412,8 @@ class TrainPage(Page):
         self.iters = self.options.widgets["iters"]  # the step count, for scripts and tests
         self._build_hosts_panel(lay)
 
+    def _build_controls(self, lay) -> None:
+        """The estimate, the run's buttons, its result and the memorising banner."""
         # -- estimate, warning
         self.estimate = QLabel("")
         self.estimate.setObjectName("train.estimate")
@@ -434,6 +471,8 @@ class TrainPage(Page):
         lay.addWidget(self.memo_banner)
         self.memo_banner.hide()
 
+    def _build_plot(self, lay) -> None:
+        """The loss plot with its controls, the figures beside it and the log under them."""
         # -- plot | figures, log under
         split = QSplitter(Qt.Orientation.Vertical)
         upper = QSplitter(Qt.Orientation.Horizontal)
@@ -509,35 +548,6 @@ class TrainPage(Page):
         split.setStretchFactor(0, 4)
         split.setStretchFactor(1, 1)
         lay.addWidget(split, 1)
-
-        self._estimate_timer = QTimer(self)
-        self._estimate_timer.setSingleShot(True)
-        self._estimate_timer.setInterval(300)
-        self._estimate_timer.timeout.connect(self.update_estimate)
-        self._stats_timer = QTimer(self)
-        self._stats_timer.setInterval(100)
-        self._stats_timer.timeout.connect(self._show_stats)
-        self._stats_timer.start()
-        self.estimate_value: TrainEstimate | None = None
-        self._fit_notes: list[str] = []
-        self._live_run: Path | None = None  # the run this page trains now (shown live, not read from disk)
-        self._user_options: tuple[str, dict] | None = None  # the form as the user left it, while a run's is shown
-        self.shown_run = None  # the RunInfo of the current run as shown when idle
-        self._estimate_pending = False
-
-        self.preset.currentIndexChanged.connect(self._preset_chosen)
-        self.start_btn.clicked.connect(self.start)
-        self.pause_btn.clicked.connect(self.toggle_pause)
-        self.stop_btn.clicked.connect(self.stop)
-        self.resume_btn.clicked.connect(lambda: self.session.run_dir and self.resume_run(self.session.run_dir))
-        self.next_btn.clicked.connect(lambda: self.ctx.go_to(TRY))
-        self.smoothing.valueChanged.connect(self.plot.set_smoothing)
-        self.show_lr.toggled.connect(self.plot.show_learning_rate)
-        self.fit_btn.clicked.connect(self.plot.fit)
-        self.slot.state_changed.connect(lambda _s: self.refresh_controls())
-        self.set_preset(GUI_PRESET)
-        self._show_result(None)
-        self.refresh_controls()
 
     # -- presets and options ------------------------------------------------------------------
     def option(self, name: str) -> QWidget:
