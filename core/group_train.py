@@ -21,15 +21,18 @@ from pathlib import Path
 from core import distributed as dist
 from core import runs
 from core.events import NULL_EVENTS, CancelToken, Cancelled, Events, Progress, StepReport, TuneloomError
+from core.options import OPTIONS
 from core.preference import METRIC_KEYS
 from core.train import DEFAULT_PRESET, TrainConfig, preset_config
 
-# TrainConfig field -> its `tuneloom train` flag, where the name differs from the field's
-_FLAG = {"system_prompt": "system"}
-# fields with no flag: `thinking` is set from the data by the trainer itself, `mapping` is --map
-_NO_FLAG = {"model", "data", "out", "thinking", "mapping"}
-# booleans the parser takes as --x / --no-x (BooleanOptionalAction); the others are store_true
-_BOTH_WAYS = {"grad_checkpoint", "mask_prompt", "compile"}
+# How each option goes on the command line is its core.options record's ``flag``; the options whose flag the
+# CLI writes itself (flag "") go by their kind: a text as a value, a bool as a switch, a dict as NAME=VALUE
+# pairs, one flag each. Their flags' names, where they differ from the field's:
+_OWN_FLAG = {"system_prompt": "system", "mapping": "map"}
+_OWN_HOW = {"str": "value", "bool": "switch", "dict": "pairs"}
+# not passed as options: the model, the data and the run folder come first; `thinking` is set from the data by
+# the trainer itself; the column mapping (--map) comes last
+_NOT_OPTIONS = {"model", "data", "out", "thinking", "mapping"}
 
 PAUSE_TEXT = ("A run on several Macs cannot be paused (the Macs wait on each other in every step). "
               "Stop it instead: a checkpoint is kept and Resume continues the same curve.")
@@ -50,23 +53,28 @@ def train_args(cfg: TrainConfig) -> list[str]:
     for f in fields(TrainConfig):
         name = f.name
         value = getattr(cfg, name)
-        if name in _NO_FLAG or value == default[name]:
-            continue
+        if name in _NOT_OPTIONS or value == default[name] or value is None:
+            continue  # an option left out is the preset's (None: the CLI's default when not given)
         if name == "epochs" and cfg.iters:
             continue
-        flag = "--" + _FLAG.get(name, name).replace("_", "-")
-        if isinstance(value, bool):
-            if name in _BOTH_WAYS:
-                out.append(flag if value else "--no-" + flag[2:])
-            elif value:
-                out.append(flag)
-            continue  # a store_true option off is its default
-        if value is None:
-            continue  # the CLI leaves such an option at its default (None) when not given
-        out.append(f"{flag}={value!r}" if isinstance(value, float) else f"{flag}={value}")
-    for ours, theirs in (cfg.mapping or {}).items():
-        out.append(f"--map={ours}={theirs}")
+        out += _flag(name, value)
+    if cfg.mapping:
+        out += _flag("mapping", cfg.mapping)
     return out
+
+
+def _flag(name: str, value) -> list[str]:
+    """The `tuneloom train` arguments that give option ``name`` the value ``value`` (core.options.OPTIONS)."""
+    o = OPTIONS[name]
+    flag = "--" + _OWN_FLAG.get(name, name).replace("_", "-")
+    how = o.flag or _OWN_HOW[o.kind]
+    if how == "toggle":  # --x / --no-x
+        return [flag if value else "--no-" + flag[2:]]
+    if how == "switch":  # --x; off is its default
+        return [flag] if value else []
+    if how == "pairs":
+        return [f"{flag}={k}={v}" for k, v in value.items()]
+    return [f"{flag}={value!r}" if isinstance(value, float) else f"{flag}={value}"]
 
 
 class _Follower(threading.Thread):
