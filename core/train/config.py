@@ -166,7 +166,7 @@ def training_examples(cfg: TrainConfig) -> int:
     """How many examples a new run with ``cfg`` trains on (train()'s split of its data; pairs for
     preference tuning): what fit_to_data needs before the run starts. Raises TuneloomError as train()
     would on the same data."""
-    from core import preference as pref
+    from core.train import preference as pref
 
     ds = _load_data(cfg)
     if pref.valid_method(cfg.method) != "sft":

@@ -14,7 +14,7 @@ from typing import Any
 
 from core import runs
 from core.atomic import write_error
-from core.divergence import DivergenceGuard
+from core.train.divergence import DivergenceGuard
 from core.events import CancelToken, Cancelled, Events, Progress, StepReport
 from core.train import losses
 from core.train.adapters import save_adapters, save_best_adapters
@@ -107,7 +107,7 @@ class Loop:
         p, cfg = self.p, self.cfg
         p.model.eval()
         if p.data.preference:
-            from core import preference as pref
+            from core.train import preference as pref
 
             vals = pref.evaluate_pairs(p.model, p.data.valid_seqs, p.valid_refs, cfg, p.data.pad_id, p.select,
                                        cfg.valid_batches, p.group)
@@ -149,7 +149,7 @@ class Loop:
 
     def report(self, step: int, out: StepOut, dt: float) -> None:
         """The step's metrics: metrics.jsonl, the divergence guard, the events."""
-        from core import preference as pref
+        from core.train import preference as pref
 
         p, cfg, events = self.p, self.cfg, self.events
         self.trained_tokens += out.trained

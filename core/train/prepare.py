@@ -26,7 +26,7 @@ from core.train.resume import _restore_verified, refuse_finished
 class RunData:
     """The run's examples, split and encoded (pairs for preference tuning; rows when packed)."""
     ds: Any  # the dataset as read (its notes and records)
-    preference: bool  # DPO / ORPO: pairs of answers (core.preference)
+    preference: bool  # DPO / ORPO: pairs of answers (core.train.preference)
     train_seqs: list
     valid_seqs: list
     n_test: int | None  # the test examples set aside (None: a test file, unread)
@@ -113,10 +113,10 @@ def prepare_data(cfg: TrainConfig, resume, run_dir: Path, main: bool, events: Ev
     chat template; long documents chunked when asked."""
     events.progress(0, None, "loading data")
     ds = _load_data(cfg, cancel)
-    from core import preference as pref
+    from core.train import preference as pref
 
     preference = pref.valid_method(cfg.method) != "sft"
-    if preference:  # pairs of answers: DPO / ORPO (core.preference); the test pairs are set aside, never encoded
+    if preference:  # pairs of answers: DPO / ORPO (core.train.preference); the test pairs are set aside, never encoded
         train_recs, valid_recs, test_recs = pref.split_pairs(ds, cfg.valid_fraction, cfg.seed, cfg.skip_invalid,
                                                              cfg.test_fraction, bool(test_files(cfg.data)))
     else:
@@ -245,7 +245,7 @@ def restore(cfg: TrainConfig, run_dir: Path, resume, model, total_steps: int, gr
 def reference_logps(p: Prepared) -> tuple[list, list]:
     """DPO: the base model's log-probabilities, once per pair (the adapter switched off); in a group each
     rank computes its share of the pairs, and every rank gets all of them."""
-    from core import preference as pref
+    from core.train import preference as pref
 
     cfg, d = p.cfg, p.data
     p.events.progress(0, None, "reference log-probabilities")

@@ -15,7 +15,7 @@ from core.train.config import TrainConfig
 
 
 class TrainingDiverged(TuneloomError):
-    """The loss became NaN, or stayed at a uniform guess (core.divergence): status.json says "diverged"."""
+    """The loss became NaN, or stayed at a uniform guess (core.train.divergence): status.json says "diverged"."""
 
     state = "diverged"
 
@@ -25,7 +25,7 @@ class TrainingDiverged(TuneloomError):
 
 
 def _judge(why: str | None, cfg: TrainConfig, onset: int | None = None) -> None:
-    """Stop the run as diverged when core.divergence found something wrong."""
+    """Stop the run as diverged when core.train.divergence found something wrong."""
     if why:
         raise TrainingDiverged(f"Training diverged: {why}.", "", onset=onset)
 

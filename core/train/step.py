@@ -1,6 +1,6 @@
 """One optimizer step, for every kind of run: one process or a group (core.distributed), one batch or
 gradients accumulated over several micro-batches, next-token loss (SFT) or a preference loss (DPO /
-ORPO, core.preference).
+ORPO, core.train.preference).
 
 In a group each rank trains on its share of every micro-batch. Each rank's loss is its own token
 mean; weighting its gradient by its share of the step's tokens (factor = n_rank * size / n_all) makes
@@ -21,7 +21,7 @@ class StepOut:
     loss: float = 0.0  # the step's mean loss (over the group's tokens)
     tokens: int = 0  # every row's tokens, padding excluded (over the group)
     trained: int = 0  # the tokens the loss was taken on (over the group)
-    extra: list[float] = field(default_factory=list)  # preference metrics (core.preference.METRIC_KEYS)
+    extra: list[float] = field(default_factory=list)  # preference metrics (core.train.preference.METRIC_KEYS)
 
 
 class Stepper:
@@ -34,7 +34,7 @@ class Stepper:
         import mlx.nn as nn
         from mlx.utils import tree_map
 
-        from core import preference as pref
+        from core.train import preference as pref
 
         self.p, self.pref = p, pref
         cfg, group, model, opt = p.cfg, p.group, p.model, p.opt
