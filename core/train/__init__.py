@@ -18,6 +18,9 @@ The package, in the order a run uses it:
 - ``prepare``: a run made ready (data, model, memory check, restore)
 - ``step``: one optimizer step for every kind of run (group x accumulation x method)
 - ``loop``: train(), the loop with pause / resume / cancel
+- ``preference``: the preference methods (DPO, ORPO); ``divergence``: the guard the loop consults;
+  ``group``: a run on several Macs as a job (core.distributed starts the ranks)
+  (core.preference, core.divergence and core.group_train are aliases of these three)
 
 Every name below is importable as ``from core.train import X``. A test that replaces a function the
 trainer calls patches the module that calls it (e.g. ``core.train.losses._loss``,
