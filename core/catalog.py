@@ -107,7 +107,7 @@ def machine_memory_bytes() -> int:
             return int(out.strip())
         except (OSError, ValueError, subprocess.SubprocessError):
             pass
-    from core.train import total_memory_bytes
+    from core.train.memory import total_memory_bytes
 
     return total_memory_bytes()
 

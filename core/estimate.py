@@ -95,7 +95,7 @@ def measured_pace(model_dir: Path, runs_root: Path | None = None) -> float | Non
 
 def _memory_fix(text_cfg: dict, weight_bytes: int, lora: int, options: dict, avail: int) -> str:
     """The smallest change, in words, that makes the run fit in 90% of ``avail``."""
-    from core.train import estimate_memory
+    from core.train.memory import estimate_memory
 
     batch, seq = int(options["batch"]), int(options["max_seq_len"])
     ck = bool(options.get("grad_checkpoint"))
@@ -129,7 +129,7 @@ def estimate_training(model_dir: Path, options: dict, n_train: int, lengths: lis
     import sys
 
     from core import catalog
-    from core.train import estimate_memory, total_memory_bytes
+    from core.train.memory import estimate_memory, total_memory_bytes
 
     cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
     text_cfg = cfg.get("text_config") or cfg

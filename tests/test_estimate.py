@@ -36,10 +36,10 @@ def test_a_pair_counts_as_two_sequences_and_steps_follow_the_options(monkeypatch
 
 
 def test_a_run_that_does_not_fit_says_what_to_change(monkeypatch):
-    import core.train
+    import core.train.memory
 
     fits = estimate.estimate_training(demo_model_dir(), OPTIONS, n_train=200)
-    monkeypatch.setattr(core.train, "total_memory_bytes", lambda: int(fits.memory_bytes / 0.9 * 0.8))
+    monkeypatch.setattr(core.train.memory, "total_memory_bytes", lambda: int(fits.memory_bytes / 0.9 * 0.8))
     est = estimate.estimate_training(demo_model_dir(), {**OPTIONS, "grad_checkpoint": False}, n_train=200)
     assert not est.fits
     assert est.fix.startswith("Turn on") or "batch size" in est.fix

@@ -49,6 +49,9 @@ def _config_from_cli(monkeypatch, argv: list[str]) -> TrainConfig:
                 valid_every=0, valid_batches=-1, checkpoint_every=3, valid_fraction=0.2, skip_invalid=True,
                 mapping={"prompt": "Frage", "answer": "Antwort"}, user_template="- {name}",
                 assistant_template="{types}", system_prompt="Be brief.", pack=True, compile=False),
+    # the options whose flags the CLI writes itself: a text, a switch, NAME=VALUE pairs (--fill)
+    TrainConfig(model="/m", data=["/d/a.jsonl"], out="/runs/w", use="chosen", chunk=True,
+                fill={"name": "Tuneloom", "place": "a=b"}, early_stop=2, test_fraction=0.0),
 ])
 def test_train_args_rebuild_the_same_config(monkeypatch, cfg):
     back = _config_from_cli(monkeypatch, train_args(cfg))

@@ -313,7 +313,7 @@ def test_presets_fill_the_options_from_core(qtbot, tmp_path, home):
 
 
 def test_estimate_warns_when_a_run_will_not_fit(qtbot, tmp_path, home, monkeypatch):
-    import core.train
+    import core.train.memory
 
     w = make_window(qtbot, tmp_path / "s.ini")
     w.load_sample_data()
@@ -323,7 +323,7 @@ def test_estimate_warns_when_a_run_will_not_fit(qtbot, tmp_path, home, monkeypat
     est = tp.estimate_value
     # 72: the steps over the training split as the trainer draws it (10% kept for the test, as the Data page counts)
     assert est.steps == 72 and est.memory_bytes > 0 and est.seconds and "memory" in tp.estimate.text()
-    monkeypatch.setattr(core.train, "total_memory_bytes", lambda: int(est.memory_bytes * 1.25))
+    monkeypatch.setattr(core.train.memory, "total_memory_bytes", lambda: int(est.memory_bytes * 1.25))
     tp.option("batch").setValue(64)
     qtbot.waitUntil(lambda: tp.estimate_value is not est and not tp.estimate_value.fits, timeout=30000)
     start = find(w, QPushButton, "train.start")

@@ -497,7 +497,9 @@ def test_a_run_on_tool_records_says_so_in_its_config_and_one_without_does_not(tm
 
     fast = dict(rank=4, alpha=8.0, lr=1e-3, batch=4, max_seq_len=96, warmup=1, valid_every=0, valid_batches=1,
                 checkpoint_every=0, seed=3, iters=1)
-    real_load = tr.load_dataset
+    import core.train.config  # the module whose load_dataset the trainer calls
+
+    real_load = core.train.config.load_dataset
 
     def with_tools(*a, **kw):
         ds = real_load(*a, **kw)
@@ -509,7 +511,7 @@ def test_a_run_on_tool_records_says_so_in_its_config_and_one_without_does_not(tm
     # a template with a place for tools (the demo model's ChatML has none, and training refuses tools for it)
     model = str(cached_tiny_model("qwen2.5", tmp_path / "models"))
     plain = tr.train(tr.TrainConfig(model=model, data=[str(demo_data_dir())], out=str(tmp_path / "a"), **fast))
-    monkeypatch.setattr(tr, "load_dataset", with_tools)
+    monkeypatch.setattr(core.train.config, "load_dataset", with_tools)
     tooled = tr.train(tr.TrainConfig(model=model, data=[str(demo_data_dir())], out=str(tmp_path / "b"), **fast))
     assert run_tools(tmp_path / "a") is False and "tools" not in json.loads((tmp_path / "a" / "config.json").read_text())
     assert run_tools(tmp_path / "b") is True

@@ -157,7 +157,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
 def test_nan_guard_stops_with_explanation(tmp_path, monkeypatch):
     import mlx.core as mx
 
-    import core.train as ct
+    import core.train.losses as ct  # the module whose _loss the trainer calls
 
     real_loss = ct._loss
     calls = {"n": 0}
@@ -297,7 +297,7 @@ def test_killed_process_resumes_to_the_same_curve(tmp_path):
 
 
 def test_memory_estimate_refuses_with_suggestions(tmp_path, monkeypatch):
-    import core.train as ct
+    import core.train.memory as ct  # the module whose total_memory_bytes the trainer calls
 
     monkeypatch.setattr(ct, "total_memory_bytes", lambda: 8 * 2**20)  # an 8 MB machine
     with pytest.raises(TuneloomError) as info:
