@@ -36,24 +36,12 @@ def pytest_unconfigure(config):
         os._exit(_EXIT[-1])
 
 
-# ./dev test runs the non-window tests on two pytest-xdist workers (--dist loadgroup). Each test file stays on
-# one worker, so its module fixtures (a trained run, a tokenizer) are built once; the three files that share
-# the one installed demo run (below) go to the same worker, so it runs once.
-_DEMO_FILES = {"test_install.py", "test_demo.py", "test_bundle.py"}
-
-
-def pytest_collection_modifyitems(config, items):
-    import pytest
-
-    for item in items:
-        if not item.get_closest_marker("xdist_group"):
-            name = Path(str(item.fspath)).name
-            item.add_marker(pytest.mark.xdist_group("installed-demo" if name in _DEMO_FILES else name))
-
-
 # Tuneloom installed from its wheel into a fresh venv outside the checkout (tests/fixtures/installed.py),
 # and one `tuneloom demo` run by it, shared by tests/test_install.py, tests/test_demo.py and the bundle
-# test's comparison: the demo is the slowest thing the suite runs, so it runs once.
+# test's comparison: the demo is the slowest thing the suite runs, so it runs once per test process (with
+# ./dev test's two pytest-xdist workers, once in each worker that has one of those files). Grouping the three
+# files on one worker (--dist loadgroup) does not work with pytest 9.2 and pytest-xdist 3.8: the worker's
+# group suffix no longer reaches the test ids.
 import pytest  # noqa: E402
 
 
