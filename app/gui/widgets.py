@@ -494,8 +494,14 @@ def fill_adapter_choices(combo, run_dir) -> None:
     """Show a run's adapters (core.runs.adapter_choices: best and final, with their steps) in ``combo``,
     each item's data its "best" / "final". The choice made stays chosen; no change signal is sent when
     only the labels change (Try and Export both use this)."""
+    from PySide6.QtWidgets import QComboBox
+
     from core.runs import adapter_choices
 
+    # the labels are long ("Best adapter (lowest validation loss, step 120)"): the closed box is as wide as a
+    # short one, so the page keeps its width; the open list shows the whole label
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(18)
     choices = adapter_choices(run_dir)
     if [combo.itemData(i) for i in range(combo.count())] == [c.which for c in choices]:
         for i, c in enumerate(choices):
