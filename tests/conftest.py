@@ -36,13 +36,50 @@ def pytest_unconfigure(config):
         os._exit(_EXIT[-1])
 
 
+import pytest  # noqa: E402
+
 # Tuneloom installed from its wheel into a fresh venv outside the checkout (tests/fixtures/installed.py),
 # and one `tuneloom demo` run by it, shared by tests/test_install.py, tests/test_demo.py and the bundle
-# test's comparison: the demo is the slowest thing the suite runs, so it runs once per test process (with
-# ./dev test's two pytest-xdist workers, once in each worker that has one of those files). Grouping the three
-# files on one worker (--dist loadgroup) does not work with pytest 9.2 and pytest-xdist 3.8: the worker's
-# group suffix no longer reaches the test ids.
-import pytest  # noqa: E402
+# test's comparison: the demo is the slowest thing the suite runs, so it must run once. Under ./dev test's
+# pytest-xdist workers the three files are one unit of work (`DEMO_FILES`, the scheduler below), so they
+# share one worker and that worker's session fixtures. (xdist's own --dist loadgroup does not work with
+# pytest 9.2 and pytest-xdist 3.8: the worker's group suffix no longer reaches the test ids.)
+DEMO_FILES = ("tests/test_bundle.py", "tests/test_demo.py", "tests/test_install.py")
+
+# The files that take longest, longest first (seen in ./dev test's --durations on a quiet 2-core machine):
+# they are handed out first, so no worker is left with a long file at the end while the other idles.
+# The rest keep their order. A file missing here only costs balance, never correctness.
+SLOW_FIRST = DEMO_FILES + (
+    "tests/test_trust.py", "tests/test_train_preference.py", "tests/test_distributed.py",
+    "tests/test_ship_targets.py", "tests/test_qwen35.py", "tests/test_model_layouts.py", "tests/test_faults.py",
+    "tests/test_train.py", "tests/test_group_preference.py", "tests/test_group_train.py", "tests/test_preference.py",
+)
+
+
+def _file_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow files first (a stable sort: each file's tests keep their order)."""
+    rank = {f: i for i, f in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(_file_of(item.nodeid), len(rank)))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadfile, with the demo files as one unit (see DEMO_FILES)."""
+    if config.getoption("dist", None) != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class DemoTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            f = _file_of(nodeid)
+            return "demo files" if f in DEMO_FILES else f
+
+    return DemoTogether(config, log)
+
 
 
 @pytest.fixture(scope="session")
