@@ -375,12 +375,10 @@ def _q6_load(xb, XT, W, WX):
 
 @_jit_inline
 def _qx_sums(XT, W, WX, isc, slx, sl2):
-    """make_qx_quants' sums for the levels of ``isc`` (clamped to -32..31), every lane at once."""
+    """make_qx_quants' sums for the levels of ``isc`` (clamped to -32..31), every lane at once, added
+    to ``slx`` and ``sl2`` (zeroed by the caller, in its loop that sets ``isc``)."""
     NL = XT.shape[1]
     f32 = F(32)
-    for g in range(NL):
-        slx[g] = F(0)
-        sl2[g] = F(0)
     for i in range(16):
         for g in range(NL):
             l = min(max(np.rint(isc[g] * XT[i, g]), -f32), f32 - F(1))
@@ -406,6 +404,8 @@ def _qx_search(XT, W, WX, mx, amax, isc, slx, sl2, best, scales, bisc):
     # the start: iscale = -nmax / max, its scale taken whatever it gives
     for g in range(NL):
         isc[g] = -f32 / mx[g]
+        slx[g] = F(0)
+        sl2[g] = F(0)
     _qx_sums(XT, W, WX, isc, slx, sl2)
     for g in range(NL):
         s = slx[g] / sl2[g] if sl2[g] != 0 else F(0)
@@ -417,6 +417,8 @@ def _qx_search(XT, W, WX, mx, amax, isc, slx, sl2, best, scales, bisc):
             continue
         for g in range(NL):
             isc[g] = -(f32 + F(0.1) * F(st)) / mx[g]
+            slx[g] = F(0)
+            sl2[g] = F(0)
         _qx_sums(XT, W, WX, isc, slx, sl2)
         for g in range(NL):
             if sl2[g] > 0 and slx[g] * slx[g] > best[g] * sl2[g]:
