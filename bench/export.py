@@ -236,7 +236,7 @@ def type_shares(path: Path) -> dict[str, float]:
     return {k: round(v / total, 3) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=24, help="Qwen2.5-0.5B blocks (the real model has 24)")
     ap.add_argument("--qwen3-layers", type=int, default=28, help="Qwen3-0.6B blocks for the K-quant runs (real: 28)")
@@ -259,153 +259,189 @@ def main() -> None:
     ap.add_argument("--f16-route", choices=["convert", "ours"], default="convert",
                     help="the F16 file llama_model_quantize starts from: convert_hf_to_gguf.py's, or our export's")
     ap.add_argument("--no-cold", action="store_true", help="skip the cold (empty kernel cache) runs")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
 
-    import math
-    import time
 
-    import llama_cpp
+class Bench:
+    """One bench run: the options read, the models built, the commands of each case, and every case's runs."""
 
-    from core.gguf_export import read_tensor_table
+    def __init__(self, args: argparse.Namespace):
+        import llama_cpp
 
-    work = args.work
-    work.mkdir(parents=True, exist_ok=True)
-    out = work / "out"
-    out.mkdir(exist_ok=True)
-    src = args.llama_src or (llama_src(work) if args.f16_route == "convert" else work)
-    converter = src / "convert_hf_to_gguf.py"
-    conv_env = dict(os.environ, PYTHONPATH=str(src / "gguf-py"))
-    layers = {"qwen2.5": args.layers, "qwen3": args.qwen3_layers}
-    kq_models = [m for m in args.kquant_models.split(",") if m]
-    kquants = [q for q in args.kquants.split(",") if q]
-    workers = [int(w) for w in args.workers.split(",")]
-    threads = [int(t) for t in args.llama_threads.split(",")]
-    conv_models = [m for m in args.convert_models.split(",") if m] if args.f16_route == "convert" else []
-    tag = "" if args.dtype == "bfloat16" else f"-{args.dtype}"
-    models = {}
-    for name in dict.fromkeys(conv_models + kq_models):
-        models[name] = build_model(work, name, layers[name], args.dtype)
-        for f in models[name].glob("*.safetensors"):  # page cache warm for everyone alike
-            subprocess.run(["cat", str(f)], stdout=subprocess.DEVNULL, check=True)
+        self.args = args
+        self.work = work = args.work
+        work.mkdir(parents=True, exist_ok=True)
+        self.out = work / "out"
+        self.out.mkdir(exist_ok=True)
+        src = args.llama_src or (llama_src(work) if args.f16_route == "convert" else work)
+        self.converter = src / "convert_hf_to_gguf.py"
+        self.conv_env = dict(os.environ, PYTHONPATH=str(src / "gguf-py"))
+        self.layers = {"qwen2.5": args.layers, "qwen3": args.qwen3_layers}
+        self.kq_models = [m for m in args.kquant_models.split(",") if m]
+        self.kquants = [q for q in args.kquants.split(",") if q]
+        self.workers = [int(w) for w in args.workers.split(",")]
+        self.threads = [int(t) for t in args.llama_threads.split(",")]
+        self.conv_models = [m for m in args.convert_models.split(",") if m] if args.f16_route == "convert" else []
+        self.tag = "" if args.dtype == "bfloat16" else f"-{args.dtype}"
+        self.models: dict[str, Path] = {}
+        for name in dict.fromkeys(self.conv_models + self.kq_models):
+            self.models[name] = build_model(work, name, self.layers[name], args.dtype)
+            for f in self.models[name].glob("*.safetensors"):  # page cache warm for everyone alike
+                subprocess.run(["cat", str(f)], stdout=subprocess.DEVNULL, check=True)
+        self.ftypes = {"q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M, "q5_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q5_K_M,
+                       "q6_k": llama_cpp.LLAMA_FTYPE_MOSTLY_Q6_K}
+        convert_cases = [(m, "f16") for m in dict.fromkeys(self.conv_models + self.kq_models)] if (
+            self.conv_models or args.f16_route == "convert") else []
+        if "qwen2.5" in self.conv_models and not args.no_q8:
+            convert_cases.insert(1, ("qwen2.5", "q8_0"))
+        self.convert_cases = convert_cases
+        self.runs: dict[str, list[dict]] = {}
 
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", WARM_UP.format(root=str(ROOT))], check=True)
-    results: dict = {
-        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
-        "llama_cpp_python": llama_cpp.__version__,
-        "dtype": args.dtype,
-        "rounds": args.repeat,
-        "first_run_compile_s": round(time.perf_counter() - t0, 1),
-        "f16_route": args.f16_route,
-        "kernels_mweights_per_cpu_s": kernel_speeds(),
-        "models": {},
-        "convert": {},
-        "kquants": {},
-    }
-
-    def ours_cmd(model: Path, dst: Path, quant: str, n_workers: int | None = None) -> list[str]:
+    # -- the commands of each case
+    def ours_cmd(self, model: Path, dst: Path, quant: str, n_workers: int | None = None) -> list[str]:
         return [sys.executable, "-c", OURS.format(root=str(ROOT), model=str(model), out=str(dst), quant=quant,
                                                   workers=n_workers)]
 
-    def convert_cmd(model: Path, dst: Path, quant: str) -> list[str]:
-        return [args.converter_python, str(converter), str(model), "--outfile", str(dst), "--outtype", quant]
+    def convert_cmd(self, model: Path, dst: Path, quant: str) -> list[str]:
+        return [self.args.converter_python, str(self.converter), str(model), "--outfile", str(dst), "--outtype", quant]
 
-    ftypes = {"q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M, "q5_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q5_K_M,
-              "q6_k": llama_cpp.LLAMA_FTYPE_MOSTLY_Q6_K}
+    def quantize_cmd(self, f16: Path, dst: Path, quant: str, nthread: int) -> list[str]:
+        return [sys.executable, "-c", QUANTIZE.format(ftype=self.ftypes[quant], nthread=nthread, src=str(f16),
+                                                      dst=str(dst))]
 
-    def quantize_cmd(f16: Path, dst: Path, quant: str, nthread: int) -> list[str]:
-        return [sys.executable, "-c", QUANTIZE.format(ftype=ftypes[quant], nthread=nthread, src=str(f16), dst=str(dst))]
-
-    # Every round runs every case once, ours and llama.cpp's interleaved.
-    runs: dict[str, list[dict]] = {}
-
-    def run(key: str, cmd: list[str], env: dict | None = None) -> None:
+    def run(self, key: str, cmd: list[str], env: dict | None = None) -> None:
         r = measure(cmd, env)
-        runs.setdefault(key, []).append(r)
-        print(f"round {len(runs[key])}: {key}: {r}", flush=True)
+        self.runs.setdefault(key, []).append(r)
+        print(f"round {len(self.runs[key])}: {key}: {r}", flush=True)
 
-    convert_cases = [(m, "f16") for m in dict.fromkeys(conv_models + kq_models)] if conv_models or (
-        args.f16_route == "convert") else []
-    if "qwen2.5" in conv_models and not args.no_q8:
-        convert_cases.insert(1, ("qwen2.5", "q8_0"))
-    cold_dir = work / "numba-cold"
-    for r in range(args.repeat):
-        for name, quant in convert_cases:
-            model = models[name]
-            run(f"{name} {quant} ours", ours_cmd(model, out / f"{name}{tag}-ours-{quant}.gguf", quant))
-            run(f"{name} {quant} convert", convert_cmd(model, out / f"{name}{tag}-conv-{quant}.gguf", quant), conv_env)
-        for name in kq_models:
-            if args.f16_route == "ours":
-                run(f"{name} f16 route", ours_cmd(models[name], out / f"{name}{tag}-ours-f16.gguf", "f16"))
-                conv_f16 = out / f"{name}{tag}-ours-f16.gguf"
-            else:
-                conv_f16 = out / f"{name}{tag}-conv-f16.gguf"
-            for quant in kquants:
-                for w in workers:
-                    run(f"{name} {quant} ours w{w}", ours_cmd(models[name], out / f"{name}{tag}-ours-{quant}-w{w}.gguf",
-                                                               quant, w))
-                    if not args.no_cold:  # an empty kernel cache of its own: the first export after an install
-                        fresh = cold_dir / f"{name}-{quant}-w{w}-round{r}"
-                        shutil.rmtree(fresh, ignore_errors=True)
-                        run(f"{name} {quant} ours cold w{w}",
-                            ours_cmd(models[name], out / f"{name}{tag}-ours-cold-{quant}-w{w}.gguf", quant, w),
-                            dict(os.environ, NUMBA_CACHE_DIR=str(fresh)))
-                for t in threads:
-                    run(f"{name} {quant} quantize t{t}",
-                        quantize_cmd(conv_f16, out / f"{name}{tag}-llama-{quant}-t{t}.gguf", quant, t))
+    # -- the routes
+    def start_results(self) -> dict:
+        """Fill numba's kernel cache (timed: the first run's compile), then the results' header."""
+        import time
 
-    for name, quant in convert_cases:
-        ours, conv = summary(runs[f"{name} {quant} ours"]), summary(runs[f"{name} {quant} convert"])
-        results["convert"][f"{name} {quant}"] = {
-            "ours": ours, "convert_hf_to_gguf": conv,
-            "time_ratio": round(ours["seconds"] / conv["seconds"], 2),
-            "rss_ratio": round(ours["peak_rss_mib"] / conv["peak_rss_mib"], 2),
-            "tensor_data": same_tensors(out / f"{name}{tag}-ours-{quant}.gguf", out / f"{name}{tag}-conv-{quant}.gguf"),
+        import llama_cpp
+
+        args = self.args
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", WARM_UP.format(root=str(ROOT))], check=True)
+        return {
+            "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
+            "llama_cpp_python": llama_cpp.__version__,
+            "dtype": args.dtype,
+            "rounds": args.repeat,
+            "first_run_compile_s": round(time.perf_counter() - t0, 1),
+            "f16_route": args.f16_route,
+            "kernels_mweights_per_cpu_s": kernel_speeds(),
+            "models": {},
+            "convert": {},
+            "kquants": {},
         }
-    for name in models:
-        f16 = out / f"{name}{tag}-ours-f16.gguf"
-        if f16.exists():
-            results["models"][name] = {
-                "shape": f"{SHAPES[name][0]} config + tokenizer, {layers[name]} layers (real: {SHAPES[name][1]}), "
-                         f"random {args.dtype} weights",
-                "params": sum(math.prod(t.shape) for t in read_tensor_table(f16)[1]),
-                "safetensors_bytes": sum(f.stat().st_size for f in models[name].glob("*.safetensors")),
+
+    def run_routes(self) -> None:
+        """Every round runs every case once, ours and llama.cpp's interleaved."""
+        args, out, tag, models = self.args, self.out, self.tag, self.models
+        cold_dir = self.work / "numba-cold"
+        for r in range(args.repeat):
+            for name, quant in self.convert_cases:
+                model = models[name]
+                self.run(f"{name} {quant} ours", self.ours_cmd(model, out / f"{name}{tag}-ours-{quant}.gguf", quant))
+                self.run(f"{name} {quant} convert",
+                         self.convert_cmd(model, out / f"{name}{tag}-conv-{quant}.gguf", quant), self.conv_env)
+            for name in self.kq_models:
+                if args.f16_route == "ours":
+                    self.run(f"{name} f16 route", self.ours_cmd(models[name], out / f"{name}{tag}-ours-f16.gguf", "f16"))
+                    conv_f16 = out / f"{name}{tag}-ours-f16.gguf"
+                else:
+                    conv_f16 = out / f"{name}{tag}-conv-f16.gguf"
+                for quant in self.kquants:
+                    for w in self.workers:
+                        self.run(f"{name} {quant} ours w{w}",
+                                 self.ours_cmd(models[name], out / f"{name}{tag}-ours-{quant}-w{w}.gguf", quant, w))
+                        if not args.no_cold:  # an empty kernel cache of its own: the first export after an install
+                            fresh = cold_dir / f"{name}-{quant}-w{w}-round{r}"
+                            shutil.rmtree(fresh, ignore_errors=True)
+                            self.run(f"{name} {quant} ours cold w{w}",
+                                     self.ours_cmd(models[name], out / f"{name}{tag}-ours-cold-{quant}-w{w}.gguf",
+                                                   quant, w),
+                                     dict(os.environ, NUMBA_CACHE_DIR=str(fresh)))
+                    for t in self.threads:
+                        self.run(f"{name} {quant} quantize t{t}",
+                                 self.quantize_cmd(conv_f16, out / f"{name}{tag}-llama-{quant}-t{t}.gguf", quant, t))
+
+    # -- the report
+    def report_convert(self, results: dict) -> None:
+        """Ours vs convert_hf_to_gguf.py per F16 / Q8_0 case, and the models' shapes."""
+        import math
+
+        from core.gguf_export import read_tensor_table
+
+        out, tag, runs = self.out, self.tag, self.runs
+        for name, quant in self.convert_cases:
+            ours, conv = summary(runs[f"{name} {quant} ours"]), summary(runs[f"{name} {quant} convert"])
+            results["convert"][f"{name} {quant}"] = {
+                "ours": ours, "convert_hf_to_gguf": conv,
+                "time_ratio": round(ours["seconds"] / conv["seconds"], 2),
+                "rss_ratio": round(ours["peak_rss_mib"] / conv["peak_rss_mib"], 2),
+                "tensor_data": same_tensors(out / f"{name}{tag}-ours-{quant}.gguf",
+                                            out / f"{name}{tag}-conv-{quant}.gguf"),
             }
-
-    for name in kq_models:
-        conv = summary(runs[f"{name} f16 convert" if args.f16_route == "convert" else f"{name} f16 route"])
-        for quant in kquants:
-            case: dict = {f"ours_w{w}": summary(runs[f"{name} {quant} ours w{w}"]) for w in workers}
-            if not args.no_cold:
-                case.update({f"ours_cold_w{w}": summary(runs[f"{name} {quant} ours cold w{w}"]) for w in workers})
-            for t in threads:
-                q = summary(runs[f"{name} {quant} quantize t{t}"])
-                case[f"llama_route_t{t}"] = {
-                    "convert_f16": conv["seconds"], "quantize": q["seconds"], "quantize_runs_s": q["runs_s"],
-                    "seconds": round(conv["seconds"] + q["seconds"], 2),
-                    "peak_rss_mib": max(conv["peak_rss_mib"], q["peak_rss_mib"]),
+        for name in self.models:
+            f16 = out / f"{name}{tag}-ours-f16.gguf"
+            if f16.exists():
+                results["models"][name] = {
+                    "shape": f"{SHAPES[name][0]} config + tokenizer, {self.layers[name]} layers "
+                             f"(real: {SHAPES[name][1]}), random {self.args.dtype} weights",
+                    "params": sum(math.prod(t.shape) for t in read_tensor_table(f16)[1]),
+                    "safetensors_bytes": sum(f.stat().st_size for f in self.models[name].glob("*.safetensors")),
                 }
-            best = min((case[f"llama_route_t{t}"] for t in threads), key=lambda r: r["seconds"])
-            for w in workers:
-                ours = case[f"ours_w{w}"]
-                for t in threads:
-                    case[f"w{w}_time_ratio_vs_route_t{t}"] = round(ours["seconds"] / case[f"llama_route_t{t}"]["seconds"], 2)
-                case[f"w{w}_time_ratio_vs_faster_route"] = round(ours["seconds"] / best["seconds"], 2)
-                if not args.no_cold:
-                    cold = case[f"ours_cold_w{w}"]
-                    for t in threads:
-                        case[f"w{w}_cold_time_ratio_vs_route_t{t}"] = round(
-                            cold["seconds"] / case[f"llama_route_t{t}"]["seconds"], 2)
-                case[f"w{w}_rss_ratio"] = round(ours["peak_rss_mib"] / best["peak_rss_mib"], 2)
-            ref = out / f"{name}{tag}-llama-{quant}-t{threads[0]}.gguf"
-            first = out / f"{name}{tag}-ours-{quant}-w{workers[0]}.gguf"
-            case["types"] = type_shares(first)
-            case["tensor_data"] = same_tensors(first, ref)
-            case["same_file_for_every_worker_count"] = all(
-                (out / f"{name}{tag}-ours-{quant}-w{w}.gguf").read_bytes() == first.read_bytes() for w in workers[1:])
-            results["kquants"][f"{name} {quant}"] = case
 
-    dest = args.out_json or work / f"results{tag}.json"
+    def report_kquants(self, results: dict) -> None:
+        """Per K-quant model and mix: ours (warm, cold) vs llama.cpp's route, their ratios, the files compared."""
+        args, out, tag, runs, workers, threads = self.args, self.out, self.tag, self.runs, self.workers, self.threads
+        for name in self.kq_models:
+            conv = summary(runs[f"{name} f16 convert" if args.f16_route == "convert" else f"{name} f16 route"])
+            for quant in self.kquants:
+                case: dict = {f"ours_w{w}": summary(runs[f"{name} {quant} ours w{w}"]) for w in workers}
+                if not args.no_cold:
+                    case.update({f"ours_cold_w{w}": summary(runs[f"{name} {quant} ours cold w{w}"]) for w in workers})
+                for t in threads:
+                    q = summary(runs[f"{name} {quant} quantize t{t}"])
+                    case[f"llama_route_t{t}"] = {
+                        "convert_f16": conv["seconds"], "quantize": q["seconds"], "quantize_runs_s": q["runs_s"],
+                        "seconds": round(conv["seconds"] + q["seconds"], 2),
+                        "peak_rss_mib": max(conv["peak_rss_mib"], q["peak_rss_mib"]),
+                    }
+                best = min((case[f"llama_route_t{t}"] for t in threads), key=lambda r: r["seconds"])
+                for w in workers:
+                    ours = case[f"ours_w{w}"]
+                    for t in threads:
+                        case[f"w{w}_time_ratio_vs_route_t{t}"] = round(
+                            ours["seconds"] / case[f"llama_route_t{t}"]["seconds"], 2)
+                    case[f"w{w}_time_ratio_vs_faster_route"] = round(ours["seconds"] / best["seconds"], 2)
+                    if not args.no_cold:
+                        cold = case[f"ours_cold_w{w}"]
+                        for t in threads:
+                            case[f"w{w}_cold_time_ratio_vs_route_t{t}"] = round(
+                                cold["seconds"] / case[f"llama_route_t{t}"]["seconds"], 2)
+                    case[f"w{w}_rss_ratio"] = round(ours["peak_rss_mib"] / best["peak_rss_mib"], 2)
+                ref = out / f"{name}{tag}-llama-{quant}-t{threads[0]}.gguf"
+                first = out / f"{name}{tag}-ours-{quant}-w{workers[0]}.gguf"
+                case["types"] = type_shares(first)
+                case["tensor_data"] = same_tensors(first, ref)
+                case["same_file_for_every_worker_count"] = all(
+                    (out / f"{name}{tag}-ours-{quant}-w{w}.gguf").read_bytes() == first.read_bytes()
+                    for w in workers[1:])
+                results["kquants"][f"{name} {quant}"] = case
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    bench = Bench(args)
+    results = bench.start_results()
+    bench.run_routes()
+    bench.report_convert(results)
+    bench.report_kquants(results)
+    dest = args.out_json or args.work / f"results{bench.tag}.json"
     dest.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
 

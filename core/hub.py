@@ -418,8 +418,10 @@ def fetch_model(repo_id: str, revision: str | None = None, *, events: Events | N
     without progress tolerated per file before giving up (the partial file stays for the
     next call). ``keep_partial``: keep the partial file on cancel so a later call resumes.
     Raises :class:`Cancelled`, or a :class:`HubError` subclass with a message and a hint.
+
+    The steps: look the repository up (:func:`_look_up`), plan its files (:func:`_plan_files`,
+    :func:`_count_on_disk`), transfer each one (:func:`_transfer_files`), finish (:func:`_finish_fetch`).
     """
-    from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
     from huggingface_hub.utils import build_hf_headers
 
     events = events or NULL_EVENTS
@@ -441,10 +443,38 @@ def fetch_model(repo_id: str, revision: str | None = None, *, events: Events | N
             res.check = validate_model_dir(snap)
         return res
 
-    events.progress(0, None, f"looking up {repo_id}")
+    info = _look_up(repo_id, revision, cache, endpoint, token, events, validate)
+    if isinstance(info, FetchResult):  # the hub is out of reach, the cache has it
+        return info
+    commit = info.sha or revision
+    listing, wanted = _wanted_files(repo_id, info, patterns)
+    headers = build_hf_headers(token=token)
+    files, commit = _plan_files(repo_id, revision, commit, listing, wanted, token, endpoint, cancel)
+
+    snap = repo_dir / "snapshots" / commit
+    blobs = repo_dir / "blobs"
+    total, have, counted = _count_on_disk(files, snap, blobs)
+    remaining = total - have
+    _check_disk(blobs, remaining, repo_id)
+    events.log("info", f"{repo_id} {commit[:12]}: {len(files)} files, {fmt_bytes(total)}"
+               + (f", {fmt_bytes(remaining)} to download" if remaining else ", all in the cache"))
+
+    progress = _ByteProgress(events, total, have)
+    _transfer_files(files, counted, snap, blobs, repo_id, repo_dir, endpoint, headers, progress, cancel, retries,
+                    keep_partial)
+    return _finish_fetch(repo_id, revision, commit, repo_dir, snap, files, progress, total, events, validate)
+
+
+def _look_up(repo_id: str, revision: str, cache: Path, endpoint: str, token: str | bool | None, events: Events,
+             validate: bool):
+    """The hub's model info of ``repo_id`` (with per-file metadata); where the hub cannot be reached
+    and the cache holds the revision, the :class:`FetchResult` of the cached copy instead."""
+    from huggingface_hub import HfApi
+
+    events.report_progress(Progress(0, None, "file", f"looking up {repo_id}", item=repo_id))
     api = HfApi(endpoint=endpoint, token=token)
     try:
-        info = api.model_info(repo_id, revision=revision, files_metadata=True, token=token)
+        return api.model_info(repo_id, revision=revision, files_metadata=True, token=token)
     except Exception as exc:  # noqa: BLE001 - mapped below
         if _is_connection_error(exc) and cached_snapshot(repo_id, revision, cache) is not None:
             return _from_cache(repo_id, revision, cache, f"Cannot reach {endpoint} ({type(exc).__name__})", events,
@@ -455,7 +485,11 @@ def fetch_model(repo_id: str, revision: str | None = None, *, events: Events | N
             raise ModelNotFoundError(f"{repo_id!r} is not a valid model id: {exc}",
                                      "A hub id looks like organisation/name, e.g. Qwen/Qwen2.5-0.5B-Instruct.") from exc
         raise
-    commit = info.sha or revision
+
+
+def _wanted_files(repo_id: str, info, patterns: Iterable[str]) -> tuple[dict, list[str]]:
+    """The repository's listing (file name -> the hub's sibling entry) and the names of it to fetch;
+    raises :class:`HubError` where it is no Transformers repository or holds no safetensors weights."""
     siblings = info.siblings or []
     listing = {s.rfilename: s for s in siblings}
     if "config.json" not in listing:
@@ -467,9 +501,15 @@ def fetch_model(repo_id: str, revision: str | None = None, *, events: Events | N
         raise HubError(f"{repo_id} has no safetensors weights" + (f" (only {', '.join(sorted(other)[:3])})"
                                                                    if other else "") + ".",
                        "Tuneloom needs weights in safetensors format; pick another model or a converted copy.")
+    return listing, wanted
 
-    # Per-file metadata as hf_hub_download gets it: etag (the blob name), size, CDN location.
-    headers = build_hf_headers(token=token)
+
+def _plan_files(repo_id: str, revision: str, commit: str, listing: dict, wanted: list[str],
+                token: str | bool | None, endpoint: str, cancel: CancelToken) -> tuple[list[RemoteFile], str]:
+    """Per-file metadata as hf_hub_download gets it: etag (the blob name), size, CDN location; and the
+    commit, as the files' metadata name it."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
     files: list[RemoteFile] = []
     for name in sorted(wanted):
         cancel.raise_if_cancelled("download cancelled")
@@ -494,12 +534,14 @@ def fetch_model(repo_id: str, revision: str | None = None, *, events: Events | N
                                 s.blob_id, etag, meta.location or url))
         if meta.commit_hash:
             commit = meta.commit_hash
+    return files, commit
 
-    snap = repo_dir / "snapshots" / commit
-    blobs = repo_dir / "blobs"
+
+def _count_on_disk(files: list[RemoteFile], snap: Path, blobs: Path) -> tuple[int, int, dict[str, int]]:
+    """(total bytes, bytes already on disk, files to download -> bytes of them already on disk)."""
     total = sum(f.size for f in files)
     have = 0
-    counted: dict[str, int] = {}  # files to download -> bytes of them already on disk
+    counted: dict[str, int] = {}
     for f in files:
         if (snap / f.name).exists() or (blobs / f.etag).exists():
             have += f.size
@@ -507,12 +549,13 @@ def fetch_model(repo_id: str, revision: str | None = None, *, events: Events | N
         part = blobs / f"{f.etag}.incomplete"
         counted[f.name] = min(part.stat().st_size, f.size) if part.exists() else 0
         have += counted[f.name]
-    remaining = total - have
-    _check_disk(blobs, remaining, repo_id)
-    events.log("info", f"{repo_id} {commit[:12]}: {len(files)} files, {fmt_bytes(total)}"
-               + (f", {fmt_bytes(remaining)} to download" if remaining else ", all in the cache"))
+    return total, have, counted
 
-    progress = _ByteProgress(events, total, have)
+
+def _transfer_files(files: list[RemoteFile], counted: dict[str, int], snap: Path, blobs: Path, repo_id: str,
+                    repo_dir: Path, endpoint: str, headers: dict, progress: _ByteProgress, cancel: CancelToken,
+                    retries: int, keep_partial: bool) -> None:
+    """Download each file not yet on disk (resuming its partial file) and link the snapshot to the blobs."""
     for f in files:
         cancel.checkpoint()
         pointer = snap / f.name
@@ -523,6 +566,11 @@ def fetch_model(repo_id: str, revision: str | None = None, *, events: Events | N
                            retries, keep_partial)
         if not pointer.exists():
             _link(blob, pointer)
+
+
+def _finish_fetch(repo_id: str, revision: str, commit: str, repo_dir: Path, snap: Path, files: list[RemoteFile],
+                  progress: _ByteProgress, total: int, events: Events, validate: bool) -> FetchResult:
+    """The last progress, the branch's ref, the log line, the result (checked where ``validate``)."""
     progress.current = repo_id
     progress.emit(final=True)
     if not _COMMIT_RE.fullmatch(revision) and revision != commit:
@@ -742,7 +790,7 @@ def import_local_model(src: str | os.PathLike, *, dest_root: str | os.PathLike |
     events = events or NULL_EVENTS
     cancel = cancel or CancelToken()
     src = Path(src).expanduser().resolve()
-    events.progress(0, None, f"checking {src.name}")
+    events.report_progress(Progress(0, None, "file", f"checking {src.name}", item=src.name))
     check = validate_model_dir(src).raise_if_invalid()
     if not copy:
         return check
@@ -767,7 +815,7 @@ def import_local_model(src: str | os.PathLike, *, dest_root: str | os.PathLike |
                     done += len(block)
                     if throttle.ready():
                         events.report_progress(Progress(done, total, "byte", f"copying {f.name}", item=f.name))
-        events.progress(total, total, f"copied {src.name}")
+        events.report_progress(Progress(total, total, "byte", f"copied {src.name}", item=src.name))
         os.replace(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

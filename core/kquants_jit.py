@@ -70,6 +70,15 @@ def _jit(fn):
         return numba.njit(nogil=True, cache=False, boundscheck=False, error_model="numpy")(fn)
 
 
+def _jit_inline(fn):
+    """:func:`_jit` for a kernel's parts, inlined into the kernel by numba (``inline="always"``: one
+    body, as the kernel was before it was cut into parts; called through LLVM they ran slower)."""
+    try:
+        return numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy", inline="always")(fn)
+    except RuntimeError:  # as in _jit
+        return numba.njit(nogil=True, cache=False, boundscheck=False, error_model="numpy", inline="always")(fn)
+
+
 @_jit
 def _f16_bits(v):
     """float32 -> IEEE half bits, rounded to nearest even (numba has no float16 type).
@@ -127,6 +136,179 @@ def _u8(v):
 _LANES = 16
 
 
+@_jit_inline
+def _affine_load(x, b0, XT, WT):
+    """The lane set of super-blocks ``b0`` and ``b0 + 1`` (the last one again when ``nb`` is odd):
+    each group's values and weights ``sqrt(mean(x^2)) + |x|``, group-minor."""
+    nb = x.shape[0]
+    for half in range(2):
+        xb = x[min(b0 + half, nb - 1)]
+        for g in range(8):
+            j = 8 * half + g
+            s2 = F(0)
+            for i in range(32):
+                v = xb[32 * g + i]
+                s2 += v * v
+            av = np.sqrt(s2 / F(32))
+            for i in range(32):
+                v = xb[32 * g + i]
+                XT[i, j] = v
+                WT[i, j] = av + abs(v)
+
+
+@_jit_inline
+def _qkx2_start(XT, WT, fnmax, mn, mx, sum_w, sum_x, flat, isc, scales, best, bisc, bmn):
+    """make_qkx2_quants up to its search, every lane at once: min (at most 0) and max, the weight
+    sums, the first scale and its weighted error."""
+    NL = XT.shape[1]
+    for j in range(NL):
+        mn[j] = XT[0, j]
+        mx[j] = XT[0, j]
+        sum_w[j] = WT[0, j]
+        sum_x[j] = WT[0, j] * XT[0, j]
+    for i in range(1, 32):
+        for j in range(NL):
+            xi = XT[i, j]
+            if xi < mn[j]:
+                mn[j] = xi
+            if xi > mx[j]:
+                mx[j] = xi
+            sum_w[j] += WT[i, j]
+            sum_x[j] += WT[i, j] * xi
+    for j in range(NL):
+        if mn[j] > 0:
+            mn[j] = F(0)
+        flat[j] = mx[j] == mn[j]  # C: levels 0, scale 0, min -min, no search
+        isc[j] = fnmax / (mx[j] - mn[j])
+        scales[j] = F(1) / isc[j]
+        best[j] = F(0)
+        bisc[j] = isc[j]
+        bmn[j] = mn[j]
+    for i in range(32):
+        for j in range(NL):
+            l = min(max(np.rint(isc[j] * (XT[i, j] - mn[j])), F(0)), fnmax)
+            diff = scales[j] * l + mn[j] - XT[i, j]
+            best[j] += WT[i, j] * (diff * diff)
+
+
+@_jit_inline
+def _qkx2_step(XT, WT, fnmax, rmin, rdelta, st, mn, mx, sum_w, sum_x, flat, isc, sl, sl2, sxl, ts, tm, cur,
+               best, scales, bisc, bmn):
+    """One step ``st`` of make_qkx2_quants' search, every lane at once: the levels of the step's
+    iscale, the least-squares scale and min (min at most 0) for them, kept where their error is less."""
+    NL = XT.shape[1]
+    for j in range(NL):
+        isc[j] = (rmin + rdelta * F(st) + fnmax) / (mx[j] - mn[j])
+        sl[j] = F(0)
+        sl2[j] = F(0)
+        sxl[j] = F(0)
+    for i in range(32):
+        for j in range(NL):
+            l = min(max(np.rint(isc[j] * (XT[i, j] - mn[j])), F(0)), fnmax)
+            wl = WT[i, j] * l
+            sl[j] += wl
+            sl2[j] += wl * l
+            sxl[j] += wl * XT[i, j]
+    for j in range(NL):
+        D = sum_w[j] * sl2[j] - sl[j] * sl[j]
+        a = (sum_w[j] * sxl[j] - sum_x[j] * sl[j]) / D
+        c = (sl2[j] * sum_x[j] - sl[j] * sxl[j]) / D
+        if c > 0:
+            c = F(0)
+            a = sxl[j] / sl2[j]
+        ts[j] = a
+        tm[j] = c
+        cur[j] = F(0)
+    for i in range(32):
+        for j in range(NL):
+            l = min(max(np.rint(isc[j] * (XT[i, j] - mn[j])), F(0)), fnmax)
+            diff = ts[j] * l + tm[j] - XT[i, j]
+            cur[j] += WT[i, j] * (diff * diff)
+    for j in range(NL):
+        D = sum_w[j] * sl2[j] - sl[j] * sl[j]
+        if D > 0 and cur[j] < best[j] and not flat[j]:
+            bisc[j] = isc[j]
+            bmn[j] = mn[j]
+            best[j] = cur[j]
+            scales[j] = ts[j]
+            mn[j] = tm[j]
+
+
+@_jit_inline
+def _affine_header(o, off, flat, scales, mn, mins, ls, lm):
+    """One super-block's 6-bit scales and mins (``ls``, ``lm``) from its 8 groups (lanes ``off`` on)
+    and their float16 super-scales, written to the block's first 16 bytes; returns the two float16s' bits."""
+    max_scale = F(0)
+    max_min = F(0)
+    for g in range(8):
+        s = F(0) if flat[off + g] else scales[off + g]
+        m = -mn[off + g]
+        scales[off + g] = s
+        mins[g] = m
+        if s > max_scale:
+            max_scale = s
+        if m > max_min:
+            max_min = m
+    inv_s = F(63) / max_scale if max_scale > 0 else F(0)
+    inv_m = F(63) / max_min if max_min > 0 else F(0)
+    for g in range(8):
+        a = _u8(inv_s * scales[off + g])
+        c = _u8(inv_m * mins[g])
+        ls[g] = a if a < 63 else np.uint8(63)
+        lm[g] = c if c < 63 else np.uint8(63)
+    hd = _f16_bits(max_scale / F(63))
+    hm = _f16_bits(max_min / F(63))
+    o[0] = hd & 0xFF
+    o[1] = hd >> 8
+    o[2] = hm & 0xFF
+    o[3] = hm >> 8
+    for g in range(4):
+        o[4 + g] = ls[g] | ((ls[g + 4] >> 4) << 6)
+        o[8 + g] = lm[g] | ((lm[g + 4] >> 4) << 6)
+        o[12 + g] = (ls[g + 4] & 0xF) | ((lm[g + 4] & 0xF) << 4)
+    return hd, hm
+
+
+@_jit_inline
+def _affine_levels(xb, off, hd, hm, ls, lm, flat, bisc, bmn, fnmax, L):
+    """One super-block's levels ``L`` requantized from its stored scales and mins (the search's own
+    levels where a group's scale rounds to 0, as ggml keeps them)."""
+    fd = _f16_value(hd)
+    fm = _f16_value(hm)
+    for g in range(8):
+        d = fd * F(ls[g])
+        if d == 0:  # ggml keeps the search's levels
+            for i in range(32):
+                if flat[off + g]:
+                    L[32 * g + i] = F(0)
+                else:
+                    l = np.rint(bisc[off + g] * (xb[32 * g + i] - bmn[off + g]))
+                    L[32 * g + i] = min(max(l, F(0)), fnmax)
+            continue
+        dm = fm * F(lm[g])
+        for i in range(32):
+            l = np.rint((xb[32 * g + i] + dm) / d)
+            L[32 * g + i] = min(max(l, F(0)), fnmax)
+
+
+@_jit_inline
+def _affine_pack(L, o, five):
+    """The levels into the block after its header: Q5_K's high bits then nibbles, or Q4_K's nibbles."""
+    if five:
+        for i in range(32):
+            o[16 + i] = 0
+        for k in range(4):
+            for i in range(32):
+                l1 = np.uint8(L[64 * k + i])
+                l2 = np.uint8(L[64 * k + 32 + i])
+                o[16 + i] |= ((l1 >> 4) << (2 * k)) | ((l2 >> 4) << (2 * k + 1))
+                o[48 + 32 * k + i] = (l1 & 0xF) | ((l2 & 0xF) << 4)
+    else:
+        for k in range(4):
+            for i in range(32):
+                o[16 + 32 * k + i] = np.uint8(L[64 * k + i]) | (np.uint8(L[64 * k + 32 + i]) << 4)
+
+
 @_jit
 def _affine_blocks(x, out, nmax, rmin, rdelta, nstep, five):
     """Q4_K (``five`` false) or Q5_K super-blocks: float32 (nb, 256) -> ``out`` uint8 (nb, 144 | 176).
@@ -161,149 +343,128 @@ def _affine_blocks(x, out, nmax, rmin, rdelta, nstep, five):
     ls = np.empty(8, np.uint8)
     lm = np.empty(8, np.uint8)
     for b0 in range(0, nb, 2):
-        for half in range(2):
-            xb = x[min(b0 + half, nb - 1)]
-            for g in range(8):
-                j = 8 * half + g
-                s2 = F(0)
-                for i in range(32):
-                    v = xb[32 * g + i]
-                    s2 += v * v
-                av = np.sqrt(s2 / F(32))
-                for i in range(32):
-                    v = xb[32 * g + i]
-                    XT[i, j] = v
-                    WT[i, j] = av + abs(v)
+        _affine_load(x, b0, XT, WT)
         # make_qkx2_quants, every lane at once
-        for j in range(NL):
-            mn[j] = XT[0, j]
-            mx[j] = XT[0, j]
-            sum_w[j] = WT[0, j]
-            sum_x[j] = WT[0, j] * XT[0, j]
-        for i in range(1, 32):
-            for j in range(NL):
-                xi = XT[i, j]
-                if xi < mn[j]:
-                    mn[j] = xi
-                if xi > mx[j]:
-                    mx[j] = xi
-                sum_w[j] += WT[i, j]
-                sum_x[j] += WT[i, j] * xi
-        for j in range(NL):
-            if mn[j] > 0:
-                mn[j] = F(0)
-            flat[j] = mx[j] == mn[j]  # C: levels 0, scale 0, min -min, no search
-            isc[j] = fnmax / (mx[j] - mn[j])
-            scales[j] = F(1) / isc[j]
-            best[j] = F(0)
-            bisc[j] = isc[j]
-            bmn[j] = mn[j]
-        for i in range(32):
-            for j in range(NL):
-                l = min(max(np.rint(isc[j] * (XT[i, j] - mn[j])), F(0)), fnmax)
-                diff = scales[j] * l + mn[j] - XT[i, j]
-                best[j] += WT[i, j] * (diff * diff)
+        _qkx2_start(XT, WT, fnmax, mn, mx, sum_w, sum_x, flat, isc, scales, best, bisc, bmn)
         for st in range(nstep + 1):
-            for j in range(NL):
-                isc[j] = (rmin + rdelta * F(st) + fnmax) / (mx[j] - mn[j])
-                sl[j] = F(0)
-                sl2[j] = F(0)
-                sxl[j] = F(0)
-            for i in range(32):
-                for j in range(NL):
-                    l = min(max(np.rint(isc[j] * (XT[i, j] - mn[j])), F(0)), fnmax)
-                    wl = WT[i, j] * l
-                    sl[j] += wl
-                    sl2[j] += wl * l
-                    sxl[j] += wl * XT[i, j]
-            for j in range(NL):
-                D = sum_w[j] * sl2[j] - sl[j] * sl[j]
-                a = (sum_w[j] * sxl[j] - sum_x[j] * sl[j]) / D
-                c = (sl2[j] * sum_x[j] - sl[j] * sxl[j]) / D
-                if c > 0:
-                    c = F(0)
-                    a = sxl[j] / sl2[j]
-                ts[j] = a
-                tm[j] = c
-                cur[j] = F(0)
-            for i in range(32):
-                for j in range(NL):
-                    l = min(max(np.rint(isc[j] * (XT[i, j] - mn[j])), F(0)), fnmax)
-                    diff = ts[j] * l + tm[j] - XT[i, j]
-                    cur[j] += WT[i, j] * (diff * diff)
-            for j in range(NL):
-                D = sum_w[j] * sl2[j] - sl[j] * sl[j]
-                if D > 0 and cur[j] < best[j] and not flat[j]:
-                    bisc[j] = isc[j]
-                    bmn[j] = mn[j]
-                    best[j] = cur[j]
-                    scales[j] = ts[j]
-                    mn[j] = tm[j]
+            _qkx2_step(XT, WT, fnmax, rmin, rdelta, st, mn, mx, sum_w, sum_x, flat, isc, sl, sl2, sxl, ts, tm, cur,
+                       best, scales, bisc, bmn)
         # per super-block: 6-bit scales and mins, then the levels from them
         for half in range(2):
             b = b0 + half
             if b >= nb:
                 break
-            xb = x[b]
             off = 8 * half
-            max_scale = F(0)
-            max_min = F(0)
-            for g in range(8):
-                s = F(0) if flat[off + g] else scales[off + g]
-                m = -mn[off + g]
-                scales[off + g] = s
-                mins[g] = m
-                if s > max_scale:
-                    max_scale = s
-                if m > max_min:
-                    max_min = m
-            inv_s = F(63) / max_scale if max_scale > 0 else F(0)
-            inv_m = F(63) / max_min if max_min > 0 else F(0)
-            for g in range(8):
-                a = _u8(inv_s * scales[off + g])
-                c = _u8(inv_m * mins[g])
-                ls[g] = a if a < 63 else np.uint8(63)
-                lm[g] = c if c < 63 else np.uint8(63)
-            hd = _f16_bits(max_scale / F(63))
-            hm = _f16_bits(max_min / F(63))
             o = out[b]
-            o[0] = hd & 0xFF
-            o[1] = hd >> 8
-            o[2] = hm & 0xFF
-            o[3] = hm >> 8
-            for g in range(4):
-                o[4 + g] = ls[g] | ((ls[g + 4] >> 4) << 6)
-                o[8 + g] = lm[g] | ((lm[g + 4] >> 4) << 6)
-                o[12 + g] = (ls[g + 4] & 0xF) | ((lm[g + 4] & 0xF) << 4)
-            fd = _f16_value(hd)
-            fm = _f16_value(hm)
-            for g in range(8):
-                d = fd * F(ls[g])
-                if d == 0:  # ggml keeps the search's levels
-                    for i in range(32):
-                        if flat[off + g]:
-                            L[32 * g + i] = F(0)
-                        else:
-                            l = np.rint(bisc[off + g] * (xb[32 * g + i] - bmn[off + g]))
-                            L[32 * g + i] = min(max(l, F(0)), fnmax)
-                    continue
-                dm = fm * F(lm[g])
-                for i in range(32):
-                    l = np.rint((xb[32 * g + i] + dm) / d)
-                    L[32 * g + i] = min(max(l, F(0)), fnmax)
-            if five:
-                for i in range(32):
-                    o[16 + i] = 0
-                for k in range(4):
-                    for i in range(32):
-                        l1 = np.uint8(L[64 * k + i])
-                        l2 = np.uint8(L[64 * k + 32 + i])
-                        o[16 + i] |= ((l1 >> 4) << (2 * k)) | ((l2 >> 4) << (2 * k + 1))
-                        o[48 + 32 * k + i] = (l1 & 0xF) | ((l2 & 0xF) << 4)
-            else:
-                for k in range(4):
-                    for i in range(32):
-                        o[16 + 32 * k + i] = np.uint8(L[64 * k + i]) | (np.uint8(L[64 * k + 32 + i]) << 4)
+            hd, hm = _affine_header(o, off, flat, scales, mn, mins, ls, lm)
+            _affine_levels(x[b], off, hd, hm, ls, lm, flat, bisc, bmn, fnmax, L)
+            _affine_pack(L, o, five)
+
+
+@_jit_inline
+def _q6_load(xb, XT, W, WX):
+    """One super-block's 16 groups of 16 into the lanes, group-minor: values, weights ``x^2`` and ``x^3``."""
+    for g in range(16):
+        for i in range(16):
+            v = xb[16 * g + i]
+            w = v * v
+            XT[i, g] = v
+            W[i, g] = w
+            WX[i, g] = w * v
+
+
+@_jit_inline
+def _qx_sums(XT, W, WX, isc, slx, sl2):
+    """make_qx_quants' sums for the levels of ``isc`` (clamped to -32..31), every lane at once, added
+    to ``slx`` and ``sl2`` (zeroed by the caller, in its loop that sets ``isc``)."""
+    NL = XT.shape[1]
+    f32 = F(32)
+    for i in range(16):
+        for g in range(NL):
+            l = min(max(np.rint(isc[g] * XT[i, g]), -f32), f32 - F(1))
+            slx[g] += WX[i, g] * l
+            sl2[g] += W[i, g] * l * l
+
+
+@_jit_inline
+def _qx_search(XT, W, WX, mx, amax, isc, slx, sl2, best, scales, bisc):
+    """make_qx_quants (rmse_type 1, nmax 32), every lane at once: each group's largest magnitude
+    (``amax``, signed ``mx``), the start's scale, then the 18 steps around it, the best kept."""
+    NL = XT.shape[1]
+    f32 = F(32)
+    for g in range(NL):
+        mx[g] = F(0)
+        amax[g] = F(0)
+    for i in range(16):
+        for g in range(NL):
+            ax = abs(XT[i, g])
+            if ax > amax[g]:
+                amax[g] = ax
+                mx[g] = XT[i, g]
+    # the start: iscale = -nmax / max, its scale taken whatever it gives
+    for g in range(NL):
+        isc[g] = -f32 / mx[g]
+        slx[g] = F(0)
+        sl2[g] = F(0)
+    _qx_sums(XT, W, WX, isc, slx, sl2)
+    for g in range(NL):
+        s = slx[g] / sl2[g] if sl2[g] != 0 else F(0)
+        scales[g] = s
+        best[g] = s * slx[g]
+        bisc[g] = isc[g]
+    for st in range(-9, 10):
+        if st == 0:
+            continue
+        for g in range(NL):
+            isc[g] = -(f32 + F(0.1) * F(st)) / mx[g]
+            slx[g] = F(0)
+            sl2[g] = F(0)
+        _qx_sums(XT, W, WX, isc, slx, sl2)
+        for g in range(NL):
+            if sl2[g] > 0 and slx[g] * slx[g] > best[g] * sl2[g]:
+                s = slx[g] / sl2[g]
+                scales[g] = s
+                best[g] = s * slx[g]
+                bisc[g] = isc[g]
+
+
+@_jit_inline
+def _q6_levels(xb, hd, sc, amax, bisc, L):
+    """One super-block's levels ``L`` (0..63) from its stored scales (the search's own levels where a
+    group's scale rounds to 0, as ggml keeps them)."""
+    f32 = F(32)
+    fd = _f16_value(hd)
+    for g in range(16):
+        d = fd * F(sc[g])
+        if d == 0:  # ggml keeps the search's levels
+            for i in range(16):
+                if amax[g] < _GROUP_MAX_EPS:
+                    L[16 * g + i] = F(0)
+                else:
+                    l = np.rint(bisc[g] * xb[16 * g + i])
+                    L[16 * g + i] = min(max(l, -f32), f32 - F(1)) + f32
+            continue
+        for i in range(16):
+            l = np.rint(xb[16 * g + i] / d)
+            L[16 * g + i] = min(max(l, F(-32)), F(31)) + f32
+
+
+@_jit_inline
+def _q6_pack(L, sc, hd, o):
+    """The levels' low nibbles and high bits, the 8-bit scales and the float16 super-scale into the block."""
+    for h in range(2):
+        for i in range(32):
+            q1 = np.uint8(L[128 * h + i])
+            q2 = np.uint8(L[128 * h + 32 + i])
+            q3 = np.uint8(L[128 * h + 64 + i])
+            q4 = np.uint8(L[128 * h + 96 + i])
+            o[64 * h + i] = (q1 & 0xF) | ((q3 & 0xF) << 4)
+            o[64 * h + 32 + i] = (q2 & 0xF) | ((q4 & 0xF) << 4)
+            o[128 + 32 * h + i] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6)
+    for g in range(16):
+        o[192 + g] = np.uint8(sc[g])
+    o[208] = hd & 0xFF
+    o[209] = hd >> 8
 
 
 @_jit
@@ -327,59 +488,12 @@ def _q6_blocks(x, out):
     bisc = np.empty(NL, F)
     L = np.empty(256, F)
     sc = np.empty(16, np.int8)
-    f32 = F(32)
     for b in range(nb):
         xb = x[b]
         o = out[b]
-        for g in range(16):
-            for i in range(16):
-                v = xb[16 * g + i]
-                w = v * v
-                XT[i, g] = v
-                W[i, g] = w
-                WX[i, g] = w * v
-        for g in range(NL):
-            mx[g] = F(0)
-            amax[g] = F(0)
-        for i in range(16):
-            for g in range(NL):
-                ax = abs(XT[i, g])
-                if ax > amax[g]:
-                    amax[g] = ax
-                    mx[g] = XT[i, g]
-        # the start: iscale = -nmax / max, its scale taken whatever it gives
-        for g in range(NL):
-            isc[g] = -f32 / mx[g]
-            slx[g] = F(0)
-            sl2[g] = F(0)
-        for i in range(16):
-            for g in range(NL):
-                l = min(max(np.rint(isc[g] * XT[i, g]), -f32), f32 - F(1))
-                slx[g] += WX[i, g] * l
-                sl2[g] += W[i, g] * l * l
-        for g in range(NL):
-            s = slx[g] / sl2[g] if sl2[g] != 0 else F(0)
-            scales[g] = s
-            best[g] = s * slx[g]
-            bisc[g] = isc[g]
-        for st in range(-9, 10):
-            if st == 0:
-                continue
-            for g in range(NL):
-                isc[g] = -(f32 + F(0.1) * F(st)) / mx[g]
-                slx[g] = F(0)
-                sl2[g] = F(0)
-            for i in range(16):
-                for g in range(NL):
-                    l = min(max(np.rint(isc[g] * XT[i, g]), -f32), f32 - F(1))
-                    slx[g] += WX[i, g] * l
-                    sl2[g] += W[i, g] * l * l
-            for g in range(NL):
-                if sl2[g] > 0 and slx[g] * slx[g] > best[g] * sl2[g]:
-                    s = slx[g] / sl2[g]
-                    scales[g] = s
-                    best[g] = s * slx[g]
-                    bisc[g] = isc[g]
+        _q6_load(xb, XT, W, WX)
+        _qx_search(XT, W, WX, mx, amax, isc, slx, sl2, best, scales, bisc)
+        # 8-bit scales against the largest scale in magnitude
         max_scale = F(0)
         max_abs = F(0)
         for g in range(16):
@@ -398,33 +512,8 @@ def _q6_blocks(x, out):
         for g in range(16):
             v = np.int64(np.rint(iscale * scales[g]))
             sc[g] = np.int8(min(127, v))
-        fd = _f16_value(hd)
-        for g in range(16):
-            d = fd * F(sc[g])
-            if d == 0:  # ggml keeps the search's levels
-                for i in range(16):
-                    if amax[g] < _GROUP_MAX_EPS:
-                        L[16 * g + i] = F(0)
-                    else:
-                        l = np.rint(bisc[g] * xb[16 * g + i])
-                        L[16 * g + i] = min(max(l, -f32), f32 - F(1)) + f32
-                continue
-            for i in range(16):
-                l = np.rint(xb[16 * g + i] / d)
-                L[16 * g + i] = min(max(l, F(-32)), F(31)) + f32
-        for h in range(2):
-            for i in range(32):
-                q1 = np.uint8(L[128 * h + i])
-                q2 = np.uint8(L[128 * h + 32 + i])
-                q3 = np.uint8(L[128 * h + 64 + i])
-                q4 = np.uint8(L[128 * h + 96 + i])
-                o[64 * h + i] = (q1 & 0xF) | ((q3 & 0xF) << 4)
-                o[64 * h + 32 + i] = (q2 & 0xF) | ((q4 & 0xF) << 4)
-                o[128 + 32 * h + i] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6)
-        for g in range(16):
-            o[192 + g] = np.uint8(sc[g])
-        o[208] = hd & 0xFF
-        o[209] = hd >> 8
+        _q6_levels(xb, hd, sc, amax, bisc, L)
+        _q6_pack(L, sc, hd, o)
 
 
 # --------------------------------------------------------------------------- entry points

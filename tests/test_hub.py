@@ -96,12 +96,15 @@ def test_full_download_fetches_only_needed_files_with_monotone_byte_progress(hub
     assert ev.progresses[0][:2] == (0, None)
     assert all(isinstance(d, int) and 0 <= d <= total for d, _ in steps)
     assert len(steps) >= 2 and steps[0][0] < total
+    # the look-up arrives typed too: nothing counted yet, in files (the repository's listing), naming the repository
+    look_up, reports = ev.reports[0], ev.reports[1:]
+    assert (look_up.done, look_up.total, look_up.unit, look_up.item) == (0, None, "file", REPO)
     # the byte counts arrive typed (unit, file, rate and time left as fields: no front end parses the text)
-    assert len(ev.reports) >= 2 and {(r.done, r.total) for r in ev.reports} <= set(steps)
-    assert (ev.reports[-1].done, ev.reports[-1].total) == (total, total)
-    assert all(r.unit == "byte" for r in ev.reports) and all(r.item in NEEDED for r in ev.reports[:-1])
-    assert ev.reports[-1].item == REPO and ev.reports[-1].eta == 0.0  # the last: the whole repository is here
-    assert all(r.rate is None or r.rate > 0 for r in ev.reports)
+    assert len(reports) >= 2 and {(r.done, r.total) for r in reports} <= set(steps)
+    assert (reports[-1].done, reports[-1].total) == (total, total)
+    assert all(r.unit == "byte" for r in reports) and all(r.item in NEEDED for r in reports[:-1])
+    assert reports[-1].item == REPO and reports[-1].eta == 0.0  # the last: the whole repository is here
+    assert all(r.rate is None or r.rate > 0 for r in reports)
     assert res.check is not None and res.check.ok, res.check.problems
     (snap / "tokenizer.json").unlink()  # messages about a cached snapshot name the repo, not the commit
     assert hub.validate_model_dir(snap, load_tokenizer=False).problems == []  # vocab.json + merges.txt remain
@@ -505,6 +508,11 @@ def test_import_local_folder_copies_only_what_is_needed(tiny_dir, tmp_path):
     assert "README.md" not in names and "pytorch_model.bin" not in names and "model.safetensors" in names
     assert not (check.path / "model.safetensors").is_symlink()
     assert ev.progresses[-1][0] == ev.progresses[-1][1]
+    # typed from the first report to the last: the check (no count yet) and the copied bytes, naming the folder
+    assert (ev.reports[0].done, ev.reports[0].total, ev.reports[0].unit, ev.reports[0].item) == (0, None, "file",
+                                                                                                   "My Model")
+    assert ev.reports[-1].unit == "byte" and ev.reports[-1].item == "My Model"
+    assert ev.reports[-1].done == ev.reports[-1].total == sum(f.stat().st_size for f in check.path.iterdir())
     bad = _clone(tiny_dir, tmp_path / "bad", skip=("model.safetensors",))
     with pytest.raises(hub.ModelInvalid, match="no weights"):
         hub.import_local_model(bad, dest_root=tmp_path / "models")

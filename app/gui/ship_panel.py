@@ -102,6 +102,20 @@ class ShipPanel(QWidget):
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
 
+        self._build_kind()
+        self._build_targets(lay)
+        self._build_share(lay)
+
+        self.push_btn.clicked.connect(self.push)
+        self.push_cancel.clicked.connect(lambda: self.page.slots["share"].stop())
+        self.repo.textChanged.connect(lambda _t: self.refresh())
+        self.kind.currentIndexChanged.connect(lambda _i: self.refresh())
+        self.bits.currentIndexChanged.connect(lambda _i: self.update_sizes())
+        for c in self.what.values():
+            c.toggled.connect(lambda _on: self.refresh())
+
+    def _build_kind(self) -> None:
+        """The merged/adapter choice and its note, in ``kind_box`` (the page puts it in its form)."""
         # the merged/adapter choice: a row of its own that the page puts in its form, next to the type
         self.kind_box = QWidget()
         kind_row = QHBoxLayout(self.kind_box)
@@ -118,6 +132,8 @@ class ShipPanel(QWidget):
         kind_row.addWidget(self.kind)
         kind_row.addWidget(self.kind_note, 1)
 
+    def _build_targets(self, lay) -> None:
+        """The Other places box: a button, its size and a note per target, the MLX bits, Replace, the result."""
         box = QGroupBox("Other places")
         grid = QGridLayout(box)
         self.buttons: dict[str, QPushButton] = {}
@@ -154,6 +170,8 @@ class ShipPanel(QWidget):
         grid.addWidget(self.target_result, len(TARGETS) + 1, 0, 1, 4)
         lay.addWidget(box)
 
+    def _build_share(self, lay) -> None:
+        """The Share on the Hugging Face Hub box: repository, what to upload, token, Push / Cancel, progress, link."""
         share = QGroupBox("Share on the Hugging Face Hub")
         sl = QGridLayout(share)
         self.repo = QLineEdit()
@@ -204,14 +222,6 @@ class ShipPanel(QWidget):
         sl.addLayout(pr, 3, 1)
         sl.addWidget(self.link, 4, 1)
         lay.addWidget(share)
-
-        self.push_btn.clicked.connect(self.push)
-        self.push_cancel.clicked.connect(lambda: self.page.slots["share"].stop())
-        self.repo.textChanged.connect(lambda _t: self.refresh())
-        self.kind.currentIndexChanged.connect(lambda _i: self.refresh())
-        self.bits.currentIndexChanged.connect(lambda _i: self.update_sizes())
-        for c in self.what.values():
-            c.toggled.connect(lambda _on: self.refresh())
 
     # -- state ---------------------------------------------------------------------------------
     def adapter_only(self) -> bool:

@@ -69,6 +69,22 @@ class DataPage(Page):
         self.tokens = None
         lay = self.layout_
 
+        self._build_loading(lay)
+        self._build_panels(lay)
+        self._build_results(lay)
+
+        self.drop.files_dropped.connect(lambda ps: self.ctx.open_paths(ps))
+        self.drop.clicked.connect(self._open)
+        self.sample_btn.clicked.connect(self.load_sample_data)
+        self.open_btn.clicked.connect(self._open)
+        self.open_dir_btn.clicked.connect(self._open_dir)
+        self.cancel_btn.clicked.connect(self.cancel_data)
+        self.training_toggle.toggled.connect(self._toggle_training)
+        self.max_len.valueChanged.connect(self._max_len_changed)
+        self.problems.currentItemChanged.connect(self._problem_picked)
+
+    def _build_loading(self, lay) -> None:
+        """The drop zone and the row under it: the sample, open files / folder, the progress and Cancel."""
         self.drop = DropZone()
         lay.addWidget(self.drop, 1)
         row = QHBoxLayout()
@@ -92,6 +108,8 @@ class DataPage(Page):
         lay.addLayout(row)
         self.set_busy(None)
 
+    def _build_panels(self, lay) -> None:
+        """The summary, the column-mapping panel (in its scroll area) and the answers panel."""
         box, self.summary = panel_label("No dataset yet.", "DataSummary")
         lay.addWidget(box)
         # the column-mapping panel (app/gui/mapping_panel.py) goes here: see set_mapping_panel
@@ -125,8 +143,26 @@ class DataPage(Page):
         self.answers.applied.connect(self._answers_applied)
         lay.addWidget(self.answers)
 
+    def _build_results(self, lay) -> None:
+        """The results: the first examples | the token lengths over the problems (hidden until a dataset loads)."""
         # -- results: examples | token lengths over problems
         self.results = QSplitter(Qt.Orientation.Horizontal)
+        self._build_examples()  # the left: the first examples
+        right = QSplitter(Qt.Orientation.Vertical)  # the right: the token lengths over the problems
+        self._build_lengths(right)
+        self._build_problems(right)
+        right.setStretchFactor(0, 1)
+        right.setStretchFactor(1, 1)
+        self.right_split = right
+        self.results.addWidget(right)
+        self.results.setStretchFactor(0, 1)
+        self.results.setStretchFactor(1, 1)
+        self.results.setSizes([560, 440])
+        lay.addWidget(self.results, 4)
+        self.results.hide()
+
+    def _build_examples(self) -> None:
+        """The left of the results: the first examples, with the switch to their training text."""
         left = QWidget()
         ll = QVBoxLayout(left)
         ll.setContentsMargins(0, 0, 0, 0)
@@ -142,7 +178,8 @@ class DataPage(Page):
         ll.addWidget(self.preview, 1)
         self.results.addWidget(left)
 
-        right = QSplitter(Qt.Orientation.Vertical)
+    def _build_lengths(self, right) -> None:
+        """The token lengths: their histogram (a placeholder until measured), Max length, what it cuts."""
         hist_box = QWidget()
         hl = QVBoxLayout(hist_box)
         hl.setContentsMargins(0, 0, 0, 0)
@@ -173,6 +210,8 @@ class DataPage(Page):
         hl.addWidget(self.trunc_label)
         right.addWidget(hist_box)
 
+    def _build_problems(self, right) -> None:
+        """The problems: their list and, under it, the record of the one picked as it is in the file."""
         prob_box = QWidget()
         pl = QVBoxLayout(prob_box)
         pl.setContentsMargins(0, 0, 0, 0)
@@ -198,25 +237,6 @@ class DataPage(Page):
         self.record_view.setPlaceholderText("Click a problem to see the example as it is in the file.")
         pl.addWidget(self.record_view, 2)
         right.addWidget(prob_box)
-        right.setStretchFactor(0, 1)
-        right.setStretchFactor(1, 1)
-        self.right_split = right
-        self.results.addWidget(right)
-        self.results.setStretchFactor(0, 1)
-        self.results.setStretchFactor(1, 1)
-        self.results.setSizes([560, 440])
-        lay.addWidget(self.results, 4)
-        self.results.hide()
-
-        self.drop.files_dropped.connect(lambda ps: self.ctx.open_paths(ps))
-        self.drop.clicked.connect(self._open)
-        self.sample_btn.clicked.connect(self.load_sample_data)
-        self.open_btn.clicked.connect(self._open)
-        self.open_dir_btn.clicked.connect(self._open_dir)
-        self.cancel_btn.clicked.connect(self.cancel_data)
-        self.training_toggle.toggled.connect(self._toggle_training)
-        self.max_len.valueChanged.connect(self._max_len_changed)
-        self.problems.currentItemChanged.connect(self._problem_picked)
 
     def changeEvent(self, event):
         # the texts carry colours picked for the appearance: pick again

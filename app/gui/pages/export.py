@@ -75,6 +75,43 @@ class ExportPage(Page):
         self._lock_timer.setSingleShot(True)
         self._lock_timer.setInterval(2000)
         self._lock_timer.timeout.connect(lambda: self.refresh())
+
+        form = self._build_form()
+        row = self._build_buttons()
+        self._build_result()
+        self._build_measure(form)
+
+        self.layout_.addLayout(form)
+        self.layout_.addLayout(row)
+        self.layout_.addWidget(self.stages)
+        self.layout_.addWidget(self.result)
+        self.layout_.addWidget(self.after)
+        # the other places (LM Studio, MLX, PEFT, the Hub) fold away: the page fits 1024x700 with them closed
+        from app.gui.widgets import Section
+
+        self.ship_section = Section("More places: LM Studio, MLX, PEFT, Hugging Face Hub")
+        self.ship_section.setObjectName("export.more")
+        self.ship_section.addWidget(self.ship)
+        self.ship_section.collapse(animate=False)
+        self.layout_.addWidget(self.ship_section)
+        self.layout_.addStretch(1)
+
+        self.export_btn.clicked.connect(self.export)
+        self.gguf_btn.clicked.connect(self.save_gguf)
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.retry_btn.clicked.connect(self.retry)
+        self.copy_btn.clicked.connect(lambda: QGuiApplication.clipboard().setText(self.command.text()))
+        self.reveal_gguf.clicked.connect(lambda: self._reveal("gguf"))
+        self.reveal_mf.clicked.connect(lambda: self._reveal("modelfile"))
+        self.name.textChanged.connect(lambda _t: self.refresh())
+        self.quant.currentIndexChanged.connect(lambda _i: self.refresh())
+        self.quant.currentIndexChanged.connect(lambda _i: self.ship.update_sizes())
+        self.quant.currentIndexChanged.connect(lambda _i: self._explain_quant())
+        self._explain_quant()
+        self.refresh()
+
+    def _build_form(self) -> QFormLayout:
+        """The form: Ollama name, Size, What to export, Adapter, System prompt, Temperature (Quality comes later)."""
         form = QFormLayout()
         self.quant = QComboBox()
         self.quant.setObjectName("export.quant")
@@ -127,7 +164,10 @@ class ExportPage(Page):
         form.addRow("Adapter", self.adapter_choice)
         form.addRow("System prompt", self.system)
         form.addRow("Temperature", self.temperature)
+        return form
 
+    def _build_buttons(self) -> QHBoxLayout:
+        """The export's buttons: Export to Ollama, Save GGUF only, Cancel, Retry."""
         self.export_btn = QPushButton("Export to Ollama")
         self.export_btn.setObjectName("export.ollama")
         self.export_btn.setDefault(True)
@@ -145,6 +185,10 @@ class ExportPage(Page):
         for b in (self.export_btn, self.gguf_btn, self.cancel_btn, self.retry_btn):
             row.addWidget(b)
         row.addStretch(1)
+        return row
+
+    def _build_result(self) -> None:
+        """The stages, the result, and what follows an export (the command, Copy, the Show in folder buttons)."""
         self.stages = ExportStages()
         self.result = QLabel("")
         self.result.setObjectName("export.result")
@@ -174,6 +218,9 @@ class ExportPage(Page):
         ar.addWidget(self.reveal_gguf)
         ar.addWidget(self.reveal_mf)
         self.after.setVisible(False)
+
+    def _build_measure(self, form) -> None:
+        """The Quality row: measure the price of each size on request, and what it measured."""
         # issue 28: the price of each quantization, measured on request (core.quant_price)
         self.measure_btn = QPushButton("Measure the quality of each size")
         self.measure_btn.setObjectName("export.measure")
@@ -185,34 +232,6 @@ class ExportPage(Page):
         self.measure_btn.clicked.connect(self.measure)
         form.addRow("Quality", self.measure_btn)
         form.addRow("", self.price)
-        self.layout_.addLayout(form)
-        self.layout_.addLayout(row)
-        self.layout_.addWidget(self.stages)
-        self.layout_.addWidget(self.result)
-        self.layout_.addWidget(self.after)
-        # the other places (LM Studio, MLX, PEFT, the Hub) fold away: the page fits 1024x700 with them closed
-        from app.gui.widgets import Section
-
-        self.ship_section = Section("More places: LM Studio, MLX, PEFT, Hugging Face Hub")
-        self.ship_section.setObjectName("export.more")
-        self.ship_section.addWidget(self.ship)
-        self.ship_section.collapse(animate=False)
-        self.layout_.addWidget(self.ship_section)
-        self.layout_.addStretch(1)
-
-        self.export_btn.clicked.connect(self.export)
-        self.gguf_btn.clicked.connect(self.save_gguf)
-        self.cancel_btn.clicked.connect(self.cancel)
-        self.retry_btn.clicked.connect(self.retry)
-        self.copy_btn.clicked.connect(lambda: QGuiApplication.clipboard().setText(self.command.text()))
-        self.reveal_gguf.clicked.connect(lambda: self._reveal("gguf"))
-        self.reveal_mf.clicked.connect(lambda: self._reveal("modelfile"))
-        self.name.textChanged.connect(lambda _t: self.refresh())
-        self.quant.currentIndexChanged.connect(lambda _i: self.refresh())
-        self.quant.currentIndexChanged.connect(lambda _i: self.ship.update_sizes())
-        self.quant.currentIndexChanged.connect(lambda _i: self._explain_quant())
-        self._explain_quant()
-        self.refresh()
 
     # -- settings and session ------------------------------------------------------------------
     def restore_settings(self):

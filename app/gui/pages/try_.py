@@ -252,6 +252,27 @@ class TryPage(Page):
         self.flush_timer.setInterval(FLUSH_MS)
         self.flush_timer.timeout.connect(self._flush)
 
+        self._build_chat_widgets()
+        self._build_sampling()
+        chat_tab = self._build_chat_tab()
+        eval_tab = self._build_eval_tab()
+
+        self.tabs = QTabWidget()
+        self.tabs.setObjectName("try.tabs")
+        self.tabs.addTab(chat_tab, "Chat")
+        self.tabs.addTab(eval_tab, "Evaluate")
+        self.layout_.addWidget(self.tabs, 1)
+
+        self.ask_btn.clicked.connect(self.ask)
+        self.stop_btn.clicked.connect(self.stop)
+        self.new_btn.clicked.connect(self.new_chat)
+        self.prompt.returnPressed.connect(self.ask)
+        self.eval_btn.clicked.connect(self.evaluate)
+        self.eval_stop.clicked.connect(lambda: self.slots["eval"].stop())
+        self.refresh()
+
+    def _build_chat_widgets(self) -> None:
+        """The chat's widgets: the prompt and its buttons, both answers, the questions asked, the status line."""
         # the chat
         self.prompt = QLineEdit("")
         self.prompt.setObjectName("try.prompt")
@@ -276,6 +297,8 @@ class TryPage(Page):
         self.status.setObjectName("try.status")
         self.status.setWordWrap(True)
 
+    def _build_sampling(self) -> None:
+        """The sampling settings (defaults and tooltips from core.generate.Sampling) and the system prompt."""
         # settings
         from core.generate import Sampling
 
@@ -303,6 +326,8 @@ class TryPage(Page):
             w.setToolTip(help_.get(k, "").capitalize())
         self.system.setToolTip("The system prompt the run was trained with; changing it applies from the next question.")
 
+    def _build_chat_tab(self) -> QWidget:
+        """The Chat tab: the settings, the system prompt, the tools, both answers side by side, the prompt row."""
         row = QHBoxLayout()
         row.addWidget(self.prompt, 1)
         row.addWidget(self.ask_btn)
@@ -337,7 +362,10 @@ class TryPage(Page):
         cl.setRowStretch(4, 1)
         cl.addLayout(row, 5, 0)
         cl.addWidget(self.status, 6, 0)
+        return chat_tab
 
+    def _build_eval_tab(self) -> QWidget:
+        """The Evaluate tab: its row (file, limit, adapter, forgetting check), progress, summary and table."""
         # the evaluation
         self.eval_btn = QPushButton("Evaluate")
         self.eval_btn.setObjectName("try.evaluate")
@@ -393,20 +421,7 @@ class TryPage(Page):
         el.addWidget(self.eval_summary, 2, 0)
         el.addWidget(self.table, 3, 0)
         el.setRowStretch(3, 1)
-
-        self.tabs = QTabWidget()
-        self.tabs.setObjectName("try.tabs")
-        self.tabs.addTab(chat_tab, "Chat")
-        self.tabs.addTab(eval_tab, "Evaluate")
-        self.layout_.addWidget(self.tabs, 1)
-
-        self.ask_btn.clicked.connect(self.ask)
-        self.stop_btn.clicked.connect(self.stop)
-        self.new_btn.clicked.connect(self.new_chat)
-        self.prompt.returnPressed.connect(self.ask)
-        self.eval_btn.clicked.connect(self.evaluate)
-        self.eval_stop.clicked.connect(lambda: self.slots["eval"].stop())
-        self.refresh()
+        return eval_tab
 
     # -- tools (issue 31) ------------------------------------------------------------------------
     def _build_tools(self):
