@@ -27,9 +27,9 @@ llama_cpp = pytest.importorskip("llama_cpp")
 import mlx.core as mx  # noqa: E402
 import mlx_lm  # noqa: E402
 
-from core import ollama as ol  # noqa: E402
+from core.export import ollama as ol  # noqa: E402
 from core.events import CallbackEvents, Cancelled, CancelToken, TuneloomError  # noqa: E402
-from core.export import export  # noqa: E402
+from core.export.pipeline import export  # noqa: E402
 from core.hub import validate_model_dir  # noqa: E402
 from core.model_folder import read_tokenizer_info  # noqa: E402
 from core.tokens import ChatEncoder  # noqa: E402
@@ -47,7 +47,7 @@ IDS = [f"{layout}-{family}" for layout, family in CASES]
 pytestmark = pytest.mark.usefixtures("shared_vocab")
 F16_LOGIT_ATOL = 0.05  # as tests/test_gguf_export.py: llama.cpp's f16 arithmetic against MLX in float32
 # A quantized (QLoRA) base is dequantized and merged into the base's float dtype (bfloat16 here) by
-# core.fuse, while mlx-lm computes base + adapter from the packed weights in float32: the rounding of
+# core.export.fuse, while mlx-lm computes base + adapter from the packed weights in float32: the rounding of
 # every merged weight to bfloat16 (2^-9) moves the tiny random models' logits by up to ~0.3 (measured
 # 0.29 max, 0.036 mean on q8), so a top-1 margin is clear above twice that.
 QUANT_LOGIT_ATOL = 0.3
@@ -241,7 +241,7 @@ def test_no_template_leaves_nothing(tmp_path, tmp_path_factory, monkeypatch):
     shutil.copytree(layout_dir(tmp_path_factory, "jinja", "qwen3"), base)
     (base / "chat_template.jinja").unlink()
     fused = []
-    monkeypatch.setattr("core.fuse.fuse_model", lambda *a, **k: fused.append(1))
+    monkeypatch.setattr("core.export.fuse.fuse_model", lambda *a, **k: fused.append(1))
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(ol.TemplateNotSupported, match="no chat template") as err:
@@ -254,7 +254,7 @@ def test_disk_full_while_writing_the_gguf_leaves_nothing(tmp_path, small_run, mo
     def full(self, fout):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("core.gguf_export._TensorStream.tofile", full)
+    monkeypatch.setattr("core.export.gguf._TensorStream.tofile", full)
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(TuneloomError, match="filled up") as err:
@@ -267,7 +267,7 @@ def test_disk_full_while_writing_the_modelfile_leaves_nothing(tmp_path, small_ru
     def full(path, text):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("core.export._write_file", full)
+    monkeypatch.setattr("core.export.pipeline._write_file", full)
     out = tmp_path / "out"
     out.mkdir()
     (out / "m.gguf").write_bytes(b"GGUF an earlier export")
@@ -280,9 +280,9 @@ def test_not_enough_space_is_refused_before_fusing(tmp_path, small_run, monkeypa
     import shutil as _shutil
 
     real = _shutil.disk_usage
-    monkeypatch.setattr("core.export.shutil.disk_usage", lambda p: real(p)._replace(free=5 * 2**20))
+    monkeypatch.setattr("core.export.pipeline.shutil.disk_usage", lambda p: real(p)._replace(free=5 * 2**20))
     fused = []
-    monkeypatch.setattr("core.fuse.fuse_model", lambda *a, **k: fused.append(1))
+    monkeypatch.setattr("core.export.fuse.fuse_model", lambda *a, **k: fused.append(1))
     out = tmp_path / "out"
     with pytest.raises(TuneloomError, match="Not enough disk space") as err:
         export(small_run, gguf=out / "m.gguf", quant="q8_0")
@@ -367,7 +367,7 @@ def test_cli_modelfile_system_is_the_trained_one_unless_told(tmp_path, tmp_path_
 def test_run_thinking_flag_decides_both_templates(tmp_path, tmp_path_factory, thinking):
     """`"thinking": true` in the run's config.json (data with reasoning) gives a Modelfile TEMPLATE and an
     embedded template that both think; false or absent gives thinking off in both."""
-    from core.export import plan_export
+    from core.export.pipeline import plan_export
 
     base = layout_dir(tmp_path_factory, "jinja", "qwen3")
     run = tmp_path / "run"

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core import ollama as ol
+from core.export import ollama as ol
 from core.events import TuneloomError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "models"

@@ -4,7 +4,7 @@ Current Ollama (server/images.go shouldPreferChatTemplate, since v0.32.7) render
 either with the Modelfile TEMPLATE (Go text/template, "go" path) or hands it to
 llama-server, which renders the GGUF's embedded ``tokenizer.chat_template`` ("native"
 path), and it turns thinking on by default for a model whose selected template can think
-(server/routes.go). ``core.ollama`` models that selection from Ollama's source; these tests
+(server/routes.go). ``core.export.ollama`` models that selection from Ollama's source; these tests
 render both paths per family with the arguments Ollama passes by default and compare them
 with the prompt training used (``core.tokens.ChatEncoder``): the Go path through Go's own
 text/template engine (tests/go), the native path through Jinja as llama.cpp's chat
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from core import ollama as ol
+from core.export import ollama as ol
 from core.model_folder import load_tokenizer_config
 from core.paths import demo_model_dir
 

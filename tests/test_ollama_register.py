@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core import ollama as ol
+from core.export import ollama as ol
 from core.events import CallbackEvents, CancelToken, Cancelled, RecordingEvents
 from tests.fixtures.ollama_server import FakeOllama, free_port
 

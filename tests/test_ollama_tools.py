@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from core import ollama as ol
+from core.export import ollama as ol
 from core.model_folder import load_tokenizer_config
 
 FIXTURES = Path(__file__).parent / "fixtures" / "models"
@@ -298,7 +298,7 @@ def fake_run(folder: Path, base: Path, *, tools: bool) -> Path:
 
 
 def test_export_plan_follows_the_runs_tools_flag(tiny_qwen, tmp_path):
-    from core.export import plan_export, run_tools
+    from core.export.pipeline import plan_export, run_tools
 
     with_tools = fake_run(tmp_path / "tools-run", tiny_qwen, tools=True)
     without = fake_run(tmp_path / "plain-run", tiny_qwen, tools=False)
@@ -368,7 +368,7 @@ def test_verify_warns_when_ollamas_calls_differ(gguf_file):
 
 def test_the_held_out_tool_question_comes_from_the_validation_split(tiny_qwen, tmp_path, monkeypatch):
     import core.evaluate as ev
-    from core.export import tool_verify_case
+    from core.export.pipeline import tool_verify_case
 
     run = fake_run(tmp_path / "run", tiny_qwen, tools=True)
     tools, messages = CONVERSATIONS["parallel-then-answer"]
@@ -489,10 +489,10 @@ def test_ollamas_own_template_package_renders_plain_chats_like_tests_go(family, 
 # --------------------------------------------------------------------------- training tells the export
 
 def test_a_run_on_tool_records_says_so_in_its_config_and_one_without_does_not(tmp_path, monkeypatch):
-    """config.json "tools": true is what the export reads (core.export.run_tools). The records here get their
+    """config.json "tools": true is what the export reads (core.export.pipeline.run_tools). The records here get their
     tool definitions the way the data side keeps them (ChatRecord.tools)."""
     import core.train as tr
-    from core.export import run_tools
+    from core.export.pipeline import run_tools
     from core.paths import demo_data_dir
 
     fast = dict(rank=4, alpha=8.0, lr=1e-3, batch=4, max_seq_len=96, warmup=1, valid_every=0, valid_batches=1,

@@ -456,7 +456,7 @@ def register_model(gguf_path: str | os.PathLike, name: str, *, template: str, st
                    verify_tools: dict | None = None) -> dict:
     """Register ``gguf_path`` in Ollama as ``name`` through its REST API.
 
-    ``adapter_path``: a GGUF LoRA adapter (core.export_adapter) uploaded too and passed as
+    ``adapter_path``: a GGUF LoRA adapter (core.export.adapter) uploaded too and passed as
     ``adapters`` in ``/api/create``, so the model is ``gguf_path`` (the base) with the adapter.
 
     Steps: validate the name, find the server and check its version, refuse an

@@ -104,7 +104,7 @@ def read_adapter(base: Path, adapter_dir: Path, final: bool = False) -> AdapterT
     """The run's LoRA matrices in llama.cpp's layout and names (see the module docstring)."""
     import gguf
 
-    from core.gguf_export import ARCHITECTURES, _permute_for_llama_rope, _read_safetensors_index
+    from core.export.gguf import ARCHITECTURES, _permute_for_llama_rope, _read_safetensors_index
 
     bcfg, acfg = check_adapter_exportable(base, adapter_dir, final)
     weights = weights_file(adapter_dir, final)
@@ -232,7 +232,7 @@ def base_gguf_path(base: str | Path, quant: str, *, thinking: bool = False) -> P
     """Where the shared base GGUF of ``base`` in type ``quant`` lives: ``<data>/base-gguf/<base>-<quant>.gguf``
     (``-thinking`` before the type for bases exported for thinking-on runs: their embedded template differs).
     Two different folders with the same name get a short hash of their path."""
-    from core.export import default_gguf_name
+    from core.export.pipeline import default_gguf_name
 
     base = Path(base)
     name = default_gguf_name(base, f"thinking-{quant}" if thinking else quant)
@@ -250,8 +250,8 @@ def ensure_base_gguf(base: Path, quant: str, *, template: str, thinking: bool = 
     embedded template; a record next to it (``.json``) says what it was made from, so a changed base folder
     is exported again."""
     from core.atomic import write_json
-    from core.export import check_disk_space, estimate_export_bytes
-    from core.gguf_export import export_gguf
+    from core.export.pipeline import check_disk_space, estimate_export_bytes
+    from core.export.gguf import export_gguf
 
     events = events or NULL_EVENTS
     path = base_gguf_path(base, quant, thinking=thinking)
@@ -282,7 +282,7 @@ def adapter_modelfile_text(base_gguf: Path, adapter_gguf: Path, modelfile: Path,
                            *, parameters: dict, system: str | None) -> str:
     """A Modelfile ``FROM`` the base GGUF (absolute: it lives in Tuneloom's data folder) with ``ADAPTER``
     the adapter GGUF (relative to the Modelfile when beside it)."""
-    from core import ollama as ol
+    from core.export import ollama as ol
 
     text = ol.modelfile_text(adapter_gguf, modelfile.parent, template, stops, parameters=parameters, system=system)
     lines = text.split("\n")
@@ -306,9 +306,9 @@ def export_adapter(source, *, gguf, quant: str = "f16", ollama: str | None = Non
     registers ``FROM`` base + ``ADAPTER`` adapter in Ollama when ``ollama`` is given. Returns
     ``{"adapter_gguf", "base_gguf", "base_reused", "modelfile", "quant", "alpha", "rank", "base", "adapter",
     "ollama" | "ollama_command", ...}``."""
-    from core import ollama as ol
+    from core.export import ollama as ol
     from core.atomic import write_text
-    from core.export import plan_export, resolve_source
+    from core.export.pipeline import plan_export, resolve_source
 
     events = events or NULL_EVENTS
     if gguf is None:
@@ -325,7 +325,7 @@ def export_adapter(source, *, gguf, quant: str = "f16", ollama: str | None = Non
         ol.validate_model_name(ollama)
     mf = Path(modelfile) if modelfile else gguf.with_name(gguf.stem + ".Modelfile")
     # every check the merged export makes on the template, the Modelfile values and the type
-    from core.export_target import check_targets
+    from core.export.target import check_targets
 
     # the adapter and its Modelfile: not into the source, not over a file this export did not make (issue 25)
     check_targets(gguf, mf, base=base, adapter=adapter_dir, replace=force)
@@ -334,7 +334,7 @@ def export_adapter(source, *, gguf, quant: str = "f16", ollama: str | None = Non
     base_path = base_gguf_path(base, plan.quant, thinking=plan.thinking)
     if Path(gguf).resolve() == base_path.resolve():
         raise TuneloomError(f"{gguf} is the shared base GGUF.", "Choose another path for the adapter.")
-    from core.export import check_disk_space
+    from core.export.pipeline import check_disk_space
 
     check_disk_space(gguf.parent, {"fused": 0, "gguf": estimate_adapter_bytes(adapter_dir, final)})
     text = adapter_modelfile_text(base_path, gguf, mf, plan.chat_format.template, plan.chat_format.stops,
@@ -372,7 +372,7 @@ def export_adapter(source, *, gguf, quant: str = "f16", ollama: str | None = Non
 def exact_adapter_reason(source) -> str | None:
     """None when ``source`` (a run) can be exported as an adapter; else the sentence saying why not (the
     Export page shows it next to the merged choice)."""
-    from core.export import resolve_source
+    from core.export.pipeline import resolve_source
 
     try:
         base, adapter_dir = resolve_source(source)

@@ -4,8 +4,8 @@ huggingface_hub does the work (``create_repo``, ``preupload_lfs_files``, ``creat
 own stored token (``hf auth login``) or one given for this push only; Tuneloom never writes a token
 anywhere. What is pushed is staged in a temporary folder first:
 
-- ``adapter``: the PEFT folder (core.peft_export) with its model card,
-- ``merged``: the merged model as a transformers folder (core.fuse) with a model card,
+- ``adapter``: the PEFT folder (core.export.peft) with its model card,
+- ``merged``: the merged model as a transformers folder (core.export.fuse) with a model card,
 - ``gguf``: the run's newest exported GGUF (its Modelfile beside it), else a fresh q4_k_m export.
 
 The first kind asked for goes at the repository's root (that is what ``PeftModel.from_pretrained``
@@ -54,8 +54,8 @@ def _newest_gguf(run: Path) -> Path | None:
 def stage(run: str | Path, what: list[str], dest: Path, *, repo: str, events: Events,
           cancel: CancelToken | None) -> list[str]:
     """Write everything ``what`` asks for into ``dest``; returns the subfolders used ('' for the root)."""
-    from core.export import resolve_source
-    from core.model_card import write_model_card
+    from core.export.pipeline import resolve_source
+    from core.export.model_card import write_model_card
 
     base, adapter_dir = resolve_source(run)
     if adapter_dir is None:
@@ -68,7 +68,7 @@ def stage(run: str | Path, what: list[str], dest: Path, *, repo: str, events: Ev
         if cancel is not None:
             cancel.checkpoint()
         if kind == "adapter":
-            from core.peft_export import export_peft
+            from core.export.peft import export_peft
 
             events.log("info", "Writing the PEFT adapter")
             tmp = dest.parent / f"peft-{i}"
@@ -78,7 +78,7 @@ def stage(run: str | Path, what: list[str], dest: Path, *, repo: str, events: Ev
                     shutil.move(str(p), folder / p.name)
             write_model_card(folder, adapter_dir, base, kind="peft", repo=repo)
         elif kind == "merged":
-            from core.fuse import fuse_model
+            from core.export.fuse import fuse_model
 
             events.log("info", "Merging the adapter into the base model")
             fused = fuse_model(base, adapter_dir, dest.parent / f"fused-{i}", events=events, cancel=cancel)
@@ -89,7 +89,7 @@ def stage(run: str | Path, what: list[str], dest: Path, *, repo: str, events: Ev
         elif kind == "gguf":
             gguf = _newest_gguf(adapter_dir)
             if gguf is None:
-                from core.export import default_gguf_name, export
+                from core.export.pipeline import default_gguf_name, export
 
                 events.log("info", "No exported GGUF found in the run; exporting one (q4_k_m)")
                 out = dest.parent / f"gguf-{i}" / default_gguf_name(adapter_dir, "q4_k_m")

@@ -19,9 +19,9 @@ The algorithm is ggml's reference one (``quantize_row_q{4,5,6}_K_ref`` with
 
 Two implementations of that one algorithm, bit-identical to each other and to ggml:
 
-* :mod:`core.kquants_jit`, the same loops compiled by numba, used when numba is
+* :mod:`core.export.kquants_jit`, the same loops compiled by numba, used when numba is
   installed (it is a dependency): about ggml's C speed per core, and it releases the
-  GIL, so :mod:`core.gguf_export` runs one per core on threads;
+  GIL, so :mod:`core.export.gguf` runs one per core on threads;
 * the numpy code below, vectorised over all groups of a chunk of super-blocks (the
   Python loops run over the chunks and the fixed search steps, 21 for Q4_K, 16 for
   Q5_K, 18 for Q6_K, never per block): the fallback where numba cannot be imported,
@@ -309,7 +309,7 @@ _BLOCK_FUNCS = {"Q4_K": (_q4_k_blocks, Q4_K_BYTES), "Q5_K": (_q5_k_blocks, Q5_K_
 
 
 _BACKEND_ENV = "TUNELOOM_KQUANT_BACKEND"
-_jit_module = None  # core.kquants_jit once imported, False when unavailable or not wanted
+_jit_module = None  # core.export.kquants_jit once imported, False when unavailable or not wanted
 
 
 def _jit():
@@ -321,7 +321,7 @@ def _jit():
             _jit_module = False
         else:
             try:
-                from core import kquants_jit
+                from core.export import kquants_jit
                 _jit_module = kquants_jit
             except Exception as exc:  # noqa: BLE001 - missing, or broken (a frozen app without sources)
                 if wanted == "numba":

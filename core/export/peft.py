@@ -56,7 +56,7 @@ def _peft_module_name(mlx_module: str, model_type: str | None) -> str:
 
 def peft_tensors(base: Path, adapter_dir: Path, final: bool = False) -> tuple[dict[str, np.ndarray], dict]:
     """(PEFT state dict as float32 numpy, adapter_config.json) of a run's adapter."""
-    from core.gguf_export import _read_safetensors_index
+    from core.export.gguf import _read_safetensors_index
 
     base, adapter_dir = Path(base), Path(adapter_dir)
     acfg = runs.RunFolder(adapter_dir).adapter_config
@@ -123,14 +123,14 @@ def export_peft(source, out_dir, *, events: Events | None = None, cancel: Cancel
     "base_model_name_or_path"}``."""
     from safetensors.numpy import save_file
 
-    from core.export import resolve_source
-    from core.fuse import _replace_dir
+    from core.export.pipeline import resolve_source
+    from core.export.fuse import _replace_dir
 
     events = events or NULL_EVENTS
     base, adapter_dir = resolve_source(source)
     if adapter_dir is None:
         raise TuneloomError(f"{source} is a model folder: there is no adapter to write.", "Give a run folder.")
-    from core.export_target import check_folder_target, mark_folder
+    from core.export.target import check_folder_target, mark_folder
 
     out_dir = Path(out_dir)
     check_folder_target(out_dir, "the PEFT folder", base=base, run=adapter_dir, force=force)
@@ -143,7 +143,7 @@ def export_peft(source, out_dir, *, events: Events | None = None, cancel: Cancel
         save_file(state, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
         (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         if card:
-            from core.model_card import write_model_card
+            from core.export.model_card import write_model_card
 
             write_model_card(tmp, adapter_dir, base, kind="peft")
         mark_folder(tmp, "peft")

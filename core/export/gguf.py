@@ -6,7 +6,7 @@ and the multi-token-prediction head) and ``LlamaForCausalLM`` (``llama``), in f3
 bf16 / q8_0 / q4_0 and the K-quant mixes q4_k_m / q5_k_m / q6_k. Quantized files take
 llama.cpp's per-tensor type choices (``llama_tensor_get_type`` in llama-quant.cpp) and its
 quantizers' exact output: Q8_0, Q4_0, Q5_0, Q5_1 through ``gguf.quants``, the K-quants
-through :mod:`core.kquants`.
+through :mod:`core.export.kquants`.
 So a quantized export equals ``llama-quantize`` run on our F16 export of the same
 float16 weights, byte for byte (tests/test_kquants.py checks it).
 
@@ -37,7 +37,9 @@ from typing import Any
 import gguf
 import numpy as np
 
-from core import arch, kquants, quants
+from core import arch
+
+from core.export import kquants, quants
 from core.atomic import atomic_path
 from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
 from core.units import fmt_bytes
@@ -229,7 +231,7 @@ _BLOCK_TENSORS = tuple(gguf.MODEL_TENSOR[k] for k in arch.STANDARD_GGUF_BLOCK)
 
 QT = gguf.GGMLQuantizationType
 # quant name -> (file type recorded in the GGUF, llama.cpp's default type for the 2-D
-# weight matrices of that file type; llama_ftype_get_default_type): core.quants' table
+# weight matrices of that file type; llama_ftype_get_default_type): core.export.quants' table
 QUANT_TYPES: dict[str, tuple[gguf.LlamaFileType, QT]] = {
     q.name: (gguf.LlamaFileType[q.file_type], QT[q.weight_type]) for q in quants.QUANTS.values()}
 
@@ -821,7 +823,7 @@ def _convert_block(p: _PlannedTensor, rows, first: int, n: int) -> np.ndarray:
 class _BlockPool:
     """The worker threads of one export, converting row blocks in parallel.
 
-    Why threads: the K-quant kernels (core.kquants_jit, numba ``nogil``) hold no GIL,
+    Why threads: the K-quant kernels (core.export.kquants_jit, numba ``nogil``) hold no GIL,
     and neither do numpy's loops over a block or the file reads, so threads use every
     core with none of what worker processes cost: no copy of the rows per worker (a
     block is handed over as an array, not pickled or staged in shared memory), no
@@ -1047,7 +1049,7 @@ def export_gguf(model_dir, out_path, quant: str = "f16", *, events: Events | Non
                 chat_template: str | None = None) -> dict:
     """Write ``model_dir`` (a HF folder with float weights) as one GGUF file.
 
-    ``tokenizer.chat_template`` is ``chat_template`` when given (core.export passes the one that
+    ``tokenizer.chat_template`` is ``chat_template`` when given (core.export.pipeline passes the one that
     gives Ollama's native path the training prompt), else the folder's own, read by
     core.model_folder wherever the folder keeps it.
 

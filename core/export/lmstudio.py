@@ -8,7 +8,7 @@ own rules apply; otherwise the file is copied there (hard-linked when on the sam
 Nothing is written outside ``<models>/<publisher>/<model>/``; an existing file of the same name is
 replaced only when asked (``force``: ``--force``, the window's "Replace the existing file"), and only
 when it is a GGUF; a model folder there that Tuneloom did not write (no ``.tuneloom`` marker) is left
-alone unless forced, as core.export_target does for every export. The GGUF carries the chat template
+alone unless forced, as core.export.target does for every export. The GGUF carries the chat template
 Tuneloom embeds, so LM Studio's chat builds the training prompt.
 """
 from __future__ import annotations
@@ -58,7 +58,7 @@ def place_gguf(gguf: str | Path, model: str, *, publisher: str = PUBLISHER, use_
     gguf = Path(gguf)
     if not gguf.is_file() or gguf.suffix.lower() != ".gguf":
         raise TuneloomError(f"{gguf} is not a GGUF file.", "Export the GGUF first (--gguf OUT.gguf).")
-    from core.export_target import _is_gguf, check_folder_target, mark_folder
+    from core.export.target import _is_gguf, check_folder_target, mark_folder
 
     dest = target_path(gguf, model, publisher)
     check_folder_target(dest.parent, "the LM Studio model", force=force)

@@ -4,7 +4,7 @@ The base is loaded with mlx-lm's model code, the adapter applied with mlx-lm's o
 ``load_adapters`` (the layout our trainer writes: ``adapters.safetensors`` +
 ``adapter_config.json``), and every adapted layer merged with its ``fuse()``. A
 quantized base (QLoRA) is dequantized on the way, so the result is always a
-full-precision model in the base's float dtype that ``core.gguf_export`` and other
+full-precision model in the base's float dtype that ``core.export.gguf`` and other
 tools can read. The folder is assembled next to ``out_dir`` and renamed into place
 only when complete.
 """
@@ -128,7 +128,7 @@ def _write_hf_layout(folder: Path, a: arch.Arch = _QWEN35) -> None:
     mlx-lm keeps Qwen3.5 in its own layout (``language_model.model.*`` names, the RMSNorm
     offset added, conv1d kernels as [C, K, 1]) and ``save_model`` writes it as it is; a
     fused folder must be a plain HF checkpoint that transformers, llama.cpp's converter,
-    core.gguf_export and mlx-lm itself read alike. The norm shift is exact: a bfloat16
+    core.export.gguf and mlx-lm itself read alike. The norm shift is exact: a bfloat16
     1 + w minus 1 is representable again. The text model only: mlx-lm drops the vision
     tower and the multi-token-prediction head on load.
     """

@@ -1,7 +1,7 @@
 """A run's export as the window does it, for the window and the CLI alike: the GGUF and its Modelfile in the
 run's ``exports/``, registered in Ollama, and checked: Ollama and Tuneloom answer the same held-out question
 greedily, and the two answers are shown side by side (:func:`answer_check`). Every export is recorded in
-the run's ``exports/`` (core.export.write_export_record).
+the run's ``exports/`` (core.export.pipeline.write_export_record).
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from core import runs
-from core.quants import OFFERED
+from core.export.quants import OFFERED
 
 VERIFY_TOKENS = 96
 # greedy, so Ollama's answer can be compared with Tuneloom's own for the same prompt
@@ -22,14 +22,14 @@ def export_paths(run_dir: Path, quant: str) -> tuple[Path, Path]:
 
 
 def export_sizes(run_dir, events=None, cancel=None) -> dict[str, int]:
-    """{type: bytes of the GGUF an export writes} for the types offered (core.export.gguf_file_sizes)."""
-    from core.export import gguf_file_sizes, resolve_source
+    """{type: bytes of the GGUF an export writes} for the types offered (core.export.pipeline.gguf_file_sizes)."""
+    from core.export.pipeline import gguf_file_sizes, resolve_source
 
     base, _ = resolve_source(run_dir)
     try:
         return gguf_file_sizes(base, list(OFFERED))
     except Exception:  # noqa: BLE001  (an MLX-quantized base: the per-weight estimate)
-        from core.export import estimate_export_bytes
+        from core.export.pipeline import estimate_export_bytes
 
         return {k: estimate_export_bytes(base, k, fuse=False)["gguf"] for k in OFFERED}
 
@@ -59,9 +59,9 @@ def export_run(run_dir, quant, name, system, temperature, force, register, event
                adapter_only=False, final=False):
     """Write the GGUF and Modelfile; with ``register``, register in Ollama and verify. An Ollama
     failure after the files are written is returned (``ollama_error``), not raised. ``adapter_only``:
-    the adapter GGUF on the shared base GGUF instead (core.export_adapter)."""
-    from core import ollama as ol
-    from core.export import export, write_export_record
+    the adapter GGUF on the shared base GGUF instead (core.export.adapter)."""
+    from core.export import ollama as ol
+    from core.export.pipeline import export, write_export_record
 
     gguf, modelfile = export_paths(run_dir, quant)
     if adapter_only:
@@ -71,7 +71,7 @@ def export_run(run_dir, quant, name, system, temperature, force, register, event
     t0 = time.time()
     try:
         if adapter_only:
-            from core.export_adapter import export_adapter
+            from core.export.adapter import export_adapter
 
             res = export_adapter(run_dir, gguf=gguf, quant=quant, ollama=name if register else None,
                                  system=system or None, force=force, modelfile=modelfile, temperature=temperature,
@@ -98,8 +98,8 @@ def export_run(run_dir, quant, name, system, temperature, force, register, event
 
 def register_run(run_dir, quant, name, system, temperature, force, events=None, cancel=None):
     """Retry: register the GGUF an earlier export wrote (and verify), without writing it again."""
-    from core import ollama as ol
-    from core.export import plan_export, write_export_record
+    from core.export import ollama as ol
+    from core.export.pipeline import plan_export, write_export_record
 
     gguf, modelfile = export_paths(run_dir, quant)
     if not gguf.is_file():
@@ -109,7 +109,7 @@ def register_run(run_dir, quant, name, system, temperature, force, events=None, 
     plan = plan_export(run_dir, gguf=gguf, quant=quant, ollama=name, system=system or None, modelfile=modelfile,
                        temperature=temperature)
     msgs = verify_messages(run_dir)
-    from core.export import tool_verify_case
+    from core.export.pipeline import tool_verify_case
 
     tool_case = tool_verify_case(run_dir) if plan.tools and plan.embedded_template.kind == "tools" else None
     reg = ol.register_model(gguf, name, template=plan.chat_format.template, stops=plan.chat_format.stops,

@@ -1,6 +1,6 @@
 """A run as MLX folders: the merged model in mlx-lm's layout and the adapter in mlx-lm's adapter layout.
 
-``DIR/merged``: the adapter merged into the base (core.fuse: a QLoRA base is dequantized first),
+``DIR/merged``: the adapter merged into the base (core.export.fuse: a QLoRA base is dequantized first),
 then converted by mlx-lm's own ``convert`` (float16, or 8-/4-bit with mlx's affine quantization,
 group size 64), so ``mlx_lm.load(DIR/merged)`` and LM Studio's MLX engine open it as any
 mlx-community model. ``DIR/adapter``: ``adapters.safetensors`` + ``adapter_config.json`` as
@@ -23,7 +23,7 @@ GROUP_SIZE = 64
 
 
 def estimate_mlx_bytes(base: Path, bits: int) -> int:
-    from core.export import _tensor_values
+    from core.export.pipeline import _tensor_values
 
     values, _ = _tensor_values(Path(base))
     per = {16: 2.0, 8: 1.0 + 4 / GROUP_SIZE, 4: 0.5 + 4 / GROUP_SIZE}[bits]
@@ -36,10 +36,10 @@ def export_mlx(source, out_dir, *, bits: int = 16, adapter: bool = True, merged:
     """Write ``out_dir/merged`` (and ``out_dir/adapter``) from the run's best adapter (``final``: its last).
     Returns ``{"path", "merged", "adapter", "bits"}``.
     ``out_dir``: a new folder, or one Tuneloom wrote (``.tuneloom``); another is refused unless ``force``
-    (core.export_target.check_folder_target), before any work."""
-    from core.export import resolve_source
-    from core.fuse import _replace_dir, fuse_model
-    from core.model_card import write_model_card
+    (core.export.target.check_folder_target), before any work."""
+    from core.export.pipeline import resolve_source
+    from core.export.fuse import _replace_dir, fuse_model
+    from core.export.model_card import write_model_card
 
     events = events or NULL_EVENTS
     if bits not in MLX_BITS:
@@ -47,7 +47,7 @@ def export_mlx(source, out_dir, *, bits: int = 16, adapter: bool = True, merged:
     base, run = resolve_source(source)
     if run is None:
         raise TuneloomError(f"{source} is a model folder, not a run.", "Give a run folder.")
-    from core.export_target import check_folder_target, mark_folder
+    from core.export.target import check_folder_target, mark_folder
 
     out_dir = Path(out_dir)
     check_folder_target(out_dir, "the MLX folders", base=base, run=run, force=force)

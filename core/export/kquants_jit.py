@@ -497,7 +497,7 @@ if __name__ == "__main__":  # python -m core.kquants_jit: fill the cache (./dev 
     import json
     import time
 
-    from core import kquants_jit  # the module the exports import, not this __main__ copy
+    from core.export import kquants_jit  # the module the exports import, not this __main__ copy
 
     t0 = time.perf_counter()
     got = kquants_jit.warm_up()

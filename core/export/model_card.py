@@ -55,7 +55,7 @@ def _yaml(front: dict) -> str:
 
 
 def _dataset_ids(data: list) -> list[str]:
-    from core.peft_export import hub_id_of
+    from core.export.peft import hub_id_of
 
     out = []
     for d in data or []:
@@ -70,7 +70,7 @@ def _dataset_ids(data: list) -> list[str]:
 
 
 def card_data(run_dir: Path, base: Path, kind: str) -> dict:
-    from core.peft_export import hub_id_of
+    from core.export.peft import hub_id_of
 
     run_dir, base = Path(run_dir), Path(base)
     run = runs.RunFolder(run_dir)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from core import runs
 from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
-from core.quants import OFFERED, checked  # noqa: F401  (OFFERED: the Export page's types, largest first)
+from core.export.quants import OFFERED, checked  # noqa: F401  (OFFERED: the Export page's types, largest first)
 from core.units import fmt_bytes
 
 MEASURE_EXAMPLES = 32  # examples measured (the first of the split)
@@ -52,12 +52,12 @@ def measure_quants(source, *, adapter=None, final: bool = False, quants=OFFERED,
     import mlx.core as mx
     import numpy as np
 
-    from core import llamacpp
+    from core.export import llamacpp
     from core.evaluate import _train_config, run_encoder
-    from core.export import resolve_source
-    from core.fuse import fuse_model
+    from core.export.pipeline import resolve_source
+    from core.export.fuse import fuse_model
     from core.generate import ChatModel
-    from core.gguf_export import export_gguf
+    from core.export.gguf import export_gguf
     from core.train import encode_records
 
     events = events or NULL_EVENTS
