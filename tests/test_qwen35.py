@@ -308,9 +308,9 @@ def test_f32_export_equals_mlx(q35, tmp_path, token_lists, reference):
 def test_v_head_tiling_is_needed(q35, tmp_path, token_lists, reference, monkeypatch):
     """Negative control: without the value-head reorder (2 key / 4 value heads) llama.cpp's
     logits are far off, so the agreement above is not a property of any export."""
-    import core.export.gguf as ge
+    import core.export.gguf_tables as tables  # the Qwen3.5 tensor rules (core.export.gguf reads them there)
 
-    monkeypatch.setattr(ge, "_tile_v_heads", lambda x, *a, **k: x)
+    monkeypatch.setattr(tables, "_tile_v_heads", lambda x, *a, **k: x)
     res = export_gguf(q35, tmp_path / "untiled.gguf", "f32")
     llm = load_llama(res["path"])
     try:
@@ -581,7 +581,7 @@ def test_try_generation_uses_the_recurrent_cache_correctly(q35, hf_tok):
 def test_a_run_trained_on_reasoning_exports_thinking_templates(q35, tmp_path):
     """`"thinking": true` on Qwen3.5 (reasoning data): the Modelfile TEMPLATE and the embedded template both
     think, Ollama turns thinking on by default, and the default prompt opens the think block as training did."""
-    from core.export import ollama as ol
+    from core import chat_templates as ct
     from core.export.pipeline import plan_export
     from core.tokens import ChatEncoder
 
@@ -592,15 +592,15 @@ def test_a_run_trained_on_reasoning_exports_thinking_templates(q35, tmp_path):
     (run / "adapters.safetensors").write_bytes(b"")
     plan = plan_export(run, modelfile=tmp_path / "Modelfile")
     assert plan.thinking and plan.chat_format.kind == "qwen3.5-thinking"
-    assert ol.go_template_capabilities(plan.chat_format.template) == {"thinking"}
-    assert "thinking" in ol.chat_template_capabilities(plan.embedded_template.template)
-    setup = ol.OllamaSetup(plan.chat_format.template, plan.embedded_template.template, architecture="qwen35")
-    assert ol.default_think(setup) is True
+    assert ct.go_template_capabilities(plan.chat_format.template) == {"thinking"}
+    assert "thinking" in ct.chat_template_capabilities(plan.embedded_template.template)
+    setup = ct.OllamaSetup(plan.chat_format.template, plan.embedded_template.template, architecture="qwen35")
+    assert ct.default_think(setup) is True
     messages = [{"role": "user", "content": "Why is the sky blue?"}]
     want = ChatEncoder(q35, thinking=True).render(messages, add_generation_prompt=True)
     assert want.endswith("<|im_start|>assistant\n<think>\n")
-    tokens = ol.special_tokens(json.loads((q35 / "tokenizer_config.json").read_text()))
-    assert ol.ollama_prompt(setup, messages, think=True, tokens=tokens) == want
+    tokens = ct.special_tokens(json.loads((q35 / "tokenizer_config.json").read_text()))
+    assert ct.ollama_prompt(setup, messages, think=True, tokens=tokens) == want
 
 
 def test_reasoning_data_trains_and_exports_from_the_cli(q35, tmp_path):
