@@ -84,6 +84,7 @@ def test_fused_model_computes_what_the_adapter_did(tmp_path, tmp_path_factory, k
     assert (out / "model.safetensors").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "fused"]  # no temp folder left
     assert ev.progresses[-1][0] == ev.progresses[-1][1]
+    assert {r.unit for r in ev.reports} == {"layer"}  # typed: counted in adapted layers (+1: saving)
     import stat
 
     from core import atomic

@@ -437,6 +437,9 @@ def test_export_reports_progress_per_tensor(tmp_path, tmp_path_factory):
     assert ev.progresses, "no progress reported"
     assert ev.progresses[-1][:2] == (res["n_tensors"], res["n_tensors"])
     assert all(total == res["n_tensors"] for _, total, _ in ev.progresses)
+    # typed: counted in tensors, each report naming the tensor it is on
+    assert ev.reports and all(r.unit == "tensor" and r.item == r.what for r in ev.reports)
+    assert ev.reports[-1].item == ev.progresses[-1][2]
     assert gguf_metadata_summary(res["path"])["tensor_types"] == ["BF16", "F32"]
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from core import runs
-from core.events import NULL_EVENTS, CancelToken, Events, StageClock, TuneloomError
+from core.events import NULL_EVENTS, CancelToken, Events, Progress, StageClock, TuneloomError
 from core.units import fmt_bytes
 
 ADAPTER_ARCHITECTURES = ("Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM")
@@ -186,7 +186,7 @@ def write_adapter_gguf(base: Path, adapter_dir: Path, out_path: Path, *, name: s
             # float32: the adapter is small, and the product B A is then exactly the trained one
             w.add_tensor(wname + ".lora_a", a.astype(np.float32))
             w.add_tensor(wname + ".lora_b", b.astype(np.float32))
-            events.progress(i + 1, len(ad.tensors), f"adapter {wname}")
+            events.report_progress(Progress(i + 1, len(ad.tensors), "tensor", f"adapter {wname}", item=wname))
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from core import arch
-from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
+from core.events import NULL_EVENTS, CancelToken, Events, Progress, TuneloomError
 
 # Tokenizer and generation files a model folder may carry; copied verbatim from the
 # base so the fused model tokenizes and stops exactly as the base did.
@@ -192,7 +192,7 @@ def fuse_model(base_dir, adapter_dir, out_dir, *, events: Events | None = None,
     from mlx_lm.utils import dequantize_model, load_model, save_model
 
     events.log("info", f"Loading base model {base_dir.name}")
-    events.progress(0, None, "loading base model")
+    events.report_progress(Progress(0, None, "layer", "loading base model", item=base_dir.name))
     try:
         model, _ = load_model(base_dir, lazy=True)
     except (ValueError, FileNotFoundError) as exc:
@@ -208,7 +208,7 @@ def fuse_model(base_dir, adapter_dir, out_dir, *, events: Events | None = None,
         # float16 keeps 11, and the dequantized values are far inside its range
         dtype = mx.float16
 
-    events.progress(0, None, "applying adapter")
+    events.report_progress(Progress(0, None, "layer", "applying adapter"))
     try:
         model = load_adapters(model, str(adapter_dir))
         if adapter_file is not None and Path(adapter_file).name != "adapters.safetensors":
@@ -228,7 +228,7 @@ def fuse_model(base_dir, adapter_dir, out_dir, *, events: Events | None = None,
         check()
         # dequantize=True: a QLoRA base comes out as a plain full-precision Linear
         fused.append((name, module.fuse(dequantize=True)))
-        events.progress(i + 1, total, f"merging {name}")
+        events.report_progress(Progress(i + 1, total, "layer", f"merging {name}", item=name))
     if fused:
         model.update_modules(tree_unflatten(fused))
     if was_quantized:
@@ -249,7 +249,7 @@ def fuse_model(base_dir, adapter_dir, out_dir, *, events: Events | None = None,
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
     try:
-        events.progress(len(adapted), total, "saving merged weights")
+        events.report_progress(Progress(len(adapted), total, "layer", "saving merged weights"))
         save_model(tmp, model, donate_model=True)
         del model
         family = arch.for_model_type(base_config.get("model_type"))
@@ -265,6 +265,6 @@ def fuse_model(base_dir, adapter_dir, out_dir, *, events: Events | None = None,
         with contextlib.suppress(OSError):
             shutil.rmtree(tmp)
         raise
-    events.progress(total, total, "fused")
+    events.report_progress(Progress(total, total, "layer", "fused"))
     events.log("info", f"Fused {len(adapted)} adapted layer(s) into {out_dir}")
     return out_dir

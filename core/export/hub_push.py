@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from core import runs
-from core.events import NULL_EVENTS, CancelToken, Events, StageClock, TuneloomError
+from core.events import NULL_EVENTS, CancelToken, Events, Progress, StageClock, TuneloomError
 
 WHAT = ("adapter", "merged", "gguf")
 NO_TOKEN_HINT = "log in with `hf auth login` or paste a token"
@@ -138,7 +138,7 @@ def push(run: str | Path, repo: str, *, what: list[str] | tuple[str, ...] = ("ad
             url = api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
             ops = []
             done = 0
-            events.progress(0, total, f"uploading {len(files)} file(s) to {repo}")
+            events.report_progress(Progress(0, total, "byte", f"uploading {len(files)} file(s) to {repo}"))
             for p in files:
                 if cancel is not None:
                     cancel.checkpoint()
@@ -146,7 +146,7 @@ def push(run: str | Path, repo: str, *, what: list[str] | tuple[str, ...] = ("ad
                 api.preupload_lfs_files(repo, additions=[op], repo_type="model")
                 ops.append(op)
                 done += p.stat().st_size
-                events.progress(done, total, f"uploaded {op.path_in_repo}")
+                events.report_progress(Progress(done, total, "byte", f"uploaded {op.path_in_repo}", item=op.path_in_repo))
             if cancel is not None:
                 cancel.checkpoint()
             info = api.create_commit(repo, operations=ops, repo_type="model",

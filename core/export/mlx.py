@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from core import runs
-from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
+from core.events import NULL_EVENTS, CancelToken, Events, Progress, TuneloomError
 
 MLX_BITS = (16, 8, 4)
 GROUP_SIZE = 64
@@ -65,7 +65,7 @@ def export_mlx(source, out_dir, *, bits: int = 16, adapter: bool = True, merged:
             from mlx_lm.convert import convert
 
             events.log("info", f"Converting to MLX ({'float16' if bits == 16 else f'{bits}-bit'})")
-            events.progress(0, None, "converting to MLX")
+            events.report_progress(Progress(0, None, "", "converting to MLX"))  # one call to mlx-lm: nothing to count
             with contextlib.redirect_stdout(io.StringIO()):  # mlx-lm prints progress lines; keep --json clean
                 convert(hf_path=str(fused), mlx_path=str(work / "mlx"), quantize=bits < 16,
                         q_group_size=GROUP_SIZE if bits < 16 else None, q_bits=bits if bits < 16 else None,

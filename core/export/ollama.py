@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from core.atomic import write_text
-from core.events import CancelToken, Events, NULL_EVENTS, StageClock, Throttle, TuneloomError
+from core.events import NULL_EVENTS, CancelToken, Events, Progress, StageClock, Throttle, TuneloomError
 
 # The chat-template names callers of this module used before the split (core.chat_templates holds them).
 from core.chat_templates import (  # noqa: F401
@@ -355,9 +355,9 @@ def file_sha256(path: str | os.PathLike, *, events: Events | None = None, cancel
             h.update(chunk)
             done += len(chunk)
             if throttle.ready(final=done == total):
-                events.progress(done, total, f"checking {path.name}")
+                events.report_progress(Progress(done, total, "byte", f"checking {path.name}", item=path.name))
     if total == 0:
-        events.progress(0, 0, f"checking {path.name}")
+        events.report_progress(Progress(0, 0, "byte", f"checking {path.name}", item=path.name))
     return "sha256:" + h.hexdigest()
 
 
@@ -393,7 +393,7 @@ def _upload_blob(http, host: str, path: Path, digest: str, events: Events, cance
                 sent += len(chunk)
                 yield chunk
                 if throttle.ready(final=sent == size):
-                    events.progress(sent, size, f"uploading {path.name}")
+                    events.report_progress(Progress(sent, size, "byte", f"uploading {path.name}", item=path.name))
 
     try:
         r = http.post(f"{host}/api/blobs/{digest}", content=body(),
@@ -657,7 +657,8 @@ def _create(client, full_name: str, create_command: str, events: Events, cancel:
         for part in client.create(model=full_name, stream=True, **create):
             last = part.status
             if part.total and part.completed is not None:
-                events.progress(part.completed, part.total, part.status or f"creating {full_name}")
+                events.report_progress(Progress(part.completed, part.total, "byte", part.status or f"creating {full_name}",
+                                                 item=full_name))
             elif part.status:
                 events.log("info", part.status)
             if cancel is not None:

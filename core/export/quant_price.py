@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from core import runs
-from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
+from core.events import NULL_EVENTS, CancelToken, Events, Progress, TuneloomError
 from core.export.quants import OFFERED, checked  # noqa: F401  (OFFERED: the Export page's types, largest first)
 from core.units import fmt_bytes
 
@@ -93,7 +93,7 @@ def measure_quants(source, *, adapter=None, final: bool = False, quants=OFFERED,
         for qi, q in enumerate(quants):
             cancel.raise_if_cancelled()
             path = work / f"{q}.gguf"
-            events.progress(qi, len(quants), f"writing {q.upper()}")
+            events.report_progress(Progress(qi, len(quants), "quant", f"writing {q.upper()}", item=q.upper()))
             export_gguf(fused, path, quant=q, events=NULL_EVENTS, cancel=cancel)
             llm = llamacpp.LlamaCppModel(path, n_ctx=n_ctx)
             same = total = 0
@@ -112,7 +112,7 @@ def measure_quants(source, *, adapter=None, final: bool = False, quants=OFFERED,
             table[q] = {"top1_agreement": same / max(total, 1), "kl_per_token": max(kl, 0.0) / max(total, 1),
                         "bytes": path.stat().st_size}
             path.unlink()
-            events.progress(qi + 1, len(quants), f"measured {q.upper()}")
+            events.report_progress(Progress(qi + 1, len(quants), "quant", f"measured {q.upper()}", item=q.upper()))
             events.log("info", f"{q.upper()}: {table[q]['top1_agreement']:.1%} same next token, KL "
                                f"{table[q]['kl_per_token']:.4f} nats per token, {table[q]['bytes']:,} bytes")
     finally:
