@@ -406,7 +406,7 @@ def _check_weights(check: ModelCheck, p: Path, config: dict, name: str) -> None:
 def _check_ollama_template(check: ModelCheck, tok_info, name: str) -> None:
     """A note (not a problem: training and llama.cpp do not need it) when the chat template cannot be
     reproduced for Ollama, said before hours of training rather than at export."""
-    from core.export.ollama import TemplateNotSupported, chat_format_for
+    from core.chat_templates import TemplateNotSupported, chat_format_for
 
     try:
         chat_format_for(tok_info.config)

@@ -27,7 +27,7 @@ llama_cpp = pytest.importorskip("llama_cpp")
 import mlx.core as mx  # noqa: E402
 import mlx_lm  # noqa: E402
 
-from core.export import ollama as ol  # noqa: E402
+from core import chat_templates as ct  # noqa: E402
 from core.events import CallbackEvents, Cancelled, CancelToken, TuneloomError  # noqa: E402
 from core.export.pipeline import export  # noqa: E402
 from core.hub import validate_model_dir  # noqa: E402
@@ -194,13 +194,13 @@ def test_train_export_and_register(tmp_path_factory, tmp_path, monkeypatch, data
         mf = read_modelfile((out / "model-f16.Modelfile").read_text(encoding="utf-8"))  # one per GGUF
         assert mf["FROM"] == "./model-f16.gguf"
         embedded = llm.metadata["tokenizer.chat_template"]
-        assert ol.chat_template_capabilities(embedded) == set()
-        tokens = ol.special_tokens(read_tokenizer_info(base).config)
+        assert ct.chat_template_capabilities(embedded) == set()
+        tokens = ct.special_tokens(read_tokenizer_info(base).config)
         for messages in PROMPTS:
             want = enc.render(messages, add_generation_prompt=True)
             go = go_renderer.render(mf["TEMPLATE"], messages) if go_renderer else \
-                ol.chat_format_for(read_tokenizer_info(base).config).render(messages)
-            native = ol._compiled(embedded).render(messages=ol.llama_server_messages(messages),
+                ct.chat_format_for(read_tokenizer_info(base).config).render(messages)
+            native = ct._compiled(embedded).render(messages=ct.llama_server_messages(messages),
                                                    add_generation_prompt=True, enable_thinking=True, **tokens)
             assert go == want and native == want
             assert llm.tokenize(go.encode(), add_bos=enc.add_bos, special=True) == enc.prompt_ids(messages)
@@ -244,7 +244,7 @@ def test_no_template_leaves_nothing(tmp_path, tmp_path_factory, monkeypatch):
     monkeypatch.setattr("core.export.fuse.fuse_model", lambda *a, **k: fused.append(1))
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(ol.TemplateNotSupported, match="no chat template") as err:
+    with pytest.raises(ct.TemplateNotSupported, match="no chat template") as err:
         export(base, gguf=out / "m.gguf")
     assert "chat_template.jinja" in str(err.value) and err.value.hint
     assert _leftovers(out) == [] and fused == []
@@ -380,13 +380,13 @@ def test_run_thinking_flag_decides_both_templates(tmp_path, tmp_path_factory, th
     (run / "adapters.safetensors").write_bytes(b"")
     plan = plan_export(run, modelfile=tmp_path / "Modelfile")
     assert plan.thinking is bool(thinking)
-    caps = ol.chat_template_capabilities(plan.embedded_template.template)
-    go_caps = ol.go_template_capabilities(plan.chat_format.template)
+    caps = ct.chat_template_capabilities(plan.embedded_template.template)
+    go_caps = ct.go_template_capabilities(plan.chat_format.template)
     if thinking:
         assert plan.chat_format.kind == "qwen3-thinking" and caps == go_caps == {"thinking"}
     else:
         assert plan.chat_format.kind == "qwen3" and caps == go_caps == set()
-    setup = ol.OllamaSetup(plan.chat_format.template, plan.embedded_template.template, architecture="qwen3")
-    assert ol.default_think(setup) is (True if thinking else None)
+    setup = ct.OllamaSetup(plan.chat_format.template, plan.embedded_template.template, architecture="qwen3")
+    assert ct.default_think(setup) is (True if thinking else None)
     assert "PARAMETER num_ctx 256" in plan.modelfile_text
     assert list(tmp_path.iterdir()) == [run], "planning writes nothing"

@@ -203,8 +203,8 @@ class ExportPlan:
     quant: str
     thinking: bool
     template_source: str
-    chat_format: object  # core.export.ollama.ChatFormat
-    embedded_template: object  # core.export.ollama.EmbeddedTemplate
+    chat_format: object  # core.chat_templates.ChatFormat
+    embedded_template: object  # core.chat_templates.EmbeddedTemplate
     modelfile_text: str
     parameters: dict
     tokenizer_config: dict
@@ -226,6 +226,7 @@ def plan_export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: 
     """Check everything an export needs and return the plan; raises :class:`TuneloomError` (nothing written).
     ``temperature``: the PARAMETER temperature to bake in (None: Tuneloom's default)."""
     from core.export import ollama as ol
+    from core import chat_templates as ct
     from core.hub import validate_model_dir
     from core.model_folder import read_tokenizer_info, run_thinking
 
@@ -245,14 +246,14 @@ def plan_export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: 
         raise TuneloomError(f"The base model cannot be exported: {first.message}", first.hint)
     info = read_tokenizer_info(base)
     if not info.has_chat_template:
-        raise ol.TemplateNotSupported(
+        raise ct.TemplateNotSupported(
             f"{base.name} has no chat template (not in tokenizer_config.json, chat_template.jinja or "
             "chat_template.json), so neither Ollama nor llama.cpp can be told how to build its prompt.",
             "Use a chat (instruct) model, or add its chat_template.jinja to the folder.")
     thinking = run_thinking(adapter_dir)
     tools = run_tools(adapter_dir)
-    fmt = ol.export_chat_format(info.config, thinking=thinking, tools=tools)
-    embedded = ol.embedded_chat_template(info.config, thinking=thinking, architecture=check.architecture, tools=tools)
+    fmt = ct.export_chat_format(info.config, thinking=thinking, tools=tools)
+    embedded = ct.embedded_chat_template(info.config, thinking=thinking, architecture=check.architecture, tools=tools)
 
     gguf_path = Path(gguf) if gguf is not None else None
     from core.export.target import check_targets, modelfile_for
@@ -288,7 +289,7 @@ def tool_verify_case(run_dir: str | Path, *, events: Events | None = None) -> di
     """The held-out question the verify step asks with tools: the first validation record with tool
     definitions and an assistant turn that calls one, cut before that turn. ``{"messages", "tools",
     "expected", "model"}`` for :func:`core.export.ollama.check_tool_answer`; None when there is none."""
-    from core.export import ollama as ol
+    from core import chat_templates as ct
     from core.evaluate import run_split
 
     try:
@@ -304,7 +305,7 @@ def tool_verify_case(run_dir: str | Path, *, events: Events | None = None) -> di
             if m.get("role") == "assistant" and m.get("tool_calls") and any(
                     x.get("role") == "user" for x in messages[:i]):
                 base, _ = resolve_source(run_dir)
-                return {"messages": messages[:i], "tools": list(tools), "expected": ol.tool_calls_of(m),
+                return {"messages": messages[:i], "tools": list(tools), "expected": ct.tool_calls_of(m),
                         "model": str(base)}
     return None
 
