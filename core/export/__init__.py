@@ -1,6 +1,6 @@
 """Export: a trained run (or a model folder) made into files other programs run.
 
-The modules (the engine's layout, /work/shared/DESIGN.md "Engine shape"):
+The modules (the engine layout of the design notes, "Engine shape"):
 
 - :mod:`~core.export.pipeline`: fuse -> GGUF -> Modelfile -> (optionally) Ollama, planned
   and checked before anything is written; :mod:`~core.export.run`: the export job of a run,

@@ -78,6 +78,8 @@ def _read_safetensors_index(path: Path) -> list[_StoredTensor]:
     return out
 
 
+# --------------------------------------------------------------------------- a GGUF's tables
+
 @dataclass(frozen=True)
 class GGUFTensorEntry:
     """One row of a GGUF file's tensor table."""

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 import numpy as np
 
@@ -346,7 +347,6 @@ def prepare(kinds) -> "threading.Thread | None":
     kinds = [k for k in dict.fromkeys(kinds) if k in _JIT_FUNCS]
     if not kinds or _jit_module is False or os.environ.get(_BACKEND_ENV, "").lower() == "numpy":
         return None
-    import threading
 
     def run():
         try:
