@@ -468,7 +468,7 @@ def _train_group(a) -> int:
 def cmd_export(a) -> int:
     from app.console import ConsoleEvents
     from core.events import TuneloomError
-    from core.export import export, resolve_source, write_export_record
+    from core.export.pipeline import export, resolve_source, write_export_record
 
     if a.measure:
         return _export_measure(a)
@@ -493,9 +493,9 @@ def cmd_export(a) -> int:
             if system:
                 print(f"Modelfile SYSTEM: the system prompt the run was trained with ({system[:60]!r}"
                       f"{'...' if len(system) > 60 else ''}); --system \"\" for none", file=sys.stderr)
-        # as the Export page does (core.export_run): a run registered in Ollama is asked a held-out question
+        # as the Export page does (core.export.run): a run registered in Ollama is asked a held-out question
         # greedily, and Ollama's answer is set beside Tuneloom's own
-        from core.export_run import VERIFY_OPTIONS, answer_check, tuneloom_answer, verify_messages
+        from core.export.run import VERIFY_OPTIONS, answer_check, tuneloom_answer, verify_messages
 
         cancel = _cancel_on_sigint()
         msgs = verify_messages(run) if a.ollama and a.gguf and run is not None else None
@@ -524,10 +524,10 @@ def cmd_export(a) -> int:
 
 
 def _export_measure(a) -> int:
-    """`tuneloom export RUN --measure [--json]`: the price of each GGUF type (core.quant_price)."""
+    """`tuneloom export RUN --measure [--json]`: the price of each GGUF type (core.export.quant_price)."""
     from app.console import ConsoleEvents
     from core.events import Cancelled, TuneloomError
-    from core.quant_price import measure_quants, price_lines
+    from core.export.quant_price import measure_quants, price_lines
 
     if a.gguf or a.modelfile or a.ollama:
         print("error: --measure only measures; export with --gguf in a separate call", file=sys.stderr)
@@ -814,8 +814,8 @@ def _add_export_parser(sub) -> None:
                    "model folder)")
     e.add_argument("--gguf", metavar="OUT.gguf", help="write the GGUF here (and its Modelfile, OUT.Modelfile, next to "
                    "it unless --modelfile says where); without --gguf only the Modelfile is written")
-    from core.quants import DEFAULT as QUANT_DEFAULT
-    from core.quants import QUANTS
+    from core.export.quants import DEFAULT as QUANT_DEFAULT
+    from core.export.quants import QUANTS
 
     e.add_argument("--quant", default=QUANT_DEFAULT, choices=list(QUANTS),
                    help=f"the GGUF's type (default {QUANT_DEFAULT}): "

@@ -45,7 +45,7 @@ def _print(out: dict, as_json: bool) -> None:
 def cmd_export_targets(a) -> int:
     from app.console import ConsoleEvents
     from core.events import TuneloomError
-    from core.export import resolve_source, write_export_record
+    from core.export.pipeline import resolve_source, write_export_record
 
     ev = ConsoleEvents()
     cancel = _cancel()
@@ -67,7 +67,7 @@ def cmd_export_targets(a) -> int:
             if not a.gguf:
                 print("error: --adapter-only needs --gguf OUT.gguf (the adapter's path)", file=sys.stderr)
                 return 2
-            from core.export_adapter import export_adapter
+            from core.export.adapter import export_adapter
 
             res = export_adapter(a.source, gguf=a.gguf, quant=a.quant, ollama=a.ollama, system=system or None,
                                  force=a.force, modelfile=a.modelfile, events=ev, cancel=cancel,
@@ -83,11 +83,11 @@ def cmd_export_targets(a) -> int:
             except OSError as exc:
                 print(f"warning: could not record the export in {run / 'exports'}: {exc}", file=sys.stderr)
         elif a.gguf or a.lmstudio:
-            from core.export import default_gguf_name, export
+            from core.export.pipeline import default_gguf_name, export
 
             gguf = a.gguf
             if gguf is None:  # --lmstudio alone: the GGUF goes straight into LM Studio's folder
-                from core.lmstudio import target_path
+                from core.export.lmstudio import target_path
 
                 name = Path(run or base).name
                 gguf = target_path(default_gguf_name(run or base, a.quant), name)
@@ -109,19 +109,19 @@ def cmd_export_targets(a) -> int:
                 if a.gguf is None:
                     out["lmstudio"] = res["gguf"]
                 else:
-                    from core.lmstudio import place_gguf
+                    from core.export.lmstudio import place_gguf
 
                     placed = place_gguf(res["gguf"], Path(run or base).name, events=ev, force=a.force)
                     out["lmstudio"] = placed["path"]
                     out["lmstudio_method"] = placed["method"]
         if a.mlx:
-            from core.mlx_export import export_mlx
+            from core.export.mlx import export_mlx
 
             res = export_mlx(a.source, a.mlx, bits=a.mlx_bits, events=ev, cancel=cancel,
                              final=getattr(a, "final", False), force=a.force)
             out.update(mlx_merged=res["merged"], mlx_adapter=res["adapter"], mlx_bits=res["bits"])
         if a.peft:
-            from core.peft_export import export_peft
+            from core.export.peft import export_peft
 
             res = export_peft(a.source, a.peft, events=ev, cancel=cancel, final=getattr(a, "final", False),
                               force=a.force)
@@ -159,7 +159,7 @@ def add_push_parser(sub) -> None:
 def cmd_push(a) -> int:
     from app.console import ConsoleEvents
     from core.events import TuneloomError
-    from core.hub_push import push
+    from core.export.hub_push import push
 
     try:
         res = push(a.run_dir, a.repo, what=a.what or ["adapter"], private=a.private, events=ConsoleEvents(),

@@ -45,7 +45,7 @@ def export(out: Path) -> None:
     import mlx_lm
 
     from core import preference as pref
-    from core.peft_export import export_peft
+    from core.export.peft import export_peft
     from core.tokens import ChatEncoder
     from tests.fixtures.ship_runs import make_run
     from tests.fixtures.tiny_models import make_tiny_model

@@ -3,7 +3,7 @@
     .venv/bin/python bench/export.py [--layers 24] [--kquant-models qwen2.5,qwen3] [--repeat 3]
                                      [--workers 2,1] [--work DIR]
 
-* F16 and Q8_0: ``core.gguf_export.export_gguf`` vs llama.cpp's ``convert_hf_to_gguf.py``
+* F16 and Q8_0: ``core.export.gguf.export_gguf`` vs llama.cpp's ``convert_hf_to_gguf.py``
   (``--outtype f16`` / ``q8_0``), each from the same safetensors folder;
 * Q4_K_M / Q5_K_M / Q6_K: our export straight from the safetensors, with each worker
   count of ``--workers``, vs llama.cpp's route from the same folder: ``convert_hf_to_gguf.py
@@ -131,7 +131,7 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
 
 OURS = """
 import sys; sys.path.insert(0, {root!r})
-from core.gguf_export import export_gguf
+from core.export.gguf import export_gguf
 export_gguf({model!r}, {out!r}, {quant!r}, workers={workers})
 """
 
@@ -202,7 +202,7 @@ def same_tensors(a: Path, b: Path) -> str:
     import gguf
     import numpy as np
 
-    from core.gguf_export import read_tensor_table
+    from core.export.gguf import read_tensor_table
 
     def table(path):
         data = np.memmap(path, dtype=np.uint8, mode="r")
@@ -227,7 +227,7 @@ def type_shares(path: Path) -> dict[str, float]:
     """Share of the weights stored in each tensor type."""
     import math
 
-    from core.gguf_export import read_tensor_table
+    from core.export.gguf import read_tensor_table
 
     counts: dict[str, int] = {}
     for t in read_tensor_table(path)[1]:
@@ -373,7 +373,7 @@ class Bench:
         """Ours vs convert_hf_to_gguf.py per F16 / Q8_0 case, and the models' shapes."""
         import math
 
-        from core.gguf_export import read_tensor_table
+        from core.export.gguf import read_tensor_table
 
         out, tag, runs = self.out, self.tag, self.runs
         for name, quant in self.convert_cases:

@@ -30,7 +30,7 @@ def export(out: Path, kind: str = "lora") -> None:
     sys.path.insert(0, str(ROOT))
     import numpy as np
 
-    from core.peft_export import export_peft
+    from core.export.peft import export_peft
     from tests.fixtures.ship_runs import make_run, tuned_logits
     from tests.fixtures.tiny_models import make_tiny_model
 

@@ -5,7 +5,7 @@ output head may run on trained positions only), the catalog's estimates, the mod
 (which tensors a checkpoint must hold), fusing (norms stored zero-centred) and the GGUF export
 (llama.cpp architecture, Q/K row order, block tensors, biases, text sub-config, tensors to skip)
 all read these records. A new family with a standard (Llama-like) block is one more ``Arch``
-here; a family with a new kind of layer also needs its GGUF tensor rules (core.gguf_export's
+here; a family with a new kind of layer also needs its GGUF tensor rules (core.export.gguf's
 ``_ARCH_HOOKS``) and its catalog dimensions.
 
 Module paths are as mlx-lm names a block's modules (``self_attn.q_proj``), which are also the

@@ -238,7 +238,7 @@ def _check_config(check: ModelCheck, p: Path, name: str) -> dict:
     check.model_type = config.get("model_type")
     if config:
         by_mlx = bool(check.model_type) and _model_type_supported_by_mlx(check.model_type)
-        by_gguf = arch.for_hf_class(check.architecture) is not None  # core.gguf_export exports each
+        by_gguf = arch.for_hf_class(check.architecture) is not None  # core.export.gguf exports each
         if not (by_mlx and by_gguf):
             what = check.architecture or (f"model_type {check.model_type!r}" if check.model_type else "unknown")
             if by_mlx:
@@ -406,7 +406,7 @@ def _check_weights(check: ModelCheck, p: Path, config: dict, name: str) -> None:
 def _check_ollama_template(check: ModelCheck, tok_info, name: str) -> None:
     """A note (not a problem: training and llama.cpp do not need it) when the chat template cannot be
     reproduced for Ollama, said before hours of training rather than at export."""
-    from core.ollama import TemplateNotSupported, chat_format_for
+    from core.chat_templates import TemplateNotSupported, chat_format_for
 
     try:
         chat_format_for(tok_info.config)

@@ -24,7 +24,7 @@ evaluation, a forgetting check, an export or a quantization measurement), so it 
       "forgetting": null | {"kl_per_token", "loglik_change", "changed_share", "verdict", "probes": [...],
                             "probe_count", "thresholds", ...} (core.drift),
       "quantization": null | {"quants": {quant: {"top1_agreement", "kl_per_token", "bytes"}}, "split",
-                              "examples", "adapter_file", "time"} (core.quant_price),
+                              "examples", "adapter_file", "time"} (core.export.quant_price),
       "exports": [{"gguf": path, "quant": str, "size": int, "ollama": name | null, "adapter_file": str | null,
                    "price": {"top1_agreement", "kl_per_token", "bytes"} | null (measured before the export)}]
     }
@@ -46,7 +46,7 @@ SETTINGS = ("rank", "alpha", "dropout", "targets", "num_layers", "lr", "warmup",
 
 
 def build_report(run_dir: str | Path) -> dict:
-    from core.quant_price import read_price
+    from core.export.quant_price import read_price
 
     run = Path(run_dir)
     info = runs.RunInfo.load(run, metrics=True)

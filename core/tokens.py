@@ -77,7 +77,7 @@ class _LlamaCppSentencePiece:
         prefix = config.get("add_prefix_space")
         self.add_space_prefix = True if prefix is None else bool(prefix)
 
-        # the token texts llama.cpp cuts out, as core.gguf_export writes the vocab
+        # the token texts llama.cpp cuts out, as core.export.gguf writes the vocab
         specials: dict[str, int] = {}
         for i in range(self.sp.vocab_size()):
             if self.sp.IsControl(i) or self.sp.IsUnknown(i):
@@ -201,7 +201,7 @@ class ChatEncoder:
         self._role_ok: dict[str, bool] = {}
         self._tools_ok: bool | None = None
         self.reasoning_dropped = 0  # answers whose reasoning a thinking-off render left out (counted, not silent)
-        # The same rule as core.gguf_export: SentencePiece vocab when there is a tokenizer.model.
+        # The same rule as core.export.gguf: SentencePiece vocab when there is a tokenizer.model.
         spm_file = self.model_dir / "tokenizer.model"
         self.spm = _LlamaCppSentencePiece(spm_file, self.config) if spm_file.is_file() else None
         self.bos_id = self.tok.bos_token_id
@@ -212,7 +212,7 @@ class ChatEncoder:
 
     def _adds_bos(self) -> bool:
         """Whether inference puts BOS in front of a prompt (llama.cpp's tokenizer.ggml.add_bos_token,
-        written by core.gguf_export from the same facts)."""
+        written by core.export.gguf from the same facts)."""
         if self.bos_id is None:
             return False
         if "add_bos_token" in self.config:

@@ -113,7 +113,7 @@ _WEIGHT_SUFFIXES = {".safetensors", ".npz", ".bin", ".gguf", ".pt", ".pth", ".h5
 
 @pytest.fixture(scope="module")
 def shared_vocab():
-    """``core.gguf_export._load_vocab`` read once per tokenizer for a test module that exports the same
+    """``core.export.gguf._load_vocab`` read once per tokenizer for a test module that exports the same
     model many times (``pytestmark = pytest.mark.usefixtures("shared_vocab")``): a 248k-token BPE
     vocabulary takes seconds each time. Keyed on the contents of every file of the model folder but
     its weights, so a changed tokenizer, template or config is read again; every export gets its own
@@ -121,7 +121,7 @@ def shared_vocab():
     import copy
     import hashlib
 
-    from core import gguf_export as ge
+    from core.export import gguf as ge
 
     real, cache = ge._load_vocab, {}
 

@@ -5,12 +5,14 @@ import signal
 
 import pytest
 
-from core import arch, catalog, quants
+from core import arch, catalog
+
+from core.export import quants
 
 
 def test_every_reader_of_architectures_reads_core_arch():
-    import core.fuse as fuse
-    import core.gguf_export as ge
+    import core.export.fuse as fuse
+    import core.export.gguf as ge
     import core.hub as hub
     import core.train as train
 
@@ -46,8 +48,8 @@ def test_the_expected_tensors_of_a_standard_block_follow_the_record():
 
 
 def test_one_table_of_gguf_types():
-    import core.gguf_export as ge
-    from core.export import estimate_export_bytes  # noqa: F401  (the estimate reads the table)
+    import core.export.gguf as ge
+    from core.export.pipeline import estimate_export_bytes  # noqa: F401  (the estimate reads the table)
 
     assert list(ge.QUANT_TYPES) == list(quants.QUANTS)
     assert quants.QUANTS["q4_k_m"].bytes_per_weight == 144 / 256  # gguf's GGML_QUANT_SIZES for Q4_K

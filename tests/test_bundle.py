@@ -243,7 +243,7 @@ def test_bundle_holds_what_the_app_needs_at_run_time(bundle):
 
     assert has("resources/demo/model/config.json") and has("resources/catalog.json")
     assert has("resources/icons/Tuneloom.png")
-    assert has("core/kquants_jit.py")  # numba keys its kernel cache on the source (build_macos.spec)
+    assert has("core/export/kquants_jit.py")  # numba keys its kernel cache on the source (build_macos.spec)
     assert has("platforms/libqoffscreen") and has("imageformats/libqpng") or has("imageformats/libqjpeg")
     if sys.platform == "darwin":
         assert has("platforms/libqcocoa.dylib") and has("styles/libqmacstyle.dylib")

@@ -46,7 +46,7 @@ def test_catalog_has_the_curated_models_their_4bit_variants_and_the_demo(entries
 
 
 def test_every_entry_has_the_fields_a_user_needs(entries):
-    from core.gguf_export import ARCHITECTURES
+    from core.export.gguf import ARCHITECTURES
 
     for e in entries:
         assert e.name and e.family and e.licence and e.chat_format, e.key

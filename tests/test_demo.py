@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from core import llamacpp
+from core.export import llamacpp
 from core.demo import (BASE_JSON_MAX, F16_AGREE_MIN, PROSE_SURVIVAL_MIN, Q8_AGREE_MIN, TUNED_EXACT_MIN,
                        TUNED_JSON_MIN, TUNED_NAME_MIN)
 
@@ -106,8 +106,8 @@ def test_quantized_exports_of_the_trained_demo_model_track_mlx(demo_run, tmp_pat
     import mlx.core as mx
 
     from core.generate import ChatModel
-    from core.gguf_export import export_gguf
-    from core.llamacpp import LlamaCppModel
+    from core.export.gguf import export_gguf
+    from core.export.llamacpp import LlamaCppModel
     from core.paths import demo_dir
 
     proc, out = demo_run
@@ -148,7 +148,7 @@ def test_export_cli_on_the_demo_run(demo_run, tmp_path):
     res = json.loads(p.stdout.strip().splitlines()[-1])
     assert Path(res["gguf"]) == gguf and gguf.stat().st_size > 100_000
     assert (tmp_path / "m.Modelfile").exists() and "ollama create" in res["ollama_command"]  # one per GGUF
-    from core.gguf_export import gguf_metadata_summary
+    from core.export.gguf import gguf_metadata_summary
 
     meta = gguf_metadata_summary(gguf)
     assert meta["arch"] == "qwen2" and meta["tokenizer_pre"] == "qwen2"

@@ -24,7 +24,7 @@ if [ "$1" = "-m" ] && [ "$2" = "pip" ]; then
   echo "SetuptoolsDeprecationWarning: a wall of text" >&2
   exit "${FAKE_PIP_RC:-0}"
 fi
-if [ "$1" = "-m" ] && [ "$2" = "core.kquants_jit" ]; then
+if [ "$1" = "-m" ] && [ "$2" = "core.export.kquants_jit" ]; then
   echo "warm-up" >>"$(dirname "$0")/../warm-up.log"
   exit 0
 fi

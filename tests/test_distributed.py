@@ -152,7 +152,7 @@ def test_two_ranks_give_the_single_process_curve(tmp_path):
     assert two.resolve() in listed and listed[two.resolve()].state == "done"
     assert (two / "adapters.safetensors").exists()
     assert not list(two.glob("*.part")) and not list((two / "checkpoints").glob(".*.part"))
-    from core.export import export
+    from core.export.pipeline import export
 
     res = export(two, gguf=tmp_path / "two.gguf", quant="f16")
     assert Path(res["gguf"]).stat().st_size > 0 and Path(res["modelfile"]).exists()

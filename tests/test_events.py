@@ -115,6 +115,6 @@ def test_stages_are_reported_typed_and_reach_a_log_only_sink_by_name():
 
 
 def test_export_reports_no_stage_through_a_module_global():
-    import core.ollama as ol
+    import core.export.ollama as ol
 
     assert not hasattr(ol, "_STAGE_T0") and not hasattr(ol, "_stage_done_text")

@@ -19,8 +19,8 @@ llama_cpp = pytest.importorskip("llama_cpp")
 import gguf  # noqa: E402
 
 from core.events import RecordingEvents  # noqa: E402
-from core.export import export  # noqa: E402
-from core.export_adapter import AdapterNotExact, export_adapter, read_adapter  # noqa: E402
+from core.export.pipeline import export  # noqa: E402
+from core.export.adapter import AdapterNotExact, export_adapter, read_adapter  # noqa: E402
 from tests.fixtures.ollama_server import FakeOllama  # noqa: E402
 from tests.fixtures.ship_runs import make_run, tuned_logits  # noqa: E402
 from tests.fixtures.tiny_models import cached_tiny_model  # noqa: E402

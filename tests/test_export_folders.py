@@ -1,4 +1,4 @@
-"""Issue 25: the LM Studio, MLX and PEFT writers follow the GGUF export's target rules (core.export_target):
+"""Issue 25: the LM Studio, MLX and PEFT writers follow the GGUF export's target rules (core.export.target):
 never their own source, never over a folder (or file) Tuneloom did not write unless forced; a folder Tuneloom
 wrote (its ``.tuneloom`` marker) may be replaced. Each refusal comes before any work and leaves the user's
 files as they were."""
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from core.events import TuneloomError
-from core.export_target import MARKER, check_folder_target, written_by_tuneloom
+from core.export.target import MARKER, check_folder_target, written_by_tuneloom
 
 
 def _tree(folder: Path) -> dict:
@@ -57,7 +57,7 @@ def _gguf(p: Path, fill: bytes) -> Path:
 
 
 def test_lmstudio_replaces_only_when_forced_and_only_its_own(tmp_path, monkeypatch):
-    from core.lmstudio import place_gguf, target_path
+    from core.export.lmstudio import place_gguf, target_path
 
     home = tmp_path / "home"
     home.mkdir()
@@ -104,17 +104,17 @@ def tiny_run(tmp_path_factory):
 
 
 def test_peft_and_mlx_refuse_a_users_folder_and_their_source_before_any_work(tiny_run, tmp_path, monkeypatch):
-    import core.fuse
-    import core.peft_export
-    from core.mlx_export import export_mlx
-    from core.peft_export import export_peft
+    import core.export.fuse
+    import core.export.peft
+    from core.export.mlx import export_mlx
+    from core.export.peft import export_peft
 
     base, run = tiny_run
     mine = _user_folder(tmp_path / "mine")
     before_base, before_run = _tree(base), _tree(run)
     worked = []
-    monkeypatch.setattr(core.peft_export, "peft_tensors", lambda *a, **k: worked.append("peft") or ({}, {}))
-    monkeypatch.setattr(core.fuse, "fuse_model", lambda *a, **k: worked.append("fuse"))
+    monkeypatch.setattr(core.export.peft, "peft_tensors", lambda *a, **k: worked.append("peft") or ({}, {}))
+    monkeypatch.setattr(core.export.fuse, "fuse_model", lambda *a, **k: worked.append("fuse"))
     for fn in (export_peft, export_mlx):
         for target, words in ((mine, "not written by Tuneloom"), (base, "model folder"), (run, "run folder"),
                               (run / "sub", "run folder")):

@@ -1,4 +1,4 @@
-"""core.export_run: the window's export job, which `tuneloom export --ollama` uses for its check too."""
+"""core.export.run: the window's export job, which `tuneloom export --ollama` uses for its check too."""
 import json
 import shutil
 
@@ -18,7 +18,7 @@ def run_dir(tmp_path):
 
 def test_cli_export_to_ollama_sets_ollamas_answer_beside_tuneloom_s(run_dir, tmp_path, monkeypatch, capsys):
     from app.cli import main
-    from core.export_run import VERIFY_TOKENS, tuneloom_answer, verify_messages
+    from core.export.run import VERIFY_TOKENS, tuneloom_answer, verify_messages
 
     with FakeOllama(max_lifetime=600) as srv:
         monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{srv.port}")
@@ -39,7 +39,7 @@ def test_cli_export_to_ollama_sets_ollamas_answer_beside_tuneloom_s(run_dir, tmp
 
 
 def test_answer_check_is_none_without_a_question():
-    from core.export_run import answer_check
+    from core.export.run import answer_check
 
     assert answer_check({"ollama": {"answer": "x"}}) is None
     assert answer_check({"ollama": {"answer": " x\n"}, "tuneloom_answer": "x",

@@ -477,7 +477,7 @@ def test_a_second_export_keeps_the_first_ones_files_unless_forced(done_run, tmp_
                                                   (errno.EACCES, "no permission", "full"),
                                                   (errno.ENOSPC, "is full", "read-only")])
 def test_an_unwritable_export_folder_is_named_for_what_it_is(tmp_path, monkeypatch, code, words, not_words):
-    from core import export_target
+    from core.export import target as export_target
 
     def refuse(*a, **k):
         raise OSError(code, os.strerror(code))
@@ -529,8 +529,8 @@ def test_a_config_that_disagrees_with_the_weights_is_refused_by_fetch_train_and_
 
 def test_export_reads_its_gguf_back_with_llama_cpp_and_never_says_ok_for_one_it_cannot_load(done_run, tmp_path,
                                                                                           monkeypatch):
-    from core import export as ex
-    from core import llamacpp
+    from core.export import pipeline as ex
+    from core.export import llamacpp
 
     if not llamacpp.available():
         pytest.skip("llama-cpp-python is not installed here")
@@ -572,7 +572,7 @@ def test_a_server_that_is_not_ollama_is_not_called_too_old(tmp_path):
     import http.server
     import threading
 
-    from core import ollama as ol
+    from core.export import ollama as ol
 
     class NotOllama(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
@@ -599,7 +599,7 @@ def test_a_server_that_is_not_ollama_is_not_called_too_old(tmp_path):
 
 
 def test_plain_http_to_a_host_elsewhere_is_warned():
-    from core.ollama import plain_http_warning
+    from core.export.ollama import plain_http_warning
 
     assert "plain HTTP" in plain_http_warning("http://10.0.0.5:11434")
     assert "plain HTTP" in plain_http_warning("http://ollama.example.com:11434")

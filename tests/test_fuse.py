@@ -21,7 +21,7 @@ from mlx_lm.tuner.lora import LoRALinear  # noqa: E402
 from mlx_lm.tuner.utils import linear_to_lora_layers  # noqa: E402
 
 from core.events import Cancelled, CancelToken, RecordingEvents, TuneloomError  # noqa: E402
-from core.fuse import TOKENIZER_FILES, fuse_model  # noqa: E402
+from core.export.fuse import TOKENIZER_FILES, fuse_model  # noqa: E402
 from fixtures.tiny_models import cached_tiny_model  # noqa: E402
 
 LORA = {"rank": 4, "scale": 2.0, "dropout": 0.0}
@@ -84,6 +84,7 @@ def test_fused_model_computes_what_the_adapter_did(tmp_path, tmp_path_factory, k
     assert (out / "model.safetensors").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "fused"]  # no temp folder left
     assert ev.progresses[-1][0] == ev.progresses[-1][1]
+    assert {r.unit for r in ev.reports} == {"layer"}  # typed: counted in adapted layers (+1: saving)
     import stat
 
     from core import atomic
@@ -98,7 +99,7 @@ def test_quantized_base_fuses_to_full_precision_and_exports(tmp_path, tmp_path_f
     llama_cpp = pytest.importorskip("llama_cpp")
     from mlx_lm import convert
 
-    from core.gguf_export import export_gguf, gguf_metadata_summary
+    from core.export.gguf import export_gguf, gguf_metadata_summary
 
     src = tiny_dir(tmp_path_factory, "qwen2.5")  # bfloat16, like the published model
     qbase = tmp_path / "qwen-4bit"

@@ -25,7 +25,7 @@ import mlx.core as mx  # noqa: E402
 import mlx_lm  # noqa: E402
 
 from core.events import CallbackEvents, Cancelled, CancelToken, RecordingEvents, TuneloomError  # noqa: E402
-from core.gguf_export import detect_bpe_pre, export_gguf, gguf_metadata_summary  # noqa: E402
+from core.export.gguf import detect_bpe_pre, export_gguf, gguf_metadata_summary  # noqa: E402
 from fixtures.tiny_models import cached_tiny_model, reference_dir  # noqa: E402
 
 MODELS = ["qwen2.5", "qwen3", "tinyllama"]
@@ -256,7 +256,7 @@ def test_tinyllama_metadata(exported):
     assert int(meta["llama.rope.dimension_count"]) == 16
     assert int(meta["llama.attention.head_count_kv"]) == 2
     # untied: a separate output matrix is written (the header walk: the next test checks it against GGUFReader)
-    from core.gguf_export import read_tensor_table
+    from core.export.gguf import read_tensor_table
 
     names = {t.name for t in read_tensor_table(e.result["path"])[1]}
     assert "output.weight" in names and "token_embd.weight" in names
@@ -267,7 +267,7 @@ def test_metadata_summary_reads_what_gguf_reader_reads(exported):
     vocabulary): the same facts as gguf-py's reader, arrays included."""
     import gguf
 
-    from core.gguf_export import read_tensor_table
+    from core.export.gguf import read_tensor_table
 
     e = exported("tinyllama")
     reader = gguf.GGUFReader(e.result["path"])
@@ -383,7 +383,7 @@ def test_not_enough_disk_space(tmp_path, tmp_path_factory, monkeypatch):
     import shutil as _shutil
 
     real = _shutil.disk_usage
-    monkeypatch.setattr("core.gguf_export.shutil.disk_usage",
+    monkeypatch.setattr("core.export.gguf.shutil.disk_usage",
                         lambda p: real(p)._replace(free=1024 * 1024))
     with pytest.raises(TuneloomError) as err:
         export_gguf(tiny_dir(tmp_path_factory, "tinyllama"), tmp_path / "x.gguf")
@@ -437,17 +437,20 @@ def test_export_reports_progress_per_tensor(tmp_path, tmp_path_factory):
     assert ev.progresses, "no progress reported"
     assert ev.progresses[-1][:2] == (res["n_tensors"], res["n_tensors"])
     assert all(total == res["n_tensors"] for _, total, _ in ev.progresses)
+    # typed: counted in tensors, each report naming the tensor it is on
+    assert ev.reports and all(r.unit == "tensor" and r.item == r.what for r in ev.reports)
+    assert ev.reports[-1].item == ev.progresses[-1][2]
     assert gguf_metadata_summary(res["path"])["tensor_types"] == ["BF16", "F32"]
 
 
 @pytest.mark.parametrize("name", ["qwen3", "tinyllama"])
 def test_fast_metadata_packing_writes_the_writers_bytes(name, tmp_path):
-    """core.gguf_export packs the vocabulary arrays in one pass; the bytes are gguf-py's own, for the real
+    """core.export.gguf packs the vocabulary arrays in one pass; the bytes are gguf-py's own, for the real
     BPE (tokens, types, merges) and SentencePiece (pieces as bytes, float scores) vocabularies, and for
     the array kinds around them. What the fast path does not cover goes to gguf-py, errors included."""
     import gguf
 
-    from core.gguf_export import _load_vocab, _pack_array_fast, _Writer
+    from core.export.gguf import _load_vocab, _pack_array_fast, _Writer
 
     model = reference_dir(name)
     config = json.loads((model / "config.json").read_text())

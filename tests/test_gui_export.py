@@ -89,7 +89,7 @@ def test_export_to_ollama_goes_through_every_stage_and_verifies(window, qtbot, m
         assert not srv.problems, srv.problems
         chats = [r for r in srv.requests if r.path == "/api/chat"]
         assert chats and chats[-1].json["options"]["temperature"] == 0  # greedy verify
-        from core.export_run import verify_messages
+        from core.export.run import verify_messages
 
         assert chats[-1].json["messages"] == verify_messages(run_dir)  # a validation question
         create = [r for r in srv.requests if r.path == "/api/create"][-1].json
@@ -161,7 +161,7 @@ def test_a_taken_name_asks_before_replacing(window, qtbot, monkeypatch, run_dir)
 
 
 def test_save_gguf_only_writes_a_gguf_llama_cpp_loads(window, qtbot, monkeypatch, run_dir):
-    from core import llamacpp
+    from core.export import llamacpp
 
     page = window.export_page
     monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{free_port()}")
@@ -183,7 +183,7 @@ def test_save_gguf_only_writes_a_gguf_llama_cpp_loads(window, qtbot, monkeypatch
 def test_two_exports_keep_their_own_modelfiles_and_the_adapter_choice_is_passed(window, qtbot, monkeypatch, run_dir):
     """Issue 27: one Modelfile per GGUF, named after it, so a second export does not re-point the first one's
     `ollama create` command; issue 28: the Export page merges the best adapter unless "Final adapter" is chosen."""
-    import core.export as ce
+    import core.export.pipeline as ce
 
     page = window.export_page
     monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{free_port()}")  # nothing listens there: files only

@@ -43,7 +43,7 @@ def home(tmp_path, monkeypatch):
     h = tmp_path / "home"
     monkeypatch.setenv("TUNELOOM_HOME", str(h))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setenv("HOME", str(tmp_path / "user"))  # LM Studio's folder (core.lmstudio) lives under it
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))  # LM Studio's folder (core.export.lmstudio) lives under it
     monkeypatch.setenv("PATH", os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
                                                if not (Path(p) / "lms").exists()))
     return h
@@ -160,7 +160,7 @@ def test_damaged_runs_are_listed_with_their_problem_and_lose_only_their_own_acti
 
 def test_export_asks_before_replacing_the_gguf_in_lm_studio(home, qtbot, tmp_path):
     from app.gui.ship_panel import lmstudio_target
-    from core.export import default_gguf_name
+    from core.export.pipeline import default_gguf_name
 
     rd = fake_run("ship")
     w = make_window(qtbot, tmp_path / "s.ini")

@@ -1,4 +1,4 @@
-"""K-quants (core.kquants) and the Q4_K_M / Q5_K_M / Q6_K exports, against llama.cpp itself.
+"""K-quants (core.export.kquants) and the Q4_K_M / Q5_K_M / Q6_K exports, against llama.cpp itself.
 
 * the quantizers on random and adversarial data equal ggml's own ``ggml_quantize_chunk``
   (llama-cpp-python's libggml-base, called through ctypes) byte for byte, and decode with
@@ -17,8 +17,8 @@ import gguf
 import numpy as np
 import pytest
 
-from core import kquants
-from core.gguf_export import export_gguf, read_tensor_table
+from core.export import kquants
+from core.export.gguf import export_gguf, read_tensor_table
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
@@ -152,7 +152,7 @@ def test_backends_agree_on_many_weights(qtype):
 def test_kernel_float16_conversion_rounds_like_numpy():
     """The kernels' own float32 -> float16 rounding (numba has no float16) on random bit
     patterns and the edges: subnormals, ties, the largest half, overflow to infinity."""
-    from core import kquants_jit
+    from core.export import kquants_jit
 
     rng = np.random.default_rng(5)
     bits = rng.integers(0, 2**32, 3_000_000, dtype=np.uint64).astype(np.uint32)
@@ -172,7 +172,7 @@ def test_kernel_float16_conversion_rounds_like_numpy():
 
 def test_kernels_release_the_gil():
     """What lets the export run one kernel per core on threads."""
-    from core import kquants_jit
+    from core.export import kquants_jit
 
     for fn in (kquants_jit._affine_blocks, kquants_jit._q6_blocks):
         assert fn.targetoptions.get("nogil") is True, fn
@@ -187,13 +187,13 @@ def test_a_frozen_app_compiles_the_kernels_once_into_the_users_cache_folder(tmp_
     import subprocess
     import sys
 
-    from core import kquants_jit
+    from core.export import kquants_jit
 
     assert kquants_jit.kernel_cache_dir() in (None, os.environ.get("NUMBA_CACHE_DIR"))  # a checkout: numba's choice
     code = """if True:
         import json, sys
         sys.frozen = True  # as PyInstaller's bootloader sets it
-        from core import kquants_jit
+        from core.export import kquants_jit
         got = kquants_jit.warm_up()
         print(json.dumps({**got, "dir": kquants_jit.kernel_cache_dir(),
                           "path": kquants_jit._affine_blocks.stats.cache_path}))
@@ -393,7 +393,7 @@ def test_bf16_source_differs_only_where_f16_rounds(f16_export, tmp_path):
 @pytest.mark.parametrize("quant", ["f16", "q4_k_m"])
 def test_row_chunked_conversion_writes_the_same_file(f16_export, tmp_path, monkeypatch, quant):
     """Big tensors are converted in row blocks to bound memory; the bytes must not care."""
-    import core.gguf_export as ge
+    import core.export.gguf as ge
 
     model_dir, _ = f16_export("tinyllama", DIMS_256, "float16")
     whole = Path(export_gguf(model_dir, tmp_path / "whole.gguf", quant)["path"]).read_bytes()
@@ -414,7 +414,7 @@ def _pool_threads() -> list:
 def test_parallel_export_is_bit_identical_to_serial_and_llama(f16_export, tmp_path, monkeypatch, quant):
     """Blocks of 32 rows shared out over 3 threads (more than the cores) give the same
     file as one thread, and tensor data equal to llama_model_quantize's."""
-    import core.gguf_export as ge
+    import core.export.gguf as ge
 
     model_dir, f16 = f16_export("tinyllama", DIMS_256, "float16")
     monkeypatch.setattr(ge, "_CHUNK_VALUES", 32 * 256)
@@ -430,7 +430,7 @@ def test_parallel_export_is_bit_identical_to_serial_and_llama(f16_export, tmp_pa
 def test_progress_per_tensor_and_per_block(tmp_path_factory, tmp_path, monkeypatch):
     """Quantized tensors report after each block of rows (a fractional ``done``), every
     tensor after it is written; ``total`` is the tensor count throughout."""
-    import core.gguf_export as ge
+    import core.export.gguf as ge
     from core.events import RecordingEvents
 
     model_dir = _model(tmp_path_factory, "tinyllama", DIMS_256, "float16")
@@ -456,7 +456,7 @@ def test_cancel_stops_within_a_second_and_leaves_nothing(tmp_path_factory, tmp_p
     import threading
     import time
 
-    import core.gguf_export as ge
+    import core.export.gguf as ge
     from core.events import CallbackEvents, Cancelled, CancelToken
 
     model_dir = _model(tmp_path_factory, "tinyllama", DIMS_256, "float16")
@@ -496,7 +496,7 @@ def test_cancel_stops_within_a_second_and_leaves_nothing(tmp_path_factory, tmp_p
 
 
 def test_error_in_a_worker_stops_the_export_and_its_threads(tmp_path_factory, tmp_path, monkeypatch):
-    import core.gguf_export as ge
+    import core.export.gguf as ge
 
     model_dir = _model(tmp_path_factory, "tinyllama", DIMS_256, "float16")
     monkeypatch.setattr(ge, "_CHUNK_VALUES", 16 * 256)
@@ -534,7 +534,7 @@ def test_workers_go_on_across_tensor_boundaries_and_while_the_vocabulary_is_read
     import threading
     import time
 
-    import core.gguf_export as ge
+    import core.export.gguf as ge
 
     model_dir = _model(tmp_path_factory, "tinyllama", DIMS_256, "float16")
     serial = export_gguf(model_dir, tmp_path / "serial.gguf", "q4_k_m", workers=1)
@@ -579,8 +579,8 @@ def test_an_export_compiles_its_kernels_ahead_in_the_order_the_file_needs_them(t
     """export_gguf hands kquants.prepare the K-quant types of its plan, in file order (TinyLlama's
     Q4_K_M: Q4_K and Q6_K matrices); prepare compiles or loads those kernels on a
     thread of its own, and starts nothing where the numpy code is wanted or no K-quant is needed."""
-    import core.gguf_export as ge
-    from core import kquants_jit
+    import core.export.gguf as ge
+    from core.export import kquants_jit
 
     asked = []
     monkeypatch.setattr(ge.kquants, "prepare", lambda kinds: asked.append(list(kinds)))

@@ -27,9 +27,9 @@ llama_cpp = pytest.importorskip("llama_cpp")
 import mlx.core as mx  # noqa: E402
 import mlx_lm  # noqa: E402
 
-from core import ollama as ol  # noqa: E402
+from core import chat_templates as ct  # noqa: E402
 from core.events import CallbackEvents, Cancelled, CancelToken, TuneloomError  # noqa: E402
-from core.export import export  # noqa: E402
+from core.export.pipeline import export  # noqa: E402
 from core.hub import validate_model_dir  # noqa: E402
 from core.model_folder import read_tokenizer_info  # noqa: E402
 from core.tokens import ChatEncoder  # noqa: E402
@@ -47,7 +47,7 @@ IDS = [f"{layout}-{family}" for layout, family in CASES]
 pytestmark = pytest.mark.usefixtures("shared_vocab")
 F16_LOGIT_ATOL = 0.05  # as tests/test_gguf_export.py: llama.cpp's f16 arithmetic against MLX in float32
 # A quantized (QLoRA) base is dequantized and merged into the base's float dtype (bfloat16 here) by
-# core.fuse, while mlx-lm computes base + adapter from the packed weights in float32: the rounding of
+# core.export.fuse, while mlx-lm computes base + adapter from the packed weights in float32: the rounding of
 # every merged weight to bfloat16 (2^-9) moves the tiny random models' logits by up to ~0.3 (measured
 # 0.29 max, 0.036 mean on q8), so a top-1 margin is clear above twice that.
 QUANT_LOGIT_ATOL = 0.3
@@ -194,13 +194,13 @@ def test_train_export_and_register(tmp_path_factory, tmp_path, monkeypatch, data
         mf = read_modelfile((out / "model-f16.Modelfile").read_text(encoding="utf-8"))  # one per GGUF
         assert mf["FROM"] == "./model-f16.gguf"
         embedded = llm.metadata["tokenizer.chat_template"]
-        assert ol.chat_template_capabilities(embedded) == set()
-        tokens = ol.special_tokens(read_tokenizer_info(base).config)
+        assert ct.chat_template_capabilities(embedded) == set()
+        tokens = ct.special_tokens(read_tokenizer_info(base).config)
         for messages in PROMPTS:
             want = enc.render(messages, add_generation_prompt=True)
             go = go_renderer.render(mf["TEMPLATE"], messages) if go_renderer else \
-                ol.chat_format_for(read_tokenizer_info(base).config).render(messages)
-            native = ol._compiled(embedded).render(messages=ol.llama_server_messages(messages),
+                ct.chat_format_for(read_tokenizer_info(base).config).render(messages)
+            native = ct._compiled(embedded).render(messages=ct.llama_server_messages(messages),
                                                    add_generation_prompt=True, enable_thinking=True, **tokens)
             assert go == want and native == want
             assert llm.tokenize(go.encode(), add_bos=enc.add_bos, special=True) == enc.prompt_ids(messages)
@@ -241,10 +241,10 @@ def test_no_template_leaves_nothing(tmp_path, tmp_path_factory, monkeypatch):
     shutil.copytree(layout_dir(tmp_path_factory, "jinja", "qwen3"), base)
     (base / "chat_template.jinja").unlink()
     fused = []
-    monkeypatch.setattr("core.fuse.fuse_model", lambda *a, **k: fused.append(1))
+    monkeypatch.setattr("core.export.fuse.fuse_model", lambda *a, **k: fused.append(1))
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(ol.TemplateNotSupported, match="no chat template") as err:
+    with pytest.raises(ct.TemplateNotSupported, match="no chat template") as err:
         export(base, gguf=out / "m.gguf")
     assert "chat_template.jinja" in str(err.value) and err.value.hint
     assert _leftovers(out) == [] and fused == []
@@ -254,7 +254,7 @@ def test_disk_full_while_writing_the_gguf_leaves_nothing(tmp_path, small_run, mo
     def full(self, fout):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("core.gguf_export._TensorStream.tofile", full)
+    monkeypatch.setattr("core.export.gguf._TensorStream.tofile", full)
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(TuneloomError, match="filled up") as err:
@@ -267,7 +267,7 @@ def test_disk_full_while_writing_the_modelfile_leaves_nothing(tmp_path, small_ru
     def full(path, text):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("core.export._write_file", full)
+    monkeypatch.setattr("core.export.pipeline._write_file", full)
     out = tmp_path / "out"
     out.mkdir()
     (out / "m.gguf").write_bytes(b"GGUF an earlier export")
@@ -280,9 +280,9 @@ def test_not_enough_space_is_refused_before_fusing(tmp_path, small_run, monkeypa
     import shutil as _shutil
 
     real = _shutil.disk_usage
-    monkeypatch.setattr("core.export.shutil.disk_usage", lambda p: real(p)._replace(free=5 * 2**20))
+    monkeypatch.setattr("core.export.pipeline.shutil.disk_usage", lambda p: real(p)._replace(free=5 * 2**20))
     fused = []
-    monkeypatch.setattr("core.fuse.fuse_model", lambda *a, **k: fused.append(1))
+    monkeypatch.setattr("core.export.fuse.fuse_model", lambda *a, **k: fused.append(1))
     out = tmp_path / "out"
     with pytest.raises(TuneloomError, match="Not enough disk space") as err:
         export(small_run, gguf=out / "m.gguf", quant="q8_0")
@@ -367,7 +367,7 @@ def test_cli_modelfile_system_is_the_trained_one_unless_told(tmp_path, tmp_path_
 def test_run_thinking_flag_decides_both_templates(tmp_path, tmp_path_factory, thinking):
     """`"thinking": true` in the run's config.json (data with reasoning) gives a Modelfile TEMPLATE and an
     embedded template that both think; false or absent gives thinking off in both."""
-    from core.export import plan_export
+    from core.export.pipeline import plan_export
 
     base = layout_dir(tmp_path_factory, "jinja", "qwen3")
     run = tmp_path / "run"
@@ -380,13 +380,13 @@ def test_run_thinking_flag_decides_both_templates(tmp_path, tmp_path_factory, th
     (run / "adapters.safetensors").write_bytes(b"")
     plan = plan_export(run, modelfile=tmp_path / "Modelfile")
     assert plan.thinking is bool(thinking)
-    caps = ol.chat_template_capabilities(plan.embedded_template.template)
-    go_caps = ol.go_template_capabilities(plan.chat_format.template)
+    caps = ct.chat_template_capabilities(plan.embedded_template.template)
+    go_caps = ct.go_template_capabilities(plan.chat_format.template)
     if thinking:
         assert plan.chat_format.kind == "qwen3-thinking" and caps == go_caps == {"thinking"}
     else:
         assert plan.chat_format.kind == "qwen3" and caps == go_caps == set()
-    setup = ol.OllamaSetup(plan.chat_format.template, plan.embedded_template.template, architecture="qwen3")
-    assert ol.default_think(setup) is (True if thinking else None)
+    setup = ct.OllamaSetup(plan.chat_format.template, plan.embedded_template.template, architecture="qwen3")
+    assert ct.default_think(setup) is (True if thinking else None)
     assert "PARAMETER num_ctx 256" in plan.modelfile_text
     assert list(tmp_path.iterdir()) == [run], "planning writes nothing"

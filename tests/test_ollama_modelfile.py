@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core import ollama as ol
+from core.export import ollama as ol
+from core import chat_templates as ct
 from core.events import TuneloomError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "models"
@@ -108,9 +109,9 @@ def _first_diff(a: str, b: str) -> str:
 
 @pytest.mark.parametrize("model", list(MODELS))
 def test_kind_and_stops(model):
-    fmt = ol.chat_format_for(_config(model))
-    assert fmt.kind == MODELS[model][2] == ol.chat_template_kind(_config(model))
-    template, stops = ol.go_template_for(_config(model))
+    fmt = ct.chat_format_for(_config(model))
+    assert fmt.kind == MODELS[model][2] == ct.chat_template_kind(_config(model))
+    template, stops = ct.go_template_for(_config(model))
     assert template == fmt.template and stops == list(fmt.stops)
     eos = _config(model)["eos_token"]
     assert eos in stops, "the end-of-turn token must stop generation"
@@ -123,7 +124,7 @@ def test_kind_and_stops(model):
 @pytest.mark.parametrize("model", list(MODELS))
 def test_go_template_equals_hf_chat_template(model, go_renderer, tokenizers):
     """Go-rendered prompt == apply_chat_template(add_generation_prompt=True) for every conversation."""
-    fmt = ol.chat_format_for(_config(model))
+    fmt = ct.chat_format_for(_config(model))
     for conv in CONVERSATIONS:
         want = _hf(tokenizers, model, conv)
         got = go_renderer.render(fmt.template, conv)
@@ -134,17 +135,17 @@ def test_go_template_equals_hf_chat_template(model, go_renderer, tokenizers):
 def test_qwen_details_reproduced(go_renderer, tokenizers):
     """The two details most often lost: Qwen2.5's default system prompt, Qwen3's empty think block."""
     conv = [{"role": "user", "content": "Hi"}]
-    q25 = go_renderer.render(ol.chat_format_for(_config("qwen2.5")).template, conv)
+    q25 = go_renderer.render(ct.chat_format_for(_config("qwen2.5")).template, conv)
     assert q25.startswith("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
                           "assistant.<|im_end|>\n<|im_start|>user\nHi")
     assert q25 == _hf(tokenizers, "qwen2.5", conv)
-    demo = go_renderer.render(ol.chat_format_for(_config("demo-chatml")).template, conv)
+    demo = go_renderer.render(ct.chat_format_for(_config("demo-chatml")).template, conv)
     assert demo == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", "the demo ChatML has no default"
-    q3 = go_renderer.render(ol.chat_format_for(_config("qwen3")).template, conv)
+    q3 = go_renderer.render(ct.chat_format_for(_config("qwen3")).template, conv)
     assert q3 == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
     # a past assistant turn has no think block, the last one after the last user message has one
     past = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
-    assert "<|im_start|>assistant\nb<|im_end|>" in go_renderer.render(ol.chat_format_for(_config("qwen3")).template,
+    assert "<|im_start|>assistant\nb<|im_end|>" in go_renderer.render(ct.chat_format_for(_config("qwen3")).template,
                                                                         past)
 
 
@@ -171,7 +172,7 @@ def test_go_template_equals_hf_on_random_text(conv, go_renderer, tokenizers):
     for model in MODELS:
         if model == "qwen3" and any("</think>" in m["content"] for m in conv):
             continue  # documented limitation: reasoning traces in assistant turns
-        fmt = ol.chat_format_for(_config(model))
+        fmt = ct.chat_format_for(_config(model))
         want = _hf(tokenizers, model, conv)
         assert go_renderer.render(fmt.template, conv) == want, model
 
@@ -212,7 +213,7 @@ def test_modelfile_round_trip(model, tmp_path, go_renderer, tokenizers):
     assert mf.read_text(encoding="utf-8") == text
     assert not list(tmp_path.glob(".Modelfile.*")), "atomic write leaves no temporary file"
     parsed = _read_modelfile(text)
-    fmt = ol.chat_format_for(_config(model))
+    fmt = ct.chat_format_for(_config(model))
     assert parsed["FROM"] == "./model.gguf"
     assert parsed["TEMPLATE"] == fmt.template
     assert parsed["SYSTEM"] == system and parsed["LICENSE"] == licence
@@ -279,7 +280,7 @@ ODD_MARKERS = ("{% for m in messages %}{{ '\u00a0{{[' + m['role'] + ']\x07\t' }}
 @pytest.mark.parametrize("template", [ALPACA, HEADERS, ODD_MARKERS], ids=["alpaca", "headers", "odd-markers"])
 def test_derived_template_equals_jinja(template, go_renderer, tokenizers):
     cfg = {**_config("tinyllama"), "chat_template": template}
-    fmt = ol.chat_format_for(cfg)
+    fmt = ct.chat_format_for(cfg)
     assert fmt.kind == "derived"
     assert "</s>" in fmt.stops
     for conv in CONVERSATIONS:
@@ -305,14 +306,14 @@ def test_derived_template_equals_jinja(template, go_renderer, tokenizers):
      "{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}", "what follows"),
 ], ids=["uppercase", "index-parity", "trim", "rejects-system", "last-message-special"])
 def test_refuses_templates_it_cannot_reproduce(template, reason):
-    with pytest.raises(ol.TemplateNotSupported, match=re.escape(reason)) as err:
-        ol.chat_format_for({"chat_template": template, "eos_token": "</s>"})
+    with pytest.raises(ct.TemplateNotSupported, match=re.escape(reason)) as err:
+        ct.chat_format_for({"chat_template": template, "eos_token": "</s>"})
     assert err.value.hint, "a refusal says what to do next"
 
 
 def test_no_chat_template_is_refused():
-    with pytest.raises(ol.TemplateNotSupported, match="no chat template"):
-        ol.go_template_for({"eos_token": "</s>"})
+    with pytest.raises(ct.TemplateNotSupported, match="no chat template"):
+        ct.go_template_for({"eos_token": "</s>"})
 
 
 def test_renderer_follows_ollama(go_renderer):

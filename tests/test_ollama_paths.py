@@ -4,7 +4,7 @@ Current Ollama (server/images.go shouldPreferChatTemplate, since v0.32.7) render
 either with the Modelfile TEMPLATE (Go text/template, "go" path) or hands it to
 llama-server, which renders the GGUF's embedded ``tokenizer.chat_template`` ("native"
 path), and it turns thinking on by default for a model whose selected template can think
-(server/routes.go). ``core.ollama`` models that selection from Ollama's source; these tests
+(server/routes.go). ``core.export.ollama`` models that selection from Ollama's source; these tests
 render both paths per family with the arguments Ollama passes by default and compare them
 with the prompt training used (``core.tokens.ChatEncoder``): the Go path through Go's own
 text/template engine (tests/go), the native path through Jinja as llama.cpp's chat
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from core import ollama as ol
+from core import chat_templates as ct
 from core.model_folder import load_tokenizer_config
 from core.paths import demo_model_dir
 
@@ -71,19 +71,19 @@ def export_of(family: str, thinking: bool = False):
     """(tokenizer config, Modelfile ChatFormat, embedded template, GGUF architecture) as an export makes them."""
     folder, arch = FAMILIES[family]
     cfg = load_tokenizer_config(folder)
-    fmt = ol.chat_format_for(cfg, thinking=thinking)
-    emb = ol.embedded_chat_template(cfg, thinking=thinking, architecture=arch)
+    fmt = ct.chat_format_for(cfg, thinking=thinking)
+    emb = ct.embedded_chat_template(cfg, thinking=thinking, architecture=arch)
     return cfg, fmt, emb, GGUF_ARCH[arch]
 
 
 def setups(fmt, emb, arch, **kw):
     """Ollama as users have it: before the native path, current with defaults, current forced native."""
-    return {label: ol.OllamaSetup(fmt.template, emb.template, architecture=arch, **{**extra, **kw})
-            for label, extra in ol.OLLAMA_SCENARIOS}
+    return {label: ct.OllamaSetup(fmt.template, emb.template, architecture=arch, **{**extra, **kw})
+            for label, extra in ct.OLLAMA_SCENARIOS}
 
 
 def go_render(go_renderer, setup):
-    think = ol.default_think(setup)
+    think = ct.default_think(setup)
     return lambda template, msgs: go_renderer.render(template, msgs, think=think)
 
 
@@ -102,10 +102,10 @@ def test_both_paths_give_the_training_prompt(family, conv, encoders, go_renderer
     cfg, fmt, emb, arch = export_of(family)
     paths = {}
     for label, setup in setups(fmt, emb, arch).items():
-        path = ol.template_path(setup)
+        path = ct.template_path(setup)
         paths[label] = path
-        got = ol.ollama_prompt(setup, messages, go_render=go_render(go_renderer, setup),
-                               tokens=ol.special_tokens(cfg))
+        got = ct.ollama_prompt(setup, messages, go_render=go_render(go_renderer, setup),
+                               tokens=ct.special_tokens(cfg))
         assert got == want, f"{family} {conv} {label} ({path} path): {_diff(want, got)}"
     # the exported template shows Ollama no extra ability, so current Ollama keeps the Go TEMPLATE;
     # forced native, llama-server renders the embedded template
@@ -118,12 +118,12 @@ def test_llama_cpp_chat_handler_renders_the_embedded_template_like_training(fami
     tokenizer.chat_template) on the embedded template, with messages as llama-server passes them."""
     fmt_mod = pytest.importorskip("llama_cpp.llama_chat_format")
     cfg, fmt, emb, arch = export_of(family)
-    tokens = ol.special_tokens(cfg)
+    tokens = ct.special_tokens(cfg)
     handler = fmt_mod.Jinja2ChatFormatter(emb.template, eos_token=tokens.get("eos_token", ""),
                                           bos_token=tokens.get("bos_token", ""))
     for name, messages in CONVERSATIONS.items():
         want = encoders(family).render(messages, add_generation_prompt=True)
-        got = handler(messages=ol.llama_server_messages(messages)).prompt
+        got = handler(messages=ct.llama_server_messages(messages)).prompt
         assert got == want, f"{family} {name}: {_diff(want, got)}"
 
 
@@ -131,13 +131,13 @@ def test_llama_cpp_chat_handler_renders_the_embedded_template_like_training(fami
 def test_embedded_template_ignores_thinking_switches_and_shows_no_ability(family, encoders):
     cfg, fmt, emb, arch = export_of(family)
     assert emb.kind == "training"
-    assert ol.chat_template_capabilities(emb.template) == set()
-    tokens = ol.special_tokens(cfg)
+    assert ct.chat_template_capabilities(emb.template) == set()
+    tokens = ct.special_tokens(cfg)
     for messages in CONVERSATIONS.values():
         want = encoders(family).render(messages, add_generation_prompt=True)
         for flag in (True, False, None):
             kw = {} if flag is None else {"enable_thinking": flag}
-            got = ol._compiled(emb.template).render(messages=messages, add_generation_prompt=True, **tokens, **kw)
+            got = ct._compiled(emb.template).render(messages=messages, add_generation_prompt=True, **tokens, **kw)
             assert got == want, f"{family} enable_thinking={flag}"
 
 
@@ -148,42 +148,42 @@ def test_original_qwen3_template_would_think_on_current_ollama(encoders):
     think, the TEMPLATE cannot), turns thinking on, and the prompt loses the empty think block training
     had: 0 of 6 conversations match. Older Ollama (Go path) matches 6 of 6."""
     cfg, fmt, _, arch = export_of("qwen3")
-    original = ol.chat_template_of(cfg)
-    assert ol.chat_template_capabilities(original) == {"tools", "thinking"}
-    tokens = ol.special_tokens(cfg)
-    current = ol.OllamaSetup(fmt.template, original, architecture=arch)
-    older = ol.OllamaSetup(fmt.template, original, architecture=arch, version=(0, 32, 6))
-    assert ol.template_path(current) == "native" and ol.default_think(current) is True
-    assert ol.template_path(older) == "go" and ol.default_think(older) is None
+    original = ct.chat_template_of(cfg)
+    assert ct.chat_template_capabilities(original) == {"tools", "thinking"}
+    tokens = ct.special_tokens(cfg)
+    current = ct.OllamaSetup(fmt.template, original, architecture=arch)
+    older = ct.OllamaSetup(fmt.template, original, architecture=arch, version=(0, 32, 6))
+    assert ct.template_path(current) == "native" and ct.default_think(current) is True
+    assert ct.template_path(older) == "go" and ct.default_think(older) is None
     enc = encoders("qwen3")
     same_current = same_older = 0
     for messages in CONVERSATIONS.values():
         want = enc.render(messages, add_generation_prompt=True)
-        got = ol.ollama_prompt(current, messages, tokens=tokens)
+        got = ct.ollama_prompt(current, messages, tokens=tokens)
         assert got.endswith("<|im_start|>assistant\n") and want.endswith("<think>\n\n</think>\n\n")
         same_current += got == want
-        same_older += ol.ollama_prompt(older, messages, tokens=tokens) == want
+        same_older += ct.ollama_prompt(older, messages, tokens=tokens) == want
     assert (same_current, same_older) == (0, len(CONVERSATIONS))
 
 
 def test_qwen25_original_template_takes_the_native_path():
     cfg, fmt, _, arch = export_of("qwen2.5")
-    original = ol.chat_template_of(cfg)
-    assert ol.chat_template_capabilities(original) == {"tools"}  # the word "tools" is enough
-    setup = ol.OllamaSetup(fmt.template, original, architecture=arch)
-    assert ol.template_path(setup) == "native" and ol.default_think(setup) is None
+    original = ct.chat_template_of(cfg)
+    assert ct.chat_template_capabilities(original) == {"tools"}  # the word "tools" is enough
+    setup = ct.OllamaSetup(fmt.template, original, architecture=arch)
+    assert ct.template_path(setup) == "native" and ct.default_think(setup) is None
     # without a Modelfile TEMPLATE Ollama always renders the GGUF's template
-    assert ol.template_path(ol.OllamaSetup(None, original, version=(0, 10, 0))) == "native"
+    assert ct.template_path(ct.OllamaSetup(None, original, version=(0, 10, 0))) == "native"
     # OLLAMA_GO_TEMPLATE=1 keeps the TEMPLATE whatever the GGUF shows
-    assert ol.template_path(ol.OllamaSetup(fmt.template, original, go_template_env=True)) == "go"
+    assert ct.template_path(ct.OllamaSetup(fmt.template, original, go_template_env=True)) == "go"
 
 
 def test_qwen3_fine_tune_trained_thinking_off_does_not_think_by_default(encoders, go_renderer):
     cfg, fmt, emb, arch = export_of("qwen3")
     for label, setup in setups(fmt, emb, arch).items():
-        assert ol.default_think(setup) is None, label  # Ollama does not turn thinking on
-        got = ol.ollama_prompt(setup, CONVERSATIONS["single-turn"], go_render=go_render(go_renderer, setup),
-                               tokens=ol.special_tokens(cfg))
+        assert ct.default_think(setup) is None, label  # Ollama does not turn thinking on
+        got = ct.ollama_prompt(setup, CONVERSATIONS["single-turn"], go_render=go_render(go_renderer, setup),
+                               tokens=ct.special_tokens(cfg))
         assert got.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n"), label
     # and the Go template shows no thinking ability to Ollama's parser either
     caps = go_renderer.capabilities(fmt.template)
@@ -208,13 +208,13 @@ def test_go_template_capabilities_match_gos_parser(go_renderer):
             want.add("insert")
         if go["think_open"] and go["think_close"]:
             want.add("thinking")
-        assert ol.go_template_capabilities(template) == want, template[:80]
-        assert ol.go_template_think_tags(template) == (go["think_open"], go["think_close"]), template[:80]
+        assert ct.go_template_capabilities(template) == want, template[:80]
+        assert ct.go_template_think_tags(template) == (go["think_open"], go["think_close"]), template[:80]
 
 
 def test_filter_think_tags_model():
     """server/routes.go filterThinkTags through thinking/parser.go, for the qwen3 family only."""
-    setup = ol.OllamaSetup("{{ .Messages }}", None, architecture="qwen3")
+    setup = ct.OllamaSetup("{{ .Messages }}", None, architecture="qwen3")
     cases = {
         "plain answer": "plain answer",
         "  \n\n leading space kept": "  \n\n leading space kept",
@@ -229,14 +229,14 @@ def test_filter_think_tags_model():
     for content, kept in cases.items():
         msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": content},
                 {"role": "user", "content": "q2"}, {"role": "assistant", "content": content}]
-        out = ol.filter_think_tags(msgs, setup)
+        out = ct.filter_think_tags(msgs, setup)
         assert out[1]["content"] == kept, content
         assert out[3]["content"] == content, "turns after the last user message are left alone"
-    other = ol.OllamaSetup("{{ .Messages }}", None, architecture="llama")
-    assert ol.filter_think_tags([{"role": "assistant", "content": "   "}, {"role": "user", "content": "q"}],
+    other = ct.OllamaSetup("{{ .Messages }}", None, architecture="llama")
+    assert ct.filter_think_tags([{"role": "assistant", "content": "   "}, {"role": "user", "content": "q"}],
                                 other)[0]["content"] == "   "
-    named = ol.OllamaSetup("{{ .Messages }}", None, architecture="llama", name="me/deepseek-r1:7b")
-    assert ol.filter_think_tags([{"role": "assistant", "content": "   "}, {"role": "user", "content": "q"}],
+    named = ct.OllamaSetup("{{ .Messages }}", None, architecture="llama", name="me/deepseek-r1:7b")
+    assert ct.filter_think_tags([{"role": "assistant", "content": "   "}, {"role": "user", "content": "q"}],
                                 named)[0]["content"] == ""
 
 
@@ -246,8 +246,8 @@ def test_modelfile_system_reaches_both_paths(encoders, go_renderer):
     messages = CONVERSATIONS["multi-turn"]
     want = encoders("qwen2.5").render([{"role": "system", "content": system}] + messages, add_generation_prompt=True)
     for label, setup in setups(fmt, emb, arch, system=system).items():
-        got = ol.ollama_prompt(setup, messages, go_render=lambda t, m: go_renderer.render(t, m),
-                               tokens=ol.special_tokens(cfg))
+        got = ct.ollama_prompt(setup, messages, go_render=lambda t, m: go_renderer.render(t, m),
+                               tokens=ct.special_tokens(cfg))
         assert got == want, label
 
 
@@ -266,23 +266,23 @@ def test_thinking_on_is_consistent_on_both_paths(tokenizers_hf, go_renderer, fam
         pytest.skip(f"no {family} reference files")
     cfg, fmt, emb, arch = export_of(family, thinking=True)
     assert fmt.kind == kind and emb.kind == embedded
-    assert ol.chat_template_capabilities(emb.template) == abilities  # Ollama parses its reasoning
+    assert ct.chat_template_capabilities(emb.template) == abilities  # Ollama parses its reasoning
     caps = go_renderer.capabilities(fmt.template)
     assert (caps["think_open"], caps["think_close"]) == ("<think>", "</think>")
-    assert ol.go_template_capabilities(fmt.template) == {"thinking"}
+    assert ct.go_template_capabilities(fmt.template) == {"thinking"}
     # the Jinja twin (what a derived export would embed) renders the same prompts
-    assert ol.check_ollama_prompts(fmt, fmt.jinja, cfg, thinking=True, architecture=arch) == []
+    assert ct.check_ollama_prompts(fmt, fmt.jinja, cfg, thinking=True, architecture=arch) == []
     tok = tokenizers_hf(family)
-    tokens = ol.special_tokens(cfg)
+    tokens = ct.special_tokens(cfg)
     for messages in CONVERSATIONS.values():
         for think in (None, False):
             want = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                            enable_thinking=think is not False)
             for label, setup in setups(fmt, emb, arch).items():
                 if think is None:
-                    assert ol.default_think(setup) is True, label
-                t = ol.default_think(setup) if think is None else think
-                got = ol.ollama_prompt(setup, messages, think=t, tokens=tokens,
+                    assert ct.default_think(setup) is True, label
+                t = ct.default_think(setup) if think is None else think
+                got = ct.ollama_prompt(setup, messages, think=t, tokens=tokens,
                                        go_render=lambda tpl, m, t=t: go_renderer.render(tpl, m, think=t))
                 assert got == want, f"{label} think={think}: {_diff(want, got)}"
 
@@ -308,15 +308,15 @@ def test_unknown_templates_get_a_derived_embedded_template(encoders):
               "{% elif m['role'] == 'assistant' %}### Response:\n{{ m['content'] + eos_token }}\n\n{% endif %}"
               "{% endfor %}{% if add_generation_prompt %}### Response:\n{% endif %}")
     cfg = {**load_tokenizer_config(FAMILIES["tinyllama"][0]), "chat_template": alpaca}
-    emb = ol.embedded_chat_template(cfg, architecture="LlamaForCausalLM")
-    fmt = ol.chat_format_for(cfg)
+    emb = ct.embedded_chat_template(cfg, architecture="LlamaForCausalLM")
+    fmt = ct.chat_format_for(cfg)
     # the original would hand llama.cpp's null content (an empty message) to `+`: the derived twin is embedded
     assert fmt.kind == "derived" and emb.kind == "training" and emb.template == fmt.jinja
-    assert ol.check_ollama_prompts(fmt, fmt.jinja, cfg, architecture="llama") == []
-    tokens = ol.special_tokens(cfg)
+    assert ct.check_ollama_prompts(fmt, fmt.jinja, cfg, architecture="llama") == []
+    tokens = ct.special_tokens(cfg)
     for messages in CONVERSATIONS.values():
-        want = ol.render_jinja(alpaca, messages, tokens=tokens)
-        assert ol._compiled(emb.template).render(messages=messages, add_generation_prompt=True, **tokens) == want
+        want = ct.render_jinja(alpaca, messages, tokens=tokens)
+        assert ct._compiled(emb.template).render(messages=messages, add_generation_prompt=True, **tokens) == want
 
 
 def test_qwen35_trims_only_on_the_native_path(encoders, go_renderer):
@@ -329,8 +329,8 @@ def test_qwen35_trims_only_on_the_native_path(encoders, go_renderer):
     messages = [{"role": "user", "content": "  padded  "}, {"role": "assistant", "content": "\nA\n"},
                 {"role": "user", "content": "next"}]
     want = encoders("qwen3.5").render(messages, add_generation_prompt=True)
-    native = ol.OllamaSetup(fmt.template, emb.template, architecture=arch, go_template_env=False)
-    assert ol.ollama_prompt(native, messages, tokens=ol.special_tokens(cfg)) == want
-    go = ol.OllamaSetup(fmt.template, emb.template, architecture=arch)
-    got = ol.ollama_prompt(go, messages, go_render=go_render(go_renderer, go))
+    native = ct.OllamaSetup(fmt.template, emb.template, architecture=arch, go_template_env=False)
+    assert ct.ollama_prompt(native, messages, tokens=ct.special_tokens(cfg)) == want
+    go = ct.OllamaSetup(fmt.template, emb.template, architecture=arch)
+    got = ct.ollama_prompt(go, messages, go_render=go_render(go_renderer, go))
     assert got != want and got.replace("  padded  ", "padded").replace("\nA\n", "A") == want

@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core import ollama as ol
+from core.export import ollama as ol
+from core import chat_templates as ct
 from core.events import CallbackEvents, CancelToken, Cancelled, RecordingEvents
 from tests.fixtures.ollama_server import FakeOllama, free_port
 
@@ -25,7 +26,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "models"
 @pytest.fixture(scope="module")
 def qwen_template():
     cfg = json.loads((FIXTURES / "Qwen2.5-0.5B-Instruct" / "tokenizer_config.json").read_text(encoding="utf-8"))
-    return ol.go_template_for(cfg)
+    return ct.go_template_for(cfg)
 
 
 @pytest.fixture
@@ -91,6 +92,9 @@ def test_full_registration(gguf, server, qwen_template):
     assert any(d == t == size and w.startswith("checking") for d, t, w in events.progresses)
     assert any(d == t == size and w.startswith("uploading") for d, t, w in events.progresses)
     assert any(d == t == 100 and "quantizing" in w for d, t, w in events.progresses)
+    # typed: bytes, with the file name as the item while hashing and uploading
+    assert any(r.unit == "byte" and r.done == r.total == size and r.item == gguf.name for r in events.reports)
+    assert {r.unit for r in events.reports} == {"byte"}
 
 
 def test_second_registration_skips_upload(gguf, server, qwen_template):

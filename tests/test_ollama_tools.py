@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from core import ollama as ol
+from core.export import ollama as ol
+from core import chat_templates as ct
 from core.model_folder import load_tokenizer_config
 
 FIXTURES = Path(__file__).parent / "fixtures" / "models"
@@ -96,8 +97,8 @@ def hf():
 def export_of(family, tools=True):
     folder, arch, thinking = FAMILIES[family]
     cfg = load_tokenizer_config(FIXTURES / folder)
-    fmt = ol.export_chat_format(cfg, thinking=thinking, tools=tools)
-    emb = ol.embedded_chat_template(cfg, thinking=thinking, architecture=arch, tools=tools)
+    fmt = ct.export_chat_format(cfg, thinking=thinking, tools=tools)
+    emb = ct.embedded_chat_template(cfg, thinking=thinking, architecture=arch, tools=tools)
     return cfg, fmt, emb, GGUF_ARCH[arch], thinking
 
 
@@ -126,19 +127,19 @@ def prompts_of(conv):
 def test_tool_requests_give_the_training_prompt_on_every_path(family, conv, hf, go_renderer):
     cfg, fmt, emb, arch, thinking = export_of(family)
     assert emb.kind == "tools"
-    tokens = ol.special_tokens(cfg)
+    tokens = ct.special_tokens(cfg)
     paths = {}
     for tools, messages in prompts_of(conv):
         want = training(hf, family, tools, messages)
         want_ids = hf(family).encode(want, add_special_tokens=False)
-        for label, kw in ol.OLLAMA_SCENARIOS:
-            setup = ol.OllamaSetup(fmt.template, emb.template, architecture=arch, **kw)
-            paths[label] = ol.template_path(setup)
-            if "tools" not in ol.model_capabilities(setup):
+        for label, kw in ct.OLLAMA_SCENARIOS:
+            setup = ct.OllamaSetup(fmt.template, emb.template, architecture=arch, **kw)
+            paths[label] = ct.template_path(setup)
+            if "tools" not in ct.model_capabilities(setup):
                 assert family not in GO_TOOLS and paths[label] == "go", label
                 continue  # Ollama answers "does not support tools" here (Qwen3.5 before v0.32.7)
-            think = ol.default_think(setup)
-            got = ol.ollama_prompt(setup, messages, tools=ol.ollama_tools(tools), tokens=tokens,
+            think = ct.default_think(setup)
+            got = ct.ollama_prompt(setup, messages, tools=ol.ollama_tools(tools), tokens=tokens,
                                    go_render=lambda t, m, tools=tools, think=think:
                                    go_renderer.render(t, m, tools=tools, think=think))
             assert got == want, f"{family} {conv} {label} ({paths[label]} path): {_diff(want, got)}"
@@ -151,10 +152,10 @@ def test_tool_requests_give_the_training_prompt_on_every_path(family, conv, hf, 
 def test_llama_cpp_chat_handler_renders_the_embedded_tool_template_like_training(family, hf):
     fmt_mod = pytest.importorskip("llama_cpp.llama_chat_format")
     cfg, fmt, emb, arch, thinking = export_of(family)
-    tokens = ol.special_tokens(cfg)
+    tokens = ct.special_tokens(cfg)
     handler = fmt_mod.Jinja2ChatFormatter(emb.template, eos_token=tokens.get("eos_token", ""),
                                           bos_token=tokens.get("bos_token", ""))
-    object_args = ol._needs_object_arguments(emb.template)
+    object_args = ct._needs_object_arguments(emb.template)
     checked = 0
     for conv in CONVERSATIONS:
         for tools, messages in prompts_of(conv):
@@ -162,7 +163,7 @@ def test_llama_cpp_chat_handler_renders_the_embedded_tool_template_like_training
             # what llama-server gets from Ollama: null for empty contents, arguments as Go's JSON text;
             # llama-server turns thinking on unless Ollama says otherwise (a thinking-off fine-tune's
             # template pins it off)
-            got = handler(messages=ol.ollama_tool_messages(messages, object_arguments=object_args),
+            got = handler(messages=ct.ollama_tool_messages(messages, object_arguments=object_args),
                           tools=ol.ollama_tools(tools), enable_thinking=True).prompt
             assert got == want, f"{family} {conv}: {_diff(want, got)}"
             checked += 1
@@ -172,14 +173,14 @@ def test_llama_cpp_chat_handler_renders_the_embedded_tool_template_like_training
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_embedded_tool_template_shows_what_the_fine_tune_can_do(family):
     cfg, fmt, emb, arch, thinking = export_of(family)
-    caps = ol.chat_template_capabilities(emb.template)
+    caps = ct.chat_template_capabilities(emb.template)
     assert caps == ({"tools", "thinking"} if thinking else {"tools"})
-    assert ol.chat_template_has_tool_round_trip(emb.template)
+    assert ct.chat_template_has_tool_round_trip(emb.template)
     if family in GO_TOOLS:
-        assert ol.go_template_capabilities(fmt.template) == caps
-        assert ol.tool_parser_tag(fmt.template) == "<tool_call>"
+        assert ct.go_template_capabilities(fmt.template) == caps
+        assert ct.tool_parser_tag(fmt.template) == "<tool_call>"
     else:
-        assert "tools" not in ol.go_template_capabilities(fmt.template)
+        assert "tools" not in ct.go_template_capabilities(fmt.template)
 
 
 @pytest.mark.parametrize("family", sorted(GO_TOOLS))
@@ -201,13 +202,13 @@ def test_tool_definitions_reach_the_template_as_ollama_holds_them(go_renderer):
                           "description": "x < y & z", "name": "f"}, "type": "function"}
     template = "{{ range .Messages }}{{ end }}{{ range .Tools }}{{ json . }}\n{{ end }}"
     got = go_renderer.render(template, [{"role": "user", "content": "hi"}], tools=[messy, DESCRIBE, SEARCH])
-    want = "".join(ol.go_json(t) + "\n" for t in ol.template_tools([messy, DESCRIBE, SEARCH]))
+    want = "".join(ct.go_json(t) + "\n" for t in ct.template_tools([messy, DESCRIBE, SEARCH]))
     assert got == want
     native = ol.ollama_tools([messy])[0]["function"]  # what llama-server gets: the request's property order
     assert list(native["parameters"]["properties"]) == ["b", "a"] and "default" not in native["parameters"][
         "properties"]["b"] and "additionalProperties" not in native["parameters"]
     # the test data is in Ollama's form, and sorted as a Go TEMPLATE sees it
-    assert ol.ollama_tools([DESCRIBE, SEARCH]) == [DESCRIBE, SEARCH] == ol.template_tools([DESCRIBE, SEARCH])
+    assert ol.ollama_tools([DESCRIBE, SEARCH]) == [DESCRIBE, SEARCH] == ct.template_tools([DESCRIBE, SEARCH])
 
 
 def test_call_arguments_are_respaced_like_python(go_renderer):
@@ -217,7 +218,7 @@ def test_call_arguments_are_respaced_like_python(go_renderer):
         {"type": "function", "function": {"name": "f", "arguments": args}}]}, {"role": "user", "content": "again"}]
     text = go_renderer.render(fmt.template, messages)
     assert '"arguments": ' + json.dumps(args, ensure_ascii=False) + "}" in text
-    assert ol._pyjson(ol.go_json(args)) == json.dumps(args, ensure_ascii=False)
+    assert ct._pyjson(ct.go_json(args)) == json.dumps(args, ensure_ascii=False)
 
 
 # --------------------------------------------------------------------------- Ollama reads the calls back
@@ -235,7 +236,7 @@ def answers(hf, family):
             text = full[len(prompt):]
             for s in stop:
                 text = text.split(s)[0]
-            yield conv, tools, text, ol.tool_calls_of(m)
+            yield conv, tools, text, ct.tool_calls_of(m)
 
 
 @pytest.mark.parametrize("family", sorted(GO_TOOLS))
@@ -265,8 +266,8 @@ def test_tuneloom_parses_the_same_calls(family, hf):
 def test_a_run_without_tools_keeps_todays_templates(family):
     folder, arch, thinking = FAMILIES[family]
     cfg = load_tokenizer_config(FIXTURES / folder)
-    plain_fmt = ol.chat_format_for(cfg, thinking=thinking)
-    plain_emb = ol.embedded_chat_template(cfg, thinking=thinking, architecture=arch)
+    plain_fmt = ct.chat_format_for(cfg, thinking=thinking)
+    plain_emb = ct.embedded_chat_template(cfg, thinking=thinking, architecture=arch)
     _, fmt, emb, _, _ = export_of(family, tools=False)
     assert (fmt.template, emb.template, emb.kind) == (plain_fmt.template, plain_emb.template, plain_emb.kind)
     assert emb.kind != "tools"
@@ -274,9 +275,9 @@ def test_a_run_without_tools_keeps_todays_templates(family):
 
 def test_a_model_without_tool_rendering_keeps_its_plain_export_with_a_note():
     cfg = load_tokenizer_config(FIXTURES / "TinyLlama-1.1B-Chat-v1.0")
-    emb = ol.embedded_chat_template(cfg, architecture="LlamaForCausalLM", tools=True)
+    emb = ct.embedded_chat_template(cfg, architecture="LlamaForCausalLM", tools=True)
     assert emb.kind != "tools" and any("Tool calling is not kept" in n for n in emb.notes)
-    assert ol.export_chat_format(cfg, tools=True).template == ol.chat_format_for(cfg).template
+    assert ct.export_chat_format(cfg, tools=True).template == ct.chat_format_for(cfg).template
 
 
 # --------------------------------------------------------------------------- the export and its verify step
@@ -298,7 +299,7 @@ def fake_run(folder: Path, base: Path, *, tools: bool) -> Path:
 
 
 def test_export_plan_follows_the_runs_tools_flag(tiny_qwen, tmp_path):
-    from core.export import plan_export, run_tools
+    from core.export.pipeline import plan_export, run_tools
 
     with_tools = fake_run(tmp_path / "tools-run", tiny_qwen, tools=True)
     without = fake_run(tmp_path / "plain-run", tiny_qwen, tools=False)
@@ -309,7 +310,7 @@ def test_export_plan_follows_the_runs_tools_flag(tiny_qwen, tmp_path):
     assert "{{- range .Tools }}" in plan.modelfile_text and "range .Tools" not in plain.modelfile_text
     assert plain.tools is False and plain.embedded_template.kind != "tools"
     cfg = load_tokenizer_config(tiny_qwen)
-    assert plain.chat_format.template == ol.chat_format_for(cfg).template  # unchanged without tool data
+    assert plain.chat_format.template == ct.chat_format_for(cfg).template  # unchanged without tool data
 
 
 @pytest.fixture
@@ -321,7 +322,7 @@ def gguf_file(tmp_path):
 
 def _tool_case():
     tools, messages = CONVERSATIONS["system-call-result"]
-    return {"messages": messages[:2], "tools": tools, "expected": ol.tool_calls_of(messages[2]),
+    return {"messages": messages[:2], "tools": tools, "expected": ct.tool_calls_of(messages[2]),
             "model": str(FIXTURES / "Qwen2.5-0.5B-Instruct")}
 
 
@@ -330,7 +331,7 @@ def test_verify_asks_a_held_out_question_with_its_tools(gguf_file):
     from core.events import RecordingEvents
 
     cfg = load_tokenizer_config(FIXTURES / "Qwen2.5-0.5B-Instruct")
-    fmt = ol.export_chat_format(cfg, tools=True)
+    fmt = ct.export_chat_format(cfg, tools=True)
     case = _tool_case()
     events = RecordingEvents()
     with FakeOllama() as server:
@@ -354,7 +355,7 @@ def test_verify_warns_when_ollamas_calls_differ(gguf_file):
     from core.events import RecordingEvents
 
     cfg = load_tokenizer_config(FIXTURES / "Qwen2.5-0.5B-Instruct")
-    fmt = ol.export_chat_format(cfg, tools=True)
+    fmt = ct.export_chat_format(cfg, tools=True)
     events = RecordingEvents()
     with FakeOllama() as server:
         server.tool_calls = [{"function": {"name": "search_shop", "arguments": {"query": "blue scarf"}}}]
@@ -368,7 +369,7 @@ def test_verify_warns_when_ollamas_calls_differ(gguf_file):
 
 def test_the_held_out_tool_question_comes_from_the_validation_split(tiny_qwen, tmp_path, monkeypatch):
     import core.evaluate as ev
-    from core.export import tool_verify_case
+    from core.export.pipeline import tool_verify_case
 
     run = fake_run(tmp_path / "run", tiny_qwen, tools=True)
     tools, messages = CONVERSATIONS["parallel-then-answer"]
@@ -400,14 +401,14 @@ def test_definitions_in_another_key_order_are_trained_in_the_form_ollama_hands_t
                                                   "name": {"type": "string", "default": "fox"}},
                                                   "required": ["name"]}}}
     messages = [{"role": "user", "content": "Describe it."}]
-    assert not ol.tools_as_ollama_holds_them([usual]) and ol.tools_as_ollama_holds_them([DESCRIBE])
+    assert not ct.tools_as_ollama_holds_them([usual]) and ct.tools_as_ollama_holds_them([DESCRIBE])
     enc = ChatEncoder(FIXTURES / FAMILIES["qwen2.5"][0])
     trained = enc.render(enc.prepare(messages, [usual]), add_generation_prompt=True, tools=[usual])
     assert trained == training(hf, "qwen2.5", ol.ollama_tools([usual]), messages)
     assert trained != training(hf, "qwen2.5", [usual], messages)  # the data's own form would differ
-    for label, kw in ol.OLLAMA_SCENARIOS:
-        setup = ol.OllamaSetup(fmt.template, emb.template, architecture=arch, **kw)
-        got = ol.ollama_prompt(setup, messages, tools=ol.ollama_tools([usual]), tokens=ol.special_tokens(cfg),
+    for label, kw in ct.OLLAMA_SCENARIOS:
+        setup = ct.OllamaSetup(fmt.template, emb.template, architecture=arch, **kw)
+        got = ct.ollama_prompt(setup, messages, tools=ol.ollama_tools([usual]), tokens=ct.special_tokens(cfg),
                                go_render=lambda t, m: go_renderer.render(t, m, tools=[usual]))
         assert got == trained, label
 
@@ -464,10 +465,10 @@ def test_unsorted_properties_and_arguments_are_exact_only_on_the_native_path(hf,
                 {"role": "tool", "content": "ok"}]
     want = training(hf, "qwen3", [tool], messages)
     got = {}
-    for label, kw in ol.OLLAMA_SCENARIOS:
-        setup = ol.OllamaSetup(fmt.template, emb.template, architecture=arch, **kw)
-        got[ol.template_path(setup)] = ol.ollama_prompt(
-            setup, messages, tools=ol.ollama_tools([tool]), tokens=ol.special_tokens(cfg),
+    for label, kw in ct.OLLAMA_SCENARIOS:
+        setup = ct.OllamaSetup(fmt.template, emb.template, architecture=arch, **kw)
+        got[ct.template_path(setup)] = ct.ollama_prompt(
+            setup, messages, tools=ol.ollama_tools([tool]), tokens=ct.special_tokens(cfg),
             go_render=lambda t, m: go_renderer.render(t, m, tools=[tool]))
     assert got["native"] == want
     assert got["go"] != want and '"from": {"type": "string"}, "to"' in got["go"] and '{"from": "e2", "to": "e4"}' in got["go"]
@@ -489,10 +490,10 @@ def test_ollamas_own_template_package_renders_plain_chats_like_tests_go(family, 
 # --------------------------------------------------------------------------- training tells the export
 
 def test_a_run_on_tool_records_says_so_in_its_config_and_one_without_does_not(tmp_path, monkeypatch):
-    """config.json "tools": true is what the export reads (core.export.run_tools). The records here get their
+    """config.json "tools": true is what the export reads (core.export.pipeline.run_tools). The records here get their
     tool definitions the way the data side keeps them (ChatRecord.tools)."""
     import core.train as tr
-    from core.export import run_tools
+    from core.export.pipeline import run_tools
     from core.paths import demo_data_dir
 
     fast = dict(rank=4, alpha=8.0, lr=1e-3, batch=4, max_seq_len=96, warmup=1, valid_every=0, valid_batches=1,

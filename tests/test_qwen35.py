@@ -23,7 +23,7 @@ import mlx_lm  # noqa: E402
 
 from core import catalog  # noqa: E402
 from core.events import RecordingEvents  # noqa: E402
-from core.gguf_export import export_gguf, gguf_metadata_summary, read_tensor_table  # noqa: E402
+from core.export.gguf import export_gguf, gguf_metadata_summary, read_tensor_table  # noqa: E402
 from fixtures.qwen35 import (QWEN35_REF, bf16_to_f32, cached_tiny_qwen35, qwen35_added_tokens,  # noqa: E402
                              qwen35_tensors, tiny_layout, tiny_qwen35_config, write_qwen35_tokenizer_json)
 
@@ -153,7 +153,7 @@ def test_fixture_is_the_hub_layout(q35):
 
 def test_norm_weights_are_exact_for_both_readers(q35):
     """The fixture's zero-centred norms: 1 + w is exact in bfloat16 (see fixtures/qwen35.py)."""
-    from core.gguf_export import _read_safetensors_index
+    from core.export.gguf import _read_safetensors_index
 
     for t in _read_safetensors_index(q35 / "model.safetensors-00001-of-00001.safetensors"):
         if t.name.endswith("input_layernorm.weight"):
@@ -308,9 +308,9 @@ def test_f32_export_equals_mlx(q35, tmp_path, token_lists, reference):
 def test_v_head_tiling_is_needed(q35, tmp_path, token_lists, reference, monkeypatch):
     """Negative control: without the value-head reorder (2 key / 4 value heads) llama.cpp's
     logits are far off, so the agreement above is not a property of any export."""
-    import core.gguf_export as ge
+    import core.export.gguf_tables as tables  # the Qwen3.5 tensor rules (core.export.gguf reads them there)
 
-    monkeypatch.setattr(ge, "_tile_v_heads", lambda x, *a, **k: x)
+    monkeypatch.setattr(tables, "_tile_v_heads", lambda x, *a, **k: x)
     res = export_gguf(q35, tmp_path / "untiled.gguf", "f32")
     llm = load_llama(res["path"])
     try:
@@ -477,7 +477,7 @@ def test_train_fuse_export_from_the_cli(q35, tmp_path, hf_tok):
     p = tl("export", run, "--gguf", gguf_path, "--quant", "f16")
     assert p.returncode == 0, p.stderr[-3000:]
     assert gguf_path.is_file()
-    from core.export import gguf_file_bytes  # the size the Export page shows before writing
+    from core.export.pipeline import gguf_file_bytes  # the size the Export page shows before writing
 
     assert abs(gguf_file_bytes(q35, "f16") - gguf_path.stat().st_size) <= 0.05 * gguf_path.stat().st_size
 
@@ -508,11 +508,11 @@ def test_train_fuse_export_from_the_cli(q35, tmp_path, hf_tok):
 
 
 def test_fused_folder_is_hf_layout(q35, tmp_path):
-    """core.fuse writes a Qwen3.5 back in the Hugging Face layout; mlx-lm reads it as it read the base."""
+    """core.export.fuse writes a Qwen3.5 back in the Hugging Face layout; mlx-lm reads it as it read the base."""
     from mlx_lm.tuner.utils import linear_to_lora_layers
     from mlx.utils import tree_flatten
 
-    from core.fuse import fuse_model
+    from core.export.fuse import fuse_model
     from core.hub import read_safetensors_header, validate_model_dir
 
     from mlx_lm.utils import load_model
@@ -581,8 +581,8 @@ def test_try_generation_uses_the_recurrent_cache_correctly(q35, hf_tok):
 def test_a_run_trained_on_reasoning_exports_thinking_templates(q35, tmp_path):
     """`"thinking": true` on Qwen3.5 (reasoning data): the Modelfile TEMPLATE and the embedded template both
     think, Ollama turns thinking on by default, and the default prompt opens the think block as training did."""
-    from core import ollama as ol
-    from core.export import plan_export
+    from core import chat_templates as ct
+    from core.export.pipeline import plan_export
     from core.tokens import ChatEncoder
 
     run = tmp_path / "run"
@@ -592,15 +592,15 @@ def test_a_run_trained_on_reasoning_exports_thinking_templates(q35, tmp_path):
     (run / "adapters.safetensors").write_bytes(b"")
     plan = plan_export(run, modelfile=tmp_path / "Modelfile")
     assert plan.thinking and plan.chat_format.kind == "qwen3.5-thinking"
-    assert ol.go_template_capabilities(plan.chat_format.template) == {"thinking"}
-    assert "thinking" in ol.chat_template_capabilities(plan.embedded_template.template)
-    setup = ol.OllamaSetup(plan.chat_format.template, plan.embedded_template.template, architecture="qwen35")
-    assert ol.default_think(setup) is True
+    assert ct.go_template_capabilities(plan.chat_format.template) == {"thinking"}
+    assert "thinking" in ct.chat_template_capabilities(plan.embedded_template.template)
+    setup = ct.OllamaSetup(plan.chat_format.template, plan.embedded_template.template, architecture="qwen35")
+    assert ct.default_think(setup) is True
     messages = [{"role": "user", "content": "Why is the sky blue?"}]
     want = ChatEncoder(q35, thinking=True).render(messages, add_generation_prompt=True)
     assert want.endswith("<|im_start|>assistant\n<think>\n")
-    tokens = ol.special_tokens(json.loads((q35 / "tokenizer_config.json").read_text()))
-    assert ol.ollama_prompt(setup, messages, think=True, tokens=tokens) == want
+    tokens = ct.special_tokens(json.loads((q35 / "tokenizer_config.json").read_text()))
+    assert ct.ollama_prompt(setup, messages, think=True, tokens=tokens) == want
 
 
 def test_reasoning_data_trains_and_exports_from_the_cli(q35, tmp_path):

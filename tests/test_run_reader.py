@@ -168,7 +168,7 @@ def test_exports_are_listed_with_their_records(tmp_path):
     assert run.export_record("broken.json") == {} and run.export_record("missing.json") == {}
     # every record by file name, the damaged one left out (the Hub push takes the newest GGUF from them)
     assert [r.get("quant") for r in run.export_records()] == ["f16", "q8_0", None]
-    from core.hub_push import _newest_gguf
+    from core.export.hub_push import _newest_gguf
 
     os.utime(elsewhere, (2e9, 2e9))
     assert _newest_gguf(d) == elsewhere
@@ -183,10 +183,10 @@ def test_exports_are_listed_with_their_records(tmp_path):
 
 def test_the_callers_read_through_the_reader(tmp_path):
     """The readers built on RunFolder give the same answers as before: the run's base model and system
-    prompt (core.run_inputs), its tool flag (core.export), the measured price (core.quant_price)."""
+    prompt (core.run_inputs), its tool flag (core.export.pipeline), the measured price (core.export.quant_price)."""
     from core.events import TuneloomError
-    from core.export import run_tools
-    from core.quant_price import read_price
+    from core.export.pipeline import run_tools
+    from core.export.quant_price import read_price
     from core.run_inputs import run_base_model
 
     d = _complete_run(tmp_path / "r")

@@ -50,7 +50,7 @@ def test_mlx_folders_load_in_mlx_lm_with_the_fine_tunes_logits(tmp_path, tmp_pat
     plain = _mlx_logits(base)
     assert np.abs(want - plain).max() > 1.0, "the adapter must change the model for this test to mean anything"
 
-    res = __import__("core.mlx_export", fromlist=["x"]).export_mlx(run, tmp_path / "mlx", bits=16)
+    res = __import__("core.export.mlx", fromlist=["x"]).export_mlx(run, tmp_path / "mlx", bits=16)
     merged, adapter = Path(res["merged"]), Path(res["adapter"])
     cfg = json.loads((merged / "config.json").read_text())
     assert "quantization" not in cfg and (merged / "model.safetensors").is_file()
@@ -70,7 +70,7 @@ def test_mlx_quantized_folder(tmp_path, tmp_path_factory, bits):
     run = make_run(base, tmp_path / "run")
     want = tuned_logits(base, run, PROMPTS)
     plain = _mlx_logits(base)
-    from core.mlx_export import export_mlx
+    from core.export.mlx import export_mlx
 
     res = export_mlx(run, tmp_path / "mlx", bits=bits, adapter=False)
     cfg = json.loads((Path(res["merged"]) / "config.json").read_text())
@@ -92,7 +92,7 @@ def test_mlx_refuses_a_folder_it_did_not_write(tmp_path, tmp_path_factory):
     run = make_run(base, tmp_path / "run")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    from core.mlx_export import export_mlx
+    from core.export.mlx import export_mlx
 
     with pytest.raises(TuneloomError, match="not written by Tuneloom"):
         export_mlx(run, tmp_path / "mine")
@@ -105,8 +105,8 @@ def test_mlx_refuses_a_folder_it_did_not_write(tmp_path, tmp_path_factory):
 def test_peft_folder_names_shapes_and_scale(tmp_path, tmp_path_factory, model):
     from safetensors.numpy import load_file
 
-    from core.fuse import fuse_model
-    from core.peft_export import export_peft
+    from core.export.fuse import fuse_model
+    from core.export.peft import export_peft
 
     base = _base(tmp_path_factory, model)
     run = make_run(base, tmp_path / "run", lora={"rank": 4, "scale": 2.5, "dropout": 0.0})
@@ -152,8 +152,8 @@ def test_peft_dora_magnitude_gives_the_merged_weights(tmp_path, tmp_path_factory
     """PEFT's DoRA: W' = m / ||W + s B A||_row * (W + s B A), as mlx-lm's DoRALinear computes and fuses."""
     from safetensors.numpy import load_file
 
-    from core.fuse import fuse_model
-    from core.peft_export import export_peft
+    from core.export.fuse import fuse_model
+    from core.export.peft import export_peft
 
     base = _base(tmp_path_factory)
     run = make_run(base, tmp_path / "run", kind="dora")
@@ -177,7 +177,7 @@ def test_peft_dora_magnitude_gives_the_merged_weights(tmp_path, tmp_path_factory
 def test_peft_refuses_a_qlora_base(tmp_path, tmp_path_factory):
     import shutil
 
-    from core.peft_export import peft_tensors
+    from core.export.peft import peft_tensors
 
     base = _base(tmp_path_factory)
     qbase = tmp_path / "qbase"
@@ -191,7 +191,7 @@ def test_peft_refuses_a_qlora_base(tmp_path, tmp_path_factory):
 
 
 def test_hub_id_from_the_cache_path():
-    from core.peft_export import hub_id_of
+    from core.export.peft import hub_id_of
 
     assert hub_id_of("/h/hub/models--Qwen--Qwen2.5-0.5B-Instruct/snapshots/abc123") == "Qwen/Qwen2.5-0.5B-Instruct"
     assert hub_id_of("/some/local/folder") is None
@@ -204,7 +204,7 @@ def test_model_card_front_matter_and_body(tmp_path, tmp_path_factory):
 
     import yaml
 
-    from core.model_card import card_text
+    from core.export.model_card import card_text
 
     base = tmp_path / "hub" / "models--Qwen--Qwen2.5-0.5B-Instruct" / "snapshots" / "abc"
     shutil.copytree(_base(tmp_path_factory), base)
@@ -225,7 +225,7 @@ def test_model_card_front_matter_and_body(tmp_path, tmp_path_factory):
 # --------------------------------------------------------------------------- LM Studio
 
 def test_lmstudio_places_the_gguf_under_a_fake_home(tmp_path, monkeypatch):
-    from core.lmstudio import place_gguf
+    from core.export.lmstudio import place_gguf
 
     home = tmp_path / "home"
     home.mkdir()
@@ -239,7 +239,7 @@ def test_lmstudio_places_the_gguf_under_a_fake_home(tmp_path, monkeypatch):
     dest = home / ".lmstudio" / "models" / "tuneloom" / "my-run" / "tuned-q4_k_m.gguf"
     assert res["path"] == str(dest) and dest.read_bytes() == gguf.read_bytes()
     new = {p for p in tmp_path.rglob("*")} - before
-    # the GGUF and the marker that says Tuneloom wrote its folder (core.export_target), nothing else
+    # the GGUF and the marker that says Tuneloom wrote its folder (core.export.target), nothing else
     assert {p for p in new if not p.is_dir()} == {dest, dest.parent / ".tuneloom"}
     assert all(p in dest.parents for p in new if p.is_dir()), new
     with pytest.raises(TuneloomError, match="already has"):
@@ -252,7 +252,7 @@ def test_lmstudio_places_the_gguf_under_a_fake_home(tmp_path, monkeypatch):
 
 
 def test_lmstudio_uses_lms_import_when_installed(tmp_path, monkeypatch):
-    from core.lmstudio import place_gguf
+    from core.export.lmstudio import place_gguf
 
     home = tmp_path / "home"
     home.mkdir()
@@ -300,7 +300,7 @@ def hub(tmp_path, monkeypatch):
 
 
 def test_push_without_a_token_says_how_to_log_in(tmp_path, tmp_path_factory, hub):
-    from core.hub_push import NotLoggedIn, push
+    from core.export.hub_push import NotLoggedIn, push
 
     run = make_run(_base(tmp_path_factory), tmp_path / "run")
     with pytest.raises(NotLoggedIn) as err:
@@ -318,7 +318,7 @@ def test_push_adapter_and_merged_in_one_commit(tmp_path, tmp_path_factory, hub, 
     Path(constants.HF_TOKEN_PATH).write_text(TOKEN)  # as `hf auth login` stores it
     before = {p: p.stat().st_mtime_ns for p in Path(constants.HF_TOKEN_PATH).parent.rglob("*") if p.is_file()}
     ev = RecordingEvents()
-    from core.hub_push import push
+    from core.export.hub_push import push
 
     res = push(run, "me/tuned", what=["adapter", "merged"], private=True, endpoint=hub.url, events=ev)
     assert res["url"] == f"{hub.url}/me/tuned" and hub.private["me/tuned"] is True
@@ -342,7 +342,7 @@ def test_push_cancel_leaves_the_repo_without_a_commit(tmp_path, tmp_path_factory
     from huggingface_hub import constants
 
     from core.events import CancelToken, Cancelled, Events
-    from core.hub_push import push
+    from core.export.hub_push import push
 
     run = make_run(_base(tmp_path_factory), tmp_path / "run")
     Path(constants.HF_TOKEN_PATH).write_text(TOKEN)
@@ -406,8 +406,8 @@ def test_targets_take_the_best_adapter_as_try_and_the_merged_export_do(tmp_path,
 
     from safetensors.numpy import load_file
 
-    from core.export_adapter import read_adapter
-    from core.peft_export import peft_tensors
+    from core.export.adapter import read_adapter
+    from core.export.peft import peft_tensors
 
     base = _base(tmp_path_factory)
     best = make_run(base, tmp_path / "best", seed=1)
@@ -423,7 +423,7 @@ def test_targets_take_the_best_adapter_as_try_and_the_merged_export_do(tmp_path,
         ad = read_adapter(base, run, final)
         q = next(B for name, _A, B in ad.tensors if name == "blk.0.attn_q.weight")
         np.testing.assert_array_equal(q, want.T)
-    from core.mlx_export import export_mlx
+    from core.export.mlx import export_mlx
 
     res = export_mlx(run, tmp_path / "mlx", merged=False)
     np.testing.assert_array_equal(load_file(str(Path(res["adapter"]) / "adapters.safetensors"))[key + ".lora_b"],

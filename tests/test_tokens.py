@@ -72,9 +72,9 @@ def encoders(model_dirs) -> dict[str, ChatEncoder]:
 
 @pytest.fixture(scope="session")
 def tinyllama_gguf(tmp_path_factory):
-    """llama.cpp's own tokenizer for TinyLlama, via a GGUF exported by core.gguf_export."""
+    """llama.cpp's own tokenizer for TinyLlama, via a GGUF exported by core.export.gguf."""
     llama_cpp = pytest.importorskip("llama_cpp")
-    from core.gguf_export import export_gguf
+    from core.export.gguf import export_gguf
     from fixtures.tiny_models import cached_tiny_model
 
     model = cached_tiny_model("tinyllama", tmp_path_factory.getbasetemp() / "tiny-models")

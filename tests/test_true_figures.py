@@ -117,8 +117,8 @@ def demo_run():
 def test_export_sizes_are_within_5_percent_of_the_files_written(demo_run, tmp_path):
     """Every GGUF type on the demo run: the estimate the Export page shows (from the base's safetensors headers and
     tokenizer) against the file the export writes (the fused run)."""
-    from core.export import estimate_export_bytes, export, resolve_source
-    from core.gguf_export import QUANT_TYPES
+    from core.export.pipeline import estimate_export_bytes, export, resolve_source
+    from core.export.gguf import QUANT_TYPES
 
     base, _ = resolve_source(demo_run)
     for quant in QUANT_TYPES:

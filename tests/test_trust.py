@@ -353,7 +353,7 @@ def test_cli_eval_names_the_split_and_checks_drift():
 
 
 def test_cli_export_measure_prices_each_quantization_in_order():
-    from core import llamacpp
+    from core.export import llamacpp
     from tests.fixtures.eval_run import tiny_run
 
     if not llamacpp.available():
@@ -403,7 +403,7 @@ def test_a_dropped_test_file_is_the_test_split_beside_other_data(tmp_path):
 
 
 def test_an_export_of_the_best_adapter_is_recorded_on_the_report_card(tmp_path):
-    from core.export import export, write_export_record
+    from core.export.pipeline import export, write_export_record
     from tests.fixtures.eval_run import tiny_run
 
     run = tiny_run()

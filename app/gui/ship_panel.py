@@ -38,9 +38,9 @@ def target_dir(run_dir: Path, what: str, bits: int = 16) -> Path:
 
 
 def lmstudio_target(run_dir: Path, quant: str) -> Path:
-    """Where "Open in LM Studio" places the run's GGUF (core.lmstudio.target_path)."""
-    from core.export import default_gguf_name
-    from core.lmstudio import target_path
+    """Where "Open in LM Studio" places the run's GGUF (core.export.lmstudio.target_path)."""
+    from core.export.pipeline import default_gguf_name
+    from core.export.lmstudio import target_path
 
     return target_path(default_gguf_name(run_dir, quant), Path(run_dir).name)
 
@@ -49,8 +49,8 @@ def target_job(what, run_dir, quant, bits, events=None, cancel=None, force=False
     """One of the other targets, written under the run's exports/ folder (LM Studio: its own folder; an
     existing file there is replaced only with ``force``, which the user asks for by ticking a box)."""
     if what == "lmstudio":
-        from core.export import default_gguf_name, export, write_export_record
-        from core.lmstudio import place_gguf
+        from core.export.pipeline import default_gguf_name, export, write_export_record
+        from core.export.lmstudio import place_gguf
 
         gguf = runs.RunFolder(run_dir).exports_dir / default_gguf_name(run_dir, quant)
         if not gguf.is_file():
@@ -60,18 +60,18 @@ def target_job(what, run_dir, quant, bits, events=None, cancel=None, force=False
         placed = place_gguf(gguf, Path(run_dir).name, events=events, force=force)
         return {"what": what, "path": placed["path"], "note": f"placed by {placed['method']}"}
     if what == "mlx":
-        from core.mlx_export import export_mlx
+        from core.export.mlx import export_mlx
 
         res = export_mlx(run_dir, target_dir(run_dir, "mlx", bits), bits=bits, events=events, cancel=cancel)
         return {"what": what, "path": res["path"], "note": "merged/ and adapter/"}
-    from core.peft_export import export_peft
+    from core.export.peft import export_peft
 
     res = export_peft(run_dir, target_dir(run_dir, "peft"), events=events, cancel=cancel)
     return {"what": what, "path": res["path"], "note": f"r={res['r']}, lora_alpha={res['lora_alpha']:g}"}
 
 
 def push_job(run_dir, repo, what, private, token, events=None, cancel=None):
-    from core.hub_push import push
+    from core.export.hub_push import push
 
     return push(run_dir, repo, what=what, private=private, token=token or None, events=events, cancel=cancel)
 
@@ -79,9 +79,9 @@ def push_job(run_dir, repo, what, private, token, events=None, cancel=None):
 def sizes_for(run_dir: Path, quant: str, bits: int) -> dict:
     """Bytes each choice writes, from safetensors headers (milliseconds): merged GGUF, adapter GGUF, the base GGUF
     (0 when already exported), MLX folder, PEFT folder; and why the adapter cannot be exported, if so."""
-    from core.export import estimate_export_bytes, resolve_source
-    from core.export_adapter import base_gguf_path, estimate_adapter_bytes, exact_adapter_reason
-    from core.mlx_export import estimate_mlx_bytes
+    from core.export.pipeline import estimate_export_bytes, resolve_source
+    from core.export.adapter import base_gguf_path, estimate_adapter_bytes, exact_adapter_reason
+    from core.export.mlx import estimate_mlx_bytes
     from core.model_folder import run_thinking
 
     base, run = resolve_source(run_dir)

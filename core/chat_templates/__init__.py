@@ -24,7 +24,7 @@ Modules, each importing only those above it:
 * :mod:`~core.chat_templates.tools`: tools, calls and results in both templates;
 * :mod:`~core.chat_templates.embedded`: the GGUF's template; the format an export writes.
 
-Registration, Modelfiles and the Ollama API live in :mod:`core.ollama`, which re-exports the names
+Registration, Modelfiles and the Ollama API live in :mod:`core.export.ollama`, which re-exports the names
 of this package its callers used before the split.
 """
 from __future__ import annotations

@@ -73,7 +73,7 @@ def embedded_chat_template(tokenizer_config: dict, *, thinking: bool = False, ar
     ``tools``: the run trained on tool records; the template then renders tools, calls and results as
     training did (:func:`tools_jinja`, kind ``"tools"``) when that checks out on every scenario, plain
     conversations included; otherwise the plain template, with a note that tool calling was not kept."""
-    from core.gguf_export import ARCHITECTURES
+    from core.export.gguf import ARCHITECTURES
 
     fmt = chat_format_for(tokenizer_config, thinking=thinking)
     arch = ""

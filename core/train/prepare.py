@@ -133,7 +133,7 @@ def prepare_data(cfg: TrainConfig, resume, run_dir: Path, main: bool, events: Ev
         if main:
             write_json(run_dir / "config.json", asdict(cfg))
     if main and not resume and any(getattr(r, "tools", None) for r in ds.records):
-        # issue 31: the export renders tools (core.export.run_tools)
+        # issue 31: the export renders tools (core.export.pipeline.run_tools)
         runs.update_json(run_dir / "config.json", tools=True)
     if cfg.chunk and not preference:  # issue 26: long text documents become windows of max_seq_len instead of being cut
         from core.tokens import chunk_records

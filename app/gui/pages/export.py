@@ -1,6 +1,6 @@
 """Step 5, Export: one GGUF file and an Ollama Modelfile, registered in Ollama and verified, in one click.
 
-Everything is checked before anything is written (core.export.plan_export); the GGUF and the
+Everything is checked before anything is written (core.export.pipeline.plan_export); the GGUF and the
 Modelfile land together or not at all. When Ollama is not running the files are still written
 and Retry registers them once it runs. Each export is recorded in the run's ``exports/`` folder.
 """
@@ -19,11 +19,11 @@ from app.gui.pages.base import AppContext, Page, error_text
 from app.gui.notify import show_in_folder
 from app.gui.run_bar import RunBar, other_writer, writer_words
 from app.gui.widgets import fill_adapter_choices
-from core.export_run import answer_check, export_run, export_sizes, register_run
-from core.quants import OFFERED
-from core.quants import QUANTS as QUANT_TABLE
+from core.export.run import answer_check, export_run, export_sizes, register_run
+from core.export.quants import OFFERED
+from core.export.quants import QUANTS as QUANT_TABLE
 
-# each type offered: its key, its name, and one line saying its size, its quality and when to pick it (core.quants)
+# each type offered: its key, its name, and one line saying its size, its quality and when to pick it (core.export.quants)
 QUANTS = [(QUANT_TABLE[k].name, QUANT_TABLE[k].label, QUANT_TABLE[k].blurb) for k in OFFERED]
 MEASURE_TIP = ("Write each size once and let llama.cpp read it: how often it picks the same next token as the model "
                "you trained, on your test examples (a minute or more).")
@@ -36,7 +36,7 @@ def _size(n: int) -> str:
 
 
 def tool_check_html(check: dict | None) -> str:
-    """The verify step's tool check (core.ollama.check_tool_answer) as a line of the result, or ''."""
+    """The verify step's tool check (core.export.ollama.check_tool_answer) as a line of the result, or ''."""
     if not check:
         return ""
 
@@ -52,7 +52,7 @@ def tool_check_html(check: dict | None) -> str:
 
 def check_name_job(name, events=None, cancel=None):
     """Whether Ollama has ``name`` already (None: no server answered)."""
-    from core import ollama as ol
+    from core.export import ollama as ol
 
     return ol.model_exists(name)
 
@@ -133,7 +133,7 @@ class ExportPage(Page):
         self.temperature.setObjectName("export.temperature")
         self.temperature.setRange(0.0, 2.0)
         self.temperature.setSingleStep(0.1)
-        from core.ollama import DEFAULT_TEMPERATURE
+        from core.export.ollama import DEFAULT_TEMPERATURE
 
         self.temperature.setValue(DEFAULT_TEMPERATURE)
         self.temperature.setToolTip("Baked into the Modelfile (PARAMETER temperature): 0 always gives the same answer.")
@@ -221,7 +221,7 @@ class ExportPage(Page):
 
     def _build_measure(self, form) -> None:
         """The Quality row: measure the price of each size on request, and what it measured."""
-        # issue 28: the price of each quantization, measured on request (core.quant_price)
+        # issue 28: the price of each quantization, measured on request (core.export.quant_price)
         self.measure_btn = QPushButton("Measure the quality of each size")
         self.measure_btn.setObjectName("export.measure")
         self.measure_btn.setToolTip(MEASURE_TIP)
@@ -293,7 +293,7 @@ class ExportPage(Page):
     # -- the price of each quantization (issue 28) ----------------------------------------------
     def _show_price(self, table: dict | None = None):
         """The measured agreement beside each size, and the table under the button."""
-        from core.quant_price import price_text, read_price
+        from core.export.quant_price import price_text, read_price
 
         run = self.session.run_dir if self.session.trained else None
         if table is None:
@@ -309,7 +309,7 @@ class ExportPage(Page):
         run = self.session.run_dir
         if run is None or not self.session.trained or self.slots.running("export-measure"):
             return
-        from core.quant_price import measure_quants
+        from core.export.quant_price import measure_quants
 
         self.measure_btn.setEnabled(False)
         self.price.setText("Measuring each size...")
@@ -321,7 +321,7 @@ class ExportPage(Page):
 
     # -- state ---------------------------------------------------------------------------------
     def name_problem(self) -> str | None:
-        from core import ollama as ol
+        from core.export import ollama as ol
 
         try:
             ol.validate_model_name(self.name.text().strip())
@@ -464,7 +464,7 @@ class ExportPage(Page):
                 f"{html.escape(str(res['modelfile']))}<br>")
 
     def _done(self, res):
-        from core import ollama as ol
+        from core.export import ollama as ol
 
         self._paths = {"gguf": res.get("gguf"), "modelfile": res.get("modelfile")}
         self.after.setVisible(True)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from core import atomic, runs
 from core.events import NULL_EVENTS, CancelToken, Events, StageClock, TuneloomError
-from core.quants import QUANTS, checked
+from core.export.quants import QUANTS, checked
 from core.units import fmt_bytes
 
 # K-quant mixes keep some tensors (output, attn_v, ffn_down) at more bits: allow for it (fallback only)
@@ -93,7 +93,7 @@ def estimate_export_bytes(base: Path, quant: str, *, fuse: bool) -> dict:
         size = gguf_file_bytes(base, quant)
     except TuneloomError:
         # only for a base the exporter cannot plan directly (MLX-quantized: it is fused, i.e. dequantized,
-        # first): bytes per weight of the type's blocks (core.quants, from gguf's GGML_QUANT_SIZES)
+        # first): bytes per weight of the type's blocks (core.export.quants, from gguf's GGML_QUANT_SIZES)
         q = QUANTS.get(quant.lower(), QUANTS["f16"])
         per = q.bytes_per_weight * (_QUANT_SLACK if q.name.startswith("q") else 1.0)
         size = int(values * per) + 8 * 2**20
@@ -114,7 +114,7 @@ def gguf_file_bytes(model_dir: Path, quant: str, *, _meta: dict | None = None) -
     vocabulary, the merges, the chat template). A fused model has the base's tensors, so the base tells."""
     import gguf
 
-    from core import gguf_export as ge
+    from core.export import gguf as ge
 
     model_dir = Path(model_dir)
     config = ge._load_config(model_dir)
@@ -203,8 +203,8 @@ class ExportPlan:
     quant: str
     thinking: bool
     template_source: str
-    chat_format: object  # core.ollama.ChatFormat
-    embedded_template: object  # core.ollama.EmbeddedTemplate
+    chat_format: object  # core.chat_templates.ChatFormat
+    embedded_template: object  # core.chat_templates.EmbeddedTemplate
     modelfile_text: str
     parameters: dict
     tokenizer_config: dict
@@ -225,7 +225,8 @@ def plan_export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: 
                 temperature: float | None = None, replace: bool = False) -> ExportPlan:
     """Check everything an export needs and return the plan; raises :class:`TuneloomError` (nothing written).
     ``temperature``: the PARAMETER temperature to bake in (None: Tuneloom's default)."""
-    from core import ollama as ol
+    from core.export import ollama as ol
+    from core import chat_templates as ct
     from core.hub import validate_model_dir
     from core.model_folder import read_tokenizer_info, run_thinking
 
@@ -245,17 +246,17 @@ def plan_export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: 
         raise TuneloomError(f"The base model cannot be exported: {first.message}", first.hint)
     info = read_tokenizer_info(base)
     if not info.has_chat_template:
-        raise ol.TemplateNotSupported(
+        raise ct.TemplateNotSupported(
             f"{base.name} has no chat template (not in tokenizer_config.json, chat_template.jinja or "
             "chat_template.json), so neither Ollama nor llama.cpp can be told how to build its prompt.",
             "Use a chat (instruct) model, or add its chat_template.jinja to the folder.")
     thinking = run_thinking(adapter_dir)
     tools = run_tools(adapter_dir)
-    fmt = ol.export_chat_format(info.config, thinking=thinking, tools=tools)
-    embedded = ol.embedded_chat_template(info.config, thinking=thinking, architecture=check.architecture, tools=tools)
+    fmt = ct.export_chat_format(info.config, thinking=thinking, tools=tools)
+    embedded = ct.embedded_chat_template(info.config, thinking=thinking, architecture=check.architecture, tools=tools)
 
     gguf_path = Path(gguf) if gguf is not None else None
-    from core.export_target import check_targets, modelfile_for
+    from core.export.target import check_targets, modelfile_for
 
     mf = Path(modelfile) if modelfile else modelfile_for(gguf_path)  # NAME.Modelfile: one per GGUF
     # before any work: not into the source, not over a file it did not make, and a folder it can write
@@ -287,8 +288,8 @@ def run_tools(run_dir: str | Path | None) -> bool:
 def tool_verify_case(run_dir: str | Path, *, events: Events | None = None) -> dict | None:
     """The held-out question the verify step asks with tools: the first validation record with tool
     definitions and an assistant turn that calls one, cut before that turn. ``{"messages", "tools",
-    "expected", "model"}`` for :func:`core.ollama.check_tool_answer`; None when there is none."""
-    from core import ollama as ol
+    "expected", "model"}`` for :func:`core.export.ollama.check_tool_answer`; None when there is none."""
+    from core import chat_templates as ct
     from core.evaluate import run_split
 
     try:
@@ -304,13 +305,13 @@ def tool_verify_case(run_dir: str | Path, *, events: Events | None = None) -> di
             if m.get("role") == "assistant" and m.get("tool_calls") and any(
                     x.get("role") == "user" for x in messages[:i]):
                 base, _ = resolve_source(run_dir)
-                return {"messages": messages[:i], "tools": list(tools), "expected": ol.tool_calls_of(m),
+                return {"messages": messages[:i], "tools": list(tools), "expected": ct.tool_calls_of(m),
                         "model": str(base)}
     return None
 
 
 def _temp_name(dest: Path, suffix: str) -> Path:
-    from core.export_target import temp_prefix
+    from core.export.target import temp_prefix
 
     # the writer's pid in the name: the next export removes what a killed one left (export_target.clean_stale)
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dest), suffix=".part" + suffix, dir=dest.parent)
@@ -334,13 +335,13 @@ def export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str |
     Named stages are reported as they start and end (``events.stage(name)`` /
     ``events.stage_done(name, ok, seconds)``): "fuse" (with an adapter), "gguf", then register_model's
     "upload", "create", "verify". ``verify_messages`` / ``verify_options``: see
-    :func:`core.ollama.register_model`. A run's best adapter (``adapters_best.safetensors``) is merged
+    :func:`core.export.ollama.register_model`. A run's best adapter (``adapters_best.safetensors``) is merged
     where it has one; ``final=True`` merges the final one (``adapters.safetensors``). A run trained on tool
     calls (config.json ``"tools": true``) gets templates that render tools, and its verify step also asks a
     held-out question with its tools (``verify_tools``, default :func:`tool_verify_case`): the result's
     ``ollama.tool_check`` compares the calls Ollama parses with the held-out answer's.
     """
-    from core import ollama as ol
+    from core.export import ollama as ol
     from core.atomic import write_text
 
     events = events or NULL_EVENTS
@@ -385,7 +386,7 @@ def export(source, *, adapter=None, gguf=None, quant: str = "f16", ollama: str |
 def read_back(gguf: Path, events: Events) -> bool | None:
     """Load the written GGUF with llama.cpp's own loader when llama-cpp-python is installed (as the demo
     does): a file llama.cpp refuses is an error, never "ok". None: llama.cpp is not available here."""
-    from core import llamacpp
+    from core.export import llamacpp
 
     if not llamacpp.available():
         return None
@@ -410,8 +411,8 @@ def _write_file(path: Path, text: str) -> None:
 def _write_gguf_and_modelfile(plan: ExportPlan, events: Events, cancel: CancelToken | None) -> None:
     """Fuse (when there is an adapter), write the GGUF and the Modelfile under temporary names next
     to their destinations, then rename both; on any failure remove whatever this export wrote."""
-    from core.fuse import fuse_model
-    from core.gguf_export import export_gguf
+    from core.export.fuse import fuse_model
+    from core.export.gguf import export_gguf
     gguf, mf = plan.gguf, plan.modelfile
     stages = StageClock(events)
     try:
@@ -419,7 +420,7 @@ def _write_gguf_and_modelfile(plan: ExportPlan, events: Events, cancel: CancelTo
         mf.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise TuneloomError(f"Cannot create the export folder: {exc}", "Choose a folder you can write to.") from exc
-    from core.export_target import clean_stale, fuse_prefix
+    from core.export.target import clean_stale, fuse_prefix
 
     for folder in {gguf.parent, mf.parent}:
         for p in clean_stale(folder):
@@ -486,7 +487,7 @@ def write_export_record(run_dir: str | Path, result: dict, **extra) -> Path | No
            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ollama": ollama.get("name") if ollama else None,
            "ollama_host": ollama.get("host") if ollama else None, "base": result.get("base"),
            "adapter": result.get("adapter"), "adapter_file": result.get("adapter_file"), "chat_template_source": result.get("chat_template_source"), **extra}
-    # the measured price of this type (core.quant_price), when it was measured
+    # the measured price of this type (core.export.quant_price), when it was measured
     price = (folder.export_record("quant_price.json").get("quants") or {}).get(rec["quant"])
     if price:
         rec.setdefault("price", price)
