@@ -107,7 +107,7 @@ def report_markdown(r: dict) -> str:
               f"- Steps: {c['steps']} of {c['total_steps']}"
               + (f" (stopped early at step {c['stopped_early']})" if c["stopped_early"] else ""),
               f"- Training loss: first {_num(tl.get('first'))}, last {_num(tl.get('last'))}, lowest {_num(tl.get('min'))}",
-              f"- Validation loss: " + (", ".join(f"step {s}: {v:.4f}" for s, v in c["validation"]) or "none"),
+              "- Validation loss: " + (", ".join(f"step {s}: {v:.4f}" for s, v in c["validation"]) or "none"),
               f"- Best step: {c['best_step'] if c['best_step'] is not None else 'n/a'} "
               f"(validation loss {_num(c['best_valid_loss'])}); its adapter is `adapters_best.safetensors`"]
     if c["memorising"]:
