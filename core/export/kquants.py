@@ -332,33 +332,72 @@ def _jit():
     return _jit_module or None
 
 
+_COMPILE_IN_CHILDREN = True  # a cold kernel compiles in a child process of its own (see prepare)
+_ready: dict[str, threading.Event] = {}  # kind -> set once prepare() has its kernel ready (or gave up)
+
+
 def prepare(kinds) -> "threading.Thread | None":
     """Start compiling (or loading from numba's cache) the kernels of ``kinds`` ("Q4_K", "Q5_K",
-    "Q6_K"), in that order, on a thread of its own; returns the thread, or None when the numpy
-    code is wanted (nothing to compile) or ``kinds`` is empty.
+    "Q6_K"); returns the thread that does it, or None when the numpy code is wanted (nothing to
+    compile) or ``kinds`` is empty.
 
-    Why: the first export after an install compiles its kernels (a few seconds of numba's own
-    Python, which holds the GIL). Started as soon as the export knows its types, the compile
-    runs beside the work that needs no kernel (the tokenizer, the header) and the second kernel
-    compiles while the first one is already quantizing (a Q4_K_M file starts with its Q6_K
-    embedding; the kernels release the GIL); a block that needs a kernel still being compiled
-    waits for it (numba compiles each kernel once, under its compiler lock). A failure here is
-    only logged: the block's own call then meets it and falls back to the numpy code."""
+    Why: the first export after an install compiles its kernels: a few seconds of numba's own
+    Python each, which holds the GIL. A kernel that numba's cache does not hold yet is compiled in a
+    spawned child process of its own (Q4_K / Q5_K share one kernel, Q6_K has another), so two
+    kernels compile at once on two cores and neither holds this process's GIL, which the export's
+    tokenizer and header work needs meanwhile; the child writes numba's cache, and this process
+    then loads the kernel from it (well under a second). A kernel already cached is loaded here.
+    A block that needs a kernel waits until its kind is ready (:func:`_quantize`). A failure here
+    is only logged: the block's own call then compiles, or falls back to the numpy code."""
     kinds = [k for k in dict.fromkeys(kinds) if k in _JIT_FUNCS]
     if not kinds or _jit_module is False or os.environ.get(_BACKEND_ENV, "").lower() == "numpy":
         return None
+    events = {k: _ready.setdefault(k, threading.Event()) for k in kinds}
+    for e in events.values():
+        e.clear()
 
     def run():
         try:
             jit = _jit()  # numba's import (~0.5 s) on this thread too
-            if jit is not None:
-                jit.warm_up(kinds)
+            if jit is None:
+                return
+            if _COMPILE_IN_CHILDREN:
+                _compile_cold_in_children(jit, kinds)
+            for kind in kinds:
+                jit.warm_up([kind])
+                events[kind].set()
         except Exception as exc:  # noqa: BLE001 - the export's own call reports it (and falls back)
             log.info("compiling the K-quant kernels ahead failed: %s", exc)
+        finally:
+            for e in events.values():
+                e.set()
 
     thread = threading.Thread(target=run, name="tuneloom-kquant-compile", daemon=True)
     thread.start()
     return thread
+
+
+def _compile_cold_in_children(jit, kinds) -> None:
+    """One spawned child per kernel that numba's cache lacks; returns when they have ended."""
+    cold = {}
+    for kind in kinds:
+        if jit.cached(kind) is False:  # None: no cache here (a child's work would be lost)
+            cold.setdefault(jit.KERNEL_OF[kind], kind)
+    if not cold:
+        return
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # (fork would copy this process's threads' state: MLX, Qt)
+    children = [ctx.Process(target=jit.warm_up, args=([kind],), name=f"tuneloom-compile-{kind}", daemon=True)
+                for kind in cold.values()]
+    for c in children:
+        c.start()
+    for c in children:
+        c.join(timeout=600)
+        if c.is_alive():  # stuck: this process compiles instead
+            c.terminate()
+        elif c.exitcode:
+            log.info("compiling the %s kernel in a child process failed (exit %s)", c.name, c.exitcode)
 
 
 def backend() -> str:
@@ -382,6 +421,9 @@ def _quantize(data: np.ndarray, kind: str, backend: str | None = None) -> np.nda
     blocks = data.reshape(-1, QK_K)
     out = np.empty((blocks.shape[0], nbytes), dtype=np.uint8)
     if jit is not None:
+        ready = _ready.get(kind)
+        if ready is not None:
+            ready.wait()  # prepare() is bringing this kernel (from a child's compile or the cache)
         try:
             # one call for all blocks, GIL released throughout; the kernels want C order
             getattr(jit, _JIT_FUNCS[kind])(np.ascontiguousarray(blocks), out)

@@ -568,6 +568,22 @@ def f16_values_array(h: np.ndarray) -> np.ndarray:
 _WARM_UP = {"Q4_K": (quantize_q4_k_into, 144), "Q5_K": (quantize_q5_k_into, 176), "Q6_K": (quantize_q6_k_into, 210)}
 
 
+KERNEL_OF = {"Q4_K": "_affine_blocks", "Q5_K": "_affine_blocks", "Q6_K": "_q6_blocks"}
+
+
+def cached(kind: str) -> bool | None:
+    """Whether numba's cache holds a compiled kernel for ``kind`` from this very source, checked
+    without compiling or loading it; None where there is no cache (caching unavailable here)."""
+    cache = getattr(globals()[KERNEL_OF[kind]], "_cache", None)
+    index = getattr(cache, "_cache_file", None)
+    if index is None:  # numba's NullCache
+        return None
+    try:
+        return bool(index._load_index())  # {} when missing, or written for another version of the source
+    except Exception:  # noqa: BLE001 - numba internals: unknown reads as not cached
+        return False
+
+
 def warm_up(kinds=("Q4_K", "Q5_K", "Q6_K")) -> dict[str, int]:
     """Compile (or load from the cache) the kernels of ``kinds``, in that order, on one block each;
     returns how many of the kernels came from the cache (``numba`` dispatchers'
