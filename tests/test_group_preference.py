@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from core import demo_world, runs
+from core import runs
+from core.demo import world as demo_world
 from core.events import RecordingEvents
 from core.paths import demo_model_dir
 

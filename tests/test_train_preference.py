@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from core import demo_world, runs
+from core import runs
+from core.demo import world as demo_world
 from core.events import Cancelled, CancelToken, RecordingEvents
 from core.paths import demo_model_dir
 from core.train import TrainConfig, train

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import core  # noqa: F401  (OpenBLAS before MLX)
-from core import demo_world as world
+from core.demo import world
 from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
 from core.paths import demo_data_dir, demo_model_dir
 
