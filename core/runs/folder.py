@@ -203,6 +203,11 @@ class RunFolder:
     def latest_checkpoint(self) -> Path | None:
         return latest_checkpoint(self.path)
 
+    def checkpoint_state(self, ck: Path) -> dict:
+        """A checkpoint's state.json (core.checkpoints wrote it: the step, each file's size and checksum,
+        the config's fingerprint); {} when missing or damaged. core.checkpoints verifies it."""
+        return _json_object(Path(ck) / "state.json")
+
     def export_record(self, name: str) -> dict:
         """exports/NAME (a JSON record an exporter wrote there); {} when missing or damaged."""
         return _json_object(self.exports_dir / name)

@@ -89,7 +89,7 @@ def open_run(cfg: TrainConfig, resume, group, held: contextlib.ExitStack) -> tup
     main = group.is_main
     if resume:
         run_dir = Path(resume)
-        saved = group.broadcast_json(runs.read_json(run_dir / "config.json") if main else None)
+        saved = group.broadcast_json(runs.RunFolder(run_dir).config if main else None)
         if not saved:
             raise TuneloomError(f"{run_dir} is not a run folder (no config.json).", "Pick a folder under runs/.")
         if main:
@@ -225,10 +225,10 @@ def restore(cfg: TrainConfig, run_dir: Path, resume, model, total_steps: int, gr
     opt.init(model.trainable_parameters())
     start = 0
     if resume and group.is_main:
-        ck, start = _restore_verified(run_dir, model, opt, runs.read_json(run_dir / "config.json"), events)
+        ck, start = _restore_verified(run_dir, model, opt, runs.RunFolder(run_dir).config or None, events)
         if ck is not None:
             events.log("info", f"resumed from {ck.name}")
-        kept = [m for m in runs.read_metrics(run_dir) if m.get("step", 0) <= start]
+        kept = [m for m in runs.RunFolder(run_dir).metrics if m.get("step", 0) <= start]
         from core.atomic import write_text
 
         write_text(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in kept))
