@@ -212,7 +212,7 @@ class _Lines:
         if m:
             self.events.log(m.group(1), m.group(2))
         elif line.startswith("  ") and not text.startswith(("[", "Traceback")):
-            self.events.progress(0, None, text)  # "loading data", "loading model"
+            self.events.report_progress(Progress(0, None, what=text))  # "loading data", "loading model"
         else:
             self.events.log("info", text)
 
@@ -249,7 +249,7 @@ def group_train(cfg: TrainConfig, hostfile: str | os.PathLike, *, resume: str | 
         run_dir = Path(cfg.out)
         paths = [cfg.model, *cfg.data]
         args = train_args(cfg)
-    events.progress(0, None, "checking the Macs")
+    events.report_progress(Progress(0, None, what="checking the Macs"))
     checks = dist.check_hosts(hosts, paths)
     for c in checks:
         events.log("info" if c.ok else "warning", c.line())
