@@ -88,7 +88,7 @@ OURS = """
 import sys, json, time
 sys.path.insert(0, {root!r})
 import core  # OpenBLAS before mlx
-from core import preference as pref
+from core.train import preference as pref
 _ref = pref.reference_logps
 def timed(*a, **k):  # the up-front reference pass (train and validation pairs), timed
     t0 = time.perf_counter()

@@ -353,7 +353,7 @@ def _losses(model, rows: list[EvalRow], cfg, events: Events, cancel: CancelToken
 
 
 def _preference_accuracy(model, pairs, cfg, limit: int | None) -> dict[str, float | None]:
-    from core.preference import encode_pairs, preference_accuracy
+    from core.train.preference import encode_pairs, preference_accuracy
     from core.train import selective_head
 
     enc = model.encoder

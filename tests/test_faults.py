@@ -221,7 +221,7 @@ def test_cli_refuses_impossible_options_before_loading(tmp_path):
 # --- 3. divergence -----------------------------------------------------------------------------------
 
 def test_divergence_guard_judges_smoothed_losses_not_one_batch():
-    from core.divergence import DivergenceGuard
+    from core.train.divergence import DivergenceGuard
 
     ln_v = math.log(882)
     healthy = DivergenceGuard(882, warmup=2)
