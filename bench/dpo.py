@@ -8,7 +8,7 @@ interpreter with --peer-python.
 
 Same model (Qwen2.5-0.5B config with the real tokenizer, random float32 weights, layers reduced
 for a CPU, built by bench/train_throughput.py's `build_model`), same data (the demo world's
-preference pairs from `core.demo_world.preference_dataset`, with the same system message on
+preference pairs from `core.demo.world.preference_dataset`, with the same system message on
 both sides), same settings (LoRA rank 8, scale 2.0 = alpha 16 / rank 8, on every linear layer
 of every block, batch of B pairs, max length, beta 0.1, sigmoid loss, learning rate 1e-4,
 AdamW without weight decay, seed 0). The two tools run alternately in child processes of this
@@ -57,7 +57,7 @@ def build_data(dest: Path, n_train: int, n_valid: int) -> dict[str, Path]:
     """The demo world's preference pairs, written for each side: Tuneloom's prompt / chosen / rejected
     message lists (one file, split by --valid-fraction), mlx-lm-lora's flat strings with a `system`
     key (train.jsonl + valid.jsonl), and the supervised version (two chats per pair)."""
-    from core import demo_world
+    from core.demo import world as demo_world
 
     train, valid, _ = demo_world.preference_dataset(n_train=n_train, n_valid=n_valid)
     sysm = {"role": "system", "content": SYSTEM}
@@ -88,7 +88,7 @@ OURS = """
 import sys, json, time
 sys.path.insert(0, {root!r})
 import core  # OpenBLAS before mlx
-from core import preference as pref
+from core.train import preference as pref
 _ref = pref.reference_logps
 def timed(*a, **k):  # the up-front reference pass (train and validation pairs), timed
     t0 = time.perf_counter()

@@ -3,7 +3,7 @@
 Builds the tiny Qwen2.5 of the tests (float32) and a run with a random non-zero LoRA
 (tests/fixtures/ship_runs.py), exported as a PEFT folder. Tuneloom's side (MLX) encodes a fixed batch
 of preference pairs with its chat encoder, computes the reference log-probabilities with the adapter
-switched off and the DPO loss and metrics with `core.preference`; it writes the token ids and the
+switched off and the DPO loss and metrics with `core.train.preference`; it writes the token ids and the
 answer masks. TRL's side (torch) loads the base in transformers with the PEFT folder, builds a
 `DPOTrainer` whose reference model is the base model (Tuneloom's reference: the same weights with the
 adapter off; TRL given a PEFT model that already holds an adapter and no reference keeps a copy of that
@@ -44,7 +44,7 @@ def export(out: Path) -> None:
     import mlx.core as mx
     import mlx_lm
 
-    from core import preference as pref
+    from core.train import preference as pref
     from core.export.peft import export_peft
     from core.tokens import ChatEncoder
     from tests.fixtures.ship_runs import make_run

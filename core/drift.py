@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
+from core.events import NULL_EVENTS, CancelToken, Events, Progress, TuneloomError
 
 PROBE_MAX_TOKENS = 40  # tokens of each base answer measured (answers are cut there)
 SAME_RATIO = 0.6  # word-sequence similarity at or above which two answers say the same
@@ -140,7 +140,7 @@ def base_answers(model, prompts: list[list[int]], *, events: Events | None = Non
                 cancel.raise_if_cancelled()
             cached[key] = model.generate_ids(p, PROBE_MAX_TOKENS, adapter=False)
             new += 1
-            events.progress(i + 1, len(prompts), "base model: probe answers")
+            events.report_progress(Progress(i + 1, len(prompts), "prompt", "base model: probe answers"))
         out.append(list(cached[key]))
     if new:
         try:
@@ -213,7 +213,7 @@ def drift_check(run_dir: str | Path, *, probes: list[str | Path] | None = None, 
                      "kl_per_token": kl / max(n, 1), "loglik_change": ll / max(n, 1),
                      "changed": changed_in_substance(base_text, tuned_text)})
         kl_sum, ll_sum, n_tok = kl_sum + kl, ll_sum + ll, n_tok + n
-        events.progress(i + 1, len(plist), "forgetting check: probes")
+        events.report_progress(Progress(i + 1, len(plist), "prompt", "forgetting check: probes", item=p.id))
     kl_mean = kl_sum / max(n_tok, 1)
     out = {"kl_per_token": kl_mean, "loglik_change": ll_sum / max(n_tok, 1),
            "changed_share": sum(r["changed"] for r in rows) / len(rows), "verdict": verdict(kl_mean),

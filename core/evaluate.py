@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import core  # noqa: F401  (OpenBLAS before MLX)
-from core.events import NULL_EVENTS, CancelToken, Cancelled, Events, TuneloomError
+from core.events import NULL_EVENTS, CancelToken, Cancelled, Events, Progress, TuneloomError
 # which examples: what the run was trained from (below this module and core.generate; re-exported here)
 from core.run_inputs import (  # noqa: F401
     _train_config, file_examples, run_base_model, run_encoder, run_pair_splits, run_pairs, run_split, run_splits,
@@ -246,7 +246,7 @@ def run_chat_model(run_dir: str | Path, model=None, *, adapter: str = "best", ev
     from core.generate import ChatModel
 
     if model is None:
-        (events or NULL_EVENTS).progress(0, None, "loading the model")
+        (events or NULL_EVENTS).report_progress(Progress(0, None, what="loading the model"))
         base = run_base_model(run_dir)
         model = ChatModel(base, adapter_dir=run_dir, encoder=run_encoder(run_dir, base), adapter=adapter)
     if not model.has_adapter:
@@ -353,7 +353,7 @@ def _losses(model, rows: list[EvalRow], cfg, events: Events, cancel: CancelToken
 
 
 def _preference_accuracy(model, pairs, cfg, limit: int | None) -> dict[str, float | None]:
-    from core.preference import encode_pairs, preference_accuracy
+    from core.train.preference import encode_pairs, preference_accuracy
     from core.train import selective_head
 
     enc = model.encoder
@@ -379,7 +379,7 @@ def evaluate(run_dir: str | Path, data: list[str | Path] | None = None, *, limit
     if limit is not None and limit < 1:
         raise TuneloomError(f"--limit must be at least 1, not {limit}.")
     cfg = _train_config(run_dir)
-    events.progress(0, None, "reading the examples")
+    events.report_progress(Progress(0, None, what="reading the examples"))
     if split not in (None, "test", "validation"):
         raise TuneloomError(f"Unknown split {split!r}.", "Use 'test' or 'validation'.")
     pairs, source = [], "files"
@@ -418,9 +418,10 @@ def evaluate(run_dir: str | Path, data: list[str | Path] | None = None, *, limit
     done = 0
 
     def progress(what: str) -> None:
+        # a task: one batch of validation loss on one side, or one example answered by one side
         nonlocal done
         done += 1
-        events.progress(done, total, what)
+        events.report_progress(Progress(done, total, "task", what))
 
     for row in rows:  # a call turn is expected as the template writes it
         if row.expected_calls is not None:

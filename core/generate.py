@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from core import runs
-from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
+from core.events import NULL_EVENTS, CancelToken, Events, Progress, TuneloomError
 # runs: base model, encoder, trained system prompt (re-exported here for the callers of this module)
 from core.run_inputs import run_base_model, run_encoder, trained_system_prompt  # noqa: F401
 from core.tokens import ChatEncoder
@@ -457,9 +457,10 @@ class ChatSession:
         base = run_base_model(run_dir)
         if cancel is not None:
             cancel.raise_if_cancelled()
-        events.progress(0, None, f"loading {base.name} with the adapter of {Path(run_dir).name}")
+        events.report_progress(Progress(0, None, "model", f"loading {base.name} with the adapter of "
+                                                          f"{Path(run_dir).name}", item=base.name))
         model = ChatModel(base, adapter_dir=run_dir, encoder=run_encoder(run_dir, base), adapter=adapter)
-        events.progress(1, 1, "model loaded")
+        events.report_progress(Progress(1, 1, "model", "model loaded", item=base.name))
         return cls(model, sides, system=trained_system_prompt(run_dir), sampling=sampling)
 
     # -- history --------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ def run_pair_splits(run_dir: str | Path, *, events: Events | None = None, cancel
     its training drew them (the test pairs: the data's test file's, else the share set aside); empty
     lists for data without pairs."""
     from core.data import DatasetError, test_files
-    from core.preference import split_pairs
+    from core.train.preference import split_pairs
 
     cfg = _train_config(run_dir)
     events = events or NULL_EVENTS

@@ -242,6 +242,8 @@ def test_mlx_lm_folder_layout(tmp_path):
     train, valid = train_valid(ds)
     assert [r.messages[0]["content"] for r in valid] == ["v"] and len(train) == 5
     assert ev.progresses[-1][0] == ev.progresses[-1][1] and any("reading" in p[2] for p in ev.progresses)
+    # typed: bytes of the files, the file being read named in item (no front end parses "reading NAME")
+    assert {p.unit for p in ev.reports} == {"byte"} and {p.item for p in ev.reports if p.item} == set(ds.formats)
     # the same files dropped together (not the folder) are the same split
     ds2 = load_dataset([folder / "train.jsonl", folder / "valid.jsonl"])
     assert train_valid(ds2)[1][0].messages[0]["content"] == "v"

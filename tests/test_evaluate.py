@@ -157,6 +157,8 @@ def test_run_validation_losses_equal_the_training_ones(run_dir, full):
     counted = [(d, t) for d, t, what in ev.progresses if t and ("example" in what or "loss" in what)]
     assert counted[-1][0] == counted[-1][1] == 2 * 40 + 2 * 2  # answers, and loss batches of 32 examples
     assert [d for d, _ in counted] == list(range(1, len(counted) + 1))
+    tasks = [p for p in ev.reports if p.unit == "task"]  # the same count, typed
+    assert [(p.done, p.total) for p in tasks] == counted
 
 
 def test_answers_are_greedy_and_the_same_each_time(run_dir, model, full, monkeypatch):

@@ -221,7 +221,7 @@ def test_cli_refuses_impossible_options_before_loading(tmp_path):
 # --- 3. divergence -----------------------------------------------------------------------------------
 
 def test_divergence_guard_judges_smoothed_losses_not_one_batch():
-    from core.divergence import DivergenceGuard
+    from core.train.divergence import DivergenceGuard
 
     ln_v = math.log(882)
     healthy = DivergenceGuard(882, warmup=2)
@@ -392,7 +392,7 @@ def test_disk_full_during_a_checkpoint_leaves_no_part_folder_and_says_failed(tmp
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(path, arrays, *a, **k)
 
-    real_write_json = runs.write_json
+    real_write_json = runs.files.write_json  # set_status and update_json look it up in core.runs.files
 
     def write_json(dest, obj):
         if full["on"]:  # from now on no new file can be made: the status must go into the reserve
@@ -400,7 +400,7 @@ def test_disk_full_during_a_checkpoint_leaves_no_part_folder_and_says_failed(tmp
         return real_write_json(dest, obj)
 
     monkeypatch.setattr(mx, "save_safetensors", save)
-    monkeypatch.setattr(runs, "write_json", write_json)
+    monkeypatch.setattr(runs.files, "write_json", write_json)
     run = tmp_path / "run"
     with pytest.raises(TuneloomError) as info:
         train(cfg(run, iters=12, compile=False), events=RecordingEvents())

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from core import demo_world, runs
+from core import runs
+from core.demo import world as demo_world
 from core.events import RecordingEvents
 from core.paths import demo_model_dir
 
@@ -108,7 +109,7 @@ def test_a_two_rank_dpo_run_gives_the_one_process_figures(pref_data, one_process
 
 @pytest.mark.timeout(900)
 def test_orpo_in_a_group_with_accumulation_gives_the_one_process_figures(pref_data, tmp_path, monkeypatch):
-    from core.group_train import group_train
+    from core.train.group import group_train
     from core.train import TrainConfig, train
 
     data, hosts = pref_data
@@ -182,7 +183,7 @@ def test_a_group_dpo_run_killed_mid_run_resumes_to_the_one_process_curve(pref_da
 def test_a_group_gets_a_preference_run_with_its_own_options(monkeypatch):
     """train_args leaves out what the command's preset for the run's method already gives: a DPO run's
     options that equal the supervised preset's (its learning rate, its batch) must still be passed."""
-    from core.group_train import train_args
+    from core.train.group import train_args
     from core.train import TrainConfig, preset_config
     from tests.test_group_train import _config_from_cli
 

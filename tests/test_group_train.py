@@ -1,4 +1,4 @@
-"""core.group_train: a run on several Macs as a job (two ranks on 127.0.0.1, ring backend).
+"""core.train.group: a run on several Macs as a job (two ranks on 127.0.0.1, ring backend).
 
 The argv it gives the ranks rebuilds the same TrainConfig through the CLI's own code, and the
 follower reports every step of rank 0's metrics.jsonl once, in order, as the in-process trainer does."""
@@ -15,7 +15,7 @@ import pytest
 from core import distributed as dist
 from core import runs
 from core.events import Cancelled, CancelToken, RecordingEvents
-from core.group_train import group_train, train_args
+from core.train.group import group_train, train_args
 from core.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -172,7 +172,7 @@ def test_a_dpo_run_trains_on_two_macs_and_plots_its_rewards(home, qtbot, tmp_pat
 
     from PySide6.QtWidgets import QComboBox
 
-    from core import demo_world
+    from core.demo import world as demo_world
 
     monkeypatch.chdir(ROOT)
     w = make_window(qtbot, tmp_path / "s.ini")

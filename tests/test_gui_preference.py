@@ -10,7 +10,8 @@ from PySide6.QtCore import QSettings, Qt  # noqa: E402
 from PySide6.QtWidgets import QComboBox, QPushButton, QWidget  # noqa: E402
 
 from app.gui.main import TuneloomApp  # noqa: E402
-from core import demo_world, runs  # noqa: E402
+from core import runs  # noqa: E402
+from core.demo import world as demo_world
 from core.paths import demo_data_dir  # noqa: E402
 
 

@@ -12,7 +12,7 @@ BETA, LAM, EPS = 0.1, 0.25, 0.1
 def _setup(dtype=None):
     import mlx.core as mx
 
-    from core.preference import encode_pair
+    from core.train.preference import encode_pair
     from core.tokens import ChatEncoder
     from core.train import TrainConfig, add_adapters, load_base
 
@@ -83,7 +83,7 @@ def _np_orpo(pc, pr, nc, nr):
 def test_losses_and_metrics_equal_the_numpy_reference(setup, select):
     import mlx.core as mx
 
-    from core.preference import adapter_off, pair_rows, preference_loss, reference_logps
+    from core.train.preference import adapter_off, pair_rows, preference_loss, reference_logps
     from core.train import pad_batch
 
     model, pairs, pad = setup
@@ -120,7 +120,7 @@ def test_gradient_matches_a_finite_difference(setup, method):
     import mlx.nn as nn
     from mlx.utils import tree_flatten, tree_unflatten
 
-    from core.preference import pair_rows, preference_loss, reference_logps
+    from core.train.preference import pair_rows, preference_loss, reference_logps
     from core.train import pad_batch
 
     model, pairs, pad = setup
@@ -154,7 +154,7 @@ def test_identical_sides_give_the_neutral_loss(setup):
     """With the policy equal to the reference, DPO's loss is log 2 and the margin 0."""
     import mlx.core as mx
 
-    from core.preference import adapter_off, pair_rows, preference_loss, reference_logps
+    from core.train.preference import adapter_off, pair_rows, preference_loss, reference_logps
     from core.train import pad_batch
 
     model, pairs, pad = setup
@@ -171,7 +171,7 @@ def test_identical_sides_give_the_neutral_loss(setup):
 @pytest.mark.parametrize("select", [False, True])
 def test_a_groups_shares_add_up_to_the_whole_batch(setup, method, select):
     """Several Macs: a batch of 3 pairs split 2 + 1 between two ranks. Each rank's loss and metrics with the
-    step's totals (core.preference.group_norm) are its share: their sums, and the sums of the ranks'
+    step's totals (core.train.preference.group_norm) are its share: their sums, and the sums of the ranks'
     gradients, are the loss, metrics and gradient of one process over the whole batch (not the mean of
     the ranks' means, which weights the lone pair twice)."""
     import mlx.core as mx
@@ -179,7 +179,7 @@ def test_a_groups_shares_add_up_to_the_whole_batch(setup, method, select):
     from mlx.utils import tree_flatten
 
     from core.distributed import Group
-    from core.preference import batch_arrays, group_norm, preference_loss, reference_logps
+    from core.train.preference import batch_arrays, group_norm, preference_loss, reference_logps
 
     model, pairs, pad = setup
     refs = reference_logps(model, pairs, 3, pad, 256, select)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from core import demo_world, runs
+from core import runs
+from core.demo import world as demo_world
 from core.events import Cancelled, CancelToken, RecordingEvents
 from core.paths import demo_model_dir
 from core.train import TrainConfig, train
@@ -137,7 +138,7 @@ def _spy_encode(monkeypatch, seen: list):
 
 def _sides(pairs) -> set[str]:
     """Each pair's two sequences as the encoder would be given them."""
-    from core.preference import _messages
+    from core.train.preference import _messages
 
     return {json.dumps(list(p.prompt) + _messages(side), sort_keys=True)
             for p in pairs for side in (p.chosen, p.rejected)}
@@ -171,7 +172,7 @@ def test_dpo_sets_test_pairs_aside_that_training_never_encodes_and_eval_uses(pre
     assert out["tuned"]["split"] == "test" and isinstance(out["tuned"]["preference_accuracy"], float)
     # another seed draws other test pairs; no share, none
     from core.data import load_dataset
-    from core.preference import split_pairs
+    from core.train.preference import split_pairs
 
     ds = load_dataset([str(one_file)])
     assert {p.key() for p in split_pairs(ds, 0.1, 0, True, 0.2)[2]} == keys["test"]

@@ -252,7 +252,7 @@ def demo_run(tmp_path, seed: int, lr: float, iters: int = 100) -> Path:
 
 
 def prose_rate(run: Path) -> float:
-    from core import demo_world as world
+    from core.demo import world
     from core.demo import heldout_prompts
     from core.generate import ChatModel
 

@@ -14,7 +14,7 @@ from core.data.records import (
     KNOWN_SUFFIXES, SPLIT_NAMES, ChatRecord, Dataset, DatasetError, DatasetIssue, DatasetNote, PreferenceRecord,
 )
 from core.data.templates import _slot_re, make_template
-from core.events import CancelToken, Events, NULL_EVENTS, Throttle
+from core.events import CancelToken, Events, NULL_EVENTS, Progress, Throttle
 
 
 # ---------------------------------------------------------------------------
@@ -267,9 +267,9 @@ def load_dataset(paths: Iterable[str | os.PathLike], *, mapping: dict[str, str] 
 
         def on_bytes(n, base=base, name=name):
             if throttle.ready():
-                events.progress(base + n, grand, f"reading {name}")
+                events.report_progress(Progress(base + n, grand, "byte", f"reading {name}", item=name))
 
-        events.progress(base, grand, f"reading {name}")
+        events.report_progress(Progress(base, grand, "byte", f"reading {name}", item=name))
         if name in adapters:  # a file of a LLaMA-Factory folder: one refused whole is a problem, not the end
             try:
                 r, iss, fmt, n = load_file(f, mapping, cancel, name=name, on_bytes=on_bytes, template=template,
@@ -303,7 +303,7 @@ def load_dataset(paths: Iterable[str | os.PathLike], *, mapping: dict[str, str] 
             records += r
     if splits and loose:
         splits.setdefault("train", []).extend(loose)
-    events.progress(grand, grand, "read")
+    events.report_progress(Progress(grand, grand, "byte", "read"))
     ds = Dataset(records, lf_issues + issues, formats, total, splits, lf_notes
                  + _preference_notes(preference, pref_files, use) + counter.notes(), preference, left_out, use)
     _log_dataset(ds, events)

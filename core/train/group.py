@@ -83,7 +83,7 @@ class _Follower(threading.Thread):
     def __init__(self, run_dir: Path, events: Events, cancel: CancelToken, after_step: int, total: int | None):
         super().__init__(daemon=True, name="tuneloom-group-metrics")
         self.path = Path(run_dir) / "metrics.jsonl"
-        self.status_path = Path(run_dir) / "status.json"
+        self.run_dir = Path(run_dir)
         self.events, self.cancel = events, cancel
         self.after_step = after_step  # a resumed run's records up to its checkpoint are already shown
         self.total = total
@@ -136,7 +136,7 @@ class _Follower(threading.Thread):
 
     def _total(self) -> int:
         if self.total is None:
-            st = runs.read_json(self.status_path) or {}
+            st = runs.RunFolder(self.run_dir).status  # a new reader each time: rank 0 rewrites it
             if isinstance(st.get("total"), int):
                 self.total = st["total"]
         return self.total or 0
@@ -212,7 +212,7 @@ class _Lines:
         if m:
             self.events.log(m.group(1), m.group(2))
         elif line.startswith("  ") and not text.startswith(("[", "Traceback")):
-            self.events.progress(0, None, text)  # "loading data", "loading model"
+            self.events.report_progress(Progress(0, None, what=text))  # "loading data", "loading model"
         else:
             self.events.log("info", text)
 
@@ -231,15 +231,16 @@ def group_train(cfg: TrainConfig, hostfile: str | os.PathLike, *, resume: str | 
     after_step, total = 0, None
     if resume:
         run_dir = Path(resume)
-        saved = runs.read_json(run_dir / "config.json")
-        if not isinstance(saved, dict):
+        folder = runs.RunFolder(run_dir)
+        saved = folder.config
+        if not saved:
             raise TuneloomError(f"{run_dir} is not a run folder (no config.json).", "Pick a folder under runs/.")
         paths = [saved["model"], *saved.get("data", [])]
         args = ["--resume", str(run_dir)]
-        ck = runs.latest_checkpoint(run_dir)
+        ck = folder.latest_checkpoint
         if ck is not None:
-            after_step = int((runs.read_json(ck / "state.json") or {}).get("step", 0))
-        total = (runs.read_json(run_dir / "status.json") or {}).get("total")
+            after_step = int(folder.checkpoint_state(ck).get("step", 0))
+        total = folder.status.get("total")
     else:
         if not cfg.model or not cfg.data:
             raise TuneloomError("A run needs a model and data.", "Choose the model (step 1) and the data (step 2).")
@@ -248,7 +249,7 @@ def group_train(cfg: TrainConfig, hostfile: str | os.PathLike, *, resume: str | 
         run_dir = Path(cfg.out)
         paths = [cfg.model, *cfg.data]
         args = train_args(cfg)
-    events.progress(0, None, "checking the Macs")
+    events.report_progress(Progress(0, None, what="checking the Macs"))
     checks = dist.check_hosts(hosts, paths)
     for c in checks:
         events.log("info" if c.ok else "warning", c.line())
@@ -273,7 +274,7 @@ def group_train(cfg: TrainConfig, hostfile: str | os.PathLike, *, resume: str | 
         follower.stop_event.set()
         follower.join()
     follower.poll()  # what rank 0 wrote last (the final validation loss)
-    status = runs.read_json(run_dir / "status.json") or {}
+    status = runs.RunFolder(run_dir).status  # read now: rank 0 has written its last status
     total_steps = status.get("total") or follower.total or (lines.result or {}).get("total_steps")
     result = {"run_dir": str(run_dir), "total_steps": total_steps}
     if res.returncode == 0 and status.get("state") == "done":
@@ -289,7 +290,7 @@ def group_train(cfg: TrainConfig, hostfile: str | os.PathLike, *, resume: str | 
         result.update(state="cancelled", steps=steps, total_steps=total_steps)
         raise Cancelled(f"cancelled at step {steps} of {total_steps}; adapters saved",
                         "Resume it later from the run list (on the same Macs).", result=result)
-    ck = runs.latest_checkpoint(run_dir)
+    ck = runs.RunFolder(run_dir).latest_checkpoint
     where = (f"The run keeps its checkpoint from step {ck.name.split('-')[-1].lstrip('0') or 0}"
              if ck else "The run has no checkpoint yet")
     why = res.message or "The group stopped."

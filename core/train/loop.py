@@ -54,7 +54,7 @@ class Loop:
         self.set_status("running", step=p.start, total=p.total_steps)
         self.metrics_fh = (open(p.run_dir / "metrics.jsonl", "a", encoding="utf-8") if self.main
                            else open(os.devnull, "w"))
-        kept_metrics = runs.read_metrics(p.run_dir) if self.main else []
+        kept_metrics = runs.RunFolder(p.run_dir).metrics if self.main else []
         self.keeper = BestKeeper(self.cfg.early_stop, self.events)
         self.keeper.replay(p.group.broadcast_json([[m.get("step", 0), m.get("train_loss"), m.get("valid_loss")]
                                                    for m in kept_metrics] if self.main else None) or [])
@@ -76,7 +76,7 @@ class Loop:
 
     def set_status(self, state_: str, **extra):
         if self.main:
-            saved = runs.read_json(self.p.run_dir / "config.json", {}) or {}
+            saved = runs.RunFolder(self.p.run_dir).config  # read now: the best step is written into it
             for k in ("best_step", "best_valid_loss"):  # the best so far stays named in status.json
                 if k in saved:
                     extra.setdefault(k, saved[k])

@@ -13,7 +13,7 @@ from typing import Any
 from core import runs
 from core.atomic import write_json
 from core.data import require_clean, test_files, train_valid_test
-from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
+from core.events import NULL_EVENTS, CancelToken, Events, Progress, TuneloomError
 from core.tokens import ChatEncoder
 from core.train import memory
 from core.train.adapters import add_adapters, adapter_weights, load_base
@@ -89,7 +89,7 @@ def open_run(cfg: TrainConfig, resume, group, held: contextlib.ExitStack) -> tup
     main = group.is_main
     if resume:
         run_dir = Path(resume)
-        saved = group.broadcast_json(runs.read_json(run_dir / "config.json") if main else None)
+        saved = group.broadcast_json(runs.RunFolder(run_dir).config if main else None)
         if not saved:
             raise TuneloomError(f"{run_dir} is not a run folder (no config.json).", "Pick a folder under runs/.")
         if main:
@@ -111,7 +111,7 @@ def prepare_data(cfg: TrainConfig, resume, run_dir: Path, main: bool, events: Ev
                  cancel: CancelToken) -> RunData:
     """The data read, split (the test examples set aside, never encoded) and encoded with the model's
     chat template; long documents chunked when asked."""
-    events.progress(0, None, "loading data")
+    events.report_progress(Progress(0, None, what="loading data"))  # nothing counted: a busy bar
     ds = _load_data(cfg, cancel)
     from core.train import preference as pref
 
@@ -160,7 +160,7 @@ def prepare_model(cfg: TrainConfig, preference: bool, events: Events) -> tuple[A
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    events.progress(0, None, "loading model")
+    events.report_progress(Progress(0, None, what="loading model"))
     mx.random.seed(cfg.seed)
     model, model_config = load_base(cfg.model)
     weight_bytes = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
@@ -225,10 +225,10 @@ def restore(cfg: TrainConfig, run_dir: Path, resume, model, total_steps: int, gr
     opt.init(model.trainable_parameters())
     start = 0
     if resume and group.is_main:
-        ck, start = _restore_verified(run_dir, model, opt, runs.read_json(run_dir / "config.json"), events)
+        ck, start = _restore_verified(run_dir, model, opt, runs.RunFolder(run_dir).config or None, events)
         if ck is not None:
             events.log("info", f"resumed from {ck.name}")
-        kept = [m for m in runs.read_metrics(run_dir) if m.get("step", 0) <= start]
+        kept = [m for m in runs.RunFolder(run_dir).metrics if m.get("step", 0) <= start]
         from core.atomic import write_text
 
         write_text(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in kept))
@@ -248,7 +248,7 @@ def reference_logps(p: Prepared) -> tuple[list, list]:
     from core.train import preference as pref
 
     cfg, d = p.cfg, p.data
-    p.events.progress(0, None, "reference log-probabilities")
+    p.events.report_progress(Progress(0, None, what="reference log-probabilities"))
     p.model.eval()
     train_refs = pref.reference_logps(p.model, d.train_seqs, cfg.batch, d.pad_id, cfg.max_seq_len, p.select,
                                       p.cancel, p.group)

@@ -42,7 +42,7 @@ def _set_aside_diverged(run_dir: Path, onset: int | None) -> int | None:
                 if aside.exists():
                     shutil.rmtree(aside, ignore_errors=True)
                 os.replace(d, aside)
-    good = runs.latest_checkpoint(run_dir)
+    good = runs.RunFolder(run_dir).latest_checkpoint
     if good is None:
         return None
     for name in ("adapters.safetensors", "adapter_config.json"):
@@ -61,8 +61,8 @@ def _diverged_hint(cfg: TrainConfig, kept: int | None) -> str:
 
 def refuse_finished(run_dir: Path) -> None:
     """A resume of a run that has done all its steps trains nothing: say so (core.runs.RunFinished)."""
-    st = runs.read_json(Path(run_dir) / "status.json", {})
-    if isinstance(st, dict) and st.get("state") == "done":
+    st = runs.RunFolder(run_dir).status
+    if st.get("state") == "done":
         steps = st.get("steps") or st.get("step")
         raise runs.RunFinished(
             f"{run_dir} is finished" + (f": all {steps} steps are done" if steps else "") + "; nothing to resume.",
@@ -84,7 +84,8 @@ def _save_checkpoint(run_dir: Path, step: int, model, opt, adapter_config: dict)
         mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt_state)
         (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
         # sizes and checksums, checked before a resume trusts the checkpoint (core.checkpoints)
-        state = checkpoints.checkpoint_state(tmp, step, runs.read_json(run_dir / "config.json"))
+        # None without a config, as before (its fingerprint is None, not that of {})
+        state = checkpoints.checkpoint_state(tmp, step, runs.RunFolder(run_dir).config or None)
         (tmp / "state.json").write_text(json.dumps(state))
         if ck.exists():
             shutil.rmtree(ck)

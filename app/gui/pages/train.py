@@ -380,7 +380,7 @@ class TrainPage(Page):
         top.addWidget(self.preset_line, 1)
         lay.addLayout(top)
         # preference pairs in the data: how to train on them (issue 30)
-        from core.preference import METHOD_TEXT
+        from core.train.preference import METHOD_TEXT
 
         mrow = QHBoxLayout()
         self.method_label = QLabel("<b>Method</b>")
@@ -868,7 +868,7 @@ class TrainPage(Page):
     # -- several Macs -------------------------------------------------------------------------
     def _build_hosts_panel(self, lay):
         """The "Several Macs" section: a host file, a check of every Mac in it, and the switch that makes
-        Start run the group (core.group_train) instead of the trainer on this Mac alone."""
+        Start run the group (core.train.group) instead of the trainer on this Mac alone."""
         self._group_run = False  # the running job is a group run (no pause)
         self.hosts_box = Section("Several Macs" if ON_MAC else "Several computers")
         self.hosts_box.setObjectName("train.hosts_box")
@@ -1005,9 +1005,9 @@ class TrainPage(Page):
         self._hosts_not_ready(error_text(exc))
 
     def _run_group(self, cfg: TrainConfig, resume: Path | None):
-        """Start (or resume) the run on the Macs of the host file; core.group_train reports like the trainer,
+        """Start (or resume) the run on the Macs of the host file; core.train.group reports like the trainer,
         so the curve, the figures and the log fill as in a run on this Mac."""
-        from core.group_train import group_train
+        from core.train.group import group_train
 
         self._group_run = True
         self._log_line("info", f"on the Macs of {self.hostfile()}")
@@ -1155,7 +1155,7 @@ class TrainPage(Page):
         self._options_changed()
 
     def _method_changed(self):
-        from core.preference import METHOD_TEXT
+        from core.train.preference import METHOD_TEXT
 
         key = self.method_key()
         text = ("Learn the chosen answers as examples; the rejected answers are left out."

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import core  # noqa: F401  (OpenBLAS before MLX)
-from core import demo_world as world
-from core.events import NULL_EVENTS, CancelToken, Events, TuneloomError
+from core.demo import world
+from core.events import NULL_EVENTS, CancelToken, Events, Progress, TuneloomError
 from core.paths import demo_data_dir, demo_model_dir
 
 # What the demo promises on the held-out topics (issue 15): the base model does not answer in the
@@ -49,7 +49,7 @@ def _eval_answers(model, prompts: list[dict], events: Events, what: str, cancel:
         if cancel:
             cancel.raise_if_cancelled()
         out.append(model.answer(p["messages"], max_tokens=64))
-        events.progress(i + 1, len(prompts), what)
+        events.report_progress(Progress(i + 1, len(prompts), "prompt", what))
     return out
 
 
@@ -240,14 +240,15 @@ class _DemoRun:
         ref = []
         for i, p in enumerate(all_prompts):
             ref.append(fused.generate_ids(encoder.prompt_ids(p["messages"]), max_tokens=64))
-            events.progress(i + 1, len(all_prompts), "MLX greedy answers (fused)")
+            events.report_progress(Progress(i + 1, len(all_prompts), "prompt", "MLX greedy answers (fused)"))
         for q, path in self.ggufs.items():
             llm = llamacpp.LlamaCppModel(path)
             same = 0
             for i, p in enumerate(all_prompts):
                 got = llm.greedy(encoder.prompt_ids(p["messages"]), encoder.eos_ids, max_tokens=64)
                 same += got == ref[i]
-                events.progress(i + 1, len(all_prompts), f"llama.cpp greedy answers ({q})")
+                events.report_progress(Progress(i + 1, len(all_prompts), "prompt", f"llama.cpp greedy answers ({q})",
+                                                item=q))
             llm.close()
             self.agreement[q] = same / len(all_prompts)
         self._finish(s, self.agreement["f16"] >= F16_AGREE_MIN and self.agreement["q8_0"] >= Q8_AGREE_MIN,
