@@ -138,7 +138,7 @@ export_gguf({model!r}, {out!r}, {quant!r}, workers={workers})
 WARM_UP = """
 import sys; sys.path.insert(0, {root!r})
 import numpy as np
-from core import kquants
+from core.export import kquants
 assert kquants.backend() == "numba", kquants.backend()
 x = np.zeros((1, 256), np.float32)
 kquants.quantize_q4_k(x); kquants.quantize_q5_k(x); kquants.quantize_q6_k(x)
@@ -157,7 +157,7 @@ import ctypes, json, sys, time
 from pathlib import Path
 sys.path.insert(0, {root!r})
 import gguf, llama_cpp, numpy as np
-from core import kquants
+from core.export import kquants
 lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
 lib.ggml_quantize_chunk.restype = ctypes.c_size_t
 lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,

@@ -207,7 +207,7 @@ class _DemoRun:
 
     def fuse(self) -> None:
         from core import runs
-        from core.fuse import fuse_model
+        from core.export.fuse import fuse_model
 
         s = self._stage("fuse")
         # the best adapter (lowest validation loss), as Try, Evaluate and Export use it
@@ -216,7 +216,7 @@ class _DemoRun:
         self._finish(s, True, path=str(self.fused_dir))
 
     def export_gguf(self) -> None:
-        from core.gguf_export import export_gguf
+        from core.export.gguf import export_gguf
 
         s = self._stage("export gguf")
         self.ggufs = {}
@@ -227,7 +227,7 @@ class _DemoRun:
         self._finish(s, True, files=self.ggufs)
 
     def llamacpp_agreement(self) -> None:
-        from core import llamacpp
+        from core.export import llamacpp
         from core.generate import ChatModel
 
         s = self._stage("llama.cpp agreement")
@@ -255,22 +255,24 @@ class _DemoRun:
                      **{f"{q}_agreement": v for q, v in self.agreement.items()}, prompts=len(all_prompts))
 
     def quantization_price(self) -> None:
-        from core import llamacpp
+        from core.export import llamacpp
 
         s = self._stage("quantization price")
         if not llamacpp.available():
             self._finish(s, None, skipped="llama-cpp-python is not installed")
             return
-        from core.quant_price import measure_quants
+        from core.export.quant_price import measure_quants
 
         self.price = measure_quants(self.out / "run", events=self.events, cancel=self.cancel)
         self._finish(s, True, **{q: row for q, row in self.price.items()})
 
     def ollama(self) -> None:
-        from core import ollama as ol
+        from core.chat_templates import go_template_for
+        from core.export import ollama as ol
+        from core.model_folder import load_tokenizer_config
 
         s = self._stage("ollama")
-        tok_cfg = ol.load_tokenizer_config(self.fused_dir)
+        tok_cfg = load_tokenizer_config(self.fused_dir)
         self.modelfile = modelfile = self.out / "Modelfile"
         ol.write_modelfile(modelfile, Path(self.ggufs["f16"]), tok_cfg, num_ctx=self.cfg.max_seq_len)
         create_cmd = ol.ollama_create_command(modelfile, self.ollama_name)
@@ -279,7 +281,7 @@ class _DemoRun:
             self._finish(s, None, modelfile=str(modelfile), registered=False,
                          message="no Ollama server answered; to register the model run: " + create_cmd)
             return
-        template, stops = ol.go_template_for(tok_cfg)
+        template, stops = go_template_for(tok_cfg)
         try:
             reg = ol.register_model(Path(self.ggufs["f16"]), self.ollama_name, template=template, stops=stops,
                                     force=True, host=host, events=self.events, cancel=self.cancel)
