@@ -162,7 +162,7 @@ def models_main() -> int:
     """Print the catalog: size, training memory, whether it fits this machine, whether it is here."""
     from core.catalog import DEFAULT_PRESET, catalog_rows, machine_memory_bytes
     from core.events import TuneloomError
-    from core.hub import hub_cache_dir
+    from core.hub_env import hub_cache_dir
 
     try:
         mem = machine_memory_bytes()

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Iterable
 from urllib.parse import urlparse
 
+from core.hub_env import _env_true, hub_cache_dir, hub_endpoint, is_offline, token_hint, token_path  # noqa: F401
 from core.events import NULL_EVENTS, CancelToken, Cancelled, Events, Progress, Throttle, TuneloomError
 # validation lives in core.model_check; these names stay importable from core.hub
 from core.model_check import (FALLBACK_TEMPLATES, SUPPORTED_SUMMARY, TOKENIZER_FILES, ModelCheck,  # noqa: F401
@@ -98,54 +99,6 @@ class DiskSpaceError(HubError):
 class OfflineError(HubError):
     pass
 
-
-
-# --------------------------------------------------------------------------- environment
-
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
-
-
-def hub_endpoint() -> str:
-    """HF_ENDPOINT as set now (huggingface_hub reads it once, at import)."""
-    from huggingface_hub import constants
-
-    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-
-
-def hub_cache_dir() -> Path:
-    """The hub cache as set now: HF_HUB_CACHE, else $HF_HOME/hub, else huggingface_hub's default."""
-    from huggingface_hub import constants
-
-    explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
-    if explicit:
-        return Path(os.path.expandvars(os.path.expanduser(explicit)))
-    home = os.environ.get("HF_HOME")
-    if home:
-        return Path(os.path.expandvars(os.path.expanduser(home))) / "hub"
-    return Path(constants.HF_HUB_CACHE)
-
-
-def is_offline() -> bool:
-    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) as set now, or as huggingface_hub saw it at import."""
-    from huggingface_hub import constants
-
-    if "HF_HUB_OFFLINE" in os.environ:
-        return _env_true("HF_HUB_OFFLINE")
-    return _env_true("TRANSFORMERS_OFFLINE") or constants.is_offline_mode()
-
-
-def token_path() -> Path:
-    """Where huggingface_hub keeps the token that ``hf auth login`` saves (and reads it from)."""
-    from huggingface_hub import constants
-
-    return Path(constants.HF_TOKEN_PATH)
-
-
-def token_hint() -> str:
-    return ("Give Tuneloom a Hugging Face access token (https://huggingface.co/settings/tokens, 'read' is enough): "
-            "run `hf auth login` (or huggingface_hub.login() in Python) and it is stored in "
-            f"{token_path()}; or set the HF_TOKEN environment variable.")
 
 
 def save_token(token: str) -> Path:

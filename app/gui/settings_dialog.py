@@ -53,7 +53,7 @@ class SettingsDialog(QDialog):
         form.addRow("Max length per example", self.max_len)
         form.addRow("", self.reopen)
 
-        from core.hub import token_path
+        from core.hub_env import token_path
         from core.paths import runs_dir
 
         self.token = QLineEdit()

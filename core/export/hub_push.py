@@ -120,7 +120,7 @@ def push(run: str | Path, repo: str, *, what: list[str] | tuple[str, ...] = ("ad
     if repo.count("/") != 1 or not all(repo.split("/")):
         raise TuneloomError(f"{repo!r} is not a repository name OWNER/NAME.", "For example: --repo me/my-fine-tune")
     tok = _token(token)
-    from core.hub import hub_endpoint
+    from core.hub_env import hub_endpoint
 
     api = HfApi(endpoint=endpoint or hub_endpoint(), token=tok)
     work = Path(tempfile.mkdtemp(prefix="tuneloom-push-"))
