@@ -7,6 +7,8 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the window's start-up fill of the K-quant kernel cache: off, or every window test would start one
+os.environ.setdefault("TUNELOOM_KERNEL_FILL", "0")
 os.environ.setdefault("TUNELOOM_HOME", tempfile.mkdtemp(prefix="tuneloom-test-home-"))
 # Never talk to a real Ollama from tests: port 9 (discard) refuses connections here.
 os.environ["OLLAMA_HOST"] = "http://127.0.0.1:9"

@@ -216,6 +216,53 @@ def test_a_frozen_app_compiles_the_kernels_once_into_the_users_cache_folder(tmp_
     assert list(Path(first["dir"]).rglob("*.nbi")) and list(Path(first["dir"]).rglob("*.nbc"))
 
 
+def test_kernels_missing_from_the_cache_compile_in_children_and_the_window_start_fills_it(tmp_path):
+    """A cold export compiles each missing kernel in a child process of its own (two at once), and
+    the window's start-up fill (a low-priority child) leaves every kernel cached, so the export
+    after it loads them (numba's cache_hits) instead of compiling (cache_misses)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = """if True:
+        import json, sys
+        from core.export import kquants, kquants_jit
+        before = {k: kquants_jit.cached(k) for k in ("Q4_K", "Q5_K", "Q6_K")}
+        if sys.argv[1] == "fill":
+            child = kquants.fill_cache_in_background()
+            child.join(600)
+            print(json.dumps({"before": before, "exitcode": child.exitcode}))
+        else:
+            kquants.prepare(["Q6_K", "Q4_K"]).join(600)
+            print(json.dumps({"before": before, **kquants_jit.warm_up(["Q6_K", "Q4_K"])}))
+    """
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), TUNELOOM_KERNEL_FILL="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+
+    def run(what: str) -> dict:
+        p = subprocess.run([sys.executable, "-c", code, what], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=900)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return json.loads(p.stdout.strip().splitlines()[-1])
+
+    # a cold export: the children compiled both kernels, this process loaded them from the cache
+    cold = run("export")
+    assert cold["before"] == {"Q4_K": False, "Q5_K": False, "Q6_K": False}
+    assert cold["cache_hits"] == 2 and cold["cache_misses"] == 0, cold
+    # the window's fill on a fresh cache, then an export: nothing left to compile
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "numba2")
+    fill = run("fill")
+    assert fill["exitcode"] == 0 and not any(fill["before"].values())
+    after = run("export")
+    assert after["before"] == {"Q4_K": True, "Q5_K": True, "Q6_K": True}
+    assert after["cache_hits"] == 2 and after["cache_misses"] == 0
+    # and off where asked (the tests' own default)
+    env["TUNELOOM_KERNEL_FILL"] = "0"
+    assert subprocess.run([sys.executable, "-c", "from core.export import kquants; "
+                           "assert kquants.fill_cache_in_background() is None"], env=env, timeout=300).returncode == 0
+
+
 def test_rows_must_be_whole_super_blocks():
     with pytest.raises(ValueError):
         kquants.quantize_q4_k(np.zeros((2, 100), dtype=np.float32))

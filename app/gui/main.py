@@ -113,6 +113,15 @@ class QuitAfterFirstPaint(QObject):
         self.app.exit(3)
 
 
+def _fill_kernel_cache() -> None:
+    try:
+        from core.export import kquants
+
+        kquants.fill_cache_in_background()
+    except Exception:  # noqa: BLE001 - only a speed-up: the first export compiles instead
+        log.exception("could not start filling the K-quant kernel cache")
+
+
 def run_gui(argv: list[str] | None = None, quit_after_paint: bool | None = None) -> int:
     """Open the window; returns the exit code. ``quit_after_paint`` (default: the
     TUNELOOM_QUIT_AFTER_PAINT environment variable) closes it after its first paint."""
@@ -135,6 +144,8 @@ def run_gui(argv: list[str] | None = None, quit_after_paint: bool | None = None)
     connect_window(app, win)
     watcher = QuitAfterFirstPaint(app, win, started) if quit_after_paint else None
     win.show()
+    if not quit_after_paint:  # the K-quant kernels compiled now, idle, not in the first export
+        QTimer.singleShot(3000, _fill_kernel_cache)
     # files named on the command line (`tuneloom data.jsonl`, or "Open with" on Linux/Windows)
     files = [Path(a) for a in (argv or sys.argv)[1:] if not a.startswith("-") and Path(a).exists()]
     if files:

@@ -400,6 +400,39 @@ def _compile_cold_in_children(jit, kinds) -> None:
             log.info("compiling the %s kernel in a child process failed (exit %s)", c.name, c.exitcode)
 
 
+_FILL_ENV = "TUNELOOM_KERNEL_FILL"  # "0": the window does not fill numba's cache at start (the tests' default)
+
+
+def fill_cache_in_background():
+    """Fill numba's cache with every K-quant kernel in a spawned child process at the lowest CPU
+    priority, so that the first export after an install (the .app, a wheel) loads its kernels
+    instead of compiling them on its critical path (a few seconds). The window calls this once it
+    is up; the child checks the cache itself (importing numba here would hold the window's thread)
+    and compiles only what is missing, so on later starts it costs one short idle process.
+    Returns the child (a daemon: it ends with the app), or None where the numpy code is wanted or
+    ``TUNELOOM_KERNEL_FILL=0``."""
+    if os.environ.get(_FILL_ENV, "1") == "0" or os.environ.get(_BACKEND_ENV, "").lower() == "numpy":
+        return None
+    import multiprocessing as mp
+
+    child = mp.get_context("spawn").Process(target=_fill_cache, name="tuneloom-kernel-fill", daemon=True)
+    child.start()
+    return child
+
+
+def _fill_cache() -> None:
+    """(In the child.) Compile into numba's cache each kernel it lacks, at the lowest priority."""
+    try:
+        os.nice(19)
+    except (AttributeError, OSError):  # (no nice on Windows)
+        pass
+    from core.export import kquants_jit
+
+    missing = [k for k in _JIT_FUNCS if kquants_jit.cached(k) is False]
+    if missing:
+        kquants_jit.warm_up(missing)
+
+
 def backend() -> str:
     """``"numba"`` or ``"numpy"``: which implementation the K-quants run by default."""
     return "numba" if _jit() else "numpy"
