@@ -151,14 +151,10 @@ def _watch_parents(interval: float = 1.0) -> None:
     host, _, pid = origin.rpartition(":")
     starter = int(pid) if pid.isdigit() and host == socket.gethostname() else None
 
+    from core.pids import pid_alive
+
     def alive(p: int) -> bool:
-        try:
-            os.kill(p, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return pid_alive(p, unsure=True)
 
     def watch():
         import time

@@ -21,6 +21,7 @@ from pathlib import Path
 from core import runs
 from core.atomic import write_error
 from core.events import TuneloomError
+from core.pids import pid_alive
 
 GGUF_MAGIC = b"GGUF"
 # temporary names: .<dest name>.<pid>.<random>.part[.gguf] and .tuneloom-fuse-<pid>-<random>/
@@ -42,18 +43,6 @@ def fuse_prefix() -> str:
     return f".tuneloom-fuse-{os.getpid()}-"
 
 
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 def clean_stale(folder: Path) -> list[Path]:
     """Remove the temporary files and fuse folders that exports killed mid-way left in ``folder`` (those of
     processes that are gone; a running export's are left alone). Returns what was removed."""
@@ -64,7 +53,7 @@ def clean_stale(folder: Path) -> list[Path]:
         return gone
     for p in entries:
         m = _PART.match(p.name) or _FUSE.match(p.name)
-        if not m or _alive(int(m.group(1))):
+        if not m or pid_alive(int(m.group(1)), unsure=True):  # unsure: leave the files
             continue
         with contextlib.suppress(OSError):
             if p.is_dir() and not p.is_symlink():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from core.atomic import write_json, write_text
 from core.paths import runs_dir
+from core.pids import pid_alive
 from core.runs.files import read_json
 from core.runs.folder import ExportInfo, RunFolder, _best_step
 from core.runs.lock import LOCK_NAME, run_locked_by_other
@@ -20,22 +20,7 @@ from core.runs.metrics import _number, read_metrics, series
 ELSEWHERE = "elsewhere.txt"
 
 
-def _pid_alive(pid) -> bool:
-    try:
-        pid = int(pid)
-    except (TypeError, ValueError):
-        return False
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
+_pid_alive = pid_alive  # (the old name)
 
 
 @dataclass
@@ -65,7 +50,7 @@ class RunInfo:
         if s == "running":
             if (self.path / LOCK_NAME).exists():  # the lock says it exactly (a pid can be reused)
                 return s if run_locked_by_other(self.path) else "interrupted"
-            if not _pid_alive(self.status.get("pid")):
+            if not pid_alive(self.status.get("pid")):
                 return "interrupted"  # the process that trained it is gone (a crash, a kill)
         return s
 
