@@ -7,6 +7,13 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist (./dev test's two workers on two cores) each process's OpenBLAS keeps one thread:
+# with its default of one per core, the workers' BLAS threads outnumber the cores and spin waiting for
+# each other (measured here: two copies of one training test side by side took 79 s with the default and
+# 60 s with one thread each, a third of their CPU time was the spinning). Set before core loads OpenBLAS;
+# the tests' child processes inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # the window's start-up fill of the K-quant kernel cache: off, or every window test would start one
 os.environ.setdefault("TUNELOOM_KERNEL_FILL", "0")
 os.environ.setdefault("TUNELOOM_HOME", tempfile.mkdtemp(prefix="tuneloom-test-home-"))
