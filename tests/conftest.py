@@ -7,13 +7,13 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Under pytest-xdist (./dev test's two workers on two cores) each process's OpenBLAS keeps one thread:
-# with its default of one per core, the workers' BLAS threads outnumber the cores and spin waiting for
-# each other (measured here: two copies of one training test side by side took 79 s with the default and
-# 60 s with one thread each, a third of their CPU time was the spinning). Set before core loads OpenBLAS;
-# the tests' child processes inherit it.
+# Under pytest-xdist (./dev test's two workers on two cores) OpenBLAS's idle threads sleep almost at once
+# (2**4 cycles) instead of spinning about 0.1 s for more work: the two workers' BLAS threads outnumber the
+# cores, and their spinning took CPU from the other worker (two copies of one training test side by side:
+# 79 CPU-s with the default, 65 with this). The thread count, and so every result, stays as it was (one
+# thread each changed the demo's numbers). Set before core loads OpenBLAS; child processes inherit it.
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 # the window's start-up fill of the K-quant kernel cache: off, or every window test would start one
 os.environ.setdefault("TUNELOOM_KERNEL_FILL", "0")
 os.environ.setdefault("TUNELOOM_HOME", tempfile.mkdtemp(prefix="tuneloom-test-home-"))
