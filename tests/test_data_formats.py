@@ -351,3 +351,18 @@ def test_json_document_lines_for_one_example_and_a_wrapped_list(tmp_path):
                                                              {"prompt": "p", "completion": "c"}]}, indent=1)
     ds = load_dataset([write(tmp_path, "w.json", wrapped)])
     assert [i.line for i in ds.issues] == [4] and [r.line for r in ds.records] == [8]
+
+
+# --------------------------------------------------------------------------- preference pairs in a table
+
+def test_a_preference_csv_reads_as_pairs_and_an_empty_one_is_explained(tmp_path):
+    """A table whose header names a preference shape (TRL's prompt / chosen / rejected) read as pairs;
+    it used to crash looking that shape up among the supervised ones (hypothesis found the empty case)."""
+    f = write(tmp_path, "pairs.csv", "prompt,chosen,rejected\nWhat is 2+2?,4,5\nCapital of France?,Paris,Rome\n")
+    ds = load_dataset([f])
+    assert [(p.prompt[0]["content"], p.chosen[0]["content"], p.rejected[0]["content"]) for p in ds.preference] == [
+        ("What is 2+2?", "4", "5"), ("Capital of France?", "Paris", "Rome")]
+    assert [p.line for p in ds.preference] == [2, 3]
+    empty = write(tmp_path, "empty.csv", "chosen,rejected\n")
+    with pytest.raises(DatasetError, match="has a header row but no examples"):
+        load_dataset([empty])

@@ -308,7 +308,7 @@ def _read_delimited(path: Path, delimiter: str, cancel, name: str, mapping=None,
                                "question/answer or text (any letter case), map your columns to these names, or "
                                "write user and assistant templates such as 'Pokemon name: {name}'.", name)
         have = {_norm_key(h) for h in header}
-        for key in dict(FORMATS)[fmt]:
+        for key in dict(FORMATS).get(fmt, ()):  # (a preference header: its columns named the format)
             col = mapping.get(key, key) if mapping else key
             if _norm_key(col) not in have:
                 raise DatasetError(f"{name} has no column '{col}' (mapped to '{key}'); its columns are {header[:12]}.",
