@@ -641,6 +641,9 @@ class DataPage(Page):
         if not self.slots.running("tokens"):
             self.set_busy(None)
         self.session.update(data_loading=False)
+        # a test share changed while the files were read was passed over (test_share_changed waits for
+        # the reading): the split shown follows it now
+        self.test_share_changed()
 
     def measure_tokens(self):
         """Token lengths and the training text of the dataset with the chosen model's tokenizer."""
