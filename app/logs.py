@@ -230,12 +230,14 @@ def write_crash_report(exc_info=None, what: str | None = None) -> Path:
         parts += ["", f"Last lines of {LOG_NAME}", "-" * (14 + len(LOG_NAME)), log_tail.rstrip()]
     text = "\n".join(parts) + "\n"
     d = _writable_log_dir()
-    stamp = now.strftime("%Y%m%d-%H%M%S")
-    path = d / f"crash-{stamp}.txt"
-    n = 1
-    while path.exists():
-        n += 1
-        path = d / f"crash-{stamp}-{n}.txt"
+    from core.atomic import unique_names
+
+    for path in unique_names(d, f"crash-{now.strftime('%Y%m%d-%H%M%S')}", ".txt"):
+        try:  # the name is taken now (empty), then the whole report replaces it
+            open(path, "x").close()
+            break
+        except FileExistsError:
+            continue
     tmp = path.with_name("." + path.name + ".part")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

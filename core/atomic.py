@@ -56,6 +56,19 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         raise
 
 
+def unique_names(folder: str | os.PathLike, stem: str, suffix: str = "") -> Iterator[Path]:
+    """``folder/stem+suffix``, then ``stem-2+suffix``, ``stem-3+suffix``, ...: the names to try, in turn,
+    for something new that must never take the place of what is there (a run folder, a crash report).
+    The caller creates each one exclusively (``mkdir``, ``open(..., "x")``) and moves on to the next on
+    FileExistsError, so two at the same second (two windows, two runs) get two names."""
+    folder = Path(folder)
+    yield folder / f"{stem}{suffix}"
+    n = 2
+    while True:
+        yield folder / f"{stem}-{n}{suffix}"
+        n += 1
+
+
 def write_text(dest: str | os.PathLike, text: str) -> None:
     with atomic_path(dest) as tmp:
         tmp.write_text(text, encoding="utf-8")

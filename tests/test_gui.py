@@ -228,3 +228,40 @@ def test_train_plot_survives_many_repaints(qtbot):
             QApplication.processEvents()
     plot.flush()
     assert plot.train_s.n == 3000 and plot.valid_s.n == 30
+
+
+def test_the_window_fills_the_kernel_cache_after_it_shows_but_not_when_it_quits_after_paint(qapp, monkeypatch):
+    """run_gui's start-up hook: once the window is up, the K-quant kernel cache is filled in the
+    background (core.export.kquants.fill_cache_in_background); a --quit-after-paint start leaves it."""
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QWidget
+
+    import app.gui.main as gui_main
+    import app.gui.main_window as main_window
+    from core.export import kquants
+
+    class LightWindow(QWidget):  # (the hook, not the pages, is under test)
+        def open_paths(self, files):
+            pass
+
+    fills = []
+
+    def fill():
+        fills.append(True)
+        QTimer.singleShot(0, qapp.quit)
+
+    monkeypatch.setattr(main_window, "MainWindow", LightWindow)
+    monkeypatch.setattr(gui_main, "KERNEL_FILL_DELAY_MS", 50)
+    monkeypatch.setattr(kquants, "fill_cache_in_background", fill)
+    guard = QTimer()  # a hook that never fires fails below instead of hanging the suite
+    guard.setSingleShot(True)
+    guard.timeout.connect(qapp.quit)
+    guard.start(120_000)
+    try:
+        assert gui_main.run_gui(["tuneloom"], quit_after_paint=False) == 0
+        assert fills == [True]
+        fills.clear()
+        assert gui_main.run_gui(["tuneloom"], quit_after_paint=True) == 0
+        assert fills == []
+    finally:
+        guard.stop()

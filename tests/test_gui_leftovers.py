@@ -297,6 +297,36 @@ def test_the_data_page_counts_the_test_share(home, qtbot, tmp_path):
     assert w.data_report.n_test == 10
 
 
+def test_a_test_share_changed_while_the_files_are_read_is_applied_when_the_reading_ends(home, qtbot, tmp_path,
+                                                                                        monkeypatch):
+    """The race that once lost a change: the share moves after the summary is shown but before the
+    reading counts as ended (test_share_changed passes over it then); the reading's end applies it."""
+    from core.data import load_dataset, train_valid_test
+
+    rows = [{"messages": [{"role": "user", "content": f"question {i}"},
+                          {"role": "assistant", "content": f"answer {i}"}]} for i in range(60)]
+    f = tmp_path / "data.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    w = make_window(qtbot, tmp_path / "s.ini")
+    page = w.data_page
+    assert w.train_page.values()["test_fraction"] != 0.2
+    shown = page._data_loaded
+    seen = []
+
+    def shown_then_changed(report):
+        shown(report)
+        seen.append(page.slots.running("data"))  # still reading: the change below is passed over here
+        w.train_page.option("test_fraction").setValue(0.2)
+
+    monkeypatch.setattr(page, "_data_loaded", shown_then_changed)
+    w.load_data([f])
+    _tr, _va, te = train_valid_test(load_dataset([f]), page.valid_fraction(), 0.2)
+    # a bound for a stuck re-split, not a speed
+    qtbot.waitUntil(lambda: bool(seen) and f"<b>{len(te)}</b> for the final test (20% of" in page.summary.text(),
+                    timeout=300000)
+    assert seen == [True] and w.data_report.n_test == len(te)
+
+
 def test_memorising_is_a_banner_on_the_train_page(home, qtbot, tmp_path):
     from core.train import memorising_text
 
@@ -366,8 +396,6 @@ def test_a_damaged_runs_status_takes_the_palettes_red_after_a_theme_switch(home,
             want = theme.accent("error", pal).name()
             qtbot.waitUntil(lambda: _row(w, bad).foreground(4).color().name() == want, timeout=5000)
         assert theme.accent("error", theme.dark_palette()).name() != theme.accent("error", light).name()
-        from PySide6.QtCore import Qt
-
         assert _row(w, good).foreground(4).style() == Qt.BrushStyle.NoBrush  # a healthy run keeps the default colour
     finally:
         app.setPalette(light)

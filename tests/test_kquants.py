@@ -263,6 +263,44 @@ def test_kernels_missing_from_the_cache_compile_in_children_and_the_window_start
                            "assert kquants.fill_cache_in_background() is None"], env=env, timeout=300).returncode == 0
 
 
+def test_a_cancelled_export_stops_the_compiling_children_and_the_blocks_waiting_for_them(monkeypatch):
+    """A block waiting for its kernel, and the children compiling it, end as soon as the export is
+    cancelled (not after the compile, nor after the 300 s limit on a stuck child)."""
+    import multiprocessing as mp
+    import threading
+    from types import SimpleNamespace
+
+    from core.events import CancelToken, Cancelled
+    from fixtures.stuck_compile import compile_forever
+
+    jit = SimpleNamespace(cached=lambda kind: False, KERNEL_OF={"Q4_K": "q4_k", "Q6_K": "q6_k"},
+                          warm_up=compile_forever)
+    monkeypatch.setattr(kquants, "_jit", lambda: jit)
+    monkeypatch.setattr(kquants, "_ready", {})
+    token = CancelToken()
+    compiling = kquants.prepare(["Q4_K", "Q6_K"], cancel=token)
+    gate = kquants._ready["Q4_K"]
+    ended = []
+
+    def block():
+        try:
+            gate.wait()
+            ended.append("ran")
+        except Cancelled:
+            ended.append("cancelled")
+
+    waiting = threading.Thread(target=block)
+    waiting.start()
+    waiting.join(1.0)
+    assert waiting.is_alive()  # the kernel is not ready: the block waits
+    token.cancel()
+    waiting.join(60)
+    compiling.join(60)
+    assert ended == ["cancelled"] and not compiling.is_alive()
+    assert not [c for c in mp.active_children() if c.name.startswith("tuneloom-compile")]
+    gate.wait()  # a later block (another export) is not cancelled by this one
+
+
 def test_rows_must_be_whole_super_blocks():
     with pytest.raises(ValueError):
         kquants.quantize_q4_k(np.zeros((2, 100), dtype=np.float32))

@@ -212,3 +212,35 @@ def test_the_history_list_is_unchanged_by_the_reader(tmp_path):
     infos = {i.name: i for i in runs.list_runs(root)}
     assert infos[good.name].state == "done" and infos[good.name].title == "My run"
     assert infos[bad.name].state == "damaged" and "status.json is not valid JSON" in infos[bad.name].problem
+
+
+def test_two_runs_or_crash_reports_in_the_same_second_get_two_names(tmp_path, monkeypatch):
+    """Run folders and crash reports are named by the second they start; a name already taken (by a
+    folder or by a file) is never reused or replaced: the next one gets -2, -3, ..."""
+    import datetime as dt
+    import time
+    from types import SimpleNamespace
+
+    from app import logs
+
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20261206-120000")
+    first, second = runs.new_run_dir("my run", root=tmp_path), runs.new_run_dir("my run", root=tmp_path)
+    (tmp_path / "20261206-120000-my-run-3").write_text("a file of the user's")
+    third = runs.new_run_dir("my run", root=tmp_path)
+    assert [p.name for p in (first, second, third)] == ["20261206-120000-my-run", "20261206-120000-my-run-2",
+                                                        "20261206-120000-my-run-4"]
+    assert all(p.is_dir() for p in (first, second, third))
+    assert (tmp_path / "20261206-120000-my-run-3").read_text() == "a file of the user's"
+
+    monkeypatch.setenv("TUNELOOM_LOG_DIR", str(tmp_path / "logs"))
+    fixed = dt.datetime(2026, 12, 6, 12, 0, 0)
+    monkeypatch.setattr(logs, "_dt", SimpleNamespace(datetime=SimpleNamespace(now=lambda: fixed)))
+    reports = []
+    for what in ("first", "second"):
+        try:
+            raise ValueError(f"the {what} failure")
+        except ValueError:
+            reports.append(logs.write_crash_report(what="a test"))
+    assert [p.name for p in reports] == ["crash-20261206-120000.txt", "crash-20261206-120000-2.txt"]
+    assert "the first failure" in reports[0].read_text() and "the second failure" in reports[1].read_text()
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == sorted(p.name for p in reports)  # no leftovers

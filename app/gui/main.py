@@ -13,6 +13,7 @@ from PySide6.QtWidgets import QApplication
 
 log = logging.getLogger("tuneloom.gui")
 NO_PAINT_TIMEOUT_S = 120  # --quit-after-paint gives up (exit 3) when nothing was painted by then
+KERNEL_FILL_DELAY_MS = 3000  # the K-quant kernel cache is filled this long after the window shows
 
 
 class TuneloomApp(QApplication):
@@ -145,7 +146,7 @@ def run_gui(argv: list[str] | None = None, quit_after_paint: bool | None = None)
     watcher = QuitAfterFirstPaint(app, win, started) if quit_after_paint else None
     win.show()
     if not quit_after_paint:  # the K-quant kernels compiled now, idle, not in the first export
-        QTimer.singleShot(3000, _fill_kernel_cache)
+        QTimer.singleShot(KERNEL_FILL_DELAY_MS, _fill_kernel_cache)
     # files named on the command line (`tuneloom data.jsonl`, or "Open with" on Linux/Windows)
     files = [Path(a) for a in (argv or sys.argv)[1:] if not a.startswith("-") and Path(a).exists()]
     if files:

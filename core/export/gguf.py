@@ -557,7 +557,7 @@ def export_gguf(model_dir, out_path, quant: str = "f16", *, events: Events | Non
     plan = _plan_tensors(model_dir, config, spec, quant, events)
     # the K-quant kernels this file needs, compiled (first export after an install) or loaded from
     # numba's cache on a thread of their own, in the order the file first needs them
-    kquants.prepare([p.qtype.name for p in plan if p.qtype in _KQUANTIZERS])
+    kquants.prepare([p.qtype.name for p in plan if p.qtype in _KQUANTIZERS], cancel)
     with _BlockPool(workers) as pool:
         blocks = _PlanBlocks(plan, pool, cancel)
         try:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 import numpy as np
 
@@ -333,10 +334,44 @@ def _jit():
 
 
 _COMPILE_IN_CHILDREN = True  # a cold kernel compiles in a child process of its own (see prepare)
-_ready: dict[str, threading.Event] = {}  # kind -> set once prepare() has its kernel ready (or gave up)
+_CHILD_COMPILE_LIMIT_S = 300  # a child compiling longer than this is stuck: this process compiles instead
 
 
-def prepare(kinds) -> "threading.Thread | None":
+class _Gate:
+    """Whether prepare() has a kind's kernel ready; a block that needs the kernel waits here. The wait
+    ends with :class:`~core.events.Cancelled` as soon as the export that started prepare() is
+    cancelled (the block is dropped anyway), so a cancel never waits for a compile."""
+
+    def __init__(self) -> None:
+        self._open = threading.Event()
+        self._open.set()
+        self.cancel = None
+
+    def close(self, cancel) -> None:
+        self.cancel = cancel
+        self._open.clear()
+
+    def open(self) -> None:
+        self._open.set()
+
+    def wait(self) -> None:
+        if self._open.is_set():  # (a later call after a cancelled export is not itself cancelled)
+            return
+        while not self._open.wait(0.05):
+            self._raise_if_cancelled()
+        self._raise_if_cancelled()
+
+    def _raise_if_cancelled(self) -> None:
+        if self.cancel is not None and self.cancel.cancelled:
+            from core.events import Cancelled
+
+            raise Cancelled()
+
+
+_ready: dict[str, _Gate] = {}  # kind -> open once prepare() has its kernel ready (or gave up)
+
+
+def prepare(kinds, cancel=None) -> "threading.Thread | None":
     """Start compiling (or loading from numba's cache) the kernels of ``kinds`` ("Q4_K", "Q5_K",
     "Q6_K"); returns the thread that does it, or None when the numpy code is wanted (nothing to
     compile) or ``kinds`` is empty.
@@ -347,14 +382,15 @@ def prepare(kinds) -> "threading.Thread | None":
     kernels compile at once on two cores and neither holds this process's GIL, which the export's
     tokenizer and header work needs meanwhile; the child writes numba's cache, and this process
     then loads the kernel from it (well under a second). A kernel already cached is loaded here.
-    A block that needs a kernel waits until its kind is ready (:func:`_quantize`). A failure here
-    is only logged: the block's own call then compiles, or falls back to the numpy code."""
+    A block that needs a kernel waits until its kind is ready (:func:`_quantize`). ``cancel`` (the
+    export's token) stops the children and ends those waits at once. A failure here is only
+    logged: the block's own call then compiles, or falls back to the numpy code."""
     kinds = [k for k in dict.fromkeys(kinds) if k in _JIT_FUNCS]
     if not kinds or _jit_module is False or os.environ.get(_BACKEND_ENV, "").lower() == "numpy":
         return None
-    events = {k: _ready.setdefault(k, threading.Event()) for k in kinds}
-    for e in events.values():
-        e.clear()
+    gates = {k: _ready.setdefault(k, _Gate()) for k in kinds}
+    for g in gates.values():
+        g.close(cancel)
 
     def run():
         try:
@@ -362,23 +398,26 @@ def prepare(kinds) -> "threading.Thread | None":
             if jit is None:
                 return
             if _COMPILE_IN_CHILDREN:
-                _compile_cold_in_children(jit, kinds)
+                _compile_cold_in_children(jit, kinds, cancel)
             for kind in kinds:
+                if cancel is not None and cancel.cancelled:
+                    return
                 jit.warm_up([kind])
-                events[kind].set()
+                gates[kind].open()
         except Exception as exc:  # noqa: BLE001 - the export's own call reports it (and falls back)
             log.info("compiling the K-quant kernels ahead failed: %s", exc)
         finally:
-            for e in events.values():
-                e.set()
+            for g in gates.values():
+                g.open()
 
     thread = threading.Thread(target=run, name="tuneloom-kquant-compile", daemon=True)
     thread.start()
     return thread
 
 
-def _compile_cold_in_children(jit, kinds) -> None:
-    """One spawned child per kernel that numba's cache lacks; returns when they have ended."""
+def _compile_cold_in_children(jit, kinds, cancel=None) -> None:
+    """One spawned child per kernel that numba's cache lacks; returns when they have ended, when
+    ``cancel`` fires (the children are stopped) or after :data:`_CHILD_COMPILE_LIMIT_S`."""
     cold = {}
     for kind in kinds:
         if jit.cached(kind) is False:  # None: no cache here (a child's work would be lost)
@@ -392,32 +431,55 @@ def _compile_cold_in_children(jit, kinds) -> None:
                 for kind in cold.values()]
     for c in children:
         c.start()
-    for c in children:
-        c.join(timeout=600)
-        if c.is_alive():  # stuck: this process compiles instead
-            c.terminate()
-        elif c.exitcode:
-            log.info("compiling the %s kernel in a child process failed (exit %s)", c.name, c.exitcode)
+    deadline = time.monotonic() + _CHILD_COMPILE_LIMIT_S
+    try:
+        while any(c.is_alive() for c in children):
+            if (cancel is not None and cancel.cancelled) or time.monotonic() > deadline:
+                break
+            next(c for c in children if c.is_alive()).join(0.05)
+    finally:
+        for c in children:
+            if c.is_alive():  # cancelled, or stuck: this process compiles instead (when not cancelled)
+                c.terminate()
+                c.join(5)
+            elif c.exitcode:
+                log.info("compiling the %s kernel in a child process failed (exit %s)", c.name, c.exitcode)
 
 
 _FILL_ENV = "TUNELOOM_KERNEL_FILL"  # "0": the window does not fill numba's cache at start (the tests' default)
 
 
-def fill_cache_in_background():
+class _Fill(threading.Thread):
+    """Starts the filling child from a thread of its own (a spawn start is tens of milliseconds the
+    window's thread should not wait) and waits for it: ``join()`` waits for the child, ``exitcode``
+    is then the child's."""
+
+    def __init__(self) -> None:
+        super().__init__(name="tuneloom-kernel-fill", daemon=True)
+        self.exitcode: int | None = None
+
+    def run(self) -> None:
+        import multiprocessing as mp
+
+        child = mp.get_context("spawn").Process(target=_fill_cache, name="tuneloom-kernel-fill", daemon=True)
+        child.start()
+        child.join()
+        self.exitcode = child.exitcode
+
+
+def fill_cache_in_background() -> "_Fill | None":
     """Fill numba's cache with every K-quant kernel in a spawned child process at the lowest CPU
     priority, so that the first export after an install (the .app, a wheel) loads its kernels
     instead of compiling them on its critical path (a few seconds). The window calls this once it
     is up; the child checks the cache itself (importing numba here would hold the window's thread)
     and compiles only what is missing, so on later starts it costs one short idle process.
-    Returns the child (a daemon: it ends with the app), or None where the numpy code is wanted or
-    ``TUNELOOM_KERNEL_FILL=0``."""
+    Returns the thread that starts and waits for the child (both end with the app), or None where
+    the numpy code is wanted or ``TUNELOOM_KERNEL_FILL=0``."""
     if os.environ.get(_FILL_ENV, "1") == "0" or os.environ.get(_BACKEND_ENV, "").lower() == "numpy":
         return None
-    import multiprocessing as mp
-
-    child = mp.get_context("spawn").Process(target=_fill_cache, name="tuneloom-kernel-fill", daemon=True)
-    child.start()
-    return child
+    fill = _Fill()
+    fill.start()
+    return fill
 
 
 def _fill_cache() -> None:
@@ -454,9 +516,9 @@ def _quantize(data: np.ndarray, kind: str, backend: str | None = None) -> np.nda
     blocks = data.reshape(-1, QK_K)
     out = np.empty((blocks.shape[0], nbytes), dtype=np.uint8)
     if jit is not None:
-        ready = _ready.get(kind)
-        if ready is not None:
-            ready.wait()  # prepare() is bringing this kernel (from a child's compile or the cache)
+        gate = _ready.get(kind)
+        if gate is not None:
+            gate.wait()  # prepare() is bringing this kernel (from a child's compile or the cache)
         try:
             # one call for all blocks, GIL released throughout; the kernels want C order
             getattr(jit, _JIT_FUNCS[kind])(np.ascontiguousarray(blocks), out)

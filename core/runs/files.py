@@ -8,7 +8,7 @@ import re
 import time
 from pathlib import Path
 
-from core.atomic import write_json
+from core.atomic import unique_names, write_json
 from core.paths import runs_dir
 
 # what makes a folder a run's: a second run must not be written over any of these
@@ -18,14 +18,13 @@ RUN_FILES = ("config.json", "status.json", "metrics.jsonl", "adapters.safetensor
 def new_run_dir(name: str = "run", root: Path | None = None) -> Path:
     root = Path(root) if root else runs_dir()
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = root / f"{stamp}-{slug}"
-    n = 1
-    while path.exists():
-        n += 1
-        path = root / f"{stamp}-{slug}-{n}"
-    path.mkdir(parents=True)
-    return path
+    root.mkdir(parents=True, exist_ok=True)
+    for path in unique_names(root, f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}"):
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:  # (taken, also by a run started in the same second elsewhere)
+            continue
 
 
 def read_json(path: Path, default=None):
