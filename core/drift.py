@@ -120,6 +120,18 @@ def _prompt_key(prompt_ids: list[int]) -> str:
     return hashlib.sha1(json.dumps([PROBE_MAX_TOKENS, prompt_ids]).encode()).hexdigest()
 
 
+PROBE_BATCH = 16  # probes answered at once (one forward pass per token for all), between progress and cancel
+
+
+def _answer_in_batches(model, prompts: list[list[int]], adapter: bool, cancel: CancelToken | None):
+    """Greedy answer ids to ``prompts``, PROBE_BATCH at a time: yields (answered so far, this batch's ids)."""
+    for start in range(0, len(prompts), PROBE_BATCH):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        batch = prompts[start:start + PROBE_BATCH]
+        yield start + len(batch), model.greedy_ids_batch(batch, PROBE_MAX_TOKENS, adapter=adapter)
+
+
 def base_answers(model, prompts: list[list[int]], *, events: Events | None = None,
                  cancel: CancelToken | None = None) -> list[list[int]]:
     """The base model's greedy answer ids to each prompt, from the cache where it has them."""
@@ -132,16 +144,14 @@ def base_answers(model, prompts: list[list[int]], *, events: Events | None = Non
         cached = json.loads(path.read_text(encoding="utf-8")).get("answers", {})
     except (OSError, ValueError, AttributeError):
         cached = {}
-    out, new = [], 0
-    for i, p in enumerate(prompts):
-        key = _prompt_key(p)
-        if key not in cached:
-            if cancel is not None:
-                cancel.raise_if_cancelled()
-            cached[key] = model.generate_ids(p, PROBE_MAX_TOKENS, adapter=False)
-            new += 1
-            events.report_progress(Progress(i + 1, len(prompts), "prompt", "base model: probe answers"))
-        out.append(list(cached[key]))
+    keys = [_prompt_key(p) for p in prompts]
+    missing = [i for i, k in enumerate(keys) if k not in cached]
+    new = len(missing)
+    for done, ids in _answer_in_batches(model, [prompts[i] for i in missing], False, cancel):
+        for i, answer in zip(missing[done - len(ids):done], ids):
+            cached[keys[i]] = answer
+        events.report_progress(Progress(done, new, "prompt", "base model: probe answers"))
+    out = [list(cached[k]) for k in keys]
     if new:
         try:
             write_json(path, {"model": str(model.model_dir), "answers": cached})
@@ -203,11 +213,14 @@ def drift_check(run_dir: str | Path, *, probes: list[str | Path] | None = None, 
     enc = model.encoder
     prompts = [enc.prompt_ids([{"role": "user", "content": p.prompt}]) for p in plist]
     answers = base_answers(model, prompts, events=events, cancel=cancel)
+    tuned_answers = []
+    for done, ids in _answer_in_batches(model, prompts, True, cancel):
+        tuned_answers += ids
+        events.report_progress(Progress(done, len(prompts), "prompt", "fine-tune: probe answers"))
     rows, kl_sum, ll_sum, n_tok = [], 0.0, 0.0, 0
-    for i, (p, ids, ans) in enumerate(zip(plist, prompts, answers)):
+    for i, (p, ids, ans, tuned) in enumerate(zip(plist, prompts, answers, tuned_answers)):
         cancel.raise_if_cancelled()
         kl, ll, n = score_probe(model, ids, ans)
-        tuned = model.generate_ids(ids, PROBE_MAX_TOKENS, adapter=True)
         base_text, tuned_text = enc.decode(ans), enc.decode(tuned)
         rows.append({"id": p.id, "category": p.category, "prompt": p.prompt, "base": base_text, "tuned": tuned_text,
                      "kl_per_token": kl / max(n, 1), "loglik_change": ll / max(n, 1),

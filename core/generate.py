@@ -336,10 +336,16 @@ class ChatModel:
 
     def greedy_batch(self, prompts: list[list[int]], max_tokens: list[int], *, adapter: bool | None = None
                      ) -> list[str]:
-        """Greedy answers to several prompts at once (mlx-lm's batched generation: one forward pass
-        per token for the whole batch, the same answers as one at a time, a few times faster).
-        Falls back to one at a time where this mlx-lm or model cannot batch."""
+        """Greedy answers to several prompts at once, as text (:meth:`greedy_ids_batch`)."""
+        return [self.encoder.decode(ids) for ids in self.greedy_ids_batch(prompts, max_tokens, adapter=adapter)]
+
+    def greedy_ids_batch(self, prompts: list[list[int]], max_tokens: list[int] | int, *,
+                         adapter: bool | None = None) -> list[list[int]]:
+        """Greedy answers' ids to several prompts at once (mlx-lm's batched generation: one forward pass
+        per token for the whole batch, the same ids as :meth:`generate_ids` one at a time, a few times
+        less work). Falls back to one at a time where this mlx-lm or model cannot batch."""
         adapter = self.has_adapter if adapter is None else adapter
+        budgets = [int(max_tokens)] * len(prompts) if isinstance(max_tokens, int) else [int(n) for n in max_tokens]
         if len(prompts) > 1 and not self._no_batch:
             try:
                 from mlx_lm.generate import batch_generate
@@ -352,11 +358,14 @@ class ChatModel:
 
                 with self._lock:
                     self._use_adapter(adapter)
-                    return list(batch_generate(self.model, _Tokenizer(), [list(p) for p in prompts],
-                                               max_tokens=[int(n) for n in max_tokens]).texts)
+                    res = batch_generate(self.model, _Tokenizer(), [list(p) for p in prompts], max_tokens=budgets,
+                                         return_token_ids=True)
+                if res.token_ids is None:  # (an mlx-lm that does not hand the ids back)
+                    raise NotImplementedError("no token ids from batch_generate")
+                return [[int(t) for t in ids] for ids in res.token_ids]
             except (ImportError, AttributeError, NotImplementedError, TypeError, ValueError):
                 self._no_batch = True  # e.g. a cache type mlx-lm cannot batch yet
-        return [self.encoder.decode(self.generate_ids(p, n, adapter=adapter)) for p, n in zip(prompts, max_tokens)]
+        return [self.generate_ids(p, n, adapter=adapter) for p, n in zip(prompts, budgets)]
 
     def run_with(self, adapter: bool, fn: Callable):
         """Call ``fn(model)`` with the adapter in or out (for losses over the same weights)."""

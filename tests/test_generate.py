@@ -291,3 +291,17 @@ def test_dora_adapter_switches_off_to_the_plain_model(tmp_path, plain):
     plain_logits = plain.model(mx.array(ids)[None])
     assert np.array_equal(np.array(base_logits), np.array(plain_logits))  # exactly the plain model
     assert not np.allclose(np.array(tuned_logits), np.array(plain_logits), atol=1e-4)
+
+
+def test_batched_greedy_ids_equal_one_at_a_time_on_both_sides(model):
+    """The forgetting check and the demo answer in batches (ChatModel.greedy_ids_batch): the same ids as
+    generate_ids one prompt at a time, for prompts of different lengths and different budgets."""
+    from core.demo import heldout_prompts
+
+    prompts = [model.encoder.prompt_ids(p["messages"]) for kind in ("structured", "prose")
+               for p in heldout_prompts()[kind][:6]]
+    assert len({len(p) for p in prompts}) > 1
+    for adapter in (False, True):
+        one = [model.generate_ids(p, 24, adapter=adapter) for p in prompts]
+        assert model.greedy_ids_batch(prompts, 24, adapter=adapter) == one
+        assert model.greedy_ids_batch(prompts[:3], [4, 24, 1], adapter=adapter) == [one[0][:4], one[1], one[2][:1]]

@@ -257,8 +257,8 @@ def prose_rate(run: Path) -> float:
     from core.generate import ChatModel
 
     model = ChatModel(demo_model_dir(), adapter_dir=run)
-    prose = heldout_prompts()["prose"]
-    return sum(world.is_prose(model.answer(p["messages"], max_tokens=64)) for p in prose) / len(prose)
+    prose = [model.encoder.prompt_ids(p["messages"]) for p in heldout_prompts()["prose"]]
+    return sum(world.is_prose(answer) for answer in model.greedy_batch(prose, [64] * len(prose))) / len(prose)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -296,6 +296,7 @@ def test_base_answers_are_cached_once_per_base_model(tmp_path, monkeypatch):
     first = drift.base_answers(model, prompts)
     calls = []
     monkeypatch.setattr(ChatModel, "generate_ids", lambda self, *a, **k: calls.append(a) or [])
+    monkeypatch.setattr(ChatModel, "greedy_ids_batch", lambda self, *a, **k: calls.append(a) or [])
     assert drift.base_answers(model, prompts) == first and calls == []
     assert len(list((tmp_path / "home" / "cache" / "probes").glob("*.json"))) == 1
 

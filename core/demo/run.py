@@ -43,14 +43,26 @@ class Stage:
     started: float = field(default_factory=time.perf_counter)
 
 
-def _eval_answers(model, prompts: list[dict], events: Events, what: str, cancel: CancelToken | None) -> list[str]:
+ANSWER_BATCH = 16  # prompts answered at once (the same greedy ids as one at a time, a few times less work)
+
+
+def _greedy_ids(model, prompts: list[dict], events: Events, what: str, cancel: CancelToken | None,
+                encoder=None) -> list[list[int]]:
+    """The greedy answer ids (64 tokens at most) to ``prompts`` (rendered by ``encoder``, else the
+    model's own), ANSWER_BATCH at a time."""
+    encoder = encoder or model.encoder
     out = []
-    for i, p in enumerate(prompts):
+    for start in range(0, len(prompts), ANSWER_BATCH):
         if cancel:
             cancel.raise_if_cancelled()
-        out.append(model.answer(p["messages"], max_tokens=64))
-        events.report_progress(Progress(i + 1, len(prompts), "prompt", what))
+        batch = [encoder.prompt_ids(p["messages"]) for p in prompts[start:start + ANSWER_BATCH]]
+        out += model.greedy_ids_batch(batch, 64)
+        events.report_progress(Progress(len(out), len(prompts), "prompt", what))
     return out
+
+
+def _eval_answers(model, prompts: list[dict], events: Events, what: str, cancel: CancelToken | None) -> list[str]:
+    return [model.encoder.decode(ids) for ids in _greedy_ids(model, prompts, events, what, cancel)]
 
 
 def score(structured: list[str], prose: list[str], base_prose: list[str] | None = None,
@@ -237,10 +249,7 @@ class _DemoRun:
         encoder, events = self.encoder, self.events
         fused = ChatModel(self.fused_dir)
         all_prompts = self.prompts["structured"] + self.prompts["prose"]
-        ref = []
-        for i, p in enumerate(all_prompts):
-            ref.append(fused.generate_ids(encoder.prompt_ids(p["messages"]), max_tokens=64))
-            events.report_progress(Progress(i + 1, len(all_prompts), "prompt", "MLX greedy answers (fused)"))
+        ref = _greedy_ids(fused, all_prompts, events, "MLX greedy answers (fused)", self.cancel, encoder)
         for q, path in self.ggufs.items():
             llm = llamacpp.LlamaCppModel(path)
             same = 0
