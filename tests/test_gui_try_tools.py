@@ -188,3 +188,37 @@ def test_an_answer_with_two_calls_takes_one_result_each_before_it_continues(wind
         {"role": "tool", "content": "3", "name": "price"}]
     assert script.prompts[1].endswith('<tool_response>\n{"category": "kettle"}\n</tool_response>\n'
                                       "<tool_response>\n3\n</tool_response><|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_the_evaluate_table_shows_calls_per_row_and_their_accuracy(qtbot):
+    """An example that expects tool calls shows them as calls in its row (expected, each model's), the
+    right/wrong columns say whether each side's calls were right, the metrics show the tool-call accuracy,
+    and a click shows the calls in full beside the answers as written; a plain example is unchanged."""
+    from app.gui.eval_table import TOOL_ROW, EvalTable
+    from core.evaluate import AnswerScore, EvalResult, EvalRow
+
+    want = [{"name": "describe", "arguments": {"name": "Olla", "category": "kettle"}}]
+    call = EvalRow(0, [{"role": "user", "content": "What is Olla?"}], CALL, tools=TOOLS, expected_calls=want,
+                   answers={"base": "Olla is a kettle.", "tuned": CALL},
+                   calls={"base": [], "tuned": want})
+    call.scores = {"base": AnswerScore(False, None, None, None, calls_right=False),
+                   "tuned": AnswerScore(True, None, None, None, calls_right=True)}
+    plain = EvalRow(1, [{"role": "user", "content": "Hi"}], "Hello.", answers={"base": "Hey.", "tuned": "Hello."},
+                    scores={"base": AnswerScore(False, None, None, None), "tuned": AnswerScore(True, None, None, None)})
+    t = EvalTable()
+    qtbot.addWidget(t)
+    assert t.metrics.isRowHidden(TOOL_ROW)
+    t.set_result(EvalResult(rows=[call, plain], losses={}, source="test"))
+    cells = [[t.table.item(r, c).text() for c in range(7)] for r in range(2)]
+    assert cells[0][2:] == [SHOWN, "(no call)", SHOWN, "no", "yes"]
+    assert cells[1][2:] == ["Hello.", "Hey.", "Hello.", "no", "yes"]
+    assert not t.metrics.isRowHidden(TOOL_ROW)
+    assert t.metric_texts()["base"]["tool_call_accuracy"] == "0.0%"
+    assert t.metric_texts()["tuned"]["tool_call_accuracy"] == "100.0%"
+    t.table.selectRow(0)
+    detail = t.detail.toPlainText()
+    assert "Expected calls (functions offered: describe, price)" in detail and SHOWN in detail
+    assert "Original model: calls (wrong)" in detail and "Fine-tuned model: calls (right)" in detail
+    assert "Olla is a kettle." in detail  # the answer as written, beside the calls read out of it
+    t.set_result(EvalResult(rows=[plain], losses={}, source="test"))
+    assert t.metrics.isRowHidden(TOOL_ROW)

@@ -14,8 +14,11 @@ METRICS = [("exact_match", "Exact match", "pct"), ("json_valid", "Valid JSON", "
            ("perplexity", "Perplexity", "num"), ("examples", "Examples", "int"),
            # preference runs (issue 30): the share of held-out pairs whose chosen answer the model rates above
            # the rejected one (core.evaluate's preference_accuracy; the row is hidden for chat data)
-           ("preference_accuracy", "Preference accuracy", "pct")]
+           ("preference_accuracy", "Preference accuracy", "pct"),
+           # tool calls (issue 31): examples whose calls the model writes right (hidden without calls)
+           ("tool_call_accuracy", "Tool-call accuracy", "pct")]
 PREFERENCE_ROW = next(i for i, (k, _l, _t) in enumerate(METRICS) if k == "preference_accuracy")
+TOOL_ROW = next(i for i, (k, _l, _t) in enumerate(METRICS) if k == "tool_call_accuracy")
 ROW_COLUMNS = ["#", "Question", "Expected", "Original", "Fine-tuned", "Original exact", "Fine-tuned exact"]
 
 
@@ -45,6 +48,13 @@ class _Item(QTableWidgetItem):
             return str(self.key) < str(other.key)
 
 
+def calls_text(calls: list[dict] | None) -> str:
+    """Calls as the Try page shows them: ``describe(name="Olla", category="kettle")``, "; " between calls."""
+    from core.tools import call_text
+
+    return "; ".join(call_text(c) for c in calls) if calls else "(no call)"
+
+
 def _short(text: str, n: int = 80) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= n else text[:n - 1] + "…"
@@ -69,6 +79,7 @@ class EvalTable(QWidget):
         self.metrics.verticalHeader().setDefaultSectionSize(26)
         self.metrics.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.metrics.setRowHidden(PREFERENCE_ROW, True)  # until an evaluation of preference pairs
+        self.metrics.setRowHidden(TOOL_ROW, True)  # until an evaluation of tool calls
         self._fit_metrics()
         self.table = QTableWidget(0, len(ROW_COLUMNS))
         self.table.setObjectName("try.eval_rows")
@@ -140,13 +151,22 @@ class EvalTable(QWidget):
         t.setSortingEnabled(False)
         r = t.rowCount()
         t.insertRow(r)
-        base, tuned = row.answers.get("base", ""), row.answers.get("tuned", "")
         be, te = row.scores.get("base"), row.scores.get("tuned")
-        cells = [_Item(str(row.index + 1), row.index), _Item(_short(row.prompt)), _Item(_short(row.expected)),
+        if row.expected_calls is not None:  # a call turn: the calls, and whether each side wrote them right
+            expected = calls_text(row.expected_calls)
+            base, tuned = (calls_text(row.calls.get(side)) for side in ("base", "tuned"))
+            right = [bool(s and s.calls_right) for s in (be, te)]
+        else:
+            expected, base, tuned = row.expected, row.answers.get("base", ""), row.answers.get("tuned", "")
+            right = [bool(s and s.exact) for s in (be, te)]
+        cells = [_Item(str(row.index + 1), row.index), _Item(_short(row.prompt)), _Item(_short(expected)),
                  _Item(_short(base)), _Item(_short(tuned)),
-                 _Item("yes" if be and be.exact else "no", int(bool(be and be.exact))),
-                 _Item("yes" if te and te.exact else "no", int(bool(te and te.exact)))]
+                 _Item("yes" if right[0] else "no", int(right[0])), _Item("yes" if right[1] else "no", int(right[1]))]
         cells[0].setData(Qt.ItemDataRole.UserRole, len(self.rows) - 1)
+        if row.expected_calls is not None:
+            for item in cells[5:]:
+                item.setToolTip("A tool call: right when every call of the turn names the right function with "
+                                "arguments equal as JSON.")
         for c, item in enumerate(cells):
             t.setItem(r, c, item)
         t.setSortingEnabled(sorting)
@@ -169,6 +189,11 @@ class EvalTable(QWidget):
                 self.metrics.setItem(r, c, item)
         pref = any(js[side].get("preference_accuracy") is not None for side in ("base", "tuned"))
         self.metrics.setRowHidden(PREFERENCE_ROW, not pref)
+        self.metrics.setRowHidden(TOOL_ROW, all(js[side].get("tool_call_accuracy") is None
+                                                 for side in ("base", "tuned")))
+        self.metrics.verticalHeaderItem(TOOL_ROW).setToolTip(
+            "Examples whose tool calls the model writes right: the right functions, arguments equal as JSON, "
+            "every call of the turn.")
         if pref:
             self.metrics.verticalHeaderItem(PREFERENCE_ROW).setToolTip(
                 "Held-out preference pairs on which the model gives the chosen answer a higher probability than "
@@ -207,9 +232,19 @@ class EvalTable(QWidget):
                     f"<pre style='white-space:pre-wrap; margin-top:0'>{html.escape(str(text))}</pre>")
 
         where = f" ({html.escape(row.file)}, line {row.line})" if row.line else ""
-        self.detail.setHtml(f"<p>Example {row.index + 1}{where}</p>" + block("Question", row.prompt)
-                            + block("Expected", row.expected) + block("Original model", row.answers.get("base", ""))
-                            + block("Fine-tuned model", row.answers.get("tuned", "")))
+        parts = [f"<p>Example {row.index + 1}{where}</p>", block("Question", row.prompt)]
+        if row.expected_calls is not None:
+            tools = ", ".join(str(t.get("name", "?")) for t in (row.tools or []))
+            parts.append(block(f"Expected calls (functions offered: {tools or 'none'})", calls_text(row.expected_calls)))
+            for side, who in (("base", "Original model"), ("tuned", "Fine-tuned model")):
+                s = row.scores.get(side)
+                verdict = "right" if s and s.calls_right else "wrong"
+                parts.append(block(f"{who}: calls ({verdict})", calls_text(row.calls.get(side))))
+                parts.append(block(f"{who}: answer as written", row.answers.get(side, "")))
+        else:
+            parts += [block("Expected", row.expected), block("Original model", row.answers.get("base", "")),
+                      block("Fine-tuned model", row.answers.get("tuned", ""))]
+        self.detail.setHtml("".join(parts))
 
     def save(self, kind: str) -> Path | None:
         if self.result is None or self.run_dir is None:
