@@ -435,3 +435,90 @@ def test_openai_legacy_function_call_and_a_lone_call(tmp_path):
         {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}
     assert [(i.line, i.field, i.message) for i in ds.issues] == [
         (2, "messages[0].role", "the conversation starts with an assistant message, not a user message")]
+
+
+# ---------------------------------------------------------------------------
+# Tools in preference records (DPO / ORPO pairs and KTO examples)
+# ---------------------------------------------------------------------------
+
+WRONG_CALL = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Lyon"}}}
+PAIR = {"tools": TOOLS,
+        "prompt": [{"role": "user", "content": "Weather in Paris?"}],
+        "chosen": [{"role": "assistant", "content": "", "tool_calls": [CALL]}],
+        "rejected": [{"role": "assistant", "content": "", "tool_calls": [WRONG_CALL]}]}
+
+
+def test_preference_records_carry_their_tools_to_counts_export_and_training_text(tmp_path, model_dirs):
+    """A pair's ``tools`` are kept (not "extra field ignored"), counted by data check, written back by
+    data export, and rendered by the template for both answers, whose calls carry the loss."""
+    from core.train.preference import encode_pairs
+
+    f = tmp_path / "pairs.jsonl"
+    kto = {"tools": TOOLS, "prompt": [{"role": "user", "content": "Time in Tokyo?"}],
+           "completion": [{"role": "assistant", "content": "", "tool_calls": [
+               {"type": "function", "function": {"name": "get_time", "arguments": {"zone": "Asia/Tokyo"}}}]}],
+           "label": True}
+    f.write_text(jsonl(PAIR, {**PAIR, "tools": None, "chosen": "It is sunny.", "rejected": "No idea."}))
+    ds = load_dataset([f])
+    assert not ds.issues and ds.pairs == 2
+    p = ds.preference[0]
+    assert [t["function"]["name"] for t in p.tools] == ["get_weather", "get_time"] and ds.preference[1].tools is None
+    assert (ds.tools, ds.tool_calls) == (1, 1)
+    assert not [n for n in ds.notes if n.kind == "extra_fields"]
+    export_jsonl(ds.preference, tmp_path / "out.jsonl")
+    again = load_dataset([tmp_path / "out.jsonl"])
+    assert [r.key() for r in again.preference] == [r.key() for r in ds.preference]
+    # the chosen answers as chat records (--use chosen) keep the tools too
+    chosen = load_dataset([f], use="chosen")
+    assert chosen.records[0].tools == p.tools and (chosen.tools, chosen.tool_calls) == (1, 1)
+    # KTO's unpaired form
+    g = tmp_path / "kto.jsonl"
+    g.write_text(jsonl(kto))
+    assert load_dataset([g]).preference[0].tools[1]["function"]["name"] == "get_time"
+
+    enc = ChatEncoder(model_dirs["qwen2.5"])
+    pair = encode_pairs(enc, [p], 1024)[0]
+    for side, want in ((pair.chosen, "Paris"), (pair.rejected, "Lyon")):
+        text = enc.tok.decode(side.ids)
+        assert "get_time" in text and "<tools>" in text  # the tool prompt, as the template renders it
+        trained = enc.tok.decode([t for t, m in zip(side.ids[1:], side.mask[1:]) if m])
+        assert "<tool_call>" in trained and want in trained and "get_time" not in trained
+    assert pair.chosen.ids[:20] == pair.rejected.ids[:20]
+    # a template without tool support refuses them, as it does chat records with tools
+    with pytest.raises(TuneloomError, match="no tool support"):
+        encode_pairs(ChatEncoder(model_dirs["tinyllama"]), [p], 1024)
+
+
+def test_a_preference_call_to_an_undeclared_function_is_a_problem_on_its_line(tmp_path):
+    bad = {**PAIR, "rejected": [{"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "get_news", "arguments": {}}}]}]}
+    f = tmp_path / "pairs.jsonl"
+    f.write_text(jsonl(PAIR, bad))
+    ds = load_dataset([f])
+    assert ds.pairs == 1 and len(ds.issues) == 1
+    issue = ds.issues[0]
+    assert issue.line == 2 and issue.field.startswith("rejected") and "get_news" in issue.message, issue
+
+
+def test_a_dpo_run_on_pairs_with_tools_trains_on_their_tool_prompt_and_says_so_in_its_config(tmp_path,
+                                                                                           tmp_path_factory):
+    """The run's config.json says "tools": true (what the export reads to render tools)."""
+    import core.train as tr
+    from core.export.pipeline import run_tools
+    from tests.fixtures.tiny_models import cached_tiny_model
+
+    cities = ["Paris", "Lyon", "Nice", "Lille", "Metz", "Pau", "Caen", "Brest"]
+    rows = []
+    for i, city in enumerate(cities):
+        good = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": city}}}
+        bad = {"type": "function", "function": {"name": "get_time", "arguments": {"zone": city}}}
+        rows.append({"tools": TOOLS, "prompt": [{"role": "user", "content": f"Weather in {city}?"}],
+                     "chosen": [{"role": "assistant", "content": "", "tool_calls": [good]}],
+                     "rejected": [{"role": "assistant", "content": "", "tool_calls": [bad]}]})
+    (tmp_path / "pairs.jsonl").write_text(jsonl(*rows))
+    model = str(cached_tiny_model("qwen2.5", tmp_path_factory.getbasetemp() / "tiny-models"))
+    res = tr.train(tr.TrainConfig(model=model, data=[str(tmp_path / "pairs.jsonl")], out=str(tmp_path / "run"),
+                                  method="dpo", rank=4, alpha=8.0, lr=1e-3, batch=2, max_seq_len=512, warmup=1,
+                                  valid_every=0, checkpoint_every=0, seed=3, iters=1, test_fraction=0.0))
+    assert res["state"] == "done" and res["total_steps"] == 1
+    assert run_tools(tmp_path / "run") is True

@@ -475,8 +475,9 @@ def normalise_preference(obj: Any, fmt: str, *, notes: dict | None = None) -> Pr
             used = {_norm_key(mname), "system", _norm_key(lname)}
         prompt = _with_system(prompt, system, sname or "system")
         _check_order(prompt + answer, "prompt")
-        _note_extra(obj, used, notes)
-        return PreferenceRecord(prompt, answer if label else None, None if label else answer)
+        tools = _preference_tools(obj, prompt, {"completion" if "completion" in used else "answer": answer}, notes)
+        _note_extra(obj, used | set(_TOOL_KEYS), notes)
+        return PreferenceRecord(prompt, answer if label else None, None if label else answer, tools=tools)
     cname, chosen = _pick(obj, low, "chosen")
     rname, rejected = _pick(obj, low, "rejected")
     used = {"chosen", "rejected", "system"}
@@ -517,8 +518,20 @@ def normalise_preference(obj: Any, fmt: str, *, notes: dict | None = None) -> Pr
     prompt = _with_system(prompt, system, sname or "system")
     _check_order(prompt + good, cname)
     _check_order(prompt + bad, rname)
-    _note_extra(obj, used, notes)
-    return PreferenceRecord(prompt, good, bad)
+    tools = _preference_tools(obj, prompt, {cname or "chosen": good, rname or "rejected": bad}, notes)
+    _note_extra(obj, used | set(_TOOL_KEYS), notes)
+    return PreferenceRecord(prompt, good, bad, tools=tools)
+
+
+def _preference_tools(obj: dict, prompt: list[dict], answers: dict[str, list[dict]], notes: dict | None
+                      ) -> list[dict] | None:
+    """The functions a preference example offers (``tools``, as on chat records), each answer's calls
+    checked against them and the prompt's tool results against the calls before them."""
+    tools = _tools_of(obj)
+    for name, answer in answers.items():
+        wheres = [f"prompt[{i}]" for i in range(len(prompt))] + [f"{name}[{j}]" for j in range(len(answer))]
+        _check_tools(prompt + answer, tools, wheres, name, notes)
+    return tools
 
 
 _FORMAT_HINT = ("Use the fields messages, conversations, instruction/output, input/output, prompt/completion, "

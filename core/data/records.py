@@ -103,16 +103,26 @@ class PreferenceRecord:
     rejected: list[dict] | None
     file: str = ""
     line: int | None = None
+    # the functions the prompt offers (``tools``, OpenAI's form, as on ChatRecord): the template renders
+    # them for both answers, which may call them (``tool_calls``); None for a pair without tools
+    tools: list[dict] | None = None
 
     @property
     def paired(self) -> bool:
         return self.chosen is not None and self.rejected is not None
 
+    @property
+    def has_calls(self) -> bool:
+        return any(m.get("role") == "assistant" and m.get("tool_calls")
+                   for m in [*self.prompt, *(self.chosen or []), *(self.rejected or [])])
+
     def chosen_record(self) -> ChatRecord:
-        return ChatRecord([dict(m) for m in self.prompt] + [dict(m) for m in self.chosen or []], self.file, self.line)
+        return ChatRecord([dict(m) for m in self.prompt] + [dict(m) for m in self.chosen or []], self.file, self.line,
+                          tools=self.tools)
 
     def key(self) -> str:
-        blob = json.dumps([self.prompt, self.chosen, self.rejected], sort_keys=True, ensure_ascii=False, default=str)
+        parts = [self.prompt, self.chosen, self.rejected] + ([self.tools] if self.tools else [])
+        blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
         return hashlib.sha1(blob.encode("utf-8", "surrogatepass")).hexdigest()
 
     def to_json(self) -> dict:
@@ -121,6 +131,8 @@ class PreferenceRecord:
             out.update(chosen=[dict(m) for m in self.chosen], rejected=[dict(m) for m in self.rejected])
         else:  # TRL's unpaired (KTO) form
             out.update(completion=[dict(m) for m in (self.chosen or self.rejected)], label=self.chosen is not None)
+        if self.tools:
+            out["tools"] = self.tools
         return out
 
 
@@ -153,15 +165,19 @@ class Dataset:
         """Valid examples read, training data or not (test split aside)."""
         return len(self.records) + self.left_out
 
+    def _pairs_apart(self) -> list[PreferenceRecord]:
+        """The preference examples that are not also in ``records`` (as their chosen conversation)."""
+        return [p for p in self.preference if not (p.chosen is not None and (self.use == "chosen" or not p.paired))]
+
     @property
     def tool_calls(self) -> int:
-        """Examples whose assistant turns call functions (``tool_calls``)."""
-        return sum(1 for r in self.records if r.has_calls)
+        """Examples whose assistant turns call functions (``tool_calls``), preference examples included."""
+        return sum(1 for r in self.records if r.has_calls) + sum(1 for p in self._pairs_apart() if p.has_calls)
 
     @property
     def tools(self) -> int:
-        """Examples that declare the functions they may call (``tools``)."""
-        return sum(1 for r in self.records if r.tools)
+        """Examples that declare the functions they may call (``tools``), preference examples included."""
+        return sum(1 for r in self.records if r.tools) + sum(1 for p in self._pairs_apart() if p.tools)
 
     @property
     def reasoning(self) -> int:

@@ -59,13 +59,16 @@ def _messages(answer) -> list[dict]:
     return [dict(answer)] if isinstance(answer, dict) else [dict(m) for m in answer]
 
 
-def encode_pair(encoder, prompt: list[dict], chosen, rejected, max_len: int) -> EncodedPair | None:
+def encode_pair(encoder, prompt: list[dict], chosen, rejected, max_len: int, tools: list[dict] | None = None
+                ) -> EncodedPair | None:
     """Both sides of a pair as training sequences, the loss on the last answer only (None when either
     side has no answer token left within ``max_len``). An answer is a text, a message, or the list of
-    messages that follow the prompt (as :class:`core.data.PreferenceRecord` holds them)."""
+    messages that follow the prompt (as :class:`core.data.PreferenceRecord` holds them). ``tools``: the
+    functions the prompt offers, rendered by the template for both sides (a template without tool
+    support refuses them, as for chat records)."""
     sides = []
     for answer in (chosen, rejected):
-        e = encoder.encode(list(prompt) + _messages(answer), mask_prompt=True, last_turn_only=True)
+        e = encoder.encode(list(prompt) + _messages(answer), mask_prompt=True, last_turn_only=True, tools=tools)
         if len(e.ids) > max_len:
             e = Encoded(e.ids[:max_len], e.mask[:max_len])
         if sum(e.mask[1:]) == 0:
@@ -334,7 +337,7 @@ def encode_pairs(encoder, records, max_len: int) -> list[EncodedPair]:
     """Every pair record encoded (pairs with no answer token left within ``max_len`` are left out)."""
     out = []
     for r in records:
-        e = encode_pair(encoder, r.prompt, r.chosen, r.rejected, max_len)
+        e = encode_pair(encoder, r.prompt, r.chosen, r.rejected, max_len, getattr(r, "tools", None))
         if e is not None:
             out.append(e)
     return out

@@ -132,7 +132,7 @@ def prepare_data(cfg: TrainConfig, resume, run_dir: Path, main: bool, events: Ev
         cfg.thinking = encoder.thinking
         if main:
             write_json(run_dir / "config.json", asdict(cfg))
-    if main and not resume and any(getattr(r, "tools", None) for r in ds.records):
+    if main and not resume and any(getattr(r, "tools", None) for r in [*ds.records, *train_recs, *valid_recs]):
         # issue 31: the export renders tools (core.export.pipeline.run_tools)
         runs.update_json(run_dir / "config.json", tools=True)
     if cfg.chunk and not preference:  # issue 26: long text documents become windows of max_seq_len instead of being cut
