@@ -230,38 +230,47 @@ def test_train_plot_survives_many_repaints(qtbot):
     assert plot.train_s.n == 3000 and plot.valid_s.n == 30
 
 
-def test_the_window_fills_the_kernel_cache_after_it_shows_but_not_when_it_quits_after_paint(qapp, monkeypatch):
+def test_the_window_fills_the_kernel_cache_after_it_shows_but_not_when_it_quits_after_paint(tmp_path):
     """run_gui's start-up hook: once the window is up, the K-quant kernel cache is filled in the
-    background (core.export.kquants.fill_cache_in_background); a --quit-after-paint start leaves it."""
-    from PySide6.QtCore import QTimer
-    from PySide6.QtWidgets import QWidget
+    background (core.export.kquants.fill_cache_in_background); a --quit-after-paint start leaves it.
+    In a process of its own: run_gui runs the application's event loop to its end (aboutToQuit)."""
+    import subprocess
+    import sys
 
-    import app.gui.main as gui_main
-    import app.gui.main_window as main_window
-    from core.export import kquants
+    code = """if True:
+        import sys
+        from PySide6.QtCore import QTimer
+        from PySide6.QtWidgets import QWidget
+        import app.gui.main as gui_main
+        import app.gui.main_window as main_window
+        from core.export import kquants
 
-    class LightWindow(QWidget):  # (the hook, not the pages, is under test)
-        def open_paths(self, files):
-            pass
+        class LightWindow(QWidget):  # (the hook, not the pages, is under test)
+            def open_paths(self, files):
+                pass
 
-    fills = []
+        fills = []
 
-    def fill():
-        fills.append(True)
-        QTimer.singleShot(0, qapp.quit)
+        def fill():
+            fills.append(True)
+            QTimer.singleShot(0, gui_main.QApplication.instance().quit)
 
-    monkeypatch.setattr(main_window, "MainWindow", LightWindow)
-    monkeypatch.setattr(gui_main, "KERNEL_FILL_DELAY_MS", 50)
-    monkeypatch.setattr(kquants, "fill_cache_in_background", fill)
-    guard = QTimer()  # a hook that never fires fails below instead of hanging the suite
-    guard.setSingleShot(True)
-    guard.timeout.connect(qapp.quit)
-    guard.start(120_000)
-    try:
-        assert gui_main.run_gui(["tuneloom"], quit_after_paint=False) == 0
-        assert fills == [True]
-        fills.clear()
-        assert gui_main.run_gui(["tuneloom"], quit_after_paint=True) == 0
-        assert fills == []
-    finally:
-        guard.stop()
+        main_window.MainWindow = LightWindow
+        gui_main.KERNEL_FILL_DELAY_MS = 50
+        kquants.fill_cache_in_background = fill
+        quit_after_paint = sys.argv[1] == "quit-after-paint"
+        if not quit_after_paint:  # a hook that never fires fails below instead of hanging
+            QTimer.singleShot(120_000, lambda: gui_main.QApplication.instance().exit(7))
+        code = gui_main.run_gui(["tuneloom"], quit_after_paint=quit_after_paint)
+        print("fills", len(fills), "exit", code)
+    """
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "TUNELOOM_HOME": str(tmp_path), "QT_QPA_PLATFORM": "offscreen",
+           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    seen = {}
+    for how in ("window", "quit-after-paint"):
+        p = subprocess.run([sys.executable, "-c", code, how], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=300)
+        assert p.returncode == 0, p.stderr[-3000:]
+        seen[how] = p.stdout.strip().splitlines()[-1]
+    assert seen == {"window": "fills 1 exit 0", "quit-after-paint": "fills 0 exit 0"}

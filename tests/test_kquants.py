@@ -668,7 +668,7 @@ def test_an_export_compiles_its_kernels_ahead_in_the_order_the_file_needs_them(t
     from core.export import kquants_jit
 
     asked = []
-    monkeypatch.setattr(ge.kquants, "prepare", lambda kinds: asked.append(list(kinds)))
+    monkeypatch.setattr(ge.kquants, "prepare", lambda kinds, cancel=None: asked.append(list(kinds)))
     model_dir = _model(tmp_path_factory, "tinyllama", DIMS_256, "float16")
     export_gguf(model_dir, tmp_path / "m.gguf", "q4_k_m", workers=1)
     types = [t.qtype.name for t in read_tensor_table(tmp_path / "m.gguf")[1]]
