@@ -507,7 +507,7 @@ def test_a_dpo_run_on_pairs_with_tools_trains_on_their_tool_prompt_and_says_so_i
     from core.export.pipeline import run_tools
     from tests.fixtures.tiny_models import cached_tiny_model
 
-    cities = ["Paris", "Lyon", "Nice", "Lille", "Metz", "Pau", "Caen", "Brest"]
+    cities = ["Paris", "Lyon", "Nice", "Lille"]
     rows = []
     for i, city in enumerate(cities):
         good = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": city}}}

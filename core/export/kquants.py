@@ -433,10 +433,10 @@ def _compile_cold_in_children(jit, kinds, cancel=None) -> None:
         c.start()
     deadline = time.monotonic() + _CHILD_COMPILE_LIMIT_S
     try:
-        while any(c.is_alive() for c in children):
+        while (alive := next((c for c in children if c.is_alive()), None)) is not None:
             if (cancel is not None and cancel.cancelled) or time.monotonic() > deadline:
                 break
-            next(c for c in children if c.is_alive()).join(0.05)
+            alive.join(0.05)
     finally:
         for c in children:
             if c.is_alive():  # cancelled, or stuck: this process compiles instead (when not cancelled)
@@ -461,8 +461,12 @@ class _Fill(threading.Thread):
     def run(self) -> None:
         import multiprocessing as mp
 
-        child = mp.get_context("spawn").Process(target=_fill_cache, name="tuneloom-kernel-fill", daemon=True)
-        child.start()
+        try:
+            child = mp.get_context("spawn").Process(target=_fill_cache, name="tuneloom-kernel-fill", daemon=True)
+            child.start()
+        except Exception as exc:  # noqa: BLE001 - only a speed-up: the first export compiles instead
+            log.info("could not start filling the K-quant kernel cache: %s", exc)
+            return
         child.join()
         self.exitcode = child.exitcode
 
