@@ -239,8 +239,13 @@ def write_crash_report(exc_info=None, what: str | None = None) -> Path:
         except FileExistsError:
             continue
     tmp = path.with_name("." + path.name + ".part")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:  # (a full disk): no empty report left under the name taken above
+        for leftover in (tmp, path):
+            leftover.unlink(missing_ok=True)
+        raise
     logging.getLogger("tuneloom").error("crash report written to %s", path)
     return path
 

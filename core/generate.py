@@ -360,9 +360,9 @@ class ChatModel:
                     self._use_adapter(adapter)
                     res = batch_generate(self.model, _Tokenizer(), [list(p) for p in prompts], max_tokens=budgets,
                                          return_token_ids=True)
-                if res.token_ids is None:  # (an mlx-lm that does not hand the ids back)
-                    raise NotImplementedError("no token ids from batch_generate")
-                return [[int(t) for t in ids] for ids in res.token_ids]
+                if res.token_ids is not None:  # (None: an mlx-lm that does not hand the ids back)
+                    return [[int(t) for t in ids] for ids in res.token_ids]
+                self._no_batch = True
             except (ImportError, AttributeError, NotImplementedError, TypeError, ValueError):
                 self._no_batch = True  # e.g. a cache type mlx-lm cannot batch yet
         return [self.generate_ids(p, n, adapter=adapter) for p, n in zip(prompts, budgets)]

@@ -222,3 +222,6 @@ def test_the_evaluate_table_shows_calls_per_row_and_their_accuracy(qtbot):
     assert "Olla is a kettle." in detail  # the answer as written, beside the calls read out of it
     t.set_result(EvalResult(rows=[plain], losses={}, source="test"))
     assert t.metrics.isRowHidden(TOOL_ROW)
+    t.set_result(EvalResult(rows=[call], losses={}, source="test"))
+    t.clear("another run")  # an emptied table shows no empty tool-call row
+    assert t.metrics.isRowHidden(TOOL_ROW)

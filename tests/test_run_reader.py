@@ -244,3 +244,18 @@ def test_two_runs_or_crash_reports_in_the_same_second_get_two_names(tmp_path, mo
     assert [p.name for p in reports] == ["crash-20261206-120000.txt", "crash-20261206-120000-2.txt"]
     assert "the first failure" in reports[0].read_text() and "the second failure" in reports[1].read_text()
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == sorted(p.name for p in reports)  # no leftovers
+    # a report that cannot be written (a full disk) leaves no empty file under the name it took
+    import errno
+    from pathlib import Path
+
+    real_write = Path.write_text
+
+    def full(self, *a, **k):
+        if self.name.endswith(".part"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError):
+        logs.write_crash_report(what="a test")
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == sorted(p.name for p in reports)

@@ -498,6 +498,24 @@ def test_a_preference_call_to_an_undeclared_function_is_a_problem_on_its_line(tm
     assert ds.pairs == 1 and len(ds.issues) == 1
     issue = ds.issues[0]
     assert issue.line == 2 and issue.field.startswith("rejected") and "get_news" in issue.message, issue
+    # the field named is the one in the file: a system prompt put in front does not shift the prompt's
+    # messages, and a whole conversation (KTO's messages) names its own messages
+    orphan = {**PAIR, "system": "Be brief.", "prompt": [{"role": "tool", "content": "18C"},
+                                                      {"role": "user", "content": "Weather in Paris?"}]}
+    kto = {"tools": TOOLS, "label": False, "messages": [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": "get_news", "arguments": {}}}]}]}
+    late = {**orphan, "prompt": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+                                 {"role": "tool", "content": "18C"}, {"role": "user", "content": "Weather?"}]}
+    g = tmp_path / "more.jsonl"
+    g.write_text(jsonl(orphan, late))
+    h = tmp_path / "kto.jsonl"
+    h.write_text(jsonl(kto))
+    first, second = load_dataset([g]).issues, load_dataset([h]).issues
+    assert [i.field for i in first] == ["prompt[0].role", "prompt[2].role"], first
+    assert "no call before it" in first[1].message, first
+    assert [i.field for i in second] == ["messages[1].tool_calls[0].function.name"], second
 
 
 def test_a_dpo_run_on_pairs_with_tools_trains_on_their_tool_prompt_and_says_so_in_its_config(tmp_path,

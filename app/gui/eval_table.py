@@ -137,6 +137,9 @@ class EvalTable(QWidget):
         for r in range(len(METRICS)):
             for c in range(2):
                 self.metrics.setItem(r, c, QTableWidgetItem(""))
+        for r in (PREFERENCE_ROW, TOOL_ROW):  # shown again by the next result that has them
+            self.metrics.setRowHidden(r, True)
+        self._fit_metrics()
         self.detail.clear()
         self.status.setText(text)
         self.saved.setText("")

@@ -456,6 +456,7 @@ def normalise_preference(obj: Any, fmt: str, *, notes: dict | None = None) -> Pr
         raise _Invalid(None, f"an example must be an object with named fields, found {_type_name(obj)}", _FORMAT_HINT)
     low = _lowered(obj)
     sname, system = _pick(obj, low, "system")
+    # pw / aw: where each prompt / answer message is in the file (problems with tools name it)
     if fmt == "kto":
         lname, label = _pick(obj, low, *_KTO_KEYS)
         if not isinstance(label, bool):
@@ -464,18 +465,20 @@ def normalise_preference(obj: Any, fmt: str, *, notes: dict | None = None) -> Pr
         if "completion" in low and "prompt" in low:
             pname, pval = _pick(obj, low, "prompt")
             cname, cval = _pick(obj, low, "completion")
-            prompt = _prompt_messages(pval, pname, notes)[0] if _is_message_list(pval) else \
-                [{"role": "user", "content": _text_field(obj, pname, None, notes=notes)}]
+            prompt, pw = _prompt_messages(pval, pname, notes) if _is_message_list(pval) else \
+                ([{"role": "user", "content": _text_field(obj, pname, None, notes=notes)}], [pname])
             answer = _answer_messages(cval, cname, notes)
+            aw = _answer_wheres(cval, cname, answer)
             used = {"prompt", "completion", "system", _norm_key(lname)}
         else:
             mname, msgs = _pick(obj, low, "messages", "conversations")
-            conv, _ = _convert_messages(msgs, mname, sharegpt=_norm_key(mname) == "conversations", notes=notes)
+            conv, cw = _convert_messages(msgs, mname, sharegpt=_norm_key(mname) == "conversations", notes=notes)
             prompt, answer = _split_answer(conv, mname)
+            pw, aw = cw[:len(prompt)], cw[len(prompt):]
             used = {_norm_key(mname), "system", _norm_key(lname)}
-        prompt = _with_system(prompt, system, sname or "system")
-        _check_order(prompt + answer, "prompt")
-        tools = _preference_tools(obj, prompt, {"completion" if "completion" in used else "answer": answer}, notes)
+        prompt, pw = _with_system(prompt, system, sname or "system"), _system_where(prompt, pw, system, sname)
+        _check_order(prompt + answer, "prompt", pw + aw)
+        tools = _preference_tools(obj, [(prompt + answer, pw + aw)], notes)
         _note_extra(obj, used | set(_TOOL_KEYS), notes)
         return PreferenceRecord(prompt, answer if label else None, None if label else answer, tools=tools)
     cname, chosen = _pick(obj, low, "chosen")
@@ -485,19 +488,21 @@ def normalise_preference(obj: Any, fmt: str, *, notes: dict | None = None) -> Pr
         whole = []
         for name, val in ((cname, chosen), (rname, rejected)):
             if isinstance(val, str):
-                msgs = _hh_messages(val, name)
+                msgs, where = _hh_messages(val, name), None
             else:
-                msgs = _convert_messages(val, name, notes=notes)[0]
-            whole.append(_split_answer(msgs, name))
-        (prompt, good), (prompt_r, bad) = whole
+                msgs, where = _convert_messages(val, name, notes=notes)
+            p, a = _split_answer(msgs, name)
+            whole.append((p, a, where[:len(p)] if where else [name] * len(p), where[len(p):] if where else
+                          [name] * len(a)))
+        (prompt, good, pw, gw), (prompt_r, bad, _pw, bw) = whole
         if prompt != prompt_r:
             raise _Invalid(rname, "starts from a different conversation than chosen",
                            "chosen and rejected must hold the same conversation up to the last answer")
     else:
         if fmt == "preference-prompt":
             pname, pval = _pick(obj, low, "prompt")
-            prompt = _prompt_messages(pval, pname, notes)[0] if _is_message_list(pval) else \
-                [{"role": "user", "content": _text_field(obj, pname, None, notes=notes)}]
+            prompt, pw = _prompt_messages(pval, pname, notes) if _is_message_list(pval) else \
+                ([{"role": "user", "content": _text_field(obj, pname, None, notes=notes)}], [pname])
             used.add("prompt")
         elif fmt == "preference-alpaca":
             instr = _text_field(obj, "instruction", None, required=False, notes=notes)
@@ -508,29 +513,49 @@ def normalise_preference(obj: Any, fmt: str, *, notes: dict | None = None) -> Pr
                                                               "this example")
                 instr, extra = extra, None
             prompt = [{"role": "user", "content": instr if not (extra and extra.strip()) else f"{instr}\n\n{extra}"}]
+            pw = ["instruction"]
             used |= {"instruction", "input"}
         else:
             mname, msgs = _pick(obj, low, "conversations" if fmt == "preference-sharegpt" else "messages")
-            prompt = _convert_messages(msgs, mname, sharegpt=fmt == "preference-sharegpt", notes=notes)[0]
+            prompt, pw = _convert_messages(msgs, mname, sharegpt=fmt == "preference-sharegpt", notes=notes)
             used.add(_norm_key(mname))
         good = _answer_messages(chosen, cname, notes)
         bad = _answer_messages(rejected, rname, notes)
-    prompt = _with_system(prompt, system, sname or "system")
-    _check_order(prompt + good, cname)
-    _check_order(prompt + bad, rname)
-    tools = _preference_tools(obj, prompt, {cname or "chosen": good, rname or "rejected": bad}, notes)
+        gw, bw = _answer_wheres(chosen, cname, good), _answer_wheres(rejected, rname, bad)
+    prompt, pw = _with_system(prompt, system, sname or "system"), _system_where(prompt, pw, system, sname)
+    _check_order(prompt + good, cname, pw + gw)
+    _check_order(prompt + bad, rname, pw + bw)
+    tools = _preference_tools(obj, [(prompt + good, pw + gw), (prompt + bad, pw + bw)], notes)
     _note_extra(obj, used | set(_TOOL_KEYS), notes)
     return PreferenceRecord(prompt, good, bad, tools=tools)
 
 
-def _preference_tools(obj: dict, prompt: list[dict], answers: dict[str, list[dict]], notes: dict | None
+def _answer_wheres(val: Any, fld: str, answer: list[dict]) -> list[str]:
+    """Where each message of an answer read by :func:`_answer_messages` is in the file."""
+    if isinstance(val, list):
+        return [f"{fld}[{j}].role" for j in range(len(answer))]
+    return [fld] * len(answer)
+
+
+def _system_where(prompt: list[dict], pw: list[str], system: Any, sname: str | None) -> list[str]:
+    """``pw`` for the prompt as :func:`_with_system` returns it (a system message put in front)."""
+    if system is None or (isinstance(system, str) and not system.strip()) or (prompt and prompt[0]["role"] == "system"):
+        return pw
+    return [sname or "system"] + pw
+
+
+def _preference_tools(obj: dict, sides: list[tuple[list[dict], list[str]]], notes: dict | None
                       ) -> list[dict] | None:
-    """The functions a preference example offers (``tools``, as on chat records), each answer's calls
-    checked against them and the prompt's tool results against the calls before them."""
+    """The functions a preference example offers (``tools``, as on chat records). Each side, the prompt
+    and one answer with where each message is in the file, has its calls checked against them and its
+    tool results against the calls before them; the example counts once among those that call
+    functions they do not declare."""
     tools = _tools_of(obj)
-    for name, answer in answers.items():
-        wheres = [f"prompt[{i}]" for i in range(len(prompt))] + [f"{name}[{j}]" for j in range(len(answer))]
-        _check_tools(prompt + answer, tools, wheres, name, notes)
+    side_notes: dict = {}
+    for msgs, wheres in sides:
+        _check_tools(msgs, tools, wheres, "prompt", side_notes)
+    if side_notes.get("calls_without_tools"):
+        _note(notes, "calls_without_tools")
     return tools
 
 
