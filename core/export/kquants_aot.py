@@ -380,7 +380,7 @@ def build(out_dir: Path | None = None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     root = str(Path(__file__).resolve().parent.parent.parent)
     with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, NUMBA_OPT="0", NUMBA_CACHE_DIR=cache,
+        env = dict(os.environ, NUMBA_OPT="0", NUMBA_CACHE_DIR=cache, PYTHONHASHSEED="0",  # (same file each build)
                    PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
         code = ("import json, sys; from pathlib import Path; from core.export import kquants_aot as a; "
                 "m = a._build_in_this_process(Path(sys.argv[1])); "
