@@ -936,7 +936,12 @@ def cmd_selfcheck(a) -> int:
 
     got = run_in_process(probe, what="The check")
     ok = got.get("parent") == os.getpid() and got.get("pid") != os.getpid()
-    print(json.dumps({"ok": ok, "parent": os.getpid(), "child": got.get("pid"), "nice": got.get("nice")}))
+    # the K-quant kernels shipped as bitcode: usable here (else exports compile them with numba, slower)
+    from core.export import kquants_aot
+
+    shipped = {k: v is not None for k, v in kquants_aot.load(["Q4_K", "Q5_K", "Q6_K"]).items()}
+    print(json.dumps({"ok": ok, "parent": os.getpid(), "child": got.get("pid"), "nice": got.get("nice"),
+                      "shipped_kernels": shipped}))
     return 0 if ok else 1
 
 

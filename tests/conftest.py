@@ -16,6 +16,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 # the window's start-up fill of the K-quant kernel cache: off, or every window test would start one
 os.environ.setdefault("TUNELOOM_KERNEL_FILL", "0")
+# Jobs in a child process (the window's training) at the tests' own priority, not 10 below it: beside
+# another suite on two cores a child at +10 got a few percent of a core and trainings ran past their
+# bounds (three suites at once, session 10). tests/test_isolated.py checks the app's +10 itself.
+os.environ.setdefault("TUNELOOM_CHILD_NICE", "0")
 os.environ.setdefault("TUNELOOM_HOME", tempfile.mkdtemp(prefix="tuneloom-test-home-"))
 # Never talk to a real Ollama from tests: port 9 (discard) refuses connections here.
 os.environ["OLLAMA_HOST"] = "http://127.0.0.1:9"

@@ -18,7 +18,7 @@ if {preload}:
 else:
     loaded = None
 from core.accel import matmul_gflops
-print(json.dumps({{"loaded": loaded, "gflops": matmul_gflops(256, 448, 2432, repeats=3)}}))
+print(json.dumps({{"loaded": loaded, "gflops": matmul_gflops(256, 448, 2432, repeats=3, clock="cpu")}}))
 """
 
 
@@ -47,8 +47,9 @@ def test_openblas_matmul_far_faster_than_reference_blas():
     fast = _probe(preload=True)
     slow = _probe(preload=False)
     assert fast["loaded"]
-    # Reference BLAS measured here: ~2-5 GFLOP/s; OpenBLAS: ~80-260. Demand a clear gap,
-    # robust to a loaded CI machine.
+    # Per CPU second of the probe (all its threads), not per second of wall time: other work on the
+    # machine does not shrink it (a wall-time figure fell to 19 beside three test suites). Measured
+    # here on a quiet machine: reference BLAS 5.3, OpenBLAS 86 (169 per wall second on 2 cores).
     assert fast["gflops"] > 5 * slow["gflops"], (fast, slow)
     assert fast["gflops"] > 20, fast
 

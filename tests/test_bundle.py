@@ -244,6 +244,7 @@ def test_bundle_holds_what_the_app_needs_at_run_time(bundle):
     assert has("resources/demo/model/config.json") and has("resources/catalog.json")
     assert has("resources/icons/Tuneloom.png")
     assert has("core/export/kquants_jit.py")  # numba keys its kernel cache on the source (build_macos.spec)
+    assert has("resources/kernels/kquants.json") and has("resources/kernels/kquants-q6.bc")  # (kquants_aot)
     assert has("platforms/libqoffscreen") and has("imageformats/libqpng") or has("imageformats/libqjpeg")
     if sys.platform == "darwin":
         assert has("platforms/libqcocoa.dylib") and has("styles/libqmacstyle.dylib")
@@ -358,4 +359,6 @@ def test_bundled_subcommands_work_like_the_cli(bundle, tmp_path):
     assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-3000:]
     got = _json_line(check.stdout)
     assert got["ok"] is True and got["child"] != got["parent"]
+    # the shipped K-quant kernels load in the frozen app too (their source beside the bundle's code)
+    assert got["shipped_kernels"] == {"Q4_K": True, "Q5_K": True, "Q6_K": True}, check.stderr[-2000:]
 

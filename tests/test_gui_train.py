@@ -263,10 +263,15 @@ def test_window_keeps_ticking_while_training_with_20000_points(home, qtbot, tmp_
     t0 = time.perf_counter()
     redraws = plot.redraws
     n0 = plot.train_s.n
-    while time.perf_counter() - t0 < 6:
+
+    def arrived() -> bool:  # points kept arriving and were drawn
+        return plot.train_s.n > n0 + 3 and plot.redraws > redraws + 3
+
+    # at least 6 s, and until a few steps have come (on a busy machine 6 s held fewer than 4)
+    while time.perf_counter() - t0 < 6 or (not arrived() and time.perf_counter() - t0 < 300):
         qtbot.wait(50)
     mon.stop()
-    assert plot.train_s.n > n0 + 3 and plot.redraws > redraws + 3  # points kept arriving and were drawn
+    assert arrived()
     with qtbot.waitSignal(w.train_page.slot.ended, timeout=60000):
         w.train_page.stop()
     assert mon.ticks > 200

@@ -72,6 +72,8 @@ def test_installed_tuneloom_command_runs_a_training_child_and_the_window(install
     check = run([exe, "selfcheck"], cwd=work, env=env, timeout=300)
     got = json.loads(check.stdout.strip().splitlines()[-1])
     assert got["ok"] is True and got["child"] != got["parent"]
+    # the K-quant kernels shipped as bitcode load from the installed resources (no numba compile)
+    assert got["shipped_kernels"] == {"Q4_K": True, "Q5_K": True, "Q6_K": True}, check.stderr[-2000:]
     win = run([exe, "--quit-after-paint"], cwd=work, env=env, timeout=300)
     assert "quit-after-paint: first paint after" in win.stderr
     log = (work / "home" / "logs" / "tuneloom.log").read_text()

@@ -123,10 +123,13 @@ def test_pause_parks_the_child_resume_goes_on_and_cancel_stops_it(tmp_path):
     assert [st for st, _ in ev.states] == ["paused", "running"]
 
 
-def test_the_child_runs_below_the_callers_priority():
+def test_the_child_runs_below_the_callers_priority(monkeypatch):
+    monkeypatch.delenv("TUNELOOM_CHILD_NICE", raising=False)  # (the suite's conftest sets 0)
     got = run_in_process(probe)
     assert got["parent"] == os.getpid()
     assert got["nice"] == min(19, os.nice(0) + 10)
+    monkeypatch.setenv("TUNELOOM_CHILD_NICE", "0")
+    assert run_in_process(probe)["nice"] == os.nice(0)
 
 
 def test_a_killed_parent_leaves_no_child_behind(tmp_path):

@@ -99,16 +99,35 @@ def adversarial(rng: np.random.Generator) -> np.ndarray:
 
 # --------------------------------------------------------------------------- the quantizers
 
-BACKENDS = ["numba", "numpy"]
+BACKENDS = ["shipped", "jit", "numpy"]
+
+
+def run_backend(qtype, x: np.ndarray, backend: str) -> np.ndarray:
+    """``shipped``: the kernels an export runs (core.export.kquants_aot, made from the shipped
+    bitcode); ``jit``: the same kernels compiled by numba here (where the shipped ones cannot be
+    used); ``numpy``: the slow reference code."""
+    quantize, _ = KTYPES[qtype]
+    if backend == "jit":
+        from core.export import kquants_jit
+
+        blocks = np.ascontiguousarray(x.reshape(-1, 256))
+        out = np.empty((blocks.shape[0], gguf.GGML_QUANT_SIZES[qtype][1]), np.uint8)
+        getattr(kquants_jit, f"quantize_{qtype.name.lower()}_into")(blocks, out)
+        return out.reshape(x.shape[0], -1)
+    if backend == "shipped":
+        from core.export import kquants_aot
+
+        assert kquants_aot.load([qtype.name])[qtype.name] is not None
+        backend = "numba"
+    return quantize(x, backend=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("qtype", list(KTYPES), ids=lambda q: q.name)
 def test_quantizer_bit_identical_to_ggml(qtype, backend):
-    """Both implementations (the numba kernels and the numpy code) equal ggml's."""
-    quantize, _ = KTYPES[qtype]
+    """Every implementation (the shipped kernels, numba's compile of them, the numpy code) equals ggml's."""
     x = adversarial(np.random.default_rng(7))
-    ours = quantize(x, backend=backend)
+    ours = run_backend(qtype, x, backend)
     ref = ggml_quantize(x, qtype)
     assert ours.shape == ref.shape and ours.dtype == np.uint8
     size = gguf.GGML_QUANT_SIZES[qtype][1]
@@ -138,13 +157,14 @@ def test_round_trip_against_gguf_dequantize(qtype):
 
 @pytest.mark.parametrize("qtype", list(KTYPES), ids=lambda q: q.name)
 def test_backends_agree_on_many_weights(qtype):
-    """The numba kernels and the numpy code on 1.5M weights of several scales, and
-    ggml on the same: every block equal (a float64 slip in a kernel shows up here)."""
+    """The shipped kernels, numba's compile of them and the numpy code on 1.5M weights of several
+    scales, and ggml on the same: every block equal (a float64 slip in a kernel shows up here)."""
     quantize, _ = KTYPES[qtype]
     rng = np.random.default_rng(11)
     x = (rng.standard_normal((1536, 1024)) * rng.uniform(1e-4, 3, (1536, 1))).astype(np.float32)
     x[::97] = x[::97].astype(np.float16).astype(np.float32)  # rows exactly representable in f16
-    fast = quantize(x, backend="numba")
+    fast = run_backend(qtype, x, "shipped")
+    assert np.array_equal(fast, run_backend(qtype, x, "jit"))
     assert np.array_equal(fast, quantize(x, backend="numpy"))
     assert np.array_equal(fast, ggml_quantize(x, qtype))
 
@@ -217,9 +237,10 @@ def test_a_frozen_app_compiles_the_kernels_once_into_the_users_cache_folder(tmp_
 
 
 def test_kernels_missing_from_the_cache_compile_in_children_and_the_window_start_fills_it(tmp_path):
-    """A cold export compiles each missing kernel in a child process of its own (two at once), and
-    the window's start-up fill (a low-priority child) leaves every kernel cached, so the export
-    after it loads them (numba's cache_hits) instead of compiling (cache_misses)."""
+    """Where the shipped kernels cannot be used (off here): a cold export compiles each missing
+    kernel in a child process of its own (two at once), and the window's start-up fill (a
+    low-priority child) leaves every kernel cached, so the export after it loads them (numba's
+    cache_hits) instead of compiling (cache_misses)."""
     import json
     import os
     import subprocess
@@ -237,8 +258,10 @@ def test_kernels_missing_from_the_cache_compile_in_children_and_the_window_start
             kquants.prepare(["Q6_K", "Q4_K"]).join(600)
             print(json.dumps({"before": before, **kquants_jit.warm_up(["Q6_K", "Q4_K"])}))
     """
+    # (the fill's child at its usual nice 19 can wait minutes for a core on a busy machine: the test
+    # that it lowers its priority is test_the_cache_fill_runs_at_the_lowest_priority)
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), TUNELOOM_KERNEL_FILL="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+               TUNELOOM_KERNEL_FILL_NICE="0", TUNELOOM_SHIPPED_KERNELS="0", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
 
     def run(what: str) -> dict:
         p = subprocess.run([sys.executable, "-c", code, what], cwd=tmp_path, env=env, capture_output=True,
@@ -263,6 +286,21 @@ def test_kernels_missing_from_the_cache_compile_in_children_and_the_window_start
                            "assert kquants.fill_cache_in_background() is None"], env=env, timeout=300).returncode == 0
 
 
+def test_the_cache_fill_runs_at_the_lowest_priority(monkeypatch):
+    """The window's fill child lowers itself to nice 19 before it loads or compiles anything."""
+    import os
+
+    from core.export import kquants_jit
+
+    calls = []
+    monkeypatch.delenv("TUNELOOM_KERNEL_FILL_NICE", raising=False)
+    monkeypatch.setattr(os, "nice", lambda n: calls.append(("nice", n)))
+    monkeypatch.setattr(kquants, "_load_shipped", lambda kinds, gates=None: calls.append("load") or {})
+    monkeypatch.setattr(kquants_jit, "cached", lambda kind: True)
+    kquants._fill_cache()
+    assert calls == [("nice", 19), "load"]
+
+
 def test_a_cancelled_export_stops_the_compiling_children_and_the_blocks_waiting_for_them(monkeypatch):
     """A block waiting for its kernel, and the children compiling it, end as soon as the export is
     cancelled (not after the compile, nor after the 300 s limit on a stuck child)."""
@@ -277,6 +315,7 @@ def test_a_cancelled_export_stops_the_compiling_children_and_the_blocks_waiting_
                           warm_up=compile_forever)
     monkeypatch.setattr(kquants, "_jit", lambda: jit)
     monkeypatch.setattr(kquants, "_ready", {})
+    monkeypatch.setenv("TUNELOOM_SHIPPED_KERNELS", "0")  # (they would be ready at once)
     token = CancelToken()
     compiling = kquants.prepare(["Q4_K", "Q6_K"], cancel=token)
     gate = kquants._ready["Q4_K"]
@@ -688,4 +727,12 @@ def test_an_export_compiles_its_kernels_ahead_in_the_order_the_file_needs_them(t
     assert thread is not None and thread.name == "tuneloom-kquant-compile" and thread.daemon
     thread.join(600)
     assert not thread.is_alive()
+    from core.export import kquants_aot
+
+    assert kquants_aot.kernel_for("Q6_K") is not None and kquants_aot.kernel_for("Q5_K") is not None
+    # where the shipped kernels cannot be used, numba compiles them
+    monkeypatch.setenv("TUNELOOM_SHIPPED_KERNELS", "0")
+    monkeypatch.setattr(kquants, "_ready", {})
+    thread = kquants.prepare(["Q6_K", "Q5_K"])
+    thread.join(600)
     assert kquants_jit._q6_blocks.signatures and kquants_jit._affine_blocks.signatures

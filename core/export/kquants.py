@@ -376,8 +376,13 @@ def prepare(kinds, cancel=None) -> "threading.Thread | None":
     "Q6_K"); returns the thread that does it, or None when the numpy code is wanted (nothing to
     compile) or ``kinds`` is empty.
 
-    Why: the first export after an install compiles its kernels: a few seconds of numba's own
-    Python each, which holds the GIL. A kernel that numba's cache does not hold yet is compiled in a
+    Why: the first export after an install used to compile its kernels: a few seconds of numba's
+    own Python each, which holds the GIL. Now the kernels ship as bitcode
+    (:mod:`core.export.kquants_aot`): LLVM makes them into machine code here in about a second
+    (Q6_K first, the affine kernel on a thread beside it; LLVM releases the GIL) or loads that code
+    from the kernel cache, and each kind's gate opens as soon as its kernel is ready. Only where the
+    shipped kernels cannot be used (another numba, a source edited but not rebuilt) does numba
+    compile: a kernel that numba's cache does not hold yet is compiled in a
     spawned child process of its own (Q4_K / Q5_K share one kernel, Q6_K has another), so two
     kernels compile at once on two cores and neither holds this process's GIL, which the export's
     tokenizer and header work needs meanwhile; the child writes numba's cache, and this process
@@ -397,9 +402,11 @@ def prepare(kinds, cancel=None) -> "threading.Thread | None":
             jit = _jit()  # numba's import (~0.5 s) on this thread too
             if jit is None:
                 return
+            shipped = _load_shipped(kinds, gates)
+            kinds_left = [k for k in kinds if shipped.get(k) is None]
             if _COMPILE_IN_CHILDREN:
-                _compile_cold_in_children(jit, kinds, cancel)
-            for kind in kinds:
+                _compile_cold_in_children(jit, kinds_left, cancel)
+            for kind in kinds_left:
                 if cancel is not None and cancel.cancelled:
                     return
                 jit.warm_up([kind])
@@ -413,6 +420,25 @@ def prepare(kinds, cancel=None) -> "threading.Thread | None":
     thread = threading.Thread(target=run, name="tuneloom-kquant-compile", daemon=True)
     thread.start()
     return thread
+
+
+def _load_shipped(kinds, gates=None) -> dict:
+    """The shipped kernels of ``kinds`` (:mod:`core.export.kquants_aot`: machine code made from
+    bitcode in about a second, or loaded from the kernel cache), each kind's gate opened as soon as
+    its kernel is ready (the first kind's kernel loads on this thread, a second one beside it);
+    {kind: kernel or None}. None throughout when the shipped kernels are off or unusable here."""
+    from core.export import kquants_aot
+
+    if not kquants_aot.enabled():
+        return {}
+
+    def ready(name, kernel):
+        if kernel is not None and gates:
+            for kind, gate in gates.items():
+                if kquants_aot.KERNEL_OF[kind] == name:
+                    gate.open()
+
+    return kquants_aot.load(kinds, on_ready=ready)
 
 
 def _compile_cold_in_children(jit, kinds, cancel=None) -> None:
@@ -447,6 +473,9 @@ def _compile_cold_in_children(jit, kinds, cancel=None) -> None:
 
 
 _FILL_ENV = "TUNELOOM_KERNEL_FILL"  # "0": the window does not fill numba's cache at start (the tests' default)
+# how much the filling child lowers its priority (19, the lowest; a test of what it leaves sets 0: at 19
+# on a machine busy with other work it may wait minutes for a core)
+_FILL_NICE_ENV = "TUNELOOM_KERNEL_FILL_NICE"
 
 
 class _Fill(threading.Thread):
@@ -472,9 +501,10 @@ class _Fill(threading.Thread):
 
 
 def fill_cache_in_background() -> "_Fill | None":
-    """Fill numba's cache with every K-quant kernel in a spawned child process at the lowest CPU
-    priority, so that the first export after an install (the .app, a wheel) loads its kernels
-    instead of compiling them on its critical path (a few seconds). The window calls this once it
+    """Fill the kernel cache with every K-quant kernel in a spawned child process at the lowest CPU
+    priority (the shipped kernels' machine code, about 1.5 CPU-s; numba's compile of any kernel
+    they lack), so that the first export after an install (the .app, a wheel) loads its kernels
+    instead of making them on its critical path. The window calls this once it
     is up; the child checks the cache itself (importing numba here would hold the window's thread)
     and compiles only what is missing, so on later starts it costs one short idle process.
     Returns the thread that starts and waits for the child (both end with the app), or None where
@@ -487,14 +517,16 @@ def fill_cache_in_background() -> "_Fill | None":
 
 
 def _fill_cache() -> None:
-    """(In the child.) Compile into numba's cache each kernel it lacks, at the lowest priority."""
+    """(In the child.) At the lowest priority: the shipped kernels into machine code (kept in the
+    kernel cache), and numba's compile of each kernel they lack and numba's cache lacks."""
     try:
-        os.nice(19)
-    except (AttributeError, OSError):  # (no nice on Windows)
+        os.nice(int(os.environ.get(_FILL_NICE_ENV, "19")))
+    except (AttributeError, OSError, ValueError):  # (no nice on Windows)
         pass
     from core.export import kquants_jit
 
-    missing = [k for k in _JIT_FUNCS if kquants_jit.cached(k) is False]
+    shipped = _load_shipped(list(_JIT_FUNCS))
+    missing = [k for k in _JIT_FUNCS if shipped.get(k) is None and kquants_jit.cached(k) is False]
     if missing:
         kquants_jit.warm_up(missing)
 
@@ -525,7 +557,11 @@ def _quantize(data: np.ndarray, kind: str, backend: str | None = None) -> np.nda
             gate.wait()  # prepare() is bringing this kernel (from a child's compile or the cache)
         try:
             # one call for all blocks, GIL released throughout; the kernels want C order
-            getattr(jit, _JIT_FUNCS[kind])(np.ascontiguousarray(blocks), out)
+            shipped = _load_shipped([kind]).get(kind)  # (loaded once; prepare() has done it for an export)
+            if shipped is not None:
+                shipped.quantize(kind, np.ascontiguousarray(blocks), out)
+            else:
+                getattr(jit, _JIT_FUNCS[kind])(np.ascontiguousarray(blocks), out)
             return out.reshape(*data.shape[:-1], data.shape[-1] // QK_K * nbytes)
         except Exception as exc:  # noqa: BLE001 - numba could not compile here: same result, slower
             if backend == "numba":
