@@ -78,7 +78,7 @@ def _cfg(out: Path, iters: int = 4) -> TrainConfig:
                        valid_every=2, valid_batches=2, checkpoint_every=2, seed=3)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(900)  # a bound for a group that never ends, not a speed: beside two other suites (load 15-20) one took over 300 s
 def test_two_ranks_report_every_step_once_in_order(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # the ranks run `python -m app.cli` here
     run = tmp_path / "run"
@@ -101,7 +101,7 @@ def test_two_ranks_report_every_step_once_in_order(tmp_path, monkeypatch):
     assert info.state == "done" and info.steps == 4
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(900)  # a bound for a group that never ends, not a speed: beside two other suites (load 15-20) one took over 300 s
 def test_stopping_a_group_keeps_a_checkpoint(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     run = tmp_path / "run"

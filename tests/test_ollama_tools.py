@@ -170,6 +170,95 @@ def test_llama_cpp_chat_handler_renders_the_embedded_tool_template_like_training
     assert checked == sum(len(prompts_of(c)) for c in CONVERSATIONS)
 
 
+@pytest.fixture(scope="module")
+def llama_server():
+    """A ``llama-server`` binary built from llama.cpp's source (TUNELOOM_LLAMA_SERVER=/path/to/it; the
+    vendored llama.cpp of llama-cpp-python's sdist builds it: ``cmake -B build -DGGML_NATIVE=OFF
+    -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF && cmake --build build --target llama-server``);
+    skipped otherwise (CI does not build it: about ten minutes on two cores)."""
+    import os
+
+    exe = os.environ.get("TUNELOOM_LLAMA_SERVER")
+    if not exe:
+        pytest.skip("no llama-server binary (set TUNELOOM_LLAMA_SERVER to one built from llama.cpp's source)")
+    return Path(exe)
+
+
+class _Server:
+    """llama-server on a tiny GGUF of one family, the tool template embedded, on a free local port."""
+
+    def __init__(self, exe: Path, gguf: Path, log: Path):
+        import socket
+        import subprocess
+        import time
+        import urllib.request
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.log = log
+        self.proc = subprocess.Popen([str(exe), "-m", str(gguf), "--jinja", "--host", "127.0.0.1",
+                                      "--port", str(self.port), "-c", "2048", "--no-webui", "-t", "1"],
+                                     stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300  # a bound for a server that never comes up, not a speed
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, log.read_text(errors="replace")[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        raise AssertionError("llama-server did not come up: " + log.read_text(errors="replace")[-3000:])
+
+    def apply_template(self, messages, tools) -> str:
+        import urllib.request
+
+        body = json.dumps({"messages": messages, "tools": tools}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/apply-template", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return json.loads(r.read())["prompt"]
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+TINY = {"qwen2.5": "qwen2.5", "qwen3": "qwen3", "qwen3-thinking": "qwen3"}  # families with a tiny model
+
+
+@pytest.mark.parametrize("family", list(TINY))
+def test_llama_servers_own_jinja_engine_renders_the_embedded_tool_template_like_training(family, hf, llama_server,
+                                                                                         tmp_path_factory):
+    """What current Ollama runs underneath: llama-server's C++ Jinja engine (``--jinja``), with the
+    template embedded in the GGUF as the export writes it, given the messages and tools as Ollama
+    hands them on (``/apply-template``, the prompt it would run): every prompt of every tool
+    conversation equals the training prompt."""
+    from core.export.gguf import export_gguf
+    from tests.fixtures.tiny_models import cached_tiny_model
+
+    cfg, fmt, emb, arch, thinking = export_of(family)
+    tmp = tmp_path_factory.mktemp(f"server-{family}")
+    model = cached_tiny_model(TINY[family], tmp_path_factory.getbasetemp() / "tiny-models")
+    gguf = tmp / "model.gguf"
+    export_gguf(model, gguf, "f16", chat_template=emb.template)
+    server = _Server(llama_server, gguf, tmp / "server.log")
+    try:
+        object_args = ct._needs_object_arguments(emb.template)
+        checked = 0
+        for conv in CONVERSATIONS:
+            for tools, messages in prompts_of(conv):
+                want = training(hf, family, tools, messages)
+                got = server.apply_template(ct.ollama_tool_messages(messages, object_arguments=object_args),
+                                            ol.ollama_tools(tools))
+                assert got == want, f"{family} {conv}: {_diff(want, got)}"
+                checked += 1
+        assert checked == sum(len(prompts_of(c)) for c in CONVERSATIONS)
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_embedded_tool_template_shows_what_the_fine_tune_can_do(family):
     cfg, fmt, emb, arch, thinking = export_of(family)
