@@ -129,6 +129,34 @@ def test_shipped_kernels_that_do_not_fit_are_not_used_and_numba_quantizes_instea
     assert np.array_equal(kquants.quantize_q6_k(x, backend="numba"), want)
 
 
+def test_kept_machine_code_that_is_whole_but_wrong_is_made_again_once(fresh, monkeypatch, caplog):
+    """A kept object file whose sha256 is right but whose output on the check blocks is not numba's
+    (another LLVM build under the same key, say) is deleted and made again from the bitcode, not
+    refused for good."""
+    assert kquants_aot.load(["Q6_K"])["Q6_K"].from_cache is False
+    kept = list(kquants_aot.object_dir().glob("kquants-q6-*.o"))
+    assert len(kept) == 1
+    monkeypatch.setattr(kquants_aot, "_loaded", {})
+    real = kquants_aot._check
+    checked = []
+
+    def check(kernel, m):  # the kept code "gives other output" once
+        checked.append(kernel.from_cache)
+        if kernel.from_cache:
+            raise ValueError("its Q6_K output on the check blocks differs from numba's kernel")
+        real(kernel, m)
+
+    monkeypatch.setattr(kquants_aot, "_check", check)
+    caplog.set_level("INFO", logger="core.export.kquants_aot")
+    got = kquants_aot.load(["Q6_K"])["Q6_K"]
+    assert got is not None and got.from_cache is False and checked == [True, False]
+    assert any("made again" in r.getMessage() for r in caplog.records)
+    assert kept[0].exists()  # kept anew
+    monkeypatch.setattr(kquants_aot, "_loaded", {})
+    monkeypatch.setattr(kquants_aot, "_check", real)
+    assert kquants_aot.load(["Q6_K"])["Q6_K"].from_cache is True
+
+
 def test_off_when_asked(fresh, monkeypatch):
     monkeypatch.setenv("TUNELOOM_SHIPPED_KERNELS", "0")
     assert kquants_aot.load(["Q4_K", "Q6_K"]) == {"Q4_K": None, "Q6_K": None}

@@ -557,7 +557,12 @@ def _quantize(data: np.ndarray, kind: str, backend: str | None = None) -> np.nda
             gate.wait()  # prepare() is bringing this kernel (from a child's compile or the cache)
         try:
             # one call for all blocks, GIL released throughout; the kernels want C order
-            shipped = _load_shipped([kind]).get(kind)  # (loaded once; prepare() has done it for an export)
+            from core.export import kquants_aot
+
+            # (loaded once: prepare() has done it for an export; then no lock is taken per tensor)
+            shipped = kquants_aot.kernel_for(kind) if kquants_aot.enabled() else None
+            if shipped is None:
+                shipped = _load_shipped([kind]).get(kind)
             if shipped is not None:
                 shipped.quantize(kind, np.ascontiguousarray(blocks), out)
             else:

@@ -56,6 +56,15 @@ def _section(text: str) -> QLabel:
     return QLabel(f"<b>{text}</b>")
 
 
+class _WideProgress(QProgressBar):
+    """A progress bar that asks for the room its text needs (QProgressBar asks for a fixed, narrow width)."""
+
+    def sizeHint(self):
+        hint = super().sizeHint()
+        hint.setWidth(self.maximumWidth())
+        return hint
+
+
 class DataPage(Page):
     """Step 2: read and check the dataset, show it as chat and as training text, its lengths and problems."""
 
@@ -94,11 +103,14 @@ class DataPage(Page):
                                    "structured answer format.")
         self.open_btn = QPushButton("Open files...")
         self.open_dir_btn = QPushButton("Open folder...")
-        self.progress = QProgressBar()
+        self.progress = _WideProgress()
         self.progress.setTextVisible(True)
         self.progress.setMaximumWidth(320)
-        self.progress.setMinimumWidth(120)  # its size hint grows with the text it shows
-        self.progress.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        # 320 px where there is room (its text, "measuring token lengths: 29 of 40 examples", fits), down to 120.
+        # Not QSizePolicy.Ignored: a box layout then gives it a width of 0 beside a stretch, the widget keeps its
+        # minimum anyway, and the bar lay under Cancel at 1024x700
+        self.progress.setMinimumWidth(120)
+        self.progress.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
         self.cancel_btn = QPushButton("Cancel")
         for w in (self.sample_btn, self.open_btn, self.open_dir_btn):
             row.addWidget(w)
