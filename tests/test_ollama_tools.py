@@ -226,6 +226,18 @@ class _Server:
 
 
 TINY = {"qwen2.5": "qwen2.5", "qwen3": "qwen3", "qwen3-thinking": "qwen3"}  # families with a tiny model
+if "qwen3.5" in FAMILIES:  # a tiny Qwen3.5 in the real layout (tests/fixtures/qwen35.py)
+    TINY.update({"qwen3.5": "qwen3.5", "qwen3.5-thinking": "qwen3.5"})
+
+
+def _tiny_model(name: str, cache_dir) -> Path:
+    if name == "qwen3.5":
+        from tests.fixtures.qwen35 import cached_tiny_qwen35
+
+        return cached_tiny_qwen35(cache_dir)
+    from tests.fixtures.tiny_models import cached_tiny_model
+
+    return cached_tiny_model(name, cache_dir)
 
 
 @pytest.mark.parametrize("family", list(TINY))
@@ -236,11 +248,10 @@ def test_llama_servers_own_jinja_engine_renders_the_embedded_tool_template_like_
     hands them on (``/apply-template``, the prompt it would run): every prompt of every tool
     conversation equals the training prompt."""
     from core.export.gguf import export_gguf
-    from tests.fixtures.tiny_models import cached_tiny_model
 
     cfg, fmt, emb, arch, thinking = export_of(family)
     tmp = tmp_path_factory.mktemp(f"server-{family}")
-    model = cached_tiny_model(TINY[family], tmp_path_factory.getbasetemp() / "tiny-models")
+    model = _tiny_model(TINY[family], tmp_path_factory.getbasetemp() / "tiny-models")
     gguf = tmp / "model.gguf"
     export_gguf(model, gguf, "f16", chat_template=emb.template)
     server = _Server(llama_server, gguf, tmp / "server.log")
