@@ -819,7 +819,7 @@ def _add_export_parser(sub) -> None:
 
     e.add_argument("--quant", default=QUANT_DEFAULT, choices=list(QUANTS),
                    help=f"the GGUF's type (default {QUANT_DEFAULT}): "
-                        + "; ".join(f"{q.name}: {q.blurb}" for q in QUANTS.values()).replace("%", "%%"))
+                        + "; ".join(f"{q.name}: {q.blurb.rstrip('.')}" for q in QUANTS.values()).replace("%", "%%"))
     e.add_argument("--ollama", metavar="NAME", help="register in Ollama under this name")
     e.add_argument("--system", help="system prompt for the Modelfile (default: the one the run was trained with; "
                    "\"\" for none)")
