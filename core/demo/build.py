@@ -104,6 +104,7 @@ CORPUS_SIZE = 8000
 TOOL_STEPS = 600
 TOOL_CORPUS_SIZE = 6000
 TOOL_LR = 1e-3
+TOOL_EVERY = 4  # one chat in TOOL_EVERY of the tool stage's corpus is a tool chat
 
 
 def _say(text: str) -> None:
@@ -265,7 +266,7 @@ def write_sample_data(data_dir: Path) -> None:
 
 
 def tool_stage(model_dir: Path, steps: int = TOOL_STEPS, corpus_size: int = TOOL_CORPUS_SIZE, seed: int = 0,
-               log=_say) -> dict:
+               log=_say, every: int = TOOL_EVERY, lr: float = TOOL_LR) -> dict:
     """A build's tool stage: Qwen2.5's tool-calling template (TOOLS_TEMPLATE) in place of plain
     ChatML, then pretraining continued from the model's weights on :func:`world.tool_corpus` (the
     first stage's kinds of chats, one in four replaced by calls to other functions than the learning
@@ -273,10 +274,10 @@ def tool_stage(model_dir: Path, steps: int = TOOL_STEPS, corpus_size: int = TOOL
     is kept: <tool_call> is ordinary text to it."""
     set_chat_template(model_dir, TOOLS_TEMPLATE)
     check_template(model_dir)
-    corpus = world.tool_corpus(corpus_size, seed=seed + 1)
-    stats = pretrain(model_dir, corpus, steps=steps, batch=32, lr=TOOL_LR, seed=seed, log=log, init=True,
+    corpus = world.tool_corpus(corpus_size, seed=seed + 1, every=every)
+    stats = pretrain(model_dir, corpus, steps=steps, batch=32, lr=lr, seed=seed, log=log, init=True,
                      stage="tool stage")
-    return {"steps": steps, "corpus": corpus_size, "lr": TOOL_LR, **stats}
+    return {"steps": steps, "corpus": corpus_size, "every": every, "lr": lr, **stats}
 
 
 def check_template(model_dir: Path) -> None:
@@ -294,7 +295,7 @@ def check_template(model_dir: Path) -> None:
 
 def build(out: Path, steps: int = BUILD_STEPS, seed: int = 0, log=_say, shape: dict | None = None,
           corpus_size: int = CORPUS_SIZE, tool_calls: bool = False, tool_steps: int = TOOL_STEPS,
-          first_stage: Path | None = None) -> dict:
+          first_stage: Path | None = None, tool_every: int = TOOL_EVERY, tool_lr: float = TOOL_LR) -> dict:
     """Build the model and sample data into ``out``. ``tool_calls``: add the tool stage
     (:func:`tool_stage`) after the first. ``first_stage``: a model folder the first stage made (e.g.
     the bundled model of a build without tool calls), used in its place instead of training it again."""
@@ -332,7 +333,7 @@ def build(out: Path, steps: int = BUILD_STEPS, seed: int = 0, log=_say, shape: d
         tools = None
         if tool_calls:
             t_tools = time.process_time()
-            tools = tool_stage(model_dir, steps=tool_steps, seed=seed, log=log)
+            tools = tool_stage(model_dir, steps=tool_steps, seed=seed, log=log, every=tool_every, lr=tool_lr)
             tools["cpu_seconds"] = round(time.process_time() - t_tools, 1)
         write_sample_data(tmp / "data")
         vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
@@ -368,6 +369,8 @@ def main() -> None:
                     help="add the tool stage: Qwen2.5's tool-calling template, pretraining continued on chats that "
                          "call functions with names copied from the question")
     ap.add_argument("--tool-steps", type=int, default=TOOL_STEPS)
+    ap.add_argument("--tool-every", type=int, default=TOOL_EVERY, help="one chat in this many is a tool chat")
+    ap.add_argument("--tool-lr", type=float, default=TOOL_LR)
     ap.add_argument("--first-stage", type=Path, default=None,
                     help="with --tool-calls: a model folder the first stage made (its BUILD.json beside it), "
                          "used instead of training the first stage again")
@@ -380,7 +383,8 @@ def main() -> None:
     shape = dict(MODEL_SHAPE, hidden_size=a.hidden, num_hidden_layers=a.layers, intermediate_size=a.intermediate,
                  num_attention_heads=a.heads)
     print(json.dumps(build(a.out, a.steps, a.seed, shape=shape, corpus_size=a.corpus, tool_calls=a.tool_calls,
-                           tool_steps=a.tool_steps, first_stage=a.first_stage)))
+                           tool_steps=a.tool_steps, first_stage=a.first_stage, tool_every=a.tool_every,
+                           tool_lr=a.tool_lr)))
 
 
 if __name__ == "__main__":
