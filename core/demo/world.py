@@ -228,3 +228,109 @@ def preference_dataset(n_train: int = 240, n_valid: int = 40, seed: int = 3) -> 
     rng.shuffle(topics)
     pairs = [preference_pair(t, rng) for t in topics[:n_train + n_valid]]
     return pairs[:n_train], pairs[n_train:], [preference_pair(t, rng) for t in held]
+
+
+# ---- Tool calls (Qwen2.5's form: a <tools> system block, <tool_call> JSON answers) -------------
+# A model built with tool calls (python -m core.demo.build --tool-calls) is pretrained further on
+# calls to these functions (copying a name, a category or the two words of a name from the question
+# into the arguments), so a fine-tune can teach a new function in a few hundred records. The
+# learning test's function (TOOL_TEST_FUNCTION, describe) never appears here.
+def _function(fn_name: str, description: str, **params: str) -> dict:
+    # parameter descriptions are left out of the schema: the corpus's tool records stay short
+    return {"type": "function", "function": {
+        "name": fn_name, "description": description,
+        "parameters": {"type": "object", "properties": {k: {"type": "string"} for k in params},
+                       "required": list(params)}}}
+
+
+PRETRAIN_TOOLS = {
+    "lookup": _function("lookup", "Find a thing in the catalog.", name="the thing's name"),
+    "classify": _function("classify", "File a thing under its group.", item="the thing's name",
+                          group="its category"),
+    "paint": _function("paint", "Paint a thing.", thing="what to paint", color="the color"),
+    "find_uses": _function("find_uses", "What a category is used for.", category="the category"),
+}
+PRETRAIN_TOOL_PROMPTS = {"lookup": "Find the {name} in the catalog.",
+                         "classify": "Which group is the {name} in? Use the tool.",
+                         "paint": "Make the {noun} {adj} with the tool.",
+                         "find_uses": "What is {cat} used for? Ask the tool."}
+TOOL_TEST_FUNCTION = _function("describe", "Describe a thing for the register.", name="the thing's name",
+                               category="its category")
+TOOL_TEST_PROMPT = "Describe the {name} with a tool call."
+
+
+def tool_call_text(name: str, arguments: dict) -> str:
+    """One call as Qwen2.5's template writes it (the same text as an assistant ``tool_calls`` turn
+    with empty content renders to)."""
+    return f'<tool_call>\n{json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)}\n</tool_call>'
+
+
+def _pretrain_call(topic: tuple[str, str], fn: str) -> tuple[str, dict]:
+    adj, noun = topic
+    cat = noun_category(noun)
+    name = name_of(topic)
+    args = {"lookup": {"name": name}, "classify": {"item": name, "group": cat},
+            "paint": {"thing": noun, "color": adj}, "find_uses": {"category": cat}}[fn]
+    return PRETRAIN_TOOL_PROMPTS[fn].format(name=name, noun=noun, adj=adj, cat=_a(cat)), args
+
+
+def _tool_result(topic: tuple[str, str], fn: str) -> tuple[str, str]:
+    """(tool response, the assistant's final answer from it)"""
+    adj, noun = topic
+    cat = noun_category(noun)
+    name = name_of(topic)
+    if fn == "find_uses":
+        return json.dumps({"uses": CATEGORY_USE[cat]}), f"As {_a(cat)}, {CATEGORY_USE[cat]}."
+    if fn == "paint":
+        return json.dumps({"painted": f"{adj} {noun}"}), f"Done. The {noun} is now {adj}."
+    return (json.dumps({"name": name, "category": cat, "trait": CATEGORY_TRAIT[cat]}),
+            f"The {name} is {_a(cat)}. It is {adj} and {CATEGORY_TRAIT[cat]}.")
+
+
+def tool_chat(topic: tuple[str, str], fn: str, rng: random.Random, with_result: bool = False) -> dict:
+    """A pretraining tool conversation: the user's request, the assistant's call to ``fn`` (as
+    ``tool_calls``); with ``with_result``, the tool's response and the final prose answer."""
+    user, args = _pretrain_call(topic, fn)
+    msgs = [{"role": "system", "content": SYSTEM}] if rng.random() < 0.2 else []
+    msgs += [{"role": "user", "content": user},
+             {"role": "assistant", "content": "", "tool_calls": [{"type": "function",
+                                                                   "function": {"name": fn, "arguments": args}}]}]
+    if with_result:
+        result, answer = _tool_result(topic, fn)
+        msgs += [{"role": "tool", "name": fn, "content": result}, {"role": "assistant", "content": answer}]
+    return {"tools": [PRETRAIN_TOOLS[fn]], "messages": msgs}
+
+
+def tool_corpus(n: int = 6000, seed: int = 1, every: int = 4) -> list[dict]:
+    """The corpus of a build's tool stage (continued pretraining of a model that already copies
+    names): :func:`pretraining_corpus` drawn afresh with ``seed``, one chat in ``every`` replaced by
+    a tool chat (a call to one of PRETRAIN_TOOLS about a random topic; a quarter of them carry the
+    tool's result and the answer made from it), so the model keeps its prose, JSON and copying."""
+    rng = random.Random(seed + 1000)
+    topics = all_topics()
+    out = pretraining_corpus(n, seed=seed)
+    for i in range(every - 1, n, every):
+        fn = rng.choice(list(PRETRAIN_TOOLS))
+        out[i] = tool_chat(rng.choice(topics), fn, rng, with_result=rng.random() < 0.25)
+    return out
+
+
+def tool_learning_dataset(n_train: int = 240, seed: int = 5) -> tuple[list[dict], list[dict]]:
+    """(train, held-out) records for the tool-calling learning test: TOOL_TEST_PROMPT answered by a
+    call to ``describe`` with the topic's name and category. Train records are on topics other than
+    :func:`heldout_topics`; the held-out records are on those (never trained on). Each record has
+    ``tools`` and ends in the call; ``expected`` holds the call as [{"name", "arguments"}]."""
+    rng = random.Random(seed)
+    held = heldout_topics()
+    topics = [t for t in all_topics() if t not in set(held)]
+    rng.shuffle(topics)
+
+    def record(t: tuple[str, str]) -> dict:
+        call = {"name": "describe", "arguments": {"name": name_of(t), "category": noun_category(t[1])}}
+        return {"tools": [TOOL_TEST_FUNCTION],
+                "messages": [{"role": "user", "content": TOOL_TEST_PROMPT.format(name=name_of(t))},
+                             {"role": "assistant", "content": "",
+                              "tool_calls": [{"type": "function", "function": call}]}],
+                "expected": [call]}
+
+    return [record(t) for t in topics[:n_train]], [record(t) for t in held]

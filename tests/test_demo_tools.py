@@ -1,0 +1,138 @@
+"""Learning test (issue #31): the demo model learns to call a new function.
+
+A demo model built with ``python -m core.demo.build --tool-calls`` has Qwen2.5's tool-calling
+template and a tool stage: pretraining continued on chats that call other functions (lookup,
+classify, paint, find_uses) with names and categories copied from the question into the
+arguments, never ``describe(name, category)``. A LoRA fine-tune on records ending in a
+``describe`` call, about topics other than the held-out ones, must then call it right (function
+name, the topic's name copied from the question, its category) on the held-out topics; the base
+model must not. Both are scored by the project's evaluation (core.evaluate: greedy answers,
+core.tools.parse_tool_calls, tool_call_accuracy).
+
+The learning test skips on a demo model built without tool calls (resources/demo/BUILD.json): the
+bundled one, so far. Measured here (2-core machine, under other load):
+
+- Why the earlier from-scratch builds with tool chats copied no names: not truncation (pretraining
+  cuts nothing; their tool chats were 177-250 tokens), not the loss mask (a call record trains the
+  call and its <|im_end|>, 25 tokens), not the tokenizer (names tokenize the same in its 1026-token
+  vocabulary as in the bundled 882: ' red', ' hammer' in a question, 'red', ' hammer' in a JSON
+  string), not fewer copying chats (90.9% of the chats copy the noun from the question, 93.3%
+  without tool calls). Their tool chats were 10% of the chats but ~37% of the tokens. Their prose
+  answers on the 40 held-out topics name the adjective (30/40, 32/40) but almost never the noun
+  (1/40, 4/40); the bundled model 40/40 both.
+- The bundled model copies names over short contexts only (its pretraining chats are at most 55
+  tokens): prose answers name the noun 40/40 with prompts of 15-80 tokens, 27/40 at 260 tokens (the
+  system prompt 40 times), 1/40 with Qwen2.5's tool prompt text (376 tokens) as the system message.
+  With its tokenizer (no tool texts in it) a tool chat is 428-534 tokens, a describe record 462 (so
+  TRAIN's max_seq_len is 640: at 320, core.train.batches.encode_records would cut the call off
+  and drop the record).
+- A tool stage on the bundled model (600 steps, one chat in four a tool chat, lr 1e-3; 1462 CPU-s,
+  26 min) keeps short-range copying (prose, JSON, "Repeat after me": 40/40 each) and learns the call
+  format (100%), but its calls on held-out topics name the topic right 7.5% (lookup), 5% (classify),
+  0% (paint). The learning test on it: base 0.0, fine-tune 0.25 (the noun copied, the adjective and
+  often the category wrong), far from 0.9. 240 more steps with one chat in two a tool chat (984
+  CPU-s, 18 min) made it worse: calls on held-out topics 0% right, "Repeat after me" 23/40, the
+  learning test 0.0 (base 0.0): the noun copied, the adjective always "light".
+- So the names have to be copied ~450 tokens into the context, which this model never learned.
+  Not tried yet: a first stage whose tokenizer holds the tool texts (tool chats ~200 tokens, not
+  ~460) and whose chats teach copying over long contexts (e.g. long system messages) before tool
+  chats are added.
+"""
+import json
+from pathlib import Path
+
+import pytest
+
+from core.demo import world
+from core.paths import demo_dir, demo_model_dir
+from core.tools import parse_tool_calls
+
+BUILD = json.loads((demo_dir() / "BUILD.json").read_text())
+BUILT_WITH_TOOL_CALLS = BUILD.get("tool_calls", False)
+BASE_MAX = 0.10
+TUNED_MIN = 0.90
+# A describe record is about 460 tokens with the demo tokenizer (Qwen2.5's tool prompt is long, and
+# <tool_call> is ordinary text to it): max_seq_len must hold it whole, or the call is cut off.
+TRAIN = dict(iters=240, rank=8, alpha=16.0, lr=1e-3, batch=8, targets="all", max_seq_len=640, warmup=10,
+             valid_every=0, checkpoint_every=80, seed=0, test_fraction=0.0)
+
+
+def _write(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "expected"}) + "\n" for r in records))
+
+
+def measure(model_dir: Path, tmp_path: Path, train_cfg: dict = TRAIN) -> dict:
+    """Fine-tune ``model_dir`` on the describe records and evaluate base and fine-tune on the
+    held-out ones: {"base", "tuned": tool-call accuracy, "rows": the evaluation's rows, "train": the
+    run's summary}."""
+    from core.evaluate import evaluate
+    from core.train import TrainConfig, train
+
+    train_recs, held = world.tool_learning_dataset()
+    data = tmp_path / "data"
+    data.mkdir()
+    _write(data / "train.jsonl", train_recs[:-24])
+    _write(data / "valid.jsonl", train_recs[-24:])
+    _write(tmp_path / "heldout.jsonl", held)
+    cfg = TrainConfig(model=str(model_dir), data=[str(data)], out=str(tmp_path / "run"), **train_cfg)
+    res = train(cfg)
+    ev = evaluate(res["run_dir"], [tmp_path / "heldout.jsonl"], adapter="final")
+    assert [r.expected_calls for r in ev.rows] == [r["expected"] for r in held]
+    return {"base": ev.scores("base").tool_call_accuracy, "tuned": ev.scores("tuned").tool_call_accuracy,
+            "rows": ev.rows, "train": res}
+
+
+def test_the_demo_world_keeps_the_learning_test_fair():
+    """The held-out topics are never fine-tuned on, and no pretraining chat calls ``describe``."""
+    train_recs, held = world.tool_learning_dataset()
+    held_names = {r["expected"][0]["arguments"]["name"] for r in held}
+    assert len(held) == len(held_names) == 40
+    assert not held_names & {r["expected"][0]["arguments"]["name"] for r in train_recs}
+    assert not [r for r in world.pretraining_corpus(400) if r.get("tools")]  # the first stage: as before
+    corpus = world.tool_corpus(2000)
+    tool_recs = [r for r in corpus if r.get("tools")]
+    assert len(tool_recs) == 500
+    assert {t["function"]["name"] for r in tool_recs for t in r["tools"]} == set(world.PRETRAIN_TOOLS)
+    assert "describe" not in json.dumps(tool_recs)
+    # the call text the fine-tune learns is what Qwen2.5's template writes for the call
+    call = held[0]["messages"][-1]["tool_calls"][0]["function"]
+    assert world.tool_call_text(call["name"], call["arguments"]) == (
+        '<tool_call>\n{"name": "describe", "arguments": ' + json.dumps(call["arguments"]) + "}\n</tool_call>")
+
+
+def test_the_tool_template_renders_tools_as_qwen25_and_plain_chats_as_chatml(tmp_path):
+    import shutil
+
+    from core.demo import build
+    from core.tokens import ChatEncoder
+
+    model = tmp_path / "model"
+    shutil.copytree(demo_model_dir(), model)
+    build.set_chat_template(model, build.TOOLS_TEMPLATE)
+    build.check_template(model)
+    enc = ChatEncoder(model)
+    plain = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    assert enc.render(plain, add_generation_prompt=False) == (
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n")
+    rec = world.tool_learning_dataset()[1][0]
+    text = enc.render(rec["messages"], add_generation_prompt=False, tools=rec["tools"])
+    call = rec["expected"][0]
+    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.\n\n# Tools\n")
+    assert '<tools>\n{"type": "function", "function": {"name": "describe"' in text
+    assert text.endswith("<|im_start|>assistant\n" + world.tool_call_text(call["name"], call["arguments"])
+                         + "<|im_end|>\n")
+    assert parse_tool_calls(text.split("<|im_start|>assistant\n")[-1], model) == [call]
+    # the whole record fits the learning test's max_seq_len, and only the call is trained
+    e = enc.encode(rec["messages"], tools=rec["tools"])
+    assert len(e.ids) <= TRAIN["max_seq_len"]
+    trained = enc.tok.decode([i for i, m in zip(e.ids, e.mask) if m], skip_special_tokens=False)
+    assert trained == world.tool_call_text(call["name"], call["arguments"]) + "<|im_end|>"
+
+
+@pytest.mark.skipif(not BUILT_WITH_TOOL_CALLS, reason="the bundled demo model was built without tool calls "
+                    "(python -m core.demo.build --tool-calls); see the module docstring")
+def test_the_demo_model_learns_a_new_function_call(tmp_path):
+    m = measure(demo_model_dir(), tmp_path)
+    assert m["base"] <= BASE_MAX, [r.answers["base"] for r in m["rows"][:3]]
+    assert m["tuned"] >= TUNED_MIN, [(r.expected_calls, r.answers["tuned"]) for r in m["rows"]
+                                     if not r.scores["tuned"].calls_right][:5]
