@@ -190,11 +190,17 @@ def test_without_tools_a_json_answer_is_not_a_call_and_bad_tools_are_refused(mod
         ChatSession(model, ("base",), tools="[{")
 
 
-def test_a_template_without_tool_support_refuses_the_tools_in_words():
+def test_a_template_without_tool_support_refuses_the_tools_in_words(tmp_path):
+    import shutil
+
+    from core.demo.build import CHATML_TEMPLATE, set_chat_template
     from core.generate import ChatModel, ChatSession
     from core.paths import demo_model_dir
 
-    session = ChatSession(ChatModel(demo_model_dir()), ("base",), tools=TOOLS)  # plain ChatML: no tools
+    plain = tmp_path / "plain-chatml"  # the demo model with plain ChatML, no place for tools
+    shutil.copytree(demo_model_dir(), plain)
+    set_chat_template(plain, CHATML_TEMPLATE)
+    session = ChatSession(ChatModel(plain), ("base",), tools=TOOLS)
     with pytest.raises(TuneloomError, match="has no tool support"):
         session.ask(Q)
     assert session.turns == []
