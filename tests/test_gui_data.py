@@ -221,7 +221,7 @@ def test_window_stays_responsive_during_a_long_load_and_cancel_stops_it(window, 
     assert tokens.running
     with qtbot.waitSignal(tokens.ended, timeout=10000):
         qtbot.mouseClick(w.data_page.cancel_btn, Qt.MouseButton.LeftButton)
-    qtbot.wait(100)
+    qtbot.waitUntil(lambda: mon.ticks > 100, timeout=60000)  # a count of ticks, not a time (load)
     mon.stop()
     assert w.token_report is None and "stopped" in w.data_page.trunc_label.text()
     assert not w.data_page.cancel_btn.isVisible()

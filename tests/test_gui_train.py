@@ -270,6 +270,7 @@ def test_window_keeps_ticking_while_training_with_20000_points(home, qtbot, tmp_
     # at least 6 s, and until a few steps have come (on a busy machine 6 s held fewer than 4)
     while time.perf_counter() - t0 < 6 or (not arrived() and time.perf_counter() - t0 < 300):
         qtbot.wait(50)
+    qtbot.waitUntil(lambda: mon.ticks > 200, timeout=60000)  # a count of ticks, not a time (load)
     mon.stop()
     assert arrived()
     with qtbot.waitSignal(w.train_page.slot.ended, timeout=60000):
