@@ -130,6 +130,33 @@ def test_the_tool_template_renders_tools_as_qwen25_and_plain_chats_as_chatml(tmp
     assert trained == world.tool_call_text(call["name"], call["arguments"]) + "<|im_end|>"
 
 
+def test_the_short_tool_template_drops_only_the_instructions(tmp_path):
+    """TOOLS_TEMPLATE_SHORT is made from TOOLS_TEMPLATE by replacing text: if the replacement stopped
+    matching it would silently equal the full template. Checked here on a copy of the bundled model
+    (the test of the bundled model's own template skips until a tool build is bundled)."""
+    import shutil
+
+    from core.demo import build
+    from core.tokens import ChatEncoder
+
+    model = tmp_path / "model"
+    shutil.copytree(demo_model_dir(), model)
+    build.set_chat_template(model, build.TOOLS_TEMPLATE_SHORT)
+    build.check_template(model)
+    enc = ChatEncoder(model)
+    rec = world.tool_learning_dataset()[1][0]
+    call = rec["expected"][0]
+    text = enc.render(rec["messages"], add_generation_prompt=False, tools=rec["tools"])
+    assert text.startswith('<|im_start|>system\nYou are a helpful assistant.\n\n<tools>\n{"type": "function"')
+    assert "# Tools" not in text and "For each function call" not in text
+    assert "\n</tools><|im_end|>\n<|im_start|>user\n" in text
+    assert text.endswith("<|im_start|>assistant\n" + world.tool_call_text(call["name"], call["arguments"])
+                         + "<|im_end|>\n")
+    short_len = len(enc.encode(rec["messages"], tools=rec["tools"]).ids)
+    build.set_chat_template(model, build.TOOLS_TEMPLATE)  # the full template: about twice as long
+    assert short_len < 300 < len(ChatEncoder(model).encode(rec["messages"], tools=rec["tools"]).ids)
+
+
 @pytest.mark.skipif(not BUILT_WITH_TOOL_CALLS, reason="the bundled demo model was built without tool calls")
 def test_the_bundled_demo_model_has_the_short_tool_template_and_renders_plain_chats_as_chatml():
     from core.demo import build
