@@ -19,6 +19,9 @@ from core.events import TuneloomError
 CHECKPOINT_FILES = ("adapters.safetensors", "optimizer.safetensors", "adapter_config.json")
 # config keys that do not change what a checkpoint holds (where the run is kept, what it is called)
 _NOT_FINGERPRINTED = ("out", "name")
+# results the trainer writes into config.json while it runs (core.train.best): a new best validation
+# after the last checkpoint must not make that checkpoint look like another run's
+_RESULTS = ("best_step", "best_valid_loss")
 
 
 def file_record(path: Path) -> dict:
@@ -31,10 +34,13 @@ def file_record(path: Path) -> dict:
     return {"size": size, "sha256": h.hexdigest()}
 
 
-def config_fingerprint(config: dict | None) -> str | None:
+def config_fingerprint(config: dict | None, *, results: bool = False) -> str | None:
+    """The fingerprint of the run's options (not where it is kept, not the results written while it runs).
+    ``results=True``: the fingerprint checkpoints written before this rule recorded (best_step included)."""
     if not isinstance(config, dict):
         return None
-    kept = {k: v for k, v in config.items() if k not in _NOT_FINGERPRINTED}
+    left_out = _NOT_FINGERPRINTED if results else _NOT_FINGERPRINTED + _RESULTS
+    kept = {k: v for k, v in config.items() if k not in left_out}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -79,12 +85,14 @@ def problem(ck: Path) -> str | None:
 
 
 def belongs_to(ck: Path, config: dict | None) -> bool:
-    """Whether the checkpoint was written for this config (True for checkpoints that recorded none)."""
+    """Whether the checkpoint was written for this config (True for checkpoints that recorded none).
+    Checkpoints of earlier versions fingerprinted the best step too: theirs is accepted when it matches
+    the config as it is now, or the config without a best (written before the first validation)."""
     try:
         rec = json.loads((ck / "state.json").read_text(encoding="utf-8")).get("config")
     except (OSError, ValueError, AttributeError):
         return True
-    return rec is None or rec == config_fingerprint(config)
+    return rec is None or rec in (config_fingerprint(config), config_fingerprint(config, results=True))
 
 
 def set_aside(ck: Path, prefix: str = "damaged") -> Path:

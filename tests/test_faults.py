@@ -193,6 +193,32 @@ def test_resume_refuses_a_checkpoint_of_another_config(stopped_run, tmp_path):
     assert (run / "checkpoints" / "step-000007").is_dir()  # nothing set aside or deleted
 
 
+def test_a_new_best_after_the_last_checkpoint_does_not_block_the_resume(stopped_run, tmp_path):
+    """A validation that finds a new best writes best_step into config.json; a kill before the next
+    checkpoint left that checkpoint looking like another run's ("written for another configuration"),
+    seen once as a group's killed-rank resume. The best is a result, not an option."""
+    from core import checkpoints
+    from core.train.best import _record_best
+
+    run = tmp_path / "run"
+    shutil.copytree(stopped_run, run)
+    before = json.loads((run / "config.json").read_text()).get("best_step")
+    _record_best(run, 9, 0.125)  # as a validation after step 7 would, before the kill
+    assert json.loads((run / "config.json").read_text())["best_step"] == 9 != before
+    ck = run / "checkpoints" / "step-000007"
+    assert checkpoints.belongs_to(ck, json.loads((run / "config.json").read_text()))
+    # a checkpoint of an earlier version fingerprinted the best too: accepted while the best is the same
+    state = json.loads((ck / "state.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    (ck / "state.json").write_text(json.dumps({**state, "config": checkpoints.config_fingerprint(config, results=True)}))
+    assert checkpoints.belongs_to(ck, config)
+    (ck / "state.json").write_text(json.dumps(state))
+    ev = RecordingEvents()
+    assert train(TrainConfig(model=""), resume=run, events=ev)["state"] == "done"
+    assert any("resumed from step-000007" in t for _, t in ev.logs)
+    assert [m["step"] for m in runs.read_metrics(run) if "train_loss" in m] == list(range(1, 13))
+
+
 # --- 2. impossible options are refused by the config ---------------------------------------------------
 
 @pytest.mark.parametrize("option,value,words", [
