@@ -9,19 +9,15 @@ name, the topic's name copied from the question, its category) on the held-out t
 model must not. Both are scored by the project's evaluation (core.evaluate: greedy answers,
 core.tools.parse_tool_calls, tool_call_accuracy).
 
-The learning test runs on a demo model built with tool calls (resources/demo/BUILD.json says
-``tool_calls``); the bundled one is not, yet, and then it skips. Measured here (2-core machine, under
-other load):
+The bundled demo model is built so (``python -m core.demo.build --tool-calls --tool-template short
+--first-stage`` the first stage's model): BUILD.json says ``tool_calls``, and the learning test runs in the suite
+(a model built without tool calls fails it). Measured here (2-core machine, under other load):
 
-- **A build with the short template (session 11): base 0.0, fine-tune 1.0** on the 40 held-out topics
-  (``python -m core.demo.build --tool-calls --first-stage resources/demo/model``). Its tool stage
+- **The bundled build (session 11): base 0.0, fine-tune 1.0** on the 40 held-out topics. Its tool stage
   uses the short form of Qwen2.5's template (build.TOOLS_TEMPLATE_SHORT: the same tags, calls and
   results, without the English instructions around the tool list): a describe record is 243 tokens
   with the demo tokenizer (the question ~190 tokens in) instead of 463 (~400), tool chats 209-314
-  tokens. 600 steps, one chat in four a tool chat, lr 1e-3: 634 CPU-s. Not bundled yet: with it in
-  resources/demo five tests calibrated on the current model failed (the memorising warning said twice,
-  the forgetting check's lr-0.01 run kept its prose, both DPO tests' margins, a group-training resume);
-  they need calibrating on it first.
+  tokens. 600 steps, one chat in four a tool chat, lr 1e-3: 634 CPU-s.
 - Why the earlier from-scratch builds with tool chats copied no names: not truncation (pretraining
   cuts nothing; their tool chats were 177-250 tokens), not the loss mask (a call record trains the
   call and its <|im_end|>, 25 tokens), not the tokenizer (names tokenize the same in its 1026-token
@@ -132,8 +128,8 @@ def test_the_tool_template_renders_tools_as_qwen25_and_plain_chats_as_chatml(tmp
 
 def test_the_short_tool_template_drops_only_the_instructions(tmp_path):
     """TOOLS_TEMPLATE_SHORT is made from TOOLS_TEMPLATE by replacing text: if the replacement stopped
-    matching it would silently equal the full template. Checked here on a copy of the bundled model
-    (the test of the bundled model's own template skips until a tool build is bundled)."""
+    matching it would silently equal the full template. Checked here on a copy of the demo model with
+    the template set anew (the next test checks the bundled model's own)."""
     import shutil
 
     from core.demo import build
@@ -157,12 +153,12 @@ def test_the_short_tool_template_drops_only_the_instructions(tmp_path):
     assert short_len < 300 < len(ChatEncoder(model).encode(rec["messages"], tools=rec["tools"]).ids)
 
 
-@pytest.mark.skipif(not BUILT_WITH_TOOL_CALLS, reason="the bundled demo model was built without tool calls")
 def test_the_bundled_demo_model_has_the_short_tool_template_and_renders_plain_chats_as_chatml():
     from core.demo import build
     from core.tokens import ChatEncoder
 
     cfg = json.loads((demo_model_dir() / "tokenizer_config.json").read_text())
+    assert BUILT_WITH_TOOL_CALLS, "the bundled demo model must be built with --tool-calls (module docstring)"
     assert BUILD.get("tool_calls") and BUILD["tool_stage"]["template"] == "short"
     assert cfg["chat_template"] == build.TOOLS_TEMPLATE_SHORT
     build.check_template(demo_model_dir())
@@ -173,8 +169,6 @@ def test_the_bundled_demo_model_has_the_short_tool_template_and_renders_plain_ch
     assert "# Tools" not in text and len(enc.encode(rec["messages"], tools=rec["tools"]).ids) < 300
 
 
-@pytest.mark.skipif(not BUILT_WITH_TOOL_CALLS, reason="the bundled demo model was built without tool calls "
-                    "(python -m core.demo.build --tool-calls); see the module docstring")
 def test_the_demo_model_learns_a_new_function_call(tmp_path):
     m = measure(demo_model_dir(), tmp_path)
     assert m["base"] <= BASE_MAX, [r.answers["base"] for r in m["rows"][:3]]

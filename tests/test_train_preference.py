@@ -66,7 +66,9 @@ def test_dpo_from_the_cli_learns_the_preference_and_eval_reports_it(pref_data, t
     assert p.returncode == 0, p.stderr[-3000:]
     out = json.loads(p.stdout)
     base, tuned = out["base"]["preference_accuracy"], out["tuned"]["preference_accuracy"]
-    assert tuned >= 0.9 and tuned >= base + 0.2, (base, tuned)
+    # measured here: base 0.875 (the demo model, pretrained on this world, already prefers most right records),
+    # DPO 1.0. The fine-tune must remove at least half of the base's wrong preferences, and there must be some.
+    assert base < 1 and tuned >= 0.9 and tuned - base >= 0.5 * (1 - base), (base, tuned)
 
 
 def test_orpo_trains_the_chosen_answers_and_the_preference(pref_data, tmp_path):
@@ -252,12 +254,13 @@ def test_gentle_dpo_improves_the_greedy_answers_on_the_demos_heldout_questions(p
     data, _ = pref_data
     questions = _heldout_questions(tmp_path / "questions.jsonl")
     res = train(TrainConfig(model=str(demo_model_dir()), data=[str(data)], out=str(tmp_path / "run"), method="dpo",
-                            beta=0.1, iters=120, lr=2e-4, rank=8, alpha=16.0, batch=8, max_seq_len=96, warmup=3,
+                            beta=0.1, iters=120, lr=3e-4, rank=8, alpha=16.0, batch=8, max_seq_len=96, warmup=3,
                             valid_every=0, checkpoint_every=0, seed=0))
     result = evaluate(res["run_dir"], data=[str(questions)])
     assert len(result.rows) == 40
     base, tuned = _topic_words(result.rows, "base"), _topic_words(result.rows, "tuned")
-    # measured with the demo model of this commit: base 0.20; gentle DPO runs 0.31-0.36 (seeds 0 and 1 at 120
-    # steps, seed 0 at 60 steps and at lr 5e-4 for 30 steps). The learning test's lr 1e-3 for 30 steps takes
-    # the preference but spoils the answers (0.10).
-    assert tuned >= base + 0.08, (base, tuned)
+    # measured with the bundled demo model (the tool-calling build, session 12): base 0.475; gentle DPO
+    # at lr 3e-4 for 120 steps 0.55 and 0.575 (seeds 0 and 1); lr 2e-4: 0.525-0.55 (120 steps), 0.55-0.5625
+    # (240); lr 5e-4 for 60 steps 0.4875-0.5125. (The previous demo model: base 0.20, gentle runs 0.31-0.36;
+    # the learning test's lr 1e-3 for 30 steps takes the preference but spoils the answers.)
+    assert tuned >= base + 0.05, (base, tuned)

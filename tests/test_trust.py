@@ -1,6 +1,7 @@
 """Trusting a fine-tune (issue 28): the best checkpoint and early stop, a test split training never
 reads, the report card, the forgetting check and the price of each quantization."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,14 +40,17 @@ def keys(records) -> set[str]:
 
 @pytest.fixture(scope="module")
 def memorised(tmp_path_factory):
-    """A tiny dataset (8 structured examples) trained for many passes at a high learning rate."""
+    """A tiny dataset (8 structured examples) trained for many passes at a high learning rate. Each step
+    takes all 8 (batch 8), so the training loss falls smoothly and the validation loss rises clearly
+    (measured: best at step 15, 18% above it at step 25); with batches of 4 at lr 3e-3 both curves were
+    noisy enough that on another CPU's arithmetic (an AMD EPYC) the warning never came."""
     tmp = tmp_path_factory.mktemp("memorise")
     structured = [x for x in demo_lines("train.jsonl") if "structured format" in x]
     data = write_folder(tmp / "data", train=structured[:8], valid=[x for x in demo_lines("valid.jsonl")
                                                                    if "structured format" in x][:8])
     ev = RecordingEvents()
     cfg = TrainConfig(model=str(demo_model_dir()), data=[str(data)], out=str(tmp / "run"),
-                      **{**FAST, "lr": 3e-3, "rank": 8, "alpha": 16.0, "batch": 4, "warmup": 5, "iters": 300,
+                      **{**FAST, "lr": 2e-3, "rank": 8, "alpha": 16.0, "batch": 8, "warmup": 5, "iters": 300,
                          "valid_every": 5, "early_stop": 6, "test_fraction": 0.0})
     res = train(cfg, events=ev)
     return Path(res["run_dir"]), res, ev
@@ -55,8 +59,10 @@ def memorised(tmp_path_factory):
 def test_many_passes_over_tiny_data_warn_of_memorising_and_stop_early(memorised):
     run, res, ev = memorised
     warnings = [t for lvl, t in ev.logs if lvl == "warning" and "memorise" in t]
-    assert len(warnings) == 1, ev.logs
-    assert res["memorising"] is not None and f"step {res['best_step']}" in warnings[0]
+    # said once per best: again only after a new best (a bump that then improves is not memorising)
+    bests = [re.search(r"The best adapter \(step (\d+)\)", t).group(1) for t in warnings]
+    assert warnings and len(set(bests)) == len(bests), ev.logs
+    assert res["memorising"] is not None and f"step {res['best_step']}" in warnings[-1]
     assert res["stopped_early"] is not None and res["steps"] == res["stopped_early"] < 300
     steps, valid = runs.series(runs.read_metrics(run), "valid_loss")
     assert steps[-1] == res["stopped_early"]
@@ -251,12 +257,12 @@ def demo_run(tmp_path, seed: int, lr: float, iters: int = 100) -> Path:
     return Path(train(cfg)["run_dir"])
 
 
-def prose_rate(run: Path) -> float:
+def prose_rate(run: Path, adapter: str = "best") -> float:
     from core.demo import world
     from core.demo import heldout_prompts
     from core.generate import ChatModel
 
-    model = ChatModel(demo_model_dir(), adapter_dir=run)
+    model = ChatModel(demo_model_dir(), adapter_dir=run, adapter=adapter)
     prose = [model.encoder.prompt_ids(p["messages"]) for p in heldout_prompts()["prose"]]
     return sum(world.is_prose(answer) for answer in model.greedy_batch(prose, [64] * len(prose))) / len(prose)
 
@@ -268,10 +274,14 @@ def test_the_forgetting_check_tells_a_gentle_run_from_a_wrecked_one(tmp_path, se
     from core.paths import demo_dir
 
     gentle, wrecked = demo_run(tmp_path, seed, GENTLE["lr"]), demo_run(tmp_path, seed, WRECKING_LR, iters=60)
+    # Both runs' final adapters are checked. A wrecking run's last validation loss may end above the base
+    # model's, and then its best adapter is the base itself (step 0): measured here at lr 7e-3 and 2e-2
+    # (prose kept 1.0, no drift), and session 11 saw prose kept at lr 1e-2 on another machine, where here
+    # it fell to 0.0. Which way it goes depends on the CPU's arithmetic; the final weights are wrecked.
     # the wrecking learning rate does wreck the demo model's prose; the gentle run keeps it
-    assert prose_rate(gentle) >= 0.9 and prose_rate(wrecked) <= 0.5
+    assert prose_rate(gentle, "final") >= 0.9 and prose_rate(wrecked, "final") <= 0.5
     demo_probes = [demo_dir() / "probes.jsonl"]
-    g, w = (drift_check(r, probes=demo_probes, bundled=False) for r in (gentle, wrecked))
+    g, w = (drift_check(r, probes=demo_probes, bundled=False, adapter="final") for r in (gentle, wrecked))
     assert g["verdict"] == "kept" and g["kl_per_token"] < KEPT_KL
     assert w["verdict"] == "forgot" and w["kl_per_token"] >= FORGOT_KL
     assert w["changed_share"] > g["changed_share"] and w["loglik_change"] < g["loglik_change"] <= 0.05

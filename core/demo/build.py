@@ -10,7 +10,8 @@ schemas than the sample data's, and copying words back from the question.
 ``--tool-calls`` adds a second stage (:func:`tool_stage`): a tool-calling template of Qwen2.5's form
 (by default its short form, TOOLS_TEMPLATE_SHORT), and pretraining continued on the same kinds of chats
 with one in four replaced by calls to a few functions whose arguments copy names and categories from the
-question (tests/test_demo_tools.py has the measurements; the bundled model is the first stage alone, so far). ``--first-stage DIR`` takes
+question. The bundled model is ``--tool-calls --first-stage`` the first stage's model (tests/test_demo_tools.py
+has the measurements). ``--first-stage DIR`` takes
 the first stage from a model folder already built (e.g. the bundled one) instead of training it.
 """
 from __future__ import annotations
