@@ -38,8 +38,6 @@ The bundled demo model is built so (``python -m core.demo.build --tool-calls --t
 import json
 from pathlib import Path
 
-import pytest
-
 from core.demo import world
 from core.paths import demo_dir, demo_model_dir
 from core.tools import parse_tool_calls
