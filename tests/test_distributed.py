@@ -209,6 +209,25 @@ def test_killed_rank_stops_the_group_and_the_run_resumes(tmp_path):
     assert runs.read_json(run / "status.json")["state"] == "done"
 
 
+@pytest.mark.timeout(900)
+def test_resuming_a_finished_group_run_says_so_on_every_rank(tmp_path):
+    """Seen under load: a rank killed after the group's last step left a finished run whose resume went
+    wrong. Rank 0 said "finished" and returned, the other rank went on to restore a checkpoint and lost
+    its peer (exit 1). Every rank must learn that the run is finished."""
+    env = _env(tmp_path)
+    hosts = _hostfile(tmp_path)
+    run = tmp_path / "run"
+    p = subprocess.run([*TUNELOOM, "train", "--hosts", str(hosts), *TRAIN, "--iters", "2", "--out", str(run)],
+                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    r = subprocess.run([*TUNELOOM, "train", "--resume", str(run), "--hosts", str(hosts)], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    out = r.stdout + r.stderr
+    assert "is finished" in out and "connection to a peer was lost" not in out and "Traceback" not in out
+    assert [m["step"] for m in runs.read_metrics(run) if "train_loss" in m] == [1, 2]
+
+
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process through /proc")
 @pytest.mark.timeout(600)
 def test_killing_the_launcher_leaves_no_rank_behind(tmp_path):

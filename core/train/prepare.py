@@ -92,9 +92,18 @@ def open_run(cfg: TrainConfig, resume, group, held: contextlib.ExitStack) -> tup
         saved = group.broadcast_json(runs.RunFolder(run_dir).config if main else None)
         if not saved:
             raise TuneloomError(f"{run_dir} is not a run folder (no config.json).", "Pick a folder under runs/.")
+        finished = None
         if main:
             held.enter_context(runs.claim_run(run_dir, resume=True))
-            refuse_finished(run_dir)
+            try:
+                refuse_finished(run_dir)
+            except runs.RunFinished as exc:
+                finished = [str(exc), exc.hint]
+        # every rank learns that the run is finished, not rank 0 alone: a group whose last rank died after
+        # the last step is resumed as finished, instead of the other ranks waiting for rank 0 and failing
+        finished = group.broadcast_json(finished) if group.distributed else finished
+        if finished:
+            raise runs.RunFinished(*finished)
         return run_config(saved), run_dir
     if group.distributed and not cfg.out:
         raise GroupError("A group run needs its run folder given (--out), the same for every rank.",
