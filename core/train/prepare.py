@@ -101,7 +101,7 @@ def open_run(cfg: TrainConfig, resume, group, held: contextlib.ExitStack) -> tup
                 finished = [str(exc), exc.hint]
         # every rank learns that the run is finished, not rank 0 alone: a group whose last rank died after
         # the last step is resumed as finished, instead of the other ranks waiting for rank 0 and failing
-        finished = group.broadcast_json(finished) if group.distributed else finished
+        finished = group.broadcast_json(finished)  # (itself on one process)
         if finished:
             raise runs.RunFinished(*finished)
         return run_config(saved), run_dir
