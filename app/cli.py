@@ -457,6 +457,11 @@ def _train_group(a) -> int:
     run = runs.RunFolder(run_dir)
     if run.status.get("state") == "cancelled":
         return 130
+    if run.status.get("state") == "done":
+        # A rank died after rank 0 had finished and saved the run: nothing to resume.
+        print(f"error: {res.message or 'The group stopped.'} {runs.finished_before_failure(run.status)}",
+              file=sys.stderr)
+        return 1
     ck = run.latest_checkpoint
     where = (f"The run keeps its checkpoint from step {ck.name.split('-')[-1].lstrip('0') or 0}"
              if ck else "The run has no checkpoint yet")

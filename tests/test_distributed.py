@@ -178,7 +178,7 @@ def test_killed_rank_stops_the_group_and_the_run_resumes(tmp_path):
     env = _env(tmp_path)
     hosts = _hostfile(tmp_path)
     run = tmp_path / "run"
-    p = subprocess.Popen([*TUNELOOM, "train", "--hosts", str(hosts), *TRAIN, "--iters", "8", "--out", str(run)],
+    p = subprocess.Popen([*TUNELOOM, "train", "--hosts", str(hosts), *TRAIN, "--iters", "16", "--out", str(run)],
                          env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 500
@@ -195,17 +195,22 @@ def test_killed_rank_stops_the_group_and_the_run_resumes(tmp_path):
         if p.poll() is None:
             p.kill()
     assert p.returncode == 1, err[-2000:]
-    assert "Rank 1 on 127.0.0.1" in err and "resume it with" in err and f"--resume {run}" in err
-    ck = runs.latest_checkpoint(run)
-    assert ck is not None
-    done_before = json.loads((ck / "state.json").read_text())["step"]
-    assert 2 <= done_before < 8
+    assert "Rank 1 on 127.0.0.1" in err
+    if (runs.read_json(run / "status.json") or {}).get("state") == "done":
+        # Under load the kill can still come after rank 0 finished the run: then it says so
+        assert "nothing to resume" in err and "resume it with" not in err
+    else:
+        assert "resume it with" in err and f"--resume {run}" in err
+        ck = runs.latest_checkpoint(run)
+        assert ck is not None
+        done_before = json.loads((ck / "state.json").read_text())["step"]
+        assert 2 <= done_before < 16
 
     r = subprocess.run([*TUNELOOM, "train", "--resume", str(run), "--hosts", str(hosts)], env=env, cwd=ROOT,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     steps = [m["step"] for m in runs.read_metrics(run) if "train_loss" in m]
-    assert steps == list(range(1, 9))  # one continuous curve: no gap, no duplicate step
+    assert steps == list(range(1, 17))  # one continuous curve: no gap, no duplicate step
     assert runs.read_json(run / "status.json")["state"] == "done"
 
 

@@ -4,6 +4,7 @@ The argv it gives the ranks rebuilds the same TrainConfig through the CLI's own 
 follower reports every step of rank 0's metrics.jsonl once, in order, as the in-process trainer does."""
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import threading
@@ -14,7 +15,7 @@ import pytest
 
 from core import distributed as dist
 from core import runs
-from core.events import Cancelled, CancelToken, RecordingEvents
+from core.events import Cancelled, CancelToken, RecordingEvents, TuneloomError
 from core.train.group import group_train, train_args
 from core.train import TrainConfig
 
@@ -163,3 +164,30 @@ def test_stopped_while_the_macs_are_checked_starts_nothing(tmp_path, monkeypatch
     with pytest.raises(Cancelled) as e:
         group_train(_cfg(tmp_path / "run"), _hostfile(tmp_path), cancel=cancel)
     assert not launched and e.value.result["steps"] == 0 and e.value.result["total_steps"] == 4
+
+
+def test_a_rank_lost_after_the_run_finished_says_the_run_is_complete(tmp_path, monkeypatch, capsys):
+    """Seen under load: a rank killed after rank 0 had finished and saved the run. The group still
+    failed (exit 1), but offering to resume from a checkpoint was wrong: the run was complete."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": str(DEMO_MODEL), "data": [str(DEMO_DATA)], "iters": 4}))
+    monkeypatch.setattr(dist, "check_hosts", lambda hosts, paths, *a, **k: [])
+
+    def launch(hosts, args, *, run_dir, **k):  # rank 0 finished and wrote its status, then rank 1 was killed
+        (Path(run_dir) / "checkpoints" / "step-2").mkdir(parents=True, exist_ok=True)
+        runs.set_status(run_dir, "done", steps=4, total=4)
+        return dist.GroupResult(1, "Rank 1 on 127.0.0.1 was killed: the group stopped.", 1, "127.0.0.1")
+    monkeypatch.setattr(dist, "launch", launch)
+
+    with pytest.raises(TuneloomError) as e:  # the engine (the window's Train page)
+        group_train(_cfg(run), _hostfile(tmp_path), resume=run)
+    assert "Rank 1" in str(e.value)
+    assert "finished after all 4 steps" in e.value.hint and "nothing to resume" in e.value.hint
+    assert "checkpoint" not in e.value.hint
+
+    from app import cli  # the command line
+    rc = cli.main(["train", "--resume", str(run), "--hosts", str(_hostfile(tmp_path))])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Rank 1 on 127.0.0.1 was killed" in err
+    assert "finished after all 4 steps" in err and "resume it with" not in err

@@ -63,6 +63,15 @@ def set_status(run_dir: Path, state: str, **extra) -> None:
             raise
 
 
+def finished_before_failure(status: dict) -> str:
+    """What to tell people when a process failed after the run had finished and saved itself
+    (status ``done``): their adapters are complete, and there is nothing to resume."""
+    steps = status.get("steps")
+    of = f" after all {steps} steps" if steps else ""
+    return (f"The run had finished{of} before that, and its adapters are saved: there is nothing to "
+            "resume. Try, evaluate or export it as it is.")
+
+
 def _status_into_reserve(run_dir: Path, body: dict) -> bool:
     """Write the status into the reserve's blocks (no new space needed), then rename it to status.json."""
     p = run_dir / STATUS_RESERVE

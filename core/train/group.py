@@ -290,11 +290,13 @@ def group_train(cfg: TrainConfig, hostfile: str | os.PathLike, *, resume: str | 
         result.update(state="cancelled", steps=steps, total_steps=total_steps)
         raise Cancelled(f"cancelled at step {steps} of {total_steps}; adapters saved",
                         "Resume it later from the run list (on the same Macs).", result=result)
-    ck = runs.RunFolder(run_dir).latest_checkpoint
-    where = (f"The run keeps its checkpoint from step {ck.name.split('-')[-1].lstrip('0') or 0}"
-             if ck else "The run has no checkpoint yet")
     why = res.message or "The group stopped."
     if lines.errors:
         why += f" {lines.errors[-1]}"
+    if status.get("state") == "done":
+        raise TuneloomError(why, runs.finished_before_failure(status))
+    ck = runs.RunFolder(run_dir).latest_checkpoint
+    where = (f"The run keeps its checkpoint from step {ck.name.split('-')[-1].lstrip('0') or 0}"
+             if ck else "The run has no checkpoint yet")
     raise TuneloomError(why, f"{where}: Resume continues it on the same Macs (or `tuneloom train --resume "
                              f"{run_dir} --hosts {hostfile}`).")
