@@ -50,7 +50,10 @@ def crashing_job(*, events=None, cancel=None):
 
 
 def looping_job(pid_file, *, events=None, cancel=None):
-    Path(pid_file).write_text(str(os.getpid()))
+    # written whole under its name: a test that waits for the file must never read it empty (seen once, a quiet run)
+    tmp = Path(str(pid_file) + ".part")
+    tmp.write_text(str(os.getpid()))
+    os.replace(tmp, pid_file)
     step = 0
     try:
         while True:
