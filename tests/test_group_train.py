@@ -175,7 +175,9 @@ def test_a_rank_lost_after_the_run_finished_says_the_run_is_complete(tmp_path, m
     monkeypatch.setattr(dist, "check_hosts", lambda hosts, paths, *a, **k: [])
 
     def launch(hosts, args, *, run_dir, **k):  # rank 0 finished and wrote its status, then rank 1 was killed
-        (Path(run_dir) / "checkpoints" / "step-2").mkdir(parents=True, exist_ok=True)
+        ck = Path(run_dir) / "checkpoints" / "step-2"  # a kept checkpoint, which the old message offered
+        ck.mkdir(parents=True, exist_ok=True)
+        (ck / "state.json").write_text('{"step": 2}')
         runs.set_status(run_dir, "done", steps=4, total=4)
         return dist.GroupResult(1, "Rank 1 on 127.0.0.1 was killed: the group stopped.", 1, "127.0.0.1")
     monkeypatch.setattr(dist, "launch", launch)

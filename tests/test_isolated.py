@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from core import atomic
 from core.events import Cancelled, CancelToken, RecordingEvents, StepReport, TuneloomError
 from core.isolated import in_process, probe, run_in_process
 
@@ -51,9 +52,7 @@ def crashing_job(*, events=None, cancel=None):
 
 def looping_job(pid_file, *, events=None, cancel=None):
     # written whole under its name: a test that waits for the file must never read it empty (seen once, a quiet run)
-    tmp = Path(str(pid_file) + ".part")
-    tmp.write_text(str(os.getpid()))
-    os.replace(tmp, pid_file)
+    atomic.write_text(pid_file, str(os.getpid()))
     step = 0
     try:
         while True:
