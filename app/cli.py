@@ -462,10 +462,7 @@ def _train_group(a) -> int:
         print(f"error: {res.message or 'The group stopped.'} {runs.finished_before_failure(run.status)}",
               file=sys.stderr)
         return 1
-    ck = run.latest_checkpoint
-    where = (f"The run keeps its checkpoint from step {ck.name.split('-')[-1].lstrip('0') or 0}"
-             if ck else "The run has no checkpoint yet")
-    print(f"error: {res.message or 'The group stopped.'} {where}: resume it with "
+    print(f"error: {res.message or 'The group stopped.'} {runs.checkpoint_kept(run_dir)}: resume it with "
           f"tuneloom train --resume {run_dir} --hosts {a.hosts}", file=sys.stderr)
     return 1
 

@@ -193,3 +193,39 @@ def test_a_rank_lost_after_the_run_finished_says_the_run_is_complete(tmp_path, m
     err = capsys.readouterr().err
     assert rc == 1 and "Rank 1 on 127.0.0.1 was killed" in err
     assert "finished after all 4 steps" in err and "resume it with" not in err
+
+
+def test_a_rank_lost_mid_run_names_the_kept_checkpoint_and_the_resume(tmp_path, monkeypatch, capsys):
+    """The other side of the test above: the run is still running when a rank dies. The engine and
+    the command line both name the latest whole checkpoint (one with state.json; a half-written one
+    does not count) and how to resume."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": str(DEMO_MODEL), "data": [str(DEMO_DATA)], "iters": 8}))
+    monkeypatch.setattr(dist, "check_hosts", lambda hosts, paths, *a, **k: [])
+    checkpoints = []
+
+    def launch(hosts, args, *, run_dir, **k):
+        for step, whole in checkpoints:
+            ck = Path(run_dir) / "checkpoints" / f"step-{step:08d}"
+            ck.mkdir(parents=True, exist_ok=True)
+            if whole:
+                (ck / "state.json").write_text(json.dumps({"step": step}))
+        runs.set_status(run_dir, "running", step=5, total=8)
+        return dist.GroupResult(1, "Rank 1 on 127.0.0.1 was killed: the group stopped.", 1, "127.0.0.1")
+    monkeypatch.setattr(dist, "launch", launch)
+    from app import cli
+
+    with pytest.raises(TuneloomError) as e:  # no checkpoint yet
+        group_train(_cfg(run), _hostfile(tmp_path), resume=run)
+    assert e.value.hint.startswith("The run has no checkpoint yet: Resume"), e.value.hint
+
+    checkpoints[:] = [(2, True), (4, True), (6, False)]  # step 6 was being written when the rank died
+    with pytest.raises(TuneloomError) as e:
+        group_train(_cfg(run), _hostfile(tmp_path), resume=run)
+    assert e.value.hint.startswith("The run keeps its checkpoint from step 4: Resume"), e.value.hint
+    assert "nothing to resume" not in e.value.hint
+    rc = cli.main(["train", "--resume", str(run), "--hosts", str(_hostfile(tmp_path))])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Rank 1 on 127.0.0.1 was killed" in err
+    assert f"The run keeps its checkpoint from step 4: resume it with tuneloom train --resume {run} --hosts" in err

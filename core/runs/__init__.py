@@ -28,7 +28,7 @@ not here.
 from core.runs.files import (ADAPTER_CONFIG, adapter_file, BEST_ADAPTERS, CONFIG, DRIFT, EVALUATION, EXPORTS,
                              FINAL_ADAPTERS, _json_object, latest_checkpoint, make_status_reserve, META, METRICS,
                              new_run_dir, read_json, REPORT_JSON, REPORT_MD, RESERVE_BYTES, RUN_FILES, set_status,
-                             STATUS, finished_before_failure, _status_into_reserve, STATUS_RESERVE, update_json)
+                             STATUS, finished_before_failure, checkpoint_kept, _status_into_reserve, STATUS_RESERVE, update_json)
 from core.runs.lock import (claim_run, LOCK_ATTEMPTS, lock_holder, LOCK_NAME, _lock_path, run_contents,
                             run_locked_by_other, RunFinished, RunFolderTaken, RunLock)
 from core.runs.metrics import (learning_problems, loss_summary, LossSummary, _number, read_metrics, series,
@@ -41,7 +41,7 @@ from core.runs.history import (_config_problems, ELSEWHERE, _elsewhere, list_run
 __all__ = ["ADAPTER_CONFIG", "adapter_file", "BEST_ADAPTERS", "CONFIG", "DRIFT", "EVALUATION", "EXPORTS",
            "FINAL_ADAPTERS", "_json_object", "latest_checkpoint", "make_status_reserve", "META", "METRICS",
            "new_run_dir", "read_json", "REPORT_JSON", "REPORT_MD", "RESERVE_BYTES", "RUN_FILES", "set_status",
-           "STATUS", "finished_before_failure", "_status_into_reserve", "STATUS_RESERVE", "update_json", "claim_run", "LOCK_ATTEMPTS",
+           "STATUS", "finished_before_failure", "checkpoint_kept", "_status_into_reserve", "STATUS_RESERVE", "update_json", "claim_run", "LOCK_ATTEMPTS",
            "lock_holder", "LOCK_NAME", "_lock_path", "run_contents", "run_locked_by_other", "RunFinished",
            "RunFolderTaken", "RunLock", "learning_problems", "loss_summary", "LossSummary", "_number",
            "read_metrics", "series", "smoothed", "summary_window", "adapter_choices", "AdapterChoice", "_best_step",

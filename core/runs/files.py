@@ -72,6 +72,15 @@ def finished_before_failure(status: dict) -> str:
             "resume. Try, evaluate or export it as it is.")
 
 
+def checkpoint_kept(run_dir: Path) -> str:
+    """Where a stopped group run stands, for its error: "The run keeps its checkpoint from step N",
+    or that it has none yet (the resume hint follows it)."""
+    ck = latest_checkpoint(run_dir)
+    if ck is None:
+        return "The run has no checkpoint yet"
+    return f"The run keeps its checkpoint from step {ck.name.split('-')[-1].lstrip('0') or 0}"
+
+
 def _status_into_reserve(run_dir: Path, body: dict) -> bool:
     """Write the status into the reserve's blocks (no new space needed), then rename it to status.json."""
     p = run_dir / STATUS_RESERVE

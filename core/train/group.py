@@ -295,8 +295,5 @@ def group_train(cfg: TrainConfig, hostfile: str | os.PathLike, *, resume: str | 
         why += f" {lines.errors[-1]}"
     if status.get("state") == "done":
         raise TuneloomError(why, runs.finished_before_failure(status))
-    ck = runs.RunFolder(run_dir).latest_checkpoint
-    where = (f"The run keeps its checkpoint from step {ck.name.split('-')[-1].lstrip('0') or 0}"
-             if ck else "The run has no checkpoint yet")
-    raise TuneloomError(why, f"{where}: Resume continues it on the same Macs (or `tuneloom train --resume "
+    raise TuneloomError(why, f"{runs.checkpoint_kept(run_dir)}: Resume continues it on the same Macs (or `tuneloom train --resume "
                              f"{run_dir} --hosts {hostfile}`).")
