@@ -172,3 +172,37 @@ def test_the_demo_model_learns_a_new_function_call(tmp_path):
     assert m["base"] <= BASE_MAX, [r.answers["base"] for r in m["rows"][:3]]
     assert m["tuned"] >= TUNED_MIN, [(r.expected_calls, r.answers["tuned"]) for r in m["rows"]
                                      if not r.scores["tuned"].calls_right][:5]
+
+
+def _strings(v):
+    if isinstance(v, dict):
+        for x in v.values():
+            yield from _strings(x)
+    elif isinstance(v, list):
+        for x in v:
+            yield from _strings(x)
+    elif isinstance(v, str):
+        yield v
+
+
+def test_the_shipped_build_record_names_no_path_of_the_machine_that_built_it():
+    assert not [s for s in _strings(BUILD) if "/" in s or "\\" in s], BUILD
+
+
+def test_a_build_on_a_first_stage_records_its_weights_checksum_not_its_path(tmp_path):
+    import hashlib
+
+    from core.demo import build
+
+    shape = {"hidden_size": 32, "num_hidden_layers": 1, "intermediate_size": 64, "num_attention_heads": 2,
+             "num_key_value_heads": 1}
+    (tmp_path / "first").mkdir()
+    build.build(tmp_path / "first", steps=10, corpus_size=100, shape=shape, log=lambda *a: None)
+    (tmp_path / "tools").mkdir()
+    build.build(tmp_path / "tools", first_stage=tmp_path / "first" / "model", tool_calls=True, tool_steps=10,
+                log=lambda *a: None)
+    info = json.loads((tmp_path / "tools" / "BUILD.json").read_text())
+    weights = (tmp_path / "first" / "model" / "model.safetensors").read_bytes()
+    assert info["first_stage_sha256"] == hashlib.sha256(weights).hexdigest()
+    assert info["tool_calls"] and info["shape"] == shape and info["steps"] == 10
+    assert not [s for s in _strings(info) if str(tmp_path) in s], info

@@ -17,6 +17,7 @@ the first stage from a model folder already built (e.g. the bundled one) instead
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import random
@@ -333,7 +334,10 @@ def build(out: Path, steps: int = BUILD_STEPS, seed: int = 0, log=_say, shape: d
             first = json.loads((Path(first_stage).parent / "BUILD.json").read_text())
             stats = {k: first[k] for k in ("params", "final_loss", "seconds", "cpu_seconds") if k in first}
             steps, corpus_size, shape = first.get("steps", steps), first.get("corpus", corpus_size), first.get("shape")
-            stats["first_stage_from"] = str(first_stage)
+            # which first stage, without this machine's path in a file that ships: its weights' checksum
+            weights = Path(first_stage) / "model.safetensors"
+            if weights.is_file():
+                stats["first_stage_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
         else:
             model_dir.mkdir()
             build_tokenizer(tok_texts, model_dir)
