@@ -101,7 +101,7 @@ def _edit_manifest(folder: Path, edit) -> None:
 
 
 @pytest.mark.parametrize("damage", ["other source", "other numba", "damaged bitcode", "wrong output", "no manifest"])
-def test_shipped_kernels_that_do_not_fit_are_not_used_and_numba_quantizes_instead(fresh, damage, caplog):
+def test_shipped_kernels_that_do_not_fit_are_not_used_and_numba_quantizes_instead(fresh, damage, caplog, monkeypatch):
     """A manifest built from another source, bitcode that is not the manifest's, machine code whose
     output on the check blocks is not numba's, or no manifest at all: the kernel is not used (logged)
     and the quantization still equals the numba kernel's."""
@@ -126,7 +126,13 @@ def test_shipped_kernels_that_do_not_fit_are_not_used_and_numba_quantizes_instea
 
     want = np.empty((8, 210), np.uint8)
     kquants_jit.quantize_q6_k_into(x, want)
+    asked = []  # tried once and unusable: each tensor after it does not ask (and lock) again
+    real = kquants._load_shipped
+    monkeypatch.setattr(kquants, "_load_shipped", lambda kinds, gates=None: (asked.append(kinds), real(kinds, gates))[1])
+    assert kquants_aot.tried("Q6_K") and not kquants_aot.tried("Q4_K")
     assert np.array_equal(kquants.quantize_q6_k(x, backend="numba"), want)
+    assert np.array_equal(kquants.quantize_q6_k(x, backend="numba"), want)
+    assert asked == []
 
 
 def test_kept_machine_code_that_is_whole_but_wrong_is_made_again_once(fresh, monkeypatch, caplog):
@@ -140,8 +146,11 @@ def test_kept_machine_code_that_is_whole_but_wrong_is_made_again_once(fresh, mon
     real = kquants_aot._check
     checked = []
 
+    made = []
+
     def check(kernel, m):  # the kept code "gives other output" once
         checked.append(kernel.from_cache)
+        made.append(kernel)
         if kernel.from_cache:
             raise ValueError("its Q6_K output on the check blocks differs from numba's kernel")
         real(kernel, m)
@@ -150,6 +159,7 @@ def test_kept_machine_code_that_is_whole_but_wrong_is_made_again_once(fresh, mon
     caplog.set_level("INFO", logger="core.export.kquants_aot")
     got = kquants_aot.load(["Q6_K"])["Q6_K"]
     assert got is not None and got.from_cache is False and checked == [True, False]
+    assert made[0]._engine.closed and not got._engine.closed  # the refused code is freed at once
     assert any("made again" in r.getMessage() for r in caplog.records)
     assert kept[0].exists()  # kept anew
     monkeypatch.setattr(kquants_aot, "_loaded", {})

@@ -559,9 +559,10 @@ def _quantize(data: np.ndarray, kind: str, backend: str | None = None) -> np.nda
             # one call for all blocks, GIL released throughout; the kernels want C order
             from core.export import kquants_aot
 
-            # (loaded once: prepare() has done it for an export; then no lock is taken per tensor)
+            # (loaded once: prepare() has done it for an export. Tried and unusable here is asked
+            # once too: no lock is taken per tensor either way)
             shipped = kquants_aot.kernel_for(kind) if kquants_aot.enabled() else None
-            if shipped is None:
+            if shipped is None and kquants_aot.enabled() and not kquants_aot.tried(kind):
                 shipped = _load_shipped([kind]).get(kind)
             if shipped is not None:
                 shipped.quantize(kind, np.ascontiguousarray(blocks), out)

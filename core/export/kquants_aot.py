@@ -124,6 +124,13 @@ class Kernel:
         else:
             self._func(*args)
 
+    def close(self) -> None:
+        """Free the machine code now (a kernel that failed its check), not when the garbage
+        collector gets to the engine's reference cycle. The kernel cannot be called after this."""
+        self._func = None
+        if not self._engine.closed:
+            self._engine.close()
+
 
 _lock = threading.Lock()
 _loaded: dict[str, Kernel | None] = {}  # kernel name -> Kernel, or None once it could not be had
@@ -169,6 +176,12 @@ def _read_manifest() -> dict:
 def kernel_for(kind: str) -> Kernel | None:
     """The shipped kernel for ``kind`` if it was loaded already (never loads; see :func:`load`)."""
     return _loaded.get(KERNEL_OF.get(kind, ""))
+
+
+def tried(kind: str) -> bool:
+    """Whether :func:`load` has tried ``kind``'s kernel in this process (None from
+    :func:`kernel_for` then means it cannot be used here: no need to ask again)."""
+    return KERNEL_OF.get(kind, "") in _loaded
 
 
 def load(kinds, on_ready=None) -> dict[str, Kernel | None]:
@@ -271,8 +284,9 @@ def _make(name: str, m: dict, directory: Path | None = None) -> Kernel:
     kernel = Kernel(name, engine, ctypes.CFUNCTYPE(None, *args)(addr), from_cache=obj is not None)
     try:
         _check(kernel, m)
-    except ValueError:
-        if obj is None:
+    except BaseException as exc:
+        kernel.close()  # its machine code is not used: freed now
+        if obj is None or not isinstance(exc, ValueError):
             raise
         # kept machine code that is whole but wrong (made by another LLVM build for this key): made again once
         log.info("the kept K-quant machine code %s gives other output: made again", cached_obj)
