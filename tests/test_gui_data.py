@@ -261,3 +261,31 @@ def test_the_tick_monitor_catches_work_on_the_gui_thread_and_not_a_sleeping_one(
     qtbot.wait(1600)
     mon.stop()
     assert not mon.responsive(100), mon
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/thread-self/schedstat"), reason="Linux's schedstat only")
+def test_the_tick_monitor_keeps_one_file_open_and_closes_it_when_it_goes(qtbot):
+    """Its schedstat file: a second start() reuses no old descriptor, stop() closes it, and a monitor
+    dropped without stop() (a test failing before it) closes it as it goes."""
+    import gc
+
+    def schedstat_files():  # (only TickMonitor opens these: other threads' files do not count)
+        n = 0
+        for f in os.listdir("/proc/self/fd"):
+            try:
+                n += os.readlink(f"/proc/self/fd/{f}").endswith("/schedstat")
+            except OSError:
+                pass
+        return n
+
+    before = schedstat_files()
+    mon = TickMonitor().start()
+    mon.start()
+    assert schedstat_files() == before + 1
+    mon.stop()
+    assert schedstat_files() == before and mon._schedstat is None
+    mon.start()
+    assert schedstat_files() == before + 1
+    del mon
+    gc.collect()
+    assert schedstat_files() == before

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
 from pathlib import Path
 
 from PySide6.QtCore import QMimeData, QObject, QPoint, QPointF, Qt, QTimer, QUrl
@@ -78,6 +79,14 @@ def simulate_drop(widget, paths, leave_instead: bool = False) -> tuple[bool, boo
 STALL_CEILING_MS = 1000
 
 
+def _close_all(fds: list[int]) -> None:
+    while fds:
+        try:
+            os.close(fds.pop())
+        except OSError:
+            pass
+
+
 class TickMonitor(QObject):
     """A 10 ms timer on the GUI thread that records the gaps between its ticks: how long the event loop
     was unable to run (a frozen window shows up as a large gap).
@@ -104,11 +113,17 @@ class TickMonitor(QObject):
         self._last_cpu: float | None = None
         self._last_queued = 0.0
         self._schedstat: int | None = None
+        # the file is closed by stop(), by a second start(), and at the latest when the monitor goes
+        # (a test that fails before its stop() would otherwise keep it open for the rest of the suite)
+        self._fds: list[int] = []
+        weakref.finalize(self, _close_all, self._fds)
 
     def start(self):
         """Call on the GUI thread (the schedstat file opened here is that thread's)."""
+        self._close_schedstat()
         try:
             self._schedstat = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+            self._fds.append(self._schedstat)
         except OSError:
             self._schedstat = None
         self._last, self._last_cpu, self._last_queued = time.perf_counter(), time.thread_time(), self._queued()
@@ -126,7 +141,11 @@ class TickMonitor(QObject):
 
     def stop(self):
         self.timer.stop()
+        self._close_schedstat()
+
+    def _close_schedstat(self):
         if self._schedstat is not None:
+            self._fds.remove(self._schedstat)
             os.close(self._schedstat)
             self._schedstat = None
 

@@ -57,7 +57,8 @@ def _section(text: str) -> QLabel:
 
 
 class _WideProgress(QProgressBar):
-    """A progress bar that asks for the room its text needs (QProgressBar asks for a fixed, narrow width)."""
+    """A progress bar that asks for its maximum width (the page sets it), so its text fits: QProgressBar's
+    own size hint is a fixed, narrow width whatever the text. It does not measure the text."""
 
     def sizeHint(self):
         hint = super().sizeHint()
