@@ -281,6 +281,7 @@ def test_bundle_holds_what_the_app_needs_at_run_time(bundle):
                 "pyqtgraph", "superqt", "platformdirs", "sentencepiece"):
         assert mod in names, mod
     assert not any(n.startswith(("torch.", "PyQt5", "PyQt6", "tkinter")) for n in names)
+    assert not has("tbbpool")  # numba's TBB layer, whose libtbb nothing ships (build_macos.spec)
 
 
 def _same_text(stdout: str, out: Path) -> list[str]:
