@@ -153,16 +153,30 @@ def test_a_quick_test_on_30_examples_is_fitted_and_the_form_shows_the_running_ru
     w.go_to(1)
     dp.load_data([write_small_file(tmp_path / "other.jsonl", 12)])
     qtbot.waitUntil(lambda: len(w.dataset.records) == 12 and not w.jobs["data"].running, timeout=60000)
-    if tp.slot.state != "idle":  # the run may already be over on a fast machine
-        assert "these files are for the next run" in dp.summary.text()
+    # the token measurement that follows redraws the summary: the note stays (it once vanished there)
+    qtbot.waitUntil(lambda: w.session.token_report is not None, timeout=60000)
+    # the run may already be over on a fast machine; if not, it is paused for the checks, so that it cannot
+    # end (and give the form back) between them
+    if tp.slot.state == "running":
+        tp.toggle_pause()
+        qtbot.waitUntil(lambda: tp.slot.state in ("paused", "idle"), timeout=60000)
+    if tp.slot.state == "paused":
+        assert (f"A run is training on the data it read when it started ({run_dir.name}):</span> these files are "
+                "for the next run") in dp.summary.text(), dp.summary.text()
         w.go_to(2)
         qtbot.wait(500)
         assert tp.estimate.text() == estimate_before
+        tp.toggle_pause()
     with qtbot.waitSignal(tp.slot.ended, timeout=300000, raising=False):
         pass
     qtbot.waitUntil(lambda: tp.slot.state == "idle", timeout=300000)
     assert runs.RunInfo.load(run_dir).state == "done"
     assert tp.iters.value() == 0 and tp.option("warmup").value() == 10  # the user's form is back
+    if dp._run_then is not None:  # the files were read while the run trained: the note is now in the past
+        qtbot.waitUntil(lambda: "trained on the data" in dp.summary.text(), timeout=10000)
+        assert (f"The run ({run_dir.name}) trained on the data it read when it started:</span> these files are "
+                "for the next run") in dp.summary.text()
+        assert "A run is training" not in dp.summary.text()
 
 
 # --------------------------------------------------------------------------- items 4 and 5: one current run

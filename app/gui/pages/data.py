@@ -76,6 +76,9 @@ class DataPage(Page):
     def __init__(self, ctx: AppContext):
         super().__init__(ctx)
         self.report = None
+        # the run that was training when these files were read (its name; "" unnamed), None when none was:
+        # the summary says these files are for the next run for as long as they are shown
+        self._run_then: str | None = None
         self.tokens = None
         lay = self.layout_
 
@@ -377,6 +380,11 @@ class DataPage(Page):
         line = (getattr(r, "reasoning_lines", None) or {}).get(thinks if self.session.model_dir is not None else None)
         if usable and line:
             parts.append(html.escape(line))
+        if self._run_then is not None:  # the run goes on (or went on) with the data it read when it started
+            named = f" ({html.escape(self._run_then)})" if self._run_then else ""
+            lead = (f"A run is training on the data it read when it started{named}:" if self.session.busy("train")
+                    else f"The run{named} trained on the data it read when it started:")
+            parts.append(theme.span(lead, "warning", pal, bold=True) + " these files are for the next run.")
         self.summary.setText("<br>".join(parts))
 
     # -- tokens
@@ -541,6 +549,8 @@ class DataPage(Page):
     def session_changed(self, names: set):
         if "model_dir" in names and self.session.usable_dataset:
             self.measure_tokens()
+        if "jobs" in names and self._run_then is not None and self.report is not None:
+            self._show_summary()  # the run these files wait for has ended: its note says so
 
     def load_sample_data(self):
         self.load_data([paths.demo_data_dir()])
@@ -611,17 +621,13 @@ class DataPage(Page):
         # data_loading ends in the same update: nobody sees a report while the step still says "checking"
         self.session.update(data_report=report, dataset=report.dataset, data_paths=report.paths, token_report=None,
                             data_loading=False)
+        run = self.session.run_dir
+        self._run_then = (run.name if run else "") if self.session.busy("train") else None
         self.show_dataset(report)
         ds = report.dataset
         self.answers.setVisible(self.answers.show_dataset(ds))
         if ds is not None and getattr(ds, "formats", None):  # the mapping panel's pickers: the columns in use
             self.mapping.show_format(next(iter(ds.formats.values()), None))
-        if self.session.busy("train"):  # the run goes on with the data it read when it started
-            run = self.session.run_dir
-            self.summary.setText(self.summary.text() + "<br>" + theme.span(
-                "A run is training on the data it read when it started" + (f" ({html.escape(run.name)})" if run
-                                                                           else "") + ":", "warning", self.palette(),
-                bold=True) + " these files are for the next run.")
         n_ok, n_bad = len(ds.records), len(ds.issues)
         self.ctx.status(f"{n_ok:,} usable example{'' if n_ok == 1 else 's'}, "
                         f"{n_bad:,} problem{'' if n_bad == 1 else 's'}", 8000)
