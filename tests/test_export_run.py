@@ -20,7 +20,7 @@ def test_cli_export_to_ollama_sets_ollamas_answer_beside_tuneloom_s(run_dir, tmp
     from app.cli import main
     from core.export.run import VERIFY_TOKENS, tuneloom_answer, verify_messages
 
-    with FakeOllama(max_lifetime=600) as srv:
+    with FakeOllama(max_lifetime=1800) as srv:
         monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{srv.port}")
         srv.answer = "an answer from ollama"
         rc = main(["export", str(run_dir), "--gguf", str(tmp_path / "m.gguf"), "--quant", "q8_0", "--ollama", "kb"])

@@ -639,7 +639,7 @@ def test_a_wrong_token_is_not_called_gated(tmp_path, monkeypatch):
     from tests.fixtures.tiny_models import cached_tiny_model
 
     tiny = cached_tiny_model("qwen2.5", tmp_path / "tiny")
-    with HubServer(lifetime=120) as srv:
+    with HubServer(lifetime=1800) as srv:
         srv.add_repo("tiny/gated", tiny, gated=True, token="hf_right")
         use_hub_server(srv, tmp_path / "hf-home", monkeypatch)
         monkeypatch.setenv("HF_TOKEN", "hf_wrong")

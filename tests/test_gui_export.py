@@ -71,7 +71,7 @@ def test_export_to_ollama_goes_through_every_stage_and_verifies(window, qtbot, m
     from core.runs import RunInfo
 
     page = window.export_page
-    with FakeOllama(max_lifetime=600) as srv:
+    with FakeOllama(max_lifetime=1800) as srv:
         monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{srv.port}")
         srv.answer = "an answer from ollama"
         page.name.setText("kettle-bot")
@@ -132,7 +132,7 @@ def test_no_server_writes_the_files_and_retry_registers_once_it_runs(window, qtb
     assert page.stages.states["gguf"] == "done" and page.stages.states["upload"] == "failed"
     assert page.command.text().startswith("ollama create kettle-bot")
     mtime = gguf.stat().st_mtime_ns
-    with FakeOllama(max_lifetime=600) as srv:
+    with FakeOllama(max_lifetime=1800) as srv:
         monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{srv.port}")  # Ollama is up now
         click_and_wait(window, qtbot, page.retry_btn)
         assert "Registered in Ollama as <b>kettle-bot:latest</b>" in page.result.text(), page.result.text()
@@ -145,7 +145,7 @@ def test_no_server_writes_the_files_and_retry_registers_once_it_runs(window, qtb
 def test_a_taken_name_asks_before_replacing(window, qtbot, monkeypatch, run_dir):
     page = window.export_page
     asked = []
-    with FakeOllama(models=["kettle-bot"], max_lifetime=600) as srv:
+    with FakeOllama(models=["kettle-bot"], max_lifetime=1800) as srv:
         monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{srv.port}")
         page.name.setText("kettle-bot")
         monkeypatch.setattr(page, "confirm_replace", lambda name: asked.append(name) or False)

@@ -52,7 +52,7 @@ def test_adapter_export_to_ollama_from_the_page(window, qtbot, monkeypatch, run_
     page = window.export_page
     page.ship.kind.setCurrentIndex(1)
     assert page.ship.adapter_only() and "ADAPTER" in page.ship.kind_note.text()
-    with FakeOllama(max_lifetime=600) as srv:
+    with FakeOllama(max_lifetime=1800) as srv:
         monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{srv.port}")
         page.name.setText("kettle-adapter")
         page.quant.setCurrentIndex(page.quant.findData("f16"))

@@ -97,7 +97,7 @@ def test_two_turn_chat_streams_into_both_columns(window, qtbot):
     assert page.base_out.toPlainText() == "" and chat.turns == []
 
 
-def test_stop_ends_generation_within_a_second_and_gui_stays_responsive(window, qtbot, monkeypatch):
+def test_stop_ends_generation_at_once_and_gui_stays_responsive(window, qtbot, monkeypatch):
     page = window.try_page
     page.temperature.setValue(2.0)
     page.top_p.setValue(1.0)
@@ -109,23 +109,34 @@ def test_stop_ends_generation_within_a_second_and_gui_stays_responsive(window, q
     # load 8 view updates can hold that many (CI once saw the base end with "stop" before the Stop): with no
     # end-of-turn token both answers run to 4000 tokens unless Stop cuts them, so the test never races it
     monkeypatch.setattr(page.holder.chat.model.encoder, "eos_ids", [])
+    # what the worker hands over, and whether the Stop had cancelled the job by then
+    pushed, token = [], []
+    push = page.buffer.push
+    monkeypatch.setattr(page.buffer, "push",
+                        lambda chunk: (pushed.append((chunk, bool(token) and token[0].cancelled)), push(chunk)))
     mon = TickMonitor(parent=window).start()
     page.prompt.setText("Write a very long story about kettles.")
     qtbot.mouseClick(page.ask_btn, Qt.MouseButton.LeftButton)
     slot = window.jobs["try"]
+    token.append(slot.cancel)
     qtbot.waitUntil(lambda: page.base_out.updates >= 8 and page.tuned_out.updates >= 8 or not slot.running,
                     timeout=60000)
-    if not slot.running:
-        pytest.skip("the demo model ended both answers before Stop could be pressed")
+    # (no end-of-turn token: an answer that ended already failed, or ran 4000 tokens in 8 view updates)
+    assert slot.running, page.status.text()
     t0 = time.perf_counter()
     qtbot.mouseClick(page.stop_btn, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: not slot.running, timeout=5000)
+    qtbot.waitUntil(lambda: not slot.running, timeout=60000)  # a hang guard: promptness is counted in tokens
     stopped = time.perf_counter() - t0
     # the timer keeps ticking after the stop (>= 10 ticks even when streaming was short; a count, not a fixed
     # wait: beside other suites 200 ms once held 7 ticks)
     qtbot.waitUntil(lambda: mon.ticks >= 10, timeout=60000)
     mon.stop()
-    assert stopped < 4.0, stopped  # Stop ends both streams within a few tokens (generous: CI machines are loaded)
+    # Stop ends both answers at once: each side finishes at most the piece in hand (sides take turns), then
+    # ends; counted in pieces, not seconds, so a loaded machine cannot fail it
+    after = [c for c, late in pushed if late]
+    assert sum(1 for c in after if c.text and not c.done) <= 2, after
+    assert sorted(c.side for c in after if c.done) == ["base", "tuned"], after
+    print(f"Stop to the end of both answers: {stopped:.2f} s")
     assert page.holder.chat.turns[-1].reasons == {"base": "cancelled", "tuned": "cancelled"}
     assert "Stopped" in page.status.text()
     assert page.ask_btn.isEnabled()

@@ -38,7 +38,7 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tiny_dir):
-    with HubServer(lifetime=300) as srv:
+    with HubServer(lifetime=1800) as srv:
         srv.add_repo(REPO, tiny_dir, files=EXTRA)
         srv.add_repo(GATED, tiny_dir, gated=True, token=TOKEN)
         yield srv

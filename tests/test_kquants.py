@@ -666,6 +666,7 @@ def test_workers_go_on_across_tensor_boundaries_and_while_the_vocabulary_is_read
     lock = threading.Lock()
     state = {"now": 0, "most": 0, "converted": 0}
     convert_block = ge._convert_block
+    converted_one = threading.Event()
 
     def slow_block(*args):
         with lock:
@@ -678,15 +679,14 @@ def test_workers_go_on_across_tensor_boundaries_and_while_the_vocabulary_is_read
             with lock:
                 state["now"] -= 1
                 state["converted"] += 1
+            converted_one.set()
 
     monkeypatch.setattr(ge, "_convert_block", slow_block)
     load_vocab = ge._load_vocab
     during_vocab = []
 
-    def vocab(*args):
-        deadline = time.monotonic() + 10
-        while state["converted"] == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
+    def vocab(*args):  # held until a block is converted (a hang guard of 120 s: no clock decides it)
+        converted_one.wait(120)
         during_vocab.append(state["converted"])
         return load_vocab(*args)
 

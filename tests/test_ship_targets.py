@@ -292,7 +292,7 @@ TOKEN = "hf_write_token_for_the_local_server"
 def hub(tmp_path, monkeypatch):
     from tests.fixtures.hub_server import HubServer, use_hub_server
 
-    with HubServer(lifetime=300) as srv:
+    with HubServer(lifetime=1800) as srv:
         srv.write_tokens.add(TOKEN)
         use_hub_server(srv, tmp_path / "hf-home", monkeypatch)
         (tmp_path / "hf-home").mkdir(exist_ok=True)
