@@ -433,23 +433,48 @@ def launch_command(hosts: Sequence[Host], train_args: Sequence[str], hostfile: P
             "--", "-m", "app.cli", "train", *train_args]
 
 
+# Where free_port looks: below the ephemeral ranges (Linux 32768-60999, macOS 49152-65535), from which
+# every outgoing connection on the machine takes its local port. A port found free there can be taken by
+# such a connection before the ranks bind it (seconds later); below them only another listener can.
+PORT_WINDOW = (20000, 32000)
+
+
+def _ephemeral_range() -> tuple[int, int] | None:
+    try:  # (Linux; None elsewhere: macOS's range starts above the window)
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return None
+
+
+def _all_free(base: int, n: int) -> bool:
+    for k in range(n):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", base + k))
+            except OSError:
+                return False
+    return True
+
+
 def free_port(n: int = 4) -> int:
-    """A port with ``n`` free ports after it on 127.0.0.1 (tests run several groups in a row)."""
-    for _ in range(50):
+    """A port with ``n - 1`` free ports after it on 127.0.0.1 (the ranks bind them; tests run several
+    groups in a row), outside the ephemeral range where the machine can (:data:`PORT_WINDOW`)."""
+    import random
+
+    lo, hi = PORT_WINDOW
+    eph = _ephemeral_range()
+    if eph is None or eph[0] > hi + n or eph[1] < lo:
+        rng = random.SystemRandom()
+        for _ in range(100):
+            base = rng.randrange(lo, hi)
+            if _all_free(base, n):
+                return base
+    for _ in range(50):  # the window is taken (or inside the ephemeral range): a port the system gives
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             base = s.getsockname()[1]
-        if base + n >= 65535:
-            continue
-        ok = True
-        for k in range(1, n):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", base + k))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
+        if base + n < 65535 and _all_free(base + 1, n - 1):
             return base
     return DEFAULT_PORT
 

@@ -252,3 +252,21 @@ def test_killing_the_launcher_leaves_no_rank_behind(tmp_path):
     while time.time() < deadline and (_rank_pid(run, 0) or _rank_pid(run, 1)):
         time.sleep(0.5)
     assert not _rank_pid(run, 0) and not _rank_pid(run, 1), "a rank outlived its launcher"
+
+
+def test_free_ports_lie_below_the_ephemeral_range(monkeypatch):
+    """Found free, bound by the ranks seconds later: below the range outgoing connections take their
+    ports from, only another listener could take them meanwhile (the window is used only where it lies
+    outside that range)."""
+    import socket
+
+    lo, hi = dist.PORT_WINDOW
+    for _ in range(5):
+        base = dist.free_port(3)
+        assert lo <= base < hi
+        for k in range(3):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", base + k))
+    monkeypatch.setattr(dist, "_ephemeral_range", lambda: (lo - 100, hi + 100))  # the window inside it
+    base = dist.free_port(3)
+    assert not lo <= base < hi or base == dist.DEFAULT_PORT
