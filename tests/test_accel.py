@@ -18,7 +18,8 @@ if {preload}:
 else:
     loaded = None
 from core.accel import matmul_gflops
-print(json.dumps({{"loaded": loaded, "gflops": matmul_gflops(256, 448, 2432, repeats=3, clock="cpu")}}))
+print(json.dumps({{"loaded": loaded,
+                  "gflops": max(matmul_gflops(256, 448, 2432, repeats=3, clock="cpu") for _ in range(3))}}))
 """
 
 
@@ -30,6 +31,10 @@ def _probe(preload: bool) -> dict:
     env = dict(__import__("os").environ)
     if not preload:
         env["TUNELOOM_NO_OPENBLAS"] = "1"
+    # one BLAS thread: with two, a thread waiting for the other spins, and on a loaded machine (the other
+    # thread descheduled) that spinning counted as CPU: OpenBLAS once measured 19.6 per CPU second beside
+    # another suite. Which library does the work is the question here, not how it threads.
+    env["OPENBLAS_NUM_THREADS"] = "1"
     out = subprocess.run([sys.executable, "-c", PROBE.format(root=root, preload=preload)], capture_output=True,
                          text=True, env=env, timeout=300, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -47,9 +52,9 @@ def test_openblas_matmul_far_faster_than_reference_blas():
     fast = _probe(preload=True)
     slow = _probe(preload=False)
     assert fast["loaded"]
-    # Per CPU second of the probe (all its threads), not per second of wall time: other work on the
-    # machine does not shrink it (a wall-time figure fell to 19 beside three test suites). Measured
-    # here on a quiet machine: reference BLAS 5.3, OpenBLAS 86 (169 per wall second on 2 cores).
+    # Per CPU second of the probe (one thread; the best of three), not per second of wall time: other work
+    # on the machine does not shrink it (a wall-time figure fell to 19 beside three test suites). Measured
+    # here on a quiet machine: reference BLAS 5.3-6.1, OpenBLAS 86-100 (169 per wall second on 2 cores).
     assert fast["gflops"] > 5 * slow["gflops"], (fast, slow)
     assert fast["gflops"] > 20, fast
 
