@@ -75,10 +75,12 @@ def finished_before_failure(status: dict) -> str:
 def checkpoint_kept(run_dir: Path) -> str:
     """Where a stopped group run stands, for its error: "The run keeps its checkpoint from step N",
     or that it has none yet (the resume hint follows it)."""
+    from core.checkpoints import step_of
+
     ck = latest_checkpoint(run_dir)
     if ck is None:
         return "The run has no checkpoint yet"
-    return f"The run keeps its checkpoint from step {ck.name.split('-')[-1].lstrip('0') or 0}"
+    return f"The run keeps its checkpoint from step {step_of(ck)}"
 
 
 def _status_into_reserve(run_dir: Path, body: dict) -> bool:
