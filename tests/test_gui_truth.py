@@ -177,6 +177,11 @@ def test_a_quick_test_on_30_examples_is_fitted_and_the_form_shows_the_running_ru
         assert (f"The run ({run_dir.name}) trained on the data it read when it started:</span> these files are "
                 "for the next run") in dp.summary.text()
         assert "A run is training" not in dp.summary.text()
+        # a new run starts (on these files): the note goes, it would name the wrong run
+        w.session.update(run_dir=run_dir.parent / "20990101-000000-next")
+        w.session.set_job("train", "running")
+        assert "these files are for the next run" not in dp.summary.text() and dp._run_then is None
+        w.session.set_job("train", None)
 
 
 # --------------------------------------------------------------------------- items 4 and 5: one current run

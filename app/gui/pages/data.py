@@ -550,7 +550,10 @@ class DataPage(Page):
         if "model_dir" in names and self.session.usable_dataset:
             self.measure_tokens()
         if "jobs" in names and self._run_then is not None and self.report is not None:
-            self._show_summary()  # the run these files wait for has ended: its note says so
+            run = self.session.run_dir
+            if self.session.busy("train") and (run.name if run else "") != self._run_then:
+                self._run_then = None  # another run trains now, on these very files: nothing to warn of
+            self._show_summary()  # or the run these files waited for has ended: its note says so
 
     def load_sample_data(self):
         self.load_data([paths.demo_data_dir()])
